@@ -1,0 +1,1 @@
+//! The action executor: carries decided actions out durably, with retries. (issue 5)

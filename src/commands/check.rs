@@ -1,0 +1,150 @@
+//! `runwarden check`: validate the config, print each rule in one line, warn about
+//! risky settings; exit 2 with `PATH:LINE:COL: message` on error.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::{Config, MaxDuration, Rule, RuleKind, Secrets, Warning};
+
+/// Runs the command.
+pub fn run(path: &Path) -> ExitCode {
+    let loaded = match super::load_config(path) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let secrets = Secrets::from_env();
+    let mut warnings = loaded.warnings.clone();
+    warnings.extend(secret_warnings(&loaded.config, &secrets));
+    for r in &loaded.config.rules {
+        println!("{}", describe(r, loaded.config.dry_run));
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "{}: ok ({} rules, {} projects{})",
+        path.display(),
+        loaded.config.rules.len(),
+        loaded.config.currents.projects.len(),
+        if loaded.config.dry_run { ", dry run" } else { "" }
+    );
+    ExitCode::SUCCESS
+}
+
+/// Warnings that depend on the environment rather than the file.
+pub fn secret_warnings(config: &Config, secrets: &Secrets) -> Vec<Warning> {
+    let mut w = Vec::new();
+    if secrets.currents_webhook_secrets.is_empty() {
+        w.push(Warning(
+            "RUNWARDEN_CURRENTS_WEBHOOK_SECRET is not set: POST /webhooks/currents answers 404 and runwarden relies on polling".into(),
+        ));
+    }
+    let needs_github = config.rules.iter().any(|r| {
+        matches!(r.kind, RuleKind::Summary(_))
+            || matches!(&r.kind, RuleKind::Orphan(_))
+            || matches!(&r.kind, RuleKind::Supersede(o) if o.on_push || o.on_branch_deleted)
+    });
+    if needs_github && secrets.github_webhook_secrets.is_empty() {
+        w.push(Warning(
+            "RUNWARDEN_GITHUB_WEBHOOK_SECRET is not set: POST /webhooks/github answers 404 (push, pull_request and workflow_run events are not received)".into(),
+        ));
+    }
+    if config
+        .rules
+        .iter()
+        .any(|r| matches!(r.kind, RuleKind::Summary(_)))
+        && secrets.github_token.is_none()
+        && secrets.github_app_id.is_none()
+    {
+        w.push(Warning(
+            "summary rules need GITHUB_TOKEN or GITHUB_APP_ID + GITHUB_APP_PRIVATE_KEY".into(),
+        ));
+    }
+    w
+}
+
+fn human(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// One line describing a rule.
+pub fn describe(r: &Rule, global_dry_run: bool) -> String {
+    let what = match &r.kind {
+        RuleKind::Supersede(o) => {
+            let mut s = "cancel in-progress runs superseded by a newer run".to_string();
+            if o.on_push {
+                s.push_str(" or push");
+            }
+            if !o.group_by.is_empty() {
+                s.push_str(&format!(" (grouped by branch + {:?})", o.group_by));
+            }
+            if o.on_branch_deleted {
+                s.push_str("; and runs of deleted branches / closed PRs");
+            }
+            if let Some(p) = o.spare_if_progress_at_least {
+                s.push_str(&format!("; spare runs ≥ {:.0}% complete", p * 100.0));
+            }
+            s
+        }
+        RuleKind::Timeout(o) => {
+            let mut parts = Vec::new();
+            match o.max_duration {
+                Some(MaxDuration::Fixed(d)) => parts.push(format!("running longer than {}", human(d))),
+                Some(MaxDuration::Auto) => parts.push(format!(
+                    "running longer than {} × p95 of passed runs (fallback {})",
+                    o.auto_factor,
+                    o.fallback.map(human).unwrap_or_else(|| "none".into())
+                )),
+                None => {}
+            }
+            if let Some(i) = o.idle_for {
+                parts.push(format!("idle for {}", human(i)));
+            }
+            format!("cancel in-progress runs {}", parts.join(" or "))
+        }
+        RuleKind::Orphan(o) => format!(
+            "cancel runs still in progress {} after their GitHub workflow run completed (match by {})",
+            human(o.grace),
+            match o.match_by {
+                crate::config::MatchBy::CiBuildId => format!("ciBuildId suffix {:?}", o.ci_build_id_suffix),
+                crate::config::MatchBy::Commit => "branch and commit".to_string(),
+            }
+        ),
+        RuleKind::Retention(o) => {
+            let mut s = format!(
+                "on \"{}\" UTC delete runs older than {}",
+                o.schedule_text,
+                human(o.older_than)
+            );
+            if o.keep_latest > 0 {
+                s.push_str(&format!(", keeping the {} newest per branch", o.keep_latest));
+            }
+            if o.keep_last_passed {
+                s.push_str(", the last passed run per branch");
+            }
+            if !o.pin_tag_patterns.is_empty() {
+                s.push_str(&format!(", runs tagged {:?}", o.pin_tag_patterns));
+            }
+            s.push_str(&format!("; at most {} per sweep", o.max_deletions));
+            s
+        }
+        RuleKind::Summary(o) => {
+            let mut outs = Vec::new();
+            if o.comment {
+                outs.push("a sticky PR comment");
+            }
+            if o.commit_status {
+                outs.push("commit statuses");
+            }
+            format!(
+                "post {} on {}{}",
+                if outs.is_empty() { "nothing".to_string() } else { outs.join(" and ") },
+                o.events.join(", "),
+                if o.only_failed { " (failed runs only)" } else { "" }
+            )
+        }
+    };
+    let filt = if r.filter.is_empty() { "" } else { " [filtered]" };
+    let dry = if r.is_dry_run(global_dry_run) { " (dry run)" } else { "" };
+    format!("{:<24} {:<10} {what}{filt}{dry}", r.name, r.kind_name())
+}

@@ -1,0 +1,140 @@
+//! The command line of SPEC §1: one module per subcommand.
+//!
+//! Exit codes: 0 success, 1 the work failed (an action failed for good, a circuit
+//! breaker tripped), 2 bad usage or an invalid config.
+
+pub mod check;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Loaded};
+
+/// Exit code: the work failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: bad usage or invalid config.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "runwarden", version, about = "Policy bot for Currents test runs: cancels superseded, stuck and orphaned runs, deletes old ones, posts PR summaries.")]
+pub struct Cli {
+    /// Path of the policy file.
+    #[arg(long, global = true, env = "RUNWARDEN_CONFIG", default_value = "rules.toml")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format of `plan` and `audit`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the bot: webhooks, poller, schedules and the action executor.
+    Serve,
+    /// Validate the config and print each rule in one line.
+    Check,
+    /// Read the runs from the API, evaluate every rule now and print what would be done.
+    Plan {
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Evaluate and execute once, then exit.
+    Sweep {
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// For each rule: does it apply to this run now, and if not, why not.
+    Explain { run_id: String },
+    /// The decisions and actions recorded in the store, newest first.
+    Audit {
+        /// Only entries newer than this (e.g. "24h").
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Manage this bot's Currents webhooks.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
+    /// Serve the built-in Currents + GitHub simulator.
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:4000")]
+        listen: String,
+    },
+    /// The whole bot against the built-in simulator, narrated.
+    Demo {
+        /// Speed factor of the scripted day.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Leave the bot and simulator running and print their URLs.
+        #[arg(long)]
+        keep_running: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Create or update the webhook of every configured project (idempotent).
+    Install {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Loads the config or prints the located error; `Err` carries the exit code.
+pub fn load_config(path: &std::path::Path) -> Result<Loaded, ExitCode> {
+    match config::load_file(path) {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
+fn not_yet(name: &str) -> ExitCode {
+    eprintln!("runwarden {name}: not available yet in this build");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init();
+    match &cli.command {
+        Command::Check => check::run(&cli.config),
+        Command::Serve => not_yet("serve"),
+        Command::Plan { .. } => not_yet("plan"),
+        Command::Sweep { .. } => not_yet("sweep"),
+        Command::Explain { .. } => not_yet("explain"),
+        Command::Audit { .. } => not_yet("audit"),
+        Command::Webhooks { .. } => not_yet("webhooks install"),
+        Command::Simulate { .. } => not_yet("simulate"),
+        Command::Demo { .. } => not_yet("demo"),
+    }
+}
+
+/// A tokio runtime for the async subcommands.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
+}

@@ -1,0 +1,808 @@
+//! Loading `rules.toml`: located parse errors, environment overrides, compilation into
+//! the typed [`Config`] and risky-setting warnings.
+//!
+//! Every error is written for the person editing the file:
+//! `rules.toml:12:3: rule "retention": unknown key "older_then" (did you mean "older_than"?)`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::filter::{Filter, GlobList, TagMode};
+use super::raw::{self, RawConfig, RawMatch, RawRule};
+use super::*;
+use crate::currents::{CompletionState, RunStatus};
+
+/// A configuration error, located when it comes from the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    /// 1-based line and column; `None` for errors without a place in the file.
+    pub location: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.location {
+            Some((l, c)) => write!(f, "{}:{l}:{c}: {}", self.path, self.message),
+            None => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A risky but valid setting, located like an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning(pub String);
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A loaded config with its warnings.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Warning>,
+    pub path: PathBuf,
+}
+
+/// Loads and validates a config file, applying `RUNWARDEN__*` overrides from the
+/// process environment.
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.display().to_string(),
+        location: None,
+        message: format!("cannot read the config file: {e}"),
+    })?;
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("RUNWARDEN__"))
+        .collect();
+    let mut loaded = load_str(&text, &path.display().to_string(), &env)?;
+    loaded.path = path.to_path_buf();
+    Ok(loaded)
+}
+
+/// Loads a config from text; `env` holds the `RUNWARDEN__SECTION__KEY` overrides to apply.
+/// Relative `template` paths resolve against the directory of `path`.
+pub fn load_str(text: &str, path: &str, env: &[(String, String)]) -> Result<Loaded, ConfigError> {
+    let loc = Locator::new(text, path);
+    let raw: RawConfig = toml::from_str(text).map_err(|e| loc.toml_error(&e))?;
+    let raw = if env.is_empty() {
+        raw
+    } else {
+        apply_env(text, path, env)?
+    };
+    let base_dir = Path::new(path)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let (config, warnings) = compile(raw, &loc, &base_dir)?;
+    Ok(Loaded {
+        config,
+        warnings,
+        path: PathBuf::from(path),
+    })
+}
+
+/// Merges the file with environment overrides through the `config` crate.
+fn apply_env(text: &str, path: &str, env: &[(String, String)]) -> Result<RawConfig, ConfigError> {
+    let map: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+    let source = config::Environment::with_prefix("RUNWARDEN")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",")
+        .with_list_parse_key("currents.projects")
+        .source(Some(map));
+    let built = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(source)
+        .build()
+        .and_then(|c| c.try_deserialize::<RawConfig>())
+        .map_err(|e| ConfigError {
+            path: path.to_string(),
+            location: None,
+            message: format!(
+                "with the RUNWARDEN__* environment overrides ({}): {e}",
+                env.iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })?;
+    Ok(built)
+}
+
+/// Finds places in the file for messages.
+struct Locator<'a> {
+    text: &'a str,
+    path: &'a str,
+    doc: Option<toml_edit::ImDocument<String>>,
+}
+
+impl<'a> Locator<'a> {
+    fn new(text: &'a str, path: &'a str) -> Self {
+        Self {
+            text,
+            path,
+            doc: toml_edit::ImDocument::parse(text.to_string()).ok(),
+        }
+    }
+
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map_or(offset, |i| offset - i - 1) + 1;
+        (line, col)
+    }
+
+    fn err_at(&self, span: Option<Range<usize>>, message: String) -> ConfigError {
+        ConfigError {
+            path: self.path.to_string(),
+            location: span.map(|s| self.line_col(s.start)),
+            message,
+        }
+    }
+
+    fn rules(&self) -> Option<&toml_edit::ArrayOfTables> {
+        self.doc.as_ref()?.get("rules")?.as_array_of_tables()
+    }
+
+    /// Span of the `[[rules]]` header of rule `i`.
+    fn rule_span(&self, i: usize) -> Option<Range<usize>> {
+        self.rules()?.get(i)?.span()
+    }
+
+    fn rule_line(&self, i: usize) -> usize {
+        self.rule_span(i).map_or(0, |s| self.line_col(s.start).0)
+    }
+
+    /// Span of `key` in rule `i` (or in its `match` table when `in_match`).
+    fn rule_key_span(&self, i: usize, key: &str, in_match: bool) -> Option<Range<usize>> {
+        let t = self.rules()?.get(i)?;
+        let t: &dyn toml_edit::TableLike = if in_match {
+            t.get("match")?.as_table_like()?
+        } else {
+            t
+        };
+        let (k, v) = t.get_key_value(key)?;
+        k.span().or_else(|| v.span())
+    }
+
+    /// Span of `section.key` (or of the section header).
+    fn section_key_span(&self, section: &str, key: Option<&str>) -> Option<Range<usize>> {
+        let t = self.doc.as_ref()?.get(section)?;
+        match key {
+            None => t.span(),
+            Some(k) => {
+                let (k, v) = t.as_table_like()?.get_key_value(k)?;
+                k.span().or_else(|| v.span())
+            }
+        }
+    }
+
+    /// Which rule, if any, contains `offset`: (index, name).
+    fn rule_at(&self, offset: usize) -> Option<(usize, Option<String>)> {
+        let rules = self.rules()?;
+        let mut found = None;
+        for (i, t) in rules.iter().enumerate() {
+            if let Some(s) = t.span()
+                && s.start <= offset
+            {
+                found = Some((
+                    i,
+                    t.get("name").and_then(|n| n.as_str()).map(str::to_string),
+                ));
+            }
+        }
+        found
+    }
+
+    /// Rewrites a toml/serde error into a located, human message.
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let span = e.span();
+        let msg = e.message().trim().to_string();
+        let mut out = msg.clone();
+        if let Some(rest) = msg.strip_prefix("unknown field `")
+            && let Some((field, tail)) = rest.split_once('`')
+        {
+            let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+            out = format!("unknown key {field:?}");
+            if let Some(best) = suggest(field, &expected) {
+                out.push_str(&format!(" (did you mean {best:?}?)"));
+            } else if !expected.is_empty() {
+                out.push_str(&format!(" (expected one of: {})", expected.join(", ")));
+            }
+        }
+        // Name the rule the error is in, when it is in one.
+        if let Some(s) = &span
+            && let Some((i, name)) = self.rule_at(s.start)
+        {
+            let who = match name {
+                Some(n) => format!("rule {n:?}"),
+                None => format!("rule #{}", i + 1),
+            };
+            out = format!("{who}: {out}");
+        }
+        ConfigError {
+            path: self.path.to_string(),
+            location: span.map(|s| self.line_col(s.start)),
+            message: out,
+        }
+    }
+}
+
+/// The closest candidate to a misspelt key, if close enough.
+pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(word, c), *c))
+        .filter(|(s, _)| *s >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like \"90s\", \"45m\" or \"30d\" ({e})"))
+}
+
+/// Parses a 5-field (minute first) or 6-field (seconds first) UTC cron string.
+pub fn parse_cron(s: &str) -> Result<cron::Schedule, String> {
+    let fields = s.split_whitespace().count();
+    let expr = match fields {
+        5 => format!("0 {}", s.trim()),
+        6 => s.trim().to_string(),
+        n => {
+            return Err(format!(
+                "cron {s:?} has {n} fields; expected 5 (min hour day month weekday) or 6 (seconds first)"
+            ));
+        }
+    };
+    cron::Schedule::from_str(&expr).map_err(|e| format!("invalid cron {s:?}: {e}"))
+}
+
+fn compile(
+    raw: RawConfig,
+    loc: &Locator<'_>,
+    base_dir: &Path,
+) -> Result<(Config, Vec<Warning>), ConfigError> {
+    let mut warnings = Vec::new();
+    let sec_err = |section: &str, key: &str, msg: String| {
+        loc.err_at(
+            loc.section_key_span(section, Some(key))
+                .or_else(|| loc.section_key_span(section, None)),
+            format!("[{section}] {key}: {msg}"),
+        )
+    };
+
+    // [currents]
+    let c = raw.currents;
+    let api_url = c
+        .api_url
+        .unwrap_or_else(|| "https://api.currents.dev/v1".into());
+    let api_url = parse_http_url(&api_url).map_err(|m| sec_err("currents", "api_url", m))?;
+    let projects = c.projects.unwrap_or_default();
+    if projects.is_empty() {
+        return Err(loc.err_at(
+            loc.section_key_span("currents", Some("projects"))
+                .or_else(|| loc.section_key_span("currents", None)),
+            "[currents] projects: list at least one Currents project id, e.g. projects = [\"bAYZ4a\"]".into(),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for p in &projects {
+        if p.trim().is_empty() || !seen.insert(p) {
+            return Err(sec_err(
+                "currents",
+                "projects",
+                format!("project id {p:?} is empty or listed twice"),
+            ));
+        }
+    }
+    let dur = |v: Option<String>, default: &str, key: &str| -> Result<Duration, ConfigError> {
+        parse_duration(v.as_deref().unwrap_or(default)).map_err(|m| sec_err("currents", key, m))
+    };
+    let currents = CurrentsConfig {
+        api_url,
+        projects,
+        poll_interval: dur(c.poll_interval, "60s", "poll_interval")?,
+        dashboard_url: c
+            .dashboard_url
+            .unwrap_or_else(|| "https://app.currents.dev".into())
+            .trim_end_matches('/')
+            .to_string(),
+        webhook_header: c
+            .webhook_header
+            .unwrap_or_else(|| "x-webhook-secret".into())
+            .to_ascii_lowercase(),
+        webhook_tolerance: dur(c.webhook_tolerance, "5m", "webhook_tolerance")?,
+        request_timeout: dur(c.request_timeout, "30s", "request_timeout")?,
+        max_requests_per_second: c.max_requests_per_second.unwrap_or(10),
+    };
+    if currents.request_timeout.is_zero() {
+        return Err(sec_err(
+            "currents",
+            "request_timeout",
+            "must be more than 0s".into(),
+        ));
+    }
+    if http::HeaderName::from_bytes(currents.webhook_header.as_bytes()).is_err() {
+        return Err(sec_err(
+            "currents",
+            "webhook_header",
+            format!("{:?} is not a valid HTTP header name", currents.webhook_header),
+        ));
+    }
+
+    // [github]
+    let g = raw.github;
+    let gh_url = g.api_url.unwrap_or_else(|| "https://api.github.com".into());
+    let gh_url = parse_http_url(&gh_url).map_err(|m| sec_err("github", "api_url", m))?;
+    let repos = g.repos.unwrap_or_default();
+    for (project, repo) in &repos {
+        if repo.split('/').filter(|s| !s.is_empty()).count() != 2 {
+            return Err(sec_err(
+                "github",
+                "repos",
+                format!("project {project:?} maps to {repo:?}; expected \"owner/repo\""),
+            ));
+        }
+    }
+    let github = GithubConfig {
+        api_url: gh_url,
+        repos,
+    };
+
+    let server = ServerConfig {
+        listen: raw
+            .server
+            .listen
+            .unwrap_or_else(|| "127.0.0.1:8080".into()),
+    };
+    let store = StoreConfig {
+        url: raw
+            .store
+            .url
+            .unwrap_or_else(|| "sqlite://runwarden.db".into()),
+    };
+    if !(store.url.starts_with("sqlite:")
+        || store.url.starts_with("postgres://")
+        || store.url.starts_with("postgresql://"))
+    {
+        return Err(sec_err(
+            "store",
+            "url",
+            "expected \"sqlite://PATH\" or \"postgres://...\"".into(),
+        ));
+    }
+
+    // [[rules]]
+    let mut rules = Vec::new();
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, r) in raw.rules.into_iter().enumerate() {
+        let rule = compile_rule(i, r, loc, base_dir, &mut warnings)?;
+        if let Some(first) = names.get(&rule.name) {
+            return Err(loc.err_at(
+                loc.rule_key_span(i, "name", false)
+                    .or_else(|| loc.rule_span(i)),
+                format!(
+                    "rule {:?}: duplicate rule name (first defined on line {})",
+                    rule.name,
+                    loc.rule_line(*first)
+                ),
+            ));
+        }
+        names.insert(rule.name.clone(), i);
+        rules.push(rule);
+    }
+    Ok((
+        Config {
+            dry_run: raw.dry_run.unwrap_or(false),
+            currents,
+            github,
+            server,
+            store,
+            rules,
+        },
+        warnings,
+    ))
+}
+
+fn parse_http_url(s: &str) -> Result<url::Url, String> {
+    let u = url::Url::parse(s.trim()).map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+    if u.scheme() != "http" && u.scheme() != "https" {
+        return Err(format!("{s:?} must be an http or https URL"));
+    }
+    if u.host_str().is_none() {
+        return Err(format!("{s:?} has no host"));
+    }
+    Ok(u)
+}
+
+/// Which keys of the raw rule are set (for the wrong-kind check).
+fn set_keys(r: &RawRule) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    macro_rules! k {
+        ($($f:ident),*) => { $( if r.$f.is_some() { v.push(stringify!($f)); } )* };
+    }
+    k!(
+        group_by,
+        on_push,
+        on_branch_deleted,
+        spare_if_progress_at_least,
+        max_duration,
+        idle_for,
+        auto_factor,
+        fallback,
+        grace,
+        ci_build_id_suffix,
+        match_by,
+        schedule,
+        older_than,
+        keep_latest,
+        keep_last_passed,
+        pin_tags,
+        max_deletions,
+        events,
+        comment,
+        commit_status,
+        status_context,
+        only_failed,
+        max_failed_specs,
+        template
+    );
+    v
+}
+
+fn compile_rule(
+    i: usize,
+    r: RawRule,
+    loc: &Locator<'_>,
+    base_dir: &Path,
+    warnings: &mut Vec<Warning>,
+) -> Result<Rule, ConfigError> {
+    let header = loc.rule_span(i);
+    let name = match &r.name {
+        Some(n) if !n.trim().is_empty() => n.clone(),
+        _ => {
+            return Err(loc.err_at(
+                header,
+                format!("rule #{}: missing required key \"name\"", i + 1),
+            ));
+        }
+    };
+    let at = |key: &str, msg: String| {
+        loc.err_at(
+            loc.rule_key_span(i, key, false).or_else(|| header.clone()),
+            format!("rule {name:?}: {key}: {msg}"),
+        )
+    };
+    let kind = match r.kind.as_deref() {
+        None => {
+            return Err(loc.err_at(
+                header.clone(),
+                format!(
+                    "rule {name:?}: missing required key \"kind\" (one of: {})",
+                    raw::KINDS.join(", ")
+                ),
+            ));
+        }
+        Some(k) if raw::KINDS.contains(&k) => k.to_string(),
+        Some(k) => {
+            let hint = suggest(k, raw::KINDS)
+                .map(|s| format!(" (did you mean {s:?}?)"))
+                .unwrap_or_default();
+            return Err(at(
+                "kind",
+                format!(
+                    "unknown kind {k:?}{hint}; expected one of: {}",
+                    raw::KINDS.join(", ")
+                ),
+            ));
+        }
+    };
+    let allowed = raw::kind_keys(&kind);
+    for key in set_keys(&r) {
+        if !allowed.contains(&key) {
+            let owner = raw::KINDS
+                .iter()
+                .find(|k| raw::kind_keys(k).contains(&key))
+                .copied()
+                .unwrap_or("another");
+            return Err(at(
+                key,
+                format!("key {key:?} belongs to {owner} rules and does not apply to a {kind} rule"),
+            ));
+        }
+    }
+    let filter = compile_match(r.filter.clone().unwrap_or_default(), &name, i, loc)?;
+    let dur = |key: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
+        v.as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|m| at(key, m))
+    };
+    let kind = match kind.as_str() {
+        "supersede" => {
+            let mut group_by = Vec::new();
+            for g in r.group_by.clone().unwrap_or_default() {
+                group_by.push(match g.as_str() {
+                    "tags" => GroupBy::Tags,
+                    "framework" => GroupBy::Framework,
+                    other => {
+                        return Err(at(
+                            "group_by",
+                            format!("unknown grouping {other:?}; expected \"tags\" or \"framework\""),
+                        ));
+                    }
+                });
+            }
+            if let Some(p) = r.spare_if_progress_at_least
+                && !(0.0..=1.0).contains(&p)
+            {
+                return Err(at(
+                    "spare_if_progress_at_least",
+                    format!("{p} is not between 0 and 1"),
+                ));
+            }
+            RuleKind::Supersede(SupersedeOptions {
+                group_by,
+                on_push: r.on_push.unwrap_or(true),
+                on_branch_deleted: r.on_branch_deleted.unwrap_or(true),
+                spare_if_progress_at_least: r.spare_if_progress_at_least,
+            })
+        }
+        "timeout" => {
+            let max_duration = match r.max_duration.as_deref() {
+                None => None,
+                Some("auto") => Some(MaxDuration::Auto),
+                Some(s) => Some(MaxDuration::Fixed(
+                    parse_duration(s).map_err(|m| at("max_duration", format!("{m}, or \"auto\"")))?,
+                )),
+            };
+            let idle_for = dur("idle_for", &r.idle_for)?;
+            if max_duration.is_none() && idle_for.is_none() {
+                return Err(loc.err_at(
+                    header.clone(),
+                    format!("rule {name:?}: a timeout rule needs \"max_duration\" or \"idle_for\" (or both)"),
+                ));
+            }
+            let auto_factor = r.auto_factor.unwrap_or(3.0);
+            if !(auto_factor.is_finite() && auto_factor > 0.0) {
+                return Err(at("auto_factor", format!("{auto_factor} must be more than 0")));
+            }
+            let fallback = dur("fallback", &r.fallback)?;
+            if max_duration == Some(MaxDuration::Auto) && fallback.is_none() {
+                warnings.push(Warning(format!(
+                    "{}:{}: rule {name:?}: max_duration = \"auto\" without \"fallback\": no duration limit applies until 10 passed runs of a group are known",
+                    loc.path,
+                    loc.rule_line(i)
+                )));
+            }
+            RuleKind::Timeout(TimeoutOptions {
+                max_duration,
+                idle_for,
+                auto_factor,
+                fallback,
+            })
+        }
+        "orphan" => RuleKind::Orphan(OrphanOptions {
+            grace: dur("grace", &r.grace)?.unwrap_or(Duration::from_secs(120)),
+            ci_build_id_suffix: r
+                .ci_build_id_suffix
+                .clone()
+                .unwrap_or_else(|| "{repository}-{run_id}-{run_attempt}".into()),
+            match_by: match r.match_by.as_deref() {
+                None | Some("ci_build_id") => MatchBy::CiBuildId,
+                Some("commit") => MatchBy::Commit,
+                Some(o) => {
+                    return Err(at(
+                        "match_by",
+                        format!("unknown value {o:?}; expected \"ci_build_id\" or \"commit\""),
+                    ));
+                }
+            },
+        }),
+        "retention" => {
+            let Some(schedule_text) = r.schedule.clone() else {
+                return Err(loc.err_at(
+                    header.clone(),
+                    format!("rule {name:?}: a retention rule needs \"schedule\" (a cron string, UTC, e.g. \"0 3 * * *\")"),
+                ));
+            };
+            let schedule = parse_cron(&schedule_text).map_err(|m| at("schedule", m))?;
+            let Some(older_than) = dur("older_than", &r.older_than)? else {
+                return Err(loc.err_at(
+                    header.clone(),
+                    format!("rule {name:?}: a retention rule needs \"older_than\" (e.g. \"30d\")"),
+                ));
+            };
+            let pin_tag_patterns = r.pin_tags.clone().unwrap_or_default();
+            let mut b = globset::GlobSetBuilder::new();
+            for p in &pin_tag_patterns {
+                b.add(
+                    globset::Glob::new(p)
+                        .map_err(|e| at("pin_tags", format!("invalid glob {p:?}: {}", e.kind())))?,
+                );
+            }
+            let pin_tags = b.build().map_err(|e| at("pin_tags", e.to_string()))?;
+            let max_deletions = r.max_deletions.unwrap_or(500);
+            if filter.is_empty() {
+                warnings.push(Warning(format!(
+                    "{}:{}: rule {name:?}: deletes runs of every project and branch (no [rules.match] filter)",
+                    loc.path,
+                    loc.rule_line(i)
+                )));
+            }
+            RuleKind::Retention(RetentionOptions {
+                schedule_text,
+                schedule,
+                older_than,
+                keep_latest: r.keep_latest.unwrap_or(0),
+                keep_last_passed: r.keep_last_passed.unwrap_or(false),
+                pin_tags,
+                pin_tag_patterns,
+                max_deletions,
+            })
+        }
+        "summary" => {
+            let events = r.events.clone().unwrap_or_else(|| {
+                vec!["RUN_FINISH".into(), "RUN_TIMEOUT".into(), "RUN_CANCELED".into()]
+            });
+            let mut norm = Vec::new();
+            for e in events {
+                let up = e.to_ascii_uppercase();
+                if !crate::currents::RUN_EVENTS.contains(&up.as_str()) {
+                    return Err(at(
+                        "events",
+                        format!(
+                            "unknown event {e:?}; expected some of: {}",
+                            crate::currents::RUN_EVENTS.join(", ")
+                        ),
+                    ));
+                }
+                norm.push(up);
+            }
+            let template = match &r.template {
+                None => None,
+                Some(p) => {
+                    let path = if Path::new(p).is_absolute() {
+                        PathBuf::from(p)
+                    } else {
+                        base_dir.join(p)
+                    };
+                    let src = std::fs::read_to_string(&path)
+                        .map_err(|e| at("template", format!("cannot read {}: {e}", path.display())))?;
+                    let mut env = minijinja::Environment::new();
+                    env.add_template_owned("summary", src.clone())
+                        .map_err(|e| at("template", format!("{} is not a valid template: {e}", path.display())))?;
+                    Some((path, src))
+                }
+            };
+            let comment = r.comment.unwrap_or(true);
+            let commit_status = r.commit_status.unwrap_or(false);
+            if !comment && !commit_status {
+                warnings.push(Warning(format!(
+                    "{}:{}: rule {name:?}: comment = false and commit_status = false: this summary rule does nothing",
+                    loc.path,
+                    loc.rule_line(i)
+                )));
+            }
+            RuleKind::Summary(SummaryOptions {
+                events: norm,
+                comment,
+                commit_status,
+                status_context: r
+                    .status_context
+                    .clone()
+                    .unwrap_or_else(|| "runwarden/{project}".into()),
+                only_failed: r.only_failed.unwrap_or(false),
+                max_failed_specs: r.max_failed_specs.unwrap_or(10),
+                template,
+            })
+        }
+        _ => unreachable!("kind checked above"),
+    };
+    Ok(Rule {
+        name,
+        dry_run: r.dry_run,
+        filter,
+        kind,
+        line: loc.rule_line(i),
+    })
+}
+
+fn compile_match(m: RawMatch, name: &str, i: usize, loc: &Locator<'_>) -> Result<Filter, ConfigError> {
+    let at = |key: &str, msg: String| {
+        loc.err_at(
+            loc.rule_key_span(i, key, true)
+                .or_else(|| loc.rule_span(i)),
+            format!("rule {name:?}: match.{key}: {msg}"),
+        )
+    };
+    let globs = |key: &str, v: &Option<Vec<String>>| -> Result<Option<GlobList>, ConfigError> {
+        v.as_ref()
+            .map(|p| GlobList::new(p).map_err(|m| at(key, m)))
+            .transpose()
+    };
+    let regex = |key: &str, v: &Option<String>| -> Result<Option<regex::Regex>, ConfigError> {
+        v.as_ref()
+            .map(|p| {
+                regex::RegexBuilder::new(p)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| at(key, format!("invalid regex: {e}")))
+            })
+            .transpose()
+    };
+    let tags = match &m.tags {
+        None => None,
+        Some(p) => Some((p.clone(), Filter::compile_tags(p).map_err(|e| at("tags", e))?)),
+    };
+    let tag_mode = match m.tag_mode.as_deref() {
+        None | Some("any") => TagMode::Any,
+        Some("all") => TagMode::All,
+        Some("none") => TagMode::None,
+        Some(o) => {
+            return Err(at(
+                "tag_mode",
+                format!("unknown mode {o:?}; expected \"any\", \"all\" or \"none\""),
+            ));
+        }
+    };
+    let statuses = match &m.statuses {
+        None => None,
+        Some(v) => {
+            let mut out = Vec::new();
+            for s in v {
+                let p = RunStatus::parse(s);
+                if matches!(p, RunStatus::Unknown(_)) {
+                    return Err(at(
+                        "statuses",
+                        format!("unknown status {s:?}; expected PASSED, FAILED, RUNNING or FAILING"),
+                    ));
+                }
+                out.push(p);
+            }
+            Some(out)
+        }
+    };
+    let completion_states = match &m.completion_states {
+        None => None,
+        Some(v) => {
+            let mut out = Vec::new();
+            for s in v {
+                let p = CompletionState::parse(s);
+                if matches!(p, CompletionState::Unknown(_)) {
+                    return Err(at(
+                        "completion_states",
+                        format!("unknown state {s:?}; expected COMPLETE, IN_PROGRESS, CANCELED or TIMEOUT"),
+                    ));
+                }
+                out.push(p);
+            }
+            Some(out)
+        }
+    };
+    Ok(Filter {
+        projects: m.projects.clone(),
+        branches: globs("branches", &m.branches)?,
+        tags,
+        tag_mode,
+        authors: globs("authors", &m.authors)?,
+        statuses,
+        completion_states,
+        message: regex("message", &m.message)?,
+        ci_build_id: regex("ci_build_id", &m.ci_build_id)?,
+        frameworks: m.frameworks.clone(),
+    })
+}

@@ -1,0 +1,237 @@
+//! Configuration: `rules.toml` (SPEC §2–§4).
+//!
+//! Loading happens in two passes. [`raw`] holds the serde shapes with
+//! `deny_unknown_fields` everywhere; [`load`] parses the file (errors located as
+//! `PATH:LINE:COL`), merges `RUNWARDEN__SECTION__KEY` environment overrides through the
+//! `config` crate, then compiles the result into the typed [`Config`] below: durations,
+//! globs, regexes and cron strings are all checked at load time, so nothing downstream
+//! has to handle an invalid value.
+
+pub mod filter;
+pub mod load;
+pub mod raw;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub use filter::{Filter, TagMode};
+pub use load::{ConfigError, Loaded, Warning, load_file, load_str};
+
+use crate::secret::Secret;
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `true`: record decisions, mutate nothing.
+    pub dry_run: bool,
+    pub currents: CurrentsConfig,
+    pub github: GithubConfig,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub rules: Vec<Rule>,
+}
+
+/// `[currents]`.
+#[derive(Debug, Clone)]
+pub struct CurrentsConfig {
+    pub api_url: url::Url,
+    pub projects: Vec<String>,
+    /// `0s` turns polling off.
+    pub poll_interval: Duration,
+    pub dashboard_url: String,
+    pub webhook_header: String,
+    pub webhook_tolerance: Duration,
+    pub request_timeout: Duration,
+    pub max_requests_per_second: u32,
+}
+
+/// `[github]`.
+#[derive(Debug, Clone)]
+pub struct GithubConfig {
+    pub api_url: url::Url,
+    /// project id -> `owner/repo`.
+    pub repos: BTreeMap<String, String>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: String,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub url: String,
+}
+
+/// One `[[rules]]` entry.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    /// `None` inherits the global `dry_run`.
+    pub dry_run: Option<bool>,
+    pub filter: Filter,
+    pub kind: RuleKind,
+    /// 1-based line of the rule's `[[rules]]` header in the file (0 when unknown).
+    pub line: usize,
+}
+
+impl Rule {
+    /// Whether this rule only records decisions: its own `dry_run`, else the global one.
+    pub fn is_dry_run(&self, global: bool) -> bool {
+        self.dry_run.unwrap_or(global)
+    }
+    pub fn kind_name(&self) -> &'static str {
+        self.kind.name()
+    }
+}
+
+/// A rule kind with its options (SPEC §4).
+#[derive(Debug, Clone)]
+pub enum RuleKind {
+    Supersede(SupersedeOptions),
+    Timeout(TimeoutOptions),
+    Orphan(OrphanOptions),
+    Retention(RetentionOptions),
+    Summary(SummaryOptions),
+}
+
+impl RuleKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RuleKind::Supersede(_) => "supersede",
+            RuleKind::Timeout(_) => "timeout",
+            RuleKind::Orphan(_) => "orphan",
+            RuleKind::Retention(_) => "retention",
+            RuleKind::Summary(_) => "summary",
+        }
+    }
+}
+
+/// What `group_by` adds to the branch when grouping runs for `supersede`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Tags,
+    Framework,
+}
+
+/// `kind = "supersede"`.
+#[derive(Debug, Clone)]
+pub struct SupersedeOptions {
+    pub group_by: Vec<GroupBy>,
+    pub on_push: bool,
+    pub on_branch_deleted: bool,
+    /// 0..=1; spare runs at least this far complete.
+    pub spare_if_progress_at_least: Option<f64>,
+}
+
+/// `max_duration` of a timeout rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxDuration {
+    Fixed(Duration),
+    /// `auto_factor` × p95 of the last 50 completed passed runs of the group.
+    Auto,
+}
+
+/// `kind = "timeout"`.
+#[derive(Debug, Clone)]
+pub struct TimeoutOptions {
+    pub max_duration: Option<MaxDuration>,
+    pub idle_for: Option<Duration>,
+    pub auto_factor: f64,
+    /// Limit used by `max_duration = "auto"` with fewer than 10 samples.
+    pub fallback: Option<Duration>,
+}
+
+/// How an orphan rule ties runs to a finished workflow run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchBy {
+    CiBuildId,
+    Commit,
+}
+
+/// `kind = "orphan"`.
+#[derive(Debug, Clone)]
+pub struct OrphanOptions {
+    pub grace: Duration,
+    /// Template with `{repository}`, `{run_id}`, `{run_attempt}`.
+    pub ci_build_id_suffix: String,
+    pub match_by: MatchBy,
+}
+
+/// `kind = "retention"`.
+#[derive(Debug, Clone)]
+pub struct RetentionOptions {
+    /// The cron string as written (5 or 6 fields).
+    pub schedule_text: String,
+    pub schedule: cron::Schedule,
+    pub older_than: Duration,
+    pub keep_latest: u32,
+    pub keep_last_passed: bool,
+    pub pin_tags: globset::GlobSet,
+    pub pin_tag_patterns: Vec<String>,
+    pub max_deletions: u32,
+}
+
+/// `kind = "summary"`.
+#[derive(Debug, Clone)]
+pub struct SummaryOptions {
+    /// Currents events that trigger the summary (`RUN_FINISH`, ...).
+    pub events: Vec<String>,
+    pub comment: bool,
+    pub commit_status: bool,
+    /// With `{project}` filled in.
+    pub status_context: String,
+    pub only_failed: bool,
+    pub max_failed_specs: u32,
+    /// Template source (read at load time) and its path.
+    pub template: Option<(std::path::PathBuf, String)>,
+}
+
+/// Secrets, read only from the environment (SPEC §2).
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    pub currents_api_key: Option<Secret>,
+    pub github_token: Option<Secret>,
+    pub github_app_id: Option<u64>,
+    pub github_app_private_key: Option<Secret>,
+    pub currents_webhook_secrets: Vec<Secret>,
+    pub github_webhook_secrets: Vec<Secret>,
+    pub admin_token: Option<Secret>,
+}
+
+impl Secrets {
+    /// Reads every secret variable of SPEC §2. A `GITHUB_APP_PRIVATE_KEY` that is not PEM
+    /// text is taken as a path and read.
+    pub fn from_env() -> Self {
+        let key = Secret::from_env("GITHUB_APP_PRIVATE_KEY").map(|k| {
+            if k.expose().contains("-----BEGIN") {
+                k
+            } else {
+                std::fs::read_to_string(k.expose())
+                    .map(Secret::new)
+                    .unwrap_or(k)
+            }
+        });
+        Self {
+            currents_api_key: Secret::from_env("CURRENTS_API_KEY"),
+            github_token: Secret::from_env("GITHUB_TOKEN"),
+            github_app_id: std::env::var("GITHUB_APP_ID")
+                .ok()
+                .and_then(|v| v.trim().parse().ok()),
+            github_app_private_key: key,
+            currents_webhook_secrets: Secret::list_from_env("RUNWARDEN_CURRENTS_WEBHOOK_SECRET"),
+            github_webhook_secrets: Secret::list_from_env("RUNWARDEN_GITHUB_WEBHOOK_SECRET"),
+            admin_token: Secret::from_env("RUNWARDEN_ADMIN_TOKEN"),
+        }
+    }
+}
+
+/// Fills `{repository}`, `{run_id}` and `{run_attempt}` in an orphan suffix template.
+pub fn fill_suffix(template: &str, repository: &str, run_id: u64, run_attempt: u64) -> String {
+    template
+        .replace("{repository}", repository)
+        .replace("{run_id}", &run_id.to_string())
+        .replace("{run_attempt}", &run_attempt.to_string())
+}

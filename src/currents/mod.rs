@@ -1,0 +1,7 @@
+//! The Currents REST API: typed models and the HTTP client.
+
+pub mod client;
+pub mod models;
+
+pub use client::CurrentsClient;
+pub use models::*;

@@ -1,0 +1,1 @@
+//! GitHub API client over octocrab. (issue 6)

@@ -1,0 +1,1 @@
+//! runwarden-owned GitHub webhook event types. (issue 5)

@@ -1,0 +1,4 @@
+//! GitHub: the octocrab-based client and the webhook event types runwarden understands.
+
+pub mod client;
+pub mod events;

@@ -1,0 +1,5 @@
+//! Intake: how runwarden learns about runs — webhooks, the poller and cron schedules.
+
+pub mod poller;
+pub mod schedules;
+pub mod webhooks;

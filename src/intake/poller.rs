@@ -1,0 +1,1 @@
+//! Polling the Currents API to reconcile what webhooks missed. (issue 5)

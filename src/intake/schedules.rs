@@ -1,0 +1,1 @@
+//! Cron schedules of retention rules. (issue 5)
