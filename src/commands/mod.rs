@@ -3,7 +3,13 @@
 //! Exit codes: 0 success, 1 the work failed (an action failed for good, a circuit
 //! breaker tripped), 2 bad usage or an invalid config.
 
+pub mod audit;
 pub mod check;
+pub mod explain;
+pub mod plan;
+pub mod serve;
+pub mod sweep;
+pub mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +81,10 @@ pub enum Command {
     Simulate {
         #[arg(long, default_value = "127.0.0.1:4000")]
         listen: String,
+        /// Post Currents webhooks for run changes to this URL (with the header
+        /// `currents.webhook_header` = $RUNWARDEN_CURRENTS_WEBHOOK_SECRET).
+        #[arg(long)]
+        webhook_url: Option<String>,
     },
     /// The whole bot against the built-in simulator, narrated.
     Demo {
@@ -120,14 +130,37 @@ pub fn main() -> ExitCode {
     crate::telemetry::init();
     match &cli.command {
         Command::Check => check::run(&cli.config),
-        Command::Serve => not_yet("serve"),
-        Command::Plan { .. } => not_yet("plan"),
-        Command::Sweep { .. } => not_yet("sweep"),
-        Command::Explain { .. } => not_yet("explain"),
-        Command::Audit { .. } => not_yet("audit"),
-        Command::Webhooks { .. } => not_yet("webhooks install"),
-        Command::Simulate { .. } => not_yet("simulate"),
+        Command::Serve => serve::run(&cli.config),
+        Command::Plan { rule, format } => plan::run(&cli.config, rule.as_deref(), *format),
+        Command::Sweep { rule, dry_run } => sweep::run(&cli.config, rule.as_deref(), *dry_run),
+        Command::Explain { run_id } => explain::run(&cli.config, run_id),
+        Command::Audit { since, rule, format } => audit::run(&cli.config, since.as_deref(), rule.as_deref(), *format),
+        Command::Webhooks {
+            command: WebhooksCommand::Install { url, dry_run },
+        } => webhooks::run(&cli.config, url, *dry_run),
+        Command::Simulate { listen, webhook_url } => simulate(&cli.config, listen, webhook_url.clone()),
         Command::Demo { .. } => not_yet("demo"),
+    }
+}
+
+fn simulate(path: &std::path::Path, listen: &str, webhook_url: Option<String>) -> ExitCode {
+    let mut cfg = crate::simulator::SimConfig::interactive();
+    if let Some(url) = webhook_url {
+        // The header name comes from the config when there is one.
+        let header = config::load_file(path)
+            .map(|l| l.config.currents.webhook_header)
+            .unwrap_or_else(|_| "x-webhook-secret".into());
+        cfg.webhook_url = Some(url);
+        if let Some(secret) = crate::secret::Secret::list_from_env("RUNWARDEN_CURRENTS_WEBHOOK_SECRET").first() {
+            cfg.webhook_headers = vec![(header, secret.expose().to_string())];
+        }
+    }
+    match runtime().block_on(crate::simulator::run_cli(listen, cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("runwarden simulate: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
     }
 }
 

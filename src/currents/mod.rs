@@ -3,5 +3,8 @@
 pub mod client;
 pub mod models;
 
-pub use client::CurrentsClient;
+pub use client::{
+    CancelOutcome, ClientOptions, ClientStats, CurrentsClient, CurrentsError, DeleteOutcome,
+    FindBy, Page, RunFilter, TagOperator,
+};
 pub use models::*;

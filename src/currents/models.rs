@@ -545,10 +545,19 @@ mod tests {
 
     #[test]
     fn enums_are_case_insensitive_with_fallback() {
-        assert_eq!(CompletionState::parse("in_progress"), CompletionState::InProgress);
-        assert_eq!(CompletionState::parse("cancelled"), CompletionState::Canceled);
+        assert_eq!(
+            CompletionState::parse("in_progress"),
+            CompletionState::InProgress
+        );
+        assert_eq!(
+            CompletionState::parse("cancelled"),
+            CompletionState::Canceled
+        );
         assert_eq!(RunStatus::parse("Passed"), RunStatus::Passed);
-        assert_eq!(RunStatus::parse("weird"), RunStatus::Unknown("weird".into()));
+        assert_eq!(
+            RunStatus::parse("weird"),
+            RunStatus::Unknown("weird".into())
+        );
     }
 
     #[test]
@@ -560,15 +569,24 @@ mod tests {
             "meta":{"ciBuildId":"b","commit":{"sha":"c6","branch":"feat/x"}},"futureField":1}"#;
         let run: Run = serde_json::from_str(raw).unwrap();
         assert_eq!(run.completion_state, CompletionState::Complete);
-        assert_eq!(run.cancellation.unwrap().actor.as_deref(), Some("x"));
+        assert_eq!(
+            run.cancellation.as_ref().unwrap().actor.as_deref(),
+            Some("x")
+        );
         assert_eq!(run.test_counts().failures, 16);
         assert_eq!(run.branch(), Some("feat/x"));
     }
 
     #[test]
     fn run_id_from_run_url() {
-        assert_eq!(run_id_from_url("https://app.currents.dev/run/950a13c3edf4").as_deref(), Some("950a13c3edf4"));
-        assert_eq!(run_id_from_url("https://app.currents.dev/run/950a/").as_deref(), Some("950a"));
+        assert_eq!(
+            run_id_from_url("https://app.currents.dev/run/950a13c3edf4").as_deref(),
+            Some("950a13c3edf4")
+        );
+        assert_eq!(
+            run_id_from_url("https://app.currents.dev/run/950a/").as_deref(),
+            Some("950a")
+        );
         assert_eq!(run_id_from_url("https://app.currents.dev/x/950a"), None);
         assert_eq!(run_id_from_url("not a url"), None);
     }

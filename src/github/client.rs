@@ -1,1 +1,1545 @@
-//! GitHub API client over octocrab. (issue 6)
+//! The GitHub REST client runwarden uses for run summaries (SPEC §4 `summary`, §6), over
+//! octocrab.
+//!
+//! octocrab is the transport (hyper + rustls, connect/read/write timeouts, tracing spans);
+//! everything GitHub-specific that decides whether a side effect happens once is done
+//! here, on the raw responses, because octocrab's typed handlers hide the headers this
+//! needs (`reliability-notes.md` §2.6):
+//!
+//! - **Retries** are explicit and per kind of call. Reads and idempotent writes (`PATCH` of
+//!   a comment, commit statuses) are retried on network errors, timeouts, 5xx, 429 and
+//!   rate-limit 403s, with exponential backoff and jitter. A rate limit waits for
+//!   `Retry-After`, else until `x-ratelimit-reset` when `x-ratelimit-remaining` is 0, else
+//!   at least [`RetryPolicy::secondary_limit_delay`] (60 s; GitHub's advice for a
+//!   secondary limit without headers), doubling on each further hit. A wait longer than
+//!   [`RetryPolicy::max_wait`] is not slept through: the error is returned with
+//!   [`GithubError::retry_after`] so the caller can park the action.
+//! - **Creating a comment is never blindly retried.** When a `POST` comment's outcome is
+//!   unknown (timeout, dropped connection, 5xx), [`GithubClient::create_comment_unique`]
+//!   reads the PR's comments for the marker before posting again.
+//! - **Every call has a timeout** ([`GithubClientOptions::request_timeout`], covering the
+//!   whole exchange including the body), and mutating calls are spaced by
+//!   [`RetryPolicy::min_write_interval`] (GitHub asks for ≥ 1 s between writes).
+//! - **Auth**: a token (`GITHUB_TOKEN`), or a GitHub App: the installation of each repo is
+//!   looked up once (`GET /repos/{o}/{r}/installation`), installation tokens are created
+//!   (`POST /app/installations/{id}/access_tokens`), cached per installation, refreshed
+//!   [`TOKEN_REFRESH_MARGIN`] before they expire and dropped on a 401. Every URL is built
+//!   from `github.api_url`, so GitHub Enterprise (`https://ghe/api/v3`) and the simulator
+//!   (`{sim}/github`) work; credentials are only ever sent to that origin.
+//!
+//! Secrets never appear in `Debug` output, logs or errors.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use octocrab::Octocrab;
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::config::{GithubConfig, Secrets};
+use crate::secret::Secret;
+
+/// GitHub's limit on a commit status description, in characters.
+pub const MAX_STATUS_DESCRIPTION: usize = 140;
+/// An installation token is replaced when it has less than this left to live.
+pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
+/// Items per page of list calls (GitHub's maximum).
+const PER_PAGE: usize = 100;
+/// Safety stop for pagination (10,000 items).
+const MAX_PAGES: usize = 100;
+/// Longest GitHub error message kept in an error.
+const MAX_MESSAGE: usize = 300;
+
+// ---------------------------------------------------------------------------------------
+// runwarden's own small types
+// ---------------------------------------------------------------------------------------
+
+/// A repository, `owner/name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RepoName {
+    pub owner: String,
+    pub name: String,
+}
+
+impl RepoName {
+    pub fn new(owner: impl Into<String>, name: impl Into<String>) -> Result<Self, InvalidRepo> {
+        let (owner, name) = (owner.into(), name.into());
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 100
+                && s != "."
+                && s != ".."
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if ok(&owner) && ok(&name) {
+            Ok(Self { owner, name })
+        } else {
+            Err(InvalidRepo(format!("{owner}/{name}")))
+        }
+    }
+
+    /// Lower-case `owner/name`: GitHub compares repository names case-insensitively.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.owner, self.name).to_ascii_lowercase()
+    }
+}
+
+impl FromStr for RepoName {
+    type Err = InvalidRepo;
+    fn from_str(s: &str) -> Result<Self, InvalidRepo> {
+        let s = s.trim();
+        match s.split_once('/') {
+            Some((o, n)) if !n.contains('/') => RepoName::new(o, n),
+            _ => Err(InvalidRepo(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.owner, self.name)
+    }
+}
+
+/// A string that is not `owner/name`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a GitHub repository (owner/name)")]
+pub struct InvalidRepo(pub String);
+
+/// A pull request, as far as summaries need it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PullRef {
+    pub number: u64,
+    /// `open` or `closed`.
+    pub state: String,
+    pub head_sha: String,
+    pub head_ref: String,
+}
+
+impl PullRef {
+    pub fn is_open(&self) -> bool {
+        self.state.eq_ignore_ascii_case("open")
+    }
+}
+
+/// An issue (pull request) comment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IssueComment {
+    pub id: u64,
+    pub body: String,
+    /// Login of the author.
+    pub author: Option<String>,
+    pub html_url: Option<String>,
+}
+
+/// The result of [`GithubClient::create_comment_unique`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedComment {
+    pub comment: IssueComment,
+    /// `true`: a `POST` had an unknown outcome and this comment was found by its marker
+    /// instead (it may carry another writer's body).
+    pub recovered: bool,
+}
+
+/// State of a commit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusState {
+    Pending,
+    Success,
+    Failure,
+    Error,
+}
+
+impl StatusState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusState::Pending => "pending",
+            StatusState::Success => "success",
+            StatusState::Failure => "failure",
+            StatusState::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for StatusState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A commit status as GitHub reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommitStatus {
+    pub state: StatusState,
+    pub context: String,
+    pub description: Option<String>,
+    pub target_url: Option<String>,
+}
+
+/// Cuts `s` to at most `max` characters, ending with `…` when cut.
+pub fn truncate_chars(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+/// A failed GitHub call. Never contains a credential.
+#[derive(Debug, thiserror::Error)]
+pub struct GithubError {
+    /// `GET`, `POST`, ...; empty for errors raised before any request.
+    pub method: String,
+    /// The API path (no host, no query).
+    pub path: String,
+    pub kind: GithubErrorKind,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+impl fmt::Display for GithubError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.method.is_empty() {
+            write!(f, "GitHub: {}", self.kind)
+        } else {
+            write!(f, "GitHub {} {}: {}", self.method, self.path, self.kind)?;
+            if self.attempts > 1 {
+                write!(f, " (after {} attempts)", self.attempts)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum GithubErrorKind {
+    /// An HTTP error answer (not a rate limit).
+    #[error("HTTP {status}: {message}")]
+    Status { status: u16, message: String },
+    /// A primary or secondary rate limit (429, or 403 with rate-limit signs).
+    #[error("rate limited (HTTP {status}): {message}")]
+    RateLimited {
+        status: u16,
+        message: String,
+        /// How long GitHub asked to wait, when it said.
+        retry_after: Option<Duration>,
+    },
+    /// No complete answer within the request timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection failed or was dropped.
+    #[error("connection failed: {0}")]
+    Network(String),
+    /// A success answer whose body is not what the API documents.
+    #[error("unexpected response: {0}")]
+    Decode(String),
+    /// Credentials are missing or unusable (e.g. the App is not installed on the repo).
+    #[error("authentication: {0}")]
+    Auth(String),
+    /// A request runwarden refuses to send (bad sha, bad URL).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+impl GithubError {
+    fn new(method: &Method, path: &str, kind: GithubErrorKind) -> Self {
+        GithubError {
+            method: method.to_string(),
+            path: path.to_string(),
+            kind,
+            attempts: 0,
+        }
+    }
+
+    fn bare(kind: GithubErrorKind) -> Self {
+        GithubError {
+            method: String::new(),
+            path: String::new(),
+            kind,
+            attempts: 0,
+        }
+    }
+
+    /// The HTTP status of an error answer.
+    pub fn status(&self) -> Option<u16> {
+        match &self.kind {
+            GithubErrorKind::Status { status, .. } | GithubErrorKind::RateLimited { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether trying again later can succeed: network errors, timeouts, 5xx, rate limits,
+    /// and a malformed body (a truncating proxy). Other 4xx and auth problems are final.
+    pub fn is_retryable(&self) -> bool {
+        match &self.kind {
+            GithubErrorKind::Status { status, .. } => *status >= 500 || *status == 408,
+            GithubErrorKind::RateLimited { .. }
+            | GithubErrorKind::Timeout(_)
+            | GithubErrorKind::Network(_)
+            | GithubErrorKind::Decode(_) => true,
+            GithubErrorKind::Auth(_) | GithubErrorKind::Invalid(_) => false,
+        }
+    }
+
+    /// For a write: whether GitHub may have carried it out although no success was seen
+    /// (timeout, dropped connection, 5xx, unreadable success body).
+    pub fn outcome_unknown(&self) -> bool {
+        match &self.kind {
+            GithubErrorKind::Status { status, .. } => *status >= 500,
+            GithubErrorKind::Timeout(_)
+            | GithubErrorKind::Network(_)
+            | GithubErrorKind::Decode(_) => true,
+            _ => false,
+        }
+    }
+
+    /// How long GitHub asked to wait before trying again (rate limits).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match &self.kind {
+            GithubErrorKind::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Options and auth
+// ---------------------------------------------------------------------------------------
+
+/// When and how calls are retried. The defaults follow GitHub's guidance; tests shrink
+/// the delays.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts per call, the first included.
+    pub max_attempts: u32,
+    /// First backoff after a network error or 5xx; doubled each attempt, with jitter.
+    pub base_delay: Duration,
+    /// Cap of the exponential backoff.
+    pub max_delay: Duration,
+    /// Wait after a rate limit that gave no `Retry-After` and no reset time (GitHub:
+    /// "wait at least one minute"); doubled on each further hit.
+    pub secondary_limit_delay: Duration,
+    /// A rate-limit wait longer than this is not slept through: the error goes back to
+    /// the caller with [`GithubError::retry_after`].
+    pub max_wait: Duration,
+    /// Minimum spacing of mutating requests from this client.
+    pub min_write_interval: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+            secondary_limit_delay: Duration::from_secs(60),
+            max_wait: Duration::from_secs(5 * 60),
+            min_write_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Millisecond delays for tests and the simulator.
+    pub fn fast() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+            secondary_limit_delay: Duration::from_millis(20),
+            max_wait: Duration::from_secs(5),
+            min_write_interval: Duration::ZERO,
+        }
+    }
+}
+
+/// Settings of a [`GithubClient`].
+#[derive(Debug, Clone)]
+pub struct GithubClientOptions {
+    /// `https://api.github.com`, `https://ghe.example.com/api/v3`, `{sim}/github`.
+    pub api_url: url::Url,
+    /// Limit of one whole request (connect, send, answer, body).
+    pub request_timeout: Duration,
+    /// Limit of establishing a connection.
+    pub connect_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl GithubClientOptions {
+    pub fn new(api_url: url::Url) -> Self {
+        GithubClientOptions {
+            api_url,
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// From `[github]`.
+    pub fn from_config(github: &GithubConfig) -> Self {
+        Self::new(github.api_url.clone())
+    }
+}
+
+/// Signs the JWT a GitHub App authenticates with (RS256 over `iss`/`iat`/`exp`).
+pub type AppJwtSigner = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// How runwarden authenticates to GitHub.
+#[derive(Clone)]
+pub enum GithubAuth {
+    /// A token: `GITHUB_TOKEN`, a PAT, or an installation token minted elsewhere.
+    Token(Secret),
+    /// A GitHub App: installation tokens are created and cached per installation.
+    App { app_id: u64, jwt: AppJwtSigner },
+}
+
+impl fmt::Debug for GithubAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GithubAuth::Token(_) => f.write_str("GithubAuth::Token([redacted])"),
+            GithubAuth::App { app_id, .. } => write!(f, "GithubAuth::App {{ app_id: {app_id} }}"),
+        }
+    }
+}
+
+impl GithubAuth {
+    /// From the environment (SPEC §2): `GITHUB_TOKEN` wins; else `GITHUB_APP_ID` +
+    /// `GITHUB_APP_PRIVATE_KEY`. `Ok(None)` when neither is set.
+    pub fn from_secrets(secrets: &Secrets) -> Result<Option<GithubAuth>, GithubError> {
+        if let Some(t) = &secrets.github_token {
+            return Ok(Some(GithubAuth::Token(t.clone())));
+        }
+        match (secrets.github_app_id, &secrets.github_app_private_key) {
+            (Some(app_id), Some(pem)) => Ok(Some(GithubAuth::App {
+                app_id,
+                jwt: app_jwt_signer(app_id, pem)?,
+            })),
+            (Some(_), None) => Err(GithubError::bare(GithubErrorKind::Auth(
+                "GITHUB_APP_ID is set but GITHUB_APP_PRIVATE_KEY is not".into(),
+            ))),
+            (None, Some(_)) => Err(GithubError::bare(GithubErrorKind::Auth(
+                "GITHUB_APP_PRIVATE_KEY is set but GITHUB_APP_ID is not".into(),
+            ))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// The RS256 signer of a GitHub App's JWT from its PEM private key.
+///
+/// Signing RS256 needs an RSA implementation that runwarden does not depend on directly
+/// yet: octocrab takes a `jsonwebtoken::EncodingKey` but does not re-export the crate.
+/// With `jsonwebtoken = "9"` in `Cargo.toml` (already in `Cargo.lock` through octocrab)
+/// the body becomes:
+///
+/// ```ignore
+/// let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.expose().as_bytes())
+///     .map_err(|e| GithubError::bare(GithubErrorKind::Auth(format!("GITHUB_APP_PRIVATE_KEY: {e}"))))?;
+/// Ok(Arc::new(move || {
+///     octocrab::auth::create_jwt(octocrab::models::AppId(app_id), &key).map_err(|e| e.to_string())
+/// }))
+/// ```
+///
+/// Until then App auth is available through [`GithubAuth::App`] with a signer supplied
+/// by the caller, and this function reports what is missing.
+pub fn app_jwt_signer(app_id: u64, pem: &Secret) -> Result<AppJwtSigner, GithubError> {
+    let looks_like_pem = pem.expose().contains("-----BEGIN") && pem.expose().contains("KEY-----");
+    let what = if looks_like_pem {
+        "signing the GitHub App JWT needs the jsonwebtoken dependency, which this build lacks; \
+         use GITHUB_TOKEN"
+    } else {
+        "GITHUB_APP_PRIVATE_KEY is neither PEM text nor a readable PEM file"
+    };
+    Err(GithubError::bare(GithubErrorKind::Auth(format!(
+        "GitHub App {app_id}: {what}"
+    ))))
+}
+
+// ---------------------------------------------------------------------------------------
+// The client
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct CachedToken {
+    token: Secret,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl CachedToken {
+    fn fresh(&self, now: DateTime<Utc>) -> bool {
+        match self.expires_at {
+            None => true,
+            Some(exp) => {
+                let margin = chrono::Duration::from_std(TOKEN_REFRESH_MARGIN)
+                    .unwrap_or(chrono::Duration::zero());
+                exp - now > margin
+            }
+        }
+    }
+}
+
+/// Which credential a request carries.
+#[derive(Clone, Copy)]
+enum AuthFor<'a> {
+    /// The App's JWT (App endpoints).
+    AppJwt,
+    /// The token for this repository (the token, or its installation's token).
+    Repo(&'a RepoName),
+}
+
+/// What a failed attempt may be retried as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallKind {
+    /// GET.
+    Read,
+    /// PATCH of a comment, a commit status, an installation token: repeating is harmless.
+    IdempotentWrite,
+    /// POST of a comment: retried only when GitHub certainly rejected it (rate limits).
+    Create,
+}
+
+impl CallKind {
+    fn mutates(self) -> bool {
+        self != CallKind::Read
+    }
+}
+
+/// One answer: status, headers and decoded body.
+struct Reply<T> {
+    headers: HeaderMap,
+    value: T,
+}
+
+/// The GitHub API client. Cheap to share (`Arc`); one per process.
+pub struct GithubClient {
+    crab: Octocrab,
+    /// `api_url` without a trailing slash.
+    base: String,
+    origin: url::Origin,
+    auth: GithubAuth,
+    opts: GithubClientOptions,
+    /// repo key -> installation id (App auth).
+    installations: Mutex<HashMap<String, u64>>,
+    /// installation id -> token. A tokio mutex: one token request at a time.
+    tokens: tokio::sync::Mutex<HashMap<u64, CachedToken>>,
+    /// When the last mutating request was sent.
+    last_write: tokio::sync::Mutex<Option<Instant>>,
+    /// (repo key, PR) -> sticky comment id, learnt by the summary code.
+    comment_ids: Mutex<HashMap<(String, u64), u64>>,
+    /// (repo key, PR) -> lock serialising read-modify-write of that PR's comment.
+    pr_locks: Mutex<HashMap<(String, u64), Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl fmt::Debug for GithubClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GithubClient")
+            .field("api_url", &self.base)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl GithubClient {
+    pub fn new(opts: GithubClientOptions, auth: GithubAuth) -> Result<GithubClient, GithubError> {
+        let invalid = |m: String| GithubError::bare(GithubErrorKind::Invalid(m));
+        let url = &opts.api_url;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(invalid(format!("github.api_url {url} is not an http(s) URL")));
+        }
+        if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
+            return Err(invalid(
+                "github.api_url must not carry credentials or a query".into(),
+            ));
+        }
+        let base = url.as_str().trim_end_matches('/').to_string();
+        let crab = Octocrab::builder()
+            .base_uri(base.as_str())
+            .map_err(|e| invalid(format!("github.api_url {base}: {}", first_line(&e))))?
+            .set_connect_timeout(Some(opts.connect_timeout))
+            .set_read_timeout(Some(opts.request_timeout))
+            .set_write_timeout(Some(opts.request_timeout))
+            .build()
+            .map_err(|e| invalid(format!("cannot build the HTTP client: {}", first_line(&e))))?;
+        Ok(GithubClient {
+            crab,
+            origin: url.origin(),
+            base,
+            auth,
+            opts,
+            installations: Mutex::new(HashMap::new()),
+            tokens: tokio::sync::Mutex::new(HashMap::new()),
+            last_write: tokio::sync::Mutex::new(None),
+            comment_ids: Mutex::new(HashMap::new()),
+            pr_locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// From `[github]` and the environment's secrets; `Ok(None)` without credentials.
+    pub fn from_config(
+        github: &GithubConfig,
+        secrets: &Secrets,
+    ) -> Result<Option<GithubClient>, GithubError> {
+        match GithubAuth::from_secrets(secrets)? {
+            None => Ok(None),
+            Some(auth) => GithubClient::new(GithubClientOptions::from_config(github), auth).map(Some),
+        }
+    }
+
+    pub fn options(&self) -> &GithubClientOptions {
+        &self.opts
+    }
+
+    /// `api_url`, without a trailing slash.
+    pub fn api_url(&self) -> &str {
+        &self.base
+    }
+
+    // ---- API methods -------------------------------------------------------------------
+
+    /// `GET /repos/{o}/{r}/commits/{sha}/pulls`: the pull requests containing `sha`
+    /// (open and closed).
+    pub async fn pulls_for_commit(
+        &self,
+        repo: &RepoName,
+        sha: &str,
+    ) -> Result<Vec<PullRef>, GithubError> {
+        check_sha(sha)?;
+        let path = format!("/repos/{repo}/commits/{sha}/pulls");
+        let raw: Vec<RawPull> = self.list_all(repo, &path, "", |_| false).await?;
+        Ok(raw.into_iter().map(RawPull::into_ref).collect())
+    }
+
+    /// `GET /repos/{o}/{r}/pulls?state=open&head={owner}:{branch}`: open PRs from `branch`
+    /// of the repository itself.
+    pub async fn open_pulls_for_branch(
+        &self,
+        repo: &RepoName,
+        branch: &str,
+    ) -> Result<Vec<PullRef>, GithubError> {
+        if branch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = format!(
+            "state=open&head={}",
+            enc(&format!("{}:{branch}", repo.owner))
+        );
+        let path = format!("/repos/{repo}/pulls");
+        let raw: Vec<RawPull> = self.list_all(repo, &path, &query, |_| false).await?;
+        Ok(raw
+            .into_iter()
+            .map(RawPull::into_ref)
+            .filter(|p| p.is_open() && p.head_ref == branch)
+            .collect())
+    }
+
+    /// `GET /repos/{o}/{r}/issues/{pr}/comments`, every page, oldest first.
+    pub async fn list_comments(
+        &self,
+        repo: &RepoName,
+        pr: u64,
+    ) -> Result<Vec<IssueComment>, GithubError> {
+        let path = format!("/repos/{repo}/issues/{pr}/comments");
+        let raw: Vec<RawComment> = self.list_all(repo, &path, "", |_| false).await?;
+        Ok(raw.into_iter().map(RawComment::into_comment).collect())
+    }
+
+    /// The oldest comment of `pr` matching `pred`, reading pages only until it is found.
+    pub async fn find_comment(
+        &self,
+        repo: &RepoName,
+        pr: u64,
+        pred: impl Fn(&IssueComment) -> bool,
+    ) -> Result<Option<IssueComment>, GithubError> {
+        let path = format!("/repos/{repo}/issues/{pr}/comments");
+        let raw: Vec<RawComment> = self
+            .list_all(repo, &path, "", |c: &RawComment| pred(&c.clone().into_comment()))
+            .await?;
+        Ok(raw
+            .into_iter()
+            .map(RawComment::into_comment)
+            .find(|c| pred(c)))
+    }
+
+    /// `GET /repos/{o}/{r}/issues/comments/{id}`; `None` when it no longer exists.
+    pub async fn get_comment(
+        &self,
+        repo: &RepoName,
+        comment_id: u64,
+    ) -> Result<Option<IssueComment>, GithubError> {
+        let path = format!("/repos/{repo}/issues/comments/{comment_id}");
+        match self
+            .call::<RawComment>(Method::GET, &path, "", None, AuthFor::Repo(repo), CallKind::Read)
+            .await
+        {
+            Ok(r) => Ok(Some(r.value.into_comment())),
+            Err(e) if e.status() == Some(404) || e.status() == Some(410) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST /repos/{o}/{r}/issues/{pr}/comments`, once: an unknown outcome is returned
+    /// as an error ([`GithubError::outcome_unknown`]), never retried here. Rate-limit
+    /// rejections are waited out and retried (GitHub did not create anything).
+    pub async fn create_comment(
+        &self,
+        repo: &RepoName,
+        pr: u64,
+        body: &str,
+    ) -> Result<IssueComment, GithubError> {
+        let path = format!("/repos/{repo}/issues/{pr}/comments");
+        let payload = json!({ "body": body });
+        let r = self
+            .call::<RawComment>(
+                Method::POST,
+                &path,
+                "",
+                Some(&payload),
+                AuthFor::Repo(repo),
+                CallKind::Create,
+            )
+            .await?;
+        Ok(r.value.into_comment())
+    }
+
+    /// Creates the comment carrying `marker` without ever making two: after a `POST`
+    /// whose outcome is unknown, the PR's comments are read for `marker` and a found one
+    /// is returned (`recovered`) instead of posting again.
+    pub async fn create_comment_unique(
+        &self,
+        repo: &RepoName,
+        pr: u64,
+        body: &str,
+        marker: &str,
+    ) -> Result<CreatedComment, GithubError> {
+        let mut unknown: Option<GithubError> = None;
+        for round in 0..self.opts.retry.max_attempts.max(1) {
+            if round > 0 {
+                tokio::time::sleep(self.backoff(round)).await;
+                if let Some(c) = self
+                    .find_comment(repo, pr, |c| has_marker(&c.body, marker))
+                    .await?
+                {
+                    tracing::info!(
+                        repo = %repo, pr, comment_id = c.id,
+                        "the comment of a POST with an unknown outcome exists; not posting again"
+                    );
+                    return Ok(CreatedComment {
+                        comment: c,
+                        recovered: true,
+                    });
+                }
+            }
+            match self.create_comment(repo, pr, body).await {
+                Ok(c) => {
+                    return Ok(CreatedComment {
+                        comment: c,
+                        recovered: false,
+                    });
+                }
+                Err(e) if e.outcome_unknown() => {
+                    tracing::warn!(
+                        repo = %repo, pr, error = %e,
+                        "creating the comment had an unknown outcome; checking before posting again"
+                    );
+                    unknown = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(unknown.unwrap_or_else(|| {
+            GithubError::bare(GithubErrorKind::Invalid("no attempt was made".into()))
+        }))
+    }
+
+    /// `PATCH /repos/{o}/{r}/issues/comments/{id}` (idempotent; retried).
+    pub async fn update_comment(
+        &self,
+        repo: &RepoName,
+        comment_id: u64,
+        body: &str,
+    ) -> Result<IssueComment, GithubError> {
+        let path = format!("/repos/{repo}/issues/comments/{comment_id}");
+        let payload = json!({ "body": body });
+        let r = self
+            .call::<RawComment>(
+                Method::PATCH,
+                &path,
+                "",
+                Some(&payload),
+                AuthFor::Repo(repo),
+                CallKind::IdempotentWrite,
+            )
+            .await?;
+        Ok(r.value.into_comment())
+    }
+
+    /// `POST /repos/{o}/{r}/statuses/{sha}`. The description is cut to GitHub's 140
+    /// characters. Retried like an idempotent write: the latest status of a context wins.
+    pub async fn create_status(
+        &self,
+        repo: &RepoName,
+        sha: &str,
+        state: StatusState,
+        context: &str,
+        description: &str,
+        target_url: Option<&str>,
+    ) -> Result<(), GithubError> {
+        check_sha(sha)?;
+        let path = format!("/repos/{repo}/statuses/{sha}");
+        let mut payload = json!({
+            "state": state.as_str(),
+            "context": context,
+            "description": truncate_chars(description, MAX_STATUS_DESCRIPTION),
+        });
+        if let Some(u) = target_url {
+            payload["target_url"] = Value::String(u.to_string());
+        }
+        self.call::<Value>(
+            Method::POST,
+            &path,
+            "",
+            Some(&payload),
+            AuthFor::Repo(repo),
+            CallKind::IdempotentWrite,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The latest status of `context` on `sha` (`GET /repos/{o}/{r}/commits/{sha}/statuses`,
+    /// newest first; the first page only).
+    pub async fn latest_status(
+        &self,
+        repo: &RepoName,
+        sha: &str,
+        context: &str,
+    ) -> Result<Option<CommitStatus>, GithubError> {
+        check_sha(sha)?;
+        let path = format!("/repos/{repo}/commits/{sha}/statuses");
+        let query = format!("per_page={PER_PAGE}");
+        match self
+            .call::<Vec<RawStatus>>(Method::GET, &path, &query, None, AuthFor::Repo(repo), CallKind::Read)
+            .await
+        {
+            Ok(r) => Ok(r
+                .value
+                .into_iter()
+                .find(|s| s.context == context)
+                .map(|s| CommitStatus {
+                    state: s.state,
+                    context: s.context,
+                    description: s.description,
+                    target_url: s.target_url,
+                })),
+            // A sha GitHub does not know has no statuses.
+            Err(e) if matches!(e.status(), Some(404 | 422)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    // ---- state shared with the summary code ---------------------------------------------
+
+    /// The sticky comment id remembered for a PR.
+    pub fn cached_comment_id(&self, repo: &RepoName, pr: u64) -> Option<u64> {
+        lock(&self.comment_ids).get(&(repo.key(), pr)).copied()
+    }
+
+    /// Remembers (or, with `None`, forgets) the sticky comment id of a PR.
+    pub fn remember_comment_id(&self, repo: &RepoName, pr: u64, id: Option<u64>) {
+        let mut m = lock(&self.comment_ids);
+        match id {
+            Some(id) => m.insert((repo.key(), pr), id),
+            None => m.remove(&(repo.key(), pr)),
+        };
+    }
+
+    /// The lock that serialises read-modify-write of one PR's comment in this process.
+    pub fn pr_lock(&self, repo: &RepoName, pr: u64) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.pr_locks)
+            .entry((repo.key(), pr))
+            .or_default()
+            .clone()
+    }
+
+    // ---- machinery ---------------------------------------------------------------------
+
+    /// Every page of a list endpoint, stopping early at the first page where `stop`
+    /// matches an item. Follows `Link: rel="next"` on the API's origin, else pages by
+    /// number while pages are full.
+    async fn list_all<T: DeserializeOwned>(
+        &self,
+        repo: &RepoName,
+        path: &str,
+        query: &str,
+        stop: impl Fn(&T) -> bool,
+    ) -> Result<Vec<T>, GithubError> {
+        let mut out = Vec::new();
+        let mut page = 1usize;
+        let mut next: Option<(String, String)> = None;
+        for _ in 0..MAX_PAGES {
+            let (p, q) = next.take().unwrap_or_else(|| {
+                let sep = if query.is_empty() { "" } else { "&" };
+                (
+                    path.to_string(),
+                    format!("{query}{sep}per_page={PER_PAGE}&page={page}"),
+                )
+            });
+            let r = self
+                .call::<Vec<T>>(Method::GET, &p, &q, None, AuthFor::Repo(repo), CallKind::Read)
+                .await?;
+            let n = r.value.len();
+            let found = r.value.iter().any(&stop);
+            out.extend(r.value);
+            if found {
+                break;
+            }
+            match link_next(&r.headers) {
+                Some(url) => match self.split_api_url(&url) {
+                    Some(pq) => next = Some(pq),
+                    None => page += 1,
+                },
+                None if r.headers.contains_key(header::LINK) || n < PER_PAGE => break,
+                None => page += 1,
+            }
+            if next.is_none() && n == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// `url` as (path, query) relative to `api_url`, when it is on the API's origin and
+    /// under its path (credentials are never sent elsewhere).
+    fn split_api_url(&self, url: &str) -> Option<(String, String)> {
+        let u = url::Url::parse(url).ok()?;
+        if u.origin() != self.origin {
+            return None;
+        }
+        let base_path = url::Url::parse(&self.base).ok()?.path().trim_end_matches('/').to_string();
+        let rest = u.path().strip_prefix(&base_path)?;
+        if !rest.starts_with('/') {
+            return None;
+        }
+        Some((rest.to_string(), u.query().unwrap_or("").to_string()))
+    }
+
+    /// One call with retries (see the module docs).
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &str,
+        body: Option<&Value>,
+        auth: AuthFor<'_>,
+        kind: CallKind,
+    ) -> Result<Reply<T>, GithubError> {
+        let policy = &self.opts.retry;
+        let mut attempt: u32 = 0;
+        let mut rate_limited: u32 = 0;
+        let mut reauthenticated = false;
+        loop {
+            attempt += 1;
+            let result = self.attempt::<T>(&method, path, query, body, auth, kind).await;
+            let mut err = match result {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            err.attempts = attempt;
+            // A 401 with a cached installation token: drop it and try once more.
+            if err.status() == Some(401)
+                && !reauthenticated
+                && let (GithubAuth::App { .. }, AuthFor::Repo(repo)) = (&self.auth, auth)
+            {
+                reauthenticated = true;
+                self.forget_token(repo).await;
+                attempt -= 1;
+                continue;
+            }
+            let delay = match &err.kind {
+                GithubErrorKind::RateLimited { retry_after, .. } => {
+                    rate_limited += 1;
+                    let wait = retry_after.unwrap_or_else(|| {
+                        policy
+                            .secondary_limit_delay
+                            .saturating_mul(1 << (rate_limited - 1).min(6))
+                    });
+                    if wait > policy.max_wait {
+                        if let GithubErrorKind::RateLimited { retry_after, .. } = &mut err.kind {
+                            *retry_after = Some(wait);
+                        }
+                        return Err(err);
+                    }
+                    wait
+                }
+                _ if !err.is_retryable() => return Err(err),
+                _ if kind == CallKind::Create && err.outcome_unknown() => return Err(err),
+                _ => self.backoff(attempt),
+            };
+            if attempt >= policy.max_attempts {
+                return Err(err);
+            }
+            tracing::warn!(
+                method = %method, path, attempt, delay_ms = delay.as_millis() as u64, error = %err,
+                "GitHub call failed; retrying"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Exponential backoff with jitter for attempt `n` (1-based): `base·2^(n-1)`, capped,
+    /// then a uniform draw from its upper half.
+    fn backoff(&self, n: u32) -> Duration {
+        let p = &self.opts.retry;
+        let exp = p
+            .base_delay
+            .saturating_mul(1u32 << (n.saturating_sub(1)).min(16))
+            .min(p.max_delay);
+        exp.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+
+    /// One HTTP exchange under the request timeout.
+    async fn attempt<T: DeserializeOwned>(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        body: Option<&Value>,
+        auth: AuthFor<'_>,
+        kind: CallKind,
+    ) -> Result<Reply<T>, GithubError> {
+        let credential = match auth {
+            AuthFor::AppJwt => self.app_jwt().map_err(|k| GithubError::new(method, path, k))?,
+            AuthFor::Repo(repo) => self.repo_token(repo).await?,
+        };
+        if kind.mutates() {
+            self.pace_writes().await;
+        }
+        let timeout = self.opts.request_timeout;
+        let exchange = self.exchange(method, path, query, body, &credential);
+        let (status, headers, text) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r.map_err(|k| GithubError::new(method, path, k))?,
+            Err(_) => {
+                return Err(GithubError::new(method, path, GithubErrorKind::Timeout(timeout)));
+            }
+        };
+        if status.is_success() {
+            let text = if text.trim().is_empty() { "null" } else { text.as_str() };
+            return match serde_json::from_str::<T>(text) {
+                Ok(value) => Ok(Reply { headers, value }),
+                Err(e) => Err(GithubError::new(
+                    method,
+                    path,
+                    GithubErrorKind::Decode(format!("HTTP {}: {e}", status.as_u16())),
+                )),
+            };
+        }
+        Err(GithubError::new(method, path, classify(status, &headers, &text)))
+    }
+
+    async fn exchange(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        body: Option<&Value>,
+        credential: &Secret,
+    ) -> Result<(StatusCode, HeaderMap, String), GithubErrorKind> {
+        let mut uri = format!("{}{path}", self.base);
+        if !query.is_empty() {
+            uri.push('?');
+            uri.push_str(query);
+        }
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", credential.expose()))
+            .map_err(|_| GithubErrorKind::Auth("the credential is not a valid header value".into()))?;
+        auth.set_sensitive(true);
+        let builder = http::Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header(header::AUTHORIZATION, auth)
+            .header(header::ACCEPT, "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28");
+        let request = match body {
+            Some(b) => builder
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(b.to_string()),
+            None => builder
+                .header(header::CONTENT_LENGTH, "0")
+                .body(String::new()),
+        }
+        .map_err(|e| GithubErrorKind::Invalid(e.to_string()))?;
+        let response = self
+            .crab
+            .execute(request)
+            .await
+            .map_err(|e| GithubErrorKind::Network(describe(&e)))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = self
+            .crab
+            .body_to_string(response)
+            .await
+            .map_err(|e| GithubErrorKind::Network(describe(&e)))?;
+        Ok((status, headers, text))
+    }
+
+    /// Waits until `min_write_interval` has passed since the last mutating request.
+    async fn pace_writes(&self) {
+        let gap = self.opts.retry.min_write_interval;
+        let mut last = self.last_write.lock().await;
+        if let Some(t) = *last {
+            let since = t.elapsed();
+            if since < gap {
+                tokio::time::sleep(gap - since).await;
+            }
+        }
+        *last = Some(Instant::now());
+    }
+
+    fn app_jwt(&self) -> Result<Secret, GithubErrorKind> {
+        match &self.auth {
+            GithubAuth::App { jwt, app_id } => jwt().map(Secret::new).map_err(|e| {
+                GithubErrorKind::Auth(format!("cannot sign the JWT of GitHub App {app_id}: {e}"))
+            }),
+            GithubAuth::Token(_) => Err(GithubErrorKind::Auth(
+                "App endpoints need GitHub App credentials".into(),
+            )),
+        }
+    }
+
+    /// The credential for `repo`: the token, or a fresh installation token.
+    async fn repo_token(&self, repo: &RepoName) -> Result<Secret, GithubError> {
+        let GithubAuth::App { .. } = &self.auth else {
+            let GithubAuth::Token(t) = &self.auth else {
+                unreachable!()
+            };
+            return Ok(t.clone());
+        };
+        let installation = self.installation_for(repo).await?;
+        let mut tokens = self.tokens.lock().await;
+        if let Some(t) = tokens.get(&installation)
+            && t.fresh(Utc::now())
+        {
+            return Ok(t.token.clone());
+        }
+        let path = format!("/app/installations/{installation}/access_tokens");
+        let r = Box::pin(self.call::<RawToken>(
+            Method::POST,
+            &path,
+            "",
+            Some(&json!({})),
+            AuthFor::AppJwt,
+            CallKind::IdempotentWrite,
+        ))
+        .await?;
+        let expires_at = r
+            .value
+            .expires_at
+            .as_deref()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| d.with_timezone(&Utc));
+        tracing::debug!(installation, ?expires_at, "created a GitHub App installation token");
+        let cached = CachedToken {
+            token: Secret::new(r.value.token),
+            expires_at,
+        };
+        tokens.insert(installation, cached.clone());
+        Ok(cached.token)
+    }
+
+    async fn installation_for(&self, repo: &RepoName) -> Result<u64, GithubError> {
+        if let Some(id) = lock(&self.installations).get(&repo.key()) {
+            return Ok(*id);
+        }
+        let path = format!("/repos/{repo}/installation");
+        let r = Box::pin(self.call::<RawInstallation>(
+            Method::GET,
+            &path,
+            "",
+            None,
+            AuthFor::AppJwt,
+            CallKind::Read,
+        ))
+        .await
+        .map_err(|mut e| {
+            if e.status() == Some(404) {
+                e.kind = GithubErrorKind::Auth(format!("the GitHub App is not installed on {repo}"));
+            }
+            e
+        })?;
+        lock(&self.installations).insert(repo.key(), r.value.id);
+        Ok(r.value.id)
+    }
+
+    async fn forget_token(&self, repo: &RepoName) {
+        let id = lock(&self.installations).get(&repo.key()).copied();
+        if let Some(id) = id {
+            self.tokens.lock().await.remove(&id);
+        }
+    }
+}
+
+/// Whether a comment body is runwarden's: it starts with `marker`.
+pub fn has_marker(body: &str, marker: &str) -> bool {
+    body.trim_start().starts_with(marker)
+}
+
+fn check_sha(sha: &str) -> Result<(), GithubError> {
+    if (4..=64).contains(&sha.len()) && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(GithubError::bare(GithubErrorKind::Invalid(format!(
+            "{:?} is not a commit sha",
+            truncate_chars(sha, 80)
+        ))))
+    }
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The `rel="next"` URL of a `Link` header.
+fn link_next(headers: &HeaderMap) -> Option<String> {
+    let link = headers.get(header::LINK)?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        let is_next = params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"");
+        is_next.then(|| {
+            url.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+    })
+}
+
+/// The kind of an error answer, reading the rate-limit signs of `reliability-notes` §2.
+fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> GithubErrorKind {
+    let code = status.as_u16();
+    let message = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+    let message = truncate_chars(&message, MAX_MESSAGE);
+    let hdr = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let retry_after = hdr("retry-after").and_then(parse_retry_after);
+    let exhausted = hdr("x-ratelimit-remaining") == Some("0");
+    let reset_wait = hdr("x-ratelimit-reset")
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(|reset| Duration::from_secs((reset - Utc::now().timestamp()).max(1) as u64));
+    let lower = message.to_ascii_lowercase();
+    let limited = code == 429
+        || (code == 403
+            && (retry_after.is_some()
+                || exhausted
+                || lower.contains("rate limit")
+                || lower.contains("abuse")));
+    if limited {
+        let wait = retry_after.or(if exhausted { reset_wait } else { None });
+        return GithubErrorKind::RateLimited {
+            status: code,
+            message,
+            retry_after: wait,
+        };
+    }
+    GithubErrorKind::Status {
+        status: code,
+        message,
+    }
+}
+
+/// `Retry-After`: seconds, or an HTTP date.
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let at = DateTime::parse_from_rfc2822(v).ok()?;
+    let secs = (at.with_timezone(&Utc) - Utc::now()).num_seconds().max(0);
+    Some(Duration::from_secs(secs as u64))
+}
+
+/// A one-line description of an octocrab error and its causes (octocrab's own `Display`
+/// appends a backtrace).
+fn describe(e: &octocrab::Error) -> String {
+    let mut parts = Vec::new();
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        parts.push(first_line(s));
+        src = s.source();
+    }
+    if parts.is_empty() {
+        parts.push(first_line(e));
+    }
+    parts.dedup();
+    truncate_chars(&parts.join(": "), MAX_MESSAGE)
+}
+
+fn first_line(e: &dyn fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or("").trim().to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// Wire shapes (only the fields runwarden reads)
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawPullHead {
+    #[serde(default)]
+    sha: String,
+    #[serde(default, rename = "ref")]
+    git_ref: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawPull {
+    number: u64,
+    #[serde(default)]
+    state: String,
+    head: RawPullHead,
+}
+
+impl RawPull {
+    fn into_ref(self) -> PullRef {
+        PullRef {
+            number: self.number,
+            state: self.state,
+            head_sha: self.head.sha,
+            head_ref: self.head.git_ref,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawUser {
+    #[serde(default)]
+    login: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawComment {
+    id: u64,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    user: Option<RawUser>,
+    #[serde(default)]
+    html_url: Option<String>,
+}
+
+impl RawComment {
+    fn into_comment(self) -> IssueComment {
+        IssueComment {
+            id: self.id,
+            body: self.body.unwrap_or_default(),
+            author: self.user.and_then(|u| u.login),
+            html_url: self.html_url,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawToken {
+    token: String,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawStatus {
+    state: StatusState,
+    #[serde(default)]
+    context: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    target_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawInstallation {
+    id: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_names_parse_and_reject() {
+        let r: RepoName = "acme/web".parse().unwrap();
+        assert_eq!((r.owner.as_str(), r.name.as_str()), ("acme", "web"));
+        assert_eq!(r.to_string(), "acme/web");
+        assert_eq!(" Acme/Web.js ".parse::<RepoName>().unwrap().key(), "acme/web.js");
+        for bad in ["acme", "acme/", "/web", "a/b/c", "a/../b", "acme/we b", "acme/..", ""] {
+            assert!(bad.parse::<RepoName>().is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn truncation_counts_characters() {
+        assert_eq!(truncate_chars("abc", 3), "abc");
+        assert_eq!(truncate_chars("abcd", 3), "ab…");
+        let long = "é".repeat(200);
+        let cut = truncate_chars(&long, MAX_STATUS_DESCRIPTION);
+        assert_eq!(cut.chars().count(), MAX_STATUS_DESCRIPTION);
+        assert!(cut.ends_with('…'));
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn classifies_rate_limits() {
+        let body = r#"{"message":"You have exceeded a secondary rate limit."}"#;
+        // 403 secondary limit without headers: rate limited, no wait given.
+        match classify(StatusCode::FORBIDDEN, &HeaderMap::new(), body) {
+            GithubErrorKind::RateLimited { retry_after, .. } => assert_eq!(retry_after, None),
+            k => panic!("{k:?}"),
+        }
+        // Retry-After wins.
+        match classify(StatusCode::TOO_MANY_REQUESTS, &headers(&[("retry-after", "7")]), "") {
+            GithubErrorKind::RateLimited { retry_after, .. } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(7)))
+            }
+            k => panic!("{k:?}"),
+        }
+        // Primary limit: wait until the reset.
+        let reset = (Utc::now().timestamp() + 30).to_string();
+        let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &reset)]);
+        match classify(StatusCode::FORBIDDEN, &h, r#"{"message":"API rate limit exceeded"}"#) {
+            GithubErrorKind::RateLimited { retry_after: Some(d), .. } => {
+                assert!(d <= Duration::from_secs(30) && d >= Duration::from_secs(28), "{d:?}")
+            }
+            k => panic!("{k:?}"),
+        }
+        // A plain 403 is final.
+        let k = classify(
+            StatusCode::FORBIDDEN,
+            &headers(&[("x-ratelimit-remaining", "4999")]),
+            r#"{"message":"Resource not accessible by integration"}"#,
+        );
+        assert!(matches!(k, GithubErrorKind::Status { status: 403, .. }), "{k:?}");
+        // An HTML 502 keeps its 5xx classification.
+        let k = classify(StatusCode::BAD_GATEWAY, &HeaderMap::new(), "<html>502</html>");
+        let e = GithubError::new(&Method::POST, "/x", k);
+        assert!(e.is_retryable() && e.outcome_unknown());
+        assert_eq!(e.status(), Some(502));
+    }
+
+    #[test]
+    fn finds_the_next_link() {
+        let h = headers(&[(
+            "link",
+            r#"<https://api.github.com/x?page=3>; rel="next", <https://api.github.com/x?page=9>; rel="last""#,
+        )]);
+        assert_eq!(link_next(&h).as_deref(), Some("https://api.github.com/x?page=3"));
+        let h = headers(&[("link", r#"<https://api.github.com/x?page=1>; rel="first""#)]);
+        assert_eq!(link_next(&h), None);
+    }
+
+    fn client(api: &str) -> GithubClient {
+        GithubClient::new(
+            GithubClientOptions::new(url::Url::parse(api).unwrap()),
+            GithubAuth::Token(Secret::new("t0ken-value")),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn next_links_are_followed_only_on_the_api_origin() {
+        let c = client("https://ghe.example.com/api/v3/");
+        assert_eq!(c.api_url(), "https://ghe.example.com/api/v3");
+        assert_eq!(
+            c.split_api_url("https://ghe.example.com/api/v3/repos/a/b/pulls?page=2"),
+            Some(("/repos/a/b/pulls".into(), "page=2".into()))
+        );
+        assert_eq!(c.split_api_url("https://evil.example.com/api/v3/repos/a/b?page=2"), None);
+        assert_eq!(c.split_api_url("http://ghe.example.com/api/v3/repos?page=2"), None);
+        assert_eq!(c.split_api_url("https://ghe.example.com/other/repos?page=2"), None);
+    }
+
+    #[tokio::test]
+    async fn debug_output_hides_the_token() {
+        let c = client("https://api.github.com");
+        assert!(!format!("{c:?}").contains("t0ken-value"));
+        assert!(!format!("{:?}", c.auth).contains("t0ken-value"));
+    }
+
+    #[test]
+    fn api_urls_with_credentials_are_refused() {
+        let r = GithubClient::new(
+            GithubClientOptions::new(url::Url::parse("https://u:p@api.github.com").unwrap()),
+            GithubAuth::Token(Secret::new("x")),
+        );
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn shas_are_checked_before_use_in_paths() {
+        assert!(check_sha("abc1234").is_ok());
+        assert!(check_sha("../../x").is_err());
+        assert!(check_sha("main").is_err());
+    }
+
+    #[test]
+    fn unknown_outcomes() {
+        let e = |k| GithubError::new(&Method::POST, "/x", k);
+        assert!(e(GithubErrorKind::Timeout(Duration::from_secs(1))).outcome_unknown());
+        assert!(e(GithubErrorKind::Network("reset".into())).outcome_unknown());
+        assert!(!e(GithubErrorKind::Status { status: 422, message: String::new() }).outcome_unknown());
+        assert!(
+            !e(GithubErrorKind::RateLimited { status: 429, message: String::new(), retry_after: None })
+                .outcome_unknown()
+        );
+    }
+
+    #[test]
+    fn app_credentials_without_a_signer_are_reported() {
+        let secrets = Secrets {
+            github_app_id: Some(7),
+            github_app_private_key: Some(Secret::new(
+                "-----BEGIN RSA PRIVATE KEY-----\nabc\n-----END RSA PRIVATE KEY-----",
+            )),
+            ..Secrets::default()
+        };
+        let e = GithubAuth::from_secrets(&secrets).unwrap_err();
+        assert!(!e.to_string().contains("abc"));
+        let secrets = Secrets {
+            github_token: Some(Secret::new("tok")),
+            ..secrets
+        };
+        assert!(matches!(
+            GithubAuth::from_secrets(&secrets).unwrap(),
+            Some(GithubAuth::Token(_))
+        ));
+        assert!(GithubAuth::from_secrets(&Secrets::default()).unwrap().is_none());
+    }
+}

@@ -1,1 +1,236 @@
-//! runwarden-owned GitHub webhook event types. (issue 5)
+//! The GitHub webhook events runwarden understands, parsed into its own small types
+//! (not full octocrab payloads): `push`, `pull_request` (closed), `workflow_run`
+//! (completed) and `ping`. Everything else is ignored.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+/// A GitHub event, reduced to what the rules need.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GithubEvent {
+    Push {
+        repo: String,
+        branch: String,
+        head_sha: String,
+        deleted: bool,
+        pushed_at: DateTime<Utc>,
+    },
+    PullRequestClosed {
+        repo: String,
+        branch: String,
+        number: u64,
+        closed_at: DateTime<Utc>,
+    },
+    WorkflowRunCompleted {
+        repo: String,
+        run_id: u64,
+        run_attempt: u64,
+        head_branch: String,
+        head_sha: String,
+        completed_at: DateTime<Utc>,
+    },
+    Ping,
+    /// A known event type with an action runwarden does not act on, or another event.
+    Ignored(String),
+}
+
+/// Why a payload could not be understood.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed {event} payload: {detail}")]
+pub struct ParseError {
+    pub event: String,
+    pub detail: String,
+}
+
+#[derive(Deserialize)]
+struct Repo {
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+struct PushPayload {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    after: String,
+    #[serde(default)]
+    deleted: bool,
+    repository: Repo,
+    #[serde(default)]
+    head_commit: Option<HeadCommit>,
+}
+
+#[derive(Deserialize)]
+struct HeadCommit {
+    #[serde(default)]
+    timestamp: Option<DateTime<chrono::FixedOffset>>,
+}
+
+#[derive(Deserialize)]
+struct PrPayload {
+    action: String,
+    number: u64,
+    pull_request: Pr,
+    repository: Repo,
+}
+
+#[derive(Deserialize)]
+struct Pr {
+    head: PrHead,
+    #[serde(default)]
+    closed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Deserialize)]
+struct PrHead {
+    #[serde(rename = "ref")]
+    git_ref: String,
+}
+
+#[derive(Deserialize)]
+struct WorkflowPayload {
+    action: String,
+    workflow_run: WorkflowRun,
+    repository: Repo,
+}
+
+#[derive(Deserialize)]
+struct WorkflowRun {
+    id: u64,
+    #[serde(default = "one")]
+    run_attempt: u64,
+    #[serde(default)]
+    head_branch: Option<String>,
+    head_sha: String,
+    #[serde(default)]
+    updated_at: Option<DateTime<Utc>>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn parse<'a, T: Deserialize<'a>>(event: &str, body: &'a [u8]) -> Result<T, ParseError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| ParseError {
+        event: event.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+/// Parses a payload by its `X-GitHub-Event` type. `received_at` stands in for times the
+/// payload does not carry.
+pub fn parse_event(
+    event: &str,
+    body: &[u8],
+    received_at: DateTime<Utc>,
+) -> Result<GithubEvent, ParseError> {
+    match event {
+        "ping" => {
+            let _: serde_json::Value = parse(event, body)?;
+            Ok(GithubEvent::Ping)
+        }
+        "push" => {
+            let p: PushPayload = parse(event, body)?;
+            let Some(branch) = p.git_ref.strip_prefix("refs/heads/") else {
+                return Ok(GithubEvent::Ignored(format!("push to {}", p.git_ref)));
+            };
+            let deleted = p.deleted || p.after.chars().all(|c| c == '0');
+            Ok(GithubEvent::Push {
+                repo: p.repository.full_name.to_ascii_lowercase(),
+                branch: branch.to_string(),
+                head_sha: p.after,
+                deleted,
+                pushed_at: p
+                    .head_commit
+                    .and_then(|h| h.timestamp)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map(|t| t.min(received_at))
+                    .unwrap_or(received_at),
+            })
+        }
+        "pull_request" => {
+            let p: PrPayload = parse(event, body)?;
+            if p.action != "closed" {
+                return Ok(GithubEvent::Ignored(format!("pull_request {}", p.action)));
+            }
+            Ok(GithubEvent::PullRequestClosed {
+                repo: p.repository.full_name.to_ascii_lowercase(),
+                branch: p.pull_request.head.git_ref,
+                number: p.number,
+                closed_at: p.pull_request.closed_at.unwrap_or(received_at),
+            })
+        }
+        "workflow_run" => {
+            let p: WorkflowPayload = parse(event, body)?;
+            if p.action != "completed" {
+                return Ok(GithubEvent::Ignored(format!("workflow_run {}", p.action)));
+            }
+            Ok(GithubEvent::WorkflowRunCompleted {
+                repo: p.repository.full_name.to_ascii_lowercase(),
+                run_id: p.workflow_run.id,
+                run_attempt: p.workflow_run.run_attempt,
+                head_branch: p.workflow_run.head_branch.unwrap_or_default(),
+                head_sha: p.workflow_run.head_sha,
+                completed_at: p.workflow_run.updated_at.unwrap_or(received_at),
+            })
+        }
+        other => Ok(GithubEvent::Ignored(other.to_string())),
+    }
+}
+
+/// The event types runwarden stores and acts on.
+pub fn is_handled(event: &str) -> bool {
+    matches!(event, "push" | "pull_request" | "workflow_run" | "ping")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        "2026-01-01T12:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn push_to_a_branch() {
+        let body = br#"{"ref":"refs/heads/feat/x","before":"a","after":"9c1e","deleted":false,
+            "repository":{"full_name":"Acme/Web"},"head_commit":{"timestamp":"2026-01-01T11:59:00+00:00"}}"#;
+        assert_eq!(
+            parse_event("push", body, now()).unwrap(),
+            GithubEvent::Push {
+                repo: "acme/web".into(),
+                branch: "feat/x".into(),
+                head_sha: "9c1e".into(),
+                deleted: false,
+                pushed_at: "2026-01-01T11:59:00Z".parse().unwrap(),
+            }
+        );
+    }
+
+    #[test]
+    fn branch_deletion_and_tags() {
+        let body = br#"{"ref":"refs/heads/feat/x","after":"0000000000000000000000000000000000000000","deleted":true,"repository":{"full_name":"a/b"}}"#;
+        assert!(matches!(parse_event("push", body, now()).unwrap(), GithubEvent::Push { deleted: true, .. }));
+        let body = br#"{"ref":"refs/tags/v1","after":"1","repository":{"full_name":"a/b"}}"#;
+        assert!(matches!(parse_event("push", body, now()).unwrap(), GithubEvent::Ignored(_)));
+    }
+
+    #[test]
+    fn workflow_run_completed() {
+        let body = br#"{"action":"completed","repository":{"full_name":"a/b"},
+            "workflow_run":{"id":42,"run_attempt":2,"head_branch":"main","head_sha":"abc","updated_at":"2026-01-01T11:00:00Z"}}"#;
+        assert!(matches!(
+            parse_event("workflow_run", body, now()).unwrap(),
+            GithubEvent::WorkflowRunCompleted { run_id: 42, run_attempt: 2, .. }
+        ));
+        let body = br#"{"action":"requested","repository":{"full_name":"a/b"},"workflow_run":{"id":42,"head_sha":"abc"}}"#;
+        assert!(matches!(parse_event("workflow_run", body, now()).unwrap(), GithubEvent::Ignored(_)));
+    }
+
+    #[test]
+    fn malformed_payloads_name_the_path() {
+        let e = parse_event("push", br#"{"ref":1}"#, now()).unwrap_err();
+        assert!(e.detail.contains("ref"), "{e}");
+        assert!(parse_event("pull_request", b"not json", now()).is_err());
+    }
+}

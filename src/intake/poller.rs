@@ -1,1 +1,64 @@
-//! Polling the Currents API to reconcile what webhooks missed. (issue 5)
+//! Polling: every `currents.poll_interval`, one replica (the holder of the `poller`
+//! lease) stores a `poll` event; the processor lists in-progress runs, reconciles what
+//! webhooks missed and checks timeouts. Webhooks are hints; this is the truth.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::server::AppContext;
+use crate::store::NewDelivery;
+
+/// Name of the poller lease.
+pub const LEASE_NAME: &str = "poller";
+
+/// Stores one poll event if this process holds the poller lease. Returns whether it did.
+pub async fn poll_once(ctx: &AppContext) -> bool {
+    let interval = ctx.config.currents.poll_interval;
+    let now = Utc::now();
+    let ttl = (interval * 3).max(Duration::from_secs(10));
+    match ctx.store.try_acquire_lease(LEASE_NAME, &ctx.worker_id, ttl, now).await {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot take the poller lease");
+            return false;
+        }
+    }
+    let slot = now.timestamp_millis() / (interval.as_millis().max(1) as i64);
+    let d = NewDelivery {
+        source: "poll".into(),
+        delivery_id: format!("poll:{slot}"),
+        event: "poll".into(),
+        payload: "{}".into(),
+        received_at: now,
+    };
+    match ctx.store.insert_delivery(d).await {
+        Ok(_) => {
+            ctx.wake.notify_one();
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot store a poll event");
+            false
+        }
+    }
+}
+
+/// Polls until `shutdown` fires. A zero interval turns polling off.
+pub async fn run(ctx: Arc<AppContext>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let interval = ctx.config.currents.poll_interval;
+    if interval.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => { poll_once(&ctx).await; }
+            _ = shutdown.changed() => break,
+        }
+    }
+    let _ = ctx.store.release_lease(LEASE_NAME, &ctx.worker_id).await;
+}

@@ -1,1 +1,345 @@
-//! Webhook endpoints: authentication extractors and handlers that only store events. (issue 5)
+//! Webhook endpoints (SPEC §5). Authentication happens in typed extractors before any
+//! parsing; handlers only store the event durably and answer:
+//!
+//! | case | status |
+//! |---|---|
+//! | secret not configured | 404 |
+//! | bad or missing secret / signature, stale or future timestamp | 401 |
+//! | body over the limit (1 MiB Currents, 25 MiB GitHub) | 413 |
+//! | malformed body, missing delivery id or run URL | 400 |
+//! | event not handled | 202, nothing stored |
+//! | new event, durably committed | 202 |
+//! | repeat of a stored delivery | 200, nothing done |
+//! | store cannot commit | 503 |
+//!
+//! Payloads are never logged above DEBUG.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use hmac::{Hmac, Mac};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::currents::CurrentsWebhookPayload;
+use crate::github::events;
+use crate::server::AppState;
+use crate::store::{InsertOutcome, NewDelivery};
+
+/// Body limit of `POST /webhooks/currents`.
+pub const CURRENTS_BODY_LIMIT: usize = 1024 * 1024;
+/// Body limit of `POST /webhooks/github`.
+pub const GITHUB_BODY_LIMIT: usize = 25 * 1024 * 1024;
+
+/// A rejection with a status and a short, payload-free reason.
+#[derive(Debug)]
+pub struct Rejection {
+    pub status: StatusCode,
+    pub reason: &'static str,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, reason: &'static str) -> Self {
+        Self { status, reason }
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.reason }))).into_response()
+    }
+}
+
+async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Rejection> {
+    if let Some(len) = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, "body too large"))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            let mime = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            mime == "application/json" || mime.ends_with("+json")
+        })
+        .unwrap_or(true)
+}
+
+/// A Currents webhook whose secret header and timestamp were verified, parsed.
+pub struct CurrentsWebhook {
+    pub payload: CurrentsWebhookPayload,
+    pub run_id: String,
+    pub body: Bytes,
+}
+
+/// Checks an `x-timestamp` value (epoch seconds or milliseconds) against the tolerance.
+pub fn timestamp_ok(raw: &str, now_ms: i64, tolerance_ms: i64) -> bool {
+    let Ok(v) = raw.trim().parse::<i64>() else {
+        return false;
+    };
+    if v <= 0 {
+        return false;
+    }
+    let ms = if v > 1_000_000_000_000 { v } else { v.saturating_mul(1000) };
+    (now_ms - ms).abs() <= tolerance_ms
+}
+
+impl FromRequest<AppState> for CurrentsWebhook {
+    type Rejection = Rejection;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let secrets = &state.secrets.currents_webhook_secrets;
+        if secrets.is_empty() {
+            return Err(Rejection::new(StatusCode::NOT_FOUND, "not found"));
+        }
+        let (parts, body) = req.into_parts();
+        let cfg = &state.config.currents;
+        let given = parts
+            .headers
+            .get(cfg.webhook_header.as_str())
+            .map(|v| v.as_bytes())
+            .unwrap_or(b"");
+        // Compare against every secret, without an early exit, in constant time.
+        let mut ok = subtle::Choice::from(0u8);
+        for s in secrets {
+            ok |= s.expose().as_bytes().ct_eq(given);
+        }
+        if given.is_empty() || !bool::from(ok) {
+            return Err(Rejection::new(StatusCode::UNAUTHORIZED, "bad webhook secret"));
+        }
+        if let Some(ts) = parts.headers.get("x-timestamp") {
+            let ok = ts.to_str().is_ok_and(|t| {
+                timestamp_ok(
+                    t,
+                    Utc::now().timestamp_millis(),
+                    cfg.webhook_tolerance.as_millis() as i64,
+                )
+            });
+            if !ok {
+                return Err(Rejection::new(StatusCode::UNAUTHORIZED, "x-timestamp outside the tolerance"));
+            }
+        }
+        let body = read_limited(body, &parts.headers, CURRENTS_BODY_LIMIT).await?;
+        if !is_json(&parts.headers) {
+            return Err(Rejection::new(StatusCode::BAD_REQUEST, "expected application/json"));
+        }
+        let payload: CurrentsWebhookPayload = serde_json::from_slice(&body)
+            .map_err(|_| Rejection::new(StatusCode::BAD_REQUEST, "malformed Currents webhook body"))?;
+        let dashboard = url::Url::parse(&state.config.currents.dashboard_url).ok();
+        let run_host = url::Url::parse(&payload.run_url).ok();
+        let same_host = match (&dashboard, &run_host) {
+            (Some(d), Some(r)) => d.host_str() == r.host_str(),
+            _ => false,
+        };
+        if !same_host {
+            return Err(Rejection::new(StatusCode::BAD_REQUEST, "runUrl is not a run of the configured dashboard"));
+        }
+        let Some(run_id) = payload.run_id() else {
+            return Err(Rejection::new(StatusCode::BAD_REQUEST, "runUrl has no run id"));
+        };
+        Ok(Self { payload, run_id, body })
+    }
+}
+
+/// A GitHub webhook whose `X-Hub-Signature-256` was verified over the raw body.
+pub struct GithubWebhook {
+    pub event: String,
+    pub delivery: String,
+    pub body: Bytes,
+}
+
+/// Verifies `sha256=<hex>` against any of the secrets, in constant time.
+pub fn verify_github_signature(secrets: &[crate::secret::Secret], header: &str, body: &[u8]) -> bool {
+    let Some(hex_sig) = header.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig.trim()) else {
+        return false;
+    };
+    if sig.len() != 32 {
+        return false;
+    }
+    let mut ok = false;
+    for s in secrets {
+        if s.expose().is_empty() {
+            continue;
+        }
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(s.expose().as_bytes()) else {
+            continue;
+        };
+        mac.update(body);
+        ok |= mac.verify_slice(&sig).is_ok();
+    }
+    ok
+}
+
+impl FromRequest<AppState> for GithubWebhook {
+    type Rejection = Rejection;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let secrets = &state.secrets.github_webhook_secrets;
+        if secrets.is_empty() {
+            return Err(Rejection::new(StatusCode::NOT_FOUND, "not found"));
+        }
+        let (parts, body) = req.into_parts();
+        let sig = parts
+            .headers
+            .get("x-hub-signature-256")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let Some(sig) = sig else {
+            return Err(Rejection::new(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256"));
+        };
+        let body = read_limited(body, &parts.headers, GITHUB_BODY_LIMIT).await?;
+        if !verify_github_signature(secrets, &sig, &body) {
+            return Err(Rejection::new(StatusCode::UNAUTHORIZED, "bad signature"));
+        }
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.len() <= 128)
+                .map(str::to_string)
+        };
+        let Some(event) = header("x-github-event") else {
+            return Err(Rejection::new(StatusCode::BAD_REQUEST, "missing X-GitHub-Event"));
+        };
+        let Some(delivery) = header("x-github-delivery") else {
+            return Err(Rejection::new(StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery"));
+        };
+        if !is_json(&parts.headers) {
+            return Err(Rejection::new(StatusCode::BAD_REQUEST, "expected application/json"));
+        }
+        Ok(Self { event, delivery, body })
+    }
+}
+
+fn answer(state: &AppState, source: &'static str, status: StatusCode, body: serde_json::Value) -> Response {
+    state.metrics.inc(
+        "runwarden_webhooks_total",
+        &[("source", source), ("status", status.as_str())],
+    );
+    (status, axum::Json(body)).into_response()
+}
+
+async fn store_delivery(state: &AppState, source: &'static str, delivery: NewDelivery) -> Response {
+    let id = delivery.delivery_id.clone();
+    match state.store.insert_delivery(delivery).await {
+        Ok(InsertOutcome::Inserted) => {
+            tracing::debug!(source, delivery = %id, "event stored");
+            state.wake.notify_one();
+            answer(state, source, StatusCode::ACCEPTED, json!({ "status": "accepted", "delivery": id }))
+        }
+        Ok(InsertOutcome::Duplicate) => {
+            tracing::debug!(source, delivery = %id, "duplicate delivery ignored");
+            answer(state, source, StatusCode::OK, json!({ "status": "duplicate", "delivery": id }))
+        }
+        Err(e) => {
+            tracing::error!(source, delivery = %id, error = %e, "cannot store webhook event");
+            answer(
+                state,
+                source,
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": "event store unavailable; retry later" }),
+            )
+        }
+    }
+}
+
+/// `POST /webhooks/currents`.
+pub async fn currents(State(state): State<AppState>, hook: CurrentsWebhook) -> Response {
+    let event = hook.payload.event.to_ascii_uppercase();
+    if !crate::currents::RUN_EVENTS.contains(&event.as_str()) {
+        return answer(&state, "currents", StatusCode::ACCEPTED, json!({ "status": "ignored" }));
+    }
+    // Currents sends no delivery id: a run has one event of each kind per group.
+    let mut h = Sha256::new();
+    h.update(event.as_bytes());
+    h.update(b"\0");
+    h.update(hook.run_id.as_bytes());
+    h.update(b"\0");
+    h.update(hook.payload.group_id.as_deref().unwrap_or("").as_bytes());
+    let delivery_id = format!("{}:{}:{}", event, hook.run_id, &hex::encode(h.finalize())[..16]);
+    let delivery = NewDelivery {
+        source: "currents".into(),
+        delivery_id,
+        event,
+        payload: String::from_utf8_lossy(&hook.body).into_owned(),
+        received_at: Utc::now(),
+    };
+    store_delivery(&state, "currents", delivery).await
+}
+
+/// `POST /webhooks/github`.
+pub async fn github(State(state): State<AppState>, hook: GithubWebhook) -> Response {
+    if !events::is_handled(&hook.event) {
+        return answer(&state, "github", StatusCode::ACCEPTED, json!({ "status": "ignored" }));
+    }
+    let now = Utc::now();
+    // Reject what cannot be parsed now, so a bad payload is a 400, not a stored event.
+    match events::parse_event(&hook.event, &hook.body, now) {
+        Err(e) => {
+            tracing::warn!(event = %hook.event, delivery = %hook.delivery, "malformed GitHub payload: {}", e.detail);
+            answer(&state, "github", StatusCode::BAD_REQUEST, json!({ "error": "malformed payload" }))
+        }
+        Ok(events::GithubEvent::Ping) | Ok(events::GithubEvent::Ignored(_)) => {
+            answer(&state, "github", StatusCode::ACCEPTED, json!({ "status": "ignored" }))
+        }
+        Ok(_) => {
+            let delivery = NewDelivery {
+                source: "github".into(),
+                delivery_id: hook.delivery,
+                event: hook.event,
+                payload: String::from_utf8_lossy(&hook.body).into_owned(),
+                received_at: now,
+            };
+            store_delivery(&state, "github", delivery).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    #[test]
+    fn timestamps_in_seconds_and_millis() {
+        let now = 1_700_000_000_000;
+        assert!(timestamp_ok("1700000000000", now, 300_000));
+        assert!(timestamp_ok("1700000000", now, 300_000));
+        assert!(!timestamp_ok("1699999000", now, 300_000));
+        assert!(!timestamp_ok("1700001000", now, 300_000));
+        assert!(!timestamp_ok("-5", now, 300_000));
+        assert!(!timestamp_ok("soon", now, 300_000));
+    }
+
+    #[test]
+    fn github_signatures() {
+        let body = b"{\"zen\":\"x\"}";
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"s2").unwrap();
+        mac.update(body);
+        let good = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        let secrets = vec![Secret::new("s1"), Secret::new("s2")];
+        assert!(verify_github_signature(&secrets, &good, body));
+        assert!(!verify_github_signature(&secrets, &good, b"{\"zen\":\"y\"}"));
+        assert!(!verify_github_signature(&secrets, &good.replace("sha256=", "sha1="), body));
+        assert!(!verify_github_signature(&secrets, &good[..good.len() - 2], body));
+        assert!(!verify_github_signature(&[Secret::new("s1")], &good, body));
+    }
+}

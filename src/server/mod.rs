@@ -1,1 +1,133 @@
-//! The HTTP server: router, health, metrics, admin API and status page. (issue 5)
+//! The HTTP server of `runwarden serve` (SPEC §5): webhooks, health, metrics, the admin
+//! API and the status page, over one shared [`AppContext`].
+
+pub mod admin;
+pub mod metrics;
+pub mod status_page;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::config::{Config, Secrets};
+use crate::currents::CurrentsClient;
+use crate::intake::webhooks;
+use crate::store::Store;
+use metrics::Metrics;
+
+/// Everything a handler, the processor or the executor needs: the small context struct
+/// that is passed around instead of long argument lists.
+pub struct AppContext {
+    pub config: Arc<Config>,
+    pub secrets: Arc<Secrets>,
+    pub store: Store,
+    pub currents: CurrentsClient,
+    /// `None` when no GitHub credentials are configured.
+    pub github: Option<()>, // PENDING-GITHUB
+    pub metrics: Arc<Metrics>,
+    /// Wakes the event processor when a new event is stored.
+    pub wake: Arc<tokio::sync::Notify>,
+    /// Wakes the executor when new actions are recorded.
+    pub wake_executor: Arc<tokio::sync::Notify>,
+    /// False while starting and once shutdown begins.
+    pub ready: AtomicBool,
+    /// Identifies this process in leases and claims.
+    pub worker_id: String,
+}
+
+/// Shared state of the router.
+pub type AppState = Arc<AppContext>;
+
+/// Maximum requests handled at once.
+pub const CONCURRENCY_LIMIT: usize = 1024;
+/// Per-request timeout.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the router over the shared state.
+pub fn router(state: AppState) -> Router {
+    let hooks = Router::new()
+        .route("/webhooks/currents", post(webhooks::currents))
+        .route("/webhooks/github", post(webhooks::github))
+        // The extractors enforce their own limits (1 MiB / 25 MiB) and answer 413.
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .merge(hooks)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/api/actions", get(admin::actions))
+        .route("/api/rules", get(admin::rules))
+        .route("/api/sweep/{rule}", post(admin::sweep))
+        .route("/", get(status_page::page))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(CONCURRENCY_LIMIT))
+        .layer(CatchPanicLayer::custom(|_| {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        }))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if !state.ready.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready");
+    }
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unreachable"),
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    let mut gauges: Vec<(&str, &str, String, f64)> = Vec::new();
+    if let Ok(depth) = state.store.queue_depth().await {
+        gauges.push((
+            "runwarden_queue_depth",
+            "Actions waiting to be carried out.",
+            String::new(),
+            depth as f64,
+        ));
+    }
+    if let Ok(n) = state.store.count_unprocessed().await {
+        gauges.push((
+            "runwarden_events_pending",
+            "Stored events not yet processed.",
+            String::new(),
+            n as f64,
+        ));
+    }
+    if let Ok(counts) = state.store.action_counts().await {
+        for (s, n) in counts {
+            gauges.push((
+                "runwarden_actions_by_state",
+                "Actions in the store, by state.",
+                metrics::labels(&[("state", &s)]),
+                n as f64,
+            ));
+        }
+    }
+    let stats = state.currents.stats();
+    for (op, status, n) in stats.rows() {
+        gauges.push((
+            "runwarden_currents_api_requests",
+            "Requests made to the Currents API, by operation and status.",
+            metrics::labels(&[("operation", op), ("status", &status)]),
+            n as f64,
+        ));
+    }
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&gauges),
+    )
+}

@@ -1,0 +1,23 @@
+# Build the release binary, then run it as a non-root user on a slim base.
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY migrations ./migrations
+RUN cargo build --release --locked --bin runwarden
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/runwarden --create-home runwarden
+COPY --from=build /src/target/release/runwarden /usr/local/bin/runwarden
+COPY rules.toml /etc/runwarden/rules.toml
+USER runwarden
+WORKDIR /var/lib/runwarden
+ENV RUNWARDEN_CONFIG=/etc/runwarden/rules.toml \
+    RUNWARDEN__SERVER__LISTEN=0.0.0.0:8080 \
+    RUNWARDEN__STORE__URL=sqlite:///var/lib/runwarden/runwarden.db
+EXPOSE 8080
+ENTRYPOINT ["runwarden"]
+CMD ["serve"]

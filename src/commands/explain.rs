@@ -1,0 +1,75 @@
+//! `runwarden explain RUN_ID`: for each rule, does it apply to this run now, and if not,
+//! which condition fails. Reads the run and its branch's runs; mutates nothing.
+
+use std::process::ExitCode;
+
+use chrono::Utc;
+use futures::StreamExt;
+
+use crate::config::Secrets;
+use crate::currents::RunFilter;
+use crate::rules::{self, RunsView};
+
+/// Runs the command.
+pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
+    let loaded = match super::load_config(path) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let secrets = Secrets::from_env();
+    let client = match super::serve::currents_client(&loaded.config, &secrets) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("runwarden explain: {e:#}");
+            return ExitCode::from(super::EXIT_USAGE);
+        }
+    };
+    let rt = super::runtime();
+    let result = rt.block_on(async {
+        let run = client.get_run(run_id).await?;
+        // The other runs of its branch: for supersede (newer runs) and retention (newest N).
+        let mut runs = Vec::new();
+        if let Some(branch) = run.branch() {
+            let filter = RunFilter { branches: vec![branch.to_string()], ..RunFilter::default() };
+            let mut s = client.list_runs(&run.project_id, &filter);
+            while let Some(r) = s.next().await {
+                let r = r?;
+                if r.run_id != run.run_id {
+                    runs.push(r);
+                }
+            }
+        }
+        runs.push(run.clone());
+        anyhow::Ok((run, runs))
+    });
+    let (run, runs) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("runwarden explain: {e:#}");
+            return ExitCode::from(super::EXIT_FAILED);
+        }
+    };
+    let history = rules::build_history(&runs);
+    let progress = Default::default();
+    let view = RunsView::new(&runs, &progress, &history);
+    println!(
+        "run {} · project {} · branch {} · sha {} · {} / {} · created {}",
+        run.run_id,
+        run.project_id,
+        run.branch().unwrap_or("-"),
+        run.sha().map(|s| &s[..s.len().min(7)]).unwrap_or("-"),
+        run.completion_state,
+        run.status,
+        run.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    for e in rules::explain(&loaded.config, &run, &view, Utc::now()) {
+        println!(
+            "{} {:<22} {:<9} {}",
+            if e.applies { "✔ applies " } else { "✘ no      " },
+            e.rule,
+            e.kind,
+            e.detail
+        );
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,153 @@
+//! `runwarden plan [--rule NAME] [--format table|json]`: read the runs from the API,
+//! evaluate every rule now, print what would be done and why. Mutates nothing.
+//!
+//! Only in-progress runs are listed unless a retention rule needs the whole history.
+//! `idle_for` needs progress observed over time, which a one-shot plan does not have:
+//! it is evaluated by `serve` only.
+
+use std::process::ExitCode;
+
+use chrono::Utc;
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::Format;
+use crate::config::{Config, RuleKind, Secrets};
+use crate::currents::{CompletionState, CurrentsClient, Run, RunFilter};
+use crate::rules::{self, Decision, RunsView};
+
+/// One line of `plan --format json` (SPEC §1).
+#[derive(Debug, Serialize)]
+pub struct PlanItem {
+    pub rule: String,
+    pub kind: String,
+    pub action: String,
+    pub run_id: String,
+    pub project_id: String,
+    pub branch: Option<String>,
+    pub sha: Option<String>,
+    pub reason: String,
+}
+
+impl From<&Decision> for PlanItem {
+    fn from(d: &Decision) -> Self {
+        Self {
+            rule: d.rule.clone(),
+            kind: d.kind.to_string(),
+            action: d.action.as_str().to_string(),
+            run_id: d.run_id.clone(),
+            project_id: d.project_id.clone(),
+            branch: d.branch.clone(),
+            sha: d.sha.clone(),
+            reason: d.reason.clone(),
+        }
+    }
+}
+
+/// Lists the runs the rules need: every run when a retention rule is configured, else
+/// only the in-progress ones (plus completed passed runs for `max_duration = "auto"`).
+pub async fn fetch_runs(config: &Config, client: &CurrentsClient) -> anyhow::Result<Vec<Run>> {
+    let need_all = config.rules.iter().any(|r| {
+        matches!(r.kind, RuleKind::Retention(_))
+            || matches!(&r.kind, RuleKind::Timeout(t) if t.max_duration == Some(crate::config::MaxDuration::Auto))
+    });
+    let mut runs = Vec::new();
+    for project in &config.currents.projects {
+        let filter = if need_all {
+            RunFilter::default()
+        } else {
+            RunFilter { completion_state: vec![CompletionState::InProgress], ..RunFilter::default() }
+        };
+        let mut s = client.list_runs(project, &filter);
+        while let Some(r) = s.next().await {
+            runs.push(r?);
+        }
+    }
+    Ok(runs)
+}
+
+/// Evaluates the plan: (decisions, retention breaches as text).
+pub fn evaluate(config: &Config, runs: &[Run], rule: Option<&str>) -> (Vec<Decision>, Vec<String>) {
+    let history = rules::build_history(runs);
+    let progress = Default::default();
+    let view = RunsView::new(runs, &progress, &history);
+    let eval = rules::plan(config, &view, Utc::now());
+    let decisions = eval
+        .decisions
+        .into_iter()
+        .filter(|d| rule.is_none_or(|r| d.rule == r))
+        .collect();
+    let breaches = eval
+        .breaches
+        .iter()
+        .filter(|b| rule.is_none_or(|r| b.rule == r))
+        .map(|b| format!("rule {:?}: circuit breaker: would delete {} runs > max_deletions {}; a sweep would delete none", b.rule, b.would_delete, b.max))
+        .collect();
+    (decisions, breaches)
+}
+
+/// Prints decisions as an aligned table.
+pub fn print_table(decisions: &[Decision]) {
+    if decisions.is_empty() {
+        println!("nothing to do");
+        return;
+    }
+    println!("{:<22} {:<9} {:<8} {:<34} {:<24} reason", "rule", "kind", "action", "run", "branch");
+    for d in decisions {
+        println!(
+            "{:<22} {:<9} {:<8} {:<34} {:<24} {}{}",
+            d.rule,
+            d.kind,
+            d.action.as_str(),
+            d.run_id,
+            d.branch.as_deref().unwrap_or("-"),
+            d.reason,
+            if d.dry_run { " (dry run)" } else { "" }
+        );
+    }
+}
+
+/// Runs the command.
+pub fn run(path: &std::path::Path, rule: Option<&str>, format: Format) -> ExitCode {
+    let loaded = match super::load_config(path) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    if let Some(r) = rule
+        && !loaded.config.rules.iter().any(|x| x.name == r)
+    {
+        eprintln!("{}: no rule named {r:?}", path.display());
+        return ExitCode::from(super::EXIT_USAGE);
+    }
+    let secrets = Secrets::from_env();
+    let client = match super::serve::currents_client(&loaded.config, &secrets) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("runwarden plan: {e:#}");
+            return ExitCode::from(super::EXIT_USAGE);
+        }
+    };
+    let rt = super::runtime();
+    let runs = match rt.block_on(fetch_runs(&loaded.config, &client)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("runwarden plan: cannot list runs: {e:#}");
+            return ExitCode::from(super::EXIT_FAILED);
+        }
+    };
+    let (decisions, breaches) = evaluate(&loaded.config, &runs, rule);
+    match format {
+        Format::Json => {
+            let items: Vec<PlanItem> = decisions.iter().map(PlanItem::from).collect();
+            println!("{}", serde_json::to_string_pretty(&items).unwrap_or_else(|_| "[]".into()));
+        }
+        Format::Table => {
+            print_table(&decisions);
+            eprintln!("{} runs read, {} API requests, nothing changed", runs.len(), client.request_count());
+        }
+    }
+    for b in breaches {
+        eprintln!("warning: {b}");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,221 @@
+//! `runwarden serve`: the bot — HTTP server, event processor, action executor, poller
+//! and schedules — until SIGINT/SIGTERM. Shutdown is graceful: intake stops first, the
+//! current batch of events and actions finishes, claimed-but-unstarted actions are
+//! released for the next start, and the process exits 0.
+//!
+//! [`Bot`] is also the harness of `demo` and of the end-to-end tests: the same code
+//! paths as production, started in-process.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Secrets};
+use crate::currents::client::{ClientOptions, CurrentsClient};
+use crate::server::{AppContext, metrics::Metrics};
+use crate::store::Store;
+
+/// How often the processor and executor look for due work without being woken
+/// (retries, grace periods).
+pub const IDLE_CHECK: Duration = Duration::from_millis(200);
+
+/// Builds the Currents client of a config.
+pub fn currents_client(config: &Config, secrets: &Secrets) -> anyhow::Result<CurrentsClient> {
+    let key = secrets
+        .currents_api_key
+        .clone()
+        .context("CURRENTS_API_KEY is not set")?;
+    let opts = ClientOptions {
+        base_url: config.currents.api_url.clone(),
+        api_key: key,
+        request_timeout: config.currents.request_timeout,
+        max_requests_per_second: config.currents.max_requests_per_second,
+        ..ClientOptions::default()
+    };
+    Ok(CurrentsClient::new(opts)?)
+}
+
+/// Builds the shared context: store (migrated), clients, metrics.
+pub async fn build_context(config: Config, secrets: Secrets) -> anyhow::Result<Arc<AppContext>> {
+    let store = Store::connect(&config.store.url)
+        .await
+        .with_context(|| format!("cannot open the store {}", redact_url(&config.store.url)))?;
+    let currents = currents_client(&config, &secrets)?;
+    let github = None; // PENDING-GITHUB
+    Ok(Arc::new(AppContext {
+        config: Arc::new(config),
+        secrets: Arc::new(secrets),
+        store,
+        currents,
+        github,
+        metrics: Arc::new(Metrics::new()),
+        wake: Arc::new(tokio::sync::Notify::new()),
+        wake_executor: Arc::new(tokio::sync::Notify::new()),
+        ready: false.into(),
+        worker_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+    }))
+}
+
+/// A store URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A running bot.
+pub struct Bot {
+    pub ctx: Arc<AppContext>,
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl Bot {
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful stop: intake first, then the loops after their current batch.
+    pub async fn shutdown(self) {
+        self.ctx.ready.store(false, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+        for (name, t) in self.tasks {
+            if let Err(e) = t.await {
+                tracing::error!(task = name, "task ended abnormally: {e}");
+            }
+        }
+        let _ = self.ctx.store.release_leases(&self.ctx.worker_id).await;
+    }
+}
+
+async fn processor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = crate::intake::processor::process_pending(&ctx).await {
+            tracing::warn!("event processing paused: {e}");
+        }
+        tokio::select! {
+            _ = ctx.wake.notified() => {}
+            _ = tokio::time::sleep(IDLE_CHECK) => {}
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+async fn executor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
+    loop {
+        crate::actions::run_due(&ctx).await;
+        tokio::select! {
+            _ = ctx.wake_executor.notified() => {}
+            _ = tokio::time::sleep(IDLE_CHECK) => {}
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// Starts every part of the bot on `listener`.
+pub async fn start(ctx: Arc<AppContext>, listener: tokio::net::TcpListener) -> anyhow::Result<Bot> {
+    let addr = listener.local_addr()?;
+    let (tx, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let app = crate::server::router(ctx.clone());
+    let mut srv_stop = rx.clone();
+    tasks.push((
+        "server",
+        tokio::spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = srv_stop.changed().await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!("server error: {e}");
+            }
+        }),
+    ));
+    tasks.push(("processor", tokio::spawn(processor_loop(ctx.clone(), rx.clone()))));
+    tasks.push(("executor", tokio::spawn(executor_loop(ctx.clone(), rx.clone()))));
+    tasks.push(("poller", tokio::spawn(crate::intake::poller::run(ctx.clone(), rx.clone()))));
+    tasks.push(("schedules", tokio::spawn(crate::intake::schedules::run(ctx.clone(), rx.clone()))));
+    ctx.ready.store(true, Ordering::SeqCst);
+    Ok(Bot { ctx, addr, shutdown: tx, tasks })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Runs the command.
+pub fn run(path: &std::path::Path) -> ExitCode {
+    let loaded = match super::load_config(path) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let secrets = Secrets::from_env();
+    for w in loaded
+        .warnings
+        .iter()
+        .cloned()
+        .chain(super::check::secret_warnings(&loaded.config, &secrets))
+    {
+        tracing::warn!("{w}");
+    }
+    let rt = super::runtime();
+    rt.block_on(async move {
+        let listen = loaded.config.server.listen.clone();
+        let ctx = match build_context(loaded.config, secrets).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("runwarden serve: {e:#}");
+                return ExitCode::from(super::EXIT_USAGE);
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(&listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("runwarden serve: cannot listen on {listen}: {e}");
+                return ExitCode::from(super::EXIT_USAGE);
+            }
+        };
+        let bot = match start(ctx, listener).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("runwarden serve: {e:#}");
+                return ExitCode::from(super::EXIT_FAILED);
+            }
+        };
+        tracing::info!(listen = %bot.addr, "runwarden is serving");
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        bot.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}

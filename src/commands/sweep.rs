@@ -1,0 +1,138 @@
+//! `runwarden sweep [--rule NAME] [--dry-run]`: evaluate and execute once, then exit
+//! (for a cron job or a CI step). It uses the same store, processor and executor as
+//! `serve`: every decision is recorded before it is acted on, and `audit` shows it.
+//!
+//! Exit 0 when everything decided was done, 1 when an action failed for good or a
+//! retention circuit breaker tripped, 2 for bad usage.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use crate::config::{RuleKind, Secrets};
+use crate::store::NewDelivery;
+
+/// How long a sweep waits for its actions to finish (retries included).
+pub const SWEEP_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Runs the command.
+pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCode {
+    let mut loaded = match super::load_config(path) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    if let Some(r) = rule
+        && !loaded.config.rules.iter().any(|x| x.name == r)
+    {
+        eprintln!("{}: no rule named {r:?}", path.display());
+        return ExitCode::from(super::EXIT_USAGE);
+    }
+    if dry_run {
+        loaded.config.dry_run = true;
+        for r in &mut loaded.config.rules {
+            r.dry_run = Some(true);
+        }
+    }
+    let secrets = Secrets::from_env();
+    let rt = super::runtime();
+    rt.block_on(async move {
+        let ctx = match super::serve::build_context(loaded.config, secrets).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("runwarden sweep: {e:#}");
+                return ExitCode::from(super::EXIT_USAGE);
+            }
+        };
+        let started = Utc::now();
+        let selected: Vec<_> = ctx
+            .config
+            .rules
+            .iter()
+            .filter(|r| rule.is_none_or(|n| r.name == n))
+            .collect();
+        let mut poll_needed = false;
+        for r in &selected {
+            match r.kind {
+                RuleKind::Retention(_) => {
+                    let d = NewDelivery {
+                        source: "schedule".into(),
+                        delivery_id: format!("sweep:{}:{}", r.name, started.timestamp_millis()),
+                        event: "sweep".into(),
+                        payload: serde_json::json!({ "rule": r.name, "manual": true }).to_string(),
+                        received_at: started,
+                    };
+                    if let Err(e) = ctx.store.insert_delivery(d).await {
+                        eprintln!("runwarden sweep: {e}");
+                        return ExitCode::from(super::EXIT_FAILED);
+                    }
+                }
+                RuleKind::Supersede(_) | RuleKind::Timeout(_) => poll_needed = true,
+                _ => {}
+            }
+        }
+        if poll_needed {
+            let d = NewDelivery {
+                source: if rule.is_some() { "schedule".into() } else { "poll".into() },
+                delivery_id: format!("sweep-poll:{}", started.timestamp_millis()),
+                event: if rule.is_some() { "sweep".into() } else { "poll".into() },
+                payload: serde_json::json!({ "rule": rule.unwrap_or_default() }).to_string(),
+                received_at: started,
+            };
+            if let Err(e) = ctx.store.insert_delivery(d).await {
+                eprintln!("runwarden sweep: {e}");
+                return ExitCode::from(super::EXIT_FAILED);
+            }
+        }
+        // Process events (including older ones left by a crashed run), then act.
+        let deadline = Instant::now() + SWEEP_DEADLINE;
+        loop {
+            let _ = crate::intake::processor::process_pending(&ctx).await;
+            let n = crate::actions::run_due(&ctx).await;
+            let pending = ctx.store.count_unprocessed().await.unwrap_or(0);
+            let queued = ctx.store.queue_depth().await.unwrap_or(0);
+            if n == 0 && pending == 0 && queued == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                eprintln!("runwarden sweep: gave up waiting after {SWEEP_DEADLINE:?}; {queued} action(s) still queued (they run on the next sweep or serve)");
+                break;
+            }
+            if n == 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let entries = ctx
+            .store
+            .audit(Some(started), rule, 100_000)
+            .await
+            .unwrap_or_default();
+        let count = |o: &str| entries.iter().filter(|e| e.outcome.as_str() == o).count();
+        let breaker = entries.iter().any(|e| e.reason.starts_with("circuit breaker"));
+        for e in entries.iter().rev() {
+            println!(
+                "{:<8} {:<22} {:<8} {:<34} {}{}",
+                e.outcome.as_str(),
+                e.rule,
+                e.action,
+                e.run_id,
+                e.reason,
+                e.error.as_deref().map(|x| format!(" — {x}")).unwrap_or_default()
+            );
+        }
+        println!(
+            "sweep: {} decision(s): {} done, {} dry run, {} skipped, {} failed, {} pending",
+            entries.len(),
+            count("done"),
+            count("dry_run"),
+            count("skipped"),
+            count("failed"),
+            count("planned")
+        );
+        if count("failed") > 0 || breaker {
+            ExitCode::from(super::EXIT_FAILED)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}

@@ -1,0 +1,853 @@
+//! Run summaries on pull requests (SPEC §4 `summary`, §6): one sticky comment per PR
+//! with a section per project and run group, and commit statuses.
+//!
+//! [`post_summary`] is what the action executor calls for a run event:
+//!
+//! 1. The event must be in the rule's `events`.
+//! 2. The repository: `github.repos[project]`, else the run's `meta.commit.remoteOrigin`
+//!    ([`resolve_repo`]). Unresolvable → skipped, with the reason.
+//! 3. Comment (`comment = true`): the open PRs whose head is the run's sha, else whose
+//!    head branch is the run's branch ([`discover_prs`]). For each, under a per-PR lock:
+//!    read the comment (by remembered id, else by its marker), merge the run's section
+//!    into the state the comment carries ([`merge_section`]: a run for a commit that is
+//!    no longer the head never replaces a section for the head, an older run never
+//!    replaces a newer one, an older snapshot of the same run never replaces a finished
+//!    one), render, and create, edit, or leave the comment when the body is unchanged.
+//!    A create whose outcome is unknown is followed by a read for the marker, never by a
+//!    blind second `POST`.
+//! 4. Commit status (`commit_status = true`) on the run's sha, context `status_context`
+//!    with `{project}` filled. Not sent when the latest status of that context already
+//!    says the same for the same run, nor when it would turn a finished run's status back
+//!    to pending (an out-of-order `RUN_START`).
+//!
+//! Dry run: the same reads, no `POST` or `PATCH`; the outcome carries what would have
+//! been written.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::config::{Config, Rule, SummaryOptions};
+use crate::currents::Run;
+
+use super::client::{
+    GithubClient, GithubError, IssueComment, PullRef, RepoName, StatusState, has_marker,
+};
+use super::render::{
+    GITHUB_BODY_LIMIT, MARKER, PrInfo, RenderInput, Section, StateError, SummaryDoc, render_body,
+    status_for,
+};
+
+/// What [`post_summary`] needs besides the run.
+#[derive(Clone, Copy)]
+pub struct SummaryCtx<'a> {
+    pub gh: &'a GithubClient,
+    pub config: &'a Config,
+    pub rule: &'a Rule,
+    pub opts: &'a SummaryOptions,
+}
+
+/// What happened to the comment of one pull request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SummaryOutcome {
+    /// The comment was created (`created`) or edited.
+    Posted {
+        pr: u64,
+        comment_id: u64,
+        created: bool,
+    },
+    /// The comment already said exactly this: nothing was sent.
+    Unchanged { pr: u64, comment_id: u64 },
+    /// Nothing to do, and why.
+    Skipped(String),
+    /// Dry run: the body that would have been posted.
+    DryRun(String),
+}
+
+/// What happened to the commit status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum StatusOutcome {
+    Posted {
+        sha: String,
+        context: String,
+        state: StatusState,
+        description: String,
+    },
+    /// The latest status of the context already says this.
+    Unchanged { sha: String, context: String },
+    Skipped(String),
+    /// Dry run: what would have been sent.
+    DryRun {
+        sha: String,
+        context: String,
+        state: StatusState,
+        description: String,
+    },
+}
+
+/// Everything one [`post_summary`] call did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SummaryReport {
+    /// `None` when the repository could not be resolved.
+    pub repo: Option<String>,
+    /// One per pull request, or a single `Skipped`; empty with `comment = false`.
+    pub comments: Vec<SummaryOutcome>,
+    /// `None` with `commit_status = false`.
+    pub status: Option<StatusOutcome>,
+}
+
+impl SummaryReport {
+    fn skipped(repo: Option<&RepoName>, reason: String, opts: &SummaryOptions) -> SummaryReport {
+        SummaryReport {
+            repo: repo.map(ToString::to_string),
+            comments: if opts.comment {
+                vec![SummaryOutcome::Skipped(reason.clone())]
+            } else {
+                Vec::new()
+            },
+            status: opts.commit_status.then(|| StatusOutcome::Skipped(reason)),
+        }
+    }
+
+    /// Nothing was written and nothing would have been: every part was skipped.
+    pub fn is_skipped(&self) -> bool {
+        self.comments
+            .iter()
+            .all(|c| matches!(c, SummaryOutcome::Skipped(_)))
+            && self
+                .status
+                .as_ref()
+                .is_none_or(|s| matches!(s, StatusOutcome::Skipped(_)))
+    }
+
+    /// The comment bodies a dry run would have posted.
+    pub fn dry_run_bodies(&self) -> Vec<&str> {
+        self.comments
+            .iter()
+            .filter_map(|c| match c {
+                SummaryOutcome::DryRun(b) => Some(b.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for SummaryReport {
+    /// One line for the audit log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        for c in &self.comments {
+            parts.push(match c {
+                SummaryOutcome::Posted {
+                    pr,
+                    comment_id,
+                    created: true,
+                } => format!("PR #{pr}: created comment {comment_id}"),
+                SummaryOutcome::Posted { pr, comment_id, .. } => {
+                    format!("PR #{pr}: edited comment {comment_id}")
+                }
+                SummaryOutcome::Unchanged { pr, .. } => format!("PR #{pr}: comment unchanged"),
+                SummaryOutcome::Skipped(r) => format!("comment skipped: {r}"),
+                SummaryOutcome::DryRun(_) => "comment: dry run".to_string(),
+            });
+        }
+        if let Some(s) = &self.status {
+            parts.push(match s {
+                StatusOutcome::Posted { context, state, .. } => {
+                    format!("status {context} = {state}")
+                }
+                StatusOutcome::Unchanged { context, .. } => format!("status {context} unchanged"),
+                StatusOutcome::Skipped(r) => format!("status skipped: {r}"),
+                StatusOutcome::DryRun { context, state, .. } => {
+                    format!("status {context} = {state} (dry run)")
+                }
+            });
+        }
+        if let Some(r) = &self.repo {
+            write!(f, "{r}: ")?;
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// A summary that could not be posted. Parts that succeeded before it are in `partial`;
+/// a retry redoes nothing that is already there (the comment is found and compared).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SummaryError {
+    pub retryable: bool,
+    pub message: String,
+    /// How long GitHub asked to wait (rate limits).
+    pub retry_after: Option<std::time::Duration>,
+    pub partial: Option<SummaryReport>,
+}
+
+impl SummaryError {
+    fn permanent(message: String) -> SummaryError {
+        SummaryError {
+            retryable: false,
+            message,
+            retry_after: None,
+            partial: None,
+        }
+    }
+}
+
+impl From<GithubError> for SummaryError {
+    fn from(e: GithubError) -> SummaryError {
+        SummaryError {
+            retryable: e.is_retryable(),
+            retry_after: e.retry_after(),
+            message: e.to_string(),
+            partial: None,
+        }
+    }
+}
+
+/// Posts or updates the summary of `run` for `event` (SPEC §4 `summary`). See the module
+/// docs for the steps. `cancelled_by`: (rule, reason) when runwarden cancelled the run.
+pub async fn post_summary(
+    ctx: &SummaryCtx<'_>,
+    run: &Run,
+    event: &str,
+    cancelled_by: Option<(String, String)>,
+    dry_run: bool,
+) -> Result<SummaryReport, SummaryError> {
+    let opts = ctx.opts;
+    let event = event.trim().to_ascii_uppercase();
+    if !opts.events.iter().any(|e| e.eq_ignore_ascii_case(&event)) {
+        return Ok(SummaryReport::skipped(
+            None,
+            format!(
+                "event {event} is not in the events of rule {:?} ({})",
+                ctx.rule.name,
+                opts.events.join(", ")
+            ),
+            opts,
+        ));
+    }
+    let repo = match resolve_repo(ctx.config, run) {
+        Ok(r) => r,
+        Err(reason) => return Ok(SummaryReport::skipped(None, reason, opts)),
+    };
+    let dashboard = ctx.config.currents.dashboard_url.trim_end_matches('/');
+    let section = Section::from_run(
+        run,
+        &event,
+        cancelled_by.as_ref().map(|(r, why)| (r.as_str(), why.as_str())),
+        dashboard,
+        opts.max_failed_specs as usize,
+    );
+
+    let mut report = SummaryReport {
+        repo: Some(repo.to_string()),
+        comments: Vec::new(),
+        status: None,
+    };
+    let mut first_error: Option<SummaryError> = None;
+
+    if opts.comment {
+        match post_comments(ctx, &repo, run, &section, dry_run).await {
+            Ok((outcomes, err)) => {
+                report.comments = outcomes;
+                first_error = err;
+            }
+            Err(e) => first_error = Some(e),
+        }
+    }
+    if opts.commit_status {
+        match post_status(ctx, &repo, run, &section, dry_run).await {
+            Ok(s) => report.status = Some(s),
+            Err(e) => {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    match first_error {
+        None => {
+            tracing::info!(rule = %ctx.rule.name, run_id = %run.run_id, %event, "summary: {report}");
+            Ok(report)
+        }
+        Some(mut e) => {
+            e.partial = Some(report);
+            Err(e)
+        }
+    }
+}
+
+/// Updates the comment of every PR of the run; the first error is returned beside the
+/// outcomes of the others.
+async fn post_comments(
+    ctx: &SummaryCtx<'_>,
+    repo: &RepoName,
+    run: &Run,
+    section: &Section,
+    dry_run: bool,
+) -> Result<(Vec<SummaryOutcome>, Option<SummaryError>), SummaryError> {
+    let (sha, branch) = (run.sha(), run.branch());
+    if sha.is_none() && branch.is_none() {
+        return Ok((
+            vec![SummaryOutcome::Skipped(
+                "the run has neither a commit sha nor a branch".into(),
+            )],
+            None,
+        ));
+    }
+    let prs = discover_prs(ctx.gh, repo, sha, branch).await?;
+    if prs.is_empty() {
+        return Ok((
+            vec![SummaryOutcome::Skipped(format!(
+                "no open pull request in {repo} has head {} or branch {}",
+                sha.unwrap_or("(none)"),
+                branch.unwrap_or("(none)")
+            ))],
+            None,
+        ));
+    }
+    let mut outcomes = Vec::new();
+    let mut first_error = None;
+    for pr in &prs {
+        match update_pr_comment(ctx, repo, pr, section, dry_run).await {
+            Ok(o) => outcomes.push(o),
+            Err(e) => {
+                tracing::warn!(repo = %repo, pr = pr.number, error = %e, "summary comment failed");
+                if first_error.is_none() {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    Ok((outcomes, first_error))
+}
+
+/// The sticky comment of one PR: read, merge, render, write if changed.
+async fn update_pr_comment(
+    ctx: &SummaryCtx<'_>,
+    repo: &RepoName,
+    pr: &PullRef,
+    section: &Section,
+    dry_run: bool,
+) -> Result<SummaryOutcome, SummaryError> {
+    let gh = ctx.gh;
+    let lock = gh.pr_lock(repo, pr.number);
+    let _guard = lock.lock().await;
+
+    let info = PrInfo {
+        number: pr.number,
+        head_sha: pr.head_sha.clone(),
+        head_ref: pr.head_ref.clone(),
+    };
+    let dashboard = ctx.config.currents.dashboard_url.trim_end_matches('/');
+    let mut existing = find_existing(gh, repo, pr.number).await?;
+    let mut created = false;
+    // Rounds: a create that finds another writer's comment, or an edit of a comment
+    // deleted meanwhile, starts over from what is on GitHub.
+    for _ in 0..3 {
+        let mut doc = match &existing {
+            Some(c) => SummaryDoc::parse(&c.body)
+                .map_err(|e: StateError| SummaryError::permanent(e.to_string()))?,
+            None => SummaryDoc::default(),
+        };
+        if ctx.opts.only_failed && !section.is_failure() && doc.get(&section.key).is_none() {
+            return Ok(SummaryOutcome::Skipped(format!(
+                "only_failed: run {} did not fail and PR #{} has no section for its group",
+                section.run_id, pr.number
+            )));
+        }
+        if let Merge::Kept(reason) = merge_section(&mut doc, section.clone(), &pr.head_sha) {
+            return Ok(SummaryOutcome::Skipped(reason));
+        }
+        let body = render_body(
+            &doc,
+            &RenderInput {
+                pr: &info,
+                current_key: &section.key,
+                dashboard_url: dashboard,
+                template: ctx.opts.template.as_ref(),
+                limit: GITHUB_BODY_LIMIT,
+            },
+        )
+        .map_err(|e| SummaryError::permanent(e.to_string()))?;
+
+        match &existing {
+            Some(c) if same_body(&c.body, &body) => {
+                gh.remember_comment_id(repo, pr.number, Some(c.id));
+                return Ok(if created {
+                    SummaryOutcome::Posted {
+                        pr: pr.number,
+                        comment_id: c.id,
+                        created,
+                    }
+                } else {
+                    SummaryOutcome::Unchanged {
+                        pr: pr.number,
+                        comment_id: c.id,
+                    }
+                });
+            }
+            _ if dry_run => return Ok(SummaryOutcome::DryRun(body)),
+            Some(c) => match gh.update_comment(repo, c.id, &body).await {
+                Ok(updated) => {
+                    gh.remember_comment_id(repo, pr.number, Some(updated.id));
+                    return Ok(SummaryOutcome::Posted {
+                        pr: pr.number,
+                        comment_id: updated.id,
+                        created,
+                    });
+                }
+                Err(e) if e.status() == Some(404) => {
+                    tracing::info!(repo = %repo, pr = pr.number, comment_id = c.id,
+                        "the summary comment was deleted; posting it again");
+                    gh.remember_comment_id(repo, pr.number, None);
+                    existing = gh
+                        .find_comment(repo, pr.number, |c| has_marker(&c.body, MARKER))
+                        .await?;
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => {
+                let made = gh
+                    .create_comment_unique(repo, pr.number, &body, MARKER)
+                    .await?;
+                gh.remember_comment_id(repo, pr.number, Some(made.comment.id));
+                created = true;
+                if made.recovered && !same_body(&made.comment.body, &body) {
+                    existing = Some(made.comment);
+                    continue;
+                }
+                return Ok(SummaryOutcome::Posted {
+                    pr: pr.number,
+                    comment_id: made.comment.id,
+                    created,
+                });
+            }
+        }
+    }
+    Err(SummaryError {
+        retryable: true,
+        message: format!(
+            "the summary comment of {repo}#{} kept changing under runwarden",
+            pr.number
+        ),
+        retry_after: None,
+        partial: None,
+    })
+}
+
+/// The PR's runwarden comment: by the remembered id, else the oldest with the marker.
+async fn find_existing(
+    gh: &GithubClient,
+    repo: &RepoName,
+    pr: u64,
+) -> Result<Option<IssueComment>, GithubError> {
+    if let Some(id) = gh.cached_comment_id(repo, pr) {
+        match gh.get_comment(repo, id).await? {
+            Some(c) if has_marker(&c.body, MARKER) => return Ok(Some(c)),
+            _ => gh.remember_comment_id(repo, pr, None),
+        }
+    }
+    gh.find_comment(repo, pr, |c| has_marker(&c.body, MARKER))
+        .await
+}
+
+/// Bodies equal up to line endings and trailing whitespace (GitHub may normalise them).
+fn same_body(a: &str, b: &str) -> bool {
+    let norm = |s: &str| s.replace("\r\n", "\n").trim_end().to_string();
+    norm(a) == norm(b)
+}
+
+// ---------------------------------------------------------------------------------------
+// Sections
+// ---------------------------------------------------------------------------------------
+
+/// What [`merge_section`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merge {
+    Inserted,
+    Replaced,
+    /// The existing section stays; the reason.
+    Kept(String),
+}
+
+/// Puts `new` into `doc` unless the section of its key shows something newer:
+///
+/// - the same run: replaced, except that a finished run is not turned back into a
+///   running one by an older snapshot; runwarden's cancel attribution is kept;
+/// - another run: a section for the PR head (`head_sha`) is never replaced by a run for
+///   another commit, and a run for the head always replaces one for another commit;
+///   otherwise the newer run (by `createdAt`) wins.
+pub fn merge_section(doc: &mut SummaryDoc, mut new: Section, head_sha: &str) -> Merge {
+    let is_head = |s: &Section| {
+        s.sha
+            .as_deref()
+            .is_some_and(|sha| !head_sha.is_empty() && sha.eq_ignore_ascii_case(head_sha))
+    };
+    let Some(old) = doc.sections.iter_mut().find(|s| s.key == new.key) else {
+        doc.sections.push(new);
+        doc.sort();
+        return Merge::Inserted;
+    };
+    if old.run_id == new.run_id {
+        if old.outcome.is_terminal() && !new.outcome.is_terminal() {
+            return Merge::Kept(format!(
+                "run {} already shows as {}; not going back to {}",
+                new.run_id,
+                old.outcome.label(),
+                new.outcome.label()
+            ));
+        }
+        if let (Some(old_c), Some(new_c)) = (&old.cancelled, &mut new.cancelled)
+            && new_c.rule.is_none()
+            && old_c.rule.is_some()
+        {
+            *new_c = old_c.clone();
+        }
+        *old = new;
+        return Merge::Replaced;
+    }
+    let (old_head, new_head) = (is_head(old), is_head(&new));
+    if old_head && !new_head {
+        return Merge::Kept(format!(
+            "run {} is for commit {}, no longer the head of the PR; its section shows run {} for the head",
+            new.run_id,
+            new.short_sha().unwrap_or_default(),
+            old.run_id
+        ));
+    }
+    if !(new_head && !old_head) && new.created_at < old.created_at {
+        return Merge::Kept(format!(
+            "run {} is older than run {}, which its section already shows",
+            new.run_id, old.run_id
+        ));
+    }
+    *old = new;
+    Merge::Replaced
+}
+
+// ---------------------------------------------------------------------------------------
+// Repository and pull requests
+// ---------------------------------------------------------------------------------------
+
+/// The repository of a run: `github.repos[project]`, else parsed from
+/// `meta.commit.remoteOrigin`. `Err` carries why it could not be resolved.
+pub fn resolve_repo(config: &Config, run: &Run) -> Result<RepoName, String> {
+    if let Some(r) = config.github.repos.get(&run.project_id) {
+        return r.parse::<RepoName>().map_err(|e| {
+            format!(
+                "github.repos maps project {} to an invalid repository: {e}",
+                run.project_id
+            )
+        });
+    }
+    match run.meta.commit.remote_origin.as_deref() {
+        None | Some("") => Err(format!(
+            "no repository for project {}: not in github.repos and the run has no \
+             meta.commit.remoteOrigin",
+            run.project_id
+        )),
+        Some(origin) => repo_from_remote(origin).ok_or_else(|| {
+            format!(
+                "no repository for project {}: not in github.repos, and remoteOrigin {:?} \
+                 does not name owner/repo",
+                run.project_id,
+                redact_userinfo(origin)
+            )
+        }),
+    }
+}
+
+/// `owner/repo` from a git remote: `https://github.com/o/r(.git)`,
+/// `git@github.com:o/r.git`, `ssh://git@github.com(:22)/o/r.git`, `git://...`,
+/// `https://user:token@host/o/r` (any host: GitHub Enterprise too).
+pub fn repo_from_remote(origin: &str) -> Option<RepoName> {
+    let origin = origin.trim();
+    let path = if let Some((scheme, rest)) = origin.split_once("://") {
+        if !matches!(
+            scheme.to_ascii_lowercase().as_str(),
+            "https" | "http" | "ssh" | "git" | "git+ssh" | "ssh+git"
+        ) {
+            return None;
+        }
+        // Drop user info and host (and port).
+        let after_host = rest.split_once('/')?.1;
+        after_host.to_string()
+    } else if let Some((userhost, path)) = origin.split_once(':') {
+        // scp-like: [user@]host:owner/repo.git
+        if userhost.contains('/') || userhost.is_empty() {
+            return None;
+        }
+        path.to_string()
+    } else {
+        return None;
+    };
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let path = path.trim_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    let mut parts = path.split('/');
+    let (owner, name) = (parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    RepoName::new(owner, name).ok()
+}
+
+fn redact_userinfo(origin: &str) -> String {
+    if let Some((scheme, rest)) = origin.split_once("://") {
+        let (authority, path) = match rest.split_once('/') {
+            Some((a, p)) => (a, format!("/{p}")),
+            None => (rest, String::new()),
+        };
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            return format!("{scheme}://***@{host}{path}");
+        }
+    }
+    origin.to_string()
+}
+
+/// The open PRs a run belongs to: those whose head is the run's sha, else those whose
+/// head branch is the run's branch (SPEC §4), found with
+/// `GET /repos/{o}/{r}/commits/{sha}/pulls` and, when that finds nothing (a merge commit,
+/// a sha GitHub does not know), the open PRs of the branch.
+pub async fn discover_prs(
+    gh: &GithubClient,
+    repo: &RepoName,
+    sha: Option<&str>,
+    branch: Option<&str>,
+) -> Result<Vec<PullRef>, GithubError> {
+    let branch = branch.filter(|b| !b.is_empty());
+    if let Some(sha) = sha.filter(|s| !s.is_empty()) {
+        let of_commit = match gh.pulls_for_commit(repo, sha).await {
+            Ok(p) => p,
+            // 422: "No commit found for SHA"; 404 likewise on some GitHub versions.
+            Err(e) if matches!(e.status(), Some(404 | 422)) => Vec::new(),
+            Err(e) if matches!(e.kind, super::client::GithubErrorKind::Invalid(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let open: Vec<PullRef> = of_commit.into_iter().filter(PullRef::is_open).collect();
+        let by_sha: Vec<PullRef> = open
+            .iter()
+            .filter(|p| p.head_sha.eq_ignore_ascii_case(sha))
+            .cloned()
+            .collect();
+        if !by_sha.is_empty() {
+            return Ok(by_sha);
+        }
+        if let Some(b) = branch {
+            let by_branch: Vec<PullRef> = open.into_iter().filter(|p| p.head_ref == b).collect();
+            if !by_branch.is_empty() {
+                return Ok(by_branch);
+            }
+        }
+    }
+    match branch {
+        Some(b) => gh.open_pulls_for_branch(repo, b).await,
+        None => Ok(Vec::new()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Commit statuses
+// ---------------------------------------------------------------------------------------
+
+async fn post_status(
+    ctx: &SummaryCtx<'_>,
+    repo: &RepoName,
+    run: &Run,
+    section: &Section,
+    dry_run: bool,
+) -> Result<StatusOutcome, SummaryError> {
+    let Some(sha) = run.sha().filter(|s| !s.is_empty()) else {
+        return Ok(StatusOutcome::Skipped("the run has no commit sha".into()));
+    };
+    let context = ctx.opts.status_context.replace("{project}", &run.project_id);
+    let (state, description) = status_for(section);
+    let latest = ctx.gh.latest_status(repo, sha, &context).await?;
+    if let Some(l) = &latest
+        && l.target_url.as_deref() == Some(section.run_url.as_str())
+    {
+        if l.state == state && l.description.as_deref() == Some(description.as_str()) {
+            return Ok(StatusOutcome::Unchanged {
+                sha: sha.to_string(),
+                context,
+            });
+        }
+        if state == StatusState::Pending && l.state != StatusState::Pending {
+            return Ok(StatusOutcome::Skipped(format!(
+                "status {context} of run {} is already {}; not going back to pending",
+                section.run_id, l.state
+            )));
+        }
+    }
+    if dry_run {
+        return Ok(StatusOutcome::DryRun {
+            sha: sha.to_string(),
+            context,
+            state,
+            description,
+        });
+    }
+    ctx.gh
+        .create_status(
+            repo,
+            sha,
+            state,
+            &context,
+            &description,
+            Some(&section.run_url),
+        )
+        .await?;
+    Ok(StatusOutcome::Posted {
+        sha: sha.to_string(),
+        context,
+        state,
+        description,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::render::{Counts, Outcome};
+    use super::*;
+
+    #[test]
+    fn remote_origin_forms() {
+        let ok = |s: &str| repo_from_remote(s).map(|r| r.to_string());
+        for s in [
+            "https://github.com/acme/web",
+            "https://github.com/acme/web.git",
+            "https://github.com/acme/web/",
+            "http://github.com/acme/web.git",
+            "git@github.com:acme/web.git",
+            "git@github.com:acme/web",
+            "ssh://git@github.com/acme/web.git",
+            "ssh://git@github.com:22/acme/web.git",
+            "git://github.com/acme/web.git",
+            "https://x-access-token:ghs_secret@github.com/acme/web.git",
+            "https://ghe.example.com/acme/web.git",
+        ] {
+            assert_eq!(ok(s).as_deref(), Some("acme/web"), "{s}");
+        }
+        for s in [
+            "",
+            "acme/web",
+            "https://github.com/acme",
+            "https://gitlab.com/group/sub/web.git",
+            "file:///srv/repos/web.git",
+            "/srv/repos/web.git",
+            "https://github.com/acme/we%20b",
+        ] {
+            assert_eq!(ok(s), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_remotes_are_not_echoed() {
+        assert_eq!(
+            redact_userinfo("https://x:ghs_secret@github.com/a"),
+            "https://***@github.com/a"
+        );
+        assert_eq!(redact_userinfo("https://github.com/a@b"), "https://github.com/a@b");
+    }
+
+    fn section(run: &str, sha: &str, created: &str, outcome: Outcome) -> Section {
+        Section {
+            key: "p|b|".into(),
+            project: "p".into(),
+            branch: Some("b".into()),
+            tags: vec![],
+            run_id: run.into(),
+            run_url: format!("https://app.currents.dev/run/{run}"),
+            sha: Some(sha.into()),
+            created_at: created.parse().unwrap(),
+            outcome,
+            failing: false,
+            counts: Counts::default(),
+            specs_done: 0,
+            specs_total: 0,
+            duration_ms: None,
+            failed_specs: vec![],
+            failed_specs_total: 0,
+            groups: vec![],
+            cancelled: None,
+            timeout_ms: None,
+        }
+    }
+
+    const T1: &str = "2026-01-01T10:00:00Z";
+    const T2: &str = "2026-01-01T11:00:00Z";
+
+    #[test]
+    fn merge_rules() {
+        let mut doc = SummaryDoc::default();
+        let head = "bbbb";
+        assert_eq!(
+            merge_section(&mut doc, section("r2", head, T2, Outcome::Running), head),
+            Merge::Inserted
+        );
+        // Same run progresses.
+        assert_eq!(
+            merge_section(&mut doc, section("r2", head, T2, Outcome::Failed), head),
+            Merge::Replaced
+        );
+        // An older snapshot of the same run does not undo its end.
+        assert!(matches!(
+            merge_section(&mut doc, section("r2", head, T2, Outcome::Running), head),
+            Merge::Kept(_)
+        ));
+        // A run for an older commit does not replace the head's section, even if newer.
+        assert!(matches!(
+            merge_section(
+                &mut doc,
+                section("r3", "aaaa", "2026-01-01T12:00:00Z", Outcome::Passed),
+                head
+            ),
+            Merge::Kept(_)
+        ));
+        assert_eq!(doc.sections[0].run_id, "r2");
+        // Among non-head commits, the newer run wins and the older loses.
+        let mut doc = SummaryDoc::default();
+        merge_section(&mut doc, section("r2", "aaaa", T2, Outcome::Passed), head);
+        assert!(matches!(
+            merge_section(&mut doc, section("r1", "cccc", T1, Outcome::Failed), head),
+            Merge::Kept(_)
+        ));
+        // The head always replaces a non-head section, even when created earlier.
+        assert_eq!(
+            merge_section(&mut doc, section("r0", head, T1, Outcome::Passed), head),
+            Merge::Replaced
+        );
+        assert_eq!(doc.sections.len(), 1);
+        assert_eq!(doc.sections[0].run_id, "r0");
+    }
+
+    #[test]
+    fn runwarden_cancel_attribution_survives_a_later_plain_cancel_event() {
+        use super::super::render::CancelledBy;
+        let mut doc = SummaryDoc::default();
+        let mut ours = section("r1", "aaaa", T1, Outcome::Cancelled);
+        ours.cancelled = Some(CancelledBy {
+            rule: Some("cancel-superseded".into()),
+            reason: Some("superseded by r2".into()),
+            actor: None,
+        });
+        merge_section(&mut doc, ours, "aaaa");
+        let mut plain = section("r1", "aaaa", T1, Outcome::Cancelled);
+        plain.cancelled = Some(CancelledBy {
+            actor: Some("api:runwarden".into()),
+            ..Default::default()
+        });
+        merge_section(&mut doc, plain, "aaaa");
+        let c = doc.sections[0].cancelled.as_ref().unwrap();
+        assert_eq!(c.rule.as_deref(), Some("cancel-superseded"));
+    }
+
+    #[test]
+    fn bodies_compare_modulo_line_endings() {
+        assert!(same_body("a\r\nb\n", "a\nb"));
+        assert!(!same_body("a\nb", "a\nc"));
+    }
+}

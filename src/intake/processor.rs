@@ -1,0 +1,460 @@
+//! The event processor: turns stored events (webhooks, polls, schedule slots) into
+//! decisions. For each event it reads what the rules need (the run's authoritative state
+//! from the Currents API, the in-progress runs of its group from the store or a listing),
+//! asks the pure rules engine, and records the decisions together with "event processed"
+//! in one transaction — so an event is never half-handled, and a crash before the commit
+//! only means the event is processed again (reads are repeatable, decisions deduplicated).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+
+use crate::config::RuleKind;
+use crate::currents::{CompletionState, CurrentsWebhookPayload, Run, RunFilter};
+use crate::github::events::{self, GithubEvent};
+use crate::rules::{self, Decision, ProgressSnapshot, RunsView, Trigger};
+use crate::server::AppContext;
+use crate::store::{Delivery, NewDecision, RunRecord};
+
+/// How many stored events one pass takes.
+const BATCH: i64 = 64;
+
+/// Why an event could not be processed now.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// Try again later (API or store unavailable).
+    #[error("{0}")]
+    Transient(String),
+    /// The event can never be processed (kept, marked processed with the reason).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<crate::currents::client::CurrentsError> for ProcessError {
+    fn from(e: crate::currents::client::CurrentsError) -> Self {
+        if e.is_retryable() {
+            ProcessError::Transient(format!("Currents API: {e}"))
+        } else {
+            ProcessError::Permanent(format!("Currents API: {e}"))
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ProcessError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ProcessError::Transient(format!("store: {e}"))
+    }
+}
+
+/// Processes every due stored event once; returns how many were handled.
+pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
+    let mut handled = 0;
+    loop {
+        let batch = ctx.store.next_unprocessed(Utc::now(), BATCH).await?;
+        if batch.is_empty() {
+            return Ok(handled);
+        }
+        let n = batch.len();
+        for d in batch {
+            process_one(ctx, d).await;
+            handled += 1;
+        }
+        if (n as i64) < BATCH {
+            return Ok(handled);
+        }
+    }
+}
+
+/// Processes one stored event, recording its outcome.
+pub async fn process_one(ctx: &AppContext, d: Delivery) {
+    let now = Utc::now();
+    let result = decide_event(ctx, &d, now).await;
+    let source = d.source.clone();
+    let outcome = match result {
+        Ok(decisions) => {
+            let n = decisions.len();
+            let new = to_new_decisions(&decisions, &d, now);
+            match ctx.store.record_decisions_and_mark_processed(&new, d.id, &format!("{n} decision(s)")).await {
+                Ok(recorded) => {
+                    for dec in &decisions {
+                        ctx.metrics.inc(
+                            "runwarden_decisions_total",
+                            &[("rule", &dec.rule), ("action", dec.action.as_str()), ("dry_run", if dec.dry_run { "true" } else { "false" })],
+                        );
+                        tracing::info!(rule = %dec.rule, action = %dec.action, run = %dec.run_id, dry_run = dec.dry_run, "decision: {}", dec.reason);
+                    }
+                    if recorded.iter().any(|r| r.new_action) {
+                        ctx.wake_executor.notify_one();
+                    }
+                    "ok"
+                }
+                Err(e) => {
+                    tracing::warn!(delivery = d.id, error = %e, "cannot record decisions; will retry");
+                    let _ = ctx.store.mark_delivery_failed(d.id, &e.to_string(), now + chrono::Duration::seconds(2)).await;
+                    "retry"
+                }
+            }
+        }
+        Err(ProcessError::Transient(e)) => {
+            let backoff = 2i64.saturating_pow(d.attempts.clamp(0, 8) as u32).min(300);
+            tracing::warn!(delivery = d.id, source = %d.source, "event processing failed, retrying in {backoff}s: {e}");
+            let _ = ctx.store.mark_delivery_failed(d.id, &e, now + chrono::Duration::seconds(backoff)).await;
+            "retry"
+        }
+        Err(ProcessError::Permanent(e)) => {
+            tracing::warn!(delivery = d.id, source = %d.source, "event cannot be processed: {e}");
+            let _ = ctx.store.mark_processed(d.id, &format!("skipped: {e}")).await;
+            "skipped"
+        }
+    };
+    ctx.metrics.inc("runwarden_events_processed_total", &[("source", &source), ("result", outcome)]);
+}
+
+fn to_new_decisions(decisions: &[Decision], d: &Delivery, now: DateTime<Utc>) -> Vec<NewDecision> {
+    decisions
+        .iter()
+        .map(|dec| {
+            let (action_key, payload) = match dec.action {
+                rules::Action::Summarize => (
+                    format!("summarize:{}:{}:{}", dec.rule, dec.run_id, d.event),
+                    Some(serde_json::json!({ "event": d.event, "received_at": d.received_at.timestamp_millis() }).to_string()),
+                ),
+                a => (
+                    format!("{}:{}", a.as_str(), dec.run_id),
+                    Some(serde_json::json!({ "received_at": d.received_at.timestamp_millis() }).to_string()),
+                ),
+            };
+            NewDecision {
+                at: now,
+                rule: dec.rule.clone(),
+                kind: dec.kind.to_string(),
+                action: dec.action.as_str().to_string(),
+                run_id: dec.run_id.clone(),
+                project_id: dec.project_id.clone(),
+                branch: dec.branch.clone(),
+                sha: dec.sha.clone(),
+                reason: dec.reason.clone(),
+                dry_run: dec.dry_run,
+                not_before: dec.not_before,
+                action_key,
+                payload,
+            }
+        })
+        .collect()
+}
+
+/// Reads what the rules need for one event and evaluates them.
+async fn decide_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> Result<Vec<Decision>, ProcessError> {
+    match d.source.as_str() {
+        "currents" => currents_event(ctx, d, now).await,
+        "github" => github_event(ctx, d, now).await,
+        "schedule" => schedule_event(ctx, d, now).await,
+        "poll" => poll_event(ctx, now).await,
+        other => Err(ProcessError::Permanent(format!("unknown event source {other:?}"))),
+    }
+}
+
+/// Remembers a run and its progress; returns the progress snapshot.
+pub async fn remember_run(ctx: &AppContext, run: &Run, now: DateTime<Utc>) -> Result<ProgressSnapshot, ProcessError> {
+    let prev = ctx.store.get_run(&run.run_id).await?;
+    let prev_snap = prev.as_ref().map(|p| ProgressSnapshot {
+        completed_specs: p.completed_specs as u64,
+        changed_at: p.progress_changed_at,
+    });
+    let snap = rules::update_progress(prev_snap.as_ref(), run, now);
+    let rec = RunRecord {
+        run_id: run.run_id.clone(),
+        project_id: run.project_id.clone(),
+        branch: run.branch().map(str::to_string),
+        sha: run.sha().map(str::to_string),
+        created_at: run.created_at,
+        completion_state: run.completion_state.as_str().to_string(),
+        status: run.status.as_str().to_string(),
+        json: serde_json::to_string(run).unwrap_or_default(),
+        completed_specs: snap.completed_specs as i64,
+        progress_changed_at: snap.changed_at,
+        duration_ms: run.duration_ms.map(|d| d as i64),
+        updated_at: now,
+    };
+    ctx.store.upsert_run(&rec).await?;
+    Ok(snap)
+}
+
+fn run_of(rec: &RunRecord) -> Option<Run> {
+    serde_json::from_str(&rec.json).ok()
+}
+
+/// The in-progress runs the store knows for a project (and branch), with snapshots.
+async fn known_in_progress(
+    ctx: &AppContext,
+    project: Option<&str>,
+    branch: Option<&str>,
+) -> Result<(Vec<Run>, HashMap<String, ProgressSnapshot>), ProcessError> {
+    let recs = ctx.store.in_progress_runs(project, branch).await?;
+    let mut runs = Vec::with_capacity(recs.len());
+    let mut progress = HashMap::new();
+    for r in &recs {
+        if let Some(run) = run_of(r) {
+            progress.insert(
+                r.run_id.clone(),
+                ProgressSnapshot { completed_specs: r.completed_specs as u64, changed_at: r.progress_changed_at },
+            );
+            runs.push(run);
+        }
+    }
+    Ok((runs, progress))
+}
+
+/// Duration history for `max_duration = "auto"` of the groups of `runs`.
+async fn history_for(ctx: &AppContext, runs: &[Run]) -> Result<HashMap<String, Vec<Duration>>, ProcessError> {
+    let needs_auto = ctx.config.rules.iter().any(|r| {
+        matches!(&r.kind, RuleKind::Timeout(t) if t.max_duration == Some(crate::config::MaxDuration::Auto))
+    });
+    let mut out = HashMap::new();
+    if !needs_auto {
+        return Ok(out);
+    }
+    for run in runs {
+        let key = rules::history_key(run);
+        if out.contains_key(&key) {
+            continue;
+        }
+        let ds = ctx
+            .store
+            .passed_durations(&run.project_id, run.branch(), rules::HISTORY_WINDOW as i64)
+            .await?;
+        out.insert(key, ds.into_iter().map(|ms| Duration::from_millis(ms.max(0) as u64)).collect());
+    }
+    Ok(out)
+}
+
+async fn currents_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> Result<Vec<Decision>, ProcessError> {
+    let payload: CurrentsWebhookPayload = serde_json::from_str(&d.payload)
+        .map_err(|e| ProcessError::Permanent(format!("stored payload unreadable: {e}")))?;
+    let run_id = payload
+        .run_id()
+        .ok_or_else(|| ProcessError::Permanent("runUrl has no run id".into()))?;
+    // Authoritative state: read the run back.
+    let run = match ctx.currents.get_run(&run_id).await {
+        Ok(r) => r,
+        Err(e) if e.status() == Some(404) => {
+            let _ = ctx.store.mark_run_gone(&run_id).await;
+            return Err(ProcessError::Permanent(format!("run {run_id} not found")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !ctx.config.currents.projects.contains(&run.project_id) {
+        return Err(ProcessError::Permanent(format!(
+            "run {run_id} belongs to project {} which is not configured",
+            run.project_id
+        )));
+    }
+    let snap = remember_run(ctx, &run, now).await?;
+    let (mut runs, mut progress) = known_in_progress(ctx, Some(&run.project_id), run.branch()).await?;
+    // The store may not know every in-progress run of the branch (a missed webhook, a
+    // fresh store): one listing of the branch's in-progress runs settles it.
+    let supersede = ctx.config.rules.iter().any(|r| matches!(r.kind, RuleKind::Supersede(_)) && r.filter.matches(&run));
+    if supersede && let Some(branch) = run.branch() {
+        let filter = RunFilter {
+            branches: vec![branch.to_string()],
+            completion_state: vec![CompletionState::InProgress],
+            ..RunFilter::default()
+        };
+        let mut stream = ctx.currents.list_runs(&run.project_id, &filter);
+        while let Some(other) = stream.next().await {
+            let other = other?;
+            if other.run_id == run.run_id || !other.is_in_progress() || other.branch() != Some(branch) {
+                continue;
+            }
+            let s = remember_run(ctx, &other, now).await?;
+            progress.insert(other.run_id.clone(), s);
+            runs.retain(|r| r.run_id != other.run_id);
+            runs.push(other);
+        }
+    }
+    runs.retain(|r| r.run_id != run.run_id);
+    runs.push(run.clone());
+    progress.insert(run.run_id.clone(), snap);
+    let history = history_for(ctx, std::slice::from_ref(&run)).await?;
+    let view = RunsView::new(&runs, &progress, &history);
+    let trigger = Trigger::RunSeen { run, event: Some(d.event.clone()) };
+    Ok(rules::evaluate(&ctx.config, &trigger, &view, now).decisions)
+}
+
+/// Lists the in-progress runs of `branch` in the projects concerned by `repo`.
+async fn list_in_progress(ctx: &AppContext, repo: &str, branch: &str, now: DateTime<Utc>) -> Result<(Vec<Run>, HashMap<String, ProgressSnapshot>), ProcessError> {
+    let mut runs = Vec::new();
+    let mut progress = HashMap::new();
+    for project in rules::projects_for_repo(&ctx.config, repo) {
+        let filter = RunFilter {
+            branches: vec![branch.to_string()],
+            completion_state: vec![CompletionState::InProgress],
+            ..RunFilter::default()
+        };
+        let mut stream = ctx.currents.list_runs(&project, &filter);
+        while let Some(run) = stream.next().await {
+            let run = run?;
+            if run.branch() != Some(branch) || !run.is_in_progress() {
+                continue;
+            }
+            let snap = remember_run(ctx, &run, now).await?;
+            progress.insert(run.run_id.clone(), snap);
+            runs.push(run);
+        }
+    }
+    Ok((runs, progress))
+}
+
+async fn github_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> Result<Vec<Decision>, ProcessError> {
+    let ev = events::parse_event(&d.event, d.payload.as_bytes(), d.received_at)
+        .map_err(|e| ProcessError::Permanent(e.to_string()))?;
+    let (trigger, repo, branch) = match ev {
+        GithubEvent::Push { repo, branch, head_sha, deleted, pushed_at } => (
+            Trigger::Push { repo: repo.clone(), branch: branch.clone(), head_sha, deleted, pushed_at },
+            repo,
+            branch,
+        ),
+        GithubEvent::PullRequestClosed { repo, branch, number, closed_at } => (
+            Trigger::PullRequestClosed { repo: repo.clone(), branch: branch.clone(), number, closed_at },
+            repo,
+            branch,
+        ),
+        GithubEvent::WorkflowRunCompleted { repo, run_id, run_attempt, head_branch, head_sha, completed_at } => (
+            Trigger::WorkflowRunCompleted {
+                repo: repo.clone(),
+                run_id,
+                run_attempt,
+                head_branch: Some(head_branch.clone()).filter(|b| !b.is_empty()),
+                head_sha,
+                completed_at,
+            },
+            repo,
+            head_branch,
+        ),
+        GithubEvent::Ping | GithubEvent::Ignored(_) => return Ok(Vec::new()),
+    };
+    let needed = ctx.config.rules.iter().any(|r| match (&r.kind, &trigger) {
+        (RuleKind::Supersede(o), Trigger::Push { deleted: false, .. }) => o.on_push,
+        (RuleKind::Supersede(o), Trigger::Push { deleted: true, .. } | Trigger::PullRequestClosed { .. }) => {
+            o.on_branch_deleted
+        }
+        (RuleKind::Orphan(_), Trigger::WorkflowRunCompleted { .. }) => true,
+        _ => false,
+    });
+    if !needed || branch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (runs, progress) = list_in_progress(ctx, &repo, &branch, now).await?;
+    let history = HashMap::new();
+    let view = RunsView::new(&runs, &progress, &history);
+    Ok(rules::evaluate(&ctx.config, &trigger, &view, now).decisions)
+}
+
+/// Every run of the projects a rule concerns, with server-side filters where they narrow
+/// the listing. Pages are streamed; only runs passing the rule's filter are kept.
+async fn all_runs(ctx: &AppContext, rule: &crate::config::Rule) -> Result<Vec<Run>, ProcessError> {
+    let mut out = Vec::new();
+    for project in &ctx.config.currents.projects {
+        if let Some(ps) = &rule.filter.projects
+            && !ps.contains(project)
+        {
+            continue;
+        }
+        let mut filter = RunFilter::default();
+        if let Some(states) = &rule.filter.completion_states {
+            filter.completion_state = states.clone();
+        }
+        if let Some(statuses) = &rule.filter.statuses {
+            filter.status = statuses.clone();
+        }
+        let mut stream = ctx.currents.list_runs(project, &filter);
+        while let Some(run) = stream.next().await {
+            let run = run?;
+            if rule.filter.matches(&run) {
+                out.push(run);
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn schedule_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> Result<Vec<Decision>, ProcessError> {
+    let v: serde_json::Value = serde_json::from_str(&d.payload)
+        .map_err(|e| ProcessError::Permanent(format!("stored payload unreadable: {e}")))?;
+    let name = v.get("rule").and_then(|r| r.as_str()).unwrap_or_default();
+    let Some(rule) = ctx.config.rules.iter().find(|r| r.name == name) else {
+        return Err(ProcessError::Permanent(format!("rule {name:?} no longer exists")));
+    };
+    match &rule.kind {
+        RuleKind::Retention(_) => {
+            let runs = all_runs(ctx, rule).await?;
+            let view = RunsView::runs_only(&runs);
+            let eval = rules::evaluate_rule(&ctx.config, rule, &Trigger::RetentionSweep { rule: rule.name.clone() }, &view, now);
+            let mut decisions = eval.decisions;
+            for b in &eval.breaches {
+                tracing::error!(rule = %b.rule, would_delete = b.would_delete, max = b.max, "retention circuit breaker tripped: nothing deleted");
+                ctx.metrics.inc("runwarden_schedule_slots_total", &[("rule", &b.rule), ("result", "breaker")]);
+                decisions.push(Decision {
+                    rule: b.rule.clone(),
+                    kind: "retention",
+                    action: rules::Action::Delete,
+                    run_id: format!("breaker-{}", d.delivery_id),
+                    project_id: String::new(),
+                    branch: None,
+                    sha: None,
+                    reason: format!(
+                        "circuit breaker: this sweep would delete {} runs > max_deletions {}; deleted none",
+                        b.would_delete, b.max
+                    ),
+                    dry_run: true,
+                    not_before: None,
+                });
+            }
+            Ok(decisions)
+        }
+        _ => poll_event(ctx, now).await.map(|ds| ds.into_iter().filter(|x| x.rule == rule.name).collect()),
+    }
+}
+
+/// A poll: list the in-progress runs of every project, reconcile runs the store still
+/// thinks are in progress, then check timeouts and supersession among them.
+pub async fn poll_event(ctx: &AppContext, now: DateTime<Utc>) -> Result<Vec<Decision>, ProcessError> {
+    let mut runs = Vec::new();
+    let mut progress = HashMap::new();
+    for project in &ctx.config.currents.projects {
+        let filter = RunFilter { completion_state: vec![CompletionState::InProgress], ..RunFilter::default() };
+        let mut seen = std::collections::HashSet::new();
+        let mut stream = ctx.currents.list_runs(project, &filter);
+        while let Some(run) = stream.next().await {
+            let run = run?;
+            if !run.is_in_progress() {
+                continue;
+            }
+            let snap = remember_run(ctx, &run, now).await?;
+            progress.insert(run.run_id.clone(), snap);
+            seen.insert(run.run_id.clone());
+            runs.push(run);
+        }
+        // Runs we believed in progress that the listing no longer shows have finished
+        // (or were deleted): read them once so the store stops counting them.
+        for rec in ctx.store.in_progress_runs(Some(project), None).await? {
+            if seen.contains(&rec.run_id) {
+                continue;
+            }
+            match ctx.currents.get_run(&rec.run_id).await {
+                Ok(run) => {
+                    remember_run(ctx, &run, now).await?;
+                }
+                Err(e) if e.status() == Some(404) => {
+                    ctx.store.mark_run_gone(&rec.run_id).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let history = history_for(ctx, &runs).await?;
+    let view = RunsView::new(&runs, &progress, &history);
+    Ok(rules::evaluate(&ctx.config, &Trigger::Tick, &view, now).decisions)
+}

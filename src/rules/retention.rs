@@ -1,0 +1,233 @@
+//! `kind = "retention"` (SPEC §4): when the schedule fires, delete the runs created more
+//! than `older_than` ago, except:
+//!
+//! - the newest `keep_latest` finished runs of each project and branch, whatever their
+//!   age (in-progress runs never take a slot: they are never deleted anyway);
+//! - with `keep_last_passed`, the newest `PASSED` and `COMPLETE` run of each project and
+//!   branch;
+//! - runs carrying a tag that matches `pin_tags`;
+//! - `IN_PROGRESS` runs, and runs whose completion state is unknown.
+//!
+//! The rule's filter selects the runs it considers, also for the keep counts. If a sweep
+//! would delete more than `max_deletions` runs it deletes none: the all-or-nothing
+//! circuit breaker returns a [`Breach`] instead.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{Action, Decision, RunsView, finish, human_duration, since};
+use crate::config::{Config, RetentionOptions, Rule};
+use crate::currents::{CompletionState, Run, RunStatus};
+
+/// A retention sweep held back by its circuit breaker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Breach {
+    pub rule: String,
+    /// How many runs the sweep would have deleted.
+    pub would_delete: usize,
+    /// The rule's `max_deletions`.
+    pub max: u32,
+}
+
+impl std::fmt::Display for Breach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rule {:?} would delete {} runs > max_deletions {}; deleted none",
+            self.rule, self.would_delete, self.max
+        )
+    }
+}
+
+/// What a retention rule makes of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict<'r> {
+    Delete,
+    InProgress,
+    /// Completion state unknown: not known to be finished.
+    NotFinished,
+    /// Carries this pinned tag.
+    Pinned(&'r str),
+    TooYoung,
+    /// Among the newest `keep_latest` of its branch.
+    AmongLatest,
+    /// The newest passed run of its branch (`keep_last_passed`).
+    NewestPassed,
+}
+
+fn finished(r: &Run) -> bool {
+    matches!(
+        r.completion_state,
+        CompletionState::Complete | CompletionState::Canceled | CompletionState::Timeout
+    )
+}
+
+fn branch_name(r: &Run) -> &str {
+    r.branch().unwrap_or("(no branch)")
+}
+
+/// The verdict on every run of `runs` that the rule's filter selects. O(n log n).
+pub fn verdicts<'r>(
+    rule: &Rule,
+    opts: &RetentionOptions,
+    runs: impl Iterator<Item = &'r Run>,
+    now: DateTime<Utc>,
+) -> Vec<(&'r Run, Verdict<'r>)> {
+    let mut groups: HashMap<(&'r str, Option<&'r str>), Vec<&'r Run>> = HashMap::new();
+    for r in runs.filter(|r| rule.filter.matches(r)) {
+        groups
+            .entry((&r.project_id, r.branch()))
+            .or_default()
+            .push(r);
+    }
+    let mut out = Vec::new();
+    for group in groups.values_mut() {
+        group.sort_by(|a, b| (b.created_at, &b.run_id).cmp(&(a.created_at, &a.run_id)));
+        let mut rank = 0u64;
+        let mut passed_seen = false;
+        for r in group.iter() {
+            let v = if r.is_in_progress() {
+                Verdict::InProgress
+            } else if !finished(r) {
+                Verdict::NotFinished
+            } else {
+                rank += 1;
+                let latest = rank <= u64::from(opts.keep_latest);
+                let newest_passed = opts.keep_last_passed
+                    && !passed_seen
+                    && r.completion_state == CompletionState::Complete
+                    && r.status == RunStatus::Passed;
+                passed_seen |= newest_passed;
+                if let Some(tag) = r.tags.iter().find(|t| opts.pin_tags.is_match(t.as_str())) {
+                    Verdict::Pinned(tag)
+                } else if since(r.created_at, now) <= opts.older_than {
+                    Verdict::TooYoung
+                } else if latest {
+                    Verdict::AmongLatest
+                } else if newest_passed {
+                    Verdict::NewestPassed
+                } else {
+                    Verdict::Delete
+                }
+            };
+            out.push((*r, v));
+        }
+    }
+    out
+}
+
+/// Why a run is deleted: "created 41d ago > older_than 30d; not among the 3 newest on
+/// feat/x".
+pub fn delete_reason(opts: &RetentionOptions, run: &Run, now: DateTime<Utc>) -> String {
+    let mut s = format!(
+        "created {} ago > older_than {}",
+        human_duration(since(run.created_at, now)),
+        human_duration(opts.older_than)
+    );
+    let b = branch_name(run);
+    if opts.keep_latest > 0 {
+        s.push_str(&format!(
+            "; not among the {} newest on {b}",
+            opts.keep_latest
+        ));
+    }
+    if opts.keep_last_passed {
+        s.push_str(&format!("; not the newest passed run on {b}"));
+    }
+    s
+}
+
+/// Why a run is kept, in words.
+pub fn keep_reason(opts: &RetentionOptions, run: &Run, v: &Verdict, now: DateTime<Utc>) -> String {
+    let b = branch_name(run);
+    match v {
+        Verdict::Delete => delete_reason(opts, run, now),
+        Verdict::InProgress => "run is IN_PROGRESS; retention never deletes it".into(),
+        Verdict::NotFinished => format!(
+            "completion state {:?} is not known to be finished",
+            run.completion_state.as_str()
+        ),
+        Verdict::Pinned(tag) => format!("pinned by tag {tag}"),
+        Verdict::TooYoung => format!(
+            "created {} ago < older_than {}",
+            human_duration(since(run.created_at, now)),
+            human_duration(opts.older_than)
+        ),
+        Verdict::AmongLatest => format!("among the {} newest on {b}", opts.keep_latest),
+        Verdict::NewestPassed => format!("newest passed run on {b} (keep_last_passed)"),
+    }
+}
+
+/// The retention decisions of one sweep of one rule over `view.runs` (all runs of the
+/// projects), sorted by run `created_at`; a [`Breach`] and no decisions when they would
+/// be more than `max_deletions`.
+pub fn decide(
+    config: &Config,
+    rule: &Rule,
+    opts: &RetentionOptions,
+    view: &RunsView,
+    now: DateTime<Utc>,
+) -> Result<Vec<Decision>, Breach> {
+    let doomed: Vec<&Run> = verdicts(rule, opts, view.runs.iter(), now)
+        .into_iter()
+        .filter(|(_, v)| *v == Verdict::Delete)
+        .map(|(r, _)| r)
+        .collect();
+    if doomed.len() > opts.max_deletions as usize {
+        return Err(Breach {
+            rule: rule.name.clone(),
+            would_delete: doomed.len(),
+            max: opts.max_deletions,
+        });
+    }
+    let found = doomed
+        .into_iter()
+        .map(|r| {
+            let reason = delete_reason(opts, r, now);
+            (r, Decision::new(config, rule, Action::Delete, r, reason))
+        })
+        .collect();
+    Ok(finish(found))
+}
+
+/// Whether a sweep now would delete `run` (with the runs of `view`), and why (not). The
+/// caller has checked the filter.
+pub fn explain(
+    rule: &Rule,
+    opts: &RetentionOptions,
+    run: &Run,
+    view: &RunsView,
+    now: DateTime<Utc>,
+) -> (bool, String) {
+    let all = verdicts(
+        rule,
+        opts,
+        view.runs
+            .iter()
+            .filter(|r| r.run_id != run.run_id)
+            .chain(std::iter::once(run)),
+        now,
+    );
+    let doomed = all.iter().filter(|(_, v)| *v == Verdict::Delete).count();
+    let Some((_, v)) = all.iter().find(|(r, _)| r.run_id == run.run_id) else {
+        return (false, "not selected by the filter".into());
+    };
+    let schedule = format!("on schedule {:?}", opts.schedule_text);
+    match v {
+        Verdict::Delete if doomed > opts.max_deletions as usize => (
+            false,
+            format!(
+                "{}, but the sweep would delete {doomed} runs > max_deletions {}, so it deletes none",
+                delete_reason(opts, run, now),
+                opts.max_deletions
+            ),
+        ),
+        Verdict::Delete => (
+            true,
+            format!("{} ({schedule})", delete_reason(opts, run, now)),
+        ),
+        v => (false, keep_reason(opts, run, v, now)),
+    }
+}

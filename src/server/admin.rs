@@ -1,0 +1,129 @@
+//! The admin API (SPEC §5): `GET /api/actions`, `GET /api/rules`,
+//! `POST /api/sweep/{rule}`, behind `Authorization: Bearer $RUNWARDEN_ADMIN_TOKEN`
+//! (404 when no token is configured, 401 without it or with another).
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use crate::config::RuleKind;
+use crate::store::NewDelivery;
+
+/// Proof that the request carried the admin token.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(token) = &state.secrets.admin_token else {
+            return Err((StatusCode::NOT_FOUND, "not found").into_response());
+        };
+        let given = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if given.is_empty() || !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                [(http::header::WWW_AUTHENTICATE, "Bearer")],
+                "unauthorized",
+            )
+                .into_response());
+        }
+        Ok(Admin)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ActionsQuery {
+    /// A humantime duration, e.g. `24h`.
+    pub since: Option<String>,
+    pub rule: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// `GET /api/actions`: the audit entries, newest first, as `audit --format json`.
+pub async fn actions(_: Admin, State(state): State<AppState>, Query(q): Query<ActionsQuery>) -> Response {
+    let since = match q.since.as_deref().map(humantime::parse_duration).transpose() {
+        Ok(d) => d.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default()),
+        Err(_) => return (StatusCode::BAD_REQUEST, "since: expected a duration like 24h").into_response(),
+    };
+    let limit = q.limit.unwrap_or(500).clamp(1, 10_000);
+    match state.store.audit(since, q.rule.as_deref(), limit).await {
+        Ok(entries) => Json(entries).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the audit log");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
+        }
+    }
+}
+
+/// `GET /api/rules`: each rule with its kind, dry-run state and hit count.
+pub async fn rules(_: Admin, State(state): State<AppState>) -> Response {
+    let hits = state.store.rule_hit_counts().await.unwrap_or_default();
+    let body: Vec<_> = state
+        .config
+        .rules
+        .iter()
+        .map(|r| {
+            let hits = hits
+                .iter()
+                .find(|(n, _)| n == &r.name)
+                .map_or(0, |(_, c)| *c);
+            let schedule = match &r.kind {
+                RuleKind::Retention(o) => Some(o.schedule_text.clone()),
+                _ => None,
+            };
+            let next = match &r.kind {
+                RuleKind::Retention(o) => o.schedule.upcoming(Utc).next().map(|t| t.to_rfc3339()),
+                _ => None,
+            };
+            json!({
+                "name": r.name,
+                "kind": r.kind_name(),
+                "dry_run": r.is_dry_run(state.config.dry_run),
+                "hits": hits,
+                "schedule": schedule,
+                "next_slot": next,
+                "description": crate::commands::check::describe(r, state.config.dry_run),
+            })
+        })
+        .collect();
+    Json(body).into_response()
+}
+
+/// `POST /api/sweep/{rule}`: queue an immediate evaluation of one rule (retention: a
+/// sweep now; timeout and supersede: a check of every in-progress run).
+pub async fn sweep(_: Admin, State(state): State<AppState>, Path(rule): Path<String>) -> Response {
+    let Some(r) = state.config.rules.iter().find(|r| r.name == rule) else {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no rule named {rule:?}")}))).into_response();
+    };
+    let now = Utc::now();
+    let delivery = NewDelivery {
+        source: "schedule".into(),
+        delivery_id: format!("manual:{}:{}", r.name, now.timestamp_millis()),
+        event: "sweep".into(),
+        payload: json!({ "rule": r.name, "manual": true }).to_string(),
+        received_at: now,
+    };
+    match state.store.insert_delivery(delivery).await {
+        Ok(_) => {
+            state.wake.notify_one();
+            (StatusCode::ACCEPTED, Json(json!({"status": "queued", "rule": r.name}))).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot queue a sweep");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
+        }
+    }
+}

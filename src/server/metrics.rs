@@ -1,0 +1,147 @@
+//! Prometheus metrics, rendered by hand in the text exposition format: counters keyed by
+//! name and labels, and one latency histogram (event to action).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+/// Bucket upper bounds, in seconds, of the event-to-action latency histogram.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+/// All metrics of one process.
+#[derive(Default)]
+pub struct Metrics {
+    counters: Mutex<BTreeMap<(&'static str, String), u64>>,
+    latency: Mutex<Histogram>,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders `k="v",...` label text.
+pub fn labels(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+const HELP: &[(&str, &str)] = &[
+    ("runwarden_webhooks_total", "Webhooks received, by source and HTTP status."),
+    ("runwarden_decisions_total", "Decisions recorded, by rule and action."),
+    ("runwarden_actions_total", "Actions finished, by rule kind, action and outcome."),
+    ("runwarden_api_requests_total", "Requests to external APIs, by api, operation and status."),
+    ("runwarden_events_processed_total", "Stored events processed, by source and result."),
+    ("runwarden_schedule_slots_total", "Retention schedule slots fired, by rule and result."),
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(&self, name: &'static str, labels: String, n: u64) {
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        *c.entry((name, labels)).or_default() += n;
+    }
+
+    pub fn inc(&self, name: &'static str, pairs: &[(&str, &str)]) {
+        self.add(name, labels(pairs), 1);
+    }
+
+    /// Reads a counter (tests, status page).
+    pub fn get(&self, name: &'static str, pairs: &[(&str, &str)]) -> u64 {
+        let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        c.get(&(name, labels(pairs))).copied().unwrap_or(0)
+    }
+
+    /// Records one event-to-action latency.
+    pub fn observe_latency(&self, seconds: f64) {
+        let mut h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if seconds <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += seconds;
+        h.count += 1;
+    }
+
+    /// The Prometheus text; `gauges` are point-in-time values computed by the caller
+    /// (queue depth, actions by state).
+    pub fn render(&self, gauges: &[(&str, &str, String, f64)]) -> String {
+        let mut out = String::new();
+        let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = "";
+        for ((name, labels), v) in c.iter() {
+            if *name != last {
+                let help = HELP
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or("runwarden counter.", |(_, h)| h);
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                last = name;
+            }
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+        drop(c);
+        let mut last_g = "";
+        for (name, help, labels, v) in gauges {
+            if *name != last_g {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+                last_g = name;
+            }
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {v}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
+        }
+        let h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let name = "runwarden_event_to_action_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from receiving an event to finishing the action it caused.\n# TYPE {name} histogram"
+        );
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", h.counts[i]);
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{name}_sum {}", h.sum);
+        let _ = writeln!(out, "{name}_count {}", h.count);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_gauges_and_histogram() {
+        let m = Metrics::new();
+        m.inc("runwarden_webhooks_total", &[("source", "github"), ("status", "202")]);
+        m.inc("runwarden_webhooks_total", &[("source", "github"), ("status", "202")]);
+        m.observe_latency(0.003);
+        let text = m.render(&[("runwarden_queue_depth", "Actions waiting.", String::new(), 4.0)]);
+        assert!(text.contains("runwarden_webhooks_total{source=\"github\",status=\"202\"} 2"), "{text}");
+        assert!(text.contains("runwarden_queue_depth 4"), "{text}");
+        assert!(text.contains("runwarden_event_to_action_seconds_bucket{le=\"0.005\"} 1"), "{text}");
+        assert!(text.contains("runwarden_event_to_action_seconds_bucket{le=\"0.0025\"} 0"), "{text}");
+        assert_eq!(m.get("runwarden_webhooks_total", &[("source", "github"), ("status", "202")]), 2);
+    }
+}

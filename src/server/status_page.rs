@@ -1,0 +1,109 @@
+//! `GET /`: a read-only, server-rendered status page — rules with hit counts, recent
+//! decisions, pending and failed actions, next schedule slots. No external assets,
+//! readable on a phone, refreshes itself. Everything shown is also in `/api/*`.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::response::Html;
+use chrono::Utc;
+
+use super::AppState;
+use crate::config::RuleKind;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0 auto;max-width:70rem;padding:1rem;color:#1b1f23;background:#fafbfc}\
+h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}table{border-collapse:collapse;width:100%;font-size:.9rem}\
+th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #e1e4e8;vertical-align:top}\
+.scroll{overflow-x:auto}.ok{color:#22863a}.bad{color:#cb2431}.muted{color:#6a737d}code{font-size:.85em}\
+.pill{display:inline-block;padding:0 .4rem;border-radius:1rem;background:#eef;font-size:.8rem}";
+
+/// Renders the page.
+pub async fn page(State(state): State<AppState>) -> Html<String> {
+    let cfg = &state.config;
+    let hits = state.store.rule_hit_counts().await.unwrap_or_default();
+    let recent = state.store.audit(None, None, 50).await.unwrap_or_default();
+    let queue = state.store.queue_depth().await.unwrap_or(0);
+    let failed: Vec<_> = recent.iter().filter(|e| e.outcome.as_str() == "failed").collect();
+    let pending: Vec<_> = recent.iter().filter(|e| e.outcome.as_str() == "planned").collect();
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<meta http-equiv=\"refresh\" content=\"10\"><title>runwarden status</title><style>{STYLE}</style></head><body>\
+<h1>runwarden</h1><p class=\"muted\">{} · {} project(s) · {}{} · <a href=\"/metrics\">metrics</a></p>",
+        Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
+        cfg.currents.projects.len(),
+        if cfg.dry_run { "<b>dry run</b> · " } else { "" },
+        format_args!("{queue} action(s) queued"),
+    );
+    h.push_str("<h2>Rules</h2><div class=\"scroll\"><table><tr><th>rule</th><th>kind</th><th>hits</th><th>next slot</th><th>mode</th></tr>");
+    for r in &cfg.rules {
+        let n = hits.iter().find(|(x, _)| x == &r.name).map_or(0, |(_, c)| *c);
+        let next = match &r.kind {
+            RuleKind::Retention(o) => o
+                .schedule
+                .upcoming(Utc)
+                .next()
+                .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td><span class=\"pill\">{}</span></td><td>{n}</td><td>{}</td><td>{}</td></tr>",
+            esc(&r.name),
+            r.kind_name(),
+            esc(&next),
+            if r.is_dry_run(cfg.dry_run) { "dry run" } else { "live" }
+        );
+    }
+    h.push_str("</table></div>");
+    let section = |title: &str, rows: &[&crate::store::AuditEntry], h: &mut String| {
+        let _ = write!(h, "<h2>{title} ({})</h2>", rows.len());
+        if rows.is_empty() {
+            h.push_str("<p class=\"muted\">none</p>");
+            return;
+        }
+        h.push_str("<div class=\"scroll\"><table><tr><th>when</th><th>rule</th><th>action</th><th>run</th><th>outcome</th><th>reason</th></tr>");
+        for e in rows {
+            let class = match e.outcome.as_str() {
+                "done" => "ok",
+                "failed" => "bad",
+                _ => "muted",
+            };
+            let err = e
+                .error
+                .as_deref()
+                .map(|x| format!("<br><span class=\"bad\">{}</span>", esc(x)))
+                .unwrap_or_default();
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code><br><span class=\"muted\">{}</span></td><td class=\"{class}\">{} ({} attempt(s))</td><td>{}{err}</td></tr>",
+                esc(&e.at.format("%m-%d %H:%M:%S").to_string()),
+                esc(&e.rule),
+                esc(&e.action),
+                esc(&e.run_id),
+                esc(e.branch.as_deref().unwrap_or("")),
+                esc(e.outcome.as_str()),
+                e.attempts,
+                esc(&e.reason)
+            );
+        }
+        h.push_str("</table></div>");
+    };
+    section("Failed actions", &failed, &mut h);
+    section("Pending actions", &pending, &mut h);
+    let all: Vec<_> = recent.iter().collect();
+    section("Recent decisions", &all, &mut h);
+    h.push_str("<p class=\"muted\">Read-only. The same data: <code>/api/actions</code>, <code>/api/rules</code>.</p></body></html>");
+    Html(h)
+}

@@ -1,0 +1,1244 @@
+//! The GitHub REST endpoints runwarden uses, mounted under `/github` (so the bot's
+//! `github.api_url` is `<base>/github`). Bodies follow GitHub's shapes closely enough for
+//! octocrab's models: pull requests, issue comments, commit statuses, and the GitHub App
+//! installation endpoints. `Authorization: token X` or `Bearer X` is required.
+
+// Request-parsing helpers return the error response itself, as handlers do.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::ids;
+use super::world::{SimError, World, lock};
+
+/// Max length of an issue comment body (GitHub's limit).
+pub const MAX_COMMENT_BODY: usize = 65_536;
+/// Max length of a commit status description (GitHub's limit).
+pub const MAX_STATUS_DESCRIPTION: usize = 140;
+
+// ---------------------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct PrRec {
+    id: u64,
+    repo: String,
+    number: u64,
+    title: String,
+    author: String,
+    state_open: bool,
+    merged: bool,
+    draft: bool,
+    head_ref: String,
+    head_sha: String,
+    base_ref: String,
+    commits: Vec<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    closed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+struct CommentRec {
+    id: u64,
+    repo: String,
+    issue: u64,
+    body: String,
+    user: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    edits: u32,
+}
+
+#[derive(Debug, Clone)]
+struct StatusRec {
+    id: u64,
+    repo: String,
+    sha: String,
+    state: String,
+    context: String,
+    description: Option<String>,
+    target_url: Option<String>,
+    user: String,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+struct TokenRec {
+    expires_at: DateTime<Utc>,
+    revoked: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct GithubState {
+    next_id: u64,
+    prs: BTreeMap<(String, u64), PrRec>,
+    comments: BTreeMap<u64, CommentRec>,
+    statuses: Vec<StatusRec>,
+    installations: BTreeMap<String, u64>,
+    tokens: HashMap<String, TokenRec>,
+}
+
+impl GithubState {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        1_000_000 + self.next_id
+    }
+
+    fn installation(&mut self, owner: &str) -> u64 {
+        if let Some(id) = self.installations.get(owner) {
+            return *id;
+        }
+        let id = 40_000_000 + self.installations.len() as u64 + 1;
+        self.installations.insert(owner.to_string(), id);
+        id
+    }
+}
+
+/// A pull request to add or update (`POST /_sim/prs`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NewPr {
+    /// `owner/repo`.
+    pub repo: String,
+    /// Number of the PR; a new number when absent; an existing PR is updated.
+    pub number: Option<u64>,
+    #[serde(alias = "branch", alias = "head")]
+    pub head_ref: Option<String>,
+    #[serde(alias = "sha")]
+    pub head_sha: Option<String>,
+    #[serde(alias = "base")]
+    pub base_ref: Option<String>,
+    /// `open` (default) or `closed`.
+    pub state: Option<String>,
+    pub merged: Option<bool>,
+    pub draft: Option<bool>,
+    pub title: Option<String>,
+    pub author: Option<String>,
+}
+
+/// A pull request as the simulator holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SimPr {
+    pub repo: String,
+    pub number: u64,
+    pub id: u64,
+    pub state: String,
+    pub merged: bool,
+    pub draft: bool,
+    pub title: String,
+    pub author: String,
+    pub head_ref: String,
+    pub head_sha: String,
+    pub base_ref: String,
+    /// Every head sha the PR has had, oldest first.
+    pub commits: Vec<String>,
+}
+
+/// An issue comment as the simulator holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SimComment {
+    pub id: u64,
+    pub repo: String,
+    pub issue_number: u64,
+    pub body: String,
+    pub user: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// How many times it was edited (PATCH).
+    pub edits: u32,
+}
+
+/// A commit status as the simulator holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SimStatus {
+    pub id: u64,
+    pub repo: String,
+    pub sha: String,
+    pub state: String,
+    pub context: String,
+    pub description: Option<String>,
+    pub target_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+fn sim_pr(p: &PrRec) -> SimPr {
+    SimPr {
+        repo: p.repo.clone(),
+        number: p.number,
+        id: p.id,
+        state: if p.state_open { "open" } else { "closed" }.into(),
+        merged: p.merged,
+        draft: p.draft,
+        title: p.title.clone(),
+        author: p.author.clone(),
+        head_ref: p.head_ref.clone(),
+        head_sha: p.head_sha.clone(),
+        base_ref: p.base_ref.clone(),
+        commits: p.commits.clone(),
+    }
+}
+
+fn sim_comment(c: &CommentRec) -> SimComment {
+    SimComment {
+        id: c.id,
+        repo: c.repo.clone(),
+        issue_number: c.issue,
+        body: c.body.clone(),
+        user: c.user.clone(),
+        created_at: c.created_at,
+        updated_at: c.updated_at,
+        edits: c.edits,
+    }
+}
+
+fn valid_repo(repo: &str) -> bool {
+    let mut parts = repo.split('/');
+    let ok = |s: Option<&str>| {
+        s.is_some_and(|s| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+impl World {
+    /// Adds a pull request, or updates one (a new `headSha` is a push to it).
+    pub fn add_pr(&self, np: NewPr) -> Result<SimPr, SimError> {
+        if !valid_repo(&np.repo) {
+            return Err(SimError::BadRequest("repo must be owner/name".into()));
+        }
+        let open = match np.state.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None => None,
+            Some("open") => Some(true),
+            Some("closed") => Some(false),
+            Some(s) => {
+                return Err(SimError::BadRequest(format!("state {s:?}: open or closed")));
+            }
+        };
+        let now = Utc::now();
+        let mut gh = lock(&self.gh);
+        let number = match np.number {
+            Some(n) => n,
+            None => {
+                gh.prs
+                    .keys()
+                    .filter(|(r, _)| *r == np.repo)
+                    .map(|(_, n)| *n)
+                    .max()
+                    .unwrap_or(0)
+                    + 1
+            }
+        };
+        if number == 0 {
+            return Err(SimError::BadRequest("number must be positive".into()));
+        }
+        let key = (np.repo.clone(), number);
+        if let Some(p) = gh.prs.get_mut(&key) {
+            if let Some(sha) = np.head_sha {
+                if p.head_sha != sha {
+                    p.commits.push(sha.clone());
+                }
+                p.head_sha = sha;
+            }
+            if let Some(r) = np.head_ref {
+                p.head_ref = r;
+            }
+            if let Some(b) = np.base_ref {
+                p.base_ref = b;
+            }
+            if let Some(t) = np.title {
+                p.title = t;
+            }
+            if let Some(d) = np.draft {
+                p.draft = d;
+            }
+            if let Some(m) = np.merged {
+                p.merged = m;
+                if m {
+                    p.state_open = false;
+                }
+            }
+            if let Some(o) = open {
+                p.state_open = o;
+            }
+            p.closed_at = if p.state_open { None } else { p.closed_at.or(Some(now)) };
+            p.updated_at = now;
+            return Ok(sim_pr(p));
+        }
+        let head_ref = np
+            .head_ref
+            .ok_or_else(|| SimError::BadRequest("headRef (branch) is required for a new PR".into()))?;
+        let head_sha = np.head_sha.unwrap_or_else(|| {
+            let mut rng = rand::thread_rng();
+            ids::random_hex(&mut rng, 40)
+        });
+        let merged = np.merged.unwrap_or(false);
+        let state_open = open.unwrap_or(true) && !merged;
+        let id = gh.id();
+        let rec = PrRec {
+            id,
+            repo: np.repo.clone(),
+            number,
+            title: np.title.unwrap_or_else(|| format!("Update {head_ref}")),
+            author: np.author.unwrap_or_else(|| "octocat".into()),
+            state_open,
+            merged,
+            draft: np.draft.unwrap_or(false),
+            head_ref,
+            commits: vec![head_sha.clone()],
+            head_sha,
+            base_ref: np.base_ref.unwrap_or_else(|| "main".into()),
+            created_at: now,
+            updated_at: now,
+            closed_at: (!state_open).then_some(now),
+        };
+        let out = sim_pr(&rec);
+        gh.prs.insert(key, rec);
+        Ok(out)
+    }
+
+    /// Every pull request, by repo and number.
+    pub fn prs(&self) -> Vec<SimPr> {
+        lock(&self.gh).prs.values().map(sim_pr).collect()
+    }
+
+    /// Issue comments, optionally of one repo and issue, oldest first.
+    pub fn comments(&self, repo: Option<&str>, issue: Option<u64>) -> Vec<SimComment> {
+        lock(&self.gh)
+            .comments
+            .values()
+            .filter(|c| repo.is_none_or(|r| c.repo == r))
+            .filter(|c| issue.is_none_or(|n| c.issue == n))
+            .map(sim_comment)
+            .collect()
+    }
+
+    /// Commit statuses, optionally of one repo and sha, oldest first.
+    pub fn statuses(&self, repo: Option<&str>, sha: Option<&str>) -> Vec<SimStatus> {
+        lock(&self.gh)
+            .statuses
+            .iter()
+            .filter(|s| repo.is_none_or(|r| s.repo == r))
+            .filter(|s| sha.is_none_or(|h| s.sha == h))
+            .map(|s| SimStatus {
+                id: s.id,
+                repo: s.repo.clone(),
+                sha: s.sha.clone(),
+                state: s.state.clone(),
+                context: s.context.clone(),
+                description: s.description.clone(),
+                target_url: s.target_url.clone(),
+                created_at: s.created_at,
+            })
+            .collect()
+    }
+
+    /// Makes every installation token issued so far answer 401 "Bad credentials".
+    pub fn expire_installation_tokens(&self) -> usize {
+        let mut gh = lock(&self.gh);
+        for t in gh.tokens.values_mut() {
+            t.revoked = true;
+        }
+        gh.tokens.len()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------
+
+const DOCS: &str = "https://docs.github.com/rest";
+
+fn gh_json(status: StatusCode, v: &Value) -> Response {
+    let mut r = (status, serde_json::to_vec(v).unwrap_or_default()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r
+}
+
+pub(crate) fn gh_error(status: StatusCode, msg: &str) -> Response {
+    gh_json(
+        status,
+        &json!({"message": msg, "documentation_url": DOCS, "status": status.as_u16().to_string()}),
+    )
+}
+
+fn not_found_json() -> Response {
+    gh_error(StatusCode::NOT_FOUND, "Not Found")
+}
+
+fn validation_failed(resource: &str, field: &str, message: &str) -> Response {
+    gh_json(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &json!({
+            "message": "Validation Failed",
+            "errors": [{"resource": resource, "code": "custom", "field": field, "message": message}],
+            "documentation_url": DOCS,
+            "status": "422",
+        }),
+    )
+}
+
+pub(crate) fn router(world: Arc<World>) -> Router<Arc<World>> {
+    Router::new()
+        .route("/repos/{owner}/{repo}/commits/{sha}/pulls", get(commit_pulls))
+        .route("/repos/{owner}/{repo}/commits/{sha}/statuses", get(list_statuses))
+        .route("/repos/{owner}/{repo}/commits/{sha}/status", get(combined_status))
+        .route("/repos/{owner}/{repo}/statuses/{sha}", post(create_status))
+        .route("/repos/{owner}/{repo}/pulls", get(list_pulls))
+        .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
+        .route(
+            "/repos/{owner}/{repo}/issues/{number}/comments",
+            get(list_comments).post(create_comment),
+        )
+        .route(
+            "/repos/{owner}/{repo}/issues/comments/{id}",
+            get(get_comment).patch(update_comment).delete(delete_comment),
+        )
+        .route("/repos/{owner}/{repo}/installation", get(repo_installation))
+        .route("/app/installations", get(list_installations))
+        .route("/app/installations/{id}/access_tokens", post(create_token))
+        .route("/rate_limit", get(rate_limit))
+        .fallback(|| async { not_found_json() })
+        .method_not_allowed_fallback(|| async {
+            gh_error(StatusCode::NOT_FOUND, "Not Found")
+        })
+        .layer(middleware::from_fn_with_state(world, auth))
+}
+
+/// Who the request is authenticated as.
+#[derive(Debug, Clone)]
+struct Identity {
+    login: String,
+}
+
+fn is_jwt(t: &str) -> bool {
+    let parts: Vec<&str> = t.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty())
+}
+
+async fn auth(State(w): State<Arc<World>>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
+                .then(|| rest.trim().to_string())
+        })
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return gh_error(StatusCode::UNAUTHORIZED, "Requires authentication");
+    };
+    let path = req.uri().path().to_string();
+    let app_path = path.starts_with("/github/app/") || path == "/github/app";
+    if app_path && !is_jwt(&token) {
+        return gh_error(
+            StatusCode::UNAUTHORIZED,
+            "A JSON web token could not be decoded",
+        );
+    }
+    if !is_jwt(&token) {
+        let known = lock(&w.gh).tokens.get(&token).cloned();
+        match known {
+            Some(t) if t.revoked || t.expires_at <= Utc::now() => {
+                return gh_error(StatusCode::UNAUTHORIZED, "Bad credentials");
+            }
+            Some(_) => {}
+            None => {
+                if let Some(expected) = &w.config().github_token
+                    && *expected != token
+                {
+                    return gh_error(StatusCode::UNAUTHORIZED, "Bad credentials");
+                }
+            }
+        }
+    }
+    req.extensions_mut().insert(Identity {
+        login: w.config().github_bot_login.clone(),
+    });
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    let reset = Utc::now().timestamp() + 3600;
+    h.insert("x-ratelimit-limit", HeaderValue::from(5000));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(4999));
+    h.insert("x-ratelimit-used", HeaderValue::from(1));
+    h.insert("x-ratelimit-reset", HeaderValue::from(reset));
+    h.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
+    h.insert(
+        "x-github-api-version-selected",
+        HeaderValue::from_static("2022-11-28"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string()[..20].to_uppercase()) {
+        h.insert("x-github-request-id", v);
+    }
+    resp
+}
+
+fn identity(req_ext: Option<&Identity>, w: &World) -> String {
+    req_ext
+        .map(|i| i.login.clone())
+        .unwrap_or_else(|| w.config().github_bot_login.clone())
+}
+
+/// `http://host/github`, from the request, for `url` fields and `Link` headers.
+fn api_base(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}/github")
+}
+
+fn user_id(login: &str) -> u64 {
+    // Stable, positive ids per login.
+    let mut h: u64 = 1469598103934665603;
+    for b in login.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(1099511628211);
+    }
+    1_000 + (h % 90_000_000)
+}
+
+fn user_json(login: &str, kind: &str) -> Value {
+    let id = user_id(login);
+    let api = format!("https://api.github.com/users/{login}");
+    json!({
+        "login": login,
+        "id": id,
+        "node_id": format!("MDQ6VXNlcj{id}"),
+        "avatar_url": format!("https://avatars.githubusercontent.com/u/{id}?v=4"),
+        "gravatar_id": "",
+        "url": api,
+        "html_url": format!("https://github.com/{login}"),
+        "followers_url": format!("{api}/followers"),
+        "following_url": format!("{api}/following{{/other_user}}"),
+        "gists_url": format!("{api}/gists{{/gist_id}}"),
+        "starred_url": format!("{api}/starred{{/owner}}{{/repo}}"),
+        "subscriptions_url": format!("{api}/subscriptions"),
+        "organizations_url": format!("{api}/orgs"),
+        "repos_url": format!("{api}/repos"),
+        "events_url": format!("{api}/events{{/privacy}}"),
+        "received_events_url": format!("{api}/received_events"),
+        "type": kind,
+        "user_view_type": "public",
+        "site_admin": false,
+    })
+}
+
+fn login_kind(login: &str) -> &'static str {
+    if login.ends_with("[bot]") { "Bot" } else { "User" }
+}
+
+fn repo_json(base: &str, repo: &str) -> Value {
+    let (owner, name) = repo.split_once('/').unwrap_or((repo, repo));
+    let id = user_id(repo);
+    let url = format!("{base}/repos/{repo}");
+    json!({
+        "id": id,
+        "node_id": format!("R_kgDO{id}"),
+        "name": name,
+        "full_name": repo,
+        "owner": user_json(owner, "Organization"),
+        "private": false,
+        "html_url": format!("https://github.com/{repo}"),
+        "description": null,
+        "fork": false,
+        "url": url,
+        "pulls_url": format!("{url}/pulls{{/number}}"),
+        "statuses_url": format!("{url}/statuses/{{sha}}"),
+        "comments_url": format!("{url}/comments{{/number}}"),
+        "issues_url": format!("{url}/issues{{/number}}"),
+        "default_branch": "main",
+        "visibility": "public",
+        "archived": false,
+        "disabled": false,
+    })
+}
+
+fn fake_sha(seed: &str) -> String {
+    let mut out = String::with_capacity(40);
+    let mut h = user_id(seed);
+    while out.len() < 40 {
+        h = h.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        out.push_str(&format!("{:016x}", h));
+    }
+    out.truncate(40);
+    out
+}
+
+fn pr_json(base: &str, p: &PrRec) -> Value {
+    let repo_url = format!("{base}/repos/{}", p.repo);
+    let html = format!("https://github.com/{}/pull/{}", p.repo, p.number);
+    let owner = p.repo.split('/').next().unwrap_or("");
+    json!({
+        "url": format!("{repo_url}/pulls/{}", p.number),
+        "id": p.id,
+        "node_id": format!("PR_kwDO{}", p.id),
+        "html_url": html,
+        "diff_url": format!("{html}.diff"),
+        "patch_url": format!("{html}.patch"),
+        "issue_url": format!("{repo_url}/issues/{}", p.number),
+        "commits_url": format!("{repo_url}/pulls/{}/commits", p.number),
+        "review_comments_url": format!("{repo_url}/pulls/{}/comments", p.number),
+        "review_comment_url": format!("{repo_url}/pulls/comments{{/number}}"),
+        "comments_url": format!("{repo_url}/issues/{}/comments", p.number),
+        "statuses_url": format!("{repo_url}/statuses/{}", p.head_sha),
+        "number": p.number,
+        "state": if p.state_open { "open" } else { "closed" },
+        "locked": false,
+        "title": p.title,
+        "user": user_json(&p.author, login_kind(&p.author)),
+        "body": null,
+        "labels": [],
+        "milestone": null,
+        "active_lock_reason": null,
+        "created_at": p.created_at,
+        "updated_at": p.updated_at,
+        "closed_at": p.closed_at,
+        "merged_at": if p.merged { p.closed_at } else { None },
+        "merge_commit_sha": if p.merged { Some(fake_sha(&format!("{}#{}", p.repo, p.number))) } else { None },
+        "assignee": null,
+        "assignees": [],
+        "requested_reviewers": [],
+        "requested_teams": [],
+        "draft": p.draft,
+        "head": {
+            "label": format!("{owner}:{}", p.head_ref),
+            "ref": p.head_ref,
+            "sha": p.head_sha,
+            "user": user_json(owner, "Organization"),
+            "repo": repo_json(base, &p.repo),
+        },
+        "base": {
+            "label": format!("{owner}:{}", p.base_ref),
+            "ref": p.base_ref,
+            "sha": fake_sha(&format!("{}:{}", p.repo, p.base_ref)),
+            "user": user_json(owner, "Organization"),
+            "repo": repo_json(base, &p.repo),
+        },
+        "author_association": "MEMBER",
+        "auto_merge": null,
+        "merged": p.merged,
+        "mergeable": null,
+        "comments": 0,
+        "commits": p.commits.len(),
+    })
+}
+
+fn comment_json(base: &str, c: &CommentRec) -> Value {
+    json!({
+        "url": format!("{base}/repos/{}/issues/comments/{}", c.repo, c.id),
+        "html_url": format!("https://github.com/{}/pull/{}#issuecomment-{}", c.repo, c.issue, c.id),
+        "issue_url": format!("{base}/repos/{}/issues/{}", c.repo, c.issue),
+        "id": c.id,
+        "node_id": format!("IC_kwDO{}", c.id),
+        "user": user_json(&c.user, login_kind(&c.user)),
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+        "author_association": "NONE",
+        "body": c.body,
+        "performed_via_github_app": null,
+    })
+}
+
+fn status_json(base: &str, s: &StatusRec) -> Value {
+    json!({
+        "url": format!("{base}/repos/{}/statuses/{}", s.repo, s.sha),
+        "avatar_url": "https://avatars.githubusercontent.com/u/9919?v=4",
+        "id": s.id,
+        "node_id": format!("SC_kwDO{}", s.id),
+        "state": s.state,
+        "description": s.description,
+        "target_url": s.target_url,
+        "context": s.context,
+        "created_at": s.created_at,
+        "updated_at": s.created_at,
+        "creator": user_json(&s.user, login_kind(&s.user)),
+    })
+}
+
+fn installation_json(base: &str, owner: &str, id: u64) -> Value {
+    json!({
+        "id": id,
+        "account": user_json(owner, "Organization"),
+        "access_tokens_url": format!("{base}/app/installations/{id}/access_tokens"),
+        "repositories_url": format!("{base}/installation/repositories"),
+        "html_url": format!("https://github.com/organizations/{owner}/settings/installations/{id}"),
+        "app_id": 424242,
+        "app_slug": "runwarden",
+        "target_id": user_id(owner),
+        "target_type": "Organization",
+        "permissions": permissions(),
+        "events": ["pull_request", "push", "workflow_run"],
+        "created_at": "2025-01-01T00:00:00Z",
+        "updated_at": "2025-01-01T00:00:00Z",
+        "single_file_name": null,
+        "repository_selection": "all",
+    })
+}
+
+fn permissions() -> Value {
+    json!({"metadata": "read", "issues": "write", "pull_requests": "write", "statuses": "write", "actions": "read"})
+}
+
+fn repo_of(owner: &str, repo: &str) -> Option<String> {
+    let r = format!("{owner}/{repo}");
+    valid_repo(&r).then_some(r)
+}
+
+/// `page`/`per_page` of a list request, and the params to rebuild `Link` URLs.
+struct Paging {
+    page: usize,
+    per_page: usize,
+    params: Vec<(String, String)>,
+}
+
+fn paging(raw: &Option<String>) -> Paging {
+    let params: Vec<(String, String)> = raw
+        .as_deref()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let per_page = get("per_page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(30)
+        .clamp(1, 100);
+    let page = get("page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    Paging {
+        page,
+        per_page,
+        params,
+    }
+}
+
+fn param<'a>(p: &'a Paging, k: &str) -> Option<&'a str> {
+    p.params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+/// Answers one page of `items` with GitHub's `Link` header.
+fn paged(base: &str, path: &str, p: &Paging, items: Vec<Value>) -> Response {
+    let total = items.len();
+    let last = total.div_ceil(p.per_page).max(1);
+    let start = (p.page - 1).saturating_mul(p.per_page).min(total);
+    let end = (start + p.per_page).min(total);
+    let page: Vec<Value> = items[start..end].to_vec();
+    let mut resp = gh_json(StatusCode::OK, &Value::Array(page));
+    let link_to = |n: usize| {
+        let mut ser = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &p.params {
+            if k != "page" && k != "per_page" {
+                ser.append_pair(k, v);
+            }
+        }
+        ser.append_pair("per_page", &p.per_page.to_string());
+        ser.append_pair("page", &n.to_string());
+        format!("<{base}{path}?{}>", ser.finish())
+    };
+    let mut links = Vec::new();
+    if p.page < last {
+        links.push(format!("{}; rel=\"next\"", link_to(p.page + 1)));
+        links.push(format!("{}; rel=\"last\"", link_to(last)));
+    }
+    if p.page > 1 {
+        links.push(format!("{}; rel=\"first\"", link_to(1)));
+        links.push(format!("{}; rel=\"prev\"", link_to((p.page - 1).min(last))));
+    }
+    if !links.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&links.join(", "))
+    {
+        resp.headers_mut().insert(header::LINK, v);
+    }
+    resp
+}
+
+fn parse_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, Response> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(gh_error(StatusCode::BAD_REQUEST, "Problems parsing JSON")),
+    }
+}
+
+fn resolve_ref(gh: &GithubState, repo: &str, r: &str) -> String {
+    // A branch name resolves to the head of an open PR with that head; else it is a sha.
+    gh.prs
+        .values()
+        .find(|p| p.repo == repo && p.head_ref == r && p.state_open)
+        .map(|p| p.head_sha.clone())
+        .unwrap_or_else(|| r.to_string())
+}
+
+async fn commit_pulls(
+    State(w): State<Arc<World>>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let Some(repo) = repo_of(&owner, &repo) else {
+        return not_found_json();
+    };
+    let base = api_base(&headers);
+    let p = paging(&raw);
+    let items: Vec<Value> = {
+        let gh = lock(&w.gh);
+        let mut prs: Vec<&PrRec> = gh
+            .prs
+            .values()
+            .filter(|p| p.repo == repo && p.commits.contains(&sha))
+            .collect();
+        prs.sort_by_key(|p| std::cmp::Reverse(p.number));
+        prs.into_iter().map(|p| pr_json(&base, p)).collect()
+    };
+    paged(&base, &format!("/repos/{repo}/commits/{sha}/pulls"), &p, items)
+}
+
+async fn list_pulls(
+    State(w): State<Arc<World>>,
+    Path((owner, repo)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let Some(repo) = repo_of(&owner, &repo) else {
+        return not_found_json();
+    };
+    let base = api_base(&headers);
+    let p = paging(&raw);
+    let state = param(&p, "state").unwrap_or("open").to_string();
+    if !matches!(state.as_str(), "open" | "closed" | "all") {
+        return validation_failed("PullRequest", "state", "state must be open, closed or all");
+    }
+    let head = param(&p, "head").map(str::to_string);
+    let base_ref = param(&p, "base").map(str::to_string);
+    let asc = param(&p, "direction") == Some("asc");
+    let items: Vec<Value> = {
+        let gh = lock(&w.gh);
+        let mut prs: Vec<&PrRec> = gh
+            .prs
+            .values()
+            .filter(|p| p.repo == repo)
+            .filter(|p| match state.as_str() {
+                "open" => p.state_open,
+                "closed" => !p.state_open,
+                _ => true,
+            })
+            .filter(|pr| match &head {
+                None => true,
+                Some(h) => {
+                    let owner = pr.repo.split('/').next().unwrap_or("");
+                    match h.split_once(':') {
+                        Some((o, r)) => o == owner && r == pr.head_ref,
+                        None => *h == pr.head_ref,
+                    }
+                }
+            })
+            .filter(|pr| base_ref.as_ref().is_none_or(|b| *b == pr.base_ref))
+            .collect();
+        prs.sort_by(|a, b| {
+            let o = a.created_at.cmp(&b.created_at).then(a.number.cmp(&b.number));
+            if asc { o } else { o.reverse() }
+        });
+        prs.into_iter().map(|p| pr_json(&base, p)).collect()
+    };
+    paged(&base, &format!("/repos/{repo}/pulls"), &p, items)
+}
+
+async fn get_pull(
+    State(w): State<Arc<World>>,
+    Path((owner, repo, number)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let (Some(repo), Ok(n)) = (repo_of(&owner, &repo), number.parse::<u64>()) else {
+        return not_found_json();
+    };
+    let base = api_base(&headers);
+    let gh = lock(&w.gh);
+    match gh.prs.get(&(repo, n)) {
+        Some(p) => gh_json(StatusCode::OK, &pr_json(&base, p)),
+        None => not_found_json(),
+    }
+}
+
+async fn list_comments(
+    State(w): State<Arc<World>>,
+    Path((owner, repo, number)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let (Some(repo), Ok(n)) = (repo_of(&owner, &repo), number.parse::<u64>()) else {
+        return not_found_json();
+    };
+    let base = api_base(&headers);
+    let p = paging(&raw);
+    let since = param(&p, "since").and_then(|s| DateTime::parse_from_rfc3339(s).ok());
+    let items: Vec<Value> = {
+        let gh = lock(&w.gh);
+        if !gh.prs.contains_key(&(repo.clone(), n)) {
+            return not_found_json();
+        }
+        gh.comments
+            .values()
+            .filter(|c| c.repo == repo && c.issue == n)
+            .filter(|c| since.is_none_or(|s| c.updated_at >= s))
+            .map(|c| comment_json(&base, c))
+            .collect()
+    };
+    paged(&base, &format!("/repos/{repo}/issues/{n}/comments"), &p, items)
+}
+
+fn body_field(m: &serde_json::Map<String, Value>) -> Result<String, Response> {
+    match m.get("body") {
+        Some(Value::String(s)) if s.chars().count() > MAX_COMMENT_BODY => Err(validation_failed(
+            "IssueComment",
+            "body",
+            "Body is too long (maximum is 65536 characters)",
+        )),
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(validation_failed("IssueComment", "body", "body wasn't supplied.")),
+    }
+}
+
+async fn create_comment(
+    State(w): State<Arc<World>>,
+    Path((owner, repo, number)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    req: Request,
+) -> Response {
+    let who = identity(req.extensions().get::<Identity>(), &w);
+    let body = match axum::body::to_bytes(req.into_body(), 30 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(_) => return gh_error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"),
+    };
+    let (Some(repo), Ok(n)) = (repo_of(&owner, &repo), number.parse::<u64>()) else {
+        return not_found_json();
+    };
+    let m = match parse_body(&body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let text = match body_field(&m) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let base = api_base(&headers);
+    let mut gh = lock(&w.gh);
+    if !gh.prs.contains_key(&(repo.clone(), n)) {
+        return not_found_json();
+    }
+    let now = Utc::now();
+    let id = gh.id();
+    let c = CommentRec {
+        id,
+        repo,
+        issue: n,
+        body: text,
+        user: who,
+        created_at: now,
+        updated_at: now,
+        edits: 0,
+    };
+    let v = comment_json(&base, &c);
+    gh.comments.insert(id, c);
+    let mut r = gh_json(StatusCode::CREATED, &v);
+    if let Some(Ok(loc)) = v["url"].as_str().map(HeaderValue::from_str) {
+        r.headers_mut().insert(header::LOCATION, loc);
+    }
+    r
+}
+
+fn comment_key(owner: &str, repo: &str, id: &str) -> Option<(String, u64)> {
+    Some((repo_of(owner, repo)?, id.parse().ok()?))
+}
+
+async fn get_comment(
+    State(w): State<Arc<World>>,
+    Path((owner, repo, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some((repo, id)) = comment_key(&owner, &repo, &id) else {
+        return not_found_json();
+    };
+    let base = api_base(&headers);
+    let gh = lock(&w.gh);
+    match gh.comments.get(&id).filter(|c| c.repo == repo) {
+        Some(c) => gh_json(StatusCode::OK, &comment_json(&base, c)),
+        None => not_found_json(),
+    }
+}
+
+async fn update_comment(
+    State(w): State<Arc<World>>,
+    Path((owner, repo, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some((repo, id)) = comment_key(&owner, &repo, &id) else {
+        return not_found_json();
+    };
+    let m = match parse_body(&body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let text = match body_field(&m) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let base = api_base(&headers);
+    let mut gh = lock(&w.gh);
+    match gh.comments.get_mut(&id).filter(|c| c.repo == repo) {
+        Some(c) => {
+            c.body = text;
+            c.updated_at = Utc::now().max(c.updated_at);
+            c.edits += 1;
+            gh_json(StatusCode::OK, &comment_json(&base, c))
+        }
+        None => not_found_json(),
+    }
+}
+
+async fn delete_comment(
+    State(w): State<Arc<World>>,
+    Path((owner, repo, id)): Path<(String, String, String)>,
+) -> Response {
+    let Some((repo, id)) = comment_key(&owner, &repo, &id) else {
+        return not_found_json();
+    };
+    let mut gh = lock(&w.gh);
+    if gh.comments.get(&id).is_some_and(|c| c.repo == repo) {
+        gh.comments.remove(&id);
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        not_found_json()
+    }
+}
+
+async fn create_status(
+    State(w): State<Arc<World>>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    req: Request,
+) -> Response {
+    let who = identity(req.extensions().get::<Identity>(), &w);
+    let Ok(body) = axum::body::to_bytes(req.into_body(), 1024 * 1024).await else {
+        return gh_error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large");
+    };
+    let Some(repo) = repo_of(&owner, &repo) else {
+        return not_found_json();
+    };
+    let m = match parse_body(&body) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let state = m.get("state").and_then(Value::as_str).unwrap_or("");
+    if !matches!(state, "error" | "failure" | "pending" | "success") {
+        return validation_failed(
+            "Status",
+            "state",
+            "state is not included in the list (error, failure, pending, success)",
+        );
+    }
+    let description = m.get("description").and_then(Value::as_str).map(str::to_string);
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > MAX_STATUS_DESCRIPTION)
+    {
+        return validation_failed(
+            "Status",
+            "description",
+            "description is too long (maximum is 140 characters)",
+        );
+    }
+    let target_url = m.get("target_url").and_then(Value::as_str).map(str::to_string);
+    let context = m
+        .get("context")
+        .and_then(Value::as_str)
+        .filter(|c| !c.is_empty())
+        .unwrap_or("default")
+        .to_string();
+    if sha.len() < 7 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return validation_failed("Status", "sha", &format!("No commit found for SHA: {sha}"));
+    }
+    let base = api_base(&headers);
+    let mut gh = lock(&w.gh);
+    let id = gh.id();
+    let s = StatusRec {
+        id,
+        repo,
+        sha,
+        state: state.to_string(),
+        context,
+        description,
+        target_url,
+        user: who,
+        created_at: Utc::now(),
+    };
+    let v = status_json(&base, &s);
+    gh.statuses.push(s);
+    gh_json(StatusCode::CREATED, &v)
+}
+
+async fn list_statuses(
+    State(w): State<Arc<World>>,
+    Path((owner, repo, r)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let Some(repo) = repo_of(&owner, &repo) else {
+        return not_found_json();
+    };
+    let base = api_base(&headers);
+    let p = paging(&raw);
+    let items: Vec<Value> = {
+        let gh = lock(&w.gh);
+        let sha = resolve_ref(&gh, &repo, &r);
+        gh.statuses
+            .iter()
+            .rev()
+            .filter(|s| s.repo == repo && s.sha == sha)
+            .map(|s| status_json(&base, s))
+            .collect()
+    };
+    paged(&base, &format!("/repos/{repo}/commits/{r}/statuses"), &p, items)
+}
+
+async fn combined_status(
+    State(w): State<Arc<World>>,
+    Path((owner, repo, r)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(repo) = repo_of(&owner, &repo) else {
+        return not_found_json();
+    };
+    let base = api_base(&headers);
+    let gh = lock(&w.gh);
+    let sha = resolve_ref(&gh, &repo, &r);
+    // The latest status per context.
+    let mut latest: BTreeMap<&str, &StatusRec> = BTreeMap::new();
+    for s in gh.statuses.iter().filter(|s| s.repo == repo && s.sha == sha) {
+        latest.insert(s.context.as_str(), s);
+    }
+    let states: Vec<&str> = latest.values().map(|s| s.state.as_str()).collect();
+    let state = if states.iter().any(|s| *s == "failure" || *s == "error") {
+        "failure"
+    } else if states.is_empty() || states.contains(&"pending") {
+        "pending"
+    } else {
+        "success"
+    };
+    let statuses: Vec<Value> = latest.values().map(|s| status_json(&base, s)).collect();
+    gh_json(
+        StatusCode::OK,
+        &json!({
+            "state": state,
+            "statuses": statuses,
+            "sha": sha,
+            "total_count": statuses.len(),
+            "repository": repo_json(&base, &repo),
+            "commit_url": format!("{base}/repos/{repo}/commits/{sha}"),
+            "url": format!("{base}/repos/{repo}/commits/{sha}/status"),
+        }),
+    )
+}
+
+async fn repo_installation(
+    State(w): State<Arc<World>>,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if repo_of(&owner, &repo).is_none() {
+        return not_found_json();
+    }
+    let base = api_base(&headers);
+    let id = lock(&w.gh).installation(&owner);
+    gh_json(StatusCode::OK, &installation_json(&base, &owner, id))
+}
+
+async fn list_installations(State(w): State<Arc<World>>, headers: HeaderMap) -> Response {
+    let base = api_base(&headers);
+    let mut gh = lock(&w.gh);
+    if gh.installations.is_empty() {
+        // Every owner that has pull requests has the app installed.
+        let owners: Vec<String> = gh
+            .prs
+            .keys()
+            .filter_map(|(r, _)| r.split('/').next().map(str::to_string))
+            .collect();
+        for o in owners {
+            gh.installation(&o);
+        }
+    }
+    let list: Vec<Value> = gh
+        .installations
+        .iter()
+        .map(|(o, id)| installation_json(&base, o, *id))
+        .collect();
+    gh_json(StatusCode::OK, &Value::Array(list))
+}
+
+async fn create_token(
+    State(w): State<Arc<World>>,
+    Path(id): Path<String>,
+) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return not_found_json();
+    };
+    let mut gh = lock(&w.gh);
+    if !gh.installations.values().any(|i| *i == id) {
+        return not_found_json();
+    }
+    let token = format!("ghs_{}", ids::random_alnum(&mut rand::thread_rng(), 36));
+    let expires_at = Utc::now() + ChronoDuration::hours(1);
+    gh.tokens.insert(
+        token.clone(),
+        TokenRec {
+            expires_at,
+            revoked: false,
+        },
+    );
+    gh_json(
+        StatusCode::CREATED,
+        &json!({
+            "token": token,
+            "expires_at": expires_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            "permissions": permissions(),
+            "repository_selection": "all",
+        }),
+    )
+}
+
+async fn rate_limit() -> Response {
+    let reset = Utc::now().timestamp() + 3600;
+    let core = json!({"limit": 5000, "used": 1, "remaining": 4999, "reset": reset});
+    gh_json(
+        StatusCode::OK,
+        &json!({"resources": {"core": core, "search": {"limit": 30, "used": 0, "remaining": 30, "reset": reset}}, "rate": core}),
+    )
+}

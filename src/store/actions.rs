@@ -1,0 +1,1014 @@
+//! Decisions (the audit log) and actions (the outbox and the executor's queue).
+//!
+//! A rule's decision and the action carrying it out are written in one transaction
+//! ([`Store::record_decisions`]), so a decision is on record before anything acts on it
+//! and an accepted action is never lost (SPEC §6). Actions are unique by `action_key`
+//! (`cancel:RUN`, `delete:RUN`, `summarize:RUN:EVENT`): when several rules decide the same
+//! action, there is one action and one decision per rule, each linked to it. A rule
+//! deciding the same thing again (a redelivered event, the next poll) adds nothing.
+//! Dry-run decisions are recorded without an action (outcome `dry_run`), so they never
+//! stand in the way of a real one.
+//!
+//! The executor's queue: [`Store::claim_due_actions`] leases due actions to a worker
+//! (state `running`, `lease_until`); a worker that dies leaves its lease to expire and the
+//! action is claimed again. Each claim ends in [`Store::complete_action`],
+//! [`Store::fail_attempt`] (back to `pending` until `next_attempt_at`) or
+//! [`Store::fail_action`] (final). Terminal states are never left, except by an operator's
+//! [`Store::retry_action`].
+//!
+//! ```text
+//!             claim                complete(Done|Skipped)
+//!  pending ─────────────▶ running ───────────────────────▶ done | skipped
+//!     ▲   ◀───────────────   │     fail_action
+//!     │   fail_attempt,      └───────────────────────────▶ failed
+//!     │   release_leases,                                     │
+//!     │   lease expiry (re-claim)                             │
+//!     └──────────────────────── retry_action ─────────────────┘
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::SqliteConnection;
+
+use super::{Store, StoreError, StoreResult, from_ms, limit, ms_after, opt_from_ms, to_ms};
+
+/// What an action does. [`NewDecision::action`] and [`ActionRow::action`] hold its
+/// spelling (`cancel`, `delete`, `summarize`); parse it with `str::parse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionKind {
+    /// Cancel a run (`PUT /runs/{id}/cancel`).
+    Cancel,
+    /// Delete a run (`DELETE /runs/{id}`).
+    Delete,
+    /// Post or update the run's summary on GitHub.
+    Summarize,
+}
+
+impl ActionKind {
+    /// The stored and printed spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Cancel => "cancel",
+            ActionKind::Delete => "delete",
+            ActionKind::Summarize => "summarize",
+        }
+    }
+}
+
+impl fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for ActionKind {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cancel" => Ok(ActionKind::Cancel),
+            "delete" => Ok(ActionKind::Delete),
+            "summarize" => Ok(ActionKind::Summarize),
+            other => Err(StoreError::Invalid(format!("unknown action {other:?}"))),
+        }
+    }
+}
+
+/// State of an action row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionState {
+    /// Waiting to be claimed (possibly for `not_before` or a retry time).
+    Pending,
+    /// Leased to a worker until `lease_until`.
+    Running,
+    /// Carried out.
+    Done,
+    /// Nothing to do (the run had already finished, the summary had not changed).
+    Skipped,
+    /// Given up: a final error, or the last attempt failed.
+    Failed,
+}
+
+impl ActionState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [ActionState; 5] = [
+        ActionState::Pending,
+        ActionState::Running,
+        ActionState::Done,
+        ActionState::Skipped,
+        ActionState::Failed,
+    ];
+
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionState::Pending => "pending",
+            ActionState::Running => "running",
+            ActionState::Done => "done",
+            ActionState::Skipped => "skipped",
+            ActionState::Failed => "failed",
+        }
+    }
+
+    /// No transition leaves this state (but [`Store::retry_action`]).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            ActionState::Done | ActionState::Skipped | ActionState::Failed
+        )
+    }
+}
+
+impl fmt::Display for ActionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for ActionState {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(ActionState::Pending),
+            "running" => Ok(ActionState::Running),
+            "done" => Ok(ActionState::Done),
+            "skipped" => Ok(ActionState::Skipped),
+            "failed" => Ok(ActionState::Failed),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown action state {other:?}"
+            ))),
+        }
+    }
+}
+
+/// How an attempt ended well ([`Store::complete_action`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionOutcome {
+    /// The side effect happened (or had already happened: 404/409/422 on cancel/delete).
+    Done,
+    /// There was nothing to do.
+    Skipped,
+}
+
+/// The outcome of a decision as `audit` shows it (SPEC §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The action is pending or being carried out.
+    Planned,
+    /// Decided in dry-run mode: nothing will be done.
+    DryRun,
+    Done,
+    Failed,
+    Skipped,
+}
+
+impl Outcome {
+    /// The printed spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Planned => "planned",
+            Outcome::DryRun => "dry_run",
+            Outcome::Done => "done",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+        }
+    }
+
+    /// The outcome of a decision, from its dry-run flag and its action's state.
+    pub fn of(dry_run: bool, action: Option<ActionState>) -> Outcome {
+        if dry_run {
+            return Outcome::DryRun;
+        }
+        match action {
+            None | Some(ActionState::Pending | ActionState::Running) => Outcome::Planned,
+            Some(ActionState::Done) => Outcome::Done,
+            Some(ActionState::Skipped) => Outcome::Skipped,
+            Some(ActionState::Failed) => Outcome::Failed,
+        }
+    }
+}
+
+impl PartialEq<str> for Outcome {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Outcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A rule's decision to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDecision {
+    /// When the rule decided.
+    pub at: DateTime<Utc>,
+    /// The rule's `name`.
+    pub rule: String,
+    /// The rule's `kind` (`supersede`, `timeout`, ...).
+    pub kind: String,
+    /// `cancel`, `delete` or `summarize` (see [`ActionKind`]).
+    pub action: String,
+    pub run_id: String,
+    pub project_id: String,
+    pub branch: Option<String>,
+    pub sha: Option<String>,
+    /// Why, in words (shown in `audit`, on the status page and in PR summaries).
+    pub reason: String,
+    /// Record only: no action is created.
+    pub dry_run: bool,
+    /// Not to be carried out before this (e.g. an orphan rule's `grace`). When rules
+    /// disagree, the earliest wins while the action is still pending.
+    pub not_before: Option<DateTime<Utc>>,
+    /// Identity of the action: decisions with the same key share one action
+    /// (`cancel:RUN`, `delete:RUN`, `summarize:...:RUN:EVENT`).
+    pub action_key: String,
+    /// Data for the executor, e.g. the event JSON for `summarize`. The first decision's
+    /// payload is kept.
+    pub payload: Option<String>,
+}
+
+/// What [`Store::record_decisions`] did with one decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordedDecision {
+    pub decision_id: i64,
+    /// The action carrying it out; `None` for a dry-run decision.
+    pub action_id: Option<i64>,
+    /// The action was created by this call (else it already existed).
+    pub new_action: bool,
+    /// The decision was recorded by this call (else the same rule had already decided
+    /// the same action in the same mode).
+    pub new_decision: bool,
+}
+
+/// An action row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActionRow {
+    pub id: i64,
+    pub action_key: String,
+    /// `cancel`, `delete` or `summarize`.
+    pub action: String,
+    /// The first rule that decided it (a summary action finds its options there).
+    pub rule: String,
+    /// That rule's kind.
+    pub kind: String,
+    pub run_id: String,
+    pub project_id: String,
+    pub branch: Option<String>,
+    pub sha: Option<String>,
+    pub payload: Option<String>,
+    pub state: ActionState,
+    /// Finished attempts (successful or not).
+    pub attempts: i64,
+    /// Times handed to a worker, including claims whose worker died.
+    pub claims: i64,
+    pub not_before: Option<DateTime<Utc>>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub worker_id: Option<String>,
+    pub last_error: Option<String>,
+    /// The note of the completion.
+    pub detail: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ActionDbRow {
+    id: i64,
+    action_key: String,
+    action: String,
+    rule: String,
+    kind: String,
+    run_id: String,
+    project_id: String,
+    branch: Option<String>,
+    sha: Option<String>,
+    payload: Option<String>,
+    state: String,
+    attempts: i64,
+    claims: i64,
+    not_before: Option<i64>,
+    next_attempt_at: i64,
+    lease_until: Option<i64>,
+    worker_id: Option<String>,
+    last_error: Option<String>,
+    detail: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    finished_at: Option<i64>,
+}
+
+impl TryFrom<ActionDbRow> for ActionRow {
+    type Error = StoreError;
+    fn try_from(r: ActionDbRow) -> StoreResult<ActionRow> {
+        Ok(ActionRow {
+            id: r.id,
+            action_key: r.action_key,
+            action: r.action,
+            rule: r.rule,
+            kind: r.kind,
+            run_id: r.run_id,
+            project_id: r.project_id,
+            branch: r.branch,
+            sha: r.sha,
+            payload: r.payload,
+            state: r.state.parse()?,
+            attempts: r.attempts,
+            claims: r.claims,
+            not_before: opt_from_ms(r.not_before)?,
+            next_attempt_at: from_ms(r.next_attempt_at)?,
+            lease_until: opt_from_ms(r.lease_until)?,
+            worker_id: r.worker_id,
+            last_error: r.last_error,
+            detail: r.detail,
+            created_at: from_ms(r.created_at)?,
+            updated_at: from_ms(r.updated_at)?,
+            finished_at: opt_from_ms(r.finished_at)?,
+        })
+    }
+}
+
+const ACTION_COLUMNS: &str = "id, action_key, action, rule, kind, run_id, project_id, branch, sha, \
+     payload, state, attempts, claims, not_before, next_attempt_at, lease_until, worker_id, \
+     last_error, detail, created_at, updated_at, finished_at";
+
+/// One line of `audit --format json` and of `GET /api/actions` (SPEC §1). Serializes to
+/// exactly `{"at","rule","kind","action","run_id","project_id","branch","outcome","reason",
+/// "attempts","error"}`, `at` in RFC 3339.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    pub rule: String,
+    pub kind: String,
+    pub action: String,
+    pub run_id: String,
+    pub project_id: String,
+    pub branch: Option<String>,
+    pub outcome: Outcome,
+    pub reason: String,
+    /// Attempts made by the action (0 for dry run).
+    pub attempts: i64,
+    /// The last error of an action that failed or is being retried.
+    pub error: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    at: i64,
+    rule: String,
+    kind: String,
+    action: String,
+    run_id: String,
+    project_id: String,
+    branch: Option<String>,
+    reason: String,
+    dry_run: i64,
+    action_state: Option<String>,
+    action_attempts: Option<i64>,
+    action_error: Option<String>,
+}
+
+impl TryFrom<AuditRow> for AuditEntry {
+    type Error = StoreError;
+    fn try_from(r: AuditRow) -> StoreResult<AuditEntry> {
+        let dry_run = r.dry_run != 0;
+        let state = r
+            .action_state
+            .as_deref()
+            .map(ActionState::from_str)
+            .transpose()?;
+        let outcome = Outcome::of(dry_run, state);
+        let error = match outcome {
+            Outcome::Planned | Outcome::Failed => r.action_error,
+            _ => None,
+        };
+        Ok(AuditEntry {
+            at: from_ms(r.at)?,
+            rule: r.rule,
+            kind: r.kind,
+            action: r.action,
+            run_id: r.run_id,
+            project_id: r.project_id,
+            branch: r.branch,
+            outcome,
+            reason: r.reason,
+            attempts: if dry_run {
+                0
+            } else {
+                r.action_attempts.unwrap_or(0)
+            },
+            error,
+        })
+    }
+}
+
+const AUDIT_SELECT: &str = "SELECT d.at, d.rule, d.kind, d.action, d.run_id, d.project_id, \
+     d.branch, d.reason, d.dry_run, a.state AS action_state, a.attempts AS action_attempts, \
+     a.last_error AS action_error \
+     FROM decisions d LEFT JOIN actions a ON a.id = d.action_id";
+
+/// Who cancelled a run, for its summary ([`Store::cancel_reason`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CancelReason {
+    pub rule: String,
+    pub kind: String,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Decisions of one rule with one outcome (for `/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DecisionCount {
+    pub rule: String,
+    pub outcome: Outcome,
+    pub count: i64,
+}
+
+impl Store {
+    /// Records decisions and creates (or links to) their actions, all in one transaction.
+    /// Returns one [`RecordedDecision`] per input, in order.
+    pub async fn record_decisions(
+        &self,
+        decisions: &[NewDecision],
+    ) -> StoreResult<Vec<RecordedDecision>> {
+        let mut tx = self.begin_write().await?;
+        let recorded = record_in(&mut tx, decisions).await?;
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    /// [`Store::record_decisions`] and [`Store::mark_processed`] of the delivery that led
+    /// to them, in one transaction: an event is never half handled. An unknown
+    /// `delivery_id` is [`StoreError::NotFound`] and records nothing.
+    pub async fn record_decisions_and_mark_processed(
+        &self,
+        decisions: &[NewDecision],
+        delivery_id: i64,
+        outcome_note: &str,
+    ) -> StoreResult<Vec<RecordedDecision>> {
+        let mut tx = self.begin_write().await?;
+        let recorded = record_in(&mut tx, decisions).await?;
+        Store::mark_processed_in(&mut tx, delivery_id, outcome_note).await?;
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    /// Leases up to `max` due actions to `worker_id` until `now + lease`: pending ones
+    /// whose `next_attempt_at` and `not_before` have come, and running ones whose lease
+    /// has expired (their worker died). Oldest due first.
+    pub async fn claim_due_actions(
+        &self,
+        now: DateTime<Utc>,
+        max: impl Into<i64>,
+        lease: Duration,
+        worker_id: &str,
+    ) -> StoreResult<Vec<ActionRow>> {
+        // One statement: atomic in SQLite. PostgreSQL: add FOR UPDATE SKIP LOCKED to the
+        // subquery.
+        let rows: Vec<ActionDbRow> = sqlx::query_as(&format!(
+            "UPDATE actions \
+             SET state = 'running', lease_until = $2, worker_id = $3, claims = claims + 1, \
+                 updated_at = $1 \
+             WHERE id IN ( \
+                 SELECT id FROM actions \
+                 WHERE (state = 'pending' \
+                        OR (state = 'running' AND (lease_until IS NULL OR lease_until <= $1))) \
+                   AND next_attempt_at <= $1 \
+                   AND (not_before IS NULL OR not_before <= $1) \
+                 ORDER BY next_attempt_at, id \
+                 LIMIT $4) \
+             RETURNING {ACTION_COLUMNS}"
+        ))
+        .bind(to_ms(now))
+        .bind(ms_after(now, lease))
+        .bind(worker_id)
+        .bind(limit(max))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut actions = rows
+            .into_iter()
+            .map(ActionRow::try_from)
+            .collect::<StoreResult<Vec<_>>>()?;
+        actions.sort_by_key(|a| (a.next_attempt_at, a.id));
+        Ok(actions)
+    }
+
+    /// Ends an action well. Returns `false` (and changes nothing) when the action was
+    /// already in a terminal state, e.g. finished by another worker after this one's lease
+    /// expired.
+    pub async fn complete_action(
+        &self,
+        id: i64,
+        outcome: ActionOutcome,
+        detail: &str,
+    ) -> StoreResult<bool> {
+        let state = match outcome {
+            ActionOutcome::Done => ActionState::Done,
+            ActionOutcome::Skipped => ActionState::Skipped,
+        };
+        let done = sqlx::query(
+            "UPDATE actions \
+             SET state = $2, detail = $3, attempts = attempts + 1, lease_until = NULL, \
+                 worker_id = NULL, finished_at = $4, updated_at = $4 \
+             WHERE id = $1 AND state IN ('pending', 'running')",
+        )
+        .bind(id)
+        .bind(state.as_str())
+        .bind(detail)
+        .bind(to_ms(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        self.transitioned(id, done.rows_affected()).await
+    }
+
+    /// A failed attempt to be retried: `attempts + 1`, the error kept, back to `pending`
+    /// and not claimed again before `next_attempt_at`. Returns `false` when the action was
+    /// already in a terminal state.
+    pub async fn fail_attempt(
+        &self,
+        id: i64,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE actions \
+             SET state = 'pending', attempts = attempts + 1, last_error = $2, \
+                 next_attempt_at = $3, lease_until = NULL, worker_id = NULL, updated_at = $4 \
+             WHERE id = $1 AND state IN ('pending', 'running')",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(to_ms(next_attempt_at))
+        .bind(to_ms(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        self.transitioned(id, done.rows_affected()).await
+    }
+
+    /// The action failed for good (a final error, or the last attempt failed):
+    /// `attempts + 1`, state `failed`. Returns `false` when the action was already in a
+    /// terminal state.
+    pub async fn fail_action(&self, id: i64, error: &str) -> StoreResult<bool> {
+        let now = to_ms(Utc::now());
+        let done = sqlx::query(
+            "UPDATE actions \
+             SET state = 'failed', attempts = attempts + 1, last_error = $2, \
+                 lease_until = NULL, worker_id = NULL, finished_at = $3, updated_at = $3 \
+             WHERE id = $1 AND state IN ('pending', 'running')",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        self.transitioned(id, done.rows_affected()).await
+    }
+
+    /// Operator's retry of a failed action: back to `pending`, due at `now`, attempts
+    /// reset (the last error is kept). Returns `false` unless the action had failed.
+    pub async fn retry_action(&self, id: i64, now: DateTime<Utc>) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE actions \
+             SET state = 'pending', attempts = 0, next_attempt_at = $2, not_before = NULL, \
+                 finished_at = NULL, updated_at = $2 \
+             WHERE id = $1 AND state = 'failed'",
+        )
+        .bind(id)
+        .bind(to_ms(now))
+        .execute(&self.pool)
+        .await?;
+        self.transitioned(id, done.rows_affected()).await
+    }
+
+    /// Hands back every action leased to `worker_id` (graceful shutdown): `pending`
+    /// again, claimable at once. Returns how many.
+    pub async fn release_leases(&self, worker_id: &str) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE actions \
+             SET state = 'pending', lease_until = NULL, worker_id = NULL, updated_at = $2 \
+             WHERE state = 'running' AND worker_id = $1",
+        )
+        .bind(worker_id)
+        .bind(to_ms(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// One action by id.
+    pub async fn get_action(&self, id: i64) -> StoreResult<Option<ActionRow>> {
+        let row: Option<ActionDbRow> = sqlx::query_as(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(ActionRow::try_from).transpose()
+    }
+
+    /// One action by its key (`cancel:RUN`).
+    pub async fn action_by_key(&self, action_key: &str) -> StoreResult<Option<ActionRow>> {
+        let row: Option<ActionDbRow> = sqlx::query_as(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions WHERE action_key = $1"
+        ))
+        .bind(action_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(ActionRow::try_from).transpose()
+    }
+
+    /// Actions not finished (pending or running), in the order they fall due.
+    pub async fn pending_actions(&self) -> StoreResult<Vec<ActionRow>> {
+        let rows: Vec<ActionDbRow> = sqlx::query_as(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions \
+             WHERE state IN ('pending', 'running') \
+             ORDER BY next_attempt_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(ActionRow::try_from).collect()
+    }
+
+    /// The newest `max` failed actions.
+    pub async fn failed_actions(&self, max: impl Into<i64>) -> StoreResult<Vec<ActionRow>> {
+        let rows: Vec<ActionDbRow> = sqlx::query_as(&format!(
+            "SELECT {ACTION_COLUMNS} FROM actions \
+             WHERE state = 'failed' \
+             ORDER BY finished_at DESC, id DESC \
+             LIMIT $1"
+        ))
+        .bind(limit(max))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(ActionRow::try_from).collect()
+    }
+
+    /// Number of actions in each state, every state listed (zero included), in the order
+    /// `pending`, `running`, `done`, `skipped`, `failed`.
+    pub async fn action_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM actions GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut counts: Vec<(String, i64)> = ActionState::ALL
+            .iter()
+            .map(|s| (s.as_str().to_string(), 0))
+            .collect();
+        for (state, n) in rows {
+            let state: ActionState = state.parse()?;
+            counts[state as usize].1 = n;
+        }
+        Ok(counts)
+    }
+
+    /// Actions not finished (pending or running), due or not.
+    pub async fn queue_depth(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM actions WHERE state IN ('pending', 'running')",
+            )
+            .fetch_one(&self.pool)
+            .await?,
+        )
+    }
+
+    /// When the executor has something to do next: the earliest time a pending action
+    /// falls due or a running one's lease expires. `None` when the queue is empty.
+    pub async fn next_action_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        let ms: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(CASE \
+                 WHEN state = 'running' THEN COALESCE(lease_until, next_attempt_at) \
+                 WHEN not_before IS NOT NULL AND not_before > next_attempt_at THEN not_before \
+                 ELSE next_attempt_at END) \
+             FROM actions WHERE state IN ('pending', 'running')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        opt_from_ms(ms)
+    }
+
+    /// Decisions newest first, optionally since a time and/or of one rule, each with the
+    /// outcome of its action (SPEC §1 `audit`).
+    pub async fn audit(
+        &self,
+        since: Option<DateTime<Utc>>,
+        rule: Option<&str>,
+        max: impl Into<i64>,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+            "{AUDIT_SELECT} \
+             WHERE ($1 IS NULL OR d.at >= $1) AND ($2 IS NULL OR d.rule = $2) \
+             ORDER BY d.at DESC, d.id DESC \
+             LIMIT $3"
+        ))
+        .bind(since.map(to_ms))
+        .bind(rule)
+        .bind(limit(max))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(AuditEntry::try_from).collect()
+    }
+
+    /// The decisions about one run, newest first (a summary names the rule that cancelled
+    /// the run, and why).
+    pub async fn decisions_for_run(&self, run_id: &str) -> StoreResult<Vec<AuditEntry>> {
+        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+            "{AUDIT_SELECT} WHERE d.run_id = $1 ORDER BY d.at DESC, d.id DESC"
+        ))
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(AuditEntry::try_from).collect()
+    }
+
+    /// Who cancelled `run_id`: the first decision linked to its cancel action, when that
+    /// action is done or under way (a summary may be written while the cancel is being
+    /// verified).
+    pub async fn cancel_reason(&self, run_id: &str) -> StoreResult<Option<CancelReason>> {
+        let row: Option<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT d.rule, d.kind, d.reason, d.at \
+             FROM decisions d JOIN actions a ON a.id = d.action_id \
+             WHERE a.run_id = $1 AND a.action = 'cancel' AND a.state IN ('running', 'done') \
+             ORDER BY d.at, d.id \
+             LIMIT 1",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(rule, kind, reason, at)| {
+            Ok(CancelReason {
+                rule,
+                kind,
+                reason,
+                at: from_ms(at)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Decisions recorded per rule, by rule name.
+    pub async fn rule_hit_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT rule, COUNT(*) FROM decisions GROUP BY rule ORDER BY rule")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Decisions per rule and outcome, by rule then outcome (for `/metrics`).
+    pub async fn decision_counts(&self) -> StoreResult<Vec<DecisionCount>> {
+        let rows: Vec<(String, i64, Option<String>, i64)> = sqlx::query_as(
+            "SELECT d.rule, d.dry_run, a.state, COUNT(*) \
+             FROM decisions d LEFT JOIN actions a ON a.id = d.action_id \
+             GROUP BY d.rule, d.dry_run, a.state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts: BTreeMap<(String, Outcome), i64> = BTreeMap::new();
+        for (rule, dry_run, state, n) in rows {
+            let state = state.as_deref().map(ActionState::from_str).transpose()?;
+            *counts
+                .entry((rule, Outcome::of(dry_run != 0, state)))
+                .or_default() += n;
+        }
+        Ok(counts
+            .into_iter()
+            .map(|((rule, outcome), count)| DecisionCount {
+                rule,
+                outcome,
+                count,
+            })
+            .collect())
+    }
+
+    /// `Ok(true)` when an update touched the row; `Ok(false)` when the row exists but was
+    /// not in a state the update applies to; `NotFound` otherwise.
+    async fn transitioned(&self, id: i64, rows_affected: u64) -> StoreResult<bool> {
+        if rows_affected > 0 {
+            return Ok(true);
+        }
+        let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM actions WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        if exists == 0 {
+            return Err(StoreError::not_found("action", id));
+        }
+        Ok(false)
+    }
+}
+
+/// The body of [`Store::record_decisions`], on an open write transaction.
+async fn record_in(
+    conn: &mut SqliteConnection,
+    decisions: &[NewDecision],
+) -> StoreResult<Vec<RecordedDecision>> {
+    let now = to_ms(Utc::now());
+    let mut recorded = Vec::with_capacity(decisions.len());
+    for d in decisions {
+        d.action.parse::<ActionKind>()?;
+        let (action_id, new_action) = if d.dry_run {
+            (None, false)
+        } else {
+            let (id, new) = upsert_action(conn, d, now).await?;
+            (Some(id), new)
+        };
+
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO decisions (at, rule, kind, action, action_key, run_id, project_id, \
+                 branch, sha, reason, dry_run, not_before, action_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (rule, action_key, dry_run) DO NOTHING \
+             RETURNING id",
+        )
+        .bind(to_ms(d.at))
+        .bind(&d.rule)
+        .bind(&d.kind)
+        .bind(&d.action)
+        .bind(&d.action_key)
+        .bind(&d.run_id)
+        .bind(&d.project_id)
+        .bind(&d.branch)
+        .bind(&d.sha)
+        .bind(&d.reason)
+        .bind(i64::from(d.dry_run))
+        .bind(d.not_before.map(to_ms))
+        .bind(action_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let (decision_id, new_decision) = match inserted {
+            Some(id) => (id, true),
+            None => {
+                let (id, linked): (i64, Option<i64>) = sqlx::query_as(
+                    "SELECT id, action_id FROM decisions \
+                     WHERE rule = $1 AND action_key = $2 AND dry_run = $3",
+                )
+                .bind(&d.rule)
+                .bind(&d.action_key)
+                .bind(i64::from(d.dry_run))
+                .fetch_one(&mut *conn)
+                .await?;
+                if linked.is_none() && action_id.is_some() {
+                    sqlx::query("UPDATE decisions SET action_id = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(action_id)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                (id, false)
+            }
+        };
+        recorded.push(RecordedDecision {
+            decision_id,
+            action_id,
+            new_action,
+            new_decision,
+        });
+    }
+    Ok(recorded)
+}
+
+/// Creates the action of a decision, or finds the one with the same key. Returns its id
+/// and whether it was created.
+async fn upsert_action(
+    conn: &mut SqliteConnection,
+    d: &NewDecision,
+    now: i64,
+) -> StoreResult<(i64, bool)> {
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO actions (action_key, action, rule, kind, run_id, project_id, branch, sha, \
+             payload, state, not_before, next_attempt_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11, $12, $12) \
+         ON CONFLICT (action_key) DO NOTHING \
+         RETURNING id",
+    )
+    .bind(&d.action_key)
+    .bind(&d.action)
+    .bind(&d.rule)
+    .bind(&d.kind)
+    .bind(&d.run_id)
+    .bind(&d.project_id)
+    .bind(&d.branch)
+    .bind(&d.sha)
+    .bind(&d.payload)
+    .bind(d.not_before.map(to_ms))
+    .bind(to_ms(d.at))
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(id) = inserted {
+        return Ok((id, true));
+    }
+
+    let (id, state, not_before): (i64, String, Option<i64>) =
+        sqlx::query_as("SELECT id, state, not_before FROM actions WHERE action_key = $1")
+            .bind(&d.action_key)
+            .fetch_one(&mut *conn)
+            .await?;
+    // Another rule wants it sooner: the earliest grace wins while the action still waits.
+    let wanted = d.not_before.map(to_ms);
+    let sooner = match (not_before, wanted) {
+        (Some(current), Some(wanted)) => wanted < current,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if sooner && state.parse::<ActionState>()? == ActionState::Pending {
+        sqlx::query("UPDATE actions SET not_before = $2, updated_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(wanted)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok((id, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_follow_dry_run_and_action_state() {
+        assert_eq!(Outcome::of(true, None), Outcome::DryRun);
+        assert_eq!(Outcome::of(true, Some(ActionState::Done)), Outcome::DryRun);
+        assert_eq!(
+            Outcome::of(false, Some(ActionState::Pending)),
+            Outcome::Planned
+        );
+        assert_eq!(
+            Outcome::of(false, Some(ActionState::Running)),
+            Outcome::Planned
+        );
+        assert_eq!(Outcome::of(false, Some(ActionState::Done)), Outcome::Done);
+        assert_eq!(
+            Outcome::of(false, Some(ActionState::Skipped)),
+            Outcome::Skipped
+        );
+        assert_eq!(
+            Outcome::of(false, Some(ActionState::Failed)),
+            Outcome::Failed
+        );
+        for o in [
+            Outcome::Planned,
+            Outcome::DryRun,
+            Outcome::Done,
+            Outcome::Failed,
+            Outcome::Skipped,
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+    }
+
+    #[test]
+    fn enums_round_trip_through_their_stored_spelling() {
+        for k in [
+            ActionKind::Cancel,
+            ActionKind::Delete,
+            ActionKind::Summarize,
+        ] {
+            assert_eq!(k.as_str().parse::<ActionKind>().unwrap(), k);
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        for s in [
+            ActionState::Pending,
+            ActionState::Running,
+            ActionState::Done,
+            ActionState::Skipped,
+            ActionState::Failed,
+        ] {
+            assert_eq!(s.as_str().parse::<ActionState>().unwrap(), s);
+        }
+        assert!(matches!(
+            "dry_run".parse::<ActionState>(),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn outcomes_compare_with_and_print_as_their_spelling() {
+        assert!(Outcome::Failed == "failed");
+        assert!(Outcome::DryRun != "dry-run");
+        assert_eq!(format!("[{:<8}]", Outcome::Done), "[done    ]");
+        assert_eq!(format!("{}", ActionState::Running), "running");
+        for (i, s) in ActionState::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i);
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Deliveries: every incoming event (webhook, poll result, schedule tick) is stored and
+//! committed before it is acknowledged, then processed by the serial consumer.
+//!
+//! Life of a delivery: [`Store::insert_delivery`] (deduplicated on `(source,
+//! delivery_id)`) → [`Store::next_unprocessed`] → either
+//! [`Store::record_decisions_and_mark_processed`] / [`Store::mark_processed`], or
+//! [`Store::mark_delivery_failed`] (transient; handed out again after `retry_at`), or
+//! [`Store::dead_letter_delivery`] (gave up). A delivery read but not marked (a crash) is
+//! handed out again: processing is at least once, so it must be idempotent (decisions
+//! are deduplicated, see [`Store::record_decisions`]).
+
+use chrono::{DateTime, Utc};
+
+use super::{Store, StoreError, StoreResult, from_ms, limit, opt_from_ms, to_ms};
+
+/// The accepted values of [`NewDelivery::source`]: `POST /webhooks/currents`,
+/// `POST /webhooks/github`, the poller's reconciliation, a schedule slot (or a manual
+/// sweep).
+pub const SOURCES: [&str; 4] = ["currents", "github", "poll", "schedule"];
+
+/// The `outcome` of a delivery given up on ([`Store::dead_letter_delivery`]).
+pub const DEAD_LETTER: &str = "dead-letter";
+
+/// An event to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// One of [`SOURCES`].
+    pub source: String,
+    /// Unique per source: `X-GitHub-Delivery`, or a key derived from the event
+    /// (e.g. `RUN_FINISH:<run id>` for Currents, which sends no delivery id).
+    pub delivery_id: String,
+    /// The event name (`RUN_FINISH`, `push`, ...).
+    pub event: String,
+    /// The body as received (JSON text; for webhooks, after its signature was verified).
+    pub payload: String,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Outcome of [`Store::insert_delivery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Stored and committed (answer 202).
+    Inserted,
+    /// Already stored; nothing was changed (answer 200).
+    Duplicate,
+}
+
+/// A stored delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Row id (what `mark_*` take).
+    pub id: i64,
+    pub source: String,
+    pub delivery_id: String,
+    pub event: String,
+    pub payload: String,
+    pub received_at: DateTime<Utc>,
+    /// Failed processing attempts so far.
+    pub attempts: i64,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    /// `None` while still to be processed.
+    pub processed_at: Option<DateTime<Utc>>,
+    /// The note written when it was processed (or `dead-letter`).
+    pub outcome: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    id: i64,
+    source: String,
+    delivery_id: String,
+    event: String,
+    payload: String,
+    received_at: i64,
+    attempts: i64,
+    next_attempt_at: i64,
+    last_error: Option<String>,
+    processed_at: Option<i64>,
+    outcome: Option<String>,
+}
+
+impl TryFrom<DeliveryRow> for Delivery {
+    type Error = StoreError;
+    fn try_from(r: DeliveryRow) -> StoreResult<Delivery> {
+        Ok(Delivery {
+            id: r.id,
+            source: r.source,
+            delivery_id: r.delivery_id,
+            event: r.event,
+            payload: r.payload,
+            received_at: from_ms(r.received_at)?,
+            attempts: r.attempts,
+            next_attempt_at: from_ms(r.next_attempt_at)?,
+            last_error: r.last_error,
+            processed_at: opt_from_ms(r.processed_at)?,
+            outcome: r.outcome,
+        })
+    }
+}
+
+const DELIVERY_COLUMNS: &str = "id, source, delivery_id, event, payload, received_at, attempts, \
+     next_attempt_at, last_error, processed_at, outcome";
+
+impl Store {
+    /// Stores an event unless `(source, delivery_id)` is already stored. When this returns
+    /// `Ok`, the row is committed (durable per `synchronous=FULL`); a duplicate changes
+    /// nothing.
+    pub async fn insert_delivery(&self, d: NewDelivery) -> StoreResult<InsertOutcome> {
+        if !SOURCES.contains(&d.source.as_str()) {
+            return Err(StoreError::Invalid(format!(
+                "unknown delivery source {:?}",
+                d.source
+            )));
+        }
+        let received = to_ms(d.received_at);
+        let done = sqlx::query(
+            "INSERT INTO deliveries (source, delivery_id, event, payload, received_at, \
+                 next_attempt_at) \
+             VALUES ($1, $2, $3, $4, $5, $5) \
+             ON CONFLICT (source, delivery_id) DO NOTHING",
+        )
+        .bind(&d.source)
+        .bind(&d.delivery_id)
+        .bind(&d.event)
+        .bind(&d.payload)
+        .bind(received)
+        .execute(&self.pool)
+        .await?;
+        Ok(if done.rows_affected() == 1 {
+            InsertOutcome::Inserted
+        } else {
+            InsertOutcome::Duplicate
+        })
+    }
+
+    /// Unprocessed deliveries whose retry time has come by `now`, oldest first. This only
+    /// reads: the consumer is serial, and a delivery is handed out again until marked.
+    pub async fn next_unprocessed(
+        &self,
+        now: DateTime<Utc>,
+        max: impl Into<i64>,
+    ) -> StoreResult<Vec<Delivery>> {
+        let rows: Vec<DeliveryRow> = sqlx::query_as(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries \
+             WHERE processed_at IS NULL AND next_attempt_at <= $1 \
+             ORDER BY received_at, id \
+             LIMIT $2"
+        ))
+        .bind(to_ms(now))
+        .bind(limit(max))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Delivery::try_from).collect()
+    }
+
+    /// The delivery stored as `(source, delivery_id)`.
+    pub async fn find_delivery(
+        &self,
+        source: &str,
+        delivery_id: &str,
+    ) -> StoreResult<Option<Delivery>> {
+        let row: Option<DeliveryRow> = sqlx::query_as(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE source = $1 AND delivery_id = $2"
+        ))
+        .bind(source)
+        .bind(delivery_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Delivery::try_from).transpose()
+    }
+
+    /// One delivery by row id.
+    pub async fn get_delivery(&self, id: i64) -> StoreResult<Option<Delivery>> {
+        let row: Option<DeliveryRow> = sqlx::query_as(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Delivery::try_from).transpose()
+    }
+
+    /// Marks a delivery processed with a short note ("2 decisions", "ignored: ping").
+    pub async fn mark_processed(&self, id: i64, outcome_note: &str) -> StoreResult<()> {
+        let mut conn = self.pool.acquire().await?;
+        Self::mark_processed_in(&mut conn, id, outcome_note).await
+    }
+
+    /// A transient processing failure: `attempts + 1`, the error kept, and the delivery
+    /// not handed out again before `retry_at`.
+    pub async fn mark_delivery_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let done = sqlx::query(
+            "UPDATE deliveries \
+             SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3 \
+             WHERE id = $1 AND processed_at IS NULL",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(to_ms(retry_at))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("unprocessed delivery", id));
+        }
+        Ok(())
+    }
+
+    /// Gives up on a delivery (a poison payload, the last attempt failed): it is marked
+    /// processed with the outcome [`DEAD_LETTER`] and the error kept.
+    pub async fn dead_letter_delivery(&self, id: i64, error: &str) -> StoreResult<()> {
+        let done = sqlx::query(
+            "UPDATE deliveries \
+             SET attempts = attempts + 1, last_error = $2, processed_at = $3, outcome = $4 \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(to_ms(Utc::now()))
+        .bind(DEAD_LETTER)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("delivery", id));
+        }
+        Ok(())
+    }
+
+    /// Deliveries not yet processed (due or waiting for a retry).
+    pub async fn count_unprocessed(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE processed_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Deletes processed deliveries processed before `before` (keeps the table bounded;
+    /// a redelivery older than this is no longer recognised as a duplicate). Returns the
+    /// number deleted.
+    pub async fn prune_deliveries(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM deliveries WHERE processed_at IS NOT NULL AND processed_at < $1",
+        )
+        .bind(to_ms(before))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Marks delivery `id` processed on an open transaction.
+    pub(super) async fn mark_processed_in(
+        conn: &mut sqlx::SqliteConnection,
+        id: i64,
+        outcome_note: &str,
+    ) -> StoreResult<()> {
+        let done =
+            sqlx::query("UPDATE deliveries SET processed_at = $2, outcome = $3 WHERE id = $1")
+                .bind(id)
+                .bind(to_ms(Utc::now()))
+                .bind(outcome_note)
+                .execute(conn)
+                .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found("delivery", id));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(source: &str, id: &str, at: DateTime<Utc>) -> NewDelivery {
+        NewDelivery {
+            source: source.into(),
+            delivery_id: id.into(),
+            event: "push".into(),
+            payload: "{}".into(),
+            received_at: at,
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_sources_are_refused() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let err = store
+            .insert_delivery(delivery("gitlab", "d-1", Utc::now()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+        for source in SOURCES {
+            assert_eq!(
+                store
+                    .insert_delivery(delivery(source, "d-1", Utc::now()))
+                    .await
+                    .unwrap(),
+                InsertOutcome::Inserted,
+                "{source}"
+            );
+        }
+        // The same delivery id under different sources is four deliveries.
+        assert_eq!(store.count_unprocessed().await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_failed_delivery_waits_for_its_retry_time_then_can_be_dead_lettered() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let t0 = from_ms(1_767_225_600_000).unwrap();
+        store
+            .insert_delivery(delivery("github", "d-1", t0))
+            .await
+            .unwrap();
+        let id = store
+            .find_delivery("github", "d-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+        let retry_at = t0 + chrono::Duration::seconds(30);
+        store
+            .mark_delivery_failed(id, "currents: 503", retry_at)
+            .await
+            .unwrap();
+        let before = store
+            .next_unprocessed(retry_at - chrono::Duration::milliseconds(1), 10)
+            .await
+            .unwrap();
+        assert!(before.is_empty());
+        let due = store.next_unprocessed(retry_at, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].attempts, 1);
+        assert_eq!(due[0].last_error.as_deref(), Some("currents: 503"));
+        assert_eq!(store.count_unprocessed().await.unwrap(), 1);
+
+        store.dead_letter_delivery(id, "gave up").await.unwrap();
+        assert_eq!(store.count_unprocessed().await.unwrap(), 0);
+        let d = store.get_delivery(id).await.unwrap().unwrap();
+        assert_eq!(d.outcome.as_deref(), Some(DEAD_LETTER));
+        assert_eq!(d.attempts, 2);
+        assert!(d.processed_at.is_some());
+        assert!(matches!(
+            store.mark_delivery_failed(id, "x", retry_at).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.mark_processed(id + 100, "x").await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+}

@@ -1,0 +1,62 @@
+//! Named leases with a time to live (poller leadership across replicas). A holder renews
+//! its lease by acquiring it again before it expires; anyone may take over an expired one.
+//! A holder must re-check (renew) its lease before each effect that only the leader may
+//! cause: a lease can expire while its holder is paused.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{Store, StoreResult, ms_after, to_ms};
+
+impl Store {
+    /// Acquires or renews lease `name` for `holder` until `now + ttl`. `true` when
+    /// `holder` holds it afterwards: it was free, expired (at or before `now`), or already
+    /// `holder`'s.
+    pub async fn try_acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO leases (name, holder, acquired_at, expires_at) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET \
+                 acquired_at = CASE WHEN leases.holder = excluded.holder \
+                     THEN leases.acquired_at ELSE excluded.acquired_at END, \
+                 holder = excluded.holder, \
+                 expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at <= excluded.acquired_at",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(to_ms(now))
+        .bind(ms_after(now, ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives up lease `name` if `holder` holds it. Returns whether it did.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The current holder of lease `name` and its expiry, expired or not.
+    pub async fn lease_holder(&self, name: &str) -> StoreResult<Option<(String, DateTime<Utc>)>> {
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT holder, expires_at FROM leases WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(holder, expires)| Ok((holder, super::from_ms(expires)?)))
+            .transpose()
+    }
+}

@@ -1,0 +1,255 @@
+//! The durable store (SQLite by default, PostgreSQL for replicas later). (issue 5)
+//!
+//! Everything that must survive a crash lives here, and every SQL string of the crate is
+//! in this module:
+//!
+//! - [`deliveries`]: webhook, poll and schedule events, stored and committed before the
+//!   sender is answered (SPEC §5), deduplicated on `(source, delivery_id)`, handed to the
+//!   serial consumer until processed.
+//! - [`runs`]: the runs the bot has seen (supersede lookups, idle detection, poll diffs,
+//!   the duration history of `max_duration = "auto"`).
+//! - [`actions`]: decisions (the audit log) and actions (the outbox), written in one
+//!   transaction so that every decision is recorded before it is acted on and an action
+//!   decided by several rules exists once (SPEC §6); the executor's lease-based queue; the
+//!   audit view of SPEC §1.
+//! - [`comments`]: sticky PR comments and their per-run sections.
+//! - [`slots`]: cron slot claims (fired once, even across restarts and replicas).
+//! - [`leases`]: named leases (poller leadership).
+//!
+//! Conventions: timestamps are `DateTime<Utc>` in the API and INTEGER epoch milliseconds
+//! in the database (sub-millisecond precision is dropped), booleans INTEGER 0/1, JSON TEXT.
+//! Queries use standard SQL with `$N` placeholders (which both SQLite and PostgreSQL
+//! accept), `ON CONFLICT` and `RETURNING`.
+//!
+//! SQLite settings: WAL, `synchronous=FULL` (an acknowledged webhook survives an OS
+//! crash), `busy_timeout` 5 s, foreign keys on. Write transactions that read first begin
+//! with `BEGIN IMMEDIATE`, so a writer waits for the lock (bounded by the busy timeout)
+//! instead of failing on a stale snapshot.
+
+pub mod actions;
+pub mod comments;
+pub mod deliveries;
+mod error;
+pub mod leases;
+pub mod runs;
+pub mod slots;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use actions::{
+    ActionKind, ActionOutcome, ActionRow, ActionState, AuditEntry, CancelReason, DecisionCount,
+    NewDecision, Outcome, RecordedDecision,
+};
+pub use comments::{CommentRecord, SectionRecord, SectionUpdate};
+pub use deliveries::{DEAD_LETTER, Delivery, InsertOutcome, NewDelivery, SOURCES};
+pub use error::{StoreError, StoreResult};
+pub use runs::RunRecord;
+pub use slots::SlotRecord;
+
+/// The SQLite schema migrations (`migrations/sqlite`), applied by [`Store::connect`].
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Tunables of [`Store::connect_with`]; [`Default`] is what `serve` uses.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long a statement waits for a lock held by another connection before failing
+    /// with [`StoreError::Unavailable`].
+    pub busy_timeout: Duration,
+    /// How long an operation waits for a free pooled connection.
+    pub acquire_timeout: Duration,
+    /// Pool size for a database file (an in-memory database always uses one connection).
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            busy_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+            max_connections: 4,
+        }
+    }
+}
+
+/// Handle on the durable store. Cheap to clone (a connection pool inside).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens the store at `url` and applies pending migrations.
+    ///
+    /// `url` is `sqlite://PATH` (the file is created when missing; its directory is not),
+    /// `sqlite:PATH`, or `sqlite::memory:` (a private in-memory database, for tests and
+    /// `demo`). Query parameters of sqlx are honoured, e.g. `?mode=ro`.
+    pub async fn connect(url: &str) -> anyhow::Result<Store> {
+        Self::connect_with(url, StoreOptions::default()).await
+    }
+
+    /// [`Store::connect`] with explicit [`StoreOptions`].
+    pub async fn connect_with(url: &str, options: StoreOptions) -> anyhow::Result<Store> {
+        let shown = redact_url(url);
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            anyhow::bail!(
+                "cannot open store {shown}: the PostgreSQL backend is not available in this \
+                 build; use sqlite://PATH"
+            );
+        }
+        if !url.starts_with("sqlite:") {
+            anyhow::bail!("cannot open store {shown}: the URL must start with sqlite:");
+        }
+        let in_memory = url.starts_with("sqlite::memory:") || url.contains("mode=memory");
+        let explicit_mode = url.contains("mode=");
+
+        let mut connect = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("cannot parse store URL {shown}"))?
+            .busy_timeout(options.busy_timeout)
+            .foreign_keys(true)
+            .synchronous(SqliteSynchronous::Full);
+        if !explicit_mode {
+            connect = connect.create_if_missing(true);
+        }
+        if !in_memory {
+            connect = connect.journal_mode(SqliteJournalMode::Wal);
+        }
+
+        let mut pool = SqlitePoolOptions::new().acquire_timeout(options.acquire_timeout);
+        pool = if in_memory {
+            // The database lives as long as one connection does: keep exactly one, forever.
+            pool.max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            pool.max_connections(options.max_connections.max(1))
+        };
+        let pool = pool
+            .connect_with(connect)
+            .await
+            .with_context(|| format!("cannot open store {shown}"))?;
+
+        MIGRATOR
+            .run(&pool)
+            .await
+            .with_context(|| format!("cannot apply migrations to store {shown}"))?;
+        Ok(Store { pool })
+    }
+
+    /// Readiness probe: one round trip to the database.
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection (on shutdown, after the last write).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A write transaction that holds the write lock from its first statement.
+    async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+/// A store URL fit for messages: the scheme and path of a SQLite URL; never the
+/// credentials of a server URL.
+fn redact_url(url: &str) -> String {
+    if url.starts_with("sqlite:") {
+        return url.split('?').next().unwrap_or(url).to_string();
+    }
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.path()
+        ),
+        Err(_) => "(unparseable URL)".to_string(),
+    }
+}
+
+/// `DateTime` -> stored epoch milliseconds.
+fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// Stored epoch milliseconds -> `DateTime`.
+fn from_ms(ms: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms} out of range")))
+}
+
+fn opt_from_ms(ms: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
+    ms.map(from_ms).transpose()
+}
+
+/// `now + d` in epoch milliseconds, saturating.
+fn ms_after(now: DateTime<Utc>, d: Duration) -> i64 {
+    let d = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    to_ms(now).saturating_add(d)
+}
+
+/// A row limit for SQL (negative means none wanted: 0).
+fn limit(n: impl Into<i64>) -> i64 {
+    n.into().max(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted_for_messages() {
+        assert_eq!(
+            redact_url("sqlite://data/rw.db?mode=rwc"),
+            "sqlite://data/rw.db"
+        );
+        assert_eq!(
+            redact_url("postgres://bot:hunter2@db.internal:5432/runwarden"),
+            "postgres://db.internal/runwarden"
+        );
+        assert!(!redact_url("postgres://bot:hunter2@db/x").contains("hunter2"));
+    }
+
+    #[test]
+    fn timestamps_round_trip_at_millisecond_precision() {
+        let t = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.678Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(from_ms(to_ms(t)).unwrap(), t);
+        assert_eq!(ms_after(t, Duration::from_secs(2)), to_ms(t) + 2_000);
+        assert_eq!(ms_after(t, Duration::MAX), i64::MAX);
+        assert!(from_ms(i64::MAX).is_err());
+    }
+
+    #[tokio::test]
+    async fn in_memory_store_migrates_and_answers_ping() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        store.ping().await.unwrap();
+        // The single connection keeps the schema alive across operations.
+        assert_eq!(store.count_unprocessed().await.unwrap(), 0);
+        assert_eq!(store.queue_depth().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn postgres_and_unknown_urls_are_refused_without_leaking_credentials() {
+        let err = Store::connect("postgres://bot:hunter2@localhost/x")
+            .await
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("PostgreSQL"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let err = Store::connect("mysql://localhost/x").await.unwrap_err();
+        assert!(format!("{err:#}").contains("sqlite:"));
+    }
+}

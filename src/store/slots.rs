@@ -1,0 +1,119 @@
+//! Cron slot claims: each `(rule, slot)` fires once, whoever (replica or restarted
+//! process) gets there first. The schedule's durable `last fired slot` is
+//! [`Store::last_slot`], so a restart can catch up on a missed slot without firing one
+//! twice.
+
+use chrono::{DateTime, Utc};
+
+use super::{Store, StoreError, StoreResult, from_ms, opt_from_ms, to_ms};
+
+/// A claimed slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRecord {
+    pub rule: String,
+    /// The scheduled time of the slot (not when it ran).
+    pub slot_at: DateTime<Utc>,
+    pub claimed_at: DateTime<Utc>,
+    /// `None` while running, or if the process died during the sweep.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// What the sweep did, e.g. "deleted 12 runs" or a `max_deletions` breach.
+    pub summary: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SlotRow {
+    rule: String,
+    slot_at: i64,
+    claimed_at: i64,
+    finished_at: Option<i64>,
+    summary: Option<String>,
+}
+
+impl TryFrom<SlotRow> for SlotRecord {
+    type Error = StoreError;
+    fn try_from(r: SlotRow) -> StoreResult<SlotRecord> {
+        Ok(SlotRecord {
+            rule: r.rule,
+            slot_at: from_ms(r.slot_at)?,
+            claimed_at: from_ms(r.claimed_at)?,
+            finished_at: opt_from_ms(r.finished_at)?,
+            summary: r.summary,
+        })
+    }
+}
+
+const SLOT_COLUMNS: &str = "rule, slot_at, claimed_at, finished_at, summary";
+
+impl Store {
+    /// Claims the slot of `rule` scheduled at `slot_at`, at `now`. `true` only for the
+    /// first claimer.
+    pub async fn claim_slot(
+        &self,
+        rule: &str,
+        slot_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO schedule_slots (rule, slot_at, claimed_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (rule, slot_at) DO NOTHING",
+        )
+        .bind(rule)
+        .bind(to_ms(slot_at))
+        .bind(to_ms(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The latest slot of `rule` ever claimed (the schedule's durable "last fired").
+    pub async fn last_slot(&self, rule: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        let ms: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(slot_at) FROM schedule_slots WHERE rule = $1")
+                .bind(rule)
+                .fetch_one(&self.pool)
+                .await?;
+        opt_from_ms(ms)
+    }
+
+    /// One claimed slot, with how its sweep ended.
+    pub async fn get_slot(
+        &self,
+        rule: &str,
+        slot_at: DateTime<Utc>,
+    ) -> StoreResult<Option<SlotRecord>> {
+        let row: Option<SlotRow> = sqlx::query_as(&format!(
+            "SELECT {SLOT_COLUMNS} FROM schedule_slots WHERE rule = $1 AND slot_at = $2"
+        ))
+        .bind(rule)
+        .bind(to_ms(slot_at))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(SlotRecord::try_from).transpose()
+    }
+
+    /// Records the end of a slot's sweep.
+    pub async fn finish_slot(
+        &self,
+        rule: &str,
+        slot_at: DateTime<Utc>,
+        summary: &str,
+    ) -> StoreResult<()> {
+        let done = sqlx::query(
+            "UPDATE schedule_slots SET finished_at = $3, summary = $4 \
+             WHERE rule = $1 AND slot_at = $2",
+        )
+        .bind(rule)
+        .bind(to_ms(slot_at))
+        .bind(to_ms(Utc::now()))
+        .bind(summary)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found(
+                "schedule slot",
+                format!("{rule}@{}", slot_at.to_rfc3339()),
+            ));
+        }
+        Ok(())
+    }
+}

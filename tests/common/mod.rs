@@ -1,0 +1,189 @@
+//! The end-to-end harness: a simulator and a real bot (router, store, processor,
+//! executor) in-process, on loopback ports, with a temp SQLite store.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use runwarden::commands::serve::{Bot, build_context, start};
+use runwarden::config::{Secrets, load_str};
+use runwarden::secret::Secret;
+use runwarden::simulator::{self, SimConfig, SimHandle};
+use sha2::Sha256;
+
+pub const CURRENTS_SECRET: &str = "currents-hook-secret";
+pub const GITHUB_SECRET: &str = "github-hook-secret";
+pub const ADMIN_TOKEN: &str = "admin-token";
+pub const PROJECT: &str = "bAYZ4a";
+pub const REPO: &str = "acme/web";
+
+pub struct TestApp {
+    pub sim: SimHandle,
+    pub bot: Bot,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+}
+
+/// Options of [`spawn_app_with`].
+pub struct AppOptions {
+    /// `[[rules]]` tables appended to the base config.
+    pub rules: String,
+    /// Extra top-level keys (e.g. `dry_run = true`), placed before the tables.
+    pub top: String,
+    pub poll_interval: &'static str,
+    pub github_secret: bool,
+    pub currents_secret: bool,
+    /// Post simulator webhooks to the bot.
+    pub sim_webhooks: bool,
+    pub store_dir: Option<tempfile::TempDir>,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            rules: String::new(),
+            top: String::new(),
+            poll_interval: "0s",
+            github_secret: true,
+            currents_secret: true,
+            sim_webhooks: false,
+            store_dir: None,
+        }
+    }
+}
+
+pub async fn spawn_app(rules: &str) -> TestApp {
+    spawn_app_with(AppOptions { rules: rules.to_string(), ..AppOptions::default() }).await
+}
+
+pub async fn spawn_app_with(o: AppOptions) -> TestApp {
+    let bot_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bot_addr = bot_listener.local_addr().unwrap();
+    let mut sim_cfg = SimConfig::default();
+    if o.sim_webhooks {
+        sim_cfg.webhook_url = Some(format!("http://{bot_addr}/webhooks/currents"));
+        sim_cfg.webhook_headers = vec![("x-webhook-secret".into(), CURRENTS_SECRET.into())];
+    }
+    let sim = simulator::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), sim_cfg)
+        .await
+        .unwrap();
+    sim.add_project(simulator::NewProject {
+        project_id: Some(PROJECT.into()),
+        repo: Some(REPO.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = o.store_dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+    let text = format!(
+        "{top}\n[currents]\napi_url = \"{api}\"\nprojects = [\"{PROJECT}\"]\npoll_interval = \"{poll}\"\nrequest_timeout = \"5s\"\nmax_requests_per_second = 0\n\n[github]\napi_url = \"{gh}\"\nrepos = {{ {PROJECT} = \"{REPO}\" }}\n\n[store]\nurl = \"sqlite://{db}\"\n\n{rules}",
+        top = o.top,
+        api = sim.currents_url(),
+        poll = o.poll_interval,
+        gh = sim.github_url(),
+        db = dir.path().join("runwarden.db").display(),
+        rules = o.rules,
+    );
+    let loaded = load_str(&text, "rules.toml", &[]).unwrap_or_else(|e| panic!("test config: {e}"));
+    let secrets = Secrets {
+        currents_api_key: Some(Secret::new("sim-key")),
+        github_token: Some(Secret::new("gh-token")),
+        currents_webhook_secrets: if o.currents_secret { vec![Secret::new(CURRENTS_SECRET)] } else { vec![] },
+        github_webhook_secrets: if o.github_secret { vec![Secret::new("old-secret"), Secret::new(GITHUB_SECRET)] } else { vec![] },
+        admin_token: Some(Secret::new(ADMIN_TOKEN)),
+        ..Secrets::default()
+    };
+    let ctx = build_context(loaded.config, secrets).await.unwrap();
+    let bot = start(ctx, bot_listener).await.unwrap();
+    TestApp { sim, bot, http: reqwest::Client::new(), dir }
+}
+
+pub fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(GITHUB_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.bot.url(), path)
+    }
+
+    pub async fn github_hook(&self, event: &str, delivery: &str, body: &serde_json::Value) -> reqwest::Response {
+        let raw = serde_json::to_vec(body).unwrap();
+        self.http
+            .post(self.url("/webhooks/github"))
+            .header("content-type", "application/json")
+            .header("x-github-event", event)
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", sign(&raw))
+            .body(raw)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn currents_hook(&self, event: &str, run_id: &str) -> reqwest::Response {
+        let body = serde_json::json!({
+            "event": event,
+            "runUrl": format!("https://app.currents.dev/run/{run_id}"),
+            "buildId": "b",
+            "tags": [],
+            "overall": 1, "passes": 1, "failures": 0, "pending": 0, "skipped": 0, "retries": 0, "flaky": 0
+        });
+        self.http
+            .post(self.url("/webhooks/currents"))
+            .header("x-webhook-secret", CURRENTS_SECRET)
+            .header("x-timestamp", chrono::Utc::now().timestamp_millis().to_string())
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Mutating requests the simulator received, as "METHOD PATH".
+    pub fn mutations(&self) -> Vec<String> {
+        self.sim
+            .mutation_log()
+            .into_iter()
+            .map(|e| format!("{} {}", e.method, e.path))
+            .collect()
+    }
+
+    /// Waits until `f` holds, or panics after `secs`.
+    pub async fn wait_for<F: Fn(&TestApp) -> bool>(&self, what: &str, secs: u64, f: F) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        while !f(self) {
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting for {what}; mutations: {:?}", self.mutations());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the store's audit log satisfies `f`.
+    pub async fn wait_audit<F: Fn(&[runwarden::store::AuditEntry]) -> bool>(&self, what: &str, secs: u64, f: F) -> Vec<runwarden::store::AuditEntry> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let a = self.bot.ctx.store.audit(None, None, 1000).await.unwrap();
+            if f(&a) {
+                return a;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting for {what}; audit: {a:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn run(branch: &str, sha: &str, minutes_ago: i64) -> simulator::NewRun {
+    simulator::NewRun {
+        project: Some(PROJECT.into()),
+        branch: Some(branch.into()),
+        sha: Some(sha.into()),
+        created_at: Some(chrono::Utc::now() - chrono::Duration::minutes(minutes_ago)),
+        emit: Some(false),
+        ..Default::default()
+    }
+}

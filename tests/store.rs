@@ -1,0 +1,1028 @@
+//! The durable store on a temporary SQLite file: migrations, delivery dedupe, decisions
+//! and actions, the executor's lease queue, the audit view (SPEC §1), slots, leases,
+//! durability and failure classification.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use runwarden::store::{
+    ActionOutcome, ActionState, InsertOutcome, MIGRATOR, NewDecision, NewDelivery, Outcome,
+    RunRecord, SectionUpdate, Store, StoreError, StoreOptions,
+};
+use sqlx::Connection as _;
+use sqlx::migrate::Migrate as _;
+
+/// 2026-01-01T00:00:00Z plus `secs`.
+fn t(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_767_225_600 + secs, 0).unwrap()
+}
+
+struct TempStore {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    store: Store,
+}
+
+impl TempStore {
+    async fn new() -> TempStore {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runwarden.db");
+        let store = Store::connect(&url(&path)).await.unwrap();
+        TempStore {
+            _dir: dir,
+            path,
+            store,
+        }
+    }
+
+    async fn reopen(&self) -> Store {
+        Store::connect(&url(&self.path)).await.unwrap()
+    }
+}
+
+fn url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+fn delivery(source: &str, id: &str, payload: &str, at: DateTime<Utc>) -> NewDelivery {
+    NewDelivery {
+        source: source.into(),
+        delivery_id: id.into(),
+        event: "RUN_FINISH".into(),
+        payload: payload.into(),
+        received_at: at,
+    }
+}
+
+fn decision(rule: &str, kind: &str, action: &str, run: &str, at: DateTime<Utc>) -> NewDecision {
+    NewDecision {
+        at,
+        rule: rule.into(),
+        kind: kind.into(),
+        action: action.into(),
+        run_id: run.into(),
+        project_id: "bAYZ4a".into(),
+        branch: Some("feat/x".into()),
+        sha: Some("c0ffee".into()),
+        reason: format!("{rule} says {action} {run}"),
+        dry_run: false,
+        not_before: None,
+        action_key: format!("{action}:{run}"),
+        payload: None,
+    }
+}
+
+fn run_record(id: &str, state: &str, status: &str, created: i64, updated: i64) -> RunRecord {
+    RunRecord {
+        run_id: id.into(),
+        project_id: "bAYZ4a".into(),
+        branch: Some("main".into()),
+        sha: Some(format!("sha-{id}")),
+        created_at: t(created),
+        completion_state: state.into(),
+        status: status.into(),
+        json: format!(r#"{{"runId":"{id}"}}"#),
+        completed_specs: 0,
+        progress_changed_at: t(updated),
+        duration_ms: None,
+        updated_at: t(updated),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Migrations and durability
+
+#[tokio::test]
+async fn migrations_apply_on_an_empty_file_and_rerun_idempotently() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested-name.db");
+    assert!(!path.exists());
+    let store = Store::connect(&url(&path)).await.unwrap();
+    assert!(path.exists(), "the database file is created");
+    store.ping().await.unwrap();
+    store.close().await;
+
+    // Reopening runs the migrator again: nothing to do, no error.
+    let store = Store::connect(&url(&path)).await.unwrap();
+    store.ping().await.unwrap();
+    store.close().await;
+
+    let mut conn = sqlx::SqliteConnection::connect(&url(&path)).await.unwrap();
+    let applied = conn.list_applied_migrations().await.unwrap();
+    let expected: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    assert!(!expected.is_empty());
+    assert_eq!(
+        applied.iter().map(|m| m.version).collect::<Vec<_>>(),
+        expected
+    );
+    for (a, m) in applied.iter().zip(MIGRATOR.iter()) {
+        assert_eq!(a.checksum, m.checksum, "migration {} changed", m.version);
+    }
+    // And applying them once more directly is a no-op.
+    MIGRATOR.run(&mut conn).await.unwrap();
+    assert_eq!(conn.list_applied_migrations().await.unwrap().len(), expected.len());
+}
+
+#[tokio::test]
+async fn data_survives_reopening_the_file() {
+    let ts = TempStore::new().await;
+    ts.store
+        .insert_delivery(delivery("github", "d-1", r#"{"a":1}"#, t(0)))
+        .await
+        .unwrap();
+    let rec = ts
+        .store
+        .record_decisions(&[decision("r1", "supersede", "cancel", "run-1", t(1))])
+        .await
+        .unwrap();
+    assert!(ts.store.claim_slot("nightly", t(0), t(0)).await.unwrap());
+    ts.store.close().await;
+
+    let store = ts.reopen().await;
+    let pending = store.next_unprocessed(t(10), 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].payload, r#"{"a":1}"#);
+    let action = store
+        .get_action(rec[0].action_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(action.state, ActionState::Pending);
+    assert_eq!(store.audit(None, None, 10).await.unwrap().len(), 1);
+    assert_eq!(store.last_slot("nightly").await.unwrap(), Some(t(0)));
+    assert!(!store.claim_slot("nightly", t(0), t(5)).await.unwrap());
+}
+
+// ---------------------------------------------------------------------------------------
+// Deliveries
+
+#[tokio::test]
+async fn a_duplicate_delivery_changes_nothing() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    assert_eq!(
+        s.insert_delivery(delivery("github", "abc", "first", t(0)))
+            .await
+            .unwrap(),
+        InsertOutcome::Inserted
+    );
+    assert_eq!(
+        s.insert_delivery(delivery("github", "abc", "second", t(5)))
+            .await
+            .unwrap(),
+        InsertOutcome::Duplicate
+    );
+    assert_eq!(s.count_unprocessed().await.unwrap(), 1);
+    let stored = s.find_delivery("github", "abc").await.unwrap().unwrap();
+    assert_eq!(stored.payload, "first");
+    assert_eq!(stored.received_at, t(0));
+
+    // Still a duplicate once processed.
+    s.mark_processed(stored.id, "done").await.unwrap();
+    assert_eq!(
+        s.insert_delivery(delivery("github", "abc", "third", t(9)))
+            .await
+            .unwrap(),
+        InsertOutcome::Duplicate
+    );
+    assert_eq!(s.count_unprocessed().await.unwrap(), 0);
+    let stored = s.get_delivery(stored.id).await.unwrap().unwrap();
+    assert_eq!(stored.outcome.as_deref(), Some("done"));
+    assert_eq!(stored.payload, "first");
+}
+
+#[tokio::test]
+async fn fifty_concurrent_copies_of_a_delivery_store_one() {
+    let ts = TempStore::new().await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let store = if i % 2 == 0 {
+            ts.store.clone()
+        } else {
+            ts.reopen().await
+        };
+        tasks.push(tokio::spawn(async move {
+            store
+                .insert_delivery(delivery("github", "same", &format!("copy {i}"), t(i)))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut inserted = 0;
+    for task in tasks {
+        if task.await.unwrap() == InsertOutcome::Inserted {
+            inserted += 1;
+        }
+    }
+    assert_eq!(inserted, 1);
+    assert_eq!(ts.store.count_unprocessed().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn unprocessed_deliveries_come_oldest_first_within_the_limit() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    for (id, at) in [("c", 30), ("a", 10), ("b", 20)] {
+        s.insert_delivery(delivery("currents", id, "{}", t(at)))
+            .await
+            .unwrap();
+    }
+    let ids = |v: Vec<runwarden::store::Delivery>| {
+        v.into_iter().map(|d| d.delivery_id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(s.next_unprocessed(t(100), 10).await.unwrap()), ["a", "b", "c"]);
+    assert_eq!(ids(s.next_unprocessed(t(100), 2).await.unwrap()), ["a", "b"]);
+    // Not before it was received.
+    assert_eq!(ids(s.next_unprocessed(t(15), 10).await.unwrap()), ["a"]);
+}
+
+#[tokio::test]
+async fn decisions_and_the_processed_mark_commit_together() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    s.insert_delivery(delivery("currents", "ev-1", "{}", t(0)))
+        .await
+        .unwrap();
+    let d = s.next_unprocessed(t(1), 1).await.unwrap().remove(0);
+
+    // Unknown delivery: nothing is recorded.
+    let err = s
+        .record_decisions_and_mark_processed(
+            &[decision("r1", "supersede", "cancel", "run-1", t(1))],
+            d.id + 1000,
+            "1 decision",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    assert!(s.audit(None, None, 10).await.unwrap().is_empty());
+    assert_eq!(s.queue_depth().await.unwrap(), 0);
+
+    // An unknown action: nothing is recorded, the delivery stays unprocessed.
+    let err = s
+        .record_decisions_and_mark_processed(
+            &[
+                decision("r1", "supersede", "cancel", "run-1", t(1)),
+                decision("r2", "retention", "archive", "run-1", t(1)),
+            ],
+            d.id,
+            "2 decisions",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    assert!(s.audit(None, None, 10).await.unwrap().is_empty());
+    assert_eq!(s.count_unprocessed().await.unwrap(), 1);
+
+    let rec = s
+        .record_decisions_and_mark_processed(
+            &[decision("r1", "supersede", "cancel", "run-1", t(1))],
+            d.id,
+            "1 decision",
+        )
+        .await
+        .unwrap();
+    assert!(rec[0].new_action);
+    assert_eq!(s.count_unprocessed().await.unwrap(), 0);
+    assert_eq!(
+        s.get_delivery(d.id).await.unwrap().unwrap().outcome.as_deref(),
+        Some("1 decision")
+    );
+    assert_eq!(s.queue_depth().await.unwrap(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Decisions, actions, audit
+
+#[tokio::test]
+async fn two_rules_deciding_the_same_cancel_make_one_action_and_two_decisions() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    let rec = s
+        .record_decisions(&[
+            decision("cancel-superseded", "supersede", "cancel", "run-1", t(10)),
+            decision("stuck-runs", "timeout", "cancel", "run-1", t(11)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(rec.len(), 2);
+    assert!(rec[0].new_action && !rec[1].new_action);
+    assert!(rec[0].new_decision && rec[1].new_decision);
+    assert_eq!(rec[0].action_id, rec[1].action_id);
+    assert_ne!(rec[0].decision_id, rec[1].decision_id);
+    assert_eq!(s.queue_depth().await.unwrap(), 1);
+
+    let audit = s.audit(None, None, 10).await.unwrap();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[0].rule, "stuck-runs", "newest first");
+    assert_eq!(audit[1].rule, "cancel-superseded");
+    assert!(audit.iter().all(|e| e.outcome == Outcome::Planned));
+
+    // Carried out once: both decisions show it.
+    let claimed = s
+        .claim_due_actions(t(20), 10, Duration::from_secs(60), "w1")
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].rule, "cancel-superseded");
+    assert_eq!(claimed[0].kind, "supersede");
+    assert!(
+        s.complete_action(claimed[0].id, ActionOutcome::Done, "cancelled")
+            .await
+            .unwrap()
+    );
+    let audit = s.audit(None, None, 10).await.unwrap();
+    for e in &audit {
+        assert_eq!(e.outcome, Outcome::Done, "{e:?}");
+        assert_eq!(e.attempts, 1);
+        assert_eq!(e.error, None);
+    }
+    assert_eq!(
+        s.rule_hit_counts().await.unwrap(),
+        [("cancel-superseded".to_string(), 1), ("stuck-runs".to_string(), 1)]
+    );
+    let reason = s.cancel_reason("run-1").await.unwrap().unwrap();
+    assert_eq!(reason.rule, "cancel-superseded");
+    assert_eq!(reason.reason, "cancel-superseded says cancel run-1");
+    assert_eq!(s.cancel_reason("run-2").await.unwrap(), None);
+
+    // A later decision on the finished action creates no new work.
+    let again = s
+        .record_decisions(&[decision("orphans", "orphan", "cancel", "run-1", t(30))])
+        .await
+        .unwrap();
+    assert!(!again[0].new_action && again[0].new_decision);
+    assert_eq!(again[0].action_id, rec[0].action_id);
+    assert_eq!(s.queue_depth().await.unwrap(), 0);
+    assert_eq!(s.audit(None, None, 10).await.unwrap()[0].outcome, Outcome::Done);
+}
+
+#[tokio::test]
+async fn the_same_rule_deciding_again_adds_nothing() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    let first = s
+        .record_decisions(&[decision("r1", "timeout", "cancel", "run-1", t(1))])
+        .await
+        .unwrap();
+    let again = s
+        .record_decisions(&[decision("r1", "timeout", "cancel", "run-1", t(61))])
+        .await
+        .unwrap();
+    assert!(!again[0].new_decision && !again[0].new_action);
+    assert_eq!(again[0].decision_id, first[0].decision_id);
+    let audit = s.audit(None, None, 10).await.unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].at, t(1), "the first decision is kept");
+}
+
+#[tokio::test]
+async fn dry_run_decisions_create_no_action_and_do_not_block_a_real_one() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    let mut dry = decision("old-runs", "retention", "delete", "run-9", t(1));
+    dry.dry_run = true;
+    let rec = s.record_decisions(&[dry]).await.unwrap();
+    assert_eq!(rec[0].action_id, None);
+    assert!(!rec[0].new_action);
+    assert_eq!(s.queue_depth().await.unwrap(), 0);
+    assert!(
+        s.claim_due_actions(t(100), 10, Duration::from_secs(60), "w")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let audit = s.audit(None, None, 10).await.unwrap();
+    assert_eq!(audit[0].outcome, Outcome::DryRun);
+    assert_eq!(audit[0].attempts, 0);
+
+    // The rule is switched to live: the real decision gets an action.
+    let rec = s
+        .record_decisions(&[decision("old-runs", "retention", "delete", "run-9", t(2))])
+        .await
+        .unwrap();
+    assert!(rec[0].new_action && rec[0].new_decision);
+    let audit = s.audit(None, None, 10).await.unwrap();
+    let outcomes: Vec<_> = audit.iter().map(|e| e.outcome).collect();
+    assert_eq!(outcomes, [Outcome::Planned, Outcome::DryRun]);
+}
+
+#[tokio::test]
+async fn the_earliest_not_before_wins_while_the_action_waits() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    let mut orphan = decision("orphans", "orphan", "cancel", "run-1", t(0));
+    orphan.not_before = Some(t(120));
+    let rec = s.record_decisions(&[orphan]).await.unwrap();
+    let id = rec[0].action_id.unwrap();
+    let lease = Duration::from_secs(60);
+    assert!(s.claim_due_actions(t(60), 10, lease, "w").await.unwrap().is_empty());
+    assert_eq!(s.next_action_due().await.unwrap(), Some(t(120)));
+
+    // A supersede decision wants it now.
+    s.record_decisions(&[decision("superseded", "supersede", "cancel", "run-1", t(61))])
+        .await
+        .unwrap();
+    let claimed = s.claim_due_actions(t(61), 10, lease, "w").await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, id);
+    assert_eq!(claimed[0].not_before, None);
+}
+
+#[tokio::test]
+async fn audit_filters_by_time_and_rule_and_limits_newest_first() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    s.record_decisions(&[
+        decision("a", "supersede", "cancel", "run-1", t(10)),
+        decision("b", "timeout", "cancel", "run-2", t(20)),
+        decision("a", "supersede", "cancel", "run-3", t(30)),
+        decision("b", "timeout", "cancel", "run-4", t(40)),
+    ])
+    .await
+    .unwrap();
+    let runs = |v: Vec<runwarden::store::AuditEntry>| {
+        v.into_iter().map(|e| e.run_id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        runs(s.audit(None, None, 100).await.unwrap()),
+        ["run-4", "run-3", "run-2", "run-1"]
+    );
+    assert_eq!(runs(s.audit(Some(t(20)), None, 100).await.unwrap()), ["run-4", "run-3", "run-2"]);
+    assert_eq!(runs(s.audit(None, Some("a"), 100).await.unwrap()), ["run-3", "run-1"]);
+    assert_eq!(runs(s.audit(Some(t(11)), Some("a"), 100).await.unwrap()), ["run-3"]);
+    assert_eq!(runs(s.audit(None, None, 2).await.unwrap()), ["run-4", "run-3"]);
+    assert!(s.audit(None, Some("nope"), 100).await.unwrap().is_empty());
+    assert!(s.audit(Some(t(41)), None, 100).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn audit_json_has_exactly_the_spec_shape() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    let mut dry = decision("old-runs", "retention", "delete", "run-2", t(5));
+    dry.dry_run = true;
+    dry.branch = None;
+    s.record_decisions(&[
+        decision("cancel-superseded", "supersede", "cancel", "run-1", t(1)),
+        dry,
+        decision("stuck", "timeout", "cancel", "run-3", t(7)),
+    ])
+    .await
+    .unwrap();
+    let lease = Duration::from_secs(60);
+    let claimed = s.claim_due_actions(t(10), 10, lease, "w").await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let by_run = |run: &str| claimed.iter().find(|a| a.run_id == run).unwrap().id;
+    s.fail_attempt(by_run("run-1"), "currents: HTTP 502", t(20))
+        .await
+        .unwrap();
+    s.fail_action(by_run("run-3"), "currents: HTTP 403 forbidden")
+        .await
+        .unwrap();
+
+    let audit = s.audit(None, None, 10).await.unwrap();
+    insta::assert_json_snapshot!(audit, @r#"
+    [
+      {
+        "at": "2026-01-01T00:00:07Z",
+        "rule": "stuck",
+        "kind": "timeout",
+        "action": "cancel",
+        "run_id": "run-3",
+        "project_id": "bAYZ4a",
+        "branch": "feat/x",
+        "outcome": "failed",
+        "reason": "stuck says cancel run-3",
+        "attempts": 1,
+        "error": "currents: HTTP 403 forbidden"
+      },
+      {
+        "at": "2026-01-01T00:00:05Z",
+        "rule": "old-runs",
+        "kind": "retention",
+        "action": "delete",
+        "run_id": "run-2",
+        "project_id": "bAYZ4a",
+        "branch": null,
+        "outcome": "dry_run",
+        "reason": "old-runs says delete run-2",
+        "attempts": 0,
+        "error": null
+      },
+      {
+        "at": "2026-01-01T00:00:01Z",
+        "rule": "cancel-superseded",
+        "kind": "supersede",
+        "action": "cancel",
+        "run_id": "run-1",
+        "project_id": "bAYZ4a",
+        "branch": "feat/x",
+        "outcome": "planned",
+        "reason": "cancel-superseded says cancel run-1",
+        "attempts": 1,
+        "error": "currents: HTTP 502"
+      }
+    ]
+    "#);
+
+    // Exactly the SPEC §1 keys, in order, and `at` parses as RFC 3339.
+    let json = serde_json::to_value(&audit).unwrap();
+    for entry in json.as_array().unwrap() {
+        let keys: Vec<_> = entry.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [
+                "at", "rule", "kind", "action", "run_id", "project_id", "branch", "outcome",
+                "reason", "attempts", "error"
+            ]
+        );
+        DateTime::parse_from_rfc3339(entry["at"].as_str().unwrap()).unwrap();
+    }
+    // And it reads back.
+    let back: Vec<runwarden::store::AuditEntry> = serde_json::from_value(json).unwrap();
+    assert_eq!(back, audit);
+}
+
+// ---------------------------------------------------------------------------------------
+// The executor's queue
+
+#[tokio::test]
+async fn a_claimed_action_is_not_reclaimed_before_its_lease_expires() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    s.record_decisions(&[decision("r", "supersede", "cancel", "run-1", t(0))])
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(60);
+
+    let first = s.claim_due_actions(t(1), 10, lease, "w1").await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].state, ActionState::Running);
+    assert_eq!(first[0].worker_id.as_deref(), Some("w1"));
+    assert_eq!(first[0].lease_until, Some(t(61)));
+    assert_eq!(first[0].claims, 1);
+
+    // Another worker (another process on the same file) sees nothing until the lease ends.
+    let other = ts.reopen().await;
+    assert!(other.claim_due_actions(t(2), 10, lease, "w2").await.unwrap().is_empty());
+    assert!(other.claim_due_actions(t(60), 10, lease, "w2").await.unwrap().is_empty());
+    assert_eq!(other.queue_depth().await.unwrap(), 1);
+
+    // w1 died: at expiry w2 takes it over.
+    let second = other.claim_due_actions(t(61), 10, lease, "w2").await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].id, first[0].id);
+    assert_eq!(second[0].worker_id.as_deref(), Some("w2"));
+    assert_eq!(second[0].claims, 2);
+    assert_eq!(second[0].attempts, 0);
+
+    // w2 finishes; w1's late report changes nothing.
+    assert!(
+        other
+            .complete_action(second[0].id, ActionOutcome::Done, "cancelled")
+            .await
+            .unwrap()
+    );
+    assert!(!s.fail_attempt(first[0].id, "late", t(70)).await.unwrap());
+    assert!(!s.fail_action(first[0].id, "late").await.unwrap());
+    let row = s.get_action(first[0].id).await.unwrap().unwrap();
+    assert_eq!(row.state, ActionState::Done);
+    assert_eq!(row.detail.as_deref(), Some("cancelled"));
+    assert!(s.claim_due_actions(t(1000), 10, lease, "w3").await.unwrap().is_empty());
+    assert!(matches!(
+        s.complete_action(row.id + 1, ActionOutcome::Done, "x").await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn not_before_holds_an_action_back() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    let mut d = decision("orphans", "orphan", "cancel", "run-1", t(0));
+    d.not_before = Some(t(120));
+    s.record_decisions(&[d]).await.unwrap();
+    let lease = Duration::from_secs(30);
+    assert!(s.claim_due_actions(t(119), 10, lease, "w").await.unwrap().is_empty());
+    assert_eq!(s.claim_due_actions(t(120), 10, lease, "w").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn claims_respect_the_limit_and_due_order_and_released_leases_are_claimable() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    let decisions: Vec<_> = (0..5)
+        .map(|i| decision("r", "timeout", "cancel", &format!("run-{i}"), t(10 - i)))
+        .collect();
+    s.record_decisions(&decisions).await.unwrap();
+    let lease = Duration::from_secs(60);
+    let batch = s.claim_due_actions(t(100), 2, lease, "w1").await.unwrap();
+    let runs: Vec<_> = batch.iter().map(|a| a.run_id.as_str()).collect();
+    assert_eq!(runs, ["run-4", "run-3"], "oldest due first");
+    assert_eq!(s.release_leases("w1").await.unwrap(), 2);
+    assert_eq!(s.release_leases("w1").await.unwrap(), 0);
+    let all = s.claim_due_actions(t(100), 10, lease, "w2").await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert!(all.iter().all(|a| a.worker_id.as_deref() == Some("w2")));
+}
+
+#[tokio::test]
+async fn concurrent_workers_never_claim_the_same_action() {
+    let ts = TempStore::new().await;
+    let decisions: Vec<_> = (0..40)
+        .map(|i| decision("r", "timeout", "cancel", &format!("run-{i}"), t(0)))
+        .collect();
+    ts.store.record_decisions(&decisions).await.unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let store = ts.reopen().await;
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = store
+                    .claim_due_actions(t(1), 3, Duration::from_secs(600), &format!("w{w}"))
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    return mine;
+                }
+                mine.extend(batch.into_iter().map(|a| a.id));
+            }
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for task in tasks {
+        for id in task.await.unwrap() {
+            total += 1;
+            assert!(seen.insert(id), "action {id} claimed twice");
+        }
+    }
+    assert_eq!(total, 40);
+}
+
+#[tokio::test]
+async fn a_failed_attempt_is_retried_after_its_backoff_then_completes() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    s.record_decisions(&[decision("r", "supersede", "cancel", "run-1", t(0))])
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(60);
+    let a = s.claim_due_actions(t(1), 10, lease, "w").await.unwrap().remove(0);
+    assert!(s.fail_attempt(a.id, "HTTP 503", t(30)).await.unwrap());
+
+    let row = s.get_action(a.id).await.unwrap().unwrap();
+    assert_eq!(row.state, ActionState::Pending);
+    assert_eq!(row.attempts, 1);
+    assert_eq!(row.last_error.as_deref(), Some("HTTP 503"));
+    assert_eq!(row.lease_until, None);
+    let planned = &s.audit(None, None, 1).await.unwrap()[0];
+    assert_eq!(planned.outcome, Outcome::Planned);
+    assert_eq!(planned.error.as_deref(), Some("HTTP 503"));
+
+    assert!(s.claim_due_actions(t(29), 10, lease, "w").await.unwrap().is_empty());
+    let again = s.claim_due_actions(t(30), 10, lease, "w").await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1);
+    assert!(
+        s.complete_action(a.id, ActionOutcome::Skipped, "already finished (409)")
+            .await
+            .unwrap()
+    );
+    let row = s.get_action(a.id).await.unwrap().unwrap();
+    assert_eq!(row.state, ActionState::Skipped);
+    assert_eq!(row.attempts, 2);
+    assert!(row.finished_at.is_some());
+    let entry = &s.audit(None, None, 1).await.unwrap()[0];
+    assert_eq!(entry.outcome, Outcome::Skipped);
+    assert_eq!(entry.attempts, 2);
+    assert_eq!(entry.error, None);
+    assert_eq!(s.queue_depth().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_action_is_final_until_an_operator_retries_it() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    s.record_decisions(&[
+        decision("r", "retention", "delete", "run-1", t(0)),
+        decision("r", "retention", "delete", "run-2", t(0)),
+    ])
+    .await
+    .unwrap();
+    let lease = Duration::from_secs(60);
+    let batch = s.claim_due_actions(t(1), 10, lease, "w").await.unwrap();
+    assert!(s.fail_action(batch[0].id, "HTTP 403").await.unwrap());
+    assert!(!s.complete_action(batch[0].id, ActionOutcome::Done, "x").await.unwrap());
+    assert!(!s.fail_attempt(batch[0].id, "x", t(2)).await.unwrap());
+
+    let failed = s.failed_actions(10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].last_error.as_deref(), Some("HTTP 403"));
+    let counts = s.action_counts().await.unwrap();
+    assert_eq!(
+        counts,
+        [
+            ("pending".to_string(), 0),
+            ("running".to_string(), 1),
+            ("done".to_string(), 0),
+            ("skipped".to_string(), 0),
+            ("failed".to_string(), 1)
+        ]
+    );
+    assert_eq!(s.queue_depth().await.unwrap(), 1);
+    assert_eq!(s.pending_actions().await.unwrap().len(), 1);
+    assert!(s.claim_due_actions(t(1000), 10, lease, "w").await.unwrap().is_empty());
+
+    assert!(!s.retry_action(batch[1].id, t(5)).await.unwrap(), "not failed");
+    assert!(s.retry_action(batch[0].id, t(5)).await.unwrap());
+    let again = s.claim_due_actions(t(5), 10, lease, "w").await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, batch[0].id);
+    assert_eq!(again[0].attempts, 0);
+
+    let counts = s.decision_counts().await.unwrap();
+    assert_eq!(counts.len(), 1);
+    assert_eq!(counts[0].outcome, Outcome::Planned);
+    assert_eq!(counts[0].count, 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Runs
+
+#[tokio::test]
+async fn runs_are_upserted_and_stale_observations_ignored() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    let mut r = run_record("run-1", "in_progress", "running", 0, 10);
+    r.completed_specs = 2;
+    assert!(s.upsert_run(&r).await.unwrap());
+    let got = s.get_run("run-1").await.unwrap().unwrap();
+    assert_eq!(got.completion_state, "IN_PROGRESS", "stored upper case");
+    assert_eq!(got.status, "RUNNING");
+    assert_eq!(got.progress_changed_at, t(10));
+
+    // Same progress later: progress_changed_at stays.
+    let mut same = r.clone();
+    same.updated_at = t(70);
+    same.progress_changed_at = t(70);
+    assert!(s.upsert_run(&same).await.unwrap());
+    let got = s.get_run("run-1").await.unwrap().unwrap();
+    assert_eq!(got.progress_changed_at, t(10));
+    assert_eq!(got.updated_at, t(70));
+
+    // More specs: it moves.
+    let mut more = same.clone();
+    more.completed_specs = 3;
+    more.updated_at = t(80);
+    more.progress_changed_at = t(80);
+    assert!(s.upsert_run(&more).await.unwrap());
+    assert_eq!(s.get_run("run-1").await.unwrap().unwrap().progress_changed_at, t(80));
+
+    // An older observation (a poll page read before the webhook) is ignored.
+    let mut stale = run_record("run-1", "IN_PROGRESS", "RUNNING", 0, 75);
+    stale.completed_specs = 1;
+    assert!(!s.upsert_run(&stale).await.unwrap());
+    assert_eq!(s.get_run("run-1").await.unwrap().unwrap().completed_specs, 3);
+
+    assert_eq!(s.in_progress_runs(None, None).await.unwrap().len(), 1);
+    let done = run_record("run-1", "COMPLETE", "PASSED", 0, 90);
+    assert!(s.upsert_run(&done).await.unwrap());
+    assert!(s.in_progress_runs(None, None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn in_progress_runs_filter_by_project_and_branch_and_skip_gone_runs() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    let mut other_branch = run_record("b", "IN_PROGRESS", "RUNNING", 2, 2);
+    other_branch.branch = Some("feat".into());
+    let mut other_project = run_record("c", "IN_PROGRESS", "RUNNING", 3, 3);
+    other_project.project_id = "zzz".into();
+    for r in [
+        run_record("a", "IN_PROGRESS", "RUNNING", 1, 1),
+        other_branch,
+        other_project,
+        run_record("d", "COMPLETE", "FAILED", 4, 4),
+        run_record("e", "IN_PROGRESS", "RUNNING", 5, 5),
+    ] {
+        s.upsert_run(&r).await.unwrap();
+    }
+    let ids = |v: Vec<RunRecord>| v.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
+    assert_eq!(ids(s.in_progress_runs(None, None).await.unwrap()), ["a", "b", "c", "e"]);
+    assert_eq!(
+        ids(s.in_progress_runs(Some("bAYZ4a"), None).await.unwrap()),
+        ["a", "b", "e"]
+    );
+    assert_eq!(
+        ids(s.in_progress_runs(Some("bAYZ4a"), Some("main")).await.unwrap()),
+        ["a", "e"]
+    );
+    assert_eq!(ids(s.in_progress_runs(None, Some("feat")).await.unwrap()), ["b"]);
+
+    assert!(s.mark_run_gone("e").await.unwrap());
+    assert!(!s.mark_run_gone("nope").await.unwrap());
+    assert_eq!(
+        ids(s.in_progress_runs(Some("bAYZ4a"), Some("main")).await.unwrap()),
+        ["a"]
+    );
+    assert_eq!(s.get_run("e").await.unwrap(), None);
+    // A gone run is not resurrected by a stale read.
+    assert!(!s.upsert_run(&run_record("e", "IN_PROGRESS", "RUNNING", 5, 99)).await.unwrap());
+    assert!(s.delete_run("a").await.unwrap());
+    assert_eq!(s.get_run("a").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn passed_durations_are_the_newest_completed_passed_runs_of_the_branch() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    for i in 0..60 {
+        let mut r = run_record(&format!("p{i:02}"), "COMPLETE", "PASSED", i, i);
+        r.duration_ms = Some(1000 + i);
+        s.upsert_run(&r).await.unwrap();
+    }
+    let mut failed = run_record("f", "COMPLETE", "FAILED", 100, 100);
+    failed.duration_ms = Some(5);
+    let mut canceled = run_record("x", "CANCELED", "FAILED", 101, 101);
+    canceled.duration_ms = Some(6);
+    let mut other = run_record("o", "COMPLETE", "PASSED", 102, 102);
+    other.branch = Some("feat".into());
+    other.duration_ms = Some(7);
+    let mut no_branch = run_record("n", "COMPLETE", "PASSED", 103, 103);
+    no_branch.branch = None;
+    no_branch.duration_ms = Some(8);
+    for r in [failed, canceled, other, no_branch] {
+        s.upsert_run(&r).await.unwrap();
+    }
+    let d = s.passed_durations("bAYZ4a", Some("main"), 50).await.unwrap();
+    assert_eq!(d.len(), 50);
+    assert_eq!(d[0], 1059, "newest first");
+    assert_eq!(d[49], 1010);
+    assert_eq!(s.passed_durations("bAYZ4a", Some("feat"), 50).await.unwrap(), [7]);
+    assert_eq!(s.passed_durations("bAYZ4a", None, 50).await.unwrap(), [8]);
+    assert!(s.passed_durations("zzz", Some("main"), 50).await.unwrap().is_empty());
+    // Deleted in Currents: still history.
+    s.mark_run_gone("p59").await.unwrap();
+    assert_eq!(s.passed_durations("bAYZ4a", Some("main"), 1).await.unwrap(), [1059]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Comments, slots, leases
+
+#[tokio::test]
+async fn a_section_for_an_old_head_never_overwrites_the_new_one() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    let section = |sha: &str, head: &str, created: i64, body: &str| SectionUpdate {
+        repo: "acme/web".into(),
+        pr: 12,
+        section_key: "bAYZ4a/default".into(),
+        sha: sha.into(),
+        head_sha: Some(head.into()),
+        run_id: format!("run-{sha}"),
+        run_created_at: t(created),
+        body: body.into(),
+        updated_at: t(created + 1),
+    };
+    assert!(s.upsert_section_if_newer(&section("old", "old", 10, "old running")).await.unwrap());
+    assert!(s.upsert_section_if_newer(&section("new", "new", 20, "new running")).await.unwrap());
+    // The old commit's run finishes late (or is re-run): the head's section stays.
+    assert!(!s.upsert_section_if_newer(&section("old", "new", 30, "old passed")).await.unwrap());
+    assert!(s.upsert_section_if_newer(&section("new", "new", 20, "new passed")).await.unwrap());
+    let sections = s.sections("Acme/Web", 12).await.unwrap();
+    assert_eq!(sections.len(), 1);
+    assert_eq!(sections[0].body, "new passed");
+    assert_eq!(sections[0].sha, "new");
+}
+
+#[tokio::test]
+async fn a_slot_is_claimed_once() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    assert_eq!(s.last_slot("nightly").await.unwrap(), None);
+    let other = ts.reopen().await;
+    let (a, b) = tokio::join!(
+        s.claim_slot("nightly", t(3600), t(3601)),
+        other.claim_slot("nightly", t(3600), t(3602))
+    );
+    assert!(a.unwrap() ^ b.unwrap(), "exactly one claimer wins");
+    assert!(!s.claim_slot("nightly", t(3600), t(4000)).await.unwrap());
+    assert!(s.claim_slot("weekly", t(3600), t(3601)).await.unwrap());
+    assert!(s.claim_slot("nightly", t(7200), t(7201)).await.unwrap());
+    assert_eq!(s.last_slot("nightly").await.unwrap(), Some(t(7200)));
+
+    s.finish_slot("nightly", t(3600), "deleted 3 runs").await.unwrap();
+    let slot = s.get_slot("nightly", t(3600)).await.unwrap().unwrap();
+    assert_eq!(slot.summary.as_deref(), Some("deleted 3 runs"));
+    assert!(slot.finished_at.is_some());
+    assert!(s.get_slot("nightly", t(7200)).await.unwrap().unwrap().finished_at.is_none());
+    assert!(matches!(
+        s.finish_slot("nightly", t(1), "x").await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_lease_is_held_until_it_expires_then_taken_over() {
+    let ts = TempStore::new().await;
+    let s = &ts.store;
+    let ttl = Duration::from_secs(30);
+    assert!(s.try_acquire_lease("poller", "a", ttl, t(0)).await.unwrap());
+    assert!(!s.try_acquire_lease("poller", "b", ttl, t(10)).await.unwrap());
+    // The holder renews.
+    assert!(s.try_acquire_lease("poller", "a", ttl, t(20)).await.unwrap());
+    assert!(!s.try_acquire_lease("poller", "b", ttl, t(40)).await.unwrap());
+    assert_eq!(s.lease_holder("poller").await.unwrap(), Some(("a".into(), t(50))));
+    // a stops renewing: b takes over at expiry.
+    assert!(s.try_acquire_lease("poller", "b", ttl, t(50)).await.unwrap());
+    assert!(!s.try_acquire_lease("poller", "a", ttl, t(51)).await.unwrap());
+    // Only the holder releases.
+    assert!(!s.release_lease("poller", "a").await.unwrap());
+    assert!(s.release_lease("poller", "b").await.unwrap());
+    assert!(s.try_acquire_lease("poller", "a", ttl, t(52)).await.unwrap());
+    // Leases are independent by name.
+    assert!(s.try_acquire_lease("other", "b", ttl, t(52)).await.unwrap());
+}
+
+// ---------------------------------------------------------------------------------------
+// Failures
+
+#[tokio::test]
+async fn a_read_only_database_is_unavailable_for_writes() {
+    let ts = TempStore::new().await;
+    ts.store
+        .insert_delivery(delivery("github", "before", "{}", t(0)))
+        .await
+        .unwrap();
+    ts.store.close().await;
+
+    let ro = Store::connect(&format!("{}?mode=ro", url(&ts.path)))
+        .await
+        .unwrap();
+    ro.ping().await.unwrap();
+    assert_eq!(ro.count_unprocessed().await.unwrap(), 1, "reads work");
+    let err = ro
+        .insert_delivery(delivery("github", "after", "{}", t(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.is_unavailable());
+    let err = ro
+        .record_decisions(&[decision("r", "supersede", "cancel", "run-1", t(1))])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_database_locked_beyond_the_busy_timeout_is_unavailable() {
+    let ts = TempStore::new().await;
+    let store = Store::connect_with(
+        &url(&ts.path),
+        StoreOptions {
+            busy_timeout: Duration::from_millis(200),
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Another process holds the write lock.
+    let mut locker = sqlx::SqliteConnection::connect(&url(&ts.path)).await.unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut locker).await.unwrap();
+
+    let started = Instant::now();
+    let err = store
+        .insert_delivery(delivery("github", "d", "{}", t(0)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(started.elapsed() >= Duration::from_millis(150), "it waited");
+    assert!(started.elapsed() < Duration::from_secs(4), "not for long");
+    let err = store
+        .record_decisions(&[decision("r", "supersede", "cancel", "run-1", t(1))])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+
+    sqlx::raw_sql("ROLLBACK").execute(&mut locker).await.unwrap();
+    assert_eq!(
+        store
+            .insert_delivery(delivery("github", "d", "{}", t(0)))
+            .await
+            .unwrap(),
+        InsertOutcome::Inserted
+    );
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_a_clear_connect_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no/such/dir/runwarden.db");
+    let err = Store::connect(&url(&path)).await.unwrap_err();
+    assert!(format!("{err:#}").contains("cannot open store"), "{err:#}");
+}
