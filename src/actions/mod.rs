@@ -90,6 +90,16 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
     if let Err(e) = res {
         tracing::error!(action = %a.action, run = %a.run_id, error = %e, "cannot record the action outcome; it will be retried after its lease");
     }
+    let detail = match &attempt {
+        Attempt::Done(d) | Attempt::Skipped(d) | Attempt::Retry(d) | Attempt::Fail(d) => d.clone(),
+    };
+    let _ = ctx.events.send(crate::server::BotEvent::ActionFinished {
+        rule: a.rule.clone(),
+        action: a.action.clone(),
+        run_id: a.run_id.clone(),
+        outcome: outcome.to_string(),
+        detail,
+    });
     ctx.metrics.inc(
         "runwarden_actions_total",
         &[("kind", &kind), ("action", &a.action), ("outcome", outcome)],

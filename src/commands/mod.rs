@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod check;
+pub mod demo;
 pub mod explain;
 pub mod plan;
 pub mod serve;
@@ -119,15 +120,13 @@ pub fn load_config(path: &std::path::Path) -> Result<Loaded, ExitCode> {
     }
 }
 
-fn not_yet(name: &str) -> ExitCode {
-    eprintln!("runwarden {name}: not available yet in this build");
-    ExitCode::from(EXIT_USAGE)
-}
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init();
+    // The demo narrates on stdout; its logs stay quiet unless RUST_LOG asks for more.
+    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Check | Command::Plan { .. } | Command::Explain { .. } | Command::Audit { .. });
+    crate::telemetry::init(if quiet { "warn" } else { "info" });
     match &cli.command {
         Command::Check => check::run(&cli.config),
         Command::Serve => serve::run(&cli.config),
@@ -139,7 +138,7 @@ pub fn main() -> ExitCode {
             command: WebhooksCommand::Install { url, dry_run },
         } => webhooks::run(&cli.config, url, *dry_run),
         Command::Simulate { listen, webhook_url } => simulate(&cli.config, listen, webhook_url.clone()),
-        Command::Demo { .. } => not_yet("demo"),
+        Command::Demo { speed, keep_running } => demo::run(&cli.config, *speed, *keep_running),
     }
 }
 

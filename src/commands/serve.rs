@@ -59,6 +59,8 @@ pub async fn build_context(config: Config, secrets: Secrets) -> anyhow::Result<A
         wake_executor: Arc::new(tokio::sync::Notify::new()),
         ready: false.into(),
         worker_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+        events: tokio::sync::broadcast::channel(4096).0,
+        history_cache: Default::default(),
     }))
 }
 

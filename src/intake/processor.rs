@@ -78,12 +78,24 @@ pub async fn process_one(ctx: &AppContext, d: Delivery) {
             let new = to_new_decisions(&decisions, &d, now);
             match ctx.store.record_decisions_and_mark_processed(&new, d.id, &format!("{n} decision(s)")).await {
                 Ok(recorded) => {
-                    for dec in &decisions {
+                    for (dec, rec) in decisions.iter().zip(recorded.iter()) {
+                        if !rec.new_decision {
+                            continue;
+                        }
                         ctx.metrics.inc(
                             "runwarden_decisions_total",
                             &[("rule", &dec.rule), ("action", dec.action.as_str()), ("dry_run", if dec.dry_run { "true" } else { "false" })],
                         );
                         tracing::info!(rule = %dec.rule, action = %dec.action, run = %dec.run_id, dry_run = dec.dry_run, "decision: {}", dec.reason);
+                        let _ = ctx.events.send(crate::server::BotEvent::Decided {
+                            rule: dec.rule.clone(),
+                            kind: dec.kind.to_string(),
+                            action: dec.action.as_str().to_string(),
+                            run_id: dec.run_id.clone(),
+                            branch: dec.branch.clone(),
+                            reason: dec.reason.clone(),
+                            dry_run: dec.dry_run,
+                        });
                     }
                     if recorded.iter().any(|r| r.new_action) {
                         ctx.wake_executor.notify_one();
@@ -207,7 +219,10 @@ async fn known_in_progress(
     Ok((runs, progress))
 }
 
-/// Duration history for `max_duration = "auto"` of the groups of `runs`.
+/// Duration history for `max_duration = "auto"` of the groups of `runs`: the store's
+/// record of completed passed runs, topped up from one API listing (one page of the
+/// newest passed runs of the branch) when the store knows fewer than the minimum. The
+/// listing is cached per group for [`HISTORY_REFRESH`].
 async fn history_for(ctx: &AppContext, runs: &[Run]) -> Result<HashMap<String, Vec<Duration>>, ProcessError> {
     let needs_auto = ctx.config.rules.iter().any(|r| {
         matches!(&r.kind, RuleKind::Timeout(t) if t.max_duration == Some(crate::config::MaxDuration::Auto))
@@ -221,14 +236,47 @@ async fn history_for(ctx: &AppContext, runs: &[Run]) -> Result<HashMap<String, V
         if out.contains_key(&key) {
             continue;
         }
-        let ds = ctx
+        let mut ds = ctx
             .store
             .passed_durations(&run.project_id, run.branch(), rules::HISTORY_WINDOW as i64)
             .await?;
+        if ds.len() < rules::HISTORY_MIN_SAMPLES {
+            let fresh = {
+                let cache = ctx.history_cache.lock().unwrap_or_else(|e| e.into_inner());
+                cache.get(&key).is_some_and(|t| t.elapsed() < HISTORY_REFRESH)
+            };
+            if !fresh {
+                ctx.history_cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.clone(), std::time::Instant::now());
+                let filter = RunFilter {
+                    branches: run.branch().map(|b| vec![b.to_string()]).unwrap_or_default(),
+                    status: vec![crate::currents::RunStatus::Passed],
+                    completion_state: vec![CompletionState::Complete],
+                    limit: Some(50),
+                    ..RunFilter::default()
+                };
+                let page = ctx.currents.list_runs_page(&run.project_id, &filter, None).await?;
+                let now = Utc::now();
+                for r in &page.items {
+                    if rules::history_key(r) == key {
+                        remember_run(ctx, r, now).await?;
+                    }
+                }
+                ds = ctx
+                    .store
+                    .passed_durations(&run.project_id, run.branch(), rules::HISTORY_WINDOW as i64)
+                    .await?;
+            }
+        }
         out.insert(key, ds.into_iter().map(|ms| Duration::from_millis(ms.max(0) as u64)).collect());
     }
     Ok(out)
 }
+
+/// How long a history listing from the API is trusted before it is read again.
+pub const HISTORY_REFRESH: Duration = Duration::from_secs(3600);
 
 async fn currents_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> Result<Vec<Decision>, ProcessError> {
     let payload: CurrentsWebhookPayload = serde_json::from_str(&d.payload)

@@ -291,17 +291,27 @@ pub fn plan(config: &Config, view: &RunsView, now: DateTime<Utc>) -> Evaluation 
     out
 }
 
-/// Sorts a rule's `(run, decision)` pairs by run `created_at`, then `run_id`, and keeps
-/// one decision per run.
-pub(crate) fn finish(mut found: Vec<(&Run, Decision)>) -> Vec<Decision> {
-    found.sort_by(|(a, da), (b, db)| {
-        (a.created_at, &a.run_id, &da.reason).cmp(&(b.created_at, &b.run_id, &db.reason))
+/// Sorts a rule's `(run, decision)` pairs by run `created_at`, then `run_id` (then
+/// reason), and keeps one decision per run. Sorts small keys, not the decisions.
+pub(crate) fn finish(found: Vec<(&Run, Decision)>) -> Vec<Decision> {
+    let (runs, decisions): (Vec<&Run>, Vec<Decision>) = found.into_iter().unzip();
+    let mut order: Vec<(DateTime<Utc>, usize)> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.created_at, i))
+        .collect();
+    order.sort_unstable_by(|(ta, a), (tb, b)| {
+        ta.cmp(tb)
+            .then_with(|| runs[*a].run_id.cmp(&runs[*b].run_id))
+            .then_with(|| decisions[*a].reason.cmp(&decisions[*b].reason))
+            .then_with(|| a.cmp(b))
     });
-    let mut seen = HashSet::new();
-    found
+    let mut slots: Vec<Option<Decision>> = decisions.into_iter().map(Some).collect();
+    let mut seen: HashSet<&str> = HashSet::with_capacity(order.len());
+    order
         .into_iter()
-        .filter(|(r, _)| seen.insert(r.run_id.clone()))
-        .map(|(_, d)| d)
+        .filter(|(_, i)| seen.insert(runs[*i].run_id.as_str()))
+        .filter_map(|(_, i)| slots[i].take())
         .collect()
 }
 

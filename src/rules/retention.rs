@@ -82,9 +82,15 @@ pub fn verdicts<'r>(
             .or_default()
             .push(r);
     }
+    let cutoff = chrono::Duration::from_std(opts.older_than)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d));
     let mut out = Vec::new();
     for group in groups.values_mut() {
-        group.sort_by(|a, b| (b.created_at, &b.run_id).cmp(&(a.created_at, &a.run_id)));
+        group.sort_by_cached_key(|r: &&'r Run| {
+            let r: &'r Run = r;
+            std::cmp::Reverse((r.created_at, r.run_id.as_str()))
+        });
         let mut rank = 0u64;
         let mut passed_seen = false;
         for r in group.iter() {
@@ -102,7 +108,7 @@ pub fn verdicts<'r>(
                 passed_seen |= newest_passed;
                 if let Some(tag) = r.tags.iter().find(|t| opts.pin_tags.is_match(t.as_str())) {
                     Verdict::Pinned(tag)
-                } else if since(r.created_at, now) <= opts.older_than {
+                } else if cutoff.is_none_or(|c| r.created_at >= c) {
                     Verdict::TooYoung
                 } else if latest {
                     Verdict::AmongLatest
@@ -121,22 +127,23 @@ pub fn verdicts<'r>(
 /// Why a run is deleted: "created 41d ago > older_than 30d; not among the 3 newest on
 /// feat/x".
 pub fn delete_reason(opts: &RetentionOptions, run: &Run, now: DateTime<Utc>) -> String {
-    let mut s = format!(
-        "created {} ago > older_than {}",
-        human_duration(since(run.created_at, now)),
-        human_duration(opts.older_than)
-    );
     let b = branch_name(run);
-    if opts.keep_latest > 0 {
-        s.push_str(&format!(
-            "; not among the {} newest on {b}",
-            opts.keep_latest
-        ));
-    }
-    if opts.keep_last_passed {
-        s.push_str(&format!("; not the newest passed run on {b}"));
-    }
-    s
+    let latest = if opts.keep_latest > 0 {
+        format!("; not among the {} newest on {b}", opts.keep_latest)
+    } else {
+        String::new()
+    };
+    let passed = if opts.keep_last_passed {
+        "; not the newest passed run on "
+    } else {
+        ""
+    };
+    format!(
+        "created {} ago > older_than {}{latest}{passed}{}",
+        human_duration(since(run.created_at, now)),
+        human_duration(opts.older_than),
+        if opts.keep_last_passed { b } else { "" }
+    )
 }
 
 /// Why a run is kept, in words.

@@ -87,7 +87,10 @@ pub fn superseded_in_group<'r>(group: &mut [&'r Run]) -> Vec<(&'r Run, &'r Run)>
     if !group.iter().any(|r| r.is_in_progress()) {
         return Vec::new();
     }
-    group.sort_by(|a, b| (a.created_at, &a.run_id).cmp(&(b.created_at, &b.run_id)));
+    group.sort_by_cached_key(|r: &&'r Run| {
+        let r: &'r Run = r;
+        (r.created_at, r.run_id.as_str())
+    });
     // s1: newest run with a known sha; s2: newest run whose known sha differs from s1's.
     let mut s1: Option<&Run> = None;
     let mut s2: Option<&Run> = None;
@@ -149,18 +152,23 @@ fn by_newer_runs<'r>(
     only: Option<&GroupKey<'_>>,
     now: DateTime<Utc>,
 ) -> Vec<(&'r Run, Decision)> {
-    let mut groups: HashMap<GroupKey<'r>, Vec<&'r Run>> = HashMap::new();
+    // Group first, filter only the groups that hold an in-progress run: on a full
+    // listing most groups hold none.
+    let mut groups: HashMap<GroupKey<'r>, (bool, Vec<&'r Run>)> = HashMap::new();
     for r in runs {
         let Some(k) = group_key(r, &opts.group_by) else {
             continue;
         };
-        if only.is_some_and(|o| *o != k) || !rule.filter.matches(r) {
+        if only.is_some_and(|o| *o != k) {
             continue;
         }
-        groups.entry(k).or_default().push(r);
+        let g = groups.entry(k).or_default();
+        g.0 |= r.is_in_progress();
+        g.1.push(r);
     }
     let mut out = Vec::new();
-    for group in groups.values_mut() {
+    for (_, group) in groups.values_mut().filter(|(live, _)| *live) {
+        group.retain(|r| rule.filter.matches(r));
         for (a, b) in superseded_in_group(group) {
             if spared(opts, a).is_none() {
                 out.push((

@@ -41,6 +41,35 @@ pub struct AppContext {
     pub ready: AtomicBool,
     /// Identifies this process in leases and claims.
     pub worker_id: String,
+    /// What the bot decides and does, as it happens (the demo narrates it; tests can
+    /// synchronise on it). Sending never blocks; nobody listening is fine.
+    pub events: tokio::sync::broadcast::Sender<BotEvent>,
+    /// When the duration history of a group was last read from the API.
+    pub history_cache: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+/// A notification of something the bot did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BotEvent {
+    /// A rule decided an action (recorded in the store).
+    Decided {
+        rule: String,
+        kind: String,
+        action: String,
+        run_id: String,
+        branch: Option<String>,
+        reason: String,
+        dry_run: bool,
+    },
+    /// The executor finished an action: `outcome` is `done`, `skipped` or `failed`
+    /// (`retry` for an attempt that will be repeated).
+    ActionFinished {
+        rule: String,
+        action: String,
+        run_id: String,
+        outcome: String,
+        detail: String,
+    },
 }
 
 /// Shared state of the router.

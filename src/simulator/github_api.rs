@@ -402,9 +402,8 @@ fn validation_failed(resource: &str, field: &str, message: &str) -> Response {
 
 pub(crate) fn router(world: Arc<World>) -> Router<Arc<World>> {
     Router::new()
-        .route("/repos/{owner}/{repo}/commits/{sha}/pulls", get(commit_pulls))
-        .route("/repos/{owner}/{repo}/commits/{sha}/statuses", get(list_statuses))
-        .route("/repos/{owner}/{repo}/commits/{sha}/status", get(combined_status))
+        // `{ref}/pulls`, `{ref}/statuses`, `{ref}/status`; a ref may be `heads/a/b`.
+        .route("/repos/{owner}/{repo}/commits/{*rest}", get(commits_get))
         .route("/repos/{owner}/{repo}/statuses/{sha}", post(create_status))
         .route("/repos/{owner}/{repo}/pulls", get(list_pulls))
         .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
@@ -414,7 +413,11 @@ pub(crate) fn router(world: Arc<World>) -> Router<Arc<World>> {
         )
         .route(
             "/repos/{owner}/{repo}/issues/comments/{id}",
-            get(get_comment).patch(update_comment).delete(delete_comment),
+            // octocrab's `update_comment` POSTs; GitHub accepts both.
+            get(get_comment)
+                .patch(update_comment)
+                .post(update_comment)
+                .delete(delete_comment),
         )
         .route("/repos/{owner}/{repo}/installation", get(repo_installation))
         .route("/app/installations", get(list_installations))
@@ -452,8 +455,10 @@ async fn auth(State(w): State<Arc<World>>, mut req: Request, next: Next) -> Resp
     let Some(token) = token else {
         return gh_error(StatusCode::UNAUTHORIZED, "Requires authentication");
     };
+    // Inside `nest("/github")` the path has lost its prefix.
     let path = req.uri().path().to_string();
-    let app_path = path.starts_with("/github/app/") || path == "/github/app";
+    let path = path.strip_prefix("/github").unwrap_or(&path);
+    let app_path = path.starts_with("/app/") || path == "/app";
     if app_path && !is_jwt(&token) {
         return gh_error(
             StatusCode::UNAUTHORIZED,
@@ -797,28 +802,53 @@ fn resolve_ref(gh: &GithubState, repo: &str, r: &str) -> String {
         .unwrap_or_else(|| r.to_string())
 }
 
-async fn commit_pulls(
+async fn commits_get(
     State(w): State<Arc<World>>,
-    Path((owner, repo, sha)): Path<(String, String, String)>,
+    Path((owner, repo, rest)): Path<(String, String, String)>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let Some(repo) = repo_of(&owner, &repo) else {
         return not_found_json();
     };
+    let (r, what) = if let Some(r) = rest.strip_suffix("/pulls") {
+        (r, "pulls")
+    } else if let Some(r) = rest.strip_suffix("/statuses") {
+        (r, "statuses")
+    } else if let Some(r) = rest.strip_suffix("/status") {
+        (r, "status")
+    } else {
+        return not_found_json();
+    };
+    let r = r
+        .strip_prefix("heads/")
+        .or_else(|| r.strip_prefix("tags/"))
+        .unwrap_or(r)
+        .to_string();
+    if r.is_empty() {
+        return not_found_json();
+    }
     let base = api_base(&headers);
-    let p = paging(&raw);
+    match what {
+        "pulls" => commit_pulls(&w, &repo, &r, &raw, &base),
+        "statuses" => list_statuses(&w, &repo, &r, &raw, &base),
+        _ => combined_status(&w, &repo, &r, &base),
+    }
+}
+
+fn commit_pulls(w: &World, repo: &str, sha: &str, raw: &Option<String>, base: &str) -> Response {
+    let p = paging(raw);
     let items: Vec<Value> = {
         let gh = lock(&w.gh);
         let mut prs: Vec<&PrRec> = gh
             .prs
             .values()
-            .filter(|p| p.repo == repo && p.commits.contains(&sha))
+            .filter(|p| p.repo == repo && p.commits.iter().any(|c| c == sha))
             .collect();
         prs.sort_by_key(|p| std::cmp::Reverse(p.number));
-        prs.into_iter().map(|p| pr_json(&base, p)).collect()
+        prs.into_iter().map(|p| pr_json(base, p)).collect()
     };
-    paged(&base, &format!("/repos/{repo}/commits/{sha}/pulls"), &p, items)
+    paged(base, &format!("/repos/{repo}/commits/{sha}/pulls"), &p, items)
 }
 
 async fn list_pulls(
@@ -1105,41 +1135,24 @@ async fn create_status(
     gh_json(StatusCode::CREATED, &v)
 }
 
-async fn list_statuses(
-    State(w): State<Arc<World>>,
-    Path((owner, repo, r)): Path<(String, String, String)>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let Some(repo) = repo_of(&owner, &repo) else {
-        return not_found_json();
-    };
-    let base = api_base(&headers);
-    let p = paging(&raw);
+fn list_statuses(w: &World, repo: &str, r: &str, raw: &Option<String>, base: &str) -> Response {
+    let p = paging(raw);
     let items: Vec<Value> = {
         let gh = lock(&w.gh);
-        let sha = resolve_ref(&gh, &repo, &r);
+        let sha = resolve_ref(&gh, repo, r);
         gh.statuses
             .iter()
             .rev()
             .filter(|s| s.repo == repo && s.sha == sha)
-            .map(|s| status_json(&base, s))
+            .map(|s| status_json(base, s))
             .collect()
     };
-    paged(&base, &format!("/repos/{repo}/commits/{r}/statuses"), &p, items)
+    paged(base, &format!("/repos/{repo}/commits/{r}/statuses"), &p, items)
 }
 
-async fn combined_status(
-    State(w): State<Arc<World>>,
-    Path((owner, repo, r)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    let Some(repo) = repo_of(&owner, &repo) else {
-        return not_found_json();
-    };
-    let base = api_base(&headers);
+fn combined_status(w: &World, repo: &str, r: &str, base: &str) -> Response {
     let gh = lock(&w.gh);
-    let sha = resolve_ref(&gh, &repo, &r);
+    let sha = resolve_ref(&gh, repo, r);
     // The latest status per context.
     let mut latest: BTreeMap<&str, &StatusRec> = BTreeMap::new();
     for s in gh.statuses.iter().filter(|s| s.repo == repo && s.sha == sha) {
@@ -1153,7 +1166,7 @@ async fn combined_status(
     } else {
         "success"
     };
-    let statuses: Vec<Value> = latest.values().map(|s| status_json(&base, s)).collect();
+    let statuses: Vec<Value> = latest.values().map(|s| status_json(base, s)).collect();
     gh_json(
         StatusCode::OK,
         &json!({
@@ -1161,7 +1174,7 @@ async fn combined_status(
             "statuses": statuses,
             "sha": sha,
             "total_count": statuses.len(),
-            "repository": repo_json(&base, &repo),
+            "repository": repo_json(base, repo),
             "commit_url": format!("{base}/repos/{repo}/commits/{sha}"),
             "url": format!("{base}/repos/{repo}/commits/{sha}/status"),
         }),
