@@ -1504,6 +1504,61 @@ proptest! {
     }
 
     #[test]
+    fn supersede_and_retention_agree_with_a_naive_reference(specs in prop::collection::vec(spec(), 0..60)) {
+        let runs = build(&specs);
+        let c = all_kinds();
+        let now = t0();
+        let key = |r: &Run| (r.project_id.clone(), r.branch().map(str::to_string));
+        let ord = |r: &Run| (r.created_at, r.run_id.clone());
+
+        // supersede, rule "sup" (no group_by, no filter), on a poll
+        let mut want: Vec<&str> = runs
+            .iter()
+            .filter(|a| {
+                a.is_in_progress()
+                    && a.branch().is_some()
+                    && a.sha().is_some()
+                    && runs.iter().any(|b| {
+                        key(b) == key(a) && b.created_at > a.created_at && b.sha().is_some() && b.sha() != a.sha()
+                    })
+            })
+            .map(|r| r.run_id.as_str())
+            .collect();
+        want.sort();
+        let e = eval(&c, &Trigger::Tick, &runs, now);
+        let mut got: Vec<&str> = e.decisions.iter().filter(|d| d.rule == "sup").map(|d| d.run_id.as_str()).collect();
+        got.sort();
+        prop_assert_eq!(got, want);
+
+        // retention, rule "ret": older_than 10d, keep_latest 1, keep_last_passed, pin release
+        let finished = |r: &Run| matches!(r.completion_state, CompletionState::Complete | CompletionState::Canceled | CompletionState::Timeout);
+        let passed = |r: &Run| r.completion_state == CompletionState::Complete && r.status == RunStatus::Passed;
+        let mut want: Vec<&str> = runs
+            .iter()
+            .filter(|r| {
+                let newer_finished = runs.iter().filter(|o| key(o) == key(r) && finished(o) && ord(o) > ord(r)).count();
+                let newer_passed = runs.iter().any(|o| key(o) == key(r) && passed(o) && ord(o) > ord(r));
+                finished(r)
+                    && !r.tags.iter().any(|t| t == "release")
+                    && now - r.created_at > chrono::Duration::days(10)
+                    && newer_finished >= 1
+                    && !(passed(r) && !newer_passed)
+            })
+            .map(|r| r.run_id.as_str())
+            .collect();
+        want.sort();
+        let e = eval(&c, &Trigger::RetentionSweep { rule: "ret".into() }, &runs, now);
+        if want.len() > 25 {
+            prop_assert!(e.decisions.is_empty());
+            prop_assert_eq!(e.breaches[0].would_delete, want.len());
+        } else {
+            let mut got: Vec<&str> = e.decisions.iter().map(|d| d.run_id.as_str()).collect();
+            got.sort();
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
     fn evaluate_is_deterministic_and_independent_of_input_order(
         specs in prop::collection::vec(spec(), 0..40),
         seed in any::<u64>(),
@@ -1547,23 +1602,34 @@ fn a_million_runs_go_through_supersede_and_retention_well_under_a_second() {
     let c = cfg(&format!(
         "{SUPERSEDE}[rules.match]\nbranches = [\"*\", \"!main\"]\n\n\
          [[rules]]\nname = \"ret\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\n\
-         keep_latest = 3\nkeep_last_passed = true\npin_tags = [\"release\"]\nmax_deletions = 2000000\n"
+         keep_latest = 3\nkeep_last_passed = true\npin_tags = [\"release\"]\nmax_deletions = 1000000\n"
     ));
+    // A million runs over 31 days on 5,000 branches and main: the newest 1% still in
+    // progress, the oldest day past older_than.
+    const N: i64 = 1_000_000;
+    let span = 31 * 86_400;
     let template = run("x", t0(), "s");
-    let runs: Vec<Run> = (0..1_000_000u64)
+    let runs: Vec<Run> = (0..N)
         .map(|i| {
             let mut r = template.clone();
             r.run_id = format!("r{i}");
-            r.created_at = days(90) + chrono::Duration::seconds((i * 7) as i64);
-            r.meta.commit.sha = Some(format!("sha{}", i % 1000));
+            r.created_at = t0() - chrono::Duration::seconds(span - span * i / N);
+            r.meta.commit.sha = Some(format!("sha{}", i % 997));
             r.meta.commit.branch = Some(if i % 10 == 0 {
                 "main".into()
             } else {
                 format!("feat/{}", i % 5000)
             });
-            if i % 3 != 0 {
+            if i < N - N / 100 {
                 r.completion_state = CompletionState::Complete;
-                r.status = RunStatus::Passed;
+                r.status = if i % 4 == 0 {
+                    RunStatus::Failed
+                } else {
+                    RunStatus::Passed
+                };
+            }
+            if i % 1000 == 0 {
+                r.tags = vec!["release".into()];
             }
             r
         })
@@ -1571,6 +1637,12 @@ fn a_million_runs_go_through_supersede_and_retention_well_under_a_second() {
     let start = std::time::Instant::now();
     let e = plan(&c, &RunsView::runs_only(&runs), t0());
     let took = start.elapsed();
-    eprintln!("{} decisions in {took:?}", e.decisions.len());
+    let by = |k: &str| e.decisions.iter().filter(|d| d.kind == k).count();
+    eprintln!(
+        "{} supersede and {} retention decisions in {took:?}",
+        by("supersede"),
+        by("retention")
+    );
+    assert!(by("supersede") > 0 && by("retention") > 0);
     assert!(took < Duration::from_secs(1), "{took:?}");
 }

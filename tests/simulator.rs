@@ -25,7 +25,9 @@ const KEY: &str = "sim-key";
 
 async fn sim_with(cfg: SimConfig) -> SimHandle {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    simulator::spawn(listener, cfg).await.expect("spawn simulator")
+    simulator::spawn(listener, cfg)
+        .await
+        .expect("spawn simulator")
 }
 
 async fn sim() -> SimHandle {
@@ -51,7 +53,12 @@ async fn get(s: &SimHandle, path: &str) -> (u16, Value) {
     (status, r.json().await.expect("json body"))
 }
 
-async fn send(s: &SimHandle, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+async fn send(
+    s: &SimHandle,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut req = http()
         .request(method, format!("{}{}", s.base_url, path))
         .bearer_auth(KEY);
@@ -104,11 +111,18 @@ async fn envelope_auth_and_not_found_errors() {
     .await;
     s.add_project(project("bAYZ4a")).unwrap();
     let run = s
-        .add_run(NewRun { project: Some("bAYZ4a".into()), ..Default::default() })
+        .add_run(NewRun {
+            project: Some("bAYZ4a".into()),
+            ..Default::default()
+        })
         .unwrap();
 
     // Missing and wrong key.
-    let r = http().get(format!("{}/v1/projects", s.base_url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v1/projects", s.base_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(
         r.json::<Value>().await.unwrap(),
@@ -138,11 +152,23 @@ async fn envelope_auth_and_not_found_errors() {
 
     // Not found, with the reference's messages.
     let (st, body) = get(&s, "/v1/runs/ffffffffffffffff").await;
-    assert_eq!((st, body), (404, json!({"status": "FAILED", "error": "Run not found"})));
+    assert_eq!(
+        (st, body),
+        (404, json!({"status": "FAILED", "error": "Run not found"}))
+    );
     let (st, body) = get(&s, "/v1/projects/nope42").await;
-    assert_eq!((st, body), (404, json!({"status": "FAILED", "error": "Project not found"})));
+    assert_eq!(
+        (st, body),
+        (
+            404,
+            json!({"status": "FAILED", "error": "Project not found"})
+        )
+    );
     let (st, body) = get(&s, "/v1/projects/nope42/runs").await;
-    assert_eq!((st, body["error"].clone()), (404, json!("Project not found")));
+    assert_eq!(
+        (st, body["error"].clone()),
+        (404, json!("Project not found"))
+    );
     let (st, body) = get(&s, "/v1/no/such/route").await;
     assert_eq!(st, 404);
     assert_eq!(body["status"], "FAILED");
@@ -215,7 +241,9 @@ async fn pagination_walks_newest_first_with_cursors() {
         pages += 1;
         let data = page["data"].as_array().unwrap();
         seen.extend(ids_of(&page));
-        after = data.last().map(|r| r["cursor"].as_str().unwrap().to_string());
+        after = data
+            .last()
+            .map(|r| r["cursor"].as_str().unwrap().to_string());
         if page["has_more"] == false {
             break;
         }
@@ -226,37 +254,70 @@ async fn pagination_walks_newest_first_with_cursors() {
 
     // ending_before returns the newer neighbours, still newest first.
     let (_, page2) = get(&s, "/v1/projects/bAYZ4a/runs?limit=10&starting_after=").await;
-    assert_eq!(ids_of(&page2), expected[..10].to_vec(), "empty cursor = first page");
+    assert_eq!(
+        ids_of(&page2),
+        expected[..10].to_vec(),
+        "empty cursor = first page"
+    );
     let c10 = first["data"][9]["cursor"].as_str().unwrap().to_string();
-    let (_, second) = get(&s, &format!("/v1/projects/bAYZ4a/runs?limit=10&starting_after={c10}")).await;
+    let (_, second) = get(
+        &s,
+        &format!("/v1/projects/bAYZ4a/runs?limit=10&starting_after={c10}"),
+    )
+    .await;
     assert_eq!(ids_of(&second), expected[10..20].to_vec());
     let c11 = second["data"][0]["cursor"].as_str().unwrap().to_string();
-    let (_, back) = get(&s, &format!("/v1/projects/bAYZ4a/runs?limit=10&ending_before={c11}")).await;
+    let (_, back) = get(
+        &s,
+        &format!("/v1/projects/bAYZ4a/runs?limit=10&ending_before={c11}"),
+    )
+    .await;
     assert_eq!(ids_of(&back), expected[..10].to_vec());
     assert_eq!(back["has_more"], false);
-    let (_, back3) = get(&s, &format!("/v1/projects/bAYZ4a/runs?limit=3&ending_before={c11}")).await;
+    let (_, back3) = get(
+        &s,
+        &format!("/v1/projects/bAYZ4a/runs?limit=3&ending_before={c11}"),
+    )
+    .await;
     assert_eq!(ids_of(&back3), expected[7..10].to_vec());
     assert_eq!(back3["has_more"], true);
 
     // A cursor stays valid after its run is deleted (keyset pagination).
     s.delete_run(&expected[9]).unwrap();
-    let (_, again) = get(&s, &format!("/v1/projects/bAYZ4a/runs?limit=10&starting_after={c10}")).await;
+    let (_, again) = get(
+        &s,
+        &format!("/v1/projects/bAYZ4a/runs?limit=10&starting_after={c10}"),
+    )
+    .await;
     assert_eq!(ids_of(&again), expected[10..20].to_vec());
 
     // Limit bounds and cursor errors.
     for bad in ["0", "51", "-1", "abc", "10.5"] {
         let (st, body) = get(&s, &format!("/v1/projects/bAYZ4a/runs?limit={bad}")).await;
         assert_eq!(st, 400, "limit={bad}");
-        assert_eq!(body["error"], "Invalid limit parameter. Must be between 1 and 50");
+        assert_eq!(
+            body["error"],
+            "Invalid limit parameter. Must be between 1 and 50"
+        );
     }
     let (st, body) = get(&s, "/v1/projects/bAYZ4a/runs?limit=50").await;
     assert_eq!((st, body["data"].as_array().unwrap().len()), (200, 22));
-    let (st, _) = get(&s, &format!("/v1/projects/bAYZ4a/runs?starting_after={c10}&ending_before={c11}")).await;
+    let (st, _) = get(
+        &s,
+        &format!("/v1/projects/bAYZ4a/runs?starting_after={c10}&ending_before={c11}"),
+    )
+    .await;
     assert_eq!(st, 400);
     let (st, _) = get(&s, "/v1/projects/bAYZ4a/runs?starting_after=not-a-cursor").await;
     assert_eq!(st, 400);
     let (st, body) = get(&s, "/v1/projects?limit=99").await;
-    assert_eq!((st, body["error"].clone()), (400, json!("Invalid limit parameter. Must be between 1 and 50")));
+    assert_eq!(
+        (st, body["error"].clone()),
+        (
+            400,
+            json!("Invalid limit parameter. Must be between 1 and 50")
+        )
+    );
     s.shutdown().await;
 }
 
@@ -273,12 +334,22 @@ async fn projects_are_paginated() {
         .unwrap();
     }
     let (_, p1) = get(&s, "/v1/projects?limit=2").await;
-    let ids: Vec<&str> = p1["data"].as_array().unwrap().iter().map(|p| p["projectId"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = p1["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["projectId"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["proj04", "proj03"]);
     assert_eq!(p1["has_more"], true);
     let c = p1["data"][1]["cursor"].as_str().unwrap();
     let (_, p2) = get(&s, &format!("/v1/projects?limit=5&starting_after={c}")).await;
-    let ids: Vec<&str> = p2["data"].as_array().unwrap().iter().map(|p| p["projectId"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = p2["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["projectId"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["proj02", "proj01", "proj00"]);
     assert_eq!(p2["has_more"], false);
 }
@@ -292,27 +363,90 @@ async fn run_feed_filters() {
     let s = sim().await;
     s.add_project(project("bAYZ4a")).unwrap();
     let now = Utc::now();
-    let mk = |m: i64, branch: &str, tags: &[&str], author: &str, msg: &str, ci: &str, state: &str| NewRun {
-        project: Some("bAYZ4a".into()),
-        created_at: Some(now - ChronoDuration::minutes(m)),
-        branch: Some(branch.into()),
-        tags: tags.iter().map(|t| t.to_string()).collect(),
-        author: Some(author.into()),
-        message: Some(msg.into()),
-        ci_build_id: Some(ci.into()),
-        state: Some(state.into()),
-        completed: Some(1),
-        failed: if state == "failing" { Some(4) } else { None },
-        emit: Some(false),
-        ..Default::default()
-    };
-    let a = s.add_run(mk(50, "main", &["nightly", "smoke"], "Ada Lovelace", "Fix Login bug", "web-100-1", "passed")).unwrap();
-    let b = s.add_run(mk(40, "feat/x", &["smoke"], "Grace Hopper", "feat: coupons", "web-101-1", "failed")).unwrap();
-    let c = s.add_run(mk(30, "feat/y", &["nightly"], "Ada Lovelace", "chore: deps", "pw:web-LOGIN-7", "running")).unwrap();
-    let d = s.add_run(mk(20, "main", &[], "Alan Kay", "docs", "web-103-1", "canceled")).unwrap();
-    let e = s.add_run(mk(10, "feat/x", &["smoke", "nightly"], "Grace Hopper", "more", "web-104-1", "failing")).unwrap();
+    let mk =
+        |m: i64, branch: &str, tags: &[&str], author: &str, msg: &str, ci: &str, state: &str| {
+            NewRun {
+                project: Some("bAYZ4a".into()),
+                created_at: Some(now - ChronoDuration::minutes(m)),
+                branch: Some(branch.into()),
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                author: Some(author.into()),
+                message: Some(msg.into()),
+                ci_build_id: Some(ci.into()),
+                state: Some(state.into()),
+                completed: Some(1),
+                failed: if state == "failing" { Some(4) } else { None },
+                emit: Some(false),
+                ..Default::default()
+            }
+        };
+    let a = s
+        .add_run(mk(
+            50,
+            "main",
+            &["nightly", "smoke"],
+            "Ada Lovelace",
+            "Fix Login bug",
+            "web-100-1",
+            "passed",
+        ))
+        .unwrap();
+    let b = s
+        .add_run(mk(
+            40,
+            "feat/x",
+            &["smoke"],
+            "Grace Hopper",
+            "feat: coupons",
+            "web-101-1",
+            "failed",
+        ))
+        .unwrap();
+    let c = s
+        .add_run(mk(
+            30,
+            "feat/y",
+            &["nightly"],
+            "Ada Lovelace",
+            "chore: deps",
+            "pw:web-LOGIN-7",
+            "running",
+        ))
+        .unwrap();
+    let d = s
+        .add_run(mk(
+            20,
+            "main",
+            &[],
+            "Alan Kay",
+            "docs",
+            "web-103-1",
+            "canceled",
+        ))
+        .unwrap();
+    let e = s
+        .add_run(mk(
+            10,
+            "feat/x",
+            &["smoke", "nightly"],
+            "Grace Hopper",
+            "more",
+            "web-104-1",
+            "failing",
+        ))
+        .unwrap();
     assert_eq!(e.status, RunStatus::Failing);
-    let f = s.add_run(mk(5, "main", &[], "Alan Kay", "slow", "web-105-1", "timeout")).unwrap();
+    let f = s
+        .add_run(mk(
+            5,
+            "main",
+            &[],
+            "Alan Kay",
+            "slow",
+            "web-105-1",
+            "timeout",
+        ))
+        .unwrap();
     let q = |query: &str| {
         let s = &s;
         let query = query.to_string();
@@ -330,26 +464,61 @@ async fn run_feed_filters() {
         v
     };
     assert_eq!(q("branches[]=main").await, set(&[&a, &d, &f]));
-    assert_eq!(q("branches[]=feat/x&branches[]=feat/y").await, set(&[&b, &c, &e]));
+    assert_eq!(
+        q("branches[]=feat/x&branches[]=feat/y").await,
+        set(&[&b, &c, &e])
+    );
     assert_eq!(q("branch=feat/y").await, set(&[&c]), "deprecated branch");
-    assert_eq!(q("tags[]=smoke&tags[]=nightly").await, set(&[&a, &e]), "AND is the default");
-    assert_eq!(q("tags[]=smoke&tags[]=nightly&tag_operator=AND").await, set(&[&a, &e]));
-    assert_eq!(q("tags[]=smoke&tags[]=nightly&tag_operator=OR").await, set(&[&a, &b, &c, &e]));
+    assert_eq!(
+        q("tags[]=smoke&tags[]=nightly").await,
+        set(&[&a, &e]),
+        "AND is the default"
+    );
+    assert_eq!(
+        q("tags[]=smoke&tags[]=nightly&tag_operator=AND").await,
+        set(&[&a, &e])
+    );
+    assert_eq!(
+        q("tags[]=smoke&tags[]=nightly&tag_operator=OR").await,
+        set(&[&a, &b, &c, &e])
+    );
     assert_eq!(q("tag=nightly").await, set(&[&a, &c, &e]), "deprecated tag");
     assert_eq!(q("authors[]=Ada%20Lovelace").await, set(&[&a, &c]));
-    assert_eq!(q("authors[]=Alan+Kay&authors[]=Grace+Hopper").await, set(&[&b, &d, &e, &f]));
-    assert_eq!(q("search=login").await, set(&[&a, &c]), "message or ciBuildId, any case");
+    assert_eq!(
+        q("authors[]=Alan+Kay&authors[]=Grace+Hopper").await,
+        set(&[&b, &d, &e, &f])
+    );
+    assert_eq!(
+        q("search=login").await,
+        set(&[&a, &c]),
+        "message or ciBuildId, any case"
+    );
     assert_eq!(q("search=WEB-101").await, set(&[&b]));
-    assert_eq!(q("status=PASSED&status=FAILED").await, set(&[&a, &b, &d, &f]));
+    assert_eq!(
+        q("status=PASSED&status=FAILED").await,
+        set(&[&a, &b, &d, &f])
+    );
     assert_eq!(q("status=failing").await, set(&[&e]));
     assert_eq!(q("completion_state=IN_PROGRESS").await, set(&[&c, &e]));
-    assert_eq!(q("completion_state=CANCELED&completion_state=TIMEOUT").await, set(&[&d, &f]));
-    assert_eq!(q("completion_state=IN_PROGRESS&branches[]=feat/x").await, set(&[&e]));
+    assert_eq!(
+        q("completion_state=CANCELED&completion_state=TIMEOUT").await,
+        set(&[&d, &f])
+    );
+    assert_eq!(
+        q("completion_state=IN_PROGRESS&branches[]=feat/x").await,
+        set(&[&e])
+    );
     // date_start is inclusive, date_end exclusive.
     let at = |r: &Run| urlencode(&r.created_at.to_rfc3339());
-    assert_eq!(q(&format!("date_start={}", at(&d))).await, set(&[&d, &e, &f]));
+    assert_eq!(
+        q(&format!("date_start={}", at(&d))).await,
+        set(&[&d, &e, &f])
+    );
     assert_eq!(q(&format!("date_end={}", at(&d))).await, set(&[&a, &b, &c]));
-    assert_eq!(q(&format!("date_start={}&date_end={}", at(&b), at(&e))).await, set(&[&b, &c, &d]));
+    assert_eq!(
+        q(&format!("date_start={}&date_end={}", at(&b), at(&e))).await,
+        set(&[&b, &c, &d])
+    );
 
     // Invalid filters are 400s.
     for bad in [
@@ -365,7 +534,11 @@ async fn run_feed_filters() {
     let long = "x".repeat(201);
     let (st, _) = get(&s, &format!("/v1/projects/bAYZ4a/runs?search={long}")).await;
     assert_eq!(st, 400);
-    let (st, _) = get(&s, &format!("/v1/projects/bAYZ4a/runs?search={}", "x".repeat(200))).await;
+    let (st, _) = get(
+        &s,
+        &format!("/v1/projects/bAYZ4a/runs?search={}", "x".repeat(200)),
+    )
+    .await;
     assert_eq!(st, 200);
     // Filters combine with pagination: has_more reflects the filtered feed.
     let (_, body) = get(&s, "/v1/projects/bAYZ4a/runs?limit=2&branches[]=main").await;
@@ -411,21 +584,44 @@ async fn get_find_cancel_delete() {
     assert_eq!(run.groups.len(), 2);
     let counts = run.instance_counts();
     assert_eq!((counts.overall, counts.complete, counts.claimed), (6, 2, 3));
-    assert_eq!(run.specs.iter().filter(|sp| sp.completed_at.is_none()).count(), 4);
-    assert!(run.specs.iter().filter(|sp| sp.completed_at.is_none()).all(|sp| sp.results.is_none()));
+    assert_eq!(
+        run.specs
+            .iter()
+            .filter(|sp| sp.completed_at.is_none())
+            .count(),
+        4
+    );
+    assert!(
+        run.specs
+            .iter()
+            .filter(|sp| sp.completed_at.is_none())
+            .all(|sp| sp.results.is_none())
+    );
     assert_eq!(run.framework(), Some("pw"));
-    assert_eq!(run.meta.commit.remote_origin.as_deref(), Some("https://github.com/acme/web"));
+    assert_eq!(
+        run.meta.commit.remote_origin.as_deref(),
+        Some("https://github.com/acme/web")
+    );
     assert!(body["data"].get("cursor").is_none());
     assert_eq!(body["data"]["durationMs"], Value::Null);
 
     // Instance of a completed spec.
-    let done = run.specs.iter().find(|sp| sp.completed_at.is_some()).unwrap();
+    let done = run
+        .specs
+        .iter()
+        .find(|sp| sp.completed_at.is_some())
+        .unwrap();
     let iid = done.instance_id.clone().unwrap();
     let (st, inst) = get(&s, &format!("/v1/instances/{iid}")).await;
     assert_eq!(st, 200);
     assert_eq!(inst["data"]["runId"], json!(run.run_id));
     assert_eq!(inst["data"]["spec"], json!(done.spec));
-    assert!(!inst["data"]["results"]["tests"].as_array().unwrap().is_empty());
+    assert!(
+        !inst["data"]["results"]["tests"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     let (st, _) = get(&s, "/v1/instances/0123456789abcdef").await;
     assert_eq!(st, 404);
 
@@ -446,36 +642,109 @@ async fn get_find_cancel_delete() {
     let (st, body) = get(&s, "/v1/runs/find?projectId=bAYZ4a&ciBuildId=acme/web-9-1").await;
     assert_eq!(st, 200);
     assert_eq!(body["data"]["runId"], json!(newer.run_id));
-    assert!(body["data"]["specs"].as_array().is_some_and(|a| !a.is_empty()));
-    let (_, body) = get(&s, "/v1/runs/find?projectId=bAYZ4a&branch=main&tags[]=nightly").await;
+    assert!(
+        body["data"]["specs"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    );
+    let (_, body) = get(
+        &s,
+        "/v1/runs/find?projectId=bAYZ4a&branch=main&tags[]=nightly",
+    )
+    .await;
     assert_eq!(body["data"]["runId"], json!(old.run_id));
     let (st, body) = get(&s, "/v1/runs/find?projectId=bAYZ4a&ciBuildId=acme/web-1-1").await;
-    assert_eq!((st, body["error"].clone()), (404, json!("Run not found")), "in progress is not completed");
+    assert_eq!(
+        (st, body["error"].clone()),
+        (404, json!("Run not found")),
+        "in progress is not completed"
+    );
     let (st, _) = get(&s, "/v1/runs/find?ciBuildId=x").await;
     assert_eq!(st, 400);
 
     // Cancel, then 422 on repeat and on a finished run.
-    let (st, body) = send(&s, reqwest::Method::PUT, &format!("/v1/runs/{}/cancel", running.run_id), None).await;
+    let (st, body) = send(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/v1/runs/{}/cancel", running.run_id),
+        None,
+    )
+    .await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["data"]["actor"], "api:sim");
     assert_eq!(body["data"]["reason"], "apiRequest");
     assert_eq!(body["data"]["runId"], json!(running.run_id));
-    assert!(body["data"]["canceledAt"].as_str().unwrap().parse::<DateTime<Utc>>().is_ok());
+    assert!(
+        body["data"]["canceledAt"]
+            .as_str()
+            .unwrap()
+            .parse::<DateTime<Utc>>()
+            .is_ok()
+    );
     let after = s.run(&running.run_id).unwrap();
     assert_eq!(after.completion_state, CompletionState::Canceled);
-    assert_eq!(after.cancellation.as_ref().unwrap().actor.as_deref(), Some("api:sim"));
-    assert_eq!(after.status, RunStatus::Passed, "no failures recorded before the cancel");
-    let (st, body) = send(&s, reqwest::Method::PUT, &format!("/v1/runs/{}/cancel", running.run_id), None).await;
-    assert_eq!((st, body), (422, json!({"status": "FAILED", "error": "Run already cancelled"})));
-    let (st, _) = send(&s, reqwest::Method::PUT, &format!("/v1/runs/{}/cancel", old.run_id), None).await;
+    assert_eq!(
+        after.cancellation.as_ref().unwrap().actor.as_deref(),
+        Some("api:sim")
+    );
+    assert_eq!(
+        after.status,
+        RunStatus::Passed,
+        "no failures recorded before the cancel"
+    );
+    let (st, body) = send(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/v1/runs/{}/cancel", running.run_id),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (st, body),
+        (
+            422,
+            json!({"status": "FAILED", "error": "Run already cancelled"})
+        )
+    );
+    let (st, _) = send(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/v1/runs/{}/cancel", old.run_id),
+        None,
+    )
+    .await;
     assert_eq!(st, 422);
-    let (st, _) = send(&s, reqwest::Method::PUT, "/v1/runs/ffffffff00000000/cancel", None).await;
+    let (st, _) = send(
+        &s,
+        reqwest::Method::PUT,
+        "/v1/runs/ffffffff00000000/cancel",
+        None,
+    )
+    .await;
     assert_eq!(st, 404);
 
     // Delete, then 404.
-    let (st, body) = send(&s, reqwest::Method::DELETE, &format!("/v1/runs/{}", old.run_id), None).await;
-    assert_eq!((st, body), (200, json!({"status": "OK", "data": {"runId": old.run_id, "actor": "API Request"}})));
-    let (st, _) = send(&s, reqwest::Method::DELETE, &format!("/v1/runs/{}", old.run_id), None).await;
+    let (st, body) = send(
+        &s,
+        reqwest::Method::DELETE,
+        &format!("/v1/runs/{}", old.run_id),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (st, body),
+        (
+            200,
+            json!({"status": "OK", "data": {"runId": old.run_id, "actor": "API Request"}})
+        )
+    );
+    let (st, _) = send(
+        &s,
+        reqwest::Method::DELETE,
+        &format!("/v1/runs/{}", old.run_id),
+        None,
+    )
+    .await;
     assert_eq!(st, 404);
     let (st, _) = get(&s, &format!("/v1/runs/{}", old.run_id)).await;
     assert_eq!(st, 404);
@@ -523,7 +792,11 @@ async fn cypress_runs_have_long_ids_and_uuid_instances() {
     let iid = run.specs[0].instance_id.clone().unwrap();
     assert!(uuid::Uuid::parse_str(&iid).is_ok(), "{iid}");
     assert!(s.instance(&iid).is_some());
-    assert!(run.specs.iter().all(|sp| sp.completed_at.is_some() && sp.claimed_at.is_some()));
+    assert!(
+        run.specs
+            .iter()
+            .all(|sp| sp.completed_at.is_some() && sp.claimed_at.is_some())
+    );
     assert!(run.duration_ms.unwrap() > 0);
 }
 
@@ -541,18 +814,30 @@ async fn webhooks_crud() {
         "headers": "{\"x-webhook-secret\":\"abc\"}",
         "label": "runwarden",
     });
-    let (st, created) = send(&s, reqwest::Method::POST, "/v1/webhooks?projectId=bAYZ4a", Some(body)).await;
+    let (st, created) = send(
+        &s,
+        reqwest::Method::POST,
+        "/v1/webhooks?projectId=bAYZ4a",
+        Some(body),
+    )
+    .await;
     assert_eq!(st, 201, "{created}");
     let hook: Webhook = serde_json::from_value(created["data"].clone()).unwrap();
     assert!(uuid::Uuid::parse_str(&hook.hook_id).is_ok());
     assert_eq!(hook.project_id, "bAYZ4a");
     assert_eq!(hook.hook_events, vec!["RUN_FINISH", "RUN_CANCELED"]);
-    assert_eq!(hook.headers.as_deref(), Some("{\"x-webhook-secret\":\"abc\"}"));
+    assert_eq!(
+        hook.headers.as_deref(),
+        Some("{\"x-webhook-secret\":\"abc\"}")
+    );
 
     let (_, list) = get(&s, "/v1/webhooks?projectId=bAYZ4a").await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
     let (st, one) = get(&s, &format!("/v1/webhooks/{}", hook.hook_id)).await;
-    assert_eq!((st, one["data"]["label"].clone()), (200, json!("runwarden")));
+    assert_eq!(
+        (st, one["data"]["label"].clone()),
+        (200, json!("runwarden"))
+    );
 
     let (st, upd) = send(
         &s,
@@ -566,7 +851,13 @@ async fn webhooks_crud() {
     assert_eq!(upd["data"]["hookEvents"], json!(["RUN_START"]));
     assert_eq!(upd["data"]["url"], "https://bot.example/webhooks/currents");
 
-    let (st, _) = send(&s, reqwest::Method::DELETE, &format!("/v1/webhooks/{}", hook.hook_id), None).await;
+    let (st, _) = send(
+        &s,
+        reqwest::Method::DELETE,
+        &format!("/v1/webhooks/{}", hook.hook_id),
+        None,
+    )
+    .await;
     assert_eq!(st, 200);
     let (st, _) = get(&s, &format!("/v1/webhooks/{}", hook.hook_id)).await;
     assert_eq!(st, 404);
@@ -576,11 +867,27 @@ async fn webhooks_crud() {
     // Validation.
     let cases = [
         ("/v1/webhooks?projectId=bAYZ4a", json!({"label": "x"}), 400),
-        ("/v1/webhooks?projectId=bAYZ4a", json!({"url": "https://x.example", "headers": "not json"}), 400),
-        ("/v1/webhooks?projectId=bAYZ4a", json!({"url": "https://x.example", "hookEvents": ["RUN_EXPLODED"]}), 400),
-        ("/v1/webhooks?projectId=bAYZ4a", json!({"url": "ftp://x.example"}), 400),
+        (
+            "/v1/webhooks?projectId=bAYZ4a",
+            json!({"url": "https://x.example", "headers": "not json"}),
+            400,
+        ),
+        (
+            "/v1/webhooks?projectId=bAYZ4a",
+            json!({"url": "https://x.example", "hookEvents": ["RUN_EXPLODED"]}),
+            400,
+        ),
+        (
+            "/v1/webhooks?projectId=bAYZ4a",
+            json!({"url": "ftp://x.example"}),
+            400,
+        ),
         ("/v1/webhooks", json!({"url": "https://x.example"}), 400),
-        ("/v1/webhooks?projectId=nope42", json!({"url": "https://x.example"}), 404),
+        (
+            "/v1/webhooks?projectId=nope42",
+            json!({"url": "https://x.example"}),
+            404,
+        ),
     ];
     for (path, body, want) in cases {
         let (st, resp) = send(&s, reqwest::Method::POST, path, Some(body.clone())).await;
@@ -656,26 +963,51 @@ async fn emits_webhooks_as_runs_change() {
     assert_eq!(headers["x-webhook-secret"], "s3cret");
     assert_eq!(headers["content-type"], "application/json");
     let ts: i64 = headers["x-timestamp"].to_str().unwrap().parse().unwrap();
-    assert!((Utc::now().timestamp_millis() - ts).abs() < 10_000, "x-timestamp is epoch ms");
+    assert!(
+        (Utc::now().timestamp_millis() - ts).abs() < 10_000,
+        "x-timestamp is epoch ms"
+    );
     let payload: CurrentsWebhookPayload = serde_json::from_value(body.clone()).unwrap();
     assert_eq!(payload.event, "RUN_START");
-    assert_eq!(payload.run_url, format!("https://dash.example/run/{}", run.run_id));
+    assert_eq!(
+        payload.run_url,
+        format!("https://dash.example/run/{}", run.run_id)
+    );
     assert_eq!(payload.run_id().as_deref(), Some(run.run_id.as_str()));
     assert_eq!(payload.build_id.as_deref(), Some("acme/web-77-1"));
     assert_eq!(payload.tags, vec!["smoke"]);
-    assert_eq!(payload.commit.as_ref().unwrap().branch.as_deref(), Some("feat/x"));
+    assert_eq!(
+        payload.commit.as_ref().unwrap().branch.as_deref(),
+        Some("feat/x")
+    );
     assert!(body.get("runId").is_none(), "no separate runId field");
 
     // Progress without finishing emits nothing; finishing emits RUN_FINISH.
-    s.advance(&run.run_id, Advance { complete: 1, ..Default::default() }).unwrap();
+    s.advance(
+        &run.run_id,
+        Advance {
+            complete: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let finished = s
-        .advance(&run.run_id, Advance { finish: Some(Outcome::Failed), ..Default::default() })
+        .advance(
+            &run.run_id,
+            Advance {
+                finish: Some(Outcome::Failed),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(finished.status, RunStatus::Failed);
     let (_, body) = next_event(&mut rx).await;
     assert_eq!(body["event"], "RUN_FINISH");
     assert!(body["failures"].as_u64().unwrap() >= 1);
-    assert_eq!(body["overall"].as_u64(), Some(finished.test_counts().overall));
+    assert_eq!(
+        body["overall"].as_u64(),
+        Some(finished.test_counts().overall)
+    );
 
     // A webhook registered through the API, for RUN_CANCELED only, with its headers.
     let (hook_url, mut hook_rx) = receiver().await;
@@ -689,37 +1021,85 @@ async fn emits_webhooks_as_runs_change() {
         },
     )
     .unwrap();
-    let r2 = s.add_run(NewRun { project: Some("bAYZ4a".into()), ..Default::default() }).unwrap();
+    let r2 = s
+        .add_run(NewRun {
+            project: Some("bAYZ4a".into()),
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(next_event(&mut rx).await.1["event"], "RUN_START");
-    let (st, _) = send(&s, reqwest::Method::PUT, &format!("/v1/runs/{}/cancel", r2.run_id), None).await;
+    let (st, _) = send(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/v1/runs/{}/cancel", r2.run_id),
+        None,
+    )
+    .await;
     assert_eq!(st, 200);
     let (_, body) = next_event(&mut rx).await;
     assert_eq!(body["event"], "RUN_CANCELED");
     let (h, body) = next_event(&mut hook_rx).await;
-    assert_eq!(body["event"], "RUN_CANCELED", "RUN_START was filtered out by hookEvents");
+    assert_eq!(
+        body["event"], "RUN_CANCELED",
+        "RUN_START was filtered out by hookEvents"
+    );
     assert_eq!(h["x-api-hook"], "yes");
     assert!(h.get("x-webhook-secret").is_none());
 
     // Timeout.
-    let r3 = s.add_run(NewRun { project: Some("bAYZ4a".into()), ..Default::default() }).unwrap();
+    let r3 = s
+        .add_run(NewRun {
+            project: Some("bAYZ4a".into()),
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(next_event(&mut rx).await.1["event"], "RUN_START");
-    let t = s.advance(&r3.run_id, Advance { timeout: true, ..Default::default() }).unwrap();
+    let t = s
+        .advance(
+            &r3.run_id,
+            Advance {
+                timeout: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(t.completion_state, CompletionState::Timeout);
     assert!(t.timeout.as_ref().unwrap().is_timeout);
     assert_eq!(next_event(&mut rx).await.1["event"], "RUN_TIMEOUT");
-    assert!(s.advance(&r3.run_id, Advance { complete: 1, ..Default::default() }).is_err());
+    assert!(
+        s.advance(
+            &r3.run_id,
+            Advance {
+                complete: 1,
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
 
     // Deliveries are recorded (events are delivered in order, so the RUN_CANCELED ones
     // are on record once RUN_TIMEOUT has arrived).
     let d = s.deliveries();
     let canceled: Vec<_> = d.iter().filter(|d| d.event == "RUN_CANCELED").collect();
     assert_eq!(canceled.len(), 2, "{d:?}");
-    assert!(canceled.iter().all(|d| d.status == Some(202) && d.run_id == r2.run_id));
-    assert!(canceled.iter().any(|d| d.url == url && d.source == "config"));
+    assert!(
+        canceled
+            .iter()
+            .all(|d| d.status == Some(202) && d.run_id == r2.run_id)
+    );
+    assert!(
+        canceled
+            .iter()
+            .any(|d| d.url == url && d.source == "config")
+    );
     assert!(canceled.iter().any(|d| d.source.starts_with("webhook:")));
     // History added without emit sends nothing.
     s.add_run(run_at("bAYZ4a", 90, Utc::now())).unwrap();
-    s.add_run(NewRun { project: Some("bAYZ4a".into()), ..Default::default() }).unwrap();
+    s.add_run(NewRun {
+        project: Some("bAYZ4a".into()),
+        ..Default::default()
+    })
+    .unwrap();
     assert_eq!(next_event(&mut rx).await.1["event"], "RUN_START");
 }
 
@@ -754,12 +1134,18 @@ async fn per_group_webhooks_and_ticks() {
         assert_eq!(b["event"], "RUN_START");
         groups.insert(b["groupId"].as_str().unwrap().to_string());
     }
-    assert_eq!(groups, HashSet::from(["chromium".to_string(), "firefox".to_string()]));
+    assert_eq!(
+        groups,
+        HashSet::from(["chromium".to_string(), "firefox".to_string()])
+    );
     // Two ticks complete the two specs of the auto run.
     s.tick(Utc::now());
     assert!(s.run(&run.run_id).unwrap().is_in_progress());
     s.tick(Utc::now());
-    assert_eq!(s.run(&run.run_id).unwrap().completion_state, CompletionState::Complete);
+    assert_eq!(
+        s.run(&run.run_id).unwrap().completion_state,
+        CompletionState::Complete
+    );
     assert_eq!(next_event(&mut rx).await.1["event"], "RUN_FINISH");
     assert_eq!(next_event(&mut rx).await.1["event"], "RUN_FINISH");
 
@@ -808,7 +1194,11 @@ async fn faults_5xx_then_ok_and_rate_limits() {
     s.inject_fault(Fault {
         method: None,
         path: Some("/v1/runs".into()),
-        kind: FaultKind::RateLimit { status: 429, retry_after: Some(3), reset_after: None },
+        kind: FaultKind::RateLimit {
+            status: 429,
+            retry_after: Some(3),
+            reset_after: None,
+        },
         times: Some(1),
         after: 0,
         apply: false,
@@ -822,16 +1212,31 @@ async fn faults_5xx_then_ok_and_rate_limits() {
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "3");
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "FAILED");
-    s.inject_fault(serde_json::from_value(json!({"path": "/v1/runs", "kind": "rate_limit"})).unwrap());
-    let r = http().get(format!("{}/v1/runs/abc", s.base_url)).bearer_auth(KEY).send().await.unwrap();
+    s.inject_fault(
+        serde_json::from_value(json!({"path": "/v1/runs", "kind": "rate_limit"})).unwrap(),
+    );
+    let r = http()
+        .get(format!("{}/v1/runs/abc", s.base_url))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.headers().get("retry-after").is_none());
-    let r = http().get(format!("{}/v1/runs/abc", s.base_url)).bearer_auth(KEY).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/v1/runs/abc", s.base_url))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     // GitHub secondary rate limit: 403 with x-ratelimit-* headers.
     s.inject_fault(
-        serde_json::from_value(json!({"path": "/github", "kind": "rate_limit", "status": 403, "reset_after": 60})).unwrap(),
+        serde_json::from_value(
+            json!({"path": "/github", "kind": "rate_limit", "status": 403, "reset_after": 60}),
+        )
+        .unwrap(),
     );
     let r = http()
         .get(format!("{}/github/repos/acme/web/pulls", s.base_url))
@@ -841,12 +1246,26 @@ async fn faults_5xx_then_ok_and_rate_limits() {
         .unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
-    let reset: i64 = r.headers()["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
+    let reset: i64 = r.headers()["x-ratelimit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(reset > Utc::now().timestamp());
-    assert!(r.json::<Value>().await.unwrap()["message"].as_str().unwrap().contains("secondary rate limit"));
+    assert!(
+        r.json::<Value>().await.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("secondary rate limit")
+    );
 
     // `after` lets requests through first; faults are listed until exhausted.
-    s.inject_fault(serde_json::from_value(json!({"path": "/v1/projects", "kind": "status", "status": 500, "after": 1})).unwrap());
+    s.inject_fault(
+        serde_json::from_value(
+            json!({"path": "/v1/projects", "kind": "status", "status": 500, "after": 1}),
+        )
+        .unwrap(),
+    );
     assert_eq!(s.faults().len(), 1);
     assert_eq!(get(&s, "/v1/projects").await.0, 200);
     assert_eq!(get(&s, "/v1/projects").await.0, 500);
@@ -854,11 +1273,20 @@ async fn faults_5xx_then_ok_and_rate_limits() {
     assert!(s.faults().is_empty());
 
     // Unlimited until cleared.
-    s.inject_fault(serde_json::from_value(json!({"path": "/v1", "kind": "status", "status": 502, "times": null})).unwrap());
+    s.inject_fault(
+        serde_json::from_value(
+            json!({"path": "/v1", "kind": "status", "status": 502, "times": null}),
+        )
+        .unwrap(),
+    );
     for _ in 0..3 {
         assert_eq!(get(&s, "/v1/projects").await.0, 502);
     }
-    let r = http().delete(format!("{}/_sim/faults", s.base_url)).send().await.unwrap();
+    let r = http()
+        .delete(format!("{}/_sim/faults", s.base_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(get(&s, "/v1/projects").await.0, 200);
 }
@@ -870,7 +1298,10 @@ async fn faults_drop_malformed_html_latency_and_ambiguous_writes() {
     let client = http();
 
     // Dropped connection: a transport error, then the next request works.
-    s.inject_fault(serde_json::from_value(json!({"method": "GET", "path": "/v1/projects", "kind": "drop"})).unwrap());
+    s.inject_fault(
+        serde_json::from_value(json!({"method": "GET", "path": "/v1/projects", "kind": "drop"}))
+            .unwrap(),
+    );
     let err = client
         .get(format!("{}/v1/projects", s.base_url))
         .bearer_auth(KEY)
@@ -878,33 +1309,73 @@ async fn faults_drop_malformed_html_latency_and_ambiguous_writes() {
         .await
         .expect_err("connection dropped");
     assert!(err.status().is_none());
-    let ok = client.get(format!("{}/v1/projects", s.base_url)).bearer_auth(KEY).send().await.unwrap();
+    let ok = client
+        .get(format!("{}/v1/projects", s.base_url))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
 
     // Malformed JSON with 200.
-    s.inject_fault(serde_json::from_value(json!({"path": "/v1/projects", "kind": "malformed_json"})).unwrap());
-    let r = client.get(format!("{}/v1/projects", s.base_url)).bearer_auth(KEY).send().await.unwrap();
+    s.inject_fault(
+        serde_json::from_value(json!({"path": "/v1/projects", "kind": "malformed_json"})).unwrap(),
+    );
+    let r = client
+        .get(format!("{}/v1/projects", s.base_url))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.json::<Value>().await.is_err());
 
     // HTML error page.
-    s.inject_fault(serde_json::from_value(json!({"path": "/v1", "kind": "html", "status": 504})).unwrap());
-    let r = client.get(format!("{}/v1/projects", s.base_url)).bearer_auth(KEY).send().await.unwrap();
+    s.inject_fault(
+        serde_json::from_value(json!({"path": "/v1", "kind": "html", "status": 504})).unwrap(),
+    );
+    let r = client
+        .get(format!("{}/v1/projects", s.base_url))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 504);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert!(r.text().await.unwrap().contains("<html>"));
 
     // Latency.
-    s.inject_fault(serde_json::from_value(json!({"path": "/v1/projects", "kind": "latency", "ms": 300})).unwrap());
+    s.inject_fault(
+        serde_json::from_value(json!({"path": "/v1/projects", "kind": "latency", "ms": 300}))
+            .unwrap(),
+    );
     let t = Instant::now();
-    let r = client.get(format!("{}/v1/projects", s.base_url)).bearer_auth(KEY).send().await.unwrap();
+    let r = client
+        .get(format!("{}/v1/projects", s.base_url))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(t.elapsed() >= Duration::from_millis(300));
 
     // Ambiguous write: the cancel happens, the answer is lost.
-    let run = s.add_run(NewRun { project: Some("bAYZ4a".into()), ..Default::default() }).unwrap();
+    let run = s
+        .add_run(NewRun {
+            project: Some("bAYZ4a".into()),
+            ..Default::default()
+        })
+        .unwrap();
     s.inject_fault(
-        serde_json::from_value(json!({"method": "PUT", "path": "/v1/runs/", "kind": "drop", "apply": true})).unwrap(),
+        serde_json::from_value(
+            json!({"method": "PUT", "path": "/v1/runs/", "kind": "drop", "apply": true}),
+        )
+        .unwrap(),
     );
     let res = client
         .put(format!("{}/v1/runs/{}/cancel", s.base_url, run.run_id))
@@ -912,7 +1383,10 @@ async fn faults_drop_malformed_html_latency_and_ambiguous_writes() {
         .send()
         .await;
     assert!(res.is_err(), "the client saw no answer");
-    assert_eq!(s.run(&run.run_id).unwrap().completion_state, CompletionState::Canceled);
+    assert_eq!(
+        s.run(&run.run_id).unwrap().completion_state,
+        CompletionState::Canceled
+    );
     let r = client
         .put(format!("{}/v1/runs/{}/cancel", s.base_url, run.run_id))
         .bearer_auth(KEY)
@@ -922,14 +1396,22 @@ async fn faults_drop_malformed_html_latency_and_ambiguous_writes() {
     assert_eq!(r.status(), 422, "a retry finds it already cancelled");
 
     // The same on GitHub: the comment is created but the client gets a 502.
-    s.add_pr(NewPr { repo: "acme/web".into(), number: Some(1), head_ref: Some("feat/x".into()), ..Default::default() })
-        .unwrap();
+    s.add_pr(NewPr {
+        repo: "acme/web".into(),
+        number: Some(1),
+        head_ref: Some("feat/x".into()),
+        ..Default::default()
+    })
+    .unwrap();
     s.inject_fault(
         serde_json::from_value(json!({"method": "POST", "path": "/github/repos/acme/web/issues", "kind": "status", "status": 502, "apply": true}))
             .unwrap(),
     );
     let r = client
-        .post(format!("{}/github/repos/acme/web/issues/1/comments", s.base_url))
+        .post(format!(
+            "{}/github/repos/acme/web/issues/1/comments",
+            s.base_url
+        ))
         .header("authorization", "token t")
         .json(&json!({"body": "hello"}))
         .send()
@@ -945,8 +1427,14 @@ async fn faults_drop_malformed_html_latency_and_ambiguous_writes() {
     let gh = log.iter().find(|e| e.api == "github").unwrap();
     assert_eq!((gh.status, gh.fault.as_deref()), (502, Some("status 502")));
     // Control endpoints are never faulted.
-    s.inject_fault(serde_json::from_value(json!({"kind": "status", "status": 500, "times": null})).unwrap());
-    let r = client.get(format!("{}/_sim/stats", s.base_url)).send().await.unwrap();
+    s.inject_fault(
+        serde_json::from_value(json!({"kind": "status", "status": 500, "times": null})).unwrap(),
+    );
+    let r = client
+        .get(format!("{}/_sim/stats", s.base_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -973,8 +1461,13 @@ async fn github_endpoints_over_http() {
         ..Default::default()
     })
     .unwrap();
-    s.add_pr(NewPr { repo: "acme/web".into(), number: Some(12), head_sha: Some(sha2.clone()), ..Default::default() })
-        .unwrap();
+    s.add_pr(NewPr {
+        repo: "acme/web".into(),
+        number: Some(12),
+        head_sha: Some(sha2.clone()),
+        ..Default::default()
+    })
+    .unwrap();
     s.add_pr(NewPr {
         repo: "acme/web".into(),
         number: Some(13),
@@ -985,109 +1478,241 @@ async fn github_endpoints_over_http() {
     .unwrap();
 
     // Auth is required.
-    let r = http().get(format!("{}/github/repos/acme/web/pulls", s.base_url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/github/repos/acme/web/pulls", s.base_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(r.json::<Value>().await.unwrap()["message"], "Requires authentication");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["message"],
+        "Requires authentication"
+    );
 
     // PRs of a commit: the PR that had it as head (any state).
-    let prs: Value = gh(&s, reqwest::Method::GET, &format!("/repos/acme/web/commits/{sha1}/pulls"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let prs: Value = gh(
+        &s,
+        reqwest::Method::GET,
+        &format!("/repos/acme/web/commits/{sha1}/pulls"),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     assert_eq!(prs.as_array().unwrap().len(), 1);
     assert_eq!(prs[0]["number"], 12);
-    assert_eq!(prs[0]["head"]["sha"], json!(sha2), "head is the latest push");
+    assert_eq!(
+        prs[0]["head"]["sha"],
+        json!(sha2),
+        "head is the latest push"
+    );
     assert_eq!(prs[0]["head"]["ref"], "feat/x");
     assert_eq!(prs[0]["head"]["label"], "acme:feat/x");
-    let none: Value = gh(&s, reqwest::Method::GET, &format!("/repos/acme/web/commits/{}/pulls", "c".repeat(40)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let none: Value = gh(
+        &s,
+        reqwest::Method::GET,
+        &format!("/repos/acme/web/commits/{}/pulls", "c".repeat(40)),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     assert_eq!(none, json!([]));
 
     // PR list with state and head filters.
-    let list: Value = gh(&s, reqwest::Method::GET, "/repos/acme/web/pulls?state=open&head=acme:feat/x")
+    let list: Value = gh(
+        &s,
+        reqwest::Method::GET,
+        "/repos/acme/web/pulls?state=open&head=acme:feat/x",
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["number"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(12)]
+    );
+    let all: Value = gh(&s, reqwest::Method::GET, "/repos/acme/web/pulls?state=all")
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(list.as_array().unwrap().iter().map(|p| p["number"].clone()).collect::<Vec<_>>(), vec![json!(12)]);
-    let all: Value = gh(&s, reqwest::Method::GET, "/repos/acme/web/pulls?state=all").send().await.unwrap().json().await.unwrap();
     assert_eq!(all.as_array().unwrap().len(), 2);
-    let closed: Value = gh(&s, reqwest::Method::GET, "/repos/acme/web/pulls?state=closed").send().await.unwrap().json().await.unwrap();
+    let closed: Value = gh(
+        &s,
+        reqwest::Method::GET,
+        "/repos/acme/web/pulls?state=closed",
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     assert_eq!(closed[0]["number"], 13);
     assert_eq!(closed[0]["state"], "closed");
-    let r = gh(&s, reqwest::Method::GET, "/repos/acme/web/pulls/99").send().await.unwrap();
+    let r = gh(&s, reqwest::Method::GET, "/repos/acme/web/pulls/99")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     // Comments: create, list (paged, with Link), get, patch, delete.
     for i in 0..3 {
-        let r = gh(&s, reqwest::Method::POST, "/repos/acme/web/issues/12/comments")
-            .json(&json!({"body": format!("c{i}")}))
-            .send()
-            .await
-            .unwrap();
+        let r = gh(
+            &s,
+            reqwest::Method::POST,
+            "/repos/acme/web/issues/12/comments",
+        )
+        .json(&json!({"body": format!("c{i}")}))
+        .send()
+        .await
+        .unwrap();
         assert_eq!(r.status(), 201);
         assert!(r.headers().contains_key("location"));
     }
-    let r = gh(&s, reqwest::Method::GET, "/repos/acme/web/issues/12/comments?per_page=2&page=1").send().await.unwrap();
+    let r = gh(
+        &s,
+        reqwest::Method::GET,
+        "/repos/acme/web/issues/12/comments?per_page=2&page=1",
+    )
+    .send()
+    .await
+    .unwrap();
     let link = r.headers()["link"].to_str().unwrap().to_string();
-    assert!(link.contains("rel=\"next\"") && link.contains("page=2"), "{link}");
+    assert!(
+        link.contains("rel=\"next\"") && link.contains("page=2"),
+        "{link}"
+    );
     let page1: Value = r.json().await.unwrap();
-    assert_eq!(page1.as_array().unwrap().iter().map(|c| c["body"].clone()).collect::<Vec<_>>(), vec![json!("c0"), json!("c1")]);
-    let page2: Value = gh(&s, reqwest::Method::GET, "/repos/acme/web/issues/12/comments?per_page=2&page=2")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(
+        page1
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["body"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!("c0"), json!("c1")]
+    );
+    let page2: Value = gh(
+        &s,
+        reqwest::Method::GET,
+        "/repos/acme/web/issues/12/comments?per_page=2&page=2",
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     assert_eq!(page2[0]["body"], "c2");
     let id = page2[0]["id"].as_u64().unwrap();
-    let r = gh(&s, reqwest::Method::PATCH, &format!("/repos/acme/web/issues/comments/{id}"))
-        .json(&json!({"body": "edited"}))
-        .send()
-        .await
-        .unwrap();
+    let r = gh(
+        &s,
+        reqwest::Method::PATCH,
+        &format!("/repos/acme/web/issues/comments/{id}"),
+    )
+    .json(&json!({"body": "edited"}))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
-    let got: Value = gh(&s, reqwest::Method::GET, &format!("/repos/acme/web/issues/comments/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: Value = gh(
+        &s,
+        reqwest::Method::GET,
+        &format!("/repos/acme/web/issues/comments/{id}"),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     assert_eq!(got["body"], "edited");
     assert_eq!(got["user"]["login"], "runwarden[bot]");
-    assert_eq!(s.comments(Some("acme/web"), Some(12)).iter().find(|c| c.id == id).unwrap().edits, 1);
-    let r = gh(&s, reqwest::Method::DELETE, &format!("/repos/acme/web/issues/comments/{id}")).send().await.unwrap();
+    assert_eq!(
+        s.comments(Some("acme/web"), Some(12))
+            .iter()
+            .find(|c| c.id == id)
+            .unwrap()
+            .edits,
+        1
+    );
+    let r = gh(
+        &s,
+        reqwest::Method::DELETE,
+        &format!("/repos/acme/web/issues/comments/{id}"),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(s.comments(None, None).len(), 2);
     // Errors: unknown PR, empty or oversized body, bad JSON.
-    let r = gh(&s, reqwest::Method::POST, "/repos/acme/web/issues/77/comments").json(&json!({"body": "x"})).send().await.unwrap();
+    let r = gh(
+        &s,
+        reqwest::Method::POST,
+        "/repos/acme/web/issues/77/comments",
+    )
+    .json(&json!({"body": "x"}))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 404);
-    let r = gh(&s, reqwest::Method::POST, "/repos/acme/web/issues/12/comments").json(&json!({"body": ""})).send().await.unwrap();
+    let r = gh(
+        &s,
+        reqwest::Method::POST,
+        "/repos/acme/web/issues/12/comments",
+    )
+    .json(&json!({"body": ""}))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 422);
-    let r = gh(&s, reqwest::Method::POST, "/repos/acme/web/issues/12/comments")
-        .json(&json!({"body": "x".repeat(65_537)}))
-        .send()
-        .await
-        .unwrap();
+    let r = gh(
+        &s,
+        reqwest::Method::POST,
+        "/repos/acme/web/issues/12/comments",
+    )
+    .json(&json!({"body": "x".repeat(65_537)}))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 422);
-    let r = gh(&s, reqwest::Method::POST, "/repos/acme/web/issues/12/comments").body("{oops").send().await.unwrap();
+    let r = gh(
+        &s,
+        reqwest::Method::POST,
+        "/repos/acme/web/issues/12/comments",
+    )
+    .body("{oops")
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<Value>().await.unwrap()["message"], "Problems parsing JSON");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["message"],
+        "Problems parsing JSON"
+    );
 
     // Statuses: create, list newest first, combined; description limit.
-    for (state, ctx) in [("pending", "runwarden/bAYZ4a"), ("failure", "runwarden/bAYZ4a"), ("success", "other")] {
+    for (state, ctx) in [
+        ("pending", "runwarden/bAYZ4a"),
+        ("failure", "runwarden/bAYZ4a"),
+        ("success", "other"),
+    ] {
         let r = gh(&s, reqwest::Method::POST, &format!("/repos/acme/web/statuses/{sha2}"))
             .json(&json!({"state": state, "context": ctx, "description": "3 failed", "target_url": "https://dash.example/run/1"}))
             .send()
@@ -1095,35 +1720,62 @@ async fn github_endpoints_over_http() {
             .unwrap();
         assert_eq!(r.status(), 201);
     }
-    let list: Value = gh(&s, reqwest::Method::GET, &format!("/repos/acme/web/commits/{sha2}/statuses"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list.as_array().unwrap().iter().map(|s| s["state"].clone()).collect::<Vec<_>>(), vec![json!("success"), json!("failure"), json!("pending")]);
-    let combined: Value = gh(&s, reqwest::Method::GET, "/repos/acme/web/commits/feat%2Fx/status")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = gh(
+        &s,
+        reqwest::Method::GET,
+        &format!("/repos/acme/web/commits/{sha2}/statuses"),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["state"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!("success"), json!("failure"), json!("pending")]
+    );
+    let combined: Value = gh(
+        &s,
+        reqwest::Method::GET,
+        "/repos/acme/web/commits/feat%2Fx/status",
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     assert_eq!(combined["state"], "failure");
     assert_eq!(combined["total_count"], 2);
-    assert_eq!(combined["sha"], json!(sha2), "a branch resolves to its PR head");
-    let r = gh(&s, reqwest::Method::POST, &format!("/repos/acme/web/statuses/{sha2}"))
-        .json(&json!({"state": "success", "description": "x".repeat(141)}))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(
+        combined["sha"],
+        json!(sha2),
+        "a branch resolves to its PR head"
+    );
+    let r = gh(
+        &s,
+        reqwest::Method::POST,
+        &format!("/repos/acme/web/statuses/{sha2}"),
+    )
+    .json(&json!({"state": "success", "description": "x".repeat(141)}))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 422);
-    let r = gh(&s, reqwest::Method::POST, &format!("/repos/acme/web/statuses/{sha2}"))
-        .json(&json!({"state": "great"}))
-        .send()
-        .await
-        .unwrap();
+    let r = gh(
+        &s,
+        reqwest::Method::POST,
+        &format!("/repos/acme/web/statuses/{sha2}"),
+    )
+    .json(&json!({"state": "great"}))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 422);
     assert_eq!(s.statuses(Some("acme/web"), Some(&sha2)).len(), 3);
 
@@ -1135,7 +1787,10 @@ async fn github_endpoints_over_http() {
         .map(|e| (e.method, e.path))
         .collect();
     assert_eq!(writes.len(), 3 + 1 + 1 + 3);
-    assert!(writes.contains(&("PATCH".into(), format!("/github/repos/acme/web/issues/comments/{id}"))));
+    assert!(writes.contains(&(
+        "PATCH".into(),
+        format!("/github/repos/acme/web/issues/comments/{id}")
+    )));
 }
 
 #[tokio::test]
@@ -1157,17 +1812,34 @@ async fn github_shapes_deserialize_through_octocrab() {
         .build()
         .unwrap();
 
-    let c = octo.issues("acme", "web").create_comment(1, "x <!-- runwarden:summary -->").await.unwrap();
+    let c = octo
+        .issues("acme", "web")
+        .create_comment(1, "x <!-- runwarden:summary -->")
+        .await
+        .unwrap();
     assert_eq!(c.body.as_deref(), Some("x <!-- runwarden:summary -->"));
     assert_eq!(c.user.login, "runwarden[bot]");
-    let c2 = octo.issues("acme", "web").update_comment(c.id, "y").await.unwrap();
+    let c2 = octo
+        .issues("acme", "web")
+        .update_comment(c.id, "y")
+        .await
+        .unwrap();
     assert_eq!((c2.id, c2.body.as_deref()), (c.id, Some("y")));
     let again = octo.issues("acme", "web").get_comment(c.id).await.unwrap();
     assert_eq!(again.body.as_deref(), Some("y"));
     for i in 0..4 {
-        octo.issues("acme", "web").create_comment(1, format!("n{i}")).await.unwrap();
+        octo.issues("acme", "web")
+            .create_comment(1, format!("n{i}"))
+            .await
+            .unwrap();
     }
-    let page = octo.issues("acme", "web").list_comments(1).per_page(2).send().await.unwrap();
+    let page = octo
+        .issues("acme", "web")
+        .list_comments(1)
+        .per_page(2)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.items.len(), 2);
     assert!(page.next.is_some(), "Link header parsed");
     let all = octo.all_pages(page).await.unwrap();
@@ -1192,7 +1864,10 @@ async fn github_shapes_deserialize_through_octocrab() {
         .send()
         .await
         .unwrap();
-    assert_eq!(assoc.items.iter().map(|p| p.number).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(
+        assoc.items.iter().map(|p| p.number).collect::<Vec<_>>(),
+        vec![1]
+    );
 
     let st = octo
         .repos("acme", "web")
@@ -1204,7 +1879,12 @@ async fn github_shapes_deserialize_through_octocrab() {
         .await
         .unwrap();
     assert_eq!(st.state, octocrab::models::StatusState::Failure);
-    let listed = octo.repos("acme", "web").list_statuses(sha.clone()).send().await.unwrap();
+    let listed = octo
+        .repos("acme", "web")
+        .list_statuses(sha.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(listed.items.len(), 1);
     assert_eq!(listed.items[0].context.as_deref(), Some("runwarden/bAYZ4a"));
     let combined = octo
@@ -1228,7 +1908,10 @@ async fn github_app_installation_endpoints() {
     let s = sim().await;
     let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOjF9.c2ln";
     // The /app endpoints want a JWT.
-    let r = gh(&s, reqwest::Method::GET, "/app/installations").send().await.unwrap();
+    let r = gh(&s, reqwest::Method::GET, "/app/installations")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let r = http()
         .get(format!("{}/github/repos/acme/web/installation", s.base_url))
@@ -1250,7 +1933,10 @@ async fn github_app_installation_endpoints() {
         .unwrap();
     assert_eq!(list.len(), 1);
     let r = http()
-        .post(format!("{}/github/app/installations/{}/access_tokens", s.base_url, inst.id))
+        .post(format!(
+            "{}/github/app/installations/{}/access_tokens",
+            s.base_url, inst.id
+        ))
         .bearer_auth(jwt)
         .body("{}")
         .send()
@@ -1262,7 +1948,13 @@ async fn github_app_installation_endpoints() {
     let expires: DateTime<Utc> = token.expires_at.as_deref().unwrap().parse().unwrap();
     assert!(expires > Utc::now());
     // The installation token works until expired.
-    s.add_pr(NewPr { repo: "acme/web".into(), number: Some(3), head_ref: Some("b".into()), ..Default::default() }).unwrap();
+    s.add_pr(NewPr {
+        repo: "acme/web".into(),
+        number: Some(3),
+        head_ref: Some("b".into()),
+        ..Default::default()
+    })
+    .unwrap();
     let with_token = |t: &str| {
         http()
             .get(format!("{}/github/repos/acme/web/pulls/3", s.base_url))
@@ -1272,9 +1964,15 @@ async fn github_app_installation_endpoints() {
     assert_eq!(s.expire_installation_tokens(), 1);
     let r = with_token(&token.token).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(r.json::<Value>().await.unwrap()["message"], "Bad credentials");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["message"],
+        "Bad credentials"
+    );
     let r = http()
-        .post(format!("{}/github/app/installations/999/access_tokens", s.base_url))
+        .post(format!(
+            "{}/github/app/installations/999/access_tokens",
+            s.base_url
+        ))
         .bearer_auth(jwt)
         .send()
         .await
@@ -1284,7 +1982,11 @@ async fn github_app_installation_endpoints() {
 
 #[tokio::test]
 async fn github_token_can_be_enforced() {
-    let s = sim_with(SimConfig { github_token: Some("right".into()), ..SimConfig::default() }).await;
+    let s = sim_with(SimConfig {
+        github_token: Some("right".into()),
+        ..SimConfig::default()
+    })
+    .await;
     let get = |t: &str| {
         http()
             .get(format!("{}/github/repos/acme/web/pulls", s.base_url))
@@ -1304,11 +2006,25 @@ async fn control_endpoints_over_http() {
     let (url, mut rx) = receiver().await;
     let s = sim().await;
     let c = http();
-    let post = |path: &str, body: Value| c.post(format!("{}/_sim{}", s.base_url, path)).json(&body).send();
+    let post = |path: &str, body: Value| {
+        c.post(format!("{}/_sim{}", s.base_url, path))
+            .json(&body)
+            .send()
+    };
 
-    let r = post("/webhook-target", json!({"url": url, "headers": {"x-webhook-secret": "k"}})).await.unwrap();
+    let r = post(
+        "/webhook-target",
+        json!({"url": url, "headers": {"x-webhook-secret": "k"}}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
-    let r = post("/projects", json!({"projectId": "bAYZ4a", "repo": "acme/web", "framework": "pw"})).await.unwrap();
+    let r = post(
+        "/projects",
+        json!({"projectId": "bAYZ4a", "repo": "acme/web", "framework": "pw"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 201);
     let r = post(
         "/runs",
@@ -1321,65 +2037,176 @@ async fn control_endpoints_over_http() {
     assert_eq!(r.status(), 201);
     let run: Run = r.json().await.unwrap();
     assert_eq!(run.created_at.to_rfc3339(), "2026-01-01T00:00:00+00:00");
-    assert_eq!(run.groups.iter().map(|g| g.group_id.as_str()).collect::<Vec<_>>(), ["g1", "g2"]);
+    assert_eq!(
+        run.groups
+            .iter()
+            .map(|g| g.group_id.as_str())
+            .collect::<Vec<_>>(),
+        ["g1", "g2"]
+    );
     let (h, body) = next_event(&mut rx).await;
-    assert_eq!((h["x-webhook-secret"].to_str().unwrap(), body["event"].as_str().unwrap()), ("k", "RUN_START"));
+    assert_eq!(
+        (
+            h["x-webhook-secret"].to_str().unwrap(),
+            body["event"].as_str().unwrap()
+        ),
+        ("k", "RUN_START")
+    );
 
-    let r = post(&format!("/runs/{}/advance", run.run_id), json!({"complete": 2, "fail": 1})).await.unwrap();
+    let r = post(
+        &format!("/runs/{}/advance", run.run_id),
+        json!({"complete": 2, "fail": 1}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     let adv: Run = r.json().await.unwrap();
     assert_eq!(adv.status, RunStatus::Failing);
     assert_eq!(adv.instance_counts().complete, 2);
-    let r = post(&format!("/runs/{}/advance", run.run_id), json!({"finish": "passed"})).await.unwrap();
+    let r = post(
+        &format!("/runs/{}/advance", run.run_id),
+        json!({"finish": "passed"}),
+    )
+    .await
+    .unwrap();
     let fin: Run = r.json().await.unwrap();
-    assert_eq!((fin.completion_state, fin.status), (CompletionState::Complete, RunStatus::Failed));
+    assert_eq!(
+        (fin.completion_state, fin.status),
+        (CompletionState::Complete, RunStatus::Failed)
+    );
     assert_eq!(next_event(&mut rx).await.1["event"], "RUN_FINISH");
-    let r = post(&format!("/runs/{}/advance", run.run_id), json!({"complete": 1})).await.unwrap();
+    let r = post(
+        &format!("/runs/{}/advance", run.run_id),
+        json!({"complete": 1}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 409);
     let r = post("/runs/nope/advance", json!({})).await.unwrap();
     assert_eq!(r.status(), 404);
 
     // Bulk add.
-    let r = post("/runs", json!([{"project": "bAYZ4a", "state": "passed"}, {"project": "bAYZ4a", "state": "failed"}])).await.unwrap();
+    let r = post(
+        "/runs",
+        json!([{"project": "bAYZ4a", "state": "passed"}, {"project": "bAYZ4a", "state": "failed"}]),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 201);
-    assert_eq!(r.json::<Value>().await.unwrap()["runIds"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["runIds"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     // Dashboard-style cancel through advance.
     let r = post("/runs", json!({"project": "bAYZ4a"})).await.unwrap();
     let r3: Run = r.json().await.unwrap();
     let _ = next_event(&mut rx).await;
-    let r = post(&format!("/runs/{}/advance", r3.run_id), json!({"cancel": true, "actor": "user:Jane"})).await.unwrap();
+    let r = post(
+        &format!("/runs/{}/advance", r3.run_id),
+        json!({"cancel": true, "actor": "user:Jane"}),
+    )
+    .await
+    .unwrap();
     let canc: Run = r.json().await.unwrap();
-    assert_eq!(canc.cancellation.unwrap().actor.as_deref(), Some("user:Jane"));
+    assert_eq!(
+        canc.cancellation.unwrap().actor.as_deref(),
+        Some("user:Jane")
+    );
     assert_eq!(next_event(&mut rx).await.1["event"], "RUN_CANCELED");
 
     // PRs and what the bot wrote.
-    let r = post("/prs", json!({"repo": "acme/web", "branch": "feat/x", "sha": "e".repeat(40)})).await.unwrap();
+    let r = post(
+        "/prs",
+        json!({"repo": "acme/web", "branch": "feat/x", "sha": "e".repeat(40)}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 201);
     let pr: Value = r.json().await.unwrap();
     assert_eq!(pr["number"], 1);
-    gh(&s, reqwest::Method::POST, "/repos/acme/web/issues/1/comments").json(&json!({"body": "hi"})).send().await.unwrap();
-    let comments: Value = c.get(format!("{}/_sim/github/comments?repo=acme/web&number=1", s.base_url)).send().await.unwrap().json().await.unwrap();
+    gh(
+        &s,
+        reqwest::Method::POST,
+        "/repos/acme/web/issues/1/comments",
+    )
+    .json(&json!({"body": "hi"}))
+    .send()
+    .await
+    .unwrap();
+    let comments: Value = c
+        .get(format!(
+            "{}/_sim/github/comments?repo=acme/web&number=1",
+            s.base_url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(comments[0]["body"], "hi");
-    let prs: Value = c.get(format!("{}/_sim/prs", s.base_url)).send().await.unwrap().json().await.unwrap();
+    let prs: Value = c
+        .get(format!("{}/_sim/prs", s.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(prs.as_array().unwrap().len(), 1);
 
     // Log and stats.
-    send(&s, reqwest::Method::PUT, &format!("/v1/runs/{}/cancel", run.run_id), None).await;
-    let log: Value = c.get(format!("{}/_sim/log", s.base_url)).send().await.unwrap().json().await.unwrap();
+    send(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/v1/runs/{}/cancel", run.run_id),
+        None,
+    )
+    .await;
+    let log: Value = c
+        .get(format!("{}/_sim/log", s.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let entries = log.as_array().unwrap();
     assert_eq!(entries.len(), 2, "{log}");
     assert_eq!(entries[1]["method"], "PUT");
     assert_eq!(entries[1]["status"], 422);
     let since = entries[0]["seq"].as_u64().unwrap();
-    let later: Value = c.get(format!("{}/_sim/log?since={since}", s.base_url)).send().await.unwrap().json().await.unwrap();
+    let later: Value = c
+        .get(format!("{}/_sim/log?since={since}", s.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(later.as_array().unwrap().len(), 1);
-    let stats: Value = c.get(format!("{}/_sim/stats", s.base_url)).send().await.unwrap().json().await.unwrap();
+    let stats: Value = c
+        .get(format!("{}/_sim/stats", s.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats["runs"], 4);
     assert_eq!(stats["requests"]["currents PUT"], 1);
 
     // Bad control input is a 400, not a crash.
-    let r = c.post(format!("{}/_sim/runs", s.base_url)).body("{nope").send().await.unwrap();
+    let r = c
+        .post(format!("{}/_sim/runs", s.base_url))
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let r = post("/runs", json!({"state": "exploded"})).await.unwrap();
     assert_eq!(r.status(), 400);
@@ -1413,10 +2240,22 @@ async fn hostile_input_gets_json_errors_not_panics() {
         "/github/repos/..%2F..%2Fetc/passwd/pulls",
     ];
     for p in paths {
-        let auth = if p.starts_with("/github") { "token t" } else { "Bearer sim-key" };
-        let r = http().get(format!("{}{}", s.base_url, p)).header("authorization", auth).send().await.unwrap();
+        let auth = if p.starts_with("/github") {
+            "token t"
+        } else {
+            "Bearer sim-key"
+        };
+        let r = http()
+            .get(format!("{}{}", s.base_url, p))
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
-        assert!((400..500).contains(&status) || status == 200, "{p}: {status}");
+        assert!(
+            (400..500).contains(&status) || status == 200,
+            "{p}: {status}"
+        );
         let body: Value = r.json().await.unwrap_or_else(|_| panic!("{p}: JSON body"));
         assert!(body.is_object() || body.is_array(), "{p}");
     }
@@ -1451,26 +2290,40 @@ async fn sample_world_is_realistic() {
     let stuck = s.run(&sample.stuck).unwrap();
     assert!(now - stuck.created_at >= ChronoDuration::hours(3));
     let orphan = s.run(&sample.orphan).unwrap();
-    assert_eq!(orphan.meta.ci_build_id.as_deref(), Some("acme/api-14523678-1"));
+    assert_eq!(
+        orphan.meta.ci_build_id.as_deref(),
+        Some("acme/api-14523678-1")
+    );
     assert_eq!(orphan.framework(), Some("cypress"));
     // The PR of the superseding commit is found from either commit.
     let pr = sample.prs.iter().find(|p| p.number == 101).unwrap();
     assert_eq!(Some(pr.head_sha.as_str()), new.sha());
-    let (_, feed) = get(&s, "/v1/projects/bAYZ4a/runs?limit=50&completion_state=IN_PROGRESS").await;
+    let (_, feed) = get(
+        &s,
+        "/v1/projects/bAYZ4a/runs?limit=50&completion_state=IN_PROGRESS",
+    )
+    .await;
     let ids = ids_of(&feed);
     assert!(ids.contains(&sample.superseded) && ids.contains(&sample.stuck));
     // Old runs exist for retention.
     let (_, old_runs) = get(
         &s,
-        &format!("/v1/projects/bAYZ4a/runs?limit=50&date_end={}", urlencode(&(now - ChronoDuration::days(90)).to_rfc3339())),
+        &format!(
+            "/v1/projects/bAYZ4a/runs?limit=50&date_end={}",
+            urlencode(&(now - ChronoDuration::days(90)).to_rfc3339())
+        ),
     )
     .await;
     assert!(!ids_of(&old_runs).is_empty());
     // Statuses are consistent with completion states.
     for r in s.runs("bAYZ4a") {
         match r.completion_state {
-            CompletionState::InProgress => assert!(matches!(r.status, RunStatus::Running | RunStatus::Failing)),
-            CompletionState::Complete => assert!(matches!(r.status, RunStatus::Passed | RunStatus::Failed)),
+            CompletionState::InProgress => {
+                assert!(matches!(r.status, RunStatus::Running | RunStatus::Failing))
+            }
+            CompletionState::Complete => {
+                assert!(matches!(r.status, RunStatus::Passed | RunStatus::Failed))
+            }
             CompletionState::Timeout => assert_eq!(r.status, RunStatus::Failed),
             _ => {}
         }
@@ -1501,11 +2354,23 @@ async fn large_worlds_page_quickly() {
         let (st, body) = get(&s, &path).await;
         assert_eq!(st, 200);
         n += body["data"].as_array().unwrap().len();
-        after = body["data"].as_array().unwrap().last().map(|r| r["cursor"].as_str().unwrap().to_string());
+        after = body["data"]
+            .as_array()
+            .unwrap()
+            .last()
+            .map(|r| r["cursor"].as_str().unwrap().to_string());
     }
     assert_eq!(n, 5_000);
-    let (_, body) = get(&s, "/v1/projects/big2/runs?limit=50&completion_state=IN_PROGRESS").await;
+    let (_, body) = get(
+        &s,
+        "/v1/projects/big2/runs?limit=50&completion_state=IN_PROGRESS",
+    )
+    .await;
     assert_eq!(body["data"].as_array().unwrap().len(), 25);
     assert_eq!(body["has_more"], false);
-    assert!(t.elapsed() < Duration::from_secs(20), "100 pages took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "100 pages took {:?}",
+        t.elapsed()
+    );
 }

@@ -122,7 +122,10 @@ async fn migrations_apply_on_an_empty_file_and_rerun_idempotently() {
     }
     // And applying them once more directly is a no-op.
     MIGRATOR.run(&mut conn).await.unwrap();
-    assert_eq!(conn.list_applied_migrations().await.unwrap().len(), expected.len());
+    assert_eq!(
+        conn.list_applied_migrations().await.unwrap().len(),
+        expected.len()
+    );
 }
 
 #[tokio::test]
@@ -232,8 +235,14 @@ async fn unprocessed_deliveries_come_oldest_first_within_the_limit() {
     let ids = |v: Vec<runwarden::store::Delivery>| {
         v.into_iter().map(|d| d.delivery_id).collect::<Vec<_>>()
     };
-    assert_eq!(ids(s.next_unprocessed(t(100), 10).await.unwrap()), ["a", "b", "c"]);
-    assert_eq!(ids(s.next_unprocessed(t(100), 2).await.unwrap()), ["a", "b"]);
+    assert_eq!(
+        ids(s.next_unprocessed(t(100), 10).await.unwrap()),
+        ["a", "b", "c"]
+    );
+    assert_eq!(
+        ids(s.next_unprocessed(t(100), 2).await.unwrap()),
+        ["a", "b"]
+    );
     // Not before it was received.
     assert_eq!(ids(s.next_unprocessed(t(15), 10).await.unwrap()), ["a"]);
 }
@@ -287,7 +296,12 @@ async fn decisions_and_the_processed_mark_commit_together() {
     assert!(rec[0].new_action);
     assert_eq!(s.count_unprocessed().await.unwrap(), 0);
     assert_eq!(
-        s.get_delivery(d.id).await.unwrap().unwrap().outcome.as_deref(),
+        s.get_delivery(d.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .outcome
+            .as_deref(),
         Some("1 decision")
     );
     assert_eq!(s.queue_depth().await.unwrap(), 1);
@@ -341,7 +355,10 @@ async fn two_rules_deciding_the_same_cancel_make_one_action_and_two_decisions() 
     }
     assert_eq!(
         s.rule_hit_counts().await.unwrap(),
-        [("cancel-superseded".to_string(), 1), ("stuck-runs".to_string(), 1)]
+        [
+            ("cancel-superseded".to_string(), 1),
+            ("stuck-runs".to_string(), 1)
+        ]
     );
     let reason = s.cancel_reason("run-1").await.unwrap().unwrap();
     assert_eq!(reason.rule, "cancel-superseded");
@@ -356,7 +373,10 @@ async fn two_rules_deciding_the_same_cancel_make_one_action_and_two_decisions() 
     assert!(!again[0].new_action && again[0].new_decision);
     assert_eq!(again[0].action_id, rec[0].action_id);
     assert_eq!(s.queue_depth().await.unwrap(), 0);
-    assert_eq!(s.audit(None, None, 10).await.unwrap()[0].outcome, Outcome::Done);
+    assert_eq!(
+        s.audit(None, None, 10).await.unwrap()[0].outcome,
+        Outcome::Done
+    );
 }
 
 #[tokio::test]
@@ -418,13 +438,24 @@ async fn the_earliest_not_before_wins_while_the_action_waits() {
     let rec = s.record_decisions(&[orphan]).await.unwrap();
     let id = rec[0].action_id.unwrap();
     let lease = Duration::from_secs(60);
-    assert!(s.claim_due_actions(t(60), 10, lease, "w").await.unwrap().is_empty());
+    assert!(
+        s.claim_due_actions(t(60), 10, lease, "w")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(s.next_action_due().await.unwrap(), Some(t(120)));
 
     // A supersede decision wants it now.
-    s.record_decisions(&[decision("superseded", "supersede", "cancel", "run-1", t(61))])
-        .await
-        .unwrap();
+    s.record_decisions(&[decision(
+        "superseded",
+        "supersede",
+        "cancel",
+        "run-1",
+        t(61),
+    )])
+    .await
+    .unwrap();
     let claimed = s.claim_due_actions(t(61), 10, lease, "w").await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].id, id);
@@ -443,17 +474,28 @@ async fn audit_filters_by_time_and_rule_and_limits_newest_first() {
     ])
     .await
     .unwrap();
-    let runs = |v: Vec<runwarden::store::AuditEntry>| {
-        v.into_iter().map(|e| e.run_id).collect::<Vec<_>>()
-    };
+    let runs =
+        |v: Vec<runwarden::store::AuditEntry>| v.into_iter().map(|e| e.run_id).collect::<Vec<_>>();
     assert_eq!(
         runs(s.audit(None, None, 100).await.unwrap()),
         ["run-4", "run-3", "run-2", "run-1"]
     );
-    assert_eq!(runs(s.audit(Some(t(20)), None, 100).await.unwrap()), ["run-4", "run-3", "run-2"]);
-    assert_eq!(runs(s.audit(None, Some("a"), 100).await.unwrap()), ["run-3", "run-1"]);
-    assert_eq!(runs(s.audit(Some(t(11)), Some("a"), 100).await.unwrap()), ["run-3"]);
-    assert_eq!(runs(s.audit(None, None, 2).await.unwrap()), ["run-4", "run-3"]);
+    assert_eq!(
+        runs(s.audit(Some(t(20)), None, 100).await.unwrap()),
+        ["run-4", "run-3", "run-2"]
+    );
+    assert_eq!(
+        runs(s.audit(None, Some("a"), 100).await.unwrap()),
+        ["run-3", "run-1"]
+    );
+    assert_eq!(
+        runs(s.audit(Some(t(11)), Some("a"), 100).await.unwrap()),
+        ["run-3"]
+    );
+    assert_eq!(
+        runs(s.audit(None, None, 2).await.unwrap()),
+        ["run-4", "run-3"]
+    );
     assert!(s.audit(None, Some("nope"), 100).await.unwrap().is_empty());
     assert!(s.audit(Some(t(41)), None, 100).await.unwrap().is_empty());
 }
@@ -528,17 +570,38 @@ async fn audit_json_has_exactly_the_spec_shape() {
     ]
     "#);
 
-    // Exactly the SPEC §1 keys, in order, and `at` parses as RFC 3339.
+    // Exactly the SPEC §1 keys, in that order, and `at` parses as RFC 3339.
+    const KEYS: [&str; 11] = [
+        "at",
+        "rule",
+        "kind",
+        "action",
+        "run_id",
+        "project_id",
+        "branch",
+        "outcome",
+        "reason",
+        "attempts",
+        "error",
+    ];
+    for entry in &audit {
+        let text = serde_json::to_string(entry).unwrap();
+        let positions: Vec<usize> = KEYS
+            .iter()
+            .map(|k| {
+                text.find(&format!("\"{k}\":"))
+                    .unwrap_or_else(|| panic!("{k} in {text}"))
+            })
+            .collect();
+        assert!(positions.is_sorted(), "{text}");
+    }
     let json = serde_json::to_value(&audit).unwrap();
     for entry in json.as_array().unwrap() {
-        let keys: Vec<_> = entry.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(
-            keys,
-            [
-                "at", "rule", "kind", "action", "run_id", "project_id", "branch", "outcome",
-                "reason", "attempts", "error"
-            ]
-        );
+        let mut keys: Vec<_> = entry.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        let mut expected = KEYS.to_vec();
+        expected.sort();
+        assert_eq!(keys, expected);
         DateTime::parse_from_rfc3339(entry["at"].as_str().unwrap()).unwrap();
     }
     // And it reads back.
@@ -567,12 +630,27 @@ async fn a_claimed_action_is_not_reclaimed_before_its_lease_expires() {
 
     // Another worker (another process on the same file) sees nothing until the lease ends.
     let other = ts.reopen().await;
-    assert!(other.claim_due_actions(t(2), 10, lease, "w2").await.unwrap().is_empty());
-    assert!(other.claim_due_actions(t(60), 10, lease, "w2").await.unwrap().is_empty());
+    assert!(
+        other
+            .claim_due_actions(t(2), 10, lease, "w2")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        other
+            .claim_due_actions(t(60), 10, lease, "w2")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(other.queue_depth().await.unwrap(), 1);
 
     // w1 died: at expiry w2 takes it over.
-    let second = other.claim_due_actions(t(61), 10, lease, "w2").await.unwrap();
+    let second = other
+        .claim_due_actions(t(61), 10, lease, "w2")
+        .await
+        .unwrap();
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].id, first[0].id);
     assert_eq!(second[0].worker_id.as_deref(), Some("w2"));
@@ -591,9 +669,15 @@ async fn a_claimed_action_is_not_reclaimed_before_its_lease_expires() {
     let row = s.get_action(first[0].id).await.unwrap().unwrap();
     assert_eq!(row.state, ActionState::Done);
     assert_eq!(row.detail.as_deref(), Some("cancelled"));
-    assert!(s.claim_due_actions(t(1000), 10, lease, "w3").await.unwrap().is_empty());
+    assert!(
+        s.claim_due_actions(t(1000), 10, lease, "w3")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(matches!(
-        s.complete_action(row.id + 1, ActionOutcome::Done, "x").await,
+        s.complete_action(row.id + 1, ActionOutcome::Done, "x")
+            .await,
         Err(StoreError::NotFound { .. })
     ));
 }
@@ -606,8 +690,19 @@ async fn not_before_holds_an_action_back() {
     d.not_before = Some(t(120));
     s.record_decisions(&[d]).await.unwrap();
     let lease = Duration::from_secs(30);
-    assert!(s.claim_due_actions(t(119), 10, lease, "w").await.unwrap().is_empty());
-    assert_eq!(s.claim_due_actions(t(120), 10, lease, "w").await.unwrap().len(), 1);
+    assert!(
+        s.claim_due_actions(t(119), 10, lease, "w")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.claim_due_actions(t(120), 10, lease, "w")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -672,7 +767,11 @@ async fn a_failed_attempt_is_retried_after_its_backoff_then_completes() {
         .await
         .unwrap();
     let lease = Duration::from_secs(60);
-    let a = s.claim_due_actions(t(1), 10, lease, "w").await.unwrap().remove(0);
+    let a = s
+        .claim_due_actions(t(1), 10, lease, "w")
+        .await
+        .unwrap()
+        .remove(0);
     assert!(s.fail_attempt(a.id, "HTTP 503", t(30)).await.unwrap());
 
     let row = s.get_action(a.id).await.unwrap().unwrap();
@@ -684,7 +783,12 @@ async fn a_failed_attempt_is_retried_after_its_backoff_then_completes() {
     assert_eq!(planned.outcome, Outcome::Planned);
     assert_eq!(planned.error.as_deref(), Some("HTTP 503"));
 
-    assert!(s.claim_due_actions(t(29), 10, lease, "w").await.unwrap().is_empty());
+    assert!(
+        s.claim_due_actions(t(29), 10, lease, "w")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let again = s.claim_due_actions(t(30), 10, lease, "w").await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, 1);
@@ -717,7 +821,11 @@ async fn a_failed_action_is_final_until_an_operator_retries_it() {
     let lease = Duration::from_secs(60);
     let batch = s.claim_due_actions(t(1), 10, lease, "w").await.unwrap();
     assert!(s.fail_action(batch[0].id, "HTTP 403").await.unwrap());
-    assert!(!s.complete_action(batch[0].id, ActionOutcome::Done, "x").await.unwrap());
+    assert!(
+        !s.complete_action(batch[0].id, ActionOutcome::Done, "x")
+            .await
+            .unwrap()
+    );
     assert!(!s.fail_attempt(batch[0].id, "x", t(2)).await.unwrap());
 
     let failed = s.failed_actions(10).await.unwrap();
@@ -736,9 +844,18 @@ async fn a_failed_action_is_final_until_an_operator_retries_it() {
     );
     assert_eq!(s.queue_depth().await.unwrap(), 1);
     assert_eq!(s.pending_actions().await.unwrap().len(), 1);
-    assert!(s.claim_due_actions(t(1000), 10, lease, "w").await.unwrap().is_empty());
+    // Within the other action's lease nothing is due: the failed one is not retried.
+    assert!(
+        s.claim_due_actions(t(30), 10, lease, "w")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
-    assert!(!s.retry_action(batch[1].id, t(5)).await.unwrap(), "not failed");
+    assert!(
+        !s.retry_action(batch[1].id, t(5)).await.unwrap(),
+        "not failed"
+    );
     assert!(s.retry_action(batch[0].id, t(5)).await.unwrap());
     let again = s.claim_due_actions(t(5), 10, lease, "w").await.unwrap();
     assert_eq!(again.len(), 1);
@@ -781,13 +898,23 @@ async fn runs_are_upserted_and_stale_observations_ignored() {
     more.updated_at = t(80);
     more.progress_changed_at = t(80);
     assert!(s.upsert_run(&more).await.unwrap());
-    assert_eq!(s.get_run("run-1").await.unwrap().unwrap().progress_changed_at, t(80));
+    assert_eq!(
+        s.get_run("run-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .progress_changed_at,
+        t(80)
+    );
 
     // An older observation (a poll page read before the webhook) is ignored.
     let mut stale = run_record("run-1", "IN_PROGRESS", "RUNNING", 0, 75);
     stale.completed_specs = 1;
     assert!(!s.upsert_run(&stale).await.unwrap());
-    assert_eq!(s.get_run("run-1").await.unwrap().unwrap().completed_specs, 3);
+    assert_eq!(
+        s.get_run("run-1").await.unwrap().unwrap().completed_specs,
+        3
+    );
 
     assert_eq!(s.in_progress_runs(None, None).await.unwrap().len(), 1);
     let done = run_record("run-1", "COMPLETE", "PASSED", 0, 90);
@@ -813,26 +940,42 @@ async fn in_progress_runs_filter_by_project_and_branch_and_skip_gone_runs() {
         s.upsert_run(&r).await.unwrap();
     }
     let ids = |v: Vec<RunRecord>| v.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
-    assert_eq!(ids(s.in_progress_runs(None, None).await.unwrap()), ["a", "b", "c", "e"]);
+    assert_eq!(
+        ids(s.in_progress_runs(None, None).await.unwrap()),
+        ["a", "b", "c", "e"]
+    );
     assert_eq!(
         ids(s.in_progress_runs(Some("bAYZ4a"), None).await.unwrap()),
         ["a", "b", "e"]
     );
     assert_eq!(
-        ids(s.in_progress_runs(Some("bAYZ4a"), Some("main")).await.unwrap()),
+        ids(s
+            .in_progress_runs(Some("bAYZ4a"), Some("main"))
+            .await
+            .unwrap()),
         ["a", "e"]
     );
-    assert_eq!(ids(s.in_progress_runs(None, Some("feat")).await.unwrap()), ["b"]);
+    assert_eq!(
+        ids(s.in_progress_runs(None, Some("feat")).await.unwrap()),
+        ["b"]
+    );
 
     assert!(s.mark_run_gone("e").await.unwrap());
     assert!(!s.mark_run_gone("nope").await.unwrap());
     assert_eq!(
-        ids(s.in_progress_runs(Some("bAYZ4a"), Some("main")).await.unwrap()),
+        ids(s
+            .in_progress_runs(Some("bAYZ4a"), Some("main"))
+            .await
+            .unwrap()),
         ["a"]
     );
     assert_eq!(s.get_run("e").await.unwrap(), None);
     // A gone run is not resurrected by a stale read.
-    assert!(!s.upsert_run(&run_record("e", "IN_PROGRESS", "RUNNING", 5, 99)).await.unwrap());
+    assert!(
+        !s.upsert_run(&run_record("e", "IN_PROGRESS", "RUNNING", 5, 99))
+            .await
+            .unwrap()
+    );
     assert!(s.delete_run("a").await.unwrap());
     assert_eq!(s.get_run("a").await.unwrap(), None);
 }
@@ -859,16 +1002,32 @@ async fn passed_durations_are_the_newest_completed_passed_runs_of_the_branch() {
     for r in [failed, canceled, other, no_branch] {
         s.upsert_run(&r).await.unwrap();
     }
-    let d = s.passed_durations("bAYZ4a", Some("main"), 50).await.unwrap();
+    let d = s
+        .passed_durations("bAYZ4a", Some("main"), 50)
+        .await
+        .unwrap();
     assert_eq!(d.len(), 50);
     assert_eq!(d[0], 1059, "newest first");
     assert_eq!(d[49], 1010);
-    assert_eq!(s.passed_durations("bAYZ4a", Some("feat"), 50).await.unwrap(), [7]);
+    assert_eq!(
+        s.passed_durations("bAYZ4a", Some("feat"), 50)
+            .await
+            .unwrap(),
+        [7]
+    );
     assert_eq!(s.passed_durations("bAYZ4a", None, 50).await.unwrap(), [8]);
-    assert!(s.passed_durations("zzz", Some("main"), 50).await.unwrap().is_empty());
+    assert!(
+        s.passed_durations("zzz", Some("main"), 50)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Deleted in Currents: still history.
     s.mark_run_gone("p59").await.unwrap();
-    assert_eq!(s.passed_durations("bAYZ4a", Some("main"), 1).await.unwrap(), [1059]);
+    assert_eq!(
+        s.passed_durations("bAYZ4a", Some("main"), 1).await.unwrap(),
+        [1059]
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -889,11 +1048,27 @@ async fn a_section_for_an_old_head_never_overwrites_the_new_one() {
         body: body.into(),
         updated_at: t(created + 1),
     };
-    assert!(s.upsert_section_if_newer(&section("old", "old", 10, "old running")).await.unwrap());
-    assert!(s.upsert_section_if_newer(&section("new", "new", 20, "new running")).await.unwrap());
+    assert!(
+        s.upsert_section_if_newer(&section("old", "old", 10, "old running"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.upsert_section_if_newer(&section("new", "new", 20, "new running"))
+            .await
+            .unwrap()
+    );
     // The old commit's run finishes late (or is re-run): the head's section stays.
-    assert!(!s.upsert_section_if_newer(&section("old", "new", 30, "old passed")).await.unwrap());
-    assert!(s.upsert_section_if_newer(&section("new", "new", 20, "new passed")).await.unwrap());
+    assert!(
+        !s.upsert_section_if_newer(&section("old", "new", 30, "old passed"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.upsert_section_if_newer(&section("new", "new", 20, "new passed"))
+            .await
+            .unwrap()
+    );
     let sections = s.sections("Acme/Web", 12).await.unwrap();
     assert_eq!(sections.len(), 1);
     assert_eq!(sections[0].body, "new passed");
@@ -916,11 +1091,20 @@ async fn a_slot_is_claimed_once() {
     assert!(s.claim_slot("nightly", t(7200), t(7201)).await.unwrap());
     assert_eq!(s.last_slot("nightly").await.unwrap(), Some(t(7200)));
 
-    s.finish_slot("nightly", t(3600), "deleted 3 runs").await.unwrap();
+    s.finish_slot("nightly", t(3600), "deleted 3 runs")
+        .await
+        .unwrap();
     let slot = s.get_slot("nightly", t(3600)).await.unwrap().unwrap();
     assert_eq!(slot.summary.as_deref(), Some("deleted 3 runs"));
     assert!(slot.finished_at.is_some());
-    assert!(s.get_slot("nightly", t(7200)).await.unwrap().unwrap().finished_at.is_none());
+    assert!(
+        s.get_slot("nightly", t(7200))
+            .await
+            .unwrap()
+            .unwrap()
+            .finished_at
+            .is_none()
+    );
     assert!(matches!(
         s.finish_slot("nightly", t(1), "x").await,
         Err(StoreError::NotFound { .. })
@@ -933,18 +1117,45 @@ async fn a_lease_is_held_until_it_expires_then_taken_over() {
     let s = &ts.store;
     let ttl = Duration::from_secs(30);
     assert!(s.try_acquire_lease("poller", "a", ttl, t(0)).await.unwrap());
-    assert!(!s.try_acquire_lease("poller", "b", ttl, t(10)).await.unwrap());
+    assert!(
+        !s.try_acquire_lease("poller", "b", ttl, t(10))
+            .await
+            .unwrap()
+    );
     // The holder renews.
-    assert!(s.try_acquire_lease("poller", "a", ttl, t(20)).await.unwrap());
-    assert!(!s.try_acquire_lease("poller", "b", ttl, t(40)).await.unwrap());
-    assert_eq!(s.lease_holder("poller").await.unwrap(), Some(("a".into(), t(50))));
+    assert!(
+        s.try_acquire_lease("poller", "a", ttl, t(20))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.try_acquire_lease("poller", "b", ttl, t(40))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.lease_holder("poller").await.unwrap(),
+        Some(("a".into(), t(50)))
+    );
     // a stops renewing: b takes over at expiry.
-    assert!(s.try_acquire_lease("poller", "b", ttl, t(50)).await.unwrap());
-    assert!(!s.try_acquire_lease("poller", "a", ttl, t(51)).await.unwrap());
+    assert!(
+        s.try_acquire_lease("poller", "b", ttl, t(50))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.try_acquire_lease("poller", "a", ttl, t(51))
+            .await
+            .unwrap()
+    );
     // Only the holder releases.
     assert!(!s.release_lease("poller", "a").await.unwrap());
     assert!(s.release_lease("poller", "b").await.unwrap());
-    assert!(s.try_acquire_lease("poller", "a", ttl, t(52)).await.unwrap());
+    assert!(
+        s.try_acquire_lease("poller", "a", ttl, t(52))
+            .await
+            .unwrap()
+    );
     // Leases are independent by name.
     assert!(s.try_acquire_lease("other", "b", ttl, t(52)).await.unwrap());
 }
@@ -992,8 +1203,13 @@ async fn a_database_locked_beyond_the_busy_timeout_is_unavailable() {
     .await
     .unwrap();
     // Another process holds the write lock.
-    let mut locker = sqlx::SqliteConnection::connect(&url(&ts.path)).await.unwrap();
-    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut locker).await.unwrap();
+    let mut locker = sqlx::SqliteConnection::connect(&url(&ts.path))
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
 
     let started = Instant::now();
     let err = store
@@ -1009,7 +1225,10 @@ async fn a_database_locked_beyond_the_busy_timeout_is_unavailable() {
         .unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
 
-    sqlx::raw_sql("ROLLBACK").execute(&mut locker).await.unwrap();
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .unwrap();
     assert_eq!(
         store
             .insert_delivery(delivery("github", "d", "{}", t(0)))

@@ -24,6 +24,34 @@ use crate::store::{ActionOutcome, ActionRow};
 pub const MAX_ATTEMPTS: i64 = 6;
 /// Lease on a claimed action; a crashed worker's actions are reclaimed after it.
 pub const LEASE: Duration = Duration::from_secs(60);
+/// Actions carried out at once by one executor.
+pub const CONCURRENCY: usize = 16;
+
+/// The executor's retry schedule and lease ([`AppContext::executor`]). `Default` is
+/// production's: [`MAX_ATTEMPTS`], backoff 1 s doubling up to 5 min, [`LEASE`]; tests
+/// shorten it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutorOptions {
+    /// Attempts before an action is failed for good.
+    pub max_attempts: i64,
+    /// Backoff before the second attempt; doubled per attempt.
+    pub backoff_base: Duration,
+    /// Largest backoff.
+    pub backoff_max: Duration,
+    /// Lease on a claimed action.
+    pub lease: Duration,
+}
+
+impl Default for ExecutorOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: MAX_ATTEMPTS,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            lease: LEASE,
+        }
+    }
+}
 
 /// The result of one attempt.
 #[derive(Debug)]
@@ -37,32 +65,72 @@ pub enum Attempt {
 /// Backoff before attempt `n + 1`: 1s, 2s, 4s ... capped at 5 min, with full jitter
 /// in the upper half.
 pub fn backoff(attempts: i64) -> Duration {
-    let base = 1u64 << attempts.clamp(0, 8);
-    let secs = base.min(300) as f64;
+    backoff_with(&ExecutorOptions::default(), attempts)
+}
+
+/// [`backoff`] on the schedule of `opts`: `backoff_base * 2^attempts`, capped at
+/// `backoff_max`, times a jitter in `0.5..=1`.
+pub fn backoff_with(opts: &ExecutorOptions, attempts: i64) -> Duration {
+    let ceiling = opts
+        .backoff_base
+        .checked_mul(1u32 << attempts.clamp(0, 8))
+        .unwrap_or(opts.backoff_max)
+        .min(opts.backoff_max);
     let jitter = rand::thread_rng().gen_range(0.5..=1.0);
-    Duration::from_secs_f64(secs * jitter)
+    ceiling.mul_f64(jitter)
 }
 
 /// Claims and carries out every due action once; returns how many were attempted.
 pub async fn run_due(ctx: &AppContext) -> usize {
+    run_due_until(ctx, || false).await
+}
+
+/// [`run_due`] for `serve`: up to [`CONCURRENCY`] actions in flight, and while the bot
+/// is ready, actions that fall due meanwhile are claimed as soon as a slot is free, so
+/// that one slow action (a hanging API) does not hold the others back. Once `stop()`
+/// holds (shutdown), nothing new is claimed: the actions in flight finish, the rest stay
+/// queued for the next start.
+pub async fn run_due_until(ctx: &AppContext, stop: impl Fn() -> bool) -> usize {
+    use futures::StreamExt as _;
     let mut total = 0;
+    let mut inflight = futures::stream::FuturesUnordered::new();
+    let mut ids = std::collections::HashSet::new();
     loop {
-        let now = Utc::now();
-        let batch = match ctx.store.claim_due_actions(now, 16, LEASE, &ctx.worker_id).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot claim actions");
-                return total;
+        let free = CONCURRENCY.saturating_sub(inflight.len());
+        let may_claim = inflight.is_empty() || ctx.ready.load(std::sync::atomic::Ordering::SeqCst);
+        if free > 0 && may_claim && !stop() {
+            let now = Utc::now();
+            match ctx.store.claim_due_actions(now, free as i64, ctx.executor.lease, &ctx.worker_id).await {
+                Ok(batch) => {
+                    for a in batch {
+                        // An action still in flight whose lease ran out is ours already.
+                        if ids.insert(a.id) {
+                            total += 1;
+                            let id = a.id;
+                            inflight.push(async move {
+                                execute(ctx, a).await;
+                                id
+                            });
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot claim actions"),
             }
-        };
-        if batch.is_empty() {
+        }
+        if inflight.is_empty() {
             return total;
         }
-        total += batch.len();
-        let futs = batch.into_iter().map(|a| execute(ctx, a));
-        futures::future::join_all(futs).await;
+        tokio::select! {
+            Some(id) = inflight.next() => {
+                ids.remove(&id);
+            }
+            _ = tokio::time::sleep(CLAIM_INTERVAL), if ctx.ready.load(std::sync::atomic::Ordering::SeqCst) => {}
+        }
     }
 }
+
+/// How often [`run_due_until`] looks for newly due actions while others are in flight.
+const CLAIM_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Carries one claimed action out and records the outcome.
 pub async fn execute(ctx: &AppContext, a: ActionRow) {
@@ -77,8 +145,8 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
     let (outcome, res) = match &attempt {
         Attempt::Done(detail) => ("done", ctx.store.complete_action(a.id, ActionOutcome::Done, detail).await),
         Attempt::Skipped(detail) => ("skipped", ctx.store.complete_action(a.id, ActionOutcome::Skipped, detail).await),
-        Attempt::Retry(err) if a.attempts + 1 < MAX_ATTEMPTS => {
-            let next = now + chrono::Duration::from_std(backoff(a.attempts)).unwrap_or_default();
+        Attempt::Retry(err) if a.attempts + 1 < ctx.executor.max_attempts => {
+            let next = now + chrono::Duration::from_std(backoff_with(&ctx.executor, a.attempts)).unwrap_or_default();
             tracing::warn!(action = %a.action, run = %a.run_id, attempt = a.attempts + 1, "action failed, will retry: {err}");
             ("retry", ctx.store.fail_attempt(a.id, err, next).await)
         }
@@ -121,7 +189,11 @@ fn received_at(a: &ActionRow) -> Option<DateTime<Utc>> {
 }
 
 fn classify(e: crate::currents::client::CurrentsError, what: &str) -> Attempt {
-    if e.is_retryable() {
+    // An undecodable 2xx (a truncated body, a proxy's page) is ambiguous, not final: the
+    // next attempt finds out (cancel and delete are idempotent; a cancel is verified).
+    let undecodable_success =
+        matches!(&e, crate::currents::client::CurrentsError::Decode { status, .. } if (200..300).contains(status));
+    if e.is_retryable() || undecodable_success {
         Attempt::Retry(format!("{what}: {e}"))
     } else {
         Attempt::Fail(format!("{what}: {e}"))
@@ -182,6 +254,18 @@ async fn summarize(ctx: &AppContext, a: &ActionRow) -> Attempt {
         Err(e) if e.status() == Some(404) => return Attempt::Skipped("run no longer exists".into()),
         Err(e) => return classify(e, "read run"),
     };
-    let _ = (gh, opts, run, event); // PENDING-GITHUB
-    Attempt::Skipped("summaries are not available yet".into())
+    let cancelled_by = ctx
+        .store
+        .cancel_reason(&a.run_id)
+        .await
+        .ok()
+        .flatten()
+        .map(|c| (c.rule, c.reason));
+    let sctx = crate::github::summary::SummaryCtx { gh, config: &ctx.config, rule, opts };
+    match crate::github::summary::post_summary(&sctx, &run, &event, cancelled_by, rule.is_dry_run(ctx.config.dry_run)).await {
+        Ok(report) if report.is_skipped() => Attempt::Skipped(report.to_string()),
+        Ok(report) => Attempt::Done(report.to_string()),
+        Err(e) if e.retryable => Attempt::Retry(e.message),
+        Err(e) => Attempt::Fail(e.message),
+    }
 }

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, Secrets};
 use crate::currents::client::{ClientOptions, CurrentsClient};
+use crate::github::client::GithubClient;
 use crate::server::{AppContext, metrics::Metrics};
 use crate::store::Store;
 
@@ -47,7 +48,8 @@ pub async fn build_context(config: Config, secrets: Secrets) -> anyhow::Result<A
         .await
         .with_context(|| format!("cannot open the store {}", redact_url(&config.store.url)))?;
     let currents = currents_client(&config, &secrets)?;
-    let github = None; // PENDING-GITHUB
+    let github = GithubClient::from_config(&config.github, &secrets)
+        .map_err(|e| anyhow::anyhow!("GitHub credentials: {e}"))?;
     Ok(Arc::new(AppContext {
         config: Arc::new(config),
         secrets: Arc::new(secrets),
@@ -59,6 +61,7 @@ pub async fn build_context(config: Config, secrets: Secrets) -> anyhow::Result<A
         wake_executor: Arc::new(tokio::sync::Notify::new()),
         ready: false.into(),
         worker_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+        executor: crate::actions::ExecutorOptions::default(),
         events: tokio::sync::broadcast::channel(4096).0,
         history_cache: Default::default(),
     }))
@@ -117,7 +120,8 @@ async fn processor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
 
 async fn executor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
     loop {
-        crate::actions::run_due(&ctx).await;
+        let stopping = stop.clone();
+        crate::actions::run_due_until(&ctx, || *stopping.borrow()).await;
         tokio::select! {
             _ = ctx.wake_executor.notified() => {}
             _ = tokio::time::sleep(IDLE_CHECK) => {}
@@ -129,6 +133,16 @@ async fn executor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
 /// Starts every part of the bot on `listener`.
 pub async fn start(ctx: Arc<AppContext>, listener: tokio::net::TcpListener) -> anyhow::Result<Bot> {
     let addr = listener.local_addr()?;
+    // SQLite is one process: an action still leased was claimed by a worker that died (a
+    // crash, SIGKILL); hand it back now rather than after its lease. (A shared PostgreSQL
+    // store keeps the leases: other replicas may be alive.)
+    if ctx.config.store.url.starts_with("sqlite:") {
+        match ctx.store.release_all_leases().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(actions = n, "released the leases of a previous process (it did not stop cleanly)"),
+            Err(e) => tracing::warn!(error = %e, "cannot release stale leases; they expire on their own"),
+        }
+    }
     let (tx, rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let app = crate::server::router(ctx.clone());

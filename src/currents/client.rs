@@ -812,14 +812,13 @@ impl CurrentsClient {
         if (300..400).contains(&reply.status) {
             return "redirect not followed: only the configured base URL is called".into();
         }
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&reply.body) {
-            if let Some(m) = v
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&reply.body)
+            && let Some(m) = v
                 .get("error")
                 .or_else(|| v.get("message"))
                 .filter(|m| !m.is_null())
-            {
-                return excerpt(&value_text(m), key);
-            }
+        {
+            return excerpt(&value_text(m), key);
         }
         let text = excerpt(&String::from_utf8_lossy(&reply.body), key);
         if !text.is_empty() {

@@ -278,9 +278,8 @@ impl GithubError {
     /// The HTTP status of an error answer.
     pub fn status(&self) -> Option<u16> {
         match &self.kind {
-            GithubErrorKind::Status { status, .. } | GithubErrorKind::RateLimited { status, .. } => {
-                Some(*status)
-            }
+            GithubErrorKind::Status { status, .. }
+            | GithubErrorKind::RateLimited { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -341,6 +340,9 @@ pub struct RetryPolicy {
     pub max_wait: Duration,
     /// Minimum spacing of mutating requests from this client.
     pub min_write_interval: Duration,
+    /// After a comment `POST` with an unknown outcome, how long to wait before reading
+    /// the comments to check for it, so a create still in flight at GitHub can land.
+    pub unknown_outcome_settle: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -352,6 +354,7 @@ impl Default for RetryPolicy {
             secondary_limit_delay: Duration::from_secs(60),
             max_wait: Duration::from_secs(5 * 60),
             min_write_interval: Duration::from_secs(1),
+            unknown_outcome_settle: Duration::from_secs(5),
         }
     }
 }
@@ -366,6 +369,7 @@ impl RetryPolicy {
             secondary_limit_delay: Duration::from_millis(20),
             max_wait: Duration::from_secs(5),
             min_write_interval: Duration::ZERO,
+            unknown_outcome_settle: Duration::from_millis(20),
         }
     }
 }
@@ -442,34 +446,17 @@ impl GithubAuth {
     }
 }
 
-/// The RS256 signer of a GitHub App's JWT from its PEM private key.
-///
-/// Signing RS256 needs an RSA implementation that runwarden does not depend on directly
-/// yet: octocrab takes a `jsonwebtoken::EncodingKey` but does not re-export the crate.
-/// With `jsonwebtoken = "9"` in `Cargo.toml` (already in `Cargo.lock` through octocrab)
-/// the body becomes:
-///
-/// ```ignore
-/// let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.expose().as_bytes())
-///     .map_err(|e| GithubError::bare(GithubErrorKind::Auth(format!("GITHUB_APP_PRIVATE_KEY: {e}"))))?;
-/// Ok(Arc::new(move || {
-///     octocrab::auth::create_jwt(octocrab::models::AppId(app_id), &key).map_err(|e| e.to_string())
-/// }))
-/// ```
-///
-/// Until then App auth is available through [`GithubAuth::App`] with a signer supplied
-/// by the caller, and this function reports what is missing.
+/// The RS256 signer of a GitHub App's JWT from its PEM private key (checked now, so a
+/// bad key is reported at startup rather than at the first summary).
 pub fn app_jwt_signer(app_id: u64, pem: &Secret) -> Result<AppJwtSigner, GithubError> {
-    let looks_like_pem = pem.expose().contains("-----BEGIN") && pem.expose().contains("KEY-----");
-    let what = if looks_like_pem {
-        "signing the GitHub App JWT needs the jsonwebtoken dependency, which this build lacks; \
-         use GITHUB_TOKEN"
-    } else {
-        "GITHUB_APP_PRIVATE_KEY is neither PEM text nor a readable PEM file"
-    };
-    Err(GithubError::bare(GithubErrorKind::Auth(format!(
-        "GitHub App {app_id}: {what}"
-    ))))
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.expose().as_bytes()).map_err(|_| {
+        GithubError::bare(GithubErrorKind::Auth(format!(
+            "GitHub App {app_id}: GITHUB_APP_PRIVATE_KEY is neither an RSA PEM private key nor a readable PEM file"
+        )))
+    })?;
+    Ok(Arc::new(move || {
+        octocrab::auth::create_jwt(octocrab::models::AppId(app_id), &key).map_err(|e| e.to_string())
+    }))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -527,6 +514,9 @@ struct Reply<T> {
     value: T,
 }
 
+/// Serialises read-modify-write of one PR's comment.
+type PrLock = Arc<tokio::sync::Mutex<()>>;
+
 /// The GitHub API client. Cheap to share (`Arc`); one per process.
 pub struct GithubClient {
     crab: Octocrab,
@@ -544,7 +534,7 @@ pub struct GithubClient {
     /// (repo key, PR) -> sticky comment id, learnt by the summary code.
     comment_ids: Mutex<HashMap<(String, u64), u64>>,
     /// (repo key, PR) -> lock serialising read-modify-write of that PR's comment.
-    pr_locks: Mutex<HashMap<(String, u64), Arc<tokio::sync::Mutex<()>>>>,
+    pr_locks: Mutex<HashMap<(String, u64), PrLock>>,
 }
 
 impl fmt::Debug for GithubClient {
@@ -565,7 +555,9 @@ impl GithubClient {
         let invalid = |m: String| GithubError::bare(GithubErrorKind::Invalid(m));
         let url = &opts.api_url;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(invalid(format!("github.api_url {url} is not an http(s) URL")));
+            return Err(invalid(format!(
+                "github.api_url {url} is not an http(s) URL"
+            )));
         }
         if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
             return Err(invalid(
@@ -602,7 +594,9 @@ impl GithubClient {
     ) -> Result<Option<GithubClient>, GithubError> {
         match GithubAuth::from_secrets(secrets)? {
             None => Ok(None),
-            Some(auth) => GithubClient::new(GithubClientOptions::from_config(github), auth).map(Some),
+            Some(auth) => {
+                GithubClient::new(GithubClientOptions::from_config(github), auth).map(Some)
+            }
         }
     }
 
@@ -673,7 +667,9 @@ impl GithubClient {
     ) -> Result<Option<IssueComment>, GithubError> {
         let path = format!("/repos/{repo}/issues/{pr}/comments");
         let raw: Vec<RawComment> = self
-            .list_all(repo, &path, "", |c: &RawComment| pred(&c.clone().into_comment()))
+            .list_all(repo, &path, "", |c: &RawComment| {
+                pred(&c.clone().into_comment())
+            })
             .await?;
         Ok(raw
             .into_iter()
@@ -689,7 +685,14 @@ impl GithubClient {
     ) -> Result<Option<IssueComment>, GithubError> {
         let path = format!("/repos/{repo}/issues/comments/{comment_id}");
         match self
-            .call::<RawComment>(Method::GET, &path, "", None, AuthFor::Repo(repo), CallKind::Read)
+            .call::<RawComment>(
+                Method::GET,
+                &path,
+                "",
+                None,
+                AuthFor::Repo(repo),
+                CallKind::Read,
+            )
             .await
         {
             Ok(r) => Ok(Some(r.value.into_comment())),
@@ -735,7 +738,10 @@ impl GithubClient {
         let mut unknown: Option<GithubError> = None;
         for round in 0..self.opts.retry.max_attempts.max(1) {
             if round > 0 {
-                tokio::time::sleep(self.backoff(round)).await;
+                let wait = self
+                    .backoff(round)
+                    .max(self.opts.retry.unknown_outcome_settle);
+                tokio::time::sleep(wait).await;
                 if let Some(c) = self
                     .find_comment(repo, pr, |c| has_marker(&c.body, marker))
                     .await?
@@ -839,7 +845,14 @@ impl GithubClient {
         let path = format!("/repos/{repo}/commits/{sha}/statuses");
         let query = format!("per_page={PER_PAGE}");
         match self
-            .call::<Vec<RawStatus>>(Method::GET, &path, &query, None, AuthFor::Repo(repo), CallKind::Read)
+            .call::<Vec<RawStatus>>(
+                Method::GET,
+                &path,
+                &query,
+                None,
+                AuthFor::Repo(repo),
+                CallKind::Read,
+            )
             .await
         {
             Ok(r) => Ok(r
@@ -906,7 +919,14 @@ impl GithubClient {
                 )
             });
             let r = self
-                .call::<Vec<T>>(Method::GET, &p, &q, None, AuthFor::Repo(repo), CallKind::Read)
+                .call::<Vec<T>>(
+                    Method::GET,
+                    &p,
+                    &q,
+                    None,
+                    AuthFor::Repo(repo),
+                    CallKind::Read,
+                )
                 .await?;
             let n = r.value.len();
             let found = r.value.iter().any(&stop);
@@ -936,7 +956,11 @@ impl GithubClient {
         if u.origin() != self.origin {
             return None;
         }
-        let base_path = url::Url::parse(&self.base).ok()?.path().trim_end_matches('/').to_string();
+        let base_path = url::Url::parse(&self.base)
+            .ok()?
+            .path()
+            .trim_end_matches('/')
+            .to_string();
         let rest = u.path().strip_prefix(&base_path)?;
         if !rest.starts_with('/') {
             return None;
@@ -960,7 +984,9 @@ impl GithubClient {
         let mut reauthenticated = false;
         loop {
             attempt += 1;
-            let result = self.attempt::<T>(&method, path, query, body, auth, kind).await;
+            let result = self
+                .attempt::<T>(&method, path, query, body, auth, kind)
+                .await;
             let mut err = match result {
                 Ok(r) => return Ok(r),
                 Err(e) => e,
@@ -1029,7 +1055,9 @@ impl GithubClient {
         kind: CallKind,
     ) -> Result<Reply<T>, GithubError> {
         let credential = match auth {
-            AuthFor::AppJwt => self.app_jwt().map_err(|k| GithubError::new(method, path, k))?,
+            AuthFor::AppJwt => self
+                .app_jwt()
+                .map_err(|k| GithubError::new(method, path, k))?,
             AuthFor::Repo(repo) => self.repo_token(repo).await?,
         };
         if kind.mutates() {
@@ -1040,11 +1068,19 @@ impl GithubClient {
         let (status, headers, text) = match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r.map_err(|k| GithubError::new(method, path, k))?,
             Err(_) => {
-                return Err(GithubError::new(method, path, GithubErrorKind::Timeout(timeout)));
+                return Err(GithubError::new(
+                    method,
+                    path,
+                    GithubErrorKind::Timeout(timeout),
+                ));
             }
         };
         if status.is_success() {
-            let text = if text.trim().is_empty() { "null" } else { text.as_str() };
+            let text = if text.trim().is_empty() {
+                "null"
+            } else {
+                text.as_str()
+            };
             return match serde_json::from_str::<T>(text) {
                 Ok(value) => Ok(Reply { headers, value }),
                 Err(e) => Err(GithubError::new(
@@ -1054,7 +1090,11 @@ impl GithubClient {
                 )),
             };
         }
-        Err(GithubError::new(method, path, classify(status, &headers, &text)))
+        Err(GithubError::new(
+            method,
+            path,
+            classify(status, &headers, &text),
+        ))
     }
 
     async fn exchange(
@@ -1070,8 +1110,10 @@ impl GithubClient {
             uri.push('?');
             uri.push_str(query);
         }
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", credential.expose()))
-            .map_err(|_| GithubErrorKind::Auth("the credential is not a valid header value".into()))?;
+        let mut auth =
+            HeaderValue::from_str(&format!("Bearer {}", credential.expose())).map_err(|_| {
+                GithubErrorKind::Auth("the credential is not a valid header value".into())
+            })?;
         auth.set_sensitive(true);
         let builder = http::Request::builder()
             .method(method.clone())
@@ -1158,7 +1200,11 @@ impl GithubClient {
             .as_deref()
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
             .map(|d| d.with_timezone(&Utc));
-        tracing::debug!(installation, ?expires_at, "created a GitHub App installation token");
+        tracing::debug!(
+            installation,
+            ?expires_at,
+            "created a GitHub App installation token"
+        );
         let cached = CachedToken {
             token: Secret::new(r.value.token),
             expires_at,
@@ -1183,7 +1229,8 @@ impl GithubClient {
         .await
         .map_err(|mut e| {
             if e.status() == Some(404) {
-                e.kind = GithubErrorKind::Auth(format!("the GitHub App is not installed on {repo}"));
+                e.kind =
+                    GithubErrorKind::Auth(format!("the GitHub App is not installed on {repo}"));
             }
             e
         })?;
@@ -1244,7 +1291,12 @@ fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> GithubErrorK
         .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
         .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
     let message = truncate_chars(&message, MAX_MESSAGE);
-    let hdr = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let hdr = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     let retry_after = hdr("retry-after").and_then(parse_retry_after);
     let exhausted = hdr("x-ratelimit-remaining") == Some("0");
     let reset_wait = hdr("x-ratelimit-reset")
@@ -1298,7 +1350,12 @@ fn describe(e: &octocrab::Error) -> String {
 }
 
 fn first_line(e: &dyn fmt::Display) -> String {
-    e.to_string().lines().next().unwrap_or("").trim().to_string()
+    e.to_string()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1392,9 +1449,24 @@ mod tests {
         let r: RepoName = "acme/web".parse().unwrap();
         assert_eq!((r.owner.as_str(), r.name.as_str()), ("acme", "web"));
         assert_eq!(r.to_string(), "acme/web");
-        assert_eq!(" Acme/Web.js ".parse::<RepoName>().unwrap().key(), "acme/web.js");
-        for bad in ["acme", "acme/", "/web", "a/b/c", "a/../b", "acme/we b", "acme/..", ""] {
-            assert!(bad.parse::<RepoName>().is_err(), "{bad:?} should be rejected");
+        assert_eq!(
+            " Acme/Web.js ".parse::<RepoName>().unwrap().key(),
+            "acme/web.js"
+        );
+        for bad in [
+            "acme",
+            "acme/",
+            "/web",
+            "a/b/c",
+            "a/../b",
+            "acme/we b",
+            "acme/..",
+            "",
+        ] {
+            assert!(
+                bad.parse::<RepoName>().is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 
@@ -1425,7 +1497,11 @@ mod tests {
             k => panic!("{k:?}"),
         }
         // Retry-After wins.
-        match classify(StatusCode::TOO_MANY_REQUESTS, &headers(&[("retry-after", "7")]), "") {
+        match classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[("retry-after", "7")]),
+            "",
+        ) {
             GithubErrorKind::RateLimited { retry_after, .. } => {
                 assert_eq!(retry_after, Some(Duration::from_secs(7)))
             }
@@ -1433,10 +1509,23 @@ mod tests {
         }
         // Primary limit: wait until the reset.
         let reset = (Utc::now().timestamp() + 30).to_string();
-        let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &reset)]);
-        match classify(StatusCode::FORBIDDEN, &h, r#"{"message":"API rate limit exceeded"}"#) {
-            GithubErrorKind::RateLimited { retry_after: Some(d), .. } => {
-                assert!(d <= Duration::from_secs(30) && d >= Duration::from_secs(28), "{d:?}")
+        let h = headers(&[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", &reset),
+        ]);
+        match classify(
+            StatusCode::FORBIDDEN,
+            &h,
+            r#"{"message":"API rate limit exceeded"}"#,
+        ) {
+            GithubErrorKind::RateLimited {
+                retry_after: Some(d),
+                ..
+            } => {
+                assert!(
+                    d <= Duration::from_secs(30) && d >= Duration::from_secs(28),
+                    "{d:?}"
+                )
             }
             k => panic!("{k:?}"),
         }
@@ -1446,9 +1535,16 @@ mod tests {
             &headers(&[("x-ratelimit-remaining", "4999")]),
             r#"{"message":"Resource not accessible by integration"}"#,
         );
-        assert!(matches!(k, GithubErrorKind::Status { status: 403, .. }), "{k:?}");
+        assert!(
+            matches!(k, GithubErrorKind::Status { status: 403, .. }),
+            "{k:?}"
+        );
         // An HTML 502 keeps its 5xx classification.
-        let k = classify(StatusCode::BAD_GATEWAY, &HeaderMap::new(), "<html>502</html>");
+        let k = classify(
+            StatusCode::BAD_GATEWAY,
+            &HeaderMap::new(),
+            "<html>502</html>",
+        );
         let e = GithubError::new(&Method::POST, "/x", k);
         assert!(e.is_retryable() && e.outcome_unknown());
         assert_eq!(e.status(), Some(502));
@@ -1460,7 +1556,10 @@ mod tests {
             "link",
             r#"<https://api.github.com/x?page=3>; rel="next", <https://api.github.com/x?page=9>; rel="last""#,
         )]);
-        assert_eq!(link_next(&h).as_deref(), Some("https://api.github.com/x?page=3"));
+        assert_eq!(
+            link_next(&h).as_deref(),
+            Some("https://api.github.com/x?page=3")
+        );
         let h = headers(&[("link", r#"<https://api.github.com/x?page=1>; rel="first""#)]);
         assert_eq!(link_next(&h), None);
     }
@@ -1481,9 +1580,18 @@ mod tests {
             c.split_api_url("https://ghe.example.com/api/v3/repos/a/b/pulls?page=2"),
             Some(("/repos/a/b/pulls".into(), "page=2".into()))
         );
-        assert_eq!(c.split_api_url("https://evil.example.com/api/v3/repos/a/b?page=2"), None);
-        assert_eq!(c.split_api_url("http://ghe.example.com/api/v3/repos?page=2"), None);
-        assert_eq!(c.split_api_url("https://ghe.example.com/other/repos?page=2"), None);
+        assert_eq!(
+            c.split_api_url("https://evil.example.com/api/v3/repos/a/b?page=2"),
+            None
+        );
+        assert_eq!(
+            c.split_api_url("http://ghe.example.com/api/v3/repos?page=2"),
+            None
+        );
+        assert_eq!(
+            c.split_api_url("https://ghe.example.com/other/repos?page=2"),
+            None
+        );
     }
 
     #[tokio::test]
@@ -1503,6 +1611,24 @@ mod tests {
     }
 
     #[test]
+    fn installation_tokens_are_renewed_before_they_expire() {
+        let now = Utc::now();
+        let token = |mins: i64| CachedToken {
+            token: Secret::new("ghs_x"),
+            expires_at: Some(now + chrono::Duration::minutes(mins)),
+        };
+        assert!(token(60).fresh(now));
+        assert!(token(6).fresh(now));
+        assert!(!token(4).fresh(now), "within the refresh margin");
+        assert!(!token(-1).fresh(now));
+        let forever = CachedToken {
+            token: Secret::new("ghs_x"),
+            expires_at: None,
+        };
+        assert!(forever.fresh(now));
+    }
+
+    #[test]
     fn shas_are_checked_before_use_in_paths() {
         assert!(check_sha("abc1234").is_ok());
         assert!(check_sha("../../x").is_err());
@@ -1514,10 +1640,20 @@ mod tests {
         let e = |k| GithubError::new(&Method::POST, "/x", k);
         assert!(e(GithubErrorKind::Timeout(Duration::from_secs(1))).outcome_unknown());
         assert!(e(GithubErrorKind::Network("reset".into())).outcome_unknown());
-        assert!(!e(GithubErrorKind::Status { status: 422, message: String::new() }).outcome_unknown());
         assert!(
-            !e(GithubErrorKind::RateLimited { status: 429, message: String::new(), retry_after: None })
-                .outcome_unknown()
+            !e(GithubErrorKind::Status {
+                status: 422,
+                message: String::new()
+            })
+            .outcome_unknown()
+        );
+        assert!(
+            !e(GithubErrorKind::RateLimited {
+                status: 429,
+                message: String::new(),
+                retry_after: None
+            })
+            .outcome_unknown()
         );
     }
 
@@ -1540,6 +1676,10 @@ mod tests {
             GithubAuth::from_secrets(&secrets).unwrap(),
             Some(GithubAuth::Token(_))
         ));
-        assert!(GithubAuth::from_secrets(&Secrets::default()).unwrap().is_none());
+        assert!(
+            GithubAuth::from_secrets(&Secrets::default())
+                .unwrap()
+                .is_none()
+        );
     }
 }

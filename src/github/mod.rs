@@ -12,7 +12,9 @@ pub mod events;
 pub mod render;
 pub mod summary;
 
-pub use client::{GithubAuth, GithubClient, GithubClientOptions, GithubError, RepoName, RetryPolicy};
+pub use client::{
+    GithubAuth, GithubClient, GithubClientOptions, GithubError, RepoName, RetryPolicy,
+};
 pub use summary::{
-    SummaryCtx, SummaryError, SummaryOutcome, SummaryReport, StatusOutcome, post_summary,
+    StatusOutcome, SummaryCtx, SummaryError, SummaryOutcome, SummaryReport, post_summary,
 };

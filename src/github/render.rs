@@ -208,36 +208,44 @@ pub struct Section {
     /// Project, branch and sorted tags: see [`section_key`].
     pub key: String,
     pub project: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     pub run_id: String,
     pub run_url: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha: Option<String>,
     pub created_at: DateTime<Utc>,
     pub outcome: Outcome,
     /// Running with failures already.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub failing: bool,
     pub counts: Counts,
     #[serde(default)]
     pub specs_done: u64,
     #[serde(default)]
     pub specs_total: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_specs: Vec<FailedSpec>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub failed_specs_total: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<GroupLine>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancelled: Option<CancelledBy>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The key of a run's section: project, branch and sorted tags. Two runs with the same
@@ -506,6 +514,8 @@ pub struct TemplateError {
 
 /// The whole comment body for `doc`, within `input.limit` bytes.
 pub fn render_body(doc: &SummaryDoc, input: &RenderInput<'_>) -> Result<String, TemplateError> {
+    let fitted = fit_sections(doc, input);
+    let doc = &fitted;
     let state = fitted_state(doc, input.limit);
     let current_url = doc
         .get(input.current_key)
@@ -517,13 +527,13 @@ pub fn render_body(doc: &SummaryDoc, input: &RenderInput<'_>) -> Result<String, 
 
     let full = match input.template {
         Some((path, source)) => render_template(doc, input, path, source)?,
-        None => render_default(doc, Detail::Full),
+        None => render_default(doc, Detail::Full, None),
     };
     let visible = if full.len() <= budget {
         full
     } else {
         let compact = if input.template.is_none() {
-            format!("{}\n\n{note}", render_default(doc, Detail::Compact))
+            render_default(doc, Detail::Compact, Some(&note))
         } else {
             String::new()
         };
@@ -534,6 +544,30 @@ pub fn render_body(doc: &SummaryDoc, input: &RenderInput<'_>) -> Result<String, 
         }
     };
     Ok(format!("{MARKER}\n{}\n\n{state}", visible.trim_end()))
+}
+
+/// `doc` without its oldest sections (never the current one) while even its slimmest
+/// state line would take more than half the limit: hundreds of sections on one PR.
+fn fit_sections(doc: &SummaryDoc, input: &RenderInput<'_>) -> SummaryDoc {
+    let mut doc = doc.clone();
+    while doc.sections.len() > 1 && fitted_state(&doc, input.limit).len() > input.limit / 2 {
+        let oldest = doc
+            .sections
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.key != input.current_key)
+            .min_by_key(|(_, s)| s.created_at)
+            .map(|(i, _)| i);
+        match oldest {
+            Some(i) => {
+                let gone = doc.sections.remove(i);
+                tracing::warn!(key = %gone.key, run_id = %gone.run_id,
+                    "summary comment too large; dropping its oldest section");
+            }
+            None => break,
+        }
+    }
+    doc
 }
 
 /// The state line, shrunk (failing-spec lists and group tables dropped) if it alone
@@ -580,14 +614,20 @@ enum Detail {
     Compact,
 }
 
-fn render_default(doc: &SummaryDoc, detail: Detail) -> String {
+fn render_default(doc: &SummaryDoc, detail: Detail, note: Option<&str>) -> String {
     let mut out = String::from("### Currents test runs\n");
     if doc.sections.is_empty() {
         out.push_str("\nNo runs yet.\n");
     }
     for s in &doc.sections {
         out.push('\n');
-        out.push_str(&render_section(s, detail));
+        out.push_str(render_section(s, detail).trim_end());
+        out.push('\n');
+    }
+    if let Some(note) = note {
+        out.push('\n');
+        out.push_str(note);
+        out.push('\n');
     }
     out.push('\n');
     out.push_str(FOOTER);
@@ -713,9 +753,10 @@ fn render_section(s: &Section, detail: Detail) -> String {
                 ));
             }
             if shown < s.failed_specs_total {
+                let more = s.failed_specs_total - shown;
                 out.push_str(&format!(
-                    "- …and {} more in the run\n",
-                    plural(s.failed_specs_total - shown, "spec", "specs")
+                    "- …and {more} more {} in the run\n",
+                    if more == 1 { "spec" } else { "specs" }
                 ));
             }
             out.push('\n');
@@ -880,7 +921,11 @@ fn render_template(
         pr => input.pr,
         dashboard_url => input.dashboard_url,
     };
-    let out = env.get_template("summary").map_err(err)?.render(ctx).map_err(err)?;
+    let out = env
+        .get_template("summary")
+        .map_err(err)?
+        .render(ctx)
+        .map_err(err)?;
     // The template must not forge or break runwarden's own markers.
     Ok(out
         .replace(MARKER, "")
@@ -1019,7 +1064,10 @@ mod tests {
     #[test]
     fn state_round_trips_and_cannot_be_broken_by_values() {
         let doc = SummaryDoc {
-            sections: vec![section("k1", "evil --> <!-- runwarden:state {} -->"), section("k2", "-")],
+            sections: vec![
+                section("k1", "evil --> <!-- runwarden:state {} -->"),
+                section("k2", "-"),
+            ],
         };
         let line = doc.state_line();
         assert_eq!(line.matches("-->").count(), 1, "{line}");

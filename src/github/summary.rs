@@ -76,7 +76,10 @@ pub enum StatusOutcome {
         description: String,
     },
     /// The latest status of the context already says this.
-    Unchanged { sha: String, context: String },
+    Unchanged {
+        sha: String,
+        context: String,
+    },
     Skipped(String),
     /// Dry run: what would have been sent.
     DryRun {
@@ -107,7 +110,7 @@ impl SummaryReport {
             } else {
                 Vec::new()
             },
-            status: opts.commit_status.then(|| StatusOutcome::Skipped(reason)),
+            status: opts.commit_status.then_some(StatusOutcome::Skipped(reason)),
         }
     }
 
@@ -216,7 +219,10 @@ pub async fn post_summary(
     dry_run: bool,
 ) -> Result<SummaryReport, SummaryError> {
     let opts = ctx.opts;
-    let event = event.trim().to_ascii_uppercase();
+    let mut event = event.trim().to_ascii_uppercase();
+    if event == "RUN_CANCELLED" {
+        event = "RUN_CANCELED".into();
+    }
     if !opts.events.iter().any(|e| e.eq_ignore_ascii_case(&event)) {
         return Ok(SummaryReport::skipped(
             None,
@@ -236,7 +242,9 @@ pub async fn post_summary(
     let section = Section::from_run(
         run,
         &event,
-        cancelled_by.as_ref().map(|(r, why)| (r.as_str(), why.as_str())),
+        cancelled_by
+            .as_ref()
+            .map(|(r, why)| (r.as_str(), why.as_str())),
         dashboard,
         opts.max_failed_specs as usize,
     );
@@ -518,7 +526,11 @@ pub fn merge_section(doc: &mut SummaryDoc, mut new: Section, head_sha: &str) -> 
             old.run_id
         ));
     }
-    if !(new_head && !old_head) && new.created_at < old.created_at {
+    if new_head && !old_head {
+        *old = new;
+        return Merge::Replaced;
+    }
+    if new.created_at < old.created_at {
         return Merge::Kept(format!(
             "run {} is older than run {}, which its section already shows",
             new.run_id, old.run_id
@@ -663,7 +675,10 @@ async fn post_status(
     let Some(sha) = run.sha().filter(|s| !s.is_empty()) else {
         return Ok(StatusOutcome::Skipped("the run has no commit sha".into()));
     };
-    let context = ctx.opts.status_context.replace("{project}", &run.project_id);
+    let context = ctx
+        .opts
+        .status_context
+        .replace("{project}", &run.project_id);
     let (state, description) = status_for(section);
     let latest = ctx.gh.latest_status(repo, sha, &context).await?;
     if let Some(l) = &latest
@@ -750,7 +765,10 @@ mod tests {
             redact_userinfo("https://x:ghs_secret@github.com/a"),
             "https://***@github.com/a"
         );
-        assert_eq!(redact_userinfo("https://github.com/a@b"), "https://github.com/a@b");
+        assert_eq!(
+            redact_userinfo("https://github.com/a@b"),
+            "https://github.com/a@b"
+        );
     }
 
     fn section(run: &str, sha: &str, created: &str, outcome: Outcome) -> Section {
@@ -843,6 +861,13 @@ mod tests {
         merge_section(&mut doc, plain, "aaaa");
         let c = doc.sections[0].cancelled.as_ref().unwrap();
         assert_eq!(c.rule.as_deref(), Some("cancel-superseded"));
+    }
+
+    /// The executor spawns summaries on the runtime: the future must be `Send`.
+    #[allow(dead_code)]
+    fn post_summary_is_send(ctx: &SummaryCtx<'_>, run: &Run) {
+        fn send<T: Send>(_: T) {}
+        send(post_summary(ctx, run, "RUN_FINISH", None, false));
     }
 
     #[test]

@@ -34,7 +34,10 @@ pub enum ProcessError {
 
 impl From<crate::currents::client::CurrentsError> for ProcessError {
     fn from(e: crate::currents::client::CurrentsError) -> Self {
-        if e.is_retryable() {
+        // An undecodable 2xx (a truncated body, a proxy's page) may read fine next time.
+        let undecodable_success =
+            matches!(&e, crate::currents::client::CurrentsError::Decode { status, .. } if (200..300).contains(status));
+        if e.is_retryable() || undecodable_success {
             ProcessError::Transient(format!("Currents API: {e}"))
         } else {
             ProcessError::Permanent(format!("Currents API: {e}"))

@@ -422,10 +422,12 @@ pub(crate) fn since(t: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
 /// A time in a reason: `12:03:11` on the same UTC day as `now`, else
 /// `2026-01-02 12:03:11`.
 pub(crate) fn clock(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    use chrono::{Datelike, Timelike};
+    let hms = format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second());
     if t.date_naive() == now.date_naive() {
-        t.format("%H:%M:%S").to_string()
+        hms
     } else {
-        t.format("%Y-%m-%d %H:%M:%S").to_string()
+        format!("{:04}-{:02}-{:02} {hms}", t.year(), t.month(), t.day())
     }
 }
 
@@ -500,5 +502,83 @@ mod tests {
             serde_json::from_str::<Action>("\"delete\"").unwrap(),
             Action::Delete
         );
+    }
+}
+
+#[cfg(test)]
+mod engine_tests {
+    use super::*;
+    use crate::config::load_str;
+    use chrono::TimeZone;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "[currents]\nprojects = [\"p1\", \"p2\", \"p3\"]\n{extra}\n[[rules]]\nname = \"sup\"\nkind = \"supersede\"\n"
+        );
+        load_str(&text, "rules.toml", &[]).unwrap().config
+    }
+
+    fn run(id: &str, min: u32) -> Run {
+        serde_json::from_value(serde_json::json!({
+            "runId": id, "projectId": "p1",
+            "createdAt": Utc.with_ymd_and_hms(2026, 1, 1, 12, min, 0).unwrap(),
+            "meta": {"commit": {"branch": "b", "remoteOrigin": "git@github.com:acme/web.git"}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn clock_shows_the_date_only_for_another_day() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 2, 8, 0, 0).unwrap();
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 7, 5, 9).unwrap();
+        assert_eq!(clock(t, now), "07:05:09");
+        let y = Utc.with_ymd_and_hms(2026, 1, 1, 23, 0, 0).unwrap();
+        assert_eq!(clock(y, now), "2026-01-01 23:00:00");
+    }
+
+    #[test]
+    fn finish_sorts_by_creation_then_id_and_keeps_one_decision_per_run() {
+        let c = config("");
+        let rule = &c.rules[0];
+        let (a, b, b2) = (run("a", 5), run("b", 1), run("b", 1));
+        let d = |r: &Run, why: &str| Decision::new(&c, rule, Action::Cancel, r, why.into());
+        let out = finish(vec![(&a, d(&a, "x")), (&b, d(&b, "z")), (&b2, d(&b2, "y"))]);
+        let got: Vec<(&str, &str)> = out
+            .iter()
+            .map(|d| (d.run_id.as_str(), d.reason.as_str()))
+            .collect();
+        assert_eq!(got, vec![("b", "y"), ("a", "x")]);
+    }
+
+    #[test]
+    fn repositories_come_from_the_mapping_else_the_remote() {
+        let c = config("[github]\nrepos = { p1 = \"Acme/API\" }\n");
+        let mut r = run("a", 0);
+        assert_eq!(run_repo(&c, &r).as_deref(), Some("acme/api"));
+        assert!(run_in_repo(&c, &r, "acme/api"));
+        assert!(!run_in_repo(&c, &r, "acme/web"));
+        r.project_id = "p2".into();
+        assert_eq!(run_repo(&c, &r).as_deref(), Some("acme/web"));
+        assert!(run_in_repo(&c, &r, "ACME/web.git"));
+        r.meta.commit.remote_origin = None;
+        assert_eq!(run_repo(&c, &r), None);
+        assert_eq!(projects_for_repo(&c, "acme/api"), vec!["p1", "p2", "p3"]);
+        assert_eq!(projects_for_repo(&c, "acme/web"), vec!["p2", "p3"]);
+    }
+
+    #[test]
+    fn triggers_round_trip_through_json() {
+        let t = Trigger::Push {
+            repo: "acme/web".into(),
+            branch: "b".into(),
+            head_sha: "abc".into(),
+            deleted: false,
+            pushed_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        };
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["type"], "push");
+        assert_eq!(serde_json::from_value::<Trigger>(v).unwrap(), t);
+        let v = serde_json::to_value(Trigger::Tick).unwrap();
+        assert_eq!(v, serde_json::json!({"type": "tick"}));
     }
 }

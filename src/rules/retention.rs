@@ -75,25 +75,70 @@ pub fn verdicts<'r>(
     runs: impl Iterator<Item = &'r Run>,
     now: DateTime<Utc>,
 ) -> Vec<(&'r Run, Verdict<'r>)> {
-    let mut groups: HashMap<(&'r str, Option<&'r str>), Vec<&'r Run>> = HashMap::new();
-    for r in runs.filter(|r| rule.filter.matches(r)) {
-        groups
-            .entry((&r.project_id, r.branch()))
-            .or_default()
-            .push(r);
-    }
+    let mut out = Vec::new();
+    visit_verdicts(rule, opts, runs, now, |r, v| out.push((r, v)));
+    out
+}
+
+/// Calls `f` with the verdict on every run of `runs` that the rule's filter selects (in
+/// no particular order).
+///
+/// Runs younger than `older_than` are never deleted and only count towards the keep
+/// slots of their group, so only the older runs of a group are sorted.
+pub fn visit_verdicts<'r>(
+    rule: &Rule,
+    opts: &RetentionOptions,
+    runs: impl Iterator<Item = &'r Run>,
+    now: DateTime<Utc>,
+    mut f: impl FnMut(&'r Run, Verdict<'r>),
+) {
     let cutoff = chrono::Duration::from_std(opts.older_than)
         .ok()
         .and_then(|d| now.checked_sub_signed(d));
-    let mut out = Vec::new();
-    for group in groups.values_mut() {
-        group.sort_by_cached_key(|r: &&'r Run| {
+    let pinned = |r: &'r Run| {
+        r.tags
+            .iter()
+            .find(|t| opts.pin_tags.is_match(t.as_str()))
+            .map(String::as_str)
+    };
+    let counts_young = opts.keep_latest > 0 || opts.keep_last_passed;
+    let mut groups: HashMap<(&'r str, Option<&'r str>), Group<'r>> = HashMap::new();
+    for r in runs.filter(|r| rule.filter.matches(r)) {
+        let young = cutoff.is_none_or(|c| r.created_at >= c);
+        if young {
+            // Kept for its age; it may still take a keep slot of its group.
+            let v = if r.is_in_progress() {
+                Verdict::InProgress
+            } else if !finished(r) {
+                Verdict::NotFinished
+            } else {
+                if counts_young {
+                    let g = groups.entry((&r.project_id, r.branch())).or_default();
+                    g.young_finished += 1;
+                    g.young_passed |= passed(r);
+                }
+                match pinned(r) {
+                    Some(tag) => Verdict::Pinned(tag),
+                    None => Verdict::TooYoung,
+                }
+            };
+            f(r, v);
+        } else {
+            groups
+                .entry((&r.project_id, r.branch()))
+                .or_default()
+                .old
+                .push(r);
+        }
+    }
+    for g in groups.values_mut() {
+        g.old.sort_by_cached_key(|r: &&'r Run| {
             let r: &'r Run = r;
             std::cmp::Reverse((r.created_at, r.run_id.as_str()))
         });
-        let mut rank = 0u64;
-        let mut passed_seen = false;
-        for r in group.iter() {
+        let mut rank = g.young_finished;
+        let mut passed_seen = g.young_passed;
+        for r in g.old.iter() {
             let v = if r.is_in_progress() {
                 Verdict::InProgress
             } else if !finished(r) {
@@ -101,15 +146,10 @@ pub fn verdicts<'r>(
             } else {
                 rank += 1;
                 let latest = rank <= u64::from(opts.keep_latest);
-                let newest_passed = opts.keep_last_passed
-                    && !passed_seen
-                    && r.completion_state == CompletionState::Complete
-                    && r.status == RunStatus::Passed;
+                let newest_passed = opts.keep_last_passed && !passed_seen && passed(r);
                 passed_seen |= newest_passed;
-                if let Some(tag) = r.tags.iter().find(|t| opts.pin_tags.is_match(t.as_str())) {
+                if let Some(tag) = pinned(r) {
                     Verdict::Pinned(tag)
-                } else if cutoff.is_none_or(|c| r.created_at >= c) {
-                    Verdict::TooYoung
                 } else if latest {
                     Verdict::AmongLatest
                 } else if newest_passed {
@@ -118,10 +158,23 @@ pub fn verdicts<'r>(
                     Verdict::Delete
                 }
             };
-            out.push((*r, v));
+            f(r, v);
         }
     }
-    out
+}
+
+/// The runs of one project and branch.
+#[derive(Default)]
+struct Group<'r> {
+    /// Finished runs younger than `older_than` (all newer than every run of `old`).
+    young_finished: u64,
+    /// One of them is a passed run.
+    young_passed: bool,
+    old: Vec<&'r Run>,
+}
+
+fn passed(r: &Run) -> bool {
+    r.completion_state == CompletionState::Complete && r.status == RunStatus::Passed
 }
 
 /// Why a run is deleted: "created 41d ago > older_than 30d; not among the 3 newest on
@@ -177,11 +230,12 @@ pub fn decide(
     view: &RunsView,
     now: DateTime<Utc>,
 ) -> Result<Vec<Decision>, Breach> {
-    let doomed: Vec<&Run> = verdicts(rule, opts, view.runs.iter(), now)
-        .into_iter()
-        .filter(|(_, v)| *v == Verdict::Delete)
-        .map(|(r, _)| r)
-        .collect();
+    let mut doomed: Vec<&Run> = Vec::new();
+    visit_verdicts(rule, opts, view.runs.iter(), now, |r, v| {
+        if v == Verdict::Delete {
+            doomed.push(r);
+        }
+    });
     if doomed.len() > opts.max_deletions as usize {
         return Err(Breach {
             rule: rule.name.clone(),
@@ -236,5 +290,108 @@ pub fn explain(
             format!("{} ({schedule})", delete_reason(opts, run, now)),
         ),
         v => (false, keep_reason(opts, run, v, now)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RuleKind, load_str};
+    use chrono::TimeZone;
+
+    fn rule(extra: &str) -> Rule {
+        let text = format!(
+            "[currents]\nprojects = [\"p\"]\n[[rules]]\nname = \"ret\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\n{extra}"
+        );
+        load_str(&text, "rules.toml", &[])
+            .unwrap()
+            .config
+            .rules
+            .remove(0)
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()
+    }
+
+    fn run(id: &str, age_days: i64, state: &str, status: &str) -> Run {
+        serde_json::from_value(serde_json::json!({
+            "runId": id, "projectId": "p",
+            "createdAt": now() - chrono::Duration::days(age_days),
+            "completionState": state, "status": status,
+            "meta": {"commit": {"branch": "b"}}
+        }))
+        .unwrap()
+    }
+
+    fn verdict_of<'r>(v: &[(&'r Run, Verdict<'r>)], id: &str) -> Verdict<'r> {
+        v.iter().find(|(r, _)| r.run_id == id).unwrap().1.clone()
+    }
+
+    #[test]
+    fn keep_slots_go_to_finished_runs_newest_first() {
+        let r = rule("keep_latest = 2\nkeep_last_passed = true\n");
+        let RuleKind::Retention(o) = &r.kind else {
+            unreachable!()
+        };
+        let runs = [
+            run("ip", 40, "IN_PROGRESS", "RUNNING"),
+            run("odd", 41, "WEIRD", "FAILED"),
+            run("f1", 42, "COMPLETE", "FAILED"),
+            run("f2", 43, "CANCELED", "FAILED"),
+            run("p1", 44, "COMPLETE", "PASSED"),
+            run("p2", 45, "COMPLETE", "PASSED"),
+            run("young", 1, "COMPLETE", "FAILED"),
+        ];
+        let v = verdicts(&r, o, runs.iter(), now());
+        assert_eq!(v.len(), 7);
+        assert_eq!(verdict_of(&v, "ip"), Verdict::InProgress);
+        assert_eq!(verdict_of(&v, "odd"), Verdict::NotFinished);
+        // "young" takes the first slot although it is kept for its age anyway.
+        assert_eq!(verdict_of(&v, "young"), Verdict::TooYoung);
+        assert_eq!(verdict_of(&v, "f1"), Verdict::AmongLatest);
+        assert_eq!(verdict_of(&v, "f2"), Verdict::Delete);
+        assert_eq!(verdict_of(&v, "p1"), Verdict::NewestPassed);
+        assert_eq!(verdict_of(&v, "p2"), Verdict::Delete);
+    }
+
+    #[test]
+    fn older_than_is_strict() {
+        let r = rule("");
+        let RuleKind::Retention(o) = &r.kind else {
+            unreachable!()
+        };
+        let runs = [
+            run("edge", 30, "COMPLETE", "PASSED"),
+            run("past", 31, "COMPLETE", "PASSED"),
+        ];
+        let v = verdicts(&r, o, runs.iter(), now());
+        assert_eq!(verdict_of(&v, "edge"), Verdict::TooYoung);
+        assert_eq!(verdict_of(&v, "past"), Verdict::Delete);
+    }
+
+    #[test]
+    fn reasons_name_the_kept_or_deleting_condition() {
+        let r = rule("keep_latest = 3\nkeep_last_passed = true\n");
+        let RuleKind::Retention(o) = &r.kind else {
+            unreachable!()
+        };
+        let x = run("x", 41, "COMPLETE", "FAILED");
+        assert_eq!(
+            delete_reason(o, &x, now()),
+            "created 41d ago > older_than 30d; not among the 3 newest on b; not the newest passed run on b"
+        );
+        assert_eq!(
+            keep_reason(o, &x, &Verdict::Pinned("keep"), now()),
+            "pinned by tag keep"
+        );
+        assert_eq!(
+            keep_reason(o, &x, &Verdict::AmongLatest, now()),
+            "among the 3 newest on b"
+        );
+        assert_eq!(
+            keep_reason(o, &x, &Verdict::NotFinished, now()),
+            "completion state \"COMPLETE\" is not known to be finished"
+        );
     }
 }

@@ -59,3 +59,15 @@ pub fn explain(opts: &SummaryOptions, _run: &Run) -> (bool, String) {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_names_are_normalized() {
+        assert_eq!(normalize_event(" run_finish "), "RUN_FINISH");
+        assert_eq!(normalize_event("RUN_CANCELLED"), "RUN_CANCELED");
+        assert_eq!(normalize_event("run_canceled"), "RUN_CANCELED");
+    }
+}

@@ -84,6 +84,15 @@ fn sha_differs(a: &Run, b: &Run) -> bool {
 /// Within one group (any order), every in-progress run A with its superseding run B: the
 /// newest run created strictly after A with another known sha. O(k log k).
 pub fn superseded_in_group<'r>(group: &mut [&'r Run]) -> Vec<(&'r Run, &'r Run)> {
+    superseded_in_group_where(group, |_| true)
+}
+
+/// [`superseded_in_group`] among the runs of `group` that `selected` accepts; `selected`
+/// is only asked about in-progress runs and the few newest runs, not the whole group.
+pub fn superseded_in_group_where<'r>(
+    group: &mut [&'r Run],
+    selected: impl Fn(&Run) -> bool,
+) -> Vec<(&'r Run, &'r Run)> {
     if !group.iter().any(|r| r.is_in_progress()) {
         return Vec::new();
     }
@@ -91,18 +100,20 @@ pub fn superseded_in_group<'r>(group: &mut [&'r Run]) -> Vec<(&'r Run, &'r Run)>
         let r: &'r Run = r;
         (r.created_at, r.run_id.as_str())
     });
-    // s1: newest run with a known sha; s2: newest run whose known sha differs from s1's.
+    // s1: newest selected run with a known sha; s2: newest selected run whose known sha
+    // differs from s1's.
     let mut s1: Option<&Run> = None;
     let mut s2: Option<&Run> = None;
     for r in group.iter().rev() {
         let Some(sha) = r.sha() else { continue };
         match s1 {
+            Some(first) if first.sha() == Some(sha) => {}
+            _ if !selected(r) => {}
             None => s1 = Some(r),
-            Some(first) if first.sha() != Some(sha) => {
+            Some(_) => {
                 s2 = Some(r);
                 break;
             }
-            Some(_) => {}
         }
     }
     let Some(s1) = s1 else { return Vec::new() };
@@ -114,6 +125,7 @@ pub fn superseded_in_group<'r>(group: &mut [&'r Run]) -> Vec<(&'r Run, &'r Run)>
         let b = if sha_differs(a, s1) { Some(s1) } else { s2 };
         if let Some(b) = b
             && b.created_at > a.created_at
+            && selected(a)
         {
             out.push((*a, b));
         }
@@ -148,14 +160,24 @@ fn by_newer_runs<'r>(
     config: &Config,
     rule: &Rule,
     opts: &SupersedeOptions,
-    runs: impl Iterator<Item = &'r Run>,
+    runs: impl Iterator<Item = &'r Run> + Clone,
     only: Option<&GroupKey<'_>>,
     now: DateTime<Utc>,
 ) -> Vec<(&'r Run, Decision)> {
-    // Group first, filter only the groups that hold an in-progress run: on a full
-    // listing most groups hold none.
+    // Runs created before the oldest in-progress run can neither be superseded nor
+    // supersede: on a full listing that is nearly all of them.
+    let Some(oldest) = runs
+        .clone()
+        .filter(|r| r.is_in_progress())
+        .map(|r| r.created_at)
+        .min()
+    else {
+        return Vec::new();
+    };
+    // Group, then ask the filter only about the runs that matter: the in-progress ones
+    // and the newest of each group.
     let mut groups: HashMap<GroupKey<'r>, (bool, Vec<&'r Run>)> = HashMap::new();
-    for r in runs {
+    for r in runs.filter(|r| r.created_at >= oldest) {
         let Some(k) = group_key(r, &opts.group_by) else {
             continue;
         };
@@ -168,14 +190,21 @@ fn by_newer_runs<'r>(
     }
     let mut out = Vec::new();
     for (_, group) in groups.values_mut().filter(|(live, _)| *live) {
-        group.retain(|r| rule.filter.matches(r));
-        for (a, b) in superseded_in_group(group) {
-            if spared(opts, a).is_none() {
-                out.push((
-                    a,
-                    Decision::new(config, rule, Action::Cancel, a, by_run_reason(b, now)),
-                ));
+        // At most two distinct superseding runs per group: format each reason once.
+        let mut reasons: Vec<(&str, String)> = Vec::new();
+        for (a, b) in superseded_in_group_where(group, |r| rule.filter.matches(r)) {
+            if spared(opts, a).is_some() {
+                continue;
             }
+            let reason = match reasons.iter().find(|(id, _)| *id == b.run_id) {
+                Some((_, why)) => why.clone(),
+                None => {
+                    let why = by_run_reason(b, now);
+                    reasons.push((&b.run_id, why.clone()));
+                    why
+                }
+            };
+            out.push((a, Decision::new(config, rule, Action::Cancel, a, reason)));
         }
     }
     out

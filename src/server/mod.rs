@@ -19,6 +19,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::config::{Config, Secrets};
 use crate::currents::CurrentsClient;
+use crate::github::client::GithubClient;
 use crate::intake::webhooks;
 use crate::store::Store;
 use metrics::Metrics;
@@ -31,7 +32,7 @@ pub struct AppContext {
     pub store: Store,
     pub currents: CurrentsClient,
     /// `None` when no GitHub credentials are configured.
-    pub github: Option<()>, // PENDING-GITHUB
+    pub github: Option<GithubClient>,
     pub metrics: Arc<Metrics>,
     /// Wakes the event processor when a new event is stored.
     pub wake: Arc<tokio::sync::Notify>,
@@ -41,6 +42,8 @@ pub struct AppContext {
     pub ready: AtomicBool,
     /// Identifies this process in leases and claims.
     pub worker_id: String,
+    /// The executor's retry schedule and lease (production defaults; tests shorten them).
+    pub executor: crate::actions::ExecutorOptions,
     /// What the bot decides and does, as it happens (the demo narrates it; tests can
     /// synchronise on it). Sending never blocks; nobody listening is fine.
     pub events: tokio::sync::broadcast::Sender<BotEvent>,

@@ -32,7 +32,10 @@ fn reply(status: StatusCode, v: Value) -> Response {
 }
 
 fn ok(v: impl serde::Serialize) -> Response {
-    reply(StatusCode::OK, serde_json::to_value(v).unwrap_or(Value::Null))
+    reply(
+        StatusCode::OK,
+        serde_json::to_value(v).unwrap_or(Value::Null),
+    )
 }
 
 pub(crate) fn error(status: StatusCode, msg: &str) -> Response {
@@ -72,7 +75,10 @@ pub(crate) fn router() -> Router<Arc<World>> {
         .route("/runs/{id}/advance", post(advance))
         .route("/generate", post(generate))
         .route("/tick", post(tick))
-        .route("/faults", get(list_faults).post(add_faults).delete(clear_faults))
+        .route(
+            "/faults",
+            get(list_faults).post(add_faults).delete(clear_faults),
+        )
         .route("/faults/{id}", delete(remove_fault))
         .route("/log", get(log).delete(clear_log))
         .route("/stats", get(stats))
@@ -121,7 +127,10 @@ async fn add_project(State(w): State<Arc<World>>, body: Bytes) -> Response {
         Err(r) => return r,
     };
     match w.add_project(np) {
-        Ok(p) => reply(StatusCode::CREATED, serde_json::to_value(p).unwrap_or(Value::Null)),
+        Ok(p) => reply(
+            StatusCode::CREATED,
+            serde_json::to_value(p).unwrap_or(Value::Null),
+        ),
         Err(e) => sim_err(e),
     }
 }
@@ -148,7 +157,10 @@ async fn add_runs(State(w): State<Arc<World>>, body: Bytes) -> Response {
         };
     }
     match runs.pop().map(|nr| w.add_run(nr)) {
-        Some(Ok(run)) => reply(StatusCode::CREATED, serde_json::to_value(run).unwrap_or(Value::Null)),
+        Some(Ok(run)) => reply(
+            StatusCode::CREATED,
+            serde_json::to_value(run).unwrap_or(Value::Null),
+        ),
         Some(Err(e)) => sim_err(e),
         None => error(StatusCode::BAD_REQUEST, "no run"),
     }
@@ -172,7 +184,9 @@ async fn generate(State(w): State<Arc<World>>, body: Bytes) -> Response {
     };
     let started = std::time::Instant::now();
     match w.generate(&spec) {
-        Ok(n) => ok(json!({"added": n, "total": w.run_count(), "ms": started.elapsed().as_millis() as u64})),
+        Ok(n) => ok(
+            json!({"added": n, "total": w.run_count(), "ms": started.elapsed().as_millis() as u64}),
+        ),
         Err(e) => sim_err(e),
     }
 }
@@ -222,8 +236,14 @@ async fn remove_fault(State(w): State<Arc<World>>, Path(id): Path<String>) -> Re
 }
 
 async fn log(State(w): State<Arc<World>>, RawQuery(raw): RawQuery) -> Response {
-    let since = query(&raw, "since").and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    let entries: Vec<_> = w.mutation_log().into_iter().filter(|e| e.seq > since).collect();
+    let since = query(&raw, "since")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+    let entries: Vec<_> = w
+        .mutation_log()
+        .into_iter()
+        .filter(|e| e.seq > since)
+        .collect();
     ok(entries)
 }
 
@@ -267,7 +287,14 @@ async fn webhook_target(State(w): State<Arc<World>>, body: Bytes) -> Response {
         Value::Null => Vec::new(),
         Value::Object(m) => m
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
             .collect(),
         _ => return error(StatusCode::BAD_REQUEST, "headers must be an object"),
     };
@@ -290,7 +317,10 @@ async fn add_pr(State(w): State<Arc<World>>, body: Bytes) -> Response {
         Err(r) => return r,
     };
     match w.add_pr(np) {
-        Ok(pr) => reply(StatusCode::CREATED, serde_json::to_value(pr).unwrap_or(Value::Null)),
+        Ok(pr) => reply(
+            StatusCode::CREATED,
+            serde_json::to_value(pr).unwrap_or(Value::Null),
+        ),
         Err(e) => sim_err(e),
     }
 }

@@ -102,15 +102,22 @@ async fn auth(State(w): State<Arc<World>>, mut req: Request, next: Next) -> Resp
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_string())
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| rest.trim().to_string())
         });
     let cfg = w.config();
     let Some(key) = key.filter(|k| !k.is_empty()) else {
         return fail(StatusCode::UNAUTHORIZED, "Invalid API key provided");
     };
     if ct_eq(&key, &cfg.api_key) {
-        req.extensions_mut().insert(KeyLabel(cfg.api_key_label.clone()));
-    } else if cfg.read_only_api_key.as_deref().is_some_and(|ro| ct_eq(&key, ro)) {
+        req.extensions_mut()
+            .insert(KeyLabel(cfg.api_key_label.clone()));
+    } else if cfg
+        .read_only_api_key
+        .as_deref()
+        .is_some_and(|ro| ct_eq(&key, ro))
+    {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return fail(
                 StatusCode::FORBIDDEN,
@@ -146,7 +153,10 @@ impl Params {
     }
 
     fn one(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// All values of any of `keys`, in order; empty values are ignored.
@@ -258,7 +268,9 @@ fn parse_run_query(p: &Params) -> Result<RunQuery, Response> {
     }
     if let Some(s) = p.one("pr_id").filter(|s| !s.is_empty()) {
         if s.len() > 128 || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Err(bad("\"pr_id\" must be printable ASCII of at most 128 characters"));
+            return Err(bad(
+                "\"pr_id\" must be printable ASCII of at most 128 characters",
+            ));
         }
         q.pr_id = Some(s.to_string());
     }
@@ -321,11 +333,7 @@ async fn find_run(State(w): State<Arc<World>>, RawQuery(raw): RawQuery) -> Respo
     }
 }
 
-async fn cancel_run(
-    State(w): State<Arc<World>>,
-    Path(id): Path<String>,
-    req: Request,
-) -> Response {
+async fn cancel_run(State(w): State<Arc<World>>, Path(id): Path<String>, req: Request) -> Response {
     let label = req
         .extensions()
         .get::<KeyLabel>()

@@ -315,7 +315,10 @@ pub(crate) async fn fault_layer(State(w): State<Arc<World>>, req: Request, next:
             None => {
                 // Served without the simulator's listener: abort the body instead.
                 let stream = futures::stream::once(async {
-                    Err::<bytes::Bytes, io::Error>(io::Error::new(io::ErrorKind::ConnectionReset, "dropped"))
+                    Err::<bytes::Bytes, io::Error>(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "dropped",
+                    ))
                 });
                 Response::new(Body::from_stream(stream))
             }
@@ -387,7 +390,8 @@ fn fault_response(kind: &FaultKind, api: &str) -> Response {
                 (status_of(*status), b).into_response()
             };
             if let Some(s) = retry_after {
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*s));
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*s));
             }
             r
         }
@@ -427,10 +431,8 @@ fn fault_response(kind: &FaultKind, api: &str) -> Response {
                 r = status_of(*status).canonical_reason().unwrap_or("Error")
             );
             let mut r = (status_of(*status), text).into_response();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html"),
-            );
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
             r
         }
         FaultKind::MalformedJson => {
@@ -441,7 +443,9 @@ fn fault_response(kind: &FaultKind, api: &str) -> Response {
             };
             json_response(StatusCode::OK, body.to_string())
         }
-        FaultKind::Latency { .. } | FaultKind::Drop => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        FaultKind::Latency { .. } | FaultKind::Drop => {
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     }
 }
 
@@ -501,11 +505,18 @@ impl KillableStream {
 }
 
 fn reset() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionReset, "connection dropped by fault injection")
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "connection dropped by fault injection",
+    )
 }
 
 impl AsyncRead for KillableStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.killed() {
             return Poll::Ready(Err(reset()));
         }
@@ -514,7 +525,11 @@ impl AsyncRead for KillableStream {
 }
 
 impl AsyncWrite for KillableStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         if self.killed() {
             return Poll::Ready(Err(reset()));
         }
@@ -619,20 +634,30 @@ mod tests {
 
     #[test]
     fn parses_fault_forms() {
-        let f = fault(r#"{"method":"PUT","path":"/v1/runs","kind":"status","status":503,"times":2}"#);
+        let f =
+            fault(r#"{"method":"PUT","path":"/v1/runs","kind":"status","status":503,"times":2}"#);
         assert_eq!(f.times, Some(2));
         assert!(matches!(f.kind, FaultKind::Status { status: 503, .. }));
         let f = fault(r#"{"kind":"latency","ms":10,"times":null}"#);
         assert_eq!(f.times, None);
         let f = fault(r#"{"kind":"rate_limit","retry_after":3}"#);
-        assert_eq!(f.kind, FaultKind::RateLimit { status: 429, retry_after: Some(3), reset_after: None });
+        assert_eq!(
+            f.kind,
+            FaultKind::RateLimit {
+                status: 429,
+                retry_after: Some(3),
+                reset_after: None
+            }
+        );
         assert!(serde_json::from_str::<Fault>(r#"{"kind":"nope"}"#).is_err());
     }
 
     #[test]
     fn decide_counts_after_and_times() {
         let mut s = FaultState::default();
-        s.add(fault(r#"{"method":"GET","path":"/v1","kind":"status","status":500,"times":2,"after":1}"#));
+        s.add(fault(
+            r#"{"method":"GET","path":"/v1","kind":"status","status":500,"times":2,"after":1}"#,
+        ));
         assert!(s.decide("GET", "/v1/projects").response.is_none()); // let through
         assert!(s.decide("POST", "/v1/projects").response.is_none()); // other method
         assert!(s.decide("GET", "/github/x").response.is_none()); // other path

@@ -280,13 +280,17 @@ impl World {
             if let Some(o) = open {
                 p.state_open = o;
             }
-            p.closed_at = if p.state_open { None } else { p.closed_at.or(Some(now)) };
+            p.closed_at = if p.state_open {
+                None
+            } else {
+                p.closed_at.or(Some(now))
+            };
             p.updated_at = now;
             return Ok(sim_pr(p));
         }
-        let head_ref = np
-            .head_ref
-            .ok_or_else(|| SimError::BadRequest("headRef (branch) is required for a new PR".into()))?;
+        let head_ref = np.head_ref.ok_or_else(|| {
+            SimError::BadRequest("headRef (branch) is required for a new PR".into())
+        })?;
         let head_sha = np.head_sha.unwrap_or_else(|| {
             let mut rng = rand::thread_rng();
             ids::random_hex(&mut rng, 40)
@@ -424,9 +428,7 @@ pub(crate) fn router(world: Arc<World>) -> Router<Arc<World>> {
         .route("/app/installations/{id}/access_tokens", post(create_token))
         .route("/rate_limit", get(rate_limit))
         .fallback(|| async { not_found_json() })
-        .method_not_allowed_fallback(|| async {
-            gh_error(StatusCode::NOT_FOUND, "Not Found")
-        })
+        .method_not_allowed_fallback(|| async { gh_error(StatusCode::NOT_FOUND, "Not Found") })
         .layer(middleware::from_fn_with_state(world, auth))
 }
 
@@ -496,7 +498,9 @@ async fn auth(State(w): State<Arc<World>>, mut req: Request, next: Next) -> Resp
         "x-github-api-version-selected",
         HeaderValue::from_static("2022-11-28"),
     );
-    if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string()[..20].to_uppercase()) {
+    if let Ok(v) =
+        HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string()[..20].to_uppercase())
+    {
         h.insert("x-github-request-id", v);
     }
     resp
@@ -554,7 +558,11 @@ fn user_json(login: &str, kind: &str) -> Value {
 }
 
 fn login_kind(login: &str) -> &'static str {
-    if login.ends_with("[bot]") { "Bot" } else { "User" }
+    if login.ends_with("[bot]") {
+        "Bot"
+    } else {
+        "User"
+    }
 }
 
 fn repo_json(base: &str, repo: &str) -> Value {
@@ -587,7 +595,9 @@ fn fake_sha(seed: &str) -> String {
     let mut out = String::with_capacity(40);
     let mut h = user_id(seed);
     while out.len() < 40 {
-        h = h.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        h = h
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         out.push_str(&format!("{:016x}", h));
     }
     out.truncate(40);
@@ -747,7 +757,10 @@ fn paging(raw: &Option<String>) -> Paging {
 }
 
 fn param<'a>(p: &'a Paging, k: &str) -> Option<&'a str> {
-    p.params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+    p.params
+        .iter()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Answers one page of `items` with GitHub's `Link` header.
@@ -848,7 +861,12 @@ fn commit_pulls(w: &World, repo: &str, sha: &str, raw: &Option<String>, base: &s
         prs.sort_by_key(|p| std::cmp::Reverse(p.number));
         prs.into_iter().map(|p| pr_json(base, p)).collect()
     };
-    paged(base, &format!("/repos/{repo}/commits/{sha}/pulls"), &p, items)
+    paged(
+        base,
+        &format!("/repos/{repo}/commits/{sha}/pulls"),
+        &p,
+        items,
+    )
 }
 
 async fn list_pulls(
@@ -893,7 +911,10 @@ async fn list_pulls(
             .filter(|pr| base_ref.as_ref().is_none_or(|b| *b == pr.base_ref))
             .collect();
         prs.sort_by(|a, b| {
-            let o = a.created_at.cmp(&b.created_at).then(a.number.cmp(&b.number));
+            let o = a
+                .created_at
+                .cmp(&b.created_at)
+                .then(a.number.cmp(&b.number));
             if asc { o } else { o.reverse() }
         });
         prs.into_iter().map(|p| pr_json(&base, p)).collect()
@@ -941,7 +962,12 @@ async fn list_comments(
             .map(|c| comment_json(&base, c))
             .collect()
     };
-    paged(&base, &format!("/repos/{repo}/issues/{n}/comments"), &p, items)
+    paged(
+        &base,
+        &format!("/repos/{repo}/issues/{n}/comments"),
+        &p,
+        items,
+    )
 }
 
 fn body_field(m: &serde_json::Map<String, Value>) -> Result<String, Response> {
@@ -952,7 +978,11 @@ fn body_field(m: &serde_json::Map<String, Value>) -> Result<String, Response> {
             "Body is too long (maximum is 65536 characters)",
         )),
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        _ => Err(validation_failed("IssueComment", "body", "body wasn't supplied.")),
+        _ => Err(validation_failed(
+            "IssueComment",
+            "body",
+            "body wasn't supplied.",
+        )),
     }
 }
 
@@ -1095,7 +1125,10 @@ async fn create_status(
             "state is not included in the list (error, failure, pending, success)",
         );
     }
-    let description = m.get("description").and_then(Value::as_str).map(str::to_string);
+    let description = m
+        .get("description")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     if description
         .as_ref()
         .is_some_and(|d| d.chars().count() > MAX_STATUS_DESCRIPTION)
@@ -1106,7 +1139,10 @@ async fn create_status(
             "description is too long (maximum is 140 characters)",
         );
     }
-    let target_url = m.get("target_url").and_then(Value::as_str).map(str::to_string);
+    let target_url = m
+        .get("target_url")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let context = m
         .get("context")
         .and_then(Value::as_str)
@@ -1147,7 +1183,12 @@ fn list_statuses(w: &World, repo: &str, r: &str, raw: &Option<String>, base: &st
             .map(|s| status_json(base, s))
             .collect()
     };
-    paged(base, &format!("/repos/{repo}/commits/{r}/statuses"), &p, items)
+    paged(
+        base,
+        &format!("/repos/{repo}/commits/{r}/statuses"),
+        &p,
+        items,
+    )
 }
 
 fn combined_status(w: &World, repo: &str, r: &str, base: &str) -> Response {
@@ -1155,7 +1196,11 @@ fn combined_status(w: &World, repo: &str, r: &str, base: &str) -> Response {
     let sha = resolve_ref(&gh, repo, r);
     // The latest status per context.
     let mut latest: BTreeMap<&str, &StatusRec> = BTreeMap::new();
-    for s in gh.statuses.iter().filter(|s| s.repo == repo && s.sha == sha) {
+    for s in gh
+        .statuses
+        .iter()
+        .filter(|s| s.repo == repo && s.sha == sha)
+    {
         latest.insert(s.context.as_str(), s);
     }
     let states: Vec<&str> = latest.values().map(|s| s.state.as_str()).collect();
@@ -1216,10 +1261,7 @@ async fn list_installations(State(w): State<Arc<World>>, headers: HeaderMap) -> 
     gh_json(StatusCode::OK, &Value::Array(list))
 }
 
-async fn create_token(
-    State(w): State<Arc<World>>,
-    Path(id): Path<String>,
-) -> Response {
+async fn create_token(State(w): State<Arc<World>>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return not_found_json();
     };

@@ -57,7 +57,9 @@ use tokio::task::JoinHandle;
 
 pub use emitter::{Delivery, HookTarget};
 pub use faults::{ActiveFault, ConnHandle, Fault, FaultKind, LogEntry, SimListener};
-pub use github_api::{MAX_COMMENT_BODY, MAX_STATUS_DESCRIPTION, NewPr, SimComment, SimPr, SimStatus};
+pub use github_api::{
+    MAX_COMMENT_BODY, MAX_STATUS_DESCRIPTION, NewPr, SimComment, SimPr, SimStatus,
+};
 pub use ids::{Key, decode_cursor, encode_cursor};
 pub use seed::{Sample, seed_sample};
 pub use world::{
@@ -139,7 +141,11 @@ impl std::fmt::Debug for SimConfig {
             .field("webhook_url", &self.webhook_url)
             .field(
                 "webhook_headers",
-                &self.webhook_headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                &self
+                    .webhook_headers
+                    .iter()
+                    .map(|(k, _)| k)
+                    .collect::<Vec<_>>(),
             )
             .field("dashboard_url", &self.dashboard_url)
             .field("github_bot_login", &self.github_bot_login)
@@ -161,8 +167,14 @@ pub fn router(world: Arc<World>) -> Router {
         .nest("/_sim", control::router())
         .fallback(|| async { control::error(StatusCode::NOT_FOUND, "not found") })
         .layer(middleware::from_fn(normalize_errors))
-        .layer(middleware::from_fn_with_state(world.clone(), faults::fault_layer))
-        .layer(middleware::from_fn_with_state(world.clone(), faults::log_layer))
+        .layer(middleware::from_fn_with_state(
+            world.clone(),
+            faults::fault_layer,
+        ))
+        .layer(middleware::from_fn_with_state(
+            world.clone(),
+            faults::log_layer,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 control::error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
@@ -179,7 +191,10 @@ async fn root() -> Response {
         "control": "/_sim",
     });
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body.to_string(),
     )
         .into_response()
@@ -310,7 +325,9 @@ impl std::fmt::Debug for SimHandle {
 
 /// Serves a new, empty simulator on `listener` (e.g. bound to `127.0.0.1:0`).
 pub async fn spawn(listener: TcpListener, cfg: SimConfig) -> anyhow::Result<SimHandle> {
-    let addr = listener.local_addr().context("simulator listener address")?;
+    let addr = listener
+        .local_addr()
+        .context("simulator listener address")?;
     let world = World::new(cfg);
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn({
@@ -368,7 +385,10 @@ pub async fn run_cli(listen: &str, cfg: SimConfig) -> anyhow::Result<()> {
     let sample = seed_sample(&sim, Utc::now()).map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
     let base = &sim.base_url;
     println!("runwarden simulator listening on {base}");
-    println!("  Currents API  {base}/v1      (Authorization: Bearer {})", sim.config().api_key);
+    println!(
+        "  Currents API  {base}/v1      (Authorization: Bearer {})",
+        sim.config().api_key
+    );
     println!("  GitHub API    {base}/github  (any token)");
     println!("  control       {base}/_sim");
     match &sim.config().webhook_url {
@@ -392,13 +412,14 @@ pub async fn run_cli(listen: &str, cfg: SimConfig) -> anyhow::Result<()> {
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

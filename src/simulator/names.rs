@@ -1,14 +1,41 @@
 //! Pools of realistic names used to fill in runs.
 
 pub const SPEC_AREAS: &[&str] = &[
-    "auth", "checkout", "cart", "search", "profile", "settings", "billing", "admin",
-    "onboarding", "dashboard", "reports", "api",
+    "auth",
+    "checkout",
+    "cart",
+    "search",
+    "profile",
+    "settings",
+    "billing",
+    "admin",
+    "onboarding",
+    "dashboard",
+    "reports",
+    "api",
 ];
 
 pub const SPEC_NAMES: &[&str] = &[
-    "login", "logout", "signup", "reset-password", "add-item", "remove-item", "payment",
-    "coupon", "filters", "pagination", "avatar", "notifications", "invoices", "users",
-    "permissions", "tour", "widgets", "export", "health", "rate-limits",
+    "login",
+    "logout",
+    "signup",
+    "reset-password",
+    "add-item",
+    "remove-item",
+    "payment",
+    "coupon",
+    "filters",
+    "pagination",
+    "avatar",
+    "notifications",
+    "invoices",
+    "users",
+    "permissions",
+    "tour",
+    "widgets",
+    "export",
+    "health",
+    "rate-limits",
 ];
 
 pub const AUTHORS: &[(&str, &str)] = &[
@@ -17,7 +44,10 @@ pub const AUTHORS: &[(&str, &str)] = &[
     ("Linus Chen", "linus.chen@example.com"),
     ("Margaret Hamilton", "margaret@example.com"),
     ("Alan Kay", "alan.kay@example.com"),
-    ("dependabot[bot]", "49699333+dependabot[bot]@users.noreply.github.com"),
+    (
+        "dependabot[bot]",
+        "49699333+dependabot[bot]@users.noreply.github.com",
+    ),
 ];
 
 pub const MESSAGES: &[&str] = &[
@@ -43,7 +73,13 @@ pub const FEATURE_BRANCHES: &[&str] = &[
     "renovate/playwright-1.x",
 ];
 
-pub const PW_GROUPS: &[&str] = &["chromium", "firefox", "webkit", "mobile-chrome", "mobile-safari"];
+pub const PW_GROUPS: &[&str] = &[
+    "chromium",
+    "firefox",
+    "webkit",
+    "mobile-chrome",
+    "mobile-safari",
+];
 pub const CY_GROUPS: &[&str] = &["e2e-chrome", "e2e-firefox", "e2e-electron", "component"];
 
 pub fn browser_for_group(group: &str, cypress: bool) -> (&'static str, &'static str) {

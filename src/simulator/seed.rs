@@ -97,7 +97,11 @@ pub fn seed_sample(world: &World, now: DateTime<Utc>) -> Result<Sample, SimError
                 groups: Some(GroupsSpec::Count(if pi == 1 { 1 } else { 2 })),
                 specs: Some(rng.gen_range(3..7)),
                 duration_ms: Some(rng.gen_range(240_000..900_000)),
-                tags: if i % 5 == 0 { vec!["nightly".into()] } else { vec![] },
+                tags: if i % 5 == 0 {
+                    vec!["nightly".into()]
+                } else {
+                    vec![]
+                },
                 emit: Some(false),
                 ..Default::default()
             });

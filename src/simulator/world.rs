@@ -4,8 +4,8 @@
 //! Runs are kept per project in a `BTreeMap` keyed by (createdAt ms, sequence), with
 //! secondary key sets for in-progress runs and per branch, so a page of the feed costs
 //! O(log n + scanned) and only the returned items are materialised as [`Run`] models.
-//! Repetitive strings (branches, authors, spec paths, ...) are interned, which keeps a
-//! 100k-run world well under 100 MB.
+//! Repetitive strings (branches, authors, spec paths, ...) are interned; a generated
+//! 100k-run world takes about 150 MB and a full-scan search of 33k runs a few ms.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -608,12 +608,17 @@ fn contains_ci(hay: &str, needle: &str) -> bool {
     if needle.is_empty() {
         return true;
     }
-    if hay.is_ascii() && needle.is_ascii() {
-        let (h, n) = (hay.as_bytes(), needle.as_bytes());
-        h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
-    } else {
-        hay.to_lowercase().contains(needle)
+    if !(hay.is_ascii() && needle.is_ascii()) {
+        return hay.to_lowercase().contains(needle);
     }
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    if n.len() > h.len() {
+        return false;
+    }
+    let first = n[0];
+    (0..=h.len() - n.len()).any(|i| {
+        h[i].to_ascii_lowercase() == first && h[i + 1..i + n.len()].eq_ignore_ascii_case(&n[1..])
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -636,7 +641,10 @@ impl ProjectRuns {
         if rec.completion == CompletionState::InProgress {
             self.in_progress.insert(k);
         }
-        self.by_branch.entry(rec.branch.clone()).or_default().insert(k);
+        self.by_branch
+            .entry(rec.branch.clone())
+            .or_default()
+            .insert(k);
         self.all.insert(k, rec);
     }
 
@@ -714,7 +722,12 @@ impl CurrentsState {
     fn add_project(&mut self, np: NewProject, now: DateTime<Utc>) -> Result<Project, SimError> {
         let id = match np.project_id {
             Some(id) => {
-                if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                if id.is_empty()
+                    || id.len() > 64
+                    || !id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
                     return Err(SimError::BadRequest(format!("invalid project id {id:?}")));
                 }
                 if self.project_keys.contains_key(&id) {
@@ -810,8 +823,11 @@ impl CurrentsState {
 
         let run_id = match nr.run_id.clone() {
             Some(id) => {
-                if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
-                    return Err(SimError::BadRequest(format!("invalid run id {id:?}: 1-64 alphanumerics")));
+                if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric())
+                {
+                    return Err(SimError::BadRequest(format!(
+                        "invalid run id {id:?}: 1-64 alphanumerics"
+                    )));
                 }
                 if self.run_loc.contains_key(&id) {
                     return Err(SimError::Conflict(format!("run {id} already exists")));
@@ -833,7 +849,11 @@ impl CurrentsState {
                 if n > 20 {
                     return Err(SimError::BadRequest("groups must be at most 20".into()));
                 }
-                let pool = if cypress { names::CY_GROUPS } else { names::PW_GROUPS };
+                let pool = if cypress {
+                    names::CY_GROUPS
+                } else {
+                    names::PW_GROUPS
+                };
                 (0..n as usize)
                     .map(|i| match pool.get(i) {
                         Some(g) => g.to_string(),
@@ -849,23 +869,39 @@ impl CurrentsState {
             }
         };
         let branch = nr.branch.clone().unwrap_or_else(|| {
-            prec.project.default_branch_name.clone().unwrap_or_else(|| "main".into())
+            prec.project
+                .default_branch_name
+                .clone()
+                .unwrap_or_else(|| "main".into())
         });
         let remote_origin = nr.remote_origin.clone().unwrap_or_else(|| {
-            format!("https://github.com/{}", prec.repo.as_deref().unwrap_or("acme/web"))
+            format!(
+                "https://github.com/{}",
+                prec.repo.as_deref().unwrap_or("acme/web")
+            )
         });
         let repo_slug = repo_from_origin(&remote_origin).unwrap_or_else(|| "acme/web".into());
         let ci_build_id = nr.ci_build_id.clone().unwrap_or_else(|| {
-            format!("{}-{}-1", repo_slug, self.rng.gen_range(10_000_000_000u64..20_000_000_000))
+            format!(
+                "{}-{}-1",
+                repo_slug,
+                self.rng.gen_range(10_000_000_000u64..20_000_000_000)
+            )
         });
         let group_names = if group_names.is_empty() {
-            vec![if cypress { ci_build_id.clone() } else { "chromium".to_string() }]
+            vec![if cypress {
+                ci_build_id.clone()
+            } else {
+                "chromium".to_string()
+            }]
         } else {
             group_names
         };
         let per_group = nr.specs.unwrap_or(4);
         if per_group == 0 || per_group > 500 {
-            return Err(SimError::BadRequest("specs (per group) must be 1-500".into()));
+            return Err(SimError::BadRequest(
+                "specs (per group) must be 1-500".into(),
+            ));
         }
         if let Some(t) = nr.tests_per_spec
             && (t == 0 || t > 1000)
@@ -889,10 +925,14 @@ impl CurrentsState {
             pool.shuffle(&mut self.rng);
             for i in 0..per_group as usize {
                 let path = match pool.get(i) {
-                    Some(&(a, n)) => names::spec_path(names::SPEC_AREAS[a], names::SPEC_NAMES[n], cypress),
+                    Some(&(a, n)) => {
+                        names::spec_path(names::SPEC_AREAS[a], names::SPEC_NAMES[n], cypress)
+                    }
                     None => names::spec_path("extra", &format!("spec-{i}"), cypress),
                 };
-                let tests = nr.tests_per_spec.unwrap_or_else(|| self.rng.gen_range(1..=10));
+                let tests = nr
+                    .tests_per_spec
+                    .unwrap_or_else(|| self.rng.gen_range(1..=10));
                 let plan = Plan {
                     tests,
                     failures: 0,
@@ -913,7 +953,9 @@ impl CurrentsState {
         // Failing specs.
         let failing = match nr.failed {
             Some(n) if wants_pass && n > 0 => {
-                return Err(SimError::BadRequest("state passed with failed specs".into()));
+                return Err(SimError::BadRequest(
+                    "state passed with failed specs".into(),
+                ));
             }
             Some(n) => (n as usize).min(total),
             None if wants_fail => 1,
@@ -935,10 +977,16 @@ impl CurrentsState {
             completion: state.clone(),
             status: RunStatus::Running,
             tags: nr.tags.iter().map(|t| self.intern(t)).collect(),
-            sha: nr.sha.clone().unwrap_or_else(|| ids::random_hex(&mut self.rng, 40)),
+            sha: nr
+                .sha
+                .clone()
+                .unwrap_or_else(|| ids::random_hex(&mut self.rng, 40)),
             branch: self.intern(&branch),
             author_name: {
-                let a = nr.author.clone().unwrap_or_else(|| names::AUTHORS[0].0.to_string());
+                let a = nr
+                    .author
+                    .clone()
+                    .unwrap_or_else(|| names::AUTHORS[0].0.to_string());
                 self.intern(&a)
             },
             author_email: {
@@ -947,14 +995,19 @@ impl CurrentsState {
                     .find(|(n, _)| Some(*n) == nr.author.as_deref())
                     .map(|(_, e)| e.to_string())
                     .unwrap_or_else(|| match &nr.author {
-                        Some(a) => format!("{}@example.com", a.to_ascii_lowercase().replace(' ', ".")),
+                        Some(a) => {
+                            format!("{}@example.com", a.to_ascii_lowercase().replace(' ', "."))
+                        }
                         None => names::AUTHORS[0].1.to_string(),
                     });
                 let e = nr.author_email.clone().unwrap_or(default);
                 self.intern(&e)
             },
             message: {
-                let m = nr.message.clone().unwrap_or_else(|| names::MESSAGES[0].to_string());
+                let m = nr
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| names::MESSAGES[0].to_string());
                 self.intern(&m)
             },
             remote_origin: self.intern(&remote_origin),
@@ -989,7 +1042,10 @@ impl CurrentsState {
                 let done = (nr.completed.unwrap_or(0) as usize).min(total);
                 let last = nr.last_progress_at.unwrap_or(now).max(created);
                 spread_completion(&mut rec.specs[..done], created, last);
-                let claimed = nr.claimed.map(|c| c as usize).unwrap_or(if done < total { 2 } else { 0 });
+                let claimed =
+                    nr.claimed
+                        .map(|c| c as usize)
+                        .unwrap_or(if done < total { 2 } else { 0 });
                 for s in rec.specs.iter_mut().skip(done).take(claimed) {
                     s.claimed_at = Some(last);
                 }
@@ -1028,9 +1084,13 @@ impl CurrentsState {
 
     fn insert_run(&mut self, rec: RunRec) {
         let key = rec.key();
-        self.run_loc.insert(rec.id.clone(), (rec.project.clone(), key));
+        self.run_loc
+            .insert(rec.id.clone(), (rec.project.clone(), key));
         self.seq_loc.insert(rec.seq, (rec.project.clone(), key));
-        self.runs.entry(rec.project.clone()).or_default().insert(rec);
+        self.runs
+            .entry(rec.project.clone())
+            .or_default()
+            .insert(rec);
     }
 
     /// Applies `f` to a run and keeps the in-progress index in step.
@@ -1072,7 +1132,13 @@ impl CurrentsState {
             .collect()
     }
 
-    fn pending_event(&self, rec: &RunRec, event: &'static str, dashboard: &str, per_group: bool) -> Option<PendingEvent> {
+    fn pending_event(
+        &self,
+        rec: &RunRec,
+        event: &'static str,
+        dashboard: &str,
+        per_group: bool,
+    ) -> Option<PendingEvent> {
         if !rec.emit {
             return None;
         }
@@ -1140,7 +1206,10 @@ fn normalize_framework(f: &str) -> Result<bool, SimError> {
 /// `https://github.com/acme/web(.git)` -> `acme/web`.
 pub fn repo_from_origin(origin: &str) -> Option<String> {
     let s = origin.trim().trim_end_matches('/').trim_end_matches(".git");
-    let s = s.strip_prefix("git@").map(|r| r.replacen(':', "/", 1)).unwrap_or_else(|| s.to_string());
+    let s = s
+        .strip_prefix("git@")
+        .map(|r| r.replacen(':', "/", 1))
+        .unwrap_or_else(|| s.to_string());
     let parts: Vec<&str> = s.rsplit('/').take(2).collect();
     if parts.len() == 2 && !parts[0].is_empty() && !parts[1].is_empty() && !parts[1].contains(':') {
         Some(format!("{}/{}", parts[1], parts[0]))
@@ -1155,7 +1224,8 @@ pub fn parse_headers(s: Option<&str>) -> Result<Vec<(String, String)>, String> {
     if s.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let v: Value = serde_json::from_str(s).map_err(|_| "\"headers\" must be a JSON object string".to_string())?;
+    let v: Value = serde_json::from_str(s)
+        .map_err(|_| "\"headers\" must be a JSON object string".to_string())?;
     let obj = v
         .as_object()
         .ok_or_else(|| "\"headers\" must be a JSON object string".to_string())?;
@@ -1291,8 +1361,20 @@ impl World {
                 .take(limit + 1)
                 .map(to_item)
                 .collect(),
-            (Some(a), None) => st.projects.range(..a).rev().take(limit + 1).map(to_item).collect(),
-            (None, None) => st.projects.iter().rev().take(limit + 1).map(to_item).collect(),
+            (Some(a), None) => st
+                .projects
+                .range(..a)
+                .rev()
+                .take(limit + 1)
+                .map(to_item)
+                .collect(),
+            (None, None) => st
+                .projects
+                .iter()
+                .rev()
+                .take(limit + 1)
+                .map(to_item)
+                .collect(),
         };
         let has_more = items.len() > limit;
         items.truncate(limit);
@@ -1312,11 +1394,21 @@ impl World {
             let mut st = write(&self.cur);
             let rec = st.build_run(nr, now)?;
             let mut pending = Vec::new();
-            if let Some(p) = st.pending_event(&rec, "RUN_START", &self.cfg.dashboard_url, self.cfg.webhook_per_group) {
+            if let Some(p) = st.pending_event(
+                &rec,
+                "RUN_START",
+                &self.cfg.dashboard_url,
+                self.cfg.webhook_per_group,
+            ) {
                 pending.push(p);
             }
             if let Some(ev) = final_event(&rec.completion)
-                && let Some(p) = st.pending_event(&rec, ev, &self.cfg.dashboard_url, self.cfg.webhook_per_group)
+                && let Some(p) = st.pending_event(
+                    &rec,
+                    ev,
+                    &self.cfg.dashboard_url,
+                    self.cfg.webhook_per_group,
+                )
             {
                 pending.push(p);
             }
@@ -1339,7 +1431,12 @@ impl World {
             for mut nr in runs {
                 nr.emit = Some(nr.emit.unwrap_or(false));
                 let rec = st.build_run(nr, now)?;
-                if let Some(p) = st.pending_event(&rec, "RUN_START", &self.cfg.dashboard_url, self.cfg.webhook_per_group) {
+                if let Some(p) = st.pending_event(
+                    &rec,
+                    "RUN_START",
+                    &self.cfg.dashboard_url,
+                    self.cfg.webhook_per_group,
+                ) {
                     pending.push(p);
                 }
                 out.push(rec.id.clone());
@@ -1360,7 +1457,13 @@ impl World {
         let st = read(&self.cur);
         st.runs
             .get(project)
-            .map(|pr| pr.all.values().rev().map(|r| r.to_model(false, true)).collect())
+            .map(|pr| {
+                pr.all
+                    .values()
+                    .rev()
+                    .map(|r| r.to_model(false, true))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -1380,8 +1483,8 @@ impl World {
         };
         let limit = q.limit.clamp(1, 50);
         // Pick the smallest index that covers the query.
-        let only_in_progress = q.completion_states.len() == 1
-            && q.completion_states[0] == CompletionState::InProgress;
+        let only_in_progress =
+            q.completion_states.len() == 1 && q.completion_states[0] == CompletionState::InProgress;
         let empty = BTreeSet::new();
         let keys: Option<&BTreeSet<Key>> = if only_in_progress {
             Some(&pr.in_progress)
@@ -1391,21 +1494,32 @@ impl World {
             None
         };
         use std::ops::Bound::{Excluded, Unbounded};
-        let iter: Box<dyn Iterator<Item = &RunRec>> = match (keys, q.starting_after, q.ending_before) {
-            (Some(ks), _, Some(b)) => Box::new(ks.range((Excluded(b), Unbounded)).filter_map(|k| pr.all.get(k))),
-            (Some(ks), Some(a), None) => Box::new(ks.range(..a).rev().filter_map(|k| pr.all.get(k))),
-            (Some(ks), None, None) => Box::new(ks.iter().rev().filter_map(|k| pr.all.get(k))),
-            (None, _, Some(b)) => Box::new(pr.all.range((Excluded(b), Unbounded)).map(|(_, r)| r)),
-            (None, Some(a), None) => Box::new(pr.all.range(..a).rev().map(|(_, r)| r)),
-            (None, None, None) => Box::new(pr.all.values().rev()),
-        };
+        let iter: Box<dyn Iterator<Item = &RunRec>> =
+            match (keys, q.starting_after, q.ending_before) {
+                (Some(ks), _, Some(b)) => Box::new(
+                    ks.range((Excluded(b), Unbounded))
+                        .filter_map(|k| pr.all.get(k)),
+                ),
+                (Some(ks), Some(a), None) => {
+                    Box::new(ks.range(..a).rev().filter_map(|k| pr.all.get(k)))
+                }
+                (Some(ks), None, None) => Box::new(ks.iter().rev().filter_map(|k| pr.all.get(k))),
+                (None, _, Some(b)) => {
+                    Box::new(pr.all.range((Excluded(b), Unbounded)).map(|(_, r)| r))
+                }
+                (None, Some(a), None) => Box::new(pr.all.range(..a).rev().map(|(_, r)| r)),
+                (None, None, None) => Box::new(pr.all.values().rev()),
+            };
         let mut hits: Vec<&RunRec> = iter.filter(|r| r.matches(q)).take(limit + 1).collect();
         let has_more = hits.len() > limit;
         hits.truncate(limit);
         if q.ending_before.is_some() {
             hits.reverse();
         }
-        Ok((hits.into_iter().map(|r| r.to_model(false, true)).collect(), has_more))
+        Ok((
+            hits.into_iter().map(|r| r.to_model(false, true)).collect(),
+            has_more,
+        ))
     }
 
     /// `GET /runs/find`: the most recent COMPLETE run of the project matching
@@ -1425,20 +1539,21 @@ impl World {
         let pr = st.runs.get(project).ok_or_else(not_found)?;
         let complete = |r: &&RunRec| r.completion == CompletionState::Complete;
         let found = if let Some(id) = ci_build_id {
-            pr.all.values().rev().filter(complete).find(|r| r.ci_build_id == id)
+            pr.all
+                .values()
+                .rev()
+                .filter(complete)
+                .find(|r| r.ci_build_id == id)
         } else {
             let tag_ok = |r: &&RunRec| tags.iter().all(|t| r.tags.iter().any(|x| x.as_ref() == t));
             match branch {
-                Some(b) => pr
-                    .by_branch
-                    .get(b)
-                    .and_then(|ks| {
-                        ks.iter()
-                            .rev()
-                            .filter_map(|k| pr.all.get(k))
-                            .filter(complete)
-                            .find(tag_ok)
-                    }),
+                Some(b) => pr.by_branch.get(b).and_then(|ks| {
+                    ks.iter()
+                        .rev()
+                        .filter_map(|k| pr.all.get(k))
+                        .filter(complete)
+                        .find(tag_ok)
+                }),
                 None => pr.all.values().rev().filter(complete).find(tag_ok),
             }
         };
@@ -1482,7 +1597,12 @@ impl World {
                 rec.recompute();
                 Ok(rec.clone())
             })?;
-            let pending = st.pending_event(&rec, "RUN_CANCELED", &self.cfg.dashboard_url, self.cfg.webhook_per_group);
+            let pending = st.pending_event(
+                &rec,
+                "RUN_CANCELED",
+                &self.cfg.dashboard_url,
+                self.cfg.webhook_per_group,
+            );
             (
                 CancelResult {
                     run_id: Some(rec.id.clone()),
@@ -1520,11 +1640,16 @@ impl World {
         let at = adv.at.unwrap_or_else(Utc::now);
         if adv.cancel {
             let actor = adv.actor.clone().unwrap_or_else(|| "user:Sim User".into());
-            self.cancel_with(id, &actor, "userRequest").map_err(|e| match e {
-                SimError::Unprocessable(_) => SimError::Conflict("run is not in progress".into()),
-                e => e,
-            })?;
-            return self.run(id).ok_or_else(|| SimError::NotFound("Run not found".into()));
+            self.cancel_with(id, &actor, "userRequest")
+                .map_err(|e| match e {
+                    SimError::Unprocessable(_) => {
+                        SimError::Conflict("run is not in progress".into())
+                    }
+                    e => e,
+                })?;
+            return self
+                .run(id)
+                .ok_or_else(|| SimError::NotFound("Run not found".into()));
         }
         let (run, pending) = {
             let mut st = write(&self.cur);
@@ -1549,7 +1674,12 @@ impl World {
                 Ok((rec.clone(), event))
             })?;
             let pending = event.and_then(|ev| {
-                st.pending_event(&rec, ev, &self.cfg.dashboard_url, self.cfg.webhook_per_group)
+                st.pending_event(
+                    &rec,
+                    ev,
+                    &self.cfg.dashboard_url,
+                    self.cfg.webhook_per_group,
+                )
             });
             (rec.to_model(true, false), pending)
         };
@@ -1574,7 +1704,11 @@ impl World {
                     if let Some(r) = pr.all.get(k) {
                         let idle = (now - r.last_activity()).num_seconds() >= inactivity as i64;
                         if r.auto || (self.cfg.enforce_inactivity_timeout && idle) {
-                            todo.push((r.id.clone(), inactivity, idle && self.cfg.enforce_inactivity_timeout));
+                            todo.push((
+                                r.id.clone(),
+                                inactivity,
+                                idle && self.cfg.enforce_inactivity_timeout,
+                            ));
                         }
                     }
                 }
@@ -1583,15 +1717,28 @@ impl World {
                 let seed: u64 = st.rng.r#gen();
                 let res = st.with_run_mut(&id, |rec| {
                     let adv = if time_out {
-                        Advance { timeout: true, at: Some(now), ..Default::default() }
+                        Advance {
+                            timeout: true,
+                            at: Some(now),
+                            ..Default::default()
+                        }
                     } else {
-                        Advance { complete: 1, at: Some(now), ..Default::default() }
+                        Advance {
+                            complete: 1,
+                            at: Some(now),
+                            ..Default::default()
+                        }
                     };
                     apply_advance(rec, &adv, now, inactivity, &mut StdRng::seed_from_u64(seed));
                     Ok((rec.clone(), final_event(&rec.completion)))
                 });
                 if let Ok((rec, Some(ev))) = res
-                    && let Some(p) = st.pending_event(&rec, ev, &self.cfg.dashboard_url, self.cfg.webhook_per_group)
+                    && let Some(p) = st.pending_event(
+                        &rec,
+                        ev,
+                        &self.cfg.dashboard_url,
+                        self.cfg.webhook_per_group,
+                    )
                 {
                     pending.push(p);
                 }
@@ -1607,7 +1754,12 @@ impl World {
         if st.project_rec(project).is_none() {
             return Err(SimError::NotFound("Project not found".into()));
         }
-        Ok(st.webhooks.iter().filter(|w| w.project_id == project).cloned().collect())
+        Ok(st
+            .webhooks
+            .iter()
+            .filter(|w| w.project_id == project)
+            .cloned()
+            .collect())
     }
 
     pub fn create_webhook(&self, project: &str, spec: WebhookSpec) -> Result<Webhook, SimError> {
@@ -1622,9 +1774,12 @@ impl World {
             project_id: project.to_string(),
             url: spec.url.unwrap_or_default(),
             headers: spec.headers,
-            hook_events: spec
-                .hook_events
-                .unwrap_or_else(|| crate::currents::models::RUN_EVENTS.iter().map(|s| s.to_string()).collect()),
+            hook_events: spec.hook_events.unwrap_or_else(|| {
+                crate::currents::models::RUN_EVENTS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            }),
             label: spec.label,
             created_at: Some(now),
             updated_at: Some(now),
@@ -1634,7 +1789,11 @@ impl World {
     }
 
     pub fn webhook(&self, hook_id: &str) -> Option<Webhook> {
-        read(&self.cur).webhooks.iter().find(|w| w.hook_id == hook_id).cloned()
+        read(&self.cur)
+            .webhooks
+            .iter()
+            .find(|w| w.hook_id == hook_id)
+            .cloned()
     }
 
     pub fn update_webhook(&self, hook_id: &str, spec: WebhookSpec) -> Result<Webhook, SimError> {
@@ -1679,7 +1838,12 @@ impl World {
         if spec.projects.is_empty() || spec.projects.len() > 100 {
             return Err(SimError::BadRequest("projects: 1-100 ids".into()));
         }
-        if spec.runs_per_project > 1_000_000 || spec.specs == 0 || spec.specs > 50 || spec.groups == 0 || spec.groups > 5 {
+        if spec.runs_per_project > 1_000_000
+            || spec.specs == 0
+            || spec.specs > 50
+            || spec.groups == 0
+            || spec.groups > 5
+        {
             return Err(SimError::BadRequest(
                 "runsPerProject <= 1000000, specs 1-50, groups 1-5".into(),
             ));
@@ -1702,10 +1866,15 @@ impl World {
                     now,
                 )?;
             }
-            let repo = st.project_rec(project).and_then(|p| p.repo.clone()).unwrap_or_else(|| "acme/web".into());
+            let repo = st
+                .project_rec(project)
+                .and_then(|p| p.repo.clone())
+                .unwrap_or_else(|| "acme/web".into());
             for i in 0..n {
                 // Oldest first; the newest `in_progress` are running.
-                let created = now - ChronoDuration::milliseconds(span_ms - span_ms * i / n.max(1)) - ChronoDuration::seconds(60);
+                let created = now
+                    - ChronoDuration::milliseconds(span_ms - span_ms * i / n.max(1))
+                    - ChronoDuration::seconds(60);
                 let running = i >= n - i64::from(spec.in_progress);
                 let r: f64 = st.rng.r#gen();
                 let branch = if spec.branches <= 1 || st.rng.gen_bool(0.4) {
@@ -1730,7 +1899,11 @@ impl World {
                 } else {
                     "timeout"
                 };
-                let tags = if st.rng.gen_bool(0.3) { vec!["nightly".to_string()] } else { vec![] };
+                let tags = if st.rng.gen_bool(0.3) {
+                    vec!["nightly".to_string()]
+                } else {
+                    vec![]
+                };
                 let nr = NewRun {
                     project: Some(project.clone()),
                     branch: Some(branch),
@@ -1767,7 +1940,13 @@ fn final_event(c: &CompletionState) -> Option<&'static str> {
     }
 }
 
-fn apply_advance(rec: &mut RunRec, adv: &Advance, at: DateTime<Utc>, inactivity_secs: u64, rng: &mut StdRng) {
+fn apply_advance(
+    rec: &mut RunRec,
+    adv: &Advance,
+    at: DateTime<Utc>,
+    inactivity_secs: u64,
+    rng: &mut StdRng,
+) {
     let at = at.max(rec.created_at);
     if adv.timeout {
         rec.completion = CompletionState::Timeout;
@@ -1792,8 +1971,15 @@ fn apply_advance(rec: &mut RunRec, adv: &Advance, at: DateTime<Utc>, inactivity_
     let mut order: Vec<usize> = (0..rec.specs.len())
         .filter(|&i| rec.specs[i].completed_at.is_none() && rec.specs[i].claimed_at.is_some())
         .collect();
-    order.extend((0..rec.specs.len()).filter(|&i| rec.specs[i].completed_at.is_none() && rec.specs[i].claimed_at.is_none()));
-    let n = if adv.finish.is_some() { order.len() } else { (adv.complete as usize).min(order.len()) };
+    order.extend(
+        (0..rec.specs.len())
+            .filter(|&i| rec.specs[i].completed_at.is_none() && rec.specs[i].claimed_at.is_none()),
+    );
+    let n = if adv.finish.is_some() {
+        order.len()
+    } else {
+        (adv.complete as usize).min(order.len())
+    };
     let chosen = &order[..n];
     if let Some(fail) = adv.fail.filter(|_| adv.finish.is_none()) {
         for (j, &i) in chosen.iter().enumerate() {
@@ -1851,9 +2037,13 @@ fn validate_webhook(spec: &WebhookSpec, create: bool) -> Result<(), SimError> {
     let bad = |m: &str| Err(SimError::BadRequest(m.to_string()));
     match &spec.url {
         None if create => return bad("\"url\" is required"),
-        Some(u) if u.len() > 2048 => return bad("\"url\" length must be less than or equal to 2048 characters long"),
+        Some(u) if u.len() > 2048 => {
+            return bad("\"url\" length must be less than or equal to 2048 characters long");
+        }
         Some(u) => {
-            let ok = url::Url::parse(u).map(|p| p.scheme() == "http" || p.scheme() == "https").unwrap_or(false);
+            let ok = url::Url::parse(u)
+                .map(|p| p.scheme() == "http" || p.scheme() == "https")
+                .unwrap_or(false);
             if !ok {
                 return bad("\"url\" must be a valid uri");
             }
@@ -1869,7 +2059,9 @@ fn validate_webhook(spec: &WebhookSpec, create: bool) -> Result<(), SimError> {
         }
     }
     if let Some(events) = &spec.hook_events
-        && let Some(e) = events.iter().find(|e| !crate::currents::models::RUN_EVENTS.contains(&e.as_str()))
+        && let Some(e) = events
+            .iter()
+            .find(|e| !crate::currents::models::RUN_EVENTS.contains(&e.as_str()))
     {
         return Err(SimError::BadRequest(format!(
             "\"hookEvents\" must be one of [RUN_START, RUN_FINISH, RUN_TIMEOUT, RUN_CANCELED], got {e:?}"
@@ -1889,8 +2081,14 @@ mod tests {
 
     #[test]
     fn origin_to_repo() {
-        assert_eq!(repo_from_origin("https://github.com/acme/web.git").as_deref(), Some("acme/web"));
-        assert_eq!(repo_from_origin("git@github.com:acme/web.git").as_deref(), Some("acme/web"));
+        assert_eq!(
+            repo_from_origin("https://github.com/acme/web.git").as_deref(),
+            Some("acme/web")
+        );
+        assert_eq!(
+            repo_from_origin("git@github.com:acme/web.git").as_deref(),
+            Some("acme/web")
+        );
         assert_eq!(repo_from_origin("nonsense"), None);
     }
 
@@ -1903,7 +2101,10 @@ mod tests {
 
     #[test]
     fn headers_must_be_an_object() {
-        assert_eq!(parse_headers(Some("{\"a\":\"b\"}")).unwrap(), vec![("a".into(), "b".into())]);
+        assert_eq!(
+            parse_headers(Some("{\"a\":\"b\"}")).unwrap(),
+            vec![("a".into(), "b".into())]
+        );
         assert!(parse_headers(Some("[1]")).is_err());
         assert!(parse_headers(Some("nope")).is_err());
     }

@@ -612,6 +612,21 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Hands back every leased action, whoever holds it: `pending` again, claimable at
+    /// once. For a single-process store at startup (SQLite), where a lease still held
+    /// can only be a dead process's. Returns how many.
+    pub async fn release_all_leases(&self) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE actions \
+             SET state = 'pending', lease_until = NULL, worker_id = NULL, updated_at = $1 \
+             WHERE state = 'running'",
+        )
+        .bind(to_ms(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// One action by id.
     pub async fn get_action(&self, id: i64) -> StoreResult<Option<ActionRow>> {
         let row: Option<ActionDbRow> = sqlx::query_as(&format!(

@@ -1,7 +1,5 @@
 //! Store errors, classified so that callers can tell "try again later" from bugs.
 
-use std::borrow::Cow;
-
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -76,33 +74,40 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| code_is_unavailable(&c)),
+        sqlx::Error::Database(db) => {
+            let Some(code) = db.code() else { return false };
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                code.parse().is_ok_and(sqlite_code_is_unavailable)
+            } else {
+                sqlstate_is_unavailable(&code)
+            }
+        }
         _ => false,
     }
 }
 
-/// SQLite reports (extended) result codes as decimal numbers, PostgreSQL five-character
-/// SQLSTATEs.
-fn code_is_unavailable(code: &Cow<'_, str>) -> bool {
-    if let Ok(extended) = code.parse::<i32>() {
-        // The primary result code is the low byte of the extended one.
-        return matches!(
-            extended & 0xff,
-            5   // SQLITE_BUSY: locked beyond busy_timeout
-            | 6  // SQLITE_LOCKED
-            | 7  // SQLITE_NOMEM
-            | 8  // SQLITE_READONLY
-            | 10 // SQLITE_IOERR
-            | 11 // SQLITE_CORRUPT
-            | 13 // SQLITE_FULL: disk full
-            | 14 // SQLITE_CANTOPEN
-            | 15 // SQLITE_PROTOCOL
-            | 26 // SQLITE_NOTADB
-        );
-    }
-    // PostgreSQL: connection exceptions, insufficient resources (disk full, out of
-    // memory, too many connections), operator intervention (shutdown), system (I/O)
-    // errors, a read-only transaction (hot standby) and lock_not_available.
+/// SQLite (extended) result codes meaning the database cannot take the operation now.
+fn sqlite_code_is_unavailable(extended: i32) -> bool {
+    // The primary result code is the low byte of the extended one.
+    matches!(
+        extended & 0xff,
+        5   // SQLITE_BUSY: locked beyond busy_timeout
+        | 6  // SQLITE_LOCKED
+        | 7  // SQLITE_NOMEM
+        | 8  // SQLITE_READONLY
+        | 10 // SQLITE_IOERR
+        | 11 // SQLITE_CORRUPT
+        | 13 // SQLITE_FULL: disk full
+        | 14 // SQLITE_CANTOPEN
+        | 15 // SQLITE_PROTOCOL
+        | 26 // SQLITE_NOTADB
+    )
+}
+
+/// PostgreSQL SQLSTATEs of the same kind: connection exceptions, insufficient resources
+/// (disk full, out of memory, too many connections), operator intervention (shutdown),
+/// system (I/O) errors, a read-only transaction (hot standby) and lock_not_available.
+fn sqlstate_is_unavailable(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("53")
         || code.starts_with("57P")
@@ -115,25 +120,23 @@ fn code_is_unavailable(code: &Cow<'_, str>) -> bool {
 mod tests {
     use super::*;
 
-    fn unavailable(code: &str) -> bool {
-        code_is_unavailable(&Cow::Borrowed(code))
-    }
-
     #[test]
     fn sqlite_codes_are_classified_by_primary_code() {
-        assert!(unavailable("5")); // SQLITE_BUSY
-        assert!(unavailable("517")); // SQLITE_BUSY_SNAPSHOT
-        assert!(unavailable("8")); // SQLITE_READONLY
-        assert!(unavailable("1032")); // SQLITE_READONLY_DBMOVED
-        assert!(unavailable("13")); // SQLITE_FULL
-        assert!(unavailable("266")); // SQLITE_IOERR_READ
-        assert!(!unavailable("2067")); // SQLITE_CONSTRAINT_UNIQUE
-        assert!(!unavailable("275")); // SQLITE_CONSTRAINT_CHECK
-        assert!(!unavailable("1")); // SQLITE_ERROR (bad SQL)
+        let unavailable = sqlite_code_is_unavailable;
+        assert!(unavailable(5)); // SQLITE_BUSY
+        assert!(unavailable(517)); // SQLITE_BUSY_SNAPSHOT
+        assert!(unavailable(8)); // SQLITE_READONLY
+        assert!(unavailable(1032)); // SQLITE_READONLY_DBMOVED
+        assert!(unavailable(13)); // SQLITE_FULL
+        assert!(unavailable(266)); // SQLITE_IOERR_READ
+        assert!(!unavailable(2067)); // SQLITE_CONSTRAINT_UNIQUE
+        assert!(!unavailable(275)); // SQLITE_CONSTRAINT_CHECK
+        assert!(!unavailable(1)); // SQLITE_ERROR (bad SQL)
     }
 
     #[test]
     fn postgres_sqlstates_are_classified() {
+        let unavailable = sqlstate_is_unavailable;
         assert!(unavailable("08006")); // connection_failure
         assert!(unavailable("53100")); // disk_full
         assert!(unavailable("57P01")); // admin_shutdown

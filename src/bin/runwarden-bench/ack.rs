@@ -1,0 +1,267 @@
+//! Figure 1: webhook ack throughput.
+//!
+//! 64 concurrent in-process clients post signed GitHub `push` webhooks (about 3 KiB,
+//! unique `X-GitHub-Delivery` each) over loopback for a fixed window:
+//!
+//! - the ceiling: a bare axum handler that reads the body, verifies the HMAC with the
+//!   bot's own `verify_github_signature` and answers 202;
+//! - the bot: the real router and SQLite store (WAL, `synchronous=FULL`), each 202 sent
+//!   only after the delivery's commit. Its rules do no API work for a push (a timeout
+//!   rule, polling off), so this measures intake; the processor still consumes the
+//!   events concurrently, as in production.
+//!
+//! Afterwards the store is opened read-only and the stored deliveries are counted: every
+//! 202 must be there.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use runwarden::intake::webhooks::verify_github_signature;
+use runwarden::secret::Secret;
+
+use crate::Args;
+use crate::harness::{self, GITHUB_SECRET, InProcBot, InProcSim, PROJECT, REPO};
+use crate::report::{Goal, Row};
+
+pub const CONCURRENCY: usize = 64;
+/// Target: acks per second on 2 cores.
+pub const TARGET_PER_S: f64 = 5_000.0;
+/// Target: share of the bare handler's throughput.
+pub const TARGET_SHARE: f64 = 0.5;
+
+const RULES: &str = "[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"2h\"\n";
+
+/// What one load window measured.
+#[derive(Debug, Default)]
+pub struct Blast {
+    pub accepted: u64,
+    pub errors: u64,
+    pub statuses: BTreeMap<u16, u64>,
+    pub elapsed: Duration,
+    /// Per-request latencies, seconds, sorted.
+    pub latencies: Vec<f64>,
+}
+
+impl Blast {
+    pub fn per_s(&self) -> f64 {
+        self.accepted as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Posts `body` to `url` from `CONCURRENCY` tasks for `window`.
+pub async fn blast(client: &reqwest::Client, url: &str, body: &Bytes, sig: &str, window: Duration, ids: &Arc<AtomicU64>) -> Blast {
+    let start = Instant::now();
+    let end = start + window;
+    let mut tasks = Vec::with_capacity(CONCURRENCY);
+    for _ in 0..CONCURRENCY {
+        let (client, url, body, sig, ids) = (client.clone(), url.to_string(), body.clone(), sig.to_string(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut b = Blast::default();
+            while Instant::now() < end {
+                let id = ids.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-github-event", "push")
+                    .header("x-github-delivery", format!("bench-{id:012}"))
+                    .header("x-hub-signature-256", &sig)
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match r {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        let _ = resp.bytes().await;
+                        b.latencies.push(t.elapsed().as_secs_f64());
+                        *b.statuses.entry(status).or_default() += 1;
+                        if status == 202 {
+                            b.accepted += 1;
+                        } else {
+                            b.errors += 1;
+                        }
+                    }
+                    Err(_) => b.errors += 1,
+                }
+            }
+            b
+        }));
+    }
+    let mut total = Blast::default();
+    for t in tasks {
+        if let Ok(b) = t.await {
+            total.accepted += b.accepted;
+            total.errors += b.errors;
+            for (k, v) in b.statuses {
+                *total.statuses.entry(k).or_default() += v;
+            }
+            total.latencies.extend(b.latencies);
+        }
+    }
+    total.elapsed = start.elapsed();
+    total.latencies.sort_by(f64::total_cmp);
+    total
+}
+
+async fn bare_handler(State(secrets): State<Arc<Vec<Secret>>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let sig = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if verify_github_signature(&secrets, sig, &body) {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::UNAUTHORIZED
+    }
+}
+
+/// The ceiling server: HMAC check and 202, nothing else.
+async fn start_ceiling() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let (listener, addr) = harness::loopback_listener().await?;
+    let app = axum::Router::new()
+        .route("/webhooks/github", axum::routing::post(bare_handler))
+        .with_state(Arc::new(vec![Secret::new(GITHUB_SECRET)]));
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((format!("http://{addr}/webhooks/github"), task))
+}
+
+async fn stored_deliveries(db: &std::path::Path) -> anyhow::Result<i64> {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("sqlite://{}?mode=ro", db.display()))
+        .await?;
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE source = 'github'")
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    Ok(n)
+}
+
+fn ms(v: f64) -> f64 {
+    v * 1000.0
+}
+
+/// The bot's part: a fresh in-process bot with its store in `dir`, warmed up, then
+/// loaded for `window`. Returns the window's figures and (acked, stored) over both.
+async fn bot_blast(dir: tempfile::TempDir, body: &Bytes, sig: &str, warmup: Duration, window: Duration, ids: &Arc<AtomicU64>) -> anyhow::Result<(Blast, u64, i64)> {
+    let sim = InProcSim::start(false).await?;
+    sim.world.add_project(runwarden::simulator::NewProject {
+        project_id: Some(PROJECT.into()),
+        repo: Some(REPO.into()),
+        ..Default::default()
+    })?;
+    let bot = InProcBot::start_in(&sim, &[PROJECT], RULES, 0, dir).await?;
+    let url = bot.url("/webhooks/github");
+    let client = harness::http_client(CONCURRENCY);
+    let warm = blast(&client, &url, body, sig, warmup, ids).await;
+    let measured = blast(&client, &url, body, sig, window, ids).await;
+    let stored = stored_deliveries(&bot.dir.path().join("runwarden.db")).await?;
+    let acked = warm.accepted + measured.accepted;
+    bot.shutdown().await;
+    Ok((measured, acked, stored))
+}
+
+pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
+    let (warmup, window) = if args.quick {
+        (Duration::from_millis(300), Duration::from_secs(2))
+    } else {
+        (Duration::from_secs(1), Duration::from_secs(5))
+    };
+    let body = Bytes::from(harness::push_body(REPO, "feat/ack", "9c1e2ab3d4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9", 4));
+    let sig = harness::sign(GITHUB_SECRET, &body);
+    let ids = Arc::new(AtomicU64::new(0));
+    let client = harness::http_client(CONCURRENCY);
+
+    // Ceiling.
+    let (url, task) = start_ceiling().await?;
+    blast(&client, &url, &body, &sig, warmup, &ids).await;
+    let ceiling = blast(&client, &url, &body, &sig, window, &ids).await;
+    task.abort();
+    if ceiling.accepted == 0 {
+        anyhow::bail!("the bare handler accepted nothing: {:?}", ceiling.statuses);
+    }
+
+    // The bot, store on the disk of $TMPDIR (the figure).
+    let disk_dir = harness::tempdir()?;
+    let (measured, acked, stored) = bot_blast(disk_dir, &body, &sig, warmup, window, &ids).await?;
+    // The same on tmpfs, and the disk's fsync latency: what limits the figure.
+    let tmpfs = match harness::tmpfs_dir() {
+        Some(d) => Some(bot_blast(d, &body, &sig, warmup, window, &ids).await?),
+        None => None,
+    };
+    let probe_base = harness::tempdir()?;
+    let fsync = harness::fsync_probe(probe_base.path(), if args.quick { 100 } else { 300 })?;
+
+    let per_s = measured.per_s();
+    let c_per_s = ceiling.per_s();
+    let lat = &measured.latencies;
+    let durable_note = if stored as u64 >= acked {
+        format!("all {acked} acked deliveries found in the store ({stored} stored)")
+    } else {
+        format!("ONLY {stored} of {acked} acked deliveries found in the store")
+    };
+    let mut rows = vec![
+        Row::target(
+            "webhook_ack_per_s",
+            "webhook acks/s (router + store, c=64)",
+            per_s.round(),
+            "req/s",
+            Goal::AtLeast,
+            TARGET_PER_S,
+        )
+        .note(format!(
+            "{} acked in {:.1} s, {} errors {:?}; ack latency p50 {:.2} ms, p99 {:.2} ms",
+            measured.accepted,
+            measured.elapsed.as_secs_f64(),
+            measured.errors,
+            measured.statuses,
+            ms(harness::percentile(lat, 50.0)),
+            ms(harness::percentile(lat, 99.0)),
+        )),
+        Row::info("webhook_ack_share_of_ceiling", "webhook acks vs bare HMAC handler", per_s.round(), "req/s")
+            .limit(c_per_s.round(), "bare axum + HMAC, same client")
+            .ratio_target(Goal::AtLeast, TARGET_SHARE)
+            .note(format!(
+                "ceiling p50 {:.2} ms, p99 {:.2} ms",
+                ms(harness::percentile(&ceiling.latencies, 50.0)),
+                ms(harness::percentile(&ceiling.latencies, 99.0))
+            )),
+    ];
+    let mut durable = Row::target(
+        "webhook_ack_durable",
+        "acked deliveries found in the store",
+        stored.min(acked as i64) as f64,
+        "deliveries",
+        Goal::Equal,
+        acked as f64,
+    );
+    durable.note = durable_note;
+    rows.push(durable);
+    let f50 = harness::percentile(&fsync, 50.0);
+    rows.push(
+        Row::info("fsync_ms_p50", "fsync (4 KiB append + fdatasync) of the store's disk, p50", f50, "ms").note(format!(
+            "p99 {:.2} ms; one commit per ack serialises on it: <= {:.0} acks/s unless commits are grouped",
+            harness::percentile(&fsync, 99.0),
+            1000.0 / f50.max(1e-6)
+        )),
+    );
+    if let Some((t, _, _)) = tmpfs {
+        rows.push(
+            Row::info("webhook_ack_tmpfs_per_s", "webhook acks/s, store on tmpfs (diagnostic)", t.per_s().round(), "req/s")
+                .limit(c_per_s.round(), "bare axum + HMAC")
+                .note(format!(
+                    "same bot, no fsync cost; ack latency p50 {:.2} ms, p99 {:.2} ms",
+                    ms(harness::percentile(&t.latencies, 50.0)),
+                    ms(harness::percentile(&t.latencies, 99.0))
+                )),
+        );
+    }
+    Ok(rows)
+}

@@ -1,0 +1,1716 @@
+//! Run summaries on GitHub pull requests (SPEC §4 `summary`, §6): the comment bodies a
+//! user reads (insta snapshots), and the whole flow end to end against the built-in
+//! simulator's GitHub API, including its fault injection.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runwarden::config::{Config, Rule, RuleKind, SummaryOptions, load_str};
+use runwarden::currents::Run;
+use runwarden::github::client::{
+    GithubAuth, GithubClient, GithubClientOptions, RepoName, RetryPolicy, StatusState,
+};
+use runwarden::github::render::{
+    GITHUB_BODY_LIMIT, MARKER, PrInfo, RenderInput, Section, SummaryDoc, render_body, status_for,
+};
+use runwarden::github::summary::{
+    StatusOutcome, SummaryCtx, SummaryOutcome, SummaryReport, discover_prs, merge_section,
+    post_summary, resolve_repo,
+};
+use runwarden::secret::Secret;
+use runwarden::simulator::{self, Fault, FaultKind, NewPr, SimConfig, SimHandle};
+use serde_json::{Value, json};
+
+const DASH: &str = "https://app.currents.dev";
+const TOKEN: &str = "gh-test-token";
+const REPO: &str = "acme/web";
+const SHA_OLD: &str = "3f786850e387550fdab836ed7e6dc881de23001b";
+const SHA_HEAD: &str = "89e6c98d92887913cadf06b2adb97f26cde4849b";
+const SHA_OTHER: &str = "2aae6c35c94fcfb415dbe95f408b9ce91ee846ed";
+const BRANCH: &str = "feat/login";
+
+// ---------------------------------------------------------------------------------------
+// Runs
+// ---------------------------------------------------------------------------------------
+
+fn merge(mut base: Value, patch: Value) -> Value {
+    if let (Some(b), Value::Object(p)) = (base.as_object_mut(), patch) {
+        for (k, v) in p {
+            b.insert(k, v);
+        }
+    }
+    base
+}
+
+fn run_value(id: &str, sha: &str) -> Value {
+    json!({
+        "runId": id,
+        "projectId": "bAYZ4a",
+        "createdAt": "2026-03-02T10:00:00Z",
+        "completionState": "COMPLETE",
+        "status": "PASSED",
+        "tags": [],
+        "durationMs": 252_000,
+        "groups": [{
+            "groupId": "chromium",
+            "instances": {"overall": 12, "claimed": 12, "complete": 12, "passes": 12, "failures": 0},
+            "tests": {"overall": 121, "passes": 118, "failures": 0, "pending": 1, "skipped": 2, "retries": 2, "flaky": 2}
+        }],
+        "meta": {
+            "ciBuildId": "acme/web-1234-1",
+            "commit": {
+                "sha": sha,
+                "branch": BRANCH,
+                "remoteOrigin": "https://github.com/acme/web.git",
+                "authorName": "Ada",
+                "message": "Make login faster"
+            },
+            "framework": {"type": "pw", "version": "1.50.0"}
+        }
+    })
+}
+
+fn to_run(v: Value) -> Run {
+    serde_json::from_value(v).expect("a valid run")
+}
+
+fn passed(id: &str, sha: &str) -> Run {
+    to_run(run_value(id, sha))
+}
+
+fn failing_specs(n: usize, failures: u64) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| {
+                json!({
+                    "groupId": "chromium",
+                    "spec": format!("tests/e2e/area-{i:02}/login-{i:02}.spec.ts"),
+                    "instanceId": format!("inst{i}"),
+                    "completedAt": "2026-03-02T10:04:00Z",
+                    "results": {"stats": {"tests": 10, "passes": 10 - failures, "failures": failures,
+                                          "pending": 0, "skipped": 0}}
+                })
+            })
+            .collect(),
+    )
+}
+
+fn failed(id: &str, sha: &str, n_failing: usize) -> Run {
+    let mut specs = failing_specs(n_failing, 2);
+    specs.as_array_mut().unwrap().push(json!({
+        "groupId": "chromium", "spec": "tests/e2e/ok.spec.ts",
+        "results": {"stats": {"tests": 5, "passes": 5, "failures": 0}}
+    }));
+    to_run(merge(
+        run_value(id, sha),
+        json!({
+            "status": "FAILED",
+            "groups": [{
+                "groupId": "chromium",
+                "instances": {"overall": 12, "claimed": 12, "complete": 12, "passes": 12 - n_failing as u64, "failures": n_failing},
+                "tests": {"overall": 121, "passes": 121 - 2 * n_failing as u64 - 3, "failures": 2 * n_failing as u64,
+                          "pending": 1, "skipped": 2, "retries": 2, "flaky": 1}
+            }],
+            "specs": specs,
+        }),
+    ))
+}
+
+fn running(id: &str, sha: &str) -> Run {
+    to_run(merge(
+        run_value(id, sha),
+        json!({
+            "completionState": "IN_PROGRESS",
+            "status": "FAILING",
+            "durationMs": null,
+            "groups": [{
+                "groupId": "chromium",
+                "instances": {"overall": 12, "claimed": 7, "complete": 5, "passes": 4, "failures": 1},
+                "tests": {"overall": 50, "passes": 47, "failures": 1, "pending": 0, "skipped": 2, "retries": 0, "flaky": 0}
+            }],
+            "specs": failing_specs(1, 1),
+        }),
+    ))
+}
+
+fn started(id: &str, sha: &str) -> Run {
+    to_run(merge(
+        run_value(id, sha),
+        json!({
+            "completionState": "IN_PROGRESS",
+            "status": "RUNNING",
+            "durationMs": null,
+            "groups": [{"groupId": "chromium", "instances": {"overall": 12}, "tests": {}}],
+        }),
+    ))
+}
+
+fn cancelled(id: &str, sha: &str) -> Run {
+    to_run(merge(
+        run_value(id, sha),
+        json!({
+            "completionState": "CANCELED",
+            "status": "RUNNING",
+            "durationMs": 95_000,
+            "cancellation": {"canceledAt": "2026-03-02T10:01:35Z", "actor": "api:runwarden"},
+            "groups": [{
+                "groupId": "chromium",
+                "instances": {"overall": 12, "claimed": 5, "complete": 3, "passes": 3, "failures": 0},
+                "tests": {"overall": 31, "passes": 31, "failures": 0, "pending": 0, "skipped": 0, "retries": 0, "flaky": 0}
+            }],
+        }),
+    ))
+}
+
+fn timed_out(id: &str, sha: &str) -> Run {
+    to_run(merge(
+        run_value(id, sha),
+        json!({
+            "completionState": "TIMEOUT",
+            "status": "FAILED",
+            "durationMs": 5_400_000,
+            "timeout": {"isTimeout": true, "timeoutValueMs": 5_400_000},
+            "groups": [{
+                "groupId": "chromium",
+                "instances": {"overall": 12, "claimed": 12, "complete": 9, "passes": 8, "failures": 1},
+                "tests": {"overall": 90, "passes": 86, "failures": 2, "pending": 0, "skipped": 2, "retries": 1, "flaky": 0}
+            }],
+            "specs": failing_specs(1, 2),
+        }),
+    ))
+}
+
+const CANCEL: (&str, &str) = (
+    "cancel-superseded",
+    "superseded by run r-new on commit 89e6c98, pushed after this run started",
+);
+
+// ---------------------------------------------------------------------------------------
+// Rendering (snapshots of every body a user reads)
+// ---------------------------------------------------------------------------------------
+
+struct Post<'a> {
+    run: &'a Run,
+    event: &'a str,
+    by: Option<(&'a str, &'a str)>,
+}
+
+fn post<'a>(run: &'a Run, event: &'a str) -> Post<'a> {
+    Post {
+        run,
+        event,
+        by: None,
+    }
+}
+
+fn body_with(
+    posts: &[Post<'_>],
+    max_failed: usize,
+    template: Option<&(std::path::PathBuf, String)>,
+    limit: usize,
+) -> String {
+    let mut doc = SummaryDoc::default();
+    let mut current = String::new();
+    for p in posts {
+        let s = Section::from_run(p.run, p.event, p.by, DASH, max_failed);
+        current = s.key.clone();
+        merge_section(&mut doc, s, SHA_HEAD);
+    }
+    let pr = PrInfo {
+        number: 7,
+        head_sha: SHA_HEAD.into(),
+        head_ref: BRANCH.into(),
+    };
+    render_body(
+        &doc,
+        &RenderInput {
+            pr: &pr,
+            current_key: &current,
+            dashboard_url: DASH,
+            template,
+            limit,
+        },
+    )
+    .expect("renders")
+}
+
+fn body(posts: &[Post<'_>]) -> String {
+    body_with(posts, 10, None, GITHUB_BODY_LIMIT)
+}
+
+#[test]
+fn snapshot_passed() {
+    let b = body(&[post(&passed("r1a2b3c4", SHA_HEAD), "RUN_FINISH")]);
+    assert!(b.starts_with(MARKER));
+    insta::assert_snapshot!("passed", b);
+}
+
+#[test]
+fn snapshot_failed_with_failing_specs() {
+    // 12 failing specs, 10 shown, the rest counted.
+    let b = body(&[post(&failed("r1a2b3c4", SHA_HEAD, 12), "RUN_FINISH")]);
+    assert!(b.contains("…and 2 more specs in the run"), "{b}");
+    insta::assert_snapshot!("failed", b);
+}
+
+#[test]
+fn snapshot_running() {
+    let b = body(&[post(&running("r1a2b3c4", SHA_HEAD), "RUN_START")]);
+    insta::assert_snapshot!("running", b);
+}
+
+#[test]
+fn snapshot_just_started() {
+    let b = body(&[post(&started("r1a2b3c4", SHA_HEAD), "RUN_START")]);
+    insta::assert_snapshot!("started", b);
+}
+
+#[test]
+fn snapshot_cancelled_by_rule() {
+    let run = cancelled("r1a2b3c4", SHA_OLD);
+    let b = body(&[Post {
+        run: &run,
+        event: "RUN_CANCELED",
+        by: Some(CANCEL),
+    }]);
+    assert!(b.contains("rule `cancel-superseded`"), "{b}");
+    insta::assert_snapshot!("cancelled_by_rule", b);
+}
+
+#[test]
+fn snapshot_cancelled_by_someone_else() {
+    let b = body(&[post(&cancelled("r1a2b3c4", SHA_HEAD), "RUN_CANCELED")]);
+    assert!(b.contains("Cancelled by `api:runwarden`"), "{b}");
+    insta::assert_snapshot!("cancelled_by_actor", b);
+}
+
+#[test]
+fn snapshot_timed_out() {
+    let b = body(&[post(&timed_out("r1a2b3c4", SHA_HEAD), "RUN_TIMEOUT")]);
+    insta::assert_snapshot!("timed_out", b);
+}
+
+#[test]
+fn snapshot_multi_section() {
+    // Project bAYZ4a, no tags: failed. Same project, tag "smoke": passed.
+    // Project k9Pq2 with two run groups: running.
+    let a = failed("r1a2b3c4", SHA_HEAD, 2);
+    let b = to_run(merge(
+        run_value("r5d6e7f8", SHA_HEAD),
+        json!({"tags": ["smoke", "e2e"]}),
+    ));
+    let c = to_run(merge(
+        run_value("r9a8b7c6", SHA_HEAD),
+        json!({
+            "projectId": "k9Pq2",
+            "completionState": "IN_PROGRESS",
+            "status": "RUNNING",
+            "durationMs": null,
+            "groups": [
+                {"groupId": "firefox", "instances": {"overall": 6, "complete": 2},
+                 "tests": {"overall": 20, "passes": 20}},
+                {"groupId": "chromium", "instances": {"overall": 6, "complete": 4},
+                 "tests": {"overall": 40, "passes": 39, "skipped": 1}}
+            ]
+        }),
+    ));
+    let out = body(&[
+        post(&c, "RUN_START"),
+        post(&a, "RUN_FINISH"),
+        post(&b, "RUN_FINISH"),
+    ]);
+    assert_eq!(out.matches("#### ").count(), 3, "{out}");
+    insta::assert_snapshot!("multi_section", out);
+}
+
+#[test]
+fn snapshot_truncated_drops_spec_lists_first() {
+    // Long spec names: the full body is over the limit, the compact one fits.
+    let mut run = failed("r1a2b3c4", SHA_HEAD, 12);
+    for s in &mut run.specs {
+        s.spec = format!("tests/{}/{}", "deeply-nested".repeat(20), s.spec);
+    }
+    let full = body_with(&[post(&run, "RUN_FINISH")], 10, None, GITHUB_BODY_LIMIT);
+    assert!(full.len() > 3000);
+    let b = body_with(&[post(&run, "RUN_FINISH")], 10, None, 3000);
+    assert!(b.len() <= 3000, "{} bytes", b.len());
+    assert!(b.contains("shortened to fit"), "{b}");
+    assert!(b.contains("(https://app.currents.dev/run/r1a2b3c4)"), "{b}");
+    // Still a readable section, and the state still knows the run.
+    assert!(b.contains("#### ❌ Failed"), "{b}");
+    assert!(
+        b.contains("**Failing specs**: 12, listed in the run."),
+        "{b}"
+    );
+    let state = SummaryDoc::parse(&b).unwrap();
+    assert_eq!(state.sections[0].run_id, "r1a2b3c4");
+    assert_eq!(state.sections[0].failed_specs_total, 12);
+    insta::assert_snapshot!("truncated_compact", b);
+}
+
+#[test]
+fn snapshot_truncated_hard_cut() {
+    // A template producing far too much: the Markdown is cut at a line, with the note.
+    let t = (
+        std::path::PathBuf::from("verbose.j2"),
+        "{% for i in range(500) %}- line {{ i }} of {{ current.run_id }}\n{% endfor %}".to_string(),
+    );
+    let run = passed("r1a2b3c4", SHA_HEAD);
+    let b = body_with(&[post(&run, "RUN_FINISH")], 10, Some(&t), 1500);
+    assert!(b.len() <= 1500, "{} bytes", b.len());
+    assert!(
+        b.contains("- line 10 of r1a2b3c4\n") && !b.contains("- line 499"),
+        "{b}"
+    );
+    assert!(b.contains("shortened to fit"), "{b}");
+    assert!(
+        b.contains("(https://app.currents.dev/run/r1a2b3c4)"),
+        "the note links the run"
+    );
+    assert_eq!(SummaryDoc::parse(&b).unwrap().sections.len(), 1);
+    insta::assert_snapshot!("truncated_hard_cut", b);
+}
+
+#[test]
+fn hundreds_of_sections_keep_the_newest_within_the_limit() {
+    let runs: Vec<Run> = (0..400)
+        .map(|i| {
+            let mut v = to_value(passed(&format!("r{i:03}"), SHA_HEAD));
+            v["projectId"] = json!(format!("project{i:03}"));
+            v["createdAt"] = json!(format!("2026-03-02T10:{:02}:{:02}Z", i / 60, i % 60));
+            to_run(v)
+        })
+        .collect();
+    // The oldest run reports last: it is the current one and must stay.
+    let mut posts: Vec<Post<'_>> = runs[1..].iter().map(|r| post(r, "RUN_FINISH")).collect();
+    posts.push(post(&runs[0], "RUN_FINISH"));
+    let b = body_with(&posts, 10, None, GITHUB_BODY_LIMIT);
+    assert!(b.len() <= GITHUB_BODY_LIMIT, "{} bytes", b.len());
+    let doc = SummaryDoc::parse(&b).unwrap();
+    assert!(
+        doc.sections.len() > 50 && doc.sections.len() < 400,
+        "{}",
+        doc.sections.len()
+    );
+    let ids: Vec<&str> = doc.sections.iter().map(|s| s.run_id.as_str()).collect();
+    assert!(ids.contains(&"r000"), "the current section stays");
+    assert!(
+        ids.contains(&"r399") && !ids.contains(&"r001"),
+        "the oldest others go"
+    );
+}
+
+#[test]
+fn huge_bodies_stay_under_githubs_limit() {
+    let mut run = failed("r1a2b3c4", SHA_HEAD, 12);
+    for s in &mut run.specs {
+        s.spec = "x".repeat(20_000);
+    }
+    let b = body_with(&[post(&run, "RUN_FINISH")], 1000, None, GITHUB_BODY_LIMIT);
+    assert!(b.len() <= GITHUB_BODY_LIMIT, "{} bytes", b.len());
+    assert!(b.starts_with(MARKER));
+    assert_eq!(SummaryDoc::parse(&b).unwrap().sections.len(), 1);
+}
+
+const TEMPLATE: &str = r#"## {{ current.symbol }} {{ current.label }} for PR #{{ pr.number }}
+{% for s in sections %}
+- {{ s.symbol }} **{{ s.project }}** `{{ s.branch }}` at `{{ s.short_sha }}`{% if s.is_head %} (head){% endif %}: {{ s.counts.passed }} passed, {{ s.counts.failed }} failed, {{ s.counts.flaky }} flaky{% if s.duration %} in {{ s.duration }}{% endif %}. [Run]({{ s.run_url }})
+{%- for f in s.failed_specs %}
+  - `{{ f.spec }}`: {{ f.failures }}{% endfor %}
+{%- if s.failed_specs_more %}
+  - and {{ s.failed_specs_more }} more{% endif %}
+{%- if s.cancelled %}
+  - cancelled by {{ s.cancelled.rule }}: {{ s.cancelled.reason }}{% endif %}
+{%- endfor %}
+
+Dashboard: {{ dashboard_url }}
+"#;
+
+#[test]
+fn snapshot_custom_template() {
+    let t = (
+        std::path::PathBuf::from("summary.md.j2"),
+        TEMPLATE.to_string(),
+    );
+    let old = cancelled("r0ld0ld0", SHA_OLD);
+    let mut other = to_value(failed("r1a2b3c4", SHA_HEAD, 3));
+    other["projectId"] = json!("k9Pq2");
+    let other = to_run(other);
+    let b = body_with(
+        &[
+            Post {
+                run: &old,
+                event: "RUN_CANCELED",
+                by: Some(CANCEL),
+            },
+            post(&other, "RUN_FINISH"),
+        ],
+        2,
+        Some(&t),
+        GITHUB_BODY_LIMIT,
+    );
+    assert!(b.starts_with(MARKER));
+    assert!(b.contains("## ❌ Failed for PR #7"), "{b}");
+    assert!(b.contains("and 1 more"), "{b}");
+    assert!(
+        !b.contains("### Currents test runs"),
+        "the template replaces the default"
+    );
+    assert_eq!(SummaryDoc::parse(&b).unwrap().sections.len(), 2);
+    insta::assert_snapshot!("custom_template", b);
+}
+
+fn to_value(r: Run) -> Value {
+    serde_json::to_value(r).unwrap()
+}
+
+#[test]
+fn snapshot_status_descriptions() {
+    let cases = [
+        (
+            "passed",
+            Section::from_run(&passed("r1", SHA_HEAD), "RUN_FINISH", None, DASH, 10),
+        ),
+        (
+            "failed",
+            Section::from_run(&failed("r1", SHA_HEAD, 3), "RUN_FINISH", None, DASH, 10),
+        ),
+        (
+            "running",
+            Section::from_run(&running("r1", SHA_HEAD), "RUN_START", None, DASH, 10),
+        ),
+        (
+            "started",
+            Section::from_run(&started("r1", SHA_HEAD), "RUN_START", None, DASH, 10),
+        ),
+        (
+            "timed out",
+            Section::from_run(&timed_out("r1", SHA_HEAD), "RUN_TIMEOUT", None, DASH, 10),
+        ),
+        (
+            "cancelled by rule",
+            Section::from_run(
+                &cancelled("r1", SHA_HEAD),
+                "RUN_CANCELED",
+                Some(CANCEL),
+                DASH,
+                10,
+            ),
+        ),
+        (
+            "cancelled",
+            Section::from_run(&cancelled("r1", SHA_HEAD), "RUN_CANCELED", None, DASH, 10),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, s) in &cases {
+        let (state, d) = status_for(s);
+        assert!(d.chars().count() <= 140, "{name}: {d}");
+        out.push_str(&format!("{name}: {state} | {d}\n"));
+    }
+    insta::assert_snapshot!("status_descriptions", out);
+}
+
+#[test]
+fn a_stale_read_after_the_event_follows_the_event() {
+    // The webhook says RUN_FINISH but the API still answers IN_PROGRESS.
+    let r = to_run(merge(
+        run_value("r1", SHA_HEAD),
+        json!({"completionState": "IN_PROGRESS", "status": "FAILED"}),
+    ));
+    let s = Section::from_run(&r, "RUN_FINISH", None, DASH, 10);
+    assert_eq!(status_for(&s).0, StatusState::Failure);
+    let s = Section::from_run(&r, "RUN_TIMEOUT", None, DASH, 10);
+    assert_eq!(status_for(&s).0, StatusState::Failure);
+    let s = Section::from_run(&r, "RUN_CANCELED", None, DASH, 10);
+    assert_eq!(status_for(&s).0, StatusState::Error);
+}
+
+// ---------------------------------------------------------------------------------------
+// End to end against the simulator
+// ---------------------------------------------------------------------------------------
+
+fn config_text(api: &str) -> String {
+    format!(
+        r#"
+[currents]
+projects = ["bAYZ4a", "k9Pq2"]
+dashboard_url = "{DASH}"
+
+[github]
+api_url = "{api}"
+repos = {{ bAYZ4a = "acme/web" }}
+
+[[rules]]
+name = "pr-summary"
+kind = "summary"
+events = ["RUN_START", "RUN_FINISH", "RUN_TIMEOUT", "RUN_CANCELED"]
+commit_status = true
+"#
+    )
+}
+
+struct Env {
+    sim: SimHandle,
+    config: Config,
+    gh: GithubClient,
+}
+
+impl Env {
+    async fn new() -> Env {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator::spawn(
+            listener,
+            SimConfig {
+                github_token: Some(TOKEN.into()),
+                ..SimConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let config = load_str(&config_text(&sim.github_url()), "rules.toml", &[])
+            .unwrap()
+            .config;
+        let gh = client(&sim.github_url(), Duration::from_secs(3));
+        Env { sim, config, gh }
+    }
+
+    fn rule(&self) -> &Rule {
+        &self.config.rules[0]
+    }
+
+    fn opts(&self) -> SummaryOptions {
+        match &self.rule().kind {
+            RuleKind::Summary(o) => o.clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    fn pr(&self, number: u64, branch: &str, sha: &str) {
+        self.sim
+            .add_pr(NewPr {
+                repo: REPO.into(),
+                number: Some(number),
+                head_ref: Some(branch.into()),
+                head_sha: Some(sha.into()),
+                ..NewPr::default()
+            })
+            .unwrap();
+    }
+
+    async fn summary(
+        &self,
+        opts: &SummaryOptions,
+        run: &Run,
+        event: &str,
+    ) -> Result<SummaryReport, runwarden::github::SummaryError> {
+        self.summary_with(&self.gh, opts, run, event, None, false)
+            .await
+    }
+
+    async fn summary_with(
+        &self,
+        gh: &GithubClient,
+        opts: &SummaryOptions,
+        run: &Run,
+        event: &str,
+        by: Option<(&str, &str)>,
+        dry_run: bool,
+    ) -> Result<SummaryReport, runwarden::github::SummaryError> {
+        let ctx = SummaryCtx {
+            gh,
+            config: &self.config,
+            rule: self.rule(),
+            opts,
+        };
+        post_summary(
+            &ctx,
+            run,
+            event,
+            by.map(|(a, b)| (a.to_string(), b.to_string())),
+            dry_run,
+        )
+        .await
+    }
+
+    fn comments(&self, pr: u64) -> Vec<simulator::SimComment> {
+        self.sim.comments(Some(REPO), Some(pr))
+    }
+
+    /// GitHub mutating requests: (method, path, status).
+    fn writes(&self) -> Vec<(String, String, u16)> {
+        self.sim
+            .mutation_log()
+            .into_iter()
+            .filter(|e| e.api == "github")
+            .map(|e| (e.method, e.path, e.status))
+            .collect()
+    }
+
+    fn count_writes(&self, method: &str, path_part: &str) -> usize {
+        self.writes()
+            .iter()
+            .filter(|(m, p, _)| m == method && p.contains(path_part))
+            .count()
+    }
+}
+
+fn client(api: &str, timeout: Duration) -> GithubClient {
+    client_with_auth(api, timeout, GithubAuth::Token(Secret::new(TOKEN)))
+}
+
+fn client_with_auth(api: &str, timeout: Duration, auth: GithubAuth) -> GithubClient {
+    let mut o = GithubClientOptions::new(url::Url::parse(api).unwrap());
+    o.retry = RetryPolicy::fast();
+    o.request_timeout = timeout;
+    GithubClient::new(o, auth).unwrap()
+}
+
+fn comment_only(mut o: SummaryOptions) -> SummaryOptions {
+    o.commit_status = false;
+    o
+}
+
+#[tokio::test]
+async fn the_first_run_creates_one_comment_and_later_events_edit_it() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+
+    let r = env
+        .summary(&opts, &running("r1", SHA_HEAD), "RUN_START")
+        .await
+        .unwrap();
+    let SummaryOutcome::Posted {
+        pr: 7,
+        comment_id,
+        created: true,
+    } = r.comments[0]
+    else {
+        panic!("{r:?}")
+    };
+    let c = env.comments(7);
+    assert_eq!(c.len(), 1);
+    assert!(c[0].body.starts_with(MARKER));
+    assert!(c[0].body.contains("⏳ Running"));
+
+    let r = env
+        .summary(&opts, &failed("r1", SHA_HEAD, 2), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert_eq!(
+        r.comments,
+        vec![SummaryOutcome::Posted {
+            pr: 7,
+            comment_id,
+            created: false
+        }]
+    );
+    let c = env.comments(7);
+    assert_eq!(c.len(), 1, "edited in place, not posted again");
+    assert!(c[0].body.contains("❌ Failed") && !c[0].body.contains("⏳ Running"));
+    assert_eq!(env.count_writes("POST", "/comments"), 1);
+    assert_eq!(
+        env.count_writes("PATCH", &format!("/issues/comments/{comment_id}")),
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_unchanged_body_is_not_edited() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+    let run = failed("r1", SHA_HEAD, 2);
+    env.summary(&opts, &run, "RUN_FINISH").await.unwrap();
+    env.sim.clear_log();
+
+    let r = env.summary(&opts, &run, "RUN_FINISH").await.unwrap();
+    assert!(
+        matches!(r.comments[0], SummaryOutcome::Unchanged { pr: 7, .. }),
+        "{r:?}"
+    );
+    assert_eq!(env.writes(), vec![], "no PATCH for an unchanged body");
+    assert_eq!(env.comments(7)[0].edits, 0);
+}
+
+#[tokio::test]
+async fn a_run_for_an_older_commit_never_overwrites_the_heads_section() {
+    let env = Env::new().await;
+    // The PR had SHA_OLD, then was pushed to SHA_HEAD.
+    env.pr(7, BRANCH, SHA_OLD);
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+
+    env.summary(&opts, &failed("r-head", SHA_HEAD, 1), "RUN_FINISH")
+        .await
+        .unwrap();
+    let before = env.comments(7)[0].body.clone();
+    // The old commit's run finishes later (and was even created later).
+    let mut late = to_value(passed("r-old", SHA_OLD));
+    late["createdAt"] = json!("2026-03-02T11:00:00Z");
+    let r = env
+        .summary(&opts, &to_run(late), "RUN_FINISH")
+        .await
+        .unwrap();
+    match &r.comments[0] {
+        SummaryOutcome::Skipped(reason) => {
+            assert!(reason.contains("no longer the head"), "{reason}")
+        }
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(env.comments(7)[0].body, before);
+    assert_eq!(env.count_writes("PATCH", "/comments"), 0);
+
+    // A newer run for the head does replace it.
+    let mut newer = to_value(passed("r-head2", SHA_HEAD));
+    newer["createdAt"] = json!("2026-03-02T12:00:00Z");
+    env.summary(&opts, &to_run(newer), "RUN_FINISH")
+        .await
+        .unwrap();
+    let body = &env.comments(7)[0].body;
+    assert!(
+        body.contains("✅ Passed") && body.contains("/run/r-head2"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn the_comment_is_found_by_its_marker_when_its_id_is_unknown() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+    // 120 other comments first: ours is on the second page.
+    for i in 0..120 {
+        env.gh
+            .create_comment(
+                &REPO.parse().unwrap(),
+                7,
+                &format!("LGTM {i} {MARKER} quoted"),
+            )
+            .await
+            .unwrap();
+    }
+    env.summary(&opts, &running("r1", SHA_HEAD), "RUN_START")
+        .await
+        .unwrap();
+    let ours = env.comments(7).last().unwrap().id;
+
+    // A fresh client (a restart: no remembered id) edits the same comment.
+    let fresh = client(&env.sim.github_url(), Duration::from_secs(3));
+    env.sim.clear_log();
+    let r = env
+        .summary_with(
+            &fresh,
+            &opts,
+            &passed("r1", SHA_HEAD),
+            "RUN_FINISH",
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.comments,
+        vec![SummaryOutcome::Posted {
+            pr: 7,
+            comment_id: ours,
+            created: false
+        }]
+    );
+    assert_eq!(env.count_writes("POST", "/comments"), 0);
+    assert_eq!(env.comments(7).len(), 121);
+}
+
+#[tokio::test]
+async fn a_post_answered_502_after_creating_does_not_duplicate_the_comment() {
+    for kind in [
+        FaultKind::Status {
+            status: 502,
+            body: None,
+            retry_after: None,
+        },
+        FaultKind::Html { status: 504 },
+        FaultKind::Drop,
+    ] {
+        let env = Env::new().await;
+        env.pr(7, BRANCH, SHA_HEAD);
+        let opts = comment_only(env.opts());
+        env.sim.inject_fault(Fault {
+            method: Some("POST".into()),
+            path: Some("/github/repos/acme/web/issues/7/comments".into()),
+            kind: kind.clone(),
+            times: Some(1),
+            after: 0,
+            apply: true,
+        });
+        let r = env
+            .summary(&opts, &failed("r1", SHA_HEAD, 1), "RUN_FINISH")
+            .await
+            .unwrap();
+        assert!(
+            matches!(r.comments[0], SummaryOutcome::Posted { created: true, .. }),
+            "{kind:?}: {r:?}"
+        );
+        assert_eq!(env.comments(7).len(), 1, "{kind:?}: exactly one comment");
+        assert_eq!(
+            env.count_writes("POST", "/comments"),
+            1,
+            "{kind:?}: no blind second POST"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_post_that_failed_without_creating_is_posted_again_after_checking() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+    env.sim.inject_fault(Fault {
+        method: Some("POST".into()),
+        path: Some("/github/repos/acme/web/issues/7/comments".into()),
+        kind: FaultKind::Status {
+            status: 502,
+            body: None,
+            retry_after: None,
+        },
+        times: Some(1),
+        after: 0,
+        apply: false,
+    });
+    let r = env
+        .summary(&opts, &failed("r1", SHA_HEAD, 1), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.comments[0], SummaryOutcome::Posted { created: true, .. }),
+        "{r:?}"
+    );
+    assert_eq!(env.comments(7).len(), 1);
+    assert_eq!(env.count_writes("POST", "/comments"), 2);
+}
+
+#[tokio::test]
+async fn a_timed_out_post_is_checked_before_posting_again() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+    let gh = client(&env.sim.github_url(), Duration::from_millis(300));
+    env.sim.inject_fault(Fault {
+        method: Some("POST".into()),
+        path: Some("/github/repos/acme/web/issues/7/comments".into()),
+        kind: FaultKind::Latency { ms: 1000 },
+        times: Some(1),
+        after: 0,
+        apply: false,
+    });
+    let r = env
+        .summary_with(
+            &gh,
+            &opts,
+            &failed("r1", SHA_HEAD, 1),
+            "RUN_FINISH",
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.comments[0], SummaryOutcome::Posted { created: true, .. }),
+        "{r:?}"
+    );
+    // Give a request that outlived its client a chance to land.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(env.comments(7).len(), 1, "{:?}", env.writes());
+}
+
+#[tokio::test]
+async fn concurrent_summaries_for_one_pr_make_one_comment_with_both_sections() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+    let a = failed("r1", SHA_HEAD, 1);
+    let b = to_run(merge(run_value("r2", SHA_HEAD), json!({"tags": ["smoke"]})));
+    let (x, y) = tokio::join!(
+        env.summary(&opts, &a, "RUN_FINISH"),
+        env.summary(&opts, &b, "RUN_FINISH")
+    );
+    x.unwrap();
+    y.unwrap();
+    let c = env.comments(7);
+    assert_eq!(c.len(), 1);
+    assert_eq!(SummaryDoc::parse(&c[0].body).unwrap().sections.len(), 2);
+}
+
+#[tokio::test]
+async fn statuses_go_pending_then_success_with_the_context_and_a_short_description() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let mut opts = env.opts();
+    opts.comment = false;
+
+    let r = env
+        .summary(&opts, &running("r1", SHA_HEAD), "RUN_START")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r.status,
+            Some(StatusOutcome::Posted {
+                state: StatusState::Pending,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert!(r.comments.is_empty());
+    let r = env
+        .summary(&opts, &passed("r1", SHA_HEAD), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r.status,
+            Some(StatusOutcome::Posted {
+                state: StatusState::Success,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+
+    let st = env.sim.statuses(Some(REPO), Some(SHA_HEAD));
+    let states: Vec<&str> = st.iter().map(|s| s.state.as_str()).collect();
+    assert_eq!(states, ["pending", "success"]);
+    for s in &st {
+        assert_eq!(s.context, "runwarden/bAYZ4a");
+        assert_eq!(
+            s.target_url.as_deref(),
+            Some("https://app.currents.dev/run/r1")
+        );
+        assert!(s.description.as_deref().unwrap().chars().count() <= 140);
+    }
+    assert_eq!(
+        st[1].description.as_deref(),
+        Some("Passed: 118 passed, 2 flaky, 2 skipped in 4m 12s")
+    );
+    assert!(env.comments(7).is_empty(), "comment = false");
+
+    // The same again: nothing new. A late RUN_START: not back to pending.
+    let r = env
+        .summary(&opts, &passed("r1", SHA_HEAD), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.status, Some(StatusOutcome::Unchanged { .. })),
+        "{r:?}"
+    );
+    let r = env
+        .summary(&opts, &running("r1", SHA_HEAD), "RUN_START")
+        .await
+        .unwrap();
+    assert!(matches!(r.status, Some(StatusOutcome::Skipped(_))), "{r:?}");
+    assert_eq!(env.sim.statuses(Some(REPO), Some(SHA_HEAD)).len(), 2);
+
+    // A new run on the same commit goes pending again.
+    let r = env
+        .summary(&opts, &running("r2", SHA_HEAD), "RUN_START")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r.status,
+            Some(StatusOutcome::Posted {
+                state: StatusState::Pending,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_long_cancel_reason_still_makes_a_valid_status() {
+    let env = Env::new().await;
+    let mut opts = env.opts();
+    opts.comment = false;
+    opts.status_context = "ci/{project}/e2e".into();
+    let reason = "superseded ".repeat(40);
+    let r = env
+        .summary_with(
+            &env.gh,
+            &opts,
+            &cancelled("r1", SHA_OLD),
+            "RUN_CANCELED",
+            Some(("cancel-superseded", &reason)),
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r.status,
+            Some(StatusOutcome::Posted {
+                state: StatusState::Error,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let st = env.sim.statuses(Some(REPO), Some(SHA_OLD));
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0].context, "ci/bAYZ4a/e2e");
+    assert_eq!(st[0].description.as_deref().unwrap().chars().count(), 140);
+}
+
+#[tokio::test]
+async fn dry_run_sends_no_mutating_request() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = env.opts();
+    // First, for real: a comment exists.
+    env.summary(&opts, &running("r1", SHA_HEAD), "RUN_START")
+        .await
+        .unwrap();
+    env.sim.clear_log();
+
+    let r = env
+        .summary_with(
+            &env.gh,
+            &opts,
+            &failed("r1", SHA_HEAD, 2),
+            "RUN_FINISH",
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+    let bodies = r.dry_run_bodies();
+    assert_eq!(bodies.len(), 1, "{r:?}");
+    assert!(bodies[0].starts_with(MARKER) && bodies[0].contains("❌ Failed"));
+    assert!(
+        matches!(
+            r.status,
+            Some(StatusOutcome::DryRun {
+                state: StatusState::Failure,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(env.writes(), vec![], "dry run: no POST or PATCH");
+    assert!(
+        env.comments(7)[0].body.contains("⏳ Running"),
+        "the comment is untouched"
+    );
+
+    // And on a PR without a comment yet.
+    env.pr(8, "feat/other", SHA_OTHER);
+    let mut other = to_value(failed("r2", SHA_OTHER, 1));
+    other["meta"]["commit"]["branch"] = json!("feat/other");
+    let r = env
+        .summary_with(&env.gh, &opts, &to_run(other), "RUN_FINISH", None, true)
+        .await
+        .unwrap();
+    assert_eq!(r.dry_run_bodies().len(), 1);
+    assert_eq!(env.writes(), vec![]);
+    assert!(env.comments(8).is_empty());
+}
+
+#[tokio::test]
+async fn only_failed_skips_passing_runs_unless_their_section_exists() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let mut opts = comment_only(env.opts());
+    opts.only_failed = true;
+
+    let r = env
+        .summary(&opts, &passed("r1", SHA_HEAD), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r.comments[0], SummaryOutcome::Skipped(s) if s.contains("only_failed")),
+        "{r:?}"
+    );
+    assert!(env.comments(7).is_empty());
+
+    env.summary(&opts, &failed("r2", SHA_HEAD, 1), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert_eq!(env.comments(7).len(), 1);
+    // The group's next run passes: its section is updated, not left saying "failed".
+    let mut fixed = to_value(passed("r3", SHA_HEAD));
+    fixed["createdAt"] = json!("2026-03-02T11:00:00Z");
+    let r = env
+        .summary(&opts, &to_run(fixed), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.comments[0], SummaryOutcome::Posted { created: false, .. }),
+        "{r:?}"
+    );
+    assert!(env.comments(7)[0].body.contains("✅ Passed"));
+}
+
+#[tokio::test]
+async fn events_not_in_the_rule_are_skipped_without_requests() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let mut opts = env.opts();
+    opts.events = vec!["RUN_FINISH".into()];
+    let r = env
+        .summary(&opts, &running("r1", SHA_HEAD), "RUN_START")
+        .await
+        .unwrap();
+    assert!(r.is_skipped(), "{r:?}");
+    assert!(r.to_string().contains("RUN_START"), "{r}");
+    assert!(
+        env.sim
+            .request_counts()
+            .keys()
+            .all(|k| !k.starts_with("github")),
+        "{:?}",
+        env.sim.request_counts()
+    );
+    // The British spelling and lower case are the same event.
+    let r = env
+        .summary(
+            &comment_only(env.opts()),
+            &cancelled("r1", SHA_HEAD),
+            "run_cancelled",
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.comments[0], SummaryOutcome::Posted { created: true, .. }),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn repositories_resolve_from_the_mapping_or_the_remote_origin() {
+    let env = Env::new().await;
+    // Mapped project: github.repos wins over remoteOrigin.
+    let mut v = to_value(passed("r1", SHA_HEAD));
+    v["meta"]["commit"]["remoteOrigin"] = json!("git@github.com:someone/else.git");
+    assert_eq!(
+        resolve_repo(&env.config, &to_run(v)).unwrap().to_string(),
+        "acme/web"
+    );
+    // Unmapped project: each remote form.
+    for origin in [
+        "https://github.com/acme/api",
+        "https://github.com/acme/api.git",
+        "git@github.com:acme/api.git",
+        "ssh://git@github.com/acme/api.git",
+        "https://x-access-token:secret@github.com/acme/api.git",
+    ] {
+        let mut v = to_value(passed("r1", SHA_HEAD));
+        v["projectId"] = json!("k9Pq2");
+        v["meta"]["commit"]["remoteOrigin"] = json!(origin);
+        assert_eq!(
+            resolve_repo(&env.config, &to_run(v)).unwrap().to_string(),
+            "acme/api",
+            "{origin}"
+        );
+    }
+    // Unresolvable: skipped with the reason, no request, the secret not echoed.
+    let mut v = to_value(passed("r1", SHA_HEAD));
+    v["projectId"] = json!("k9Pq2");
+    v["meta"]["commit"]["remoteOrigin"] = json!("https://u:s3cret@gitlab.com/a/b/c.git");
+    let r = env
+        .summary(&env.opts(), &to_run(v), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(r.is_skipped(), "{r:?}");
+    let text = r.to_string();
+    assert!(
+        text.contains("no repository for project k9Pq2") && !text.contains("s3cret"),
+        "{text}"
+    );
+    assert!(
+        env.sim
+            .request_counts()
+            .keys()
+            .all(|k| !k.starts_with("github"))
+    );
+
+    // An unmapped project posts to the repo of its remote.
+    env.sim
+        .add_pr(NewPr {
+            repo: "acme/api".into(),
+            number: Some(3),
+            head_ref: Some(BRANCH.into()),
+            head_sha: Some(SHA_HEAD.into()),
+            ..NewPr::default()
+        })
+        .unwrap();
+    let mut v = to_value(passed("r1", SHA_HEAD));
+    v["projectId"] = json!("k9Pq2");
+    v["meta"]["commit"]["remoteOrigin"] = json!("git@github.com:acme/api.git");
+    let r = env
+        .summary(&comment_only(env.opts()), &to_run(v), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert_eq!(r.repo.as_deref(), Some("acme/api"));
+    assert_eq!(env.sim.comments(Some("acme/api"), Some(3)).len(), 1);
+}
+
+#[tokio::test]
+async fn pull_requests_are_found_by_head_sha_first_then_by_branch_and_only_open() {
+    let env = Env::new().await;
+    let repo: RepoName = REPO.parse().unwrap();
+    let numbers = |prs: Vec<runwarden::github::client::PullRef>| {
+        let mut n: Vec<u64> = prs.iter().map(|p| p.number).collect();
+        n.sort();
+        n
+    };
+    // #1: head is the run's sha. #2: same branch name, another sha (a fork's PR, say).
+    // #3: closed, head is the sha.
+    env.pr(1, BRANCH, SHA_HEAD);
+    env.pr(2, BRANCH, SHA_OTHER);
+    env.sim
+        .add_pr(NewPr {
+            repo: REPO.into(),
+            number: Some(3),
+            head_ref: Some("old".into()),
+            head_sha: Some(SHA_HEAD.into()),
+            state: Some("closed".into()),
+            ..NewPr::default()
+        })
+        .unwrap();
+    let prs = discover_prs(&env.gh, &repo, Some(SHA_HEAD), Some(BRANCH))
+        .await
+        .unwrap();
+    assert_eq!(numbers(prs), [1], "head sha first; closed ignored");
+
+    // The sha is an older commit of #4: found through its branch.
+    env.pr(4, "feat/b", SHA_OLD);
+    env.pr(4, "feat/b", "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3");
+    let prs = discover_prs(&env.gh, &repo, Some(SHA_OLD), Some("feat/b"))
+        .await
+        .unwrap();
+    assert_eq!(numbers(prs), [4]);
+
+    // A sha GitHub does not know (a merge commit): the branch's open PRs.
+    let prs = discover_prs(
+        &env.gh,
+        &repo,
+        Some("deadbeefdeadbeefdeadbeefdeadbeefdeadbeef"),
+        Some("feat/b"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(numbers(prs), [4]);
+
+    // Closed PRs are never found by branch either.
+    env.sim
+        .add_pr(NewPr {
+            repo: REPO.into(),
+            number: Some(4),
+            state: Some("closed".into()),
+            ..NewPr::default()
+        })
+        .unwrap();
+    let prs = discover_prs(&env.gh, &repo, Some(SHA_OLD), Some("feat/b"))
+        .await
+        .unwrap();
+    assert_eq!(numbers(prs), Vec::<u64>::new());
+
+    // No PR: the summary says so and writes nothing.
+    env.sim.clear_log();
+    let mut v = to_value(passed("r1", SHA_OLD));
+    v["meta"]["commit"]["branch"] = json!("feat/b");
+    let r = env
+        .summary(&comment_only(env.opts()), &to_run(v), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r.comments[0], SummaryOutcome::Skipped(s) if s.contains("no open pull request")),
+        "{r:?}"
+    );
+    assert_eq!(env.writes(), vec![]);
+}
+
+#[tokio::test]
+async fn a_commit_heading_two_prs_gets_a_comment_on_each() {
+    let env = Env::new().await;
+    env.pr(1, BRANCH, SHA_HEAD);
+    env.sim
+        .add_pr(NewPr {
+            repo: REPO.into(),
+            number: Some(2),
+            head_ref: Some(BRANCH.into()),
+            head_sha: Some(SHA_HEAD.into()),
+            base_ref: Some("release/1.x".into()),
+            ..NewPr::default()
+        })
+        .unwrap();
+    let r = env
+        .summary(
+            &comment_only(env.opts()),
+            &failed("r1", SHA_HEAD, 1),
+            "RUN_FINISH",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.comments.len(), 2, "{r:?}");
+    assert_eq!(env.comments(1).len(), 1);
+    assert_eq!(env.comments(2).len(), 1);
+}
+
+#[tokio::test]
+async fn rate_limits_and_server_errors_are_retried_for_reads_and_idempotent_writes() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = env.opts();
+    // A secondary limit without headers on the PR lookup, a 429 with Retry-After on the
+    // comment POST (rejected, so posting again is safe), a 503 on the status.
+    env.sim.inject_fault(Fault {
+        method: Some("GET".into()),
+        path: Some("/github/repos/acme/web/commits".into()),
+        kind: FaultKind::RateLimit {
+            status: 403,
+            retry_after: None,
+            reset_after: None,
+        },
+        times: Some(1),
+        after: 0,
+        apply: false,
+    });
+    env.sim.inject_fault(Fault {
+        method: Some("POST".into()),
+        path: Some("/github/repos/acme/web/issues".into()),
+        kind: FaultKind::RateLimit {
+            status: 429,
+            retry_after: Some(0),
+            reset_after: None,
+        },
+        times: Some(1),
+        after: 0,
+        apply: false,
+    });
+    env.sim.inject_fault(Fault {
+        method: Some("POST".into()),
+        path: Some("/github/repos/acme/web/statuses".into()),
+        kind: FaultKind::Status {
+            status: 503,
+            body: None,
+            retry_after: None,
+        },
+        times: Some(2),
+        after: 0,
+        apply: false,
+    });
+    let r = env
+        .summary(&opts, &failed("r1", SHA_HEAD, 1), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.comments[0], SummaryOutcome::Posted { created: true, .. }),
+        "{r:?}"
+    );
+    assert!(
+        matches!(r.status, Some(StatusOutcome::Posted { .. })),
+        "{r:?}"
+    );
+    assert_eq!(env.comments(7).len(), 1);
+    assert_eq!(
+        env.count_writes("POST", "/comments"),
+        2,
+        "{:?}",
+        env.writes()
+    );
+    assert_eq!(env.sim.statuses(Some(REPO), Some(SHA_HEAD)).len(), 1);
+
+    // A PATCH answered 500 is retried too.
+    env.sim.inject_fault(Fault {
+        method: Some("PATCH".into()),
+        path: Some("/github/repos/acme/web/issues/comments".into()),
+        kind: FaultKind::Status {
+            status: 500,
+            body: None,
+            retry_after: None,
+        },
+        times: Some(1),
+        after: 0,
+        apply: false,
+    });
+    let r = env
+        .summary(&opts, &passed("r1", SHA_HEAD), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.comments[0], SummaryOutcome::Posted { created: false, .. }),
+        "{r:?}"
+    );
+    assert!(env.comments(7)[0].body.contains("✅ Passed"));
+}
+
+#[tokio::test]
+async fn a_long_rate_limit_is_handed_back_instead_of_slept_through() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    env.sim.inject_fault(Fault {
+        method: None,
+        path: Some("/github".into()),
+        kind: FaultKind::RateLimit {
+            status: 403,
+            retry_after: None,
+            reset_after: Some(3600),
+        },
+        times: None,
+        after: 0,
+        apply: false,
+    });
+    let t = Instant::now();
+    let e = env
+        .summary(&env.opts(), &failed("r1", SHA_HEAD, 1), "RUN_FINISH")
+        .await
+        .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(e.retryable, "{e}");
+    let wait = e.retry_after.expect("the reset time");
+    assert!(
+        wait > Duration::from_secs(3000) && wait <= Duration::from_secs(3600),
+        "{wait:?}"
+    );
+    assert!(!e.message.contains(TOKEN));
+    assert!(env.comments(7).is_empty());
+}
+
+#[tokio::test]
+async fn permanent_errors_are_not_retried() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    env.sim.inject_fault(Fault {
+        method: Some("POST".into()),
+        path: Some("/github/repos/acme/web/issues".into()),
+        kind: FaultKind::Status {
+            status: 403,
+            body: Some(r#"{"message":"Resource not accessible by integration"}"#.into()),
+            retry_after: None,
+        },
+        times: None,
+        after: 0,
+        apply: false,
+    });
+    let e = env
+        .summary(
+            &comment_only(env.opts()),
+            &failed("r1", SHA_HEAD, 1),
+            "RUN_FINISH",
+        )
+        .await
+        .unwrap_err();
+    assert!(!e.retryable, "{e}");
+    assert!(e.message.contains("Resource not accessible"), "{e}");
+    assert_eq!(env.count_writes("POST", "/comments"), 1);
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused_and_never_echoed() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let bad = client_with_auth(
+        &env.sim.github_url(),
+        Duration::from_secs(3),
+        GithubAuth::Token(Secret::new("wrong-token-value")),
+    );
+    let e = env
+        .summary_with(
+            &bad,
+            &env.opts(),
+            &failed("r1", SHA_HEAD, 1),
+            "RUN_FINISH",
+            None,
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert!(!e.retryable);
+    assert!(e.message.contains("401"), "{e}");
+    assert!(
+        !e.message.contains("wrong-token-value") && !format!("{e:?}").contains("wrong-token-value")
+    );
+}
+
+#[tokio::test]
+async fn github_app_installation_tokens_are_created_cached_and_renewed() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let signed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = signed.clone();
+    let app = GithubAuth::App {
+        app_id: 424242,
+        jwt: Arc::new(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok("eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOjQyNDI0Mn0.c2lnbmF0dXJl".to_string())
+        }),
+    };
+    let gh = client_with_auth(&env.sim.github_url(), Duration::from_secs(3), app);
+    let opts = env.opts();
+    env.summary_with(
+        &gh,
+        &opts,
+        &running("r1", SHA_HEAD),
+        "RUN_START",
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    env.summary_with(
+        &gh,
+        &opts,
+        &failed("r1", SHA_HEAD, 1),
+        "RUN_FINISH",
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        env.count_writes("POST", "/access_tokens"),
+        1,
+        "one token, cached"
+    );
+    assert_eq!(env.comments(7).len(), 1);
+    assert_eq!(env.comments(7)[0].user, "runwarden[bot]");
+    assert_eq!(env.sim.statuses(Some(REPO), Some(SHA_HEAD)).len(), 2);
+
+    // Revoked: the 401 drops the cached token and a new one is created.
+    env.sim.expire_installation_tokens();
+    env.summary_with(
+        &gh,
+        &opts,
+        &passed("r1", SHA_HEAD),
+        "RUN_FINISH",
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(env.count_writes("POST", "/access_tokens"), 2);
+    assert!(env.comments(7)[0].body.contains("✅ Passed"));
+    assert!(signed.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}
+
+#[tokio::test]
+async fn a_template_that_fails_to_render_is_a_permanent_error() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let mut opts = comment_only(env.opts());
+    opts.template = Some(("broken.j2".into(), "{{ sections | no_such_filter }}".into()));
+    let e = env
+        .summary(&opts, &failed("r1", SHA_HEAD, 1), "RUN_FINISH")
+        .await
+        .unwrap_err();
+    assert!(!e.retryable);
+    assert!(e.message.contains("broken.j2"), "{e}");
+    assert!(env.comments(7).is_empty());
+}
+
+#[tokio::test]
+async fn the_largest_body_is_accepted_by_github() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let mut opts = comment_only(env.opts());
+    opts.max_failed_specs = 1000;
+    let mut run = failed("r1", SHA_HEAD, 12);
+    for (i, s) in run.specs.iter_mut().enumerate() {
+        s.spec = format!("{i}{}", "y".repeat(9_000));
+    }
+    let r = env.summary(&opts, &run, "RUN_FINISH").await.unwrap();
+    assert!(
+        matches!(r.comments[0], SummaryOutcome::Posted { created: true, .. }),
+        "{r:?}"
+    );
+    let body = &env.comments(7)[0].body;
+    assert!(body.chars().count() <= GITHUB_BODY_LIMIT);
+    assert!(body.contains("shortened to fit"));
+}
+
+#[tokio::test]
+async fn rate_limit_waits_follow_retry_after_or_the_secondary_limit_floor() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let mut o = GithubClientOptions::new(url::Url::parse(&env.sim.github_url()).unwrap());
+    o.retry = RetryPolicy {
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(2),
+        secondary_limit_delay: Duration::from_millis(400),
+        ..RetryPolicy::fast()
+    };
+    let gh = GithubClient::new(o, GithubAuth::Token(Secret::new(TOKEN))).unwrap();
+    let repo: RepoName = REPO.parse().unwrap();
+    let limit = |kind| Fault {
+        method: Some("GET".into()),
+        path: Some("/github/repos/acme/web/issues/7/comments".into()),
+        kind,
+        times: Some(1),
+        after: 0,
+        apply: false,
+    };
+
+    // A secondary limit without headers: at least the floor.
+    env.sim.inject_fault(limit(FaultKind::RateLimit {
+        status: 403,
+        retry_after: None,
+        reset_after: None,
+    }));
+    let t = Instant::now();
+    gh.list_comments(&repo, 7).await.unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // Retry-After: that long.
+    env.sim.inject_fault(limit(FaultKind::RateLimit {
+        status: 429,
+        retry_after: Some(1),
+        reset_after: None,
+    }));
+    let t = Instant::now();
+    gh.list_comments(&repo, 7).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
+
+    // A plain 5xx: the short exponential backoff.
+    env.sim.inject_fault(limit(FaultKind::Status {
+        status: 502,
+        body: None,
+        retry_after: None,
+    }));
+    let t = Instant::now();
+    gh.list_comments(&repo, 7).await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn reads_survive_dropped_connections_and_malformed_answers() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let repo: RepoName = REPO.parse().unwrap();
+    for kind in [
+        FaultKind::Drop,
+        FaultKind::MalformedJson,
+        FaultKind::Html { status: 502 },
+    ] {
+        env.sim.inject_fault(Fault {
+            method: Some("GET".into()),
+            path: Some("/github/repos/acme/web/commits".into()),
+            kind: kind.clone(),
+            times: Some(2),
+            after: 0,
+            apply: false,
+        });
+        let prs = env.gh.pulls_for_commit(&repo, SHA_HEAD).await;
+        assert_eq!(prs.map(|p| p.len()).ok(), Some(1), "{kind:?}");
+    }
+}
