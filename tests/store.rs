@@ -736,7 +736,8 @@ async fn concurrent_workers_never_claim_the_same_action() {
         let store = ts.reopen().await;
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
-            loop {
+            // 40 actions in batches of 3: a worker needs at most 14 rounds.
+            for _ in 0..20 {
                 let batch = store
                     .claim_due_actions(t(1), 3, Duration::from_secs(600), &format!("w{w}"))
                     .await
@@ -746,6 +747,7 @@ async fn concurrent_workers_never_claim_the_same_action() {
                 }
                 mine.extend(batch.into_iter().map(|a| a.id));
             }
+            panic!("worker w{w} kept finding work: actions were claimed more than once");
         }));
     }
     let mut seen = HashSet::new();

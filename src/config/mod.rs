@@ -88,6 +88,8 @@ impl Rule {
 }
 
 /// A rule kind with its options (SPEC §4).
+// Built once at load time and never moved in hot paths: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum RuleKind {
     Supersede(SupersedeOptions),

@@ -23,7 +23,9 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0 auto;max-wid
 h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}table{border-collapse:collapse;width:100%;font-size:.9rem}\
 th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #e1e4e8;vertical-align:top}\
 .scroll{overflow-x:auto}.ok{color:#22863a}.bad{color:#cb2431}.muted{color:#6a737d}code{font-size:.85em}\
-.pill{display:inline-block;padding:0 .4rem;border-radius:1rem;background:#eef;font-size:.8rem}";
+.pill{display:inline-block;padding:0 .4rem;border-radius:1rem;background:#eef;font-size:.8rem}\
+@media (max-width:640px){.cards tr{display:block;border-bottom:1px solid #e1e4e8;padding:.4rem 0}\
+.cards td{display:block;border:0;padding:.1rem .25rem}.cards tr:first-child{display:none}}";
 
 /// Renders the page.
 pub async fn page(State(state): State<AppState>) -> Html<String> {
@@ -73,7 +75,7 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
             h.push_str("<p class=\"muted\">none</p>");
             return;
         }
-        h.push_str("<div class=\"scroll\"><table><tr><th>when</th><th>rule</th><th>action</th><th>run</th><th>outcome</th><th>reason</th></tr>");
+        h.push_str("<div class=\"scroll\"><table class=\"cards\"><tr><th>when</th><th>rule</th><th>action</th><th>run</th><th>outcome</th><th>reason</th></tr>");
         for e in rows {
             let class = match e.outcome.as_str() {
                 "done" => "ok",

@@ -917,19 +917,27 @@ impl CurrentsState {
                 tests: TestCounts::default(),
             })
             .collect();
-        let mut specs = Vec::with_capacity(total);
-        for (gi, _) in group_names.iter().enumerate() {
-            let mut pool: Vec<(usize, usize)> = (0..names::SPEC_AREAS.len())
-                .flat_map(|a| (0..names::SPEC_NAMES.len()).map(move |n| (a, n)))
-                .collect();
-            pool.shuffle(&mut self.rng);
-            for i in 0..per_group as usize {
-                let path = match pool.get(i) {
-                    Some(&(a, n)) => {
-                        names::spec_path(names::SPEC_AREAS[a], names::SPEC_NAMES[n], cypress)
-                    }
+        // Every group runs the same spec files; work is interleaved across groups.
+        let pool_len = names::SPEC_AREAS.len() * names::SPEC_NAMES.len();
+        let picked: Vec<usize> =
+            rand::seq::index::sample(&mut self.rng, pool_len, (per_group as usize).min(pool_len))
+                .into_vec();
+        let paths: Vec<Arc<str>> = (0..per_group as usize)
+            .map(|i| {
+                let path = match picked.get(i).copied() {
+                    Some(k) => names::spec_path(
+                        names::SPEC_AREAS[k / names::SPEC_NAMES.len()],
+                        names::SPEC_NAMES[k % names::SPEC_NAMES.len()],
+                        cypress,
+                    ),
                     None => names::spec_path("extra", &format!("spec-{i}"), cypress),
                 };
+                self.intern(&path)
+            })
+            .collect();
+        let mut specs = Vec::with_capacity(total);
+        for path in &paths {
+            for gi in 0..group_names.len() {
                 let tests = nr
                     .tests_per_spec
                     .unwrap_or_else(|| self.rng.gen_range(1..=10));
@@ -943,7 +951,7 @@ impl CurrentsState {
                 };
                 specs.push(SpecRec {
                     group: gi as u16,
-                    path: self.intern(&path),
+                    path: path.clone(),
                     claimed_at: None,
                     completed_at: None,
                     plan,

@@ -37,6 +37,15 @@ pub struct AppOptions {
     /// Post simulator webhooks to the bot.
     pub sim_webhooks: bool,
     pub store_dir: Option<tempfile::TempDir>,
+    /// `currents.request_timeout`.
+    pub request_timeout: &'static str,
+    /// The executor's retry schedule (production's when `None`).
+    pub executor: Option<runwarden::actions::ExecutorOptions>,
+    /// Attempts and first backoff of the Currents client's own retries (production's
+    /// when `None`).
+    pub client_retries: Option<(u32, Duration)>,
+    /// Query appended to the store URL, e.g. `?mode=ro`.
+    pub store_query: &'static str,
 }
 
 impl Default for AppOptions {
@@ -49,6 +58,10 @@ impl Default for AppOptions {
             currents_secret: true,
             sim_webhooks: false,
             store_dir: None,
+            request_timeout: "5s",
+            executor: None,
+            client_retries: None,
+            store_query: "",
         }
     }
 }
@@ -76,13 +89,15 @@ pub async fn spawn_app_with(o: AppOptions) -> TestApp {
     .unwrap();
     let dir = o.store_dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
     let text = format!(
-        "{top}\n[currents]\napi_url = \"{api}\"\nprojects = [\"{PROJECT}\"]\npoll_interval = \"{poll}\"\nrequest_timeout = \"5s\"\nmax_requests_per_second = 0\n\n[github]\napi_url = \"{gh}\"\nrepos = {{ {PROJECT} = \"{REPO}\" }}\n\n[store]\nurl = \"sqlite://{db}\"\n\n{rules}",
+        "{top}\n[currents]\napi_url = \"{api}\"\nprojects = [\"{PROJECT}\"]\npoll_interval = \"{poll}\"\nrequest_timeout = \"{timeout}\"\nmax_requests_per_second = 0\n\n[github]\napi_url = \"{gh}\"\nrepos = {{ {PROJECT} = \"{REPO}\" }}\n\n[store]\nurl = \"sqlite://{db}{query}\"\n\n{rules}",
         top = o.top,
         api = sim.currents_url(),
         poll = o.poll_interval,
         gh = sim.github_url(),
         db = dir.path().join("runwarden.db").display(),
         rules = o.rules,
+        timeout = o.request_timeout,
+        query = o.store_query,
     );
     let loaded = load_str(&text, "rules.toml", &[]).unwrap_or_else(|e| panic!("test config: {e}"));
     let secrets = Secrets {
@@ -93,7 +108,27 @@ pub async fn spawn_app_with(o: AppOptions) -> TestApp {
         admin_token: Some(Secret::new(ADMIN_TOKEN)),
         ..Secrets::default()
     };
-    let ctx = build_context(loaded.config, secrets).await.unwrap();
+    let mut ctx = build_context(loaded.config, secrets).await.unwrap();
+    if o.executor.is_some() || o.client_retries.is_some() {
+        let mut c = std::sync::Arc::try_unwrap(ctx).ok().expect("a fresh context has one owner");
+        if let Some(e) = o.executor {
+            c.executor = e;
+        }
+        if let Some((attempts, base)) = o.client_retries {
+            c.currents = runwarden::currents::CurrentsClient::new(runwarden::currents::client::ClientOptions {
+                base_url: c.config.currents.api_url.clone(),
+                api_key: Secret::new("sim-key"),
+                request_timeout: c.config.currents.request_timeout,
+                max_requests_per_second: 0,
+                max_attempts: attempts,
+                backoff_base: base,
+                backoff_max: base * 8,
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        ctx = std::sync::Arc::new(c);
+    }
     let bot = start(ctx, bot_listener).await.unwrap();
     TestApp { sim, bot, http: reqwest::Client::new(), dir }
 }

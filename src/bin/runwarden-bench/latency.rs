@@ -128,8 +128,11 @@ async fn pass(rate: u64, window_s: u64, dir: tempfile::TempDir) -> anyhow::Resul
     }
     let send_span = t0.elapsed();
     let mut non_202 = 0;
+    let mut statuses: std::collections::BTreeMap<u16, usize> = Default::default();
     for s in sends {
-        if s.await.unwrap_or(0) != 202 {
+        let st = s.await.unwrap_or(0);
+        *statuses.entry(st).or_default() += 1;
+        if st != 202 {
             non_202 += 1;
         }
     }
@@ -204,7 +207,7 @@ async fn pass(rate: u64, window_s: u64, dir: tempfile::TempDir) -> anyhow::Resul
         v.sort_by(f64::total_cmp);
     }
     if out.overhead.is_empty() {
-        anyhow::bail!("no cancel reached the simulator ({non_202} pushes not acked with 202)");
+        anyhow::bail!("no cancel reached the simulator ({non_202} pushes not acked with 202: {statuses:?})");
     }
     Ok(out)
 }
