@@ -1542,7 +1542,7 @@ proptest! {
                     && !r.tags.iter().any(|t| t == "release")
                     && now - r.created_at > chrono::Duration::days(10)
                     && newer_finished >= 1
-                    && !(passed(r) && !newer_passed)
+                    && (!passed(r) || newer_passed)
             })
             .map(|r| r.run_id.as_str())
             .collect();

@@ -137,9 +137,68 @@ impl Filter {
             .collect()
     }
 
-    /// Whether the run passes every filter.
+    /// Whether the run passes every filter (the allocation-free twin of [`Filter::check`]).
     pub fn matches(&self, run: &Run) -> bool {
-        self.check(run).is_ok()
+        if let Some(p) = &self.projects
+            && !p.iter().any(|p| p == &run.project_id)
+        {
+            return false;
+        }
+        if let Some(b) = &self.branches
+            && !b.matches(run.branch())
+        {
+            return false;
+        }
+        if let Some((_, sets)) = &self.tags {
+            let hit = |s: &GlobSet| run.tags.iter().any(|t| s.is_match(t));
+            let ok = match self.tag_mode {
+                TagMode::Any => sets.iter().any(hit),
+                TagMode::All => sets.iter().all(hit),
+                TagMode::None => !sets.iter().any(hit),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(a) = &self.authors {
+            let c = &run.meta.commit;
+            let mut vals: [&str; 2] = [""; 2];
+            let mut n = 0;
+            for v in [c.author_name.as_deref(), c.author_email.as_deref()].into_iter().flatten() {
+                vals[n] = v;
+                n += 1;
+            }
+            if !a.matches_any(&vals[..n]) {
+                return false;
+            }
+        }
+        if let Some(s) = &self.statuses
+            && !s.contains(&run.status)
+        {
+            return false;
+        }
+        if let Some(s) = &self.completion_states
+            && !s.contains(&run.completion_state)
+        {
+            return false;
+        }
+        if let Some(re) = &self.message
+            && !re.is_match(run.meta.commit.message.as_deref().unwrap_or(""))
+        {
+            return false;
+        }
+        if let Some(re) = &self.ci_build_id
+            && !re.is_match(run.meta.ci_build_id.as_deref().unwrap_or(""))
+        {
+            return false;
+        }
+        if let Some(f) = &self.frameworks {
+            let fw = run.framework().unwrap_or("");
+            if !f.iter().any(|x| x.eq_ignore_ascii_case(fw)) {
+                return false;
+            }
+        }
+        true
     }
 
     /// `Ok(())` when the run passes; otherwise the first failing condition, in words
@@ -251,6 +310,41 @@ mod tests {
         assert!(inc.matches(Some("feat/a/b")));
         assert!(!inc.matches(Some("fix/a")));
         assert!(!inc.matches(None));
+    }
+
+    #[test]
+    fn matches_agrees_with_check() {
+        let text = "[currents]\nprojects = [\"p\"]\n[[rules]]\nname = \"r\"\nkind = \"supersede\"\n[rules.match]\nbranches = [\"feat/*\", \"!feat/skip\"]\ntags = [\"a*\"]\ntag_mode = \"all\"\nauthors = [\"*@acme.dev\"]\nstatuses = [\"RUNNING\"]\nmessage = \"^wip\"\nframeworks = [\"pw\"]\n";
+        let cfg = crate::config::load_str(text, "t.toml", &[]).unwrap().config;
+        let f = &cfg.rules[0].filter;
+        let base: Run = serde_json::from_value(serde_json::json!({
+            "runId": "r1", "projectId": "p", "createdAt": "2026-01-01T00:00:00Z",
+            "completionState": "IN_PROGRESS", "status": "RUNNING", "tags": ["alpha"],
+            "meta": {"commit": {"branch": "feat/x", "authorEmail": "d@acme.dev", "message": "wip: x"},
+                     "framework": {"type": "pw"}}
+        }))
+        .unwrap();
+        let mut variants = vec![base.clone()];
+        let mut v = base.clone();
+        v.meta.commit.branch = Some("feat/skip".into());
+        variants.push(v);
+        let mut v = base.clone();
+        v.tags = vec!["beta".into()];
+        variants.push(v);
+        let mut v = base.clone();
+        v.meta.commit.author_email = Some("x@other.dev".into());
+        variants.push(v);
+        let mut v = base.clone();
+        v.meta.commit.message = Some("fix".into());
+        variants.push(v);
+        let mut v = base.clone();
+        v.meta.framework = None;
+        variants.push(v);
+        for (i, r) in variants.iter().enumerate() {
+            assert_eq!(f.matches(r), f.check(r).is_ok(), "variant {i}");
+        }
+        assert!(f.matches(&variants[0]));
+        assert!(variants[1..].iter().all(|r| !f.matches(r)));
     }
 
     #[test]

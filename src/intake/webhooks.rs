@@ -49,6 +49,8 @@ impl Rejection {
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
+        // The status and a fixed reason only: never the headers or the body.
+        tracing::warn!(status = self.status.as_u16(), reason = self.reason, "webhook rejected");
         (self.status, axum::Json(json!({ "error": self.reason }))).into_response()
     }
 }
@@ -294,7 +296,10 @@ pub async fn github(State(state): State<AppState>, hook: GithubWebhook) -> Respo
     // Reject what cannot be parsed now, so a bad payload is a 400, not a stored event.
     match events::parse_event(&hook.event, &hook.body, now) {
         Err(e) => {
-            tracing::warn!(event = %hook.event, delivery = %hook.delivery, "malformed GitHub payload: {}", e.detail);
+            // serde's message can quote the payload (`invalid type: string "..."`): it
+            // stays at DEBUG, like payloads.
+            tracing::warn!(event = %hook.event, delivery = %hook.delivery, bytes = hook.body.len(), "malformed GitHub payload");
+            tracing::debug!(event = %hook.event, delivery = %hook.delivery, "malformed GitHub payload: {}", e.detail);
             answer(&state, "github", StatusCode::BAD_REQUEST, json!({ "error": "malformed payload" }))
         }
         Ok(events::GithubEvent::Ping) | Ok(events::GithubEvent::Ignored(_)) => {

@@ -210,8 +210,7 @@ fn by_newer_runs<'r>(
     out
 }
 
-/// The in-progress runs of `branch` in `repo` that the rule's filter selects and that were
-/// created before `before`.
+/// The in-progress runs of `branch` in `repo` that the rule's filter selects.
 fn branch_runs<'r>(
     config: &'r Config,
     rule: &'r Rule,

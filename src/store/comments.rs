@@ -162,10 +162,10 @@ impl Store {
         .bind(&s.section_key)
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some(old) = old {
-            if !section_replaces(s, &SectionRecord::try_from(old)?) {
-                return Ok(false);
-            }
+        if let Some(old) = old
+            && !section_replaces(s, &SectionRecord::try_from(old)?)
+        {
+            return Ok(false);
         }
         sqlx::query(
             "INSERT INTO pr_sections (repo, pr, section_key, sha, run_id, run_created_at, \

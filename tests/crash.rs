@@ -1,0 +1,205 @@
+//! Crash safety (issue 8): `runwarden serve` runs as a child process and is killed with
+//! SIGKILL at chosen points, then restarted on the same store. No acknowledged event is
+//! lost and no side effect happens twice. SIGTERM mid-sweep exits 0 and the rest of the
+//! work resumes on restart.
+//!
+//! The kill points are held open with latency faults in the simulator (a request the
+//! bot is waiting on), and every step waits on observable state: the simulator's fault
+//! and request logs, and the store file read through a `Store` handle.
+
+#[path = "support/child.rs"]
+mod child;
+
+use std::time::Duration;
+
+use child::*;
+use runwarden::simulator::{Fault, FaultKind};
+use runwarden::store::ActionState;
+
+const SUPERSEDE: &str = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n[rules.match]\nbranches = [\"*\", \"!main\"]\n";
+
+/// Long enough that a held request never returns during a test.
+const HOLD_MS: u64 = 600_000;
+
+fn hold(method: &str, path: &str) -> Fault {
+    Fault {
+        method: Some(method.into()),
+        path: Some(path.into()),
+        kind: FaultKind::Latency { ms: HOLD_MS },
+        times: Some(1),
+        after: 0,
+        apply: false,
+    }
+}
+
+/// Waits until fault `id` has fired (a fault with `times: 1` leaves the list then).
+async fn fired(w: &World, id: u64) {
+    eventually("the fault to fire", 60, || async { (!w.sim.faults().iter().any(|f| f.id == id)).then_some(()) }).await;
+}
+
+struct Pair {
+    old: String,
+    new: String,
+}
+
+fn pair(w: &World, branch: &str) -> Pair {
+    let old = w.sim.add_run(run(branch, &format!("{branch}-old"), 10)).unwrap().run_id;
+    let new = w.sim.add_run(run(branch, &format!("{branch}-new"), 1)).unwrap().run_id;
+    Pair { old, new }
+}
+
+async fn wait_done(w: &World, store: &runwarden::store::Store, run_id: &str) -> runwarden::store::ActionRow {
+    let key = format!("cancel:{run_id}");
+    eventually("the cancel to be done", 60, || async {
+        store.action_by_key(&key).await.unwrap().filter(|a| a.state.is_terminal())
+    })
+    .await;
+    let a = store.action_by_key(&key).await.unwrap().unwrap();
+    assert_eq!(a.state, ActionState::Done, "{a:#?}; mutations: {:#?}", w.sim.mutation_log());
+    a
+}
+
+#[tokio::test]
+async fn sigkill_after_the_event_is_committed_but_before_it_is_decided() {
+    let w = World::new(SUPERSEDE, Env::default()).await;
+    let p = pair(&w, "feat/a");
+    // The processor's read of the run is held: the event is stored, not decided.
+    let id = w.sim.inject_fault(hold("GET", &format!("/v1/runs/{}", p.new)));
+    let bot = w.serve().await;
+    assert_eq!(currents_hook(&w, &bot, "RUN_START", &p.new).await.status(), 202);
+    fired(&w, id).await;
+    let store = w.store().await;
+    assert_eq!(store.count_unprocessed().await.unwrap(), 1);
+    bot.kill().await;
+
+    // Dead: the event is still there, undecided; nothing was done.
+    assert_eq!(store.count_unprocessed().await.unwrap(), 1, "the acknowledged event survived");
+    assert!(store.audit(None, None, 10).await.unwrap().is_empty());
+    assert!(w.sim.mutation_log().is_empty());
+
+    let bot = w.serve().await;
+    let a = wait_done(&w, &store, &p.old).await;
+    assert_eq!(a.attempts, 1);
+    assert_eq!(store.count_unprocessed().await.unwrap(), 0);
+    let audit = store.audit(None, None, 10).await.unwrap();
+    assert_eq!(audit.len(), 1, "decided once: {audit:#?}");
+    let cancel = format!("/v1/runs/{}/cancel", p.old);
+    let log = w.entries(&cancel);
+    assert_eq!(log.len(), 1, "{log:#?}");
+    assert_eq!(log[0].status, 200);
+    assert_eq!(w.sim.mutation_log().len(), 1, "nothing else mutated");
+    // The sender retrying the same event now is a duplicate.
+    assert_eq!(currents_hook(&w, &bot, "RUN_START", &p.new).await.status(), 200);
+    bot.kill().await;
+}
+
+#[tokio::test]
+async fn sigkill_after_the_decision_but_before_the_cancel_reaches_the_world() {
+    let w = World::new(SUPERSEDE, Env::default()).await;
+    let p = pair(&w, "feat/b");
+    let cancel = format!("/v1/runs/{}/cancel", p.old);
+    // The cancel request is held before the simulator acts on it.
+    let id = w.sim.inject_fault(hold("PUT", &cancel));
+    let bot = w.serve().await;
+    assert_eq!(currents_hook(&w, &bot, "RUN_START", &p.new).await.status(), 202);
+    fired(&w, id).await;
+    let store = w.store().await;
+    let a = store.action_by_key(&format!("cancel:{}", p.old)).await.unwrap().unwrap();
+    assert_eq!((a.state, a.attempts), (ActionState::Running, 0), "claimed, in flight: {a:#?}");
+    bot.kill().await;
+    assert_eq!(w.sim.run(&p.old).unwrap().completion_state.as_str(), "IN_PROGRESS", "not acted");
+
+    // The restart hands the dead process's lease back at once (not after 60 s).
+    let started = std::time::Instant::now();
+    let bot = w.serve().await;
+    let a = wait_done(&w, &store, &p.old).await;
+    assert!(started.elapsed() < Duration::from_secs(50), "resumed before the lease would expire");
+    assert!(bot.log_text().contains("released the leases"), "{}", bot.log_text());
+    assert_eq!((a.attempts, a.claims), (1, 2), "{a:#?}");
+    let log = w.entries(&cancel);
+    assert_eq!(log.len(), 1, "one cancel reached the world: {log:#?}");
+    assert_eq!(log[0].status, 200);
+    assert_eq!(store.audit(None, None, 10).await.unwrap().len(), 1);
+    bot.kill().await;
+}
+
+#[tokio::test]
+async fn sigkill_after_the_cancel_took_effect_but_before_it_was_recorded() {
+    let w = World::new(SUPERSEDE, Env::default()).await;
+    let p = pair(&w, "feat/c");
+    let cancel = format!("/v1/runs/{}/cancel", p.old);
+    // The first cancel is carried out and its connection dropped (the answer is lost);
+    // the client's immediate retry is held. The bot has acted and does not know it.
+    w.sim.inject_fault(Fault { apply: true, kind: FaultKind::Drop, ..hold("PUT", &cancel) });
+    let id = w.sim.inject_fault(Fault { after: 1, ..hold("PUT", &cancel) });
+    let bot = w.serve().await;
+    assert_eq!(currents_hook(&w, &bot, "RUN_START", &p.new).await.status(), 202);
+    fired(&w, id).await;
+    assert_eq!(w.sim.run(&p.old).unwrap().completion_state.as_str(), "CANCELED", "acted");
+    let store = w.store().await;
+    let a = store.action_by_key(&format!("cancel:{}", p.old)).await.unwrap().unwrap();
+    assert_eq!((a.state, a.attempts), (ActionState::Running, 0), "not recorded: {a:#?}");
+    bot.kill().await;
+
+    let bot = w.serve().await;
+    let a = wait_done(&w, &store, &p.old).await;
+    assert!(a.detail.as_deref().unwrap_or("").contains("already done (422"), "{a:#?}");
+    // The world saw one cancel take effect; the repeat was answered 422 and counted done.
+    let log = w.entries(&cancel);
+    assert_eq!(log.len(), 2, "{log:#?}");
+    assert_eq!((log[0].status, log[0].fault.as_deref()), (0, Some("drop")));
+    assert_eq!(log[1].status, 422);
+    let run = w.sim.run(&p.old).unwrap();
+    assert_eq!(run.completion_state.as_str(), "CANCELED");
+    bot.kill().await;
+}
+
+const RETENTION: &str = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\n";
+
+#[tokio::test]
+async fn sigterm_mid_sweep_exits_0_and_the_rest_resumes_on_restart() {
+    let w = World::new(RETENTION, Env::default()).await;
+    let n = 48;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let mut r = run(&format!("feat/old-{i}"), &format!("sha{i}"), 60 * 24 * 40);
+        r.state = Some("passed".into());
+        ids.push(w.sim.add_run(r).unwrap().run_id);
+    }
+    // Every delete takes 1.5 s: the sweep is still going when SIGTERM comes.
+    let slow = w.sim.inject_fault(Fault { times: None, kind: FaultKind::Latency { ms: 1500 }, ..hold("DELETE", "/v1/runs") });
+    let bot = w.serve().await;
+    let r = w
+        .http
+        .post(bot.url("/api/sweep/retention"))
+        .bearer_auth(&w.env.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    eventually("the first delete", 60, || async { (!w.sim.mutation_log().is_empty()).then_some(()) }).await;
+    let (status, logs) = bot.terminate(Duration::from_secs(60)).await;
+    assert!(status.success(), "graceful exit 0, got {status}: {logs:#?}");
+
+    let store = w.store().await;
+    let pending = store.pending_actions().await.unwrap();
+    assert!(!pending.is_empty(), "work remained at shutdown");
+    assert!(pending.iter().all(|a| a.state == ActionState::Pending), "no lease left behind: {pending:#?}");
+    let deleted_before = n - ids.iter().filter(|id| w.sim.run(id).is_some()).count();
+    assert!(deleted_before < n);
+
+    w.sim.remove_fault(slow);
+    let bot = w.serve().await;
+    eventually("every delete done", 90, || async {
+        let done = store.audit(None, None, 1000).await.unwrap().iter().filter(|e| e.outcome.as_str() == "done").count();
+        (done == n).then_some(())
+    })
+    .await;
+    for id in &ids {
+        assert!(w.sim.run(id).is_none(), "{id} deleted");
+        let log = w.entries(&format!("/v1/runs/{id}"));
+        assert_eq!(log.len(), 1, "one DELETE per run: {log:#?}");
+        assert_eq!(log[0].status, 200);
+    }
+    bot.kill().await;
+}

@@ -1,0 +1,403 @@
+//! The fault matrix (issue 8), end to end: the real bot (router, store, processor,
+//! executor) against the simulator with faults injected into the Currents API.
+//!
+//! Every case checks the same three things:
+//! - the action completes once when the fault clears (one successful cancel in the
+//!   simulator's mutation log; a repeat answered 422 "already cancelled" counts as done),
+//!   or it is `failed` with a clear reason after its last attempt;
+//! - another action, on another run, is not held back meanwhile;
+//! - nothing else is mutated.
+//!
+//! The executor's retry schedule is shortened through `AppContext::executor` (the same
+//! code paths as production, smaller numbers), and so are the client's own retries.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use runwarden::actions::ExecutorOptions;
+use runwarden::simulator::{Fault, FaultKind, LogEntry};
+use runwarden::store::{ActionRow, ActionState};
+
+const SUPERSEDE: &str = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n[rules.match]\nbranches = [\"*\", \"!main\"]\n";
+
+/// A bot whose executor retries every 100..500 ms, `max_attempts` times, over a client
+/// that tries each request twice.
+fn fast(max_attempts: i64) -> AppOptions {
+    AppOptions {
+        rules: SUPERSEDE.into(),
+        executor: Some(ExecutorOptions {
+            max_attempts,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(500),
+            lease: Duration::from_secs(60),
+        }),
+        client_retries: Some((2, Duration::from_millis(50))),
+        ..AppOptions::default()
+    }
+}
+
+/// Enough attempts that an action keeps retrying until the test clears the fault.
+const UNTIL_CLEARED: i64 = 1000;
+
+fn fault(method: &str, path: &str, kind: FaultKind, times: Option<u32>) -> Fault {
+    Fault {
+        method: Some(method.into()),
+        path: Some(path.into()),
+        kind,
+        times,
+        after: 0,
+        apply: false,
+    }
+}
+
+/// An in-progress run superseded by a newer one on the same branch.
+struct Pair {
+    old: String,
+    new: String,
+}
+
+impl Pair {
+    fn cancel_path(&self) -> String {
+        format!("/v1/runs/{}/cancel", self.old)
+    }
+}
+
+fn pair(app: &TestApp, branch: &str) -> Pair {
+    let old = app.sim.add_run(run(branch, &format!("{branch}-old"), 10)).unwrap();
+    let new = app.sim.add_run(run(branch, &format!("{branch}-new"), 1)).unwrap();
+    Pair { old: old.run_id, new: new.run_id }
+}
+
+async fn trigger(app: &TestApp, p: &Pair) {
+    let r = app.currents_hook("RUN_START", &p.new).await;
+    assert_eq!(r.status(), 202);
+}
+
+async fn action(app: &TestApp, run_id: &str) -> Option<ActionRow> {
+    app.bot.ctx.store.action_by_key(&format!("cancel:{run_id}")).await.unwrap()
+}
+
+/// Waits until the cancel action of `run_id` satisfies `f`; panics after `secs`.
+async fn wait_action<F: Fn(&ActionRow) -> bool>(app: &TestApp, run_id: &str, what: &str, secs: u64, f: F) -> ActionRow {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(a) = action(app, run_id).await
+            && f(&a)
+        {
+            return a;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}; action: {:#?}; mutations: {:#?}",
+                action(app, run_id).await,
+                app.sim.mutation_log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn entries(app: &TestApp, path: &str) -> Vec<LogEntry> {
+    app.sim.mutation_log().into_iter().filter(|e| e.path == path).collect()
+}
+
+/// The cancel of `p.old` took effect exactly once: the run is cancelled, one request
+/// succeeded (or was carried out and its answer lost, for `apply` faults), and every
+/// other request was answered by a fault or 422 "already cancelled".
+fn cancelled_once(app: &TestApp, p: &Pair, applied_by_fault: usize) {
+    let log = entries(app, &p.cancel_path());
+    let ok = log.iter().filter(|e| (200..300).contains(&e.status) && e.fault.is_none()).count();
+    assert_eq!(ok + applied_by_fault, 1, "one cancel took effect: {log:#?}");
+    for e in &log {
+        assert!(
+            (200..300).contains(&e.status) || e.status == 422 || e.fault.is_some(),
+            "unexpected answer: {e:#?}"
+        );
+    }
+    let run = app.sim.run(&p.old).unwrap();
+    assert_eq!(run.completion_state.as_str(), "CANCELED");
+    assert_eq!(app.sim.run(&p.new).unwrap().completion_state.as_str(), "IN_PROGRESS", "the newest run is never cancelled");
+}
+
+/// Only cancels of the old runs of `pairs` were requested.
+fn only_cancels_of(app: &TestApp, pairs: &[&Pair]) {
+    for e in app.sim.mutation_log() {
+        assert!(
+            pairs.iter().any(|p| e.path == p.cancel_path()) && e.method == "PUT",
+            "unexpected mutation {e:#?}"
+        );
+    }
+}
+
+/// The shape of every "fault clears" case: `x` is faulted with `kind` until the test
+/// clears it, `y` (another branch) is not faulted and completes meanwhile; once the
+/// fault is cleared, `x` completes once. With `apply`, the simulator carries the request
+/// out before failing its answer (once): the ambiguous write. Returns `x`'s action row.
+async fn clears(kind: FaultKind, method: &str, path_of: fn(&Pair) -> String, apply: bool) -> ActionRow {
+    let app = spawn_app_with(fast(UNTIL_CLEARED)).await;
+    let x = pair(&app, "feat/x");
+    let y = pair(&app, "feat/y");
+    let f = Fault { apply, ..fault(method, &path_of(&x), kind, if apply { Some(1) } else { None }) };
+    let id = app.sim.inject_fault(f);
+    trigger(&app, &x).await;
+    trigger(&app, &y).await;
+    if !apply {
+        // x fails (and is retried), y is done meanwhile, x is still being retried.
+        wait_action(&app, &x.old, "a failed attempt of x", 30, |a| a.attempts >= 1 && a.last_error.is_some()).await;
+        wait_action(&app, &y.old, "y done while x is faulted", 30, |a| a.state == ActionState::Done).await;
+        let xa = action(&app, &x.old).await.unwrap();
+        assert!(!xa.state.is_terminal(), "x is still being retried: {xa:#?}");
+        app.sim.remove_fault(id);
+    }
+    let xa = wait_action(&app, &x.old, "x done once the fault cleared", 30, |a| a.state.is_terminal()).await;
+    assert_eq!(xa.state, ActionState::Done, "{xa:#?}");
+    wait_action(&app, &y.old, "y done", 30, |a| a.state == ActionState::Done).await;
+    cancelled_once(&app, &x, usize::from(apply));
+    cancelled_once(&app, &y, 0);
+    only_cancels_of(&app, &[&x, &y]);
+    let audit = app.bot.ctx.store.audit(None, None, 100).await.unwrap();
+    assert_eq!(audit.len(), 2, "one decision per superseded run: {audit:#?}");
+    assert!(audit.iter().all(|e| e.outcome.as_str() == "done"), "{audit:#?}");
+    xa
+}
+
+fn cancel_path(p: &Pair) -> String {
+    p.cancel_path()
+}
+
+fn run_path(p: &Pair) -> String {
+    format!("/v1/runs/{}", p.old)
+}
+
+// ---------------------------------------------------------------------------------------
+// Faults that clear
+
+#[tokio::test]
+async fn a_5xx_burst_on_cancel_is_retried_until_it_clears() {
+    let a = clears(FaultKind::Status { status: 503, body: None, retry_after: None }, "PUT", cancel_path, false).await;
+    assert!(a.attempts >= 2, "the executor retried: {a:#?}");
+}
+
+#[tokio::test]
+async fn a_429_without_retry_after_is_retried_until_it_clears() {
+    clears(FaultKind::RateLimit { status: 429, retry_after: None, reset_after: None }, "PUT", cancel_path, false).await;
+}
+
+#[tokio::test]
+async fn dropped_connections_are_retried_until_they_clear() {
+    clears(FaultKind::Drop, "PUT", cancel_path, false).await;
+}
+
+#[tokio::test]
+async fn html_error_pages_are_retryable_server_errors() {
+    let a = clears(FaultKind::Html { status: 502 }, "PUT", cancel_path, false).await;
+    // The HTML page was classified as a 502, not a parse error.
+    let err = a.last_error.unwrap_or_default();
+    assert!(err.contains("502"), "{err}");
+}
+
+#[tokio::test]
+async fn a_malformed_json_200_on_cancel_is_retried_not_final() {
+    // Without `apply`: the cancel did not happen; the next attempt carries it out.
+    let a = clears(FaultKind::MalformedJson, "PUT", cancel_path, false).await;
+    assert!(a.last_error.unwrap_or_default().contains("undecodable"));
+}
+
+#[tokio::test]
+async fn a_malformed_json_200_on_the_verifying_read_is_retried() {
+    // The cancel succeeds; reading the run back fails to decode: the next attempt's
+    // cancel is answered 422 "already cancelled" (done) and the read succeeds.
+    let a = clears(FaultKind::MalformedJson, "GET", run_path, false).await;
+    assert!(a.last_error.unwrap_or_default().contains("verify"));
+}
+
+#[tokio::test]
+async fn an_ambiguous_cancel_carried_out_but_answered_with_a_dropped_connection_is_done_once() {
+    // The simulator cancels the run, then drops the connection: the bot cannot know, tries
+    // again, gets 422 "already cancelled" and counts it as done.
+    clears(FaultKind::Drop, "PUT", cancel_path, true).await;
+}
+
+#[tokio::test]
+async fn an_ambiguous_cancel_answered_with_a_truncated_body_is_done_once() {
+    clears(FaultKind::MalformedJson, "PUT", cancel_path, true).await;
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_honoured() {
+    // The client waits what Retry-After asks before its next request.
+    let app = spawn_app_with(fast(UNTIL_CLEARED)).await;
+    let x = pair(&app, "feat/x");
+    app.sim.inject_fault(fault(
+        "PUT",
+        &x.cancel_path(),
+        FaultKind::RateLimit { status: 429, retry_after: Some(2), reset_after: None },
+        Some(1),
+    ));
+    trigger(&app, &x).await;
+    wait_action(&app, &x.old, "x done", 30, |a| a.state == ActionState::Done).await;
+    cancelled_once(&app, &x, 0);
+    let log = entries(&app, &x.cancel_path());
+    assert_eq!(log.len(), 2, "{log:#?}");
+    assert_eq!(log[0].status, 429);
+    let waited = log[1].at - log[0].at;
+    assert!(waited >= chrono::Duration::milliseconds(1900), "waited only {waited}");
+}
+
+#[tokio::test]
+async fn slow_answers_past_the_request_timeout_are_abandoned_and_retried() {
+    let app = spawn_app_with(AppOptions { request_timeout: "1s", ..fast(UNTIL_CLEARED) }).await;
+    let x = pair(&app, "feat/x");
+    let y = pair(&app, "feat/y");
+    // Two requests are held 3 s, past the 1 s timeout; later ones are served at once.
+    app.sim.inject_fault(fault("PUT", &x.cancel_path(), FaultKind::Latency { ms: 3000 }, Some(2)));
+    trigger(&app, &x).await;
+    trigger(&app, &y).await;
+    let xa = wait_action(&app, &x.old, "x done", 60, |a| a.state.is_terminal()).await;
+    assert_eq!(xa.state, ActionState::Done, "{xa:#?}");
+    assert!(xa.attempts >= 2, "the first attempt timed out: {xa:#?}");
+    wait_action(&app, &y.old, "y done", 30, |a| a.state == ActionState::Done).await;
+    // A held request may still reach the simulator after the timeout; then it is answered
+    // 422 (or it is the one that succeeds). Either way the run is cancelled once.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let log = entries(&app, &x.cancel_path());
+    let ok = log.iter().filter(|e| (200..300).contains(&e.status)).count();
+    assert_eq!(ok, 1, "{log:#?}");
+    assert!(log.iter().all(|e| (200..300).contains(&e.status) || e.status == 422), "{log:#?}");
+    cancelled_once(&app, &y, 0);
+}
+
+#[tokio::test]
+async fn a_hanging_cancel_does_not_hold_back_other_actions() {
+    // x's requests hang until the request timeout (3 s, two tries per attempt: at least
+    // 6 s per attempt). y is decided while x's first attempt is in flight and must be
+    // done before that attempt ends.
+    let app = spawn_app_with(AppOptions { request_timeout: "3s", ..fast(UNTIL_CLEARED) }).await;
+    let x = pair(&app, "feat/x");
+    let y = pair(&app, "feat/y");
+    let id = app.sim.inject_fault(fault("PUT", &x.cancel_path(), FaultKind::Latency { ms: 60_000 }, None));
+    trigger(&app, &x).await;
+    wait_action(&app, &x.old, "x claimed", 30, |a| a.state == ActionState::Running).await;
+    // The first request of x is in the simulator.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while app.sim.faults().iter().find(|f| f.id == id).is_none_or(|f| f.fired == 0) {
+        assert!(tokio::time::Instant::now() < deadline, "x's cancel never reached the simulator");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    trigger(&app, &y).await;
+    wait_action(&app, &y.old, "y done", 30, |a| a.state == ActionState::Done).await;
+    let xa = action(&app, &x.old).await.unwrap();
+    assert_eq!((xa.state, xa.attempts), (ActionState::Running, 0), "y was done during x's first attempt: {xa:#?}");
+    cancelled_once(&app, &y, 0);
+    app.sim.remove_fault(id);
+    let xa = wait_action(&app, &x.old, "x done", 60, |a| a.state.is_terminal()).await;
+    assert_eq!(xa.state, ActionState::Done, "{xa:#?}");
+}
+
+#[tokio::test]
+async fn a_malformed_run_read_delays_the_event_instead_of_dropping_it() {
+    // The processor reads the run of the webhook; a truncated answer is transient: the
+    // event is processed on a later pass.
+    let app = spawn_app_with(fast(UNTIL_CLEARED)).await;
+    let x = pair(&app, "feat/x");
+    app.sim.inject_fault(fault("GET", &format!("/v1/runs/{}", x.new), FaultKind::MalformedJson, Some(1)));
+    trigger(&app, &x).await;
+    // The event is retried after its backoff (2 s for the first failure).
+    wait_action(&app, &x.old, "x done", 30, |a| a.state == ActionState::Done).await;
+    cancelled_once(&app, &x, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Faults that do not clear: failed after the last attempt, with a clear reason
+
+/// `x` is faulted with `kind` for good; after `attempts` attempts it is `failed` with an
+/// error containing `reason`, visible in audit, `/metrics`, `/api/actions` and the status
+/// page; `y` is done meanwhile.
+async fn fails(kind: FaultKind, attempts: i64, reason: &str) {
+    let app = spawn_app_with(fast(attempts)).await;
+    let x = pair(&app, "feat/x");
+    let y = pair(&app, "feat/y");
+    app.sim.inject_fault(fault("PUT", &x.cancel_path(), kind, None));
+    trigger(&app, &x).await;
+    trigger(&app, &y).await;
+    let xa = wait_action(&app, &x.old, "x failed", 60, |a| a.state.is_terminal()).await;
+    assert_eq!(xa.state, ActionState::Failed, "{xa:#?}");
+    assert_eq!(xa.attempts, attempts, "{xa:#?}");
+    let err = xa.last_error.clone().unwrap_or_default();
+    assert!(err.contains(reason), "{err}");
+    assert!(err.len() < 400, "a short reason, not a whole page: {err}");
+    wait_action(&app, &y.old, "y done", 30, |a| a.state == ActionState::Done).await;
+    cancelled_once(&app, &y, 0);
+    assert_eq!(app.sim.run(&x.old).unwrap().completion_state.as_str(), "IN_PROGRESS");
+    only_cancels_of(&app, &[&x, &y]);
+    // Visible everywhere.
+    let audit = app.bot.ctx.store.audit(None, None, 100).await.unwrap();
+    let e = audit.iter().find(|e| e.run_id == x.old).unwrap();
+    assert_eq!(e.outcome.as_str(), "failed");
+    assert_eq!(e.error.as_deref(), Some(err.as_str()));
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("runwarden_actions_total{kind=\"supersede\",action=\"cancel\",outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
+    let api: serde_json::Value =
+        app.http.get(app.url("/api/actions")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let row = api.as_array().unwrap().iter().find(|r| r["run_id"] == x.old.as_str()).unwrap().clone();
+    assert_eq!(row["outcome"], "failed");
+    assert_eq!(row["attempts"], attempts);
+    let page = app.http.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&x.old), "the status page lists the failed action");
+}
+
+#[tokio::test]
+async fn persistent_5xx_fails_after_the_last_attempt() {
+    fails(FaultKind::Status { status: 500, body: None, retry_after: None }, 3, "HTTP 500").await;
+}
+
+#[tokio::test]
+async fn persistent_429_fails_after_the_last_attempt() {
+    fails(FaultKind::RateLimit { status: 429, retry_after: None, reset_after: None }, 3, "429").await;
+}
+
+#[tokio::test]
+async fn persistent_html_502_fails_after_the_last_attempt() {
+    fails(FaultKind::Html { status: 502 }, 3, "HTTP 502").await;
+}
+
+#[tokio::test]
+async fn persistent_dropped_connections_fail_after_the_last_attempt() {
+    fails(FaultKind::Drop, 3, "transport").await;
+}
+
+#[tokio::test]
+async fn a_permanent_4xx_fails_at_once_without_retries() {
+    // 403 (e.g. a read-only API key) is final: one attempt, no retry.
+    fails(FaultKind::Status { status: 403, body: None, retry_after: None }, 1, "HTTP 403").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Deletes
+
+#[tokio::test]
+async fn an_ambiguous_delete_is_done_once() {
+    // The DELETE is carried out but its connection dropped: the retry finds the run gone
+    // (404) and counts it as done.
+    let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\n";
+    let app = spawn_app_with(AppOptions { rules: rules.into(), ..fast(UNTIL_CLEARED) }).await;
+    let mut r = run("feat/old", "sha-old", 60 * 24 * 40);
+    r.state = Some("passed".into());
+    let old = app.sim.add_run(r).unwrap().run_id;
+    let path = format!("/v1/runs/{old}");
+    app.sim.inject_fault(Fault { apply: true, ..fault("DELETE", &path, FaultKind::Drop, Some(1)) });
+    let r = app.http.post(app.url("/api/sweep/retention")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let a = app.wait_audit("delete done", 30, |a| a.iter().any(|e| e.outcome.as_str() == "done")).await;
+    assert_eq!(a.len(), 1, "{a:#?}");
+    assert!(app.sim.run(&old).is_none());
+    let log = entries(&app, &path);
+    assert_eq!(log.len(), 2, "{log:#?}");
+    assert_eq!((log[0].status, log[0].fault.as_deref()), (0, Some("drop")));
+    assert_eq!(log[1].status, 404);
+}
