@@ -722,6 +722,22 @@ async fn claims_respect_the_limit_and_due_order_and_released_leases_are_claimabl
     let all = s.claim_due_actions(t(100), 10, lease, "w2").await.unwrap();
     assert_eq!(all.len(), 5);
     assert!(all.iter().all(|a| a.worker_id.as_deref() == Some("w2")));
+
+    // At startup of a single-process store, every lease left over is a dead worker's.
+    assert!(
+        s.claim_due_actions(t(101), 10, lease, "w3")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.release_all_leases().await.unwrap(), 5);
+    assert_eq!(
+        s.claim_due_actions(t(101), 10, lease, "w3")
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
 }
 
 #[tokio::test]
