@@ -186,3 +186,93 @@ async fn a_transient_currents_failure_is_retried_until_the_cancel_succeeds() {
     app.wait_audit("cancel done", 20, |a| a.iter().any(|e| e.outcome.as_str() == "done")).await;
     assert_eq!(app.sim.run(&old.run_id).unwrap().completion_state.as_str(), "CANCELED");
 }
+
+#[tokio::test]
+async fn the_same_delivery_twenty_times_concurrently_has_one_effect() {
+    let app = spawn_app(SUPERSEDE).await;
+    let old = app.sim.add_run(run("feat/dup", "aaa111", 5)).unwrap();
+    let push = json!({
+        "ref": "refs/heads/feat/dup", "after": "fff999", "deleted": false,
+        "repository": {"full_name": "acme/web"},
+        "head_commit": {"timestamp": chrono::Utc::now().to_rfc3339()}
+    });
+    let sends = (0..20).map(|_| app.github_hook("push", "same-delivery", &push));
+    let statuses: Vec<u16> = futures::future::join_all(sends).await.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 19, "{statuses:?}");
+    app.wait_audit("done", 10, |a| a.iter().any(|e| e.outcome.as_str() == "done")).await;
+    assert_eq!(app.mutations(), vec![format!("PUT /v1/runs/{}/cancel", old.run_id)]);
+}
+
+#[tokio::test]
+async fn a_completed_workflow_run_cancels_its_orphaned_run_after_the_grace() {
+    let rules = "[[rules]]\nname = \"orphans\"\nkind = \"orphan\"\ngrace = \"1s\"\n";
+    let app = spawn_app(rules).await;
+    let mut r = run("feat/o", "abc", 5);
+    r.ci_build_id = Some("acme/web-555-2".into());
+    let orphan = app.sim.add_run(r).unwrap();
+    let mut r = run("feat/o", "abc", 5);
+    r.ci_build_id = Some("acme/web-555-1".into());
+    let other_attempt = app.sim.add_run(r).unwrap();
+    let hook = json!({"action": "completed", "repository": {"full_name": "acme/web"},
+        "workflow_run": {"id": 555, "run_attempt": 2, "head_branch": "feat/o", "head_sha": "abc",
+            "updated_at": chrono::Utc::now().to_rfc3339()}});
+    let sent = std::time::Instant::now();
+    assert_eq!(app.github_hook("workflow_run", "wf-1", &hook).await.status(), 202);
+    let cancel = format!("PUT /v1/runs/{}/cancel", orphan.run_id);
+    app.wait_for("orphan cancel", 15, |a| a.mutations().contains(&cancel)).await;
+    assert!(sent.elapsed() >= std::time::Duration::from_millis(900), "acted before the grace");
+    assert_eq!(app.sim.run(&other_attempt.run_id).unwrap().completion_state.as_str(), "IN_PROGRESS");
+}
+
+#[tokio::test]
+async fn a_retention_schedule_slot_fires_once_and_deletes() {
+    let rules = "[[rules]]\nname = \"every-second\"\nkind = \"retention\"\nschedule = \"* * * * * *\"\nolder_than = \"30d\"\n";
+    let app = spawn_app(rules).await;
+    let mut r = run("feat/old", "s1", 60 * 24 * 45);
+    r.state = Some("passed".into());
+    let old = app.sim.add_run(r).unwrap();
+    let delete = format!("DELETE /v1/runs/{}", old.run_id);
+    app.wait_for("the scheduled delete", 15, |a| a.mutations().contains(&delete)).await;
+    // Later slots find nothing more to delete: the delete happened once.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(app.mutations().iter().filter(|m| **m == delete).count(), 1);
+    let slots = app.bot.ctx.store.last_slot("every-second").await.unwrap();
+    assert!(slots.is_some(), "slots are recorded in the store");
+}
+
+#[tokio::test]
+async fn polling_alone_reports_a_run_whose_webhooks_were_missed() {
+    let rules = "[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\ncommit_status = true\n";
+    let app = spawn_app_with(AppOptions { rules: rules.into(), poll_interval: "1s", ..AppOptions::default() }).await;
+    let created = app.sim.add_run(run("feat/poll", "abcdef1234", 1)).unwrap();
+    app.sim
+        .add_pr(runwarden::simulator::NewPr {
+            repo: REPO.into(),
+            number: Some(9),
+            head_ref: Some("feat/poll".into()),
+            head_sha: Some("abcdef1234".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    // The bot first sees the run in progress by polling...
+    let id = created.run_id.clone();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.bot.ctx.store.get_run(&id).await.unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the poll never saw the run");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // ...then it finishes without any webhook reaching the bot.
+    app.sim
+        .advance(&created.run_id, runwarden::simulator::Advance { finish: Some(runwarden::simulator::Outcome::Failed), ..Default::default() })
+        .unwrap();
+    app.wait_for("the PR comment", 15, |a| !a.sim.comments(Some(REPO), Some(9)).is_empty()).await;
+    app.wait_audit("summary done", 10, |a| a.iter().any(|e| e.action == "summarize" && e.outcome.as_str() == "done")).await;
+    let comments = app.sim.comments(Some(REPO), Some(9));
+    assert_eq!(comments.len(), 1);
+    assert!(comments[0].body.contains(&created.run_id[..7]) || comments[0].body.contains("feat/poll"), "{}", comments[0].body);
+    // Later polls do not post again.
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    assert_eq!(app.sim.comments(Some(REPO), Some(9)).len(), 1);
+    assert_eq!(app.sim.comments(Some(REPO), Some(9))[0].edits, 0);
+}

@@ -127,15 +127,26 @@ pub async fn process_one(ctx: &AppContext, d: Delivery) {
     ctx.metrics.inc("runwarden_events_processed_total", &[("source", &source), ("result", outcome)]);
 }
 
+/// The Currents event a summary decision is about (its reason names it).
+fn summary_event(dec: &Decision) -> Option<String> {
+    crate::currents::RUN_EVENTS
+        .iter()
+        .find(|e| dec.reason.contains(*e))
+        .map(|e| e.to_string())
+}
+
 fn to_new_decisions(decisions: &[Decision], d: &Delivery, now: DateTime<Utc>) -> Vec<NewDecision> {
     decisions
         .iter()
         .map(|dec| {
             let (action_key, payload) = match dec.action {
-                rules::Action::Summarize => (
-                    format!("summarize:{}:{}:{}", dec.rule, dec.run_id, d.event),
-                    Some(serde_json::json!({ "event": d.event, "received_at": d.received_at.timestamp_millis() }).to_string()),
-                ),
+                rules::Action::Summarize => {
+                    let event = summary_event(dec).unwrap_or_else(|| d.event.clone());
+                    (
+                        format!("summarize:{}:{}:{}", dec.rule, dec.run_id, event),
+                        Some(serde_json::json!({ "event": event, "received_at": d.received_at.timestamp_millis() }).to_string()),
+                    )
+                }
                 a => (
                     format!("{}:{}", a.as_str(), dec.run_id),
                     Some(serde_json::json!({ "received_at": d.received_at.timestamp_millis() }).to_string()),
@@ -469,11 +480,28 @@ async fn schedule_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> R
     }
 }
 
+/// The Currents event a webhook would have sent for a run in this state.
+pub fn event_for(run: &Run) -> &'static str {
+    match run.completion_state {
+        CompletionState::InProgress => "RUN_START",
+        CompletionState::Timeout => "RUN_TIMEOUT",
+        CompletionState::Canceled => "RUN_CANCELED",
+        _ => "RUN_FINISH",
+    }
+}
+
 /// A poll: list the in-progress runs of every project, reconcile runs the store still
 /// thinks are in progress, then check timeouts and supersession among them.
+///
+/// Webhooks are hints: the poll synthesises the events a missed webhook would have
+/// carried — a run first seen in progress gives `RUN_START`, a run seen finished gives
+/// `RUN_FINISH`/`RUN_TIMEOUT`/`RUN_CANCELED` — for the event-driven rules (summaries).
+/// Their actions are keyed by run and event, so a webhook and a poll seeing the same
+/// change act once.
 pub async fn poll_event(ctx: &AppContext, now: DateTime<Utc>) -> Result<Vec<Decision>, ProcessError> {
     let mut runs = Vec::new();
     let mut progress = HashMap::new();
+    let mut synthesized: Vec<Run> = Vec::new();
     for project in &ctx.config.currents.projects {
         let filter = RunFilter { completion_state: vec![CompletionState::InProgress], ..RunFilter::default() };
         let mut seen = std::collections::HashSet::new();
@@ -483,9 +511,13 @@ pub async fn poll_event(ctx: &AppContext, now: DateTime<Utc>) -> Result<Vec<Deci
             if !run.is_in_progress() {
                 continue;
             }
+            let known = ctx.store.get_run(&run.run_id).await?.is_some();
             let snap = remember_run(ctx, &run, now).await?;
             progress.insert(run.run_id.clone(), snap);
             seen.insert(run.run_id.clone());
+            if !known {
+                synthesized.push(run.clone());
+            }
             runs.push(run);
         }
         // Runs we believed in progress that the listing no longer shows have finished
@@ -497,6 +529,9 @@ pub async fn poll_event(ctx: &AppContext, now: DateTime<Utc>) -> Result<Vec<Deci
             match ctx.currents.get_run(&rec.run_id).await {
                 Ok(run) => {
                     remember_run(ctx, &run, now).await?;
+                    if !run.is_in_progress() {
+                        synthesized.push(run);
+                    }
                 }
                 Err(e) if e.status() == Some(404) => {
                     ctx.store.mark_run_gone(&rec.run_id).await?;
@@ -507,5 +542,21 @@ pub async fn poll_event(ctx: &AppContext, now: DateTime<Utc>) -> Result<Vec<Deci
     }
     let history = history_for(ctx, &runs).await?;
     let view = RunsView::new(&runs, &progress, &history);
-    Ok(rules::evaluate(&ctx.config, &Trigger::Tick, &view, now).decisions)
+    let mut decisions = rules::evaluate(&ctx.config, &Trigger::Tick, &view, now).decisions;
+    let has_summary = ctx.config.rules.iter().any(|r| matches!(r.kind, RuleKind::Summary(_)));
+    if has_summary {
+        for run in synthesized {
+            let event = event_for(&run).to_string();
+            let one = [run.clone()];
+            let view = RunsView::runs_only(&one);
+            let trigger = Trigger::RunSeen { run, event: Some(event) };
+            decisions.extend(
+                rules::evaluate(&ctx.config, &trigger, &view, now)
+                    .decisions
+                    .into_iter()
+                    .filter(|d| d.action == rules::Action::Summarize),
+            );
+        }
+    }
+    Ok(decisions)
 }

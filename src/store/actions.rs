@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 use super::{Store, StoreError, StoreResult, from_ms, limit, ms_after, opt_from_ms, to_ms};
 
@@ -480,8 +480,14 @@ impl Store {
         lease: Duration,
         worker_id: &str,
     ) -> StoreResult<Vec<ActionRow>> {
-        // One statement: atomic in SQLite. PostgreSQL: add FOR UPDATE SKIP LOCKED to the
-        // subquery.
+        // One statement: atomic in SQLite (one writer at a time). On PostgreSQL the
+        // candidate rows are locked as they are picked, skipping those another replica is
+        // claiming right now, so that concurrent claims never hand out one action twice
+        // and never wait on each other.
+        let lock = match self.backend {
+            super::Backend::Sqlite => "",
+            super::Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        };
         let rows: Vec<ActionDbRow> = sqlx::query_as(&format!(
             "UPDATE actions \
              SET state = 'running', lease_until = $2, worker_id = $3, claims = claims + 1, \
@@ -493,7 +499,7 @@ impl Store {
                    AND next_attempt_at <= $1 \
                    AND (not_before IS NULL OR not_before <= $1) \
                  ORDER BY next_attempt_at, id \
-                 LIMIT $4) \
+                 LIMIT $4{lock}) \
              RETURNING {ACTION_COLUMNS}"
         ))
         .bind(to_ms(now))
@@ -832,7 +838,7 @@ impl Store {
 
 /// The body of [`Store::record_decisions`], on an open write transaction.
 async fn record_in(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     decisions: &[NewDecision],
 ) -> StoreResult<Vec<RecordedDecision>> {
     let now = to_ms(Utc::now());
@@ -903,7 +909,7 @@ async fn record_in(
 /// Creates the action of a decision, or finds the one with the same key. Returns its id
 /// and whether it was created.
 async fn upsert_action(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     d: &NewDecision,
     now: i64,
 ) -> StoreResult<(i64, bool)> {

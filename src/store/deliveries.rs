@@ -255,7 +255,7 @@ impl Store {
 
     /// Marks delivery `id` processed on an open transaction.
     pub(super) async fn mark_processed_in(
-        conn: &mut sqlx::SqliteConnection,
+        conn: &mut sqlx::AnyConnection,
         id: i64,
         outcome_note: &str,
     ) -> StoreResult<()> {

@@ -39,10 +39,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use sqlx::any::{AnyConnectOptions, AnyPool, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::{Any, Transaction};
 
 pub use actions::{
     ActionKind, ActionOutcome, ActionRow, ActionState, AuditEntry, CancelReason, DecisionCount,
@@ -57,15 +56,53 @@ pub use slots::SlotRecord;
 /// The SQLite schema migrations (`migrations/sqlite`), applied by [`Store::connect`].
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// The PostgreSQL schema migrations (`migrations/postgres`): the same tables, constraints
+/// and indexes as [`MIGRATOR`]'s, in PostgreSQL types.
+pub static PG_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Key of the transaction-level advisory lock that serializes the read-then-write
+/// transactions of [`Store::begin_write`] on PostgreSQL, as `BEGIN IMMEDIATE` does on
+/// SQLite ("rnwrdn" in ASCII).
+const PG_WRITE_LOCK: i64 = 0x726e_7772_646e;
+
+/// The database behind a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One process, a local file (or memory): the default.
+    Sqlite,
+    /// A server shared by several replicas.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a store URL selects, if any.
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// Whether several processes may share the store. When not, a lease still held at
+    /// startup can only be a dead process's ([`Store::release_all_leases`]).
+    pub fn is_shared(self) -> bool {
+        self == Backend::Postgres
+    }
+}
+
 /// Tunables of [`Store::connect_with`]; [`Default`] is what `serve` uses.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// How long a statement waits for a lock held by another connection before failing
-    /// with [`StoreError::Unavailable`].
+    /// with [`StoreError::Unavailable`] (SQLite `busy_timeout`, PostgreSQL `lock_timeout`).
     pub busy_timeout: Duration,
     /// How long an operation waits for a free pooled connection.
     pub acquire_timeout: Duration,
-    /// Pool size for a database file (an in-memory database always uses one connection).
+    /// Pool size for a database file or server (an in-memory database always uses one
+    /// connection).
     pub max_connections: u32,
 }
 
@@ -82,7 +119,8 @@ impl Default for StoreOptions {
 /// Handle on the durable store. Cheap to clone (a connection pool inside).
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 impl Store {
@@ -91,57 +129,44 @@ impl Store {
     /// `url` is `sqlite://PATH` (the file is created when missing; its directory is not),
     /// `sqlite:PATH`, or `sqlite::memory:` (a private in-memory database, for tests and
     /// `demo`). Query parameters of sqlx are honoured, e.g. `?mode=ro`.
+    ///
+    /// Or `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (also `postgresql://`, with
+    /// libpq-style parameters such as `?sslmode=require`): a PostgreSQL database shared by
+    /// several replicas. The database must exist; the schema is created or migrated
+    /// (replicas starting together take turns on a migration lock).
     pub async fn connect(url: &str) -> anyhow::Result<Store> {
         Self::connect_with(url, StoreOptions::default()).await
     }
 
     /// [`Store::connect`] with explicit [`StoreOptions`].
     pub async fn connect_with(url: &str, options: StoreOptions) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
         let shown = redact_url(url);
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            anyhow::bail!(
-                "cannot open store {shown}: the PostgreSQL backend is not available in this \
-                 build; use sqlite://PATH"
-            );
+        let backend = Backend::of_url(url).with_context(|| {
+            format!(
+                "cannot open store {shown}: the URL must start with sqlite: or postgres://"
+            )
+        })?;
+        let pool = match backend {
+            Backend::Sqlite => connect_sqlite(url, &options).await,
+            Backend::Postgres => connect_postgres(url, &options).await,
         }
-        if !url.starts_with("sqlite:") {
-            anyhow::bail!("cannot open store {shown}: the URL must start with sqlite:");
-        }
-        let in_memory = url.starts_with("sqlite::memory:") || url.contains("mode=memory");
-        let explicit_mode = url.contains("mode=");
+        .with_context(|| format!("cannot open store {shown}"))?;
 
-        let mut connect = SqliteConnectOptions::from_str(url)
-            .with_context(|| format!("cannot parse store URL {shown}"))?
-            .busy_timeout(options.busy_timeout)
-            .foreign_keys(true)
-            .synchronous(SqliteSynchronous::Full);
-        if !explicit_mode {
-            connect = connect.create_if_missing(true);
-        }
-        if !in_memory {
-            connect = connect.journal_mode(SqliteJournalMode::Wal);
-        }
-
-        let mut pool = SqlitePoolOptions::new().acquire_timeout(options.acquire_timeout);
-        pool = if in_memory {
-            // The database lives as long as one connection does: keep exactly one, forever.
-            pool.max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-        } else {
-            pool.max_connections(options.max_connections.max(1))
+        let migrator = match backend {
+            Backend::Sqlite => &MIGRATOR,
+            Backend::Postgres => &PG_MIGRATOR,
         };
-        let pool = pool
-            .connect_with(connect)
-            .await
-            .with_context(|| format!("cannot open store {shown}"))?;
-
-        MIGRATOR
+        migrator
             .run(&pool)
             .await
             .with_context(|| format!("cannot apply migrations to store {shown}"))?;
-        Ok(Store { pool })
+        Ok(Store { pool, backend })
+    }
+
+    /// Which database this store is.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Readiness probe: one round trip to the database.
@@ -155,10 +180,89 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// A write transaction that holds the write lock from its first statement.
-    async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// A write transaction that holds the write lock from its first statement: SQLite's
+    /// `BEGIN IMMEDIATE`; on PostgreSQL a transaction-level advisory lock shared by every
+    /// replica, so that read-then-write transactions never interleave there either.
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Any>> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
+                    .bind(PG_WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
     }
+}
+
+/// The pool of a SQLite URL: WAL, `synchronous=FULL`, the busy timeout and foreign keys
+/// set on every connection.
+async fn connect_sqlite(url: &str, options: &StoreOptions) -> anyhow::Result<AnyPool> {
+    let in_memory = url.starts_with("sqlite::memory:") || url.contains("mode=memory");
+    let explicit_mode = url.contains("mode=");
+    // Created when missing unless the URL says otherwise.
+    let url = if explicit_mode || in_memory {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    };
+    let connect = AnyConnectOptions::from_str(&url)?;
+    let busy_ms = options.busy_timeout.as_millis();
+    let mut pool = AnyPoolOptions::new()
+        .acquire_timeout(options.acquire_timeout)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                if !in_memory {
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                sqlx::query(&format!("PRAGMA busy_timeout = {busy_ms}"))
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("PRAGMA synchronous = FULL")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("PRAGMA foreign_keys = ON")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        });
+    pool = if in_memory {
+        // The database lives as long as one connection does: keep exactly one, forever.
+        pool.max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+    } else {
+        pool.max_connections(options.max_connections.max(1))
+    };
+    Ok(pool.connect_with(connect).await?)
+}
+
+/// The pool of a PostgreSQL URL: the busy timeout becomes `lock_timeout` (a lock waited
+/// for longer fails with SQLSTATE 55P03, [`StoreError::Unavailable`]).
+async fn connect_postgres(url: &str, options: &StoreOptions) -> anyhow::Result<AnyPool> {
+    let connect = AnyConnectOptions::from_str(url)?;
+    let lock_ms = options.busy_timeout.as_millis().max(1);
+    let pool = AnyPoolOptions::new()
+        .acquire_timeout(options.acquire_timeout)
+        .max_connections(options.max_connections.max(1))
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                sqlx::query(&format!("SET lock_timeout = {lock_ms}"))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        });
+    Ok(pool.connect_with(connect).await?)
 }
 
 /// A store URL fit for messages: the scheme and path of a SQLite URL; never the
