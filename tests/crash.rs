@@ -190,11 +190,20 @@ async fn sigterm_mid_sweep_exits_0_and_the_rest_resumes_on_restart() {
 
     w.sim.remove_fault(slow);
     let bot = w.serve().await;
-    eventually("every delete done", 90, || async {
-        let done = store.audit(None, None, 1000).await.unwrap().iter().filter(|e| e.outcome.as_str() == "done").count();
-        (done == n).then_some(())
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let audit = store.audit(None, None, 1000).await.unwrap();
+        if audit.iter().filter(|e| e.outcome.as_str() == "done").count() == n {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every delete done: {:#?}\nbot: {}",
+            store.pending_actions().await.unwrap(),
+            bot.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for id in &ids {
         assert!(w.sim.run(id).is_none(), "{id} deleted");
         let log = w.entries(&format!("/v1/runs/{id}"));

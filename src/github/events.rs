@@ -5,30 +5,13 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-/// A GitHub event, reduced to what the rules need.
+use crate::rules::Trigger;
+
+/// A GitHub event, reduced to what the rules need: the rules' own [`Trigger`] for
+/// `push`, `pull_request` closed and `workflow_run` completed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GithubEvent {
-    Push {
-        repo: String,
-        branch: String,
-        head_sha: String,
-        deleted: bool,
-        pushed_at: DateTime<Utc>,
-    },
-    PullRequestClosed {
-        repo: String,
-        branch: String,
-        number: u64,
-        closed_at: DateTime<Utc>,
-    },
-    WorkflowRunCompleted {
-        repo: String,
-        run_id: u64,
-        run_attempt: u64,
-        head_branch: String,
-        head_sha: String,
-        completed_at: DateTime<Utc>,
-    },
+    Trigger(Trigger),
     Ping,
     /// A known event type with an action runwarden does not act on, or another event.
     Ignored(String),
@@ -135,7 +118,7 @@ pub fn parse_event(
                 return Ok(GithubEvent::Ignored(format!("push to {}", p.git_ref)));
             };
             let deleted = p.deleted || p.after.chars().all(|c| c == '0');
-            Ok(GithubEvent::Push {
+            Ok(GithubEvent::Trigger(Trigger::Push {
                 repo: p.repository.full_name.to_ascii_lowercase(),
                 branch: branch.to_string(),
                 head_sha: p.after,
@@ -146,33 +129,33 @@ pub fn parse_event(
                     .map(|t| t.with_timezone(&Utc))
                     .map(|t| t.min(received_at))
                     .unwrap_or(received_at),
-            })
+            }))
         }
         "pull_request" => {
             let p: PrPayload = parse(event, body)?;
             if p.action != "closed" {
                 return Ok(GithubEvent::Ignored(format!("pull_request {}", p.action)));
             }
-            Ok(GithubEvent::PullRequestClosed {
+            Ok(GithubEvent::Trigger(Trigger::PullRequestClosed {
                 repo: p.repository.full_name.to_ascii_lowercase(),
                 branch: p.pull_request.head.git_ref,
                 number: p.number,
                 closed_at: p.pull_request.closed_at.unwrap_or(received_at),
-            })
+            }))
         }
         "workflow_run" => {
             let p: WorkflowPayload = parse(event, body)?;
             if p.action != "completed" {
                 return Ok(GithubEvent::Ignored(format!("workflow_run {}", p.action)));
             }
-            Ok(GithubEvent::WorkflowRunCompleted {
+            Ok(GithubEvent::Trigger(Trigger::WorkflowRunCompleted {
                 repo: p.repository.full_name.to_ascii_lowercase(),
                 run_id: p.workflow_run.id,
                 run_attempt: p.workflow_run.run_attempt,
-                head_branch: p.workflow_run.head_branch.unwrap_or_default(),
+                head_branch: p.workflow_run.head_branch.filter(|b| !b.is_empty()),
                 head_sha: p.workflow_run.head_sha,
                 completed_at: p.workflow_run.updated_at.unwrap_or(received_at),
-            })
+            }))
         }
         other => Ok(GithubEvent::Ignored(other.to_string())),
     }
@@ -197,20 +180,20 @@ mod tests {
             "repository":{"full_name":"Acme/Web"},"head_commit":{"timestamp":"2026-01-01T11:59:00+00:00"}}"#;
         assert_eq!(
             parse_event("push", body, now()).unwrap(),
-            GithubEvent::Push {
+            GithubEvent::Trigger(Trigger::Push {
                 repo: "acme/web".into(),
                 branch: "feat/x".into(),
                 head_sha: "9c1e".into(),
                 deleted: false,
                 pushed_at: "2026-01-01T11:59:00Z".parse().unwrap(),
-            }
+            })
         );
     }
 
     #[test]
     fn branch_deletion_and_tags() {
         let body = br#"{"ref":"refs/heads/feat/x","after":"0000000000000000000000000000000000000000","deleted":true,"repository":{"full_name":"a/b"}}"#;
-        assert!(matches!(parse_event("push", body, now()).unwrap(), GithubEvent::Push { deleted: true, .. }));
+        assert!(matches!(parse_event("push", body, now()).unwrap(), GithubEvent::Trigger(Trigger::Push { deleted: true, .. })));
         let body = br#"{"ref":"refs/tags/v1","after":"1","repository":{"full_name":"a/b"}}"#;
         assert!(matches!(parse_event("push", body, now()).unwrap(), GithubEvent::Ignored(_)));
     }
@@ -221,7 +204,7 @@ mod tests {
             "workflow_run":{"id":42,"run_attempt":2,"head_branch":"main","head_sha":"abc","updated_at":"2026-01-01T11:00:00Z"}}"#;
         assert!(matches!(
             parse_event("workflow_run", body, now()).unwrap(),
-            GithubEvent::WorkflowRunCompleted { run_id: 42, run_attempt: 2, .. }
+            GithubEvent::Trigger(Trigger::WorkflowRunCompleted { run_id: 42, run_attempt: 2, .. })
         ));
         let body = br#"{"action":"requested","repository":{"full_name":"a/b"},"workflow_run":{"id":42,"head_sha":"abc"}}"#;
         assert!(matches!(parse_event("workflow_run", body, now()).unwrap(), GithubEvent::Ignored(_)));

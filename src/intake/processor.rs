@@ -346,19 +346,19 @@ async fn currents_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> R
 }
 
 /// Lists the in-progress runs of `branch` in the projects concerned by `repo`.
-async fn list_in_progress(ctx: &AppContext, repo: &str, branch: &str, now: DateTime<Utc>) -> Result<(Vec<Run>, HashMap<String, ProgressSnapshot>), ProcessError> {
+async fn list_in_progress(ctx: &AppContext, repo: &str, branch: Option<&str>, now: DateTime<Utc>) -> Result<(Vec<Run>, HashMap<String, ProgressSnapshot>), ProcessError> {
     let mut runs = Vec::new();
     let mut progress = HashMap::new();
     for project in rules::projects_for_repo(&ctx.config, repo) {
         let filter = RunFilter {
-            branches: vec![branch.to_string()],
+            branches: branch.map(|b| vec![b.to_string()]).unwrap_or_default(),
             completion_state: vec![CompletionState::InProgress],
             ..RunFilter::default()
         };
         let mut stream = ctx.currents.list_runs(&project, &filter);
         while let Some(run) = stream.next().await {
             let run = run?;
-            if run.branch() != Some(branch) || !run.is_in_progress() {
+            if branch.is_some_and(|b| run.branch() != Some(b)) || !run.is_in_progress() {
                 continue;
             }
             let snap = remember_run(ctx, &run, now).await?;
@@ -372,30 +372,14 @@ async fn list_in_progress(ctx: &AppContext, repo: &str, branch: &str, now: DateT
 async fn github_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> Result<Vec<Decision>, ProcessError> {
     let ev = events::parse_event(&d.event, d.payload.as_bytes(), d.received_at)
         .map_err(|e| ProcessError::Permanent(e.to_string()))?;
-    let (trigger, repo, branch) = match ev {
-        GithubEvent::Push { repo, branch, head_sha, deleted, pushed_at } => (
-            Trigger::Push { repo: repo.clone(), branch: branch.clone(), head_sha, deleted, pushed_at },
-            repo,
-            branch,
-        ),
-        GithubEvent::PullRequestClosed { repo, branch, number, closed_at } => (
-            Trigger::PullRequestClosed { repo: repo.clone(), branch: branch.clone(), number, closed_at },
-            repo,
-            branch,
-        ),
-        GithubEvent::WorkflowRunCompleted { repo, run_id, run_attempt, head_branch, head_sha, completed_at } => (
-            Trigger::WorkflowRunCompleted {
-                repo: repo.clone(),
-                run_id,
-                run_attempt,
-                head_branch: Some(head_branch.clone()).filter(|b| !b.is_empty()),
-                head_sha,
-                completed_at,
-            },
-            repo,
-            head_branch,
-        ),
+    let trigger = match ev {
+        GithubEvent::Trigger(t) => t,
         GithubEvent::Ping | GithubEvent::Ignored(_) => return Ok(Vec::new()),
+    };
+    let (repo, branch) = match &trigger {
+        Trigger::Push { repo, branch, .. } | Trigger::PullRequestClosed { repo, branch, .. } => (repo.clone(), branch.clone()),
+        Trigger::WorkflowRunCompleted { repo, head_branch, .. } => (repo.clone(), head_branch.clone().unwrap_or_default()),
+        _ => return Ok(Vec::new()),
     };
     let needed = ctx.config.rules.iter().any(|r| match (&r.kind, &trigger) {
         (RuleKind::Supersede(o), Trigger::Push { deleted: false, .. }) => o.on_push,
@@ -405,10 +389,15 @@ async fn github_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> Res
         (RuleKind::Orphan(_), Trigger::WorkflowRunCompleted { .. }) => true,
         _ => false,
     });
-    if !needed || branch.is_empty() {
+    if !needed {
         return Ok(Vec::new());
     }
-    let (runs, progress) = list_in_progress(ctx, &repo, &branch, now).await?;
+    // A workflow run without a branch (a tag build) is matched over every in-progress run.
+    let branch = Some(branch.as_str()).filter(|b| !b.is_empty());
+    if branch.is_none() && !matches!(trigger, Trigger::WorkflowRunCompleted { .. }) {
+        return Ok(Vec::new());
+    }
+    let (runs, progress) = list_in_progress(ctx, &repo, branch, now).await?;
     let history = HashMap::new();
     let view = RunsView::new(&runs, &progress, &history);
     Ok(rules::evaluate(&ctx.config, &trigger, &view, now).decisions)

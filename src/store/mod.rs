@@ -39,9 +39,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use sqlx::any::{AnyConnectOptions, AnyPool, AnyPoolOptions};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, Transaction};
+use sqlx::{Any, AnyPool, Transaction};
 
 pub use actions::{
     ActionKind, ActionOutcome, ActionRow, ActionState, AuditEntry, CancelReason, DecisionCount,
@@ -374,14 +374,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn postgres_and_unknown_urls_are_refused_without_leaking_credentials() {
-        let err = Store::connect("postgres://bot:hunter2@localhost/x")
+    async fn unreachable_postgres_and_unknown_urls_fail_without_leaking_credentials() {
+        let options = StoreOptions {
+            acquire_timeout: Duration::from_millis(500),
+            ..StoreOptions::default()
+        };
+        // Nothing listens on port 1.
+        let err = Store::connect_with("postgres://bot:hunter2@127.0.0.1:1/x", options)
             .await
             .unwrap_err();
         let text = format!("{err:#}");
-        assert!(text.contains("PostgreSQL"), "{text}");
+        assert!(text.contains("postgres://127.0.0.1/x"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
         let err = Store::connect("mysql://localhost/x").await.unwrap_err();
         assert!(format!("{err:#}").contains("sqlite:"));
+    }
+
+    #[test]
+    fn urls_select_their_backend() {
+        assert_eq!(Backend::of_url("sqlite::memory:"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of_url("sqlite://rw.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of_url("postgres://h/db"), Some(Backend::Postgres));
+        assert_eq!(Backend::of_url("postgresql://h/db"), Some(Backend::Postgres));
+        assert_eq!(Backend::of_url("mysql://h/db"), None);
+        assert!(Backend::Postgres.is_shared());
+        assert!(!Backend::Sqlite.is_shared());
     }
 }
