@@ -2,6 +2,8 @@
 //! the rules engine, actions carried out against the simulator.
 
 mod common;
+// Some scenarios run twice: on SQLite (`NAME`) and on a fresh PostgreSQL database
+// (`NAME_on_postgres`, see tests/support/postgres.rs).
 
 use common::*;
 use serde_json::json;
@@ -10,7 +12,16 @@ const SUPERSEDE: &str = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"super
 
 #[tokio::test]
 async fn a_newer_run_on_the_branch_cancels_the_older_one_once() {
-    let app = spawn_app(SUPERSEDE).await;
+    a_newer_run_on_the_branch_cancels_the_older_one_once_on(None).await
+}
+
+#[tokio::test]
+async fn a_newer_run_on_the_branch_cancels_the_older_one_once_on_postgres() {
+    a_newer_run_on_the_branch_cancels_the_older_one_once_on(Some(postgres::fresh_database().await)).await
+}
+
+async fn a_newer_run_on_the_branch_cancels_the_older_one_once_on(store_url: Option<String>) {
+    let app = spawn_app_with(AppOptions { rules: SUPERSEDE.into(), store_url, ..AppOptions::default() }).await;
     let old = app.sim.add_run(run("feat/x", "aaa111", 10)).unwrap();
     let new = app.sim.add_run(run("feat/x", "bbb222", 1)).unwrap();
     let r = app.currents_hook("RUN_START", &new.run_id).await;
@@ -162,8 +173,17 @@ async fn the_admin_api_needs_the_token_and_sweeps_retention() {
 
 #[tokio::test]
 async fn polling_cancels_runs_past_their_timeout() {
+    polling_cancels_runs_past_their_timeout_on(None).await
+}
+
+#[tokio::test]
+async fn polling_cancels_runs_past_their_timeout_on_postgres() {
+    polling_cancels_runs_past_their_timeout_on(Some(postgres::fresh_database().await)).await
+}
+
+async fn polling_cancels_runs_past_their_timeout_on(store_url: Option<String>) {
     let rules = "[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"45m\"\n";
-    let app = spawn_app_with(AppOptions { rules: rules.into(), poll_interval: "1s", ..AppOptions::default() }).await;
+    let app = spawn_app_with(AppOptions { rules: rules.into(), poll_interval: "1s", store_url, ..AppOptions::default() }).await;
     let stuck = app.sim.add_run(run("main", "aaa", 60)).unwrap();
     let fresh = app.sim.add_run(run("main", "bbb", 5)).unwrap();
     let cancel = format!("PUT /v1/runs/{}/cancel", stuck.run_id);
@@ -189,7 +209,16 @@ async fn a_transient_currents_failure_is_retried_until_the_cancel_succeeds() {
 
 #[tokio::test]
 async fn the_same_delivery_twenty_times_concurrently_has_one_effect() {
-    let app = spawn_app(SUPERSEDE).await;
+    the_same_delivery_twenty_times_concurrently_has_one_effect_on(None).await
+}
+
+#[tokio::test]
+async fn the_same_delivery_twenty_times_concurrently_has_one_effect_on_postgres() {
+    the_same_delivery_twenty_times_concurrently_has_one_effect_on(Some(postgres::fresh_database().await)).await
+}
+
+async fn the_same_delivery_twenty_times_concurrently_has_one_effect_on(store_url: Option<String>) {
+    let app = spawn_app_with(AppOptions { rules: SUPERSEDE.into(), store_url, ..AppOptions::default() }).await;
     let old = app.sim.add_run(run("feat/dup", "aaa111", 5)).unwrap();
     let push = json!({
         "ref": "refs/heads/feat/dup", "after": "fff999", "deleted": false,
@@ -227,8 +256,17 @@ async fn a_completed_workflow_run_cancels_its_orphaned_run_after_the_grace() {
 
 #[tokio::test]
 async fn a_retention_schedule_slot_fires_once_and_deletes() {
+    a_retention_schedule_slot_fires_once_and_deletes_on(None).await
+}
+
+#[tokio::test]
+async fn a_retention_schedule_slot_fires_once_and_deletes_on_postgres() {
+    a_retention_schedule_slot_fires_once_and_deletes_on(Some(postgres::fresh_database().await)).await
+}
+
+async fn a_retention_schedule_slot_fires_once_and_deletes_on(store_url: Option<String>) {
     let rules = "[[rules]]\nname = \"every-second\"\nkind = \"retention\"\nschedule = \"* * * * * *\"\nolder_than = \"30d\"\n";
-    let app = spawn_app(rules).await;
+    let app = spawn_app_with(AppOptions { rules: rules.into(), store_url, ..AppOptions::default() }).await;
     let mut r = run("feat/old", "s1", 60 * 24 * 45);
     r.state = Some("passed".into());
     let old = app.sim.add_run(r).unwrap();

@@ -1,6 +1,11 @@
-//! The durable store on a temporary SQLite file: migrations, delivery dedupe, decisions
-//! and actions, the executor's lease queue, the audit view (SPEC §1), slots, leases,
-//! durability and failure classification.
+//! The durable store: migrations, delivery dedupe, decisions and actions, the executor's
+//! lease queue, the audit view (SPEC §1), slots, leases, durability and failure
+//! classification.
+//!
+//! Every behaviour test runs twice, on a temporary SQLite file (`NAME::sqlite`) and on a
+//! fresh PostgreSQL database (`NAME::postgres`; see `tests/support/postgres.rs` for where
+//! the server comes from). The tests of SQLite's own settings and failures run on SQLite
+//! only.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -19,32 +24,103 @@ fn t(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_767_225_600 + secs, 0).unwrap()
 }
 
+#[path = "support/postgres.rs"]
+mod pg;
+
+/// The backend a test runs on.
+#[derive(Debug, Clone, Copy)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A store on a new, empty database: a SQLite file in a temp dir, or a fresh PostgreSQL
+/// database.
 struct TempStore {
     _dir: tempfile::TempDir,
     path: PathBuf,
+    url: String,
     store: Store,
 }
 
 impl TempStore {
-    async fn new() -> TempStore {
+    async fn new(db: Db) -> TempStore {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("runwarden.db");
-        let store = Store::connect(&url(&path)).await.unwrap();
+        let url = match db {
+            Db::Sqlite => url(&path),
+            Db::Postgres => pg::fresh_database().await,
+        };
+        let store = Store::connect(&url).await.unwrap();
         TempStore {
             _dir: dir,
             path,
+            url,
             store,
         }
     }
 
+    /// The SQLite file (SQLite-only tests).
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Another handle on the same database (another process, as far as the store can
+    /// tell).
     async fn reopen(&self) -> Store {
-        Store::connect(&url(&self.path)).await.unwrap()
+        Store::connect(&self.url).await.unwrap()
     }
 }
 
 fn url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
 }
+
+/// `both!(name, ...)`: for each `async fn name(db: Db)`, a module `name` with the tests
+/// `sqlite` and `postgres`.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name(super::Db::Sqlite).await
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name(super::Db::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
+both!(
+    data_survives_reopening_the_file,
+    a_duplicate_delivery_changes_nothing,
+    fifty_concurrent_copies_of_a_delivery_store_one,
+    unprocessed_deliveries_come_oldest_first_within_the_limit,
+    decisions_and_the_processed_mark_commit_together,
+    two_rules_deciding_the_same_cancel_make_one_action_and_two_decisions,
+    the_same_rule_deciding_again_adds_nothing,
+    dry_run_decisions_create_no_action_and_do_not_block_a_real_one,
+    the_earliest_not_before_wins_while_the_action_waits,
+    audit_filters_by_time_and_rule_and_limits_newest_first,
+    audit_json_has_exactly_the_spec_shape,
+    a_claimed_action_is_not_reclaimed_before_its_lease_expires,
+    not_before_holds_an_action_back,
+    claims_respect_the_limit_and_due_order_and_released_leases_are_claimable,
+    concurrent_workers_never_claim_the_same_action,
+    a_failed_attempt_is_retried_after_its_backoff_then_completes,
+    a_failed_action_is_final_until_an_operator_retries_it,
+    runs_are_upserted_and_stale_observations_ignored,
+    in_progress_runs_filter_by_project_and_branch_and_skip_gone_runs,
+    passed_durations_are_the_newest_completed_passed_runs_of_the_branch,
+    a_section_for_an_old_head_never_overwrites_the_new_one,
+    a_slot_is_claimed_once,
+    a_lease_is_held_until_it_expires_then_taken_over,
+);
 
 fn delivery(source: &str, id: &str, payload: &str, at: DateTime<Utc>) -> NewDelivery {
     NewDelivery {
@@ -128,9 +204,8 @@ async fn migrations_apply_on_an_empty_file_and_rerun_idempotently() {
     );
 }
 
-#[tokio::test]
-async fn data_survives_reopening_the_file() {
-    let ts = TempStore::new().await;
+async fn data_survives_reopening_the_file(db: Db) {
+    let ts = TempStore::new(db).await;
     ts.store
         .insert_delivery(delivery("github", "d-1", r#"{"a":1}"#, t(0)))
         .await
@@ -161,9 +236,8 @@ async fn data_survives_reopening_the_file() {
 // ---------------------------------------------------------------------------------------
 // Deliveries
 
-#[tokio::test]
-async fn a_duplicate_delivery_changes_nothing() {
-    let ts = TempStore::new().await;
+async fn a_duplicate_delivery_changes_nothing(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     assert_eq!(
         s.insert_delivery(delivery("github", "abc", "first", t(0)))
@@ -196,9 +270,8 @@ async fn a_duplicate_delivery_changes_nothing() {
     assert_eq!(stored.payload, "first");
 }
 
-#[tokio::test]
-async fn fifty_concurrent_copies_of_a_delivery_store_one() {
-    let ts = TempStore::new().await;
+async fn fifty_concurrent_copies_of_a_delivery_store_one(db: Db) {
+    let ts = TempStore::new(db).await;
     let mut tasks = Vec::new();
     for i in 0..50 {
         let store = if i % 2 == 0 {
@@ -223,9 +296,8 @@ async fn fifty_concurrent_copies_of_a_delivery_store_one() {
     assert_eq!(ts.store.count_unprocessed().await.unwrap(), 1);
 }
 
-#[tokio::test]
-async fn unprocessed_deliveries_come_oldest_first_within_the_limit() {
-    let ts = TempStore::new().await;
+async fn unprocessed_deliveries_come_oldest_first_within_the_limit(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     for (id, at) in [("c", 30), ("a", 10), ("b", 20)] {
         s.insert_delivery(delivery("currents", id, "{}", t(at)))
@@ -247,9 +319,8 @@ async fn unprocessed_deliveries_come_oldest_first_within_the_limit() {
     assert_eq!(ids(s.next_unprocessed(t(15), 10).await.unwrap()), ["a"]);
 }
 
-#[tokio::test]
-async fn decisions_and_the_processed_mark_commit_together() {
-    let ts = TempStore::new().await;
+async fn decisions_and_the_processed_mark_commit_together(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     s.insert_delivery(delivery("currents", "ev-1", "{}", t(0)))
         .await
@@ -310,9 +381,8 @@ async fn decisions_and_the_processed_mark_commit_together() {
 // ---------------------------------------------------------------------------------------
 // Decisions, actions, audit
 
-#[tokio::test]
-async fn two_rules_deciding_the_same_cancel_make_one_action_and_two_decisions() {
-    let ts = TempStore::new().await;
+async fn two_rules_deciding_the_same_cancel_make_one_action_and_two_decisions(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     let rec = s
         .record_decisions(&[
@@ -379,9 +449,8 @@ async fn two_rules_deciding_the_same_cancel_make_one_action_and_two_decisions() 
     );
 }
 
-#[tokio::test]
-async fn the_same_rule_deciding_again_adds_nothing() {
-    let ts = TempStore::new().await;
+async fn the_same_rule_deciding_again_adds_nothing(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     let first = s
         .record_decisions(&[decision("r1", "timeout", "cancel", "run-1", t(1))])
@@ -398,9 +467,8 @@ async fn the_same_rule_deciding_again_adds_nothing() {
     assert_eq!(audit[0].at, t(1), "the first decision is kept");
 }
 
-#[tokio::test]
-async fn dry_run_decisions_create_no_action_and_do_not_block_a_real_one() {
-    let ts = TempStore::new().await;
+async fn dry_run_decisions_create_no_action_and_do_not_block_a_real_one(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     let mut dry = decision("old-runs", "retention", "delete", "run-9", t(1));
     dry.dry_run = true;
@@ -429,9 +497,8 @@ async fn dry_run_decisions_create_no_action_and_do_not_block_a_real_one() {
     assert_eq!(outcomes, [Outcome::Planned, Outcome::DryRun]);
 }
 
-#[tokio::test]
-async fn the_earliest_not_before_wins_while_the_action_waits() {
-    let ts = TempStore::new().await;
+async fn the_earliest_not_before_wins_while_the_action_waits(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     let mut orphan = decision("orphans", "orphan", "cancel", "run-1", t(0));
     orphan.not_before = Some(t(120));
@@ -462,9 +529,8 @@ async fn the_earliest_not_before_wins_while_the_action_waits() {
     assert_eq!(claimed[0].not_before, None);
 }
 
-#[tokio::test]
-async fn audit_filters_by_time_and_rule_and_limits_newest_first() {
-    let ts = TempStore::new().await;
+async fn audit_filters_by_time_and_rule_and_limits_newest_first(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     s.record_decisions(&[
         decision("a", "supersede", "cancel", "run-1", t(10)),
@@ -500,9 +566,8 @@ async fn audit_filters_by_time_and_rule_and_limits_newest_first() {
     assert!(s.audit(Some(t(41)), None, 100).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn audit_json_has_exactly_the_spec_shape() {
-    let ts = TempStore::new().await;
+async fn audit_json_has_exactly_the_spec_shape(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     let mut dry = decision("old-runs", "retention", "delete", "run-2", t(5));
     dry.dry_run = true;
@@ -526,6 +591,8 @@ async fn audit_json_has_exactly_the_spec_shape() {
         .unwrap();
 
     let audit = s.audit(None, None, 10).await.unwrap();
+    // The same snapshot for both backends (one process runs both tests).
+    insta::allow_duplicates! {
     insta::assert_json_snapshot!(audit, @r#"
     [
       {
@@ -569,6 +636,7 @@ async fn audit_json_has_exactly_the_spec_shape() {
       }
     ]
     "#);
+    }
 
     // Exactly the SPEC §1 keys, in that order, and `at` parses as RFC 3339.
     const KEYS: [&str; 11] = [
@@ -612,9 +680,8 @@ async fn audit_json_has_exactly_the_spec_shape() {
 // ---------------------------------------------------------------------------------------
 // The executor's queue
 
-#[tokio::test]
-async fn a_claimed_action_is_not_reclaimed_before_its_lease_expires() {
-    let ts = TempStore::new().await;
+async fn a_claimed_action_is_not_reclaimed_before_its_lease_expires(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     s.record_decisions(&[decision("r", "supersede", "cancel", "run-1", t(0))])
         .await
@@ -682,9 +749,8 @@ async fn a_claimed_action_is_not_reclaimed_before_its_lease_expires() {
     ));
 }
 
-#[tokio::test]
-async fn not_before_holds_an_action_back() {
-    let ts = TempStore::new().await;
+async fn not_before_holds_an_action_back(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     let mut d = decision("orphans", "orphan", "cancel", "run-1", t(0));
     d.not_before = Some(t(120));
@@ -705,9 +771,8 @@ async fn not_before_holds_an_action_back() {
     );
 }
 
-#[tokio::test]
-async fn claims_respect_the_limit_and_due_order_and_released_leases_are_claimable() {
-    let ts = TempStore::new().await;
+async fn claims_respect_the_limit_and_due_order_and_released_leases_are_claimable(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     let decisions: Vec<_> = (0..5)
         .map(|i| decision("r", "timeout", "cancel", &format!("run-{i}"), t(10 - i)))
@@ -740,9 +805,8 @@ async fn claims_respect_the_limit_and_due_order_and_released_leases_are_claimabl
     );
 }
 
-#[tokio::test]
-async fn concurrent_workers_never_claim_the_same_action() {
-    let ts = TempStore::new().await;
+async fn concurrent_workers_never_claim_the_same_action(db: Db) {
+    let ts = TempStore::new(db).await;
     let decisions: Vec<_> = (0..40)
         .map(|i| decision("r", "timeout", "cancel", &format!("run-{i}"), t(0)))
         .collect();
@@ -777,9 +841,8 @@ async fn concurrent_workers_never_claim_the_same_action() {
     assert_eq!(total, 40);
 }
 
-#[tokio::test]
-async fn a_failed_attempt_is_retried_after_its_backoff_then_completes() {
-    let ts = TempStore::new().await;
+async fn a_failed_attempt_is_retried_after_its_backoff_then_completes(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     s.record_decisions(&[decision("r", "supersede", "cancel", "run-1", t(0))])
         .await
@@ -826,9 +889,8 @@ async fn a_failed_attempt_is_retried_after_its_backoff_then_completes() {
     assert_eq!(s.queue_depth().await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn a_failed_action_is_final_until_an_operator_retries_it() {
-    let ts = TempStore::new().await;
+async fn a_failed_action_is_final_until_an_operator_retries_it(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     s.record_decisions(&[
         decision("r", "retention", "delete", "run-1", t(0)),
@@ -889,9 +951,8 @@ async fn a_failed_action_is_final_until_an_operator_retries_it() {
 // ---------------------------------------------------------------------------------------
 // Runs
 
-#[tokio::test]
-async fn runs_are_upserted_and_stale_observations_ignored() {
-    let ts = TempStore::new().await;
+async fn runs_are_upserted_and_stale_observations_ignored(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     let mut r = run_record("run-1", "in_progress", "running", 0, 10);
     r.completed_specs = 2;
@@ -940,9 +1001,8 @@ async fn runs_are_upserted_and_stale_observations_ignored() {
     assert!(s.in_progress_runs(None, None).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn in_progress_runs_filter_by_project_and_branch_and_skip_gone_runs() {
-    let ts = TempStore::new().await;
+async fn in_progress_runs_filter_by_project_and_branch_and_skip_gone_runs(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     let mut other_branch = run_record("b", "IN_PROGRESS", "RUNNING", 2, 2);
     other_branch.branch = Some("feat".into());
@@ -998,9 +1058,8 @@ async fn in_progress_runs_filter_by_project_and_branch_and_skip_gone_runs() {
     assert_eq!(s.get_run("a").await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn passed_durations_are_the_newest_completed_passed_runs_of_the_branch() {
-    let ts = TempStore::new().await;
+async fn passed_durations_are_the_newest_completed_passed_runs_of_the_branch(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     for i in 0..60 {
         let mut r = run_record(&format!("p{i:02}"), "COMPLETE", "PASSED", i, i);
@@ -1051,9 +1110,8 @@ async fn passed_durations_are_the_newest_completed_passed_runs_of_the_branch() {
 // ---------------------------------------------------------------------------------------
 // Comments, slots, leases
 
-#[tokio::test]
-async fn a_section_for_an_old_head_never_overwrites_the_new_one() {
-    let ts = TempStore::new().await;
+async fn a_section_for_an_old_head_never_overwrites_the_new_one(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     let section = |sha: &str, head: &str, created: i64, body: &str| SectionUpdate {
         repo: "acme/web".into(),
@@ -1093,9 +1151,8 @@ async fn a_section_for_an_old_head_never_overwrites_the_new_one() {
     assert_eq!(sections[0].sha, "new");
 }
 
-#[tokio::test]
-async fn a_slot_is_claimed_once() {
-    let ts = TempStore::new().await;
+async fn a_slot_is_claimed_once(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     assert_eq!(s.last_slot("nightly").await.unwrap(), None);
     let other = ts.reopen().await;
@@ -1129,9 +1186,8 @@ async fn a_slot_is_claimed_once() {
     ));
 }
 
-#[tokio::test]
-async fn a_lease_is_held_until_it_expires_then_taken_over() {
-    let ts = TempStore::new().await;
+async fn a_lease_is_held_until_it_expires_then_taken_over(db: Db) {
+    let ts = TempStore::new(db).await;
     let s = &ts.store;
     let ttl = Duration::from_secs(30);
     assert!(s.try_acquire_lease("poller", "a", ttl, t(0)).await.unwrap());
@@ -1183,14 +1239,14 @@ async fn a_lease_is_held_until_it_expires_then_taken_over() {
 
 #[tokio::test]
 async fn a_read_only_database_is_unavailable_for_writes() {
-    let ts = TempStore::new().await;
+    let ts = TempStore::new(Db::Sqlite).await;
     ts.store
         .insert_delivery(delivery("github", "before", "{}", t(0)))
         .await
         .unwrap();
     ts.store.close().await;
 
-    let ro = Store::connect(&format!("{}?mode=ro", url(&ts.path)))
+    let ro = Store::connect(&format!("{}?mode=ro", url(ts.path())))
         .await
         .unwrap();
     ro.ping().await.unwrap();
@@ -1210,9 +1266,9 @@ async fn a_read_only_database_is_unavailable_for_writes() {
 
 #[tokio::test]
 async fn a_database_locked_beyond_the_busy_timeout_is_unavailable() {
-    let ts = TempStore::new().await;
+    let ts = TempStore::new(Db::Sqlite).await;
     let store = Store::connect_with(
-        &url(&ts.path),
+        &url(ts.path()),
         StoreOptions {
             busy_timeout: Duration::from_millis(200),
             ..StoreOptions::default()
@@ -1221,7 +1277,7 @@ async fn a_database_locked_beyond_the_busy_timeout_is_unavailable() {
     .await
     .unwrap();
     // Another process holds the write lock.
-    let mut locker = sqlx::SqliteConnection::connect(&url(&ts.path))
+    let mut locker = sqlx::SqliteConnection::connect(&url(ts.path()))
         .await
         .unwrap();
     sqlx::raw_sql("BEGIN IMMEDIATE")

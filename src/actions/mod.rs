@@ -100,7 +100,19 @@ pub async fn run_due_until(ctx: &AppContext, stop: impl Fn() -> bool) -> usize {
         let may_claim = inflight.is_empty() || ctx.ready.load(std::sync::atomic::Ordering::SeqCst);
         if free > 0 && may_claim && !stop() {
             let now = Utc::now();
-            match ctx.store.claim_due_actions(now, free as i64, ctx.executor.lease, &ctx.worker_id).await {
+            let claim = ctx.store.claim_due_actions(now, free as i64, ctx.executor.lease, &ctx.worker_id);
+            tokio::pin!(claim);
+            // Keep driving the actions in flight while claiming: they may hold the pooled
+            // connections the claim waits for.
+            let claimed = loop {
+                tokio::select! {
+                    r = &mut claim => break r,
+                    Some(id) = inflight.next(), if !inflight.is_empty() => {
+                        ids.remove(&id);
+                    }
+                }
+            };
+            match claimed {
                 Ok(batch) => {
                     for a in batch {
                         // An action still in flight whose lease ran out is ours already.

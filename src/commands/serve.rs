@@ -50,6 +50,10 @@ pub async fn build_context(config: Config, secrets: Secrets) -> anyhow::Result<A
     let currents = currents_client(&config, &secrets)?;
     let github = GithubClient::from_config(&config.github, &secrets)
         .map_err(|e| anyhow::anyhow!("GitHub credentials: {e}"))?;
+    let executor = crate::actions::ExecutorOptions {
+        lease: config.store.action_lease,
+        ..crate::actions::ExecutorOptions::default()
+    };
     Ok(Arc::new(AppContext {
         config: Arc::new(config),
         secrets: Arc::new(secrets),
@@ -61,7 +65,7 @@ pub async fn build_context(config: Config, secrets: Secrets) -> anyhow::Result<A
         wake_executor: Arc::new(tokio::sync::Notify::new()),
         ready: false.into(),
         worker_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
-        executor: crate::actions::ExecutorOptions::default(),
+        executor,
         events: tokio::sync::broadcast::channel(4096).0,
         history_cache: Default::default(),
     }))
@@ -105,9 +109,33 @@ impl Bot {
     }
 }
 
+/// Name of the lease of the event processor on a shared store (PostgreSQL): one replica
+/// at a time consumes the stored events, in order, as the single process does on SQLite.
+pub const PROCESSOR_LEASE: &str = "processor";
+/// How long a replica that died keeps the processor lease (renewed on every loop turn).
+pub const PROCESSOR_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// Whether this process may consume events now: always on a single-process store; on a
+/// shared one, while it holds [`PROCESSOR_LEASE`].
+async fn holds_processor_lease(ctx: &AppContext) -> bool {
+    if !ctx.store.backend().is_shared() {
+        return true;
+    }
+    let now = chrono::Utc::now();
+    match ctx.store.try_acquire_lease(PROCESSOR_LEASE, &ctx.worker_id, PROCESSOR_LEASE_TTL, now).await {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot take the processor lease");
+            false
+        }
+    }
+}
+
 async fn processor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
     loop {
-        if let Err(e) = crate::intake::processor::process_pending(&ctx).await {
+        if holds_processor_lease(&ctx).await
+            && let Err(e) = crate::intake::processor::process_pending(&ctx).await
+        {
             tracing::warn!("event processing paused: {e}");
         }
         tokio::select! {
@@ -115,6 +143,9 @@ async fn processor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(IDLE_CHECK) => {}
             _ = stop.changed() => break,
         }
+    }
+    if ctx.store.backend().is_shared() {
+        let _ = ctx.store.release_lease(PROCESSOR_LEASE, &ctx.worker_id).await;
     }
 }
 
@@ -136,7 +167,7 @@ pub async fn start(ctx: Arc<AppContext>, listener: tokio::net::TcpListener) -> a
     // SQLite is one process: an action still leased was claimed by a worker that died (a
     // crash, SIGKILL); hand it back now rather than after its lease. (A shared PostgreSQL
     // store keeps the leases: other replicas may be alive.)
-    if ctx.config.store.url.starts_with("sqlite:") {
+    if !ctx.store.backend().is_shared() {
         match ctx.store.release_all_leases().await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(actions = n, "released the leases of a previous process (it did not stop cleanly)"),

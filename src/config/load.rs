@@ -373,6 +373,9 @@ fn compile(
             .store
             .url
             .unwrap_or_else(|| "sqlite://runwarden.db".into()),
+        action_lease: parse_duration(raw.store.action_lease.as_deref().unwrap_or("60s"))
+            .and_then(|d| if d.is_zero() { Err("must be more than 0s".into()) } else { Ok(d) })
+            .map_err(|m| sec_err("store", "action_lease", m))?,
     };
     if !(store.url.starts_with("sqlite:")
         || store.url.starts_with("postgres://")

@@ -63,6 +63,9 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub url: String,
+    /// How long a claimed action stays with a process that stopped answering before
+    /// another replica (or the restarted process, on PostgreSQL) takes it over.
+    pub action_lease: Duration,
 }
 
 /// One `[[rules]]` entry.

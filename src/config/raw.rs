@@ -54,6 +54,7 @@ pub struct RawServer {
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
     pub url: Option<String>,
+    pub action_lease: Option<String>,
 }
 
 /// `[rules.match]`.

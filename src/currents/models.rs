@@ -206,13 +206,14 @@ pub struct TestCounts {
 
 impl TestCounts {
     pub fn add(&mut self, o: &TestCounts) {
-        self.overall += o.overall;
-        self.passes += o.passes;
-        self.failures += o.failures;
-        self.pending += o.pending;
-        self.skipped += o.skipped;
-        self.retries += o.retries;
-        self.flaky += o.flaky;
+        // Saturating: the counters come from the API and must not overflow.
+        self.overall = self.overall.saturating_add(o.overall);
+        self.passes = self.passes.saturating_add(o.passes);
+        self.failures = self.failures.saturating_add(o.failures);
+        self.pending = self.pending.saturating_add(o.pending);
+        self.skipped = self.skipped.saturating_add(o.skipped);
+        self.retries = self.retries.saturating_add(o.retries);
+        self.flaky = self.flaky.saturating_add(o.flaky);
     }
 }
 
@@ -382,11 +383,11 @@ impl Run {
     pub fn instance_counts(&self) -> InstanceCounts {
         let mut c = InstanceCounts::default();
         for g in &self.groups {
-            c.overall += g.instances.overall;
-            c.claimed += g.instances.claimed;
-            c.complete += g.instances.complete;
-            c.passes += g.instances.passes;
-            c.failures += g.instances.failures;
+            c.overall = c.overall.saturating_add(g.instances.overall);
+            c.claimed = c.claimed.saturating_add(g.instances.claimed);
+            c.complete = c.complete.saturating_add(g.instances.complete);
+            c.passes = c.passes.saturating_add(g.instances.passes);
+            c.failures = c.failures.saturating_add(g.instances.failures);
         }
         c
     }

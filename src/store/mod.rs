@@ -143,9 +143,7 @@ impl Store {
         sqlx::any::install_default_drivers();
         let shown = redact_url(url);
         let backend = Backend::of_url(url).with_context(|| {
-            format!(
-                "cannot open store {shown}: the URL must start with sqlite: or postgres://"
-            )
+            format!("cannot open store {shown}: the URL must start with sqlite: or postgres://")
         })?;
         let pool = match backend {
             Backend::Sqlite => connect_sqlite(url, &options).await,
@@ -395,7 +393,10 @@ mod tests {
         assert_eq!(Backend::of_url("sqlite::memory:"), Some(Backend::Sqlite));
         assert_eq!(Backend::of_url("sqlite://rw.db"), Some(Backend::Sqlite));
         assert_eq!(Backend::of_url("postgres://h/db"), Some(Backend::Postgres));
-        assert_eq!(Backend::of_url("postgresql://h/db"), Some(Backend::Postgres));
+        assert_eq!(
+            Backend::of_url("postgresql://h/db"),
+            Some(Backend::Postgres)
+        );
         assert_eq!(Backend::of_url("mysql://h/db"), None);
         assert!(Backend::Postgres.is_shared());
         assert!(!Backend::Sqlite.is_shared());

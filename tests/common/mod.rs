@@ -12,6 +12,10 @@ use runwarden::secret::Secret;
 use runwarden::simulator::{self, SimConfig, SimHandle};
 use sha2::Sha256;
 
+/// A fresh PostgreSQL database per test (`AppOptions::store_url`).
+#[path = "../support/postgres.rs"]
+pub mod postgres;
+
 pub const CURRENTS_SECRET: &str = "currents-hook-secret";
 pub const GITHUB_SECRET: &str = "github-hook-secret";
 pub const ADMIN_TOKEN: &str = "admin-token";
@@ -46,6 +50,9 @@ pub struct AppOptions {
     pub client_retries: Option<(u32, Duration)>,
     /// Query appended to the store URL, e.g. `?mode=ro`.
     pub store_query: &'static str,
+    /// The whole store URL, instead of a SQLite file in `store_dir` (e.g.
+    /// `postgres::fresh_database().await`).
+    pub store_url: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -62,6 +69,7 @@ impl Default for AppOptions {
             executor: None,
             client_retries: None,
             store_query: "",
+            store_url: None,
         }
     }
 }
@@ -89,15 +97,16 @@ pub async fn spawn_app_with(o: AppOptions) -> TestApp {
     .unwrap();
     let dir = o.store_dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
     let text = format!(
-        "{top}\n[currents]\napi_url = \"{api}\"\nprojects = [\"{PROJECT}\"]\npoll_interval = \"{poll}\"\nrequest_timeout = \"{timeout}\"\nmax_requests_per_second = 0\n\n[github]\napi_url = \"{gh}\"\nrepos = {{ {PROJECT} = \"{REPO}\" }}\n\n[store]\nurl = \"sqlite://{db}{query}\"\n\n{rules}",
+        "{top}\n[currents]\napi_url = \"{api}\"\nprojects = [\"{PROJECT}\"]\npoll_interval = \"{poll}\"\nrequest_timeout = \"{timeout}\"\nmax_requests_per_second = 0\n\n[github]\napi_url = \"{gh}\"\nrepos = {{ {PROJECT} = \"{REPO}\" }}\n\n[store]\nurl = \"{store_url}\"\n\n{rules}",
         top = o.top,
         api = sim.currents_url(),
         poll = o.poll_interval,
         gh = sim.github_url(),
-        db = dir.path().join("runwarden.db").display(),
+        store_url = o.store_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}{}", dir.path().join("runwarden.db").display(), o.store_query)
+        }),
         rules = o.rules,
         timeout = o.request_timeout,
-        query = o.store_query,
     );
     let loaded = load_str(&text, "rules.toml", &[]).unwrap_or_else(|e| panic!("test config: {e}"));
     let secrets = Secrets {

@@ -50,8 +50,14 @@ impl Env {
     pub fn vars(&self) -> Vec<(&'static str, String)> {
         vec![
             ("CURRENTS_API_KEY", self.currents_api_key.clone()),
-            ("RUNWARDEN_CURRENTS_WEBHOOK_SECRET", self.currents_webhook_secret.clone()),
-            ("RUNWARDEN_GITHUB_WEBHOOK_SECRET", self.github_webhook_secret.clone()),
+            (
+                "RUNWARDEN_CURRENTS_WEBHOOK_SECRET",
+                self.currents_webhook_secret.clone(),
+            ),
+            (
+                "RUNWARDEN_GITHUB_WEBHOOK_SECRET",
+                self.github_webhook_secret.clone(),
+            ),
             ("RUNWARDEN_ADMIN_TOKEN", self.admin_token.clone()),
             ("GITHUB_TOKEN", self.github_token.clone()),
             ("RUST_LOG", self.rust_log.clone()),
@@ -73,10 +79,16 @@ pub struct World {
 impl World {
     /// A simulator with the test project, and a config with `rules` for a bot against it.
     pub async fn new(rules: &str, env: Env) -> World {
-        let sim_cfg = SimConfig { api_key: env.currents_api_key.clone(), ..SimConfig::default() };
-        let sim = simulator::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), sim_cfg)
-            .await
-            .unwrap();
+        let sim_cfg = SimConfig {
+            api_key: env.currents_api_key.clone(),
+            ..SimConfig::default()
+        };
+        let sim = simulator::spawn(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            sim_cfg,
+        )
+        .await
+        .unwrap();
         sim.add_project(simulator::NewProject {
             project_id: Some(PROJECT.into()),
             repo: Some(REPO.into()),
@@ -86,17 +98,30 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("runwarden.db");
         let config = dir.path().join("rules.toml");
-        let w = World { sim, dir, config, db, env, http: reqwest::Client::new() };
+        let w = World {
+            sim,
+            dir,
+            config,
+            db,
+            env,
+            http: reqwest::Client::new(),
+        };
         w.write_config(rules, &w.sim.currents_url());
         w
     }
 
     /// (Re)writes the config file, with the Currents API at `api_url`.
     pub fn write_config(&self, rules: &str, api_url: &str) {
+        self.write_config_with(rules, api_url, &self.store_url());
+    }
+
+    /// (Re)writes the config file, with the Currents API at `api_url` and the store at
+    /// `store_url`.
+    pub fn write_config_with(&self, rules: &str, api_url: &str, store_url: &str) {
         let text = format!(
             "[currents]\napi_url = \"{api_url}\"\nprojects = [\"{PROJECT}\"]\npoll_interval = \"0s\"\nrequest_timeout = \"2s\"\nmax_requests_per_second = 0\n\n[github]\napi_url = \"{gh}\"\nrepos = {{ {PROJECT} = \"{REPO}\" }}\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\nurl = \"{url}\"\n\n{rules}",
             gh = self.sim.github_url(),
-            url = self.store_url(),
+            url = store_url,
         );
         std::fs::write(&self.config, text).unwrap();
     }
@@ -153,7 +178,11 @@ impl World {
 
     /// Mutating requests the simulator received for `path`.
     pub fn entries(&self, path: &str) -> Vec<runwarden::simulator::LogEntry> {
-        self.sim.mutation_log().into_iter().filter(|e| e.path == path).collect()
+        self.sim
+            .mutation_log()
+            .into_iter()
+            .filter(|e| e.path == path)
+            .collect()
     }
 }
 
@@ -183,7 +212,10 @@ pub struct ChildBot {
     readers: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn collect<R: Read + Send + 'static>(r: R, logs: Arc<Mutex<Vec<String>>>) -> std::thread::JoinHandle<()> {
+fn collect<R: Read + Send + 'static>(
+    r: R,
+    logs: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             match line {
@@ -217,7 +249,10 @@ impl ChildBot {
                 break format!("http://{addr}");
             }
             if let Some(s) = child.try_wait().unwrap() {
-                panic!("runwarden serve exited with {s} before serving: {:#?}", logs.lock().unwrap());
+                panic!(
+                    "runwarden serve exited with {s} before serving: {:#?}",
+                    logs.lock().unwrap()
+                );
             }
             if tokio::time::Instant::now() > deadline {
                 let _ = child.kill();
@@ -225,7 +260,12 @@ impl ChildBot {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        ChildBot { child, url, logs, readers }
+        ChildBot {
+            child,
+            url,
+            logs,
+            readers,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -284,11 +324,19 @@ pub fn currents_body(event: &str, run_id: &str) -> serde_json::Value {
 }
 
 /// Posts a Currents webhook to a child bot.
-pub async fn currents_hook(w: &World, bot: &ChildBot, event: &str, run_id: &str) -> reqwest::Response {
+pub async fn currents_hook(
+    w: &World,
+    bot: &ChildBot,
+    event: &str,
+    run_id: &str,
+) -> reqwest::Response {
     w.http
         .post(bot.url("/webhooks/currents"))
         .header("x-webhook-secret", &w.env.currents_webhook_secret)
-        .header("x-timestamp", chrono::Utc::now().timestamp_millis().to_string())
+        .header(
+            "x-timestamp",
+            chrono::Utc::now().timestamp_millis().to_string(),
+        )
         .json(&currents_body(event, run_id))
         .send()
         .await

@@ -54,12 +54,25 @@ impl Blast {
 }
 
 /// Posts `body` to `url` from `CONCURRENCY` tasks for `window`.
-pub async fn blast(client: &reqwest::Client, url: &str, body: &Bytes, sig: &str, window: Duration, ids: &Arc<AtomicU64>) -> Blast {
+pub async fn blast(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Bytes,
+    sig: &str,
+    window: Duration,
+    ids: &Arc<AtomicU64>,
+) -> Blast {
     let start = Instant::now();
     let end = start + window;
     let mut tasks = Vec::with_capacity(CONCURRENCY);
     for _ in 0..CONCURRENCY {
-        let (client, url, body, sig, ids) = (client.clone(), url.to_string(), body.clone(), sig.to_string(), ids.clone());
+        let (client, url, body, sig, ids) = (
+            client.clone(),
+            url.to_string(),
+            body.clone(),
+            sig.to_string(),
+            ids.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut b = Blast::default();
             while Instant::now() < end {
@@ -108,7 +121,11 @@ pub async fn blast(client: &reqwest::Client, url: &str, body: &Bytes, sig: &str,
     total
 }
 
-async fn bare_handler(State(secrets): State<Arc<Vec<Secret>>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn bare_handler(
+    State(secrets): State<Arc<Vec<Secret>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let sig = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok())
@@ -150,7 +167,14 @@ fn ms(v: f64) -> f64 {
 
 /// The bot's part: a fresh in-process bot with its store in `dir`, warmed up, then
 /// loaded for `window`. Returns the window's figures and (acked, stored) over both.
-async fn bot_blast(dir: tempfile::TempDir, body: &Bytes, sig: &str, warmup: Duration, window: Duration, ids: &Arc<AtomicU64>) -> anyhow::Result<(Blast, u64, i64)> {
+async fn bot_blast(
+    dir: tempfile::TempDir,
+    body: &Bytes,
+    sig: &str,
+    warmup: Duration,
+    window: Duration,
+    ids: &Arc<AtomicU64>,
+) -> anyhow::Result<(Blast, u64, i64)> {
     let sim = InProcSim::start(false).await?;
     sim.world.add_project(runwarden::simulator::NewProject {
         project_id: Some(PROJECT.into()),
@@ -174,7 +198,12 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     } else {
         (Duration::from_secs(1), Duration::from_secs(5))
     };
-    let body = Bytes::from(harness::push_body(REPO, "feat/ack", "9c1e2ab3d4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9", 4));
+    let body = Bytes::from(harness::push_body(
+        REPO,
+        "feat/ack",
+        "9c1e2ab3d4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9",
+        4,
+    ));
     let sig = harness::sign(GITHUB_SECRET, &body);
     let ids = Arc::new(AtomicU64::new(0));
     let client = harness::http_client(CONCURRENCY);
@@ -190,14 +219,15 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
 
     // The bot, store on the disk of $TMPDIR (the figure).
     let disk_dir = harness::tempdir()?;
+    let fsync_before = harness::fsync_probe(disk_dir.path(), if args.quick { 100 } else { 300 })?;
     let (measured, acked, stored) = bot_blast(disk_dir, &body, &sig, warmup, window, &ids).await?;
+    let probe_base = harness::tempdir()?;
+    let fsync_after = harness::fsync_probe(probe_base.path(), if args.quick { 100 } else { 300 })?;
     // The same on tmpfs, and the disk's fsync latency: what limits the figure.
     let tmpfs = match harness::tmpfs_dir() {
         Some(d) => Some(bot_blast(d, &body, &sig, warmup, window, &ids).await?),
         None => None,
     };
-    let probe_base = harness::tempdir()?;
-    let fsync = harness::fsync_probe(probe_base.path(), if args.quick { 100 } else { 300 })?;
 
     let per_s = measured.per_s();
     let c_per_s = ceiling.per_s();
@@ -225,14 +255,19 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
             ms(harness::percentile(lat, 50.0)),
             ms(harness::percentile(lat, 99.0)),
         )),
-        Row::info("webhook_ack_share_of_ceiling", "webhook acks vs bare HMAC handler", per_s.round(), "req/s")
-            .limit(c_per_s.round(), "bare axum + HMAC, same client")
-            .ratio_target(Goal::AtLeast, TARGET_SHARE)
-            .note(format!(
-                "ceiling p50 {:.2} ms, p99 {:.2} ms",
-                ms(harness::percentile(&ceiling.latencies, 50.0)),
-                ms(harness::percentile(&ceiling.latencies, 99.0))
-            )),
+        Row::info(
+            "webhook_ack_share_of_ceiling",
+            "webhook acks vs bare HMAC handler",
+            per_s.round(),
+            "req/s",
+        )
+        .limit(c_per_s.round(), "bare axum + HMAC, same client")
+        .ratio_target(Goal::AtLeast, TARGET_SHARE)
+        .note(format!(
+            "ceiling p50 {:.2} ms, p99 {:.2} ms",
+            ms(harness::percentile(&ceiling.latencies, 50.0)),
+            ms(harness::percentile(&ceiling.latencies, 99.0))
+        )),
     ];
     let mut durable = Row::target(
         "webhook_ack_durable",
@@ -244,23 +279,33 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     );
     durable.note = durable_note;
     rows.push(durable);
+    let mut fsync = fsync_before.clone();
+    fsync.extend(&fsync_after);
+    fsync.sort_by(f64::total_cmp);
     let f50 = harness::percentile(&fsync, 50.0);
     rows.push(
         Row::info("fsync_ms_p50", "fsync (4 KiB append + fdatasync) of the store's disk, p50", f50, "ms").note(format!(
-            "p99 {:.2} ms; one commit per ack serialises on it: <= {:.0} acks/s unless commits are grouped",
+            "p50 {:.2} ms before and {:.2} ms after the bot's window, p99 {:.2} ms; one commit per ack serialises on it: <= {:.0} acks/s unless commits are grouped",
+            harness::percentile(&fsync_before, 50.0),
+            harness::percentile(&fsync_after, 50.0),
             harness::percentile(&fsync, 99.0),
             1000.0 / f50.max(1e-6)
         )),
     );
     if let Some((t, _, _)) = tmpfs {
         rows.push(
-            Row::info("webhook_ack_tmpfs_per_s", "webhook acks/s, store on tmpfs (diagnostic)", t.per_s().round(), "req/s")
-                .limit(c_per_s.round(), "bare axum + HMAC")
-                .note(format!(
-                    "same bot, no fsync cost; ack latency p50 {:.2} ms, p99 {:.2} ms",
-                    ms(harness::percentile(&t.latencies, 50.0)),
-                    ms(harness::percentile(&t.latencies, 99.0))
-                )),
+            Row::info(
+                "webhook_ack_tmpfs_per_s",
+                "webhook acks/s, store on tmpfs (diagnostic)",
+                t.per_s().round(),
+                "req/s",
+            )
+            .limit(c_per_s.round(), "bare axum + HMAC")
+            .note(format!(
+                "same bot, no fsync cost; ack latency p50 {:.2} ms, p99 {:.2} ms",
+                ms(harness::percentile(&t.latencies, 50.0)),
+                ms(harness::percentile(&t.latencies, 99.0))
+            )),
         );
     }
     Ok(rows)

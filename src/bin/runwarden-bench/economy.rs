@@ -28,10 +28,24 @@ const RETENTION: &str = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\n
 
 /// Requests by operation between two snapshots.
 fn diff(before: &ClientStats, after: &ClientStats) -> Vec<(String, u64)> {
-    let ops = ["get_run", "list_runs", "cancel_run", "delete_run", "find_run", "list_projects", "get_project", "get_instance"];
+    let ops = [
+        "get_run",
+        "list_runs",
+        "cancel_run",
+        "delete_run",
+        "find_run",
+        "list_projects",
+        "get_project",
+        "get_instance",
+    ];
     let mut out: Vec<(String, u64)> = ops
         .iter()
-        .map(|op| (op.to_string(), after.requests_for(op) - before.requests_for(op)))
+        .map(|op| {
+            (
+                op.to_string(),
+                after.requests_for(op) - before.requests_for(op),
+            )
+        })
         .filter(|(_, n)| *n > 0)
         .collect();
     let known: u64 = out.iter().map(|(_, n)| n).sum();
@@ -47,7 +61,10 @@ fn total(ops: &[(String, u64)]) -> u64 {
 }
 
 fn breakdown(ops: &[(String, u64)]) -> String {
-    ops.iter().map(|(op, n)| format!("{op} {n}")).collect::<Vec<_>>().join(", ")
+    ops.iter()
+        .map(|(op, n)| format!("{op} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn project(sim: &InProcSim, id: &str) -> anyhow::Result<()> {
@@ -75,7 +92,13 @@ async fn finish(bot: &InProcBot, action: &str, expect: usize) -> anyhow::Result<
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         bot.settle(Duration::from_secs(60)).await?;
-        let audit = bot.bot.ctx.store.audit(None, None, 1_000_000).await.unwrap_or_default();
+        let audit = bot
+            .bot
+            .ctx
+            .store
+            .audit(None, None, 1_000_000)
+            .await
+            .unwrap_or_default();
         let done = audit
             .iter()
             .filter(|e| e.action == action && e.outcome.as_str() == "done")
@@ -91,17 +114,32 @@ async fn finish(bot: &InProcBot, action: &str, expect: usize) -> anyhow::Result<
 
 fn row(name: &str, label: &str, ops: &[(String, u64)], minimum: u64, extra: &str) -> Row {
     let measured = total(ops);
-    Row::target(name, label, measured as f64, "requests", Goal::Equal, minimum as f64)
-        .limit(minimum as f64, "minimum")
-        .note(format!("{}{extra}", breakdown(ops)))
+    Row::target(
+        name,
+        label,
+        measured as f64,
+        "requests",
+        Goal::Equal,
+        minimum as f64,
+    )
+    .limit(minimum as f64, "minimum")
+    .note(format!("{}{extra}", breakdown(ops)))
 }
 
 /// Supersede on the newer run's `RUN_START` webhook.
 async fn supersede_run_start() -> anyhow::Result<Row> {
     let sim = InProcSim::start(false).await?;
     project(&sim, PROJECT).await?;
-    sim.world.add_run(running("feat/econ", "1111111111111111111111111111111111111111", 5))?;
-    let b = sim.world.add_run(running("feat/econ", "2222222222222222222222222222222222222222", 1))?;
+    sim.world.add_run(running(
+        "feat/econ",
+        "1111111111111111111111111111111111111111",
+        5,
+    ))?;
+    let b = sim.world.add_run(running(
+        "feat/econ",
+        "2222222222222222222222222222222222222222",
+        1,
+    ))?;
     let bot = InProcBot::start(&sim, &[PROJECT], SUPERSEDE, 0).await?;
     let client = &bot.bot.ctx.currents;
     let before = client.stats();
@@ -114,11 +152,18 @@ async fn supersede_run_start() -> anyhow::Result<Row> {
     let resp = harness::http_client(1)
         .post(bot.url("/webhooks/currents"))
         .header("x-webhook-secret", CURRENTS_SECRET)
-        .header("x-timestamp", chrono::Utc::now().timestamp_millis().to_string())
+        .header(
+            "x-timestamp",
+            chrono::Utc::now().timestamp_millis().to_string(),
+        )
         .json(&body)
         .send()
         .await?;
-    anyhow::ensure!(resp.status() == 202, "RUN_START webhook answered {}", resp.status());
+    anyhow::ensure!(
+        resp.status() == 202,
+        "RUN_START webhook answered {}",
+        resp.status()
+    );
     let done = finish(&bot, "cancel", 1).await?;
     let ops = diff(&before, &client.stats());
     bot.shutdown().await;
@@ -136,11 +181,20 @@ async fn supersede_run_start() -> anyhow::Result<Row> {
 async fn supersede_push() -> anyhow::Result<Row> {
     let sim = InProcSim::start(false).await?;
     project(&sim, PROJECT).await?;
-    sim.world.add_run(running("feat/econ", "1111111111111111111111111111111111111111", 5))?;
+    sim.world.add_run(running(
+        "feat/econ",
+        "1111111111111111111111111111111111111111",
+        5,
+    ))?;
     let bot = InProcBot::start(&sim, &[PROJECT], SUPERSEDE, 0).await?;
     let client = &bot.bot.ctx.currents;
     let before = client.stats();
-    let body = harness::push_body(REPO, "feat/econ", "2222222222222222222222222222222222222222", 1);
+    let body = harness::push_body(
+        REPO,
+        "feat/econ",
+        "2222222222222222222222222222222222222222",
+        1,
+    );
     let resp = harness::http_client(1)
         .post(bot.url("/webhooks/github"))
         .header("content-type", "application/json")
@@ -150,7 +204,11 @@ async fn supersede_push() -> anyhow::Result<Row> {
         .body(body)
         .send()
         .await?;
-    anyhow::ensure!(resp.status() == 202, "push webhook answered {}", resp.status());
+    anyhow::ensure!(
+        resp.status() == 202,
+        "push webhook answered {}",
+        resp.status()
+    );
     let done = finish(&bot, "cancel", 1).await?;
     let ops = diff(&before, &client.stats());
     bot.shutdown().await;
@@ -168,9 +226,17 @@ async fn supersede_push() -> anyhow::Result<Row> {
 async fn timeout_poll() -> anyhow::Result<Row> {
     let sim = InProcSim::start(false).await?;
     project(&sim, PROJECT).await?;
-    sim.world.add_run(running("feat/stuck", "1111111111111111111111111111111111111111", 180))?;
+    sim.world.add_run(running(
+        "feat/stuck",
+        "1111111111111111111111111111111111111111",
+        180,
+    ))?;
     for i in 0..9 {
-        sim.world.add_run(running(&format!("feat/ok-{i}"), &format!("{:040x}", i + 7), 2))?;
+        sim.world.add_run(running(
+            &format!("feat/ok-{i}"),
+            &format!("{:040x}", i + 7),
+            2,
+        ))?;
     }
     let bot = InProcBot::start(&sim, &[PROJECT], TIMEOUT, 0).await?;
     let client = &bot.bot.ctx.currents;

@@ -13,7 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Args;
-use crate::harness::{self, ADMIN_TOKEN, API_KEY, CURRENTS_SECRET, ChildProc, ConfigSpec, GITHUB_SECRET, SimChild};
+use crate::harness::{
+    self, ADMIN_TOKEN, API_KEY, CURRENTS_SECRET, ChildProc, ConfigSpec, GITHUB_SECRET, SimChild,
+};
 use crate::report::{Goal, Row};
 
 /// Target: idle RSS, MiB.
@@ -64,7 +66,14 @@ struct Start {
     hwm_kib: u64,
 }
 
-async fn start_once(bin: &std::path::Path, sim: &SimChild, dir: &std::path::Path, store: &std::path::Path, idle: Duration, tag: &str) -> anyhow::Result<Start> {
+async fn start_once(
+    bin: &std::path::Path,
+    sim: &SimChild,
+    dir: &std::path::Path,
+    store: &std::path::Path,
+    idle: Duration,
+    tag: &str,
+) -> anyhow::Result<Start> {
     let port = harness::free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let currents = format!("{}/v1", sim.base_url);
@@ -112,7 +121,10 @@ async fn start_once(bin: &std::path::Path, sim: &SimChild, dir: &std::path::Path
             break t.elapsed();
         }
         if let Ok(Some(status)) = proc.child.try_wait() {
-            anyhow::bail!("serve exited with {status} before it was ready; see {}", dir.join(format!("serve-{tag}.log")).display());
+            anyhow::bail!(
+                "serve exited with {status} before it was ready; see {}",
+                dir.join(format!("serve-{tag}.log")).display()
+            );
         }
         if t.elapsed() > Duration::from_secs(20) {
             anyhow::bail!("serve was not ready within 20 s");
@@ -124,7 +136,11 @@ async fn start_once(bin: &std::path::Path, sim: &SimChild, dir: &std::path::Path
     let rss_kib = harness::proc_status_kib(pid, "VmRSS").unwrap_or(0);
     let hwm_kib = harness::proc_status_kib(pid, "VmHWM").unwrap_or(0);
     tokio::task::spawn_blocking(move || proc.stop(Duration::from_secs(10))).await?;
-    Ok(Start { ready, rss_kib, hwm_kib })
+    Ok(Start {
+        ready,
+        rss_kib,
+        hwm_kib,
+    })
 }
 
 fn median<T: Copy + Ord>(mut v: Vec<T>) -> T {
@@ -134,7 +150,11 @@ fn median<T: Copy + Ord>(mut v: Vec<T>) -> T {
 
 pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     let bin = args.runwarden_bin()?;
-    let (starts, idle) = if args.quick { (3, Duration::from_millis(1500)) } else { (5, Duration::from_secs(3)) };
+    let (starts, idle) = if args.quick {
+        (3, Duration::from_millis(1500))
+    } else {
+        (5, Duration::from_secs(3))
+    };
     let dir = harness::tempdir()?;
     let sim = SimChild::start(&bin, &dir.path().join("simulate.log")).await?;
     sim.generate(&serde_json::json!({

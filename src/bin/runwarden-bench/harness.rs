@@ -51,7 +51,10 @@ pub fn push_body(repo: &str, branch: &str, after: &str, pad_commits: usize) -> V
             })
         })
         .collect();
-    let head = commits.last().cloned().unwrap_or(serde_json::json!({"timestamp": now}));
+    let head = commits
+        .last()
+        .cloned()
+        .unwrap_or(serde_json::json!({"timestamp": now}));
     let v = serde_json::json!({
         "ref": format!("refs/heads/{branch}"),
         "before": "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c",
@@ -104,25 +107,29 @@ impl InProcSim {
         let mut app = simulator::router(world.clone());
         if timed {
             let log = requests.clone();
-            app = app.layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-                let log = log.clone();
-                async move {
-                    let start = Instant::now();
-                    let method = req.method().to_string();
-                    let path = req.uri().path().to_string();
-                    let query = req.uri().query().map(str::to_string);
-                    let resp = next.run(req).await;
-                    let end = Instant::now();
-                    log.lock().unwrap_or_else(|e| e.into_inner()).push(SimRequest {
-                        method,
-                        path,
-                        query,
-                        start,
-                        end,
-                    });
-                    resp
-                }
-            }));
+            app = app.layer(axum::middleware::from_fn(
+                move |req: Request, next: Next| {
+                    let log = log.clone();
+                    async move {
+                        let start = Instant::now();
+                        let method = req.method().to_string();
+                        let path = req.uri().path().to_string();
+                        let query = req.uri().query().map(str::to_string);
+                        let resp = next.run(req).await;
+                        let end = Instant::now();
+                        log.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(SimRequest {
+                                method,
+                                path,
+                                query,
+                                start,
+                                end,
+                            });
+                        resp
+                    }
+                },
+            ));
         }
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -219,12 +226,23 @@ pub struct InProcBot {
 impl InProcBot {
     /// `rules`: `[[rules]]` tables; requests to the simulator are not rate-capped unless
     /// `max_rps` says so.
-    pub async fn start(sim: &InProcSim, projects: &[&str], rules: &str, max_rps: u32) -> anyhow::Result<InProcBot> {
+    pub async fn start(
+        sim: &InProcSim,
+        projects: &[&str],
+        rules: &str,
+        max_rps: u32,
+    ) -> anyhow::Result<InProcBot> {
         Self::start_in(sim, projects, rules, max_rps, tempdir()?).await
     }
 
     /// [`InProcBot::start`] with the store in `dir`.
-    pub async fn start_in(sim: &InProcSim, projects: &[&str], rules: &str, max_rps: u32, dir: tempfile::TempDir) -> anyhow::Result<InProcBot> {
+    pub async fn start_in(
+        sim: &InProcSim,
+        projects: &[&str],
+        rules: &str,
+        max_rps: u32,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<InProcBot> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let currents = sim.currents_url();
         let github = sim.github_url();
@@ -239,7 +257,8 @@ impl InProcBot {
             rules,
         }
         .text();
-        let loaded = load_str(&text, "bench.toml", &[]).map_err(|e| anyhow::anyhow!("bench config: {e}\n{text}"))?;
+        let loaded = load_str(&text, "bench.toml", &[])
+            .map_err(|e| anyhow::anyhow!("bench config: {e}\n{text}"))?;
         let ctx = build_context(loaded.config, secrets()).await?;
         let bot = start(ctx, listener).await?;
         Ok(InProcBot { bot, dir })
@@ -289,7 +308,10 @@ pub fn tmpfs_dir() -> Option<tempfile::TempDir> {
     if !shm.is_dir() {
         return None;
     }
-    tempfile::Builder::new().prefix("runwarden-bench-").tempdir_in(shm).ok()
+    tempfile::Builder::new()
+        .prefix("runwarden-bench-")
+        .tempdir_in(shm)
+        .ok()
 }
 
 /// Latencies (ms, sorted) of `n` 4 KiB appends, each followed by `fdatasync`, in `dir`:
@@ -394,7 +416,13 @@ impl SimChild {
         let listen = format!("127.0.0.1:{port}");
         let out = std::fs::File::create(log)?;
         let child = Command::new(bin)
-            .args(["--config", "/nonexistent/runwarden-bench.toml", "simulate", "--listen", &listen])
+            .args([
+                "--config",
+                "/nonexistent/runwarden-bench.toml",
+                "simulate",
+                "--listen",
+                &listen,
+            ])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -462,7 +490,10 @@ pub async fn wait_http_ok(url: &str, timeout: Duration) -> anyhow::Result<Durati
 
 /// Runs `cmd` to completion, sampling `/proc/<pid>/status` every 5 ms; returns the exit
 /// status, the wall time from spawn to exit and the last `VmHWM` seen (peak RSS, KiB).
-pub fn run_sampled(mut cmd: Command, timeout: Duration) -> anyhow::Result<(std::process::ExitStatus, Duration, u64)> {
+pub fn run_sampled(
+    mut cmd: Command,
+    timeout: Duration,
+) -> anyhow::Result<(std::process::ExitStatus, Duration, u64)> {
     let start = Instant::now();
     let mut child = cmd.spawn().context("cannot spawn the child")?;
     let pid = child.id();

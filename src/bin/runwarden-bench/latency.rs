@@ -43,6 +43,8 @@ fn branch_of_query(q: &str) -> Option<String> {
 /// What one latency pass measured (milliseconds, sorted).
 struct Pass {
     rate: u64,
+    /// fsync p50 (ms) of the store's filesystem, probed just before the pass.
+    fsync_p50: f64,
     measured: usize,
     achieved: f64,
     overhead: Vec<f64>,
@@ -56,7 +58,7 @@ impl Pass {
     fn detail(&self) -> String {
         let p = harness::percentile;
         format!(
-            "{} events at {:.0}/s ({} without a cancel, {} not 202); end-to-end p50 {:.2} / p99 {:.2} / max {:.2} ms; sim service p50 {:.3} ms",
+            "{} events at {:.0}/s ({} without a cancel, {} not 202); end-to-end p50 {:.2} / p99 {:.2} / max {:.2} ms; sim service p50 {:.3} ms; fsync p50 {:.2} ms just before",
             self.measured,
             self.achieved,
             self.missing,
@@ -65,6 +67,7 @@ impl Pass {
             p(&self.e2e, 99.0),
             self.e2e.last().copied().unwrap_or(f64::NAN),
             p(&self.svc, 50.0),
+            self.fsync_p50,
         )
     }
 }
@@ -91,7 +94,12 @@ async fn pass(rate: u64, window_s: u64, dir: tempfile::TempDir) -> anyhow::Resul
         })
         .collect();
     let ids = sim.world.add_runs(runs)?;
-    let index: HashMap<String, usize> = ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect();
+    let index: HashMap<String, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.clone(), i))
+        .collect();
+    let fsync = harness::fsync_probe(dir.path(), 50)?;
     let bot = InProcBot::start_in(&sim, &[PROJECT], RULES, 0, dir).await?;
     let url = bot.url("/webhooks/github");
     let client = harness::http_client(256);
@@ -99,7 +107,12 @@ async fn pass(rate: u64, window_s: u64, dir: tempfile::TempDir) -> anyhow::Resul
     // Bodies are signed before the clock starts.
     let bodies: Vec<(Vec<u8>, String)> = (0..n)
         .map(|i| {
-            let body = harness::push_body(REPO, &format!("lat-{i}"), &format!("{:040x}", 0xf000_0000u64 + i as u64), 1);
+            let body = harness::push_body(
+                REPO,
+                &format!("lat-{i}"),
+                &format!("{:040x}", 0xf000_0000u64 + i as u64),
+                1,
+            );
             let sig = harness::sign(GITHUB_SECRET, &body);
             (body, sig)
         })
@@ -156,7 +169,10 @@ async fn pass(rate: u64, window_s: u64, dir: tempfile::TempDir) -> anyhow::Resul
     let mut cancel_at: Vec<Option<Instant>> = vec![None; n];
     for r in &reqs {
         if r.method == "PUT"
-            && let Some(id) = r.path.strip_prefix("/v1/runs/").and_then(|p| p.strip_suffix("/cancel"))
+            && let Some(id) = r
+                .path
+                .strip_prefix("/v1/runs/")
+                .and_then(|p| p.strip_suffix("/cancel"))
             && let Some(&i) = index.get(id)
             && cancel_at[i].is_none()
         {
@@ -174,16 +190,23 @@ async fn pass(rate: u64, window_s: u64, dir: tempfile::TempDir) -> anyhow::Resul
                 .and_then(branch_of_query)
                 .and_then(|b| b.strip_prefix("lat-").and_then(|x| x.parse::<usize>().ok()))
         } else {
-            r.path.strip_prefix("/v1/runs/").and_then(|id| index.get(id).copied())
+            r.path
+                .strip_prefix("/v1/runs/")
+                .and_then(|id| index.get(id).copied())
         };
-        let Some(i) = i.filter(|&i| i < n) else { continue };
-        let (Some(sent), Some(cancel)) = (sent_at[i], cancel_at[i]) else { continue };
+        let Some(i) = i.filter(|&i| i < n) else {
+            continue;
+        };
+        let (Some(sent), Some(cancel)) = (sent_at[i], cancel_at[i]) else {
+            continue;
+        };
         if r.start >= sent && r.end <= cancel {
             service[i] += r.end - r.start;
         }
     }
     let mut out = Pass {
         rate,
+        fsync_p50: harness::percentile(&fsync, 50.0),
         measured: n - warmup,
         achieved: n as f64 / send_span.as_secs_f64().max(1e-9),
         overhead: Vec::new(),
@@ -198,7 +221,8 @@ async fn pass(rate: u64, window_s: u64, dir: tempfile::TempDir) -> anyhow::Resul
                 let total = c.saturating_duration_since(s);
                 out.e2e.push(total.as_secs_f64() * 1e3);
                 out.svc.push(service[i].as_secs_f64() * 1e3);
-                out.overhead.push(total.saturating_sub(service[i]).as_secs_f64() * 1e3);
+                out.overhead
+                    .push(total.saturating_sub(service[i]).as_secs_f64() * 1e3);
             }
             _ => out.missing += 1,
         }
@@ -207,7 +231,9 @@ async fn pass(rate: u64, window_s: u64, dir: tempfile::TempDir) -> anyhow::Resul
         v.sort_by(f64::total_cmp);
     }
     if out.overhead.is_empty() {
-        anyhow::bail!("no cancel reached the simulator ({non_202} pushes not acked with 202: {statuses:?})");
+        anyhow::bail!(
+            "no cancel reached the simulator ({non_202} pushes not acked with 202: {statuses:?})"
+        );
     }
     Ok(out)
 }
@@ -240,11 +266,18 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     rows.push(
         Row::info(
             "event_to_cancel_p99_ms_20",
-            &format!("event->cancel bot overhead p99 ({} ev/s, diagnostic)", slow.rate),
+            &format!(
+                "event->cancel bot overhead p99 ({} ev/s, diagnostic)",
+                slow.rate
+            ),
             p(&slow.overhead, 99.0),
             "ms",
         )
-        .note(format!("p50 {:.2} ms; {}", p(&slow.overhead, 50.0), slow.detail())),
+        .note(format!(
+            "p50 {:.2} ms; {}",
+            p(&slow.overhead, 50.0),
+            slow.detail()
+        )),
     );
     if let Some(dir) = harness::tmpfs_dir() {
         let t = pass(RATE_PER_S, window_s, dir).await?;
@@ -255,7 +288,11 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
                 p(&t.overhead, 99.0),
                 "ms",
             )
-            .note(format!("p50 {:.2} ms; {}", p(&t.overhead, 50.0), t.detail())),
+            .note(format!(
+                "p50 {:.2} ms; {}",
+                p(&t.overhead, 50.0),
+                t.detail()
+            )),
         );
     }
     Ok(rows)

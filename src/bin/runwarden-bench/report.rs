@@ -64,7 +64,14 @@ impl Row {
     }
 
     /// A row held to `target` on the measured value.
-    pub fn target(name: &str, label: &str, measured: f64, unit: &str, goal: Goal, target: f64) -> Row {
+    pub fn target(
+        name: &str,
+        label: &str,
+        measured: f64,
+        unit: &str,
+        goal: Goal,
+        target: f64,
+    ) -> Row {
         let mut r = Row::info(name, label, measured, unit);
         r.goal = goal;
         r.target = Some(target);
@@ -143,10 +150,20 @@ impl Row {
     pub fn one_line(&self) -> String {
         let mut s = format!("{}: {} {}", self.label, num(self.measured), self.unit);
         if let (Some(l), Some(r)) = (self.limit, self.ratio) {
-            s.push_str(&format!(" vs {} {} ({}) = {}", num(l), self.unit, self.limit_label, ratio(r)));
+            s.push_str(&format!(
+                " vs {} {} ({}) = {}",
+                num(l),
+                self.unit,
+                self.limit_label,
+                ratio(r)
+            ));
         }
         if self.target.is_some() {
-            s.push_str(&format!(" [target {}: {}]", self.target_text(), self.verdict()));
+            s.push_str(&format!(
+                " [target {}: {}]",
+                self.target_text(),
+                self.verdict()
+            ));
         }
         if !self.note.is_empty() {
             s.push_str(&format!(" — {}", self.note));
@@ -319,7 +336,11 @@ impl Report {
         out.push_str("|---|---|---|---|---|---|\n");
         for f in &self.figures {
             if let Some(e) = &f.error {
-                out.push_str(&format!("| {} | error: {} | | | | ERROR |\n", f.figure, e.replace('|', "/")));
+                out.push_str(&format!(
+                    "| {} | error: {} | | | | ERROR |\n",
+                    f.figure,
+                    e.replace('|', "/")
+                ));
                 continue;
             }
             for r in &f.rows {
@@ -330,7 +351,12 @@ impl Report {
                 let measured = if r.note.is_empty() {
                     format!("{} {}", num(r.measured), r.unit)
                 } else {
-                    format!("{} {} <br><sub>{}</sub>", num(r.measured), r.unit, r.note.replace('|', "/"))
+                    format!(
+                        "{} {} <br><sub>{}</sub>",
+                        num(r.measured),
+                        r.unit,
+                        r.note.replace('|', "/")
+                    )
                 };
                 out.push_str(&format!(
                     "| {} | {} | {} | {} | {} | {} |\n",
@@ -348,7 +374,10 @@ impl Report {
             .iter()
             .map(|f| format!("{} {:.1}", f.figure, f.load_before))
             .collect();
-        out.push_str(&format!("\n1-min load average when each figure started: {}\n", loads.join(", ")));
+        out.push_str(&format!(
+            "\n1-min load average when each figure started: {}\n",
+            loads.join(", ")
+        ));
         out
     }
 

@@ -45,7 +45,9 @@ max_deletions = 1000000
 "#;
 
 fn now() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).single().expect("valid time")
+    Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0)
+        .single()
+        .expect("valid time")
 }
 
 /// The runs: a realistic list item (one group, commit metadata), cloned and varied.
@@ -73,11 +75,19 @@ pub fn runs(n: i64) -> Vec<Run> {
             r.project_id = format!("p{}", i % 3 + 1);
             r.created_at = now() - chrono::Duration::seconds(span - span * i / n);
             r.meta.commit.sha = Some(format!("{:040x}", i % 997));
-            r.meta.commit.branch = Some(if i % 10 == 0 { "main".into() } else { format!("feat/{}", (i / 3) % BRANCHES) });
+            r.meta.commit.branch = Some(if i % 10 == 0 {
+                "main".into()
+            } else {
+                format!("feat/{}", (i / 3) % BRANCHES)
+            });
             r.meta.ci_build_id = Some(format!("acme/web-{i}-1"));
             if i < n - n / 100 {
                 r.completion_state = CompletionState::Complete;
-                r.status = if i % 4 == 0 { RunStatus::Failed } else { RunStatus::Passed };
+                r.status = if i % 4 == 0 {
+                    RunStatus::Failed
+                } else {
+                    RunStatus::Passed
+                };
             }
             if i % 1000 == 0 {
                 r.tags = vec!["release".into()];
@@ -103,9 +113,16 @@ pub fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         times.push(t.elapsed());
         let by = |k: &str| e.decisions.iter().filter(|d| d.kind == k).count();
         counts = (by("supersede"), by("retention"));
-        anyhow::ensure!(e.breaches.is_empty(), "retention breaker tripped: {:?}", e.breaches);
+        anyhow::ensure!(
+            e.breaches.is_empty(),
+            "retention breaker tripped: {:?}",
+            e.breaches
+        );
     }
-    anyhow::ensure!(counts.0 > 0 && counts.1 > 0, "expected both kinds of decisions, got {counts:?}");
+    anyhow::ensure!(
+        counts.0 > 0 && counts.1 > 0,
+        "expected both kinds of decisions, got {counts:?}"
+    );
     times.sort();
     let median = times[times.len() / 2];
     drop(runs);

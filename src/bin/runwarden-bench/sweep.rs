@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::Args;
-use crate::harness::{self, ConfigSpec, SimChild, API_KEY};
+use crate::harness::{self, API_KEY, ConfigSpec, SimChild};
 use crate::report::{Goal, Row};
 
 /// `max_requests_per_second` of the sweeps.
@@ -47,7 +47,13 @@ impl Sweep {
     }
 }
 
-async fn sweep_once(bin: &std::path::Path, sim: &SimChild, dir: &std::path::Path, prefix: &str, total: u64) -> anyhow::Result<Sweep> {
+async fn sweep_once(
+    bin: &std::path::Path,
+    sim: &SimChild,
+    dir: &std::path::Path,
+    prefix: &str,
+    total: u64,
+) -> anyhow::Result<Sweep> {
     let per_project = total.div_ceil(3);
     let projects: Vec<String> = (1..=3).map(|i| format!("{prefix}{i:02}")).collect();
     let generated = sim
@@ -92,7 +98,8 @@ async fn sweep_once(bin: &std::path::Path, sim: &SimChild, dir: &std::path::Path
         .stdout(std::fs::File::create(work.join("sweep.out"))?)
         .stderr(std::fs::File::create(work.join("sweep.log"))?);
     let (status, wall, hwm_kib) =
-        tokio::task::spawn_blocking(move || harness::run_sampled(cmd, Duration::from_secs(900))).await??;
+        tokio::task::spawn_blocking(move || harness::run_sampled(cmd, Duration::from_secs(900)))
+            .await??;
     let after = sim.request_counts().await?;
     let delta = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
     let pages = delta("currents GET");
@@ -109,15 +116,26 @@ async fn sweep_once(bin: &std::path::Path, sim: &SimChild, dir: &std::path::Path
         ok: status.success(),
     };
     if !s.ok {
-        eprintln!("   sweep exited with {status}; see {}", work.join("sweep.log").display());
+        eprintln!(
+            "   sweep exited with {status}; see {}",
+            work.join("sweep.log").display()
+        );
     }
-    anyhow::ensure!(s.deletes > 0, "the sweep deleted nothing (exit {status}); see {}", work.display());
+    anyhow::ensure!(
+        s.deletes > 0,
+        "the sweep deleted nothing (exit {status}); see {}",
+        work.display()
+    );
     Ok(s)
 }
 
 pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     let bin = args.runwarden_bin()?;
-    let (small, large) = if args.quick { (2_000, 10_000) } else { (10_000, 100_000) };
+    let (small, large) = if args.quick {
+        (2_000, 10_000)
+    } else {
+        (10_000, 100_000)
+    };
     let dir = harness::tempdir()?;
     let sim = SimChild::start(&bin, &dir.path().join("simulate.log")).await?;
     let a = sweep_once(&bin, &sim, dir.path(), "s", small).await?;
@@ -138,8 +156,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         )
     };
     let time_row = |s: &Sweep, name: &str, goal: Goal| {
-        let mut r = Row::info(name, &format!("retention sweep wall time, {}k runs", s.runs / 1000), s.wall_s, "s")
-            .limit(s.floor_s(), "rate cap alone");
+        let mut r = Row::info(
+            name,
+            &format!("retention sweep wall time, {}k runs", s.runs / 1000),
+            s.wall_s,
+            "s",
+        )
+        .limit(s.floor_s(), "rate cap alone");
         if goal != Goal::Info {
             r = r.ratio_target(goal, TARGET_RATIO);
         }
@@ -162,7 +185,11 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     let growth = mib(b.hwm_kib) / mib(a.hwm_kib).max(1e-9);
     Ok(vec![
         time_row(&a, &format!("sweep_wall_{}k_s", a.runs / 1000), Goal::Info),
-        time_row(&b, &format!("sweep_wall_{}k_s", b.runs / 1000), Goal::AtMost),
+        time_row(
+            &b,
+            &format!("sweep_wall_{}k_s", b.runs / 1000),
+            Goal::AtMost,
+        ),
         rss_row(&a, &format!("sweep_peak_rss_{}k_mib", a.runs / 1000)),
         rss_row(&b, &format!("sweep_peak_rss_{}k_mib", b.runs / 1000)).note(format!(
             "{:.1}x the {}k sweep's peak for {:.0}x the runs",

@@ -1,0 +1,215 @@
+//! Store faults (issue 8): the database read-only, locked beyond the busy timeout, or out
+//! of space. A webhook is answered 503 — never 2xx — while the event cannot be committed;
+//! nothing acknowledged before is lost; once the fault clears, the next delivery of the
+//! same event is accepted and processed.
+//!
+//! The bot runs as a child process (`runwarden serve`) so that the faults are real ones
+//! on its own database file: another process holding the write lock, the file opened
+//! read-only, and the process's file-size limit (`RLIMIT_FSIZE`, the per-process stand-in
+//! for a full disk: writes past it fail like writes to a full disk do).
+
+#[path = "support/child.rs"]
+mod child;
+
+use std::time::Duration;
+
+use child::*;
+use runwarden::simulator::{Fault, FaultKind};
+use runwarden::store::{ActionState, Store};
+
+const SUPERSEDE: &str = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n[rules.match]\nbranches = [\"*\", \"!main\"]\n";
+
+struct Pair {
+    old: String,
+    new: String,
+}
+
+fn pair(w: &World, branch: &str) -> Pair {
+    let old = w.sim.add_run(run(branch, &format!("{branch}-old"), 10)).unwrap().run_id;
+    let new = w.sim.add_run(run(branch, &format!("{branch}-new"), 1)).unwrap().run_id;
+    Pair { old, new }
+}
+
+/// Waits until the cancel of `p.old` is done, and checks it took effect once.
+async fn cancelled_once(w: &World, store: &Store, p: &Pair) {
+    let key = format!("cancel:{}", p.old);
+    let a = eventually(&format!("the cancel of {}", p.old), 90, || async {
+        store.action_by_key(&key).await.ok().flatten().filter(|a| a.state.is_terminal())
+    })
+    .await;
+    assert_eq!(a.state, ActionState::Done, "{a:#?}");
+    let log = w.entries(&format!("/v1/runs/{}/cancel", p.old));
+    assert_eq!(log.iter().filter(|e| e.status == 200).count(), 1, "{log:#?}");
+    assert_eq!(w.sim.run(&p.old).unwrap().completion_state.as_str(), "CANCELED");
+}
+
+async fn healthy(w: &World, bot: &ChildBot) {
+    let r = w.http.get(bot.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the process is alive and answering");
+}
+
+// ---------------------------------------------------------------------------------------
+// Locked beyond the busy timeout
+
+#[tokio::test]
+async fn a_database_locked_by_another_process_gets_503_then_recovers() {
+    let w = World::new(SUPERSEDE, Env::default()).await;
+    let first = pair(&w, "feat/l1");
+    let second = pair(&w, "feat/l2");
+    let bot = w.serve().await;
+    // Acknowledged before the fault (its processing may run into the lock: it is retried).
+    assert_eq!(currents_hook(&w, &bot, "RUN_START", &first.new).await.status(), 202);
+
+    // Another process takes the write lock and keeps it past the bot's busy timeout (5 s).
+    use sqlx::Connection as _;
+    let mut locker = sqlx::SqliteConnection::connect(&w.store_url()).await.unwrap();
+    sqlx::raw_sql("BEGIN EXCLUSIVE").execute(&mut locker).await.unwrap();
+    let r = currents_hook(&w, &bot, "RUN_START", &second.new).await;
+    assert_eq!(r.status(), 503, "not acknowledged while the store cannot commit");
+    let body = r.text().await.unwrap();
+    assert!(body.contains("retry later"), "{body}");
+    healthy(&w, &bot).await;
+    sqlx::raw_sql("ROLLBACK").execute(&mut locker).await.unwrap();
+    drop(locker);
+
+    // The sender delivers the event again: accepted now, and processed.
+    assert_eq!(currents_hook(&w, &bot, "RUN_START", &second.new).await.status(), 202);
+    let store = w.store().await;
+    cancelled_once(&w, &store, &first).await;
+    cancelled_once(&w, &store, &second).await;
+    assert!(bot.log_text().contains("cannot store webhook event"), "the 503 is logged");
+    bot.kill().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Read-only
+
+/// Makes the store file read-only for the bot and returns the store URL it should use:
+/// the file is made read-only (0444) and, where the permission is not enforced (root),
+/// opened with `mode=ro` as well — what SQLite does by itself with a file it cannot
+/// open for writing.
+fn make_read_only(w: &World) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&w.db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let enforced = std::fs::OpenOptions::new().write(true).open(&w.db).is_err();
+    if enforced { w.store_url() } else { format!("{}?mode=ro", w.store_url()) }
+}
+
+fn make_writable(w: &World) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&w.db, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+#[tokio::test]
+async fn a_read_only_database_gets_503_and_loses_nothing_acknowledged() {
+    let w = World::new(SUPERSEDE, Env::default()).await;
+    let first = pair(&w, "feat/r1");
+    let second = pair(&w, "feat/r2");
+    // The first event is acknowledged, but cannot be processed yet (its run cannot be
+    // read: the API answers 503 until the end of the test's fault).
+    let api_down = w.sim.inject_fault(Fault {
+        method: Some("GET".into()),
+        path: Some(format!("/v1/runs/{}", first.new)),
+        kind: FaultKind::Status { status: 503, body: None, retry_after: None },
+        times: None,
+        after: 0,
+        apply: false,
+    });
+    let bot = w.serve().await;
+    assert_eq!(currents_hook(&w, &bot, "RUN_START", &first.new).await.status(), 202);
+    let (status, _) = bot.terminate(Duration::from_secs(60)).await;
+    assert!(status.success());
+    {
+        let store = w.store().await;
+        assert_eq!(store.count_unprocessed().await.unwrap(), 1);
+        store.close().await;
+    }
+
+    // Restart on a read-only database.
+    let url = make_read_only(&w);
+    w.write_config_with(SUPERSEDE, &w.sim.currents_url(), &url);
+    let bot = w.serve().await;
+    let r = currents_hook(&w, &bot, "RUN_START", &second.new).await;
+    assert_eq!(r.status(), 503, "a read-only store acknowledges nothing");
+    healthy(&w, &bot).await;
+    let (status, logs) = bot.terminate(Duration::from_secs(60)).await;
+    assert!(status.success(), "{logs:#?}");
+
+    // Writable again, the API back: the acknowledged event is processed, the repeated
+    // delivery of the refused one is accepted and processed.
+    make_writable(&w);
+    w.write_config(SUPERSEDE, &w.sim.currents_url());
+    w.sim.remove_fault(api_down);
+    let bot = w.serve().await;
+    assert_eq!(currents_hook(&w, &bot, "RUN_START", &second.new).await.status(), 202);
+    let store = w.store().await;
+    cancelled_once(&w, &store, &first).await;
+    cancelled_once(&w, &store, &second).await;
+    bot.kill().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Disk full
+
+#[cfg(target_os = "linux")]
+fn set_file_size_limit(pid: i32, bytes: Option<u64>) {
+    let lim = libc::rlimit {
+        rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit(2) on our own child's pid with a valid rlimit; no old value read.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_full_disk_gets_503_then_recovers_when_space_is_back() {
+    use std::os::unix::process::CommandExt as _;
+    let w = World::new(SUPERSEDE, Env::default()).await;
+    let first = pair(&w, "feat/f1");
+    let second = pair(&w, "feat/f2");
+    let mut cmd = w.command(&["serve"]);
+    // SAFETY: only async-signal-safe calls between fork and exec: signal(2). A write past
+    // the size limit then fails with EFBIG instead of killing the process.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let bot = ChildBot::spawn(cmd).await;
+    assert_eq!(currents_hook(&w, &bot, "RUN_START", &first.new).await.status(), 202);
+    let store = w.store().await;
+    cancelled_once(&w, &store, &first).await;
+
+    // No room to grow: the write-ahead log can take 100 more bytes, not another frame.
+    let wal = w.db.with_extension("db-wal");
+    let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    set_file_size_limit(bot.pid(), Some(size + 100));
+    let r = currents_hook(&w, &bot, "RUN_START", &second.new).await;
+    assert_eq!(r.status(), 503, "a full disk acknowledges nothing");
+    healthy(&w, &bot).await;
+    let r = currents_hook(&w, &bot, "RUN_START", &second.new).await;
+    assert_eq!(r.status(), 503, "still full");
+    let logs = bot.log_text();
+    // SQLite reports the refused write as SQLITE_FULL (a short write) or SQLITE_IOERR_WRITE
+    // (EFBIG), depending on where it falls; both are "unavailable".
+    assert!(logs.contains("cannot store webhook event"), "{logs}");
+    assert!(logs.contains("disk is full") || logs.contains("disk I/O error"), "{logs}");
+
+    // Space is back: the same event is accepted and processed, by the same process.
+    set_file_size_limit(bot.pid(), None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let s = currents_hook(&w, &bot, "RUN_START", &second.new).await.status();
+        if s != 503 || tokio::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, 202, "{}", bot.log_text());
+    cancelled_once(&w, &store, &second).await;
+    assert_eq!(store.count_unprocessed().await.unwrap(), 0);
+    bot.kill().await;
+}
