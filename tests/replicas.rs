@@ -100,7 +100,9 @@ async fn three_replicas_share_the_work_and_survive_a_sigkill() {
     bots.push(w.serve().await);
     bots.push(w.serve().await);
 
-    // Branch 0's cancel is held in flight (before the simulator acts on it).
+    // Branch 0's cancel is held in flight (before the simulator acts on it). The hold is
+    // in place before the newer run exists: a poll may decide the cancel at any time.
+    let mut hold = None;
     let pairs: Vec<(String, String)> = (0..6)
         .map(|i| {
             let b = format!("feat/r{i}");
@@ -109,6 +111,16 @@ async fn three_replicas_share_the_work_and_survive_a_sigkill() {
                 .add_run(run(&b, &format!("{b}-old"), 10))
                 .unwrap()
                 .run_id;
+            if i == 0 {
+                hold = Some(w.sim.inject_fault(Fault {
+                    method: Some("PUT".into()),
+                    path: Some(format!("/v1/runs/{old}/cancel")),
+                    kind: FaultKind::Latency { ms: 600_000 },
+                    times: Some(1),
+                    after: 0,
+                    apply: false,
+                }));
+            }
             let new = w
                 .sim
                 .add_run(run(&b, &format!("{b}-new"), 1))
@@ -117,15 +129,7 @@ async fn three_replicas_share_the_work_and_survive_a_sigkill() {
             (old, new)
         })
         .collect();
-    let held_cancel = format!("/v1/runs/{}/cancel", pairs[0].0);
-    let hold = w.sim.inject_fault(Fault {
-        method: Some("PUT".into()),
-        path: Some(held_cancel.clone()),
-        kind: FaultKind::Latency { ms: 600_000 },
-        times: Some(1),
-        after: 0,
-        apply: false,
-    });
+    let hold = hold.unwrap();
 
     // The same delivery to every replica at once: stored once.
     let sends = bots

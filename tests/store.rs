@@ -5,7 +5,7 @@
 //! Every behaviour test runs twice, on a temporary SQLite file (`NAME::sqlite`) and on a
 //! fresh PostgreSQL database (`NAME::postgres`; see `tests/support/postgres.rs` for where
 //! the server comes from). The tests of SQLite's own settings and failures run on SQLite
-//! only.
+//! only, those of PostgreSQL's own (`postgres_*`) on PostgreSQL only.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -1310,6 +1310,52 @@ async fn a_database_locked_beyond_the_busy_timeout_is_unavailable() {
             .unwrap(),
         InsertOutcome::Inserted
     );
+}
+
+#[tokio::test]
+async fn postgres_a_write_lock_held_beyond_the_lock_timeout_is_unavailable() {
+    let url = pg::fresh_database().await;
+    let store = Store::connect_with(
+        &url,
+        StoreOptions {
+            busy_timeout: Duration::from_millis(200),
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Another replica is inside a write transaction (it holds the store's write lock).
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
+        .bind(0x726e_7772_646e_i64)
+        .execute(&mut other)
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let err = store
+        .record_decisions(&[decision("r", "supersede", "cancel", "run-1", t(1))])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(started.elapsed() >= Duration::from_millis(150), "it waited");
+    assert!(started.elapsed() < Duration::from_secs(4), "not for long");
+    // Single statements do not wait for it.
+    assert_eq!(
+        store
+            .insert_delivery(delivery("github", "d", "{}", t(0)))
+            .await
+            .unwrap(),
+        InsertOutcome::Inserted
+    );
+
+    sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+    let recorded = store
+        .record_decisions(&[decision("r", "supersede", "cancel", "run-1", t(1))])
+        .await
+        .unwrap();
+    assert!(recorded[0].new_action);
 }
 
 #[tokio::test]

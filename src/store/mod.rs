@@ -1,4 +1,5 @@
-//! The durable store (SQLite by default, PostgreSQL for replicas later). (issue 5)
+//! The durable store: SQLite by default (issue 5), PostgreSQL for several replicas
+//! (issue 10).
 //!
 //! Everything that must survive a crash lives here, and every SQL string of the crate is
 //! in this module:
@@ -14,7 +15,7 @@
 //!   audit view of SPEC §1.
 //! - [`comments`]: sticky PR comments and their per-run sections.
 //! - [`slots`]: cron slot claims (fired once, even across restarts and replicas).
-//! - [`leases`]: named leases (poller leadership).
+//! - [`leases`]: named leases (the poller's and the event processor's leadership).
 //!
 //! Conventions: timestamps are `DateTime<Utc>` in the API and INTEGER epoch milliseconds
 //! in the database (sub-millisecond precision is dropped), booleans INTEGER 0/1, JSON TEXT.
@@ -25,6 +26,15 @@
 //! crash), `busy_timeout` 5 s, foreign keys on. Write transactions that read first begin
 //! with `BEGIN IMMEDIATE`, so a writer waits for the lock (bounded by the busy timeout)
 //! instead of failing on a stale snapshot.
+//!
+//! PostgreSQL (`postgres://...`, [`Backend::Postgres`]): the same queries through sqlx's
+//! `Any` driver, on the schema of `migrations/postgres` (BIGINT where SQLite has INTEGER).
+//! Those read-then-write transactions take a transaction-level advisory lock first, the
+//! counterpart of `BEGIN IMMEDIATE`; action claims lock their rows with `FOR UPDATE SKIP
+//! LOCKED`, so replicas never claim one action twice nor wait on each other; the busy
+//! timeout becomes `lock_timeout`. Leases (actions, poller, processor) expire when their
+//! holder dies; only a single-process SQLite store may release them all at startup
+//! ([`Backend::is_shared`]).
 
 pub mod actions;
 pub mod comments;
