@@ -19,5 +19,8 @@ ENV RUNWARDEN_CONFIG=/etc/runwarden/rules.toml \
     RUNWARDEN__SERVER__LISTEN=0.0.0.0:8080 \
     RUNWARDEN__STORE__URL=sqlite:///var/lib/runwarden/runwarden.db
 EXPOSE 8080
+# No curl in the slim image: bash's /dev/tcp asks /healthz directly.
+HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && head -1 <&3 | grep -q ' 200 '"]
 ENTRYPOINT ["runwarden"]
 CMD ["serve"]

@@ -240,6 +240,42 @@ kind = "summary"
 events = ["RUN_START", "RUN_FINISH"]
 "#;
 
+/// The same kinds with extreme durations and factors.
+const EXTREME_RULES: &str = r#"
+[currents]
+projects = ["p1"]
+
+[[rules]]
+name = "supersede"
+kind = "supersede"
+spare_if_progress_at_least = 1.0
+
+[[rules]]
+name = "stuck"
+kind = "timeout"
+max_duration = "99999999999999d"
+idle_for = "1ns"
+
+[[rules]]
+name = "stuck-auto"
+kind = "timeout"
+max_duration = "auto"
+auto_factor = 1e300
+fallback = "99999999999999d"
+
+[[rules]]
+name = "orphans"
+kind = "orphan"
+grace = "99999999999999d"
+
+[[rules]]
+name = "retention"
+kind = "retention"
+schedule = "0 0 0 1 1 * "
+older_than = "99999999999999d"
+keep_latest = 4294967295
+"#;
+
 fn exercise(run: &Run) {
     let _ = run.test_counts();
     let _ = run.instance_counts();
@@ -265,7 +301,16 @@ fn exercise(run: &Run) {
         assert!(body.len() <= 65_536);
         let _ = SummaryDoc::parse(&body);
     }
-    let config = load_str(RULES, "rules.toml", &[]).unwrap().config;
+    for rules in [RULES, EXTREME_RULES] {
+        let config = match load_str(rules, "rules.toml", &[]) {
+            Ok(l) => l.config,
+            Err(e) => panic!("{e}"),
+        };
+        evaluate_all(&config, run);
+    }
+}
+
+fn evaluate_all(config: &runwarden::config::Config, run: &Run) {
     let other = {
         let mut o = run.clone();
         o.run_id = format!("{}-other", run.run_id);
@@ -283,7 +328,7 @@ fn exercise(run: &Run) {
         Trigger::Tick,
         Trigger::RetentionSweep { rule: "retention".into() },
     ] {
-        let _ = evaluate(&config, &trigger, &view, now());
+        let _ = evaluate(config, &trigger, &view, now());
     }
 }
 

@@ -30,6 +30,9 @@ pub struct Cli {
     /// Path of the policy file.
     #[arg(long, global = true, env = "RUNWARDEN_CONFIG", default_value = "rules.toml")]
     pub config: PathBuf,
+    /// Log format: text on a terminal and JSON otherwise (auto), or forced.
+    #[arg(long, global = true, env = "RUNWARDEN_LOG_FORMAT", value_enum, default_value = "auto")]
+    pub log_format: crate::telemetry::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -126,7 +129,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo narrates on stdout; its logs stay quiet unless RUST_LOG asks for more.
     let quiet = matches!(cli.command, Command::Demo { .. } | Command::Check | Command::Plan { .. } | Command::Explain { .. } | Command::Audit { .. });
-    crate::telemetry::init(if quiet { "warn" } else { "info" });
+    crate::telemetry::init(if quiet { "warn" } else { "info" }, cli.log_format);
     match &cli.command {
         Command::Check => check::run(&cli.config),
         Command::Serve => serve::run(&cli.config),

@@ -72,7 +72,9 @@ pub fn auto_limit(
         return fallback.map(|f| (f, fallback_note(window.len())));
     }
     let p = p95(window)?;
-    let limit = Duration::from_secs_f64((p.as_secs_f64() * factor).round().max(0.0));
+    // Saturating: a large factor times a long history must not panic.
+    let limit = Duration::try_from_secs_f64((p.as_secs_f64() * factor).round().max(0.0))
+        .unwrap_or(Duration::MAX);
     Some((
         limit,
         format!(

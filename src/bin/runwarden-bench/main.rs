@@ -109,7 +109,7 @@ fn main() -> ExitCode {
         }
     }
     if std::env::var_os("RUST_LOG").is_some() {
-        runwarden::telemetry::init("warn");
+        runwarden::telemetry::init("warn", runwarden::telemetry::LogFormat::Auto);
     }
     if cfg!(debug_assertions) {
         eprintln!(
