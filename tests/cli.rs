@@ -164,6 +164,13 @@ async fn webhooks_install_is_idempotent_and_dry_run_changes_nothing() {
     let (again, env) = tokio::task::spawn_blocking(move || (env.run(&["webhooks", "install", "--url", "https://bot.example.com/webhooks/currents"]), env)).await.unwrap();
     assert!(text(&again).contains("already up to date"), "{}", text(&again));
     assert_eq!(env.sim.list_webhooks(PROJECT).unwrap().len(), 1);
+    // A new URL updates the same webhook instead of adding a second one.
+    let (moved, env) = tokio::task::spawn_blocking(move || (env.run(&["webhooks", "install", "--url", "https://bot2.example.com/webhooks/currents"]), env)).await.unwrap();
+    assert_eq!(moved.status.code(), Some(0), "{}", text(&moved));
+    assert!(text(&moved).contains("updated"), "{}", text(&moved));
+    let hooks = env.sim.list_webhooks(PROJECT).unwrap();
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0].url, "https://bot2.example.com/webhooks/currents");
     // The secret never reaches the output.
     assert!(!text(&first).contains("hook-secret") && !text(&again).contains("hook-secret"));
 }

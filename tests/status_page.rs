@@ -66,7 +66,11 @@ async fn the_status_page_renders_rules_and_decisions_in_a_real_browser() {
     assert!(!dom.contains("http://") || !dom.contains("<script src"), "no external assets");
 
     // A screenshot at phone width, for people to look at.
-    let shot = app.dir.path().join("status.png");
+    // Kept as a test artifact for people to look at.
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
     let out = tokio::task::spawn_blocking({
         let p = profile.path().to_path_buf();
         let shot = shot.clone();

@@ -60,12 +60,29 @@ pub struct ServerConfig {
 }
 
 /// `[store]`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreConfig {
     pub url: String,
     /// How long a claimed action stays with a process that stopped answering before
     /// another replica (or the restarted process, on PostgreSQL) takes it over.
     pub action_lease: Duration,
+}
+
+/// The URL's password (a `postgres://` URL may carry one) is not shown.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = match url::Url::parse(&self.url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            _ => self.url.clone(),
+        };
+        f.debug_struct("StoreConfig")
+            .field("url", &url)
+            .field("action_lease", &self.action_lease)
+            .finish()
+    }
 }
 
 /// One `[[rules]]` entry.
