@@ -141,8 +141,10 @@ async fn sigkill_after_the_cancel_took_effect_but_before_it_was_recorded() {
     assert_eq!((a.state, a.attempts), (ActionState::Running, 0), "not recorded: {a:#?}");
     bot.kill().await;
 
+    let started = std::time::Instant::now();
     let bot = w.serve().await;
     let a = wait_done(&w, &store, &p.old).await;
+    assert!(started.elapsed() < Duration::from_secs(50), "resumed before the lease would expire");
     assert!(a.detail.as_deref().unwrap_or("").contains("already done (422"), "{a:#?}");
     // The world saw one cancel take effect; the repeat was answered 422 and counted done.
     let log = w.entries(&cancel);

@@ -372,6 +372,11 @@ async fn persistent_dropped_connections_fail_after_the_last_attempt() {
 }
 
 #[tokio::test]
+async fn persistent_malformed_json_fails_after_the_last_attempt() {
+    fails(FaultKind::MalformedJson, 3, "undecodable").await;
+}
+
+#[tokio::test]
 async fn a_permanent_4xx_fails_at_once_without_retries() {
     // 403 (e.g. a read-only API key) is final: one attempt, no retry.
     fails(FaultKind::Status { status: 403, body: None, retry_after: None }, 1, "HTTP 403").await;
@@ -400,4 +405,25 @@ async fn an_ambiguous_delete_is_done_once() {
     assert_eq!(log.len(), 2, "{log:#?}");
     assert_eq!((log[0].status, log[0].fault.as_deref()), (0, Some("drop")));
     assert_eq!(log[1].status, 404);
+}
+
+#[tokio::test]
+async fn a_burst_of_deletes_completes_without_starving_the_store() {
+    // Regression: the executor keeps claiming while actions are in flight; it must keep
+    // driving them while it waits for a pooled connection (they hold the others).
+    let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\n";
+    let app = spawn_app_with(AppOptions { rules: rules.into(), ..fast(UNTIL_CLEARED) }).await;
+    let n = 64;
+    for i in 0..n {
+        let mut r = run(&format!("feat/old-{i}"), &format!("sha{i}"), 60 * 24 * 40);
+        r.state = Some("passed".into());
+        app.sim.add_run(r).unwrap();
+    }
+    let r = app.http.post(app.url("/api/sweep/retention")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    // Each store operation takes milliseconds; a starved pool takes 5 s per stall.
+    app.wait_audit("every delete done", 30, |a| a.iter().filter(|e| e.outcome.as_str() == "done").count() == n).await;
+    let log = app.sim.mutation_log();
+    assert_eq!(log.len(), n, "one DELETE per run");
+    assert!(log.iter().all(|e| e.method == "DELETE" && e.status == 200));
 }

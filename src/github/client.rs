@@ -1090,6 +1090,11 @@ impl GithubClient {
                 )),
             };
         }
+        // An error body may echo the credential back: it never reaches a message.
+        let text = match credential.expose() {
+            c if c.len() >= 4 => text.replace(c, "[redacted]"),
+            _ => text,
+        };
         Err(GithubError::new(
             method,
             path,
