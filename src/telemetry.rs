@@ -29,6 +29,8 @@ pub fn init(default: &str, format: LogFormat) {
     let _ = if json {
         builder.json().try_init()
     } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).try_init()
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
     };
 }

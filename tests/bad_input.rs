@@ -57,7 +57,10 @@ fn log_text() -> String {
 
 fn assert_no_canary_logged() {
     let text = log_text();
-    assert!(!text.contains(CANARY), "a payload reached the logs:\n{text}");
+    assert!(
+        !text.contains(CANARY),
+        "a payload reached the logs:\n{text}"
+    );
 }
 
 async fn app() -> TestApp {
@@ -107,7 +110,10 @@ async fn send(app: &TestApp, g: Gh<'_>) -> (u16, String) {
         r = r.header("x-github-event", http::HeaderValue::from_bytes(e).unwrap());
     }
     if let Some(d) = g.delivery {
-        r = r.header("x-github-delivery", http::HeaderValue::from_bytes(d).unwrap());
+        r = r.header(
+            "x-github-delivery",
+            http::HeaderValue::from_bytes(d).unwrap(),
+        );
     }
     if let Some(s) = g.signature {
         r = r.header("x-hub-signature-256", s);
@@ -118,12 +124,21 @@ async fn send(app: &TestApp, g: Gh<'_>) -> (u16, String) {
     let resp = r.body(g.body).send().await.unwrap();
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    assert!(!text.contains(CANARY), "the answer echoes the payload: {text}");
+    assert!(
+        !text.contains(CANARY),
+        "the answer echoes the payload: {text}"
+    );
     (status, text)
 }
 
 /// A Currents delivery.
-async fn send_currents(app: &TestApp, secret: Option<&str>, ts: Option<&str>, ct: Option<&str>, body: Vec<u8>) -> (u16, String) {
+async fn send_currents(
+    app: &TestApp,
+    secret: Option<&str>,
+    ts: Option<&str>,
+    ct: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, String) {
     let mut r = app.http.post(app.url("/webhooks/currents"));
     if let Some(s) = secret {
         r = r.header("x-webhook-secret", s);
@@ -137,12 +152,18 @@ async fn send_currents(app: &TestApp, secret: Option<&str>, ts: Option<&str>, ct
     let resp = r.body(body).send().await.unwrap();
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    assert!(!text.contains(CANARY), "the answer echoes the payload: {text}");
+    assert!(
+        !text.contains(CANARY),
+        "the answer echoes the payload: {text}"
+    );
     (status, text)
 }
 
 fn currents_json(run_url: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({"event": "RUN_FINISH", "runUrl": run_url, "buildId": CANARY, "tags": [CANARY]})).unwrap()
+    serde_json::to_vec(
+        &json!({"event": "RUN_FINISH", "runUrl": run_url, "buildId": CANARY, "tags": [CANARY]}),
+    )
+    .unwrap()
 }
 
 fn now_ms() -> i64 {
@@ -150,9 +171,29 @@ fn now_ms() -> i64 {
 }
 
 async fn still_healthy(app: &TestApp) {
-    assert_eq!(app.http.get(app.url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(app.http.get(app.url("/readyz")).send().await.unwrap().status(), 200);
-    assert!(app.mutations().is_empty(), "bad input never acts: {:?}", app.mutations());
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(
+        app.mutations().is_empty(),
+        "bad input never acts: {:?}",
+        app.mutations()
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -164,22 +205,59 @@ fn the_github_docs_signature_vector_is_accepted_and_its_variants_are_not() {
     let secret = [Secret::new("It's a Secret to Everybody")];
     let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
     assert!(verify_github_signature(&secret, good, b"Hello, World!"));
-    assert!(!verify_github_signature(&secret, good, b"Hello, World?"), "one byte changed");
-    assert!(!verify_github_signature(&secret, good, b"Hello, World! "), "one byte added");
-    assert!(!verify_github_signature(&secret, &good.replace("sha256=", "sha1="), b"Hello, World!"));
-    assert!(!verify_github_signature(&secret, &good.replace("sha256=", ""), b"Hello, World!"));
-    assert!(!verify_github_signature(&secret, &good[..good.len() - 1], b"Hello, World!"), "truncated hex");
-    assert!(!verify_github_signature(&secret, &good[..good.len() - 2], b"Hello, World!"), "truncated byte");
-    assert!(!verify_github_signature(&secret, "sha256=", b"Hello, World!"));
+    assert!(
+        !verify_github_signature(&secret, good, b"Hello, World?"),
+        "one byte changed"
+    );
+    assert!(
+        !verify_github_signature(&secret, good, b"Hello, World! "),
+        "one byte added"
+    );
+    assert!(!verify_github_signature(
+        &secret,
+        &good.replace("sha256=", "sha1="),
+        b"Hello, World!"
+    ));
+    assert!(!verify_github_signature(
+        &secret,
+        &good.replace("sha256=", ""),
+        b"Hello, World!"
+    ));
+    assert!(
+        !verify_github_signature(&secret, &good[..good.len() - 1], b"Hello, World!"),
+        "truncated hex"
+    );
+    assert!(
+        !verify_github_signature(&secret, &good[..good.len() - 2], b"Hello, World!"),
+        "truncated byte"
+    );
+    assert!(!verify_github_signature(
+        &secret,
+        "sha256=",
+        b"Hello, World!"
+    ));
     assert!(!verify_github_signature(&secret, "", b"Hello, World!"));
-    assert!(!verify_github_signature(&secret, &good.replace('7', "z"), b"Hello, World!"), "not hex");
-    assert!(!verify_github_signature(&secret, &format!("{good}00"), b"Hello, World!"), "too long");
+    assert!(
+        !verify_github_signature(&secret, &good.replace('7', "z"), b"Hello, World!"),
+        "not hex"
+    );
+    assert!(
+        !verify_github_signature(&secret, &format!("{good}00"), b"Hello, World!"),
+        "too long"
+    );
     // An empty secret verifies nothing, not even the HMAC made with the empty key.
     let empty_key_sig = sign_with("", b"Hello, World!");
-    assert!(!verify_github_signature(&[Secret::new("")], &empty_key_sig, b"Hello, World!"));
+    assert!(!verify_github_signature(
+        &[Secret::new("")],
+        &empty_key_sig,
+        b"Hello, World!"
+    ));
     assert!(!verify_github_signature(&[], good, b"Hello, World!"));
     // Rotation: any configured secret verifies.
-    let rotated = [Secret::new("new-secret"), Secret::new("It's a Secret to Everybody")];
+    let rotated = [
+        Secret::new("new-secret"),
+        Secret::new("It's a Secret to Everybody"),
+    ];
     assert!(verify_github_signature(&rotated, good, b"Hello, World!"));
 }
 
@@ -191,7 +269,10 @@ async fn github_signature_cases_through_the_router() {
     let mut changed = body.clone();
     let i = changed.len() / 2;
     changed[i] ^= 1;
-    let g = Gh { body: changed, ..Gh::signed(body.clone()) };
+    let g = Gh {
+        body: changed,
+        ..Gh::signed(body.clone())
+    };
     assert_eq!(send(&app, g).await.0, 401);
     for bad in [
         sign(&body).replace("sha256=", "sha1="),
@@ -204,29 +285,73 @@ async fn github_signature_cases_through_the_router() {
         sign_with("wrong-secret", &body),
         sign_with("", &body),
     ] {
-        let g = Gh { signature: Some(bad.clone()), ..Gh::signed(body.clone()) };
+        let g = Gh {
+            signature: Some(bad.clone()),
+            ..Gh::signed(body.clone())
+        };
         assert_eq!(send(&app, g).await.0, 401, "{bad:?}");
     }
-    let g = Gh { signature: None, ..Gh::signed(body.clone()) };
+    let g = Gh {
+        signature: None,
+        ..Gh::signed(body.clone())
+    };
     assert_eq!(send(&app, g).await.0, 401, "missing signature");
     // The raw bytes are verified: unicode and odd whitespace verify; the same JSON
     // re-serialized does not.
-    let raw = format!("{{ \"zen\" :\t\"caf\u{e9} \u{1F600}  {CANARY}\",\r\n\"hook_id\": 1 }}").into_bytes();
-    let g = Gh { event: Some(b"ping"), delivery: Some(b"p-1"), ..Gh::signed(raw.clone()) };
+    let raw = format!("{{ \"zen\" :\t\"caf\u{e9} \u{1F600}  {CANARY}\",\r\n\"hook_id\": 1 }}")
+        .into_bytes();
+    let g = Gh {
+        event: Some(b"ping"),
+        delivery: Some(b"p-1"),
+        ..Gh::signed(raw.clone())
+    };
     assert_eq!(send(&app, g).await.0, 202, "raw body verifies");
-    let reserialized = serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&raw).unwrap()).unwrap();
-    let g = Gh { event: Some(b"ping"), delivery: Some(b"p-2"), signature: Some(sign(&raw)), ..Gh::signed(reserialized) };
+    let reserialized =
+        serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&raw).unwrap()).unwrap();
+    let g = Gh {
+        event: Some(b"ping"),
+        delivery: Some(b"p-2"),
+        signature: Some(sign(&raw)),
+        ..Gh::signed(reserialized)
+    };
     assert_eq!(send(&app, g).await.0, 401, "re-serialized JSON fails");
     // Rotation: the old secret still verifies.
-    let g = Gh { delivery: Some(b"rot-1"), signature: Some(sign_with("old-secret", &body)), ..Gh::signed(body.clone()) };
+    let g = Gh {
+        delivery: Some(b"rot-1"),
+        signature: Some(sign_with("old-secret", &body)),
+        ..Gh::signed(body.clone())
+    };
     assert_eq!(send(&app, g).await.0, 202);
     let store = &app.bot.ctx.store;
-    assert!(store.find_delivery("github", "rot-1").await.unwrap().is_some());
-    assert!(store.find_delivery("github", "p-1").await.unwrap().is_none(), "a ping is not stored");
-    assert!(store.find_delivery("github", "d-1").await.unwrap().is_none(), "nothing rejected was stored");
+    assert!(
+        store
+            .find_delivery("github", "rot-1")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .find_delivery("github", "p-1")
+            .await
+            .unwrap()
+            .is_none(),
+        "a ping is not stored"
+    );
+    assert!(
+        store
+            .find_delivery("github", "d-1")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing rejected was stored"
+    );
     still_healthy(&app).await;
     assert_no_canary_logged();
-    assert!(log_text().contains("webhook rejected"), "rejections are logged");
+    assert!(
+        log_text().contains("webhook rejected"),
+        "rejections are logged"
+    );
 }
 
 /// Events stored so far, processed or not (nonzero whenever one was stored, whatever the
@@ -236,7 +361,15 @@ async fn stored(app: &TestApp) -> i64 {
 }
 
 async fn processed(app: &TestApp) -> i64 {
-    let m = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     m.lines()
         .filter(|l| l.starts_with("runwarden_events_processed_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -252,11 +385,34 @@ fn timestamp_rules() {
     let tol = 300_000;
     assert!(timestamp_ok(&now.to_string(), now, tol), "ms");
     assert!(timestamp_ok(&(now / 1000).to_string(), now, tol), "s");
-    assert!(timestamp_ok(&(now - tol).to_string(), now, tol), "at the tolerance");
-    assert!(!timestamp_ok(&(now - tol - 1000).to_string(), now, tol), "tolerance + 1 s in the past");
-    assert!(!timestamp_ok(&(now + tol + 1000).to_string(), now, tol), "tolerance + 1 s in the future");
-    assert!(!timestamp_ok(&((now - tol) / 1000 - 1).to_string(), now, tol), "seconds, stale");
-    for bad in ["-1", "-1700000000000", "0", "", " ", "1.7e12", "0x10", "soon", "99999999999999999999999", "1700000000000 1"] {
+    assert!(
+        timestamp_ok(&(now - tol).to_string(), now, tol),
+        "at the tolerance"
+    );
+    assert!(
+        !timestamp_ok(&(now - tol - 1000).to_string(), now, tol),
+        "tolerance + 1 s in the past"
+    );
+    assert!(
+        !timestamp_ok(&(now + tol + 1000).to_string(), now, tol),
+        "tolerance + 1 s in the future"
+    );
+    assert!(
+        !timestamp_ok(&((now - tol) / 1000 - 1).to_string(), now, tol),
+        "seconds, stale"
+    );
+    for bad in [
+        "-1",
+        "-1700000000000",
+        "0",
+        "",
+        " ",
+        "1.7e12",
+        "0x10",
+        "soon",
+        "99999999999999999999999",
+        "1700000000000 1",
+    ] {
         assert!(!timestamp_ok(bad, now, tol), "{bad:?}");
     }
 }
@@ -272,7 +428,12 @@ async fn currents_auth_and_timestamp_cases_through_the_router() {
         (None, None, 401, "missing secret header"),
         (Some(""), None, 401, "empty secret header"),
         (Some("currents-hook-secreT"), None, 401, "wrong secret"),
-        (Some("xcurrents-hook-secret"), None, 401, "secret with a prefix"),
+        (
+            Some("xcurrents-hook-secret"),
+            None,
+            401,
+            "secret with a prefix",
+        ),
         (Some("currents-hook-secre"), None, 401, "secret prefix"),
         (s, Some(stale), 401, "stale"),
         (s, Some(future), 401, "future"),
@@ -281,18 +442,47 @@ async fn currents_auth_and_timestamp_cases_through_the_router() {
         (s, Some("yesterday".into()), 401, "garbage timestamp"),
     ];
     for (secret, ts, want, what) in cases {
-        let (got, _) = send_currents(&app, secret, ts.as_deref(), Some("application/json"), ok_body("abc123")).await;
+        let (got, _) = send_currents(
+            &app,
+            secret,
+            ts.as_deref(),
+            Some("application/json"),
+            ok_body("abc123"),
+        )
+        .await;
         assert_eq!(got, want, "{what}");
     }
     // Accepted: milliseconds, seconds, and no timestamp at all (it is optional).
-    let (got, _) = send_currents(&app, s, Some(&now_ms().to_string()), Some("application/json"), ok_body("runms1")).await;
+    let (got, _) = send_currents(
+        &app,
+        s,
+        Some(&now_ms().to_string()),
+        Some("application/json"),
+        ok_body("runms1"),
+    )
+    .await;
     assert_eq!(got, 202, "ms");
-    let (got, _) = send_currents(&app, s, Some(&(now_ms() / 1000).to_string()), Some("application/json"), ok_body("runsec1")).await;
+    let (got, _) = send_currents(
+        &app,
+        s,
+        Some(&(now_ms() / 1000).to_string()),
+        Some("application/json"),
+        ok_body("runsec1"),
+    )
+    .await;
     assert_eq!(got, 202, "seconds");
-    let (got, _) = send_currents(&app, s, None, Some("application/json"), ok_body("runnots1")).await;
+    let (got, _) =
+        send_currents(&app, s, None, Some("application/json"), ok_body("runnots1")).await;
     assert_eq!(got, 202, "no timestamp");
     // Authentication comes before the body: a bad secret with a garbage body is 401.
-    let (got, _) = send_currents(&app, None, None, Some("application/json"), b"\xff{{{".to_vec()).await;
+    let (got, _) = send_currents(
+        &app,
+        None,
+        None,
+        Some("application/json"),
+        b"\xff{{{".to_vec(),
+    )
+    .await;
     assert_eq!(got, 401);
     still_healthy(&app).await;
     assert_no_canary_logged();
@@ -312,27 +502,125 @@ async fn missing_empty_and_odd_headers() {
     }))
     .unwrap();
     let cases: Vec<(Gh<'_>, u16, &str)> = vec![
-        (Gh { event: None, ..Gh::signed(body.clone()) }, 400, "missing X-GitHub-Event"),
-        (Gh { event: Some(b""), ..Gh::signed(body.clone()) }, 400, "empty X-GitHub-Event"),
-        (Gh { event: Some(b"   "), ..Gh::signed(body.clone()) }, 400, "blank X-GitHub-Event"),
-        (Gh { event: Some(b"push\xff"), ..Gh::signed(body.clone()) }, 400, "non-UTF-8 X-GitHub-Event"),
-        (Gh { delivery: None, ..Gh::signed(body.clone()) }, 400, "missing X-GitHub-Delivery"),
-        (Gh { delivery: Some(b""), ..Gh::signed(body.clone()) }, 400, "empty X-GitHub-Delivery"),
-        (Gh { delivery: Some(&long), ..Gh::signed(body.clone()) }, 400, "oversized X-GitHub-Delivery"),
-        (Gh { content_type: Some("application/x-www-form-urlencoded"), ..Gh::signed(body.clone()) }, 400, "form-encoded"),
-        (Gh { content_type: Some("text/plain"), ..Gh::signed(body.clone()) }, 400, "text/plain"),
-        (Gh { event: Some(b"ping"), ..Gh::signed(br#"{"zen":"hi","hook_id":1}"#.to_vec()) }, 202, "ping"),
-        (Gh { event: Some(b"issues"), ..Gh::signed(body.clone()) }, 202, "unknown event"),
-        (Gh { event: Some(b"pull_request"), ..Gh::signed(labeled) }, 202, "unhandled action"),
+        (
+            Gh {
+                event: None,
+                ..Gh::signed(body.clone())
+            },
+            400,
+            "missing X-GitHub-Event",
+        ),
+        (
+            Gh {
+                event: Some(b""),
+                ..Gh::signed(body.clone())
+            },
+            400,
+            "empty X-GitHub-Event",
+        ),
+        (
+            Gh {
+                event: Some(b"   "),
+                ..Gh::signed(body.clone())
+            },
+            400,
+            "blank X-GitHub-Event",
+        ),
+        (
+            Gh {
+                event: Some(b"push\xff"),
+                ..Gh::signed(body.clone())
+            },
+            400,
+            "non-UTF-8 X-GitHub-Event",
+        ),
+        (
+            Gh {
+                delivery: None,
+                ..Gh::signed(body.clone())
+            },
+            400,
+            "missing X-GitHub-Delivery",
+        ),
+        (
+            Gh {
+                delivery: Some(b""),
+                ..Gh::signed(body.clone())
+            },
+            400,
+            "empty X-GitHub-Delivery",
+        ),
+        (
+            Gh {
+                delivery: Some(&long),
+                ..Gh::signed(body.clone())
+            },
+            400,
+            "oversized X-GitHub-Delivery",
+        ),
+        (
+            Gh {
+                content_type: Some("application/x-www-form-urlencoded"),
+                ..Gh::signed(body.clone())
+            },
+            400,
+            "form-encoded",
+        ),
+        (
+            Gh {
+                content_type: Some("text/plain"),
+                ..Gh::signed(body.clone())
+            },
+            400,
+            "text/plain",
+        ),
+        (
+            Gh {
+                event: Some(b"ping"),
+                ..Gh::signed(br#"{"zen":"hi","hook_id":1}"#.to_vec())
+            },
+            202,
+            "ping",
+        ),
+        (
+            Gh {
+                event: Some(b"issues"),
+                ..Gh::signed(body.clone())
+            },
+            202,
+            "unknown event",
+        ),
+        (
+            Gh {
+                event: Some(b"pull_request"),
+                ..Gh::signed(labeled)
+            },
+            202,
+            "unhandled action",
+        ),
     ];
     for (g, want, what) in cases {
         assert_eq!(send(&app, g).await.0, want, "{what}");
     }
     // Currents: wrong content type.
     let good = currents_json("https://app.currents.dev/run/ct1");
-    let (got, _) = send_currents(&app, Some(CURRENTS_SECRET), None, Some("text/plain"), good.clone()).await;
+    let (got, _) = send_currents(
+        &app,
+        Some(CURRENTS_SECRET),
+        None,
+        Some("text/plain"),
+        good.clone(),
+    )
+    .await;
     assert_eq!(got, 400);
-    let (got, _) = send_currents(&app, Some(CURRENTS_SECRET), None, Some("application/x-www-form-urlencoded"), good).await;
+    let (got, _) = send_currents(
+        &app,
+        Some(CURRENTS_SECRET),
+        None,
+        Some("application/x-www-form-urlencoded"),
+        good,
+    )
+    .await;
     assert_eq!(got, 400);
     // Nothing of the above was stored.
     assert_eq!(stored(&app).await, 0);
@@ -348,7 +636,14 @@ async fn giant_bodies_get_413_with_or_without_a_content_length() {
     let app = app().await;
     // Currents: 1 MiB + 1 with a Content-Length.
     let big = vec![b' '; 1024 * 1024 + 1];
-    let (got, _) = send_currents(&app, Some(CURRENTS_SECRET), None, Some("application/json"), big).await;
+    let (got, _) = send_currents(
+        &app,
+        Some(CURRENTS_SECRET),
+        None,
+        Some("application/json"),
+        big,
+    )
+    .await;
     assert_eq!(got, 413);
     // Currents: a chunked body without a Content-Length, 4 MiB in 64 KiB chunks.
     assert_eq!(chunked_currents(&app, 64, 64 * 1024).await, 413);
@@ -372,7 +667,10 @@ async fn chunked_currents(app: &TestApp, n: usize, size: usize) -> u16 {
     let chunk = vec![b' '; size];
     for _ in 0..n {
         // The server may answer and close before taking it all.
-        if conn.write_all(format!("{size:x}\r\n").as_bytes()).await.is_err()
+        if conn
+            .write_all(format!("{size:x}\r\n").as_bytes())
+            .await
+            .is_err()
             || conn.write_all(&chunk).await.is_err()
             || conn.write_all(b"\r\n").await.is_err()
         {
@@ -392,7 +690,10 @@ async fn chunked_currents(app: &TestApp, n: usize, size: usize) -> u16 {
     })
     .await;
     let text = String::from_utf8_lossy(&answer);
-    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no answer: {text:?}"))
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no answer: {text:?}"))
 }
 
 #[tokio::test]
@@ -406,8 +707,15 @@ async fn a_24_mb_signed_push_is_accepted() {
         "repository": {"full_name": "acme/web"}, "commits": commits,
     }))
     .unwrap();
-    assert!(body.len() > 24_000_000 && body.len() < 25 * 1024 * 1024, "{}", body.len());
-    let g = Gh { delivery: Some(b"big-1"), ..Gh::signed(body) };
+    assert!(
+        body.len() > 24_000_000 && body.len() < 25 * 1024 * 1024,
+        "{}",
+        body.len()
+    );
+    let g = Gh {
+        delivery: Some(b"big-1"),
+        ..Gh::signed(body)
+    };
     assert_eq!(send(&app, g).await.0, 202);
     still_healthy(&app).await;
 }
@@ -431,19 +739,38 @@ async fn deeply_nested_invalid_utf8_and_malformed_bodies_are_400() {
         (b"{not json".to_vec(), "not JSON", false),
         (b"".to_vec(), "empty", false),
         (b"null".to_vec(), "null", true),
-        (format!("{{\"ref\": 42, \"after\": \"{CANARY}\"}}").into_bytes(), "wrong types", true),
-        (format!("{{\"ref\": \"{CANARY}\"}}").into_bytes(), "missing fields", true),
+        (
+            format!("{{\"ref\": 42, \"after\": \"{CANARY}\"}}").into_bytes(),
+            "wrong types",
+            true,
+        ),
+        (
+            format!("{{\"ref\": \"{CANARY}\"}}").into_bytes(),
+            "missing fields",
+            true,
+        ),
     ];
     for (i, (body, what, json)) in bodies.iter().enumerate() {
         for event in ["push", "pull_request", "workflow_run", "ping"] {
             let delivery = format!("bad-{i}-{event}");
-            let g = Gh { event: Some(event.as_bytes()), delivery: Some(delivery.as_bytes()), ..Gh::signed(body.clone()) };
+            let g = Gh {
+                event: Some(event.as_bytes()),
+                delivery: Some(delivery.as_bytes()),
+                ..Gh::signed(body.clone())
+            };
             let (got, _) = send(&app, g).await;
             // A ping only needs to be JSON; the other events need their fields.
             let want = if event == "ping" && *json { 202 } else { 400 };
             assert_eq!(got, want, "{what} as {event}");
         }
-        let (got, _) = send_currents(&app, Some(CURRENTS_SECRET), None, Some("application/json"), body.clone()).await;
+        let (got, _) = send_currents(
+            &app,
+            Some(CURRENTS_SECRET),
+            None,
+            Some("application/json"),
+            body.clone(),
+        )
+        .await;
         assert_eq!(got, 400, "{what} to Currents");
     }
     assert_eq!(stored(&app).await, 0, "nothing stored");
@@ -460,13 +787,22 @@ async fn unknown_events_and_bad_run_urls() {
     let s = Some(CURRENTS_SECRET);
     let ct = Some("application/json");
     // Unknown Currents event: 202, nothing stored.
-    let body = serde_json::to_vec(&json!({"event": "RUN_PAUSED", "runUrl": "https://app.currents.dev/run/abc", "x": CANARY})).unwrap();
+    let body = serde_json::to_vec(
+        &json!({"event": "RUN_PAUSED", "runUrl": "https://app.currents.dev/run/abc", "x": CANARY}),
+    )
+    .unwrap();
     assert_eq!(send_currents(&app, s, None, ct, body).await.0, 202);
-    let body = serde_json::to_vec(&json!({"event": "", "runUrl": "https://app.currents.dev/run/abc"})).unwrap();
+    let body =
+        serde_json::to_vec(&json!({"event": "", "runUrl": "https://app.currents.dev/run/abc"}))
+            .unwrap();
     assert_eq!(send_currents(&app, s, None, ct, body).await.0, 202);
     // Missing runUrl, or one that is not a run of the configured dashboard.
     let missing = serde_json::to_vec(&json!({"event": "RUN_FINISH", "buildId": CANARY})).unwrap();
-    assert_eq!(send_currents(&app, s, None, ct, missing).await.0, 400, "missing runUrl");
+    assert_eq!(
+        send_currents(&app, s, None, ct, missing).await.0,
+        400,
+        "missing runUrl"
+    );
     for url in [
         "https://evil.example/run/abc123".to_string(),
         "https://app.currents.dev@evil.example/run/abc123".to_string(),
@@ -486,10 +822,18 @@ async fn unknown_events_and_bad_run_urls() {
         assert_eq!(got, 400, "{url}");
     }
     let body = serde_json::to_vec(&json!({"event": "RUN_FINISH", "runUrl": 42})).unwrap();
-    assert_eq!(send_currents(&app, s, None, ct, body).await.0, 400, "runUrl not a string");
+    assert_eq!(
+        send_currents(&app, s, None, ct, body).await.0,
+        400,
+        "runUrl not a string"
+    );
     assert_eq!(stored(&app).await, 0, "nothing stored");
     // The bot never fetched any URL from a payload: the simulator saw no request at all.
-    assert!(app.sim.request_counts().is_empty(), "{:?}", app.sim.request_counts());
+    assert!(
+        app.sim.request_counts().is_empty(),
+        "{:?}",
+        app.sim.request_counts()
+    );
     still_healthy(&app).await;
     assert_no_canary_logged();
 }
@@ -499,7 +843,10 @@ async fn a_malformed_github_payload_is_logged_without_its_content() {
     let app = app().await;
     // serde's message for this quotes the value: `invalid type: string "...", expected a boolean`.
     let body = format!("{{\"ref\": \"refs/heads/x\", \"after\": \"x\", \"deleted\": \"{CANARY}\", \"repository\": {{\"full_name\": \"acme/web\"}}}}").into_bytes();
-    let g = Gh { delivery: Some(b"mal-1"), ..Gh::signed(body) };
+    let g = Gh {
+        delivery: Some(b"mal-1"),
+        ..Gh::signed(body)
+    };
     assert_eq!(send(&app, g).await.0, 400);
     let text = log_text();
     assert!(text.contains("malformed GitHub payload"), "{text}");

@@ -14,11 +14,18 @@ struct Env {
 }
 
 async fn setup(rules: &str) -> Env {
-    let sim = simulator::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), SimConfig::default())
-        .await
-        .unwrap();
-    sim.add_project(NewProject { project_id: Some(PROJECT.into()), repo: Some("acme/web".into()), ..Default::default() })
-        .unwrap();
+    let sim = simulator::spawn(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        SimConfig::default(),
+    )
+    .await
+    .unwrap();
+    sim.add_project(NewProject {
+        project_id: Some(PROJECT.into()),
+        repo: Some("acme/web".into()),
+        ..Default::default()
+    })
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "[currents]\napi_url = \"{}\"\nprojects = [\"{PROJECT}\"]\nmax_requests_per_second = 0\n[store]\nurl = \"sqlite://{}\"\n\n{rules}",
@@ -61,7 +68,11 @@ impl Env {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 const RULES: &str = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n\n[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nkeep_latest = 1\npin_tags = [\"keep\"]\n";
@@ -74,17 +85,34 @@ async fn plan_prints_what_would_be_done_as_json_and_mutates_nothing() {
     let kept = env.add("feat/b", "b1", Duration::days(40), "passed", &[]);
     let expired = env.add("feat/b", "b0", Duration::days(50), "passed", &[]);
     let pinned = env.add("feat/b", "b9", Duration::days(60), "passed", &["keep"]);
-    let out = tokio::task::spawn_blocking(move || (env.run(&["plan", "--format", "json"]), env)).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || (env.run(&["plan", "--format", "json"]), env))
+        .await
+        .unwrap();
     let (out, env) = out;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let items = plan.as_array().unwrap();
     let find = |id: &str| items.iter().find(|i| i["run_id"] == id).cloned();
     let c = find(&old).expect("the superseded run is planned");
-    assert_eq!((c["rule"].as_str(), c["kind"].as_str(), c["action"].as_str()), (Some("cancel-superseded"), Some("supersede"), Some("cancel")));
+    assert_eq!(
+        (c["rule"].as_str(), c["kind"].as_str(), c["action"].as_str()),
+        (Some("cancel-superseded"), Some("supersede"), Some("cancel"))
+    );
     let mut keys: Vec<_> = c.as_object().unwrap().keys().cloned().collect();
     keys.sort();
-    assert_eq!(keys, ["action", "branch", "kind", "project_id", "reason", "rule", "run_id", "sha"]);
+    assert_eq!(
+        keys,
+        [
+            "action",
+            "branch",
+            "kind",
+            "project_id",
+            "reason",
+            "rule",
+            "run_id",
+            "sha"
+        ]
+    );
     assert_eq!(find(&expired).unwrap()["action"], "delete");
     assert!(find(&kept).is_none() && find(&pinned).is_none(), "{plan:#}");
     assert!(env.sim.mutation_log().is_empty(), "plan mutates nothing");
@@ -97,23 +125,52 @@ async fn sweep_executes_once_records_an_audit_and_dry_run_touches_nothing() {
     let expired = env.add("feat/b", "b0", Duration::days(50), "passed", &[]);
     env.add("feat/b", "b1", Duration::days(40), "passed", &[]);
     env.add("feat/a", "a2", Duration::minutes(2), "running", &[]);
-    let (dry, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep", "--dry-run"]), env)).await.unwrap();
+    let (dry, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep", "--dry-run"]), env))
+        .await
+        .unwrap();
     assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
     assert!(text(&dry).contains("2 dry run"), "{}", text(&dry));
     assert!(env.sim.mutation_log().is_empty());
-    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env)).await.unwrap();
+    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("2 done"), "{}", text(&out));
-    let muts: Vec<String> = env.sim.mutation_log().iter().map(|e| format!("{} {}", e.method, e.path)).collect();
+    let muts: Vec<String> = env
+        .sim
+        .mutation_log()
+        .iter()
+        .map(|e| format!("{} {}", e.method, e.path))
+        .collect();
     assert_eq!(muts.len(), 2, "{muts:?}");
     assert!(muts.contains(&format!("PUT /v1/runs/{old}/cancel")));
     assert!(muts.contains(&format!("DELETE /v1/runs/{expired}")));
-    let (audit, _env) = tokio::task::spawn_blocking(move || (env.run(&["audit", "--format", "json", "--since", "1h"]), env)).await.unwrap();
+    let (audit, _env) = tokio::task::spawn_blocking(move || {
+        (
+            env.run(&["audit", "--format", "json", "--since", "1h"]),
+            env,
+        )
+    })
+    .await
+    .unwrap();
     assert_eq!(audit.status.code(), Some(0), "{}", text(&audit));
     let entries: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
-    let outcomes: Vec<&str> = entries.as_array().unwrap().iter().map(|e| e["outcome"].as_str().unwrap()).collect();
-    assert_eq!(outcomes.iter().filter(|o| **o == "done").count(), 2, "{entries:#}");
-    assert_eq!(outcomes.iter().filter(|o| **o == "dry_run").count(), 2, "{entries:#}");
+    let outcomes: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "done").count(),
+        2,
+        "{entries:#}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "dry_run").count(),
+        2,
+        "{entries:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -121,9 +178,17 @@ async fn sweep_exits_1_when_the_retention_circuit_breaker_trips() {
     let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nmax_deletions = 2\n";
     let env = setup(rules).await;
     for i in 0..3 {
-        env.add("feat/b", &format!("s{i}"), Duration::days(40 + i), "passed", &[]);
+        env.add(
+            "feat/b",
+            &format!("s{i}"),
+            Duration::days(40 + i),
+            "passed",
+            &[],
+        );
     }
-    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env)).await.unwrap();
+    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("circuit breaker"), "{}", text(&out));
     assert!(env.sim.mutation_log().is_empty(), "nothing deleted");
@@ -135,37 +200,110 @@ async fn explain_says_for_each_rule_whether_it_applies_and_why_not() {
     let old = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
     env.add("feat/a", "a2", Duration::minutes(2), "running", &[]);
     let young = env.add("feat/c", "c1", Duration::days(2), "passed", &[]);
-    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["explain", &old]), env)).await.unwrap();
+    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["explain", &old]), env))
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let t = text(&out);
-    assert!(t.lines().any(|l| l.contains("applies") && l.contains("cancel-superseded")), "{t}");
-    let (out, _env) = tokio::task::spawn_blocking(move || (env.run(&["explain", &young]), env)).await.unwrap();
+    assert!(
+        t.lines()
+            .any(|l| l.contains("applies") && l.contains("cancel-superseded")),
+        "{t}"
+    );
+    let (out, _env) = tokio::task::spawn_blocking(move || (env.run(&["explain", &young]), env))
+        .await
+        .unwrap();
     let t = text(&out);
-    assert!(t.lines().any(|l| l.contains("no") && l.contains("retention") && l.contains("older_than")), "{t}");
-    assert!(t.lines().any(|l| l.contains("no") && l.contains("cancel-superseded")), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.contains("no") && l.contains("retention") && l.contains("older_than")),
+        "{t}"
+    );
+    assert!(
+        t.lines()
+            .any(|l| l.contains("no") && l.contains("cancel-superseded")),
+        "{t}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn webhooks_install_is_idempotent_and_dry_run_changes_nothing() {
     let env = setup(RULES).await;
-    let (dry, env) = tokio::task::spawn_blocking(move || (env.run(&["webhooks", "install", "--url", "https://bot.example.com/webhooks/currents", "--dry-run"]), env)).await.unwrap();
+    let (dry, env) = tokio::task::spawn_blocking(move || {
+        (
+            env.run(&[
+                "webhooks",
+                "install",
+                "--url",
+                "https://bot.example.com/webhooks/currents",
+                "--dry-run",
+            ]),
+            env,
+        )
+    })
+    .await
+    .unwrap();
     assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
     assert!(text(&dry).contains("would be created"), "{}", text(&dry));
     assert!(env.sim.list_webhooks(PROJECT).unwrap().is_empty());
-    let (first, env) = tokio::task::spawn_blocking(move || (env.run(&["webhooks", "install", "--url", "https://bot.example.com/webhooks/currents"]), env)).await.unwrap();
+    let (first, env) = tokio::task::spawn_blocking(move || {
+        (
+            env.run(&[
+                "webhooks",
+                "install",
+                "--url",
+                "https://bot.example.com/webhooks/currents",
+            ]),
+            env,
+        )
+    })
+    .await
+    .unwrap();
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
     let hooks = env.sim.list_webhooks(PROJECT).unwrap();
     assert_eq!(hooks.len(), 1);
     let mut events = hooks[0].hook_events.clone();
     events.sort();
-    assert_eq!(events, ["RUN_CANCELED", "RUN_FINISH", "RUN_START", "RUN_TIMEOUT"]);
-    let headers: serde_json::Value = serde_json::from_str(hooks[0].headers.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        events,
+        ["RUN_CANCELED", "RUN_FINISH", "RUN_START", "RUN_TIMEOUT"]
+    );
+    let headers: serde_json::Value =
+        serde_json::from_str(hooks[0].headers.as_deref().unwrap()).unwrap();
     assert_eq!(headers["x-webhook-secret"], "hook-secret");
-    let (again, env) = tokio::task::spawn_blocking(move || (env.run(&["webhooks", "install", "--url", "https://bot.example.com/webhooks/currents"]), env)).await.unwrap();
-    assert!(text(&again).contains("already up to date"), "{}", text(&again));
+    let (again, env) = tokio::task::spawn_blocking(move || {
+        (
+            env.run(&[
+                "webhooks",
+                "install",
+                "--url",
+                "https://bot.example.com/webhooks/currents",
+            ]),
+            env,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        text(&again).contains("already up to date"),
+        "{}",
+        text(&again)
+    );
     assert_eq!(env.sim.list_webhooks(PROJECT).unwrap().len(), 1);
     // A new URL updates the same webhook instead of adding a second one.
-    let (moved, env) = tokio::task::spawn_blocking(move || (env.run(&["webhooks", "install", "--url", "https://bot2.example.com/webhooks/currents"]), env)).await.unwrap();
+    let (moved, env) = tokio::task::spawn_blocking(move || {
+        (
+            env.run(&[
+                "webhooks",
+                "install",
+                "--url",
+                "https://bot2.example.com/webhooks/currents",
+            ]),
+            env,
+        )
+    })
+    .await
+    .unwrap();
     assert_eq!(moved.status.code(), Some(0), "{}", text(&moved));
     assert!(text(&moved).contains("updated"), "{}", text(&moved));
     let hooks = env.sim.list_webhooks(PROJECT).unwrap();
@@ -188,5 +326,9 @@ fn commands_that_need_the_api_key_say_so_and_exit_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).contains("CURRENTS_API_KEY is not set"), "{}", text(&out));
+    assert!(
+        text(&out).contains("CURRENTS_API_KEY is not set"),
+        "{}",
+        text(&out)
+    );
 }

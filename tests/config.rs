@@ -38,7 +38,10 @@ fn a_misspelt_rule_key_is_located_and_gets_a_suggestion() {
 #[test]
 fn an_unknown_section_key_is_an_error() {
     let e = err("[currents]\nprojects = [\"a\"]\npoll_intervall = \"1m\"\n");
-    assert!(e.starts_with("rules.toml:3:1: unknown key \"poll_intervall\""), "{e}");
+    assert!(
+        e.starts_with("rules.toml:3:1: unknown key \"poll_intervall\""),
+        "{e}"
+    );
     assert!(e.contains("did you mean \"poll_interval\""), "{e}");
 }
 
@@ -67,7 +70,10 @@ fn a_retention_rule_needs_schedule_and_older_than() {
     let e = err(&format!(
         "{BASE}[[rules]]\nname = \"r\"\nkind = \"retention\"\nolder_than = \"30d\"\n"
     ));
-    assert!(e.contains("rules.toml:3:1: rule \"r\": a retention rule needs \"schedule\""), "{e}");
+    assert!(
+        e.contains("rules.toml:3:1: rule \"r\": a retention rule needs \"schedule\""),
+        "{e}"
+    );
     let e = err(&format!(
         "{BASE}[[rules]]\nname = \"r\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\n"
     ));
@@ -76,7 +82,9 @@ fn a_retention_rule_needs_schedule_and_older_than() {
 
 #[test]
 fn a_timeout_rule_needs_a_limit() {
-    let e = err(&format!("{BASE}[[rules]]\nname = \"t\"\nkind = \"timeout\"\n"));
+    let e = err(&format!(
+        "{BASE}[[rules]]\nname = \"t\"\nkind = \"timeout\"\n"
+    ));
     assert!(e.contains("needs \"max_duration\" or \"idle_for\""), "{e}");
 }
 
@@ -91,15 +99,51 @@ fn empty_projects_are_rejected() {
 #[test]
 fn invalid_cron_glob_regex_and_duration_are_located() {
     let cases = [
-        ("kind = \"retention\"\nolder_than = \"1d\"\nschedule = \"0 3 * *\"\n", "rules.toml:7:1", "cron"),
-        ("kind = \"retention\"\nolder_than = \"1d\"\nschedule = \"0 99 * * *\"\n", "rules.toml:7:1", "invalid cron"),
-        ("kind = \"supersede\"\n[rules.match]\nbranches = [\"feat/[\"]\n", "rules.toml:7:1", "invalid glob"),
-        ("kind = \"supersede\"\n[rules.match]\nmessage = \"(\"\n", "rules.toml:7:1", "invalid regex"),
-        ("kind = \"timeout\"\nmax_duration = \"45 minutes-ish\"\n", "rules.toml:6:1", "not a duration"),
-        ("kind = \"supersedes\"\n", "rules.toml:5:1", "did you mean \"supersede\""),
-        ("kind = \"supersede\"\nolder_than = \"1d\"\n", "rules.toml:6:1", "belongs to retention rules"),
-        ("kind = \"supersede\"\nspare_if_progress_at_least = 1.5\n", "rules.toml:6:1", "between 0 and 1"),
-        ("kind = \"summary\"\nevents = [\"RUN_DONE\"]\n", "rules.toml:6:1", "unknown event"),
+        (
+            "kind = \"retention\"\nolder_than = \"1d\"\nschedule = \"0 3 * *\"\n",
+            "rules.toml:7:1",
+            "cron",
+        ),
+        (
+            "kind = \"retention\"\nolder_than = \"1d\"\nschedule = \"0 99 * * *\"\n",
+            "rules.toml:7:1",
+            "invalid cron",
+        ),
+        (
+            "kind = \"supersede\"\n[rules.match]\nbranches = [\"feat/[\"]\n",
+            "rules.toml:7:1",
+            "invalid glob",
+        ),
+        (
+            "kind = \"supersede\"\n[rules.match]\nmessage = \"(\"\n",
+            "rules.toml:7:1",
+            "invalid regex",
+        ),
+        (
+            "kind = \"timeout\"\nmax_duration = \"45 minutes-ish\"\n",
+            "rules.toml:6:1",
+            "not a duration",
+        ),
+        (
+            "kind = \"supersedes\"\n",
+            "rules.toml:5:1",
+            "did you mean \"supersede\"",
+        ),
+        (
+            "kind = \"supersede\"\nolder_than = \"1d\"\n",
+            "rules.toml:6:1",
+            "belongs to retention rules",
+        ),
+        (
+            "kind = \"supersede\"\nspare_if_progress_at_least = 1.5\n",
+            "rules.toml:6:1",
+            "between 0 and 1",
+        ),
+        (
+            "kind = \"summary\"\nevents = [\"RUN_DONE\"]\n",
+            "rules.toml:6:1",
+            "unknown event",
+        ),
     ];
     for (body, place, needle) in cases {
         let e = err(&format!("{BASE}[[rules]]\nname = \"x\"\n{body}"));
@@ -131,17 +175,32 @@ fn environment_overrides_win_and_keep_mixed_case_repo_keys() {
         "{BASE}[github]\nrepos = {{ bAYZ4a = \"acme/web\" }}\n[[rules]]\nname = \"t\"\nkind = \"timeout\"\nmax_duration = \"auto\"\nfallback = \"1h\"\n"
     );
     let env = vec![
-        ("RUNWARDEN__CURRENTS__API_URL".to_string(), "http://127.0.0.1:4000/v1".to_string()),
-        ("RUNWARDEN__CURRENTS__PROJECTS".to_string(), "p1,p2".to_string()),
+        (
+            "RUNWARDEN__CURRENTS__API_URL".to_string(),
+            "http://127.0.0.1:4000/v1".to_string(),
+        ),
+        (
+            "RUNWARDEN__CURRENTS__PROJECTS".to_string(),
+            "p1,p2".to_string(),
+        ),
         ("RUNWARDEN__DRY_RUN".to_string(), "true".to_string()),
-        ("RUNWARDEN__SERVER__LISTEN".to_string(), "127.0.0.1:9999".to_string()),
+        (
+            "RUNWARDEN__SERVER__LISTEN".to_string(),
+            "127.0.0.1:9999".to_string(),
+        ),
     ];
     let l = load_str(&text, "rules.toml", &env).unwrap();
-    assert_eq!(l.config.currents.api_url.as_str(), "http://127.0.0.1:4000/v1");
+    assert_eq!(
+        l.config.currents.api_url.as_str(),
+        "http://127.0.0.1:4000/v1"
+    );
     assert_eq!(l.config.currents.projects, ["p1", "p2"]);
     assert!(l.config.dry_run);
     assert_eq!(l.config.server.listen, "127.0.0.1:9999");
-    assert_eq!(l.config.github.repos.get("bAYZ4a").map(String::as_str), Some("acme/web"));
+    assert_eq!(
+        l.config.github.repos.get("bAYZ4a").map(String::as_str),
+        Some("acme/web")
+    );
     assert!(matches!(
         &l.config.rules[0].kind,
         RuleKind::Timeout(t) if t.max_duration == Some(MaxDuration::Auto)
@@ -155,7 +214,10 @@ fn a_bad_environment_override_names_the_variable() {
         "lots".to_string(),
     )];
     let e = load_str(BASE, "rules.toml", &env).unwrap_err().to_string();
-    assert!(e.contains("RUNWARDEN__CURRENTS__MAX_REQUESTS_PER_SECOND"), "{e}");
+    assert!(
+        e.contains("RUNWARDEN__CURRENTS__MAX_REQUESTS_PER_SECOND"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -167,7 +229,9 @@ fn a_delete_rule_without_filters_warns() {
     )
     .unwrap();
     assert!(
-        l.warnings.iter().any(|w| w.0.contains("rules.toml:3: rule \"r\": deletes runs of every project")),
+        l.warnings.iter().any(|w| w
+            .0
+            .contains("rules.toml:3: rule \"r\": deletes runs of every project")),
         "{:?}",
         l.warnings
     );
@@ -188,14 +252,30 @@ fn bin() -> Command {
 
 #[test]
 fn check_prints_one_line_per_rule_and_exits_0() {
-    let out = bin().args(["--config", "rules.toml", "check"]).output().unwrap();
+    let out = bin()
+        .args(["--config", "rules.toml", "check"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8(out.stdout).unwrap();
-    for name in ["cancel-superseded", "stuck-runs", "orphaned-runs", "nightly-retention", "pr-summary"] {
-        assert_eq!(stdout.lines().filter(|l| l.starts_with(name)).count(), 1, "{stdout}");
+    for name in [
+        "cancel-superseded",
+        "stuck-runs",
+        "orphaned-runs",
+        "nightly-retention",
+        "pr-summary",
+    ] {
+        assert_eq!(
+            stdout.lines().filter(|l| l.starts_with(name)).count(),
+            1,
+            "{stdout}"
+        );
     }
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("warning: RUNWARDEN_CURRENTS_WEBHOOK_SECRET is not set"), "{stderr}");
+    assert!(
+        stderr.contains("warning: RUNWARDEN_CURRENTS_WEBHOOK_SECRET is not set"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -203,10 +283,18 @@ fn check_exits_2_with_the_located_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rules.toml");
     std::fs::write(&path, "[currents]\nprojects = [\"a\"]\nfoo = 1\n").unwrap();
-    let out = bin().arg("--config").arg(&path).arg("check").output().unwrap();
+    let out = bin()
+        .arg("--config")
+        .arg(&path)
+        .arg("check")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.starts_with(&format!("{}:3:1: unknown key \"foo\"", path.display())), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}:3:1: unknown key \"foo\"", path.display())),
+        "{stderr}"
+    );
 }
 
 #[test]

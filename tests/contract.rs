@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::StreamExt;
-use runwarden::currents::client::{CancelOutcome, ClientOptions, CurrentsClient, CurrentsError, DeleteOutcome, FindBy, RunFilter, TagOperator};
+use runwarden::currents::client::{
+    CancelOutcome, ClientOptions, CurrentsClient, CurrentsError, DeleteOutcome, FindBy, RunFilter,
+    TagOperator,
+};
 use runwarden::currents::{CompletionState, RunStatus, WebhookSpec};
 use runwarden::secret::Secret;
 use runwarden::simulator::{self, Fault, NewProject, NewRun, SimConfig, SimHandle};
@@ -14,11 +17,18 @@ use runwarden::simulator::{self, Fault, NewProject, NewRun, SimConfig, SimHandle
 const P: &str = "bAYZ4a";
 
 async fn sim() -> SimHandle {
-    let s = simulator::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), SimConfig::default())
-        .await
-        .unwrap();
-    s.add_project(NewProject { project_id: Some(P.into()), repo: Some("acme/web".into()), ..Default::default() })
-        .unwrap();
+    let s = simulator::spawn(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        SimConfig::default(),
+    )
+    .await
+    .unwrap();
+    s.add_project(NewProject {
+        project_id: Some(P.into()),
+        repo: Some("acme/web".into()),
+        ..Default::default()
+    })
+    .unwrap();
     s
 }
 
@@ -51,17 +61,33 @@ fn nr(branch: &str, minutes_ago: i64, state: &str) -> NewRun {
 #[tokio::test]
 async fn projects_runs_and_pagination_across_pages() {
     let s = sim().await;
-    let ids = s.add_runs((0..120).map(|i| nr(if i % 2 == 0 { "main" } else { "feat/x" }, i + 1, "passed")).collect()).unwrap();
+    let ids = s
+        .add_runs(
+            (0..120)
+                .map(|i| nr(if i % 2 == 0 { "main" } else { "feat/x" }, i + 1, "passed"))
+                .collect(),
+        )
+        .unwrap();
     let c = client(&s, "sim-key");
     let projects: Vec<_> = c.list_projects().collect::<Vec<_>>().await;
     assert_eq!(projects.len(), 1);
     assert_eq!(c.get_project(P).await.unwrap().project_id, P);
     let before = c.request_count();
-    let all: Vec<_> = c.list_runs(P, &RunFilter::default()).map(|r| r.unwrap()).collect().await;
+    let all: Vec<_> = c
+        .list_runs(P, &RunFilter::default())
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
     assert_eq!(all.len(), 120);
     assert_eq!(c.request_count() - before, 3, "120 runs = 3 pages of 50");
-    assert!(all.windows(2).all(|w| w[0].created_at >= w[1].created_at), "newest first");
-    assert!(all.iter().all(|r| r.specs.is_empty() && r.cursor.is_some()), "list items carry cursors, no specs");
+    assert!(
+        all.windows(2).all(|w| w[0].created_at >= w[1].created_at),
+        "newest first"
+    );
+    assert!(
+        all.iter().all(|r| r.specs.is_empty() && r.cursor.is_some()),
+        "list items carry cursors, no specs"
+    );
     let mut got: Vec<_> = all.iter().map(|r| r.run_id.clone()).collect();
     got.sort();
     let mut want = ids.clone();
@@ -84,12 +110,19 @@ async fn every_list_filter_is_honoured_by_the_simulator() {
     b.tags = vec!["chrome".into()];
     b.author = Some("Bob".into());
     let b = s.add_run(b).unwrap().run_id;
-    let old = s.add_run(nr("main", 60 * 24 * 10, "failed")).unwrap().run_id;
+    let old = s
+        .add_run(nr("main", 60 * 24 * 10, "failed"))
+        .unwrap()
+        .run_id;
     let c = client(&s, "sim-key");
     let ids = |f: RunFilter| {
         let c = c.clone();
         async move {
-            let mut v: Vec<String> = c.list_runs(P, &f).map(|r| r.unwrap().run_id).collect().await;
+            let mut v: Vec<String> = c
+                .list_runs(P, &f)
+                .map(|r| r.unwrap().run_id)
+                .collect()
+                .await;
             v.sort();
             v
         }
@@ -98,20 +131,88 @@ async fn every_list_filter_is_honoured_by_the_simulator() {
         v.sort();
         v
     };
-    assert_eq!(ids(RunFilter { branches: vec!["main".into()], ..Default::default() }).await, sorted(vec![a.clone(), old.clone()]));
-    assert_eq!(ids(RunFilter { tags: vec!["nightly".into(), "chrome".into()], ..Default::default() }).await, vec![a.clone()]);
     assert_eq!(
-        ids(RunFilter { tags: vec!["nightly".into(), "chrome".into()], tag_operator: Some(TagOperator::Or), ..Default::default() }).await,
+        ids(RunFilter {
+            branches: vec!["main".into()],
+            ..Default::default()
+        })
+        .await,
+        sorted(vec![a.clone(), old.clone()])
+    );
+    assert_eq!(
+        ids(RunFilter {
+            tags: vec!["nightly".into(), "chrome".into()],
+            ..Default::default()
+        })
+        .await,
+        vec![a.clone()]
+    );
+    assert_eq!(
+        ids(RunFilter {
+            tags: vec!["nightly".into(), "chrome".into()],
+            tag_operator: Some(TagOperator::Or),
+            ..Default::default()
+        })
+        .await,
         sorted(vec![a.clone(), b.clone()])
     );
-    assert_eq!(ids(RunFilter { authors: vec!["Bob".into()], ..Default::default() }).await, vec![b.clone()]);
-    assert_eq!(ids(RunFilter { search: Some("BUILD-777".into()), ..Default::default() }).await, vec![a.clone()]);
-    assert_eq!(ids(RunFilter { search: Some("login".into()), ..Default::default() }).await, vec![a.clone()]);
-    assert_eq!(ids(RunFilter { status: vec![RunStatus::Failed], ..Default::default() }).await, vec![old.clone()]);
-    assert_eq!(ids(RunFilter { completion_state: vec![CompletionState::InProgress], ..Default::default() }).await, vec![b.clone()]);
+    assert_eq!(
+        ids(RunFilter {
+            authors: vec!["Bob".into()],
+            ..Default::default()
+        })
+        .await,
+        vec![b.clone()]
+    );
+    assert_eq!(
+        ids(RunFilter {
+            search: Some("BUILD-777".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![a.clone()]
+    );
+    assert_eq!(
+        ids(RunFilter {
+            search: Some("login".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![a.clone()]
+    );
+    assert_eq!(
+        ids(RunFilter {
+            status: vec![RunStatus::Failed],
+            ..Default::default()
+        })
+        .await,
+        vec![old.clone()]
+    );
+    assert_eq!(
+        ids(RunFilter {
+            completion_state: vec![CompletionState::InProgress],
+            ..Default::default()
+        })
+        .await,
+        vec![b.clone()]
+    );
     let cutoff = Utc::now() - chrono::Duration::days(1);
-    assert_eq!(ids(RunFilter { date_end: Some(cutoff), ..Default::default() }).await, vec![old.clone()]);
-    assert_eq!(ids(RunFilter { date_start: Some(cutoff), ..Default::default() }).await, sorted(vec![a.clone(), b.clone()]));
+    assert_eq!(
+        ids(RunFilter {
+            date_end: Some(cutoff),
+            ..Default::default()
+        })
+        .await,
+        vec![old.clone()]
+    );
+    assert_eq!(
+        ids(RunFilter {
+            date_start: Some(cutoff),
+            ..Default::default()
+        })
+        .await,
+        sorted(vec![a.clone(), b.clone()])
+    );
 }
 
 #[tokio::test]
@@ -122,17 +223,44 @@ async fn find_cancel_delete_instances_and_webhooks() {
     let done = s.add_run(done).unwrap();
     let running = s.add_run(nr("main", 5, "running")).unwrap();
     let c = client(&s, "sim-key");
-    let found = c.find_run(P, FindBy::CiBuildId("ci-1".into())).await.unwrap().unwrap();
+    let found = c
+        .find_run(P, FindBy::CiBuildId("ci-1".into()))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.run_id, done.run_id);
-    assert!(c.find_run(P, FindBy::CiBuildId("nope".into())).await.unwrap().is_none());
-    assert!(matches!(c.cancel_run(&running.run_id).await.unwrap(), CancelOutcome::Cancelled(_)));
-    assert!(matches!(c.cancel_run(&running.run_id).await.unwrap(), CancelOutcome::AlreadyDone { status: 422, .. }));
-    assert!(matches!(c.cancel_run("0000000000000000").await.unwrap(), CancelOutcome::AlreadyDone { status: 404, .. }));
-    assert!(matches!(c.delete_run(&done.run_id).await.unwrap(), DeleteOutcome::Deleted(_)));
-    assert!(matches!(c.delete_run(&done.run_id).await.unwrap(), DeleteOutcome::AlreadyGone));
+    assert!(
+        c.find_run(P, FindBy::CiBuildId("nope".into()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        c.cancel_run(&running.run_id).await.unwrap(),
+        CancelOutcome::Cancelled(_)
+    ));
+    assert!(matches!(
+        c.cancel_run(&running.run_id).await.unwrap(),
+        CancelOutcome::AlreadyDone { status: 422, .. }
+    ));
+    assert!(matches!(
+        c.cancel_run("0000000000000000").await.unwrap(),
+        CancelOutcome::AlreadyDone { status: 404, .. }
+    ));
+    assert!(matches!(
+        c.delete_run(&done.run_id).await.unwrap(),
+        DeleteOutcome::Deleted(_)
+    ));
+    assert!(matches!(
+        c.delete_run(&done.run_id).await.unwrap(),
+        DeleteOutcome::AlreadyGone
+    ));
     let full = c.get_run(&running.run_id).await.unwrap();
     let inst = full.specs[0].instance_id.clone().unwrap();
-    assert_eq!(c.get_instance(&inst).await.unwrap().instance_id.as_deref(), Some(inst.as_str()));
+    assert_eq!(
+        c.get_instance(&inst).await.unwrap().instance_id.as_deref(),
+        Some(inst.as_str())
+    );
     let spec = WebhookSpec {
         url: Some("https://bot.example.com/hook".into()),
         headers: Some("{\"x-webhook-secret\":\"s\"}".into()),
@@ -142,7 +270,13 @@ async fn find_cancel_delete_instances_and_webhooks() {
     let h = c.create_webhook(P, &spec).await.unwrap();
     assert_eq!(c.list_webhooks(P).await.unwrap().len(), 1);
     let upd = c
-        .update_webhook(&h.hook_id, &WebhookSpec { hook_events: Some(vec!["RUN_START".into()]), ..Default::default() })
+        .update_webhook(
+            &h.hook_id,
+            &WebhookSpec {
+                hook_events: Some(vec!["RUN_START".into()]),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(upd.hook_events, ["RUN_START"]);
@@ -155,20 +289,45 @@ async fn errors_map_to_typed_errors_and_4xx_are_not_retried() {
     let s = sim().await;
     let bad = client(&s, "wrong-key");
     let e = bad.get_run("abc").await.unwrap_err();
-    assert!(matches!(&e, CurrentsError::Api { status: 401, message } if message.contains("Invalid API key")), "{e}");
+    assert!(
+        matches!(&e, CurrentsError::Api { status: 401, message } if message.contains("Invalid API key")),
+        "{e}"
+    );
     assert_eq!(bad.request_count(), 1, "401 is not retried");
     let c = client(&s, "sim-key");
     let e = c.get_run("ffffffffffffffff").await.unwrap_err();
-    assert!(matches!(&e, CurrentsError::Api { status: 404, message } if message == "Run not found"), "{e}");
+    assert!(
+        matches!(&e, CurrentsError::Api { status: 404, message } if message == "Run not found"),
+        "{e}"
+    );
     let e = c.get_project("nope00").await.unwrap_err();
-    assert!(matches!(&e, CurrentsError::Api { status: 404, message } if message == "Project not found"), "{e}");
+    assert!(
+        matches!(&e, CurrentsError::Api { status: 404, message } if message == "Project not found"),
+        "{e}"
+    );
     let before = c.request_count();
-    s.inject_fault(serde_json::from_value::<Fault>(serde_json::json!({"path": "/v1/runs", "kind": "status", "status": 403, "times": 1})).unwrap());
-    assert!(matches!(c.get_run("x").await.unwrap_err(), CurrentsError::Api { status: 403, .. }));
+    s.inject_fault(
+        serde_json::from_value::<Fault>(
+            serde_json::json!({"path": "/v1/runs", "kind": "status", "status": 403, "times": 1}),
+        )
+        .unwrap(),
+    );
+    assert!(matches!(
+        c.get_run("x").await.unwrap_err(),
+        CurrentsError::Api { status: 403, .. }
+    ));
     assert_eq!(c.request_count() - before, 1, "403 is not retried");
     let before = c.request_count();
-    s.inject_fault(serde_json::from_value::<Fault>(serde_json::json!({"path": "/v1/runs", "kind": "status", "status": 400, "times": 1})).unwrap());
-    assert!(matches!(c.get_run("x").await.unwrap_err(), CurrentsError::Api { status: 400, .. }));
+    s.inject_fault(
+        serde_json::from_value::<Fault>(
+            serde_json::json!({"path": "/v1/runs", "kind": "status", "status": 400, "times": 1}),
+        )
+        .unwrap(),
+    );
+    assert!(matches!(
+        c.get_run("x").await.unwrap_err(),
+        CurrentsError::Api { status: 400, .. }
+    ));
     assert_eq!(c.request_count() - before, 1, "400 is not retried");
 }
 
@@ -177,14 +336,30 @@ async fn a_503_burst_and_a_429_with_retry_after_are_retried_and_respected() {
     let s = sim().await;
     let r = s.add_run(nr("main", 3, "running")).unwrap();
     let c = client(&s, "sim-key");
-    s.inject_fault(serde_json::from_value::<Fault>(serde_json::json!({"path": "/v1/runs", "kind": "status", "status": 503, "times": 2})).unwrap());
+    s.inject_fault(
+        serde_json::from_value::<Fault>(
+            serde_json::json!({"path": "/v1/runs", "kind": "status", "status": 503, "times": 2}),
+        )
+        .unwrap(),
+    );
     let before = c.request_count();
     assert_eq!(c.get_run(&r.run_id).await.unwrap().run_id, r.run_id);
     assert_eq!(c.request_count() - before, 3, "two 503s, then success");
     s.inject_fault(serde_json::from_value::<Fault>(serde_json::json!({"path": "/v1/runs", "kind": "rate_limit", "status": 429, "retry_after": 1, "times": 1})).unwrap());
     let t = Instant::now();
-    assert!(matches!(c.cancel_run(&r.run_id).await.unwrap(), CancelOutcome::Cancelled(_)));
-    assert!(t.elapsed() >= Duration::from_millis(950), "Retry-After: 1 was honoured ({:?})", t.elapsed());
-    let cancels = s.mutation_log().iter().filter(|e| e.method == "PUT").count();
+    assert!(matches!(
+        c.cancel_run(&r.run_id).await.unwrap(),
+        CancelOutcome::Cancelled(_)
+    ));
+    assert!(
+        t.elapsed() >= Duration::from_millis(950),
+        "Retry-After: 1 was honoured ({:?})",
+        t.elapsed()
+    );
+    let cancels = s
+        .mutation_log()
+        .iter()
+        .filter(|e| e.method == "PUT")
+        .count();
     assert_eq!(cancels, 2, "one 429, one success");
 }

@@ -34,7 +34,10 @@ fn hold(method: &str, path: &str) -> Fault {
 
 /// Waits until fault `id` has fired (a fault with `times: 1` leaves the list then).
 async fn fired(w: &World, id: u64) {
-    eventually("the fault to fire", 60, || async { (!w.sim.faults().iter().any(|f| f.id == id)).then_some(()) }).await;
+    eventually("the fault to fire", 60, || async {
+        (!w.sim.faults().iter().any(|f| f.id == id)).then_some(())
+    })
+    .await;
 }
 
 struct Pair {
@@ -43,19 +46,40 @@ struct Pair {
 }
 
 fn pair(w: &World, branch: &str) -> Pair {
-    let old = w.sim.add_run(run(branch, &format!("{branch}-old"), 10)).unwrap().run_id;
-    let new = w.sim.add_run(run(branch, &format!("{branch}-new"), 1)).unwrap().run_id;
+    let old = w
+        .sim
+        .add_run(run(branch, &format!("{branch}-old"), 10))
+        .unwrap()
+        .run_id;
+    let new = w
+        .sim
+        .add_run(run(branch, &format!("{branch}-new"), 1))
+        .unwrap()
+        .run_id;
     Pair { old, new }
 }
 
-async fn wait_done(w: &World, store: &runwarden::store::Store, run_id: &str) -> runwarden::store::ActionRow {
+async fn wait_done(
+    w: &World,
+    store: &runwarden::store::Store,
+    run_id: &str,
+) -> runwarden::store::ActionRow {
     let key = format!("cancel:{run_id}");
     eventually("the cancel to be done", 60, || async {
-        store.action_by_key(&key).await.unwrap().filter(|a| a.state.is_terminal())
+        store
+            .action_by_key(&key)
+            .await
+            .unwrap()
+            .filter(|a| a.state.is_terminal())
     })
     .await;
     let a = store.action_by_key(&key).await.unwrap().unwrap();
-    assert_eq!(a.state, ActionState::Done, "{a:#?}; mutations: {:#?}", w.sim.mutation_log());
+    assert_eq!(
+        a.state,
+        ActionState::Done,
+        "{a:#?}; mutations: {:#?}",
+        w.sim.mutation_log()
+    );
     a
 }
 
@@ -64,16 +88,25 @@ async fn sigkill_after_the_event_is_committed_but_before_it_is_decided() {
     let w = World::new(SUPERSEDE, Env::default()).await;
     let p = pair(&w, "feat/a");
     // The processor's read of the run is held: the event is stored, not decided.
-    let id = w.sim.inject_fault(hold("GET", &format!("/v1/runs/{}", p.new)));
+    let id = w
+        .sim
+        .inject_fault(hold("GET", &format!("/v1/runs/{}", p.new)));
     let bot = w.serve().await;
-    assert_eq!(currents_hook(&w, &bot, "RUN_START", &p.new).await.status(), 202);
+    assert_eq!(
+        currents_hook(&w, &bot, "RUN_START", &p.new).await.status(),
+        202
+    );
     fired(&w, id).await;
     let store = w.store().await;
     assert_eq!(store.count_unprocessed().await.unwrap(), 1);
     bot.kill().await;
 
     // Dead: the event is still there, undecided; nothing was done.
-    assert_eq!(store.count_unprocessed().await.unwrap(), 1, "the acknowledged event survived");
+    assert_eq!(
+        store.count_unprocessed().await.unwrap(),
+        1,
+        "the acknowledged event survived"
+    );
     assert!(store.audit(None, None, 10).await.unwrap().is_empty());
     assert!(w.sim.mutation_log().is_empty());
 
@@ -89,7 +122,10 @@ async fn sigkill_after_the_event_is_committed_but_before_it_is_decided() {
     assert_eq!(log[0].status, 200);
     assert_eq!(w.sim.mutation_log().len(), 1, "nothing else mutated");
     // The sender retrying the same event now is a duplicate.
-    assert_eq!(currents_hook(&w, &bot, "RUN_START", &p.new).await.status(), 200);
+    assert_eq!(
+        currents_hook(&w, &bot, "RUN_START", &p.new).await.status(),
+        200
+    );
     bot.kill().await;
 }
 
@@ -101,20 +137,42 @@ async fn sigkill_after_the_decision_but_before_the_cancel_reaches_the_world() {
     // The cancel request is held before the simulator acts on it.
     let id = w.sim.inject_fault(hold("PUT", &cancel));
     let bot = w.serve().await;
-    assert_eq!(currents_hook(&w, &bot, "RUN_START", &p.new).await.status(), 202);
+    assert_eq!(
+        currents_hook(&w, &bot, "RUN_START", &p.new).await.status(),
+        202
+    );
     fired(&w, id).await;
     let store = w.store().await;
-    let a = store.action_by_key(&format!("cancel:{}", p.old)).await.unwrap().unwrap();
-    assert_eq!((a.state, a.attempts), (ActionState::Running, 0), "claimed, in flight: {a:#?}");
+    let a = store
+        .action_by_key(&format!("cancel:{}", p.old))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a.state, a.attempts),
+        (ActionState::Running, 0),
+        "claimed, in flight: {a:#?}"
+    );
     bot.kill().await;
-    assert_eq!(w.sim.run(&p.old).unwrap().completion_state.as_str(), "IN_PROGRESS", "not acted");
+    assert_eq!(
+        w.sim.run(&p.old).unwrap().completion_state.as_str(),
+        "IN_PROGRESS",
+        "not acted"
+    );
 
     // The restart hands the dead process's lease back at once (not after 60 s).
     let started = std::time::Instant::now();
     let bot = w.serve().await;
     let a = wait_done(&w, &store, &p.old).await;
-    assert!(started.elapsed() < Duration::from_secs(50), "resumed before the lease would expire");
-    assert!(bot.log_text().contains("released the leases"), "{}", bot.log_text());
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "resumed before the lease would expire"
+    );
+    assert!(
+        bot.log_text().contains("released the leases"),
+        "{}",
+        bot.log_text()
+    );
     assert_eq!((a.attempts, a.claims), (1, 2), "{a:#?}");
     let log = w.entries(&cancel);
     assert_eq!(log.len(), 1, "one cancel reached the world: {log:#?}");
@@ -130,22 +188,53 @@ async fn sigkill_after_the_cancel_took_effect_but_before_it_was_recorded() {
     let cancel = format!("/v1/runs/{}/cancel", p.old);
     // The first cancel is carried out and its connection dropped (the answer is lost);
     // the client's immediate retry is held. The bot has acted and does not know it.
-    w.sim.inject_fault(Fault { apply: true, kind: FaultKind::Drop, ..hold("PUT", &cancel) });
-    let id = w.sim.inject_fault(Fault { after: 1, ..hold("PUT", &cancel) });
+    w.sim.inject_fault(Fault {
+        apply: true,
+        kind: FaultKind::Drop,
+        ..hold("PUT", &cancel)
+    });
+    let id = w.sim.inject_fault(Fault {
+        after: 1,
+        ..hold("PUT", &cancel)
+    });
     let bot = w.serve().await;
-    assert_eq!(currents_hook(&w, &bot, "RUN_START", &p.new).await.status(), 202);
+    assert_eq!(
+        currents_hook(&w, &bot, "RUN_START", &p.new).await.status(),
+        202
+    );
     fired(&w, id).await;
-    assert_eq!(w.sim.run(&p.old).unwrap().completion_state.as_str(), "CANCELED", "acted");
+    assert_eq!(
+        w.sim.run(&p.old).unwrap().completion_state.as_str(),
+        "CANCELED",
+        "acted"
+    );
     let store = w.store().await;
-    let a = store.action_by_key(&format!("cancel:{}", p.old)).await.unwrap().unwrap();
-    assert_eq!((a.state, a.attempts), (ActionState::Running, 0), "not recorded: {a:#?}");
+    let a = store
+        .action_by_key(&format!("cancel:{}", p.old))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a.state, a.attempts),
+        (ActionState::Running, 0),
+        "not recorded: {a:#?}"
+    );
     bot.kill().await;
 
     let started = std::time::Instant::now();
     let bot = w.serve().await;
     let a = wait_done(&w, &store, &p.old).await;
-    assert!(started.elapsed() < Duration::from_secs(50), "resumed before the lease would expire");
-    assert!(a.detail.as_deref().unwrap_or("").contains("already done (422"), "{a:#?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "resumed before the lease would expire"
+    );
+    assert!(
+        a.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("already done (422"),
+        "{a:#?}"
+    );
     // The world saw one cancel take effect; the repeat was answered 422 and counted done.
     let log = w.entries(&cancel);
     assert_eq!(log.len(), 2, "{log:#?}");
@@ -169,7 +258,11 @@ async fn sigterm_mid_sweep_exits_0_and_the_rest_resumes_on_restart() {
         ids.push(w.sim.add_run(r).unwrap().run_id);
     }
     // Every delete takes 1.5 s: the sweep is still going when SIGTERM comes.
-    let slow = w.sim.inject_fault(Fault { times: None, kind: FaultKind::Latency { ms: 1500 }, ..hold("DELETE", "/v1/runs") });
+    let slow = w.sim.inject_fault(Fault {
+        times: None,
+        kind: FaultKind::Latency { ms: 1500 },
+        ..hold("DELETE", "/v1/runs")
+    });
     let bot = w.serve().await;
     let r = w
         .http
@@ -179,14 +272,20 @@ async fn sigterm_mid_sweep_exits_0_and_the_rest_resumes_on_restart() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    eventually("the first delete", 60, || async { (!w.sim.mutation_log().is_empty()).then_some(()) }).await;
+    eventually("the first delete", 60, || async {
+        (!w.sim.mutation_log().is_empty()).then_some(())
+    })
+    .await;
     let (status, logs) = bot.terminate(Duration::from_secs(60)).await;
     assert!(status.success(), "graceful exit 0, got {status}: {logs:#?}");
 
     let store = w.store().await;
     let pending = store.pending_actions().await.unwrap();
     assert!(!pending.is_empty(), "work remained at shutdown");
-    assert!(pending.iter().all(|a| a.state == ActionState::Pending), "no lease left behind: {pending:#?}");
+    assert!(
+        pending.iter().all(|a| a.state == ActionState::Pending),
+        "no lease left behind: {pending:#?}"
+    );
     let deleted_before = n - ids.iter().filter(|id| w.sim.run(id).is_some()).count();
     assert!(deleted_before < n);
 
@@ -195,7 +294,12 @@ async fn sigterm_mid_sweep_exits_0_and_the_rest_resumes_on_restart() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let audit = store.audit(None, None, 1000).await.unwrap();
-        if audit.iter().filter(|e| e.outcome.as_str() == "done").count() == n {
+        if audit
+            .iter()
+            .filter(|e| e.outcome.as_str() == "done")
+            .count()
+            == n
+        {
             break;
         }
         assert!(

@@ -65,9 +65,18 @@ impl Pair {
 }
 
 fn pair(app: &TestApp, branch: &str) -> Pair {
-    let old = app.sim.add_run(run(branch, &format!("{branch}-old"), 10)).unwrap();
-    let new = app.sim.add_run(run(branch, &format!("{branch}-new"), 1)).unwrap();
-    Pair { old: old.run_id, new: new.run_id }
+    let old = app
+        .sim
+        .add_run(run(branch, &format!("{branch}-old"), 10))
+        .unwrap();
+    let new = app
+        .sim
+        .add_run(run(branch, &format!("{branch}-new"), 1))
+        .unwrap();
+    Pair {
+        old: old.run_id,
+        new: new.run_id,
+    }
 }
 
 async fn trigger(app: &TestApp, p: &Pair) {
@@ -76,11 +85,22 @@ async fn trigger(app: &TestApp, p: &Pair) {
 }
 
 async fn action(app: &TestApp, run_id: &str) -> Option<ActionRow> {
-    app.bot.ctx.store.action_by_key(&format!("cancel:{run_id}")).await.unwrap()
+    app.bot
+        .ctx
+        .store
+        .action_by_key(&format!("cancel:{run_id}"))
+        .await
+        .unwrap()
 }
 
 /// Waits until the cancel action of `run_id` satisfies `f`; panics after `secs`.
-async fn wait_action<F: Fn(&ActionRow) -> bool>(app: &TestApp, run_id: &str, what: &str, secs: u64, f: F) -> ActionRow {
+async fn wait_action<F: Fn(&ActionRow) -> bool>(
+    app: &TestApp,
+    run_id: &str,
+    what: &str,
+    secs: u64,
+    f: F,
+) -> ActionRow {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(a) = action(app, run_id).await
@@ -100,7 +120,11 @@ async fn wait_action<F: Fn(&ActionRow) -> bool>(app: &TestApp, run_id: &str, wha
 }
 
 fn entries(app: &TestApp, path: &str) -> Vec<LogEntry> {
-    app.sim.mutation_log().into_iter().filter(|e| e.path == path).collect()
+    app.sim
+        .mutation_log()
+        .into_iter()
+        .filter(|e| e.path == path)
+        .collect()
 }
 
 /// The cancel of `p.old` took effect exactly once: the run is cancelled, one request
@@ -108,7 +132,10 @@ fn entries(app: &TestApp, path: &str) -> Vec<LogEntry> {
 /// other request was answered by a fault or 422 "already cancelled".
 fn cancelled_once(app: &TestApp, p: &Pair, applied_by_fault: usize) {
     let log = entries(app, &p.cancel_path());
-    let ok = log.iter().filter(|e| (200..300).contains(&e.status) && e.fault.is_none()).count();
+    let ok = log
+        .iter()
+        .filter(|e| (200..300).contains(&e.status) && e.fault.is_none())
+        .count();
     assert_eq!(ok + applied_by_fault, 1, "one cancel took effect: {log:#?}");
     for e in &log {
         assert!(
@@ -118,7 +145,11 @@ fn cancelled_once(app: &TestApp, p: &Pair, applied_by_fault: usize) {
     }
     let run = app.sim.run(&p.old).unwrap();
     assert_eq!(run.completion_state.as_str(), "CANCELED");
-    assert_eq!(app.sim.run(&p.new).unwrap().completion_state.as_str(), "IN_PROGRESS", "the newest run is never cancelled");
+    assert_eq!(
+        app.sim.run(&p.new).unwrap().completion_state.as_str(),
+        "IN_PROGRESS",
+        "the newest run is never cancelled"
+    );
 }
 
 /// Only cancels of the old runs of `pairs` were requested.
@@ -135,31 +166,60 @@ fn only_cancels_of(app: &TestApp, pairs: &[&Pair]) {
 /// clears it, `y` (another branch) is not faulted and completes meanwhile; once the
 /// fault is cleared, `x` completes once. With `apply`, the simulator carries the request
 /// out before failing its answer (once): the ambiguous write. Returns `x`'s action row.
-async fn clears(kind: FaultKind, method: &str, path_of: fn(&Pair) -> String, apply: bool) -> ActionRow {
+async fn clears(
+    kind: FaultKind,
+    method: &str,
+    path_of: fn(&Pair) -> String,
+    apply: bool,
+) -> ActionRow {
     let app = spawn_app_with(fast(UNTIL_CLEARED)).await;
     let x = pair(&app, "feat/x");
     let y = pair(&app, "feat/y");
-    let f = Fault { apply, ..fault(method, &path_of(&x), kind, if apply { Some(1) } else { None }) };
+    let f = Fault {
+        apply,
+        ..fault(
+            method,
+            &path_of(&x),
+            kind,
+            if apply { Some(1) } else { None },
+        )
+    };
     let id = app.sim.inject_fault(f);
     trigger(&app, &x).await;
     trigger(&app, &y).await;
     if !apply {
         // x fails (and is retried), y is done meanwhile, x is still being retried.
-        wait_action(&app, &x.old, "a failed attempt of x", 30, |a| a.attempts >= 1 && a.last_error.is_some()).await;
-        wait_action(&app, &y.old, "y done while x is faulted", 30, |a| a.state == ActionState::Done).await;
+        wait_action(&app, &x.old, "a failed attempt of x", 30, |a| {
+            a.attempts >= 1 && a.last_error.is_some()
+        })
+        .await;
+        wait_action(&app, &y.old, "y done while x is faulted", 30, |a| {
+            a.state == ActionState::Done
+        })
+        .await;
         let xa = action(&app, &x.old).await.unwrap();
         assert!(!xa.state.is_terminal(), "x is still being retried: {xa:#?}");
         app.sim.remove_fault(id);
     }
-    let xa = wait_action(&app, &x.old, "x done once the fault cleared", 30, |a| a.state.is_terminal()).await;
+    let xa = wait_action(&app, &x.old, "x done once the fault cleared", 30, |a| {
+        a.state.is_terminal()
+    })
+    .await;
     assert_eq!(xa.state, ActionState::Done, "{xa:#?}");
     wait_action(&app, &y.old, "y done", 30, |a| a.state == ActionState::Done).await;
     cancelled_once(&app, &x, usize::from(apply));
     cancelled_once(&app, &y, 0);
     only_cancels_of(&app, &[&x, &y]);
     let audit = app.bot.ctx.store.audit(None, None, 100).await.unwrap();
-    assert_eq!(audit.len(), 2, "one decision per superseded run: {audit:#?}");
-    assert!(audit.iter().all(|e| e.outcome.as_str() == "done"), "{audit:#?}");
+    assert_eq!(
+        audit.len(),
+        2,
+        "one decision per superseded run: {audit:#?}"
+    );
+    assert!(
+        audit.iter().all(|e| e.outcome.as_str() == "done"),
+        "{audit:#?}"
+    );
     xa
 }
 
@@ -176,13 +236,33 @@ fn run_path(p: &Pair) -> String {
 
 #[tokio::test]
 async fn a_5xx_burst_on_cancel_is_retried_until_it_clears() {
-    let a = clears(FaultKind::Status { status: 503, body: None, retry_after: None }, "PUT", cancel_path, false).await;
+    let a = clears(
+        FaultKind::Status {
+            status: 503,
+            body: None,
+            retry_after: None,
+        },
+        "PUT",
+        cancel_path,
+        false,
+    )
+    .await;
     assert!(a.attempts >= 2, "the executor retried: {a:#?}");
 }
 
 #[tokio::test]
 async fn a_429_without_retry_after_is_retried_until_it_clears() {
-    clears(FaultKind::RateLimit { status: 429, retry_after: None, reset_after: None }, "PUT", cancel_path, false).await;
+    clears(
+        FaultKind::RateLimit {
+            status: 429,
+            retry_after: None,
+            reset_after: None,
+        },
+        "PUT",
+        cancel_path,
+        false,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -233,7 +313,11 @@ async fn a_429_with_retry_after_is_honoured() {
     app.sim.inject_fault(fault(
         "PUT",
         &x.cancel_path(),
-        FaultKind::RateLimit { status: 429, retry_after: Some(2), reset_after: None },
+        FaultKind::RateLimit {
+            status: 429,
+            retry_after: Some(2),
+            reset_after: None,
+        },
         Some(1),
     ));
     trigger(&app, &x).await;
@@ -243,16 +327,28 @@ async fn a_429_with_retry_after_is_honoured() {
     assert_eq!(log.len(), 2, "{log:#?}");
     assert_eq!(log[0].status, 429);
     let waited = log[1].at - log[0].at;
-    assert!(waited >= chrono::Duration::milliseconds(1900), "waited only {waited}");
+    assert!(
+        waited >= chrono::Duration::milliseconds(1900),
+        "waited only {waited}"
+    );
 }
 
 #[tokio::test]
 async fn slow_answers_past_the_request_timeout_are_abandoned_and_retried() {
-    let app = spawn_app_with(AppOptions { request_timeout: "1s", ..fast(UNTIL_CLEARED) }).await;
+    let app = spawn_app_with(AppOptions {
+        request_timeout: "1s",
+        ..fast(UNTIL_CLEARED)
+    })
+    .await;
     let x = pair(&app, "feat/x");
     let y = pair(&app, "feat/y");
     // Two requests are held 3 s, past the 1 s timeout; later ones are served at once.
-    app.sim.inject_fault(fault("PUT", &x.cancel_path(), FaultKind::Latency { ms: 3000 }, Some(2)));
+    app.sim.inject_fault(fault(
+        "PUT",
+        &x.cancel_path(),
+        FaultKind::Latency { ms: 3000 },
+        Some(2),
+    ));
     trigger(&app, &x).await;
     trigger(&app, &y).await;
     let xa = wait_action(&app, &x.old, "x done", 60, |a| a.state.is_terminal()).await;
@@ -263,9 +359,16 @@ async fn slow_answers_past_the_request_timeout_are_abandoned_and_retried() {
     // 422 (or it is the one that succeeds). Either way the run is cancelled once.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let log = entries(&app, &x.cancel_path());
-    let ok = log.iter().filter(|e| (200..300).contains(&e.status)).count();
+    let ok = log
+        .iter()
+        .filter(|e| (200..300).contains(&e.status))
+        .count();
     assert_eq!(ok, 1, "{log:#?}");
-    assert!(log.iter().all(|e| (200..300).contains(&e.status) || e.status == 422), "{log:#?}");
+    assert!(
+        log.iter()
+            .all(|e| (200..300).contains(&e.status) || e.status == 422),
+        "{log:#?}"
+    );
     cancelled_once(&app, &y, 0);
 }
 
@@ -274,22 +377,47 @@ async fn a_hanging_cancel_does_not_hold_back_other_actions() {
     // x's requests hang until the request timeout (3 s, two tries per attempt: at least
     // 6 s per attempt). y is decided while x's first attempt is in flight and must be
     // done before that attempt ends.
-    let app = spawn_app_with(AppOptions { request_timeout: "3s", ..fast(UNTIL_CLEARED) }).await;
+    let app = spawn_app_with(AppOptions {
+        request_timeout: "3s",
+        ..fast(UNTIL_CLEARED)
+    })
+    .await;
     let x = pair(&app, "feat/x");
     let y = pair(&app, "feat/y");
-    let id = app.sim.inject_fault(fault("PUT", &x.cancel_path(), FaultKind::Latency { ms: 60_000 }, None));
+    let id = app.sim.inject_fault(fault(
+        "PUT",
+        &x.cancel_path(),
+        FaultKind::Latency { ms: 60_000 },
+        None,
+    ));
     trigger(&app, &x).await;
-    wait_action(&app, &x.old, "x claimed", 30, |a| a.state == ActionState::Running).await;
+    wait_action(&app, &x.old, "x claimed", 30, |a| {
+        a.state == ActionState::Running
+    })
+    .await;
     // The first request of x is in the simulator.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while app.sim.faults().iter().find(|f| f.id == id).is_none_or(|f| f.fired == 0) {
-        assert!(tokio::time::Instant::now() < deadline, "x's cancel never reached the simulator");
+    while app
+        .sim
+        .faults()
+        .iter()
+        .find(|f| f.id == id)
+        .is_none_or(|f| f.fired == 0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "x's cancel never reached the simulator"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     trigger(&app, &y).await;
     wait_action(&app, &y.old, "y done", 30, |a| a.state == ActionState::Done).await;
     let xa = action(&app, &x.old).await.unwrap();
-    assert_eq!((xa.state, xa.attempts), (ActionState::Running, 0), "y was done during x's first attempt: {xa:#?}");
+    assert_eq!(
+        (xa.state, xa.attempts),
+        (ActionState::Running, 0),
+        "y was done during x's first attempt: {xa:#?}"
+    );
     cancelled_once(&app, &y, 0);
     app.sim.remove_fault(id);
     let xa = wait_action(&app, &x.old, "x done", 60, |a| a.state.is_terminal()).await;
@@ -302,7 +430,12 @@ async fn a_malformed_run_read_delays_the_event_instead_of_dropping_it() {
     // event is processed on a later pass.
     let app = spawn_app_with(fast(UNTIL_CLEARED)).await;
     let x = pair(&app, "feat/x");
-    app.sim.inject_fault(fault("GET", &format!("/v1/runs/{}", x.new), FaultKind::MalformedJson, Some(1)));
+    app.sim.inject_fault(fault(
+        "GET",
+        &format!("/v1/runs/{}", x.new),
+        FaultKind::MalformedJson,
+        Some(1),
+    ));
     trigger(&app, &x).await;
     // The event is retried after its backoff (2 s for the first failure).
     wait_action(&app, &x.old, "x done", 30, |a| a.state == ActionState::Done).await;
@@ -319,7 +452,8 @@ async fn fails(kind: FaultKind, attempts: i64, reason: &str) {
     let app = spawn_app_with(fast(attempts)).await;
     let x = pair(&app, "feat/x");
     let y = pair(&app, "feat/y");
-    app.sim.inject_fault(fault("PUT", &x.cancel_path(), kind, None));
+    app.sim
+        .inject_fault(fault("PUT", &x.cancel_path(), kind, None));
     trigger(&app, &x).await;
     trigger(&app, &y).await;
     let xa = wait_action(&app, &x.old, "x failed", 60, |a| a.state.is_terminal()).await;
@@ -330,35 +464,91 @@ async fn fails(kind: FaultKind, attempts: i64, reason: &str) {
     assert!(err.len() < 400, "a short reason, not a whole page: {err}");
     wait_action(&app, &y.old, "y done", 30, |a| a.state == ActionState::Done).await;
     cancelled_once(&app, &y, 0);
-    assert_eq!(app.sim.run(&x.old).unwrap().completion_state.as_str(), "IN_PROGRESS");
+    assert_eq!(
+        app.sim.run(&x.old).unwrap().completion_state.as_str(),
+        "IN_PROGRESS"
+    );
     only_cancels_of(&app, &[&x, &y]);
     // Visible everywhere.
     let audit = app.bot.ctx.store.audit(None, None, 100).await.unwrap();
     let e = audit.iter().find(|e| e.run_id == x.old).unwrap();
     assert_eq!(e.outcome.as_str(), "failed");
     assert_eq!(e.error.as_deref(), Some(err.as_str()));
-    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        metrics.contains("runwarden_actions_total{kind=\"supersede\",action=\"cancel\",outcome=\"failed\"} 1"),
+        metrics.contains(
+            "runwarden_actions_total{kind=\"supersede\",action=\"cancel\",outcome=\"failed\"} 1"
+        ),
         "{metrics}"
     );
-    let api: serde_json::Value =
-        app.http.get(app.url("/api/actions")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
-    let row = api.as_array().unwrap().iter().find(|r| r["run_id"] == x.old.as_str()).unwrap().clone();
+    let api: serde_json::Value = app
+        .http
+        .get(app.url("/api/actions"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = api
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == x.old.as_str())
+        .unwrap()
+        .clone();
     assert_eq!(row["outcome"], "failed");
     assert_eq!(row["attempts"], attempts);
-    let page = app.http.get(app.url("/")).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains(&x.old), "the status page lists the failed action");
+    let page = app
+        .http
+        .get(app.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&x.old),
+        "the status page lists the failed action"
+    );
 }
 
 #[tokio::test]
 async fn persistent_5xx_fails_after_the_last_attempt() {
-    fails(FaultKind::Status { status: 500, body: None, retry_after: None }, 3, "HTTP 500").await;
+    fails(
+        FaultKind::Status {
+            status: 500,
+            body: None,
+            retry_after: None,
+        },
+        3,
+        "HTTP 500",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn persistent_429_fails_after_the_last_attempt() {
-    fails(FaultKind::RateLimit { status: 429, retry_after: None, reset_after: None }, 3, "429").await;
+    fails(
+        FaultKind::RateLimit {
+            status: 429,
+            retry_after: None,
+            reset_after: None,
+        },
+        3,
+        "429",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -379,7 +569,16 @@ async fn persistent_malformed_json_fails_after_the_last_attempt() {
 #[tokio::test]
 async fn a_permanent_4xx_fails_at_once_without_retries() {
     // 403 (e.g. a read-only API key) is final: one attempt, no retry.
-    fails(FaultKind::Status { status: 403, body: None, retry_after: None }, 1, "HTTP 403").await;
+    fails(
+        FaultKind::Status {
+            status: 403,
+            body: None,
+            retry_after: None,
+        },
+        1,
+        "HTTP 403",
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -390,15 +589,32 @@ async fn an_ambiguous_delete_is_done_once() {
     // The DELETE is carried out but its connection dropped: the retry finds the run gone
     // (404) and counts it as done.
     let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\n";
-    let app = spawn_app_with(AppOptions { rules: rules.into(), ..fast(UNTIL_CLEARED) }).await;
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        ..fast(UNTIL_CLEARED)
+    })
+    .await;
     let mut r = run("feat/old", "sha-old", 60 * 24 * 40);
     r.state = Some("passed".into());
     let old = app.sim.add_run(r).unwrap().run_id;
     let path = format!("/v1/runs/{old}");
-    app.sim.inject_fault(Fault { apply: true, ..fault("DELETE", &path, FaultKind::Drop, Some(1)) });
-    let r = app.http.post(app.url("/api/sweep/retention")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    app.sim.inject_fault(Fault {
+        apply: true,
+        ..fault("DELETE", &path, FaultKind::Drop, Some(1))
+    });
+    let r = app
+        .http
+        .post(app.url("/api/sweep/retention"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
-    let a = app.wait_audit("delete done", 30, |a| a.iter().any(|e| e.outcome.as_str() == "done")).await;
+    let a = app
+        .wait_audit("delete done", 30, |a| {
+            a.iter().any(|e| e.outcome.as_str() == "done")
+        })
+        .await;
     assert_eq!(a.len(), 1, "{a:#?}");
     assert!(app.sim.run(&old).is_none());
     let log = entries(&app, &path);
@@ -412,17 +628,30 @@ async fn a_burst_of_deletes_completes_without_starving_the_store() {
     // Regression: the executor keeps claiming while actions are in flight; it must keep
     // driving them while it waits for a pooled connection (they hold the others).
     let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\n";
-    let app = spawn_app_with(AppOptions { rules: rules.into(), ..fast(UNTIL_CLEARED) }).await;
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        ..fast(UNTIL_CLEARED)
+    })
+    .await;
     let n = 64;
     for i in 0..n {
         let mut r = run(&format!("feat/old-{i}"), &format!("sha{i}"), 60 * 24 * 40);
         r.state = Some("passed".into());
         app.sim.add_run(r).unwrap();
     }
-    let r = app.http.post(app.url("/api/sweep/retention")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url("/api/sweep/retention"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     // Each store operation takes milliseconds; a starved pool takes 5 s per stall.
-    app.wait_audit("every delete done", 30, |a| a.iter().filter(|e| e.outcome.as_str() == "done").count() == n).await;
+    app.wait_audit("every delete done", 30, |a| {
+        a.iter().filter(|e| e.outcome.as_str() == "done").count() == n
+    })
+    .await;
     let log = app.sim.mutation_log();
     assert_eq!(log.len(), n, "one DELETE per run");
     assert!(log.iter().all(|e| e.method == "DELETE" && e.status == 200));

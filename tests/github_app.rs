@@ -35,26 +35,52 @@ async fn a_github_app_posts_the_summary_with_an_installation_token() {
         })
         .unwrap();
     let rule = &app.bot.ctx.config.rules[0];
-    let runwarden::config::RuleKind::Summary(opts) = &rule.kind else { unreachable!() };
-    let ctx = runwarden::github::summary::SummaryCtx { gh: &gh, config: &app.bot.ctx.config, rule, opts };
+    let runwarden::config::RuleKind::Summary(opts) = &rule.kind else {
+        unreachable!()
+    };
+    let ctx = runwarden::github::summary::SummaryCtx {
+        gh: &gh,
+        config: &app.bot.ctx.config,
+        rule,
+        opts,
+    };
     let run = app.sim.run(&created.run_id).unwrap();
-    let report = runwarden::github::summary::post_summary(&ctx, &run, "RUN_FINISH", None, false).await.unwrap();
-    assert!(report.to_string().contains("PR #7: created comment"), "{report}");
+    let report = runwarden::github::summary::post_summary(&ctx, &run, "RUN_FINISH", None, false)
+        .await
+        .unwrap();
+    assert!(
+        report.to_string().contains("PR #7: created comment"),
+        "{report}"
+    );
     let comments = app.sim.comments(Some(REPO), Some(7));
     assert_eq!(comments.len(), 1);
     assert!(comments[0].body.contains("<!-- runwarden:summary -->"));
-    let log: Vec<String> = app.sim.mutation_log().iter().map(|e| format!("{} {}", e.method, e.path)).collect();
-    assert!(log.iter().any(|l| l.starts_with("POST /github/app/installations/") && l.ends_with("/access_tokens")), "{log:?}");
+    let log: Vec<String> = app
+        .sim
+        .mutation_log()
+        .iter()
+        .map(|e| format!("{} {}", e.method, e.path))
+        .collect();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("POST /github/app/installations/")
+                && l.ends_with("/access_tokens")),
+        "{log:?}"
+    );
 }
 
 #[test]
 fn a_bad_app_key_is_reported_at_startup_without_echoing_it() {
     let secrets = Secrets {
         github_app_id: Some(1),
-        github_app_private_key: Some(Secret::new("-----BEGIN RSA PRIVATE KEY-----\nnot-a-key-XYZZY\n-----END RSA PRIVATE KEY-----")),
+        github_app_private_key: Some(Secret::new(
+            "-----BEGIN RSA PRIVATE KEY-----\nnot-a-key-XYZZY\n-----END RSA PRIVATE KEY-----",
+        )),
         ..Secrets::default()
     };
-    let cfg = runwarden::config::load_str("[currents]\nprojects = [\"p\"]\n", "r.toml", &[]).unwrap().config;
+    let cfg = runwarden::config::load_str("[currents]\nprojects = [\"p\"]\n", "r.toml", &[])
+        .unwrap()
+        .config;
     let err = match GithubClient::from_config(&cfg.github, &secrets) {
         Err(e) => e.to_string(),
         Ok(_) => panic!("a bad key must be rejected"),

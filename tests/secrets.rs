@@ -26,7 +26,16 @@ const GITHUB_TOKEN: &str = "ghp_SECRETgithubtoken0c1d";
 const WRONG: &str = "wrong_SECRETguess2e3f";
 const DB_PASSWORD: &str = "pw_SECRETdatabase4g5h";
 
-const ALL: [&str; 8] = [API_KEY, CURRENTS_HOOK, GITHUB_HOOK, GITHUB_HOOK_OLD, ADMIN, GITHUB_TOKEN, WRONG, DB_PASSWORD];
+const ALL: [&str; 8] = [
+    API_KEY,
+    CURRENTS_HOOK,
+    GITHUB_HOOK,
+    GITHUB_HOOK_OLD,
+    ADMIN,
+    GITHUB_TOKEN,
+    WRONG,
+    DB_PASSWORD,
+];
 
 const RULES: &str = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n[rules.match]\nbranches = [\"*\", \"!main\"]\n\n[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\ncommit_status = true\n[rules.match]\nbranches = [\"feat/pr\"]\n";
 
@@ -44,7 +53,10 @@ fn env(rust_log: &str) -> Env {
 /// Panics naming `what` if `text` contains any secret (or the signatures sent).
 fn assert_clean(what: &str, text: &str, extra: &[String]) {
     for s in ALL.iter().copied().chain(extra.iter().map(String::as_str)) {
-        assert!(!text.contains(s), "{what} contains the secret {s:?}:\n{text}");
+        assert!(
+            !text.contains(s),
+            "{what} contains the secret {s:?}:\n{text}"
+        );
     }
 }
 
@@ -58,7 +70,11 @@ fn status_fault(method: &str, path: &str, status: u16, body: String) -> Fault {
     Fault {
         method: Some(method.into()),
         path: Some(path.into()),
-        kind: FaultKind::Status { status, body: Some(body), retry_after: None },
+        kind: FaultKind::Status {
+            status,
+            body: Some(body),
+            retry_after: None,
+        },
         times: None,
         after: 0,
         apply: false,
@@ -70,10 +86,26 @@ fn status_fault(method: &str, path: &str, status: u16, body: String) -> Fault {
 async fn exercise(w: &World, bot: &ChildBot, tag: &str) -> Vec<String> {
     let mut sent = Vec::new();
     // A cancel that works, and one whose API answer echoes the key (it fails for good).
-    let ok_old = w.sim.add_run(run(&format!("feat/ok-{tag}"), "a1", 10)).unwrap().run_id;
-    let ok_new = w.sim.add_run(run(&format!("feat/ok-{tag}"), "a2", 1)).unwrap().run_id;
-    let bad_old = w.sim.add_run(run(&format!("feat/bad-{tag}"), "b1", 10)).unwrap().run_id;
-    let bad_new = w.sim.add_run(run(&format!("feat/bad-{tag}"), "b2", 1)).unwrap().run_id;
+    let ok_old = w
+        .sim
+        .add_run(run(&format!("feat/ok-{tag}"), "a1", 10))
+        .unwrap()
+        .run_id;
+    let ok_new = w
+        .sim
+        .add_run(run(&format!("feat/ok-{tag}"), "a2", 1))
+        .unwrap()
+        .run_id;
+    let bad_old = w
+        .sim
+        .add_run(run(&format!("feat/bad-{tag}"), "b1", 10))
+        .unwrap()
+        .run_id;
+    let bad_new = w
+        .sim
+        .add_run(run(&format!("feat/bad-{tag}"), "b2", 1))
+        .unwrap()
+        .run_id;
     w.sim.inject_fault(status_fault(
         "PUT",
         &format!("/v1/runs/{bad_old}/cancel"),
@@ -93,13 +125,21 @@ async fn exercise(w: &World, bot: &ChildBot, tag: &str) -> Vec<String> {
         .unwrap();
     w.sim.inject_fault(Fault {
         times: Some(1),
-        ..status_fault("GET", "/github", 502, format!("{{\"message\":\"upstream said: token {GITHUB_TOKEN}\"}}"))
+        ..status_fault(
+            "GET",
+            "/github",
+            502,
+            format!("{{\"message\":\"upstream said: token {GITHUB_TOKEN}\"}}"),
+        )
     });
 
     for id in [&ok_new, &bad_new] {
         assert_eq!(currents_hook(w, bot, "RUN_START", id).await.status(), 202);
     }
-    assert_eq!(currents_hook(w, bot, "RUN_FINISH", &pr_run).await.status(), 202);
+    assert_eq!(
+        currents_hook(w, bot, "RUN_FINISH", &pr_run).await.status(),
+        202
+    );
     // Wrong secrets, wrong tokens: refused, and what was sent is not echoed or logged.
     let r = w
         .http
@@ -145,10 +185,18 @@ async fn exercise(w: &World, bot: &ChildBot, tag: &str) -> Vec<String> {
 
     // Wait for the outcomes.
     let store = w.store().await;
-    for (run_id, want) in [(&ok_old, ActionState::Done), (&bad_old, ActionState::Failed)] {
+    for (run_id, want) in [
+        (&ok_old, ActionState::Done),
+        (&bad_old, ActionState::Failed),
+    ] {
         let key = format!("cancel:{run_id}");
         let a = eventually(&format!("the cancel of {run_id}"), 60, || async {
-            store.action_by_key(&key).await.ok().flatten().filter(|a| a.state.is_terminal())
+            store
+                .action_by_key(&key)
+                .await
+                .ok()
+                .flatten()
+                .filter(|a| a.state.is_terminal())
         })
         .await;
         assert_eq!(a.state, want, "{a:#?}");
@@ -158,10 +206,20 @@ async fn exercise(w: &World, bot: &ChildBot, tag: &str) -> Vec<String> {
             assert_clean("the recorded error", &err, &[]);
         }
     }
-    eventually("the PR comment", 60, || async { (!w.sim.comments(Some(REPO), None).is_empty()).then_some(()) }).await;
+    eventually("the PR comment", 60, || async {
+        (!w.sim.comments(Some(REPO), None).is_empty()).then_some(())
+    })
+    .await;
 
     // Every page and API.
-    for (path, token) in [("/metrics", None), ("/", None), ("/api/actions", Some(ADMIN)), ("/api/rules", Some(ADMIN)), ("/api/actions", Some(WRONG)), ("/readyz", None)] {
+    for (path, token) in [
+        ("/metrics", None),
+        ("/", None),
+        ("/api/actions", Some(ADMIN)),
+        ("/api/rules", Some(ADMIN)),
+        ("/api/actions", Some(WRONG)),
+        ("/readyz", None),
+    ] {
         let mut req = w.http.get(bot.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -171,10 +229,19 @@ async fn exercise(w: &World, bot: &ChildBot, tag: &str) -> Vec<String> {
         let text = r.text().await.unwrap();
         assert_clean(&format!("GET {path} ({status})"), &text, &sent);
         if path == "/api/actions" && token == Some(ADMIN) {
-            assert!(text.contains("401"), "the failed action is listed with its (redacted) error: {text}");
+            assert!(
+                text.contains("401"),
+                "the failed action is listed with its (redacted) error: {text}"
+            );
         }
     }
-    let r = w.http.post(bot.url("/api/sweep/cancel-superseded")).bearer_auth(WRONG).send().await.unwrap();
+    let r = w
+        .http
+        .post(bot.url("/api/sweep/cancel-superseded"))
+        .bearer_auth(WRONG)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     sent
 }
@@ -203,7 +270,12 @@ async fn secrets_never_reach_the_output_of_one_shot_commands() {
     assert!(status.success(), "{out}{err}");
     assert_clean("check", &format!("{out}{err}"), &[]);
     // plan, against an API that echoes the key in its error, and against no API at all.
-    let list = status_fault("GET", "/v1", 500, format!("{{\"error\":\"boom for key {API_KEY}\"}}"));
+    let list = status_fault(
+        "GET",
+        "/v1",
+        500,
+        format!("{{\"error\":\"boom for key {API_KEY}\"}}"),
+    );
     let id = w.sim.inject_fault(list);
     let (status, out, err) = w.run(&["plan"]).await;
     assert!(!status.success(), "{out}{err}");
@@ -216,7 +288,11 @@ async fn secrets_never_reach_the_output_of_one_shot_commands() {
     assert_clean("plan with a bad URL", &format!("{out}{err}"), &[]);
     w.write_config(RULES, &format!("http://user:{DB_PASSWORD}@127.0.0.1:9/v1"));
     let (_, out, err) = w.run(&["plan"]).await;
-    assert_clean("plan with credentials in the URL", &format!("{out}{err}"), &[]);
+    assert_clean(
+        "plan with credentials in the URL",
+        &format!("{out}{err}"),
+        &[],
+    );
     w.write_config(RULES, &w.sim.currents_url());
     // sweep with a failing action whose API error echoes the key.
     let old = w.sim.add_run(run("feat/s", "s1", 10)).unwrap().run_id;
@@ -238,11 +314,22 @@ async fn secrets_never_reach_the_output_of_one_shot_commands() {
     // serve with a PostgreSQL URL carrying a password, from the environment: the error
     // names the store without it.
     let mut cmd = w.command(&["serve"]);
-    cmd.env("RUNWARDEN__STORE__URL", format!("postgres://bot:{DB_PASSWORD}@127.0.0.1:9/runwarden"));
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
+    cmd.env(
+        "RUNWARDEN__STORE__URL",
+        format!("postgres://bot:{DB_PASSWORD}@127.0.0.1:9/runwarden"),
+    );
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!out.status.success());
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("postgres://127.0.0.1"), "{text}");
     assert_clean("serve with a password in the store URL", &text, &[]);
 }
@@ -255,42 +342,95 @@ async fn debug_output_and_error_messages_are_redacted() {
         currents_api_key: Some(Secret::new(API_KEY)),
         github_token: Some(Secret::new(GITHUB_TOKEN)),
         github_app_id: Some(1),
-        github_app_private_key: Some(Secret::new(std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/test-app-key.pem")).unwrap())),
+        github_app_private_key: Some(Secret::new(
+            std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/data/test-app-key.pem"
+            ))
+            .unwrap(),
+        )),
         currents_webhook_secrets: vec![Secret::new(CURRENTS_HOOK)],
         github_webhook_secrets: vec![Secret::new(GITHUB_HOOK_OLD), Secret::new(GITHUB_HOOK)],
         admin_token: Some(Secret::new(ADMIN)),
     };
-    let pem_line = secrets.github_app_private_key.as_ref().unwrap().expose().lines().nth(1).unwrap().to_string();
+    let pem_line = secrets
+        .github_app_private_key
+        .as_ref()
+        .unwrap()
+        .expose()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
     let extra = [pem_line];
-    assert_clean("Debug of Secrets", &format!("{secrets:?} {secrets:#?}"), &extra);
+    assert_clean(
+        "Debug of Secrets",
+        &format!("{secrets:?} {secrets:#?}"),
+        &extra,
+    );
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "[currents]\napi_url = \"http://127.0.0.1:9/v1\"\nprojects = [\"p\"]\n[store]\nurl = \"postgres://bot:{DB_PASSWORD}@db.internal/runwarden\"\n"
     );
-    let config = load_str(&text, &dir.path().join("rules.toml").display().to_string(), &[]).unwrap().config;
-    assert_clean("Debug of Config", &format!("{config:?} {config:#?}"), &extra);
+    let config = load_str(
+        &text,
+        &dir.path().join("rules.toml").display().to_string(),
+        &[],
+    )
+    .unwrap()
+    .config;
+    assert_clean(
+        "Debug of Config",
+        &format!("{config:?} {config:#?}"),
+        &extra,
+    );
     let client = runwarden::commands::serve::currents_client(&config, &secrets).unwrap();
-    assert_clean("Debug of the Currents client", &format!("{client:?}"), &extra);
-    let gh = runwarden::github::GithubClient::from_config(&config.github, &secrets).unwrap().unwrap();
+    assert_clean(
+        "Debug of the Currents client",
+        &format!("{client:?}"),
+        &extra,
+    );
+    let gh = runwarden::github::GithubClient::from_config(&config.github, &secrets)
+        .unwrap()
+        .unwrap();
     assert_clean("Debug of the GitHub client", &format!("{gh:?}"), &extra);
-    let app_only = Secrets { github_token: None, ..secrets.clone() };
-    let gh = runwarden::github::GithubClient::from_config(&config.github, &app_only).unwrap().unwrap();
+    let app_only = Secrets {
+        github_token: None,
+        ..secrets.clone()
+    };
+    let gh = runwarden::github::GithubClient::from_config(&config.github, &app_only)
+        .unwrap()
+        .unwrap();
     assert_clean("Debug of the GitHub App client", &format!("{gh:?}"), &extra);
     // Errors: a server echoing the key, a store URL with a password.
     let sim = runwarden::simulator::spawn(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        runwarden::simulator::SimConfig { api_key: API_KEY.into(), ..Default::default() },
+        runwarden::simulator::SimConfig {
+            api_key: API_KEY.into(),
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
-    sim.inject_fault(status_fault("GET", "/v1", 401, format!("{{\"error\":\"Invalid API key {API_KEY}\"}}")));
-    let text = format!("[currents]\napi_url = \"{}\"\nprojects = [\"p\"]\n", sim.currents_url());
+    sim.inject_fault(status_fault(
+        "GET",
+        "/v1",
+        401,
+        format!("{{\"error\":\"Invalid API key {API_KEY}\"}}"),
+    ));
+    let text = format!(
+        "[currents]\napi_url = \"{}\"\nprojects = [\"p\"]\n",
+        sim.currents_url()
+    );
     let config = load_str(&text, "rules.toml", &[]).unwrap().config;
     let client = runwarden::commands::serve::currents_client(&config, &secrets).unwrap();
     let err = client.get_run("abc").await.unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
     assert_clean("a Currents error", &format!("{err} {err:?}"), &extra);
-    let err = runwarden::store::Store::connect(&format!("postgres://bot:{DB_PASSWORD}@127.0.0.1:9/x")).await.unwrap_err();
+    let err =
+        runwarden::store::Store::connect(&format!("postgres://bot:{DB_PASSWORD}@127.0.0.1:9/x"))
+            .await
+            .unwrap_err();
     assert_clean("a store error", &format!("{err:#} {err:?}"), &extra);
     let ctx_err = runwarden::commands::serve::build_context(
         load_str(
@@ -305,5 +445,9 @@ async fn debug_output_and_error_messages_are_redacted() {
     .await
     .err()
     .unwrap();
-    assert_clean("a build_context error", &format!("{ctx_err:#} {ctx_err:?}"), &extra);
+    assert_clean(
+        "a build_context error",
+        &format!("{ctx_err:#} {ctx_err:?}"),
+        &extra,
+    );
 }

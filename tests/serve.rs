@@ -17,11 +17,17 @@ async fn a_newer_run_on_the_branch_cancels_the_older_one_once() {
 
 #[tokio::test]
 async fn a_newer_run_on_the_branch_cancels_the_older_one_once_on_postgres() {
-    a_newer_run_on_the_branch_cancels_the_older_one_once_on(Some(postgres::fresh_database().await)).await
+    a_newer_run_on_the_branch_cancels_the_older_one_once_on(Some(postgres::fresh_database().await))
+        .await
 }
 
 async fn a_newer_run_on_the_branch_cancels_the_older_one_once_on(store_url: Option<String>) {
-    let app = spawn_app_with(AppOptions { rules: SUPERSEDE.into(), store_url, ..AppOptions::default() }).await;
+    let app = spawn_app_with(AppOptions {
+        rules: SUPERSEDE.into(),
+        store_url,
+        ..AppOptions::default()
+    })
+    .await;
     let old = app.sim.add_run(run("feat/x", "aaa111", 10)).unwrap();
     let new = app.sim.add_run(run("feat/x", "bbb222", 1)).unwrap();
     let r = app.currents_hook("RUN_START", &new.run_id).await;
@@ -30,16 +36,25 @@ async fn a_newer_run_on_the_branch_cancels_the_older_one_once_on(store_url: Opti
     let r = app.currents_hook("RUN_START", &new.run_id).await;
     assert_eq!(r.status(), 200);
     let cancel = format!("PUT /v1/runs/{}/cancel", old.run_id);
-    app.wait_for("the cancel", 10, |a| a.mutations().contains(&cancel)).await;
+    app.wait_for("the cancel", 10, |a| a.mutations().contains(&cancel))
+        .await;
     let audit = app
-        .wait_audit("cancel done", 10, |a| a.iter().any(|e| e.outcome.as_str() == "done"))
+        .wait_audit("cancel done", 10, |a| {
+            a.iter().any(|e| e.outcome.as_str() == "done")
+        })
         .await;
     assert_eq!(audit.len(), 1, "{audit:#?}");
     let e = &audit[0];
-    assert_eq!((e.rule.as_str(), e.action.as_str(), e.run_id.as_str()), ("cancel-superseded", "cancel", old.run_id.as_str()));
+    assert_eq!(
+        (e.rule.as_str(), e.action.as_str(), e.run_id.as_str()),
+        ("cancel-superseded", "cancel", old.run_id.as_str())
+    );
     assert!(e.reason.contains(&new.run_id[..8]), "{}", e.reason);
     assert_eq!(app.mutations(), vec![cancel], "exactly one mutating call");
-    assert_eq!(app.sim.run(&new.run_id).unwrap().completion_state.as_str(), "IN_PROGRESS");
+    assert_eq!(
+        app.sim.run(&new.run_id).unwrap().completion_state.as_str(),
+        "IN_PROGRESS"
+    );
 }
 
 #[tokio::test]
@@ -55,10 +70,21 @@ async fn a_push_supersedes_runs_of_the_old_sha_and_duplicate_deliveries_do_nothi
     assert_eq!(app.github_hook("push", "d-1", &push).await.status(), 202);
     assert_eq!(app.github_hook("push", "d-1", &push).await.status(), 200);
     let cancel = format!("PUT /v1/runs/{}/cancel", old.run_id);
-    app.wait_for("the cancel", 10, |a| a.mutations().contains(&cancel)).await;
-    app.wait_audit("done", 10, |a| a.iter().any(|e| e.outcome.as_str() == "done")).await;
+    app.wait_for("the cancel", 10, |a| a.mutations().contains(&cancel))
+        .await;
+    app.wait_audit("done", 10, |a| {
+        a.iter().any(|e| e.outcome.as_str() == "done")
+    })
+    .await;
     assert_eq!(app.mutations(), vec![cancel]);
-    assert_eq!(app.sim.run(&other.run_id).unwrap().completion_state.as_str(), "IN_PROGRESS");
+    assert_eq!(
+        app.sim
+            .run(&other.run_id)
+            .unwrap()
+            .completion_state
+            .as_str(),
+        "IN_PROGRESS"
+    );
 }
 
 #[tokio::test]
@@ -67,54 +93,158 @@ async fn webhook_auth_and_bad_input_get_the_statuses_of_the_spec() {
     let url = app.url("/webhooks/github");
     let body = br#"{"zen":"hi"}"#.to_vec();
     // bad signature
-    let r = app.http.post(&url).header("x-github-event", "ping").header("x-github-delivery", "1")
-        .header("x-hub-signature-256", "sha256=00").body(body.clone()).send().await.unwrap();
+    let r = app
+        .http
+        .post(&url)
+        .header("x-github-event", "ping")
+        .header("x-github-delivery", "1")
+        .header("x-hub-signature-256", "sha256=00")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     // missing signature
-    let r = app.http.post(&url).header("x-github-event", "ping").header("x-github-delivery", "1").body(body.clone()).send().await.unwrap();
+    let r = app
+        .http
+        .post(&url)
+        .header("x-github-event", "ping")
+        .header("x-github-delivery", "1")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     // signed but malformed
     let bad = b"{not json".to_vec();
-    let r = app.http.post(&url).header("x-github-event", "push").header("x-github-delivery", "2")
-        .header("x-hub-signature-256", sign(&bad)).body(bad).send().await.unwrap();
+    let r = app
+        .http
+        .post(&url)
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "2")
+        .header("x-hub-signature-256", sign(&bad))
+        .body(bad)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     // unhandled event: 202, nothing stored
-    let r = app.http.post(&url).header("x-github-event", "issues").header("x-github-delivery", "3")
-        .header("x-hub-signature-256", sign(&body)).body(body.clone()).send().await.unwrap();
+    let r = app
+        .http
+        .post(&url)
+        .header("x-github-event", "issues")
+        .header("x-github-delivery", "3")
+        .header("x-hub-signature-256", sign(&body))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(app.bot.ctx.store.count_unprocessed().await.unwrap(), 0);
     // too large
     let big = vec![b' '; 26 * 1024 * 1024];
-    let r = app.http.post(&url).header("x-github-event", "push").header("x-github-delivery", "4")
-        .header("x-hub-signature-256", sign(&big)).body(big).send().await.unwrap();
+    let r = app
+        .http
+        .post(&url)
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "4")
+        .header("x-hub-signature-256", sign(&big))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     // Currents: wrong secret, stale timestamp, foreign URL, too large
     let curl = app.url("/webhooks/currents");
     let ok = json!({"event":"RUN_FINISH","runUrl":"https://app.currents.dev/run/abc123"});
-    let r = app.http.post(&curl).header("x-webhook-secret", "nope").json(&ok).send().await.unwrap();
+    let r = app
+        .http
+        .post(&curl)
+        .header("x-webhook-secret", "nope")
+        .json(&ok)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = app.http.post(&curl).header("x-webhook-secret", CURRENTS_SECRET).header("x-timestamp", "1600000000000").json(&ok).send().await.unwrap();
+    let r = app
+        .http
+        .post(&curl)
+        .header("x-webhook-secret", CURRENTS_SECRET)
+        .header("x-timestamp", "1600000000000")
+        .json(&ok)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let foreign = json!({"event":"RUN_FINISH","runUrl":"https://evil.example/run/abc123"});
-    let r = app.http.post(&curl).header("x-webhook-secret", CURRENTS_SECRET).json(&foreign).send().await.unwrap();
+    let r = app
+        .http
+        .post(&curl)
+        .header("x-webhook-secret", CURRENTS_SECRET)
+        .json(&foreign)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let missing = json!({"event":"RUN_FINISH"});
-    let r = app.http.post(&curl).header("x-webhook-secret", CURRENTS_SECRET).json(&missing).send().await.unwrap();
+    let r = app
+        .http
+        .post(&curl)
+        .header("x-webhook-secret", CURRENTS_SECRET)
+        .json(&missing)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let big = vec![b' '; 2 * 1024 * 1024];
-    let r = app.http.post(&curl).header("x-webhook-secret", CURRENTS_SECRET).body(big).send().await.unwrap();
+    let r = app
+        .http
+        .post(&curl)
+        .header("x-webhook-secret", CURRENTS_SECRET)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
-    let r = app.http.post(&curl).header("x-webhook-secret", CURRENTS_SECRET).json(&json!({"event":"RUN_PAUSED","runUrl":"https://app.currents.dev/run/abc"})).send().await.unwrap();
+    let r = app
+        .http
+        .post(&curl)
+        .header("x-webhook-secret", CURRENTS_SECRET)
+        .json(&json!({"event":"RUN_PAUSED","runUrl":"https://app.currents.dev/run/abc"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     assert!(app.mutations().is_empty());
     // the process is still healthy
-    assert_eq!(app.http.get(app.url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(app.http.get(app.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn webhook_endpoints_without_a_secret_answer_404() {
-    let app = spawn_app_with(AppOptions { github_secret: false, currents_secret: false, ..AppOptions::default() }).await;
+    let app = spawn_app_with(AppOptions {
+        github_secret: false,
+        currents_secret: false,
+        ..AppOptions::default()
+    })
+    .await;
     let r = app.github_hook("push", "x", &json!({})).await;
     assert_eq!(r.status(), 404);
     let r = app.currents_hook("RUN_START", "abc").await;
@@ -123,11 +253,21 @@ async fn webhook_endpoints_without_a_secret_answer_404() {
 
 #[tokio::test]
 async fn dry_run_records_decisions_and_mutates_nothing() {
-    let app = spawn_app_with(AppOptions { rules: SUPERSEDE.into(), top: "dry_run = true".into(), ..AppOptions::default() }).await;
+    let app = spawn_app_with(AppOptions {
+        rules: SUPERSEDE.into(),
+        top: "dry_run = true".into(),
+        ..AppOptions::default()
+    })
+    .await;
     let old = app.sim.add_run(run("feat/x", "aaa111", 10)).unwrap();
     let new = app.sim.add_run(run("feat/x", "bbb222", 1)).unwrap();
-    assert_eq!(app.currents_hook("RUN_START", &new.run_id).await.status(), 202);
-    let audit = app.wait_audit("dry-run decision", 10, |a| !a.is_empty()).await;
+    assert_eq!(
+        app.currents_hook("RUN_START", &new.run_id).await.status(),
+        202
+    );
+    let audit = app
+        .wait_audit("dry-run decision", 10, |a| !a.is_empty())
+        .await;
     assert_eq!(audit[0].outcome.as_str(), "dry_run");
     assert_eq!(audit[0].run_id, old.run_id);
     // give the executor a chance to (wrongly) act
@@ -145,30 +285,105 @@ async fn the_admin_api_needs_the_token_and_sweeps_retention() {
         r.state = Some("passed".into());
         ids.push(app.sim.add_run(r).unwrap().run_id);
     }
-    let r = app.http.post(app.url("/api/sweep/retention")).send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url("/api/sweep/retention"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = app.http.post(app.url("/api/sweep/retention")).bearer_auth("wrong").send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url("/api/sweep/retention"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = app.http.post(app.url("/api/sweep/nope")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url("/api/sweep/nope"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    let r = app.http.post(app.url("/api/sweep/retention")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url("/api/sweep/retention"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
-    app.wait_audit("3 deletions", 10, |a| a.iter().filter(|e| e.outcome.as_str() == "done").count() == 3).await;
+    app.wait_audit("3 deletions", 10, |a| {
+        a.iter().filter(|e| e.outcome.as_str() == "done").count() == 3
+    })
+    .await;
     // the newest run of the branch is kept
     assert!(app.sim.run(&ids[0]).is_some());
     for id in &ids[1..] {
         assert!(app.sim.run(id).is_none(), "{id} should be deleted");
     }
-    let actions: serde_json::Value = app.http.get(app.url("/api/actions")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let actions: serde_json::Value = app
+        .http
+        .get(app.url("/api/actions"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let first = &actions.as_array().unwrap()[0];
     let mut keys: Vec<_> = first.as_object().unwrap().keys().cloned().collect();
     keys.sort();
-    assert_eq!(keys, ["action", "at", "attempts", "branch", "error", "kind", "outcome", "project_id", "reason", "rule", "run_id"]);
-    let rules: serde_json::Value = app.http.get(app.url("/api/rules")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        keys,
+        [
+            "action",
+            "at",
+            "attempts",
+            "branch",
+            "error",
+            "kind",
+            "outcome",
+            "project_id",
+            "reason",
+            "rule",
+            "run_id"
+        ]
+    );
+    let rules: serde_json::Value = app
+        .http
+        .get(app.url("/api/rules"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(rules[0]["hits"], 3);
-    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("runwarden_actions_total{kind=\"retention\",action=\"delete\",outcome=\"done\"} 3"), "{metrics}");
-    assert!(metrics.contains("runwarden_event_to_action_seconds_count 3"), "{metrics}");
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "runwarden_actions_total{kind=\"retention\",action=\"delete\",outcome=\"done\"} 3"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("runwarden_event_to_action_seconds_count 3"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -183,14 +398,36 @@ async fn polling_cancels_runs_past_their_timeout_on_postgres() {
 
 async fn polling_cancels_runs_past_their_timeout_on(store_url: Option<String>) {
     let rules = "[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"45m\"\n";
-    let app = spawn_app_with(AppOptions { rules: rules.into(), poll_interval: "1s", store_url, ..AppOptions::default() }).await;
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        poll_interval: "1s",
+        store_url,
+        ..AppOptions::default()
+    })
+    .await;
     let stuck = app.sim.add_run(run("main", "aaa", 60)).unwrap();
     let fresh = app.sim.add_run(run("main", "bbb", 5)).unwrap();
     let cancel = format!("PUT /v1/runs/{}/cancel", stuck.run_id);
-    app.wait_for("timeout cancel", 15, |a| a.mutations().contains(&cancel)).await;
-    let audit = app.wait_audit("done", 10, |a| a.iter().any(|e| e.outcome.as_str() == "done")).await;
-    assert!(audit[0].reason.contains("max_duration 45m"), "{}", audit[0].reason);
-    assert_eq!(app.sim.run(&fresh.run_id).unwrap().completion_state.as_str(), "IN_PROGRESS");
+    app.wait_for("timeout cancel", 15, |a| a.mutations().contains(&cancel))
+        .await;
+    let audit = app
+        .wait_audit("done", 10, |a| {
+            a.iter().any(|e| e.outcome.as_str() == "done")
+        })
+        .await;
+    assert!(
+        audit[0].reason.contains("max_duration 45m"),
+        "{}",
+        audit[0].reason
+    );
+    assert_eq!(
+        app.sim
+            .run(&fresh.run_id)
+            .unwrap()
+            .completion_state
+            .as_str(),
+        "IN_PROGRESS"
+    );
 }
 
 #[tokio::test]
@@ -200,11 +437,21 @@ async fn a_transient_currents_failure_is_retried_until_the_cancel_succeeds() {
     let new = app.sim.add_run(run("feat/x", "bbb222", 1)).unwrap();
     let fault: runwarden::simulator::Fault = serde_json::from_value(json!({
         "method": "PUT", "path": "/v1/runs", "kind": "status", "status": 503, "times": 2
-    })).unwrap();
+    }))
+    .unwrap();
     app.sim.inject_fault(fault);
-    assert_eq!(app.currents_hook("RUN_START", &new.run_id).await.status(), 202);
-    app.wait_audit("cancel done", 20, |a| a.iter().any(|e| e.outcome.as_str() == "done")).await;
-    assert_eq!(app.sim.run(&old.run_id).unwrap().completion_state.as_str(), "CANCELED");
+    assert_eq!(
+        app.currents_hook("RUN_START", &new.run_id).await.status(),
+        202
+    );
+    app.wait_audit("cancel done", 20, |a| {
+        a.iter().any(|e| e.outcome.as_str() == "done")
+    })
+    .await;
+    assert_eq!(
+        app.sim.run(&old.run_id).unwrap().completion_state.as_str(),
+        "CANCELED"
+    );
 }
 
 #[tokio::test]
@@ -214,11 +461,19 @@ async fn the_same_delivery_twenty_times_concurrently_has_one_effect() {
 
 #[tokio::test]
 async fn the_same_delivery_twenty_times_concurrently_has_one_effect_on_postgres() {
-    the_same_delivery_twenty_times_concurrently_has_one_effect_on(Some(postgres::fresh_database().await)).await
+    the_same_delivery_twenty_times_concurrently_has_one_effect_on(Some(
+        postgres::fresh_database().await,
+    ))
+    .await
 }
 
 async fn the_same_delivery_twenty_times_concurrently_has_one_effect_on(store_url: Option<String>) {
-    let app = spawn_app_with(AppOptions { rules: SUPERSEDE.into(), store_url, ..AppOptions::default() }).await;
+    let app = spawn_app_with(AppOptions {
+        rules: SUPERSEDE.into(),
+        store_url,
+        ..AppOptions::default()
+    })
+    .await;
     let old = app.sim.add_run(run("feat/dup", "aaa111", 5)).unwrap();
     let push = json!({
         "ref": "refs/heads/feat/dup", "after": "fff999", "deleted": false,
@@ -226,11 +481,29 @@ async fn the_same_delivery_twenty_times_concurrently_has_one_effect_on(store_url
         "head_commit": {"timestamp": chrono::Utc::now().to_rfc3339()}
     });
     let sends = (0..20).map(|_| app.github_hook("push", "same-delivery", &push));
-    let statuses: Vec<u16> = futures::future::join_all(sends).await.iter().map(|r| r.status().as_u16()).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 19, "{statuses:?}");
-    app.wait_audit("done", 10, |a| a.iter().any(|e| e.outcome.as_str() == "done")).await;
-    assert_eq!(app.mutations(), vec![format!("PUT /v1/runs/{}/cancel", old.run_id)]);
+    let statuses: Vec<u16> = futures::future::join_all(sends)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        19,
+        "{statuses:?}"
+    );
+    app.wait_audit("done", 10, |a| {
+        a.iter().any(|e| e.outcome.as_str() == "done")
+    })
+    .await;
+    assert_eq!(
+        app.mutations(),
+        vec![format!("PUT /v1/runs/{}/cancel", old.run_id)]
+    );
 }
 
 #[tokio::test]
@@ -247,11 +520,27 @@ async fn a_completed_workflow_run_cancels_its_orphaned_run_after_the_grace() {
         "workflow_run": {"id": 555, "run_attempt": 2, "head_branch": "feat/o", "head_sha": "abc",
             "updated_at": chrono::Utc::now().to_rfc3339()}});
     let sent = std::time::Instant::now();
-    assert_eq!(app.github_hook("workflow_run", "wf-1", &hook).await.status(), 202);
+    assert_eq!(
+        app.github_hook("workflow_run", "wf-1", &hook)
+            .await
+            .status(),
+        202
+    );
     let cancel = format!("PUT /v1/runs/{}/cancel", orphan.run_id);
-    app.wait_for("orphan cancel", 15, |a| a.mutations().contains(&cancel)).await;
-    assert!(sent.elapsed() >= std::time::Duration::from_millis(900), "acted before the grace");
-    assert_eq!(app.sim.run(&other_attempt.run_id).unwrap().completion_state.as_str(), "IN_PROGRESS");
+    app.wait_for("orphan cancel", 15, |a| a.mutations().contains(&cancel))
+        .await;
+    assert!(
+        sent.elapsed() >= std::time::Duration::from_millis(900),
+        "acted before the grace"
+    );
+    assert_eq!(
+        app.sim
+            .run(&other_attempt.run_id)
+            .unwrap()
+            .completion_state
+            .as_str(),
+        "IN_PROGRESS"
+    );
 }
 
 #[tokio::test]
@@ -261,17 +550,26 @@ async fn a_retention_schedule_slot_fires_once_and_deletes() {
 
 #[tokio::test]
 async fn a_retention_schedule_slot_fires_once_and_deletes_on_postgres() {
-    a_retention_schedule_slot_fires_once_and_deletes_on(Some(postgres::fresh_database().await)).await
+    a_retention_schedule_slot_fires_once_and_deletes_on(Some(postgres::fresh_database().await))
+        .await
 }
 
 async fn a_retention_schedule_slot_fires_once_and_deletes_on(store_url: Option<String>) {
     let rules = "[[rules]]\nname = \"every-second\"\nkind = \"retention\"\nschedule = \"* * * * * *\"\nolder_than = \"30d\"\n";
-    let app = spawn_app_with(AppOptions { rules: rules.into(), store_url, ..AppOptions::default() }).await;
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        store_url,
+        ..AppOptions::default()
+    })
+    .await;
     let mut r = run("feat/old", "s1", 60 * 24 * 45);
     r.state = Some("passed".into());
     let old = app.sim.add_run(r).unwrap();
     let delete = format!("DELETE /v1/runs/{}", old.run_id);
-    app.wait_for("the scheduled delete", 15, |a| a.mutations().contains(&delete)).await;
+    app.wait_for("the scheduled delete", 15, |a| {
+        a.mutations().contains(&delete)
+    })
+    .await;
     // Later slots find nothing more to delete: the delete happened once.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert_eq!(app.mutations().iter().filter(|m| **m == delete).count(), 1);
@@ -282,7 +580,12 @@ async fn a_retention_schedule_slot_fires_once_and_deletes_on(store_url: Option<S
 #[tokio::test]
 async fn polling_alone_reports_a_run_whose_webhooks_were_missed() {
     let rules = "[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\ncommit_status = true\n";
-    let app = spawn_app_with(AppOptions { rules: rules.into(), poll_interval: "1s", ..AppOptions::default() }).await;
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        poll_interval: "1s",
+        ..AppOptions::default()
+    })
+    .await;
     let created = app.sim.add_run(run("feat/poll", "abcdef1234", 1)).unwrap();
     app.sim
         .add_pr(runwarden::simulator::NewPr {
@@ -297,18 +600,38 @@ async fn polling_alone_reports_a_run_whose_webhooks_were_missed() {
     let id = created.run_id.clone();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while app.bot.ctx.store.get_run(&id).await.unwrap().is_none() {
-        assert!(tokio::time::Instant::now() < deadline, "the poll never saw the run");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the poll never saw the run"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     // ...then it finishes without any webhook reaching the bot.
     app.sim
-        .advance(&created.run_id, runwarden::simulator::Advance { finish: Some(runwarden::simulator::Outcome::Failed), ..Default::default() })
+        .advance(
+            &created.run_id,
+            runwarden::simulator::Advance {
+                finish: Some(runwarden::simulator::Outcome::Failed),
+                ..Default::default()
+            },
+        )
         .unwrap();
-    app.wait_for("the PR comment", 15, |a| !a.sim.comments(Some(REPO), Some(9)).is_empty()).await;
-    app.wait_audit("summary done", 10, |a| a.iter().any(|e| e.action == "summarize" && e.outcome.as_str() == "done")).await;
+    app.wait_for("the PR comment", 15, |a| {
+        !a.sim.comments(Some(REPO), Some(9)).is_empty()
+    })
+    .await;
+    app.wait_audit("summary done", 10, |a| {
+        a.iter()
+            .any(|e| e.action == "summarize" && e.outcome.as_str() == "done")
+    })
+    .await;
     let comments = app.sim.comments(Some(REPO), Some(9));
     assert_eq!(comments.len(), 1);
-    assert!(comments[0].body.contains(&created.run_id[..7]) || comments[0].body.contains("feat/poll"), "{}", comments[0].body);
+    assert!(
+        comments[0].body.contains(&created.run_id[..7]) || comments[0].body.contains("feat/poll"),
+        "{}",
+        comments[0].body
+    );
     // Later polls do not post again.
     tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
     assert_eq!(app.sim.comments(Some(REPO), Some(9)).len(), 1);

@@ -25,8 +25,16 @@ struct Pair {
 }
 
 fn pair(w: &World, branch: &str) -> Pair {
-    let old = w.sim.add_run(run(branch, &format!("{branch}-old"), 10)).unwrap().run_id;
-    let new = w.sim.add_run(run(branch, &format!("{branch}-new"), 1)).unwrap().run_id;
+    let old = w
+        .sim
+        .add_run(run(branch, &format!("{branch}-old"), 10))
+        .unwrap()
+        .run_id;
+    let new = w
+        .sim
+        .add_run(run(branch, &format!("{branch}-new"), 1))
+        .unwrap()
+        .run_id;
     Pair { old, new }
 }
 
@@ -34,13 +42,25 @@ fn pair(w: &World, branch: &str) -> Pair {
 async fn cancelled_once(w: &World, store: &Store, p: &Pair) {
     let key = format!("cancel:{}", p.old);
     let a = eventually(&format!("the cancel of {}", p.old), 90, || async {
-        store.action_by_key(&key).await.ok().flatten().filter(|a| a.state.is_terminal())
+        store
+            .action_by_key(&key)
+            .await
+            .ok()
+            .flatten()
+            .filter(|a| a.state.is_terminal())
     })
     .await;
     assert_eq!(a.state, ActionState::Done, "{a:#?}");
     let log = w.entries(&format!("/v1/runs/{}/cancel", p.old));
-    assert_eq!(log.iter().filter(|e| e.status == 200).count(), 1, "{log:#?}");
-    assert_eq!(w.sim.run(&p.old).unwrap().completion_state.as_str(), "CANCELED");
+    assert_eq!(
+        log.iter().filter(|e| e.status == 200).count(),
+        1,
+        "{log:#?}"
+    );
+    assert_eq!(
+        w.sim.run(&p.old).unwrap().completion_state.as_str(),
+        "CANCELED"
+    );
 }
 
 async fn healthy(w: &World, bot: &ChildBot) {
@@ -58,26 +78,51 @@ async fn a_database_locked_by_another_process_gets_503_then_recovers() {
     let second = pair(&w, "feat/l2");
     let bot = w.serve().await;
     // Acknowledged before the fault (its processing may run into the lock: it is retried).
-    assert_eq!(currents_hook(&w, &bot, "RUN_START", &first.new).await.status(), 202);
+    assert_eq!(
+        currents_hook(&w, &bot, "RUN_START", &first.new)
+            .await
+            .status(),
+        202
+    );
 
     // Another process takes the write lock and keeps it past the bot's busy timeout (5 s).
     use sqlx::Connection as _;
-    let mut locker = sqlx::SqliteConnection::connect(&w.store_url()).await.unwrap();
-    sqlx::raw_sql("BEGIN EXCLUSIVE").execute(&mut locker).await.unwrap();
+    let mut locker = sqlx::SqliteConnection::connect(&w.store_url())
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
     let r = currents_hook(&w, &bot, "RUN_START", &second.new).await;
-    assert_eq!(r.status(), 503, "not acknowledged while the store cannot commit");
+    assert_eq!(
+        r.status(),
+        503,
+        "not acknowledged while the store cannot commit"
+    );
     let body = r.text().await.unwrap();
     assert!(body.contains("retry later"), "{body}");
     healthy(&w, &bot).await;
-    sqlx::raw_sql("ROLLBACK").execute(&mut locker).await.unwrap();
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .unwrap();
     drop(locker);
 
     // The sender delivers the event again: accepted now, and processed.
-    assert_eq!(currents_hook(&w, &bot, "RUN_START", &second.new).await.status(), 202);
+    assert_eq!(
+        currents_hook(&w, &bot, "RUN_START", &second.new)
+            .await
+            .status(),
+        202
+    );
     let store = w.store().await;
     cancelled_once(&w, &store, &first).await;
     cancelled_once(&w, &store, &second).await;
-    assert!(bot.log_text().contains("cannot store webhook event"), "the 503 is logged");
+    assert!(
+        bot.log_text().contains("cannot store webhook event"),
+        "the 503 is logged"
+    );
     bot.kill().await;
 }
 
@@ -92,7 +137,11 @@ fn make_read_only(w: &World) -> String {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&w.db, std::fs::Permissions::from_mode(0o444)).unwrap();
     let enforced = std::fs::OpenOptions::new().write(true).open(&w.db).is_err();
-    if enforced { w.store_url() } else { format!("{}?mode=ro", w.store_url()) }
+    if enforced {
+        w.store_url()
+    } else {
+        format!("{}?mode=ro", w.store_url())
+    }
 }
 
 fn make_writable(w: &World) {
@@ -110,13 +159,22 @@ async fn a_read_only_database_gets_503_and_loses_nothing_acknowledged() {
     let api_down = w.sim.inject_fault(Fault {
         method: Some("GET".into()),
         path: Some(format!("/v1/runs/{}", first.new)),
-        kind: FaultKind::Status { status: 503, body: None, retry_after: None },
+        kind: FaultKind::Status {
+            status: 503,
+            body: None,
+            retry_after: None,
+        },
         times: None,
         after: 0,
         apply: false,
     });
     let bot = w.serve().await;
-    assert_eq!(currents_hook(&w, &bot, "RUN_START", &first.new).await.status(), 202);
+    assert_eq!(
+        currents_hook(&w, &bot, "RUN_START", &first.new)
+            .await
+            .status(),
+        202
+    );
     let (status, _) = bot.terminate(Duration::from_secs(60)).await;
     assert!(status.success());
     {
@@ -141,7 +199,12 @@ async fn a_read_only_database_gets_503_and_loses_nothing_acknowledged() {
     w.write_config(SUPERSEDE, &w.sim.currents_url());
     w.sim.remove_fault(api_down);
     let bot = w.serve().await;
-    assert_eq!(currents_hook(&w, &bot, "RUN_START", &second.new).await.status(), 202);
+    assert_eq!(
+        currents_hook(&w, &bot, "RUN_START", &second.new)
+            .await
+            .status(),
+        202
+    );
     let store = w.store().await;
     cancelled_once(&w, &store, &first).await;
     cancelled_once(&w, &store, &second).await;
@@ -179,7 +242,12 @@ async fn a_full_disk_gets_503_then_recovers_when_space_is_back() {
         });
     }
     let bot = ChildBot::spawn(cmd).await;
-    assert_eq!(currents_hook(&w, &bot, "RUN_START", &first.new).await.status(), 202);
+    assert_eq!(
+        currents_hook(&w, &bot, "RUN_START", &first.new)
+            .await
+            .status(),
+        202
+    );
     let store = w.store().await;
     cancelled_once(&w, &store, &first).await;
 
@@ -196,13 +264,18 @@ async fn a_full_disk_gets_503_then_recovers_when_space_is_back() {
     // SQLite reports the refused write as SQLITE_FULL (a short write) or SQLITE_IOERR_WRITE
     // (EFBIG), depending on where it falls; both are "unavailable".
     assert!(logs.contains("cannot store webhook event"), "{logs}");
-    assert!(logs.contains("disk is full") || logs.contains("disk I/O error"), "{logs}");
+    assert!(
+        logs.contains("disk is full") || logs.contains("disk I/O error"),
+        "{logs}"
+    );
 
     // Space is back: the same event is accepted and processed, by the same process.
     set_file_size_limit(bot.pid(), None);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let status = loop {
-        let s = currents_hook(&w, &bot, "RUN_START", &second.new).await.status();
+        let s = currents_hook(&w, &bot, "RUN_START", &second.new)
+            .await
+            .status();
         if s != 503 || tokio::time::Instant::now() > deadline {
             break s;
         }

@@ -100,7 +100,9 @@ pub async fn run_due_until(ctx: &AppContext, stop: impl Fn() -> bool) -> usize {
         let may_claim = inflight.is_empty() || ctx.ready.load(std::sync::atomic::Ordering::SeqCst);
         if free > 0 && may_claim && !stop() {
             let now = Utc::now();
-            let claim = ctx.store.claim_due_actions(now, free as i64, ctx.executor.lease, &ctx.worker_id);
+            let claim =
+                ctx.store
+                    .claim_due_actions(now, free as i64, ctx.executor.lease, &ctx.worker_id);
             tokio::pin!(claim);
             // Keep driving the actions in flight while claiming: they may hold the pooled
             // connections the claim waits for.
@@ -155,10 +157,22 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
     let now = Utc::now();
     let kind = a.kind.clone();
     let (outcome, res) = match &attempt {
-        Attempt::Done(detail) => ("done", ctx.store.complete_action(a.id, ActionOutcome::Done, detail).await),
-        Attempt::Skipped(detail) => ("skipped", ctx.store.complete_action(a.id, ActionOutcome::Skipped, detail).await),
+        Attempt::Done(detail) => (
+            "done",
+            ctx.store
+                .complete_action(a.id, ActionOutcome::Done, detail)
+                .await,
+        ),
+        Attempt::Skipped(detail) => (
+            "skipped",
+            ctx.store
+                .complete_action(a.id, ActionOutcome::Skipped, detail)
+                .await,
+        ),
         Attempt::Retry(err) if a.attempts + 1 < ctx.executor.max_attempts => {
-            let next = now + chrono::Duration::from_std(backoff_with(&ctx.executor, a.attempts)).unwrap_or_default();
+            let next = now
+                + chrono::Duration::from_std(backoff_with(&ctx.executor, a.attempts))
+                    .unwrap_or_default();
             tracing::warn!(action = %a.action, run = %a.run_id, attempt = a.attempts + 1, "action failed, will retry: {err}");
             ("retry", ctx.store.fail_attempt(a.id, err, next).await)
         }
@@ -203,8 +217,7 @@ fn received_at(a: &ActionRow) -> Option<DateTime<Utc>> {
 fn classify(e: crate::currents::client::CurrentsError, what: &str) -> Attempt {
     // An undecodable 2xx (a truncated body, a proxy's page) is ambiguous, not final: the
     // next attempt finds out (cancel and delete are idempotent; a cancel is verified).
-    let undecodable_success =
-        matches!(&e, crate::currents::client::CurrentsError::Decode { status, .. } if (200..300).contains(status));
+    let undecodable_success = matches!(&e, crate::currents::client::CurrentsError::Decode { status, .. } if (200..300).contains(status));
     if e.is_retryable() || undecodable_success {
         Attempt::Retry(format!("{what}: {e}"))
     } else {
@@ -215,12 +228,16 @@ fn classify(e: crate::currents::client::CurrentsError, what: &str) -> Attempt {
 async fn cancel(ctx: &AppContext, a: &ActionRow) -> Attempt {
     let note = match ctx.currents.cancel_run(&a.run_id).await {
         Ok(CancelOutcome::Cancelled(_)) => "cancelled".to_string(),
-        Ok(CancelOutcome::AlreadyDone { status, message }) => format!("already done ({status}: {message})"),
+        Ok(CancelOutcome::AlreadyDone { status, message }) => {
+            format!("already done ({status}: {message})")
+        }
         Err(e) => return classify(e, "cancel"),
     };
     // Verify: read the run again.
     match ctx.currents.get_run(&a.run_id).await {
-        Ok(run) if run.is_in_progress() => Attempt::Retry(format!("{note}, but the run is still in progress")),
+        Ok(run) if run.is_in_progress() => {
+            Attempt::Retry(format!("{note}, but the run is still in progress"))
+        }
         Ok(run) => {
             let _ = crate::intake::processor::remember_run(ctx, &run, Utc::now()).await;
             Attempt::Done(format!("{note}; run is {}", run.completion_state))
@@ -263,7 +280,9 @@ async fn summarize(ctx: &AppContext, a: &ActionRow) -> Attempt {
         .unwrap_or_else(|| "RUN_FINISH".into());
     let run = match ctx.currents.get_run(&a.run_id).await {
         Ok(r) => r,
-        Err(e) if e.status() == Some(404) => return Attempt::Skipped("run no longer exists".into()),
+        Err(e) if e.status() == Some(404) => {
+            return Attempt::Skipped("run no longer exists".into());
+        }
         Err(e) => return classify(e, "read run"),
     };
     let cancelled_by = ctx
@@ -273,8 +292,21 @@ async fn summarize(ctx: &AppContext, a: &ActionRow) -> Attempt {
         .ok()
         .flatten()
         .map(|c| (c.rule, c.reason));
-    let sctx = crate::github::summary::SummaryCtx { gh, config: &ctx.config, rule, opts };
-    match crate::github::summary::post_summary(&sctx, &run, &event, cancelled_by, rule.is_dry_run(ctx.config.dry_run)).await {
+    let sctx = crate::github::summary::SummaryCtx {
+        gh,
+        config: &ctx.config,
+        rule,
+        opts,
+    };
+    match crate::github::summary::post_summary(
+        &sctx,
+        &run,
+        &event,
+        cancelled_by,
+        rule.is_dry_run(ctx.config.dry_run),
+    )
+    .await
+    {
         Ok(report) if report.is_skipped() => Attempt::Skipped(report.to_string()),
         Ok(report) => Attempt::Done(report.to_string()),
         Err(e) if e.retryable => Attempt::Retry(e.message),

@@ -9,7 +9,12 @@ use super::Format;
 use crate::store::Store;
 
 /// Runs the command.
-pub fn run(path: &std::path::Path, since: Option<&str>, rule: Option<&str>, format: Format) -> ExitCode {
+pub fn run(
+    path: &std::path::Path,
+    since: Option<&str>,
+    rule: Option<&str>,
+    format: Format,
+) -> ExitCode {
     let loaded = match super::load_config(path) {
         Ok(l) => l,
         Err(code) => return code,
@@ -38,7 +43,10 @@ pub fn run(path: &std::path::Path, since: Option<&str>, rule: Option<&str>, form
             }
         };
         match format {
-            Format::Json => println!("{}", serde_json::to_string_pretty(&entries).unwrap_or_else(|_| "[]".into())),
+            Format::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&entries).unwrap_or_else(|_| "[]".into())
+            ),
             Format::Table => {
                 if entries.is_empty() {
                     println!("no recorded decisions");
@@ -53,7 +61,10 @@ pub fn run(path: &std::path::Path, since: Option<&str>, rule: Option<&str>, form
                         e.run_id,
                         e.outcome.as_str(),
                         e.reason,
-                        e.error.as_deref().map(|x| format!(" — {x}")).unwrap_or_default()
+                        e.error
+                            .as_deref()
+                            .map(|x| format!(" — {x}"))
+                            .unwrap_or_default()
                     );
                 }
             }

@@ -26,7 +26,11 @@ pub fn run(path: &Path) -> ExitCode {
         path.display(),
         loaded.config.rules.len(),
         loaded.config.currents.projects.len(),
-        if loaded.config.dry_run { ", dry run" } else { "" }
+        if loaded.config.dry_run {
+            ", dry run"
+        } else {
+            ""
+        }
     );
     ExitCode::SUCCESS
 }
@@ -89,7 +93,9 @@ pub fn describe(r: &Rule, global_dry_run: bool) -> String {
         RuleKind::Timeout(o) => {
             let mut parts = Vec::new();
             match o.max_duration {
-                Some(MaxDuration::Fixed(d)) => parts.push(format!("running longer than {}", human(d))),
+                Some(MaxDuration::Fixed(d)) => {
+                    parts.push(format!("running longer than {}", human(d)))
+                }
                 Some(MaxDuration::Auto) => parts.push(format!(
                     "running longer than {} × p95 of passed runs (fallback {})",
                     o.auto_factor,
@@ -106,7 +112,8 @@ pub fn describe(r: &Rule, global_dry_run: bool) -> String {
             "cancel runs still in progress {} after their GitHub workflow run completed (match by {})",
             human(o.grace),
             match o.match_by {
-                crate::config::MatchBy::CiBuildId => format!("ciBuildId suffix {:?}", o.ci_build_id_suffix),
+                crate::config::MatchBy::CiBuildId =>
+                    format!("ciBuildId suffix {:?}", o.ci_build_id_suffix),
                 crate::config::MatchBy::Commit => "branch and commit".to_string(),
             }
         ),
@@ -117,7 +124,10 @@ pub fn describe(r: &Rule, global_dry_run: bool) -> String {
                 human(o.older_than)
             );
             if o.keep_latest > 0 {
-                s.push_str(&format!(", keeping the {} newest per branch", o.keep_latest));
+                s.push_str(&format!(
+                    ", keeping the {} newest per branch",
+                    o.keep_latest
+                ));
             }
             if o.keep_last_passed {
                 s.push_str(", the last passed run per branch");
@@ -138,13 +148,29 @@ pub fn describe(r: &Rule, global_dry_run: bool) -> String {
             }
             format!(
                 "post {} on {}{}",
-                if outs.is_empty() { "nothing".to_string() } else { outs.join(" and ") },
+                if outs.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    outs.join(" and ")
+                },
                 o.events.join(", "),
-                if o.only_failed { " (failed runs only)" } else { "" }
+                if o.only_failed {
+                    " (failed runs only)"
+                } else {
+                    ""
+                }
             )
         }
     };
-    let filt = if r.filter.is_empty() { "" } else { " [filtered]" };
-    let dry = if r.is_dry_run(global_dry_run) { " (dry run)" } else { "" };
+    let filt = if r.filter.is_empty() {
+        ""
+    } else {
+        " [filtered]"
+    };
+    let dry = if r.is_dry_run(global_dry_run) {
+        " (dry run)"
+    } else {
+        ""
+    };
     format!("{:<24} {:<10} {what}{filt}{dry}", r.name, r.kind_name())
 }

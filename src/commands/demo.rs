@@ -44,11 +44,17 @@ fn short(id: &str) -> &str {
 
 impl Demo {
     async fn pause(&self, ms: u64) {
-        tokio::time::sleep(Duration::from_millis((ms as f64 / self.speed.max(0.01)) as u64)).await;
+        tokio::time::sleep(Duration::from_millis(
+            (ms as f64 / self.speed.max(0.01)) as u64,
+        ))
+        .await;
     }
 
     fn scene(&self, title: &str) {
-        println!("\n── {title} {}", "─".repeat(70usize.saturating_sub(title.len())));
+        println!(
+            "\n── {title} {}",
+            "─".repeat(70usize.saturating_sub(title.len()))
+        );
     }
 
     fn say(&self, text: &str) {
@@ -103,7 +109,13 @@ impl Demo {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let audit = self.bot.ctx.store.audit(None, None, 10_000).await.unwrap_or_default();
+            let audit = self
+                .bot
+                .ctx
+                .store
+                .audit(None, None, 10_000)
+                .await
+                .unwrap_or_default();
             let pending_events = self.bot.ctx.store.count_unprocessed().await.unwrap_or(1);
             let queued = self.bot.ctx.store.queue_depth().await.unwrap_or(1);
             if pending_events == 0 && queued == 0 && cond(&audit) {
@@ -121,7 +133,15 @@ fn narrate(mut rx: tokio::sync::broadcast::Receiver<BotEvent>) -> tokio::task::J
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
-                Ok(BotEvent::Decided { rule, action, run_id, branch, reason, dry_run, .. }) => {
+                Ok(BotEvent::Decided {
+                    rule,
+                    action,
+                    run_id,
+                    branch,
+                    reason,
+                    dry_run,
+                    ..
+                }) => {
                     println!(
                         "   ⚖  {rule}: {action} run {} ({}){} — {reason}",
                         short(&run_id),
@@ -129,14 +149,23 @@ fn narrate(mut rx: tokio::sync::broadcast::Receiver<BotEvent>) -> tokio::task::J
                         if dry_run { " [dry run]" } else { "" }
                     );
                 }
-                Ok(BotEvent::ActionFinished { rule, action, run_id, outcome, detail }) => {
+                Ok(BotEvent::ActionFinished {
+                    rule,
+                    action,
+                    run_id,
+                    outcome,
+                    detail,
+                }) => {
                     let mark = match outcome.as_str() {
                         "done" => "✔",
                         "skipped" => "·",
                         "retry" => "↻",
                         _ => "✘",
                     };
-                    println!("   {mark}  {action} {} by {rule}: {outcome} ({detail})", short(&run_id));
+                    println!(
+                        "   {mark}  {action} {} by {rule}: {outcome} ({detail})",
+                        short(&run_id)
+                    );
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => break,
@@ -146,7 +175,11 @@ fn narrate(mut rx: tokio::sync::broadcast::Receiver<BotEvent>) -> tokio::task::J
 }
 
 /// The config of the demo: the user's rules with the simulator's URLs and a temp store.
-fn demo_config(mut config: Config, sim: &SimHandle, db: &std::path::Path) -> anyhow::Result<Config> {
+fn demo_config(
+    mut config: Config,
+    sim: &SimHandle,
+    db: &std::path::Path,
+) -> anyhow::Result<Config> {
     config.currents.api_url = url::Url::parse(&sim.currents_url())?;
     config.github.api_url = url::Url::parse(&sim.github_url())?;
     config.currents.dashboard_url = "https://app.currents.dev".into();
@@ -160,10 +193,14 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
     let bot_addr = bot_listener.local_addr()?;
     let sim_cfg = SimConfig {
         webhook_url: Some(format!("http://{bot_addr}/webhooks/currents")),
-        webhook_headers: vec![(config.currents.webhook_header.clone(), CURRENTS_SECRET.into())],
+        webhook_headers: vec![(
+            config.currents.webhook_header.clone(),
+            CURRENTS_SECRET.into(),
+        )],
         ..SimConfig::default()
     };
-    let sim = simulator::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await?, sim_cfg).await?;
+    let sim =
+        simulator::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await?, sim_cfg).await?;
     let project = config.currents.projects[0].clone();
     let repo = config
         .github
@@ -187,24 +224,63 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
         admin_token: Some(Secret::new(ADMIN_TOKEN)),
         ..Secrets::default()
     };
-    let rules: Vec<(String, &'static str)> = config.rules.iter().map(|r| (r.name.clone(), r.kind_name())).collect();
-    let retention = config.rules.iter().find(|r| matches!(r.kind, RuleKind::Retention(_))).map(|r| r.name.clone());
-    let timeout = config.rules.iter().find(|r| matches!(r.kind, RuleKind::Timeout(_))).map(|r| r.name.clone());
+    let rules: Vec<(String, &'static str)> = config
+        .rules
+        .iter()
+        .map(|r| (r.name.clone(), r.kind_name()))
+        .collect();
+    let retention = config
+        .rules
+        .iter()
+        .find(|r| matches!(r.kind, RuleKind::Retention(_)))
+        .map(|r| r.name.clone());
+    let timeout = config
+        .rules
+        .iter()
+        .find(|r| matches!(r.kind, RuleKind::Timeout(_)))
+        .map(|r| r.name.clone());
     let ctx = build_context(config, secrets).await?;
     let narrator = narrate(ctx.events.subscribe());
     let bot = start(ctx, bot_listener).await?;
-    println!("runwarden demo — the bot at {} against the simulator at {}", bot.url(), sim.base_url);
-    println!("rules: {}", rules.iter().map(|(n, k)| format!("{n} ({k})")).collect::<Vec<_>>().join(", "));
-    let mut d = Demo { sim, bot, http: reqwest::Client::new(), project, repo: repo.clone(), speed, delivery: 0, _dir: dir };
+    println!(
+        "runwarden demo — the bot at {} against the simulator at {}",
+        bot.url(),
+        sim.base_url
+    );
+    println!(
+        "rules: {}",
+        rules
+            .iter()
+            .map(|(n, k)| format!("{n} ({k})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut d = Demo {
+        sim,
+        bot,
+        http: reqwest::Client::new(),
+        project,
+        repo: repo.clone(),
+        speed,
+        delivery: 0,
+        _dir: dir,
+    };
     let now = Utc::now();
     let day = chrono::Duration::days(1);
     let min = chrono::Duration::minutes(1);
 
     // History: a backlog of old runs (for retention) and passed runs (for auto timeouts).
     let mut backlog = Vec::new();
-    for (i, branch) in ["main", "feat/search", "feat/cart", "fix/typo"].iter().enumerate() {
+    for (i, branch) in ["main", "feat/search", "feat/cart", "fix/typo"]
+        .iter()
+        .enumerate()
+    {
         for j in 0..13i64 {
-            let mut r = d.run(branch, &format!("{:040x}", (i as i64 + 1) * 1000 + j), now - day * (35 + j as i32) - min * (i as i32));
+            let mut r = d.run(
+                branch,
+                &format!("{:040x}", (i as i64 + 1) * 1000 + j),
+                now - day * (35 + j as i32) - min * (i as i32),
+            );
             r.state = Some(if j % 6 == 0 { "failed" } else { "passed" }.into());
             r.duration_ms = Some(600_000 + 10_000 * j as u64);
             r.emit = Some(false);
@@ -214,21 +290,48 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
             backlog.push(r);
         }
     }
-    d.sim.add_runs(backlog).map_err(|e| anyhow::anyhow!("{e}"))?;
+    d.sim
+        .add_runs(backlog)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     d.scene("08:00  the backlog");
-    d.say(&format!("{} old runs in project {} (35–47 days old), one pinned with tag release-1.0", d.sim.run_count(), d.project));
+    d.say(&format!(
+        "{} old runs in project {} (35–47 days old), one pinned with tag release-1.0",
+        d.sim.run_count(),
+        d.project
+    ));
 
     // 1. A push supersedes a running run.
     d.scene("09:12  a push supersedes a running run");
     let sha1 = "1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a";
     let sha2 = "2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b";
-    let first = d.sim.add_run(d.run("feat/login", sha1, now - min * 6)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    d.sim.add_pr(NewPr { repo: repo.clone(), number: Some(42), head_ref: Some("feat/login".into()), head_sha: Some(sha1.into()), ..NewPr::default() })
+    let first = d
+        .sim
+        .add_run(d.run("feat/login", sha1, now - min * 6))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    d.say(&format!("run {} on feat/login ({}) is running for PR #42", short(&first.run_id), &sha1[..7]));
+    d.sim
+        .add_pr(NewPr {
+            repo: repo.clone(),
+            number: Some(42),
+            head_ref: Some("feat/login".into()),
+            head_sha: Some(sha1.into()),
+            ..NewPr::default()
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    d.say(&format!(
+        "run {} on feat/login ({}) is running for PR #42",
+        short(&first.run_id),
+        &sha1[..7]
+    ));
     d.pause(400).await;
     d.say(&format!("Dana pushes {} to feat/login", &sha2[..7]));
-    d.sim.add_pr(NewPr { repo: repo.clone(), number: Some(42), head_ref: Some("feat/login".into()), head_sha: Some(sha2.into()), ..NewPr::default() })
+    d.sim
+        .add_pr(NewPr {
+            repo: repo.clone(),
+            number: Some(42),
+            head_ref: Some("feat/login".into()),
+            head_sha: Some(sha2.into()),
+            ..NewPr::default()
+        })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let status = d
         .github("push", json!({"ref": "refs/heads/feat/login", "before": sha1, "after": sha2, "deleted": false,
@@ -236,7 +339,12 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
         .await?;
     d.say(&format!("GitHub push webhook → {status}"));
     let first_id = first.run_id.clone();
-    d.settle(10, |a| a.iter().any(|e| e.run_id == first_id && e.action == "cancel" && e.outcome.as_str() != "planned")).await;
+    d.settle(10, |a| {
+        a.iter().any(|e| {
+            e.run_id == first_id && e.action == "cancel" && e.outcome.as_str() != "planned"
+        })
+    })
+    .await;
 
     // 2. The new commit's run fails, then a fix passes: the PR comment follows.
     d.scene("09:20  a failing, then passing pull request");
@@ -245,68 +353,142 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
     let second = d.sim.add_run(second).map_err(|e| anyhow::anyhow!("{e}"))?;
     d.pause(300).await;
     d.sim
-        .advance(&second.run_id, Advance { complete: 6, fail: Some(2), finish: Some(Outcome::Failed), ..Advance::default() })
+        .advance(
+            &second.run_id,
+            Advance {
+                complete: 6,
+                fail: Some(2),
+                finish: Some(Outcome::Failed),
+                ..Advance::default()
+            },
+        )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    d.say(&format!("run {} finished: 2 spec files failed", short(&second.run_id)));
+    d.say(&format!(
+        "run {} finished: 2 spec files failed",
+        short(&second.run_id)
+    ));
     let sid = second.run_id.clone();
-    d.settle(10, |a| a.iter().any(|e| e.run_id == sid && e.action == "summarize" && e.outcome.as_str() != "planned")).await;
+    d.settle(10, |a| {
+        a.iter()
+            .any(|e| e.run_id == sid && e.action == "summarize" && e.outcome.as_str() != "planned")
+    })
+    .await;
     d.pause(300).await;
     let sha3 = "3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c";
     d.say(&format!("Dana pushes the fix {}", &sha3[..7]));
-    d.sim.add_pr(NewPr { repo: repo.clone(), number: Some(42), head_ref: Some("feat/login".into()), head_sha: Some(sha3.into()), ..NewPr::default() })
+    d.sim
+        .add_pr(NewPr {
+            repo: repo.clone(),
+            number: Some(42),
+            head_ref: Some("feat/login".into()),
+            head_sha: Some(sha3.into()),
+            ..NewPr::default()
+        })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    d.github("push", json!({"ref": "refs/heads/feat/login", "before": sha2, "after": sha3, "deleted": false,
-        "repository": {"full_name": repo}, "head_commit": {"timestamp": Utc::now().to_rfc3339()}})).await?;
+    d.github(
+        "push",
+        json!({"ref": "refs/heads/feat/login", "before": sha2, "after": sha3, "deleted": false,
+        "repository": {"full_name": repo}, "head_commit": {"timestamp": Utc::now().to_rfc3339()}}),
+    )
+    .await?;
     let mut third = d.run("feat/login", sha3, Utc::now());
     third.emit = Some(true);
     let third = d.sim.add_run(third).map_err(|e| anyhow::anyhow!("{e}"))?;
     d.pause(300).await;
     d.sim
-        .advance(&third.run_id, Advance { finish: Some(Outcome::Passed), ..Advance::default() })
+        .advance(
+            &third.run_id,
+            Advance {
+                finish: Some(Outcome::Passed),
+                ..Advance::default()
+            },
+        )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     d.say(&format!("run {} passed", short(&third.run_id)));
     let tid = third.run_id.clone();
-    d.settle(10, |a| a.iter().filter(|e| e.run_id == tid && e.action == "summarize").all(|e| e.outcome.as_str() != "planned")
-        && a.iter().any(|e| e.run_id == tid)).await;
+    d.settle(10, |a| {
+        a.iter()
+            .filter(|e| e.run_id == tid && e.action == "summarize")
+            .all(|e| e.outcome.as_str() != "planned")
+            && a.iter().any(|e| e.run_id == tid)
+    })
+    .await;
 
     // 3. A run hangs far past its normal duration.
     d.scene("11:05  a run hangs");
-    let mut hung = d.run("main", "4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d", now - min * 150);
+    let mut hung = d.run(
+        "main",
+        "4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d",
+        now - min * 150,
+    );
     hung.completed = Some(2);
     hung.last_progress_at = Some(now - min * 120);
     let hung = d.sim.add_run(hung).map_err(|e| anyhow::anyhow!("{e}"))?;
-    d.say(&format!("run {} on main started 2h30m ago; its last spec finished 2h ago", short(&hung.run_id)));
+    d.say(&format!(
+        "run {} on main started 2h30m ago; its last spec finished 2h ago",
+        short(&hung.run_id)
+    ));
     if let Some(rule) = &timeout {
-        d.say(&format!("the poller checks in-progress runs (here: POST /api/sweep/{rule} → {})", d.admin_sweep(rule).await?));
+        d.say(&format!(
+            "the poller checks in-progress runs (here: POST /api/sweep/{rule} → {})",
+            d.admin_sweep(rule).await?
+        ));
         let hid = hung.run_id.clone();
-        d.settle(10, |a| a.iter().any(|e| e.run_id == hid && e.outcome.as_str() != "planned")).await;
+        d.settle(10, |a| {
+            a.iter()
+                .any(|e| e.run_id == hid && e.outcome.as_str() != "planned")
+        })
+        .await;
     }
 
     // 4. The CI job died, but Currents still shows the run in progress.
     d.scene("13:40  a CI job ends, its run does not");
-    let mut orphan = d.run("feat/search", "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e", now - min * 9);
+    let mut orphan = d.run(
+        "feat/search",
+        "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e",
+        now - min * 9,
+    );
     orphan.ci_build_id = Some(format!("{repo}-7001-1"));
     orphan.completed = Some(3);
     let orphan = d.sim.add_run(orphan).map_err(|e| anyhow::anyhow!("{e}"))?;
-    d.say(&format!("run {} (ciBuildId {repo}-7001-1) is still in progress", short(&orphan.run_id)));
+    d.say(&format!(
+        "run {} (ciBuildId {repo}-7001-1) is still in progress",
+        short(&orphan.run_id)
+    ));
     let status = d
-        .github("workflow_run", json!({"action": "completed", "repository": {"full_name": repo},
+        .github(
+            "workflow_run",
+            json!({"action": "completed", "repository": {"full_name": repo},
             "workflow_run": {"id": 7001, "run_attempt": 1, "head_branch": "feat/search",
                 "head_sha": "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e", "conclusion": "failure",
-                "updated_at": (Utc::now() - min * 3).to_rfc3339()}}))
+                "updated_at": (Utc::now() - min * 3).to_rfc3339()}}),
+        )
         .await?;
-    d.say(&format!("GitHub workflow_run completed 3 min ago (grace elapsed) → {status}"));
+    d.say(&format!(
+        "GitHub workflow_run completed 3 min ago (grace elapsed) → {status}"
+    ));
     let oid = orphan.run_id.clone();
-    d.settle(10, |a| a.iter().any(|e| e.run_id == oid && e.outcome.as_str() != "planned")).await;
+    d.settle(10, |a| {
+        a.iter()
+            .any(|e| e.run_id == oid && e.outcome.as_str() != "planned")
+    })
+    .await;
 
     // 5. The nightly retention slot over the backlog.
     if let Some(rule) = &retention {
         d.scene("03:00  the nightly retention slot");
         let before = d.sim.run_count();
-        d.say(&format!("slot fires (here: POST /api/sweep/{rule} → {})", d.admin_sweep(rule).await?));
+        d.say(&format!(
+            "slot fires (here: POST /api/sweep/{rule} → {})",
+            d.admin_sweep(rule).await?
+        ));
         let r = rule.clone();
         d.settle(20, |a| a.iter().any(|e| e.rule == r)).await;
-        d.say(&format!("{} runs before, {} after", before, d.sim.run_count()));
+        d.say(&format!(
+            "{} runs before, {} after",
+            before,
+            d.sim.run_count()
+        ));
     }
 
     // The PR comment and the summary table.
@@ -314,7 +496,10 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
     let comments = d.sim.comments(Some(&repo), Some(42));
     match comments.last() {
         Some(c) => {
-            println!("   PR #42 · comment by {} · edited {} time(s)\n", c.user, c.edits);
+            println!(
+                "   PR #42 · comment by {} · edited {} time(s)\n",
+                c.user, c.edits
+            );
             for line in c.body.lines() {
                 println!("   │ {line}");
             }
@@ -325,7 +510,13 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
     if !statuses.is_empty() {
         println!("\n   commit statuses:");
         for s in &statuses {
-            println!("   {} {} {:<9} {}", &s.sha[..7], s.context, s.state, s.description.as_deref().unwrap_or(""));
+            println!(
+                "   {} {} {:<9} {}",
+                &s.sha[..7],
+                s.context,
+                s.state,
+                s.description.as_deref().unwrap_or("")
+            );
         }
     }
     d.scene("summary");
@@ -338,10 +529,21 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
             .entry(e.outcome.as_str().to_string())
             .or_default() += 1;
     }
-    println!("   {:<22} {:<10} {:>5} {:>8} {:>8} {:>7}", "rule", "action", "done", "skipped", "dry run", "failed");
+    println!(
+        "   {:<22} {:<10} {:>5} {:>8} {:>8} {:>7}",
+        "rule", "action", "done", "skipped", "dry run", "failed"
+    );
     for ((rule, action), o) in &table {
         let g = |k: &str| o.get(k).copied().unwrap_or(0);
-        println!("   {:<22} {:<10} {:>5} {:>8} {:>8} {:>7}", rule, action, g("done"), g("skipped"), g("dry_run"), g("failed"));
+        println!(
+            "   {:<22} {:<10} {:>5} {:>8} {:>8} {:>7}",
+            rule,
+            action,
+            g("done"),
+            g("skipped"),
+            g("dry_run"),
+            g("failed")
+        );
     }
     let mutations = d.sim.mutation_log();
     println!(
@@ -355,8 +557,15 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
         println!("\nkeeping the bot and simulator up (Ctrl-C to stop):");
         println!("   status page   {}/", d.bot.url());
         println!("   metrics       {}/metrics", d.bot.url());
-        println!("   admin API     {}/api/actions  (Authorization: Bearer {ADMIN_TOKEN})", d.bot.url());
-        println!("   simulator     {}/v1  (Authorization: Bearer {})", d.sim.base_url, d.sim.config().api_key);
+        println!(
+            "   admin API     {}/api/actions  (Authorization: Bearer {ADMIN_TOKEN})",
+            d.bot.url()
+        );
+        println!(
+            "   simulator     {}/v1  (Authorization: Bearer {})",
+            d.sim.base_url,
+            d.sim.config().api_key
+        );
         let _ = tokio::signal::ctrl_c().await;
     }
     let Demo { sim, bot, .. } = d;
@@ -377,7 +586,11 @@ pub fn run(path: &std::path::Path, speed: f64, keep_running: bool) -> ExitCode {
     match result {
         Ok(ok) => {
             println!("\ndemo finished in {:.1}s", started.elapsed().as_secs_f64());
-            if ok { ExitCode::SUCCESS } else { ExitCode::from(super::EXIT_FAILED) }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(super::EXIT_FAILED)
+            }
         }
         Err(e) => {
             eprintln!("runwarden demo: {e:#}");
@@ -385,4 +598,3 @@ pub fn run(path: &std::path::Path, speed: f64, keep_running: bool) -> ExitCode {
         }
     }
 }
-

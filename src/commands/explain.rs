@@ -30,7 +30,10 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
         // The other runs of its branch: for supersede (newer runs) and retention (newest N).
         let mut runs = Vec::new();
         if let Some(branch) = run.branch() {
-            let filter = RunFilter { branches: vec![branch.to_string()], ..RunFilter::default() };
+            let filter = RunFilter {
+                branches: vec![branch.to_string()],
+                ..RunFilter::default()
+            };
             let mut s = client.list_runs(&run.project_id, &filter);
             while let Some(r) = s.next().await {
                 let r = r?;
@@ -65,7 +68,11 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
     for e in rules::explain(&loaded.config, &run, &view, Utc::now()) {
         println!(
             "{} {:<22} {:<9} {}",
-            if e.applies { "✔ applies " } else { "✘ no      " },
+            if e.applies {
+                "✔ applies "
+            } else {
+                "✘ no      "
+            },
             e.rule,
             e.kind,
             e.detail

@@ -25,13 +25,28 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug, Parser)]
-#[command(name = "runwarden", version, about = "Policy bot for Currents test runs: cancels superseded, stuck and orphaned runs, deletes old ones, posts PR summaries.")]
+#[command(
+    name = "runwarden",
+    version,
+    about = "Policy bot for Currents test runs: cancels superseded, stuck and orphaned runs, deletes old ones, posts PR summaries."
+)]
 pub struct Cli {
     /// Path of the policy file.
-    #[arg(long, global = true, env = "RUNWARDEN_CONFIG", default_value = "rules.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNWARDEN_CONFIG",
+        default_value = "rules.toml"
+    )]
     pub config: PathBuf,
     /// Log format: text on a terminal and JSON otherwise (auto), or forced.
-    #[arg(long, global = true, env = "RUNWARDEN_LOG_FORMAT", value_enum, default_value = "auto")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNWARDEN_LOG_FORMAT",
+        value_enum,
+        default_value = "auto"
+    )]
     pub log_format: crate::telemetry::LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -123,12 +138,18 @@ pub fn load_config(path: &std::path::Path) -> Result<Loaded, ExitCode> {
     }
 }
 
-
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo narrates on stdout; its logs stay quiet unless RUST_LOG asks for more.
-    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Check | Command::Plan { .. } | Command::Explain { .. } | Command::Audit { .. });
+    let quiet = matches!(
+        cli.command,
+        Command::Demo { .. }
+            | Command::Check
+            | Command::Plan { .. }
+            | Command::Explain { .. }
+            | Command::Audit { .. }
+    );
     crate::telemetry::init(if quiet { "warn" } else { "info" }, cli.log_format);
     match &cli.command {
         Command::Check => check::run(&cli.config),
@@ -136,12 +157,22 @@ pub fn main() -> ExitCode {
         Command::Plan { rule, format } => plan::run(&cli.config, rule.as_deref(), *format),
         Command::Sweep { rule, dry_run } => sweep::run(&cli.config, rule.as_deref(), *dry_run),
         Command::Explain { run_id } => explain::run(&cli.config, run_id),
-        Command::Audit { since, rule, format } => audit::run(&cli.config, since.as_deref(), rule.as_deref(), *format),
+        Command::Audit {
+            since,
+            rule,
+            format,
+        } => audit::run(&cli.config, since.as_deref(), rule.as_deref(), *format),
         Command::Webhooks {
             command: WebhooksCommand::Install { url, dry_run },
         } => webhooks::run(&cli.config, url, *dry_run),
-        Command::Simulate { listen, webhook_url } => simulate(&cli.config, listen, webhook_url.clone()),
-        Command::Demo { speed, keep_running } => demo::run(&cli.config, *speed, *keep_running),
+        Command::Simulate {
+            listen,
+            webhook_url,
+        } => simulate(&cli.config, listen, webhook_url.clone()),
+        Command::Demo {
+            speed,
+            keep_running,
+        } => demo::run(&cli.config, *speed, *keep_running),
     }
 }
 
@@ -153,7 +184,9 @@ fn simulate(path: &std::path::Path, listen: &str, webhook_url: Option<String>) -
             .map(|l| l.config.currents.webhook_header)
             .unwrap_or_else(|_| "x-webhook-secret".into());
         cfg.webhook_url = Some(url);
-        if let Some(secret) = crate::secret::Secret::list_from_env("RUNWARDEN_CURRENTS_WEBHOOK_SECRET").first() {
+        if let Some(secret) =
+            crate::secret::Secret::list_from_env("RUNWARDEN_CURRENTS_WEBHOOK_SECRET").first()
+        {
             cfg.webhook_headers = vec![(header, secret.expose().to_string())];
         }
     }

@@ -56,7 +56,10 @@ pub async fn fetch_runs(config: &Config, client: &CurrentsClient) -> anyhow::Res
         let filter = if need_all {
             RunFilter::default()
         } else {
-            RunFilter { completion_state: vec![CompletionState::InProgress], ..RunFilter::default() }
+            RunFilter {
+                completion_state: vec![CompletionState::InProgress],
+                ..RunFilter::default()
+            }
         };
         let mut s = client.list_runs(project, &filter);
         while let Some(r) = s.next().await {
@@ -92,7 +95,10 @@ pub fn print_table(decisions: &[Decision]) {
         println!("nothing to do");
         return;
     }
-    println!("{:<22} {:<9} {:<8} {:<34} {:<24} reason", "rule", "kind", "action", "run", "branch");
+    println!(
+        "{:<22} {:<9} {:<8} {:<34} {:<24} reason",
+        "rule", "kind", "action", "run", "branch"
+    );
     for d in decisions {
         println!(
             "{:<22} {:<9} {:<8} {:<34} {:<24} {}{}",
@@ -139,11 +145,18 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, format: Format) -> ExitCo
     match format {
         Format::Json => {
             let items: Vec<PlanItem> = decisions.iter().map(PlanItem::from).collect();
-            println!("{}", serde_json::to_string_pretty(&items).unwrap_or_else(|_| "[]".into()));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&items).unwrap_or_else(|_| "[]".into())
+            );
         }
         Format::Table => {
             print_table(&decisions);
-            eprintln!("{} runs read, {} API requests, nothing changed", runs.len(), client.request_count());
+            eprintln!(
+                "{} runs read, {} API requests, nothing changed",
+                runs.len(),
+                client.request_count()
+            );
         }
     }
     for b in breaches {

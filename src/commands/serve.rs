@@ -122,7 +122,11 @@ async fn holds_processor_lease(ctx: &AppContext) -> bool {
         return true;
     }
     let now = chrono::Utc::now();
-    match ctx.store.try_acquire_lease(PROCESSOR_LEASE, &ctx.worker_id, PROCESSOR_LEASE_TTL, now).await {
+    match ctx
+        .store
+        .try_acquire_lease(PROCESSOR_LEASE, &ctx.worker_id, PROCESSOR_LEASE_TTL, now)
+        .await
+    {
         Ok(held) => held,
         Err(e) => {
             tracing::warn!(error = %e, "cannot take the processor lease");
@@ -145,7 +149,10 @@ async fn processor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
         }
     }
     if ctx.store.backend().is_shared() {
-        let _ = ctx.store.release_lease(PROCESSOR_LEASE, &ctx.worker_id).await;
+        let _ = ctx
+            .store
+            .release_lease(PROCESSOR_LEASE, &ctx.worker_id)
+            .await;
     }
 }
 
@@ -170,8 +177,13 @@ pub async fn start(ctx: Arc<AppContext>, listener: tokio::net::TcpListener) -> a
     if !ctx.store.backend().is_shared() {
         match ctx.store.release_all_leases().await {
             Ok(0) => {}
-            Ok(n) => tracing::warn!(actions = n, "released the leases of a previous process (it did not stop cleanly)"),
-            Err(e) => tracing::warn!(error = %e, "cannot release stale leases; they expire on their own"),
+            Ok(n) => tracing::warn!(
+                actions = n,
+                "released the leases of a previous process (it did not stop cleanly)"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release stale leases; they expire on their own")
+            }
         }
     }
     let (tx, rx) = watch::channel(false);
@@ -191,12 +203,29 @@ pub async fn start(ctx: Arc<AppContext>, listener: tokio::net::TcpListener) -> a
             }
         }),
     ));
-    tasks.push(("processor", tokio::spawn(processor_loop(ctx.clone(), rx.clone()))));
-    tasks.push(("executor", tokio::spawn(executor_loop(ctx.clone(), rx.clone()))));
-    tasks.push(("poller", tokio::spawn(crate::intake::poller::run(ctx.clone(), rx.clone()))));
-    tasks.push(("schedules", tokio::spawn(crate::intake::schedules::run(ctx.clone(), rx.clone()))));
+    tasks.push((
+        "processor",
+        tokio::spawn(processor_loop(ctx.clone(), rx.clone())),
+    ));
+    tasks.push((
+        "executor",
+        tokio::spawn(executor_loop(ctx.clone(), rx.clone())),
+    ));
+    tasks.push((
+        "poller",
+        tokio::spawn(crate::intake::poller::run(ctx.clone(), rx.clone())),
+    ));
+    tasks.push((
+        "schedules",
+        tokio::spawn(crate::intake::schedules::run(ctx.clone(), rx.clone())),
+    ));
     ctx.ready.store(true, Ordering::SeqCst);
-    Ok(Bot { ctx, addr, shutdown: tx, tasks })
+    Ok(Bot {
+        ctx,
+        addr,
+        shutdown: tx,
+        tasks,
+    })
 }
 
 async fn shutdown_signal() {

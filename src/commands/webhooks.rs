@@ -34,7 +34,10 @@ fn same(existing: &Webhook, want: &WebhookSpec) -> bool {
     a.sort();
     let mut b = want.hook_events.clone().unwrap_or_default();
     b.sort();
-    let parse = |s: &Option<String>| s.as_deref().and_then(|h| serde_json::from_str::<serde_json::Value>(h).ok());
+    let parse = |s: &Option<String>| {
+        s.as_deref()
+            .and_then(|h| serde_json::from_str::<serde_json::Value>(h).ok())
+    };
     a == b && parse(&existing.headers) == parse(&want.headers) && existing.label == want.label
 }
 
@@ -86,7 +89,9 @@ pub fn run(path: &std::path::Path, url: &str, dry_run: bool) -> ExitCode {
     }
     let secrets = Secrets::from_env();
     let Some(secret) = secrets.currents_webhook_secrets.first().cloned() else {
-        eprintln!("runwarden webhooks install: RUNWARDEN_CURRENTS_WEBHOOK_SECRET is not set (the webhook must carry it)");
+        eprintln!(
+            "runwarden webhooks install: RUNWARDEN_CURRENTS_WEBHOOK_SECRET is not set (the webhook must carry it)"
+        );
         return ExitCode::from(super::EXIT_USAGE);
     };
     let client = match super::serve::currents_client(&loaded.config, &secrets) {
@@ -100,7 +105,14 @@ pub fn run(path: &std::path::Path, url: &str, dry_run: bool) -> ExitCode {
     let rt = super::runtime();
     let mut failed = false;
     for project in &loaded.config.currents.projects {
-        let r = rt.block_on(install_one(&client, project, url, &header, secret.expose(), dry_run));
+        let r = rt.block_on(install_one(
+            &client,
+            project,
+            url,
+            &header,
+            secret.expose(),
+            dry_run,
+        ));
         let prefix = if dry_run { "would be " } else { "" };
         match r {
             Ok(Change::Created(id)) => println!("{project}: webhook {prefix}created {id} -> {url}"),
@@ -112,5 +124,9 @@ pub fn run(path: &std::path::Path, url: &str, dry_run: bool) -> ExitCode {
             }
         }
     }
-    if failed { ExitCode::from(super::EXIT_FAILED) } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::from(super::EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

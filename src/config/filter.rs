@@ -164,7 +164,10 @@ impl Filter {
             let c = &run.meta.commit;
             let mut vals: [&str; 2] = [""; 2];
             let mut n = 0;
-            for v in [c.author_name.as_deref(), c.author_email.as_deref()].into_iter().flatten() {
+            for v in [c.author_name.as_deref(), c.author_email.as_deref()]
+                .into_iter()
+                .flatten()
+            {
                 vals[n] = v;
                 n += 1;
             }

@@ -339,7 +339,10 @@ fn compile(
         return Err(sec_err(
             "currents",
             "webhook_header",
-            format!("{:?} is not a valid HTTP header name", currents.webhook_header),
+            format!(
+                "{:?} is not a valid HTTP header name",
+                currents.webhook_header
+            ),
         ));
     }
 
@@ -363,10 +366,7 @@ fn compile(
     };
 
     let server = ServerConfig {
-        listen: raw
-            .server
-            .listen
-            .unwrap_or_else(|| "127.0.0.1:8080".into()),
+        listen: raw.server.listen.unwrap_or_else(|| "127.0.0.1:8080".into()),
     };
     let store = StoreConfig {
         url: raw
@@ -374,7 +374,13 @@ fn compile(
             .url
             .unwrap_or_else(|| "sqlite://runwarden.db".into()),
         action_lease: parse_duration(raw.store.action_lease.as_deref().unwrap_or("60s"))
-            .and_then(|d| if d.is_zero() { Err("must be more than 0s".into()) } else { Ok(d) })
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err("must be more than 0s".into())
+                } else {
+                    Ok(d)
+                }
+            })
             .map_err(|m| sec_err("store", "action_lease", m))?,
     };
     if !(store.url.starts_with("sqlite:")
@@ -544,7 +550,9 @@ fn compile_rule(
                     other => {
                         return Err(at(
                             "group_by",
-                            format!("unknown grouping {other:?}; expected \"tags\" or \"framework\""),
+                            format!(
+                                "unknown grouping {other:?}; expected \"tags\" or \"framework\""
+                            ),
                         ));
                     }
                 });
@@ -568,9 +576,11 @@ fn compile_rule(
             let max_duration = match r.max_duration.as_deref() {
                 None => None,
                 Some("auto") => Some(MaxDuration::Auto),
-                Some(s) => Some(MaxDuration::Fixed(
-                    parse_duration(s).map_err(|m| at("max_duration", format!("{m}, or \"auto\"")))?,
-                )),
+                Some(s) => {
+                    Some(MaxDuration::Fixed(parse_duration(s).map_err(|m| {
+                        at("max_duration", format!("{m}, or \"auto\""))
+                    })?))
+                }
             };
             let idle_for = dur("idle_for", &r.idle_for)?;
             if max_duration.is_none() && idle_for.is_none() {
@@ -581,7 +591,10 @@ fn compile_rule(
             }
             let auto_factor = r.auto_factor.unwrap_or(3.0);
             if !(auto_factor.is_finite() && auto_factor > 0.0) {
-                return Err(at("auto_factor", format!("{auto_factor} must be more than 0")));
+                return Err(at(
+                    "auto_factor",
+                    format!("{auto_factor} must be more than 0"),
+                ));
             }
             let fallback = dur("fallback", &r.fallback)?;
             if max_duration == Some(MaxDuration::Auto) && fallback.is_none() {
@@ -659,7 +672,11 @@ fn compile_rule(
         }
         "summary" => {
             let events = r.events.clone().unwrap_or_else(|| {
-                vec!["RUN_FINISH".into(), "RUN_TIMEOUT".into(), "RUN_CANCELED".into()]
+                vec![
+                    "RUN_FINISH".into(),
+                    "RUN_TIMEOUT".into(),
+                    "RUN_CANCELED".into(),
+                ]
             });
             let mut norm = Vec::new();
             for e in events {
@@ -683,11 +700,17 @@ fn compile_rule(
                     } else {
                         base_dir.join(p)
                     };
-                    let src = std::fs::read_to_string(&path)
-                        .map_err(|e| at("template", format!("cannot read {}: {e}", path.display())))?;
+                    let src = std::fs::read_to_string(&path).map_err(|e| {
+                        at("template", format!("cannot read {}: {e}", path.display()))
+                    })?;
                     let mut env = minijinja::Environment::new();
                     env.add_template_owned("summary", src.clone())
-                        .map_err(|e| at("template", format!("{} is not a valid template: {e}", path.display())))?;
+                        .map_err(|e| {
+                            at(
+                                "template",
+                                format!("{} is not a valid template: {e}", path.display()),
+                            )
+                        })?;
                     Some((path, src))
                 }
             };
@@ -724,11 +747,15 @@ fn compile_rule(
     })
 }
 
-fn compile_match(m: RawMatch, name: &str, i: usize, loc: &Locator<'_>) -> Result<Filter, ConfigError> {
+fn compile_match(
+    m: RawMatch,
+    name: &str,
+    i: usize,
+    loc: &Locator<'_>,
+) -> Result<Filter, ConfigError> {
     let at = |key: &str, msg: String| {
         loc.err_at(
-            loc.rule_key_span(i, key, true)
-                .or_else(|| loc.rule_span(i)),
+            loc.rule_key_span(i, key, true).or_else(|| loc.rule_span(i)),
             format!("rule {name:?}: match.{key}: {msg}"),
         )
     };
@@ -749,7 +776,10 @@ fn compile_match(m: RawMatch, name: &str, i: usize, loc: &Locator<'_>) -> Result
     };
     let tags = match &m.tags {
         None => None,
-        Some(p) => Some((p.clone(), Filter::compile_tags(p).map_err(|e| at("tags", e))?)),
+        Some(p) => Some((
+            p.clone(),
+            Filter::compile_tags(p).map_err(|e| at("tags", e))?,
+        )),
     };
     let tag_mode = match m.tag_mode.as_deref() {
         None | Some("any") => TagMode::Any,
@@ -771,7 +801,9 @@ fn compile_match(m: RawMatch, name: &str, i: usize, loc: &Locator<'_>) -> Result
                 if matches!(p, RunStatus::Unknown(_)) {
                     return Err(at(
                         "statuses",
-                        format!("unknown status {s:?}; expected PASSED, FAILED, RUNNING or FAILING"),
+                        format!(
+                            "unknown status {s:?}; expected PASSED, FAILED, RUNNING or FAILING"
+                        ),
                     ));
                 }
                 out.push(p);
@@ -788,7 +820,9 @@ fn compile_match(m: RawMatch, name: &str, i: usize, loc: &Locator<'_>) -> Result
                 if matches!(p, CompletionState::Unknown(_)) {
                     return Err(at(
                         "completion_states",
-                        format!("unknown state {s:?}; expected COMPLETE, IN_PROGRESS, CANCELED or TIMEOUT"),
+                        format!(
+                            "unknown state {s:?}; expected COMPLETE, IN_PROGRESS, CANCELED or TIMEOUT"
+                        ),
                     ));
                 }
                 out.push(p);

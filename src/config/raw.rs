@@ -149,7 +149,12 @@ pub const RULE_KEYS: &[&str] = &[
 /// The keys that belong to each kind (beyond `name`, `kind`, `dry_run`, `match`).
 pub fn kind_keys(kind: &str) -> &'static [&'static str] {
     match kind {
-        "supersede" => &["group_by", "on_push", "on_branch_deleted", "spare_if_progress_at_least"],
+        "supersede" => &[
+            "group_by",
+            "on_push",
+            "on_branch_deleted",
+            "spare_if_progress_at_least",
+        ],
         "timeout" => &["max_duration", "idle_for", "auto_factor", "fallback"],
         "orphan" => &["grace", "ci_build_id_suffix", "match_by"],
         "retention" => &[

@@ -195,9 +195,15 @@ mod tests {
     #[test]
     fn branch_deletion_and_tags() {
         let body = br#"{"ref":"refs/heads/feat/x","after":"0000000000000000000000000000000000000000","deleted":true,"repository":{"full_name":"a/b"}}"#;
-        assert!(matches!(parse_event("push", body, now()).unwrap(), GithubEvent::Trigger(Trigger::Push { deleted: true, .. })));
+        assert!(matches!(
+            parse_event("push", body, now()).unwrap(),
+            GithubEvent::Trigger(Trigger::Push { deleted: true, .. })
+        ));
         let body = br#"{"ref":"refs/tags/v1","after":"1","repository":{"full_name":"a/b"}}"#;
-        assert!(matches!(parse_event("push", body, now()).unwrap(), GithubEvent::Ignored(_)));
+        assert!(matches!(
+            parse_event("push", body, now()).unwrap(),
+            GithubEvent::Ignored(_)
+        ));
     }
 
     #[test]
@@ -206,10 +212,17 @@ mod tests {
             "workflow_run":{"id":42,"run_attempt":2,"head_branch":"main","head_sha":"abc","updated_at":"2026-01-01T11:00:00Z"}}"#;
         assert!(matches!(
             parse_event("workflow_run", body, now()).unwrap(),
-            GithubEvent::Trigger(Trigger::WorkflowRunCompleted { run_id: 42, run_attempt: 2, .. })
+            GithubEvent::Trigger(Trigger::WorkflowRunCompleted {
+                run_id: 42,
+                run_attempt: 2,
+                ..
+            })
         ));
         let body = br#"{"action":"requested","repository":{"full_name":"a/b"},"workflow_run":{"id":42,"head_sha":"abc"}}"#;
-        assert!(matches!(parse_event("workflow_run", body, now()).unwrap(), GithubEvent::Ignored(_)));
+        assert!(matches!(
+            parse_event("workflow_run", body, now()).unwrap(),
+            GithubEvent::Ignored(_)
+        ));
     }
 
     #[test]

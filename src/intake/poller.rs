@@ -18,7 +18,11 @@ pub async fn poll_once(ctx: &AppContext) -> bool {
     let interval = ctx.config.currents.poll_interval;
     let now = Utc::now();
     let ttl = (interval * 3).max(Duration::from_secs(10));
-    match ctx.store.try_acquire_lease(LEASE_NAME, &ctx.worker_id, ttl, now).await {
+    match ctx
+        .store
+        .try_acquire_lease(LEASE_NAME, &ctx.worker_id, ttl, now)
+        .await
+    {
         Ok(true) => {}
         Ok(false) => return false,
         Err(e) => {

@@ -35,8 +35,7 @@ pub enum ProcessError {
 impl From<crate::currents::client::CurrentsError> for ProcessError {
     fn from(e: crate::currents::client::CurrentsError) -> Self {
         // An undecodable 2xx (a truncated body, a proxy's page) may read fine next time.
-        let undecodable_success =
-            matches!(&e, crate::currents::client::CurrentsError::Decode { status, .. } if (200..300).contains(status));
+        let undecodable_success = matches!(&e, crate::currents::client::CurrentsError::Decode { status, .. } if (200..300).contains(status));
         if e.is_retryable() || undecodable_success {
             ProcessError::Transient(format!("Currents API: {e}"))
         } else {
@@ -79,7 +78,11 @@ pub async fn process_one(ctx: &AppContext, d: Delivery) {
         Ok(decisions) => {
             let n = decisions.len();
             let new = to_new_decisions(&decisions, &d, now);
-            match ctx.store.record_decisions_and_mark_processed(&new, d.id, &format!("{n} decision(s)")).await {
+            match ctx
+                .store
+                .record_decisions_and_mark_processed(&new, d.id, &format!("{n} decision(s)"))
+                .await
+            {
                 Ok(recorded) => {
                     for (dec, rec) in decisions.iter().zip(recorded.iter()) {
                         if !rec.new_decision {
@@ -87,7 +90,11 @@ pub async fn process_one(ctx: &AppContext, d: Delivery) {
                         }
                         ctx.metrics.inc(
                             "runwarden_decisions_total",
-                            &[("rule", &dec.rule), ("action", dec.action.as_str()), ("dry_run", if dec.dry_run { "true" } else { "false" })],
+                            &[
+                                ("rule", &dec.rule),
+                                ("action", dec.action.as_str()),
+                                ("dry_run", if dec.dry_run { "true" } else { "false" }),
+                            ],
                         );
                         tracing::info!(rule = %dec.rule, action = %dec.action, run = %dec.run_id, dry_run = dec.dry_run, "decision: {}", dec.reason);
                         let _ = ctx.events.send(crate::server::BotEvent::Decided {
@@ -107,7 +114,14 @@ pub async fn process_one(ctx: &AppContext, d: Delivery) {
                 }
                 Err(e) => {
                     tracing::warn!(delivery = d.id, error = %e, "cannot record decisions; will retry");
-                    let _ = ctx.store.mark_delivery_failed(d.id, &e.to_string(), now + chrono::Duration::seconds(2)).await;
+                    let _ = ctx
+                        .store
+                        .mark_delivery_failed(
+                            d.id,
+                            &e.to_string(),
+                            now + chrono::Duration::seconds(2),
+                        )
+                        .await;
                     "retry"
                 }
             }
@@ -115,16 +129,25 @@ pub async fn process_one(ctx: &AppContext, d: Delivery) {
         Err(ProcessError::Transient(e)) => {
             let backoff = 2i64.saturating_pow(d.attempts.clamp(0, 8) as u32).min(300);
             tracing::warn!(delivery = d.id, source = %d.source, "event processing failed, retrying in {backoff}s: {e}");
-            let _ = ctx.store.mark_delivery_failed(d.id, &e, now + chrono::Duration::seconds(backoff)).await;
+            let _ = ctx
+                .store
+                .mark_delivery_failed(d.id, &e, now + chrono::Duration::seconds(backoff))
+                .await;
             "retry"
         }
         Err(ProcessError::Permanent(e)) => {
             tracing::warn!(delivery = d.id, source = %d.source, "event cannot be processed: {e}");
-            let _ = ctx.store.mark_processed(d.id, &format!("skipped: {e}")).await;
+            let _ = ctx
+                .store
+                .mark_processed(d.id, &format!("skipped: {e}"))
+                .await;
             "skipped"
         }
     };
-    ctx.metrics.inc("runwarden_events_processed_total", &[("source", &source), ("result", outcome)]);
+    ctx.metrics.inc(
+        "runwarden_events_processed_total",
+        &[("source", &source), ("result", outcome)],
+    );
 }
 
 /// The Currents event a summary decision is about (its reason names it).
@@ -172,18 +195,28 @@ fn to_new_decisions(decisions: &[Decision], d: &Delivery, now: DateTime<Utc>) ->
 }
 
 /// Reads what the rules need for one event and evaluates them.
-async fn decide_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> Result<Vec<Decision>, ProcessError> {
+async fn decide_event(
+    ctx: &AppContext,
+    d: &Delivery,
+    now: DateTime<Utc>,
+) -> Result<Vec<Decision>, ProcessError> {
     match d.source.as_str() {
         "currents" => currents_event(ctx, d, now).await,
         "github" => github_event(ctx, d, now).await,
         "schedule" => schedule_event(ctx, d, now).await,
         "poll" => poll_event(ctx, now).await,
-        other => Err(ProcessError::Permanent(format!("unknown event source {other:?}"))),
+        other => Err(ProcessError::Permanent(format!(
+            "unknown event source {other:?}"
+        ))),
     }
 }
 
 /// Remembers a run and its progress; returns the progress snapshot.
-pub async fn remember_run(ctx: &AppContext, run: &Run, now: DateTime<Utc>) -> Result<ProgressSnapshot, ProcessError> {
+pub async fn remember_run(
+    ctx: &AppContext,
+    run: &Run,
+    now: DateTime<Utc>,
+) -> Result<ProgressSnapshot, ProcessError> {
     let prev = ctx.store.get_run(&run.run_id).await?;
     let prev_snap = prev.as_ref().map(|p| ProgressSnapshot {
         completed_specs: p.completed_specs as u64,
@@ -225,7 +258,10 @@ async fn known_in_progress(
         if let Some(run) = run_of(r) {
             progress.insert(
                 r.run_id.clone(),
-                ProgressSnapshot { completed_specs: r.completed_specs as u64, changed_at: r.progress_changed_at },
+                ProgressSnapshot {
+                    completed_specs: r.completed_specs as u64,
+                    changed_at: r.progress_changed_at,
+                },
             );
             runs.push(run);
         }
@@ -237,7 +273,10 @@ async fn known_in_progress(
 /// record of completed passed runs, topped up from one API listing (one page of the
 /// newest passed runs of the branch) when the store knows fewer than the minimum. The
 /// listing is cached per group for [`HISTORY_REFRESH`].
-async fn history_for(ctx: &AppContext, runs: &[Run]) -> Result<HashMap<String, Vec<Duration>>, ProcessError> {
+async fn history_for(
+    ctx: &AppContext,
+    runs: &[Run],
+) -> Result<HashMap<String, Vec<Duration>>, ProcessError> {
     let needs_auto = ctx.config.rules.iter().any(|r| {
         matches!(&r.kind, RuleKind::Timeout(t) if t.max_duration == Some(crate::config::MaxDuration::Auto))
     });
@@ -257,7 +296,9 @@ async fn history_for(ctx: &AppContext, runs: &[Run]) -> Result<HashMap<String, V
         if ds.len() < rules::HISTORY_MIN_SAMPLES {
             let fresh = {
                 let cache = ctx.history_cache.lock().unwrap_or_else(|e| e.into_inner());
-                cache.get(&key).is_some_and(|t| t.elapsed() < HISTORY_REFRESH)
+                cache
+                    .get(&key)
+                    .is_some_and(|t| t.elapsed() < HISTORY_REFRESH)
             };
             if !fresh {
                 ctx.history_cache
@@ -265,13 +306,19 @@ async fn history_for(ctx: &AppContext, runs: &[Run]) -> Result<HashMap<String, V
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(key.clone(), std::time::Instant::now());
                 let filter = RunFilter {
-                    branches: run.branch().map(|b| vec![b.to_string()]).unwrap_or_default(),
+                    branches: run
+                        .branch()
+                        .map(|b| vec![b.to_string()])
+                        .unwrap_or_default(),
                     status: vec![crate::currents::RunStatus::Passed],
                     completion_state: vec![CompletionState::Complete],
                     limit: Some(50),
                     ..RunFilter::default()
                 };
-                let page = ctx.currents.list_runs_page(&run.project_id, &filter, None).await?;
+                let page = ctx
+                    .currents
+                    .list_runs_page(&run.project_id, &filter, None)
+                    .await?;
                 let now = Utc::now();
                 for r in &page.items {
                     if rules::history_key(r) == key {
@@ -284,7 +331,12 @@ async fn history_for(ctx: &AppContext, runs: &[Run]) -> Result<HashMap<String, V
                     .await?;
             }
         }
-        out.insert(key, ds.into_iter().map(|ms| Duration::from_millis(ms.max(0) as u64)).collect());
+        out.insert(
+            key,
+            ds.into_iter()
+                .map(|ms| Duration::from_millis(ms.max(0) as u64))
+                .collect(),
+        );
     }
     Ok(out)
 }
@@ -292,7 +344,11 @@ async fn history_for(ctx: &AppContext, runs: &[Run]) -> Result<HashMap<String, V
 /// How long a history listing from the API is trusted before it is read again.
 pub const HISTORY_REFRESH: Duration = Duration::from_secs(3600);
 
-async fn currents_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> Result<Vec<Decision>, ProcessError> {
+async fn currents_event(
+    ctx: &AppContext,
+    d: &Delivery,
+    now: DateTime<Utc>,
+) -> Result<Vec<Decision>, ProcessError> {
     let payload: CurrentsWebhookPayload = serde_json::from_str(&d.payload)
         .map_err(|e| ProcessError::Permanent(format!("stored payload unreadable: {e}")))?;
     let run_id = payload
@@ -314,10 +370,15 @@ async fn currents_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> R
         )));
     }
     let snap = remember_run(ctx, &run, now).await?;
-    let (mut runs, mut progress) = known_in_progress(ctx, Some(&run.project_id), run.branch()).await?;
+    let (mut runs, mut progress) =
+        known_in_progress(ctx, Some(&run.project_id), run.branch()).await?;
     // The store may not know every in-progress run of the branch (a missed webhook, a
     // fresh store): one listing of the branch's in-progress runs settles it.
-    let supersede = ctx.config.rules.iter().any(|r| matches!(r.kind, RuleKind::Supersede(_)) && r.filter.matches(&run));
+    let supersede = ctx
+        .config
+        .rules
+        .iter()
+        .any(|r| matches!(r.kind, RuleKind::Supersede(_)) && r.filter.matches(&run));
     if supersede && let Some(branch) = run.branch() {
         let filter = RunFilter {
             branches: vec![branch.to_string()],
@@ -327,7 +388,10 @@ async fn currents_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> R
         let mut stream = ctx.currents.list_runs(&run.project_id, &filter);
         while let Some(other) = stream.next().await {
             let other = other?;
-            if other.run_id == run.run_id || !other.is_in_progress() || other.branch() != Some(branch) {
+            if other.run_id == run.run_id
+                || !other.is_in_progress()
+                || other.branch() != Some(branch)
+            {
                 continue;
             }
             let s = remember_run(ctx, &other, now).await?;
@@ -341,12 +405,20 @@ async fn currents_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> R
     progress.insert(run.run_id.clone(), snap);
     let history = history_for(ctx, std::slice::from_ref(&run)).await?;
     let view = RunsView::new(&runs, &progress, &history);
-    let trigger = Trigger::RunSeen { run, event: Some(d.event.clone()) };
+    let trigger = Trigger::RunSeen {
+        run,
+        event: Some(d.event.clone()),
+    };
     Ok(rules::evaluate(&ctx.config, &trigger, &view, now).decisions)
 }
 
 /// Lists the in-progress runs of `branch` in the projects concerned by `repo`.
-async fn list_in_progress(ctx: &AppContext, repo: &str, branch: Option<&str>, now: DateTime<Utc>) -> Result<(Vec<Run>, HashMap<String, ProgressSnapshot>), ProcessError> {
+async fn list_in_progress(
+    ctx: &AppContext,
+    repo: &str,
+    branch: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(Vec<Run>, HashMap<String, ProgressSnapshot>), ProcessError> {
     let mut runs = Vec::new();
     let mut progress = HashMap::new();
     for project in rules::projects_for_repo(&ctx.config, repo) {
@@ -369,7 +441,11 @@ async fn list_in_progress(ctx: &AppContext, repo: &str, branch: Option<&str>, no
     Ok((runs, progress))
 }
 
-async fn github_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> Result<Vec<Decision>, ProcessError> {
+async fn github_event(
+    ctx: &AppContext,
+    d: &Delivery,
+    now: DateTime<Utc>,
+) -> Result<Vec<Decision>, ProcessError> {
     let ev = events::parse_event(&d.event, d.payload.as_bytes(), d.received_at)
         .map_err(|e| ProcessError::Permanent(e.to_string()))?;
     let trigger = match ev {
@@ -377,15 +453,20 @@ async fn github_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> Res
         GithubEvent::Ping | GithubEvent::Ignored(_) => return Ok(Vec::new()),
     };
     let (repo, branch) = match &trigger {
-        Trigger::Push { repo, branch, .. } | Trigger::PullRequestClosed { repo, branch, .. } => (repo.clone(), branch.clone()),
-        Trigger::WorkflowRunCompleted { repo, head_branch, .. } => (repo.clone(), head_branch.clone().unwrap_or_default()),
+        Trigger::Push { repo, branch, .. } | Trigger::PullRequestClosed { repo, branch, .. } => {
+            (repo.clone(), branch.clone())
+        }
+        Trigger::WorkflowRunCompleted {
+            repo, head_branch, ..
+        } => (repo.clone(), head_branch.clone().unwrap_or_default()),
         _ => return Ok(Vec::new()),
     };
     let needed = ctx.config.rules.iter().any(|r| match (&r.kind, &trigger) {
         (RuleKind::Supersede(o), Trigger::Push { deleted: false, .. }) => o.on_push,
-        (RuleKind::Supersede(o), Trigger::Push { deleted: true, .. } | Trigger::PullRequestClosed { .. }) => {
-            o.on_branch_deleted
-        }
+        (
+            RuleKind::Supersede(o),
+            Trigger::Push { deleted: true, .. } | Trigger::PullRequestClosed { .. },
+        ) => o.on_branch_deleted,
         (RuleKind::Orphan(_), Trigger::WorkflowRunCompleted { .. }) => true,
         _ => false,
     });
@@ -431,22 +512,39 @@ async fn all_runs(ctx: &AppContext, rule: &crate::config::Rule) -> Result<Vec<Ru
     Ok(out)
 }
 
-async fn schedule_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> Result<Vec<Decision>, ProcessError> {
+async fn schedule_event(
+    ctx: &AppContext,
+    d: &Delivery,
+    now: DateTime<Utc>,
+) -> Result<Vec<Decision>, ProcessError> {
     let v: serde_json::Value = serde_json::from_str(&d.payload)
         .map_err(|e| ProcessError::Permanent(format!("stored payload unreadable: {e}")))?;
     let name = v.get("rule").and_then(|r| r.as_str()).unwrap_or_default();
     let Some(rule) = ctx.config.rules.iter().find(|r| r.name == name) else {
-        return Err(ProcessError::Permanent(format!("rule {name:?} no longer exists")));
+        return Err(ProcessError::Permanent(format!(
+            "rule {name:?} no longer exists"
+        )));
     };
     match &rule.kind {
         RuleKind::Retention(_) => {
             let runs = all_runs(ctx, rule).await?;
             let view = RunsView::runs_only(&runs);
-            let eval = rules::evaluate_rule(&ctx.config, rule, &Trigger::RetentionSweep { rule: rule.name.clone() }, &view, now);
+            let eval = rules::evaluate_rule(
+                &ctx.config,
+                rule,
+                &Trigger::RetentionSweep {
+                    rule: rule.name.clone(),
+                },
+                &view,
+                now,
+            );
             let mut decisions = eval.decisions;
             for b in &eval.breaches {
                 tracing::error!(rule = %b.rule, would_delete = b.would_delete, max = b.max, "retention circuit breaker tripped: nothing deleted");
-                ctx.metrics.inc("runwarden_schedule_slots_total", &[("rule", &b.rule), ("result", "breaker")]);
+                ctx.metrics.inc(
+                    "runwarden_schedule_slots_total",
+                    &[("rule", &b.rule), ("result", "breaker")],
+                );
                 decisions.push(Decision {
                     rule: b.rule.clone(),
                     kind: "retention",
@@ -465,7 +563,9 @@ async fn schedule_event(ctx: &AppContext, d: &Delivery, now: DateTime<Utc>) -> R
             }
             Ok(decisions)
         }
-        _ => poll_event(ctx, now).await.map(|ds| ds.into_iter().filter(|x| x.rule == rule.name).collect()),
+        _ => poll_event(ctx, now)
+            .await
+            .map(|ds| ds.into_iter().filter(|x| x.rule == rule.name).collect()),
     }
 }
 
@@ -487,12 +587,18 @@ pub fn event_for(run: &Run) -> &'static str {
 /// `RUN_FINISH`/`RUN_TIMEOUT`/`RUN_CANCELED` — for the event-driven rules (summaries).
 /// Their actions are keyed by run and event, so a webhook and a poll seeing the same
 /// change act once.
-pub async fn poll_event(ctx: &AppContext, now: DateTime<Utc>) -> Result<Vec<Decision>, ProcessError> {
+pub async fn poll_event(
+    ctx: &AppContext,
+    now: DateTime<Utc>,
+) -> Result<Vec<Decision>, ProcessError> {
     let mut runs = Vec::new();
     let mut progress = HashMap::new();
     let mut synthesized: Vec<Run> = Vec::new();
     for project in &ctx.config.currents.projects {
-        let filter = RunFilter { completion_state: vec![CompletionState::InProgress], ..RunFilter::default() };
+        let filter = RunFilter {
+            completion_state: vec![CompletionState::InProgress],
+            ..RunFilter::default()
+        };
         let mut seen = std::collections::HashSet::new();
         let mut stream = ctx.currents.list_runs(project, &filter);
         while let Some(run) = stream.next().await {
@@ -532,13 +638,20 @@ pub async fn poll_event(ctx: &AppContext, now: DateTime<Utc>) -> Result<Vec<Deci
     let history = history_for(ctx, &runs).await?;
     let view = RunsView::new(&runs, &progress, &history);
     let mut decisions = rules::evaluate(&ctx.config, &Trigger::Tick, &view, now).decisions;
-    let has_summary = ctx.config.rules.iter().any(|r| matches!(r.kind, RuleKind::Summary(_)));
+    let has_summary = ctx
+        .config
+        .rules
+        .iter()
+        .any(|r| matches!(r.kind, RuleKind::Summary(_)));
     if has_summary {
         for run in synthesized {
             let event = event_for(&run).to_string();
             let one = [run.clone()];
             let view = RunsView::runs_only(&one);
-            let trigger = Trigger::RunSeen { run, event: Some(event) };
+            let trigger = Trigger::RunSeen {
+                run,
+                event: Some(event),
+            };
             decisions.extend(
                 rules::evaluate(&ctx.config, &trigger, &view, now)
                     .decisions

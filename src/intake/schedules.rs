@@ -13,20 +13,32 @@ use crate::server::AppContext;
 use crate::store::NewDelivery;
 
 /// The latest slot of `schedule` in `(after, now]`, if any.
-pub fn latest_slot(schedule: &cron::Schedule, after: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub fn latest_slot(
+    schedule: &cron::Schedule,
+    after: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     schedule.after(&after).take_while(|t| *t <= now).last()
 }
 
 /// Fires every due slot once (`since`: where rules that never fired start); returns the (rule, slot) pairs this call fired.
-pub async fn fire_due(ctx: &AppContext, since: DateTime<Utc>, now: DateTime<Utc>) -> Vec<(String, DateTime<Utc>)> {
+pub async fn fire_due(
+    ctx: &AppContext,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Vec<(String, DateTime<Utc>)> {
     let mut fired = Vec::new();
     for rule in &ctx.config.rules {
-        let RuleKind::Retention(opts) = &rule.kind else { continue };
+        let RuleKind::Retention(opts) = &rule.kind else {
+            continue;
+        };
         let last = ctx.store.last_slot(&rule.name).await.ok().flatten();
         // A rule never fired before starts from `since` (the process start); after
         // downtime, at most one day of missed slots is considered, and only the latest fires.
         let from = last.map_or(since, |l| l.max(now - chrono::Duration::days(1)));
-        let Some(slot) = latest_slot(&opts.schedule, from, now) else { continue };
+        let Some(slot) = latest_slot(&opts.schedule, from, now) else {
+            continue;
+        };
         match ctx.store.claim_slot(&rule.name, slot, now).await {
             Ok(true) => {}
             Ok(false) => continue,
@@ -39,14 +51,18 @@ pub async fn fire_due(ctx: &AppContext, since: DateTime<Utc>, now: DateTime<Utc>
             source: "schedule".into(),
             delivery_id: format!("slot:{}:{}", rule.name, slot.timestamp()),
             event: "sweep".into(),
-            payload: serde_json::json!({ "rule": rule.name, "slot": slot.to_rfc3339() }).to_string(),
+            payload: serde_json::json!({ "rule": rule.name, "slot": slot.to_rfc3339() })
+                .to_string(),
             received_at: now,
         };
         if let Err(e) = ctx.store.insert_delivery(d).await {
             tracing::warn!(rule = %rule.name, error = %e, "cannot store a schedule event");
             continue;
         }
-        ctx.metrics.inc("runwarden_schedule_slots_total", &[("rule", &rule.name), ("result", "fired")]);
+        ctx.metrics.inc(
+            "runwarden_schedule_slots_total",
+            &[("rule", &rule.name), ("result", "fired")],
+        );
         tracing::info!(rule = %rule.name, slot = %slot, "retention slot fired");
         ctx.wake.notify_one();
         fired.push((rule.name.clone(), slot));
@@ -57,7 +73,12 @@ pub async fn fire_due(ctx: &AppContext, since: DateTime<Utc>, now: DateTime<Utc>
 /// Checks the schedules every second until `shutdown` fires. Slots older than the
 /// process start fire only when no slot of the rule was ever recorded after them.
 pub async fn run(ctx: Arc<AppContext>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    if !ctx.config.rules.iter().any(|r| matches!(r.kind, RuleKind::Retention(_))) {
+    if !ctx
+        .config
+        .rules
+        .iter()
+        .any(|r| matches!(r.kind, RuleKind::Retention(_)))
+    {
         return;
     }
     let since = Utc::now();
@@ -80,7 +101,10 @@ mod tests {
         let s = crate::config::load::parse_cron("0 3 * * *").unwrap();
         let after: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
         let now: DateTime<Utc> = "2026-01-03T04:00:00Z".parse().unwrap();
-        assert_eq!(latest_slot(&s, after, now).unwrap().to_rfc3339(), "2026-01-03T03:00:00+00:00");
+        assert_eq!(
+            latest_slot(&s, after, now).unwrap().to_rfc3339(),
+            "2026-01-03T03:00:00+00:00"
+        );
         let early: DateTime<Utc> = "2026-01-01T02:59:59Z".parse().unwrap();
         assert_eq!(latest_slot(&s, after, early), None);
     }

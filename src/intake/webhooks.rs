@@ -50,7 +50,11 @@ impl Rejection {
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         // The status and a fixed reason only: never the headers or the body.
-        tracing::warn!(status = self.status.as_u16(), reason = self.reason, "webhook rejected");
+        tracing::warn!(
+            status = self.status.as_u16(),
+            reason = self.reason,
+            "webhook rejected"
+        );
         (self.status, axum::Json(json!({ "error": self.reason }))).into_response()
     }
 }
@@ -62,7 +66,10 @@ async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<B
         .and_then(|v| v.parse::<u64>().ok())
         && len > limit as u64
     {
-        return Err(Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
+        return Err(Rejection::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body too large",
+        ));
     }
     axum::body::to_bytes(body, limit)
         .await
@@ -74,7 +81,12 @@ fn is_json(headers: &HeaderMap) -> bool {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| {
-            let mime = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let mime = v
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             mime == "application/json" || mime.ends_with("+json")
         })
         .unwrap_or(true)
@@ -95,7 +107,11 @@ pub fn timestamp_ok(raw: &str, now_ms: i64, tolerance_ms: i64) -> bool {
     if v <= 0 {
         return false;
     }
-    let ms = if v > 1_000_000_000_000 { v } else { v.saturating_mul(1000) };
+    let ms = if v > 1_000_000_000_000 {
+        v
+    } else {
+        v.saturating_mul(1000)
+    };
     (now_ms - ms).abs() <= tolerance_ms
 }
 
@@ -120,7 +136,10 @@ impl FromRequest<AppState> for CurrentsWebhook {
             ok |= s.expose().as_bytes().ct_eq(given);
         }
         if given.is_empty() || !bool::from(ok) {
-            return Err(Rejection::new(StatusCode::UNAUTHORIZED, "bad webhook secret"));
+            return Err(Rejection::new(
+                StatusCode::UNAUTHORIZED,
+                "bad webhook secret",
+            ));
         }
         if let Some(ts) = parts.headers.get("x-timestamp") {
             let ok = ts.to_str().is_ok_and(|t| {
@@ -131,15 +150,22 @@ impl FromRequest<AppState> for CurrentsWebhook {
                 )
             });
             if !ok {
-                return Err(Rejection::new(StatusCode::UNAUTHORIZED, "x-timestamp outside the tolerance"));
+                return Err(Rejection::new(
+                    StatusCode::UNAUTHORIZED,
+                    "x-timestamp outside the tolerance",
+                ));
             }
         }
         let body = read_limited(body, &parts.headers, CURRENTS_BODY_LIMIT).await?;
         if !is_json(&parts.headers) {
-            return Err(Rejection::new(StatusCode::BAD_REQUEST, "expected application/json"));
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "expected application/json",
+            ));
         }
-        let payload: CurrentsWebhookPayload = serde_json::from_slice(&body)
-            .map_err(|_| Rejection::new(StatusCode::BAD_REQUEST, "malformed Currents webhook body"))?;
+        let payload: CurrentsWebhookPayload = serde_json::from_slice(&body).map_err(|_| {
+            Rejection::new(StatusCode::BAD_REQUEST, "malformed Currents webhook body")
+        })?;
         let dashboard = url::Url::parse(&state.config.currents.dashboard_url).ok();
         let run_host = url::Url::parse(&payload.run_url).ok();
         let same_host = match (&dashboard, &run_host) {
@@ -147,12 +173,22 @@ impl FromRequest<AppState> for CurrentsWebhook {
             _ => false,
         };
         if !same_host {
-            return Err(Rejection::new(StatusCode::BAD_REQUEST, "runUrl is not a run of the configured dashboard"));
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "runUrl is not a run of the configured dashboard",
+            ));
         }
         let Some(run_id) = payload.run_id() else {
-            return Err(Rejection::new(StatusCode::BAD_REQUEST, "runUrl has no run id"));
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "runUrl has no run id",
+            ));
         };
-        Ok(Self { payload, run_id, body })
+        Ok(Self {
+            payload,
+            run_id,
+            body,
+        })
     }
 }
 
@@ -164,7 +200,11 @@ pub struct GithubWebhook {
 }
 
 /// Verifies `sha256=<hex>` against any of the secrets, in constant time.
-pub fn verify_github_signature(secrets: &[crate::secret::Secret], header: &str, body: &[u8]) -> bool {
+pub fn verify_github_signature(
+    secrets: &[crate::secret::Secret],
+    header: &str,
+    body: &[u8],
+) -> bool {
     let Some(hex_sig) = header.strip_prefix("sha256=") else {
         return false;
     };
@@ -203,7 +243,10 @@ impl FromRequest<AppState> for GithubWebhook {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let Some(sig) = sig else {
-            return Err(Rejection::new(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256"));
+            return Err(Rejection::new(
+                StatusCode::UNAUTHORIZED,
+                "missing X-Hub-Signature-256",
+            ));
         };
         let body = read_limited(body, &parts.headers, GITHUB_BODY_LIMIT).await?;
         if !verify_github_signature(secrets, &sig, &body) {
@@ -219,19 +262,37 @@ impl FromRequest<AppState> for GithubWebhook {
                 .map(str::to_string)
         };
         let Some(event) = header("x-github-event") else {
-            return Err(Rejection::new(StatusCode::BAD_REQUEST, "missing X-GitHub-Event"));
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "missing X-GitHub-Event",
+            ));
         };
         let Some(delivery) = header("x-github-delivery") else {
-            return Err(Rejection::new(StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery"));
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "missing X-GitHub-Delivery",
+            ));
         };
         if !is_json(&parts.headers) {
-            return Err(Rejection::new(StatusCode::BAD_REQUEST, "expected application/json"));
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "expected application/json",
+            ));
         }
-        Ok(Self { event, delivery, body })
+        Ok(Self {
+            event,
+            delivery,
+            body,
+        })
     }
 }
 
-fn answer(state: &AppState, source: &'static str, status: StatusCode, body: serde_json::Value) -> Response {
+fn answer(
+    state: &AppState,
+    source: &'static str,
+    status: StatusCode,
+    body: serde_json::Value,
+) -> Response {
     state.metrics.inc(
         "runwarden_webhooks_total",
         &[("source", source), ("status", status.as_str())],
@@ -245,11 +306,21 @@ async fn store_delivery(state: &AppState, source: &'static str, delivery: NewDel
         Ok(InsertOutcome::Inserted) => {
             tracing::debug!(source, delivery = %id, "event stored");
             state.wake.notify_one();
-            answer(state, source, StatusCode::ACCEPTED, json!({ "status": "accepted", "delivery": id }))
+            answer(
+                state,
+                source,
+                StatusCode::ACCEPTED,
+                json!({ "status": "accepted", "delivery": id }),
+            )
         }
         Ok(InsertOutcome::Duplicate) => {
             tracing::debug!(source, delivery = %id, "duplicate delivery ignored");
-            answer(state, source, StatusCode::OK, json!({ "status": "duplicate", "delivery": id }))
+            answer(
+                state,
+                source,
+                StatusCode::OK,
+                json!({ "status": "duplicate", "delivery": id }),
+            )
         }
         Err(e) => {
             tracing::error!(source, delivery = %id, error = %e, "cannot store webhook event");
@@ -267,7 +338,12 @@ async fn store_delivery(state: &AppState, source: &'static str, delivery: NewDel
 pub async fn currents(State(state): State<AppState>, hook: CurrentsWebhook) -> Response {
     let event = hook.payload.event.to_ascii_uppercase();
     if !crate::currents::RUN_EVENTS.contains(&event.as_str()) {
-        return answer(&state, "currents", StatusCode::ACCEPTED, json!({ "status": "ignored" }));
+        return answer(
+            &state,
+            "currents",
+            StatusCode::ACCEPTED,
+            json!({ "status": "ignored" }),
+        );
     }
     // Currents sends no delivery id: a run has one event of each kind per group.
     let mut h = Sha256::new();
@@ -276,7 +352,12 @@ pub async fn currents(State(state): State<AppState>, hook: CurrentsWebhook) -> R
     h.update(hook.run_id.as_bytes());
     h.update(b"\0");
     h.update(hook.payload.group_id.as_deref().unwrap_or("").as_bytes());
-    let delivery_id = format!("{}:{}:{}", event, hook.run_id, &hex::encode(h.finalize())[..16]);
+    let delivery_id = format!(
+        "{}:{}:{}",
+        event,
+        hook.run_id,
+        &hex::encode(h.finalize())[..16]
+    );
     let delivery = NewDelivery {
         source: "currents".into(),
         delivery_id,
@@ -290,7 +371,12 @@ pub async fn currents(State(state): State<AppState>, hook: CurrentsWebhook) -> R
 /// `POST /webhooks/github`.
 pub async fn github(State(state): State<AppState>, hook: GithubWebhook) -> Response {
     if !events::is_handled(&hook.event) {
-        return answer(&state, "github", StatusCode::ACCEPTED, json!({ "status": "ignored" }));
+        return answer(
+            &state,
+            "github",
+            StatusCode::ACCEPTED,
+            json!({ "status": "ignored" }),
+        );
     }
     let now = Utc::now();
     // Reject what cannot be parsed now, so a bad payload is a 400, not a stored event.
@@ -300,11 +386,19 @@ pub async fn github(State(state): State<AppState>, hook: GithubWebhook) -> Respo
             // stays at DEBUG, like payloads.
             tracing::warn!(event = %hook.event, delivery = %hook.delivery, bytes = hook.body.len(), "malformed GitHub payload");
             tracing::debug!(event = %hook.event, delivery = %hook.delivery, "malformed GitHub payload: {}", e.detail);
-            answer(&state, "github", StatusCode::BAD_REQUEST, json!({ "error": "malformed payload" }))
+            answer(
+                &state,
+                "github",
+                StatusCode::BAD_REQUEST,
+                json!({ "error": "malformed payload" }),
+            )
         }
-        Ok(events::GithubEvent::Ping) | Ok(events::GithubEvent::Ignored(_)) => {
-            answer(&state, "github", StatusCode::ACCEPTED, json!({ "status": "ignored" }))
-        }
+        Ok(events::GithubEvent::Ping) | Ok(events::GithubEvent::Ignored(_)) => answer(
+            &state,
+            "github",
+            StatusCode::ACCEPTED,
+            json!({ "status": "ignored" }),
+        ),
         Ok(_) => {
             let delivery = NewDelivery {
                 source: "github".into(),
@@ -342,9 +436,21 @@ mod tests {
         let good = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
         let secrets = vec![Secret::new("s1"), Secret::new("s2")];
         assert!(verify_github_signature(&secrets, &good, body));
-        assert!(!verify_github_signature(&secrets, &good, b"{\"zen\":\"y\"}"));
-        assert!(!verify_github_signature(&secrets, &good.replace("sha256=", "sha1="), body));
-        assert!(!verify_github_signature(&secrets, &good[..good.len() - 2], body));
+        assert!(!verify_github_signature(
+            &secrets,
+            &good,
+            b"{\"zen\":\"y\"}"
+        ));
+        assert!(!verify_github_signature(
+            &secrets,
+            &good.replace("sha256=", "sha1="),
+            body
+        ));
+        assert!(!verify_github_signature(
+            &secrets,
+            &good[..good.len() - 2],
+            body
+        ));
         assert!(!verify_github_signature(&[Secret::new("s1")], &good, body));
     }
 }

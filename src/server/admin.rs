@@ -22,7 +22,10 @@ pub struct Admin;
 impl FromRequestParts<AppState> for Admin {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let Some(token) = &state.secrets.admin_token else {
             return Err((StatusCode::NOT_FOUND, "not found").into_response());
         };
@@ -53,10 +56,25 @@ pub struct ActionsQuery {
 }
 
 /// `GET /api/actions`: the audit entries, newest first, as `audit --format json`.
-pub async fn actions(_: Admin, State(state): State<AppState>, Query(q): Query<ActionsQuery>) -> Response {
-    let since = match q.since.as_deref().map(humantime::parse_duration).transpose() {
+pub async fn actions(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(q): Query<ActionsQuery>,
+) -> Response {
+    let since = match q
+        .since
+        .as_deref()
+        .map(humantime::parse_duration)
+        .transpose()
+    {
         Ok(d) => d.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default()),
-        Err(_) => return (StatusCode::BAD_REQUEST, "since: expected a duration like 24h").into_response(),
+        Err(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "since: expected a duration like 24h",
+            )
+                .into_response();
+        }
     };
     let limit = q.limit.unwrap_or(500).clamp(1, 10_000);
     match state.store.audit(since, q.rule.as_deref(), limit).await {
@@ -106,7 +124,11 @@ pub async fn rules(_: Admin, State(state): State<AppState>) -> Response {
 /// sweep now; timeout and supersede: a check of every in-progress run).
 pub async fn sweep(_: Admin, State(state): State<AppState>, Path(rule): Path<String>) -> Response {
     let Some(r) = state.config.rules.iter().find(|r| r.name == rule) else {
-        return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no rule named {rule:?}")}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no rule named {rule:?}")})),
+        )
+            .into_response();
     };
     let now = Utc::now();
     let delivery = NewDelivery {
@@ -119,7 +141,11 @@ pub async fn sweep(_: Admin, State(state): State<AppState>, Path(rule): Path<Str
     match state.store.insert_delivery(delivery).await {
         Ok(_) => {
             state.wake.notify_one();
-            (StatusCode::ACCEPTED, Json(json!({"status": "queued", "rule": r.name}))).into_response()
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"status": "queued", "rule": r.name})),
+            )
+                .into_response()
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot queue a sweep");

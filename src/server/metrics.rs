@@ -40,12 +40,30 @@ pub fn labels(pairs: &[(&str, &str)]) -> String {
 }
 
 const HELP: &[(&str, &str)] = &[
-    ("runwarden_webhooks_total", "Webhooks received, by source and HTTP status."),
-    ("runwarden_decisions_total", "Decisions recorded, by rule and action."),
-    ("runwarden_actions_total", "Actions finished, by rule kind, action and outcome."),
-    ("runwarden_api_requests_total", "Requests to external APIs, by api, operation and status."),
-    ("runwarden_events_processed_total", "Stored events processed, by source and result."),
-    ("runwarden_schedule_slots_total", "Retention schedule slots fired, by rule and result."),
+    (
+        "runwarden_webhooks_total",
+        "Webhooks received, by source and HTTP status.",
+    ),
+    (
+        "runwarden_decisions_total",
+        "Decisions recorded, by rule and action.",
+    ),
+    (
+        "runwarden_actions_total",
+        "Actions finished, by rule kind, action and outcome.",
+    ),
+    (
+        "runwarden_api_requests_total",
+        "Requests to external APIs, by api, operation and status.",
+    ),
+    (
+        "runwarden_events_processed_total",
+        "Stored events processed, by source and result.",
+    ),
+    (
+        "runwarden_schedule_slots_total",
+        "Retention schedule slots fired, by rule and result.",
+    ),
 ];
 
 impl Metrics {
@@ -134,14 +152,40 @@ mod tests {
     #[test]
     fn renders_counters_gauges_and_histogram() {
         let m = Metrics::new();
-        m.inc("runwarden_webhooks_total", &[("source", "github"), ("status", "202")]);
-        m.inc("runwarden_webhooks_total", &[("source", "github"), ("status", "202")]);
+        m.inc(
+            "runwarden_webhooks_total",
+            &[("source", "github"), ("status", "202")],
+        );
+        m.inc(
+            "runwarden_webhooks_total",
+            &[("source", "github"), ("status", "202")],
+        );
         m.observe_latency(0.003);
-        let text = m.render(&[("runwarden_queue_depth", "Actions waiting.", String::new(), 4.0)]);
-        assert!(text.contains("runwarden_webhooks_total{source=\"github\",status=\"202\"} 2"), "{text}");
+        let text = m.render(&[(
+            "runwarden_queue_depth",
+            "Actions waiting.",
+            String::new(),
+            4.0,
+        )]);
+        assert!(
+            text.contains("runwarden_webhooks_total{source=\"github\",status=\"202\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("runwarden_queue_depth 4"), "{text}");
-        assert!(text.contains("runwarden_event_to_action_seconds_bucket{le=\"0.005\"} 1"), "{text}");
-        assert!(text.contains("runwarden_event_to_action_seconds_bucket{le=\"0.0025\"} 0"), "{text}");
-        assert_eq!(m.get("runwarden_webhooks_total", &[("source", "github"), ("status", "202")]), 2);
+        assert!(
+            text.contains("runwarden_event_to_action_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("runwarden_event_to_action_seconds_bucket{le=\"0.0025\"} 0"),
+            "{text}"
+        );
+        assert_eq!(
+            m.get(
+                "runwarden_webhooks_total",
+                &[("source", "github"), ("status", "202")]
+            ),
+            2
+        );
     }
 }

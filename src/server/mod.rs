@@ -99,8 +99,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rules", get(admin::rules))
         .route("/api/sweep/{rule}", post(admin::sweep))
         .route("/", get(status_page::page))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(CONCURRENCY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            CONCURRENCY_LIMIT,
+        ))
         .layer(CatchPanicLayer::custom(|_| {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }))

@@ -33,8 +33,14 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
     let hits = state.store.rule_hit_counts().await.unwrap_or_default();
     let recent = state.store.audit(None, None, 50).await.unwrap_or_default();
     let queue = state.store.queue_depth().await.unwrap_or(0);
-    let failed: Vec<_> = recent.iter().filter(|e| e.outcome.as_str() == "failed").collect();
-    let pending: Vec<_> = recent.iter().filter(|e| e.outcome.as_str() == "planned").collect();
+    let failed: Vec<_> = recent
+        .iter()
+        .filter(|e| e.outcome.as_str() == "failed")
+        .collect();
+    let pending: Vec<_> = recent
+        .iter()
+        .filter(|e| e.outcome.as_str() == "planned")
+        .collect();
     let mut h = String::new();
     let _ = write!(
         h,
@@ -44,12 +50,19 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
 <h1>runwarden</h1><p class=\"muted\">{} · {} project(s) · {}{} · <a href=\"/metrics\">metrics</a></p>",
         Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
         cfg.currents.projects.len(),
-        if cfg.dry_run { "<b>dry run</b> · " } else { "" },
+        if cfg.dry_run {
+            "<b>dry run</b> · "
+        } else {
+            ""
+        },
         format_args!("{queue} action(s) queued"),
     );
     h.push_str("<h2>Rules</h2><div class=\"scroll\"><table><tr><th>rule</th><th>kind</th><th>hits</th><th>next slot</th><th>mode</th></tr>");
     for r in &cfg.rules {
-        let n = hits.iter().find(|(x, _)| x == &r.name).map_or(0, |(_, c)| *c);
+        let n = hits
+            .iter()
+            .find(|(x, _)| x == &r.name)
+            .map_or(0, |(_, c)| *c);
         let next = match &r.kind {
             RuleKind::Retention(o) => o
                 .schedule
@@ -65,7 +78,11 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
             esc(&r.name),
             r.kind_name(),
             esc(&next),
-            if r.is_dry_run(cfg.dry_run) { "dry run" } else { "live" }
+            if r.is_dry_run(cfg.dry_run) {
+                "dry run"
+            } else {
+                "live"
+            }
         );
     }
     h.push_str("</table></div>");

@@ -75,7 +75,11 @@ impl Default for AppOptions {
 }
 
 pub async fn spawn_app(rules: &str) -> TestApp {
-    spawn_app_with(AppOptions { rules: rules.to_string(), ..AppOptions::default() }).await
+    spawn_app_with(AppOptions {
+        rules: rules.to_string(),
+        ..AppOptions::default()
+    })
+    .await
 }
 
 pub async fn spawn_app_with(o: AppOptions) -> TestApp {
@@ -86,9 +90,12 @@ pub async fn spawn_app_with(o: AppOptions) -> TestApp {
         sim_cfg.webhook_url = Some(format!("http://{bot_addr}/webhooks/currents"));
         sim_cfg.webhook_headers = vec![("x-webhook-secret".into(), CURRENTS_SECRET.into())];
     }
-    let sim = simulator::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), sim_cfg)
-        .await
-        .unwrap();
+    let sim = simulator::spawn(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        sim_cfg,
+    )
+    .await
+    .unwrap();
     sim.add_project(simulator::NewProject {
         project_id: Some(PROJECT.into()),
         repo: Some(REPO.into()),
@@ -103,7 +110,11 @@ pub async fn spawn_app_with(o: AppOptions) -> TestApp {
         poll = o.poll_interval,
         gh = sim.github_url(),
         store_url = o.store_url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}{}", dir.path().join("runwarden.db").display(), o.store_query)
+            format!(
+                "sqlite://{}{}",
+                dir.path().join("runwarden.db").display(),
+                o.store_query
+            )
         }),
         rules = o.rules,
         timeout = o.request_timeout,
@@ -112,34 +123,51 @@ pub async fn spawn_app_with(o: AppOptions) -> TestApp {
     let secrets = Secrets {
         currents_api_key: Some(Secret::new("sim-key")),
         github_token: Some(Secret::new("gh-token")),
-        currents_webhook_secrets: if o.currents_secret { vec![Secret::new(CURRENTS_SECRET)] } else { vec![] },
-        github_webhook_secrets: if o.github_secret { vec![Secret::new("old-secret"), Secret::new(GITHUB_SECRET)] } else { vec![] },
+        currents_webhook_secrets: if o.currents_secret {
+            vec![Secret::new(CURRENTS_SECRET)]
+        } else {
+            vec![]
+        },
+        github_webhook_secrets: if o.github_secret {
+            vec![Secret::new("old-secret"), Secret::new(GITHUB_SECRET)]
+        } else {
+            vec![]
+        },
         admin_token: Some(Secret::new(ADMIN_TOKEN)),
         ..Secrets::default()
     };
     let mut ctx = build_context(loaded.config, secrets).await.unwrap();
     if o.executor.is_some() || o.client_retries.is_some() {
-        let mut c = std::sync::Arc::try_unwrap(ctx).ok().expect("a fresh context has one owner");
+        let mut c = std::sync::Arc::try_unwrap(ctx)
+            .ok()
+            .expect("a fresh context has one owner");
         if let Some(e) = o.executor {
             c.executor = e;
         }
         if let Some((attempts, base)) = o.client_retries {
-            c.currents = runwarden::currents::CurrentsClient::new(runwarden::currents::client::ClientOptions {
-                base_url: c.config.currents.api_url.clone(),
-                api_key: Secret::new("sim-key"),
-                request_timeout: c.config.currents.request_timeout,
-                max_requests_per_second: 0,
-                max_attempts: attempts,
-                backoff_base: base,
-                backoff_max: base * 8,
-                ..Default::default()
-            })
+            c.currents = runwarden::currents::CurrentsClient::new(
+                runwarden::currents::client::ClientOptions {
+                    base_url: c.config.currents.api_url.clone(),
+                    api_key: Secret::new("sim-key"),
+                    request_timeout: c.config.currents.request_timeout,
+                    max_requests_per_second: 0,
+                    max_attempts: attempts,
+                    backoff_base: base,
+                    backoff_max: base * 8,
+                    ..Default::default()
+                },
+            )
             .unwrap();
         }
         ctx = std::sync::Arc::new(c);
     }
     let bot = start(ctx, bot_listener).await.unwrap();
-    TestApp { sim, bot, http: reqwest::Client::new(), dir }
+    TestApp {
+        sim,
+        bot,
+        http: reqwest::Client::new(),
+        dir,
+    }
 }
 
 pub fn sign(body: &[u8]) -> String {
@@ -153,7 +181,12 @@ impl TestApp {
         format!("{}{}", self.bot.url(), path)
     }
 
-    pub async fn github_hook(&self, event: &str, delivery: &str, body: &serde_json::Value) -> reqwest::Response {
+    pub async fn github_hook(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
         let raw = serde_json::to_vec(body).unwrap();
         self.http
             .post(self.url("/webhooks/github"))
@@ -178,7 +211,10 @@ impl TestApp {
         self.http
             .post(self.url("/webhooks/currents"))
             .header("x-webhook-secret", CURRENTS_SECRET)
-            .header("x-timestamp", chrono::Utc::now().timestamp_millis().to_string())
+            .header(
+                "x-timestamp",
+                chrono::Utc::now().timestamp_millis().to_string(),
+            )
             .json(&body)
             .send()
             .await
@@ -199,14 +235,22 @@ impl TestApp {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         while !f(self) {
             if tokio::time::Instant::now() > deadline {
-                panic!("timed out waiting for {what}; mutations: {:?}", self.mutations());
+                panic!(
+                    "timed out waiting for {what}; mutations: {:?}",
+                    self.mutations()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// Waits until the store's audit log satisfies `f`.
-    pub async fn wait_audit<F: Fn(&[runwarden::store::AuditEntry]) -> bool>(&self, what: &str, secs: u64, f: F) -> Vec<runwarden::store::AuditEntry> {
+    pub async fn wait_audit<F: Fn(&[runwarden::store::AuditEntry]) -> bool>(
+        &self,
+        what: &str,
+        secs: u64,
+        f: F,
+    ) -> Vec<runwarden::store::AuditEntry> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             let a = self.bot.ctx.store.audit(None, None, 1000).await.unwrap();

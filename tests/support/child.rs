@@ -238,13 +238,20 @@ impl ChildBot {
         ];
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let url = loop {
-            let found = logs.lock().unwrap().iter().find(|l| l.contains("runwarden is serving")).and_then(|l| {
-                // Text (`... listen=ADDR`) or JSON (`"fields":{"listen":"ADDR",...}`) logs.
-                match serde_json::from_str::<serde_json::Value>(l) {
-                    Ok(v) => v["fields"]["listen"].as_str().map(str::to_string),
-                    Err(_) => l.split("listen=").nth(1).map(|rest| rest.split_whitespace().next().unwrap_or("").to_string()),
-                }
-            });
+            let found =
+                logs.lock()
+                    .unwrap()
+                    .iter()
+                    .find(|l| l.contains("runwarden is serving"))
+                    .and_then(|l| {
+                        // Text (`... listen=ADDR`) or JSON (`"fields":{"listen":"ADDR",...}`) logs.
+                        match serde_json::from_str::<serde_json::Value>(l) {
+                            Ok(v) => v["fields"]["listen"].as_str().map(str::to_string),
+                            Err(_) => l.split("listen=").nth(1).map(|rest| {
+                                rest.split_whitespace().next().unwrap_or("").to_string()
+                            }),
+                        }
+                    });
             if let Some(addr) = found {
                 break format!("http://{addr}");
             }
