@@ -143,6 +143,8 @@ impl World {
         if let Some(path) = std::env::var_os("PATH") {
             c.env("PATH", path);
         }
+        // The harness reads the child's log lines as text (a pipe would mean JSON).
+        c.env("RUNWARDEN_LOG_FORMAT", "text");
         for (k, v) in self.env.vars() {
             c.env(k, v);
         }
