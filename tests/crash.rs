@@ -250,7 +250,7 @@ const RETENTION: &str = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\n
 #[tokio::test]
 async fn sigterm_mid_sweep_exits_0_and_the_rest_resumes_on_restart() {
     let w = World::new(RETENTION, Env::default()).await;
-    let n = 48;
+    let n = 96;
     let mut ids = Vec::new();
     for i in 0..n {
         let mut r = run(&format!("feat/old-{i}"), &format!("sha{i}"), 60 * 24 * 40);

@@ -63,6 +63,14 @@ async fn cancelled_once(w: &World, store: &Store, p: &Pair) {
     );
 }
 
+/// Waits (the child's output is read by another thread) until the bot logged `what`.
+async fn logged(bot: &ChildBot, what: &str) {
+    eventually(&format!("the log line {what:?}"), 30, || async {
+        bot.log_text().contains(what).then_some(())
+    })
+    .await;
+}
+
 async fn healthy(w: &World, bot: &ChildBot) {
     let r = w.http.get(bot.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200, "the process is alive and answering");
@@ -119,10 +127,7 @@ async fn a_database_locked_by_another_process_gets_503_then_recovers() {
     let store = w.store().await;
     cancelled_once(&w, &store, &first).await;
     cancelled_once(&w, &store, &second).await;
-    assert!(
-        bot.log_text().contains("cannot store webhook event"),
-        "the 503 is logged"
-    );
+    logged(&bot, "cannot store webhook event").await;
     bot.kill().await;
 }
 
@@ -260,10 +265,10 @@ async fn a_full_disk_gets_503_then_recovers_when_space_is_back() {
     healthy(&w, &bot).await;
     let r = currents_hook(&w, &bot, "RUN_START", &second.new).await;
     assert_eq!(r.status(), 503, "still full");
-    let logs = bot.log_text();
     // SQLite reports the refused write as SQLITE_FULL (a short write) or SQLITE_IOERR_WRITE
     // (EFBIG), depending on where it falls; both are "unavailable".
-    assert!(logs.contains("cannot store webhook event"), "{logs}");
+    logged(&bot, "cannot store webhook event").await;
+    let logs = bot.log_text();
     assert!(
         logs.contains("disk is full") || logs.contains("disk I/O error"),
         "{logs}"
