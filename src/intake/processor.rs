@@ -380,25 +380,16 @@ async fn currents_event(
         .iter()
         .any(|r| matches!(r.kind, RuleKind::Supersede(_)) && r.filter.matches(&run));
     if supersede && let Some(branch) = run.branch() {
-        let filter = RunFilter {
-            branches: vec![branch.to_string()],
-            completion_state: vec![CompletionState::InProgress],
-            ..RunFilter::default()
-        };
-        let mut stream = ctx.currents.list_runs(&run.project_id, &filter);
-        while let Some(other) = stream.next().await {
-            let other = other?;
-            if other.run_id == run.run_id
-                || !other.is_in_progress()
-                || other.branch() != Some(branch)
-            {
-                continue;
-            }
-            let s = remember_run(ctx, &other, now).await?;
-            progress.insert(other.run_id.clone(), s);
-            runs.retain(|r| r.run_id != other.run_id);
-            runs.push(other);
-        }
+        list_project_in_progress(
+            ctx,
+            &run.project_id,
+            Some(branch),
+            Some(&run.run_id),
+            now,
+            &mut runs,
+            &mut progress,
+        )
+        .await?;
     }
     runs.retain(|r| r.run_id != run.run_id);
     runs.push(run.clone());
@@ -412,6 +403,40 @@ async fn currents_event(
     Ok(rules::evaluate(&ctx.config, &trigger, &view, now).decisions)
 }
 
+/// Lists the in-progress runs of `project` (on `branch`, when given), remembers them and
+/// merges them into `runs`/`progress` (a listed run replaces a known copy); `skip` is a
+/// run the caller already holds in full.
+async fn list_project_in_progress(
+    ctx: &AppContext,
+    project: &str,
+    branch: Option<&str>,
+    skip: Option<&str>,
+    now: DateTime<Utc>,
+    runs: &mut Vec<Run>,
+    progress: &mut HashMap<String, ProgressSnapshot>,
+) -> Result<(), ProcessError> {
+    let filter = RunFilter {
+        branches: branch.map(|b| vec![b.to_string()]).unwrap_or_default(),
+        completion_state: vec![CompletionState::InProgress],
+        ..RunFilter::default()
+    };
+    let mut stream = ctx.currents.list_runs(project, &filter);
+    while let Some(run) = stream.next().await {
+        let run = run?;
+        if branch.is_some_and(|b| run.branch() != Some(b))
+            || !run.is_in_progress()
+            || skip == Some(run.run_id.as_str())
+        {
+            continue;
+        }
+        let snap = remember_run(ctx, &run, now).await?;
+        progress.insert(run.run_id.clone(), snap);
+        runs.retain(|r| r.run_id != run.run_id);
+        runs.push(run);
+    }
+    Ok(())
+}
+
 /// Lists the in-progress runs of `branch` in the projects concerned by `repo`.
 async fn list_in_progress(
     ctx: &AppContext,
@@ -422,21 +447,8 @@ async fn list_in_progress(
     let mut runs = Vec::new();
     let mut progress = HashMap::new();
     for project in rules::projects_for_repo(&ctx.config, repo) {
-        let filter = RunFilter {
-            branches: branch.map(|b| vec![b.to_string()]).unwrap_or_default(),
-            completion_state: vec![CompletionState::InProgress],
-            ..RunFilter::default()
-        };
-        let mut stream = ctx.currents.list_runs(&project, &filter);
-        while let Some(run) = stream.next().await {
-            let run = run?;
-            if branch.is_some_and(|b| run.branch() != Some(b)) || !run.is_in_progress() {
-                continue;
-            }
-            let snap = remember_run(ctx, &run, now).await?;
-            progress.insert(run.run_id.clone(), snap);
-            runs.push(run);
-        }
+        list_project_in_progress(ctx, &project, branch, None, now, &mut runs, &mut progress)
+            .await?;
     }
     Ok((runs, progress))
 }
