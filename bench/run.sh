@@ -4,6 +4,9 @@
 #   bench/run.sh                    # whole suite (about 10 minutes on 2 cores)
 #   bench/run.sh --quick            # smaller sizes, shorter windows (about 1 minute)
 #   bench/run.sh --only webhook-ack,event-to-cancel
+#   bench/run.sh --only webhook-ack,event-to-cancel --postgres postgres://USER@HOST:PORT/postgres
+#                                   # those figures on PostgreSQL (a fresh database per bot;
+#                                   # or RUNWARDEN_BENCH_POSTGRES=URL)
 #
 # Prints a table (Markdown) on stdout and writes bench-results/latest.json (or the path
 # given with --json). Only loopback addresses are used. See BENCHMARKS.md.

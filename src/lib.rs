@@ -13,6 +13,8 @@ pub mod actions;
 pub mod commands;
 pub mod config;
 pub mod currents;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod github;
 pub mod intake;
 pub mod rules;

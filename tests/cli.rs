@@ -1,5 +1,9 @@
 //! The subcommands as users run them — `plan`, `sweep`, `explain`, `audit`,
-//! `webhooks install` — as child processes against an in-process simulator.
+//! `webhooks install` — as child processes against an in-process simulator. Their store is
+//! a SQLite file, or a fresh PostgreSQL database with `RUNWARDEN_TEST_STORE=postgres`.
+
+#[path = "support/postgres.rs"]
+mod postgres;
 
 use std::process::{Command, Output};
 
@@ -27,10 +31,13 @@ async fn setup(rules: &str) -> Env {
     })
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let store = match postgres::selected_database().await {
+        Some(url) => url,
+        None => format!("sqlite://{}", dir.path().join("rw.db").display()),
+    };
     let text = format!(
-        "[currents]\napi_url = \"{}\"\nprojects = [\"{PROJECT}\"]\nmax_requests_per_second = 0\n[store]\nurl = \"sqlite://{}\"\n\n{rules}",
+        "[currents]\napi_url = \"{}\"\nprojects = [\"{PROJECT}\"]\nmax_requests_per_second = 0\n[store]\nurl = \"{store}\"\n\n{rules}",
         sim.currents_url(),
-        dir.path().join("rw.db").display()
     );
     std::fs::write(dir.path().join("rules.toml"), text).unwrap();
     Env { sim, dir }

@@ -13,12 +13,11 @@
 
 #[path = "support/child.rs"]
 mod child;
-#[path = "support/postgres.rs"]
-mod pg;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use child::postgres as pg;
 use child::*;
 use runwarden::simulator::{Fault, FaultKind};
 use runwarden::store::{ActionState, Store};

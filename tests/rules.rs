@@ -1594,6 +1594,149 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------
+// retention, decided incrementally (page by page, as `sweep` lists the runs)
+
+/// `n` shuffled with a small LCG from `seed` (reproducible).
+fn shuffled<T: Clone>(v: &[T], seed: u64) -> Vec<T> {
+    let mut out = v.to_vec();
+    let mut x = seed | 1;
+    for i in (1..out.len()).rev() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.swap(i, (x >> 33) as usize % (i + 1));
+    }
+    out
+}
+
+/// Feeds `runs` to a fresh retention sweep of the config's rule "ret" in pages cut at
+/// `cuts` (each page its own slice, dropped before the next one is built, like the
+/// client's pages), then finishes it.
+fn streamed(c: &Config, runs: &[Run], cuts: &[usize], now: DateTime<Utc>) -> Evaluation {
+    let rule = c.rules.iter().find(|r| r.name == "ret").unwrap();
+    let runwarden::config::RuleKind::Retention(o) = &rule.kind else {
+        unreachable!()
+    };
+    let mut sweep = runwarden::rules::retention::Sweep::new(rule, o, now);
+    let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (runs.len() + 1)).collect();
+    bounds.extend([0, runs.len()]);
+    bounds.sort_unstable();
+    for w in bounds.windows(2) {
+        let page: Vec<Run> = runs[w[0]..w[1]].to_vec();
+        for r in &page {
+            sweep.feed(r);
+        }
+    }
+    let mut e = Evaluation::default();
+    match sweep.finish(c) {
+        Ok(d) => e.decisions = d,
+        Err(b) => e.breaches.push(b),
+    }
+    e
+}
+
+fn retention_with(keep_latest: u32, keep_last_passed: bool, max_deletions: u32) -> Config {
+    retention(&format!(
+        "keep_latest = {keep_latest}
+keep_last_passed = {keep_last_passed}
+pin_tags = [\"release\"]
+max_deletions = {max_deletions}
+"
+    ))
+}
+
+#[test]
+fn a_streamed_sweep_keeps_slots_for_runs_fed_after_the_old_ones() {
+    // The newest runs come last: the old ones must give up their slots then.
+    let c = retention_with(2, true, 10);
+    let runs = vec![
+        old("p_old", 50, RunStatus::Passed),
+        old("f_old", 45, RunStatus::Failed),
+        old("f_mid", 40, RunStatus::Failed),
+        old("young1", 2, RunStatus::Failed),
+        old("young2", 1, RunStatus::Passed),
+    ];
+    let e = streamed(&c, &runs, &[1, 3], t0());
+    assert_eq!(cancelled(&e), vec!["p_old", "f_old", "f_mid"]);
+    assert_eq!(e, eval(&c, &sweep(), &runs, t0()));
+    // Oldest last: the same.
+    let rev: Vec<Run> = runs.iter().rev().cloned().collect();
+    assert_eq!(
+        streamed(&c, &rev, &[2], t0()),
+        eval(&c, &sweep(), &runs, t0())
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// A retention sweep fed page by page, in any order and any page split, decides
+    /// exactly what the batch evaluation over all runs decides, and both agree with a
+    /// naive reference, for any `keep_latest`, `keep_last_passed` and `max_deletions`.
+    #[test]
+    fn retention_streamed_in_any_order_and_pages_equals_the_batch_and_the_reference(
+        specs in prop::collection::vec(spec(), 0..80),
+        seed in any::<u64>(),
+        cuts in prop::collection::vec(0usize..100, 0..10),
+        keep_latest in 0u32..4,
+        keep_last_passed in any::<bool>(),
+        max_deletions in 0u32..40,
+    ) {
+        let runs: Vec<Run> = build(&specs)
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| with(r, |r| {
+                if i % 3 == 0 { r.project_id = "p2".into() }
+                if i % 7 == 0 { r.meta.commit.branch = None }
+            }))
+            .collect();
+        let c = retention_with(keep_latest, keep_last_passed, max_deletions);
+        let now = t0();
+        let batch = eval(&c, &sweep(), &runs, now);
+        let got = streamed(&c, &shuffled(&runs, seed), &cuts, now);
+        prop_assert_eq!(&got, &batch);
+
+        let key = |r: &Run| (r.project_id.clone(), r.branch().map(str::to_string));
+        let ord = |r: &Run| (r.created_at, r.run_id.clone());
+        let finished = |r: &Run| matches!(r.completion_state, CompletionState::Complete | CompletionState::Canceled | CompletionState::Timeout);
+        let passed = |r: &Run| r.completion_state == CompletionState::Complete && r.status == RunStatus::Passed;
+        let mut want: Vec<&Run> = runs
+            .iter()
+            .filter(|r| {
+                let newer_finished = runs.iter().filter(|o| key(o) == key(r) && finished(o) && ord(o) > ord(r)).count();
+                let newer_passed = runs.iter().any(|o| key(o) == key(r) && passed(o) && ord(o) > ord(r));
+                finished(r)
+                    && !r.tags.iter().any(|t| t == "release")
+                    && now - r.created_at > chrono::Duration::days(30)
+                    && newer_finished >= keep_latest as usize
+                    && (!keep_last_passed || !passed(r) || newer_passed)
+            })
+            .collect();
+        want.sort_by_key(|r| ord(r));
+        if want.len() > max_deletions as usize {
+            prop_assert!(got.decisions.is_empty());
+            prop_assert_eq!(got.breaches.len(), 1);
+            prop_assert_eq!(got.breaches[0].would_delete, want.len());
+        } else {
+            prop_assert!(got.breaches.is_empty());
+            let ids: Vec<&str> = got.decisions.iter().map(|d| d.run_id.as_str()).collect();
+            let want_ids: Vec<&str> = want.iter().map(|r| r.run_id.as_str()).collect();
+            prop_assert_eq!(ids, want_ids);
+            for (d, r) in got.decisions.iter().zip(&want) {
+                prop_assert_eq!(&d.project_id, &r.project_id);
+                prop_assert_eq!(d.branch.as_deref(), r.branch());
+                prop_assert_eq!(d.sha.as_deref(), r.sha());
+                prop_assert_eq!(&d.reason, &runwarden::rules::retention::delete_reason(
+                    match &c.rules[0].kind { runwarden::config::RuleKind::Retention(o) => o, _ => unreachable!() },
+                    r,
+                    now,
+                ));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // scale (run with `cargo test --release --test rules -- --ignored`)
 
 #[test]

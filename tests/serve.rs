@@ -1,9 +1,10 @@
 //! `serve` end to end: webhooks through the real router into the real store, decisions by
 //! the rules engine, actions carried out against the simulator.
+//!
+//! On SQLite by default; `RUNWARDEN_TEST_STORE=postgres` runs every scenario on a fresh
+//! PostgreSQL database instead (`.ci/run` runs both; see tests/support/postgres.rs).
 
 mod common;
-// Some scenarios run twice: on SQLite (`NAME`) and on a fresh PostgreSQL database
-// (`NAME_on_postgres`, see tests/support/postgres.rs).
 
 use common::*;
 use serde_json::json;
@@ -12,19 +13,8 @@ const SUPERSEDE: &str = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"super
 
 #[tokio::test]
 async fn a_newer_run_on_the_branch_cancels_the_older_one_once() {
-    a_newer_run_on_the_branch_cancels_the_older_one_once_on(None).await
-}
-
-#[tokio::test]
-async fn a_newer_run_on_the_branch_cancels_the_older_one_once_on_postgres() {
-    a_newer_run_on_the_branch_cancels_the_older_one_once_on(Some(postgres::fresh_database().await))
-        .await
-}
-
-async fn a_newer_run_on_the_branch_cancels_the_older_one_once_on(store_url: Option<String>) {
     let app = spawn_app_with(AppOptions {
         rules: SUPERSEDE.into(),
-        store_url,
         ..AppOptions::default()
     })
     .await;
@@ -55,6 +45,26 @@ async fn a_newer_run_on_the_branch_cancels_the_older_one_once_on(store_url: Opti
         app.sim.run(&new.run_id).unwrap().completion_state.as_str(),
         "IN_PROGRESS"
     );
+    // The cancel went from the processor's transaction straight to the executor (no
+    // claim of its own), and was handed out once.
+    let metrics = &app.bot.ctx.metrics;
+    assert_eq!(metrics.get("runwarden_actions_handed_over_total", &[]), 1);
+    let action = app
+        .bot
+        .ctx
+        .store
+        .action_by_key(&format!("cancel:{}", old.run_id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(action.claims, 1, "{action:?}");
+    // The runs read while deciding were remembered with the decision.
+    for id in [&old.run_id, &new.run_id] {
+        assert!(
+            app.bot.ctx.store.get_run(id).await.unwrap().is_some(),
+            "{id}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -388,20 +398,10 @@ async fn the_admin_api_needs_the_token_and_sweeps_retention() {
 
 #[tokio::test]
 async fn polling_cancels_runs_past_their_timeout() {
-    polling_cancels_runs_past_their_timeout_on(None).await
-}
-
-#[tokio::test]
-async fn polling_cancels_runs_past_their_timeout_on_postgres() {
-    polling_cancels_runs_past_their_timeout_on(Some(postgres::fresh_database().await)).await
-}
-
-async fn polling_cancels_runs_past_their_timeout_on(store_url: Option<String>) {
     let rules = "[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"45m\"\n";
     let app = spawn_app_with(AppOptions {
         rules: rules.into(),
         poll_interval: "1s",
-        store_url,
         ..AppOptions::default()
     })
     .await;
@@ -456,21 +456,8 @@ async fn a_transient_currents_failure_is_retried_until_the_cancel_succeeds() {
 
 #[tokio::test]
 async fn the_same_delivery_twenty_times_concurrently_has_one_effect() {
-    the_same_delivery_twenty_times_concurrently_has_one_effect_on(None).await
-}
-
-#[tokio::test]
-async fn the_same_delivery_twenty_times_concurrently_has_one_effect_on_postgres() {
-    the_same_delivery_twenty_times_concurrently_has_one_effect_on(Some(
-        postgres::fresh_database().await,
-    ))
-    .await
-}
-
-async fn the_same_delivery_twenty_times_concurrently_has_one_effect_on(store_url: Option<String>) {
     let app = spawn_app_with(AppOptions {
         rules: SUPERSEDE.into(),
-        store_url,
         ..AppOptions::default()
     })
     .await;
@@ -545,20 +532,9 @@ async fn a_completed_workflow_run_cancels_its_orphaned_run_after_the_grace() {
 
 #[tokio::test]
 async fn a_retention_schedule_slot_fires_once_and_deletes() {
-    a_retention_schedule_slot_fires_once_and_deletes_on(None).await
-}
-
-#[tokio::test]
-async fn a_retention_schedule_slot_fires_once_and_deletes_on_postgres() {
-    a_retention_schedule_slot_fires_once_and_deletes_on(Some(postgres::fresh_database().await))
-        .await
-}
-
-async fn a_retention_schedule_slot_fires_once_and_deletes_on(store_url: Option<String>) {
     let rules = "[[rules]]\nname = \"every-second\"\nkind = \"retention\"\nschedule = \"* * * * * *\"\nolder_than = \"30d\"\n";
     let app = spawn_app_with(AppOptions {
         rules: rules.into(),
-        store_url,
         ..AppOptions::default()
     })
     .await;

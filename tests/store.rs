@@ -100,6 +100,8 @@ both!(
     data_survives_reopening_the_file,
     a_duplicate_delivery_changes_nothing,
     fifty_concurrent_copies_of_a_delivery_store_one,
+    concurrent_deliveries_share_commits_and_each_key_is_stored_once,
+    an_event_record_writes_its_runs_and_leases_its_new_due_actions_to_the_worker,
     unprocessed_deliveries_come_oldest_first_within_the_limit,
     decisions_and_the_processed_mark_commit_together,
     two_rules_deciding_the_same_cancel_make_one_action_and_two_decisions,
@@ -294,6 +296,175 @@ async fn fifty_concurrent_copies_of_a_delivery_store_one(db: Db) {
     }
     assert_eq!(inserted, 1);
     assert_eq!(ts.store.count_unprocessed().await.unwrap(), 1);
+}
+
+/// Group commit: deliveries arriving together are stored by fewer commits than there are
+/// deliveries, in arrival order, each key once (a copy within the same group, or of a
+/// stored one, is a duplicate).
+async fn concurrent_deliveries_share_commits_and_each_key_is_stored_once(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    s.insert_delivery(delivery("github", "k-0", "stored before", t(0)))
+        .await
+        .unwrap();
+    let before = (
+        s.group_commit_stats().groups(),
+        s.group_commit_stats().events(),
+    );
+    assert_eq!(before, (1, 1));
+    // 300 keys, each sent twice at once: 600 concurrent inserts.
+    let inserts = (0..600).map(|i| {
+        let key = format!("k-{}", i % 300);
+        async move {
+            let at = t(1 + (i % 300));
+            (
+                key.clone(),
+                s.insert_delivery(delivery("github", &key, &format!("copy {i}"), at))
+                    .await
+                    .unwrap(),
+            )
+        }
+    });
+    let outcomes = futures::future::join_all(inserts).await;
+    let mut inserted = std::collections::HashMap::<String, usize>::new();
+    for (key, o) in &outcomes {
+        if *o == InsertOutcome::Inserted {
+            *inserted.entry(key.clone()).or_default() += 1;
+        }
+    }
+    assert_eq!(inserted.get("k-0"), None, "k-0 was stored before");
+    assert_eq!(inserted.len(), 299);
+    assert!(inserted.values().all(|n| *n == 1), "each key stored once");
+    assert_eq!(s.count_unprocessed().await.unwrap(), 300);
+    let groups = s.group_commit_stats().groups() - before.0;
+    let events = s.group_commit_stats().events() - before.1;
+    assert_eq!(events, 600);
+    assert!(
+        groups <= 600 / 2,
+        "600 concurrent inserts took {groups} commits: not grouped"
+    );
+    // Arrival order is kept: the oldest received first, then by row id.
+    let first = s.next_unprocessed(t(1000), 3).await.unwrap();
+    let ids: Vec<&str> = first.iter().map(|d| d.delivery_id.as_str()).collect();
+    assert_eq!(ids, ["k-0", "k-1", "k-2"]);
+}
+
+/// `record_event`: the observed runs, the decisions, the processed mark and the lease of
+/// the new due actions commit together; actions that are not new or not due stay for the
+/// executor's own claim.
+async fn an_event_record_writes_its_runs_and_leases_its_new_due_actions_to_the_worker(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    // An action decided earlier, still pending.
+    s.record_decisions(&[decision("r0", "supersede", "cancel", "run-old", t(0))])
+        .await
+        .unwrap();
+    s.insert_delivery(delivery("currents", "ev-1", "{}", t(1)))
+        .await
+        .unwrap();
+    let d = s.next_unprocessed(t(1), 1).await.unwrap().remove(0);
+    let now = t(2);
+    let mut later = decision("r2", "orphan", "cancel", "run-later", now);
+    later.not_before = Some(now + chrono::Duration::seconds(60));
+    let mut dry = decision("r3", "supersede", "cancel", "run-dry", now);
+    dry.dry_run = true;
+    let decisions = [
+        decision("r1", "supersede", "cancel", "run-old", now),
+        decision("r1", "supersede", "cancel", "run-new", now),
+        decision("r1", "supersede", "cancel", "run-new2", now),
+        later,
+        dry,
+    ];
+    let runs = [run_record("run-new", "IN_PROGRESS", "RUNNING", 1, 2)];
+    let lease = Duration::from_secs(600);
+    let rec = s
+        .record_event(&runwarden::store::EventRecord {
+            delivery_id: d.id,
+            note: "5 decision(s)",
+            decisions: &decisions,
+            runs: &runs,
+            now,
+            // The worker has room for one more action.
+            claim_for: Some(runwarden::store::Claim {
+                worker_id: "worker-a",
+                lease,
+                max: 1,
+            }),
+        })
+        .await
+        .unwrap();
+    assert_eq!(rec.decisions.len(), 4);
+    assert_eq!(
+        rec.claimed
+            .iter()
+            .map(|a| a.run_id.as_str())
+            .collect::<Vec<_>>(),
+        ["run-new"],
+        "only the new action that is due now"
+    );
+    let a = &rec.claimed[0];
+    assert_eq!(a.state, ActionState::Running);
+    assert_eq!(a.worker_id.as_deref(), Some("worker-a"));
+    assert_eq!(a.claims, 1);
+    assert_eq!(a.lease_until, Some(now + chrono::Duration::seconds(600)));
+    assert!(s.get_run("run-new").await.unwrap().is_some(), "run stored");
+    assert_eq!(s.count_unprocessed().await.unwrap(), 0);
+    // Another worker's claim gets the pending ones, never the leased one.
+    let other = s
+        .claim_due_actions(t(3), 10, lease, "worker-b")
+        .await
+        .unwrap();
+    assert_eq!(
+        other.iter().map(|a| a.run_id.as_str()).collect::<Vec<_>>(),
+        ["run-old", "run-new2"]
+    );
+    // The one waiting for its not_before is claimable once due, not before.
+    let due = s
+        .claim_due_actions(t(70), 10, lease, "worker-b")
+        .await
+        .unwrap();
+    assert_eq!(
+        due.iter().map(|a| a.run_id.as_str()).collect::<Vec<_>>(),
+        ["run-later"]
+    );
+
+    // Without `claim_for` nothing is leased; with a failing decision nothing at all is
+    // written (not the runs either).
+    s.insert_delivery(delivery("currents", "ev-2", "{}", t(4)))
+        .await
+        .unwrap();
+    let d2 = s.next_unprocessed(t(4), 1).await.unwrap().remove(0);
+    let bad = [decision("r1", "supersede", "archive", "run-x", now)];
+    let runs2 = [run_record("run-x", "IN_PROGRESS", "RUNNING", 1, 2)];
+    let err = s
+        .record_event(&runwarden::store::EventRecord {
+            delivery_id: d2.id,
+            note: "1 decision(s)",
+            decisions: &bad,
+            runs: &runs2,
+            now,
+            claim_for: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    assert!(s.get_run("run-x").await.unwrap().is_none());
+    assert_eq!(s.count_unprocessed().await.unwrap(), 1);
+    let ok = [decision("r1", "supersede", "cancel", "run-x", now)];
+    let rec = s
+        .record_event(&runwarden::store::EventRecord {
+            delivery_id: d2.id,
+            note: "1 decision(s)",
+            decisions: &ok,
+            runs: &runs2,
+            now,
+            claim_for: None,
+        })
+        .await
+        .unwrap();
+    assert!(rec.claimed.is_empty());
+    assert!(rec.decisions[0].new_action);
+    assert!(s.get_run("run-x").await.unwrap().is_some());
 }
 
 async fn unprocessed_deliveries_come_oldest_first_within_the_limit(db: Db) {

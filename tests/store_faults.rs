@@ -81,7 +81,7 @@ async fn healthy(w: &World, bot: &ChildBot) {
 
 #[tokio::test]
 async fn a_database_locked_by_another_process_gets_503_then_recovers() {
-    let w = World::new(SUPERSEDE, Env::default()).await;
+    let w = World::sqlite(SUPERSEDE, Env::default()).await;
     let first = pair(&w, "feat/l1");
     let second = pair(&w, "feat/l2");
     let bot = w.serve().await;
@@ -156,7 +156,7 @@ fn make_writable(w: &World) {
 
 #[tokio::test]
 async fn a_read_only_database_gets_503_and_loses_nothing_acknowledged() {
-    let w = World::new(SUPERSEDE, Env::default()).await;
+    let w = World::sqlite(SUPERSEDE, Env::default()).await;
     let first = pair(&w, "feat/r1");
     let second = pair(&w, "feat/r2");
     // The first event is acknowledged, but cannot be processed yet (its run cannot be
@@ -234,7 +234,7 @@ fn set_file_size_limit(pid: i32, bytes: Option<u64>) {
 #[tokio::test]
 async fn a_full_disk_gets_503_then_recovers_when_space_is_back() {
     use std::os::unix::process::CommandExt as _;
-    let w = World::new(SUPERSEDE, Env::default()).await;
+    let w = World::sqlite(SUPERSEDE, Env::default()).await;
     let first = pair(&w, "feat/f1");
     let second = pair(&w, "feat/f2");
     let mut cmd = w.command(&["serve"]);

@@ -80,6 +80,102 @@ pub fn backoff_with(opts: &ExecutorOptions, attempts: i64) -> Duration {
     ceiling.mul_f64(jitter)
 }
 
+/// The way from the event processor straight into the running executor
+/// ([`AppContext::handoff`]): the processor leases the new, due actions of an event in the
+/// transaction that records them ([`crate::store::Store::record_event`]) and sends them
+/// here, and the executor starts them without claiming them again. Only while an
+/// executor loop receives ([`Handoff::receiver`]) and has a free slot; otherwise actions
+/// wait in the store for the executor's own claim, as before. An action handed over but
+/// never started (a shutdown) is released with the worker's other leases.
+#[derive(Debug)]
+pub struct Handoff {
+    tx: tokio::sync::mpsc::UnboundedSender<ActionRow>,
+    rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ActionRow>>>,
+    /// An executor loop holds the receiver.
+    open: std::sync::atomic::AtomicBool,
+    /// Actions in flight in that executor.
+    inflight: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for Handoff {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Handoff {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+            open: false.into(),
+            inflight: 0.into(),
+        }
+    }
+}
+
+impl Handoff {
+    /// How many actions a running executor takes now (its free slots), if it takes any.
+    pub fn free_slots(&self) -> Option<usize> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.open.load(SeqCst) {
+            return None;
+        }
+        let free = CONCURRENCY.saturating_sub(self.inflight.load(SeqCst));
+        (free > 0).then_some(free)
+    }
+
+    /// Hands leased actions to the executor; they count as in flight at once, so that the
+    /// next event does not overfill it.
+    pub fn send(&self, actions: Vec<ActionRow>) {
+        self.inflight
+            .fetch_add(actions.len(), std::sync::atomic::Ordering::SeqCst);
+        for a in actions {
+            if self.tx.send(a).is_err() {
+                // No executor any more: the lease is released at shutdown, or expires.
+                tracing::debug!("executor gone; a handed-over action waits for its lease");
+            }
+        }
+    }
+
+    /// The receiving end, for the one executor loop of a process (`None` once taken).
+    pub fn receiver(&self) -> Option<HandoffReceiver<'_>> {
+        let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        Some(HandoffReceiver {
+            handoff: self,
+            rx: Some(rx),
+        })
+    }
+}
+
+/// The executor's end of a [`Handoff`]; closes it (and gives the receiver back) on drop.
+#[derive(Debug)]
+pub struct HandoffReceiver<'a> {
+    handoff: &'a Handoff,
+    rx: Option<tokio::sync::mpsc::UnboundedReceiver<ActionRow>>,
+}
+
+impl HandoffReceiver<'_> {
+    /// The next handed-over action.
+    pub async fn recv(&mut self) -> Option<ActionRow> {
+        match self.rx.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn set_inflight(&self, n: usize) {
+        self.handoff
+            .inflight
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for HandoffReceiver<'_> {
+    fn drop(&mut self) {
+        self.handoff
+            .open
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        *self.handoff.rx.lock().unwrap_or_else(|e| e.into_inner()) = self.rx.take();
+    }
+}
+
 /// Claims and carries out every due action once; returns how many were attempted.
 pub async fn run_due(ctx: &AppContext) -> usize {
     run_due_until(ctx, || false).await
@@ -91,11 +187,45 @@ pub async fn run_due(ctx: &AppContext) -> usize {
 /// holds (shutdown), nothing new is claimed: the actions in flight finish, the rest stay
 /// queued for the next start.
 pub async fn run_due_until(ctx: &AppContext, stop: impl Fn() -> bool) -> usize {
+    run_due_with(ctx, stop, None, Vec::new()).await
+}
+
+/// [`run_due_until`] that also starts the actions handed over through `handoff` while it
+/// runs, beginning with `handed` (already received).
+pub async fn run_due_with(
+    ctx: &AppContext,
+    stop: impl Fn() -> bool,
+    mut handoff: Option<&mut HandoffReceiver<'_>>,
+    handed: Vec<ActionRow>,
+) -> usize {
     use futures::StreamExt as _;
     let mut total = 0;
     let mut inflight = futures::stream::FuturesUnordered::new();
     let mut ids = std::collections::HashSet::new();
+    // Starts an action unless it is in flight already (an action whose lease ran out
+    // while we were still on it is ours already); true when started.
+    let start = |a: ActionRow,
+                 inflight: &mut futures::stream::FuturesUnordered<_>,
+                 ids: &mut std::collections::HashSet<i64>| {
+        if !ids.insert(a.id) {
+            return false;
+        }
+        let id = a.id;
+        inflight.push(async move {
+            execute(ctx, a).await;
+            id
+        });
+        true
+    };
+    for a in handed {
+        if !stop() {
+            total += usize::from(start(a, &mut inflight, &mut ids));
+        }
+    }
     loop {
+        if let Some(h) = handoff.as_deref_mut() {
+            h.set_inflight(inflight.len());
+        }
         let free = CONCURRENCY.saturating_sub(inflight.len());
         let may_claim = inflight.is_empty() || ctx.ready.load(std::sync::atomic::Ordering::SeqCst);
         if free > 0 && may_claim && !stop() {
@@ -117,26 +247,25 @@ pub async fn run_due_until(ctx: &AppContext, stop: impl Fn() -> bool) -> usize {
             match claimed {
                 Ok(batch) => {
                     for a in batch {
-                        // An action still in flight whose lease ran out is ours already.
-                        if ids.insert(a.id) {
-                            total += 1;
-                            let id = a.id;
-                            inflight.push(async move {
-                                execute(ctx, a).await;
-                                id
-                            });
-                        }
+                        total += usize::from(start(a, &mut inflight, &mut ids));
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot claim actions"),
             }
         }
         if inflight.is_empty() {
+            if let Some(h) = handoff.as_deref_mut() {
+                h.set_inflight(0);
+            }
             return total;
         }
+        let receiving = handoff.is_some() && !stop();
         tokio::select! {
             Some(id) = inflight.next() => {
                 ids.remove(&id);
+            }
+            Some(a) = async { handoff.as_deref_mut()?.recv().await }, if receiving => {
+                total += usize::from(start(a, &mut inflight, &mut ids));
             }
             _ = tokio::time::sleep(CLAIM_INTERVAL), if ctx.ready.load(std::sync::atomic::Ordering::SeqCst) => {}
         }
@@ -148,8 +277,10 @@ const CLAIM_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Carries one claimed action out and records the outcome.
 pub async fn execute(ctx: &AppContext, a: ActionRow) {
+    // A run read while acting, remembered with the outcome.
+    let mut seen = None;
     let attempt = match a.action.as_str() {
-        "cancel" => cancel(ctx, &a).await,
+        "cancel" => cancel(ctx, &a, &mut seen).await,
         "delete" => delete(ctx, &a).await,
         "summarize" => summarize(ctx, &a).await,
         other => Attempt::Fail(format!("unknown action {other:?}")),
@@ -160,7 +291,7 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
         Attempt::Done(detail) => (
             "done",
             ctx.store
-                .complete_action(a.id, ActionOutcome::Done, detail)
+                .complete_action_with_run(a.id, ActionOutcome::Done, detail, seen.as_ref())
                 .await,
         ),
         Attempt::Skipped(detail) => (
@@ -225,7 +356,11 @@ fn classify(e: crate::currents::client::CurrentsError, what: &str) -> Attempt {
     }
 }
 
-async fn cancel(ctx: &AppContext, a: &ActionRow) -> Attempt {
+async fn cancel(
+    ctx: &AppContext,
+    a: &ActionRow,
+    seen: &mut Option<crate::store::RunRecord>,
+) -> Attempt {
     let note = match ctx.currents.cancel_run(&a.run_id).await {
         Ok(CancelOutcome::Cancelled(_)) => "cancelled".to_string(),
         Ok(CancelOutcome::AlreadyDone { status, message }) => {
@@ -239,7 +374,9 @@ async fn cancel(ctx: &AppContext, a: &ActionRow) -> Attempt {
             Attempt::Retry(format!("{note}, but the run is still in progress"))
         }
         Ok(run) => {
-            let _ = crate::intake::processor::remember_run(ctx, &run, Utc::now()).await;
+            *seen = crate::intake::processor::observation(ctx, &run, Utc::now())
+                .await
+                .ok();
             Attempt::Done(format!("{note}; run is {}", run.completion_state))
         }
         Err(e) if e.status() == Some(404) => Attempt::Done(format!("{note}; run no longer exists")),

@@ -7,14 +7,14 @@
 
 use std::process::ExitCode;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
 use super::Format;
 use crate::config::{Config, RuleKind, Secrets};
 use crate::currents::{CompletionState, CurrentsClient, Run, RunFilter};
-use crate::rules::{self, Decision, RunsView};
+use crate::rules::{self, Decision, RunsView, retention};
 
 /// One line of `plan --format json` (SPEC §1).
 #[derive(Debug, Serialize)]
@@ -44,14 +44,51 @@ impl From<&Decision> for PlanItem {
     }
 }
 
+/// What `plan` read from the API.
+pub struct Fetched<'c> {
+    /// The runs the selected supersede and timeout rules need.
+    pub runs: Vec<Run>,
+    /// One retention sweep per selected retention rule, fed every run as it was listed.
+    pub sweeps: Vec<retention::Sweep<'c>>,
+    /// How many runs were listed.
+    pub read: u64,
+}
+
 /// Lists the runs the rules need: every run when a retention rule is configured, else
 /// only the in-progress ones (plus completed passed runs for `max_duration = "auto"`).
-pub async fn fetch_runs(config: &Config, client: &CurrentsClient) -> anyhow::Result<Vec<Run>> {
+///
+/// Retention rules (those `rule` selects) decide as the pages arrive and hold no run.
+/// Every listed run is kept only when a selected rule evaluates over the whole listing
+/// (supersede, which counts finished newer runs too, or `max_duration = "auto"`, which
+/// needs their durations); otherwise only the in-progress runs are.
+pub async fn fetch<'c>(
+    config: &'c Config,
+    client: &CurrentsClient,
+    rule: Option<&str>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Fetched<'c>> {
     let need_all = config.rules.iter().any(|r| {
         matches!(r.kind, RuleKind::Retention(_))
             || matches!(&r.kind, RuleKind::Timeout(t) if t.max_duration == Some(crate::config::MaxDuration::Auto))
     });
+    let selected = || {
+        config
+            .rules
+            .iter()
+            .filter(|r| rule.is_none_or(|n| r.name == n))
+    };
+    let keep_all = selected().any(|r| {
+        matches!(r.kind, RuleKind::Supersede(_))
+            || matches!(&r.kind, RuleKind::Timeout(t) if t.max_duration == Some(crate::config::MaxDuration::Auto))
+    });
+    let mut sweeps: Vec<retention::Sweep<'c>> = selected()
+        .filter_map(|r| match &r.kind {
+            RuleKind::Retention(o) => Some(retention::Sweep::new(r, o, now)),
+            _ => None,
+        })
+        .collect();
     let mut runs = Vec::new();
+    let mut read = 0;
     for project in &config.currents.projects {
         let filter = if need_all {
             RunFilter::default()
@@ -63,18 +100,30 @@ pub async fn fetch_runs(config: &Config, client: &CurrentsClient) -> anyhow::Res
         };
         let mut s = client.list_runs(project, &filter);
         while let Some(r) = s.next().await {
-            runs.push(r?);
+            let r = r?;
+            read += 1;
+            for sweep in &mut sweeps {
+                sweep.feed(&r);
+            }
+            if keep_all || r.is_in_progress() {
+                runs.push(r);
+            }
         }
     }
-    Ok(runs)
+    Ok(Fetched { runs, sweeps, read })
 }
 
 /// Evaluates the plan: (decisions, retention breaches as text).
-pub fn evaluate(config: &Config, runs: &[Run], rule: Option<&str>) -> (Vec<Decision>, Vec<String>) {
-    let history = rules::build_history(runs);
+pub fn evaluate(
+    config: &Config,
+    fetched: Fetched<'_>,
+    rule: Option<&str>,
+    now: DateTime<Utc>,
+) -> (Vec<Decision>, Vec<String>) {
+    let history = rules::build_history(&fetched.runs);
     let progress = Default::default();
-    let view = RunsView::new(runs, &progress, &history);
-    let eval = rules::plan(config, &view, Utc::now());
+    let view = RunsView::new(&fetched.runs, &progress, &history);
+    let eval = rules::plan_with(config, &view, fetched.sweeps, now);
     let decisions = eval
         .decisions
         .into_iter()
@@ -134,14 +183,16 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, format: Format) -> ExitCo
         }
     };
     let rt = super::runtime();
-    let runs = match rt.block_on(fetch_runs(&loaded.config, &client)) {
-        Ok(r) => r,
+    let now = Utc::now();
+    let fetched = match rt.block_on(fetch(&loaded.config, &client, rule, now)) {
+        Ok(f) => f,
         Err(e) => {
             eprintln!("runwarden plan: cannot list runs: {e:#}");
             return ExitCode::from(super::EXIT_FAILED);
         }
     };
-    let (decisions, breaches) = evaluate(&loaded.config, &runs, rule);
+    let read = fetched.read;
+    let (decisions, breaches) = evaluate(&loaded.config, fetched, rule, now);
     match format {
         Format::Json => {
             let items: Vec<PlanItem> = decisions.iter().map(PlanItem::from).collect();
@@ -154,7 +205,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, format: Format) -> ExitCo
             print_table(&decisions);
             eprintln!(
                 "{} runs read, {} API requests, nothing changed",
-                runs.len(),
+                read,
                 client.request_count()
             );
         }

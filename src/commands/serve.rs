@@ -68,6 +68,7 @@ pub async fn build_context(config: Config, secrets: Secrets) -> anyhow::Result<A
         executor,
         events: tokio::sync::broadcast::channel(4096).0,
         history_cache: Default::default(),
+        handoff: Default::default(),
     }))
 }
 
@@ -157,11 +158,21 @@ async fn processor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
 }
 
 async fn executor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
+    // Actions the processor hands over directly (see `actions::Handoff`).
+    let mut handoff = ctx.handoff.receiver();
+    let mut handed = Vec::new();
     loop {
         let stopping = stop.clone();
-        crate::actions::run_due_until(&ctx, || *stopping.borrow()).await;
+        crate::actions::run_due_with(
+            &ctx,
+            || *stopping.borrow(),
+            handoff.as_mut(),
+            std::mem::take(&mut handed),
+        )
+        .await;
         tokio::select! {
             _ = ctx.wake_executor.notified() => {}
+            Some(a) = async { handoff.as_mut()?.recv().await } => handed.push(a),
             _ = tokio::time::sleep(IDLE_CHECK) => {}
             _ = stop.changed() => break,
         }

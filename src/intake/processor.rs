@@ -72,19 +72,37 @@ pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
 /// Processes one stored event, recording its outcome.
 pub async fn process_one(ctx: &AppContext, d: Delivery) {
     let now = Utc::now();
-    let result = decide_event(ctx, &d, now).await;
+    let mut seen = Observed::default();
+    let result = decide_event(ctx, &d, now, &mut seen).await;
     let source = d.source.clone();
     let outcome = match result {
         Ok(decisions) => {
             let n = decisions.len();
-            let new = to_new_decisions(&decisions, &d, now);
-            match ctx
-                .store
-                .record_decisions_and_mark_processed(&new, d.id, &format!("{n} decision(s)"))
-                .await
-            {
-                Ok(recorded) => {
-                    for (dec, rec) in decisions.iter().zip(recorded.iter()) {
+            // The decisions are moved into their records (a sweep may decide thousands).
+            let new = to_new_decisions(decisions, &d, now);
+            let note = format!("{n} decision(s)");
+            let runs = seen.into_records();
+            // New actions that are due go straight to this process's executor, as many
+            // as it has free slots: leased in the same transaction, no separate claim.
+            let claim_for = ctx.handoff.free_slots().map(|max| crate::store::Claim {
+                worker_id: &ctx.worker_id,
+                lease: ctx.executor.lease,
+                max,
+            });
+            let record = crate::store::EventRecord {
+                delivery_id: d.id,
+                note: &note,
+                decisions: &new,
+                runs: &runs,
+                now,
+                claim_for,
+            };
+            match ctx.store.record_event(&record).await {
+                Ok(crate::store::EventRecorded {
+                    decisions: recorded,
+                    claimed,
+                }) => {
+                    for (dec, rec) in new.into_iter().zip(recorded.iter()) {
                         if !rec.new_decision {
                             continue;
                         }
@@ -92,22 +110,31 @@ pub async fn process_one(ctx: &AppContext, d: Delivery) {
                             "runwarden_decisions_total",
                             &[
                                 ("rule", &dec.rule),
-                                ("action", dec.action.as_str()),
+                                ("action", &dec.action),
                                 ("dry_run", if dec.dry_run { "true" } else { "false" }),
                             ],
                         );
                         tracing::info!(rule = %dec.rule, action = %dec.action, run = %dec.run_id, dry_run = dec.dry_run, "decision: {}", dec.reason);
                         let _ = ctx.events.send(crate::server::BotEvent::Decided {
-                            rule: dec.rule.clone(),
-                            kind: dec.kind.to_string(),
-                            action: dec.action.as_str().to_string(),
-                            run_id: dec.run_id.clone(),
-                            branch: dec.branch.clone(),
-                            reason: dec.reason.clone(),
+                            rule: dec.rule,
+                            kind: dec.kind,
+                            action: dec.action,
+                            run_id: dec.run_id,
+                            branch: dec.branch,
+                            reason: dec.reason,
                             dry_run: dec.dry_run,
                         });
                     }
-                    if recorded.iter().any(|r| r.new_action) {
+                    let handed = claimed.len();
+                    if handed > 0 {
+                        ctx.metrics.add(
+                            "runwarden_actions_handed_over_total",
+                            String::new(),
+                            handed as u64,
+                        );
+                    }
+                    ctx.handoff.send(claimed);
+                    if recorded.iter().filter(|r| r.new_action).count() > handed {
                         ctx.wake_executor.notify_one();
                     }
                     "ok"
@@ -158,13 +185,17 @@ fn summary_event(dec: &Decision) -> Option<String> {
         .map(|e| e.to_string())
 }
 
-fn to_new_decisions(decisions: &[Decision], d: &Delivery, now: DateTime<Utc>) -> Vec<NewDecision> {
+fn to_new_decisions(
+    decisions: Vec<Decision>,
+    d: &Delivery,
+    now: DateTime<Utc>,
+) -> Vec<NewDecision> {
     decisions
-        .iter()
+        .into_iter()
         .map(|dec| {
             let (action_key, payload) = match dec.action {
                 rules::Action::Summarize => {
-                    let event = summary_event(dec).unwrap_or_else(|| d.event.clone());
+                    let event = summary_event(&dec).unwrap_or_else(|| d.event.clone());
                     (
                         format!("summarize:{}:{}:{}", dec.rule, dec.run_id, event),
                         Some(serde_json::json!({ "event": event, "received_at": d.received_at.timestamp_millis() }).to_string()),
@@ -177,14 +208,14 @@ fn to_new_decisions(decisions: &[Decision], d: &Delivery, now: DateTime<Utc>) ->
             };
             NewDecision {
                 at: now,
-                rule: dec.rule.clone(),
+                rule: dec.rule,
                 kind: dec.kind.to_string(),
                 action: dec.action.as_str().to_string(),
-                run_id: dec.run_id.clone(),
-                project_id: dec.project_id.clone(),
-                branch: dec.branch.clone(),
-                sha: dec.sha.clone(),
-                reason: dec.reason.clone(),
+                run_id: dec.run_id,
+                project_id: dec.project_id,
+                branch: dec.branch,
+                sha: dec.sha,
+                reason: dec.reason,
                 dry_run: dec.dry_run,
                 not_before: dec.not_before,
                 action_key,
@@ -199,26 +230,98 @@ async fn decide_event(
     ctx: &AppContext,
     d: &Delivery,
     now: DateTime<Utc>,
+    seen: &mut Observed,
 ) -> Result<Vec<Decision>, ProcessError> {
     match d.source.as_str() {
-        "currents" => currents_event(ctx, d, now).await,
-        "github" => github_event(ctx, d, now).await,
-        "schedule" => schedule_event(ctx, d, now).await,
-        "poll" => poll_event(ctx, now).await,
+        "currents" => currents_event(ctx, d, now, seen).await,
+        "github" => github_event(ctx, d, now, seen).await,
+        "schedule" => schedule_event(ctx, d, now, seen).await,
+        "poll" => poll_event(ctx, now, seen).await,
         other => Err(ProcessError::Permanent(format!(
             "unknown event source {other:?}"
         ))),
     }
 }
 
-/// Remembers a run and its progress; returns the progress snapshot.
+/// Runs read while deciding one event, remembered together with its decisions (one
+/// commit for the event instead of one per run). A run observed twice keeps its latest
+/// observation.
+#[derive(Debug, Default)]
+pub struct Observed {
+    runs: Vec<RunRecord>,
+}
+
+impl Observed {
+    fn get(&self, run_id: &str) -> Option<&RunRecord> {
+        self.runs.iter().find(|r| r.run_id == run_id)
+    }
+
+    fn put(&mut self, rec: RunRecord) {
+        match self.runs.iter_mut().find(|r| r.run_id == rec.run_id) {
+            Some(slot) => *slot = rec,
+            None => self.runs.push(rec),
+        }
+    }
+
+    /// The records to write.
+    pub fn into_records(self) -> Vec<RunRecord> {
+        self.runs
+    }
+}
+
+/// Notes a run and its progress in `seen` (written when the event's decisions are);
+/// returns the progress snapshot, computed against the latest observation: `seen`'s,
+/// else the store's.
+async fn observe_run(
+    ctx: &AppContext,
+    seen: &mut Observed,
+    run: &Run,
+    now: DateTime<Utc>,
+) -> Result<ProgressSnapshot, ProcessError> {
+    let stored;
+    let prev = match seen.get(&run.run_id) {
+        Some(p) => Some(p),
+        None => {
+            stored = ctx.store.get_run(&run.run_id).await?;
+            stored.as_ref()
+        }
+    };
+    let (snap, rec) = run_record(prev, run, now);
+    seen.put(rec);
+    Ok(snap)
+}
+
+/// Remembers a run and its progress now (its own commit); returns the progress snapshot.
 pub async fn remember_run(
     ctx: &AppContext,
     run: &Run,
     now: DateTime<Utc>,
 ) -> Result<ProgressSnapshot, ProcessError> {
     let prev = ctx.store.get_run(&run.run_id).await?;
-    let prev_snap = prev.as_ref().map(|p| ProgressSnapshot {
+    let (snap, rec) = run_record(prev.as_ref(), run, now);
+    ctx.store.upsert_run(&rec).await?;
+    Ok(snap)
+}
+
+/// The record that remembers `run` as observed at `now` (its progress measured against
+/// the store's last observation), for a write the caller makes, e.g. with an action's
+/// outcome ([`crate::store::Store::complete_action_with_run`]).
+pub async fn observation(
+    ctx: &AppContext,
+    run: &Run,
+    now: DateTime<Utc>,
+) -> Result<RunRecord, ProcessError> {
+    let prev = ctx.store.get_run(&run.run_id).await?;
+    Ok(run_record(prev.as_ref(), run, now).1)
+}
+
+/// The record of `run` observed at `now` after `prev`, and its progress snapshot.
+fn run_record(
+    prev: Option<&RunRecord>,
+    run: &Run,
+    now: DateTime<Utc>,
+) -> (ProgressSnapshot, RunRecord) {
+    let prev_snap = prev.map(|p| ProgressSnapshot {
         completed_specs: p.completed_specs as u64,
         changed_at: p.progress_changed_at,
     });
@@ -237,8 +340,7 @@ pub async fn remember_run(
         duration_ms: run.duration_ms.map(|d| d as i64),
         updated_at: now,
     };
-    ctx.store.upsert_run(&rec).await?;
-    Ok(snap)
+    (snap, rec)
 }
 
 fn run_of(rec: &RunRecord) -> Option<Run> {
@@ -348,6 +450,7 @@ async fn currents_event(
     ctx: &AppContext,
     d: &Delivery,
     now: DateTime<Utc>,
+    seen: &mut Observed,
 ) -> Result<Vec<Decision>, ProcessError> {
     let payload: CurrentsWebhookPayload = serde_json::from_str(&d.payload)
         .map_err(|e| ProcessError::Permanent(format!("stored payload unreadable: {e}")))?;
@@ -369,7 +472,7 @@ async fn currents_event(
             run.project_id
         )));
     }
-    let snap = remember_run(ctx, &run, now).await?;
+    let snap = observe_run(ctx, seen, &run, now).await?;
     let (mut runs, mut progress) =
         known_in_progress(ctx, Some(&run.project_id), run.branch()).await?;
     // The store may not know every in-progress run of the branch (a missed webhook, a
@@ -380,16 +483,13 @@ async fn currents_event(
         .iter()
         .any(|r| matches!(r.kind, RuleKind::Supersede(_)) && r.filter.matches(&run));
     if supersede && let Some(branch) = run.branch() {
-        list_project_in_progress(
-            ctx,
-            &run.project_id,
-            Some(branch),
-            Some(&run.run_id),
+        let listing = Listing {
+            project: &run.project_id,
+            branch: Some(branch),
+            skip: Some(&run.run_id),
             now,
-            &mut runs,
-            &mut progress,
-        )
-        .await?;
+        };
+        list_project_in_progress(ctx, seen, listing, &mut runs, &mut progress).await?;
     }
     runs.retain(|r| r.run_id != run.run_id);
     runs.push(run.clone());
@@ -403,15 +503,28 @@ async fn currents_event(
     Ok(rules::evaluate(&ctx.config, &trigger, &view, now).decisions)
 }
 
-/// Lists the in-progress runs of `project` (on `branch`, when given), remembers them and
-/// merges them into `runs`/`progress` (a listed run replaces a known copy); `skip` is a
-/// run the caller already holds in full.
+/// What [`list_project_in_progress`] lists.
+#[derive(Debug, Clone, Copy)]
+struct Listing<'a> {
+    project: &'a str,
+    /// Only this branch (`None`: every branch).
+    branch: Option<&'a str>,
+    /// A run the caller already holds in full.
+    skip: Option<&'a str>,
+    now: DateTime<Utc>,
+}
+
+/// Lists the in-progress runs of a project (of one branch, when given), notes them in
+/// `seen` and merges them into `runs`/`progress` (a listed run replaces a known copy).
 async fn list_project_in_progress(
     ctx: &AppContext,
-    project: &str,
-    branch: Option<&str>,
-    skip: Option<&str>,
-    now: DateTime<Utc>,
+    seen: &mut Observed,
+    Listing {
+        project,
+        branch,
+        skip,
+        now,
+    }: Listing<'_>,
     runs: &mut Vec<Run>,
     progress: &mut HashMap<String, ProgressSnapshot>,
 ) -> Result<(), ProcessError> {
@@ -429,7 +542,7 @@ async fn list_project_in_progress(
         {
             continue;
         }
-        let snap = remember_run(ctx, &run, now).await?;
+        let snap = observe_run(ctx, seen, &run, now).await?;
         progress.insert(run.run_id.clone(), snap);
         runs.retain(|r| r.run_id != run.run_id);
         runs.push(run);
@@ -440,6 +553,7 @@ async fn list_project_in_progress(
 /// Lists the in-progress runs of `branch` in the projects concerned by `repo`.
 async fn list_in_progress(
     ctx: &AppContext,
+    seen: &mut Observed,
     repo: &str,
     branch: Option<&str>,
     now: DateTime<Utc>,
@@ -447,8 +561,13 @@ async fn list_in_progress(
     let mut runs = Vec::new();
     let mut progress = HashMap::new();
     for project in rules::projects_for_repo(&ctx.config, repo) {
-        list_project_in_progress(ctx, &project, branch, None, now, &mut runs, &mut progress)
-            .await?;
+        let listing = Listing {
+            project: &project,
+            branch,
+            skip: None,
+            now,
+        };
+        list_project_in_progress(ctx, seen, listing, &mut runs, &mut progress).await?;
     }
     Ok((runs, progress))
 }
@@ -457,6 +576,7 @@ async fn github_event(
     ctx: &AppContext,
     d: &Delivery,
     now: DateTime<Utc>,
+    seen: &mut Observed,
 ) -> Result<Vec<Decision>, ProcessError> {
     let ev = events::parse_event(&d.event, d.payload.as_bytes(), d.received_at)
         .map_err(|e| ProcessError::Permanent(e.to_string()))?;
@@ -490,16 +610,23 @@ async fn github_event(
     if branch.is_none() && !matches!(trigger, Trigger::WorkflowRunCompleted { .. }) {
         return Ok(Vec::new());
     }
-    let (runs, progress) = list_in_progress(ctx, &repo, branch, now).await?;
+    let (runs, progress) = list_in_progress(ctx, seen, &repo, branch, now).await?;
     let history = HashMap::new();
     let view = RunsView::new(&runs, &progress, &history);
     Ok(rules::evaluate(&ctx.config, &trigger, &view, now).decisions)
 }
 
-/// Every run of the projects a rule concerns, with server-side filters where they narrow
-/// the listing. Pages are streamed; only runs passing the rule's filter are kept.
-async fn all_runs(ctx: &AppContext, rule: &crate::config::Rule) -> Result<Vec<Run>, ProcessError> {
-    let mut out = Vec::new();
+/// One retention sweep of `rule`: lists every run of the projects the rule concerns (with
+/// server-side filters where they narrow the listing) and feeds each page, as it arrives,
+/// to the rules engine's incremental [`rules::retention::Sweep`]. No run is held after
+/// its page: memory grows with the branches and the deletions, not with the runs.
+async fn sweep_retention(
+    ctx: &AppContext,
+    rule: &crate::config::Rule,
+    opts: &crate::config::RetentionOptions,
+    now: DateTime<Utc>,
+) -> Result<Result<Vec<Decision>, rules::Breach>, ProcessError> {
+    let mut sweep = rules::retention::Sweep::new(rule, opts, now);
     for project in &ctx.config.currents.projects {
         if let Some(ps) = &rule.filter.projects
             && !ps.contains(project)
@@ -515,19 +642,17 @@ async fn all_runs(ctx: &AppContext, rule: &crate::config::Rule) -> Result<Vec<Ru
         }
         let mut stream = ctx.currents.list_runs(project, &filter);
         while let Some(run) = stream.next().await {
-            let run = run?;
-            if rule.filter.matches(&run) {
-                out.push(run);
-            }
+            sweep.feed(&run?);
         }
     }
-    Ok(out)
+    Ok(sweep.finish(&ctx.config))
 }
 
 async fn schedule_event(
     ctx: &AppContext,
     d: &Delivery,
     now: DateTime<Utc>,
+    seen: &mut Observed,
 ) -> Result<Vec<Decision>, ProcessError> {
     let v: serde_json::Value = serde_json::from_str(&d.payload)
         .map_err(|e| ProcessError::Permanent(format!("stored payload unreadable: {e}")))?;
@@ -538,20 +663,12 @@ async fn schedule_event(
         )));
     };
     match &rule.kind {
-        RuleKind::Retention(_) => {
-            let runs = all_runs(ctx, rule).await?;
-            let view = RunsView::runs_only(&runs);
-            let eval = rules::evaluate_rule(
-                &ctx.config,
-                rule,
-                &Trigger::RetentionSweep {
-                    rule: rule.name.clone(),
-                },
-                &view,
-                now,
-            );
-            let mut decisions = eval.decisions;
-            for b in &eval.breaches {
+        RuleKind::Retention(opts) => {
+            let (mut decisions, breaches) = match sweep_retention(ctx, rule, opts, now).await? {
+                Ok(d) => (d, Vec::new()),
+                Err(b) => (Vec::new(), vec![b]),
+            };
+            for b in &breaches {
                 tracing::error!(rule = %b.rule, would_delete = b.would_delete, max = b.max, "retention circuit breaker tripped: nothing deleted");
                 ctx.metrics.inc(
                     "runwarden_schedule_slots_total",
@@ -575,7 +692,7 @@ async fn schedule_event(
             }
             Ok(decisions)
         }
-        _ => poll_event(ctx, now)
+        _ => poll_event(ctx, now, seen)
             .await
             .map(|ds| ds.into_iter().filter(|x| x.rule == rule.name).collect()),
     }
@@ -602,6 +719,7 @@ pub fn event_for(run: &Run) -> &'static str {
 pub async fn poll_event(
     ctx: &AppContext,
     now: DateTime<Utc>,
+    seen: &mut Observed,
 ) -> Result<Vec<Decision>, ProcessError> {
     let mut runs = Vec::new();
     let mut progress = HashMap::new();
@@ -611,17 +729,18 @@ pub async fn poll_event(
             completion_state: vec![CompletionState::InProgress],
             ..RunFilter::default()
         };
-        let mut seen = std::collections::HashSet::new();
+        let mut listed = std::collections::HashSet::new();
         let mut stream = ctx.currents.list_runs(project, &filter);
         while let Some(run) = stream.next().await {
             let run = run?;
             if !run.is_in_progress() {
                 continue;
             }
-            let known = ctx.store.get_run(&run.run_id).await?.is_some();
-            let snap = remember_run(ctx, &run, now).await?;
+            let known =
+                seen.get(&run.run_id).is_some() || ctx.store.get_run(&run.run_id).await?.is_some();
+            let snap = observe_run(ctx, seen, &run, now).await?;
             progress.insert(run.run_id.clone(), snap);
-            seen.insert(run.run_id.clone());
+            listed.insert(run.run_id.clone());
             if !known {
                 synthesized.push(run.clone());
             }
@@ -630,12 +749,12 @@ pub async fn poll_event(
         // Runs we believed in progress that the listing no longer shows have finished
         // (or were deleted): read them once so the store stops counting them.
         for rec in ctx.store.in_progress_runs(Some(project), None).await? {
-            if seen.contains(&rec.run_id) {
+            if listed.contains(&rec.run_id) {
                 continue;
             }
             match ctx.currents.get_run(&rec.run_id).await {
                 Ok(run) => {
-                    remember_run(ctx, &run, now).await?;
+                    observe_run(ctx, seen, &run, now).await?;
                     if !run.is_in_progress() {
                         synthesized.push(run);
                     }

@@ -112,7 +112,8 @@ pub fn timestamp_ok(raw: &str, now_ms: i64, tolerance_ms: i64) -> bool {
     } else {
         v.saturating_mul(1000)
     };
-    (now_ms - ms).abs() <= tolerance_ms
+    // Saturating: no clock or header value can overflow the difference.
+    now_ms.saturating_sub(ms).saturating_abs() <= tolerance_ms
 }
 
 impl FromRequest<AppState> for CurrentsWebhook {

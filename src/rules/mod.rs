@@ -277,13 +277,35 @@ pub fn evaluate_rule(
 /// schedule fired now. Orphan and summary rules need GitHub or Currents events, so `plan`
 /// decides nothing for them.
 pub fn plan(config: &Config, view: &RunsView, now: DateTime<Utc>) -> Evaluation {
+    plan_with(config, view, Vec::new(), now)
+}
+
+/// [`plan`], with retention rules decided by `sweeps`: a [`retention::Sweep`] per
+/// retention rule, already fed every run (e.g. page by page while listing, so that
+/// `view` need not hold them all). A retention rule without a sweep is decided over
+/// `view`.
+pub fn plan_with(
+    config: &Config,
+    view: &RunsView,
+    mut sweeps: Vec<retention::Sweep<'_>>,
+    now: DateTime<Utc>,
+) -> Evaluation {
     let mut out = Evaluation::default();
     for rule in &config.rules {
         let trigger = match &rule.kind {
             RuleKind::Supersede(_) | RuleKind::Timeout(_) => Trigger::Tick,
-            RuleKind::Retention(_) => Trigger::RetentionSweep {
-                rule: rule.name.clone(),
-            },
+            RuleKind::Retention(_) => {
+                if let Some(i) = sweeps.iter().position(|s| s.rule().name == rule.name) {
+                    match sweeps.swap_remove(i).finish(config) {
+                        Ok(d) => out.decisions.extend(d),
+                        Err(b) => out.breaches.push(b),
+                    }
+                    continue;
+                }
+                Trigger::RetentionSweep {
+                    rule: rule.name.clone(),
+                }
+            }
             RuleKind::Orphan(_) | RuleKind::Summary(_) => continue,
         };
         out.extend(evaluate_rule(config, rule, &trigger, view, now));

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Action, Decision, RunsView, finish, human_duration, since};
+use super::{Action, Decision, RunsView, human_duration, since};
 use crate::config::{Config, RetentionOptions, Rule};
 use crate::currents::{CompletionState, Run, RunStatus};
 
@@ -64,123 +64,393 @@ fn finished(r: &Run) -> bool {
     )
 }
 
+fn passed(r: &Run) -> bool {
+    r.completion_state == CompletionState::Complete && r.status == RunStatus::Passed
+}
+
 fn branch_name(r: &Run) -> &str {
     r.branch().unwrap_or("(no branch)")
 }
 
-/// The verdict on every run of `runs` that the rule's filter selects. O(n log n).
-pub fn verdicts<'r>(
-    rule: &Rule,
-    opts: &RetentionOptions,
-    runs: impl Iterator<Item = &'r Run>,
-    now: DateTime<Utc>,
-) -> Vec<(&'r Run, Verdict<'r>)> {
-    let mut out = Vec::new();
-    visit_verdicts(rule, opts, runs, now, |r, v| out.push((r, v)));
-    out
+/// Where a run stands among the runs of its branch: `created_at`, then `run_id`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    at: DateTime<Utc>,
+    id: Box<str>,
 }
 
-/// Calls `f` with the verdict on every run of `runs` that the rule's filter selects (in
-/// no particular order).
-///
-/// Runs younger than `older_than` are never deleted and only count towards the keep
-/// slots of their group, so only the older runs of a group are sorted.
-pub fn visit_verdicts<'r>(
-    rule: &Rule,
-    opts: &RetentionOptions,
-    runs: impl Iterator<Item = &'r Run>,
-    now: DateTime<Utc>,
-    mut f: impl FnMut(&'r Run, Verdict<'r>),
-) {
-    let cutoff = chrono::Duration::from_std(opts.older_than)
-        .ok()
-        .and_then(|d| now.checked_sub_signed(d));
-    let pinned = |r: &'r Run| {
-        r.tags
-            .iter()
-            .find(|t| opts.pin_tags.is_match(t.as_str()))
-            .map(String::as_str)
-    };
-    let counts_young = opts.keep_latest > 0 || opts.keep_last_passed;
-    let mut groups: HashMap<(&'r str, Option<&'r str>), Group<'r>> = HashMap::new();
-    for r in runs.filter(|r| rule.filter.matches(r)) {
-        let young = cutoff.is_none_or(|c| r.created_at >= c);
-        if young {
-            // Kept for its age; it may still take a keep slot of its group.
-            let v = if r.is_in_progress() {
-                Verdict::InProgress
-            } else if !finished(r) {
-                Verdict::NotFinished
-            } else {
-                if counts_young {
-                    let g = groups.entry((&r.project_id, r.branch())).or_default();
-                    g.young_finished += 1;
-                    g.young_passed |= passed(r);
-                }
-                match pinned(r) {
-                    Some(tag) => Verdict::Pinned(tag),
-                    None => Verdict::TooYoung,
-                }
-            };
-            f(r, v);
-        } else {
-            groups
-                .entry((&r.project_id, r.branch()))
-                .or_default()
-                .old
-                .push(r);
+impl Key {
+    fn of(r: &Run) -> Self {
+        Self {
+            at: r.created_at,
+            id: r.run_id.as_str().into(),
         }
     }
-    for g in groups.values_mut() {
-        g.old.sort_by_cached_key(|r: &&'r Run| {
-            let r: &'r Run = r;
-            std::cmp::Reverse((r.created_at, r.run_id.as_str()))
-        });
-        let mut rank = g.young_finished;
-        let mut passed_seen = g.young_passed;
-        for r in g.old.iter() {
-            let v = if r.is_in_progress() {
-                Verdict::InProgress
-            } else if !finished(r) {
-                Verdict::NotFinished
-            } else {
-                rank += 1;
-                let latest = rank <= u64::from(opts.keep_latest);
-                let newest_passed = opts.keep_last_passed && !passed_seen && passed(r);
-                passed_seen |= newest_passed;
-                if let Some(tag) = pinned(r) {
-                    Verdict::Pinned(tag)
-                } else if latest {
-                    Verdict::AmongLatest
-                } else if newest_passed {
-                    Verdict::NewestPassed
-                } else {
-                    Verdict::Delete
-                }
-            };
-            f(r, v);
-        }
+
+    /// `self` is newer than `r`.
+    fn newer_than(&self, r: (DateTime<Utc>, &str)) -> bool {
+        (self.at, &*self.id) > r
     }
 }
 
-/// The runs of one project and branch.
-#[derive(Default)]
-struct Group<'r> {
-    /// Finished runs younger than `older_than` (all newer than every run of `old`).
+/// What is left of a run that may be deleted: enough to decide and to build its
+/// [`Decision`].
+#[derive(Debug)]
+struct Candidate {
+    key: Key,
+    sha: Option<Box<str>>,
+    passed: bool,
+    /// Index of its group in [`Sweep::groups`].
+    group: u32,
+}
+
+/// The keep slots of one project and branch.
+#[derive(Debug)]
+struct Group {
+    project: Box<str>,
+    branch: Option<Box<str>>,
+    /// Finished runs younger than `older_than` (all newer than every older run).
     young_finished: u64,
     /// One of them is a passed run.
     young_passed: bool,
-    old: Vec<&'r Run>,
+    /// The newest `keep_latest` finished runs older than `older_than`, newest first.
+    latest: Vec<Key>,
+    /// The newest passed run older than `older_than` (with `keep_last_passed`).
+    newest_passed: Option<Key>,
+    /// Deletable runs a keep slot still protects: at most `keep_latest + 1`, since each
+    /// is in `latest` or is `newest_passed`.
+    pending: Vec<Candidate>,
 }
 
-fn passed(r: &Run) -> bool {
-    r.completion_state == CompletionState::Complete && r.status == RunStatus::Passed
+impl Group {
+    /// Why a finished run older than `older_than`, fed to this group, is kept by a keep
+    /// slot (`None`: it is not). Protection only ever ends as more runs are fed.
+    fn keeps(
+        &self,
+        opts: &RetentionOptions,
+        at: (DateTime<Utc>, &str),
+        passed: bool,
+    ) -> Option<Verdict<'static>> {
+        let newer =
+            self.young_finished + self.latest.iter().filter(|k| k.newer_than(at)).count() as u64;
+        if newer < u64::from(opts.keep_latest) {
+            Some(Verdict::AmongLatest)
+        } else if opts.keep_last_passed
+            && passed
+            && !self.young_passed
+            && self
+                .newest_passed
+                .as_ref()
+                .is_some_and(|k| (k.at, &*k.id) == at)
+        {
+            Some(Verdict::NewestPassed)
+        } else {
+            None
+        }
+    }
+}
+
+/// The runs of one project, by branch.
+#[derive(Debug, Default)]
+struct ProjectGroups {
+    named: HashMap<Box<str>, u32>,
+    unnamed: Option<u32>,
+}
+
+/// One retention sweep, decided incrementally: feed it the runs in any order and in any
+/// number of pieces (e.g. pages as they arrive from the API), then [`finish`](Self::finish).
+/// The outcome depends only on the set of runs fed, not on their order.
+///
+/// It does not hold the runs. Per project and branch it keeps the keys of the newest
+/// `keep_latest` finished runs older than `older_than` and of the newest passed one, a
+/// count of the younger finished runs, and the deletable runs that a keep slot still
+/// protects; a deletable run no slot protects any more is final and is kept as a compact
+/// [`Candidate`] (up to `max_deletions` + 1 of them; past that, only counted). Memory is
+/// O(branches × `keep_latest` + min(deletions, `max_deletions`)), whatever the number of
+/// runs.
+#[derive(Debug)]
+pub struct Sweep<'a> {
+    rule: &'a Rule,
+    opts: &'a RetentionOptions,
+    now: DateTime<Utc>,
+    /// Runs created before this are older than `older_than`.
+    cutoff: Option<DateTime<Utc>>,
+    /// Keep slots exist (`keep_latest > 0` or `keep_last_passed`).
+    slots: bool,
+    index: HashMap<Box<str>, ProjectGroups>,
+    groups: Vec<Group>,
+    /// Runs to delete (cleared once there are more than `max_deletions`).
+    doomed: Vec<Candidate>,
+    /// How many runs to delete.
+    doomed_count: usize,
+    /// Runs fed that the rule's filter selected.
+    selected: u64,
+}
+
+impl<'a> Sweep<'a> {
+    pub fn new(rule: &'a Rule, opts: &'a RetentionOptions, now: DateTime<Utc>) -> Self {
+        let cutoff = chrono::Duration::from_std(opts.older_than)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d));
+        Self {
+            rule,
+            opts,
+            now,
+            cutoff,
+            slots: opts.keep_latest > 0 || opts.keep_last_passed,
+            index: HashMap::new(),
+            groups: Vec::new(),
+            doomed: Vec::new(),
+            doomed_count: 0,
+            selected: 0,
+        }
+    }
+
+    /// The rule this sweep decides for.
+    pub fn rule(&self) -> &'a Rule {
+        self.rule
+    }
+
+    /// How many runs fed the rule's filter selected.
+    pub fn selected(&self) -> u64 {
+        self.selected
+    }
+
+    /// How many runs the sweep deletes (or would, past `max_deletions`) given the runs
+    /// fed so far. Exact once every run is fed; before, a lower bound: a run a keep slot
+    /// protects may lose it to a newer run fed later.
+    pub fn would_delete(&self) -> usize {
+        self.doomed_count
+    }
+
+    fn young(&self, r: &Run) -> bool {
+        self.cutoff.is_none_or(|c| r.created_at >= c)
+    }
+
+    fn pinned<'r>(&self, r: &'r Run) -> Option<&'r str> {
+        r.tags
+            .iter()
+            .find(|t| self.opts.pin_tags.is_match(t.as_str()))
+            .map(String::as_str)
+    }
+
+    fn find_group(&self, r: &Run) -> Option<u32> {
+        let p = self.index.get(r.project_id.as_str())?;
+        match r.branch() {
+            Some(b) => p.named.get(b).copied(),
+            None => p.unnamed,
+        }
+    }
+
+    fn group_of(&mut self, r: &Run) -> u32 {
+        if let Some(g) = self.find_group(r) {
+            return g;
+        }
+        let g = self.groups.len() as u32;
+        self.groups.push(Group {
+            project: r.project_id.as_str().into(),
+            branch: r.branch().map(Into::into),
+            young_finished: 0,
+            young_passed: false,
+            latest: Vec::new(),
+            newest_passed: None,
+            pending: Vec::new(),
+        });
+        let p = self.index.entry(r.project_id.as_str().into()).or_default();
+        match r.branch() {
+            Some(b) => {
+                p.named.insert(b.into(), g);
+            }
+            None => p.unnamed = Some(g),
+        }
+        g
+    }
+
+    fn doom(&mut self, c: Candidate) {
+        self.doomed_count += 1;
+        if self.doomed_count > self.opts.max_deletions as usize {
+            // The breaker trips whatever else is fed: only the count matters now.
+            if !self.doomed.is_empty() {
+                self.doomed = Vec::new();
+            }
+        } else {
+            self.doomed.push(c);
+        }
+    }
+
+    /// Moves the pending runs of group `g` that no keep slot protects any more to the
+    /// doomed ones.
+    fn settle(&mut self, g: u32) {
+        let group = &mut self.groups[g as usize];
+        if group.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut group.pending);
+        for c in pending {
+            let group = &self.groups[g as usize];
+            if group
+                .keeps(self.opts, (c.key.at, &c.key.id), c.passed)
+                .is_some()
+            {
+                self.groups[g as usize].pending.push(c);
+            } else {
+                self.doom(c);
+            }
+        }
+    }
+
+    /// Takes one run into account (runs the rule's filter does not select are ignored).
+    /// Each run should be fed once.
+    pub fn feed(&mut self, r: &Run) {
+        if !self.rule.filter.matches(r) {
+            return;
+        }
+        self.selected += 1;
+        // In-progress and unknown runs are never deleted and take no keep slot.
+        if !finished(r) {
+            return;
+        }
+        let passed = passed(r);
+        if self.young(r) {
+            // Never deleted for its age; it takes a keep slot, newer than any older run.
+            if self.slots {
+                let g = self.group_of(r);
+                let group = &mut self.groups[g as usize];
+                group.young_finished += 1;
+                group.young_passed |= passed;
+                self.settle(g);
+            }
+            return;
+        }
+        let deletable = self.pinned(r).is_none();
+        if !self.slots && !deletable {
+            return;
+        }
+        // Without keep slots the group only names the project and branch.
+        let g = self.group_of(r);
+        let (keep_latest, keep_last_passed) =
+            (self.opts.keep_latest as usize, self.opts.keep_last_passed);
+        let group = &mut self.groups[g as usize];
+        let at = (r.created_at, r.run_id.as_str());
+        if keep_latest > 0
+            && (group.latest.len() < keep_latest
+                || group.latest.last().is_some_and(|k| !k.newer_than(at)))
+        {
+            let i = group.latest.partition_point(|k| k.newer_than(at));
+            group.latest.insert(i, Key::of(r));
+            group.latest.truncate(keep_latest);
+        }
+        if keep_last_passed
+            && passed
+            && group
+                .newest_passed
+                .as_ref()
+                .is_none_or(|k| !k.newer_than(at))
+        {
+            group.newest_passed = Some(Key::of(r));
+        }
+        if deletable {
+            group.pending.push(Candidate {
+                key: Key::of(r),
+                sha: r.sha().map(Into::into),
+                passed,
+                group: g,
+            });
+        }
+        self.settle(g);
+    }
+
+    /// What the rule makes of `run`, given every run fed (`run` among them); `None` when
+    /// its filter does not select `run`.
+    pub fn verdict<'r>(&self, run: &'r Run) -> Option<Verdict<'r>> {
+        if !self.rule.filter.matches(run) {
+            return None;
+        }
+        let v = if run.is_in_progress() {
+            Verdict::InProgress
+        } else if !finished(run) {
+            Verdict::NotFinished
+        } else if let Some(tag) = self.pinned(run) {
+            Verdict::Pinned(tag)
+        } else if self.young(run) {
+            Verdict::TooYoung
+        } else {
+            let at = (run.created_at, run.run_id.as_str());
+            self.find_group(run)
+                .and_then(|g| self.groups[g as usize].keeps(self.opts, at, passed(run)))
+                .unwrap_or(Verdict::Delete)
+        };
+        Some(v)
+    }
+
+    /// The decisions of the sweep, sorted by run `created_at` then `run_id`; a [`Breach`]
+    /// and no decisions when they would be more than `max_deletions`.
+    pub fn finish(mut self, config: &Config) -> Result<Vec<Decision>, Breach> {
+        if self.doomed_count > self.opts.max_deletions as usize {
+            return Err(Breach {
+                rule: self.rule.name.clone(),
+                would_delete: self.doomed_count,
+                max: self.opts.max_deletions,
+            });
+        }
+        self.doomed.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        self.doomed.dedup_by(|a, b| a.key.id == b.key.id);
+        let (rule, opts, now) = (self.rule, self.opts, self.now);
+        let dry_run = rule.is_dry_run(config.dry_run);
+        let groups = &self.groups;
+        Ok(self
+            .doomed
+            .into_iter()
+            .map(|c| {
+                let g = &groups[c.group as usize];
+                let branch = g.branch.as_deref().map(str::to_string);
+                Decision {
+                    rule: rule.name.clone(),
+                    kind: rule.kind_name(),
+                    action: Action::Delete,
+                    reason: delete_reason_at(opts, branch.as_deref(), c.key.at, now),
+                    run_id: c.key.id.into(),
+                    project_id: g.project.to_string(),
+                    branch,
+                    sha: c.sha.map(Into::into),
+                    dry_run,
+                    not_before: None,
+                }
+            })
+            .collect())
+    }
+}
+
+/// The verdict on every run of `runs` that the rule's filter selects (in no particular
+/// order). O(n log keep_latest).
+pub fn verdicts<'r>(
+    rule: &Rule,
+    opts: &RetentionOptions,
+    runs: impl Iterator<Item = &'r Run> + Clone,
+    now: DateTime<Utc>,
+) -> Vec<(&'r Run, Verdict<'r>)> {
+    let mut sweep = Sweep::new(rule, opts, now);
+    for r in runs.clone() {
+        sweep.feed(r);
+    }
+    runs.filter_map(|r| sweep.verdict(r).map(|v| (r, v)))
+        .collect()
 }
 
 /// Why a run is deleted: "created 41d ago > older_than 30d; not among the 3 newest on
 /// feat/x".
 pub fn delete_reason(opts: &RetentionOptions, run: &Run, now: DateTime<Utc>) -> String {
-    let b = branch_name(run);
+    delete_reason_at(opts, run.branch(), run.created_at, now)
+}
+
+/// [`delete_reason`] of a run of `branch` created at `created_at`.
+fn delete_reason_at(
+    opts: &RetentionOptions,
+    branch: Option<&str>,
+    created_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> String {
+    let b = branch.unwrap_or("(no branch)");
     let latest = if opts.keep_latest > 0 {
         format!("; not among the {} newest on {b}", opts.keep_latest)
     } else {
@@ -193,7 +463,7 @@ pub fn delete_reason(opts: &RetentionOptions, run: &Run, now: DateTime<Utc>) -> 
     };
     format!(
         "created {} ago > older_than {}{latest}{passed}{}",
-        human_duration(since(run.created_at, now)),
+        human_duration(since(created_at, now)),
         human_duration(opts.older_than),
         if opts.keep_last_passed { b } else { "" }
     )
@@ -222,7 +492,7 @@ pub fn keep_reason(opts: &RetentionOptions, run: &Run, v: &Verdict, now: DateTim
 
 /// The retention decisions of one sweep of one rule over `view.runs` (all runs of the
 /// projects), sorted by run `created_at`; a [`Breach`] and no decisions when they would
-/// be more than `max_deletions`.
+/// be more than `max_deletions`. The same as feeding every run to a [`Sweep`].
 pub fn decide(
     config: &Config,
     rule: &Rule,
@@ -230,27 +500,11 @@ pub fn decide(
     view: &RunsView,
     now: DateTime<Utc>,
 ) -> Result<Vec<Decision>, Breach> {
-    let mut doomed: Vec<&Run> = Vec::new();
-    visit_verdicts(rule, opts, view.runs.iter(), now, |r, v| {
-        if v == Verdict::Delete {
-            doomed.push(r);
-        }
-    });
-    if doomed.len() > opts.max_deletions as usize {
-        return Err(Breach {
-            rule: rule.name.clone(),
-            would_delete: doomed.len(),
-            max: opts.max_deletions,
-        });
+    let mut sweep = Sweep::new(rule, opts, now);
+    for r in view.runs {
+        sweep.feed(r);
     }
-    let found = doomed
-        .into_iter()
-        .map(|r| {
-            let reason = delete_reason(opts, r, now);
-            (r, Decision::new(config, rule, Action::Delete, r, reason))
-        })
-        .collect();
-    Ok(finish(found))
+    sweep.finish(config)
 }
 
 /// Whether a sweep now would delete `run` (with the runs of `view`), and why (not). The
@@ -262,17 +516,13 @@ pub fn explain(
     view: &RunsView,
     now: DateTime<Utc>,
 ) -> (bool, String) {
-    let all = verdicts(
-        rule,
-        opts,
-        view.runs
-            .iter()
-            .filter(|r| r.run_id != run.run_id)
-            .chain(std::iter::once(run)),
-        now,
-    );
-    let doomed = all.iter().filter(|(_, v)| *v == Verdict::Delete).count();
-    let Some((_, v)) = all.iter().find(|(r, _)| r.run_id == run.run_id) else {
+    let mut sweep = Sweep::new(rule, opts, now);
+    for r in view.runs.iter().filter(|r| r.run_id != run.run_id) {
+        sweep.feed(r);
+    }
+    sweep.feed(run);
+    let doomed = sweep.would_delete();
+    let Some(v) = sweep.verdict(run) else {
         return (false, "not selected by the filter".into());
     };
     let schedule = format!("on schedule {:?}", opts.schedule_text);
@@ -289,7 +539,7 @@ pub fn explain(
             true,
             format!("{} ({schedule})", delete_reason(opts, run, now)),
         ),
-        v => (false, keep_reason(opts, run, v, now)),
+        v => (false, keep_reason(opts, run, &v, now)),
     }
 }
 
@@ -353,6 +603,55 @@ mod tests {
         assert_eq!(verdict_of(&v, "f2"), Verdict::Delete);
         assert_eq!(verdict_of(&v, "p1"), Verdict::NewestPassed);
         assert_eq!(verdict_of(&v, "p2"), Verdict::Delete);
+    }
+
+    /// The sweep holds per branch at most `keep_latest + 1` protected runs and never
+    /// more than `max_deletions + 1` runs to delete, however many runs it is fed.
+    #[test]
+    fn a_sweep_holds_bounded_state_whatever_the_number_of_runs() {
+        let r = rule("keep_latest = 3\nkeep_last_passed = true\nmax_deletions = 50\n");
+        let RuleKind::Retention(o) = &r.kind else {
+            unreachable!()
+        };
+        let mut sweep = Sweep::new(&r, o, now());
+        let mut peak_pending = 0;
+        let mut peak_doomed = 0;
+        for i in 0..20_000i64 {
+            // Oldest first (the worst order for the keep slots), on 10 branches.
+            let status = if i % 3 == 0 { "PASSED" } else { "FAILED" };
+            let mut x = run(&format!("r{i:05}"), 60, "COMPLETE", status);
+            x.created_at += chrono::Duration::seconds(i * 200);
+            x.meta.commit.branch = Some(format!("b{}", i % 10));
+            sweep.feed(&x);
+            let pending: usize = sweep.groups.iter().map(|g| g.pending.len()).sum();
+            peak_pending = peak_pending.max(pending);
+            peak_doomed = peak_doomed.max(sweep.doomed.len());
+            assert!(
+                sweep
+                    .groups
+                    .iter()
+                    .all(|g| g.pending.len() <= 4 && g.latest.len() <= 3)
+            );
+        }
+        assert_eq!(sweep.groups.len(), 10);
+        assert!(peak_pending <= 40, "{peak_pending}");
+        assert!(peak_doomed <= 51, "{peak_doomed}");
+        assert!(
+            sweep.doomed.is_empty(),
+            "the breaker tripped: nothing is kept to delete"
+        );
+        let expired = sweep.would_delete();
+        // Every run older than 30 days (i * 200 s < 30 d): each branch's younger runs take
+        // its keep slots.
+        assert_eq!(expired, 12_960);
+        let breach = sweep.finish(&load_cfg()).unwrap_err();
+        assert_eq!(breach.would_delete, expired);
+    }
+
+    fn load_cfg() -> Config {
+        load_str("[currents]\nprojects = [\"p\"]\n", "rules.toml", &[])
+            .unwrap()
+            .config
     }
 
     #[test]

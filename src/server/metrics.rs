@@ -53,6 +53,10 @@ const HELP: &[(&str, &str)] = &[
         "Actions finished, by rule kind, action and outcome.",
     ),
     (
+        "runwarden_actions_handed_over_total",
+        "New actions leased to this process's executor in the transaction that recorded them (no separate claim).",
+    ),
+    (
         "runwarden_api_requests_total",
         "Requests to external APIs, by api, operation and status.",
     ),

@@ -47,6 +47,8 @@ pub struct AppContext {
     /// What the bot decides and does, as it happens (the demo narrates it; tests can
     /// synchronise on it). Sending never blocks; nobody listening is fine.
     pub events: tokio::sync::broadcast::Sender<BotEvent>,
+    /// New actions the processor leased for this process's executor.
+    pub handoff: crate::actions::Handoff,
     /// When the duration history of a group was last read from the API.
     pub history_cache: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }

@@ -243,6 +243,40 @@ pub struct NewDecision {
     pub payload: Option<String>,
 }
 
+/// What [`Store::record_event`] writes for one processed event.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRecord<'a> {
+    /// The delivery (row id) to mark processed.
+    pub delivery_id: i64,
+    /// Its outcome note ("2 decision(s)").
+    pub note: &'a str,
+    pub decisions: &'a [NewDecision],
+    /// The runs read while deciding, to remember.
+    pub runs: &'a [super::RunRecord],
+    /// When the decisions were made (the lease of claimed actions starts then).
+    pub now: DateTime<Utc>,
+    /// Lease new actions that are due to a worker.
+    pub claim_for: Option<Claim<'a>>,
+}
+
+/// Who takes the new due actions of an [`EventRecord`], and how many at most.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub worker_id: &'a str,
+    pub lease: Duration,
+    /// At most this many (the oldest first); the rest wait for a claim.
+    pub max: usize,
+}
+
+/// What [`Store::record_event`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecorded {
+    /// One per decision, in order.
+    pub decisions: Vec<RecordedDecision>,
+    /// The new actions leased to [`EventRecord::claim_for`]'s worker.
+    pub claimed: Vec<ActionRow>,
+}
+
 /// What [`Store::record_decisions`] did with one decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordedDecision {
@@ -463,11 +497,46 @@ impl Store {
         delivery_id: i64,
         outcome_note: &str,
     ) -> StoreResult<Vec<RecordedDecision>> {
+        let recorded = self
+            .record_event(&EventRecord {
+                delivery_id,
+                note: outcome_note,
+                decisions,
+                runs: &[],
+                now: Utc::now(),
+                claim_for: None,
+            })
+            .await?;
+        Ok(recorded.decisions)
+    }
+
+    /// Everything one processed event leaves behind, in one transaction: the runs it
+    /// observed ([`Store::upsert_run`]), its decisions and their actions
+    /// ([`Store::record_decisions`]), the delivery marked processed, and — when
+    /// [`EventRecord::claim_for`] is set — the new actions that are due now leased to that
+    /// worker, so that its executor can start them at once without a claim of its own
+    /// (one commit fewer between an event and its effect). An unknown delivery is
+    /// [`StoreError::NotFound`] and records nothing.
+    pub async fn record_event(&self, e: &EventRecord<'_>) -> StoreResult<EventRecorded> {
         let mut tx = self.begin_write().await?;
-        let recorded = record_in(&mut tx, decisions).await?;
-        Store::mark_processed_in(&mut tx, delivery_id, outcome_note).await?;
+        for run in e.runs {
+            Store::upsert_run_in(&mut tx, run).await?;
+        }
+        let decisions = record_in(&mut tx, e.decisions).await?;
+        Store::mark_processed_in(&mut tx, e.delivery_id, e.note).await?;
+        let mut claimed = Vec::new();
+        if let Some(c) = e.claim_for {
+            let new: Vec<i64> = decisions
+                .iter()
+                .filter(|r| r.new_action)
+                .filter_map(|r| r.action_id)
+                .collect();
+            if !new.is_empty() && c.max > 0 {
+                claimed = claim_new_in(&mut tx, &new, e.now, c).await?;
+            }
+        }
         tx.commit().await?;
-        Ok(recorded)
+        Ok(EventRecorded { decisions, claimed })
     }
 
     /// Leases up to `max` due actions to `worker_id` until `now + lease`: pending ones
@@ -525,6 +594,23 @@ impl Store {
         outcome: ActionOutcome,
         detail: &str,
     ) -> StoreResult<bool> {
+        self.complete_action_with_run(id, outcome, detail, None)
+            .await
+    }
+
+    /// [`Store::complete_action`], and in the same transaction the run as the action left
+    /// it ([`Store::upsert_run`]; e.g. a cancel's verifying read): one commit for both.
+    pub async fn complete_action_with_run(
+        &self,
+        id: i64,
+        outcome: ActionOutcome,
+        detail: &str,
+        run: Option<&super::RunRecord>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        if let Some(run) = run {
+            Store::upsert_run_in(&mut tx, run).await?;
+        }
         let state = match outcome {
             ActionOutcome::Done => ActionState::Done,
             ActionOutcome::Skipped => ActionState::Skipped,
@@ -539,8 +625,9 @@ impl Store {
         .bind(state.as_str())
         .bind(detail)
         .bind(to_ms(Utc::now()))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         self.transitioned(id, done.rows_affected()).await
     }
 
@@ -904,6 +991,45 @@ async fn record_in(
         });
     }
     Ok(recorded)
+}
+
+/// Leases the actions `ids` (just created, so no other worker can hold them) that are due
+/// at `now` to `worker_id`; returns them as claimed.
+async fn claim_new_in(
+    conn: &mut AnyConnection,
+    ids: &[i64],
+    now: DateTime<Utc>,
+    c: Claim<'_>,
+) -> StoreResult<Vec<ActionRow>> {
+    let list: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 5)).collect();
+    let sql = format!(
+        "UPDATE actions \
+         SET state = 'running', lease_until = $2, worker_id = $3, claims = claims + 1, \
+             updated_at = $1 \
+         WHERE id IN ( \
+             SELECT id FROM actions \
+             WHERE id IN ({}) AND state = 'pending' AND next_attempt_at <= $1 \
+               AND (not_before IS NULL OR not_before <= $1) \
+             ORDER BY id LIMIT $4) \
+         RETURNING {ACTION_COLUMNS}",
+        list.join(", ")
+    );
+    let mut q = sqlx::query_as::<_, ActionDbRow>(&sql)
+        .bind(to_ms(now))
+        .bind(ms_after(now, c.lease))
+        .bind(c.worker_id)
+        .bind(i64::try_from(c.max).unwrap_or(i64::MAX));
+    for id in ids {
+        q = q.bind(*id);
+    }
+    let mut actions = q
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(ActionRow::try_from)
+        .collect::<StoreResult<Vec<_>>>()?;
+    actions.sort_by_key(|a| a.id);
+    Ok(actions)
 }
 
 /// Creates the action of a decision, or finds the one with the same key. Returns its id

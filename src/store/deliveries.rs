@@ -11,7 +11,147 @@
 
 use chrono::{DateTime, Utc};
 
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sqlx::AnyPool;
+use tokio::sync::{mpsc, oneshot};
+
 use super::{Store, StoreError, StoreResult, from_ms, limit, opt_from_ms, to_ms};
+
+/// Most events stored by one commit of [`Store::insert_delivery`]'s writer (5 bound
+/// values each, far below SQLite's and PostgreSQL's limits on parameters).
+pub const GROUP_COMMIT_MAX: usize = 256;
+
+/// Events waiting for the writer; a full queue makes the callers wait (backpressure).
+const WRITER_QUEUE: usize = 4096;
+
+/// An event waiting for its group commit, and where its outcome goes.
+#[derive(Debug)]
+pub(super) struct PendingDelivery {
+    d: NewDelivery,
+    reply: oneshot::Sender<StoreResult<InsertOutcome>>,
+}
+
+/// Counters of [`Store::insert_delivery`]'s group commits.
+#[derive(Debug, Default)]
+pub struct GroupCommitStats {
+    groups: AtomicU64,
+    events: AtomicU64,
+}
+
+impl GroupCommitStats {
+    /// Commits (successful or not) made by the writer so far.
+    pub fn groups(&self) -> u64 {
+        self.groups.load(Ordering::Relaxed)
+    }
+
+    /// Events those commits carried.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+}
+
+/// The group-commit writer of a [`Store`] (shared by its clones), started on first use.
+#[derive(Debug, Default)]
+pub(super) struct DeliveryWriter {
+    queue: std::sync::OnceLock<mpsc::Sender<PendingDelivery>>,
+    stats: Arc<GroupCommitStats>,
+}
+
+/// Starts the task that stores queued events in groups (see [`Store::insert_delivery`]).
+/// It holds the pool, not the [`Store`], and ends when every sender is gone.
+fn spawn_delivery_writer(
+    pool: AnyPool,
+    stats: Arc<GroupCommitStats>,
+) -> mpsc::Sender<PendingDelivery> {
+    let (tx, mut rx) = mpsc::channel::<PendingDelivery>(WRITER_QUEUE);
+    tokio::spawn(async move {
+        let mut group = Vec::with_capacity(GROUP_COMMIT_MAX);
+        // Whatever queued while the previous commit was running forms the next group.
+        while rx.recv_many(&mut group, GROUP_COMMIT_MAX).await > 0 {
+            let outcomes = insert_group(&pool, &group).await;
+            stats.groups.fetch_add(1, Ordering::Relaxed);
+            stats
+                .events
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+            match outcomes {
+                Ok(outcomes) => {
+                    for (p, o) in group.drain(..).zip(outcomes) {
+                        let _ = p.reply.send(Ok(o));
+                    }
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    for p in group.drain(..) {
+                        let _ = p.reply.send(Err(StoreError::from(e.clone())));
+                    }
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// Stores a group of events with one statement (atomic, one commit). An event repeated
+/// within the group, or already stored, is a [`InsertOutcome::Duplicate`].
+async fn insert_group(
+    pool: &AnyPool,
+    group: &[PendingDelivery],
+) -> Result<Vec<InsertOutcome>, sqlx::Error> {
+    let mut firsts: Vec<&NewDelivery> = Vec::with_capacity(group.len());
+    let mut seen = HashSet::with_capacity(group.len());
+    for p in group {
+        if seen.insert((p.d.source.as_str(), p.d.delivery_id.as_str())) {
+            firsts.push(&p.d);
+        }
+    }
+    let mut sql = String::with_capacity(160 + firsts.len() * 32);
+    sql.push_str(
+        "INSERT INTO deliveries (source, delivery_id, event, payload, received_at, \
+             next_attempt_at) VALUES ",
+    );
+    for i in 0..firsts.len() {
+        let b = i * 5;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 5
+        ));
+    }
+    sql.push_str(" ON CONFLICT (source, delivery_id) DO NOTHING RETURNING source, delivery_id");
+    let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+    for d in &firsts {
+        q = q
+            .bind(&d.source)
+            .bind(&d.delivery_id)
+            .bind(&d.event)
+            .bind(&d.payload)
+            .bind(to_ms(d.received_at));
+    }
+    let inserted: HashSet<(String, String)> = q.fetch_all(pool).await?.into_iter().collect();
+    // The first of each key in the group is the one inserted (when it was new).
+    let mut answered = HashSet::with_capacity(group.len());
+    Ok(group
+        .iter()
+        .map(|p| {
+            let key = (p.d.source.clone(), p.d.delivery_id.clone());
+            if inserted.contains(&key) && answered.insert(key) {
+                InsertOutcome::Inserted
+            } else {
+                InsertOutcome::Duplicate
+            }
+        })
+        .collect())
+}
 
 /// The accepted values of [`NewDelivery::source`]: `POST /webhooks/currents`,
 /// `POST /webhooks/github`, the poller's reconciliation, a schedule slot (or a manual
@@ -106,6 +246,13 @@ impl Store {
     /// Stores an event unless `(source, delivery_id)` is already stored. When this returns
     /// `Ok`, the row is committed (durable per `synchronous=FULL`); a duplicate changes
     /// nothing.
+    ///
+    /// Group commit: concurrent calls are gathered by one writer task and stored by one
+    /// multi-row `INSERT` (one transaction, one fsync) of up to [`GROUP_COMMIT_MAX`]
+    /// events, so the durable ack rate is not one fsync per event. Every caller still
+    /// waits for the commit that holds its own event; when that commit fails, every
+    /// caller in it gets the same error and nothing of the group is
+    /// stored.
     pub async fn insert_delivery(&self, d: NewDelivery) -> StoreResult<InsertOutcome> {
         if !SOURCES.contains(&d.source.as_str()) {
             return Err(StoreError::Invalid(format!(
@@ -113,25 +260,25 @@ impl Store {
                 d.source
             )));
         }
-        let received = to_ms(d.received_at);
-        let done = sqlx::query(
-            "INSERT INTO deliveries (source, delivery_id, event, payload, received_at, \
-                 next_attempt_at) \
-             VALUES ($1, $2, $3, $4, $5, $5) \
-             ON CONFLICT (source, delivery_id) DO NOTHING",
-        )
-        .bind(&d.source)
-        .bind(&d.delivery_id)
-        .bind(&d.event)
-        .bind(&d.payload)
-        .bind(received)
-        .execute(&self.pool)
-        .await?;
-        Ok(if done.rows_affected() == 1 {
-            InsertOutcome::Inserted
-        } else {
-            InsertOutcome::Duplicate
-        })
+        let w = &self.delivery_writer;
+        let writer = w
+            .queue
+            .get_or_init(|| spawn_delivery_writer(self.pool.clone(), w.stats.clone()));
+        let (reply, answer) = oneshot::channel();
+        if writer.send(PendingDelivery { d, reply }).await.is_err() {
+            return Err(sqlx::Error::PoolClosed.into());
+        }
+        match answer.await {
+            Ok(result) => result,
+            // The writer task ended (the runtime is shutting down).
+            Err(_) => Err(sqlx::Error::PoolClosed.into()),
+        }
+    }
+
+    /// How [`Store::insert_delivery`] has grouped its commits so far (this handle and
+    /// its clones).
+    pub fn group_commit_stats(&self) -> &GroupCommitStats {
+        &self.delivery_writer.stats
     }
 
     /// Unprocessed deliveries whose retry time has come by `now`, oldest first. This only

@@ -1,5 +1,7 @@
 //! Store errors, classified so that callers can tell "try again later" from bugs.
 
+use std::sync::Arc;
+
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -12,7 +14,7 @@ pub enum StoreError {
     /// The database cannot take the operation now: locked beyond the busy timeout,
     /// read-only, disk full, an I/O error, a connection lost or the pool exhausted.
     #[error("store unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Arc<sqlx::Error>),
     /// The row the operation addresses does not exist.
     #[error("{what} {id} not found in the store")]
     NotFound {
@@ -34,7 +36,7 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// Any other database error (a constraint violation, a bad query).
     #[error("store error: {0}")]
-    Database(#[source] sqlx::Error),
+    Database(#[source] Arc<sqlx::Error>),
 }
 
 impl StoreError {
@@ -57,6 +59,14 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        StoreError::from(Arc::new(e))
+    }
+}
+
+/// A database error shared by several operations (the members of one group commit, see
+/// [`crate::store::Store::insert_delivery`]): each gets the same classification.
+impl From<Arc<sqlx::Error>> for StoreError {
+    fn from(e: Arc<sqlx::Error>) -> Self {
         if is_unavailable(&e) {
             StoreError::Unavailable(e)
         } else {

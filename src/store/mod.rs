@@ -54,11 +54,13 @@ use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Transaction};
 
 pub use actions::{
-    ActionKind, ActionOutcome, ActionRow, ActionState, AuditEntry, CancelReason, DecisionCount,
-    NewDecision, Outcome, RecordedDecision,
+    ActionKind, ActionOutcome, ActionRow, ActionState, AuditEntry, CancelReason, Claim,
+    DecisionCount, EventRecord, EventRecorded, NewDecision, Outcome, RecordedDecision,
 };
 pub use comments::{CommentRecord, SectionRecord, SectionUpdate};
-pub use deliveries::{DEAD_LETTER, Delivery, InsertOutcome, NewDelivery, SOURCES};
+pub use deliveries::{
+    DEAD_LETTER, Delivery, GroupCommitStats, InsertOutcome, NewDelivery, SOURCES,
+};
 pub use error::{StoreError, StoreResult};
 pub use runs::RunRecord;
 pub use slots::SlotRecord;
@@ -131,6 +133,9 @@ impl Default for StoreOptions {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The group-commit writer of [`Store::insert_delivery`], started on first use and
+    /// shared by every clone.
+    delivery_writer: std::sync::Arc<deliveries::DeliveryWriter>,
 }
 
 impl Store {
@@ -169,7 +174,15 @@ impl Store {
             .run(&pool)
             .await
             .with_context(|| format!("cannot apply migrations to store {shown}"))?;
-        Ok(Store { pool, backend })
+        let store = Store {
+            pool,
+            backend,
+            delivery_writer: Default::default(),
+        };
+        if backend == Backend::Sqlite && !is_in_memory(url) {
+            spawn_checkpointer(&store);
+        }
+        Ok(store)
     }
 
     /// Which database this store is.
@@ -206,10 +219,44 @@ impl Store {
     }
 }
 
-/// The pool of a SQLite URL: WAL, `synchronous=FULL`, the busy timeout and foreign keys
-/// set on every connection.
+/// How often the checkpointer of a SQLite file folds the WAL back into the database.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Whether a SQLite URL is an in-memory database.
+fn is_in_memory(url: &str) -> bool {
+    url.starts_with("sqlite::memory:") || url.contains("mode=memory")
+}
+
+/// WAL checkpoints of a SQLite file, in the background: the connections have automatic
+/// checkpoints off, so that no commit (an acknowledgement, a decision) waits for one.
+/// A passive checkpoint never blocks readers or writers. The task ends once every handle
+/// on the store is gone (or the pool is closed); SQLite checkpoints the rest when the
+/// last connection closes.
+fn spawn_checkpointer(store: &Store) {
+    let alive = std::sync::Arc::downgrade(&store.delivery_writer);
+    let pool = store.pool.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if alive.strong_count() == 0 || pool.is_closed() {
+                break;
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&pool)
+                .await
+            {
+                tracing::debug!(error = %e, "WAL checkpoint postponed");
+            }
+        }
+    });
+}
+
+/// The pool of a SQLite URL: WAL (checkpointed in the background), `synchronous=FULL`,
+/// the busy timeout and foreign keys set on every connection.
 async fn connect_sqlite(url: &str, options: &StoreOptions) -> anyhow::Result<AnyPool> {
-    let in_memory = url.starts_with("sqlite::memory:") || url.contains("mode=memory");
+    let in_memory = is_in_memory(url);
     let explicit_mode = url.contains("mode=");
     // Created when missing unless the URL says otherwise.
     let url = if explicit_mode || in_memory {
@@ -227,6 +274,9 @@ async fn connect_sqlite(url: &str, options: &StoreOptions) -> anyhow::Result<Any
             Box::pin(async move {
                 if !in_memory {
                     sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA wal_autocheckpoint = 0")
                         .execute(&mut *conn)
                         .await?;
                 }
@@ -379,6 +429,56 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fk, 1);
+        let auto: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(auto, 0, "checkpoints run in the background");
+    }
+
+    #[tokio::test]
+    async fn the_background_checkpointer_keeps_the_wal_from_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = Store::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let wal = dir.path().join("s.db-wal");
+        let payload = "x".repeat(64 * 1024);
+        // Without checkpoints the WAL would hold every page written: ~20 MiB.
+        for round in 0..10 {
+            for i in 0..32 {
+                store
+                    .insert_delivery(crate::store::NewDelivery {
+                        source: "github".into(),
+                        delivery_id: format!("d-{round}-{i}"),
+                        event: "push".into(),
+                        payload: payload.clone(),
+                        received_at: Utc::now(),
+                    })
+                    .await
+                    .unwrap();
+            }
+            // Let the checkpointer copy the burst into the database file (which, without
+            // checkpoints, would stay at its initial size while the WAL grows).
+            let db_len = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let want = (round + 1) * 32 * 64 * 1024;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while db_len() < want && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(
+                db_len() >= want,
+                "round {round}: the database file is {} bytes, want {want}: no checkpoint",
+                db_len()
+            );
+        }
+        let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            wal_len < 8 * 1024 * 1024,
+            "WAL is {wal_len} bytes after 20 MiB of writes: not checkpointed"
+        );
+        assert_eq!(store.count_unprocessed().await.unwrap(), 320);
     }
 
     #[tokio::test]

@@ -80,6 +80,15 @@ impl Store {
     /// Inserts or updates a run. Returns `false` when the update was ignored: the stored
     /// observation is newer (`updated_at`), or the run was marked gone.
     pub async fn upsert_run(&self, run: &RunRecord) -> StoreResult<bool> {
+        let mut conn = self.pool.acquire().await?;
+        Self::upsert_run_in(&mut conn, run).await
+    }
+
+    /// [`Store::upsert_run`] on an open transaction.
+    pub(super) async fn upsert_run_in(
+        conn: &mut sqlx::AnyConnection,
+        run: &RunRecord,
+    ) -> StoreResult<bool> {
         let done = sqlx::query(
             "INSERT INTO runs (run_id, project_id, branch, sha, created_at, completion_state, \
                  status, run_json, completed_specs, progress_changed_at, duration_ms, updated_at) \
@@ -112,7 +121,7 @@ impl Store {
         .bind(to_ms(run.progress_changed_at))
         .bind(run.duration_ms)
         .bind(to_ms(run.updated_at))
-        .execute(&self.pool)
+        .execute(conn)
         .await?;
         Ok(done.rows_affected() > 0)
     }

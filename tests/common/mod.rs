@@ -1,5 +1,6 @@
 //! The end-to-end harness: a simulator and a real bot (router, store, processor,
-//! executor) in-process, on loopback ports, with a temp SQLite store.
+//! executor) in-process, on loopback ports, with a temp SQLite store, or a fresh
+//! PostgreSQL database when `RUNWARDEN_TEST_STORE=postgres` (see `postgres::selected`).
 
 #![allow(dead_code)]
 
@@ -12,7 +13,7 @@ use runwarden::secret::Secret;
 use runwarden::simulator::{self, SimConfig, SimHandle};
 use sha2::Sha256;
 
-/// A fresh PostgreSQL database per test (`AppOptions::store_url`).
+/// A fresh PostgreSQL database per test (`AppOptions::store_url`, `RUNWARDEN_TEST_STORE`).
 #[path = "../support/postgres.rs"]
 pub mod postgres;
 
@@ -27,6 +28,8 @@ pub struct TestApp {
     pub bot: Bot,
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
+    /// The bot's store URL (a SQLite file in `dir`, or a PostgreSQL database).
+    pub store_url: String,
 }
 
 /// Options of [`spawn_app_with`].
@@ -40,6 +43,8 @@ pub struct AppOptions {
     pub currents_secret: bool,
     /// Post simulator webhooks to the bot.
     pub sim_webhooks: bool,
+    /// The SQLite store's directory (its `runwarden.db` is kept). Setting it, or
+    /// `store_query`, asks for SQLite even when `RUNWARDEN_TEST_STORE=postgres`.
     pub store_dir: Option<tempfile::TempDir>,
     /// `currents.request_timeout`.
     pub request_timeout: &'static str,
@@ -51,7 +56,8 @@ pub struct AppOptions {
     /// Query appended to the store URL, e.g. `?mode=ro`.
     pub store_query: &'static str,
     /// The whole store URL, instead of a SQLite file in `store_dir` (e.g.
-    /// `postgres::fresh_database().await`).
+    /// `postgres::fresh_database().await`). When `None`: a fresh PostgreSQL database if
+    /// `RUNWARDEN_TEST_STORE=postgres`, else SQLite.
     pub store_url: Option<String>,
 }
 
@@ -102,20 +108,26 @@ pub async fn spawn_app_with(o: AppOptions) -> TestApp {
         ..Default::default()
     })
     .unwrap();
+    let sqlite_asked = o.store_dir.is_some() || !o.store_query.is_empty();
+    let store_url = match o.store_url {
+        Some(url) => Some(url),
+        None if !sqlite_asked => postgres::selected_database().await,
+        None => None,
+    };
     let dir = o.store_dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+    let store_url = store_url.unwrap_or_else(|| {
+        format!(
+            "sqlite://{}{}",
+            dir.path().join("runwarden.db").display(),
+            o.store_query
+        )
+    });
     let text = format!(
         "{top}\n[currents]\napi_url = \"{api}\"\nprojects = [\"{PROJECT}\"]\npoll_interval = \"{poll}\"\nrequest_timeout = \"{timeout}\"\nmax_requests_per_second = 0\n\n[github]\napi_url = \"{gh}\"\nrepos = {{ {PROJECT} = \"{REPO}\" }}\n\n[store]\nurl = \"{store_url}\"\n\n{rules}",
         top = o.top,
         api = sim.currents_url(),
         poll = o.poll_interval,
         gh = sim.github_url(),
-        store_url = o.store_url.clone().unwrap_or_else(|| {
-            format!(
-                "sqlite://{}{}",
-                dir.path().join("runwarden.db").display(),
-                o.store_query
-            )
-        }),
         rules = o.rules,
         timeout = o.request_timeout,
     );
@@ -167,6 +179,7 @@ pub async fn spawn_app_with(o: AppOptions) -> TestApp {
         bot,
         http: reqwest::Client::new(),
         dir,
+        store_url,
     }
 }
 

@@ -6,6 +6,11 @@
 //! Everything is synchronised on observable state with deadlines: the child's log line
 //! "runwarden is serving", the store (through a [`Store`] handle on the same file), the
 //! simulator's request log.
+//!
+//! The store is a SQLite file in the world's temp dir, or, with
+//! `RUNWARDEN_TEST_STORE=postgres`, a fresh PostgreSQL database ([`postgres::selected`])
+//! for [`World::new`]; [`World::sqlite`] always uses SQLite (tests of SQLite's own
+//! failure modes).
 
 #![allow(dead_code)]
 
@@ -17,6 +22,10 @@ use std::time::Duration;
 
 use runwarden::simulator::{self, SimConfig, SimHandle};
 use runwarden::store::Store;
+
+/// A fresh PostgreSQL database per world when `RUNWARDEN_TEST_STORE=postgres`.
+#[path = "postgres.rs"]
+pub mod postgres;
 
 pub const PROJECT: &str = "bAYZ4a";
 pub const REPO: &str = "acme/web";
@@ -71,14 +80,29 @@ pub struct World {
     pub sim: SimHandle,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// The SQLite file (unused when the store is PostgreSQL).
     pub db: PathBuf,
+    /// The store URL: `sqlite://{db}`, or a PostgreSQL database.
+    pub store: String,
     pub env: Env,
     pub http: reqwest::Client,
 }
 
 impl World {
-    /// A simulator with the test project, and a config with `rules` for a bot against it.
+    /// A simulator with the test project, and a config with `rules` for a bot against it;
+    /// the store is SQLite, or PostgreSQL with `RUNWARDEN_TEST_STORE=postgres`.
     pub async fn new(rules: &str, env: Env) -> World {
+        let pg = postgres::selected_database().await;
+        Self::with_store(rules, env, pg).await
+    }
+
+    /// [`World::new`] with a SQLite store whatever `RUNWARDEN_TEST_STORE` says.
+    pub async fn sqlite(rules: &str, env: Env) -> World {
+        Self::with_store(rules, env, None).await
+    }
+
+    /// `store`: a store URL, or `None` for a SQLite file in the world's temp dir.
+    async fn with_store(rules: &str, env: Env, store: Option<String>) -> World {
         let sim_cfg = SimConfig {
             api_key: env.currents_api_key.clone(),
             ..SimConfig::default()
@@ -98,11 +122,13 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("runwarden.db");
         let config = dir.path().join("rules.toml");
+        let store = store.unwrap_or_else(|| format!("sqlite://{}", db.display()));
         let w = World {
             sim,
             dir,
             config,
             db,
+            store,
             env,
             http: reqwest::Client::new(),
         };
@@ -127,10 +153,24 @@ impl World {
     }
 
     pub fn store_url(&self) -> String {
-        format!("sqlite://{}", self.db.display())
+        self.store.clone()
     }
 
-    /// A handle on the bot's store file (open it once the bot has created it).
+    /// Whether the store is PostgreSQL (shared by replicas: a restarted process keeps the
+    /// leases it finds, they may be a live replica's).
+    pub fn is_postgres(&self) -> bool {
+        !self.store.starts_with("sqlite:")
+    }
+
+    /// (Re)writes the config like [`World::write_config`], with `lines` (e.g.
+    /// `action_lease = "5s"`) added to its `[store]` table.
+    pub fn write_config_with_store_lines(&self, rules: &str, lines: &str) {
+        // `rules` follows the `[store]` table's `url`: keys before its first table header
+        // belong to `[store]`.
+        self.write_config(&format!("{lines}\n\n{rules}"), &self.sim.currents_url());
+    }
+
+    /// A handle on the bot's store (open it once the bot has created it).
     pub async fn store(&self) -> Store {
         Store::connect(&self.store_url()).await.unwrap()
     }

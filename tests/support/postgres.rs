@@ -12,6 +12,11 @@
 //!    tests never skip: CI (`CI=true`) and a developer without PostgreSQL both see them.
 //!
 //! Each [`fresh_database`] is a new `test_<uuid>` database on that server, never reused.
+//!
+//! The end-to-end harnesses (`tests/common/mod.rs`, `tests/support/child.rs`) run on
+//! SQLite by default; with `RUNWARDEN_TEST_STORE=postgres` ([`selected`]) every bot they
+//! start gets a fresh database here instead, so a whole test binary runs on PostgreSQL
+//! (`.ci/run` does that pass after `cargo test`).
 
 #![allow(dead_code)]
 
@@ -24,6 +29,34 @@ use sqlx::Connection as _;
 
 /// The variable naming an existing server.
 pub const URL_VAR: &str = "RUNWARDEN_TEST_POSTGRES_URL";
+
+/// The variable selecting the store of the end-to-end harnesses: `postgres`, or
+/// `sqlite` (the default, also when unset or empty).
+pub const STORE_VAR: &str = "RUNWARDEN_TEST_STORE";
+
+/// Whether the end-to-end harnesses run their bots on PostgreSQL
+/// (`RUNWARDEN_TEST_STORE=postgres`). Any value other than `postgres`, `sqlite` or empty
+/// panics, so that a typo cannot quietly run the suite on SQLite.
+pub fn selected() -> bool {
+    match std::env::var(STORE_VAR) {
+        Err(std::env::VarError::NotPresent) => false,
+        Err(e) => panic!("{STORE_VAR}: {e}"),
+        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "" | "sqlite" => false,
+            "postgres" | "postgresql" => true,
+            other => panic!("{STORE_VAR}={other:?}: expected `postgres` or `sqlite`"),
+        },
+    }
+}
+
+/// A fresh database when [`selected`], else `None` (the harness's SQLite file).
+pub async fn selected_database() -> Option<String> {
+    if selected() {
+        Some(fresh_database().await)
+    } else {
+        None
+    }
+}
 
 /// The server URL (without a database, or with the admin database), starting a throwaway
 /// cluster when needed. Panics with instructions when there is no way to get a server.

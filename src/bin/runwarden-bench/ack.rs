@@ -12,6 +12,9 @@
 //!
 //! Afterwards the store is opened read-only and the stored deliveries are counted: every
 //! 202 must be there.
+//!
+//! With `--postgres URL` the bot's store is a new database on that server instead (rows
+//! `*_pg`); the tmpfs diagnostic is SQLite's only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use runwarden::intake::webhooks::verify_github_signature;
 use runwarden::secret::Secret;
 
 use crate::Args;
-use crate::harness::{self, GITHUB_SECRET, InProcBot, InProcSim, PROJECT, REPO};
+use crate::harness::{self, BenchStore, GITHUB_SECRET, InProcBot, InProcSim, PROJECT, REPO};
 use crate::report::{Goal, Row};
 
 pub const CONCURRENCY: usize = 64;
@@ -149,14 +152,26 @@ async fn start_ceiling() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)
     Ok((format!("http://{addr}/webhooks/github"), task))
 }
 
-async fn stored_deliveries(db: &std::path::Path) -> anyhow::Result<i64> {
+const COUNT_STORED: &str = "SELECT COUNT(*) FROM deliveries WHERE source = 'github'";
+
+/// The GitHub deliveries in the bot's store, read through a connection of its own (the
+/// SQLite file opened read-only, or the PostgreSQL database).
+async fn stored_deliveries(bot: &InProcBot) -> anyhow::Result<i64> {
+    if let Some(db) = &bot.pg {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await?;
+        let n: i64 = sqlx::query_scalar(COUNT_STORED)
+            .fetch_one(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        return Ok(n);
+    }
+    let db = bot.dir.path().join("runwarden.db");
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(1)
         .connect(&format!("sqlite://{}?mode=ro", db.display()))
         .await?;
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE source = 'github'")
-        .fetch_one(&pool)
-        .await?;
+    let n: i64 = sqlx::query_scalar(COUNT_STORED).fetch_one(&pool).await?;
     pool.close().await;
     Ok(n)
 }
@@ -165,10 +180,10 @@ fn ms(v: f64) -> f64 {
     v * 1000.0
 }
 
-/// The bot's part: a fresh in-process bot with its store in `dir`, warmed up, then
+/// The bot's part: a fresh in-process bot with its store `store`, warmed up, then
 /// loaded for `window`. Returns the window's figures and (acked, stored) over both.
 async fn bot_blast(
-    dir: tempfile::TempDir,
+    store: BenchStore,
     body: &Bytes,
     sig: &str,
     warmup: Duration,
@@ -181,15 +196,15 @@ async fn bot_blast(
         repo: Some(REPO.into()),
         ..Default::default()
     })?;
-    let bot = InProcBot::start_in(&sim, &[PROJECT], RULES, 0, dir).await?;
+    let bot = InProcBot::start_on(&sim, &[PROJECT], RULES, 0, store).await?;
     let url = bot.url("/webhooks/github");
     let client = harness::http_client(CONCURRENCY);
     let warm = blast(&client, &url, body, sig, warmup, ids).await;
     let measured = blast(&client, &url, body, sig, window, ids).await;
-    let stored = stored_deliveries(&bot.dir.path().join("runwarden.db")).await?;
+    let stored = stored_deliveries(&bot).await;
     let acked = warm.accepted + measured.accepted;
     bot.shutdown().await;
-    Ok((measured, acked, stored))
+    Ok((measured, acked, stored?))
 }
 
 pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
@@ -217,16 +232,24 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         anyhow::bail!("the bare handler accepted nothing: {:?}", ceiling.statuses);
     }
 
-    // The bot, store on the disk of $TMPDIR (the figure).
+    // The bot, store on the disk of $TMPDIR (the figure), or on the PostgreSQL server.
     let disk_dir = harness::tempdir()?;
     let fsync_before = harness::fsync_probe(disk_dir.path(), if args.quick { 100 } else { 300 })?;
-    let (measured, acked, stored) = bot_blast(disk_dir, &body, &sig, warmup, window, &ids).await?;
+    let pg = args.postgres.as_deref();
+    let store = BenchStore::new(pg, disk_dir).await?;
+    let pg_settings = match &store {
+        BenchStore::Postgres(db) => Some(db.settings().await?),
+        BenchStore::Sqlite(_) => None,
+    };
+    let (measured, acked, stored) = bot_blast(store, &body, &sig, warmup, window, &ids).await?;
     let probe_base = harness::tempdir()?;
     let fsync_after = harness::fsync_probe(probe_base.path(), if args.quick { 100 } else { 300 })?;
-    // The same on tmpfs, and the disk's fsync latency: what limits the figure.
+    // The same on tmpfs (SQLite), and the disk's fsync latency: what limits the figure.
     let tmpfs = match harness::tmpfs_dir() {
-        Some(d) => Some(bot_blast(d, &body, &sig, warmup, window, &ids).await?),
-        None => None,
+        Some(d) if pg.is_none() => {
+            Some(bot_blast(BenchStore::Sqlite(d), &body, &sig, warmup, window, &ids).await?)
+        }
+        _ => None,
     };
 
     let per_s = measured.per_s();
@@ -307,6 +330,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
                 ms(harness::percentile(&t.latencies, 99.0))
             )),
         );
+    }
+    if let Some(settings) = pg_settings {
+        harness::mark_postgres(&mut rows, &settings);
     }
     Ok(rows)
 }

@@ -178,7 +178,13 @@ pub struct ConfigSpec<'a> {
 }
 
 impl ConfigSpec<'_> {
+    /// The config, with the SQLite store at `store_path`.
     pub fn text(&self) -> String {
+        self.text_with_store(&format!("sqlite://{}", self.store_path.display()))
+    }
+
+    /// The config with the store at `store_url` (`store_path` is ignored).
+    pub fn text_with_store(&self, store_url: &str) -> String {
         let projects: Vec<String> = self.projects.iter().map(|p| format!("\"{p}\"")).collect();
         let repos: Vec<String> = self
             .projects
@@ -191,7 +197,7 @@ impl ConfigSpec<'_> {
              request_timeout = \"10s\"\nmax_requests_per_second = {rps}\n\n\
              [github]\napi_url = \"{gh}\"\nrepos = {{ {repos} }}\n\n\
              [server]\nlisten = \"{listen}\"\n\n\
-             [store]\nurl = \"sqlite://{db}\"\n\n{rules}",
+             [store]\nurl = \"{store_url}\"\n\n{rules}",
             api = self.api_url,
             projects = projects.join(", "),
             poll = self.poll_interval,
@@ -199,7 +205,6 @@ impl ConfigSpec<'_> {
             gh = self.github_url,
             repos = repos.join(", "),
             listen = self.listen,
-            db = self.store_path.display(),
             rules = self.rules,
         )
     }
@@ -217,10 +222,102 @@ pub fn secrets() -> Secrets {
     }
 }
 
-/// A bot started in-process on `127.0.0.1:0`, with its store in a temp dir.
+/// A bot started in-process on `127.0.0.1:0`, with its store in a temp dir, or in a
+/// fresh PostgreSQL database ([`InProcBot::start_on`]).
 pub struct InProcBot {
     pub bot: Bot,
+    /// The SQLite store's directory (empty when the store is PostgreSQL).
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL database, dropped by [`InProcBot::shutdown`].
+    pub pg: Option<PgDatabase>,
+}
+
+/// Where an in-process bench bot keeps its store.
+pub enum BenchStore {
+    /// `runwarden.db` in this directory.
+    Sqlite(tempfile::TempDir),
+    /// A database created for this bot on the server of `--postgres`.
+    Postgres(PgDatabase),
+}
+
+impl BenchStore {
+    /// A SQLite file in `dir` when `postgres` is `None`, else a new database on that
+    /// server.
+    pub async fn new(postgres: Option<&str>, dir: tempfile::TempDir) -> anyhow::Result<Self> {
+        Ok(match postgres {
+            None => BenchStore::Sqlite(dir),
+            Some(server) => BenchStore::Postgres(PgDatabase::create(server).await?),
+        })
+    }
+}
+
+/// A database created on a PostgreSQL server for one bench bot, dropped afterwards.
+pub struct PgDatabase {
+    /// The server URL given with `--postgres` (its database is used to create and drop).
+    pub server: String,
+    pub name: String,
+    /// The server URL with this database.
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// `CREATE DATABASE runwarden_bench_<uuid>` on `server`; the bot's migrations create
+    /// its tables when it starts.
+    pub async fn create(server: &str) -> anyhow::Result<PgDatabase> {
+        use sqlx::Connection as _;
+        let name = format!("runwarden_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(server)
+            .await
+            .context("cannot connect to the --postgres server")?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("cannot create database {name} (--postgres)"))?;
+        let _ = conn.close().await;
+        let mut url = url::Url::parse(server).context("--postgres: not a URL")?;
+        url.set_path(&format!("/{name}"));
+        Ok(PgDatabase {
+            server: server.to_string(),
+            name,
+            url: url.to_string(),
+        })
+    }
+
+    /// `DROP DATABASE ... WITH (FORCE)` (PostgreSQL 13+).
+    pub async fn drop_database(&self) -> anyhow::Result<()> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&self.server).await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("cannot drop database {}", self.name))?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+
+    /// The server's durability settings and version, for the report.
+    pub async fn settings(&self) -> anyhow::Result<String> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        let mut out = Vec::new();
+        for name in [
+            "server_version",
+            "fsync",
+            "synchronous_commit",
+            "wal_sync_method",
+            "commit_delay",
+        ] {
+            let v: String = sqlx::query_scalar(&format!("SHOW {name}"))
+                .fetch_one(&mut conn)
+                .await?;
+            out.push(format!("{name}={v}"));
+        }
+        let _ = conn.close().await;
+        Ok(out.join(" "))
+    }
 }
 
 impl InProcBot {
@@ -243,6 +340,40 @@ impl InProcBot {
         max_rps: u32,
         dir: tempfile::TempDir,
     ) -> anyhow::Result<InProcBot> {
+        Self::start_on(sim, projects, rules, max_rps, BenchStore::Sqlite(dir)).await
+    }
+
+    /// [`InProcBot::start`] with the store `store`.
+    pub async fn start_on(
+        sim: &InProcSim,
+        projects: &[&str],
+        rules: &str,
+        max_rps: u32,
+        store: BenchStore,
+    ) -> anyhow::Result<InProcBot> {
+        let (dir, pg) = match store {
+            BenchStore::Sqlite(dir) => (dir, None),
+            BenchStore::Postgres(db) => (tempdir()?, Some(db)),
+        };
+        match Self::start_with(sim, projects, rules, max_rps, &dir, pg.as_ref()).await {
+            Ok(bot) => Ok(InProcBot { bot, dir, pg }),
+            Err(e) => {
+                if let Some(db) = &pg {
+                    let _ = db.drop_database().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_with(
+        sim: &InProcSim,
+        projects: &[&str],
+        rules: &str,
+        max_rps: u32,
+        dir: &tempfile::TempDir,
+        pg: Option<&PgDatabase>,
+    ) -> anyhow::Result<Bot> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let currents = sim.currents_url();
         let github = sim.github_url();
@@ -255,13 +386,15 @@ impl InProcBot {
             store_path: &dir.path().join("runwarden.db"),
             listen: "127.0.0.1:0",
             rules,
-        }
-        .text();
+        };
+        let text = match pg {
+            None => text.text(),
+            Some(db) => text.text_with_store(&db.url),
+        };
         let loaded = load_str(&text, "bench.toml", &[])
             .map_err(|e| anyhow::anyhow!("bench config: {e}\n{text}"))?;
         let ctx = build_context(loaded.config, secrets()).await?;
-        let bot = start(ctx, listener).await?;
-        Ok(InProcBot { bot, dir })
+        start(ctx, listener).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -286,8 +419,30 @@ impl InProcBot {
         }
     }
 
+    /// Stops the bot; drops its PostgreSQL database, if any.
     pub async fn shutdown(self) {
         self.bot.shutdown().await;
+        if let Some(db) = &self.pg
+            && let Err(e) = db.drop_database().await
+        {
+            eprintln!("   warning: {e:#}");
+        }
+    }
+}
+
+/// Marks the rows of a figure measured with `--postgres`: `_pg` appended to their names,
+/// "(PostgreSQL)" to their labels, the server's `settings` to the first row's note.
+pub fn mark_postgres(rows: &mut [crate::report::Row], settings: &str) {
+    for r in rows.iter_mut() {
+        r.name.push_str("_pg");
+        r.label.push_str(" (PostgreSQL)");
+    }
+    if let Some(first) = rows.first_mut() {
+        first.note = if first.note.is_empty() {
+            format!("store: PostgreSQL, {settings}")
+        } else {
+            format!("{}; store: PostgreSQL, {settings}", first.note)
+        };
     }
 }
 

@@ -17,6 +17,9 @@
 //! a Notify) reads it, lists the branch's in-progress runs, evaluates, records decision +
 //! action in one commit; the executor (woken by a Notify) claims the action (a commit)
 //! and sends the cancel. The first events are a warm-up and are not counted.
+//!
+//! With `--postgres URL` every pass's bot gets a new database on that server instead of a
+//! SQLite file (rows `*_pg`); the tmpfs diagnostic is SQLite's only.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,7 +27,7 @@ use std::time::{Duration, Instant};
 use runwarden::simulator::{NewProject, NewRun};
 
 use crate::Args;
-use crate::harness::{self, GITHUB_SECRET, InProcBot, InProcSim, PROJECT, REPO};
+use crate::harness::{self, BenchStore, GITHUB_SECRET, InProcBot, InProcSim, PROJECT, REPO};
 use crate::report::{Goal, Row};
 
 pub const RATE_PER_S: u64 = 200;
@@ -82,8 +85,14 @@ impl Pass {
     }
 }
 
-/// One pass: `rate` events/s for `window_s` seconds (after a warm-up), store in `dir`.
-async fn pass(rate: u64, window_s: u64, dir: tempfile::TempDir) -> anyhow::Result<Pass> {
+/// One pass: `rate` events/s for `window_s` seconds (after a warm-up), store in `dir`, or
+/// in a new database on the PostgreSQL server `pg`.
+async fn pass(
+    rate: u64,
+    window_s: u64,
+    dir: tempfile::TempDir,
+    pg: Option<&str>,
+) -> anyhow::Result<Pass> {
     let warmup = ((rate / 4) as usize).clamp(5, WARMUP);
     let n = warmup + (rate * window_s) as usize;
     let sim = InProcSim::start(true).await?;
@@ -110,7 +119,8 @@ async fn pass(rate: u64, window_s: u64, dir: tempfile::TempDir) -> anyhow::Resul
         .map(|(i, id)| (id.clone(), i))
         .collect();
     let fsync = harness::fsync_probe(dir.path(), 50)?;
-    let bot = InProcBot::start_in(&sim, &[PROJECT], RULES, 0, dir).await?;
+    let store = BenchStore::new(pg, dir).await?;
+    let bot = InProcBot::start_on(&sim, &[PROJECT], RULES, 0, store).await?;
     let url = bot.url("/webhooks/github");
     let client = harness::http_client(256);
 
@@ -256,7 +266,17 @@ async fn pass(rate: u64, window_s: u64, dir: tempfile::TempDir) -> anyhow::Resul
 pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     let window_s: u64 = if args.quick { 2 } else { 10 };
     let p = harness::percentile;
-    let main = pass(RATE_PER_S, window_s, harness::tempdir()?).await?;
+    let pg = args.postgres.as_deref();
+    let pg_settings = match pg {
+        Some(server) => {
+            let db = harness::PgDatabase::create(server).await?;
+            let settings = db.settings().await;
+            db.drop_database().await?;
+            Some(settings?)
+        }
+        None => None,
+    };
+    let main = pass(RATE_PER_S, window_s, harness::tempdir()?, pg).await?;
     let mut p99 = Row::target(
         "event_to_cancel_p99_ms",
         "event->cancel bot overhead p99 (200 ev/s)",
@@ -277,7 +297,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
     );
     let mut rows = vec![p50, p99];
     // Diagnostics: the same at a tenth of the rate (no queueing), and on tmpfs.
-    let slow = pass(RATE_PER_S / 10, window_s.max(3), harness::tempdir()?).await?;
+    let slow = pass(RATE_PER_S / 10, window_s.max(3), harness::tempdir()?, pg).await?;
     rows.push(
         Row::info(
             "event_to_cancel_p99_ms_20",
@@ -294,8 +314,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
             slow.detail()
         )),
     );
-    if let Some(dir) = harness::tmpfs_dir() {
-        let t = pass(RATE_PER_S, window_s, dir).await?;
+    if let Some(dir) = harness::tmpfs_dir().filter(|_| pg.is_none()) {
+        let t = pass(RATE_PER_S, window_s, dir, None).await?;
         rows.push(
             Row::info(
                 "event_to_cancel_p99_ms_tmpfs",
@@ -309,6 +329,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
                 t.detail()
             )),
         );
+    }
+    if let Some(settings) = pg_settings {
+        harness::mark_postgres(&mut rows, &settings);
     }
     Ok(rows)
 }

@@ -1,0 +1,5 @@
+//! cargo-fuzz target `webhook`: the body is `runwarden::fuzzing::webhook` (see there for the
+//! input format), which `tests/fuzz_regressions.rs` replays on stable.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| runwarden::fuzzing::webhook(data));
