@@ -393,14 +393,14 @@ async fn an_event_record_writes_its_runs_and_leases_its_new_due_actions_to_the_w
         })
         .await
         .unwrap();
-    assert_eq!(rec.decisions.len(), 4);
+    assert_eq!(rec.decisions.len(), 5);
     assert_eq!(
         rec.claimed
             .iter()
             .map(|a| a.run_id.as_str())
             .collect::<Vec<_>>(),
         ["run-new"],
-        "only the new action that is due now"
+        "only new actions that are due now, no more than the worker has room for"
     );
     let a = &rec.claimed[0];
     assert_eq!(a.state, ActionState::Running);

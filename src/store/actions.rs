@@ -575,7 +575,7 @@ impl Store {
         .bind(ms_after(now, lease))
         .bind(worker_id)
         .bind(limit(max))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         let mut actions = rows
             .into_iter()
@@ -650,7 +650,7 @@ impl Store {
         .bind(error)
         .bind(to_ms(next_attempt_at))
         .bind(to_ms(Utc::now()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         self.transitioned(id, done.rows_affected()).await
     }
@@ -669,7 +669,7 @@ impl Store {
         .bind(id)
         .bind(error)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         self.transitioned(id, done.rows_affected()).await
     }
@@ -685,7 +685,7 @@ impl Store {
         )
         .bind(id)
         .bind(to_ms(now))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         self.transitioned(id, done.rows_affected()).await
     }
@@ -700,7 +700,7 @@ impl Store {
         )
         .bind(worker_id)
         .bind(to_ms(Utc::now()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
     }
@@ -715,7 +715,7 @@ impl Store {
              WHERE state = 'running'",
         )
         .bind(to_ms(Utc::now()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
     }

@@ -142,7 +142,7 @@ impl Store {
         .bind(&comment.body_hash)
         .bind(&comment.sections_json)
         .bind(to_ms(Utc::now()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

@@ -263,7 +263,7 @@ impl Store {
         let w = &self.delivery_writer;
         let writer = w
             .queue
-            .get_or_init(|| spawn_delivery_writer(self.pool.clone(), w.stats.clone()));
+            .get_or_init(|| spawn_delivery_writer(self.writer.clone(), w.stats.clone()));
         let (reply, answer) = oneshot::channel();
         if writer.send(PendingDelivery { d, reply }).await.is_err() {
             return Err(sqlx::Error::PoolClosed.into());
@@ -330,7 +330,7 @@ impl Store {
 
     /// Marks a delivery processed with a short note ("2 decisions", "ignored: ping").
     pub async fn mark_processed(&self, id: i64, outcome_note: &str) -> StoreResult<()> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer.acquire().await?;
         Self::mark_processed_in(&mut conn, id, outcome_note).await
     }
 
@@ -350,7 +350,7 @@ impl Store {
         .bind(id)
         .bind(error)
         .bind(to_ms(retry_at))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("unprocessed delivery", id));
@@ -370,7 +370,7 @@ impl Store {
         .bind(error)
         .bind(to_ms(Utc::now()))
         .bind(DEAD_LETTER)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("delivery", id));
@@ -395,7 +395,7 @@ impl Store {
             "DELETE FROM deliveries WHERE processed_at IS NOT NULL AND processed_at < $1",
         )
         .bind(to_ms(before))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
     }

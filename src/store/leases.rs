@@ -34,7 +34,7 @@ impl Store {
         .bind(holder)
         .bind(to_ms(now))
         .bind(ms_after(now, ttl))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -44,7 +44,7 @@ impl Store {
         let done = sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
             .bind(name)
             .bind(holder)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() == 1)
     }

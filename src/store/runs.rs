@@ -80,7 +80,7 @@ impl Store {
     /// Inserts or updates a run. Returns `false` when the update was ignored: the stored
     /// observation is newer (`updated_at`), or the run was marked gone.
     pub async fn upsert_run(&self, run: &RunRecord) -> StoreResult<bool> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer.acquire().await?;
         Self::upsert_run_in(&mut conn, run).await
     }
 
@@ -189,7 +189,7 @@ impl Store {
     pub async fn mark_run_gone(&self, run_id: &str) -> StoreResult<bool> {
         let done = sqlx::query("UPDATE runs SET gone = 1 WHERE run_id = $1")
             .bind(run_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -198,7 +198,7 @@ impl Store {
     pub async fn delete_run(&self, run_id: &str) -> StoreResult<bool> {
         let done = sqlx::query("DELETE FROM runs WHERE run_id = $1")
             .bind(run_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -211,7 +211,7 @@ impl Store {
              WHERE updated_at < $1 AND (completion_state <> 'IN_PROGRESS' OR gone = 1)",
         )
         .bind(to_ms(before))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
     }

@@ -60,7 +60,7 @@ impl Store {
         .bind(rule)
         .bind(to_ms(slot_at))
         .bind(to_ms(now))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -106,7 +106,7 @@ impl Store {
         .bind(to_ms(slot_at))
         .bind(to_ms(Utc::now()))
         .bind(summary)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found(
