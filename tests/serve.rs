@@ -613,3 +613,59 @@ async fn polling_alone_reports_a_run_whose_webhooks_were_missed() {
     assert_eq!(app.sim.comments(Some(REPO), Some(9)).len(), 1);
     assert_eq!(app.sim.comments(Some(REPO), Some(9))[0].edits, 0);
 }
+
+/// Events that decide nothing (here pushes to branches without runs) are marked processed
+/// together, and an event that does decide, arriving among them, still acts once.
+#[tokio::test]
+async fn events_that_decide_nothing_are_processed_and_do_not_hold_back_the_others() {
+    let app = spawn_app(SUPERSEDE).await;
+    let old = app.sim.add_run(run("feat/busy", "aaa111", 5)).unwrap();
+    let push = |branch: &str, after: &str| {
+        json!({
+            "ref": format!("refs/heads/{branch}"), "before": "000000", "after": after,
+            "deleted": false, "repository": {"full_name": "acme/web"},
+            "head_commit": {"timestamp": chrono::Utc::now().to_rfc3339()}
+        })
+    };
+    let sends = (0..30).map(|i| {
+        let body = push(&format!("feat/idle-{i}"), "eee555");
+        let app = &app;
+        async move {
+            app.github_hook("push", &format!("quiet-{i}"), &body)
+                .await
+                .status()
+        }
+    });
+    let statuses = futures::future::join_all(sends).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    let busy = push("feat/busy", "fff666");
+    assert_eq!(app.github_hook("push", "busy", &busy).await.status(), 202);
+    let cancel = format!("PUT /v1/runs/{}/cancel", old.run_id);
+    app.wait_for("the cancel", 10, |a| a.mutations().contains(&cancel))
+        .await;
+    let store = &app.bot.ctx.store;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.count_unprocessed().await.unwrap() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events left unprocessed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for i in 0..30 {
+        let d = store
+            .find_delivery("github", &format!("quiet-{i}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.outcome.as_deref(), Some("0 decision(s)"), "quiet-{i}");
+        assert!(d.processed_at.is_some());
+    }
+    let d = store
+        .find_delivery("github", "busy")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.outcome.as_deref(), Some("1 decision(s)"));
+    assert_eq!(app.mutations(), vec![cancel]);
+}

@@ -381,6 +381,7 @@ async fn an_event_record_writes_its_runs_and_leases_its_new_due_actions_to_the_w
         .record_event(&runwarden::store::EventRecord {
             delivery_id: d.id,
             note: "5 decision(s)",
+            quiet: &[],
             decisions: &decisions,
             runs: &runs,
             now,
@@ -440,6 +441,7 @@ async fn an_event_record_writes_its_runs_and_leases_its_new_due_actions_to_the_w
         .record_event(&runwarden::store::EventRecord {
             delivery_id: d2.id,
             note: "1 decision(s)",
+            quiet: &[],
             decisions: &bad,
             runs: &runs2,
             now,
@@ -455,6 +457,7 @@ async fn an_event_record_writes_its_runs_and_leases_its_new_due_actions_to_the_w
         .record_event(&runwarden::store::EventRecord {
             delivery_id: d2.id,
             note: "1 decision(s)",
+            quiet: &[],
             decisions: &ok,
             runs: &runs2,
             now,

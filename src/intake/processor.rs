@@ -59,9 +59,16 @@ pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
             return Ok(handled);
         }
         let n = batch.len();
+        let mut quiet = Vec::new();
         for d in batch {
-            process_one(ctx, d).await;
+            process_one(ctx, d, &mut quiet).await;
             handled += 1;
+        }
+        if !quiet.is_empty() {
+            // Not marked: processed again, to the same no-op, next time.
+            if let Err(e) = ctx.store.mark_processed_many(&quiet, NOTHING_DONE).await {
+                tracing::warn!(events = quiet.len(), error = %e, "cannot mark events processed; they will be read again");
+            }
         }
         if (n as i64) < BATCH {
             return Ok(handled);
@@ -69,8 +76,14 @@ pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
     }
 }
 
-/// Processes one stored event, recording its outcome.
-pub async fn process_one(ctx: &AppContext, d: Delivery) {
+/// The outcome note of an event that decided nothing.
+const NOTHING_DONE: &str = "0 decision(s)";
+
+/// Processes one stored event, recording its outcome. An event that decided nothing and
+/// read no run (most GitHub events, for instance) changes nothing but its own processed
+/// mark: its id joins `quiet`, to be marked with the next event's record or at the end of
+/// the batch, one commit for many.
+pub async fn process_one(ctx: &AppContext, d: Delivery, quiet: &mut Vec<i64>) {
     let now = Utc::now();
     let mut seen = Observed::default();
     let result = decide_event(ctx, &d, now, &mut seen).await;
@@ -78,10 +91,18 @@ pub async fn process_one(ctx: &AppContext, d: Delivery) {
     let outcome = match result {
         Ok(decisions) => {
             let n = decisions.len();
+            let runs = seen.into_records();
+            if n == 0 && runs.is_empty() {
+                quiet.push(d.id);
+                ctx.metrics.inc(
+                    "runwarden_events_processed_total",
+                    &[("source", &source), ("result", "ok")],
+                );
+                return;
+            }
             // The decisions are moved into their records (a sweep may decide thousands).
             let new = to_new_decisions(decisions, &d, now);
             let note = format!("{n} decision(s)");
-            let runs = seen.into_records();
             // New actions that are due go straight to this process's executor, as many
             // as it has free slots: leased in the same transaction, no separate claim.
             let claim_for = ctx.handoff.free_slots().map(|max| crate::store::Claim {
@@ -92,6 +113,7 @@ pub async fn process_one(ctx: &AppContext, d: Delivery) {
             let record = crate::store::EventRecord {
                 delivery_id: d.id,
                 note: &note,
+                quiet: quiet.as_slice(),
                 decisions: &new,
                 runs: &runs,
                 now,
@@ -102,6 +124,7 @@ pub async fn process_one(ctx: &AppContext, d: Delivery) {
                     decisions: recorded,
                     claimed,
                 }) => {
+                    quiet.clear();
                     for (dec, rec) in new.into_iter().zip(recorded.iter()) {
                         if !rec.new_decision {
                             continue;

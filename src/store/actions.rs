@@ -250,6 +250,9 @@ pub struct EventRecord<'a> {
     pub delivery_id: i64,
     /// Its outcome note ("2 decision(s)").
     pub note: &'a str,
+    /// Earlier events that decided nothing, marked processed with this one ("0
+    /// decision(s)"), see [`Store::mark_processed_many`].
+    pub quiet: &'a [i64],
     pub decisions: &'a [NewDecision],
     /// The runs read while deciding, to remember.
     pub runs: &'a [super::RunRecord],
@@ -501,6 +504,7 @@ impl Store {
             .record_event(&EventRecord {
                 delivery_id,
                 note: outcome_note,
+                quiet: &[],
                 decisions,
                 runs: &[],
                 now: Utc::now(),
@@ -524,6 +528,7 @@ impl Store {
         }
         let decisions = record_in(&mut tx, e.decisions).await?;
         Store::mark_processed_in(&mut tx, e.delivery_id, e.note).await?;
+        Store::mark_many_in(&mut tx, e.quiet, "0 decision(s)").await?;
         let mut claimed = Vec::new();
         if let Some(c) = e.claim_for {
             let new: Vec<i64> = decisions

@@ -400,6 +400,35 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Marks several deliveries processed with the same note, in one statement (events
+    /// that decided nothing). Unknown ids are ignored.
+    pub async fn mark_processed_many(&self, ids: &[i64], outcome_note: &str) -> StoreResult<()> {
+        let mut conn = self.writer.acquire().await?;
+        Self::mark_many_in(&mut conn, ids, outcome_note).await
+    }
+
+    /// [`Store::mark_processed_many`] on an open transaction.
+    pub(super) async fn mark_many_in(
+        conn: &mut sqlx::AnyConnection,
+        ids: &[i64],
+        outcome_note: &str,
+    ) -> StoreResult<()> {
+        for chunk in ids.chunks(500) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "UPDATE deliveries SET processed_at = $1, outcome = $2 \
+                 WHERE processed_at IS NULL AND id IN ({})",
+                list.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(to_ms(Utc::now())).bind(outcome_note);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
     /// Marks delivery `id` processed on an open transaction.
     pub(super) async fn mark_processed_in(
         conn: &mut sqlx::AnyConnection,
