@@ -236,19 +236,25 @@ fn is_in_memory(url: &str) -> bool {
     url.starts_with("sqlite::memory:") || url.contains("mode=memory")
 }
 
-/// Frames (pages) in the WAL past which the checkpointer forces the log back to its start
-/// (16 MiB of 4 KiB pages); also the size the WAL file is truncated to when it restarts.
+/// Frames (pages) in the WAL past which the checkpointer tries to start the log over
+/// whenever no reader is using it (16 MiB of 4 KiB pages); also the size the WAL file is
+/// truncated to when it restarts.
 pub const WAL_RESTART_FRAMES: i64 = 4096;
+
+/// Frames past which it waits for the readers to let it (twice [`WAL_RESTART_FRAMES`]).
+pub const WAL_FORCE_RESTART_FRAMES: i64 = 2 * WAL_RESTART_FRAMES;
 
 /// WAL checkpoints of a SQLite file, in the background: the connections have automatic
 /// checkpoints off, so that no commit (an acknowledgement, a decision) waits for one.
 ///
 /// Every [`CHECKPOINT_INTERVAL`] a passive checkpoint copies what it can back into the
 /// database file without blocking anyone. A passive checkpoint cannot restart the log
-/// while readers keep using it, which under steady traffic is most of the time, so the
-/// WAL would keep growing; once it holds [`WAL_RESTART_FRAMES`] a `RESTART` checkpoint on
-/// the writer connection waits for the readers of the moment (new writes wait for it) and
-/// starts the log over; `journal_size_limit` then gives the space back. The task ends once
+/// while readers keep using it, which under steady traffic can be most of the time, so
+/// the WAL would keep growing. Once it holds [`WAL_RESTART_FRAMES`], a `RESTART`
+/// checkpoint on the writer connection starts the log over at the first tick when no
+/// reader is using it (it gives up at once otherwise); past
+/// [`WAL_FORCE_RESTART_FRAMES`] it waits for the readers of the moment (new writes wait
+/// for it). `journal_size_limit` then gives the space back. The task ends once
 /// every handle on the store is gone (or the pool is closed); SQLite checkpoints the rest
 /// when the last connection closes.
 fn spawn_checkpointer(store: &Store) {
@@ -275,14 +281,38 @@ fn spawn_checkpointer(store: &Store) {
                 }
             };
             if log >= WAL_RESTART_FRAMES
-                && let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-                    .execute(&writer)
-                    .await
+                && let Err(e) = restart_wal(&writer, log >= WAL_FORCE_RESTART_FRAMES).await
             {
                 tracing::debug!(error = %e, frames = log, "WAL restart postponed");
             }
         }
     });
+}
+
+/// A `RESTART` checkpoint on the writer connection; unless `wait`, without waiting for
+/// readers (busy timeout 0 for the one statement): it then succeeds only when no reader
+/// is using the log.
+async fn restart_wal(writer: &AnyPool, wait: bool) -> Result<(), sqlx::Error> {
+    let mut conn = writer.acquire().await?;
+    if wait {
+        sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+            .execute(&mut *conn)
+            .await?;
+        return Ok(());
+    }
+    let busy_ms: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&mut *conn)
+        .await?;
+    sqlx::query("PRAGMA busy_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    let result = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+        .execute(&mut *conn)
+        .await;
+    sqlx::query(&format!("PRAGMA busy_timeout = {busy_ms}"))
+        .execute(&mut *conn)
+        .await?;
+    result.map(drop)
 }
 
 /// The pools of a SQLite URL, for reads and for writes (see [`Store`]): WAL (checkpointed
@@ -551,7 +581,7 @@ mod tests {
             r.await.unwrap();
         }
         let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        let limit = (WAL_RESTART_FRAMES * 4096 * 2) as u64;
+        let limit = (WAL_FORCE_RESTART_FRAMES * 4096 * 3 / 2) as u64;
         assert!(
             wal_len < limit,
             "WAL is {wal_len} bytes after 60 MiB of writes under steady reads: not restarted"
