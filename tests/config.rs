@@ -306,3 +306,22 @@ fn secrets_never_reach_config_errors() {
     let e = load_str(BASE, "rules.toml", &env).unwrap_err().to_string();
     assert!(!e.contains("sim-key"));
 }
+
+#[test]
+fn keep_events_defaults_to_two_weeks_and_0s_keeps_everything() {
+    let two_weeks = std::time::Duration::from_secs(14 * 24 * 3600);
+    let c = load_str(BASE, "rules.toml", &[]).unwrap().config;
+    assert_eq!(c.store.keep_events, Some(two_weeks));
+    let text = format!("{BASE}[store]\nkeep_events = \"30d\"\n");
+    let c = load_str(&text, "rules.toml", &[]).unwrap().config;
+    assert_eq!(
+        c.store.keep_events,
+        Some(std::time::Duration::from_secs(30 * 24 * 3600))
+    );
+    let text = format!("{BASE}[store]\nkeep_events = \"0s\"\n");
+    let c = load_str(&text, "rules.toml", &[]).unwrap().config;
+    assert_eq!(c.store.keep_events, None);
+    let e = err(&format!("{BASE}[store]\nkeep_events = \"a fortnight\"\n"));
+    assert!(e.starts_with("rules.toml:4:"), "{e}");
+    assert!(e.contains("keep_events"), "{e}");
+}

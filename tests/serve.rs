@@ -669,3 +669,108 @@ async fn events_that_decide_nothing_are_processed_and_do_not_hold_back_the_other
     assert_eq!(d.outcome.as_deref(), Some("1 decision(s)"));
     assert_eq!(app.mutations(), vec![cancel]);
 }
+
+/// `[store] keep_events` (default 14 days): at start (and hourly) the bot forgets events
+/// processed long ago and runs last seen finished long ago; it keeps recent ones, events
+/// still to process and runs in progress.
+#[tokio::test]
+async fn the_store_forgets_old_events_and_finished_runs_and_keeps_the_rest() {
+    use runwarden::store::{NewDelivery, RunRecord, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let now = chrono::Utc::now();
+    let days = |n: i64| now - chrono::Duration::days(n);
+    {
+        let store = Store::connect(&url).await.unwrap();
+        for (id, age) in [("old", 20), ("recent", 1), ("old-pending", 20)] {
+            store
+                .insert_delivery(NewDelivery {
+                    source: "currents".into(),
+                    delivery_id: id.into(),
+                    event: "RUN_FINISH".into(),
+                    payload: "{}".into(),
+                    received_at: days(age),
+                })
+                .await
+                .unwrap();
+        }
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        for (id, age) in [("old", 20), ("recent", 1)] {
+            sqlx::query(
+                "UPDATE deliveries SET processed_at = ?, outcome = 'ok' WHERE delivery_id = ?",
+            )
+            .bind(days(age).timestamp_millis())
+            .bind(id)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        for (id, state, age) in [
+            ("run-old-done", "PASSED", 20),
+            ("run-old-running", "IN_PROGRESS", 20),
+            ("run-recent-done", "PASSED", 1),
+        ] {
+            let (completion, status) = if state == "IN_PROGRESS" {
+                ("IN_PROGRESS", "RUNNING")
+            } else {
+                ("COMPLETE", state)
+            };
+            store
+                .upsert_run(&RunRecord {
+                    run_id: id.into(),
+                    project_id: PROJECT.into(),
+                    branch: Some("main".into()),
+                    sha: Some("abc".into()),
+                    created_at: days(age),
+                    completion_state: completion.into(),
+                    status: status.into(),
+                    json: format!(r#"{{"runId":"{id}"}}"#),
+                    completed_specs: 0,
+                    progress_changed_at: days(age),
+                    duration_ms: None,
+                    updated_at: days(age),
+                })
+                .await
+                .unwrap();
+        }
+        store.close().await;
+    }
+    let app = spawn_app_with(AppOptions {
+        rules: SUPERSEDE.into(),
+        store_url: Some(url),
+        ..AppOptions::default()
+    })
+    .await;
+    let store = &app.bot.ctx.store;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store
+        .find_delivery("currents", "old")
+        .await
+        .unwrap()
+        .is_some()
+        || store.get_run("run-old-done").await.unwrap().is_some()
+    {
+        assert!(std::time::Instant::now() < deadline, "nothing pruned");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for id in ["recent", "old-pending"] {
+        assert!(
+            store.find_delivery("currents", id).await.unwrap().is_some(),
+            "{id}"
+        );
+    }
+    for id in ["run-old-running", "run-recent-done"] {
+        assert!(store.get_run(id).await.unwrap().is_some(), "{id}");
+    }
+    let metrics = &app.bot.ctx.metrics;
+    assert_eq!(
+        metrics.get("runwarden_store_pruned_total", &[("table", "events")]),
+        1
+    );
+    assert_eq!(
+        metrics.get("runwarden_store_pruned_total", &[("table", "runs")]),
+        1
+    );
+}

@@ -179,6 +179,73 @@ async fn executor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// How often `serve` prunes the store (`[store] keep_events`); also once at start.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// What one [`prune_store`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pruned {
+    pub events: u64,
+    pub runs: u64,
+}
+
+/// Forgets what `[store] keep_events` no longer keeps at `now`: events processed before
+/// `now - keep_events` (a redelivery of one older than that is no longer recognised as a
+/// duplicate) and runs last seen finished (or gone) before then. Events still to be
+/// processed, in-progress runs and the audit log (decisions, actions) are kept.
+pub async fn prune_store(
+    ctx: &AppContext,
+    now: chrono::DateTime<chrono::Utc>,
+) -> crate::store::StoreResult<Pruned> {
+    let Some(keep) = ctx.config.store.keep_events else {
+        return Ok(Pruned::default());
+    };
+    let before = chrono::Duration::from_std(keep)
+        .ok()
+        .and_then(|k| now.checked_sub_signed(k))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    let events = ctx.store.prune_deliveries(before).await?;
+    let runs = ctx.store.prune_runs(before).await?;
+    Ok(Pruned { events, runs })
+}
+
+async fn prune_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
+    if ctx.config.store.keep_events.is_none() {
+        return;
+    }
+    loop {
+        match prune_store(&ctx, chrono::Utc::now()).await {
+            Ok(Pruned { events: 0, runs: 0 }) => {}
+            Ok(p) => {
+                tracing::info!(
+                    events = p.events,
+                    runs = p.runs,
+                    "pruned the store ([store] keep_events)"
+                );
+                ctx.metrics.add(
+                    "runwarden_store_pruned_total",
+                    metrics_labels("events"),
+                    p.events,
+                );
+                ctx.metrics.add(
+                    "runwarden_store_pruned_total",
+                    metrics_labels("runs"),
+                    p.runs,
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot prune the store; will try again"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+fn metrics_labels(table: &str) -> String {
+    crate::server::metrics::labels(&[("table", table)])
+}
+
 /// Starts every part of the bot on `listener`.
 pub async fn start(ctx: Arc<AppContext>, listener: tokio::net::TcpListener) -> anyhow::Result<Bot> {
     let addr = listener.local_addr()?;
@@ -230,6 +297,7 @@ pub async fn start(ctx: Arc<AppContext>, listener: tokio::net::TcpListener) -> a
         "schedules",
         tokio::spawn(crate::intake::schedules::run(ctx.clone(), rx.clone())),
     ));
+    tasks.push(("prune", tokio::spawn(prune_loop(ctx.clone(), rx.clone()))));
     ctx.ready.store(true, Ordering::SeqCst);
     Ok(Bot {
         ctx,

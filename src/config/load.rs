@@ -382,6 +382,14 @@ fn compile(
                 }
             })
             .map_err(|m| sec_err("store", "action_lease", m))?,
+        keep_events: match raw.store.keep_events.as_deref() {
+            None => Some(super::DEFAULT_KEEP_EVENTS),
+            Some(text) => {
+                let d = parse_duration(text).map_err(|m| sec_err("store", "keep_events", m))?;
+                // "0s": keep everything.
+                (!d.is_zero()).then_some(d)
+            }
+        },
     };
     if !(store.url.starts_with("sqlite:")
         || store.url.starts_with("postgres://")

@@ -66,7 +66,13 @@ pub struct StoreConfig {
     /// How long a claimed action stays with a process that stopped answering before
     /// another replica (or the restarted process, on PostgreSQL) takes it over.
     pub action_lease: Duration,
+    /// How long processed events and finished runs are kept in the store (`None`: for
+    /// ever). Decisions and actions, the audit log, are kept regardless.
+    pub keep_events: Option<Duration>,
 }
+
+/// Default of `[store] keep_events`: two weeks.
+pub const DEFAULT_KEEP_EVENTS: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// The URL's password (a `postgres://` URL may carry one) is not shown.
 impl std::fmt::Debug for StoreConfig {
@@ -81,6 +87,7 @@ impl std::fmt::Debug for StoreConfig {
         f.debug_struct("StoreConfig")
             .field("url", &url)
             .field("action_lease", &self.action_lease)
+            .field("keep_events", &self.keep_events)
             .finish()
     }
 }

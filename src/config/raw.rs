@@ -55,6 +55,7 @@ pub struct RawServer {
 pub struct RawStore {
     pub url: Option<String>,
     pub action_lease: Option<String>,
+    pub keep_events: Option<String>,
 }
 
 /// `[rules.match]`.

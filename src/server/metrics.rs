@@ -57,6 +57,10 @@ const HELP: &[(&str, &str)] = &[
         "New actions leased to this process's executor in the transaction that recorded them (no separate claim).",
     ),
     (
+        "runwarden_store_pruned_total",
+        "Rows the store forgot under [store] keep_events, by table (events, runs).",
+    ),
+    (
         "runwarden_api_requests_total",
         "Requests to external APIs, by api, operation and status.",
     ),
