@@ -228,6 +228,12 @@ impl Store {
     }
 }
 
+/// Page cache of each SQLite connection, KiB (SQLite's default is 2 MiB). The database
+/// file is in the OS page cache anyway; a smaller cache per connection keeps the bot's
+/// footprint flat however many pages one large transaction (a retention sweep's
+/// decisions) touches.
+pub const SQLITE_CACHE_KIB: u32 = 512;
+
 /// How often the checkpointer of a SQLite file folds the WAL back into the database.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -356,6 +362,9 @@ async fn connect_sqlite(url: &str, options: &StoreOptions) -> anyhow::Result<(An
                     .execute(&mut *conn)
                     .await?;
                 sqlx::query("PRAGMA foreign_keys = ON")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query(&format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}"))
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -515,6 +524,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(auto, 0, "checkpoints run in the background");
+        let cache: i64 = sqlx::query_scalar("PRAGMA cache_size")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(cache, -i64::from(SQLITE_CACHE_KIB));
     }
 
     #[tokio::test]
