@@ -199,6 +199,34 @@ async fn sweep_exits_1_when_the_retention_circuit_breaker_trips() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("circuit breaker"), "{}", text(&out));
     assert!(env.sim.mutation_log().is_empty(), "nothing deleted");
+    // The audit records the breach as a live rule that did nothing: `skipped`, not a dry
+    // run; nothing is left queued.
+    let (audit, env) = tokio::task::spawn_blocking(move || {
+        (
+            env.run(&["audit", "--format", "json", "--since", "1h"]),
+            env,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(audit.status.code(), Some(0), "{}", text(&audit));
+    let entries: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let entries = entries.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    assert_eq!(entries[0]["outcome"], "skipped", "{entries:#?}");
+    assert!(
+        entries[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("circuit breaker: this sweep would delete 3 runs > max_deletions 2"),
+        "{entries:#?}"
+    );
+    // A second sweep trips again and still deletes nothing.
+    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(env.sim.mutation_log().is_empty(), "nothing deleted");
 }
 
 #[tokio::test(flavor = "multi_thread")]

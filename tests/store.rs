@@ -149,6 +149,7 @@ fn decision(rule: &str, kind: &str, action: &str, run: &str, at: DateTime<Utc>) 
         not_before: None,
         action_key: format!("{action}:{run}"),
         payload: None,
+        skip: None,
     }
 }
 

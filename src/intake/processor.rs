@@ -76,6 +76,10 @@ pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
     }
 }
 
+/// The "run id" of the record a retention sweep stopped by its circuit breaker leaves in
+/// the audit (followed by the schedule slot's delivery id); its outcome is `skipped`.
+pub const BREAKER_PREFIX: &str = "breaker-";
+
 /// The outcome note of an event that decided nothing.
 const NOTHING_DONE: &str = "0 decision(s)";
 
@@ -229,7 +233,13 @@ fn to_new_decisions(
                     Some(serde_json::json!({ "received_at": d.received_at.timestamp_millis() }).to_string()),
                 ),
             };
+            // A circuit breaker's record: nothing to carry out.
+            let skip = dec
+                .run_id
+                .starts_with(BREAKER_PREFIX)
+                .then(|| dec.reason.clone());
             NewDecision {
+                skip,
                 at: now,
                 rule: dec.rule,
                 kind: dec.kind.to_string(),
@@ -701,7 +711,7 @@ async fn schedule_event(
                     rule: b.rule.clone(),
                     kind: "retention",
                     action: rules::Action::Delete,
-                    run_id: format!("breaker-{}", d.delivery_id),
+                    run_id: format!("{BREAKER_PREFIX}{}", d.delivery_id),
                     project_id: String::new(),
                     branch: None,
                     sha: None,
@@ -709,7 +719,9 @@ async fn schedule_event(
                         "circuit breaker: this sweep would delete {} runs > max_deletions {}; deleted none",
                         b.would_delete, b.max
                     ),
-                    dry_run: true,
+                    // Recorded with outcome `skipped` (see `to_new_decisions`), not as a
+                    // dry run: the rule was live, and stopped.
+                    dry_run: false,
                     not_before: None,
                 });
             }

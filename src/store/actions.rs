@@ -241,6 +241,9 @@ pub struct NewDecision {
     /// Data for the executor, e.g. the event JSON for `summarize`. The first decision's
     /// payload is kept.
     pub payload: Option<String>,
+    /// Record only, outcome `skipped`: the action is created finished, with this detail,
+    /// and never carried out (a retention sweep stopped by its circuit breaker).
+    pub skip: Option<String>,
 }
 
 /// What [`Store::record_event`] writes for one processed event.
@@ -1044,10 +1047,15 @@ async fn upsert_action(
     d: &NewDecision,
     now: i64,
 ) -> StoreResult<(i64, bool)> {
+    let (state, finished_at) = match d.skip {
+        Some(_) => (ActionState::Skipped, Some(now)),
+        None => (ActionState::Pending, None),
+    };
     let inserted: Option<i64> = sqlx::query_scalar(
         "INSERT INTO actions (action_key, action, rule, kind, run_id, project_id, branch, sha, \
-             payload, state, not_before, next_attempt_at, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11, $12, $12) \
+             payload, state, not_before, next_attempt_at, created_at, updated_at, detail, \
+             finished_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $13, $10, $11, $12, $12, $14, $15) \
          ON CONFLICT (action_key) DO NOTHING \
          RETURNING id",
     )
@@ -1063,6 +1071,9 @@ async fn upsert_action(
     .bind(d.not_before.map(to_ms))
     .bind(to_ms(d.at))
     .bind(now)
+    .bind(state.as_str())
+    .bind(&d.skip)
+    .bind(finished_at)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(id) = inserted {
