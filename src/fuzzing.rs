@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::config::{Config, load_str};
+use crate::currents::client::Envelope;
 use crate::currents::{
     CancelResult, CurrentsWebhookPayload, DeleteResult, Instance, Project, Run, Webhook,
     run_id_from_url,
@@ -270,24 +270,6 @@ fn evaluate_all(config: &Config, runs: &[Run]) {
     for trigger in &triggers {
         let _ = evaluate(config, trigger, &view, now());
     }
-}
-
-/// The API envelope (`{"status","data","has_more","error"}`), as the client reads it.
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct Envelope<T> {
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default = "none")]
-    data: Option<T>,
-    #[serde(default)]
-    has_more: Option<bool>,
-    #[serde(default)]
-    error: Option<serde_json::Value>,
-}
-
-fn none<T>() -> Option<T> {
-    None
 }
 
 /// Currents response models. Input: a JSON document, read as each model, bare and in

@@ -242,12 +242,14 @@ enum Attempt {
     },
 }
 
+/// The API envelope (`{"status","data","has_more","error"}`) every answer is read from
+/// (also by the fuzz target of the models, `crate::fuzzing::models`).
 #[derive(Deserialize)]
-struct Envelope<T> {
+pub(crate) struct Envelope<T> {
     #[serde(default)]
     status: Option<String>,
     #[serde(default = "none")]
-    data: Option<T>,
+    pub(crate) data: Option<T>,
     #[serde(default)]
     has_more: Option<bool>,
     #[serde(default)]

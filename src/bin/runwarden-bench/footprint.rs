@@ -9,13 +9,10 @@
 //! After a few idle seconds `VmRSS` and `VmHWM` are read from `/proc/<pid>/status`; then
 //! the process gets SIGTERM.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Args;
-use crate::harness::{
-    self, ADMIN_TOKEN, API_KEY, CURRENTS_SECRET, ChildProc, ConfigSpec, GITHUB_SECRET, SimChild,
-};
+use crate::harness::{self, ChildProc, ConfigSpec, SimChild};
 use crate::report::{Goal, Row};
 
 /// Target: idle RSS, MiB.
@@ -92,20 +89,7 @@ async fn start_once(
     let config = dir.join(format!("serve-{tag}.toml"));
     std::fs::write(&config, text)?;
     let log = std::fs::File::create(dir.join(format!("serve-{tag}.log")))?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .env_clear()
-        .env("CURRENTS_API_KEY", API_KEY)
-        .env("GITHUB_TOKEN", "gh-token")
-        .env("RUNWARDEN_GITHUB_WEBHOOK_SECRET", GITHUB_SECRET)
-        .env("RUNWARDEN_CURRENTS_WEBHOOK_SECRET", CURRENTS_SECRET)
-        .env("RUNWARDEN_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    let mut cmd = harness::serve_command(bin, &config, log, "info")?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_millis(500))
         .no_proxy()

@@ -684,3 +684,28 @@ pub async fn loopback_listener() -> anyhow::Result<(tokio::net::TcpListener, Soc
     let a = l.local_addr()?;
     Ok((l, a))
 }
+
+/// `runwarden --config CONFIG serve` with the bench's secrets and nothing else from the
+/// environment, `RUST_LOG=rust_log`, stdout and stderr to `log`.
+pub fn serve_command(
+    bin: &std::path::Path,
+    config: &std::path::Path,
+    log: std::fs::File,
+    rust_log: &str,
+) -> std::io::Result<std::process::Command> {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("--config")
+        .arg(config)
+        .arg("serve")
+        .env_clear()
+        .env("CURRENTS_API_KEY", API_KEY)
+        .env("GITHUB_TOKEN", "gh-token")
+        .env("RUNWARDEN_GITHUB_WEBHOOK_SECRET", GITHUB_SECRET)
+        .env("RUNWARDEN_CURRENTS_WEBHOOK_SECRET", CURRENTS_SECRET)
+        .env("RUNWARDEN_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", rust_log)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    Ok(cmd)
+}

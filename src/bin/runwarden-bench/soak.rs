@@ -32,7 +32,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -45,8 +44,7 @@ use tokio::sync::Mutex;
 
 use crate::Args;
 use crate::harness::{
-    self, ADMIN_TOKEN, API_KEY, CURRENTS_SECRET, ChildProc, ConfigSpec, GITHUB_SECRET, InProcSim,
-    PROJECT, REPO,
+    self, CURRENTS_SECRET, ChildProc, ConfigSpec, GITHUB_SECRET, InProcSim, PROJECT, REPO,
 };
 use crate::report::{Goal, Row};
 
@@ -323,21 +321,7 @@ fn spawn_bot(bin: &Path, dir: &Path, sim: &InProcSim) -> anyhow::Result<(ChildPr
     let config = dir.join("soak.toml");
     std::fs::write(&config, text)?;
     let log = std::fs::File::create(dir.join("serve.log"))?;
-    let child = Command::new(bin)
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .env_clear()
-        .env("CURRENTS_API_KEY", API_KEY)
-        .env("GITHUB_TOKEN", "gh-token")
-        .env("RUNWARDEN_GITHUB_WEBHOOK_SECRET", GITHUB_SECRET)
-        .env("RUNWARDEN_CURRENTS_WEBHOOK_SECRET", CURRENTS_SECRET)
-        .env("RUNWARDEN_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
+    let child = harness::serve_command(bin, &config, log, "warn")?.spawn()?;
     Ok((ChildProc { child }, format!("http://{listen}")))
 }
 
