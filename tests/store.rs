@@ -102,6 +102,7 @@ both!(
     fifty_concurrent_copies_of_a_delivery_store_one,
     concurrent_deliveries_share_commits_and_each_key_is_stored_once,
     an_event_record_writes_its_runs_and_leases_its_new_due_actions_to_the_worker,
+    event_records_in_one_commit_are_all_or_nothing_and_lease_within_one_cap,
     unprocessed_deliveries_come_oldest_first_within_the_limit,
     decisions_and_the_processed_mark_commit_together,
     two_rules_deciding_the_same_cancel_make_one_action_and_two_decisions,
@@ -469,6 +470,106 @@ async fn an_event_record_writes_its_runs_and_leases_its_new_due_actions_to_the_w
     assert!(rec.claimed.is_empty());
     assert!(rec.decisions[0].new_action);
     assert!(s.get_run("run-x").await.unwrap().is_some());
+}
+
+/// `record_events`: several events' records in one transaction. A bad one (here an
+/// unknown delivery) writes nothing of any; the worker's cap on leased actions holds over
+/// the whole group, the first events' actions first.
+async fn event_records_in_one_commit_are_all_or_nothing_and_lease_within_one_cap(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    for (i, key) in ["g-1", "g-2", "g-3"].iter().enumerate() {
+        s.insert_delivery(delivery("github", key, "{}", t(i as i64)))
+            .await
+            .unwrap();
+    }
+    let ds = s.next_unprocessed(t(10), 3).await.unwrap();
+    assert_eq!(ds.len(), 3);
+    let now = t(11);
+    let per_event: Vec<[runwarden::store::NewDecision; 2]> = (0..3)
+        .map(|i| {
+            [
+                decision("r1", "supersede", "cancel", &format!("run-{i}a"), now),
+                decision("r1", "supersede", "cancel", &format!("run-{i}b"), now),
+            ]
+        })
+        .collect();
+    let runs: Vec<[runwarden::store::RunRecord; 1]> = (0..3)
+        .map(|i| {
+            [run_record(
+                &format!("run-{i}a"),
+                "IN_PROGRESS",
+                "RUNNING",
+                1,
+                2,
+            )]
+        })
+        .collect();
+    let claim = Some(runwarden::store::Claim {
+        worker_id: "worker-a",
+        lease: Duration::from_secs(600),
+        max: 3,
+    });
+    let record = |i: usize, delivery_id: i64| runwarden::store::EventRecord {
+        delivery_id,
+        note: "2 decision(s)",
+        quiet: &[],
+        decisions: &per_event[i],
+        runs: &runs[i],
+        now,
+        claim_for: claim,
+    };
+    // The third names a delivery that does not exist: nothing of the group is written.
+    let err = s
+        .record_events(&[
+            record(0, ds[0].id),
+            record(1, ds[1].id),
+            record(2, i64::MAX),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    assert_eq!(s.count_unprocessed().await.unwrap(), 3);
+    assert!(s.get_run("run-0a").await.unwrap().is_none());
+    assert!(
+        s.claim_due_actions(t(12), 100, Duration::from_secs(1), "probe")
+            .await
+            .unwrap()
+            .is_empty(),
+        "no action of the failed group exists"
+    );
+    // All three together: one result per event, in order; 3 leased over the 6 actions.
+    let done = s
+        .record_events(&[
+            record(0, ds[0].id),
+            record(1, ds[1].id),
+            record(2, ds[2].id),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 3);
+    assert!(done.iter().all(|r| r.decisions.len() == 2));
+    let leased: Vec<Vec<&str>> = done
+        .iter()
+        .map(|r| r.claimed.iter().map(|a| a.run_id.as_str()).collect())
+        .collect();
+    assert_eq!(
+        leased,
+        vec![vec!["run-0a", "run-0b"], vec!["run-1a"], vec![]],
+        "at most the worker's 3 free slots over the group, the first events first"
+    );
+    assert_eq!(s.count_unprocessed().await.unwrap(), 0);
+    for i in 0..3 {
+        assert!(s.get_run(&format!("run-{i}a")).await.unwrap().is_some());
+    }
+    let rest = s
+        .claim_due_actions(t(12), 100, Duration::from_secs(1), "worker-b")
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|a| a.run_id.as_str()).collect::<Vec<_>>(),
+        ["run-1b", "run-2a", "run-2b"]
+    );
 }
 
 async fn unprocessed_deliveries_come_oldest_first_within_the_limit(db: Db) {

@@ -51,6 +51,13 @@ impl From<crate::store::StoreError> for ProcessError {
 }
 
 /// Processes every due stored event once; returns how many were handled.
+///
+/// Events are decided one after another, in order. Their records are written together
+/// when several are waiting (a backlog, after a slow disk moment): consecutive webhook
+/// events decided within [`RECORD_GROUP_WINDOW`] of the first share one commit, so that
+/// a backlog drains at the pace of the decisions, not of one `fsync` each. A lone event
+/// is recorded as soon as it is decided, as before; poll and schedule events (a sweep
+/// can take seconds to decide) are always recorded alone.
 pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
     let mut handled = 0;
     loop {
@@ -60,9 +67,32 @@ pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
         }
         let n = batch.len();
         let mut quiet = Vec::new();
-        for d in batch {
-            process_one(ctx, d, &mut quiet).await;
+        let mut group: Vec<Decided> = Vec::new();
+        let mut group_started = std::time::Instant::now();
+        let mut batch = batch.into_iter().peekable();
+        while let Some(d) = batch.next() {
+            let groupable = matches!(d.source.as_str(), "github" | "currents");
+            if !group.is_empty() && !groupable {
+                record(ctx, std::mem::take(&mut group), &mut quiet).await;
+            }
+            if let Some(decided) = decide_one(ctx, d, &mut quiet).await {
+                if group.is_empty() {
+                    group_started = std::time::Instant::now();
+                }
+                group.push(decided);
+            }
             handled += 1;
+            let next_groupable = batch
+                .peek()
+                .is_some_and(|next| matches!(next.source.as_str(), "github" | "currents"));
+            if !group.is_empty()
+                && (!groupable
+                    || !next_groupable
+                    || group.len() >= RECORD_GROUP_MAX
+                    || group_started.elapsed() >= RECORD_GROUP_WINDOW)
+            {
+                record(ctx, std::mem::take(&mut group), &mut quiet).await;
+            }
         }
         if !quiet.is_empty() {
             // Not marked: processed again, to the same no-op, next time.
@@ -76,6 +106,13 @@ pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
     }
 }
 
+/// How long the first of several waiting webhook events may wait for the next ones'
+/// decisions before their records are committed (see [`process_pending`]).
+pub const RECORD_GROUP_WINDOW: Duration = Duration::from_millis(2);
+
+/// At most this many events' records in one commit.
+pub const RECORD_GROUP_MAX: usize = 32;
+
 /// The "run id" of the record a retention sweep stopped by its circuit breaker leaves in
 /// the audit (followed by the schedule slot's delivery id); its outcome is `skipped`.
 pub const BREAKER_PREFIX: &str = "breaker-";
@@ -83,101 +120,51 @@ pub const BREAKER_PREFIX: &str = "breaker-";
 /// The outcome note of an event that decided nothing.
 const NOTHING_DONE: &str = "0 decision(s)";
 
+/// An event decided and not yet recorded.
+struct Decided {
+    delivery: i64,
+    source: String,
+    now: DateTime<Utc>,
+    note: String,
+    decisions: Vec<NewDecision>,
+    runs: Vec<RunRecord>,
+}
+
 /// Processes one stored event, recording its outcome. An event that decided nothing and
 /// read no run (most GitHub events, for instance) changes nothing but its own processed
 /// mark: its id joins `quiet`, to be marked with the next event's record or at the end of
 /// the batch, one commit for many.
 pub async fn process_one(ctx: &AppContext, d: Delivery, quiet: &mut Vec<i64>) {
+    if let Some(decided) = decide_one(ctx, d, quiet).await {
+        record(ctx, vec![decided], quiet).await;
+    }
+}
+
+/// Decides one event. Returns what is to be recorded; an event that decided nothing and
+/// read no run joins `quiet`, and one that failed is marked for a retry (or as skipped)
+/// here: both return `None`.
+async fn decide_one(ctx: &AppContext, d: Delivery, quiet: &mut Vec<i64>) -> Option<Decided> {
     let now = Utc::now();
     let mut seen = Observed::default();
     let result = decide_event(ctx, &d, now, &mut seen).await;
-    let source = d.source.clone();
     let outcome = match result {
         Ok(decisions) => {
             let n = decisions.len();
             let runs = seen.into_records();
             if n == 0 && runs.is_empty() {
                 quiet.push(d.id);
-                ctx.metrics.inc(
-                    "runwarden_events_processed_total",
-                    &[("source", &source), ("result", "ok")],
-                );
-                return;
-            }
-            // The decisions are moved into their records (a sweep may decide thousands).
-            let new = to_new_decisions(decisions, &d, now);
-            let note = format!("{n} decision(s)");
-            // New actions that are due go straight to this process's executor, as many
-            // as it has free slots: leased in the same transaction, no separate claim.
-            let claim_for = ctx.handoff.free_slots().map(|max| crate::store::Claim {
-                worker_id: &ctx.worker_id,
-                lease: ctx.executor.lease,
-                max,
-            });
-            let record = crate::store::EventRecord {
-                delivery_id: d.id,
-                note: &note,
-                quiet: quiet.as_slice(),
-                decisions: &new,
-                runs: &runs,
-                now,
-                claim_for,
-            };
-            match ctx.store.record_event(&record).await {
-                Ok(crate::store::EventRecorded {
-                    decisions: recorded,
-                    claimed,
-                }) => {
-                    quiet.clear();
-                    for (dec, rec) in new.into_iter().zip(recorded.iter()) {
-                        if !rec.new_decision {
-                            continue;
-                        }
-                        ctx.metrics.inc(
-                            "runwarden_decisions_total",
-                            &[
-                                ("rule", &dec.rule),
-                                ("action", &dec.action),
-                                ("dry_run", if dec.dry_run { "true" } else { "false" }),
-                            ],
-                        );
-                        tracing::info!(rule = %dec.rule, action = %dec.action, run = %dec.run_id, dry_run = dec.dry_run, "decision: {}", dec.reason);
-                        let _ = ctx.events.send(crate::server::BotEvent::Decided {
-                            rule: dec.rule,
-                            kind: dec.kind,
-                            action: dec.action,
-                            run_id: dec.run_id,
-                            branch: dec.branch,
-                            reason: dec.reason,
-                            dry_run: dec.dry_run,
-                        });
-                    }
-                    let handed = claimed.len();
-                    if handed > 0 {
-                        ctx.metrics.add(
-                            "runwarden_actions_handed_over_total",
-                            String::new(),
-                            handed as u64,
-                        );
-                    }
-                    ctx.handoff.send(claimed);
-                    if recorded.iter().filter(|r| r.new_action).count() > handed {
-                        ctx.wake_executor.notify_one();
-                    }
-                    "ok"
-                }
-                Err(e) => {
-                    tracing::warn!(delivery = d.id, error = %e, "cannot record decisions; will retry");
-                    let _ = ctx
-                        .store
-                        .mark_delivery_failed(
-                            d.id,
-                            &e.to_string(),
-                            now + chrono::Duration::seconds(2),
-                        )
-                        .await;
-                    "retry"
-                }
+                "ok"
+            } else {
+                // The decisions are moved into their records (a sweep may decide thousands).
+                let decisions = to_new_decisions(decisions, &d, now);
+                return Some(Decided {
+                    delivery: d.id,
+                    source: d.source,
+                    now,
+                    note: format!("{n} decision(s)"),
+                    decisions,
+                    runs,
+                });
             }
         }
         Err(ProcessError::Transient(e)) => {
@@ -200,7 +187,119 @@ pub async fn process_one(ctx: &AppContext, d: Delivery, quiet: &mut Vec<i64>) {
     };
     ctx.metrics.inc(
         "runwarden_events_processed_total",
-        &[("source", &source), ("result", outcome)],
+        &[("source", &d.source), ("result", outcome)],
+    );
+    None
+}
+
+/// Records decided events in one transaction (with the `quiet` ones before them), hands
+/// their new due actions to this process's executor and reports their decisions. When a
+/// group of several cannot be written, each is tried alone, so that one bad record does
+/// not hold back the others.
+async fn record(ctx: &AppContext, group: Vec<Decided>, quiet: &mut Vec<i64>) {
+    if group.is_empty() {
+        return;
+    }
+    // New actions that are due go straight to this process's executor, as many as it has
+    // free slots: leased in the same transaction, no separate claim.
+    let claim_for = ctx.handoff.free_slots().map(|max| crate::store::Claim {
+        worker_id: &ctx.worker_id,
+        lease: ctx.executor.lease,
+        max,
+    });
+    let records: Vec<crate::store::EventRecord<'_>> = group
+        .iter()
+        .enumerate()
+        .map(|(i, e)| crate::store::EventRecord {
+            delivery_id: e.delivery,
+            note: &e.note,
+            quiet: if i == 0 { quiet.as_slice() } else { &[] },
+            decisions: &e.decisions,
+            runs: &e.runs,
+            now: e.now,
+            claim_for,
+        })
+        .collect();
+    let result = ctx.store.record_events(&records).await;
+    drop(records);
+    match result {
+        Ok(recorded) => {
+            quiet.clear();
+            for (e, r) in group.into_iter().zip(recorded) {
+                recorded_one(ctx, e, r);
+            }
+        }
+        Err(e) if group.len() > 1 => {
+            tracing::debug!(events = group.len(), error = %e, "cannot record a group of events; recording them one by one");
+            for one in group {
+                Box::pin(record(ctx, vec![one], quiet)).await;
+            }
+        }
+        Err(e) => {
+            for one in group {
+                tracing::warn!(delivery = one.delivery, error = %e, "cannot record decisions; will retry");
+                let _ = ctx
+                    .store
+                    .mark_delivery_failed(
+                        one.delivery,
+                        &e.to_string(),
+                        one.now + chrono::Duration::seconds(2),
+                    )
+                    .await;
+                ctx.metrics.inc(
+                    "runwarden_events_processed_total",
+                    &[("source", &one.source), ("result", "retry")],
+                );
+            }
+        }
+    }
+}
+
+/// After one event's record is committed: metrics, the decision log lines and bot events,
+/// and its leased actions to the executor.
+fn recorded_one(ctx: &AppContext, e: Decided, r: crate::store::EventRecorded) {
+    let crate::store::EventRecorded {
+        decisions: recorded,
+        claimed,
+    } = r;
+    for (dec, rec) in e.decisions.into_iter().zip(recorded.iter()) {
+        if !rec.new_decision {
+            continue;
+        }
+        ctx.metrics.inc(
+            "runwarden_decisions_total",
+            &[
+                ("rule", &dec.rule),
+                ("action", &dec.action),
+                ("dry_run", if dec.dry_run { "true" } else { "false" }),
+            ],
+        );
+        tracing::info!(rule = %dec.rule, action = %dec.action, run = %dec.run_id, dry_run = dec.dry_run, "decision: {}", dec.reason);
+        let _ = ctx.events.send(crate::server::BotEvent::Decided {
+            rule: dec.rule,
+            kind: dec.kind,
+            action: dec.action,
+            run_id: dec.run_id,
+            branch: dec.branch,
+            reason: dec.reason,
+            dry_run: dec.dry_run,
+        });
+    }
+    let handed = claimed.len();
+    if handed > 0 {
+        ctx.metrics.add(
+            "runwarden_actions_handed_over_total",
+            String::new(),
+            handed as u64,
+        );
+    }
+    ctx.handoff.send(claimed);
+    if recorded.iter().filter(|r| r.new_action).count() > handed {
+        ctx.wake_executor.notify_one();
+    }
+    ctx.metrics.inc(
+        "runwarden_events_processed_total",
+        &[("source", &e.source), ("result", "ok")],
     );
 }
 
@@ -611,6 +710,11 @@ async fn github_event(
     now: DateTime<Utc>,
     seen: &mut Observed,
 ) -> Result<Vec<Decision>, ProcessError> {
+    if !github_event_wanted(&ctx.config, &d.event) {
+        // No rule reacts to this kind of event: nothing to read (the payload was checked
+        // when it arrived).
+        return Ok(Vec::new());
+    }
     let ev = events::parse_event(&d.event, d.payload.as_bytes(), d.received_at)
         .map_err(|e| ProcessError::Permanent(e.to_string()))?;
     let trigger = match ev {
@@ -647,6 +751,19 @@ async fn github_event(
     let history = HashMap::new();
     let view = RunsView::new(&runs, &progress, &history);
     Ok(rules::evaluate(&ctx.config, &trigger, &view, now).decisions)
+}
+
+/// Whether any rule of `config` reacts to GitHub events named `event` (`X-GitHub-Event`):
+/// `push` and `pull_request` for supersede rules (as their `on_push` and
+/// `on_branch_deleted` say), `workflow_run` for orphan rules. Others are processed
+/// without reading their payload.
+pub fn github_event_wanted(config: &crate::config::Config, event: &str) -> bool {
+    config.rules.iter().any(|r| match (&r.kind, event) {
+        (RuleKind::Supersede(o), "push") => o.on_push || o.on_branch_deleted,
+        (RuleKind::Supersede(o), "pull_request") => o.on_branch_deleted,
+        (RuleKind::Orphan(_), "workflow_run") => true,
+        _ => false,
+    })
 }
 
 /// One retention sweep of `rule`: lists every run of the projects the rule concerns (with
@@ -827,4 +944,39 @@ pub async fn poll_event(
         }
     }
     Ok(decisions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::github_event_wanted;
+
+    fn config(rules: &str) -> crate::config::Config {
+        let text = format!("[currents]\nprojects = [\"p\"]\n{rules}");
+        crate::config::load_str(&text, "rules.toml", &[])
+            .expect("test config loads")
+            .config
+    }
+
+    #[test]
+    fn github_events_no_rule_reacts_to_are_not_read() {
+        let timeout_only =
+            config("[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"2h\"\n");
+        for event in ["push", "pull_request", "workflow_run", "issues"] {
+            assert!(!github_event_wanted(&timeout_only, event), "{event}");
+        }
+        let supersede = config("[[rules]]\nname = \"s\"\nkind = \"supersede\"\n");
+        assert!(github_event_wanted(&supersede, "push"));
+        assert!(github_event_wanted(&supersede, "pull_request"));
+        assert!(!github_event_wanted(&supersede, "workflow_run"));
+        let pushes_only =
+            config("[[rules]]\nname = \"s\"\nkind = \"supersede\"\non_branch_deleted = false\n");
+        assert!(github_event_wanted(&pushes_only, "push"));
+        assert!(!github_event_wanted(&pushes_only, "pull_request"));
+        let deletions_only =
+            config("[[rules]]\nname = \"s\"\nkind = \"supersede\"\non_push = false\n");
+        assert!(github_event_wanted(&deletions_only, "push"));
+        let orphan = config("[[rules]]\nname = \"o\"\nkind = \"orphan\"\n");
+        assert!(github_event_wanted(&orphan, "workflow_run"));
+        assert!(!github_event_wanted(&orphan, "push"));
+    }
 }

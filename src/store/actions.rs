@@ -525,26 +525,45 @@ impl Store {
     /// (one commit fewer between an event and its effect). An unknown delivery is
     /// [`StoreError::NotFound`] and records nothing.
     pub async fn record_event(&self, e: &EventRecord<'_>) -> StoreResult<EventRecorded> {
+        let mut done = self.record_events(std::slice::from_ref(e)).await?;
+        done.pop()
+            .ok_or_else(|| StoreError::Invalid("no event recorded".into()))
+    }
+
+    /// [`Store::record_event`] for several events, in order, in one transaction: all are
+    /// recorded or none. The actions leased to a worker number at most its
+    /// [`Claim::max`] over all of them (the first events' actions first).
+    pub async fn record_events(
+        &self,
+        events: &[EventRecord<'_>],
+    ) -> StoreResult<Vec<EventRecorded>> {
         let mut tx = self.begin_write().await?;
-        for run in e.runs {
-            Store::upsert_run_in(&mut tx, run).await?;
-        }
-        let decisions = record_in(&mut tx, e.decisions).await?;
-        Store::mark_processed_in(&mut tx, e.delivery_id, e.note).await?;
-        Store::mark_many_in(&mut tx, e.quiet, "0 decision(s)").await?;
-        let mut claimed = Vec::new();
-        if let Some(c) = e.claim_for {
-            let new: Vec<i64> = decisions
-                .iter()
-                .filter(|r| r.new_action)
-                .filter_map(|r| r.action_id)
-                .collect();
-            if !new.is_empty() && c.max > 0 {
-                claimed = claim_new_in(&mut tx, &new, e.now, c).await?;
+        let mut out = Vec::with_capacity(events.len());
+        let mut leased = 0usize;
+        for e in events {
+            for run in e.runs {
+                Store::upsert_run_in(&mut tx, run).await?;
             }
+            let decisions = record_in(&mut tx, e.decisions).await?;
+            Store::mark_processed_in(&mut tx, e.delivery_id, e.note).await?;
+            Store::mark_many_in(&mut tx, e.quiet, "0 decision(s)").await?;
+            let mut claimed = Vec::new();
+            if let Some(c) = e.claim_for {
+                let new: Vec<i64> = decisions
+                    .iter()
+                    .filter(|r| r.new_action)
+                    .filter_map(|r| r.action_id)
+                    .collect();
+                let max = c.max.saturating_sub(leased);
+                if !new.is_empty() && max > 0 {
+                    claimed = claim_new_in(&mut tx, &new, e.now, Claim { max, ..c }).await?;
+                    leased += claimed.len();
+                }
+            }
+            out.push(EventRecorded { decisions, claimed });
         }
         tx.commit().await?;
-        Ok(EventRecorded { decisions, claimed })
+        Ok(out)
     }
 
     /// Leases up to `max` due actions to `worker_id` until `now + lease`: pending ones

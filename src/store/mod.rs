@@ -235,7 +235,14 @@ impl Store {
 pub const SQLITE_CACHE_KIB: u32 = 512;
 
 /// How often the checkpointer of a SQLite file folds the WAL back into the database.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+///
+/// Short, so that each checkpoint has little to write: the database file's `fsync` at
+/// the end of a checkpoint flushes everything copied since the last one, and a commit's
+/// `fsync` of the WAL that lands meanwhile waits behind it on the same disk. At 200
+/// events/s, 500 ms gathered several MiB per checkpoint and tail latencies of 7 ms and
+/// more, 100 ms well under 1 MiB (BENCHMARKS.md, event-to-cancel). A checkpoint with
+/// nothing new to copy does no I/O.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Whether a SQLite URL is an in-memory database.
 fn is_in_memory(url: &str) -> bool {
