@@ -774,3 +774,120 @@ async fn the_store_forgets_old_events_and_finished_runs_and_keeps_the_rest() {
         1
     );
 }
+
+/// A backlog of events is recorded in a few commits, not one per event: events decided
+/// while a commit is under way share the next one. Here another connection holds the
+/// SQLite file's write lock while the processor decides 8 queued pushes, so the first
+/// record waits; once the lock is let go, the other 7 go in one more commit. (SQLite
+/// only: it takes the file's lock.)
+#[tokio::test]
+async fn events_decided_while_a_commit_waits_share_the_next_commit() {
+    use runwarden::config::{Secrets, load_str};
+    use runwarden::secret::Secret;
+    use runwarden::simulator::{self, SimConfig};
+    use sqlx::Connection as _;
+
+    const N: usize = 8;
+    let sim = simulator::spawn(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        SimConfig::default(),
+    )
+    .await
+    .unwrap();
+    sim.add_project(simulator::NewProject {
+        project_id: Some(PROJECT.into()),
+        repo: Some(REPO.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runwarden.db");
+    let text = format!(
+        "[currents]\napi_url = \"{api}\"\nprojects = [\"{PROJECT}\"]\npoll_interval = \"0s\"\nmax_requests_per_second = 0\n\n[github]\napi_url = \"{gh}\"\nrepos = {{ {PROJECT} = \"{REPO}\" }}\n\n[store]\nurl = \"sqlite://{db}\"\n\n{SUPERSEDE}",
+        api = sim.currents_url(),
+        gh = sim.github_url(),
+        db = db.display(),
+    );
+    let config = load_str(&text, "rules.toml", &[]).unwrap().config;
+    let secrets = Secrets {
+        currents_api_key: Some(Secret::new("sim-key")),
+        ..Secrets::default()
+    };
+    let ctx = runwarden::commands::serve::build_context(config, secrets)
+        .await
+        .unwrap();
+    let mut olds = Vec::new();
+    for i in 0..N {
+        let branch = format!("feat/b{i}");
+        olds.push(sim.add_run(run(&branch, "aaa111", 10)).unwrap().run_id);
+        let body = json!({
+            "ref": format!("refs/heads/{branch}"),
+            "after": format!("{:040x}", i + 1),
+            "repository": { "full_name": REPO },
+        });
+        ctx.store
+            .insert_delivery(runwarden::store::NewDelivery {
+                source: "github".into(),
+                delivery_id: format!("push-{i}"),
+                event: "push".into(),
+                payload: body.to_string(),
+                received_at: chrono::Utc::now(),
+            })
+            .await
+            .unwrap();
+    }
+    let before = ctx.store.event_record_stats().groups();
+
+    // Hold the write lock, then let the processor run.
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let processing = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { runwarden::intake::processor::process_pending(&ctx).await })
+    };
+    // Every push decided: its branch listed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let listed = sim
+            .request_counts()
+            .get("currents GET")
+            .copied()
+            .unwrap_or(0);
+        if listed >= N as u64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {listed} of {N} pushes decided"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        !processing.is_finished(),
+        "nothing could be recorded while the lock was held"
+    );
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    let handled = processing.await.unwrap().unwrap();
+    assert_eq!(handled, N);
+
+    let stats = ctx.store.event_record_stats();
+    let commits = stats.groups() - before;
+    assert_eq!(stats.events(), N as u64);
+    // The first push's record, then the 7 decided while it waited (a third commit only
+    // if the last decision was still finishing when the lock went).
+    assert!(
+        (2..=3).contains(&commits),
+        "{N} events recorded in {commits} commits"
+    );
+    assert_eq!(ctx.store.count_unprocessed().await.unwrap(), 0);
+    for old in &olds {
+        let audit = ctx.store.decisions_for_run(old).await.unwrap();
+        assert_eq!(audit.len(), 1, "one decision about {old}: {audit:?}");
+        assert_eq!(audit[0].action, "cancel");
+    }
+}

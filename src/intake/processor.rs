@@ -52,12 +52,11 @@ impl From<crate::store::StoreError> for ProcessError {
 
 /// Processes every due stored event once; returns how many were handled.
 ///
-/// Events are decided one after another, in order. Their records are written together
-/// when several are waiting (a backlog, after a slow disk moment): consecutive webhook
-/// events decided within [`RECORD_GROUP_WINDOW`] of the first share one commit, so that
-/// a backlog drains at the pace of the decisions, not of one `fsync` each. A lone event
-/// is recorded as soon as it is decided, as before; poll and schedule events (a sweep
-/// can take seconds to decide) are always recorded alone.
+/// Events are decided one after another, in order, while their records are committed
+/// beside: when an event is decided and no commit is under way, its record is committed
+/// at once; events decided while a commit is under way wait for it and then share the
+/// next one. A backlog (after a slow disk moment) thus drains at the pace of the
+/// decisions, not of one `fsync` each, and a lone event waits for nothing.
 pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
     let mut handled = 0;
     loop {
@@ -66,49 +65,73 @@ pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
             return Ok(handled);
         }
         let n = batch.len();
-        let mut quiet = Vec::new();
-        let mut group: Vec<Decided> = Vec::new();
-        let mut group_started = std::time::Instant::now();
-        let mut batch = batch.into_iter().peekable();
-        while let Some(d) = batch.next() {
-            let groupable = matches!(d.source.as_str(), "github" | "currents");
-            if !group.is_empty() && !groupable {
-                record(ctx, std::mem::take(&mut group), &mut quiet).await;
-            }
-            if let Some(decided) = decide_one(ctx, d, &mut quiet).await {
-                if group.is_empty() {
-                    group_started = std::time::Instant::now();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let decide = async move {
+            for d in batch {
+                let id = d.id;
+                let decided = decide_one(ctx, d).await;
+                let msg = match decided {
+                    Outcome::Record(x) => ToCommit::Record(x),
+                    Outcome::Quiet => ToCommit::Quiet(id),
+                    Outcome::Done => continue,
+                };
+                if tx.send(msg).is_err() {
+                    break;
                 }
-                group.push(decided);
             }
-            handled += 1;
-            let next_groupable = batch
-                .peek()
-                .is_some_and(|next| matches!(next.source.as_str(), "github" | "currents"));
-            if !group.is_empty()
-                && (!groupable
-                    || !next_groupable
-                    || group.len() >= RECORD_GROUP_MAX
-                    || group_started.elapsed() >= RECORD_GROUP_WINDOW)
-            {
-                record(ctx, std::mem::take(&mut group), &mut quiet).await;
-            }
-        }
-        if !quiet.is_empty() {
-            // Not marked: processed again, to the same no-op, next time.
-            if let Err(e) = ctx.store.mark_processed_many(&quiet, NOTHING_DONE).await {
-                tracing::warn!(events = quiet.len(), error = %e, "cannot mark events processed; they will be read again");
-            }
-        }
+        };
+        tokio::join!(decide, commit_decided(ctx, rx));
+        handled += n;
         if (n as i64) < BATCH {
             return Ok(handled);
         }
     }
 }
 
-/// How long the first of several waiting webhook events may wait for the next ones'
-/// decisions before their records are committed (see [`process_pending`]).
-pub const RECORD_GROUP_WINDOW: Duration = Duration::from_millis(2);
+/// What deciding one event left to commit.
+enum Outcome {
+    /// Its record.
+    Record(Decided),
+    /// Nothing but its processed mark.
+    Quiet,
+    /// Nothing (a failed event is marked for its retry when it fails).
+    Done,
+}
+
+/// What the decider hands the committer.
+enum ToCommit {
+    Record(Decided),
+    Quiet(i64),
+}
+
+/// The committer of [`process_pending`]: records whatever has been decided since its
+/// last commit, in one commit, up to [`RECORD_GROUP_MAX`] events; events that decided
+/// nothing are marked processed with the next record, or together at the end.
+async fn commit_decided(ctx: &AppContext, mut rx: tokio::sync::mpsc::UnboundedReceiver<ToCommit>) {
+    let mut quiet = Vec::new();
+    let mut group = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                ToCommit::Record(x) => group.push(x),
+                ToCommit::Quiet(id) => quiet.push(id),
+            }
+            if group.len() < RECORD_GROUP_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !group.is_empty() {
+            record(ctx, std::mem::take(&mut group), &mut quiet).await;
+        }
+    }
+    if !quiet.is_empty() {
+        // Not marked: processed again, to the same no-op, next time.
+        if let Err(e) = ctx.store.mark_processed_many(&quiet, NOTHING_DONE).await {
+            tracing::warn!(events = quiet.len(), error = %e, "cannot mark events processed; they will be read again");
+        }
+    }
+}
 
 /// At most this many events' records in one commit.
 pub const RECORD_GROUP_MAX: usize = 32;
@@ -135,15 +158,18 @@ struct Decided {
 /// mark: its id joins `quiet`, to be marked with the next event's record or at the end of
 /// the batch, one commit for many.
 pub async fn process_one(ctx: &AppContext, d: Delivery, quiet: &mut Vec<i64>) {
-    if let Some(decided) = decide_one(ctx, d, quiet).await {
-        record(ctx, vec![decided], quiet).await;
+    let id = d.id;
+    match decide_one(ctx, d).await {
+        Outcome::Record(decided) => record(ctx, vec![decided], quiet).await,
+        Outcome::Quiet => quiet.push(id),
+        Outcome::Done => {}
     }
 }
 
-/// Decides one event. Returns what is to be recorded; an event that decided nothing and
-/// read no run joins `quiet`, and one that failed is marked for a retry (or as skipped)
-/// here: both return `None`.
-async fn decide_one(ctx: &AppContext, d: Delivery, quiet: &mut Vec<i64>) -> Option<Decided> {
+/// Decides one event. Returns what is to be recorded: its record, or only its processed
+/// mark when it decided nothing and read no run; one that failed is marked for a retry
+/// (or as skipped) here.
+async fn decide_one(ctx: &AppContext, d: Delivery) -> Outcome {
     let now = Utc::now();
     let mut seen = Observed::default();
     let result = decide_event(ctx, &d, now, &mut seen).await;
@@ -151,13 +177,10 @@ async fn decide_one(ctx: &AppContext, d: Delivery, quiet: &mut Vec<i64>) -> Opti
         Ok(decisions) => {
             let n = decisions.len();
             let runs = seen.into_records();
-            if n == 0 && runs.is_empty() {
-                quiet.push(d.id);
-                "ok"
-            } else {
+            if n > 0 || !runs.is_empty() {
                 // The decisions are moved into their records (a sweep may decide thousands).
                 let decisions = to_new_decisions(decisions, &d, now);
-                return Some(Decided {
+                return Outcome::Record(Decided {
                     delivery: d.id,
                     source: d.source,
                     now,
@@ -166,6 +189,11 @@ async fn decide_one(ctx: &AppContext, d: Delivery, quiet: &mut Vec<i64>) -> Opti
                     runs,
                 });
             }
+            ctx.metrics.inc(
+                "runwarden_events_processed_total",
+                &[("source", &d.source), ("result", "ok")],
+            );
+            return Outcome::Quiet;
         }
         Err(ProcessError::Transient(e)) => {
             let backoff = 2i64.saturating_pow(d.attempts.clamp(0, 8) as u32).min(300);
@@ -189,7 +217,7 @@ async fn decide_one(ctx: &AppContext, d: Delivery, quiet: &mut Vec<i64>) -> Opti
         "runwarden_events_processed_total",
         &[("source", &d.source), ("result", outcome)],
     );
-    None
+    Outcome::Done
 }
 
 /// Records decided events in one transaction (with the `quiet` ones before them), hands

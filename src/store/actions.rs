@@ -563,7 +563,14 @@ impl Store {
             out.push(EventRecorded { decisions, claimed });
         }
         tx.commit().await?;
+        self.record_stats.count(events.len());
         Ok(out)
+    }
+
+    /// Commits made by [`Store::record_events`] (and [`Store::record_event`]) so far, and
+    /// the events they recorded.
+    pub fn event_record_stats(&self) -> &super::GroupCommitStats {
+        &self.record_stats
     }
 
     /// Leases up to `max` due actions to `worker_id` until `now + lease`: pending ones

@@ -34,7 +34,9 @@ pub(super) struct PendingDelivery {
     reply: oneshot::Sender<StoreResult<InsertOutcome>>,
 }
 
-/// Counters of [`Store::insert_delivery`]'s group commits.
+/// Counters of group commits: [`Store::insert_delivery`]'s
+/// ([`Store::group_commit_stats`]) and [`Store::record_events`]'s
+/// ([`Store::event_record_stats`]).
 #[derive(Debug, Default)]
 pub struct GroupCommitStats {
     groups: AtomicU64,
@@ -50,6 +52,12 @@ impl GroupCommitStats {
     /// Events those commits carried.
     pub fn events(&self) -> u64 {
         self.events.load(Ordering::Relaxed)
+    }
+
+    /// Counts one commit of `events` events.
+    pub(super) fn count(&self, events: usize) {
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.events.fetch_add(events as u64, Ordering::Relaxed);
     }
 }
 

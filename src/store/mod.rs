@@ -141,6 +141,8 @@ pub struct Store {
     /// The group-commit writer of [`Store::insert_delivery`], started on first use and
     /// shared by every clone.
     delivery_writer: std::sync::Arc<deliveries::DeliveryWriter>,
+    /// Commits of [`Store::record_events`] and the events they recorded.
+    record_stats: std::sync::Arc<GroupCommitStats>,
 }
 
 impl Store {
@@ -186,6 +188,7 @@ impl Store {
             writer,
             backend,
             delivery_writer: Default::default(),
+            record_stats: Default::default(),
         };
         if backend == Backend::Sqlite && !is_in_memory(url) {
             spawn_checkpointer(&store);
