@@ -57,6 +57,13 @@ impl From<crate::store::StoreError> for ProcessError {
 /// at once; events decided while a commit is under way wait for it and then share the
 /// next one. A backlog (after a slow disk moment) thus drains at the pace of the
 /// decisions, not of one `fsync` each, and a lone event waits for nothing.
+///
+/// An event decided while the previous one's record is still committing reads the store
+/// as it was before that record (the runs it observed are not there yet). That changes
+/// none of its decisions: which runs are in progress comes from the API; a run's progress
+/// is compared with an older snapshot, so a change since is still seen, and no change
+/// since gives the time the newer snapshot would have given; the snapshots it writes are
+/// at least as new; and a decision made twice is stored once (by its action key).
 pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
     let mut handled = 0;
     loop {
