@@ -216,9 +216,25 @@ impl Store {
     /// A write transaction that holds the write lock from its first statement: SQLite's
     /// `BEGIN IMMEDIATE`; on PostgreSQL a transaction-level advisory lock shared by every
     /// replica, so that read-then-write transactions never interleave there either.
+    ///
+    /// When SQLite rolls a transaction back by itself (a full disk, an I/O error in the
+    /// middle of it), sqlx's connection still counts it as open: its `ROLLBACK` finds no
+    /// transaction and fails, and every later `BEGIN` on that connection is refused
+    /// (`InvalidSavePointStatement`). The writer connection is then closed, and the pool
+    /// opens a fresh one, so that the store writes again once the fault is gone.
     async fn begin_write(&self) -> StoreResult<Transaction<'static, Any>> {
         match self.backend {
-            Backend::Sqlite => Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Sqlite => match self.writer.begin_with("BEGIN IMMEDIATE").await {
+                Err(sqlx::Error::InvalidSavePointStatement) => {
+                    tracing::warn!(
+                        "the store's writer connection lost track of a transaction SQLite rolled back; reopening it"
+                    );
+                    let conn = self.writer.acquire().await?;
+                    let _ = conn.close().await;
+                    Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+                }
+                other => Ok(other?),
+            },
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
@@ -642,5 +658,54 @@ mod tests {
         assert_eq!(Backend::of_url("mysql://h/db"), None);
         assert!(Backend::Postgres.is_shared());
         assert!(!Backend::Sqlite.is_shared());
+    }
+
+    /// A write that SQLite rolls back by itself (here a full database: `max_page_count`)
+    /// leaves the writer connection believing it is still in a transaction; the next
+    /// write must still succeed once there is room again, not fail forever.
+    #[tokio::test]
+    async fn the_store_writes_again_after_sqlite_rolled_back_a_transaction_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = Store::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        sqlx::query(&format!("PRAGMA max_page_count = {}", pages + 1))
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        let big = "x".repeat(200_000);
+        let mut tx = store.begin_write().await.unwrap();
+        let full = sqlx::query(
+            "INSERT INTO leases (name, holder, acquired_at, expires_at) VALUES ('a', $1, 1, 1)",
+        )
+        .bind(&big)
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+        assert!(full.to_string().contains("full"), "{full}");
+        assert!(tx.commit().await.is_err(), "SQLite rolled it back already");
+        // Room again (a fresh connection has no page limit either).
+        sqlx::query("PRAGMA max_page_count = 1073741823")
+            .execute(&store.writer)
+            .await
+            .ok();
+        let mut tx = store.begin_write().await.expect("the store writes again");
+        sqlx::query(
+            "INSERT INTO leases (name, holder, acquired_at, expires_at) VALUES ('b', 'me', 1, 1)",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leases")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
     }
 }
