@@ -1714,3 +1714,33 @@ async fn reads_survive_dropped_connections_and_malformed_answers() {
         assert_eq!(prs.map(|p| p.len()).ok(), Some(1), "{kind:?}");
     }
 }
+
+/// Two summaries of one commit at once (two events of a run handled together) post its
+/// status once: the second reads what the first posted, under the status's lock, and
+/// finds it unchanged. The lock is forgotten afterwards.
+#[tokio::test]
+async fn concurrent_summaries_of_one_commit_post_its_status_once() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let mut opts = env.opts();
+    opts.comment = false;
+    let run = passed("r1", SHA_HEAD);
+    let (x, y) = tokio::join!(
+        env.summary(&opts, &run, "RUN_FINISH"),
+        env.summary(&opts, &run, "RUN_FINISH")
+    );
+    let outcomes = [x.unwrap().status, y.unwrap().status];
+    let posted = outcomes
+        .iter()
+        .filter(|s| matches!(s, Some(StatusOutcome::Posted { .. })))
+        .count();
+    assert_eq!(posted, 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .any(|s| matches!(s, Some(StatusOutcome::Unchanged { .. }))),
+        "{outcomes:?}"
+    );
+    assert_eq!(env.sim.statuses(Some(REPO), Some(SHA_HEAD)).len(), 1);
+    assert_eq!(env.gh.status_locks_in_use(), 0);
+}

@@ -535,6 +535,9 @@ pub struct GithubClient {
     comment_ids: Mutex<HashMap<(String, u64), u64>>,
     /// (repo key, PR) -> lock serialising read-modify-write of that PR's comment.
     pr_locks: Mutex<HashMap<(String, u64), PrLock>>,
+    /// (repo key, sha, context) -> lock serialising read-then-post of that commit status.
+    /// An entry lives while someone holds or waits for it.
+    status_locks: Mutex<HashMap<(String, String, String), PrLock>>,
 }
 
 impl fmt::Debug for GithubClient {
@@ -584,6 +587,7 @@ impl GithubClient {
             last_write: tokio::sync::Mutex::new(None),
             comment_ids: Mutex::new(HashMap::new()),
             pr_locks: Mutex::new(HashMap::new()),
+            status_locks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -893,6 +897,39 @@ impl GithubClient {
             .entry((repo.key(), pr))
             .or_default()
             .clone()
+    }
+
+    /// Runs `f` while holding this process's lock on the commit status `context` of `sha`
+    /// in `repo`: two summaries of one commit (two events of a run, handled at once) then
+    /// read the latest status and post theirs one after the other, never both deciding
+    /// from the same read. The lock is forgotten once nobody holds or waits for it.
+    pub async fn with_status_lock<T>(
+        &self,
+        repo: &RepoName,
+        sha: &str,
+        context: &str,
+        f: impl std::future::Future<Output = T>,
+    ) -> T {
+        let key = (repo.key(), sha.to_string(), context.to_string());
+        let lock_arc = lock(&self.status_locks)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let out = {
+            let _guard = lock_arc.lock().await;
+            f.await
+        };
+        let mut map = lock(&self.status_locks);
+        drop(lock_arc);
+        if map.get(&key).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(&key);
+        }
+        out
+    }
+
+    /// Commit-status locks currently held or waited for (see [`Self::with_status_lock`]).
+    pub fn status_locks_in_use(&self) -> usize {
+        lock(&self.status_locks).len()
     }
 
     // ---- machinery ---------------------------------------------------------------------

@@ -16,7 +16,7 @@
 //!    A create whose outcome is unknown is followed by a read for the marker, never by a
 //!    blind second `POST`.
 //! 4. Commit status (`commit_status = true`) on the run's sha, context `status_context`
-//!    with `{project}` filled. Not sent when the latest status of that context already
+//!    with `{project}` filled, under a per-status lock (read the latest, then post). Not sent when the latest status of that context already
 //!    says the same for the same run, nor when it would turn a finished run's status back
 //!    to pending (an out-of-order `RUN_START`).
 //!
@@ -679,6 +679,26 @@ async fn post_status(
         .opts
         .status_context
         .replace("{project}", &run.project_id);
+    ctx.gh
+        .with_status_lock(
+            repo,
+            sha,
+            &context.clone(),
+            decide_and_post_status(ctx, repo, sha, context, section, dry_run),
+        )
+        .await
+}
+
+/// [`post_status`] under the commit status's lock: the latest status read, and ours
+/// posted unless it says the same or would go back to pending.
+async fn decide_and_post_status(
+    ctx: &SummaryCtx<'_>,
+    repo: &RepoName,
+    sha: &str,
+    context: String,
+    section: &Section,
+    dry_run: bool,
+) -> Result<StatusOutcome, SummaryError> {
     let (state, description) = status_for(section);
     let latest = ctx.gh.latest_status(repo, sha, &context).await?;
     if let Some(l) = &latest
