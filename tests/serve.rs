@@ -782,40 +782,22 @@ async fn the_store_forgets_old_events_and_finished_runs_and_keeps_the_rest() {
 /// only: it takes the file's lock.)
 #[tokio::test]
 async fn events_decided_while_a_commit_waits_share_the_next_commit() {
-    use runwarden::config::{Secrets, load_str};
-    use runwarden::secret::Secret;
-    use runwarden::simulator::{self, SimConfig};
     use sqlx::Connection as _;
 
     const N: usize = 8;
-    let sim = simulator::spawn(
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        SimConfig::default(),
-    )
-    .await
-    .unwrap();
-    sim.add_project(simulator::NewProject {
-        project_id: Some(PROJECT.into()),
-        repo: Some(REPO.into()),
-        ..Default::default()
-    })
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("runwarden.db");
-    let text = format!(
-        "[currents]\napi_url = \"{api}\"\nprojects = [\"{PROJECT}\"]\npoll_interval = \"0s\"\nmax_requests_per_second = 0\n\n[github]\napi_url = \"{gh}\"\nrepos = {{ {PROJECT} = \"{REPO}\" }}\n\n[store]\nurl = \"sqlite://{db}\"\n\n{SUPERSEDE}",
-        api = sim.currents_url(),
-        gh = sim.github_url(),
-        db = db.display(),
-    );
-    let config = load_str(&text, "rules.toml", &[]).unwrap().config;
-    let secrets = Secrets {
-        currents_api_key: Some(Secret::new("sim-key")),
-        ..Secrets::default()
-    };
-    let ctx = runwarden::commands::serve::build_context(config, secrets)
-        .await
-        .unwrap();
+    let PreparedApp {
+        sim,
+        ctx,
+        dir: _dir,
+        ..
+    } = prepare_app(AppOptions {
+        rules: SUPERSEDE.into(),
+        store_dir: Some(dir),
+        ..AppOptions::default()
+    })
+    .await;
     let mut olds = Vec::new();
     for i in 0..N {
         let branch = format!("feat/b{i}");

@@ -75,14 +75,9 @@ pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let decide = async move {
             for d in batch {
-                let id = d.id;
-                let decided = decide_one(ctx, d).await;
-                let msg = match decided {
-                    Outcome::Record(x) => ToCommit::Record(x),
-                    Outcome::Quiet => ToCommit::Quiet(id),
-                    Outcome::Done => continue,
-                };
-                if tx.send(msg).is_err() {
+                if let Some(msg) = decide_one(ctx, d).await
+                    && tx.send(msg).is_err()
+                {
                     break;
                 }
             }
@@ -96,18 +91,10 @@ pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
 }
 
 /// What deciding one event left to commit.
-enum Outcome {
+enum ToCommit {
     /// Its record.
     Record(Decided),
-    /// Nothing but its processed mark.
-    Quiet,
-    /// Nothing (a failed event is marked for its retry when it fails).
-    Done,
-}
-
-/// What the decider hands the committer.
-enum ToCommit {
-    Record(Decided),
+    /// Nothing but the processed mark of this delivery (it decided nothing, read no run).
     Quiet(i64),
 }
 
@@ -160,23 +147,11 @@ struct Decided {
     runs: Vec<RunRecord>,
 }
 
-/// Processes one stored event, recording its outcome. An event that decided nothing and
-/// read no run (most GitHub events, for instance) changes nothing but its own processed
-/// mark: its id joins `quiet`, to be marked with the next event's record or at the end of
-/// the batch, one commit for many.
-pub async fn process_one(ctx: &AppContext, d: Delivery, quiet: &mut Vec<i64>) {
-    let id = d.id;
-    match decide_one(ctx, d).await {
-        Outcome::Record(decided) => record(ctx, vec![decided], quiet).await,
-        Outcome::Quiet => quiet.push(id),
-        Outcome::Done => {}
-    }
-}
-
-/// Decides one event. Returns what is to be recorded: its record, or only its processed
-/// mark when it decided nothing and read no run; one that failed is marked for a retry
-/// (or as skipped) here.
-async fn decide_one(ctx: &AppContext, d: Delivery) -> Outcome {
+/// Decides one event. Returns what is to be committed: its record, or only its processed
+/// mark when it decided nothing and read no run (most GitHub events, for instance: marked
+/// with the next record, or together at the end of the batch). One that failed is marked
+/// for its retry (or as skipped) here, and `None` is returned.
+async fn decide_one(ctx: &AppContext, d: Delivery) -> Option<ToCommit> {
     let now = Utc::now();
     let mut seen = Observed::default();
     let result = decide_event(ctx, &d, now, &mut seen).await;
@@ -187,20 +162,20 @@ async fn decide_one(ctx: &AppContext, d: Delivery) -> Outcome {
             if n > 0 || !runs.is_empty() {
                 // The decisions are moved into their records (a sweep may decide thousands).
                 let decisions = to_new_decisions(decisions, &d, now);
-                return Outcome::Record(Decided {
+                return Some(ToCommit::Record(Decided {
                     delivery: d.id,
                     source: d.source,
                     now,
                     note: format!("{n} decision(s)"),
                     decisions,
                     runs,
-                });
+                }));
             }
             ctx.metrics.inc(
                 "runwarden_events_processed_total",
                 &[("source", &d.source), ("result", "ok")],
             );
-            return Outcome::Quiet;
+            return Some(ToCommit::Quiet(d.id));
         }
         Err(ProcessError::Transient(e)) => {
             let backoff = 2i64.saturating_pow(d.attempts.clamp(0, 8) as u32).min(300);
@@ -224,7 +199,7 @@ async fn decide_one(ctx: &AppContext, d: Delivery) -> Outcome {
         "runwarden_events_processed_total",
         &[("source", &d.source), ("result", outcome)],
     );
-    Outcome::Done
+    None
 }
 
 /// Records decided events in one transaction (with the `quiet` ones before them), hands

@@ -89,6 +89,29 @@ pub async fn spawn_app(rules: &str) -> TestApp {
 }
 
 pub async fn spawn_app_with(o: AppOptions) -> TestApp {
+    let p = prepare_app(o).await;
+    let bot = start(p.ctx, p.listener).await.unwrap();
+    TestApp {
+        sim: p.sim,
+        bot,
+        http: reqwest::Client::new(),
+        dir: p.dir,
+        store_url: p.store_url,
+    }
+}
+
+/// A bot's context, not started: its simulator, its store, and the listener `start`
+/// would serve on (for tests that drive the processor or executor by hand).
+pub struct PreparedApp {
+    pub sim: SimHandle,
+    pub ctx: std::sync::Arc<runwarden::server::AppContext>,
+    pub listener: tokio::net::TcpListener,
+    pub dir: tempfile::TempDir,
+    pub store_url: String,
+}
+
+/// What [`spawn_app_with`] builds before it starts the bot.
+pub async fn prepare_app(o: AppOptions) -> PreparedApp {
     let bot_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bot_addr = bot_listener.local_addr().unwrap();
     let mut sim_cfg = SimConfig::default();
@@ -173,11 +196,10 @@ pub async fn spawn_app_with(o: AppOptions) -> TestApp {
         }
         ctx = std::sync::Arc::new(c);
     }
-    let bot = start(ctx, bot_listener).await.unwrap();
-    TestApp {
+    PreparedApp {
         sim,
-        bot,
-        http: reqwest::Client::new(),
+        ctx,
+        listener: bot_listener,
         dir,
         store_url,
     }
