@@ -21,7 +21,7 @@ use runwarden::config::{Secrets, load_str};
 use runwarden::currents::{
     CancelResult, CurrentsWebhookPayload, DeleteResult, Run, run_id_from_url,
 };
-use runwarden::github::events::parse_event;
+use runwarden::github::events::{parse_event, read_event};
 use runwarden::intake::webhooks::{timestamp_ok, verify_github_signature};
 use runwarden::rules::{ProgressSnapshot, RunsView, Trigger, evaluate};
 use runwarden::secret::Secret;
@@ -394,6 +394,19 @@ proptest! {
     ) {
         let body = serde_json::to_vec(&doc).unwrap();
         let _ = parse_event(event, &body, now());
+    }
+
+    /// What the store keeps of a payload reads to the same event as the whole payload.
+    #[test]
+    fn github_payloads_kept_read_as_the_whole(
+        (event, doc) in prop_oneof![Just("push"), Just("pull_request"), Just("workflow_run")]
+            .prop_flat_map(|e| (Just(e), mutated(valid_github(e))))
+    ) {
+        let body = serde_json::to_vec(&doc).unwrap();
+        if let Ok(read) = read_event(event, &body, now()) {
+            prop_assert_eq!(&read.event, &parse_event(event, &body, now()).unwrap());
+            prop_assert_eq!(parse_event(event, read.kept.as_bytes(), now()), Ok(read.event));
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! (completed) and `ping`. Everything else is ignored.
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::rules::Trigger;
 
@@ -27,12 +27,12 @@ pub struct ParseError {
     pub detail: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Repo {
     full_name: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct PushPayload {
     #[serde(rename = "ref")]
     git_ref: String,
@@ -40,17 +40,17 @@ struct PushPayload {
     #[serde(default)]
     deleted: bool,
     repository: Repo,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     head_commit: Option<HeadCommit>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct HeadCommit {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     timestamp: Option<DateTime<chrono::FixedOffset>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct PrPayload {
     action: String,
     number: u64,
@@ -58,35 +58,35 @@ struct PrPayload {
     repository: Repo,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Pr {
     head: PrHead,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     closed_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct PrHead {
     #[serde(rename = "ref")]
     git_ref: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct WorkflowPayload {
     action: String,
     workflow_run: WorkflowRun,
     repository: Repo,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct WorkflowRun {
     id: u64,
     #[serde(default = "one")]
     run_attempt: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     head_branch: Option<String>,
     head_sha: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     updated_at: Option<DateTime<Utc>>,
 }
 
@@ -108,6 +108,92 @@ fn parse<'a, T: Deserialize<'a>>(event: &str, body: &'a [u8]) -> Result<T, Parse
     })
 }
 
+/// A handled payload, deserialized into the fields runwarden reads.
+enum Payload {
+    Ping,
+    Push(PushPayload),
+    PullRequest(PrPayload),
+    WorkflowRun(WorkflowPayload),
+    Other(String),
+}
+
+impl Payload {
+    fn read(event: &str, body: &[u8]) -> Result<Payload, ParseError> {
+        Ok(match event {
+            "ping" => {
+                let _: serde::de::IgnoredAny = parse(event, body)?;
+                Payload::Ping
+            }
+            "push" => Payload::Push(parse(event, body)?),
+            "pull_request" => Payload::PullRequest(parse(event, body)?),
+            "workflow_run" => Payload::WorkflowRun(parse(event, body)?),
+            other => Payload::Other(other.to_string()),
+        })
+    }
+
+    /// The fields read, as JSON of GitHub's own shape: [`parse_event`] reads it to the
+    /// same event as the whole payload.
+    fn kept(&self) -> String {
+        let v = match self {
+            Payload::Push(p) => serde_json::to_string(p),
+            Payload::PullRequest(p) => serde_json::to_string(p),
+            Payload::WorkflowRun(p) => serde_json::to_string(p),
+            Payload::Ping | Payload::Other(_) => Ok("{}".to_string()),
+        };
+        // Plain structs of strings, numbers and times: serializing cannot fail.
+        v.unwrap_or_else(|_| "{}".to_string())
+    }
+
+    fn into_event(self, received_at: DateTime<Utc>) -> GithubEvent {
+        match self {
+            Payload::Ping => GithubEvent::Ping,
+            Payload::Push(p) => {
+                let Some(branch) = p.git_ref.strip_prefix("refs/heads/") else {
+                    return GithubEvent::Ignored(format!("push to {}", p.git_ref));
+                };
+                let deleted = p.deleted || p.after.chars().all(|c| c == '0');
+                GithubEvent::Trigger(Trigger::Push {
+                    repo: p.repository.full_name.to_ascii_lowercase(),
+                    branch: branch.to_string(),
+                    head_sha: p.after,
+                    deleted,
+                    pushed_at: p
+                        .head_commit
+                        .and_then(|h| h.timestamp)
+                        .map(|t| t.with_timezone(&Utc))
+                        .map(|t| t.min(received_at))
+                        .unwrap_or(received_at),
+                })
+            }
+            Payload::PullRequest(p) => {
+                if p.action != "closed" {
+                    return GithubEvent::Ignored(format!("pull_request {}", p.action));
+                }
+                GithubEvent::Trigger(Trigger::PullRequestClosed {
+                    repo: p.repository.full_name.to_ascii_lowercase(),
+                    branch: p.pull_request.head.git_ref,
+                    number: p.number,
+                    closed_at: p.pull_request.closed_at.unwrap_or(received_at),
+                })
+            }
+            Payload::WorkflowRun(p) => {
+                if p.action != "completed" {
+                    return GithubEvent::Ignored(format!("workflow_run {}", p.action));
+                }
+                GithubEvent::Trigger(Trigger::WorkflowRunCompleted {
+                    repo: p.repository.full_name.to_ascii_lowercase(),
+                    run_id: p.workflow_run.id,
+                    run_attempt: p.workflow_run.run_attempt,
+                    head_branch: p.workflow_run.head_branch.filter(|b| !b.is_empty()),
+                    head_sha: p.workflow_run.head_sha,
+                    completed_at: p.workflow_run.updated_at.unwrap_or(received_at),
+                })
+            }
+            Payload::Other(other) => GithubEvent::Ignored(other),
+        }
+    }
+}
+
 /// Parses a payload by its `X-GitHub-Event` type. `received_at` stands in for times the
 /// payload does not carry.
 pub fn parse_event(
@@ -115,58 +201,32 @@ pub fn parse_event(
     body: &[u8],
     received_at: DateTime<Utc>,
 ) -> Result<GithubEvent, ParseError> {
-    match event {
-        "ping" => {
-            let _: serde_json::Value = parse(event, body)?;
-            Ok(GithubEvent::Ping)
-        }
-        "push" => {
-            let p: PushPayload = parse(event, body)?;
-            let Some(branch) = p.git_ref.strip_prefix("refs/heads/") else {
-                return Ok(GithubEvent::Ignored(format!("push to {}", p.git_ref)));
-            };
-            let deleted = p.deleted || p.after.chars().all(|c| c == '0');
-            Ok(GithubEvent::Trigger(Trigger::Push {
-                repo: p.repository.full_name.to_ascii_lowercase(),
-                branch: branch.to_string(),
-                head_sha: p.after,
-                deleted,
-                pushed_at: p
-                    .head_commit
-                    .and_then(|h| h.timestamp)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map(|t| t.min(received_at))
-                    .unwrap_or(received_at),
-            }))
-        }
-        "pull_request" => {
-            let p: PrPayload = parse(event, body)?;
-            if p.action != "closed" {
-                return Ok(GithubEvent::Ignored(format!("pull_request {}", p.action)));
-            }
-            Ok(GithubEvent::Trigger(Trigger::PullRequestClosed {
-                repo: p.repository.full_name.to_ascii_lowercase(),
-                branch: p.pull_request.head.git_ref,
-                number: p.number,
-                closed_at: p.pull_request.closed_at.unwrap_or(received_at),
-            }))
-        }
-        "workflow_run" => {
-            let p: WorkflowPayload = parse(event, body)?;
-            if p.action != "completed" {
-                return Ok(GithubEvent::Ignored(format!("workflow_run {}", p.action)));
-            }
-            Ok(GithubEvent::Trigger(Trigger::WorkflowRunCompleted {
-                repo: p.repository.full_name.to_ascii_lowercase(),
-                run_id: p.workflow_run.id,
-                run_attempt: p.workflow_run.run_attempt,
-                head_branch: p.workflow_run.head_branch.filter(|b| !b.is_empty()),
-                head_sha: p.workflow_run.head_sha,
-                completed_at: p.workflow_run.updated_at.unwrap_or(received_at),
-            }))
-        }
-        other => Ok(GithubEvent::Ignored(other.to_string())),
-    }
+    Ok(Payload::read(event, body)?.into_event(received_at))
+}
+
+/// A payload read at intake: the event, and what of the payload is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadEvent {
+    pub event: GithubEvent,
+    /// The fields runwarden reads (see [`parse_event`]), as JSON of GitHub's own shape,
+    /// a few hundred bytes: what the store keeps of the payload. [`parse_event`] reads it,
+    /// with the same `received_at`, to the same event as the whole payload. The rest of a
+    /// payload (up to 25 MiB for GitHub; a `push` is typically several KiB) is not kept.
+    pub kept: String,
+}
+
+/// [`parse_event`], and the part of the payload to store.
+pub fn read_event(
+    event: &str,
+    body: &[u8],
+    received_at: DateTime<Utc>,
+) -> Result<ReadEvent, ParseError> {
+    let payload = Payload::read(event, body)?;
+    let kept = payload.kept();
+    Ok(ReadEvent {
+        event: payload.into_event(received_at),
+        kept,
+    })
 }
 
 /// The event types runwarden stores and acts on.

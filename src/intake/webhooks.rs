@@ -380,8 +380,9 @@ pub async fn github(State(state): State<AppState>, hook: GithubWebhook) -> Respo
         );
     }
     let now = Utc::now();
-    // Reject what cannot be parsed now, so a bad payload is a 400, not a stored event.
-    match events::parse_event(&hook.event, &hook.body, now) {
+    // Reject what cannot be parsed now, so a bad payload is a 400, not a stored event;
+    // what is stored is the part of the payload the rules read (`ReadEvent::kept`).
+    match events::read_event(&hook.event, &hook.body, now) {
         Err(e) => {
             // serde's message can quote the payload (`invalid type: string "..."`): it
             // stays at DEBUG, like payloads.
@@ -394,18 +395,21 @@ pub async fn github(State(state): State<AppState>, hook: GithubWebhook) -> Respo
                 json!({ "error": "malformed payload" }),
             )
         }
-        Ok(events::GithubEvent::Ping) | Ok(events::GithubEvent::Ignored(_)) => answer(
+        Ok(events::ReadEvent {
+            event: events::GithubEvent::Ping | events::GithubEvent::Ignored(_),
+            ..
+        }) => answer(
             &state,
             "github",
             StatusCode::ACCEPTED,
             json!({ "status": "ignored" }),
         ),
-        Ok(_) => {
+        Ok(read) => {
             let delivery = NewDelivery {
                 source: "github".into(),
                 delivery_id: hook.delivery,
                 event: hook.event,
-                payload: String::from_utf8_lossy(&hook.body).into_owned(),
+                payload: read.kept,
                 received_at: now,
             };
             store_delivery(&state, "github", delivery).await

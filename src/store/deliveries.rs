@@ -179,7 +179,9 @@ pub struct NewDelivery {
     pub delivery_id: String,
     /// The event name (`RUN_FINISH`, `push`, ...).
     pub event: String,
-    /// The body as received (JSON text; for webhooks, after its signature was verified).
+    /// JSON text: a Currents webhook's body as received; of a GitHub webhook, the fields
+    /// runwarden reads ([`crate::github::events::ReadEvent::kept`]); for webhooks, after
+    /// the signature was verified over the whole body.
     pub payload: String,
     pub received_at: DateTime<Utc>,
 }
