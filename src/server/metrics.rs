@@ -24,19 +24,36 @@ pub struct Metrics {
     latency: Mutex<Histogram>,
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Appends `v` escaped as a label value.
+fn escape_into(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
 
-/// Renders `k="v",...` label text.
+/// Renders `k="v",...` label text (one allocation: this runs for every webhook).
 pub fn labels(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect::<Vec<_>>()
-        .join(",")
+    let mut out = String::with_capacity(
+        pairs
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>(),
+    );
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_into(&mut out, v);
+        out.push('"');
+    }
+    out
 }
 
 const HELP: &[(&str, &str)] = &[
@@ -195,5 +212,14 @@ mod tests {
             ),
             2
         );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(
+            labels(&[("rule", "a\"b\\c\nd"), ("kind", "supersede")]),
+            "rule=\"a\\\"b\\\\c\\nd\",kind=\"supersede\""
+        );
+        assert_eq!(labels(&[]), "");
     }
 }

@@ -365,6 +365,10 @@ async fn connect_sqlite(url: &str, options: &StoreOptions) -> anyhow::Result<(An
     let busy_ms = options.busy_timeout.as_millis();
     let pool = AnyPoolOptions::new()
         .acquire_timeout(options.acquire_timeout)
+        // A SQLite connection is a file handle in this process: a ping before each use
+        // (a round trip to sqlx's connection thread) would find nothing a statement does
+        // not report itself.
+        .test_before_acquire(false)
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 if !in_memory {
