@@ -207,6 +207,8 @@ struct Interleaved {
     /// Deliveries acked by the bot over all windows (warm-up included), and found stored.
     acked: u64,
     stored: i64,
+    /// The store's group commits of deliveries, and the deliveries they carried.
+    commits: (u64, u64),
 }
 
 impl Interleaved {
@@ -214,9 +216,11 @@ impl Interleaved {
     fn spread(&self) -> String {
         let min = self.ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let max = self.ratios.iter().copied().fold(0.0, f64::max);
+        let (commits, deliveries) = self.commits;
         format!(
-            "{} rounds, per-round ratio {min:.2}–{max:.2}x",
-            self.ratios.len()
+            "{} rounds, per-round ratio {min:.2}–{max:.2}x; {deliveries} deliveries in {commits} commits ({:.1} each)",
+            self.ratios.len(),
+            deliveries as f64 / commits.max(1) as f64
         )
     }
 }
@@ -271,8 +275,11 @@ async fn interleaved(
         ceiling_total.absorb(c);
     }
     let stored = stored_deliveries(&bot).await;
+    let stats = bot.bot.ctx.store.group_commit_stats();
+    let commits = (stats.groups(), stats.events());
     bot.shutdown().await;
     Ok(Interleaved {
+        commits,
         bot: bot_total,
         ceiling: ceiling_total,
         ratios,
