@@ -101,6 +101,7 @@ both!(
     a_duplicate_delivery_changes_nothing,
     fifty_concurrent_copies_of_a_delivery_store_one,
     concurrent_deliveries_share_commits_and_each_key_is_stored_once,
+    processed_marks_and_new_deliveries_commit_together_and_each_is_applied,
     an_event_record_writes_its_runs_and_leases_its_new_due_actions_to_the_worker,
     event_records_in_one_commit_are_all_or_nothing_and_lease_within_one_cap,
     unprocessed_deliveries_come_oldest_first_within_the_limit,
@@ -349,6 +350,112 @@ async fn concurrent_deliveries_share_commits_and_each_key_is_stored_once(db: Db)
     let first = s.next_unprocessed(t(1000), 3).await.unwrap();
     let ids: Vec<&str> = first.iter().map(|d| d.delivery_id.as_str()).collect();
     assert_eq!(ids, ["k-0", "k-1", "k-2"]);
+}
+
+/// `mark_processed_many` goes through the delivery writer: marks sent while deliveries
+/// arrive are applied (each id once, unknown ids ignored) and counted with its commits.
+async fn processed_marks_and_new_deliveries_commit_together_and_each_is_applied(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    for i in 0..40 {
+        s.insert_delivery(delivery("github", &format!("old-{i}"), "{}", t(i)))
+            .await
+            .unwrap();
+    }
+    let old: Vec<i64> = s
+        .next_unprocessed(t(1000), 40)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(old.len(), 40);
+    let stats = s.group_commit_stats();
+    let (groups, marks) = (stats.groups(), stats.marks());
+    let inserts = (0..100).map(|i| async move {
+        s.insert_delivery(delivery("github", &format!("new-{i}"), "{}", t(100 + i)))
+            .await
+            .unwrap()
+    });
+    // Four marks of ten, the last with an unknown id too.
+    let mark_calls = old.chunks(10).enumerate().map(|(i, chunk)| async move {
+        let mut ids = chunk.to_vec();
+        if i == 3 {
+            ids.push(999_999);
+        }
+        s.mark_processed_many(&ids, "0 decision(s)").await.unwrap()
+    });
+    let (outcomes, _) = futures::join!(
+        futures::future::join_all(inserts),
+        futures::future::join_all(mark_calls)
+    );
+    assert!(outcomes.iter().all(|o| *o == InsertOutcome::Inserted));
+    assert_eq!(stats.marks() - marks, 4);
+    assert!(
+        stats.groups() - groups < 104,
+        "{} commits for 100 deliveries and 4 marks",
+        stats.groups() - groups
+    );
+    for id in &old {
+        let d = s.get_delivery(*id).await.unwrap().unwrap();
+        assert!(d.processed_at.is_some(), "{id} not marked");
+        assert_eq!(d.outcome.as_deref(), Some("0 decision(s)"));
+    }
+    assert_eq!(s.count_unprocessed().await.unwrap(), 100);
+}
+
+/// While the writer waits for the SQLite lock with a group of deliveries, a mark and more
+/// deliveries queue up: they share the next commit (no commit of the mark's own).
+#[tokio::test(flavor = "current_thread")]
+async fn a_processed_mark_rides_with_the_next_commit_of_deliveries() {
+    let ts = TempStore::new(Db::Sqlite).await;
+    let s = ts.store.clone();
+    s.insert_delivery(delivery("github", "old", "{}", t(0)))
+        .await
+        .unwrap();
+    let id = s.next_unprocessed(t(10), 1).await.unwrap()[0].id;
+    let stats = s.group_commit_stats();
+    let (groups, marks) = (stats.groups(), stats.marks());
+
+    let mut other = sqlx::SqliteConnection::connect(&url(ts.path()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let insert = |key: &'static str| {
+        let s = s.clone();
+        tokio::spawn(async move { s.insert_delivery(delivery("github", key, "{}", t(5))).await })
+    };
+    let first = insert("a");
+    // The writer takes "a" and waits for the lock (SQLite's busy handler, off this
+    // thread): nothing it does can finish meanwhile.
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    let mark = {
+        let s = s.clone();
+        tokio::spawn(async move { s.mark_processed_many(&[id], "0 decision(s)").await })
+    };
+    let (b, c) = (insert("b"), insert("c"));
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!first.is_finished() && !mark.is_finished());
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    for t in [first, b, c] {
+        assert_eq!(t.await.unwrap().unwrap(), InsertOutcome::Inserted);
+    }
+    mark.await.unwrap().unwrap();
+    assert_eq!(stats.marks() - marks, 1);
+    assert_eq!(
+        stats.groups() - groups,
+        2,
+        "\"a\" alone, then the mark with \"b\" and \"c\""
+    );
+    let d = s.get_delivery(id).await.unwrap().unwrap();
+    assert!(d.processed_at.is_some());
 }
 
 /// `record_event`: the observed runs, the decisions, the processed mark and the lease of

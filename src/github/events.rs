@@ -121,7 +121,8 @@ impl Payload {
     fn read(event: &str, body: &[u8]) -> Result<Payload, ParseError> {
         Ok(match event {
             "ping" => {
-                let _: serde::de::IgnoredAny = parse(event, body)?;
+                // Read whole (not skipped): a string of invalid UTF-8 is refused.
+                let _: serde_json::Value = parse(event, body)?;
                 Payload::Ping
             }
             "push" => Payload::Push(parse(event, body)?),

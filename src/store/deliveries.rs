@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Store, StoreError, StoreResult, from_ms, limit, opt_from_ms, to_ms};
+use super::{Backend, Store, StoreError, StoreResult, from_ms, limit, opt_from_ms, to_ms};
 
 /// Most events stored by one commit of [`Store::insert_delivery`]'s writer (5 bound
 /// values each, far below SQLite's and PostgreSQL's limits on parameters).
@@ -34,6 +34,22 @@ pub(super) struct PendingDelivery {
     reply: oneshot::Sender<StoreResult<InsertOutcome>>,
 }
 
+/// Deliveries to mark processed with the next group commit
+/// ([`Store::mark_processed_many`]).
+#[derive(Debug)]
+pub(super) struct PendingMark {
+    ids: Vec<i64>,
+    note: String,
+    reply: oneshot::Sender<StoreResult<()>>,
+}
+
+/// What the group-commit writer is handed.
+#[derive(Debug)]
+pub(super) enum WriterJob {
+    Insert(PendingDelivery),
+    Mark(PendingMark),
+}
+
 /// Counters of group commits: [`Store::insert_delivery`]'s
 /// ([`Store::group_commit_stats`]) and [`Store::record_events`]'s
 /// ([`Store::event_record_stats`]).
@@ -41,6 +57,7 @@ pub(super) struct PendingDelivery {
 pub struct GroupCommitStats {
     groups: AtomicU64,
     events: AtomicU64,
+    marks: AtomicU64,
 }
 
 impl GroupCommitStats {
@@ -54,6 +71,12 @@ impl GroupCommitStats {
         self.events.load(Ordering::Relaxed)
     }
 
+    /// Calls of [`Store::mark_processed_many`] those commits carried (the delivery
+    /// writer's only).
+    pub fn marks(&self) -> u64 {
+        self.marks.load(Ordering::Relaxed)
+    }
+
     /// Counts one commit of `events` events.
     pub(super) fn count(&self, events: usize) {
         self.groups.fetch_add(1, Ordering::Relaxed);
@@ -64,26 +87,50 @@ impl GroupCommitStats {
 /// The group-commit writer of a [`Store`] (shared by its clones), started on first use.
 #[derive(Debug, Default)]
 pub(super) struct DeliveryWriter {
-    queue: std::sync::OnceLock<mpsc::Sender<PendingDelivery>>,
+    queue: std::sync::OnceLock<mpsc::Sender<WriterJob>>,
     stats: Arc<GroupCommitStats>,
 }
 
-/// Starts the task that stores queued events in groups (see [`Store::insert_delivery`]).
-/// It holds the pool, not the [`Store`], and ends when every sender is gone.
+/// Starts the task that stores queued events in groups (see [`Store::insert_delivery`])
+/// and marks events processed with them ([`Store::mark_processed_many`]). It holds the
+/// pool, not the [`Store`], and ends when every sender is gone.
 fn spawn_delivery_writer(
     pool: AnyPool,
+    backend: Backend,
     stats: Arc<GroupCommitStats>,
-) -> mpsc::Sender<PendingDelivery> {
-    let (tx, mut rx) = mpsc::channel::<PendingDelivery>(WRITER_QUEUE);
+) -> mpsc::Sender<WriterJob> {
+    let (tx, mut rx) = mpsc::channel::<WriterJob>(WRITER_QUEUE);
     tokio::spawn(async move {
+        let mut jobs = Vec::with_capacity(GROUP_COMMIT_MAX);
         let mut group = Vec::with_capacity(GROUP_COMMIT_MAX);
+        let mut marks = Vec::new();
         // Whatever queued while the previous commit was running forms the next group.
-        while rx.recv_many(&mut group, GROUP_COMMIT_MAX).await > 0 {
-            let outcomes = insert_group(&pool, &group).await;
-            stats.groups.fetch_add(1, Ordering::Relaxed);
-            stats
-                .events
-                .fetch_add(group.len() as u64, Ordering::Relaxed);
+        while rx.recv_many(&mut jobs, GROUP_COMMIT_MAX).await > 0 {
+            for job in jobs.drain(..) {
+                match job {
+                    WriterJob::Insert(p) => group.push(p),
+                    WriterJob::Mark(m) => marks.push(m),
+                }
+            }
+            let (outcomes, marked) = if marks.is_empty() {
+                (insert_group(&pool, &group).await, Ok(()))
+            } else {
+                match insert_and_mark(&pool, backend, &group, &marks).await {
+                    Ok(outcomes) => (Ok(outcomes), Ok(())),
+                    // Apart, so that a failed mark never costs an ack (nor the reverse).
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot store events and marks together; storing them apart");
+                        let outcomes = if group.is_empty() {
+                            Ok(Vec::new())
+                        } else {
+                            insert_group(&pool, &group).await
+                        };
+                        (outcomes, mark_alone(&pool, backend, &marks).await)
+                    }
+                }
+            };
+            stats.count(group.len());
+            stats.marks.fetch_add(marks.len() as u64, Ordering::Relaxed);
             match outcomes {
                 Ok(outcomes) => {
                     for (p, o) in group.drain(..).zip(outcomes) {
@@ -97,15 +144,91 @@ fn spawn_delivery_writer(
                     }
                 }
             }
+            match marked {
+                Ok(()) => marks.drain(..).for_each(|m| drop(m.reply.send(Ok(())))),
+                Err(e) => {
+                    let e = Arc::new(e);
+                    for m in marks.drain(..) {
+                        let _ = m.reply.send(Err(StoreError::from(e.clone())));
+                    }
+                }
+            }
         }
     });
     tx
 }
 
+/// Stores `group` and marks `marks` processed, in one transaction.
+async fn insert_and_mark(
+    pool: &AnyPool,
+    backend: Backend,
+    group: &[PendingDelivery],
+    marks: &[PendingMark],
+) -> Result<Vec<InsertOutcome>, sqlx::Error> {
+    let mut tx = begin(pool, backend).await?;
+    let outcomes = if group.is_empty() {
+        Vec::new()
+    } else {
+        insert_group(&mut *tx, group).await?
+    };
+    for m in marks {
+        mark_many(&mut tx, &m.ids, &m.note).await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Begins a write transaction on the writer pool.
+async fn begin(
+    pool: &AnyPool,
+    backend: Backend,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    match backend {
+        Backend::Sqlite => super::begin_sqlite_write(pool).await,
+        Backend::Postgres => pool.begin().await,
+    }
+}
+
+/// Marks `marks` processed, in one transaction of their own.
+async fn mark_alone(
+    pool: &AnyPool,
+    backend: Backend,
+    marks: &[PendingMark],
+) -> Result<(), sqlx::Error> {
+    let mut tx = begin(pool, backend).await?;
+    for m in marks {
+        mark_many(&mut tx, &m.ids, &m.note).await?;
+    }
+    tx.commit().await
+}
+
+/// Marks deliveries processed with the same note (unknown ids and ones already marked are
+/// left alone).
+async fn mark_many(
+    conn: &mut sqlx::AnyConnection,
+    ids: &[i64],
+    outcome_note: &str,
+) -> Result<(), sqlx::Error> {
+    for chunk in ids.chunks(500) {
+        let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+        let sql = format!(
+            "UPDATE deliveries SET processed_at = $1, outcome = $2 \
+             WHERE processed_at IS NULL AND id IN ({})",
+            list.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(to_ms(Utc::now())).bind(outcome_note);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Stores a group of events with one statement (atomic, one commit). An event repeated
 /// within the group, or already stored, is a [`InsertOutcome::Duplicate`].
-async fn insert_group(
-    pool: &AnyPool,
+async fn insert_group<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
     group: &[PendingDelivery],
 ) -> Result<Vec<InsertOutcome>, sqlx::Error> {
     let mut firsts: Vec<&NewDelivery> = Vec::with_capacity(group.len());
@@ -145,7 +268,7 @@ async fn insert_group(
             .bind(&d.payload)
             .bind(to_ms(d.received_at));
     }
-    let inserted: HashSet<(String, String)> = q.fetch_all(pool).await?.into_iter().collect();
+    let inserted: HashSet<(String, String)> = q.fetch_all(db).await?.into_iter().collect();
     // The first of each key in the group is the one inserted (when it was new).
     let mut answered = HashSet::with_capacity(group.len());
     Ok(group
@@ -270,12 +393,13 @@ impl Store {
                 d.source
             )));
         }
-        let w = &self.delivery_writer;
-        let writer = w
-            .queue
-            .get_or_init(|| spawn_delivery_writer(self.writer.clone(), w.stats.clone()));
         let (reply, answer) = oneshot::channel();
-        if writer.send(PendingDelivery { d, reply }).await.is_err() {
+        if self
+            .delivery_queue()
+            .send(WriterJob::Insert(PendingDelivery { d, reply }))
+            .await
+            .is_err()
+        {
             return Err(sqlx::Error::PoolClosed.into());
         }
         match answer.await {
@@ -283,6 +407,14 @@ impl Store {
             // The writer task ended (the runtime is shutting down).
             Err(_) => Err(sqlx::Error::PoolClosed.into()),
         }
+    }
+
+    /// The queue of the group-commit writer, started on first use.
+    fn delivery_queue(&self) -> &mpsc::Sender<WriterJob> {
+        let w = &self.delivery_writer;
+        w.queue.get_or_init(|| {
+            spawn_delivery_writer(self.writer.clone(), self.backend, w.stats.clone())
+        })
     }
 
     /// How [`Store::insert_delivery`] has grouped its commits so far (this handle and
@@ -410,11 +542,26 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Marks several deliveries processed with the same note, in one statement (events
-    /// that decided nothing). Unknown ids are ignored.
+    /// Marks several deliveries processed with the same note (events that decided
+    /// nothing), with the next group commit of [`Store::insert_delivery`]: no commit (nor
+    /// fsync) of their own while events arrive. Unknown ids are ignored.
     pub async fn mark_processed_many(&self, ids: &[i64], outcome_note: &str) -> StoreResult<()> {
-        let mut conn = self.writer.acquire().await?;
-        Self::mark_many_in(&mut conn, ids, outcome_note).await
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = WriterJob::Mark(PendingMark {
+            ids: ids.to_vec(),
+            note: outcome_note.to_string(),
+            reply,
+        });
+        if self.delivery_queue().send(job).await.is_err() {
+            return Err(sqlx::Error::PoolClosed.into());
+        }
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::PoolClosed.into()),
+        }
     }
 
     /// [`Store::mark_processed_many`] on an open transaction.
@@ -423,20 +570,7 @@ impl Store {
         ids: &[i64],
         outcome_note: &str,
     ) -> StoreResult<()> {
-        for chunk in ids.chunks(500) {
-            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
-            let sql = format!(
-                "UPDATE deliveries SET processed_at = $1, outcome = $2 \
-                 WHERE processed_at IS NULL AND id IN ({})",
-                list.join(", ")
-            );
-            let mut q = sqlx::query(&sql).bind(to_ms(Utc::now())).bind(outcome_note);
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            q.execute(&mut *conn).await?;
-        }
-        Ok(())
+        Ok(mark_many(conn, ids, outcome_note).await?)
     }
 
     /// Marks delivery `id` processed on an open transaction.

@@ -224,17 +224,7 @@ impl Store {
     /// opens a fresh one, so that the store writes again once the fault is gone.
     async fn begin_write(&self) -> StoreResult<Transaction<'static, Any>> {
         match self.backend {
-            Backend::Sqlite => match self.writer.begin_with("BEGIN IMMEDIATE").await {
-                Err(sqlx::Error::InvalidSavePointStatement) => {
-                    tracing::warn!(
-                        "the store's writer connection lost track of a transaction SQLite rolled back; reopening it"
-                    );
-                    let conn = self.writer.acquire().await?;
-                    let _ = conn.close().await;
-                    Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
-                }
-                other => Ok(other?),
-            },
+            Backend::Sqlite => Ok(begin_sqlite_write(&self.writer).await?),
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
@@ -244,6 +234,22 @@ impl Store {
                 Ok(tx)
             }
         }
+    }
+}
+
+/// `BEGIN IMMEDIATE` on the SQLite writer pool, reopening its connection when it lost
+/// track of a transaction SQLite rolled back by itself (see [`Store::begin_write`]).
+async fn begin_sqlite_write(writer: &AnyPool) -> Result<Transaction<'static, Any>, sqlx::Error> {
+    match writer.begin_with("BEGIN IMMEDIATE").await {
+        Err(sqlx::Error::InvalidSavePointStatement) => {
+            tracing::warn!(
+                "the store's writer connection lost track of a transaction SQLite rolled back; reopening it"
+            );
+            let conn = writer.acquire().await?;
+            let _ = conn.close().await;
+            writer.begin_with("BEGIN IMMEDIATE").await
+        }
+        other => other,
     }
 }
 
