@@ -74,8 +74,31 @@ impl Blast {
     }
 }
 
+/// The load: one client, one signed body, and the delivery ids handed out so far.
+struct Load {
+    client: reqwest::Client,
+    body: Bytes,
+    sig: String,
+    ids: Arc<AtomicU64>,
+}
+
+/// How long each side is loaded.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    warmup: Duration,
+    window: Duration,
+    rounds: usize,
+}
+
+impl Load {
+    /// Posts the body to `url` from `CONCURRENCY` tasks for `window`.
+    async fn blast(&self, url: &str, window: Duration) -> Blast {
+        blast(&self.client, url, &self.body, &self.sig, window, &self.ids).await
+    }
+}
+
 /// Posts `body` to `url` from `CONCURRENCY` tasks for `window`.
-pub async fn blast(
+async fn blast(
     client: &reqwest::Client,
     url: &str,
     body: &Bytes,
@@ -226,17 +249,12 @@ impl Interleaved {
 }
 
 /// The same load on the ceiling at `ceiling_url` and on a fresh in-process bot with its
-/// store `store`, in `rounds` rounds of one `window` each, alternating which goes first.
-#[allow(clippy::too_many_arguments)]
+/// store `store`, in rounds of one window each, alternating which goes first.
 async fn interleaved(
+    load: &Load,
+    at: Schedule,
     ceiling_url: &str,
     store: BenchStore,
-    body: &Bytes,
-    sig: &str,
-    warmup: Duration,
-    window: Duration,
-    rounds: usize,
-    ids: &Arc<AtomicU64>,
 ) -> anyhow::Result<Interleaved> {
     let sim = InProcSim::start(false).await?;
     sim.world.add_project(runwarden::simulator::NewProject {
@@ -246,21 +264,20 @@ async fn interleaved(
     })?;
     let bot = InProcBot::start_on(&sim, &[PROJECT], RULES, 0, store).await?;
     let url = bot.url("/webhooks/github");
-    let client = harness::http_client(CONCURRENCY);
-    blast(&client, ceiling_url, body, sig, warmup, ids).await;
-    let mut acked = blast(&client, &url, body, sig, warmup, ids).await.accepted;
+    load.blast(ceiling_url, at.warmup).await;
+    let mut acked = load.blast(&url, at.warmup).await.accepted;
     let (mut bot_total, mut ceiling_total) = (Blast::default(), Blast::default());
-    let mut ratios = Vec::with_capacity(rounds);
-    for round in 0..rounds {
+    let mut ratios = Vec::with_capacity(at.rounds);
+    for round in 0..at.rounds {
         let mut pair = [None, None];
         // Ceiling first in even rounds, the bot first in odd ones.
         for turn in [round % 2, 1 - round % 2] {
             if turn == 0 {
                 // The bot's backlog would run during the ceiling's window.
                 bot.settle(Duration::from_secs(60)).await?;
-                pair[0] = Some(blast(&client, ceiling_url, body, sig, window, ids).await);
+                pair[0] = Some(load.blast(ceiling_url, at.window).await);
             } else {
-                pair[1] = Some(blast(&client, &url, body, sig, window, ids).await);
+                pair[1] = Some(load.blast(&url, at.window).await);
             }
         }
         let [Some(c), Some(b)] = pair else {
@@ -289,10 +306,18 @@ async fn interleaved(
 }
 
 pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
-    let (warmup, window, rounds) = if args.quick {
-        (Duration::from_millis(300), Duration::from_millis(500), 2)
+    let at = if args.quick {
+        Schedule {
+            warmup: Duration::from_millis(300),
+            window: Duration::from_millis(500),
+            rounds: 2,
+        }
     } else {
-        (Duration::from_secs(1), Duration::from_secs(1), 5)
+        Schedule {
+            warmup: Duration::from_secs(1),
+            window: Duration::from_secs(1),
+            rounds: 5,
+        }
     };
     let body = Bytes::from(harness::push_body(
         REPO,
@@ -300,8 +325,12 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         "9c1e2ab3d4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9",
         4,
     ));
-    let sig = harness::sign(GITHUB_SECRET, &body);
-    let ids = Arc::new(AtomicU64::new(0));
+    let load = Load {
+        client: harness::http_client(CONCURRENCY),
+        sig: harness::sign(GITHUB_SECRET, &body),
+        body,
+        ids: Arc::new(AtomicU64::new(0)),
+    };
     let (ceiling_url, ceiling_task) = start_ceiling().await?;
 
     // The bot, store on the disk of $TMPDIR (the figure), or on the PostgreSQL server.
@@ -313,34 +342,14 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         BenchStore::Postgres(db) => Some(db.settings().await?),
         BenchStore::Sqlite(_) => None,
     };
-    let main = interleaved(
-        &ceiling_url,
-        store,
-        &body,
-        &sig,
-        warmup,
-        window,
-        rounds,
-        &ids,
-    )
-    .await?;
+    let main = interleaved(&load, at, &ceiling_url, store).await?;
     let probe_base = harness::tempdir()?;
     let fsync_after = harness::fsync_probe(probe_base.path(), if args.quick { 100 } else { 300 })?;
     // The same on tmpfs (SQLite), and the disk's fsync latency: what limits the figure.
     let tmpfs = match harness::tmpfs_dir() {
-        Some(d) if pg.is_none() => Some(
-            interleaved(
-                &ceiling_url,
-                BenchStore::Sqlite(d),
-                &body,
-                &sig,
-                warmup,
-                window,
-                rounds,
-                &ids,
-            )
-            .await?,
-        ),
+        Some(d) if pg.is_none() => {
+            Some(interleaved(&load, at, &ceiling_url, BenchStore::Sqlite(d)).await?)
+        }
         _ => None,
     };
     ceiling_task.abort();
