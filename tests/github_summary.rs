@@ -940,6 +940,8 @@ async fn concurrent_summaries_for_one_pr_make_one_comment_with_both_sections() {
     let c = env.comments(7);
     assert_eq!(c.len(), 1);
     assert_eq!(SummaryDoc::parse(&c[0].body).unwrap().sections.len(), 2);
+    // The PR's lock is forgotten once both are done.
+    assert_eq!(env.gh.pr_locks_in_use(), 0);
 }
 
 #[tokio::test]

@@ -514,8 +514,41 @@ struct Reply<T> {
     value: T,
 }
 
-/// Serialises read-modify-write of one PR's comment.
-type PrLock = Arc<tokio::sync::Mutex<()>>;
+/// Async locks of this process, one per key, each forgotten once nobody holds or waits
+/// for it (so the map does not grow with every PR or commit ever summarised).
+struct KeyedLocks<K> {
+    map: Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl<K> Default for KeyedLocks<K> {
+    fn default() -> Self {
+        KeyedLocks {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> KeyedLocks<K> {
+    /// Runs `f` while holding the lock of `key`.
+    async fn run<T>(&self, key: K, f: impl std::future::Future<Output = T>) -> T {
+        let held = lock(&self.map).entry(key.clone()).or_default().clone();
+        let out = {
+            let _guard = held.lock().await;
+            f.await
+        };
+        let mut map = lock(&self.map);
+        drop(held);
+        if map.get(&key).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(&key);
+        }
+        out
+    }
+
+    /// Locks currently held or waited for.
+    fn in_use(&self) -> usize {
+        lock(&self.map).len()
+    }
+}
 
 /// The GitHub API client. Cheap to share (`Arc`); one per process.
 pub struct GithubClient {
@@ -533,11 +566,10 @@ pub struct GithubClient {
     last_write: tokio::sync::Mutex<Option<Instant>>,
     /// (repo key, PR) -> sticky comment id, learnt by the summary code.
     comment_ids: Mutex<HashMap<(String, u64), u64>>,
-    /// (repo key, PR) -> lock serialising read-modify-write of that PR's comment.
-    pr_locks: Mutex<HashMap<(String, u64), PrLock>>,
-    /// (repo key, sha, context) -> lock serialising read-then-post of that commit status.
-    /// An entry lives while someone holds or waits for it.
-    status_locks: Mutex<HashMap<(String, String, String), PrLock>>,
+    /// (repo key, PR): serialises read-modify-write of that PR's comment.
+    pr_locks: KeyedLocks<(String, u64)>,
+    /// (repo key, sha, context): serialises read-then-post of that commit status.
+    status_locks: KeyedLocks<(String, String, String)>,
 }
 
 impl fmt::Debug for GithubClient {
@@ -586,8 +618,8 @@ impl GithubClient {
             tokens: tokio::sync::Mutex::new(HashMap::new()),
             last_write: tokio::sync::Mutex::new(None),
             comment_ids: Mutex::new(HashMap::new()),
-            pr_locks: Mutex::new(HashMap::new()),
-            status_locks: Mutex::new(HashMap::new()),
+            pr_locks: KeyedLocks::default(),
+            status_locks: KeyedLocks::default(),
         })
     }
 
@@ -891,18 +923,26 @@ impl GithubClient {
         };
     }
 
-    /// The lock that serialises read-modify-write of one PR's comment in this process.
-    pub fn pr_lock(&self, repo: &RepoName, pr: u64) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.pr_locks)
-            .entry((repo.key(), pr))
-            .or_default()
-            .clone()
+    /// Runs `f` while holding this process's lock on the sticky comment of PR `pr` in
+    /// `repo`: two summaries for one PR read, merge and write it one after the other.
+    pub async fn with_pr_lock<T>(
+        &self,
+        repo: &RepoName,
+        pr: u64,
+        f: impl std::future::Future<Output = T>,
+    ) -> T {
+        self.pr_locks.run((repo.key(), pr), f).await
+    }
+
+    /// PR comment locks currently held or waited for (see [`Self::with_pr_lock`]).
+    pub fn pr_locks_in_use(&self) -> usize {
+        self.pr_locks.in_use()
     }
 
     /// Runs `f` while holding this process's lock on the commit status `context` of `sha`
     /// in `repo`: two summaries of one commit (two events of a run, handled at once) then
     /// read the latest status and post theirs one after the other, never both deciding
-    /// from the same read. The lock is forgotten once nobody holds or waits for it.
+    /// from the same read.
     pub async fn with_status_lock<T>(
         &self,
         repo: &RepoName,
@@ -911,25 +951,12 @@ impl GithubClient {
         f: impl std::future::Future<Output = T>,
     ) -> T {
         let key = (repo.key(), sha.to_string(), context.to_string());
-        let lock_arc = lock(&self.status_locks)
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        let out = {
-            let _guard = lock_arc.lock().await;
-            f.await
-        };
-        let mut map = lock(&self.status_locks);
-        drop(lock_arc);
-        if map.get(&key).is_some_and(|l| Arc::strong_count(l) == 1) {
-            map.remove(&key);
-        }
-        out
+        self.status_locks.run(key, f).await
     }
 
     /// Commit-status locks currently held or waited for (see [`Self::with_status_lock`]).
     pub fn status_locks_in_use(&self) -> usize {
-        lock(&self.status_locks).len()
+        self.status_locks.in_use()
     }
 
     // ---- machinery ---------------------------------------------------------------------

@@ -16,9 +16,10 @@
 //!    A create whose outcome is unknown is followed by a read for the marker, never by a
 //!    blind second `POST`.
 //! 4. Commit status (`commit_status = true`) on the run's sha, context `status_context`
-//!    with `{project}` filled, under a per-status lock (read the latest, then post). Not sent when the latest status of that context already
-//!    says the same for the same run, nor when it would turn a finished run's status back
-//!    to pending (an out-of-order `RUN_START`).
+//!    with `{project}` filled, under a per-status lock (read the latest, then post). Not
+//!    sent when the latest status of that context already says the same for the same
+//!    run, nor when it would turn a finished run's status back to pending (an
+//!    out-of-order `RUN_START`).
 //!
 //! Dry run: the same reads, no `POST` or `PATCH`; the outcome carries what would have
 //! been written.
@@ -332,7 +333,8 @@ async fn post_comments(
     Ok((outcomes, first_error))
 }
 
-/// The sticky comment of one PR: read, merge, render, write if changed.
+/// The sticky comment of one PR: read, merge, render, write if changed, under the PR's
+/// lock.
 async fn update_pr_comment(
     ctx: &SummaryCtx<'_>,
     repo: &RepoName,
@@ -340,10 +342,24 @@ async fn update_pr_comment(
     section: &Section,
     dry_run: bool,
 ) -> Result<SummaryOutcome, SummaryError> {
-    let gh = ctx.gh;
-    let lock = gh.pr_lock(repo, pr.number);
-    let _guard = lock.lock().await;
+    ctx.gh
+        .with_pr_lock(
+            repo,
+            pr.number,
+            update_pr_comment_locked(ctx, repo, pr, section, dry_run),
+        )
+        .await
+}
 
+/// [`update_pr_comment`] under the PR's lock.
+async fn update_pr_comment_locked(
+    ctx: &SummaryCtx<'_>,
+    repo: &RepoName,
+    pr: &PullRef,
+    section: &Section,
+    dry_run: bool,
+) -> Result<SummaryOutcome, SummaryError> {
+    let gh = ctx.gh;
     let info = PrInfo {
         number: pr.number,
         head_sha: pr.head_sha.clone(),
