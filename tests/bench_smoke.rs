@@ -4,21 +4,14 @@
 //! Currents requests), and every other figure but the soak with its timing-free checks.
 //! Nothing here asserts a timing.
 
-use std::process::Command;
+#[path = "support/bench.rs"]
+mod bench;
+
+use bench::run_bench;
 
 #[test]
 fn api_economy_request_counts_equal_the_minimum() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("economy.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_runwarden-bench"))
-        .args(["--quick", "--only", "api-economy", "--json"])
-        .arg(&json)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "runwarden-bench failed:\n{stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let v = run_bench(["--quick", "--only", "api-economy"]);
     let figures = v["figures"].as_array().unwrap();
     assert_eq!(figures.len(), 1, "{v:#}");
     let fig = &figures[0];
@@ -70,20 +63,14 @@ fn api_economy_request_counts_equal_the_minimum() {
 /// asserted.
 #[test]
 fn every_figure_runs_at_quick_sizes_and_its_timing_free_checks_hold() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("quick.json");
     let figures = "rules-eval,webhook-ack,event-to-cancel,footprint,retention-sweep";
-    let out = Command::new(env!("CARGO_BIN_EXE_runwarden-bench"))
-        .args(["--quick", "--only", figures, "--runwarden"])
-        .arg(env!("CARGO_BIN_EXE_runwarden"))
-        .arg("--json")
-        .arg(&json)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "runwarden-bench failed:\n{stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let v = run_bench([
+        "--quick",
+        "--only",
+        figures,
+        "--runwarden",
+        env!("CARGO_BIN_EXE_runwarden"),
+    ]);
     let figs = v["figures"].as_array().unwrap();
     let names: Vec<&str> = figs.iter().map(|f| f["figure"].as_str().unwrap()).collect();
     assert_eq!(names, figures.split(',').collect::<Vec<_>>());

@@ -5,6 +5,8 @@
 //! PostgreSQL database instead (`.ci/run` runs both; see tests/support/postgres.rs).
 
 mod common;
+#[path = "support/sqlite_lock.rs"]
+mod sqlite_lock;
 
 use common::*;
 use serde_json::json;
@@ -805,8 +807,6 @@ async fn the_store_forgets_old_events_and_finished_runs_and_keeps_the_rest() {
 /// only: it takes the file's lock.)
 #[tokio::test]
 async fn events_decided_while_a_commit_waits_share_the_next_commit() {
-    use sqlx::Connection as _;
-
     const N: usize = 8;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("runwarden.db");
@@ -844,13 +844,7 @@ async fn events_decided_while_a_commit_waits_share_the_next_commit() {
     let before = ctx.store.event_record_stats().groups();
 
     // Hold the write lock, then let the processor run.
-    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let lock = sqlite_lock::hold_write_lock(&format!("sqlite://{}", db.display())).await;
     let processing = {
         let ctx = ctx.clone();
         tokio::spawn(async move { runwarden::intake::processor::process_pending(&ctx).await })
@@ -876,7 +870,7 @@ async fn events_decided_while_a_commit_waits_share_the_next_commit() {
         !processing.is_finished(),
         "nothing could be recorded while the lock was held"
     );
-    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    sqlite_lock::release(lock).await;
     let handled = processing.await.unwrap().unwrap();
     assert_eq!(handled, N);
 

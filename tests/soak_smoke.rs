@@ -5,29 +5,21 @@
 //! superseded run cancelled exactly once, the queue drained within the bound. Timing and
 //! memory are reported, not asserted here (`bench/soak.sh` holds them to their targets).
 
-use std::process::Command;
+#[path = "support/bench.rs"]
+mod bench;
+
+use bench::run_bench;
 
 #[test]
 fn a_short_soak_loses_nothing_and_repeats_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("soak.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_runwarden-bench"))
-        .args([
-            "--only",
-            "soak",
-            "--soak-seconds",
-            "15",
-            "--soak-rate",
-            "50",
-            "--json",
-        ])
-        .arg(&json)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "runwarden-bench failed:\n{stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let v = run_bench([
+        "--only",
+        "soak",
+        "--soak-seconds",
+        "15",
+        "--soak-rate",
+        "50",
+    ]);
     let fig = &v["figures"][0];
     assert_eq!(fig["figure"], "soak", "{v:#}");
     assert!(fig["error"].is_null(), "{}", fig["error"]);

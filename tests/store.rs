@@ -26,6 +26,8 @@ fn t(secs: i64) -> DateTime<Utc> {
 
 #[path = "support/postgres.rs"]
 mod pg;
+#[path = "support/sqlite_lock.rs"]
+mod sqlite_lock;
 
 /// The backend a test runs on.
 #[derive(Debug, Clone, Copy)]
@@ -417,13 +419,7 @@ async fn a_processed_mark_rides_with_the_next_commit_of_deliveries() {
     let stats = s.group_commit_stats();
     let (groups, marks) = (stats.groups(), stats.marks());
 
-    let mut other = sqlx::SqliteConnection::connect(&url(ts.path()))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut other)
-        .await
-        .unwrap();
+    let lock = sqlite_lock::hold_write_lock(&url(ts.path())).await;
     let insert = |key: &'static str| {
         let s = s.clone();
         tokio::spawn(async move { s.insert_delivery(delivery("github", key, "{}", t(5))).await })
@@ -443,7 +439,7 @@ async fn a_processed_mark_rides_with_the_next_commit_of_deliveries() {
         tokio::task::yield_now().await;
     }
     assert!(!first.is_finished() && !mark.is_finished());
-    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    sqlite_lock::release(lock).await;
     for t in [first, b, c] {
         assert_eq!(t.await.unwrap().unwrap(), InsertOutcome::Inserted);
     }

@@ -93,76 +93,70 @@ struct Schedule {
 impl Load {
     /// Posts the body to `url` from `CONCURRENCY` tasks for `window`.
     async fn blast(&self, url: &str, window: Duration) -> Blast {
-        blast(&self.client, url, &self.body, &self.sig, window, &self.ids).await
-    }
-}
-
-/// Posts `body` to `url` from `CONCURRENCY` tasks for `window`.
-async fn blast(
-    client: &reqwest::Client,
-    url: &str,
-    body: &Bytes,
-    sig: &str,
-    window: Duration,
-    ids: &Arc<AtomicU64>,
-) -> Blast {
-    let start = Instant::now();
-    let end = start + window;
-    let mut tasks = Vec::with_capacity(CONCURRENCY);
-    for _ in 0..CONCURRENCY {
-        let (client, url, body, sig, ids) = (
-            client.clone(),
-            url.to_string(),
-            body.clone(),
-            sig.to_string(),
-            ids.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut b = Blast::default();
-            while Instant::now() < end {
-                let id = ids.fetch_add(1, Ordering::Relaxed);
-                let t = Instant::now();
-                let r = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("x-github-event", "push")
-                    .header("x-github-delivery", format!("bench-{id:012}"))
-                    .header("x-hub-signature-256", &sig)
-                    .body(body.clone())
-                    .send()
-                    .await;
-                match r {
-                    Ok(resp) => {
-                        let status = resp.status().as_u16();
-                        let _ = resp.bytes().await;
-                        b.latencies.push(t.elapsed().as_secs_f64());
-                        *b.statuses.entry(status).or_default() += 1;
-                        if status == 202 {
-                            b.accepted += 1;
-                        } else {
-                            b.errors += 1;
+        let Load {
+            client,
+            body,
+            sig,
+            ids,
+        } = self;
+        let start = Instant::now();
+        let end = start + window;
+        let mut tasks = Vec::with_capacity(CONCURRENCY);
+        for _ in 0..CONCURRENCY {
+            let (client, url, body, sig, ids) = (
+                client.clone(),
+                url.to_string(),
+                body.clone(),
+                sig.to_string(),
+                ids.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut b = Blast::default();
+                while Instant::now() < end {
+                    let id = ids.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    let r = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("x-github-event", "push")
+                        .header("x-github-delivery", format!("bench-{id:012}"))
+                        .header("x-hub-signature-256", &sig)
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    match r {
+                        Ok(resp) => {
+                            let status = resp.status().as_u16();
+                            let _ = resp.bytes().await;
+                            b.latencies.push(t.elapsed().as_secs_f64());
+                            *b.statuses.entry(status).or_default() += 1;
+                            if status == 202 {
+                                b.accepted += 1;
+                            } else {
+                                b.errors += 1;
+                            }
                         }
+                        Err(_) => b.errors += 1,
                     }
-                    Err(_) => b.errors += 1,
                 }
-            }
-            b
-        }));
-    }
-    let mut total = Blast::default();
-    for t in tasks {
-        if let Ok(b) = t.await {
-            total.accepted += b.accepted;
-            total.errors += b.errors;
-            for (k, v) in b.statuses {
-                *total.statuses.entry(k).or_default() += v;
-            }
-            total.latencies.extend(b.latencies);
+                b
+            }));
         }
+        let mut total = Blast::default();
+        for t in tasks {
+            if let Ok(b) = t.await {
+                total.accepted += b.accepted;
+                total.errors += b.errors;
+                for (k, v) in b.statuses {
+                    *total.statuses.entry(k).or_default() += v;
+                }
+                total.latencies.extend(b.latencies);
+            }
+        }
+        total.elapsed = start.elapsed();
+        total.latencies.sort_by(f64::total_cmp);
+        total
     }
-    total.elapsed = start.elapsed();
-    total.latencies.sort_by(f64::total_cmp);
-    total
 }
 
 async fn bare_handler(
