@@ -890,3 +890,106 @@ async fn events_decided_while_a_commit_waits_share_the_next_commit() {
         assert_eq!(audit[0].action, "cancel");
     }
 }
+
+/// `serve`'s processor takes the events this process stores from the store's in-memory
+/// feed, and reads the store for what the feed cannot bring: here more events than the
+/// feed holds arrive at once (it misses some), and one event's processing failed and
+/// its retry time has come. Each event is handled exactly once all the same: none is
+/// lost, and none that a store read returned is handled again when the feed brings it.
+#[tokio::test]
+async fn the_processor_reads_the_store_for_what_its_feed_missed_and_handles_each_event_once() {
+    use runwarden::intake::processor::{EventFeed, process_next};
+    use runwarden::store::FEED_CAPACITY;
+    let PreparedApp {
+        sim,
+        ctx,
+        dir: _dir,
+        ..
+    } = prepare_app(AppOptions {
+        // A push decides nothing under a timeout rule: cheap to process.
+        client_retries: Some((1, std::time::Duration::from_millis(1))),
+        rules: "[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"2h\"\n".into(),
+        store_dir: Some(tempfile::tempdir().unwrap()),
+        ..AppOptions::default()
+    })
+    .await;
+    let push = |id: String| runwarden::store::NewDelivery {
+        source: "github".into(),
+        delivery_id: id,
+        event: "push".into(),
+        payload: json!({ "ref": "refs/heads/feat/x", "after": "bbb222" }).to_string(),
+        received_at: chrono::Utc::now(),
+    };
+    let mut feed = EventFeed::new(&ctx.store);
+    // The first pass reads the store (empty here).
+    assert_eq!(process_next(&ctx, &mut feed).await.unwrap(), 0);
+
+    // More than the feed holds: it misses the rest, so the store is read.
+    let n = FEED_CAPACITY + 100;
+    futures::future::try_join_all(
+        (0..n).map(|i| ctx.store.insert_delivery(push(format!("burst-{i}")))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(process_next(&ctx, &mut feed).await.unwrap(), n);
+    assert_eq!(ctx.store.count_unprocessed().await.unwrap(), 0);
+
+    // Fed events: each handled once.
+    for i in 0..3 {
+        ctx.store
+            .insert_delivery(push(format!("fed-{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(process_next(&ctx, &mut feed).await.unwrap(), 3);
+    assert_eq!(ctx.store.count_unprocessed().await.unwrap(), 0);
+
+    // An event whose processing failed (the API down) is found in the store once its
+    // retry time has come.
+    let fault: runwarden::simulator::Fault = serde_json::from_value(json!({
+        "method": "GET", "path": "/v1/runs", "kind": "status", "status": 503, "times": 1
+    }))
+    .unwrap();
+    sim.inject_fault(fault);
+    let finished = sim.add_run(run("feat/y", "ccc333", 5)).unwrap();
+    let payload = json!({
+        "event": "RUN_FINISH",
+        "runUrl": format!("https://app.currents.dev/run/{}", finished.run_id),
+        "buildId": "b", "tags": [],
+        "overall": 1, "passes": 1, "failures": 0, "pending": 0, "skipped": 0, "retries": 0, "flaky": 0
+    })
+    .to_string();
+    ctx.store
+        .insert_delivery(runwarden::store::NewDelivery {
+            source: "currents".into(),
+            delivery_id: format!("RUN_FINISH:{}", finished.run_id),
+            event: "RUN_FINISH".into(),
+            payload,
+            received_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    let mut handled = process_next(&ctx, &mut feed).await.unwrap();
+    let failed = ctx
+        .store
+        .find_delivery("currents", &format!("RUN_FINISH:{}", finished.run_id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (failed.attempts, failed.processed_at),
+        (1, None),
+        "{failed:?}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ctx.store.count_unprocessed().await.unwrap() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retry was never read from the store"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        handled += process_next(&ctx, &mut feed).await.unwrap();
+    }
+    // The fed attempt and the retry read from the store.
+    assert_eq!(handled, 2);
+}

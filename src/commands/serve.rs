@@ -137,9 +137,10 @@ async fn holds_processor_lease(ctx: &AppContext) -> bool {
 }
 
 async fn processor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
+    let mut feed = crate::intake::processor::EventFeed::new(&ctx.store);
     loop {
         if holds_processor_lease(&ctx).await
-            && let Err(e) = crate::intake::processor::process_pending(&ctx).await
+            && let Err(e) = crate::intake::processor::process_next(&ctx, &mut feed).await
         {
             tracing::warn!("event processing paused: {e}");
         }

@@ -65,28 +65,113 @@ impl From<crate::store::StoreError> for ProcessError {
 /// since gives the time the newer snapshot would have given; the snapshots it writes are
 /// at least as new; and a decision made twice is stored once (by its action key).
 pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
+    process_stored(ctx).await.map(|(handled, _)| handled)
+}
+
+/// [`process_pending`], also returning the highest row id it read.
+async fn process_stored(ctx: &AppContext) -> Result<(usize, Option<i64>), ProcessError> {
     let mut handled = 0;
+    let mut highest = None;
     loop {
         let batch = ctx.store.next_unprocessed(Utc::now(), BATCH).await?;
         if batch.is_empty() {
-            return Ok(handled);
+            return Ok((handled, highest));
         }
+        highest = highest.max(batch.iter().map(|d| d.id).max());
         let n = batch.len();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let decide = async move {
-            for d in batch {
-                if let Some(msg) = decide_one(ctx, d).await
-                    && tx.send(msg).is_err()
-                {
-                    break;
-                }
-            }
-        };
-        tokio::join!(decide, commit_decided(ctx, rx));
+        process_batch(ctx, batch).await;
         handled += n;
         if (n as i64) < BATCH {
+            return Ok((handled, highest));
+        }
+    }
+}
+
+/// Decides the events of `batch` in order, committing their records beside (see
+/// [`process_pending`]).
+async fn process_batch(ctx: &AppContext, batch: Vec<Delivery>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let decide = async move {
+        for d in batch {
+            if let Some(msg) = decide_one(ctx, d).await
+                && tx.send(msg).is_err()
+            {
+                break;
+            }
+        }
+    };
+    tokio::join!(decide, commit_decided(ctx, rx));
+}
+
+/// How often `serve`'s processor reads the store although the [`EventFeed`] brings it
+/// every new event: for events whose retry time has come, and ones another process
+/// stored in the same file.
+pub const STORE_READ_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where `serve`'s processor finds its events ([`process_next`]).
+///
+/// On SQLite, the events this process stores come through the store's in-memory feed
+/// ([`crate::store::Store::fresh_deliveries`]) right after their commit, so that the
+/// processor does not read back what was just written; the store is read at the start,
+/// whenever the feed missed an event (it was full), and every
+/// [`STORE_READ_INTERVAL`]. A fed event that such a read already returned is skipped:
+/// row ids grow with each commit, so every fed event up to the highest id read was
+/// committed before the read. On PostgreSQL, where other replicas store events too,
+/// every pass reads the store.
+#[derive(Debug)]
+pub struct EventFeed {
+    fresh: Option<crate::store::FreshDeliveries>,
+    /// Read the store before the feed (until a read succeeds).
+    read_store: bool,
+    last_store_read: std::time::Instant,
+    /// Fed events up to this row id were read from the store.
+    read_up_to: i64,
+}
+
+impl EventFeed {
+    /// Takes over the store's feed (there is one per store: a second feed replaces it).
+    pub fn new(store: &crate::store::Store) -> Self {
+        EventFeed {
+            fresh: store.fresh_deliveries(),
+            read_store: true,
+            last_store_read: std::time::Instant::now(),
+            read_up_to: 0,
+        }
+    }
+}
+
+/// Processes the events that are due: the fed ones, and the stored ones when the store
+/// is to be read (see [`EventFeed`]); returns how many were handled.
+pub async fn process_next(ctx: &AppContext, feed: &mut EventFeed) -> Result<usize, ProcessError> {
+    let Some(fresh) = feed.fresh.as_mut() else {
+        return process_pending(ctx).await;
+    };
+    let mut handled = 0;
+    if fresh.take_missed()
+        || feed.read_store
+        || feed.last_store_read.elapsed() >= STORE_READ_INTERVAL
+    {
+        feed.read_store = true;
+        let (n, highest) = process_stored(ctx).await?;
+        feed.read_store = false;
+        feed.last_store_read = std::time::Instant::now();
+        feed.read_up_to = feed.read_up_to.max(highest.unwrap_or(0));
+        handled += n;
+    }
+    loop {
+        let mut batch = Vec::new();
+        while batch.len() < BATCH as usize
+            && let Some(d) = fresh.try_next()
+        {
+            if d.id > feed.read_up_to {
+                batch.push(d);
+            }
+        }
+        if batch.is_empty() {
             return Ok(handled);
         }
+        handled += batch.len();
+        process_batch(ctx, batch).await;
     }
 }
 

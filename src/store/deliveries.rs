@@ -11,7 +11,7 @@
 
 use chrono::{DateTime, Utc};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -89,6 +89,83 @@ impl GroupCommitStats {
 pub(super) struct DeliveryWriter {
     queue: std::sync::OnceLock<mpsc::Sender<WriterJob>>,
     stats: Arc<GroupCommitStats>,
+    feed: Arc<std::sync::Mutex<FeedSlot>>,
+}
+
+/// How many committed deliveries may wait in a [`FreshDeliveries`] feed; past that, the
+/// writer stops feeding until the processor has read the store (see [`FreshDeliveries`]).
+pub const FEED_CAPACITY: usize = 4096;
+
+/// The writer's end of the in-memory feed (see [`Store::fresh_deliveries`]).
+#[derive(Debug, Default)]
+struct FeedSlot {
+    tx: Option<mpsc::Sender<Delivery>>,
+    /// A committed delivery was not fed (the feed was full): nothing more is fed until
+    /// the processor takes this flag ([`FreshDeliveries::take_missed`]).
+    missed: bool,
+    /// Which [`Store::fresh_deliveries`] call the feed belongs to.
+    generation: u64,
+}
+
+impl FeedSlot {
+    /// Feeds the deliveries of one commit, in order; on the first that does not fit,
+    /// stops feeding until the processor takes the `missed` flag.
+    fn feed(&mut self, committed: impl Iterator<Item = Delivery>) {
+        if self.missed {
+            return;
+        }
+        let Some(tx) = &self.tx else { return };
+        for d in committed {
+            match tx.try_send(d) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.missed = true;
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.tx = None;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The in-memory feed of deliveries from the group-commit writer to this process's event
+/// processor ([`Store::fresh_deliveries`]): each delivery stored by
+/// [`Store::insert_delivery`] is sent here right after its commit, in commit order, so
+/// that the processor need not read back what was just written. The store stays the
+/// record: whenever the feed was full and a delivery not sent, [`Self::take_missed`]
+/// says so once, and nothing more is fed until then; the processor then reads the store.
+/// Deliveries to retry, and ones stored by another process, are found only in the store.
+#[derive(Debug)]
+pub struct FreshDeliveries {
+    rx: mpsc::Receiver<Delivery>,
+    slot: Arc<std::sync::Mutex<FeedSlot>>,
+    generation: u64,
+}
+
+impl FreshDeliveries {
+    /// Whether a committed delivery was left out of the feed since the last call: if
+    /// so, read the store, which has it (and from then on the feed is complete again).
+    pub fn take_missed(&self) -> bool {
+        std::mem::take(&mut self.slot.lock().unwrap_or_else(|e| e.into_inner()).missed)
+    }
+
+    /// The next fed delivery, if one is waiting.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for FreshDeliveries {
+    fn drop(&mut self) {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.generation == self.generation {
+            slot.tx = None;
+            slot.missed = false;
+        }
+    }
 }
 
 /// Starts the task that stores queued events in groups (see [`Store::insert_delivery`])
@@ -98,6 +175,7 @@ fn spawn_delivery_writer(
     pool: AnyPool,
     backend: Backend,
     stats: Arc<GroupCommitStats>,
+    feed: Arc<std::sync::Mutex<FeedSlot>>,
 ) -> mpsc::Sender<WriterJob> {
     let (tx, mut rx) = mpsc::channel::<WriterJob>(WRITER_QUEUE);
     tokio::spawn(async move {
@@ -133,8 +211,20 @@ fn spawn_delivery_writer(
             stats.marks.fetch_add(marks.len() as u64, Ordering::Relaxed);
             match outcomes {
                 Ok(outcomes) => {
+                    // Fed before anyone is answered: an answer wakes the processor.
+                    let mut replies = Vec::with_capacity(group.len());
+                    let mut committed = Vec::with_capacity(group.len());
                     for (p, o) in group.drain(..).zip(outcomes) {
-                        let _ = p.reply.send(Ok(o));
+                        replies.push((p.reply, o.outcome()));
+                        if let Inserted::New(id) = o {
+                            committed.push(p.d.into_delivery(id));
+                        }
+                    }
+                    feed.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .feed(committed.into_iter());
+                    for (reply, outcome) in replies {
+                        let _ = reply.send(Ok(outcome));
                     }
                 }
                 Err(e) => {
@@ -164,7 +254,7 @@ async fn insert_and_mark(
     backend: Backend,
     group: &[PendingDelivery],
     marks: &[PendingMark],
-) -> Result<Vec<InsertOutcome>, sqlx::Error> {
+) -> Result<Vec<Inserted>, sqlx::Error> {
     let mut tx = begin(pool, backend).await?;
     let outcomes = if group.is_empty() {
         Vec::new()
@@ -230,7 +320,7 @@ async fn mark_many(
 async fn insert_group<'e>(
     db: impl sqlx::Executor<'e, Database = sqlx::Any>,
     group: &[PendingDelivery],
-) -> Result<Vec<InsertOutcome>, sqlx::Error> {
+) -> Result<Vec<Inserted>, sqlx::Error> {
     let mut firsts: Vec<&NewDelivery> = Vec::with_capacity(group.len());
     let mut seen = HashSet::with_capacity(group.len());
     for p in group {
@@ -258,8 +348,8 @@ async fn insert_group<'e>(
             b + 5
         ));
     }
-    sql.push_str(" ON CONFLICT (source, delivery_id) DO NOTHING RETURNING source, delivery_id");
-    let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+    sql.push_str(" ON CONFLICT (source, delivery_id) DO NOTHING RETURNING id, source, delivery_id");
+    let mut q = sqlx::query_as::<_, (i64, String, String)>(&sql);
     for d in &firsts {
         q = q
             .bind(&d.source)
@@ -268,20 +358,41 @@ async fn insert_group<'e>(
             .bind(&d.payload)
             .bind(to_ms(d.received_at));
     }
-    let inserted: HashSet<(String, String)> = q.fetch_all(db).await?.into_iter().collect();
+    let mut inserted: HashMap<(String, String), i64> = q
+        .fetch_all(db)
+        .await?
+        .into_iter()
+        .map(|(id, source, delivery_id)| ((source, delivery_id), id))
+        .collect();
     // The first of each key in the group is the one inserted (when it was new).
-    let mut answered = HashSet::with_capacity(group.len());
     Ok(group
         .iter()
         .map(|p| {
+            // Borrowed lookup would need a key type of its own; the clone is two short strings.
             let key = (p.d.source.clone(), p.d.delivery_id.clone());
-            if inserted.contains(&key) && answered.insert(key) {
-                InsertOutcome::Inserted
-            } else {
-                InsertOutcome::Duplicate
+            match inserted.remove(&key) {
+                Some(id) => Inserted::New(id),
+                None => Inserted::Duplicate,
             }
         })
         .collect())
+}
+
+/// What [`insert_group`] did with one event.
+#[derive(Debug, Clone, Copy)]
+enum Inserted {
+    /// Stored as this row.
+    New(i64),
+    Duplicate,
+}
+
+impl Inserted {
+    fn outcome(self) -> InsertOutcome {
+        match self {
+            Inserted::New(_) => InsertOutcome::Inserted,
+            Inserted::Duplicate => InsertOutcome::Duplicate,
+        }
+    }
 }
 
 /// The accepted values of [`NewDelivery::source`]: `POST /webhooks/currents`,
@@ -307,6 +418,28 @@ pub struct NewDelivery {
     /// the signature was verified over the whole body.
     pub payload: String,
     pub received_at: DateTime<Utc>,
+}
+
+impl NewDelivery {
+    /// The delivery as stored in row `id`, before any processing (times to the
+    /// millisecond, as the store keeps them).
+    fn into_delivery(self, id: i64) -> Delivery {
+        use chrono::SubsecRound;
+        let received_at = self.received_at.trunc_subsecs(3);
+        Delivery {
+            id,
+            source: self.source,
+            delivery_id: self.delivery_id,
+            event: self.event,
+            payload: self.payload,
+            received_at,
+            attempts: 0,
+            next_attempt_at: received_at,
+            last_error: None,
+            processed_at: None,
+            outcome: None,
+        }
+    }
 }
 
 /// Outcome of [`Store::insert_delivery`].
@@ -413,7 +546,36 @@ impl Store {
     fn delivery_queue(&self) -> &mpsc::Sender<WriterJob> {
         let w = &self.delivery_writer;
         w.queue.get_or_init(|| {
-            spawn_delivery_writer(self.writer.clone(), self.backend, w.stats.clone())
+            spawn_delivery_writer(
+                self.writer.clone(),
+                self.backend,
+                w.stats.clone(),
+                w.feed.clone(),
+            )
+        })
+    }
+
+    /// The in-memory feed of the deliveries this process stores from now on, for its
+    /// event processor ([`FreshDeliveries`]); `None` on a shared store (PostgreSQL),
+    /// where other replicas store deliveries too and the processor reads them all from
+    /// the store. A second call replaces the first feed.
+    pub fn fresh_deliveries(&self) -> Option<FreshDeliveries> {
+        if self.backend.is_shared() {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(FEED_CAPACITY);
+        let slot = self.delivery_writer.feed.clone();
+        let generation = {
+            let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
+            s.generation += 1;
+            s.tx = Some(tx);
+            s.missed = false;
+            s.generation
+        };
+        Some(FreshDeliveries {
+            rx,
+            slot,
+            generation,
         })
     }
 
@@ -627,6 +789,72 @@ mod tests {
         }
         // The same delivery id under different sources is four deliveries.
         assert_eq!(store.count_unprocessed().await.unwrap(), 4);
+    }
+
+    /// Drains a feed: the delivery ids it brought, in order.
+    fn drain(feed: &mut FreshDeliveries) -> Vec<String> {
+        std::iter::from_fn(|| feed.try_next())
+            .map(|d| d.delivery_id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_feed_brings_each_new_delivery_once_in_commit_order_and_says_when_it_missed_one() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let mut feed = store.fresh_deliveries().unwrap();
+        let t0 = Utc::now();
+        for id in ["d-1", "d-2", "d-1"] {
+            store
+                .insert_delivery(delivery("github", id, t0))
+                .await
+                .unwrap();
+        }
+        let fed: Vec<Delivery> = std::iter::from_fn(|| feed.try_next()).collect();
+        let stored = store.find_delivery("github", "d-1").await.unwrap().unwrap();
+        assert_eq!(fed.len(), 2, "the duplicate is not fed: {fed:?}");
+        // As stored, row id included.
+        assert_eq!(fed[0], stored);
+        assert_eq!(fed[1].delivery_id, "d-2");
+        assert!(fed[1].id > fed[0].id);
+        assert!(!feed.take_missed());
+
+        // Past its capacity the feed misses deliveries, says so once, and feeds nothing
+        // more until it has said so.
+        let n = FEED_CAPACITY + 10;
+        futures::future::try_join_all(
+            (0..n).map(|i| store.insert_delivery(delivery("poll", &format!("p-{i}"), t0))),
+        )
+        .await
+        .unwrap();
+        store
+            .insert_delivery(delivery("poll", "late", t0))
+            .await
+            .unwrap();
+        assert!(feed.take_missed());
+        assert!(!feed.take_missed());
+        let fed = drain(&mut feed);
+        assert_eq!(fed.len(), FEED_CAPACITY);
+        assert!(!fed.contains(&"late".to_string()));
+        store
+            .insert_delivery(delivery("poll", "next", t0))
+            .await
+            .unwrap();
+        assert_eq!(drain(&mut feed), ["next"]);
+
+        // A second feed replaces the first; dropping the first leaves the second alone.
+        let mut second = store.fresh_deliveries().unwrap();
+        drop(feed);
+        store
+            .insert_delivery(delivery("poll", "after", t0))
+            .await
+            .unwrap();
+        assert_eq!(drain(&mut second), ["after"]);
+        drop(second);
+        store
+            .insert_delivery(delivery("poll", "unfed", t0))
+            .await
+            .unwrap();
+        assert_eq!(store.count_unprocessed().await.unwrap(), n as i64 + 6);
     }
 
     #[tokio::test]
