@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
@@ -96,6 +96,10 @@ pub(super) struct DeliveryWriter {
 /// writer stops feeding until the processor has read the store (see [`FreshDeliveries`]).
 pub const FEED_CAPACITY: usize = 4096;
 
+/// How many payload bytes may wait in a [`FreshDeliveries`] feed (a Currents body can be
+/// up to 1 MiB); past that, as past [`FEED_CAPACITY`].
+pub const FEED_MAX_BYTES: usize = 8 << 20;
+
 /// The writer's end of the in-memory feed (see [`Store::fresh_deliveries`]).
 #[derive(Debug, Default)]
 struct FeedSlot {
@@ -105,6 +109,8 @@ struct FeedSlot {
     missed: bool,
     /// Which [`Store::fresh_deliveries`] call the feed belongs to.
     generation: u64,
+    /// Payload bytes in the feed (shared with its [`FreshDeliveries`]).
+    bytes: Arc<AtomicUsize>,
 }
 
 impl FeedSlot {
@@ -116,8 +122,15 @@ impl FeedSlot {
         }
         let Some(tx) = &self.tx else { return };
         for d in committed {
+            let len = d.payload.len();
+            if self.bytes.load(Ordering::Relaxed) + len > FEED_MAX_BYTES {
+                self.missed = true;
+                return;
+            }
             match tx.try_send(d) {
-                Ok(()) => {}
+                Ok(()) => {
+                    self.bytes.fetch_add(len, Ordering::Relaxed);
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     self.missed = true;
                     return;
@@ -135,7 +148,8 @@ impl FeedSlot {
 /// processor ([`Store::fresh_deliveries`]): each delivery stored by
 /// [`Store::insert_delivery`] is sent here right after its commit, in commit order, so
 /// that the processor need not read back what was just written. The store stays the
-/// record: whenever the feed was full and a delivery not sent, [`Self::take_missed`]
+/// record: whenever the feed was full ([`FEED_CAPACITY`] deliveries or [`FEED_MAX_BYTES`]
+/// of payload) and a delivery not sent, [`Self::take_missed`]
 /// says so once, and nothing more is fed until then; the processor then reads the store.
 /// Deliveries to retry, and ones stored by another process, are found only in the store.
 #[derive(Debug)]
@@ -143,6 +157,7 @@ pub struct FreshDeliveries {
     rx: mpsc::Receiver<Delivery>,
     slot: Arc<std::sync::Mutex<FeedSlot>>,
     generation: u64,
+    bytes: Arc<AtomicUsize>,
 }
 
 impl FreshDeliveries {
@@ -154,7 +169,9 @@ impl FreshDeliveries {
 
     /// The next fed delivery, if one is waiting.
     pub fn try_next(&mut self) -> Option<Delivery> {
-        self.rx.try_recv().ok()
+        let d = self.rx.try_recv().ok()?;
+        self.bytes.fetch_sub(d.payload.len(), Ordering::Relaxed);
+        Some(d)
     }
 }
 
@@ -565,17 +582,20 @@ impl Store {
         }
         let (tx, rx) = mpsc::channel(FEED_CAPACITY);
         let slot = self.delivery_writer.feed.clone();
+        let bytes = Arc::new(AtomicUsize::new(0));
         let generation = {
             let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
             s.generation += 1;
             s.tx = Some(tx);
             s.missed = false;
+            s.bytes = bytes.clone();
             s.generation
         };
         Some(FreshDeliveries {
             rx,
             slot,
             generation,
+            bytes,
         })
     }
 
@@ -841,6 +861,19 @@ mod tests {
             .unwrap();
         assert_eq!(drain(&mut feed), ["next"]);
 
+        // So it does past its byte budget (here: 9 bodies of 1 MiB; 8 fit).
+        let big = |i: usize| NewDelivery {
+            payload: format!("\"{}\"", "x".repeat((1 << 20) - 2)),
+            ..delivery("currents", &format!("big-{i}"), t0)
+        };
+        for i in 0..9 {
+            store.insert_delivery(big(i)).await.unwrap();
+        }
+        assert!(feed.take_missed());
+        assert_eq!(drain(&mut feed).len(), 8);
+        store.insert_delivery(big(9)).await.unwrap();
+        assert_eq!(drain(&mut feed), ["big-9"]);
+
         // A second feed replaces the first; dropping the first leaves the second alone.
         let mut second = store.fresh_deliveries().unwrap();
         drop(feed);
@@ -854,7 +887,7 @@ mod tests {
             .insert_delivery(delivery("poll", "unfed", t0))
             .await
             .unwrap();
-        assert_eq!(store.count_unprocessed().await.unwrap(), n as i64 + 6);
+        assert_eq!(store.count_unprocessed().await.unwrap(), n as i64 + 16);
     }
 
     #[tokio::test]
