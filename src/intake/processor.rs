@@ -65,24 +65,17 @@ impl From<crate::store::StoreError> for ProcessError {
 /// since gives the time the newer snapshot would have given; the snapshots it writes are
 /// at least as new; and a decision made twice is stored once (by its action key).
 pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
-    process_stored(ctx).await.map(|(handled, _)| handled)
-}
-
-/// [`process_pending`], also returning the highest row id it read.
-async fn process_stored(ctx: &AppContext) -> Result<(usize, Option<i64>), ProcessError> {
     let mut handled = 0;
-    let mut highest = None;
     loop {
         let batch = ctx.store.next_unprocessed(Utc::now(), BATCH).await?;
         if batch.is_empty() {
-            return Ok((handled, highest));
+            return Ok(handled);
         }
-        highest = highest.max(batch.iter().map(|d| d.id).max());
         let n = batch.len();
         process_batch(ctx, batch).await;
         handled += n;
         if (n as i64) < BATCH {
-            return Ok((handled, highest));
+            return Ok(handled);
         }
     }
 }
@@ -115,17 +108,15 @@ pub const STORE_READ_INTERVAL: Duration = Duration::from_secs(1);
 /// processor does not read back what was just written; the store is read at the start,
 /// whenever the feed missed an event (it was full), and every
 /// [`STORE_READ_INTERVAL`]. A fed event that such a read already returned is skipped:
-/// row ids grow with each commit, so every fed event up to the highest id read was
-/// committed before the read. On PostgreSQL, where other replicas store events too,
-/// every pass reads the store.
+/// the feed's position taken just before the read tells which fed events were committed
+/// before it. On PostgreSQL, where other replicas store events too, every pass reads the
+/// store.
 #[derive(Debug)]
 pub struct EventFeed {
     fresh: Option<crate::store::FreshDeliveries>,
     /// Read the store before the feed (until a read succeeds).
     read_store: bool,
     last_store_read: std::time::Instant,
-    /// Fed events up to this row id were read from the store.
-    read_up_to: i64,
 }
 
 impl EventFeed {
@@ -135,7 +126,6 @@ impl EventFeed {
             fresh: store.fresh_deliveries(),
             read_store: true,
             last_store_read: std::time::Instant::now(),
-            read_up_to: 0,
         }
     }
 }
@@ -147,26 +137,18 @@ pub async fn process_next(ctx: &AppContext, feed: &mut EventFeed) -> Result<usiz
         return process_pending(ctx).await;
     };
     let mut handled = 0;
-    if fresh.take_missed()
-        || feed.read_store
-        || feed.last_store_read.elapsed() >= STORE_READ_INTERVAL
-    {
+    let (missed, position) = fresh.before_store_read();
+    if missed || feed.read_store || feed.last_store_read.elapsed() >= STORE_READ_INTERVAL {
         feed.read_store = true;
-        let (n, highest) = process_stored(ctx).await?;
+        handled += process_pending(ctx).await?;
         feed.read_store = false;
         feed.last_store_read = std::time::Instant::now();
-        feed.read_up_to = feed.read_up_to.max(highest.unwrap_or(0));
-        handled += n;
+        fresh.skip_through(position);
     }
     loop {
-        let mut batch = Vec::new();
-        while batch.len() < BATCH as usize
-            && let Some(d) = fresh.try_next()
-        {
-            if d.id > feed.read_up_to {
-                batch.push(d);
-            }
-        }
+        let batch: Vec<Delivery> = std::iter::from_fn(|| fresh.try_next())
+            .take(BATCH as usize)
+            .collect();
         if batch.is_empty() {
             return Ok(handled);
         }

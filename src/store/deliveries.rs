@@ -103,7 +103,7 @@ pub const FEED_MAX_BYTES: usize = 8 << 20;
 /// The writer's end of the in-memory feed (see [`Store::fresh_deliveries`]).
 #[derive(Debug, Default)]
 struct FeedSlot {
-    tx: Option<mpsc::Sender<Delivery>>,
+    tx: Option<mpsc::Sender<(u64, Delivery)>>,
     /// A committed delivery was not fed (the feed was full): nothing more is fed until
     /// the processor takes this flag ([`FreshDeliveries::take_missed`]).
     missed: bool,
@@ -111,6 +111,8 @@ struct FeedSlot {
     generation: u64,
     /// Payload bytes in the feed (shared with its [`FreshDeliveries`]).
     bytes: Arc<AtomicUsize>,
+    /// Deliveries fed so far (the position of the last one).
+    fed: u64,
 }
 
 impl FeedSlot {
@@ -127,8 +129,9 @@ impl FeedSlot {
                 self.missed = true;
                 return;
             }
-            match tx.try_send(d) {
+            match tx.try_send((self.fed + 1, d)) {
                 Ok(()) => {
+                    self.fed += 1;
                     self.bytes.fetch_add(len, Ordering::Relaxed);
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -154,24 +157,44 @@ impl FeedSlot {
 /// Deliveries to retry, and ones stored by another process, are found only in the store.
 #[derive(Debug)]
 pub struct FreshDeliveries {
-    rx: mpsc::Receiver<Delivery>,
+    rx: mpsc::Receiver<(u64, Delivery)>,
     slot: Arc<std::sync::Mutex<FeedSlot>>,
     generation: u64,
     bytes: Arc<AtomicUsize>,
+    /// Fed deliveries up to this position are dropped ([`Self::skip_through`]).
+    skip_through: u64,
 }
 
+/// A place in a [`FreshDeliveries`] feed: everything fed before it was committed before
+/// it was taken ([`FreshDeliveries::before_store_read`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedPosition(u64);
+
 impl FreshDeliveries {
-    /// Whether a committed delivery was left out of the feed since the last call: if
-    /// so, read the store, which has it (and from then on the feed is complete again).
-    pub fn take_missed(&self) -> bool {
-        std::mem::take(&mut self.slot.lock().unwrap_or_else(|e| e.into_inner()).missed)
+    /// To call just before reading the store for deliveries to process. Returns whether
+    /// a committed delivery was left out of the feed since the last call (the store has
+    /// it; from now on the feed is complete again), and the feed's position: every
+    /// delivery fed up to it was committed before this call, so the read returns it
+    /// unless it was processed already ([`Self::skip_through`]).
+    pub fn before_store_read(&self) -> (bool, FeedPosition) {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        (std::mem::take(&mut slot.missed), FeedPosition(slot.fed))
+    }
+
+    /// Drops the fed deliveries up to `position` (a store read has returned them).
+    pub fn skip_through(&mut self, position: FeedPosition) {
+        self.skip_through = self.skip_through.max(position.0);
     }
 
     /// The next fed delivery, if one is waiting.
     pub fn try_next(&mut self) -> Option<Delivery> {
-        let d = self.rx.try_recv().ok()?;
-        self.bytes.fetch_sub(d.payload.len(), Ordering::Relaxed);
-        Some(d)
+        loop {
+            let (at, d) = self.rx.try_recv().ok()?;
+            self.bytes.fetch_sub(d.payload.len(), Ordering::Relaxed);
+            if at > self.skip_through {
+                return Some(d);
+            }
+        }
     }
 }
 
@@ -589,6 +612,7 @@ impl Store {
             s.tx = Some(tx);
             s.missed = false;
             s.bytes = bytes.clone();
+            s.fed = 0;
             s.generation
         };
         Some(FreshDeliveries {
@@ -596,6 +620,7 @@ impl Store {
             slot,
             generation,
             bytes,
+            skip_through: 0,
         })
     }
 
@@ -836,7 +861,20 @@ mod tests {
         assert_eq!(fed[0], stored);
         assert_eq!(fed[1].delivery_id, "d-2");
         assert!(fed[1].id > fed[0].id);
-        assert!(!feed.take_missed());
+        assert!(!feed.before_store_read().0);
+
+        // What was fed before a store read is dropped once the read has returned it.
+        store
+            .insert_delivery(delivery("github", "d-3", t0))
+            .await
+            .unwrap();
+        let (_, position) = feed.before_store_read();
+        store
+            .insert_delivery(delivery("github", "d-4", t0))
+            .await
+            .unwrap();
+        feed.skip_through(position);
+        assert_eq!(drain(&mut feed), ["d-4"]);
 
         // Past its capacity the feed misses deliveries, says so once, and feeds nothing
         // more until it has said so.
@@ -850,8 +888,8 @@ mod tests {
             .insert_delivery(delivery("poll", "late", t0))
             .await
             .unwrap();
-        assert!(feed.take_missed());
-        assert!(!feed.take_missed());
+        assert!(feed.before_store_read().0);
+        assert!(!feed.before_store_read().0);
         let fed = drain(&mut feed);
         assert_eq!(fed.len(), FEED_CAPACITY);
         assert!(!fed.contains(&"late".to_string()));
@@ -869,7 +907,7 @@ mod tests {
         for i in 0..9 {
             store.insert_delivery(big(i)).await.unwrap();
         }
-        assert!(feed.take_missed());
+        assert!(feed.before_store_read().0);
         assert_eq!(drain(&mut feed).len(), 8);
         store.insert_delivery(big(9)).await.unwrap();
         assert_eq!(drain(&mut feed), ["big-9"]);
@@ -887,7 +925,7 @@ mod tests {
             .insert_delivery(delivery("poll", "unfed", t0))
             .await
             .unwrap();
-        assert_eq!(store.count_unprocessed().await.unwrap(), n as i64 + 16);
+        assert_eq!(store.count_unprocessed().await.unwrap(), n as i64 + 18);
     }
 
     #[tokio::test]

@@ -59,8 +59,8 @@ pub use actions::{
 };
 pub use comments::{CommentRecord, SectionRecord, SectionUpdate};
 pub use deliveries::{
-    DEAD_LETTER, Delivery, FEED_CAPACITY, FreshDeliveries, GroupCommitStats, InsertOutcome,
-    NewDelivery, SOURCES,
+    DEAD_LETTER, Delivery, FEED_CAPACITY, FeedPosition, FreshDeliveries, GroupCommitStats,
+    InsertOutcome, NewDelivery, SOURCES,
 };
 pub use error::{StoreError, StoreResult};
 pub use runs::RunRecord;
