@@ -114,9 +114,9 @@ pub const STORE_READ_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct EventFeed {
     fresh: Option<crate::store::FreshDeliveries>,
-    /// Read the store before the feed (until a read succeeds).
-    read_store: bool,
-    last_store_read: std::time::Instant,
+    /// When the store was last read whole; `None` before the first read succeeds, and
+    /// after one failed (read it before the feed).
+    last_store_read: Option<std::time::Instant>,
 }
 
 impl EventFeed {
@@ -124,8 +124,7 @@ impl EventFeed {
     pub fn new(store: &crate::store::Store) -> Self {
         EventFeed {
             fresh: store.fresh_deliveries(),
-            read_store: true,
-            last_store_read: std::time::Instant::now(),
+            last_store_read: None,
         }
     }
 }
@@ -138,11 +137,13 @@ pub async fn process_next(ctx: &AppContext, feed: &mut EventFeed) -> Result<usiz
     };
     let mut handled = 0;
     let (missed, position) = fresh.before_store_read();
-    if missed || feed.read_store || feed.last_store_read.elapsed() >= STORE_READ_INTERVAL {
-        feed.read_store = true;
+    let due = feed
+        .last_store_read
+        .is_none_or(|t| t.elapsed() >= STORE_READ_INTERVAL);
+    if missed || due {
+        feed.last_store_read = None;
         handled += process_pending(ctx).await?;
-        feed.read_store = false;
-        feed.last_store_read = std::time::Instant::now();
+        feed.last_store_read = Some(std::time::Instant::now());
         fresh.skip_through(position);
     }
     loop {
