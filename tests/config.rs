@@ -325,3 +325,23 @@ fn keep_events_defaults_to_two_weeks_and_0s_keeps_everything() {
     assert!(e.starts_with("rules.toml:4:"), "{e}");
     assert!(e.contains("keep_events"), "{e}");
 }
+
+#[test]
+fn keep_audit_defaults_to_90_days_and_0s_keeps_everything() {
+    let days = |n: u64| std::time::Duration::from_secs(n * 24 * 3600);
+    let c = load_str(BASE, "rules.toml", &[]).unwrap().config;
+    assert_eq!(c.store.keep_audit, Some(days(90)));
+    let text = format!("{BASE}[store]\nkeep_audit = \"365d\"\n");
+    let c = load_str(&text, "rules.toml", &[]).unwrap().config;
+    assert_eq!(c.store.keep_audit, Some(days(365)));
+    // Independent of keep_events.
+    assert_eq!(c.store.keep_events, Some(days(14)));
+    let text = format!("{BASE}[store]\nkeep_audit = \"0s\"\n");
+    let c = load_str(&text, "rules.toml", &[]).unwrap().config;
+    assert_eq!(c.store.keep_audit, None);
+    let e = err(&format!(
+        "{BASE}[store]\nurl = \"sqlite://x.db\"\nkeep_audit = \"a quarter\"\n"
+    ));
+    assert!(e.starts_with("rules.toml:5:"), "{e}");
+    assert!(e.contains("keep_audit"), "{e}");
+}

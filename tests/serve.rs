@@ -697,9 +697,10 @@ async fn events_that_decide_nothing_are_processed_and_do_not_hold_back_the_other
 
 /// `[store] keep_events` (default 14 days): at start (and hourly) the bot forgets events
 /// processed long ago and runs last seen finished long ago; it keeps recent ones, events
-/// still to process and runs in progress.
+/// still to process and runs in progress. `[store] keep_audit` (default 90 days): it
+/// forgets decisions and actions that finished long ago.
 #[tokio::test]
-async fn the_store_forgets_old_events_and_finished_runs_and_keeps_the_rest() {
+async fn the_store_forgets_old_events_runs_and_audit_and_keeps_the_rest() {
     use runwarden::store::{NewDelivery, RunRecord, Store};
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("old.db").display());
@@ -760,6 +761,37 @@ async fn the_store_forgets_old_events_and_finished_runs_and_keeps_the_rest() {
                 .await
                 .unwrap();
         }
+        // The audit: a cancel finished 100 days ago and one finished a day ago.
+        for (run, age) in [("run-audit-old", 100), ("run-audit-recent", 1)] {
+            let decided = store
+                .record_decisions(&[runwarden::store::NewDecision {
+                    at: days(age),
+                    rule: "cancel-superseded".into(),
+                    kind: "supersede".into(),
+                    action: "cancel".into(),
+                    run_id: run.into(),
+                    project_id: PROJECT.into(),
+                    branch: Some("main".into()),
+                    sha: Some("abc".into()),
+                    reason: "superseded".into(),
+                    dry_run: false,
+                    not_before: None,
+                    action_key: format!("cancel:{run}"),
+                    payload: None,
+                    skip: None,
+                }])
+                .await
+                .unwrap();
+            let id = decided[0].action_id.unwrap();
+            sqlx::query(
+                "UPDATE actions SET state = 'done', attempts = 1, finished_at = ? WHERE id = ?",
+            )
+            .bind(days(age).timestamp_millis())
+            .bind(id)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
         store.close().await;
     }
     let app = spawn_app_with(AppOptions {
@@ -769,6 +801,7 @@ async fn the_store_forgets_old_events_and_finished_runs_and_keeps_the_rest() {
     })
     .await;
     let store = &app.bot.ctx.store;
+    let metrics = &app.bot.ctx.metrics;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while store
         .find_delivery("currents", "old")
@@ -776,6 +809,7 @@ async fn the_store_forgets_old_events_and_finished_runs_and_keeps_the_rest() {
         .unwrap()
         .is_some()
         || store.get_run("run-old-done").await.unwrap().is_some()
+        || metrics.get("runwarden_store_pruned_total", &[("table", "actions")]) == 0
     {
         assert!(std::time::Instant::now() < deadline, "nothing pruned");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -789,14 +823,28 @@ async fn the_store_forgets_old_events_and_finished_runs_and_keeps_the_rest() {
     for id in ["run-old-running", "run-recent-done"] {
         assert!(store.get_run(id).await.unwrap().is_some(), "{id}");
     }
-    let metrics = &app.bot.ctx.metrics;
-    assert_eq!(
-        metrics.get("runwarden_store_pruned_total", &[("table", "events")]),
-        1
-    );
-    assert_eq!(
-        metrics.get("runwarden_store_pruned_total", &[("table", "runs")]),
-        1
+    for table in ["events", "runs", "decisions", "actions"] {
+        assert_eq!(
+            metrics.get("runwarden_store_pruned_total", &[("table", table)]),
+            1,
+            "{table}"
+        );
+    }
+    // `[store] keep_audit` (default 90 days) forgot the old cancel, not the recent one.
+    let audit: Vec<_> = store
+        .audit(None, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.run_id)
+        .collect();
+    assert_eq!(audit, ["run-audit-recent"]);
+    assert!(
+        store
+            .action_by_key("cancel:run-audit-old")
+            .await
+            .unwrap()
+            .is_none()
     );
 }
 

@@ -126,6 +126,8 @@ both!(
     a_section_for_an_old_head_never_overwrites_the_new_one,
     a_slot_is_claimed_once,
     a_lease_is_held_until_it_expires_then_taken_over,
+    the_audit_forgets_what_finished_long_ago_and_keeps_what_is_still_to_do,
+    old_processed_events_and_finished_runs_are_pruned_in_chunks,
 );
 
 fn delivery(source: &str, id: &str, payload: &str, at: DateTime<Utc>) -> NewDelivery {
@@ -1218,6 +1220,144 @@ async fn concurrent_workers_never_claim_the_same_action(db: Db) {
         }
     }
     assert_eq!(total, 40);
+}
+
+/// `[store] keep_events`: events processed before the cutoff and runs last seen finished
+/// (or gone) before it are deleted, more than one statement's worth of them; events still
+/// to process and runs in progress stay.
+async fn old_processed_events_and_finished_runs_are_pruned_in_chunks(db: Db) {
+    use runwarden::store::PRUNE_CHUNK;
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    let n = PRUNE_CHUNK as usize + 5;
+    let mut ids = Vec::new();
+    for i in 0..=n {
+        let d = delivery("currents", &format!("d{i}"), "{}", t(i as i64));
+        assert_eq!(s.insert_delivery(d).await.unwrap(), InsertOutcome::Inserted);
+    }
+    for d in s
+        .next_unprocessed(t(1_000_000), n as i64 + 1)
+        .await
+        .unwrap()
+    {
+        if d.delivery_id != "d0" {
+            ids.push(d.id);
+        }
+    }
+    s.mark_processed_many(&ids, "ok").await.unwrap();
+    // Processed just now: a cutoff an hour ago keeps them.
+    assert_eq!(
+        s.prune_deliveries(Utc::now() - chrono::Duration::hours(1))
+            .await
+            .unwrap(),
+        0
+    );
+    let later = Utc::now() + chrono::Duration::hours(1);
+    assert_eq!(s.prune_deliveries(later).await.unwrap(), n as u64);
+    assert!(s.find_delivery("currents", "d0").await.unwrap().is_some());
+    assert!(s.find_delivery("currents", "d1").await.unwrap().is_none());
+
+    s.upsert_run(&run_record("old-done", "COMPLETE", "PASSED", 0, 10))
+        .await
+        .unwrap();
+    s.upsert_run(&run_record("old-running", "IN_PROGRESS", "RUNNING", 0, 10))
+        .await
+        .unwrap();
+    s.upsert_run(&run_record("new-done", "COMPLETE", "FAILED", 0, 100))
+        .await
+        .unwrap();
+    assert_eq!(s.prune_runs(t(50)).await.unwrap(), 1);
+    assert!(s.get_run("old-done").await.unwrap().is_none());
+    for id in ["old-running", "new-done"] {
+        assert!(s.get_run(id).await.unwrap().is_some(), "{id}");
+    }
+}
+
+/// `[store] keep_audit`: decisions older than the cutoff go with their action once it
+/// finished before the cutoff too; an action still to do (pending or running) keeps its
+/// decisions whatever their age, and so does one that finished after the cutoff or that
+/// a newer decision still shows.
+async fn the_audit_forgets_what_finished_long_ago_and_keeps_what_is_still_to_do(db: Db) {
+    use runwarden::store::PRUNE_CHUNK;
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    let lease = Duration::from_secs(60);
+    let d = |run: &str| decision("r", "supersede", "cancel", run, t(0));
+    s.record_decisions(&[d("done"), d("failed"), d("running"), d("pending")])
+        .await
+        .unwrap();
+    // A second rule decided "shown" long ago too, and a third decides it again after
+    // the cutoff: the action stays while that newer decision shows it.
+    s.record_decisions(&[decision("r", "supersede", "cancel", "shown", t(0))])
+        .await
+        .unwrap();
+    let claimed = s.claim_due_actions(t(1), 10, lease, "w").await.unwrap();
+    assert_eq!(claimed.len(), 5);
+    let id = |run: &str| claimed.iter().find(|a| a.run_id == run).unwrap().id;
+    for run in ["done", "shown"] {
+        assert!(
+            s.complete_action(id(run), ActionOutcome::Done, "cancelled")
+                .await
+                .unwrap()
+        );
+    }
+    assert!(s.fail_action(id("failed"), "HTTP 500").await.unwrap());
+    assert!(
+        s.fail_attempt(id("pending"), "HTTP 503", t(2))
+            .await
+            .unwrap()
+    );
+    // Dry-run decisions have no action; more of them than one statement deletes.
+    let dry: Vec<_> = (0..PRUNE_CHUNK + 5)
+        .map(|i| {
+            let mut x = decision("dry", "retention", "delete", &format!("dry-{i}"), t(0));
+            x.dry_run = true;
+            x
+        })
+        .collect();
+    s.record_decisions(&dry).await.unwrap();
+    let newer = Utc::now() + chrono::Duration::hours(2);
+    s.record_decisions(&[decision("late", "timeout", "cancel", "shown", newer)])
+        .await
+        .unwrap();
+    let total = (PRUNE_CHUNK + 5 + 6) as usize;
+    assert_eq!(s.audit(None, None, 5000).await.unwrap().len(), total);
+
+    // A cutoff before the actions finished (they finished just now): only the dry runs.
+    let (decisions, actions) = s
+        .prune_audit(Utc::now() - chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!((decisions, actions), ((PRUNE_CHUNK + 5) as u64, 0));
+
+    let (decisions, actions) = s
+        .prune_audit(Utc::now() + chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    // "done" and "failed" with their actions; "shown"'s old decision, not its action.
+    assert_eq!((decisions, actions), (3, 2));
+    let mut kept: Vec<_> = s
+        .audit(None, None, 5000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{}:{}", e.rule, e.run_id))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["late:shown", "r:pending", "r:running"]);
+    for run in ["done", "failed"] {
+        assert!(s.get_action(id(run)).await.unwrap().is_none(), "{run}");
+    }
+    for run in ["shown", "running", "pending"] {
+        assert!(s.get_action(id(run)).await.unwrap().is_some(), "{run}");
+    }
+    // Nothing more to forget.
+    assert_eq!(
+        s.prune_audit(Utc::now() + chrono::Duration::hours(1))
+            .await
+            .unwrap(),
+        (0, 0)
+    );
 }
 
 async fn a_failed_attempt_is_retried_after_its_backoff_then_completes(db: Db) {

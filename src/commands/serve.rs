@@ -180,7 +180,8 @@ async fn executor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// How often `serve` prunes the store (`[store] keep_events`); also once at start.
+/// How often `serve` prunes the store (`[store] keep_events` and `keep_audit`); also
+/// once at start.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// What one [`prune_store`] removed.
@@ -188,51 +189,75 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 pub struct Pruned {
     pub events: u64,
     pub runs: u64,
+    pub decisions: u64,
+    pub actions: u64,
 }
 
-/// Forgets what `[store] keep_events` no longer keeps at `now`: events processed before
-/// `now - keep_events` (a redelivery of one older than that is no longer recognised as a
-/// duplicate) and runs last seen finished (or gone) before then. Events still to be
-/// processed, in-progress runs and the audit log (decisions, actions) are kept.
+impl Pruned {
+    /// The rows removed, by the `table` label of `runwarden_store_pruned_total`.
+    fn by_table(&self) -> [(&'static str, u64); 4] {
+        [
+            ("events", self.events),
+            ("runs", self.runs),
+            ("decisions", self.decisions),
+            ("actions", self.actions),
+        ]
+    }
+}
+
+/// `now` minus `keep`, or the earliest time when that is out of range.
+fn cutoff(now: chrono::DateTime<chrono::Utc>, keep: Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Duration::from_std(keep)
+        .ok()
+        .and_then(|k| now.checked_sub_signed(k))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+}
+
+/// Forgets what the store no longer keeps at `now`:
+///
+/// - `[store] keep_events`: events processed before `now - keep_events` (a redelivery of
+///   one older than that is no longer recognised as a duplicate) and runs last seen
+///   finished (or gone) before then; events still to be processed and in-progress runs
+///   are kept;
+/// - `[store] keep_audit`: decisions and finished actions older than `now - keep_audit`
+///   ([`crate::store::Store::prune_audit`]); actions still to do are kept with their
+///   decisions.
 pub async fn prune_store(
     ctx: &AppContext,
     now: chrono::DateTime<chrono::Utc>,
 ) -> crate::store::StoreResult<Pruned> {
-    let Some(keep) = ctx.config.store.keep_events else {
-        return Ok(Pruned::default());
-    };
-    let before = chrono::Duration::from_std(keep)
-        .ok()
-        .and_then(|k| now.checked_sub_signed(k))
-        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-    let events = ctx.store.prune_deliveries(before).await?;
-    let runs = ctx.store.prune_runs(before).await?;
-    Ok(Pruned { events, runs })
+    let mut pruned = Pruned::default();
+    if let Some(keep) = ctx.config.store.keep_events {
+        let before = cutoff(now, keep);
+        pruned.events = ctx.store.prune_deliveries(before).await?;
+        pruned.runs = ctx.store.prune_runs(before).await?;
+    }
+    if let Some(keep) = ctx.config.store.keep_audit {
+        (pruned.decisions, pruned.actions) = ctx.store.prune_audit(cutoff(now, keep)).await?;
+    }
+    Ok(pruned)
 }
 
 async fn prune_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
-    if ctx.config.store.keep_events.is_none() {
+    let store = &ctx.config.store;
+    if store.keep_events.is_none() && store.keep_audit.is_none() {
         return;
     }
     loop {
         match prune_store(&ctx, chrono::Utc::now()).await {
-            Ok(Pruned { events: 0, runs: 0 }) => {}
+            Ok(p) if p == Pruned::default() => {}
             Ok(p) => {
                 tracing::info!(
                     events = p.events,
                     runs = p.runs,
-                    "pruned the store ([store] keep_events)"
+                    decisions = p.decisions,
+                    actions = p.actions,
+                    "pruned the store ([store] keep_events, keep_audit)"
                 );
-                ctx.metrics.add(
-                    "runwarden_store_pruned_total",
-                    metrics_labels("events"),
-                    p.events,
-                );
-                ctx.metrics.add(
-                    "runwarden_store_pruned_total",
-                    metrics_labels("runs"),
-                    p.runs,
-                );
+                for (table, n) in p.by_table() {
+                    ctx.metrics
+                        .add("runwarden_store_pruned_total", metrics_labels(table), n);
+                }
             }
             Err(e) => tracing::warn!(error = %e, "cannot prune the store; will try again"),
         }

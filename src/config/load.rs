@@ -390,6 +390,13 @@ fn compile(
                 (!d.is_zero()).then_some(d)
             }
         },
+        keep_audit: match raw.store.keep_audit.as_deref() {
+            None => Some(super::DEFAULT_KEEP_AUDIT),
+            Some(text) => {
+                let d = parse_duration(text).map_err(|m| sec_err("store", "keep_audit", m))?;
+                (!d.is_zero()).then_some(d)
+            }
+        },
     };
     if !(store.url.starts_with("sqlite:")
         || store.url.starts_with("postgres://")

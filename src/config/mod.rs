@@ -67,12 +67,18 @@ pub struct StoreConfig {
     /// another replica (or the restarted process, on PostgreSQL) takes it over.
     pub action_lease: Duration,
     /// How long processed events and finished runs are kept in the store (`None`: for
-    /// ever). Decisions and actions, the audit log, are kept regardless.
+    /// ever).
     pub keep_events: Option<Duration>,
+    /// How long the audit log, decisions and finished actions, is kept (`None`: for
+    /// ever); actions still to do are kept with their decisions whatever their age.
+    pub keep_audit: Option<Duration>,
 }
 
 /// Default of `[store] keep_events`: two weeks.
 pub const DEFAULT_KEEP_EVENTS: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Default of `[store] keep_audit`: 90 days.
+pub const DEFAULT_KEEP_AUDIT: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// The URL's password (a `postgres://` URL may carry one) is not shown.
 impl std::fmt::Debug for StoreConfig {
@@ -88,6 +94,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("url", &url)
             .field("action_lease", &self.action_lease)
             .field("keep_events", &self.keep_events)
+            .field("keep_audit", &self.keep_audit)
             .finish()
     }
 }

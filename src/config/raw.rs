@@ -56,6 +56,7 @@ pub struct RawStore {
     pub url: Option<String>,
     pub action_lease: Option<String>,
     pub keep_events: Option<String>,
+    pub keep_audit: Option<String>,
 }
 
 /// `[rules.match]`.

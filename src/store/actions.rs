@@ -940,6 +940,41 @@ impl Store {
             .collect())
     }
 
+    /// Forgets the audit log before `before` (`[store] keep_audit`): decisions made
+    /// before it whose action (if they have one) finished before it too, then finished
+    /// actions that no decision is left to show. An action still to do or running is kept
+    /// with its decisions, whatever their age. Deletes [`super::PRUNE_CHUNK`] rows per
+    /// statement, so that a large backlog never holds the write lock for long. Returns
+    /// the numbers of decisions and actions deleted.
+    ///
+    /// Counts read from the audit afterwards (`/api/rules`, the status page) cover what
+    /// is kept. A decision forgotten no longer deduplicates: an event that decides the
+    /// same again, later, records it again (and the executor finds the run cancelled or
+    /// gone).
+    pub async fn prune_audit(&self, before: DateTime<Utc>) -> StoreResult<(u64, u64)> {
+        let before = to_ms(before);
+        let decisions = self
+            .delete_in_chunks(
+                "DELETE FROM decisions WHERE id IN (SELECT d.id FROM decisions d \
+                 LEFT JOIN actions a ON a.id = d.action_id \
+                 WHERE d.at < $1 AND (d.action_id IS NULL OR \
+                 (a.state IN ('done', 'skipped', 'failed') AND a.finished_at < $1)) \
+                 LIMIT $2)",
+                before,
+            )
+            .await?;
+        let actions = self
+            .delete_in_chunks(
+                "DELETE FROM actions WHERE id IN (SELECT a.id FROM actions a \
+                 WHERE a.state IN ('done', 'skipped', 'failed') AND a.finished_at < $1 \
+                 AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.action_id = a.id) \
+                 LIMIT $2)",
+                before,
+            )
+            .await?;
+        Ok((decisions, actions))
+    }
+
     /// `Ok(true)` when an update touched the row; `Ok(false)` when the row exists but was
     /// not in a state the update applies to; `NotFound` otherwise.
     async fn transitioned(&self, id: i64, rows_affected: u64) -> StoreResult<bool> {

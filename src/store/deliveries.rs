@@ -740,13 +740,12 @@ impl Store {
     /// a redelivery older than this is no longer recognised as a duplicate). Returns the
     /// number deleted.
     pub async fn prune_deliveries(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-        let done = sqlx::query(
-            "DELETE FROM deliveries WHERE processed_at IS NOT NULL AND processed_at < $1",
+        self.delete_in_chunks(
+            "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries \
+             WHERE processed_at IS NOT NULL AND processed_at < $1 LIMIT $2)",
+            to_ms(before),
         )
-        .bind(to_ms(before))
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected())
+        .await
     }
 
     /// Marks several deliveries processed with the same note (events that decided

@@ -238,6 +238,30 @@ impl Store {
     }
 }
 
+/// Rows one statement of a prune ([`Store::prune_deliveries`], [`Store::prune_runs`],
+/// [`Store::prune_audit`]) deletes at most: a large backlog is deleted in many short
+/// write transactions, between which the intake's commits go on.
+pub const PRUNE_CHUNK: i64 = 1000;
+
+impl Store {
+    /// Runs `sql` (a `DELETE` of at most `$2` rows older than `$1`) until it deletes
+    /// fewer than [`PRUNE_CHUNK`]; returns the rows deleted in all.
+    pub(super) async fn delete_in_chunks(&self, sql: &str, before: i64) -> StoreResult<u64> {
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(sql)
+                .bind(before)
+                .bind(PRUNE_CHUNK)
+                .execute(&self.writer)
+                .await?;
+            total += done.rows_affected();
+            if done.rows_affected() < PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
 /// `BEGIN IMMEDIATE` on the SQLite writer pool, reopening its connection when it lost
 /// track of a transaction SQLite rolled back by itself (see [`Store::begin_write`]).
 async fn begin_sqlite_write(writer: &AnyPool) -> Result<Transaction<'static, Any>, sqlx::Error> {

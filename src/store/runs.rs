@@ -206,13 +206,12 @@ impl Store {
     /// Deletes runs not in progress last observed before `before`. Returns the number
     /// deleted.
     pub async fn prune_runs(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-        let done = sqlx::query(
-            "DELETE FROM runs \
-             WHERE updated_at < $1 AND (completion_state <> 'IN_PROGRESS' OR gone = 1)",
+        self.delete_in_chunks(
+            "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM runs \
+             WHERE updated_at < $1 AND (completion_state <> 'IN_PROGRESS' OR gone = 1) \
+             LIMIT $2)",
+            to_ms(before),
         )
-        .bind(to_ms(before))
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected())
+        .await
     }
 }

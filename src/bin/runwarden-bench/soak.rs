@@ -685,7 +685,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
             "bytes",
         )
         .note(format!(
-            "db+WAL {:.1} MiB at the end, {:.1} MiB peak in the first third; everything is kept (`[store] keep_events` prunes events only after 14 days; the audit is kept); MiB over time: {}",
+            "db+WAL {:.1} MiB at the end, {:.1} MiB peak in the first third; everything is kept (`[store] keep_events` prunes events only after 14 days, `keep_audit` the audit after 90); MiB over time: {}",
             db_end as f64 / 1048576.0,
             db_first as f64 / 1048576.0,
             series(&|s| format!("{:.1}", (s.db_bytes + s.wal_bytes) as f64 / 1048576.0))
