@@ -272,6 +272,33 @@ async fn webhook_auth_and_bad_input_get_the_statuses_of_the_spec() {
     );
 }
 
+/// A loop of the bot that panics (a bug) does not leave it half alive: `/readyz` turns
+/// 503 at once, `Bot::failed` names the loop (`serve` then shuts down and exits 1), and
+/// the other loops still stop cleanly.
+#[tokio::test]
+async fn a_loop_that_panics_makes_the_bot_unready_and_is_named() {
+    let mut app = spawn_app(SUPERSEDE).await;
+    let ready = |app: &TestApp| {
+        let (http, url) = (app.http.clone(), app.url("/readyz"));
+        async move { http.get(url).send().await.unwrap().status() }
+    };
+    assert_eq!(ready(&app).await, 200);
+    app.bot
+        .spawn_loop("doomed", async { panic!("a bug in a loop") });
+    let failed = tokio::time::timeout(std::time::Duration::from_secs(10), app.bot.failed())
+        .await
+        .expect("the panic is reported");
+    assert_eq!(failed, "doomed");
+    assert_eq!(ready(&app).await, 503);
+    // The server still answers meanwhile.
+    let r = app.github_hook("ping", "after-panic", &json!({})).await;
+    assert_eq!(r.status(), 202);
+    let TestApp { bot, .. } = app;
+    tokio::time::timeout(std::time::Duration::from_secs(10), bot.shutdown())
+        .await
+        .expect("the other loops stop");
+}
+
 #[tokio::test]
 async fn webhook_endpoints_without_a_secret_answer_404() {
     let app = spawn_app_with(AppOptions {

@@ -3,6 +3,11 @@
 //! current batch of events and actions finishes, claimed-but-unstarted actions are
 //! released for the next start, and the process exits 0.
 //!
+//! Should one of those loops panic (a bug: inputs never should make one), the bot does
+//! not go on half alive: `/readyz` answers 503 at once, the others stop as on SIGTERM and
+//! the process exits 1, for its supervisor (systemd, Kubernetes) to start it again.
+//! Everything it was doing is in the store and resumes there.
+//!
 //! [`Bot`] is also the harness of `demo` and of the end-to-end tests: the same code
 //! paths as production, started in-process.
 
@@ -89,12 +94,50 @@ pub struct Bot {
     pub addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
+    /// The names of the loops that panicked, as they do ([`Bot::failed`]).
+    failures: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+    failure_tx: tokio::sync::mpsc::UnboundedSender<&'static str>,
 }
 
 impl Bot {
     /// `http://ADDR`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Runs `task` as one of the bot's loops, stopped and awaited by [`Bot::shutdown`].
+    /// When it panics, the bot is no longer ready (`/readyz` 503) and [`Bot::failed`]
+    /// names it.
+    pub fn spawn_loop(
+        &mut self,
+        name: &'static str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        use futures::FutureExt as _;
+        let (ctx, failed) = (self.ctx.clone(), self.failure_tx.clone());
+        let supervised = async move {
+            if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
+                ctx.ready.store(false, Ordering::SeqCst);
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(task = name, panic = %what, "a loop of the bot panicked; it is no longer ready");
+                let _ = failed.send(name);
+            }
+        };
+        self.tasks.push((name, tokio::spawn(supervised)));
+    }
+
+    /// Waits until one of the bot's loops panics, and names it (`serve` then shuts the
+    /// rest down and exits 1).
+    pub async fn failed(&mut self) -> &'static str {
+        match self.failures.recv().await {
+            Some(name) => name,
+            // The bot holds a sender itself: never closed while it exists.
+            None => std::future::pending().await,
+        }
     }
 
     /// Graceful stop: intake first, then the loops after their current batch.
@@ -291,46 +334,40 @@ pub async fn start(ctx: Arc<AppContext>, listener: tokio::net::TcpListener) -> a
         }
     }
     let (tx, rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    let app = crate::server::router(ctx.clone());
-    let mut srv_stop = rx.clone();
-    tasks.push((
-        "server",
-        tokio::spawn(async move {
-            let r = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = srv_stop.changed().await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!("server error: {e}");
-            }
-        }),
-    ));
-    tasks.push((
-        "processor",
-        tokio::spawn(processor_loop(ctx.clone(), rx.clone())),
-    ));
-    tasks.push((
-        "executor",
-        tokio::spawn(executor_loop(ctx.clone(), rx.clone())),
-    ));
-    tasks.push((
-        "poller",
-        tokio::spawn(crate::intake::poller::run(ctx.clone(), rx.clone())),
-    ));
-    tasks.push((
-        "schedules",
-        tokio::spawn(crate::intake::schedules::run(ctx.clone(), rx.clone())),
-    ));
-    tasks.push(("prune", tokio::spawn(prune_loop(ctx.clone(), rx.clone()))));
-    ctx.ready.store(true, Ordering::SeqCst);
-    Ok(Bot {
-        ctx,
+    let (failure_tx, failures) = tokio::sync::mpsc::unbounded_channel();
+    let mut bot = Bot {
+        ctx: ctx.clone(),
         addr,
         shutdown: tx,
-        tasks,
-    })
+        tasks: Vec::new(),
+        failures,
+        failure_tx,
+    };
+    let app = crate::server::router(ctx.clone());
+    let mut srv_stop = rx.clone();
+    bot.spawn_loop("server", async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = srv_stop.changed().await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!("server error: {e}");
+        }
+    });
+    bot.spawn_loop("processor", processor_loop(ctx.clone(), rx.clone()));
+    bot.spawn_loop("executor", executor_loop(ctx.clone(), rx.clone()));
+    bot.spawn_loop(
+        "poller",
+        crate::intake::poller::run(ctx.clone(), rx.clone()),
+    );
+    bot.spawn_loop(
+        "schedules",
+        crate::intake::schedules::run(ctx.clone(), rx.clone()),
+    );
+    bot.spawn_loop("prune", prune_loop(ctx.clone(), rx.clone()));
+    ctx.ready.store(true, Ordering::SeqCst);
+    Ok(bot)
 }
 
 async fn shutdown_signal() {
@@ -386,7 +423,7 @@ pub fn run(path: &std::path::Path) -> ExitCode {
                 return ExitCode::from(super::EXIT_USAGE);
             }
         };
-        let bot = match start(ctx, listener).await {
+        let mut bot = match start(ctx, listener).await {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("runwarden serve: {e:#}");
@@ -394,9 +431,17 @@ pub fn run(path: &std::path::Path) -> ExitCode {
             }
         };
         tracing::info!(listen = %bot.addr, "runwarden is serving");
-        shutdown_signal().await;
-        tracing::info!("shutting down");
+        let code = tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                ExitCode::SUCCESS
+            }
+            name = bot.failed() => {
+                tracing::error!(task = name, "shutting down: the {name} loop panicked (the work it had is in the store; start runwarden again)");
+                ExitCode::from(super::EXIT_FAILED)
+            }
+        };
         bot.shutdown().await;
-        ExitCode::SUCCESS
+        code
     })
 }
