@@ -54,11 +54,21 @@ pub struct Blast {
     pub elapsed: Duration,
     /// Per-request latencies, seconds, sorted.
     pub latencies: Vec<f64>,
+    /// CPU time of the whole process (load generator included) during the window, and
+    /// for the bot until it had processed what it acked.
+    pub cpu: Duration,
+    /// The wall time `cpu` was measured over.
+    pub cpu_wall: Duration,
 }
 
 impl Blast {
     pub fn per_s(&self) -> f64 {
         self.accepted as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Process CPU time per accepted request, microseconds.
+    fn cpu_per_request_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.accepted.max(1) as f64
     }
 
     /// Adds another window's figures to these.
@@ -69,6 +79,8 @@ impl Blast {
             *self.statuses.entry(k).or_default() += v;
         }
         self.elapsed += other.elapsed;
+        self.cpu += other.cpu;
+        self.cpu_wall += other.cpu_wall;
         self.latencies.extend(other.latencies);
         self.latencies.sort_by(f64::total_cmp);
     }
@@ -215,6 +227,26 @@ fn ms(v: f64) -> f64 {
     v * 1000.0
 }
 
+/// CPU time (user + system) this process has used so far, from `/proc/self/stat` (in
+/// clock ticks of 10 ms: `USER_HZ` is 100 on Linux); zero where that cannot be read.
+fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name, which is in parentheses: utime and stime are the
+    // 12th and 13th of them.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Duration::ZERO;
+    };
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
 /// What the alternating windows of one bot and the ceiling measured.
 struct Interleaved {
     bot: Blast,
@@ -229,6 +261,24 @@ struct Interleaved {
 }
 
 impl Interleaved {
+    /// The process's CPU time per request on each side (the load generator's included),
+    /// and how busy the CPUs were: a less noisy view than throughput of what the bot's
+    /// own work costs, and of how much of its window it waited.
+    fn cpu_note(&self) -> String {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let busy = |b: &Blast| b.cpu.as_secs_f64() / (b.cpu_wall.as_secs_f64() * cpus).max(1e-9);
+        let (bot, ceiling) = (
+            self.bot.cpu_per_request_us(),
+            self.ceiling.cpu_per_request_us(),
+        );
+        format!(
+            "CPU per request {bot:.0} µs (bot, its processing included) vs {ceiling:.0} µs (ceiling) = {:.2}x; CPUs {:.0}% vs {:.0}% busy",
+            ceiling / bot.max(1e-9),
+            100.0 * busy(&self.bot),
+            100.0 * busy(&self.ceiling)
+        )
+    }
+
     /// `min–max` of the per-round ratios.
     fn spread(&self) -> String {
         let min = self.ratios.iter().copied().fold(f64::INFINITY, f64::min);
@@ -266,12 +316,18 @@ async fn interleaved(
         let mut pair = [None, None];
         // Ceiling first in even rounds, the bot first in odd ones.
         for turn in [round % 2, 1 - round % 2] {
+            let (cpu, wall) = (process_cpu(), Instant::now());
             if turn == 0 {
-                // The bot's backlog would run during the ceiling's window.
-                bot.settle(Duration::from_secs(60)).await?;
-                pair[0] = Some(load.blast(ceiling_url, at.window).await);
+                let mut c = load.blast(ceiling_url, at.window).await;
+                (c.cpu, c.cpu_wall) = (process_cpu().saturating_sub(cpu), wall.elapsed());
+                pair[0] = Some(c);
             } else {
-                pair[1] = Some(load.blast(&url, at.window).await);
+                let mut b = load.blast(&url, at.window).await;
+                // What the bot acked is processed before the ceiling's window (it would
+                // run during it), and the CPU that takes is the bot's.
+                bot.settle(Duration::from_secs(60)).await?;
+                (b.cpu, b.cpu_wall) = (process_cpu().saturating_sub(cpu), wall.elapsed());
+                pair[1] = Some(b);
             }
         }
         let [Some(c), Some(b)] = pair else {
@@ -384,10 +440,11 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
         .limit(c_per_s.round(), "bare axum + HMAC, same client")
         .ratio_target(Goal::AtLeast, TARGET_SHARE)
         .note(format!(
-            "alternating 1 s windows, {}; ceiling p50 {:.2} ms, p99 {:.2} ms",
+            "alternating 1 s windows, {}; ceiling p50 {:.2} ms, p99 {:.2} ms; {}",
             main.spread(),
             ms(harness::percentile(&ceiling.latencies, 50.0)),
-            ms(harness::percentile(&ceiling.latencies, 99.0))
+            ms(harness::percentile(&ceiling.latencies, 99.0)),
+            main.cpu_note()
         )),
     ];
     let mut durable = Row::target(
@@ -423,10 +480,11 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<Row>> {
             )
             .limit(t.ceiling.per_s().round(), "bare axum + HMAC, alternating")
             .note(format!(
-                "same bot, no fsync cost, {}; ack latency p50 {:.2} ms, p99 {:.2} ms",
+                "same bot, no fsync cost, {}; ack latency p50 {:.2} ms, p99 {:.2} ms; {}",
                 t.spread(),
                 ms(harness::percentile(&t.bot.latencies, 50.0)),
-                ms(harness::percentile(&t.bot.latencies, 99.0))
+                ms(harness::percentile(&t.bot.latencies, 99.0)),
+                t.cpu_note()
             )),
         );
     }
