@@ -750,15 +750,24 @@ async fn the_store_forgets_old_events_runs_and_audit_and_keeps_the_rest() {
         let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
             .await
             .unwrap();
+        // Sets the time of the row `key` with `sql` (`?` the time, then `?` the key).
+        async fn backdate(
+            conn: &mut sqlx::SqliteConnection,
+            sql: &str,
+            at: chrono::DateTime<chrono::Utc>,
+            key: &str,
+        ) {
+            sqlx::query(sql)
+                .bind(at.timestamp_millis())
+                .bind(key)
+                .execute(conn)
+                .await
+                .unwrap();
+        }
         for (id, age) in [("old", 20), ("recent", 1)] {
-            sqlx::query(
-                "UPDATE deliveries SET processed_at = ?, outcome = 'ok' WHERE delivery_id = ?",
-            )
-            .bind(days(age).timestamp_millis())
-            .bind(id)
-            .execute(&mut conn)
-            .await
-            .unwrap();
+            let sql =
+                "UPDATE deliveries SET processed_at = ?, outcome = 'ok' WHERE delivery_id = ?";
+            backdate(&mut conn, sql, days(age), id).await;
         }
         for (id, state, age) in [
             ("run-old-done", "PASSED", 20),
@@ -790,7 +799,7 @@ async fn the_store_forgets_old_events_runs_and_audit_and_keeps_the_rest() {
         }
         // The audit: a cancel finished 100 days ago and one finished a day ago.
         for (run, age) in [("run-audit-old", 100), ("run-audit-recent", 1)] {
-            let decided = store
+            store
                 .record_decisions(&[runwarden::store::NewDecision {
                     at: days(age),
                     rule: "cancel-superseded".into(),
@@ -809,15 +818,9 @@ async fn the_store_forgets_old_events_runs_and_audit_and_keeps_the_rest() {
                 }])
                 .await
                 .unwrap();
-            let id = decided[0].action_id.unwrap();
-            sqlx::query(
-                "UPDATE actions SET state = 'done', attempts = 1, finished_at = ? WHERE id = ?",
-            )
-            .bind(days(age).timestamp_millis())
-            .bind(id)
-            .execute(&mut conn)
-            .await
-            .unwrap();
+            let sql = "UPDATE actions SET state = 'done', attempts = 1, finished_at = ? \
+                       WHERE action_key = ?";
+            backdate(&mut conn, sql, days(age), &format!("cancel:{run}")).await;
         }
         store.close().await;
     }
