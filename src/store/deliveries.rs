@@ -116,6 +116,12 @@ struct FeedSlot {
 }
 
 impl FeedSlot {
+    /// Whether a feed is listening and complete (nothing missed since the processor
+    /// last read the store): otherwise a commit's deliveries are not even gathered.
+    fn is_open(&self) -> bool {
+        self.tx.is_some() && !self.missed
+    }
+
     /// Feeds the deliveries of one commit, in order; on the first that does not fit,
     /// stops feeding until the processor takes the `missed` flag.
     fn feed(&mut self, committed: impl Iterator<Item = Delivery>) {
@@ -254,15 +260,18 @@ fn spawn_delivery_writer(
                     // Fed before anyone is answered: an answer wakes the processor.
                     let mut replies = Vec::with_capacity(group.len());
                     let mut committed = Vec::with_capacity(group.len());
+                    let mut slot = feed.lock().unwrap_or_else(|e| e.into_inner());
+                    let feeding = slot.is_open();
                     for (p, o) in group.drain(..).zip(outcomes) {
                         replies.push((p.reply, o.outcome()));
-                        if let Inserted::New(id) = o {
+                        if let Inserted::New(id) = o
+                            && feeding
+                        {
                             committed.push(p.d.into_delivery(id));
                         }
                     }
-                    feed.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .feed(committed.into_iter());
+                    slot.feed(committed.into_iter());
+                    drop(slot);
                     for (reply, outcome) in replies {
                         let _ = reply.send(Ok(outcome));
                     }
