@@ -59,6 +59,8 @@ pub struct Blast {
     pub cpu: Duration,
     /// The wall time `cpu` was measured over.
     pub cpu_wall: Duration,
+    /// The whole machine's CPU time over the same span (`/proc/stat`).
+    pub system: SystemCpu,
 }
 
 impl Blast {
@@ -81,6 +83,7 @@ impl Blast {
         self.elapsed += other.elapsed;
         self.cpu += other.cpu;
         self.cpu_wall += other.cpu_wall;
+        self.system = self.system.plus(other.system);
         self.latencies.extend(other.latencies);
         self.latencies.sort_by(f64::total_cmp);
     }
@@ -247,6 +250,68 @@ fn process_cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// The machine's CPU time (all CPUs, all processes and kernel threads) from the `cpu`
+/// line of `/proc/stat`, in clock ticks: busy (user, nice, system, irq, softirq, steal),
+/// waiting for I/O, and idle.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemCpu {
+    busy: u64,
+    iowait: u64,
+    idle: u64,
+}
+
+impl SystemCpu {
+    /// So far since boot; zero where `/proc/stat` cannot be read.
+    fn now() -> SystemCpu {
+        let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+            return SystemCpu::default();
+        };
+        let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+            return SystemCpu::default();
+        };
+        // user nice system idle iowait irq softirq steal (guest time is in user already)
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if f.len() < 8 {
+            return SystemCpu::default();
+        }
+        SystemCpu {
+            busy: f[0] + f[1] + f[2] + f[5] + f[6] + f[7],
+            iowait: f[4],
+            idle: f[3],
+        }
+    }
+
+    fn since(self, earlier: SystemCpu) -> SystemCpu {
+        SystemCpu {
+            busy: self.busy.saturating_sub(earlier.busy),
+            iowait: self.iowait.saturating_sub(earlier.iowait),
+            idle: self.idle.saturating_sub(earlier.idle),
+        }
+    }
+
+    fn plus(self, other: SystemCpu) -> SystemCpu {
+        SystemCpu {
+            busy: self.busy + other.busy,
+            iowait: self.iowait + other.iowait,
+            idle: self.idle + other.idle,
+        }
+    }
+
+    /// Busy and I/O-wait shares of all the CPU time, percent.
+    fn shares(self) -> (f64, f64) {
+        let total = (self.busy + self.iowait + self.idle).max(1) as f64;
+        (
+            100.0 * self.busy as f64 / total,
+            100.0 * self.iowait as f64 / total,
+        )
+    }
+}
+
 /// What the alternating windows of one bot and the ceiling measured.
 struct Interleaved {
     bot: Blast,
@@ -271,8 +336,10 @@ impl Interleaved {
             self.bot.cpu_per_request_us(),
             self.ceiling.cpu_per_request_us(),
         );
+        let ((bot_sys, bot_io), (ceiling_sys, ceiling_io)) =
+            (self.bot.system.shares(), self.ceiling.system.shares());
         format!(
-            "CPU per request {bot:.0} µs (bot, its processing included) vs {ceiling:.0} µs (ceiling) = {:.2}x; CPUs {:.0}% vs {:.0}% busy",
+            "CPU per request {bot:.0} µs (bot, its processing included) vs {ceiling:.0} µs (ceiling) = {:.2}x; CPUs {:.0}% vs {:.0}% busy with this process, {bot_sys:.0}% vs {ceiling_sys:.0}% with anything (I/O wait {bot_io:.0}% vs {ceiling_io:.0}%)",
             ceiling / bot.max(1e-9),
             100.0 * busy(&self.bot),
             100.0 * busy(&self.ceiling)
@@ -316,10 +383,11 @@ async fn interleaved(
         let mut pair = [None, None];
         // Ceiling first in even rounds, the bot first in odd ones.
         for turn in [round % 2, 1 - round % 2] {
-            let (cpu, wall) = (process_cpu(), Instant::now());
+            let (cpu, wall, system) = (process_cpu(), Instant::now(), SystemCpu::now());
             if turn == 0 {
                 let mut c = load.blast(ceiling_url, at.window).await;
                 (c.cpu, c.cpu_wall) = (process_cpu().saturating_sub(cpu), wall.elapsed());
+                c.system = SystemCpu::now().since(system);
                 pair[0] = Some(c);
             } else {
                 let mut b = load.blast(&url, at.window).await;
@@ -327,6 +395,7 @@ async fn interleaved(
                 // run during it), and the CPU that takes is the bot's.
                 bot.settle(Duration::from_secs(60)).await?;
                 (b.cpu, b.cpu_wall) = (process_cpu().saturating_sub(cpu), wall.elapsed());
+                b.system = SystemCpu::now().since(system);
                 pair[1] = Some(b);
             }
         }
