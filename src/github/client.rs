@@ -747,16 +747,23 @@ impl GithubClient {
         body: &str,
     ) -> Result<IssueComment, GithubError> {
         let path = format!("/repos/{repo}/issues/{pr}/comments");
+        self.send_comment(Method::POST, &path, repo, body, CallKind::Create)
+            .await
+    }
+
+    /// Sends `{"body": body}` to `path` of `repo` and returns the comment GitHub answers
+    /// with (a create or an edit).
+    async fn send_comment(
+        &self,
+        method: Method,
+        path: &str,
+        repo: &RepoName,
+        body: &str,
+        kind: CallKind,
+    ) -> Result<IssueComment, GithubError> {
         let payload = json!({ "body": body });
         let r = self
-            .call::<RawComment>(
-                Method::POST,
-                &path,
-                "",
-                Some(&payload),
-                AuthFor::Repo(repo),
-                CallKind::Create,
-            )
+            .call::<RawComment>(method, path, "", Some(&payload), AuthFor::Repo(repo), kind)
             .await?;
         Ok(r.value.into_comment())
     }
@@ -822,18 +829,8 @@ impl GithubClient {
         body: &str,
     ) -> Result<IssueComment, GithubError> {
         let path = format!("/repos/{repo}/issues/comments/{comment_id}");
-        let payload = json!({ "body": body });
-        let r = self
-            .call::<RawComment>(
-                Method::PATCH,
-                &path,
-                "",
-                Some(&payload),
-                AuthFor::Repo(repo),
-                CallKind::IdempotentWrite,
-            )
-            .await?;
-        Ok(r.value.into_comment())
+        self.send_comment(Method::PATCH, &path, repo, body, CallKind::IdempotentWrite)
+            .await
     }
 
     /// `POST /repos/{o}/{r}/statuses/{sha}`. The description is cut to GitHub's 140

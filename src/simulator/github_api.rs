@@ -970,7 +970,9 @@ async fn list_comments(
     )
 }
 
-fn body_field(m: &serde_json::Map<String, Value>) -> Result<String, Response> {
+/// The `body` of a comment's JSON request, or GitHub's answer to a request without one.
+fn comment_body(body: &Bytes) -> Result<String, Response> {
+    let m = parse_body(body)?;
     match m.get("body") {
         Some(Value::String(s)) if s.chars().count() > MAX_COMMENT_BODY => Err(validation_failed(
             "IssueComment",
@@ -1000,11 +1002,7 @@ async fn create_comment(
     let (Some(repo), Ok(n)) = (repo_of(&owner, &repo), number.parse::<u64>()) else {
         return not_found_json();
     };
-    let m = match parse_body(&body) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let text = match body_field(&m) {
+    let text = match comment_body(&body) {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -1063,11 +1061,7 @@ async fn update_comment(
     let Some((repo, id)) = comment_key(&owner, &repo, &id) else {
         return not_found_json();
     };
-    let m = match parse_body(&body) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let text = match body_field(&m) {
+    let text = match comment_body(&body) {
         Ok(t) => t,
         Err(r) => return r,
     };

@@ -112,6 +112,22 @@ async fn finish(bot: &InProcBot, action: &str, expect: usize) -> anyhow::Result<
     }
 }
 
+/// The end of a scenario that triggered one cancel: waits for it, counts the requests
+/// made since `before`, stops the bot, and compares them with `minimum`.
+async fn one_cancel(
+    bot: InProcBot,
+    before: &ClientStats,
+    name: &str,
+    label: &str,
+    minimum: u64,
+) -> anyhow::Result<Row> {
+    let done = finish(&bot, "cancel", 1).await?;
+    let ops = diff(before, &bot.bot.ctx.currents.stats());
+    bot.shutdown().await;
+    anyhow::ensure!(done == 1, "expected 1 cancel done, got {done}");
+    Ok(row(name, label, &ops, minimum, ""))
+}
+
 fn row(name: &str, label: &str, ops: &[(String, u64)], minimum: u64, extra: &str) -> Row {
     let measured = total(ops);
     Row::target(
@@ -164,17 +180,14 @@ async fn supersede_run_start() -> anyhow::Result<Row> {
         "RUN_START webhook answered {}",
         resp.status()
     );
-    let done = finish(&bot, "cancel", 1).await?;
-    let ops = diff(&before, &client.stats());
-    bot.shutdown().await;
-    anyhow::ensure!(done == 1, "expected 1 cancel done, got {done}");
-    Ok(row(
+    one_cancel(
+        bot,
+        &before,
         "api_requests_supersede_run_start",
         "requests per supersede (Currents RUN_START)",
-        &ops,
         4,
-        "",
-    ))
+    )
+    .await
 }
 
 /// Supersede on a GitHub push of a new sha.
@@ -209,17 +222,14 @@ async fn supersede_push() -> anyhow::Result<Row> {
         "push webhook answered {}",
         resp.status()
     );
-    let done = finish(&bot, "cancel", 1).await?;
-    let ops = diff(&before, &client.stats());
-    bot.shutdown().await;
-    anyhow::ensure!(done == 1, "expected 1 cancel done, got {done}");
-    Ok(row(
+    one_cancel(
+        bot,
+        &before,
         "api_requests_supersede_push",
         "requests per supersede (GitHub push)",
-        &ops,
         3,
-        "",
-    ))
+    )
+    .await
 }
 
 /// A timeout found by a poll among 10 in-progress runs.
@@ -245,17 +255,14 @@ async fn timeout_poll() -> anyhow::Result<Row> {
         runwarden::intake::poller::poll_once(&bot.bot.ctx).await,
         "could not store a poll event"
     );
-    let done = finish(&bot, "cancel", 1).await?;
-    let ops = diff(&before, &client.stats());
-    bot.shutdown().await;
-    anyhow::ensure!(done == 1, "expected 1 cancel done, got {done}");
-    Ok(row(
+    one_cancel(
+        bot,
+        &before,
         "api_requests_timeout_poll",
         "requests per timeout (poll, 10 in progress)",
-        &ops,
         1 + 1 + 1,
-        "",
-    ))
+    )
+    .await
 }
 
 /// A retention sweep over `n` runs of one project.
