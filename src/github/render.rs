@@ -800,11 +800,12 @@ fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// `4m 12s`, `42s`, `1h 05m`.
+/// `4m 12s`, `42s`, `1h 05m`; `<1s` under a second (not `0s`, which reads as "no time").
 pub fn fmt_duration(ms: u64) -> String {
     let s = ms / 1000;
     match s {
-        0..=59 => format!("{s}s"),
+        0 => "<1s".to_string(),
+        1..=59 => format!("{s}s"),
         60..=3599 => format!("{}m {:02}s", s / 60, s % 60),
         _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
     }
@@ -1031,7 +1032,9 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(fmt_duration(999), "0s");
+        assert_eq!(fmt_duration(0), "<1s");
+        assert_eq!(fmt_duration(999), "<1s");
+        assert_eq!(fmt_duration(1_000), "1s");
         assert_eq!(fmt_duration(42_000), "42s");
         assert_eq!(fmt_duration(252_000), "4m 12s");
         assert_eq!(fmt_duration(3_900_000), "1h 05m");
