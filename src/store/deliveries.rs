@@ -259,9 +259,9 @@ fn spawn_delivery_writer(
                 Ok(outcomes) => {
                     // Fed before anyone is answered: an answer wakes the processor.
                     let mut replies = Vec::with_capacity(group.len());
-                    let mut committed = Vec::with_capacity(group.len());
                     let mut slot = feed.lock().unwrap_or_else(|e| e.into_inner());
                     let feeding = slot.is_open();
+                    let mut committed = Vec::with_capacity(if feeding { group.len() } else { 0 });
                     for (p, o) in group.drain(..).zip(outcomes) {
                         replies.push((p.reply, o.outcome()));
                         if let Inserted::New(id) = o
