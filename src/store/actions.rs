@@ -641,9 +641,9 @@ impl Store {
         detail: &str,
         run: Option<&super::RunRecord>,
     ) -> StoreResult<bool> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_outcome().await?;
         if let Some(run) = run {
-            Store::upsert_run_in(&mut tx, run).await?;
+            Store::upsert_run_in(tx.conn(), run).await?;
         }
         let state = match outcome {
             ActionOutcome::Done => ActionState::Done,
@@ -659,7 +659,7 @@ impl Store {
         .bind(state.as_str())
         .bind(detail)
         .bind(to_ms(Utc::now()))
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         tx.commit().await?;
         self.transitioned(id, done.rows_affected()).await
@@ -674,6 +674,7 @@ impl Store {
         error: &str,
         next_attempt_at: DateTime<Utc>,
     ) -> StoreResult<bool> {
+        let mut tx = self.begin_outcome().await?;
         let done = sqlx::query(
             "UPDATE actions \
              SET state = 'pending', attempts = attempts + 1, last_error = $2, \
@@ -684,8 +685,9 @@ impl Store {
         .bind(error)
         .bind(to_ms(next_attempt_at))
         .bind(to_ms(Utc::now()))
-        .execute(&self.writer)
+        .execute(tx.conn())
         .await?;
+        tx.commit().await?;
         self.transitioned(id, done.rows_affected()).await
     }
 
@@ -694,6 +696,7 @@ impl Store {
     /// terminal state.
     pub async fn fail_action(&self, id: i64, error: &str) -> StoreResult<bool> {
         let now = to_ms(Utc::now());
+        let mut tx = self.begin_outcome().await?;
         let done = sqlx::query(
             "UPDATE actions \
              SET state = 'failed', attempts = attempts + 1, last_error = $2, \
@@ -703,8 +706,9 @@ impl Store {
         .bind(id)
         .bind(error)
         .bind(now)
-        .execute(&self.writer)
+        .execute(tx.conn())
         .await?;
+        tx.commit().await?;
         self.transitioned(id, done.rows_affected()).await
     }
 

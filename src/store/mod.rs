@@ -23,7 +23,8 @@
 //! accept), `ON CONFLICT` and `RETURNING`.
 //!
 //! SQLite settings: WAL, `synchronous=FULL` (an acknowledged webhook survives an OS
-//! crash), `busy_timeout` 5 s, foreign keys on. Write transactions that read first begin
+//! crash; only an action's outcome commits at `NORMAL`, see [`Store::begin_outcome`]),
+//! `busy_timeout` 5 s, foreign keys on. Write transactions that read first begin
 //! with `BEGIN IMMEDIATE`, so a writer waits for the lock (bounded by the busy timeout)
 //! instead of failing on a stale snapshot.
 //!
@@ -234,6 +235,97 @@ impl Store {
                     .await?;
                 Ok(tx)
             }
+        }
+    }
+}
+
+/// The write transaction of an action's outcome ([`Store::begin_outcome`]).
+pub(super) enum OutcomeTx {
+    /// SQLite: committed with `synchronous = NORMAL`.
+    Relaxed(RelaxedWrite),
+    /// PostgreSQL: an ordinary transaction.
+    Plain(Transaction<'static, Any>),
+}
+
+/// The SQLite writer connection inside a transaction begun with `synchronous = NORMAL`.
+/// Unless [`OutcomeTx::commit`] ends it and puts `FULL` back, the connection is taken out
+/// of the pool when this is dropped (an error, a cancelled future): closing it rolls back
+/// what it holds, and the pool opens a fresh connection, set up with `FULL` like every
+/// other, so that no later commit can run without its fsync by mistake.
+pub(super) struct RelaxedWrite {
+    conn: Option<sqlx::pool::PoolConnection<Any>>,
+}
+
+impl Drop for RelaxedWrite {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
+impl OutcomeTx {
+    /// The connection to run the transaction's statements on.
+    pub(super) fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        match self {
+            OutcomeTx::Relaxed(w) => w
+                .conn
+                .as_deref_mut()
+                .expect("a relaxed write holds its connection until it is committed or dropped"),
+            OutcomeTx::Plain(tx) => tx,
+        }
+    }
+
+    /// Commits (on SQLite without waiting for the disk, and the connection is back at
+    /// `synchronous = FULL` before it returns to the pool).
+    pub(super) async fn commit(self) -> StoreResult<()> {
+        match self {
+            OutcomeTx::Relaxed(mut w) => {
+                if let Some(conn) = w.conn.as_deref_mut() {
+                    sqlx::query("COMMIT; PRAGMA synchronous = FULL")
+                        .execute(conn)
+                        .await?;
+                }
+                // Back to the pool as it came.
+                drop(w.conn.take());
+                Ok(())
+            }
+            OutcomeTx::Plain(tx) => Ok(tx.commit().await?),
+        }
+    }
+}
+
+impl Store {
+    /// A write transaction for what an action did (its outcome, the run as it left it).
+    ///
+    /// On SQLite its commit does not wait for the disk (`synchronous = NORMAL` for this
+    /// transaction alone; the connection is set back to `FULL` before anything else uses
+    /// it). It survives a crash of the process like any commit, and the next commit with
+    /// its fsync (a webhook's, an event's record, a checkpoint) makes it durable against
+    /// an OS crash or power loss too: SQLite's log is replayed in order, so at most the
+    /// last few milliseconds of commits are lost, as a whole. What can be lost that way
+    /// is only an outcome, never a decision or an accepted action (those commits wait for
+    /// the disk), so the action is carried out again and its idempotence makes that
+    /// harmless, exactly as after a crash between the side effect and this commit
+    /// (SPEC §6). What it saves is one fsync per action, and the queueing of the next
+    /// events' commits behind it on the one writer connection.
+    ///
+    /// On PostgreSQL, an ordinary transaction.
+    pub(super) async fn begin_outcome(&self) -> StoreResult<OutcomeTx> {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut w = RelaxedWrite {
+                    conn: Some(self.writer.acquire().await?),
+                };
+                if let Some(conn) = w.conn.as_deref_mut() {
+                    // One hand-off to SQLite's thread for both.
+                    sqlx::query("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(OutcomeTx::Relaxed(w))
+            }
+            Backend::Postgres => Ok(OutcomeTx::Plain(self.pool.begin().await?)),
         }
     }
 }
@@ -552,6 +644,65 @@ mod tests {
         // The single connection keeps the schema alive across operations.
         assert_eq!(store.count_unprocessed().await.unwrap(), 0);
         assert_eq!(store.queue_depth().await.unwrap(), 0);
+    }
+
+    /// An outcome's transaction runs at `synchronous = NORMAL`; committed or dropped, it
+    /// leaves the writer at `FULL`, and a dropped one leaves nothing behind.
+    #[tokio::test]
+    async fn an_outcome_commits_without_its_fsync_and_the_writer_stays_at_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let sync = |n: i64| match n {
+            1 => "NORMAL",
+            2 => "FULL",
+            _ => "other",
+        };
+        let level = "PRAGMA synchronous";
+        let mut tx = store.begin_write().await.unwrap();
+        sqlx::query("CREATE TABLE probe (x INTEGER)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut out = store.begin_outcome().await.unwrap();
+        let inside: i64 = sqlx::query_scalar(level)
+            .fetch_one(out.conn())
+            .await
+            .unwrap();
+        assert_eq!(sync(inside), "NORMAL");
+        sqlx::query("INSERT INTO probe VALUES (1)")
+            .execute(out.conn())
+            .await
+            .unwrap();
+        out.commit().await.unwrap();
+        let after: i64 = sqlx::query_scalar(level)
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(sync(after), "FULL");
+
+        // Dropped before its commit (an error on the way, a cancelled future).
+        let mut out = store.begin_outcome().await.unwrap();
+        sqlx::query("INSERT INTO probe VALUES (2)")
+            .execute(out.conn())
+            .await
+            .unwrap();
+        drop(out);
+        let mut tx = store.begin_write().await.unwrap();
+        let next: i64 = sqlx::query_scalar(level).fetch_one(&mut *tx).await.unwrap();
+        assert_eq!(sync(next), "FULL");
+        sqlx::query("INSERT INTO probe VALUES (3)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT x FROM probe ORDER BY x")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, [1, 3]);
     }
 
     #[tokio::test]
