@@ -622,6 +622,9 @@ impl Store {
     /// Ends an action well. Returns `false` (and changes nothing) when the action was
     /// already in a terminal state, e.g. finished by another worker after this one's lease
     /// expired.
+    ///
+    /// Like every outcome ([`Store::fail_attempt`], [`Store::fail_action`]), committed
+    /// through [`Store::begin_outcome`]: on SQLite without waiting for the disk.
     pub async fn complete_action(
         &self,
         id: i64,
