@@ -8,7 +8,7 @@
 //! give the same output, sorted by rule order, then by run `created_at` and `run_id`.
 //!
 //! One file per rule kind: [`supersede`], [`timeout`], [`orphan`], [`retention`],
-//! [`summary`]; [`history`] holds the `max_duration = "auto"` statistics and [`explain`]
+//! [`summary`]; [`history`] holds the `max_duration = "auto"` statistics and [`mod@explain`]
 //! answers "does this rule apply to this run now, and if not, why".
 //!
 //! When several rules decide the same action on the same run, each decision is returned:

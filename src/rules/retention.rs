@@ -165,7 +165,7 @@ struct ProjectGroups {
 /// `keep_latest` finished runs older than `older_than` and of the newest passed one, a
 /// count of the younger finished runs, and the deletable runs that a keep slot still
 /// protects; a deletable run no slot protects any more is final and is kept as a compact
-/// [`Candidate`] (up to `max_deletions` + 1 of them; past that, only counted). Memory is
+/// candidate (up to `max_deletions` + 1 of them; past that, only counted). Memory is
 /// O(branches × `keep_latest` + min(deletions, `max_deletions`)), whatever the number of
 /// runs.
 #[derive(Debug)]

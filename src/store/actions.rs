@@ -624,7 +624,8 @@ impl Store {
     /// expired.
     ///
     /// Like every outcome ([`Store::fail_attempt`], [`Store::fail_action`]), committed
-    /// through [`Store::begin_outcome`]: on SQLite without waiting for the disk.
+    /// through `Store::begin_outcome`: on SQLite without waiting for the disk (see
+    /// RELIABILITY.md for why that keeps SPEC §6).
     pub async fn complete_action(
         &self,
         id: i64,

@@ -158,7 +158,7 @@ impl FeedSlot {
 /// [`Store::insert_delivery`] is sent here right after its commit, in commit order, so
 /// that the processor need not read back what was just written. The store stays the
 /// record: whenever the feed was full ([`FEED_CAPACITY`] deliveries or [`FEED_MAX_BYTES`]
-/// of payload) and a delivery not sent, [`Self::take_missed`]
+/// of payload) and a delivery not sent, [`Self::before_store_read`]
 /// says so once, and nothing more is fed until then; the processor then reads the store.
 /// Deliveries to retry, and ones stored by another process, are found only in the store.
 #[derive(Debug)]

@@ -23,7 +23,7 @@
 //! accept), `ON CONFLICT` and `RETURNING`.
 //!
 //! SQLite settings: WAL, `synchronous=FULL` (an acknowledged webhook survives an OS
-//! crash; only an action's outcome commits at `NORMAL`, see [`Store::begin_outcome`]),
+//! crash; only an action's outcome commits at `NORMAL`, see `Store::begin_outcome`),
 //! `busy_timeout` 5 s, foreign keys on. Write transactions that read first begin
 //! with `BEGIN IMMEDIATE`, so a writer waits for the lock (bounded by the busy timeout)
 //! instead of failing on a stale snapshot.
