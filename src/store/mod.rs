@@ -145,6 +145,9 @@ pub struct Store {
     delivery_writer: std::sync::Arc<deliveries::DeliveryWriter>,
     /// Commits of [`Store::record_events`] and the events they recorded.
     record_stats: std::sync::Arc<GroupCommitStats>,
+    /// A SQLite file (not in memory): its outcomes commit without an fsync
+    /// ([`Store::begin_outcome`]).
+    sqlite_file: bool,
 }
 
 impl Store {
@@ -191,6 +194,7 @@ impl Store {
             backend,
             delivery_writer: Default::default(),
             record_stats: Default::default(),
+            sqlite_file: backend == Backend::Sqlite && !is_in_memory(url),
         };
         if backend == Backend::Sqlite && !is_in_memory(url) {
             spawn_checkpointer(&store);
@@ -241,9 +245,10 @@ impl Store {
 
 /// The write transaction of an action's outcome ([`Store::begin_outcome`]).
 pub(super) enum OutcomeTx {
-    /// SQLite: committed with `synchronous = NORMAL`.
+    /// A SQLite file: committed with `synchronous = NORMAL`.
     Relaxed(RelaxedWrite),
-    /// PostgreSQL: an ordinary transaction.
+    /// PostgreSQL, or SQLite in memory (no fsync to save, and a connection that must
+    /// never be closed: the database lives in it): an ordinary write transaction.
     Plain(Transaction<'static, Any>),
 }
 
@@ -310,10 +315,10 @@ impl Store {
     /// (SPEC §6). What it saves is one fsync per action, and the queueing of the next
     /// events' commits behind it on the one writer connection.
     ///
-    /// On PostgreSQL, an ordinary transaction.
+    /// On PostgreSQL, and on SQLite in memory, an ordinary transaction.
     pub(super) async fn begin_outcome(&self) -> StoreResult<OutcomeTx> {
         match self.backend {
-            Backend::Sqlite => {
+            Backend::Sqlite if self.sqlite_file => {
                 let mut w = RelaxedWrite {
                     conn: Some(self.writer.acquire().await?),
                 };
@@ -325,6 +330,7 @@ impl Store {
                 }
                 Ok(OutcomeTx::Relaxed(w))
             }
+            Backend::Sqlite => Ok(OutcomeTx::Plain(self.begin_write().await?)),
             Backend::Postgres => Ok(OutcomeTx::Plain(self.pool.begin().await?)),
         }
     }
@@ -703,6 +709,31 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows, [1, 3]);
+    }
+
+    /// In memory, where the database lives in its one connection, an outcome dropped
+    /// half-way is rolled back without closing that connection.
+    #[tokio::test]
+    async fn an_outcome_dropped_half_way_keeps_an_in_memory_store() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let mut out = store.begin_outcome().await.unwrap();
+        sqlx::query("DELETE FROM deliveries")
+            .execute(out.conn())
+            .await
+            .unwrap();
+        drop(out);
+        assert_eq!(
+            store.queue_depth().await.unwrap(),
+            0,
+            "the schema is still there"
+        );
+        let mut out = store.begin_outcome().await.unwrap();
+        sqlx::query("DELETE FROM deliveries")
+            .execute(out.conn())
+            .await
+            .unwrap();
+        out.commit().await.unwrap();
+        assert_eq!(store.queue_depth().await.unwrap(), 0);
     }
 
     #[tokio::test]
