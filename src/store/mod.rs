@@ -319,15 +319,14 @@ impl Store {
     pub(super) async fn begin_outcome(&self) -> StoreResult<OutcomeTx> {
         match self.backend {
             Backend::Sqlite if self.sqlite_file => {
-                let mut w = RelaxedWrite {
-                    conn: Some(self.writer.acquire().await?),
-                };
-                if let Some(conn) = w.conn.as_deref_mut() {
-                    // One hand-off to SQLite's thread for both.
-                    sqlx::query("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
-                        .execute(conn)
-                        .await?;
-                }
+                let mut conn = self.writer.acquire().await?;
+                // One hand-off to SQLite's thread for both.
+                let begun = sqlx::query("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
+                    .execute(&mut *conn)
+                    .await;
+                // Wrapped first, so that a failed begin detaches the connection too.
+                let w = RelaxedWrite { conn: Some(conn) };
+                begun?;
                 Ok(OutcomeTx::Relaxed(w))
             }
             Backend::Sqlite => Ok(OutcomeTx::Plain(self.begin_write().await?)),
