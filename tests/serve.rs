@@ -448,6 +448,95 @@ async fn the_admin_api_needs_the_token_and_sweeps_retention() {
     );
 }
 
+/// A push (and a Currents event, for the other runs of its branch) lists the branch's
+/// in-progress runs without reading their progress from the store: no rule reads it for
+/// those. The record of a listed run still keeps the time of its last progress while its
+/// completed-spec count is unchanged, so a timeout rule's `idle_for` is not reset by them.
+#[tokio::test]
+async fn listing_runs_for_a_push_keeps_their_last_progress_time() {
+    use runwarden::store::RunRecord;
+    let app = spawn_app(SUPERSEDE).await;
+    let idle = app.sim.add_run(run("feat/p", "aaa111", 90)).unwrap();
+    let newer = app.sim.add_run(run("feat/q", "bbb222", 1)).unwrap();
+    let store = &app.bot.ctx.store;
+    let long_ago = chrono::Utc::now() - chrono::Duration::minutes(80);
+    for id in [&idle.run_id, &newer.run_id] {
+        let r = app.sim.run(id).unwrap();
+        store
+            .upsert_run(&RunRecord {
+                run_id: r.run_id.clone(),
+                project_id: r.project_id.clone(),
+                branch: r.branch().map(str::to_string),
+                sha: r.sha().map(str::to_string),
+                created_at: r.created_at,
+                completion_state: r.completion_state.as_str().into(),
+                status: r.status.as_str().into(),
+                json: serde_json::to_string(&r).unwrap(),
+                completed_specs: r.instance_counts().complete as i64,
+                progress_changed_at: long_ago,
+                duration_ms: None,
+                updated_at: long_ago,
+            })
+            .await
+            .unwrap();
+    }
+    // A push of the sha the run is testing: the run is listed, and spared.
+    let push = json!({
+        "ref": "refs/heads/feat/p", "before": "000000", "after": "aaa111", "deleted": false,
+        "repository": {"full_name": "acme/web"},
+        "head_commit": {"timestamp": chrono::Utc::now().to_rfc3339()}
+    });
+    assert_eq!(app.github_hook("push", "p-1", &push).await.status(), 202);
+    // A rerun of the same sha starts on another branch: the branch's other runs are
+    // listed too (and spared: same sha).
+    let other = app.sim.add_run(run("feat/q", "bbb222", 0)).unwrap();
+    assert_eq!(
+        app.sim
+            .run(&other.run_id)
+            .unwrap()
+            .completion_state
+            .as_str(),
+        "IN_PROGRESS"
+    );
+    assert_eq!(
+        app.currents_hook("RUN_START", &other.run_id).await.status(),
+        202
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut done = 0;
+        for id in [&idle.run_id, &newer.run_id] {
+            let rec = store.get_run(id).await.unwrap().unwrap();
+            if rec.updated_at > long_ago {
+                done += 1;
+            }
+        }
+        if done == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the runs were not observed again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for id in [&idle.run_id, &newer.run_id] {
+        let rec = store.get_run(id).await.unwrap().unwrap();
+        assert_eq!(
+            rec.progress_changed_at.timestamp_millis(),
+            long_ago.timestamp_millis(),
+            "{id}: {rec:?}"
+        );
+    }
+    for id in [&idle.run_id, &newer.run_id] {
+        assert_eq!(
+            app.sim.run(id).unwrap().completion_state.as_str(),
+            "IN_PROGRESS"
+        );
+    }
+    assert!(app.mutations().is_empty(), "{:?}", app.mutations());
+}
+
 #[tokio::test]
 async fn polling_cancels_runs_past_their_timeout() {
     let rules = "[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"45m\"\n";

@@ -488,17 +488,34 @@ async fn observe_run(
     run: &Run,
     now: DateTime<Utc>,
 ) -> Result<ProgressSnapshot, ProcessError> {
-    let stored;
-    let prev = match seen.get(&run.run_id) {
-        Some(p) => Some(p),
-        None => {
-            stored = ctx.store.get_run(&run.run_id).await?;
-            stored.as_ref()
-        }
+    let stored = match seen.get(&run.run_id) {
+        Some(_) => None,
+        None => ctx.store.get_run(&run.run_id).await?,
     };
-    let (snap, rec) = run_record(prev, run, now);
+    Ok(observe_after(seen, stored.as_ref(), run, now))
+}
+
+/// [`observe_run`] with the store's record of the run already read (`None`: unknown, or
+/// `seen` holds the run).
+fn observe_after(
+    seen: &mut Observed,
+    stored: Option<&RunRecord>,
+    run: &Run,
+    now: DateTime<Utc>,
+) -> ProgressSnapshot {
+    let (snap, rec) = run_record(seen.get(&run.run_id).or(stored), run, now);
     seen.put(rec);
-    Ok(snap)
+    snap
+}
+
+/// Notes a run in `seen` without reading the store's record of it, for a run whose
+/// progress snapshot no rule will read: only timeout rules read one, and only for the run
+/// of a `RunSeen` trigger and the runs of a `Tick` ([`rules::RunsView::progress`]). The
+/// record written keeps the stored time of the last progress while the completed-spec
+/// count is unchanged: the store merges it ([`crate::store::Store::upsert_run`]).
+fn note_run(seen: &mut Observed, run: &Run, now: DateTime<Utc>) {
+    let (_, rec) = run_record(seen.get(&run.run_id), run, now);
+    seen.put(rec);
 }
 
 /// Remembers a run and its progress now (its own commit); returns the progress snapshot.
@@ -699,7 +716,7 @@ async fn currents_event(
             skip: Some(&run.run_id),
             now,
         };
-        list_project_in_progress(ctx, seen, listing, &mut runs, &mut progress).await?;
+        list_project_in_progress(ctx, seen, listing, &mut runs).await?;
     }
     runs.retain(|r| r.run_id != run.run_id);
     runs.push(run.clone());
@@ -725,7 +742,10 @@ struct Listing<'a> {
 }
 
 /// Lists the in-progress runs of a project (of one branch, when given), notes them in
-/// `seen` and merges them into `runs`/`progress` (a listed run replaces a known copy).
+/// `seen` and merges them into `runs` (a listed run replaces a known copy). Their
+/// progress is not measured ([`note_run`]): the callers' triggers (a push, a branch
+/// deleted, a workflow run completed, and the other runs of a `RunSeen`'s branch) have
+/// no rule that reads it.
 async fn list_project_in_progress(
     ctx: &AppContext,
     seen: &mut Observed,
@@ -736,7 +756,6 @@ async fn list_project_in_progress(
         now,
     }: Listing<'_>,
     runs: &mut Vec<Run>,
-    progress: &mut HashMap<String, ProgressSnapshot>,
 ) -> Result<(), ProcessError> {
     let filter = RunFilter {
         branches: branch.map(|b| vec![b.to_string()]).unwrap_or_default(),
@@ -752,24 +771,23 @@ async fn list_project_in_progress(
         {
             continue;
         }
-        let snap = observe_run(ctx, seen, &run, now).await?;
-        progress.insert(run.run_id.clone(), snap);
+        note_run(seen, &run, now);
         runs.retain(|r| r.run_id != run.run_id);
         runs.push(run);
     }
     Ok(())
 }
 
-/// Lists the in-progress runs of `branch` in the projects concerned by `repo`.
+/// Lists the in-progress runs of `branch` in the projects concerned by `repo` (without
+/// progress snapshots: see [`list_project_in_progress`]).
 async fn list_in_progress(
     ctx: &AppContext,
     seen: &mut Observed,
     repo: &str,
     branch: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<(Vec<Run>, HashMap<String, ProgressSnapshot>), ProcessError> {
+) -> Result<Vec<Run>, ProcessError> {
     let mut runs = Vec::new();
-    let mut progress = HashMap::new();
     for project in rules::projects_for_repo(&ctx.config, repo) {
         let listing = Listing {
             project: &project,
@@ -777,9 +795,9 @@ async fn list_in_progress(
             skip: None,
             now,
         };
-        list_project_in_progress(ctx, seen, listing, &mut runs, &mut progress).await?;
+        list_project_in_progress(ctx, seen, listing, &mut runs).await?;
     }
-    Ok((runs, progress))
+    Ok(runs)
 }
 
 async fn github_event(
@@ -825,9 +843,8 @@ async fn github_event(
     if branch.is_none() && !matches!(trigger, Trigger::WorkflowRunCompleted { .. }) {
         return Ok(Vec::new());
     }
-    let (runs, progress) = list_in_progress(ctx, seen, &repo, branch, now).await?;
-    let history = HashMap::new();
-    let view = RunsView::new(&runs, &progress, &history);
+    let runs = list_in_progress(ctx, seen, &repo, branch, now).await?;
+    let view = RunsView::runs_only(&runs);
     Ok(rules::evaluate(&ctx.config, &trigger, &view, now).decisions)
 }
 
@@ -966,9 +983,14 @@ pub async fn poll_event(
             if !run.is_in_progress() {
                 continue;
             }
-            let known =
-                seen.get(&run.run_id).is_some() || ctx.store.get_run(&run.run_id).await?.is_some();
-            let snap = observe_run(ctx, seen, &run, now).await?;
+            // One read of the store's record: whether the run is known, and its progress.
+            let held = seen.get(&run.run_id).is_some();
+            let stored = match held {
+                true => None,
+                false => ctx.store.get_run(&run.run_id).await?,
+            };
+            let known = held || stored.is_some();
+            let snap = observe_after(seen, stored.as_ref(), &run, now);
             progress.insert(run.run_id.clone(), snap);
             listed.insert(run.run_id.clone());
             if !known {

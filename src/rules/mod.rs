@@ -173,7 +173,8 @@ pub struct ProgressSnapshot {
 #[derive(Debug, Clone, Copy)]
 pub struct RunsView<'a> {
     pub runs: &'a [Run],
-    /// run id -> last seen progress.
+    /// run id -> last seen progress. Only timeout rules read it, for the run of a
+    /// `RunSeen` and the runs of a `Tick`; the server gives it for those runs only.
     pub progress: &'a HashMap<String, ProgressSnapshot>,
     /// [`history_key`] -> durations of recent completed passed runs, newest first.
     pub history: &'a HashMap<String, Vec<Duration>>,
