@@ -475,8 +475,12 @@ async fn an_event_record_writes_its_runs_and_leases_its_new_due_actions_to_the_w
     later.not_before = Some(now + chrono::Duration::seconds(60));
     let mut dry = decision("r3", "supersede", "cancel", "run-dry", now);
     dry.dry_run = true;
+    // Created already skipped (e.g. its breaker tripped): never leased.
+    let mut skipped = decision("r4", "supersede", "cancel", "run-skipped", now);
+    skipped.skip = Some("skipped: breaker".into());
     let decisions = [
         decision("r1", "supersede", "cancel", "run-old", now),
+        skipped,
         decision("r1", "supersede", "cancel", "run-new", now),
         decision("r1", "supersede", "cancel", "run-new2", now),
         later,
@@ -487,7 +491,7 @@ async fn an_event_record_writes_its_runs_and_leases_its_new_due_actions_to_the_w
     let rec = s
         .record_event(&runwarden::store::EventRecord {
             delivery_id: d.id,
-            note: "5 decision(s)",
+            note: "6 decision(s)",
             quiet: &[],
             decisions: &decisions,
             runs: &runs,
@@ -501,7 +505,14 @@ async fn an_event_record_writes_its_runs_and_leases_its_new_due_actions_to_the_w
         })
         .await
         .unwrap();
-    assert_eq!(rec.decisions.len(), 5);
+    assert_eq!(rec.decisions.len(), 6);
+    let skipped = s
+        .action_by_key("cancel:run-skipped")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(skipped.state, ActionState::Skipped, "{skipped:?}");
+    assert_eq!((skipped.claims, skipped.worker_id), (0, None));
     assert_eq!(
         rec.claimed
             .iter()

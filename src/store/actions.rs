@@ -489,7 +489,7 @@ impl Store {
         decisions: &[NewDecision],
     ) -> StoreResult<Vec<RecordedDecision>> {
         let mut tx = self.begin_write().await?;
-        let recorded = record_in(&mut tx, decisions).await?;
+        let (recorded, _) = record_in(&mut tx, decisions, None).await?;
         tx.commit().await?;
         Ok(recorded)
     }
@@ -544,22 +544,16 @@ impl Store {
             for run in e.runs {
                 Store::upsert_run_in(&mut tx, run).await?;
             }
-            let decisions = record_in(&mut tx, e.decisions).await?;
+            let mut lease = e.claim_for.map(|c| LeaseNew {
+                worker_id: c.worker_id,
+                now: to_ms(e.now),
+                until: ms_after(e.now, c.lease),
+                left: c.max.saturating_sub(leased),
+            });
+            let (decisions, claimed) = record_in(&mut tx, e.decisions, lease.as_mut()).await?;
+            leased += claimed.len();
             Store::mark_processed_in(&mut tx, e.delivery_id, e.note).await?;
             Store::mark_many_in(&mut tx, e.quiet, "0 decision(s)").await?;
-            let mut claimed = Vec::new();
-            if let Some(c) = e.claim_for {
-                let new: Vec<i64> = decisions
-                    .iter()
-                    .filter(|r| r.new_action)
-                    .filter_map(|r| r.action_id)
-                    .collect();
-                let max = c.max.saturating_sub(leased);
-                if !new.is_empty() && max > 0 {
-                    claimed = claim_new_in(&mut tx, &new, e.now, Claim { max, ..c }).await?;
-                    leased += claimed.len();
-                }
-            }
             out.push(EventRecorded { decisions, claimed });
         }
         tx.commit().await?;
@@ -1004,15 +998,18 @@ impl Store {
 async fn record_in(
     conn: &mut AnyConnection,
     decisions: &[NewDecision],
-) -> StoreResult<Vec<RecordedDecision>> {
+    mut lease: Option<&mut LeaseNew<'_>>,
+) -> StoreResult<(Vec<RecordedDecision>, Vec<ActionRow>)> {
     let now = to_ms(Utc::now());
     let mut recorded = Vec::with_capacity(decisions.len());
+    let mut leased = Vec::new();
     for d in decisions {
         d.action.parse::<ActionKind>()?;
         let (action_id, new_action) = if d.dry_run {
             (None, false)
         } else {
-            let (id, new) = upsert_action(conn, d, now).await?;
+            let (id, new, row) = upsert_action(conn, d, now, lease.as_deref_mut()).await?;
+            leased.extend(row);
             (Some(id), new)
         };
 
@@ -1067,67 +1064,56 @@ async fn record_in(
             new_decision,
         });
     }
-    Ok(recorded)
+    Ok((recorded, leased))
 }
 
-/// Leases the actions `ids` (just created, so no other worker can hold them) that are due
-/// at `now` to `worker_id`; returns them as claimed.
-async fn claim_new_in(
-    conn: &mut AnyConnection,
-    ids: &[i64],
-    now: DateTime<Utc>,
-    c: Claim<'_>,
-) -> StoreResult<Vec<ActionRow>> {
-    let list: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 5)).collect();
-    let sql = format!(
-        "UPDATE actions \
-         SET state = 'running', lease_until = $2, worker_id = $3, claims = claims + 1, \
-             updated_at = $1 \
-         WHERE id IN ( \
-             SELECT id FROM actions \
-             WHERE id IN ({}) AND state = 'pending' AND next_attempt_at <= $1 \
-               AND (not_before IS NULL OR not_before <= $1) \
-             ORDER BY id LIMIT $4) \
-         RETURNING {ACTION_COLUMNS}",
-        list.join(", ")
-    );
-    let mut q = sqlx::query_as::<_, ActionDbRow>(&sql)
-        .bind(to_ms(now))
-        .bind(ms_after(now, c.lease))
-        .bind(c.worker_id)
-        .bind(i64::try_from(c.max).unwrap_or(i64::MAX));
-    for id in ids {
-        q = q.bind(*id);
-    }
-    let mut actions = q
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(ActionRow::try_from)
-        .collect::<StoreResult<Vec<_>>>()?;
-    actions.sort_by_key(|a| a.id);
-    Ok(actions)
+/// New actions that are due, leased to a worker as they are created ([`EventRecord::
+/// claim_for`]): no claim of their own afterwards.
+struct LeaseNew<'a> {
+    worker_id: &'a str,
+    /// Due means `next_attempt_at` and `not_before` (when set) at or before this (ms).
+    now: i64,
+    /// The lease's end (ms).
+    until: i64,
+    /// How many more may be leased.
+    left: usize,
 }
 
-/// Creates the action of a decision, or finds the one with the same key. Returns its id
-/// and whether it was created.
+/// Creates the action of a decision, or finds the one with the same key. Returns its id,
+/// whether it was created, and the action when it was created leased to `lease`'s worker
+/// (it is due, and `lease` has room left).
 async fn upsert_action(
     conn: &mut AnyConnection,
     d: &NewDecision,
     now: i64,
-) -> StoreResult<(i64, bool)> {
-    let (state, finished_at) = match d.skip {
-        Some(_) => (ActionState::Skipped, Some(now)),
-        None => (ActionState::Pending, None),
+    lease: Option<&mut LeaseNew<'_>>,
+) -> StoreResult<(i64, bool, Option<ActionRow>)> {
+    let next_attempt_at = to_ms(d.at);
+    let not_before = d.not_before.map(to_ms);
+    let lease = lease.filter(|l| {
+        l.left > 0
+            && d.skip.is_none()
+            && next_attempt_at <= l.now
+            && not_before.is_none_or(|t| t <= l.now)
+    });
+    let (state, finished_at) = match (&d.skip, &lease) {
+        (Some(_), _) => (ActionState::Skipped, Some(now)),
+        (None, Some(_)) => (ActionState::Running, None),
+        (None, None) => (ActionState::Pending, None),
     };
-    let inserted: Option<i64> = sqlx::query_scalar(
+    let (lease_until, worker_id) = match &lease {
+        Some(l) => (Some(l.until), Some(l.worker_id)),
+        None => (None, None),
+    };
+    let inserted: Option<ActionDbRow> = sqlx::query_as(&format!(
         "INSERT INTO actions (action_key, action, rule, kind, run_id, project_id, branch, sha, \
              payload, state, not_before, next_attempt_at, created_at, updated_at, detail, \
-             finished_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $13, $10, $11, $12, $12, $14, $15) \
+             finished_at, lease_until, worker_id, claims) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $13, $10, $11, $12, $12, $14, $15, $16, \
+             $17, $18) \
          ON CONFLICT (action_key) DO NOTHING \
-         RETURNING id",
-    )
+         RETURNING {ACTION_COLUMNS}"
+    ))
     .bind(&d.action_key)
     .bind(&d.action)
     .bind(&d.rule)
@@ -1137,16 +1123,27 @@ async fn upsert_action(
     .bind(&d.branch)
     .bind(&d.sha)
     .bind(&d.payload)
-    .bind(d.not_before.map(to_ms))
-    .bind(to_ms(d.at))
+    .bind(not_before)
+    .bind(next_attempt_at)
     .bind(now)
     .bind(state.as_str())
     .bind(&d.skip)
     .bind(finished_at)
+    .bind(lease_until)
+    .bind(worker_id)
+    .bind(i64::from(lease.is_some()))
     .fetch_optional(&mut *conn)
     .await?;
-    if let Some(id) = inserted {
-        return Ok((id, true));
+    if let Some(row) = inserted {
+        let row = ActionRow::try_from(row)?;
+        let id = row.id;
+        return Ok(match lease {
+            Some(l) => {
+                l.left -= 1;
+                (id, true, Some(row))
+            }
+            None => (id, true, None),
+        });
     }
 
     let (id, state, not_before): (i64, String, Option<i64>) =
@@ -1169,7 +1166,7 @@ async fn upsert_action(
             .execute(&mut *conn)
             .await?;
     }
-    Ok((id, false))
+    Ok((id, false, None))
 }
 
 #[cfg(test)]
