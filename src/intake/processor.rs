@@ -985,9 +985,10 @@ pub async fn poll_event(
             }
             // One read of the store's record: whether the run is known, and its progress.
             let held = seen.get(&run.run_id).is_some();
-            let stored = match held {
-                true => None,
-                false => ctx.store.get_run(&run.run_id).await?,
+            let stored = if held {
+                None
+            } else {
+                ctx.store.get_run(&run.run_id).await?
             };
             let known = held || stored.is_some();
             let snap = observe_after(seen, stored.as_ref(), &run, now);
