@@ -1067,6 +1067,19 @@ async fn record_in(
     Ok((recorded, leased))
 }
 
+/// The statement of [`upsert_action`]'s insert (the text built once, not per action).
+static INSERT_ACTION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO actions (action_key, action, rule, kind, run_id, project_id, branch, sha, \
+             payload, state, not_before, next_attempt_at, created_at, updated_at, detail, \
+             finished_at, lease_until, worker_id, claims) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $13, $10, $11, $12, $12, $14, $15, $16, \
+             $17, $18) \
+         ON CONFLICT (action_key) DO NOTHING \
+         RETURNING {ACTION_COLUMNS}"
+    )
+});
+
 /// New actions that are due, leased to a worker as they are created ([`EventRecord::
 /// claim_for`]): no claim of their own afterwards.
 struct LeaseNew<'a> {
@@ -1105,35 +1118,27 @@ async fn upsert_action(
         Some(l) => (Some(l.until), Some(l.worker_id)),
         None => (None, None),
     };
-    let inserted: Option<ActionDbRow> = sqlx::query_as(&format!(
-        "INSERT INTO actions (action_key, action, rule, kind, run_id, project_id, branch, sha, \
-             payload, state, not_before, next_attempt_at, created_at, updated_at, detail, \
-             finished_at, lease_until, worker_id, claims) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $13, $10, $11, $12, $12, $14, $15, $16, \
-             $17, $18) \
-         ON CONFLICT (action_key) DO NOTHING \
-         RETURNING {ACTION_COLUMNS}"
-    ))
-    .bind(&d.action_key)
-    .bind(&d.action)
-    .bind(&d.rule)
-    .bind(&d.kind)
-    .bind(&d.run_id)
-    .bind(&d.project_id)
-    .bind(&d.branch)
-    .bind(&d.sha)
-    .bind(&d.payload)
-    .bind(not_before)
-    .bind(next_attempt_at)
-    .bind(now)
-    .bind(state.as_str())
-    .bind(&d.skip)
-    .bind(finished_at)
-    .bind(lease_until)
-    .bind(worker_id)
-    .bind(i64::from(lease.is_some()))
-    .fetch_optional(&mut *conn)
-    .await?;
+    let inserted: Option<ActionDbRow> = sqlx::query_as(&INSERT_ACTION)
+        .bind(&d.action_key)
+        .bind(&d.action)
+        .bind(&d.rule)
+        .bind(&d.kind)
+        .bind(&d.run_id)
+        .bind(&d.project_id)
+        .bind(&d.branch)
+        .bind(&d.sha)
+        .bind(&d.payload)
+        .bind(not_before)
+        .bind(next_attempt_at)
+        .bind(now)
+        .bind(state.as_str())
+        .bind(&d.skip)
+        .bind(finished_at)
+        .bind(lease_until)
+        .bind(worker_id)
+        .bind(i64::from(lease.is_some()))
+        .fetch_optional(&mut *conn)
+        .await?;
     if let Some(row) = inserted {
         let row = ActionRow::try_from(row)?;
         let id = row.id;

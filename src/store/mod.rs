@@ -196,7 +196,7 @@ impl Store {
             record_stats: Default::default(),
             sqlite_file: backend == Backend::Sqlite && !is_in_memory(url),
         };
-        if backend == Backend::Sqlite && !is_in_memory(url) {
+        if store.sqlite_file {
             spawn_checkpointer(&store);
         }
         Ok(store)
