@@ -97,6 +97,46 @@ fn empty_projects_are_rejected() {
 }
 
 #[test]
+fn retention_schedules_read_weekdays_as_crontab_does() {
+    // 2026-12-06 is a Sunday.
+    let sunday = chrono::DateTime::parse_from_rfc3339("2026-12-06T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let next = |schedule: &str| {
+        let text = format!(
+            "{BASE}[[rules]]\nname = \"r\"\nkind = \"retention\"\nolder_than = \"30d\"\nschedule = \"{schedule}\"\n"
+        );
+        let loaded =
+            load_str(&text, "rules.toml", &[]).unwrap_or_else(|e| panic!("{schedule}: {e}"));
+        let RuleKind::Retention(o) = &loaded.config.rules[0].kind else {
+            panic!("not a retention rule")
+        };
+        o.schedule.next_after(&sunday).unwrap().to_rfc3339()
+    };
+    assert_eq!(
+        next("0 3 * * 1"),
+        "2026-12-07T03:00:00+00:00",
+        "1 is Monday"
+    );
+    assert_eq!(
+        next("0 3 * * 0"),
+        "2026-12-06T03:00:00+00:00",
+        "0 is Sunday"
+    );
+    assert_eq!(
+        next("0 3 * * 6"),
+        "2026-12-12T03:00:00+00:00",
+        "6 is Saturday"
+    );
+    assert_eq!(next("0 3 * * sat"), "2026-12-12T03:00:00+00:00");
+    assert_eq!(next("@weekly"), "2026-12-13T00:00:00+00:00");
+    let e = err(&format!(
+        "{BASE}[[rules]]\nname = \"r\"\nkind = \"retention\"\nolder_than = \"30d\"\nschedule = \"0 3 * * 8\"\n"
+    ));
+    assert!(e.contains("weekday 8 is out of range"), "{e}");
+}
+
+#[test]
 fn invalid_cron_glob_regex_and_duration_are_located() {
     let cases = [
         (
@@ -159,12 +199,12 @@ fn six_field_cron_has_seconds_first_and_five_field_is_minute_first() {
     let after = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
     let five = runwarden::config::load::parse_cron("30 3 * * *").unwrap();
     assert_eq!(
-        five.after(&after).next().unwrap().to_rfc3339(),
+        five.next_after(&after).unwrap().to_rfc3339(),
         "2026-01-01T03:30:00+00:00"
     );
     let six = runwarden::config::load::parse_cron("15 30 3 * * *").unwrap();
     assert_eq!(
-        six.after(&after).next().unwrap().to_rfc3339(),
+        six.next_after(&after).unwrap().to_rfc3339(),
         "2026-01-01T03:30:15+00:00"
     );
 }

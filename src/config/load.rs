@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use super::filter::{Filter, GlobList, TagMode};
@@ -255,19 +254,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration like \"90s\", \"45m\" or \"30d\" ({e})"))
 }
 
-/// Parses a 5-field (minute first) or 6-field (seconds first) UTC cron string.
-pub fn parse_cron(s: &str) -> Result<cron::Schedule, String> {
-    let fields = s.split_whitespace().count();
-    let expr = match fields {
-        5 => format!("0 {}", s.trim()),
-        6 => s.trim().to_string(),
-        n => {
-            return Err(format!(
-                "cron {s:?} has {n} fields; expected 5 (min hour day month weekday) or 6 (seconds first)"
-            ));
-        }
-    };
-    cron::Schedule::from_str(&expr).map_err(|e| format!("invalid cron {s:?}: {e}"))
+/// Parses a retention `schedule`: standard cron, 5 fields (minute first) or 6 (seconds
+/// first), UTC, read as crontab reads it ([`super::schedule`]).
+pub fn parse_cron(s: &str) -> Result<super::schedule::CronSchedule, String> {
+    super::schedule::CronSchedule::parse(s)
 }
 
 fn compile(

@@ -10,6 +10,7 @@
 pub mod filter;
 pub mod load;
 pub mod raw;
+pub mod schedule;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -201,7 +202,7 @@ pub struct OrphanOptions {
 pub struct RetentionOptions {
     /// The cron string as written (5 or 6 fields).
     pub schedule_text: String,
-    pub schedule: cron::Schedule,
+    pub schedule: schedule::CronSchedule,
     pub older_than: Duration,
     pub keep_latest: u32,
     pub keep_last_passed: bool,

@@ -9,16 +9,17 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::config::RuleKind;
+use crate::config::schedule::CronSchedule;
 use crate::server::AppContext;
 use crate::store::NewDelivery;
 
 /// The latest slot of `schedule` in `(after, now]`, if any.
 pub fn latest_slot(
-    schedule: &cron::Schedule,
+    schedule: &CronSchedule,
     after: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
-    schedule.after(&after).take_while(|t| *t <= now).last()
+    schedule.latest_in(after, now)
 }
 
 /// Fires every due slot once (`since`: where rules that never fired start); returns the (rule, slot) pairs this call fired.

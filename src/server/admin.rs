@@ -103,7 +103,9 @@ pub async fn rules(_: Admin, State(state): State<AppState>) -> Response {
                 _ => None,
             };
             let next = match &r.kind {
-                RuleKind::Retention(o) => o.schedule.upcoming(Utc).next().map(|t| t.to_rfc3339()),
+                RuleKind::Retention(o) => {
+                    o.schedule.next_after(&Utc::now()).map(|t| t.to_rfc3339())
+                }
                 _ => None,
             };
             json!({

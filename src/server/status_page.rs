@@ -66,8 +66,7 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
         let next = match &r.kind {
             RuleKind::Retention(o) => o
                 .schedule
-                .upcoming(Utc)
-                .next()
+                .next_after(&Utc::now())
                 .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
                 .unwrap_or_default(),
             _ => String::new(),
