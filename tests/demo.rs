@@ -1,14 +1,18 @@
-//! `runwarden demo` as a newcomer runs it: the binary, the repo's rules.toml, no
-//! credentials; its narration shows every rule kind at work and it exits 0.
+//! `runwarden demo` as a newcomer runs it: the binary in an empty directory (so the
+//! example rules.toml built into it), no credentials; its narration shows every rule
+//! kind at work and it exits 0.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[test]
 fn the_demo_narrates_every_chore_and_exits_0_quickly() {
+    let empty = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_runwarden"))
-        .args(["--config", "rules.toml", "demo", "--speed", "8"])
+        .current_dir(empty.path())
+        .args(["demo", "--speed", "8"])
+        .env_remove("RUNWARDEN_CONFIG")
         .env_remove("CURRENTS_API_KEY")
         .env_remove("GITHUB_TOKEN")
         .env_remove("RUST_LOG")
@@ -29,6 +33,7 @@ fn the_demo_narrates_every_chore_and_exits_0_quickly() {
     let has = |needle: &str| {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     };
+    has("No policy file at rules.toml: playing with the example rules built into runwarden.");
     has("cancel-superseded: cancel run");
     has("superseded by push of 2b2b2b2 to feat/login");
     has("stuck-runs: cancel run");

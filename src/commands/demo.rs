@@ -575,9 +575,28 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
     Ok(!failed)
 }
 
+/// The repo's example policy file, for a demo run where there is none.
+const EXAMPLE_RULES: &str = include_str!("../../rules.toml");
+
 /// Runs the command.
+///
+/// Without a policy file at `path` (a newcomer's empty directory), the demo plays with
+/// the example `rules.toml` built into the binary, and says so; a file that exists but
+/// is invalid is still an error.
 pub fn run(path: &std::path::Path, speed: f64, keep_running: bool) -> ExitCode {
-    let loaded = match super::load_config(path) {
+    let loaded = if path.exists() {
+        super::load_config(path)
+    } else {
+        println!(
+            "No policy file at {}: playing with the example rules built into runwarden.",
+            path.display()
+        );
+        crate::config::load_str(EXAMPLE_RULES, "rules.toml (built in)", &[]).map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(super::EXIT_USAGE)
+        })
+    };
+    let loaded = match loaded {
         Ok(l) => l,
         Err(code) => return code,
     };
