@@ -352,6 +352,31 @@ async fn github_signature_cases_through_the_router() {
         log_text().contains("webhook rejected"),
         "rejections are logged"
     );
+    // ... and counted: 1 changed body, 9 bad signatures, 1 missing, 1 re-serialized.
+    assert_eq!(
+        metric(
+            &app,
+            "runwarden_webhooks_total{source=\"github\",status=\"401\"}"
+        )
+        .await,
+        12.0
+    );
+}
+
+/// The value of the metric line starting with `series` on `/metrics` (0 when absent).
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    let m = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
 }
 
 /// Events stored so far, processed or not (nonzero whenever one was stored, whatever the
@@ -652,6 +677,18 @@ async fn giant_bodies_get_413_with_or_without_a_content_length() {
     let g = Gh::signed(big);
     assert_eq!(send(&app, g).await.0, 413);
     still_healthy(&app).await;
+    for (series, n) in [
+        (
+            "runwarden_webhooks_total{source=\"currents\",status=\"413\"}",
+            2.0,
+        ),
+        (
+            "runwarden_webhooks_total{source=\"github\",status=\"413\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(metric(&app, series).await, n, "{series}");
+    }
 }
 
 /// Posts `n` chunks of `size` spaces to `/webhooks/currents` with chunked transfer

@@ -335,8 +335,25 @@ async fn store_delivery(state: &AppState, source: &'static str, delivery: NewDel
     }
 }
 
+/// A rejected webhook's answer, counted in `runwarden_webhooks_total` like every other
+/// answer (a wrong secret shows there as a run of 401s).
+fn rejected(state: &AppState, source: &'static str, rejection: Rejection) -> Response {
+    state.metrics.inc(
+        "runwarden_webhooks_total",
+        &[("source", source), ("status", rejection.status.as_str())],
+    );
+    rejection.into_response()
+}
+
 /// `POST /webhooks/currents`.
-pub async fn currents(State(state): State<AppState>, hook: CurrentsWebhook) -> Response {
+pub async fn currents(
+    State(state): State<AppState>,
+    hook: Result<CurrentsWebhook, Rejection>,
+) -> Response {
+    let hook = match hook {
+        Ok(hook) => hook,
+        Err(r) => return rejected(&state, "currents", r),
+    };
     let event = hook.payload.event.to_ascii_uppercase();
     if !crate::currents::RUN_EVENTS.contains(&event.as_str()) {
         return answer(
@@ -370,7 +387,14 @@ pub async fn currents(State(state): State<AppState>, hook: CurrentsWebhook) -> R
 }
 
 /// `POST /webhooks/github`.
-pub async fn github(State(state): State<AppState>, hook: GithubWebhook) -> Response {
+pub async fn github(
+    State(state): State<AppState>,
+    hook: Result<GithubWebhook, Rejection>,
+) -> Response {
+    let hook = match hook {
+        Ok(hook) => hook,
+        Err(r) => return rejected(&state, "github", r),
+    };
     if !events::is_handled(&hook.event) {
         return answer(
             &state,
