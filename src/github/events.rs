@@ -39,9 +39,32 @@ struct PushPayload {
     after: String,
     #[serde(default)]
     deleted: bool,
-    repository: Repo,
+    repository: PushRepo,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     head_commit: Option<HeadCommit>,
+}
+
+#[derive(Deserialize, Serialize)]
+struct PushRepo {
+    full_name: String,
+    /// When the push happened, in Unix seconds (a push payload's form; an RFC 3339 string
+    /// is read too, anything else as absent).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "unix_seconds"
+    )]
+    pushed_at: Option<i64>,
+}
+
+fn unix_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => {
+            DateTime::parse_from_rfc3339(&s).ok().map(|t| t.timestamp())
+        }
+        _ => None,
+    })
 }
 
 #[derive(Deserialize, Serialize)]
@@ -158,10 +181,18 @@ impl Payload {
                     branch: branch.to_string(),
                     head_sha: p.after,
                     deleted,
+                    // The push's own time; else its head commit's, which is older
+                    // when the commit was rebased or pushed late; never later than
+                    // the event's arrival.
                     pushed_at: p
-                        .head_commit
-                        .and_then(|h| h.timestamp)
-                        .map(|t| t.with_timezone(&Utc))
+                        .repository
+                        .pushed_at
+                        .and_then(|s| DateTime::from_timestamp(s, 0))
+                        .or_else(|| {
+                            p.head_commit
+                                .and_then(|h| h.timestamp)
+                                .map(|t| t.with_timezone(&Utc))
+                        })
                         .map(|t| t.min(received_at))
                         .unwrap_or(received_at),
                 })
@@ -257,6 +288,33 @@ mod tests {
                 pushed_at: "2026-01-01T11:59:00Z".parse().unwrap(),
             })
         );
+    }
+
+    #[test]
+    fn a_push_is_timed_by_the_push_not_by_its_commit() {
+        // A rebased commit keeps its old time; the push happened at 11:59:30.
+        let body = br#"{"ref":"refs/heads/feat/x","after":"9c1e","repository":{"full_name":"a/b","pushed_at":1767268770},
+            "head_commit":{"timestamp":"2026-01-01T09:00:00+00:00"}}"#;
+        let pushed_at = |body: &[u8]| match parse_event("push", body, now()).unwrap() {
+            GithubEvent::Trigger(Trigger::Push { pushed_at, .. }) => pushed_at.to_rfc3339(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(pushed_at(body), "2026-01-01T11:59:30+00:00");
+        // What is stored reads back to the same time.
+        let kept = read_event("push", body, now()).unwrap().kept;
+        assert_eq!(
+            pushed_at(kept.as_bytes()),
+            "2026-01-01T11:59:30+00:00",
+            "{kept}"
+        );
+        let body = br#"{"ref":"refs/heads/x","after":"9c1e","repository":{"full_name":"a/b","pushed_at":"2026-01-01T11:58:00Z"}}"#;
+        assert_eq!(pushed_at(body), "2026-01-01T11:58:00+00:00");
+        // Never later than the event's arrival; an odd value is as if absent.
+        let body = br#"{"ref":"refs/heads/x","after":"9c1e","repository":{"full_name":"a/b","pushed_at":1893456000}}"#;
+        assert_eq!(pushed_at(body), "2026-01-01T12:00:00+00:00");
+        let body = br#"{"ref":"refs/heads/x","after":"9c1e","repository":{"full_name":"a/b","pushed_at":null},
+            "head_commit":{"timestamp":"2026-01-01T09:00:00+00:00"}}"#;
+        assert_eq!(pushed_at(body), "2026-01-01T09:00:00+00:00");
     }
 
     #[test]
