@@ -97,6 +97,19 @@ fn empty_projects_are_rejected() {
 }
 
 #[test]
+fn a_value_of_the_wrong_type_names_its_rule_and_key() {
+    let e = err(&format!(
+        "{BASE}[[rules]]\nname = \"r\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nkeep_latest = \"3\"\n"
+    ));
+    assert!(
+        e.starts_with("rules.toml:8:15: rule \"r\": keep_latest: invalid type"),
+        "{e}"
+    );
+    let e = err("[currents]\nprojects = \"bAYZ4a\"\n");
+    assert!(e.contains("projects: invalid type"), "{e}");
+}
+
+#[test]
 fn retention_schedules_read_weekdays_as_crontab_does() {
     // 2026-12-06 is a Sunday.
     let sunday = chrono::DateTime::parse_from_rfc3339("2026-12-06T00:00:00Z")

@@ -206,6 +206,20 @@ impl<'a> Locator<'a> {
     }
 
     /// Rewrites a toml/serde error into a located, human message.
+    /// The key of a `key = value` line whose value starts at `offset`.
+    fn key_before(&self, offset: usize) -> Option<&'a str> {
+        let text: &'a str = self.text;
+        let before = text.get(..offset)?;
+        let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+        let (key, value) = line.split_once('=')?;
+        let key = key.trim().trim_matches('"');
+        let simple = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        (simple && value.trim().is_empty()).then_some(key)
+    }
+
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let span = e.span();
         let msg = e.message().trim().to_string();
@@ -220,6 +234,13 @@ impl<'a> Locator<'a> {
             } else if !expected.is_empty() {
                 out.push_str(&format!(" (expected one of: {})", expected.join(", ")));
             }
+        }
+        // Name the key whose value is wrong (`keep_latest = "3"`), when the error points
+        // at a value.
+        if !msg.starts_with("unknown field")
+            && let Some(key) = span.as_ref().and_then(|s| self.key_before(s.start))
+        {
+            out = format!("{key}: {out}");
         }
         // Name the rule the error is in, when it is in one.
         if let Some(s) = &span
