@@ -253,7 +253,7 @@ async fn find_cancel_delete_instances_and_webhooks() {
     ));
     assert!(matches!(
         c.delete_run(&done.run_id).await.unwrap(),
-        DeleteOutcome::AlreadyGone
+        DeleteOutcome::AlreadyGone { status: 404, .. }
     ));
     let full = c.get_run(&running.run_id).await.unwrap();
     let inst = full.specs[0].instance_id.clone().unwrap();

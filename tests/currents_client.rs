@@ -949,6 +949,8 @@ async fn cancel_is_retried_after_server_error_and_then_already_done() {
 async fn delete_run_outcomes() {
     let mock = Mock::start(|_, seen| match seen.path.as_str() {
         "/v1/runs/r1" => Answer::ok(json!({"runId": "r1", "actor": "API Request"})),
+        "/v1/runs/conflict" => Answer::failed(409, "Run is being deleted"),
+        "/v1/runs/done" => Answer::failed(422, "Run already deleted"),
         _ => Answer::failed(404, "Run not found"),
     })
     .await;
@@ -957,12 +959,30 @@ async fn delete_run_outcomes() {
         DeleteOutcome::Deleted(d) => assert_eq!(d.actor.as_deref(), Some("API Request")),
         other => panic!("{other:?}"),
     }
+    // Delete is idempotent (SPEC §6): 404, 409 and 422 count as done, like cancel.
     assert_eq!(
         c.delete_run("r2").await.unwrap(),
-        DeleteOutcome::AlreadyGone
+        DeleteOutcome::AlreadyGone {
+            status: 404,
+            message: "Run not found".into()
+        }
+    );
+    assert_eq!(
+        c.delete_run("conflict").await.unwrap(),
+        DeleteOutcome::AlreadyGone {
+            status: 409,
+            message: "Run is being deleted".into()
+        }
+    );
+    assert_eq!(
+        c.delete_run("done").await.unwrap(),
+        DeleteOutcome::AlreadyGone {
+            status: 422,
+            message: "Run already deleted".into()
+        }
     );
     assert!(mock.seen().iter().all(|s| s.method == Method::DELETE));
-    assert_eq!(mock.hits(), 2);
+    assert_eq!(mock.hits(), 4, "no retries");
 }
 
 #[tokio::test]

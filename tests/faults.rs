@@ -1,5 +1,6 @@
 //! The fault matrix (issue 8), end to end: the real bot (router, store, processor,
-//! executor) against the simulator with faults injected into the Currents API.
+//! executor) against the simulator with faults injected into the Currents API (and, for a
+//! long rate limit, into GitHub's).
 //!
 //! Every case checks the same three things:
 //! - the action completes once when the fault clears (one successful cancel in the
@@ -334,6 +335,153 @@ async fn a_429_with_retry_after_is_honoured() {
 }
 
 #[tokio::test]
+async fn a_retry_after_longer_than_the_client_waits_postpones_the_next_attempt() {
+    // A client that tries each call once hands the 429 and its Retry-After (120 s) back
+    // to the executor. The attempt counts, but the next one is scheduled no earlier than
+    // the API asked, not after the executor's own backoff (100..500 ms here).
+    let app = spawn_app_with(AppOptions {
+        client_retries: Some((1, Duration::from_millis(50))),
+        ..fast(UNTIL_CLEARED)
+    })
+    .await;
+    let x = pair(&app, "feat/x");
+    app.sim.inject_fault(fault(
+        "PUT",
+        &x.cancel_path(),
+        FaultKind::RateLimit {
+            status: 429,
+            retry_after: Some(120),
+            reset_after: None,
+        },
+        Some(1),
+    ));
+    let before = chrono::Utc::now();
+    trigger(&app, &x).await;
+    let xa = wait_action(&app, &x.old, "the rate-limited attempt", 30, |a| {
+        a.attempts >= 1 && a.last_error.is_some()
+    })
+    .await;
+    assert_eq!(
+        (xa.state, xa.attempts),
+        (ActionState::Pending, 1),
+        "{xa:#?}"
+    );
+    let err = xa.last_error.clone().unwrap_or_default();
+    assert!(err.contains("429"), "{err}");
+    assert!(
+        xa.next_attempt_at >= before + chrono::Duration::seconds(119)
+            && xa.next_attempt_at <= chrono::Utc::now() + chrono::Duration::seconds(121),
+        "next attempt at {} (now {}): {xa:#?}",
+        xa.next_attempt_at,
+        chrono::Utc::now()
+    );
+    // Not tried again meanwhile.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(entries(&app, &x.cancel_path()).len(), 1);
+    let xa = action(&app, &x.old).await.unwrap();
+    assert_eq!(
+        (xa.state, xa.attempts),
+        (ActionState::Pending, 1),
+        "{xa:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_long_github_rate_limit_postpones_the_summary_instead_of_failing_it() {
+    // GitHub asks to wait 20 minutes, longer than its client sleeps through: the error
+    // comes back with the wait, and the summary action's next attempt is scheduled no
+    // earlier than that, instead of after the executor's short backoff (which would use
+    // up every attempt within seconds and fail the summary for good).
+    let rules = "[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\n";
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        ..fast(3)
+    })
+    .await;
+    let mut r = run("feat/sum", "abcdef1234", 5);
+    r.state = Some("failed".into());
+    let id = app.sim.add_run(r).unwrap().run_id;
+    app.sim
+        .add_pr(runwarden::simulator::NewPr {
+            repo: REPO.into(),
+            number: Some(9),
+            head_ref: Some("feat/sum".into()),
+            head_sha: Some("abcdef1234".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let limit = app.sim.inject_fault(Fault {
+        method: None,
+        path: Some("/github".into()),
+        kind: FaultKind::RateLimit {
+            status: 403,
+            retry_after: Some(1200),
+            reset_after: None,
+        },
+        times: None,
+        after: 0,
+        apply: false,
+    });
+    let fired = |app: &TestApp| {
+        app.sim
+            .faults()
+            .iter()
+            .find(|f| f.id == limit)
+            .map_or(0, |f| f.fired)
+    };
+    let before = chrono::Utc::now();
+    assert_eq!(app.currents_hook("RUN_FINISH", &id).await.status(), 202);
+    let key = format!("summarize:pr-summary:{id}:RUN_FINISH");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let sa = loop {
+        let a = app.bot.ctx.store.action_by_key(&key).await.unwrap();
+        if let Some(a) = &a
+            && a.attempts >= 1
+        {
+            break a.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no attempt of the summary: {a:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (sa.state, sa.attempts),
+        (ActionState::Pending, 1),
+        "{sa:#?}"
+    );
+    let err = sa.last_error.clone().unwrap_or_default();
+    assert!(err.contains("rate limited"), "{err}");
+    assert!(!err.contains("gh-token"), "{err}");
+    assert!(
+        sa.next_attempt_at >= before + chrono::Duration::seconds(1199)
+            && sa.next_attempt_at <= chrono::Utc::now() + chrono::Duration::seconds(1201),
+        "next attempt at {} (now {}): {sa:#?}",
+        sa.next_attempt_at,
+        chrono::Utc::now()
+    );
+    // GitHub is left alone meanwhile; the action is neither retried nor failed.
+    let calls = fired(&app);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(fired(&app), calls, "GitHub was called again");
+    let sa = app
+        .bot
+        .ctx
+        .store
+        .action_by_key(&key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (sa.state, sa.attempts),
+        (ActionState::Pending, 1),
+        "{sa:#?}"
+    );
+    assert!(app.sim.comments(Some(REPO), Some(9)).is_empty());
+}
+
+#[tokio::test]
 async fn slow_answers_past_the_request_timeout_are_abandoned_and_retried() {
     let app = spawn_app_with(AppOptions {
         request_timeout: "1s",
@@ -621,6 +769,85 @@ async fn an_ambiguous_delete_is_done_once() {
     assert_eq!(log.len(), 2, "{log:#?}");
     assert_eq!((log[0].status, log[0].fault.as_deref()), (0, Some("drop")));
     assert_eq!(log[1].status, 404);
+}
+
+#[tokio::test]
+async fn a_delete_answered_409_or_422_counts_as_done() {
+    // SPEC §6: delete is idempotent, 404/409/422 count as done (as for cancel). One run's
+    // DELETE is answered 409 (a deletion under way), the other's is carried out and then
+    // answered 422: both actions are done at the first attempt, with the answer noted.
+    let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\n";
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        ..fast(UNTIL_CLEARED)
+    })
+    .await;
+    let mut ids = Vec::new();
+    for (i, status) in [409u16, 422].into_iter().enumerate() {
+        let mut r = run(
+            &format!("feat/old-{i}"),
+            &format!("sha-old-{i}"),
+            60 * 24 * 40,
+        );
+        r.state = Some("passed".into());
+        let id = app.sim.add_run(r).unwrap().run_id;
+        app.sim.inject_fault(Fault {
+            apply: status == 422,
+            ..fault(
+                "DELETE",
+                &format!("/v1/runs/{id}"),
+                FaultKind::Status {
+                    status,
+                    body: None,
+                    retry_after: None,
+                },
+                Some(1),
+            )
+        });
+        ids.push((id, status));
+    }
+    let r = app
+        .http
+        .post(app.url("/api/sweep/retention"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let a = app
+        .wait_audit("both deletes finished", 30, |a| {
+            a.len() == 2 && a.iter().all(|e| e.outcome.as_str() != "planned")
+        })
+        .await;
+    assert!(
+        a.iter()
+            .all(|e| e.outcome.as_str() == "done" && e.attempts == 1),
+        "{a:#?}"
+    );
+    for (id, status) in &ids {
+        let row = app
+            .bot
+            .ctx
+            .store
+            .action_by_key(&format!("delete:{id}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (row.state, row.attempts),
+            (ActionState::Done, 1),
+            "{row:#?}"
+        );
+        let detail = row.detail.clone().unwrap_or_default();
+        assert!(
+            detail.contains(&format!("already deleted ({status}")),
+            "{detail}"
+        );
+        // One request, not retried.
+        let log = entries(&app, &format!("/v1/runs/{id}"));
+        assert_eq!(log.len(), 1, "{log:#?}");
+        assert_eq!(log[0].status, *status);
+    }
 }
 
 #[tokio::test]

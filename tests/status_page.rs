@@ -1,12 +1,16 @@
 //! The status page in a real headless Chromium: it renders the rules, the recent
 //! decisions with reasons and outcomes, and links to /metrics, with no external assets.
 //! Chromium is installed by `.ci/run`; this test fails (it does not skip) without it.
+//! The other tests read the page with a plain HTTP GET.
 
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
+use runwarden::simulator::{Fault, FaultKind};
+use runwarden::store::ActionState;
 
 fn chromium() -> String {
     for c in ["chromium", "chromium-browser", "google-chrome"] {
@@ -138,4 +142,139 @@ async fn the_status_page_never_shows_secrets_and_escapes_html() {
     ] {
         assert!(!html.contains(secret), "{secret} leaked");
     }
+}
+
+/// The part of the page from the heading `<h2>{title}` to the next heading.
+fn page_section<'a>(html: &'a str, title: &str) -> &'a str {
+    let start = html
+        .find(&format!("<h2>{title}"))
+        .unwrap_or_else(|| panic!("no section {title}: {html}"));
+    let rest = &html[start..];
+    let end = rest[4..].find("<h2>").map_or(rest.len(), |i| i + 4);
+    &rest[..end]
+}
+
+#[tokio::test]
+async fn failed_and_pending_actions_stay_listed_behind_many_newer_decisions() {
+    // SPEC §6: a failed action stays visible on the status page. Here it (and a pending
+    // one) is older than the 50 newest decisions the page shows as recent.
+    let rules = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n\n[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\n";
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        executor: Some(runwarden::actions::ExecutorOptions {
+            max_attempts: 1000,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(500),
+            lease: Duration::from_secs(60),
+        }),
+        client_retries: Some((1, Duration::from_millis(10))),
+        ..AppOptions::default()
+    })
+    .await;
+    // x's cancel is refused for good (403: failed at once); y's keeps failing with 503
+    // (pending, retried).
+    let mut olds = Vec::new();
+    for (branch, status) in [("feat/refused", 403u16), ("feat/flaky", 503)] {
+        let old = app
+            .sim
+            .add_run(run(branch, &format!("{branch}-old"), 10))
+            .unwrap();
+        let new = app
+            .sim
+            .add_run(run(branch, &format!("{branch}-new"), 1))
+            .unwrap();
+        app.sim.inject_fault(Fault {
+            method: Some("PUT".into()),
+            path: Some(format!("/v1/runs/{}/cancel", old.run_id)),
+            kind: FaultKind::Status {
+                status,
+                body: None,
+                retry_after: None,
+            },
+            times: None,
+            after: 0,
+            apply: false,
+        });
+        assert_eq!(
+            app.currents_hook("RUN_START", &new.run_id).await.status(),
+            202
+        );
+        olds.push(old.run_id);
+    }
+    let (failed, pending) = (olds[0].clone(), olds[1].clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let store = &app.bot.ctx.store;
+        let f = store
+            .action_by_key(&format!("cancel:{failed}"))
+            .await
+            .unwrap();
+        let p = store
+            .action_by_key(&format!("cancel:{pending}"))
+            .await
+            .unwrap();
+        if f.as_ref().is_some_and(|a| a.state == ActionState::Failed)
+            && p.as_ref().is_some_and(|a| a.attempts >= 1)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out: {f:#?} {p:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 60 newer decisions: a retention sweep deleting 60 old runs.
+    let n = 60;
+    for i in 0..n {
+        let mut r = run(&format!("feat/old-{i}"), &format!("sha{i}"), 60 * 24 * 40);
+        r.state = Some("passed".into());
+        app.sim.add_run(r).unwrap();
+    }
+    let r = app
+        .http
+        .post(app.url("/api/sweep/retention"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    app.wait_audit("every delete done", 30, |a| {
+        a.iter()
+            .filter(|e| e.action == "delete" && e.outcome.as_str() == "done")
+            .count()
+            == n
+    })
+    .await;
+
+    let html = app
+        .http
+        .get(app.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let recent = page_section(&html, "Recent decisions");
+    assert!(
+        !recent.contains(&failed) && !recent.contains(&pending),
+        "both are older than the recent decisions shown: {recent}"
+    );
+    let failed_part = page_section(&html, "Failed actions");
+    assert!(
+        failed_part.starts_with("<h2>Failed actions (1)"),
+        "{failed_part}"
+    );
+    assert!(failed_part.contains(&failed), "{failed_part}");
+    assert!(
+        failed_part.contains("HTTP 403"),
+        "the error is shown: {failed_part}"
+    );
+    let pending_part = page_section(&html, "Pending actions");
+    assert!(
+        pending_part.starts_with("<h2>Pending actions (1)"),
+        "{pending_part}"
+    );
+    assert!(pending_part.contains(&pending), "{pending_part}");
 }

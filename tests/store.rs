@@ -120,6 +120,7 @@ both!(
     concurrent_workers_never_claim_the_same_action,
     a_failed_attempt_is_retried_after_its_backoff_then_completes,
     a_failed_action_is_final_until_an_operator_retries_it,
+    pending_and_failed_actions_are_listed_newest_first_behind_any_number_of_decisions,
     runs_are_upserted_and_stale_observations_ignored,
     in_progress_runs_filter_by_project_and_branch_and_skip_gone_runs,
     passed_durations_are_the_newest_completed_passed_runs_of_the_branch,
@@ -1476,6 +1477,65 @@ async fn a_failed_action_is_final_until_an_operator_retries_it(db: Db) {
     assert_eq!(counts.len(), 1);
     assert_eq!(counts[0].outcome, Outcome::Planned);
     assert_eq!(counts[0].count, 2);
+}
+
+async fn pending_and_failed_actions_are_listed_newest_first_behind_any_number_of_decisions(db: Db) {
+    // The status page lists them from here (SPEC §6: a failed action stays visible),
+    // however many decisions came after them.
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    let mut dry = decision("r", "retention", "delete", "run-dry", t(0));
+    dry.dry_run = true;
+    s.record_decisions(&[
+        decision("r", "retention", "delete", "run-f1", t(1)),
+        decision("r", "retention", "delete", "run-f2", t(2)),
+        decision("r", "retention", "delete", "run-p1", t(3)),
+        decision("r", "retention", "delete", "run-p2", t(4)),
+        dry,
+    ])
+    .await
+    .unwrap();
+    let lease = Duration::from_secs(1000);
+    let batch = s.claim_due_actions(t(5), 10, lease, "w").await.unwrap();
+    let id = |run: &str| batch.iter().find(|a| a.run_id == run).unwrap().id;
+    assert!(s.fail_action(id("run-f1"), "HTTP 403").await.unwrap());
+    assert!(s.fail_action(id("run-f2"), "HTTP 403").await.unwrap());
+    assert!(
+        s.fail_attempt(id("run-p1"), "HTTP 503", t(1000))
+            .await
+            .unwrap()
+    );
+    // run-p2 stays running (leased until after the newer ones are done).
+    let newer: Vec<_> = (0..60)
+        .map(|i| decision("r", "retention", "delete", &format!("run-n{i}"), t(10 + i)))
+        .collect();
+    s.record_decisions(&newer).await.unwrap();
+    for a in s.claim_due_actions(t(100), 100, lease, "w").await.unwrap() {
+        s.complete_action(a.id, ActionOutcome::Done, "deleted")
+            .await
+            .unwrap();
+    }
+    let runs =
+        |v: Vec<runwarden::store::AuditEntry>| v.into_iter().map(|e| e.run_id).collect::<Vec<_>>();
+    assert!(
+        !runs(s.audit(None, None, 50).await.unwrap())
+            .iter()
+            .any(|r| r.starts_with("run-f") || r.starts_with("run-p")),
+        "older than the 50 newest decisions"
+    );
+    let failed = s.failed_actions_audit(10).await.unwrap();
+    assert!(
+        failed
+            .iter()
+            .all(|e| e.outcome == Outcome::Failed && e.error.as_deref() == Some("HTTP 403"))
+    );
+    assert_eq!(runs(failed), ["run-f2", "run-f1"]);
+    assert_eq!(runs(s.failed_actions_audit(1).await.unwrap()), ["run-f2"]);
+    let pending = s.pending_actions_audit(10).await.unwrap();
+    assert!(pending.iter().all(|e| e.outcome == Outcome::Planned));
+    assert_eq!(pending[1].error.as_deref(), Some("HTTP 503"));
+    assert_eq!(runs(pending), ["run-p2", "run-p1"], "not the dry run");
+    assert_eq!(runs(s.pending_actions_audit(1).await.unwrap()), ["run-p2"]);
 }
 
 // ---------------------------------------------------------------------------------------

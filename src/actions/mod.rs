@@ -3,12 +3,18 @@
 //!
 //! - cancel: `PUT /runs/{id}/cancel` (404/409/422 count as done), then the run is read
 //!   again; one still in progress is retried and, if it stays so, reported as failed.
-//! - delete: `DELETE /runs/{id}` (404 counts as done).
+//! - delete: `DELETE /runs/{id}` (404/409/422 count as done).
 //! - summarize: the sticky PR comment and/or commit status of a summary rule.
 //!
 //! Retryable failures (network, 429, 5xx) go back to the queue with exponential backoff
 //! and jitter; other failures are final and recorded. After [`MAX_ATTEMPTS`] the action is
 //! `failed`, visible in `audit`, `/metrics` and the status page.
+//!
+//! A rate limit whose `Retry-After` (or reset time) is longer than a client sleeps
+//! through comes back with that wait ([`crate::github::GithubError::retry_after`],
+//! [`crate::currents::CurrentsError::retry_after`]): the failed attempt counts against
+//! [`MAX_ATTEMPTS`] as any other, but the next one is scheduled no earlier than the API
+//! asked (up to [`MAX_RETRY_AFTER`]), not after the shorter backoff.
 
 use std::time::Duration;
 
@@ -26,6 +32,9 @@ pub const MAX_ATTEMPTS: i64 = 6;
 pub const LEASE: Duration = Duration::from_secs(60);
 /// Actions carried out at once by one executor.
 pub const CONCURRENCY: usize = 16;
+/// Longest `Retry-After` the executor honours; a longer one (a broken or hostile server)
+/// is cut to this. GitHub's primary rate limit resets within an hour.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// The executor's retry schedule and lease ([`AppContext::executor`]). `Default` is
 /// production's: [`MAX_ATTEMPTS`], backoff 1 s doubling up to 5 min, [`LEASE`]; tests
@@ -78,6 +87,21 @@ pub fn backoff_with(opts: &ExecutorOptions, attempts: i64) -> Duration {
         .min(opts.backoff_max);
     let jitter = rand::thread_rng().gen_range(0.5..=1.0);
     ceiling.mul_f64(jitter)
+}
+
+/// The delay before the next attempt of an action that failed `attempts` times before
+/// this attempt: [`backoff_with`], or what the API asked for (`retry_after`, capped at
+/// [`MAX_RETRY_AFTER`]) when that is longer.
+pub fn retry_delay_with(
+    opts: &ExecutorOptions,
+    attempts: i64,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let backoff = backoff_with(opts, attempts);
+    match retry_after {
+        Some(asked) => backoff.max(asked.min(MAX_RETRY_AFTER)),
+        None => backoff,
+    }
 }
 
 /// The way from the event processor straight into the running executor
@@ -279,10 +303,12 @@ const CLAIM_INTERVAL: Duration = Duration::from_millis(200);
 pub async fn execute(ctx: &AppContext, a: ActionRow) {
     // A run read while acting, remembered with the outcome.
     let mut seen = None;
+    // How long the API asked to wait before trying again (a rate limit's Retry-After).
+    let mut retry_after = None;
     let attempt = match a.action.as_str() {
-        "cancel" => cancel(ctx, &a, &mut seen).await,
-        "delete" => delete(ctx, &a).await,
-        "summarize" => summarize(ctx, &a).await,
+        "cancel" => cancel(ctx, &a, &mut seen, &mut retry_after).await,
+        "delete" => delete(ctx, &a, &mut retry_after).await,
+        "summarize" => summarize(ctx, &a, &mut retry_after).await,
         other => Attempt::Fail(format!("unknown action {other:?}")),
     };
     let now = Utc::now();
@@ -301,10 +327,9 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
                 .await,
         ),
         Attempt::Retry(err) if a.attempts + 1 < ctx.executor.max_attempts => {
-            let next = now
-                + chrono::Duration::from_std(backoff_with(&ctx.executor, a.attempts))
-                    .unwrap_or_default();
-            tracing::warn!(action = %a.action, run = %a.run_id, attempt = a.attempts + 1, "action failed, will retry: {err}");
+            let delay = retry_delay_with(&ctx.executor, a.attempts, retry_after);
+            let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
+            tracing::warn!(action = %a.action, run = %a.run_id, attempt = a.attempts + 1, retry_in_ms = delay.as_millis() as u64, "action failed, will retry: {err}");
             ("retry", ctx.store.fail_attempt(a.id, err, next).await)
         }
         Attempt::Retry(err) | Attempt::Fail(err) => {
@@ -345,11 +370,17 @@ fn received_at(a: &ActionRow) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(v.get("received_at")?.as_i64()?)
 }
 
-fn classify(e: crate::currents::client::CurrentsError, what: &str) -> Attempt {
+/// A Currents error as an attempt; `retry_after` gets the wait the API asked for.
+fn classify(
+    e: crate::currents::client::CurrentsError,
+    what: &str,
+    retry_after: &mut Option<Duration>,
+) -> Attempt {
     // An undecodable 2xx (a truncated body, a proxy's page) is ambiguous, not final: the
     // next attempt finds out (cancel and delete are idempotent; a cancel is verified).
     let undecodable_success = matches!(&e, crate::currents::client::CurrentsError::Decode { status, .. } if (200..300).contains(status));
     if e.is_retryable() || undecodable_success {
+        *retry_after = e.retry_after();
         Attempt::Retry(format!("{what}: {e}"))
     } else {
         Attempt::Fail(format!("{what}: {e}"))
@@ -360,13 +391,14 @@ async fn cancel(
     ctx: &AppContext,
     a: &ActionRow,
     seen: &mut Option<crate::store::RunRecord>,
+    retry_after: &mut Option<Duration>,
 ) -> Attempt {
     let note = match ctx.currents.cancel_run(&a.run_id).await {
         Ok(CancelOutcome::Cancelled(_)) => "cancelled".to_string(),
         Ok(CancelOutcome::AlreadyDone { status, message }) => {
             format!("already done ({status}: {message})")
         }
-        Err(e) => return classify(e, "cancel"),
+        Err(e) => return classify(e, "cancel", retry_after),
     };
     // Verify: read the run again.
     match ctx.currents.get_run(&a.run_id).await {
@@ -380,25 +412,25 @@ async fn cancel(
             Attempt::Done(format!("{note}; run is {}", run.completion_state))
         }
         Err(e) if e.status() == Some(404) => Attempt::Done(format!("{note}; run no longer exists")),
-        Err(e) => classify(e, "verify cancel"),
+        Err(e) => classify(e, "verify cancel", retry_after),
     }
 }
 
-async fn delete(ctx: &AppContext, a: &ActionRow) -> Attempt {
+async fn delete(ctx: &AppContext, a: &ActionRow, retry_after: &mut Option<Duration>) -> Attempt {
     match ctx.currents.delete_run(&a.run_id).await {
         Ok(DeleteOutcome::Deleted(_)) => {
             let _ = ctx.store.mark_run_gone(&a.run_id).await;
             Attempt::Done("deleted".into())
         }
-        Ok(DeleteOutcome::AlreadyGone) => {
+        Ok(DeleteOutcome::AlreadyGone { status, message }) => {
             let _ = ctx.store.mark_run_gone(&a.run_id).await;
-            Attempt::Done("already deleted".into())
+            Attempt::Done(format!("already deleted ({status}: {message})"))
         }
-        Err(e) => classify(e, "delete"),
+        Err(e) => classify(e, "delete", retry_after),
     }
 }
 
-async fn summarize(ctx: &AppContext, a: &ActionRow) -> Attempt {
+async fn summarize(ctx: &AppContext, a: &ActionRow, retry_after: &mut Option<Duration>) -> Attempt {
     let rule_name = a.rule.as_str();
     let Some(rule) = ctx.config.rules.iter().find(|r| r.name == rule_name) else {
         return Attempt::Skipped(format!("rule {rule_name:?} no longer exists"));
@@ -420,7 +452,7 @@ async fn summarize(ctx: &AppContext, a: &ActionRow) -> Attempt {
         Err(e) if e.status() == Some(404) => {
             return Attempt::Skipped("run no longer exists".into());
         }
-        Err(e) => return classify(e, "read run"),
+        Err(e) => return classify(e, "read run", retry_after),
     };
     let cancelled_by = ctx
         .store
@@ -446,7 +478,30 @@ async fn summarize(ctx: &AppContext, a: &ActionRow) -> Attempt {
     {
         Ok(report) if report.is_skipped() => Attempt::Skipped(report.to_string()),
         Ok(report) => Attempt::Done(report.to_string()),
-        Err(e) if e.retryable => Attempt::Retry(e.message),
+        Err(e) if e.retryable => {
+            *retry_after = e.retry_after;
+            Attempt::Retry(e.message)
+        }
         Err(e) => Attempt::Fail(e.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_honoured_when_longer_than_the_backoff_and_capped() {
+        let opts = ExecutorOptions::default();
+        let asked = Duration::from_secs(1200);
+        assert_eq!(retry_delay_with(&opts, 0, Some(asked)), asked);
+        assert_eq!(
+            retry_delay_with(&opts, 0, Some(Duration::from_secs(10 * 3600))),
+            MAX_RETRY_AFTER
+        );
+        // A shorter Retry-After does not shorten the backoff.
+        let d = retry_delay_with(&opts, 8, Some(Duration::from_millis(1)));
+        assert!(d >= Duration::from_secs(150), "{d:?}");
+        assert!(retry_delay_with(&opts, 0, None) <= Duration::from_secs(1));
     }
 }

@@ -145,8 +145,12 @@ pub enum CancelOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeleteOutcome {
     Deleted(DeleteResult),
-    /// HTTP 404: nothing to delete (counts as done).
-    AlreadyGone,
+    /// HTTP 404, 409 or 422: the run is gone already or its deletion is under way.
+    /// Delete is idempotent, so this counts as done.
+    AlreadyGone {
+        status: u16,
+        message: String,
+    },
 }
 
 /// Client for the Currents REST API. Cheap to clone; clones share the connection pool,
@@ -479,7 +483,8 @@ impl CurrentsClient {
         Ok(CancelOutcome::Cancelled(data.unwrap_or_default()))
     }
 
-    /// `DELETE /runs/{runId}` (permanent). 404 gives [`DeleteOutcome::AlreadyGone`].
+    /// `DELETE /runs/{runId}` (permanent). 404, 409 and 422 give
+    /// [`DeleteOutcome::AlreadyGone`].
     pub async fn delete_run(&self, run_id: &str) -> Result<DeleteOutcome> {
         let call = Call {
             op: "delete_run",
@@ -490,8 +495,11 @@ impl CurrentsClient {
             idempotency: Idempotency::Idempotent,
         };
         let reply = self.execute(call).await?;
-        if reply.status == 404 {
-            return Ok(DeleteOutcome::AlreadyGone);
+        if matches!(reply.status, 404 | 409 | 422) {
+            return Ok(DeleteOutcome::AlreadyGone {
+                status: reply.status,
+                message: self.error_message(&reply),
+            });
         }
         let data = self.envelope::<DeleteResult>(&reply, true)?.data;
         Ok(DeleteOutcome::Deleted(data.unwrap_or_default()))

@@ -27,20 +27,35 @@ th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #e1e4e8;verti
 @media (max-width:640px){.cards tr{display:block;border-bottom:1px solid #e1e4e8;padding:.4rem 0}\
 .cards td{display:block;border:0;padding:.1rem .25rem}.cards tr:first-child{display:none}}";
 
+/// Recent decisions shown.
+const RECENT_SHOWN: i64 = 50;
+/// Pending, and failed, actions shown (newest first); the rest are in `audit` and
+/// `/api/actions`.
+const ACTIONS_SHOWN: usize = 100;
+
 /// Renders the page.
 pub async fn page(State(state): State<AppState>) -> Html<String> {
     let cfg = &state.config;
     let hits = state.store.rule_hit_counts().await.unwrap_or_default();
-    let recent = state.store.audit(None, None, 50).await.unwrap_or_default();
+    let recent = state
+        .store
+        .audit(None, None, RECENT_SHOWN)
+        .await
+        .unwrap_or_default();
     let queue = state.store.queue_depth().await.unwrap_or(0);
-    let failed: Vec<_> = recent
-        .iter()
-        .filter(|e| e.outcome.as_str() == "failed")
-        .collect();
-    let pending: Vec<_> = recent
-        .iter()
-        .filter(|e| e.outcome.as_str() == "planned")
-        .collect();
+    // From the store, not from the recent decisions: a failed action stays visible
+    // however many decisions came after it (SPEC §6). One more than shown, to tell when
+    // some are left out.
+    let failed = state
+        .store
+        .failed_actions_audit(ACTIONS_SHOWN as i64 + 1)
+        .await
+        .unwrap_or_default();
+    let pending = state
+        .store
+        .pending_actions_audit(ACTIONS_SHOWN as i64 + 1)
+        .await
+        .unwrap_or_default();
     let mut h = String::new();
     let _ = write!(
         h,
@@ -118,8 +133,16 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
         }
         h.push_str("</table></div>");
     };
-    section("Failed actions", &failed, &mut h);
-    section("Pending actions", &pending, &mut h);
+    for (title, rows) in [("Failed actions", &failed), ("Pending actions", &pending)] {
+        let shown: Vec<_> = rows.iter().take(ACTIONS_SHOWN).collect();
+        section(title, &shown, &mut h);
+        if rows.len() > ACTIONS_SHOWN {
+            let _ = write!(
+                h,
+                "<p class=\"muted\">Only the newest {ACTIONS_SHOWN} are shown; the others are in <code>runwarden audit</code> and <code>/api/actions</code>.</p>"
+            );
+        }
+    }
     let all: Vec<_> = recent.iter().collect();
     section("Recent decisions", &all, &mut h);
     h.push_str("<p class=\"muted\">Read-only. The same data: <code>/api/actions</code>, <code>/api/rules</code>.</p></body></html>");

@@ -870,6 +870,41 @@ impl Store {
         rows.into_iter().map(AuditEntry::try_from).collect()
     }
 
+    /// The decisions whose action is pending or being carried out (`planned` in
+    /// [`Store::audit`]), newest first, at most `max`: however many decisions came after
+    /// them (the status page, SPEC §5).
+    pub async fn pending_actions_audit(&self, max: impl Into<i64>) -> StoreResult<Vec<AuditEntry>> {
+        self.audit_of_actions("a.state IN ('pending', 'running')", max.into())
+            .await
+    }
+
+    /// The decisions whose action failed for good, newest first, at most `max`: a failed
+    /// action stays visible however many decisions came after it (the status page,
+    /// SPEC §6).
+    pub async fn failed_actions_audit(&self, max: impl Into<i64>) -> StoreResult<Vec<AuditEntry>> {
+        self.audit_of_actions("a.state = 'failed'", max.into())
+            .await
+    }
+
+    /// Decisions (not dry run) whose action satisfies `states`, a fixed condition on
+    /// `a.state`, newest first, at most `max`.
+    async fn audit_of_actions(
+        &self,
+        states: &'static str,
+        max: i64,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+            "{AUDIT_SELECT} \
+             WHERE d.dry_run = 0 AND {states} \
+             ORDER BY d.at DESC, d.id DESC \
+             LIMIT $1"
+        ))
+        .bind(limit(max))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(AuditEntry::try_from).collect()
+    }
+
     /// The decisions about one run, newest first (a summary names the rule that cancelled
     /// the run, and why).
     pub async fn decisions_for_run(&self, run_id: &str) -> StoreResult<Vec<AuditEntry>> {

@@ -76,6 +76,15 @@ impl CurrentsError {
         }
     }
 
+    /// How long the server asked to wait before trying again: the last `Retry-After` of
+    /// a call still rate limited after its last attempt (uncapped).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// HTTP 404 from the API.
     pub fn is_not_found(&self) -> bool {
         self.status() == Some(404)
