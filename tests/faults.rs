@@ -633,7 +633,7 @@ async fn fails(kind: FaultKind, attempts: i64, reason: &str) {
         .unwrap();
     assert!(
         metrics.contains(
-            "runwarden_actions_total{kind=\"supersede\",action=\"cancel\",outcome=\"failed\"} 1"
+            "runwarden_actions_total{rule=\"cancel-superseded\",kind=\"supersede\",action=\"cancel\",outcome=\"failed\"} 1"
         ),
         "{metrics}"
     );

@@ -714,6 +714,18 @@ async fn the_first_run_creates_one_comment_and_later_events_edit_it() {
         env.count_writes("PATCH", &format!("/issues/comments/{comment_id}")),
         1
     );
+    // Counted for /metrics, by operation and status.
+    let counts = env.gh.request_counts();
+    let count = |op: &str, status: &str| {
+        counts
+            .iter()
+            .find(|(o, s, _)| *o == op && s == status)
+            .map_or(0, |(_, _, n)| *n)
+    };
+    assert_eq!(count("create_comment", "201"), 1, "{counts:?}");
+    assert_eq!(count("update_comment", "200"), 1, "{counts:?}");
+    assert!(count("pulls_for_commit", "200") >= 1, "{counts:?}");
+    assert!(counts.iter().all(|(o, _, _)| *o != "other"), "{counts:?}");
 }
 
 #[tokio::test]

@@ -438,7 +438,14 @@ async fn the_admin_api_needs_the_token_and_sweeps_retention() {
         .unwrap();
     assert!(
         metrics.contains(
-            "runwarden_actions_total{kind=\"retention\",action=\"delete\",outcome=\"done\"} 3"
+            "runwarden_actions_total{rule=\"retention\",kind=\"retention\",action=\"delete\",outcome=\"done\"} 3"
+        ),
+        "{metrics}"
+    );
+    // The API calls behind them, by status.
+    assert!(
+        metrics.contains(
+            "runwarden_api_requests_total{api=\"currents\",operation=\"delete_run\",status=\"200\"} 3"
         ),
         "{metrics}"
     );

@@ -352,7 +352,12 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
     });
     ctx.metrics.inc(
         "runwarden_actions_total",
-        &[("kind", &kind), ("action", &a.action), ("outcome", outcome)],
+        &[
+            ("rule", &a.rule),
+            ("kind", &kind),
+            ("action", &a.action),
+            ("outcome", outcome),
+        ],
     );
     if matches!(outcome, "done" | "skipped") {
         if let Some(received) = received_at(&a) {

@@ -570,6 +570,8 @@ pub struct GithubClient {
     pr_locks: KeyedLocks<(String, u64)>,
     /// (repo key, sha, context): serialises read-then-post of that commit status.
     status_locks: KeyedLocks<(String, String, String)>,
+    /// HTTP requests sent, by (operation, status or `None` without a response).
+    requests: Mutex<std::collections::BTreeMap<(&'static str, Option<u16>), u64>>,
 }
 
 impl fmt::Debug for GithubClient {
@@ -620,6 +622,7 @@ impl GithubClient {
             comment_ids: Mutex::new(HashMap::new()),
             pr_locks: KeyedLocks::default(),
             status_locks: KeyedLocks::default(),
+            requests: Mutex::default(),
         })
     }
 
@@ -1126,9 +1129,18 @@ impl GithubClient {
         }
         let timeout = self.opts.request_timeout;
         let exchange = self.exchange(method, path, query, body, &credential);
+        let op = operation(method, path);
         let (status, headers, text) = match tokio::time::timeout(timeout, exchange).await {
-            Ok(r) => r.map_err(|k| GithubError::new(method, path, k))?,
+            Ok(Ok(r)) => {
+                self.count_request(op, Some(r.0.as_u16()));
+                r
+            }
+            Ok(Err(k)) => {
+                self.count_request(op, None);
+                return Err(GithubError::new(method, path, k));
+            }
             Err(_) => {
+                self.count_request(op, None);
                 return Err(GithubError::new(
                     method,
                     path,
@@ -1161,6 +1173,20 @@ impl GithubClient {
             path,
             classify(status, &headers, &text),
         ))
+    }
+
+    fn count_request(&self, op: &'static str, status: Option<u16>) {
+        *lock(&self.requests).entry((op, status)).or_default() += 1;
+    }
+
+    /// `(operation, status label, count)` of the HTTP requests sent so far (every retry
+    /// included), for `/metrics`; the label is the numeric status or `error` without a
+    /// response.
+    pub fn request_counts(&self) -> Vec<(&'static str, String, u64)> {
+        lock(&self.requests)
+            .iter()
+            .map(|((op, st), n)| (*op, crate::currents::client::status_label(*st), *n))
+            .collect()
     }
 
     async fn exchange(
@@ -1313,6 +1339,28 @@ impl GithubClient {
 }
 
 /// Whether a comment body is runwarden's: it starts with `marker`.
+/// The metrics label of a request: what it does, from its method and path.
+fn operation(method: &Method, path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match segments.as_slice() {
+        ["app", "installations", _, "access_tokens"] => return "installation_token",
+        ["repos", _, _, rest @ ..] => rest,
+        _ => return "other",
+    };
+    match (method.as_str(), rest) {
+        ("GET", ["installation"]) => "installation",
+        ("GET", ["commits", _, "pulls"]) => "pulls_for_commit",
+        ("GET", ["pulls"]) => "list_pulls",
+        ("GET", ["issues", "comments", _]) => "get_comment",
+        ("PATCH", ["issues", "comments", _]) => "update_comment",
+        ("GET", ["issues", _, "comments"]) => "list_comments",
+        ("POST", ["issues", _, "comments"]) => "create_comment",
+        ("POST", ["statuses", _]) => "create_status",
+        ("GET", ["commits", _, "statuses"]) => "list_statuses",
+        _ => "other",
+    }
+}
+
 pub fn has_marker(body: &str, marker: &str) -> bool {
     body.trim_start().starts_with(marker)
 }

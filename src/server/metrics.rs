@@ -67,7 +67,7 @@ const HELP: &[(&str, &str)] = &[
     ),
     (
         "runwarden_actions_total",
-        "Actions finished, by rule kind, action and outcome.",
+        "Actions finished, by rule (the first that decided the action), rule kind, action and outcome.",
     ),
     (
         "runwarden_actions_handed_over_total",
@@ -79,7 +79,7 @@ const HELP: &[(&str, &str)] = &[
     ),
     (
         "runwarden_api_requests_total",
-        "Requests to external APIs, by api, operation and status.",
+        "HTTP requests sent to the Currents and GitHub APIs (retries included), by api, operation and status (error: no response).",
     ),
     (
         "runwarden_events_processed_total",
@@ -100,6 +100,12 @@ impl Metrics {
     pub fn add(&self, name: &'static str, labels: String, n: u64) {
         let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         *c.entry((name, labels)).or_default() += n;
+    }
+
+    /// Sets a counter kept elsewhere (a client's request counts) to its current value.
+    pub fn set(&self, name: &'static str, labels: String, n: u64) {
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        c.insert((name, labels), n);
     }
 
     pub fn inc(&self, name: &'static str, pairs: &[(&str, &str)]) {

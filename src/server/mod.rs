@@ -156,14 +156,23 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
             ));
         }
     }
-    let stats = state.currents.stats();
-    for (op, status, n) in stats.rows() {
-        gauges.push((
-            "runwarden_currents_api_requests",
-            "Requests made to the Currents API, by operation and status.",
-            metrics::labels(&[("operation", op), ("status", &status)]),
-            n as f64,
-        ));
+    // Counted by the clients (every retry included), published as one counter.
+    let currents = state.currents.stats();
+    let github = state
+        .github
+        .as_ref()
+        .map(|g| g.request_counts())
+        .unwrap_or_default();
+    for (api, (op, status, n)) in currents
+        .rows()
+        .map(|r| ("currents", r))
+        .chain(github.into_iter().map(|r| ("github", r)))
+    {
+        state.metrics.set(
+            "runwarden_api_requests_total",
+            metrics::labels(&[("api", api), ("operation", op), ("status", &status)]),
+            n,
+        );
     }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
