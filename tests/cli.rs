@@ -181,6 +181,54 @@ async fn sweep_executes_once_records_an_audit_and_dry_run_touches_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_next_sweep_reports_and_retries_a_delete_that_failed_for_good() {
+    let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\n";
+    let env = setup(rules).await;
+    let expired = env.add("feat/b", "b0", Duration::days(50), "passed", &[]);
+    // A 400 is final: the first sweep's delete fails for good.
+    env.sim.inject_fault(runwarden::simulator::Fault {
+        method: Some("DELETE".into()),
+        path: Some(format!("/v1/runs/{expired}")),
+        kind: runwarden::simulator::FaultKind::Status {
+            status: 400,
+            body: None,
+            retry_after: None,
+        },
+        times: Some(1),
+        after: 0,
+        apply: false,
+    });
+    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("1 failed"), "{}", text(&out));
+    assert!(env.sim.run(&expired).is_some());
+    // The next sweep decides the same delete: the store keeps the first decision, and
+    // the sweep still reports it and tries its action again.
+    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("sweep: 1 decision(s): 1 done"),
+        "{}",
+        text(&out)
+    );
+    assert!(env.sim.run(&expired).is_none(), "deleted on the retry");
+    // A third sweep has nothing left to do.
+    let (out, _env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("sweep: 0 decision(s)"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sweep_exits_1_when_the_retention_circuit_breaker_trips() {
     let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nmax_deletions = 2\n";
     let env = setup(rules).await;

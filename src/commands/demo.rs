@@ -133,6 +133,7 @@ fn narrate(mut rx: tokio::sync::broadcast::Receiver<BotEvent>) -> tokio::task::J
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
+                Ok(BotEvent::Decided { repeated: true, .. }) => {}
                 Ok(BotEvent::Decided {
                     rule,
                     action,

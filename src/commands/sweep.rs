@@ -4,6 +4,12 @@
 //!
 //! Exit 0 when everything decided was done, 1 when an action failed for good or a
 //! retention circuit breaker tripped, 2 for bad usage.
+//!
+//! A rule deciding again what it decided before (the same run to delete as in last
+//! night's sweep) leaves one decision in the store, the first: the report lists it all
+//! the same, with its action's state now. When that action had failed for good, the
+//! sweep tries it again (attempts reset, as an operator's retry would), so that a failure
+//! does not outlive the cause that made it.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -45,6 +51,11 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
             }
         };
         let started = Utc::now();
+        // Decisions this sweep repeats: (decision, action) ids, from the bot's events
+        // (sent before `process_pending` returns; drained after each round).
+        let mut events = ctx.events.subscribe();
+        let mut repeated: Vec<(i64, Option<i64>)> = Vec::new();
+        let mut retried = std::collections::HashSet::new();
         let selected: Vec<_> = ctx
             .config
             .rules
@@ -88,6 +99,18 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
         let deadline = Instant::now() + SWEEP_DEADLINE;
         loop {
             let _ = crate::intake::processor::process_pending(&ctx).await;
+            drain_repeated(&mut events, &mut repeated);
+            let again: Vec<i64> = repeated
+                .iter()
+                .filter_map(|(_, a)| *a)
+                .filter(|a| !retried.contains(a))
+                .collect();
+            for id in again {
+                retried.insert(id);
+                if let Ok(true) = ctx.store.retry_action(id, Utc::now()).await {
+                    tracing::info!(action = id, "sweep: retrying an action that had failed for good");
+                }
+            }
             let n = crate::actions::run_due(&ctx).await;
             let pending = ctx.store.count_unprocessed().await.unwrap_or(0);
             let queued = ctx.store.queue_depth().await.unwrap_or(0);
@@ -102,11 +125,23 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        let entries = ctx
+        let mut entries = ctx
             .store
             .audit(Some(started), rule, 100_000)
             .await
             .unwrap_or_default();
+        drain_repeated(&mut events, &mut repeated);
+        let earlier: Vec<i64> = repeated.iter().map(|(d, _)| *d).collect();
+        if !earlier.is_empty() {
+            let mut more = ctx
+                .store
+                .audit_of_decisions(&earlier)
+                .await
+                .unwrap_or_default();
+            more.retain(|e| rule.is_none_or(|r| e.rule == r));
+            entries.extend(more);
+            entries.sort_by_key(|e| std::cmp::Reverse(e.at));
+        }
         let count = |o: &str| entries.iter().filter(|e| e.outcome.as_str() == o).count();
         let breaker = entries.iter().any(|e| e.reason.starts_with("circuit breaker"));
         for e in entries.iter().rev() {
@@ -135,4 +170,30 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
             ExitCode::SUCCESS
         }
     })
+}
+
+/// Adds the (decision, action) ids of the repeated decisions among the bot events
+/// waiting in `events`.
+fn drain_repeated(
+    events: &mut tokio::sync::broadcast::Receiver<crate::server::BotEvent>,
+    repeated: &mut Vec<(i64, Option<i64>)>,
+) {
+    use tokio::sync::broadcast::error::TryRecvError;
+    loop {
+        match events.try_recv() {
+            Ok(crate::server::BotEvent::Decided {
+                decision_id,
+                action_id,
+                repeated: true,
+                ..
+            }) => repeated.push((decision_id, action_id)),
+            Ok(_) => {}
+            Err(TryRecvError::Lagged(n)) => {
+                tracing::warn!(
+                    "sweep: {n} bot event(s) missed; the report may leave repeated decisions out"
+                );
+            }
+            Err(_) => return,
+        }
+    }
 }

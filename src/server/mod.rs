@@ -56,8 +56,14 @@ pub struct AppContext {
 /// A notification of something the bot did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BotEvent {
-    /// A rule decided an action (recorded in the store).
+    /// A rule decided an action (recorded in the store). `repeated`: the same rule had
+    /// already decided the same action, so the store kept the earlier decision
+    /// (`decision_id`) and recorded nothing new.
     Decided {
+        decision_id: i64,
+        /// The action carrying it out (`None` for a dry run).
+        action_id: Option<i64>,
+        repeated: bool,
         rule: String,
         kind: String,
         action: String,

@@ -870,6 +870,24 @@ impl Store {
         rows.into_iter().map(AuditEntry::try_from).collect()
     }
 
+    /// The decisions with these ids (any order in, newest first out).
+    pub async fn audit_of_decisions(&self, ids: &[i64]) -> StoreResult<Vec<AuditEntry>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("{AUDIT_SELECT} WHERE d.id IN ({})", list.join(", "));
+            let mut q = sqlx::query_as::<_, AuditRow>(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                out.push(AuditEntry::try_from(row)?);
+            }
+        }
+        out.sort_by_key(|e| std::cmp::Reverse(e.at));
+        Ok(out)
+    }
+
     /// The decisions whose action is pending or being carried out (`planned` in
     /// [`Store::audit`]), newest first, at most `max`: however many decisions came after
     /// them (the status page, SPEC §5).
