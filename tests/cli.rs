@@ -126,6 +126,38 @@ async fn plan_prints_what_would_be_done_as_json_and_mutates_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn plan_and_sweep_agree_that_a_finished_newer_run_supersedes() {
+    let rules = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n";
+    let env = setup(rules).await;
+    let old = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
+    let newer = env.add("feat/a", "a2", Duration::minutes(2), "passed", &[]);
+    let (out, env) =
+        tokio::task::spawn_blocking(move || (env.run(&["plan", "--format", "json"]), env))
+            .await
+            .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = plan.as_array().unwrap();
+    assert_eq!(items.len(), 1, "{plan:#}");
+    assert_eq!(items[0]["run_id"], old.as_str(), "{plan:#}");
+    assert!(
+        items[0]["reason"].as_str().unwrap().contains(&newer),
+        "{plan:#}"
+    );
+    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep", "--dry-run"]), env))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("sweep: 1 decision(s): 0 done, 1 dry run"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains(&old), "{}", text(&out));
+    assert!(env.sim.mutation_log().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sweep_executes_once_records_an_audit_and_dry_run_touches_nothing() {
     let env = setup(RULES).await;
     let old = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);

@@ -537,6 +537,57 @@ async fn listing_runs_for_a_push_keeps_their_last_progress_time() {
 }
 
 #[tokio::test]
+async fn polling_cancels_a_run_superseded_by_a_newer_run_that_already_finished() {
+    // No webhooks: only the poll can see the newer run, which started and finished
+    // between two polls.
+    let app = spawn_app_with(AppOptions {
+        rules: SUPERSEDE.into(),
+        poll_interval: "1s",
+        ..AppOptions::default()
+    })
+    .await;
+    let old = app.sim.add_run(run("feat/x", "aaa111", 30)).unwrap();
+    let newer = app
+        .sim
+        .add_run(runwarden::simulator::NewRun {
+            state: Some("passed".into()),
+            ..run("feat/x", "bbb222", 5)
+        })
+        .unwrap();
+    // Another branch's finished newer run supersedes nothing here.
+    let other = app.sim.add_run(run("feat/y", "ccc333", 30)).unwrap();
+    app.sim
+        .add_run(runwarden::simulator::NewRun {
+            state: Some("passed".into()),
+            ..run("feat/y", "ccc333", 5)
+        })
+        .unwrap();
+    let cancel = format!("PUT /v1/runs/{}/cancel", old.run_id);
+    app.wait_for("supersede cancel", 15, |a| a.mutations().contains(&cancel))
+        .await;
+    let audit = app
+        .wait_audit("done", 10, |a| {
+            a.iter().any(|e| e.outcome.as_str() == "done")
+        })
+        .await;
+    assert!(
+        audit[0].reason.contains(&newer.run_id),
+        "{}",
+        audit[0].reason
+    );
+    assert_eq!(
+        app.sim
+            .run(&other.run_id)
+            .unwrap()
+            .completion_state
+            .as_str(),
+        "IN_PROGRESS",
+        "same sha: not superseded"
+    );
+    assert_eq!(app.mutations(), vec![cancel]);
+}
+
+#[tokio::test]
 async fn polling_cancels_runs_past_their_timeout() {
     let rules = "[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"45m\"\n";
     let app = spawn_app_with(AppOptions {

@@ -98,6 +98,7 @@ pub async fn fetch<'c>(
                 ..RunFilter::default()
             }
         };
+        let before = runs.len();
         let mut s = client.list_runs(project, &filter);
         while let Some(r) = s.next().await {
             let r = r?;
@@ -107,6 +108,30 @@ pub async fn fetch<'c>(
             }
             if keep_all || r.is_in_progress() {
                 runs.push(r);
+            }
+        }
+        // Without a full listing, a supersede rule still sees the finished runs newer
+        // than those in progress, as `serve`'s poll does.
+        let oldest = runs[before..].iter().map(|r| r.created_at).min();
+        if !need_all
+            && let Some(oldest) = oldest
+            && selected().any(|r| matches!(r.kind, RuleKind::Supersede(_)))
+        {
+            let lookback = chrono::Duration::from_std(
+                crate::intake::processor::FINISHED_LOOKBACK + config.currents.poll_interval,
+            )
+            .unwrap_or_else(|_| chrono::Duration::hours(1));
+            let filter = RunFilter {
+                date_start: Some(oldest.max(now - lookback)),
+                ..RunFilter::default()
+            };
+            let mut s = client.list_runs(project, &filter);
+            while let Some(r) = s.next().await {
+                let r = r?;
+                read += 1;
+                if !r.is_in_progress() {
+                    runs.push(r);
+                }
             }
         }
     }

@@ -979,6 +979,12 @@ pub fn event_for(run: &Run) -> &'static str {
 /// `RUN_FINISH`/`RUN_TIMEOUT`/`RUN_CANCELED` — for the event-driven rules (summaries).
 /// Their actions are keyed by run and event, so a webhook and a poll seeing the same
 /// change act once.
+///
+/// With a supersede rule, a project with runs in progress is listed a second time,
+/// whatever their state, from the oldest of them on but over [`FINISHED_LOOKBACK`] (plus
+/// the poll interval) at most: a newer run that started and finished between two polls
+/// supersedes too (SPEC §4). An older one would have been listed in progress by an
+/// earlier poll.
 pub async fn poll_event(
     ctx: &AppContext,
     now: DateTime<Utc>,
@@ -1014,6 +1020,30 @@ pub async fn poll_event(
                 synthesized.push(run.clone());
             }
             runs.push(run);
+        }
+        let oldest = runs
+            .iter()
+            .filter(|r| listed.contains(&r.run_id))
+            .map(|r| r.created_at)
+            .min();
+        if let Some(oldest) = oldest
+            && wants_finished_runs(&ctx.config)
+        {
+            let lookback =
+                chrono::Duration::from_std(FINISHED_LOOKBACK + ctx.config.currents.poll_interval)
+                    .unwrap_or_else(|_| chrono::Duration::hours(1));
+            let filter = RunFilter {
+                date_start: Some(oldest.max(now - lookback)),
+                ..RunFilter::default()
+            };
+            let mut stream = ctx.currents.list_runs(project, &filter);
+            while let Some(run) = stream.next().await {
+                let run = run?;
+                // A run listed in progress a moment ago is taken as it was then.
+                if !run.is_in_progress() && !listed.contains(&run.run_id) {
+                    runs.push(run);
+                }
+            }
         }
         // Runs we believed in progress that the listing no longer shows have finished
         // (or were deleted): read them once so the store stops counting them.
@@ -1061,6 +1091,19 @@ pub async fn poll_event(
         }
     }
     Ok(decisions)
+}
+
+/// How far back the poll looks for finished runs newer than those in progress
+/// ([`poll_event`]), beyond one poll interval.
+pub const FINISHED_LOOKBACK: Duration = Duration::from_secs(3600);
+
+/// Whether the poll lists finished runs too ([`poll_event`]): a supersede rule counts
+/// them as newer runs.
+fn wants_finished_runs(config: &crate::config::Config) -> bool {
+    config
+        .rules
+        .iter()
+        .any(|r| matches!(r.kind, RuleKind::Supersede(_)))
 }
 
 #[cfg(test)]
