@@ -365,15 +365,7 @@ async fn github_signature_cases_through_the_router() {
 
 /// The value of the metric line starting with `series` on `/metrics` (0 when absent).
 async fn metric(app: &TestApp, series: &str) -> f64 {
-    let m = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = app.get_text("/metrics").await;
     m.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
         .unwrap_or(0.0)
@@ -386,15 +378,7 @@ async fn stored(app: &TestApp) -> i64 {
 }
 
 async fn processed(app: &TestApp) -> i64 {
-    let m = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = app.get_text("/metrics").await;
     m.lines()
         .filter(|l| l.starts_with("runwarden_events_processed_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -622,15 +622,7 @@ async fn fails(kind: FaultKind, attempts: i64, reason: &str) {
     let e = audit.iter().find(|e| e.run_id == x.old).unwrap();
     assert_eq!(e.outcome.as_str(), "failed");
     assert_eq!(e.error.as_deref(), Some(err.as_str()));
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_text("/metrics").await;
     assert!(
         metrics.contains(
             "runwarden_actions_total{rule=\"cancel-superseded\",kind=\"supersede\",action=\"cancel\",outcome=\"failed\"} 1"
@@ -656,15 +648,7 @@ async fn fails(kind: FaultKind, attempts: i64, reason: &str) {
         .clone();
     assert_eq!(row["outcome"], "failed");
     assert_eq!(row["attempts"], attempts);
-    let page = app
-        .http
-        .get(app.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.get_text("/").await;
     assert!(
         page.contains(&x.old),
         "the status page lists the failed action"

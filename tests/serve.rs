@@ -427,15 +427,7 @@ async fn the_admin_api_needs_the_token_and_sweeps_retention() {
         .await
         .unwrap();
     assert_eq!(rules[0]["hits"], 3);
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_text("/metrics").await;
     assert!(
         metrics.contains(
             "runwarden_actions_total{rule=\"retention\",kind=\"retention\",action=\"delete\",outcome=\"done\"} 3"

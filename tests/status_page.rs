@@ -123,15 +123,7 @@ async fn the_status_page_renders_rules_and_decisions_in_a_real_browser() {
 #[tokio::test]
 async fn the_status_page_never_shows_secrets_and_escapes_html() {
     let app = spawn_app("[[rules]]\nname = \"<b>x</b>\"\nkind = \"supersede\"\n").await;
-    let html = app
-        .http
-        .get(app.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = app.get_text("/").await;
     assert!(html.contains("&lt;b&gt;x&lt;/b&gt;"), "{html}");
     for secret in [
         CURRENTS_SECRET,
@@ -247,15 +239,7 @@ async fn failed_and_pending_actions_stay_listed_behind_many_newer_decisions() {
     })
     .await;
 
-    let html = app
-        .http
-        .get(app.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = app.get_text("/").await;
     let recent = page_section(&html, "Recent decisions");
     assert!(
         !recent.contains(&failed) && !recent.contains(&pending),

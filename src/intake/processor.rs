@@ -341,35 +341,23 @@ fn recorded_one(ctx: &AppContext, e: Decided, r: crate::store::EventRecorded) {
         claimed,
     } = r;
     for (dec, rec) in e.decisions.into_iter().zip(recorded.iter()) {
-        if !rec.new_decision {
-            // Told, for `sweep`'s report; not counted or logged again.
-            let _ = ctx.events.send(crate::server::BotEvent::Decided {
-                decision_id: rec.decision_id,
-                action_id: rec.action_id,
-                repeated: true,
-                rule: dec.rule,
-                kind: dec.kind,
-                action: dec.action,
-                run_id: dec.run_id,
-                branch: dec.branch,
-                reason: dec.reason,
-                dry_run: dec.dry_run,
-            });
-            continue;
+        // A repeated decision is only told (for `sweep`'s report), not counted or logged
+        // again.
+        if rec.new_decision {
+            ctx.metrics.inc(
+                "runwarden_decisions_total",
+                &[
+                    ("rule", &dec.rule),
+                    ("action", &dec.action),
+                    ("dry_run", if dec.dry_run { "true" } else { "false" }),
+                ],
+            );
+            tracing::info!(rule = %dec.rule, action = %dec.action, run = %dec.run_id, dry_run = dec.dry_run, "decision: {}", dec.reason);
         }
-        ctx.metrics.inc(
-            "runwarden_decisions_total",
-            &[
-                ("rule", &dec.rule),
-                ("action", &dec.action),
-                ("dry_run", if dec.dry_run { "true" } else { "false" }),
-            ],
-        );
-        tracing::info!(rule = %dec.rule, action = %dec.action, run = %dec.run_id, dry_run = dec.dry_run, "decision: {}", dec.reason);
         let _ = ctx.events.send(crate::server::BotEvent::Decided {
             decision_id: rec.decision_id,
             action_id: rec.action_id,
-            repeated: false,
+            repeated: !rec.new_decision,
             rule: dec.rule,
             kind: dec.kind,
             action: dec.action,

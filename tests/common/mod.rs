@@ -235,6 +235,18 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The body of `GET path` (the status page, `/metrics`).
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn currents_hook(&self, event: &str, run_id: &str) -> reqwest::Response {
         let body = serde_json::json!({
             "event": event,
