@@ -261,6 +261,44 @@ async fn the_next_sweep_reports_and_retries_a_delete_that_failed_for_good() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_next_sweep_retries_a_cancel_that_failed_for_good() {
+    let rules = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n";
+    let env = setup(rules).await;
+    let old = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
+    env.add("feat/a", "a2", Duration::minutes(2), "running", &[]);
+    env.sim.inject_fault(runwarden::simulator::Fault {
+        method: Some("PUT".into()),
+        path: Some(format!("/v1/runs/{old}/cancel")),
+        kind: runwarden::simulator::FaultKind::Status {
+            status: 400,
+            body: None,
+            retry_after: None,
+        },
+        times: Some(1),
+        after: 0,
+        apply: false,
+    });
+    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("1 failed"), "{}", text(&out));
+    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("sweep: 1 decision(s): 1 done"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        env.sim.run(&old).unwrap().completion_state.as_str(),
+        "CANCELED"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sweep_exits_1_when_the_retention_circuit_breaker_trips() {
     let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nmax_deletions = 2\n";
     let env = setup(rules).await;

@@ -338,6 +338,47 @@ async fn dry_run_records_decisions_and_mutates_nothing() {
 }
 
 #[tokio::test]
+async fn the_next_retention_sweep_tries_a_delete_that_failed_for_good_again() {
+    let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\n";
+    let app = spawn_app(rules).await;
+    let mut r = run("feat/old", "sha0", 60 * 24 * 40);
+    r.state = Some("passed".into());
+    let id = app.sim.add_run(r).unwrap().run_id;
+    // A 400 is final: the first sweep's delete fails for good.
+    let fault: runwarden::simulator::Fault = serde_json::from_value(json!({
+        "method": "DELETE", "path": format!("/v1/runs/{id}"), "kind": "status", "status": 400, "times": 1
+    }))
+    .unwrap();
+    app.sim.inject_fault(fault);
+    let sweep = || async {
+        let r = app
+            .http
+            .post(app.url("/api/sweep/retention"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    };
+    sweep().await;
+    app.wait_audit("failed", 10, |a| {
+        a.iter().any(|e| e.outcome.as_str() == "failed")
+    })
+    .await;
+    assert!(app.sim.run(&id).is_some());
+    // The next sweep decides the same delete (one decision in the store) and its action
+    // is queued again.
+    sweep().await;
+    let audit = app
+        .wait_audit("done", 10, |a| {
+            a.iter().any(|e| e.outcome.as_str() == "done")
+        })
+        .await;
+    assert_eq!(audit.len(), 1, "{audit:#?}");
+    assert!(app.sim.run(&id).is_none(), "deleted on the second sweep");
+}
+
+#[tokio::test]
 async fn the_admin_api_needs_the_token_and_sweeps_retention() {
     let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nkeep_latest = 1\n";
     let app = spawn_app(rules).await;

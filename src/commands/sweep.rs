@@ -7,9 +7,10 @@
 //!
 //! A rule deciding again what it decided before (the same run to delete as in last
 //! night's sweep) leaves one decision in the store, the first: the report lists it all
-//! the same, with its action's state now. When that action had failed for good, the
-//! sweep tries it again (attempts reset, as an operator's retry would), so that a failure
-//! does not outlive the cause that made it.
+//! the same, with its action's state now. When that action had failed for good, it is
+//! tried again (attempts reset, as an operator's retry would), so that a failure does
+//! not outlive the cause that made it: by the processor for a retention rule (in `serve`
+//! too), by the sweep for the others.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -181,12 +182,14 @@ fn drain_repeated(
     use tokio::sync::broadcast::error::TryRecvError;
     loop {
         match events.try_recv() {
+            // Retention actions decided again are queued again by the processor itself.
             Ok(crate::server::BotEvent::Decided {
                 decision_id,
                 action_id,
                 repeated: true,
+                kind,
                 ..
-            }) => repeated.push((decision_id, action_id)),
+            }) => repeated.push((decision_id, action_id.filter(|_| kind != "retention"))),
             Ok(_) => {}
             Err(TryRecvError::Lagged(n)) => {
                 tracing::warn!(

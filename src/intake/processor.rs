@@ -303,9 +303,11 @@ async fn record(ctx: &AppContext, group: Vec<Decided>, quiet: &mut Vec<i64>) {
     match result {
         Ok(recorded) => {
             quiet.clear();
+            let mut again = Vec::new();
             for (e, r) in group.into_iter().zip(recorded) {
-                recorded_one(ctx, e, r);
+                again.extend(recorded_one(ctx, e, r));
             }
+            retry_failed(ctx, again).await;
         }
         Err(e) if group.len() > 1 => {
             tracing::debug!(events = group.len(), error = %e, "cannot record a group of events; recording them one by one");
@@ -333,9 +335,35 @@ async fn record(ctx: &AppContext, group: Vec<Decided>, quiet: &mut Vec<i64>) {
     }
 }
 
+/// Actions that had failed for good and that their retention rule decided again: back in
+/// the queue. A delete that failed in last night's sweep is tried in tonight's, instead
+/// of staying failed for as long as the run exists; a cancel is not re-armed by the next
+/// poll (that would be a retry a minute for a failure that stays; `sweep` retries those).
+async fn retry_failed(ctx: &AppContext, ids: Vec<i64>) {
+    let mut any = false;
+    for id in ids {
+        match ctx.store.retry_action(id, Utc::now()).await {
+            Ok(true) => {
+                any = true;
+                tracing::info!(
+                    action = id,
+                    "a failed action was decided again by its retention rule: trying it again"
+                );
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(action = id, error = %e, "cannot queue a failed action again"),
+        }
+    }
+    if any {
+        ctx.wake_executor.notify_one();
+    }
+}
+
 /// After one event's record is committed: metrics, the decision log lines and bot events,
-/// and its leased actions to the executor.
-fn recorded_one(ctx: &AppContext, e: Decided, r: crate::store::EventRecorded) {
+/// and its leased actions to the executor. Returns the actions that retention rules
+/// decided again (for [`retry_failed`]).
+fn recorded_one(ctx: &AppContext, e: Decided, r: crate::store::EventRecorded) -> Vec<i64> {
+    let mut again = Vec::new();
     let crate::store::EventRecorded {
         decisions: recorded,
         claimed,
@@ -343,6 +371,13 @@ fn recorded_one(ctx: &AppContext, e: Decided, r: crate::store::EventRecorded) {
     for (dec, rec) in e.decisions.into_iter().zip(recorded.iter()) {
         // A repeated decision is only told (for `sweep`'s report), not counted or logged
         // again.
+        if !rec.new_decision
+            && !dec.dry_run
+            && dec.kind == "retention"
+            && let Some(id) = rec.action_id
+        {
+            again.push(id);
+        }
         if rec.new_decision {
             ctx.metrics.inc(
                 "runwarden_decisions_total",
@@ -383,6 +418,7 @@ fn recorded_one(ctx: &AppContext, e: Decided, r: crate::store::EventRecorded) {
         "runwarden_events_processed_total",
         &[("source", &e.source), ("result", "ok")],
     );
+    again
 }
 
 /// The Currents event a summary decision is about (its reason names it).
