@@ -132,14 +132,17 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
             .await
             .unwrap_or_default();
         drain_repeated(&mut events, &mut repeated);
-        let earlier: Vec<i64> = repeated.iter().map(|(d, _)| *d).collect();
+        let mut earlier: Vec<i64> = repeated.iter().map(|(d, _)| *d).collect();
+        earlier.sort_unstable();
+        earlier.dedup();
         if !earlier.is_empty() {
             let mut more = ctx
                 .store
                 .audit_of_decisions(&earlier)
                 .await
                 .unwrap_or_default();
-            more.retain(|e| rule.is_none_or(|r| e.rule == r));
+            // One recorded earlier in this very sweep is listed already.
+            more.retain(|e| e.at < started && rule.is_none_or(|r| e.rule == r));
             entries.extend(more);
             entries.sort_by_key(|e| std::cmp::Reverse(e.at));
         }
