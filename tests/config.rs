@@ -258,6 +258,15 @@ fn environment_overrides_win_and_keep_mixed_case_repo_keys() {
         &l.config.rules[0].kind,
         RuleKind::Timeout(t) if t.max_duration == Some(MaxDuration::Auto)
     ));
+    // One project whose id is all digits is still a list of one; spaces are trimmed.
+    for (value, want) in [("123456", vec!["123456"]), (" a , b ", vec!["a", "b"])] {
+        let env = vec![(
+            "RUNWARDEN__CURRENTS__PROJECTS".to_string(),
+            value.to_string(),
+        )];
+        let l = load_str(&text, "rules.toml", &env).unwrap_or_else(|e| panic!("{value:?}: {e}"));
+        assert_eq!(l.config.currents.projects, want, "{value:?}");
+    }
 }
 
 #[test]

@@ -90,19 +90,39 @@ pub fn load_str(text: &str, path: &str, env: &[(String, String)]) -> Result<Load
     })
 }
 
+/// The environment override of `[currents] projects`, a comma-separated list.
+const PROJECTS_VAR: &str = "RUNWARDEN__CURRENTS__PROJECTS";
+
 /// Merges the file with environment overrides through the `config` crate.
 fn apply_env(text: &str, path: &str, env: &[(String, String)]) -> Result<RawConfig, ConfigError> {
-    let map: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+    let mut map: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+    // The project list is split here: the `config` crate would read an all-digit id
+    // (`RUNWARDEN__CURRENTS__PROJECTS=123456`) as a number, not as a list of one.
+    let projects: Option<Vec<String>> = map.remove(PROJECTS_VAR).map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()
+    });
     let source = config::Environment::with_prefix("RUNWARDEN")
         .prefix_separator("__")
         .separator("__")
         .try_parsing(true)
-        .list_separator(",")
-        .with_list_parse_key("currents.projects")
         .source(Some(map));
-    let built = config::Config::builder()
+    let mut builder = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
-        .add_source(source)
+        .add_source(source);
+    if let Some(projects) = projects {
+        builder = builder
+            .set_override("currents.projects", projects)
+            .map_err(|e| ConfigError {
+                path: path.to_string(),
+                location: None,
+                message: format!("{PROJECTS_VAR}: {e}"),
+            })?;
+    }
+    let built = builder
         .build()
         .and_then(|c| c.try_deserialize::<RawConfig>())
         .map_err(|e| ConfigError {
