@@ -387,6 +387,79 @@ async fn a_retry_after_longer_than_the_client_waits_postpones_the_next_attempt()
 }
 
 #[tokio::test]
+async fn a_rate_limit_on_the_status_step_postpones_a_summary_whose_comment_step_failed_too() {
+    // The comment step fails first (its pull request lookup answers 500), then the
+    // status step meets a 20-minute rate limit: the retry waits for the latter.
+    let rules = "[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\ncommit_status = true\n";
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        ..fast(3)
+    })
+    .await;
+    let mut r = run("feat/sum", "abcdef1234", 5);
+    r.state = Some("failed".into());
+    let id = app.sim.add_run(r).unwrap().run_id;
+    for (method, path, kind) in [
+        (
+            "GET",
+            format!("/github/repos/{REPO}/commits/abcdef1234/pulls"),
+            FaultKind::Status {
+                status: 500,
+                body: None,
+                retry_after: None,
+            },
+        ),
+        (
+            "POST",
+            format!("/github/repos/{REPO}/statuses"),
+            FaultKind::RateLimit {
+                status: 403,
+                retry_after: Some(1200),
+                reset_after: None,
+            },
+        ),
+    ] {
+        app.sim.inject_fault(Fault {
+            method: Some(method.into()),
+            path: Some(path),
+            kind,
+            times: None,
+            after: 0,
+            apply: false,
+        });
+    }
+    let before = chrono::Utc::now();
+    assert_eq!(app.currents_hook("RUN_FINISH", &id).await.status(), 202);
+    let key = format!("summarize:pr-summary:{id}:RUN_FINISH");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let sa = loop {
+        let a = app.bot.ctx.store.action_by_key(&key).await.unwrap();
+        if let Some(a) = &a
+            && a.attempts >= 1
+        {
+            break a.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no attempt of the summary: {a:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (sa.state, sa.attempts),
+        (ActionState::Pending, 1),
+        "{sa:#?}"
+    );
+    let err = sa.last_error.clone().unwrap_or_default();
+    assert!(err.contains("500") && err.contains("status: "), "{err}");
+    assert!(
+        sa.next_attempt_at >= before + chrono::Duration::seconds(1199),
+        "next attempt at {}: {sa:#?}",
+        sa.next_attempt_at
+    );
+}
+
+#[tokio::test]
 async fn a_long_github_rate_limit_postpones_the_summary_instead_of_failing_it() {
     // GitHub asks to wait 20 minutes, longer than its client sleeps through: the error
     // comes back with the wait, and the summary action's next attempt is scheduled no

@@ -269,11 +269,15 @@ pub async fn post_summary(
     if opts.commit_status {
         match post_status(ctx, &repo, run, &section, dry_run).await {
             Ok(s) => report.status = Some(s),
-            Err(e) => {
-                if first_error.is_none() {
-                    first_error = Some(e);
+            Err(e) => match &mut first_error {
+                None => first_error = Some(e),
+                // Both steps failed: the retry of both waits as long as either was asked
+                // to, and the record names both causes.
+                Some(first) => {
+                    first.retry_after = first.retry_after.max(e.retry_after);
+                    first.message = format!("{}; status: {}", first.message, e.message);
                 }
-            }
+            },
         }
     }
     match first_error {
