@@ -57,6 +57,23 @@ impl Env {
             .unwrap()
     }
 
+    /// The next `method path` request is answered 400, which is final: its action fails
+    /// for good.
+    fn fail_once(&self, method: &str, path: &str) {
+        self.sim.inject_fault(runwarden::simulator::Fault {
+            method: Some(method.into()),
+            path: Some(path.into()),
+            kind: runwarden::simulator::FaultKind::Status {
+                status: 400,
+                body: None,
+                retry_after: None,
+            },
+            times: Some(1),
+            after: 0,
+            apply: false,
+        });
+    }
+
     fn add(&self, branch: &str, sha: &str, age: Duration, state: &str, tags: &[&str]) -> String {
         self.sim
             .add_run(NewRun {
@@ -218,18 +235,7 @@ async fn the_next_sweep_reports_and_retries_a_delete_that_failed_for_good() {
     let env = setup(rules).await;
     let expired = env.add("feat/b", "b0", Duration::days(50), "passed", &[]);
     // A 400 is final: the first sweep's delete fails for good.
-    env.sim.inject_fault(runwarden::simulator::Fault {
-        method: Some("DELETE".into()),
-        path: Some(format!("/v1/runs/{expired}")),
-        kind: runwarden::simulator::FaultKind::Status {
-            status: 400,
-            body: None,
-            retry_after: None,
-        },
-        times: Some(1),
-        after: 0,
-        apply: false,
-    });
+    env.fail_once("DELETE", &format!("/v1/runs/{expired}"));
     let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
         .await
         .unwrap();
@@ -266,18 +272,7 @@ async fn the_next_sweep_retries_a_cancel_that_failed_for_good() {
     let env = setup(rules).await;
     let old = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
     env.add("feat/a", "a2", Duration::minutes(2), "running", &[]);
-    env.sim.inject_fault(runwarden::simulator::Fault {
-        method: Some("PUT".into()),
-        path: Some(format!("/v1/runs/{old}/cancel")),
-        kind: runwarden::simulator::FaultKind::Status {
-            status: 400,
-            body: None,
-            retry_after: None,
-        },
-        times: Some(1),
-        after: 0,
-        apply: false,
-    });
+    env.fail_once("PUT", &format!("/v1/runs/{old}/cancel"));
     let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
         .await
         .unwrap();

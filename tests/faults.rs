@@ -386,6 +386,31 @@ async fn a_retry_after_longer_than_the_client_waits_postpones_the_next_attempt()
     );
 }
 
+/// The action `key` once its first attempt failed and it waits for the next (30 s at
+/// most).
+async fn first_attempt_pending(app: &TestApp, key: &str) -> ActionRow {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let sa = loop {
+        let a = app.bot.ctx.store.action_by_key(key).await.unwrap();
+        if let Some(a) = &a
+            && a.attempts >= 1
+        {
+            break a.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no attempt of {key}: {a:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (sa.state, sa.attempts),
+        (ActionState::Pending, 1),
+        "{sa:#?}"
+    );
+    sa
+}
+
 #[tokio::test]
 async fn a_rate_limit_on_the_status_step_postpones_a_summary_whose_comment_step_failed_too() {
     // The comment step fails first (its pull request lookup answers 500), then the
@@ -431,25 +456,7 @@ async fn a_rate_limit_on_the_status_step_postpones_a_summary_whose_comment_step_
     let before = chrono::Utc::now();
     assert_eq!(app.currents_hook("RUN_FINISH", &id).await.status(), 202);
     let key = format!("summarize:pr-summary:{id}:RUN_FINISH");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let sa = loop {
-        let a = app.bot.ctx.store.action_by_key(&key).await.unwrap();
-        if let Some(a) = &a
-            && a.attempts >= 1
-        {
-            break a.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no attempt of the summary: {a:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(
-        (sa.state, sa.attempts),
-        (ActionState::Pending, 1),
-        "{sa:#?}"
-    );
+    let sa = first_attempt_pending(&app, &key).await;
     let err = sa.last_error.clone().unwrap_or_default();
     assert!(err.contains("500") && err.contains("status: "), "{err}");
     assert!(
@@ -505,25 +512,7 @@ async fn a_long_github_rate_limit_postpones_the_summary_instead_of_failing_it() 
     let before = chrono::Utc::now();
     assert_eq!(app.currents_hook("RUN_FINISH", &id).await.status(), 202);
     let key = format!("summarize:pr-summary:{id}:RUN_FINISH");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let sa = loop {
-        let a = app.bot.ctx.store.action_by_key(&key).await.unwrap();
-        if let Some(a) = &a
-            && a.attempts >= 1
-        {
-            break a.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no attempt of the summary: {a:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(
-        (sa.state, sa.attempts),
-        (ActionState::Pending, 1),
-        "{sa:#?}"
-    );
+    let sa = first_attempt_pending(&app, &key).await;
     let err = sa.last_error.clone().unwrap_or_default();
     assert!(err.contains("rate limited"), "{err}");
     assert!(!err.contains("gh-token"), "{err}");
