@@ -108,7 +108,11 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 .collect();
             for id in again {
                 retried.insert(id);
-                if let Ok(true) = ctx.store.retry_action(id, Utc::now()).await {
+                if let Ok(true) = ctx
+                    .store
+                    .retry_failed_before(id, Some(started), Utc::now())
+                    .await
+                {
                     tracing::info!(action = id, "sweep: retrying an action that had failed for good");
                 }
             }

@@ -209,6 +209,8 @@ const NOTHING_DONE: &str = "0 decision(s)";
 struct Decided {
     delivery: i64,
     source: String,
+    /// When the event arrived.
+    received_at: DateTime<Utc>,
     now: DateTime<Utc>,
     note: String,
     decisions: Vec<NewDecision>,
@@ -233,6 +235,7 @@ async fn decide_one(ctx: &AppContext, d: Delivery) -> Option<ToCommit> {
                 return Some(ToCommit::Record(Decided {
                     delivery: d.id,
                     source: d.source,
+                    received_at: d.received_at,
                     now,
                     note: format!("{n} decision(s)"),
                     decisions,
@@ -339,10 +342,16 @@ async fn record(ctx: &AppContext, group: Vec<Decided>, quiet: &mut Vec<i64>) {
 /// the queue. A delete that failed in last night's sweep is tried in tonight's, instead
 /// of staying failed for as long as the run exists; a cancel is not re-armed by the next
 /// poll (that would be a retry a minute for a failure that stays; `sweep` retries those).
-async fn retry_failed(ctx: &AppContext, ids: Vec<i64>) {
+async fn retry_failed(ctx: &AppContext, ids: Vec<(i64, DateTime<Utc>)>) {
     let mut any = false;
-    for id in ids {
-        match ctx.store.retry_action(id, Utc::now()).await {
+    for (id, received_at) in ids {
+        // Only a failure from before this event arrived: processing the event that first
+        // decided the action again (at least once) does not re-arm it.
+        match ctx
+            .store
+            .retry_failed_before(id, Some(received_at), Utc::now())
+            .await
+        {
             Ok(true) => {
                 any = true;
                 tracing::info!(
@@ -362,7 +371,11 @@ async fn retry_failed(ctx: &AppContext, ids: Vec<i64>) {
 /// After one event's record is committed: metrics, the decision log lines and bot events,
 /// and its leased actions to the executor. Returns the actions that retention rules
 /// decided again (for [`retry_failed`]).
-fn recorded_one(ctx: &AppContext, e: Decided, r: crate::store::EventRecorded) -> Vec<i64> {
+fn recorded_one(
+    ctx: &AppContext,
+    e: Decided,
+    r: crate::store::EventRecorded,
+) -> Vec<(i64, DateTime<Utc>)> {
     let mut again = Vec::new();
     let crate::store::EventRecorded {
         decisions: recorded,
@@ -376,7 +389,7 @@ fn recorded_one(ctx: &AppContext, e: Decided, r: crate::store::EventRecorded) ->
             && dec.kind == "retention"
             && let Some(id) = rec.action_id
         {
-            again.push(id);
+            again.push((id, e.received_at));
         }
         if rec.new_decision {
             ctx.metrics.inc(

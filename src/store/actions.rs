@@ -713,14 +713,27 @@ impl Store {
     /// Operator's retry of a failed action: back to `pending`, due at `now`, attempts
     /// reset (the last error is kept). Returns `false` unless the action had failed.
     pub async fn retry_action(&self, id: i64, now: DateTime<Utc>) -> StoreResult<bool> {
+        self.retry_failed_before(id, None, now).await
+    }
+
+    /// [`Store::retry_action`], only when the action failed before `before` (the event
+    /// that decided it again arrived after the failure; a second processing of the event
+    /// that first decided it does not re-arm it).
+    pub async fn retry_failed_before(
+        &self,
+        id: i64,
+        before: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
         let done = sqlx::query(
             "UPDATE actions \
              SET state = 'pending', attempts = 0, next_attempt_at = $2, not_before = NULL, \
                  finished_at = NULL, updated_at = $2 \
-             WHERE id = $1 AND state = 'failed'",
+             WHERE id = $1 AND state = 'failed' AND ($3 IS NULL OR finished_at < $3)",
         )
         .bind(id)
         .bind(to_ms(now))
+        .bind(before.map(to_ms))
         .execute(&self.writer)
         .await?;
         self.transitioned(id, done.rows_affected()).await
