@@ -1338,7 +1338,6 @@ impl GithubClient {
     }
 }
 
-/// Whether a comment body is runwarden's: it starts with `marker`.
 /// The metrics label of a request: what it does, from its method and path.
 fn operation(method: &Method, path: &str) -> &'static str {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -1361,6 +1360,7 @@ fn operation(method: &Method, path: &str) -> &'static str {
     }
 }
 
+/// Whether a comment body is runwarden's: it starts with `marker`.
 pub fn has_marker(body: &str, marker: &str) -> bool {
     body.trim_start().starts_with(marker)
 }
