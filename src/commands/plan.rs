@@ -117,14 +117,7 @@ pub async fn fetch<'c>(
             && let Some(oldest) = oldest
             && selected().any(|r| matches!(r.kind, RuleKind::Supersede(_)))
         {
-            let lookback = chrono::Duration::from_std(
-                crate::intake::processor::FINISHED_LOOKBACK + config.currents.poll_interval,
-            )
-            .unwrap_or_else(|_| chrono::Duration::hours(1));
-            let filter = RunFilter {
-                date_start: Some(oldest.max(now - lookback)),
-                ..RunFilter::default()
-            };
+            let filter = crate::intake::processor::finished_runs_filter(config, oldest, now);
             let mut s = client.list_runs(project, &filter);
             while let Some(r) = s.next().await {
                 let r = r?;

@@ -1066,13 +1066,7 @@ pub async fn poll_event(
         if let Some(oldest) = oldest
             && wants_finished_runs(&ctx.config)
         {
-            let lookback =
-                chrono::Duration::from_std(FINISHED_LOOKBACK + ctx.config.currents.poll_interval)
-                    .unwrap_or_else(|_| chrono::Duration::hours(1));
-            let filter = RunFilter {
-                date_start: Some(oldest.max(now - lookback)),
-                ..RunFilter::default()
-            };
+            let filter = finished_runs_filter(&ctx.config, oldest, now);
             let mut stream = ctx.currents.list_runs(project, &filter);
             while let Some(run) = stream.next().await {
                 let run = run?;
@@ -1133,6 +1127,21 @@ pub async fn poll_event(
 /// How far back the poll looks for finished runs newer than those in progress
 /// ([`poll_event`]), beyond one poll interval.
 pub const FINISHED_LOOKBACK: Duration = Duration::from_secs(3600);
+
+/// The second listing of [`poll_event`] (and of `plan`): every run created since the
+/// oldest one in progress, [`FINISHED_LOOKBACK`] plus one poll interval back at most.
+pub fn finished_runs_filter(
+    config: &crate::config::Config,
+    oldest_in_progress: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> RunFilter {
+    let lookback = chrono::Duration::from_std(FINISHED_LOOKBACK + config.currents.poll_interval)
+        .unwrap_or_else(|_| chrono::Duration::hours(1));
+    RunFilter {
+        date_start: Some(oldest_in_progress.max(now - lookback)),
+        ..RunFilter::default()
+    }
+}
 
 /// Whether the poll lists finished runs too ([`poll_event`]): a supersede rule counts
 /// them as newer runs.
