@@ -266,6 +266,38 @@ async fn the_next_sweep_reports_and_retries_a_delete_that_failed_for_good() {
     );
 }
 
+/// A retention rule without `schedule` (SPEC §4 requires only `older_than`) is valid:
+/// `check` says it runs on demand, and `sweep --rule` runs it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retention_rule_without_schedule_is_swept_on_demand() {
+    let rules = "[[rules]]\nname = \"cleanup\"\nkind = \"retention\"\nolder_than = \"30d\"\n";
+    let env = setup(rules).await;
+    let expired = env.add("feat/b", "b0", Duration::days(50), "passed", &[]);
+    let recent = env.add("feat/b", "b1", Duration::days(2), "passed", &[]);
+    let (check, env) = tokio::task::spawn_blocking(move || (env.run(&["check"]), env))
+        .await
+        .unwrap();
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+    assert!(
+        text(&check).contains("on demand (no schedule) delete runs older than 30d"),
+        "{}",
+        text(&check)
+    );
+    assert!(
+        text(&check).contains("runwarden sweep --rule cleanup"),
+        "{}",
+        text(&check)
+    );
+    let (out, env) =
+        tokio::task::spawn_blocking(move || (env.run(&["sweep", "--rule", "cleanup"]), env))
+            .await
+            .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("1 done"), "{}", text(&out));
+    assert!(env.sim.run(&expired).is_none(), "the expired run is deleted");
+    assert!(env.sim.run(&recent).is_some(), "the recent run is kept");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_next_sweep_retries_a_cancel_that_failed_for_good() {
     let rules = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n";

@@ -66,18 +66,38 @@ fn duplicate_rule_names_are_rejected_with_both_places() {
 }
 
 #[test]
-fn a_retention_rule_needs_schedule_and_older_than() {
-    let e = err(&format!(
-        "{BASE}[[rules]]\nname = \"r\"\nkind = \"retention\"\nolder_than = \"30d\"\n"
-    ));
-    assert!(
-        e.contains("rules.toml:3:1: rule \"r\": a retention rule needs \"schedule\""),
-        "{e}"
-    );
+fn a_retention_rule_needs_older_than() {
     let e = err(&format!(
         "{BASE}[[rules]]\nname = \"r\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\n"
     ));
-    assert!(e.contains("needs \"older_than\""), "{e}");
+    assert!(
+        e.contains("rules.toml:3:1: rule \"r\": a retention rule needs \"older_than\""),
+        "{e}"
+    );
+}
+
+/// SPEC §4 requires only `older_than`: a retention rule without `schedule` is valid and
+/// runs on demand (`sweep`, the admin API); `check` says so in a warning.
+#[test]
+fn a_retention_rule_without_schedule_runs_on_demand_and_is_warned_about() {
+    let loaded = load_str(
+        &format!(
+            "{BASE}[[rules]]\nname = \"r\"\nkind = \"retention\"\nolder_than = \"30d\"\n[rules.match]\nbranches = [\"feature/*\"]\n"
+        ),
+        "rules.toml",
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let RuleKind::Retention(o) = &loaded.config.rules[0].kind else {
+        panic!("not a retention rule")
+    };
+    assert!(o.schedule.is_none());
+    let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        warnings.iter().any(|w| w.starts_with("rules.toml:3: rule \"r\": no \"schedule\"")
+            && w.contains("runwarden sweep --rule r")),
+        "{warnings:?}"
+    );
 }
 
 #[test]
@@ -124,7 +144,7 @@ fn retention_schedules_read_weekdays_as_crontab_does() {
         let RuleKind::Retention(o) = &loaded.config.rules[0].kind else {
             panic!("not a retention rule")
         };
-        o.schedule.next_after(&sunday).unwrap().to_rfc3339()
+        o.schedule.as_ref().unwrap().next_after(&sunday).unwrap().to_rfc3339()
     };
     assert_eq!(
         next("0 3 * * 1"),

@@ -378,6 +378,46 @@ async fn the_next_retention_sweep_tries_a_delete_that_failed_for_good_again() {
     assert!(app.sim.run(&id).is_none(), "deleted on the second sweep");
 }
 
+/// A retention rule without `schedule` never runs on its own in `serve`, while a
+/// scheduled one fires slot after slot; the admin API sweeps it on demand.
+#[tokio::test]
+async fn a_retention_rule_without_schedule_waits_for_the_admin_api() {
+    let rules = "[[rules]]\nname = \"every-second\"\nkind = \"retention\"\nschedule = \"* * * * * *\"\nolder_than = \"30d\"\n[rules.match]\nbranches = [\"feat/a\"]\n\n[[rules]]\nname = \"on-demand\"\nkind = \"retention\"\nolder_than = \"30d\"\n[rules.match]\nbranches = [\"feat/b\"]\n";
+    let app = spawn_app(rules).await;
+    let add = |branch: &str, sha: &str| {
+        let mut r = run(branch, sha, 60 * 24 * 40);
+        r.state = Some("passed".into());
+        app.sim.add_run(r).unwrap().run_id
+    };
+    let on_demand = add("feat/b", "b0");
+    // Two slots of the scheduled rule, one after the other, delete its runs.
+    for sha in ["a0", "a1"] {
+        let id = add("feat/a", sha);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while app.sim.run(&id).is_some() {
+            assert!(std::time::Instant::now() < deadline, "{id} was not swept");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    assert!(
+        app.sim.run(&on_demand).is_some(),
+        "the rule without schedule ran on its own"
+    );
+    let r = app
+        .http
+        .post(app.url("/api/sweep/on-demand"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while app.sim.run(&on_demand).is_some() {
+        assert!(std::time::Instant::now() < deadline, "not swept on demand");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_admin_api_needs_the_token_and_sweeps_retention() {
     let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nkeep_latest = 1\n";

@@ -118,11 +118,11 @@ pub fn describe(r: &Rule, global_dry_run: bool) -> String {
             }
         ),
         RuleKind::Retention(o) => {
-            let mut s = format!(
-                "on \"{}\" UTC delete runs older than {}",
-                o.schedule_text,
-                human(o.older_than)
-            );
+            let when = match &o.schedule {
+                Some(s) => format!("on \"{s}\" UTC"),
+                None => "on demand (no schedule)".to_string(),
+            };
+            let mut s = format!("{when} delete runs older than {}", human(o.older_than));
             if o.keep_latest > 0 {
                 s.push_str(&format!(
                     ", keeping the {} newest per branch",

@@ -675,13 +675,17 @@ fn compile_rule(
             },
         }),
         "retention" => {
-            let Some(schedule_text) = r.schedule.clone() else {
-                return Err(loc.err_at(
-                    header.clone(),
-                    format!("rule {name:?}: a retention rule needs \"schedule\" (a cron string, UTC, e.g. \"0 3 * * *\")"),
-                ));
+            let schedule = match &r.schedule {
+                Some(text) => Some(parse_cron(text).map_err(|m| at("schedule", m))?),
+                None => {
+                    warnings.push(Warning(format!(
+                        "{}:{}: rule {name:?}: no \"schedule\": `serve` never runs it on its own; it runs only with `runwarden sweep --rule {name}` or POST /api/sweep/{name}",
+                        loc.path,
+                        loc.rule_line(i)
+                    )));
+                    None
+                }
             };
-            let schedule = parse_cron(&schedule_text).map_err(|m| at("schedule", m))?;
             let Some(older_than) = dur("older_than", &r.older_than)? else {
                 return Err(loc.err_at(
                     header.clone(),
@@ -706,7 +710,6 @@ fn compile_rule(
                 )));
             }
             RuleKind::Retention(RetentionOptions {
-                schedule_text,
                 schedule,
                 older_than,
                 keep_latest: r.keep_latest.unwrap_or(0),

@@ -200,9 +200,9 @@ pub struct OrphanOptions {
 /// `kind = "retention"`.
 #[derive(Debug, Clone)]
 pub struct RetentionOptions {
-    /// The cron string as written (5 or 6 fields).
-    pub schedule_text: String,
-    pub schedule: schedule::CronSchedule,
+    /// When `serve` sweeps (cron, UTC). `None`: only on demand, with `runwarden sweep`
+    /// or `POST /api/sweep/{rule}`.
+    pub schedule: Option<schedule::CronSchedule>,
     pub older_than: Duration,
     pub keep_latest: u32,
     pub keep_last_passed: bool,

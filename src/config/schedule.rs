@@ -24,8 +24,16 @@ use chrono::{DateTime, Utc};
 /// A parsed retention schedule (see the module docs).
 #[derive(Debug, Clone)]
 pub struct CronSchedule {
+    /// The schedule as written in the rule.
+    text: String,
     /// One schedule, or two (day of month, weekday) when a day may match either.
     alternatives: Vec<cron::Schedule>,
+}
+
+impl std::fmt::Display for CronSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 const WEEKDAYS: [&str; 7] = [
@@ -156,7 +164,15 @@ impl CronSchedule {
         } else {
             vec![build(dom, &dow)?]
         };
-        Ok(Self { alternatives })
+        Ok(Self {
+            text: text.to_string(),
+            alternatives,
+        })
+    }
+
+    /// The schedule as written in the rule (5 or 6 fields, or a shorthand).
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// The first slot strictly after `t`.

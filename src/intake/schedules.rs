@@ -33,11 +33,15 @@ pub async fn fire_due(
         let RuleKind::Retention(opts) = &rule.kind else {
             continue;
         };
+        // Without a schedule the rule runs only on demand (`sweep`, the admin API).
+        let Some(schedule) = &opts.schedule else {
+            continue;
+        };
         let last = ctx.store.last_slot(&rule.name).await.ok().flatten();
         // A rule never fired before starts from `since` (the process start); after
         // downtime, at most one day of missed slots is considered, and only the latest fires.
         let from = last.map_or(since, |l| l.max(now - chrono::Duration::days(1)));
-        let Some(slot) = latest_slot(&opts.schedule, from, now) else {
+        let Some(slot) = latest_slot(schedule, from, now) else {
             continue;
         };
         match ctx.store.claim_slot(&rule.name, slot, now).await {

@@ -525,7 +525,10 @@ pub fn explain(
     let Some(v) = sweep.verdict(run) else {
         return (false, "not selected by the filter".into());
     };
-    let schedule = format!("on schedule {:?}", opts.schedule_text);
+    let schedule = match &opts.schedule {
+        Some(s) => format!("on schedule {:?}", s.text()),
+        None => "when swept on demand".to_string(),
+    };
     match v {
         Verdict::Delete if doomed > opts.max_deletions as usize => (
             false,

@@ -99,13 +99,15 @@ pub async fn rules(_: Admin, State(state): State<AppState>) -> Response {
                 .find(|(n, _)| n == &r.name)
                 .map_or(0, |(_, c)| *c);
             let schedule = match &r.kind {
-                RuleKind::Retention(o) => Some(o.schedule_text.clone()),
+                RuleKind::Retention(o) => o.schedule.as_ref().map(|s| s.text().to_string()),
                 _ => None,
             };
             let next = match &r.kind {
-                RuleKind::Retention(o) => {
-                    o.schedule.next_after(&Utc::now()).map(|t| t.to_rfc3339())
-                }
+                RuleKind::Retention(o) => o
+                    .schedule
+                    .as_ref()
+                    .and_then(|s| s.next_after(&Utc::now()))
+                    .map(|t| t.to_rfc3339()),
                 _ => None,
             };
             json!({

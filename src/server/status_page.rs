@@ -79,11 +79,13 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
             .find(|(x, _)| x == &r.name)
             .map_or(0, |(_, c)| *c);
         let next = match &r.kind {
-            RuleKind::Retention(o) => o
-                .schedule
-                .next_after(&Utc::now())
-                .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-                .unwrap_or_default(),
+            RuleKind::Retention(o) => match &o.schedule {
+                Some(s) => s
+                    .next_after(&Utc::now())
+                    .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                    .unwrap_or_default(),
+                None => "on demand".to_string(),
+            },
             _ => String::new(),
         };
         let _ = write!(
