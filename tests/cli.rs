@@ -493,6 +493,91 @@ async fn webhooks_install_is_idempotent_and_dry_run_changes_nothing() {
     assert!(!text(&first).contains("hook-secret") && !text(&again).contains("hook-secret"));
 }
 
+/// `runwarden simulate` builds each webhook's `runUrl` on the configured
+/// `currents.dashboard_url`, which the bot checks, and sends the configured header.
+#[tokio::test(flavor = "multi_thread")]
+async fn simulate_sends_webhooks_with_the_configured_dashboard_url_and_header() {
+    use std::io::BufRead;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Option<String>, String)>();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let tx = tx.clone();
+            async move {
+                let secret = headers
+                    .get("x-my-secret")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let _ = tx.send((secret, body));
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rules.toml");
+    std::fs::write(
+        &config,
+        "[currents]\nprojects = [\"p\"]\ndashboard_url = \"https://dash.example.test/\"\nwebhook_header = \"x-my-secret\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runwarden"))
+        .arg("--config")
+        .arg(&config)
+        .args(["simulate", "--listen", "127.0.0.1:0", "--webhook-url", &hook_url])
+        .env("RUNWARDEN_CURRENTS_WEBHOOK_SECRET", "s3cret")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Read the first line, then keep draining so that the child's output never breaks.
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let _ = first_tx.send(lines.next().and_then(Result::ok).unwrap_or_default());
+        for _ in lines {}
+    });
+    let first = first_rx.await.unwrap();
+    let base = first
+        .trim()
+        .strip_prefix("runwarden simulator listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_string();
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/_sim/runs"))
+        .json(&serde_json::json!({"branch": "feat/hook"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run_id = created["runId"].as_str().unwrap().to_string();
+    let received = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let (secret, body) = rx.recv().await.unwrap();
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if v["runUrl"].as_str().is_some_and(|u| u.ends_with(&run_id)) {
+                return (secret, v);
+            }
+        }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let (secret, v) = received.expect("no webhook for the new run");
+    assert_eq!(
+        v["runUrl"].as_str(),
+        Some(format!("https://dash.example.test/run/{run_id}").as_str()),
+        "{v}"
+    );
+    assert_eq!(secret.as_deref(), Some("s3cret"));
+}
+
 #[test]
 fn commands_that_need_the_api_key_say_so_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();

@@ -178,11 +178,16 @@ pub fn main() -> ExitCode {
 
 fn simulate(path: &std::path::Path, listen: &str, webhook_url: Option<String>) -> ExitCode {
     let mut cfg = crate::simulator::SimConfig::interactive();
+    // The webhook header's name and the dashboard's URL (the base of each webhook's
+    // `runUrl`, which the bot checks) come from the config when there is one.
+    let currents = config::load_file(path).ok().map(|l| l.config.currents);
+    if let Some(c) = &currents {
+        cfg.dashboard_url = c.dashboard_url.trim_end_matches('/').to_string();
+    }
     if let Some(url) = webhook_url {
-        // The header name comes from the config when there is one.
-        let header = config::load_file(path)
-            .map(|l| l.config.currents.webhook_header)
-            .unwrap_or_else(|_| "x-webhook-secret".into());
+        let header = currents
+            .map(|c| c.webhook_header)
+            .unwrap_or_else(|| "x-webhook-secret".into());
         cfg.webhook_url = Some(url);
         if let Some(secret) =
             crate::secret::Secret::list_from_env("RUNWARDEN_CURRENTS_WEBHOOK_SECRET").first()

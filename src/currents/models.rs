@@ -124,6 +124,10 @@ pub struct Framework {
     /// `pw`, `cypress`, `jest`, `postman`, `vitest`, ...
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
+    /// The OpenAPI copy's spelling of the same (`{name, version}`); read when `type` is
+    /// absent (see [`Run::framework`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default)]
     pub version: Option<String>,
     #[serde(default)]
@@ -365,8 +369,10 @@ impl Run {
     pub fn sha(&self) -> Option<&str> {
         self.meta.commit.sha.as_deref()
     }
+    /// `meta.framework.type` as the API sends it, or `name` as the OpenAPI copy spells it.
     pub fn framework(&self) -> Option<&str> {
-        self.meta.framework.as_ref().and_then(|f| f.kind.as_deref())
+        let f = self.meta.framework.as_ref()?;
+        f.kind.as_deref().or(f.name.as_deref())
     }
     pub fn is_in_progress(&self) -> bool {
         self.completion_state == CompletionState::InProgress
@@ -576,6 +582,32 @@ mod tests {
         );
         assert_eq!(run.test_counts().failures, 16);
         assert_eq!(run.branch(), Some("feat/x"));
+    }
+
+    #[test]
+    fn the_framework_is_read_in_both_spellings() {
+        let run = |framework: &str| -> Run {
+            serde_json::from_str(&format!(
+                r#"{{"runId":"r","projectId":"p","completionState":"COMPLETE","status":"PASSED",
+                "createdAt":"2026-01-01T00:00:00Z","meta":{{"framework":{framework}}}}}"#
+            ))
+            .unwrap()
+        };
+        // The API's examples and the SDK: `type`.
+        assert_eq!(
+            run(r#"{"type":"pw","version":"1.52.0"}"#).framework(),
+            Some("pw")
+        );
+        // The OpenAPI copy: `name`.
+        assert_eq!(
+            run(r#"{"name":"cypress","version":"13.0.0"}"#).framework(),
+            Some("cypress")
+        );
+        // Both: `type` wins.
+        assert_eq!(
+            run(r#"{"type":"pw","name":"playwright"}"#).framework(),
+            Some("pw")
+        );
     }
 
     #[test]

@@ -454,6 +454,7 @@ impl RunRec {
                 commit: self.commit(),
                 framework: Some(Framework {
                     kind: Some(fw.into()),
+                    name: None,
                     version: Some(version.into()),
                     client_version: Some(client.into()),
                 }),
