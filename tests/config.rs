@@ -94,8 +94,10 @@ fn a_retention_rule_without_schedule_runs_on_demand_and_is_warned_about() {
     assert!(o.schedule.is_none());
     let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
     assert!(
-        warnings.iter().any(|w| w.starts_with("rules.toml:3: rule \"r\": no \"schedule\"")
-            && w.contains("runwarden sweep --rule r")),
+        warnings.iter().any(
+            |w| w.starts_with("rules.toml:3: rule \"r\": no \"schedule\"")
+                && w.contains("runwarden sweep --rule r")
+        ),
         "{warnings:?}"
     );
 }
@@ -144,7 +146,12 @@ fn retention_schedules_read_weekdays_as_crontab_does() {
         let RuleKind::Retention(o) = &loaded.config.rules[0].kind else {
             panic!("not a retention rule")
         };
-        o.schedule.as_ref().unwrap().next_after(&sunday).unwrap().to_rfc3339()
+        o.schedule
+            .as_ref()
+            .unwrap()
+            .next_after(&sunday)
+            .unwrap()
+            .to_rfc3339()
     };
     assert_eq!(
         next("0 3 * * 1"),
@@ -287,6 +294,27 @@ fn environment_overrides_win_and_keep_mixed_case_repo_keys() {
         let l = load_str(&text, "rules.toml", &env).unwrap_or_else(|e| panic!("{value:?}: {e}"));
         assert_eq!(l.config.currents.projects, want, "{value:?}");
     }
+    // A project's repo set in the environment keeps the case of the project id, and
+    // overrides the file's entry for the same project.
+    let env = vec![
+        (
+            "RUNWARDEN__GITHUB__REPOS__xYz9Q".to_string(),
+            "acme/api".to_string(),
+        ),
+        (
+            "RUNWARDEN__GITHUB__REPOS__bAYZ4a".to_string(),
+            "acme/web2".to_string(),
+        ),
+    ];
+    let l = load_str(&text, "rules.toml", &env).unwrap();
+    let repos: Vec<(&str, &str)> = l
+        .config
+        .github
+        .repos
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(repos, [("bAYZ4a", "acme/web2"), ("xYz9Q", "acme/api")]);
 }
 
 #[test]

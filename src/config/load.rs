@@ -93,6 +93,10 @@ pub fn load_str(text: &str, path: &str, env: &[(String, String)]) -> Result<Load
 /// The environment override of `[currents] projects`, a comma-separated list.
 const PROJECTS_VAR: &str = "RUNWARDEN__CURRENTS__PROJECTS";
 
+/// The prefix of the environment overrides of `[github] repos`, one variable per
+/// project: `RUNWARDEN__GITHUB__REPOS__<project id>=owner/name`.
+const REPOS_PREFIX: &str = "RUNWARDEN__GITHUB__REPOS__";
+
 /// Merges the file with environment overrides through the `config` crate.
 fn apply_env(text: &str, path: &str, env: &[(String, String)]) -> Result<RawConfig, ConfigError> {
     let mut map: std::collections::HashMap<String, String> = env.iter().cloned().collect();
@@ -105,6 +109,21 @@ fn apply_env(text: &str, path: &str, env: &[(String, String)]) -> Result<RawConf
             .map(str::to_string)
             .collect()
     });
+    // The repos of projects are applied here too: the `config` crate lowercases the keys
+    // it reads from the environment, and project ids are case-sensitive (`bAYZ4a`).
+    let repo_vars: Vec<String> = map
+        .keys()
+        .filter(|k| k.starts_with(REPOS_PREFIX))
+        .cloned()
+        .collect();
+    let mut repos: Vec<(String, String)> = repo_vars
+        .into_iter()
+        .filter_map(|k| {
+            let v = map.remove(&k)?;
+            Some((k[REPOS_PREFIX.len()..].to_string(), v.trim().to_string()))
+        })
+        .collect();
+    repos.sort();
     let source = config::Environment::with_prefix("RUNWARDEN")
         .prefix_separator("__")
         .separator("__")
@@ -122,7 +141,7 @@ fn apply_env(text: &str, path: &str, env: &[(String, String)]) -> Result<RawConf
                 message: format!("{PROJECTS_VAR}: {e}"),
             })?;
     }
-    let built = builder
+    let mut built = builder
         .build()
         .and_then(|c| c.try_deserialize::<RawConfig>())
         .map_err(|e| ConfigError {
@@ -136,6 +155,20 @@ fn apply_env(text: &str, path: &str, env: &[(String, String)]) -> Result<RawConf
                     .join(", ")
             ),
         })?;
+    for (project, repo) in repos {
+        if project.is_empty() {
+            return Err(ConfigError {
+                path: path.to_string(),
+                location: None,
+                message: format!("{REPOS_PREFIX}: the variable's name must end with a project id"),
+            });
+        }
+        built
+            .github
+            .repos
+            .get_or_insert_with(Default::default)
+            .insert(project, repo);
+    }
     Ok(built)
 }
 
