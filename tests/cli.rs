@@ -294,7 +294,10 @@ async fn a_retention_rule_without_schedule_is_swept_on_demand() {
             .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("1 done"), "{}", text(&out));
-    assert!(env.sim.run(&expired).is_none(), "the expired run is deleted");
+    assert!(
+        env.sim.run(&expired).is_none(),
+        "the expired run is deleted"
+    );
     assert!(env.sim.run(&recent).is_some(), "the recent run is kept");
 }
 
@@ -527,7 +530,13 @@ async fn simulate_sends_webhooks_with_the_configured_dashboard_url_and_header() 
     let mut child = Command::new(env!("CARGO_BIN_EXE_runwarden"))
         .arg("--config")
         .arg(&config)
-        .args(["simulate", "--listen", "127.0.0.1:0", "--webhook-url", &hook_url])
+        .args([
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook-url",
+            &hook_url,
+        ])
         .env("RUNWARDEN_CURRENTS_WEBHOOK_SECRET", "s3cret")
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use common::*;
 use runwarden::actions::ExecutorOptions;
+use runwarden::github::{GithubAuth, GithubClient, GithubClientOptions, RetryPolicy};
+use runwarden::secret::Secret;
 use runwarden::simulator::{Fault, FaultKind, LogEntry};
 use runwarden::store::{ActionRow, ActionState};
 
@@ -541,6 +543,145 @@ async fn a_long_github_rate_limit_postpones_the_summary_instead_of_failing_it() 
         "{sa:#?}"
     );
     assert!(app.sim.comments(Some(REPO), Some(9)).is_empty());
+}
+
+/// Requests that reached the simulator's GitHub API so far (every method).
+fn github_requests(app: &TestApp) -> u64 {
+    app.sim
+        .request_counts()
+        .iter()
+        .filter(|(k, _)| k.starts_with("github "))
+        .map(|(_, n)| *n)
+        .sum()
+}
+
+#[tokio::test]
+async fn a_github_rate_limit_holds_back_other_summaries_until_it_ends() {
+    // One summary's comment POST meets a 429 with Retry-After: 5 s, longer than its
+    // client's `max_wait` (1 s here): the client hands the wait back and remembers it. A
+    // summary for another PR, handled meanwhile, sends nothing to GitHub before the wait
+    // ends: it is parked until then as well. Both are posted once it is over.
+    const WAIT_SECS: i64 = 5;
+    let rules = "[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\n";
+    let p = prepare_app(AppOptions {
+        rules: rules.into(),
+        ..fast(UNTIL_CLEARED)
+    })
+    .await;
+    let mut ctx = std::sync::Arc::try_unwrap(p.ctx)
+        .ok()
+        .expect("a fresh context has one owner");
+    let mut o = GithubClientOptions::new(url::Url::parse(&p.sim.github_url()).unwrap());
+    o.retry = RetryPolicy {
+        max_wait: Duration::from_secs(1),
+        ..RetryPolicy::fast()
+    };
+    ctx.github = Some(GithubClient::new(o, GithubAuth::Token(Secret::new("gh-token"))).unwrap());
+    let bot = runwarden::commands::serve::start(std::sync::Arc::new(ctx), p.listener)
+        .await
+        .unwrap();
+    let app = TestApp {
+        sim: p.sim,
+        bot,
+        http: reqwest::Client::new(),
+        dir: p.dir,
+        store_url: p.store_url,
+    };
+    let mut ids = Vec::new();
+    for (pr, branch, sha) in [(1, "feat/a", "aaaa1111aa"), (2, "feat/b", "bbbb2222bb")] {
+        let mut r = run(branch, sha, 5);
+        r.state = Some("failed".into());
+        ids.push(app.sim.add_run(r).unwrap().run_id);
+        app.sim
+            .add_pr(runwarden::simulator::NewPr {
+                repo: REPO.into(),
+                number: Some(pr),
+                head_ref: Some(branch.into()),
+                head_sha: Some(sha.into()),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    let post_path = format!("/github/repos/{REPO}/issues/1/comments");
+    app.sim.inject_fault(fault(
+        "POST",
+        &post_path,
+        FaultKind::RateLimit {
+            status: 429,
+            retry_after: Some(WAIT_SECS as u64),
+            reset_after: None,
+        },
+        Some(1),
+    ));
+    let key = |id: &str| format!("summarize:pr-summary:{id}:RUN_FINISH");
+
+    // PR 1's summary meets the limit and is parked.
+    assert_eq!(app.currents_hook("RUN_FINISH", &ids[0]).await.status(), 202);
+    let a = first_attempt_pending(&app, &key(&ids[0])).await;
+    assert!(
+        a.last_error.as_deref().unwrap_or("").contains("429"),
+        "{a:#?}"
+    );
+    let limited = entries(&app, &post_path);
+    assert_eq!(limited.len(), 1, "{limited:#?}");
+    assert_eq!(limited[0].status, 429);
+    let ends = limited[0].at + chrono::Duration::seconds(WAIT_SECS);
+    let sent = github_requests(&app);
+
+    // PR 2's summary, while the limit holds: not one request reaches GitHub; it is
+    // parked until the limit ends.
+    assert_eq!(app.currents_hook("RUN_FINISH", &ids[1]).await.status(), 202);
+    let b = first_attempt_pending(&app, &key(&ids[1])).await;
+    assert!(
+        b.updated_at < ends,
+        "the attempt came after the limit ended: {b:#?}"
+    );
+    assert_eq!(
+        github_requests(&app),
+        sent,
+        "GitHub was called while rate limited: {:?}",
+        app.sim.request_counts()
+    );
+    let err = b.last_error.clone().unwrap_or_default();
+    assert!(
+        err.contains("rate limited") && err.contains("not sent"),
+        "{err}"
+    );
+    assert!(
+        b.next_attempt_at >= ends - chrono::Duration::milliseconds(100),
+        "next attempt at {}, the limit ends at {ends}: {b:#?}",
+        b.next_attempt_at
+    );
+
+    // Both are retried once it is over, and each PR gets its one comment.
+    for id in &ids {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let a = app.bot.ctx.store.action_by_key(&key(id)).await.unwrap();
+            if a.as_ref().is_some_and(|a| a.state == ActionState::Done) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "summary of {id} not done: {a:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for pr in [1, 2] {
+        assert_eq!(app.sim.comments(Some(REPO), Some(pr)).len(), 1, "PR {pr}");
+    }
+    let after: Vec<LogEntry> = app
+        .sim
+        .mutation_log()
+        .into_iter()
+        .filter(|e| e.api == "github" && e.seq > limited[0].seq)
+        .collect();
+    assert_eq!(after.len(), 2, "one POST per PR: {after:#?}");
+    assert!(
+        after.iter().all(|e| e.at >= ends && e.status == 201),
+        "written before the limit ended ({ends}): {after:#?}"
+    );
 }
 
 #[tokio::test]

@@ -1494,6 +1494,146 @@ async fn a_long_rate_limit_is_handed_back_instead_of_slept_through() {
 }
 
 #[tokio::test]
+async fn a_default_client_hands_back_a_rate_limit_over_ten_seconds_and_holds_back_other_summaries()
+{
+    // Production's retry policy: a 30 s Retry-After is not slept through (that would hold
+    // an executor slot), and another summary, for another PR, meanwhile sends nothing.
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    env.pr(8, "feat/other", SHA_OTHER);
+    let gh = GithubClient::new(
+        GithubClientOptions::new(url::Url::parse(&env.sim.github_url()).unwrap()),
+        GithubAuth::Token(Secret::new(TOKEN)),
+    )
+    .unwrap();
+    env.sim.inject_fault(Fault {
+        method: Some("GET".into()),
+        path: Some("/github/repos/acme/web/commits".into()),
+        kind: FaultKind::RateLimit {
+            status: 429,
+            retry_after: Some(30),
+            reset_after: None,
+        },
+        times: Some(1),
+        after: 0,
+        apply: false,
+    });
+    let github_requests = || -> u64 {
+        env.sim
+            .request_counts()
+            .iter()
+            .filter(|(k, _)| k.starts_with("github "))
+            .map(|(_, n)| *n)
+            .sum()
+    };
+    let opts = env.opts();
+    let first = tokio::time::timeout(
+        Duration::from_secs(5),
+        env.summary_with(
+            &gh,
+            &opts,
+            &failed("r1", SHA_HEAD, 1),
+            "RUN_FINISH",
+            None,
+            false,
+        ),
+    )
+    .await
+    .expect("handed back, not slept through")
+    .unwrap_err();
+    assert!(first.retryable, "{first}");
+    let wait = first.retry_after.expect("the wait");
+    assert!(
+        wait > Duration::from_secs(28) && wait <= Duration::from_secs(30),
+        "{wait:?}"
+    );
+    assert_eq!(github_requests(), 1);
+
+    let mut with_status = opts.clone();
+    with_status.commit_status = true;
+    let t = Instant::now();
+    let second = env
+        .summary_with(
+            &gh,
+            &with_status,
+            &failed("r2", SHA_OTHER, 1),
+            "RUN_FINISH",
+            None,
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(second.retryable, "{second}");
+    let left = second.retry_after.expect("the wait left");
+    assert!(left > Duration::from_secs(27) && left <= wait, "{left:?}");
+    assert!(second.message.contains("not sent"), "{second}");
+    assert_eq!(github_requests(), 1, "{:?}", env.sim.request_counts());
+    assert!(env.comments(7).is_empty() && env.comments(8).is_empty());
+    assert!(env.sim.statuses(Some(REPO), None).is_empty());
+}
+
+#[tokio::test]
+async fn a_rate_limit_on_a_later_pr_postpones_the_retry_of_the_whole_summary() {
+    // Two PRs share the run's head: the first one's comment step fails with a 5xx, then
+    // the second's meets a long rate limit. The error reports the first, but its retry
+    // waits for the rate limit, not for the executor's short backoff.
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    env.pr(9, "feat/login-2", SHA_HEAD);
+    let repo: RepoName = REPO.parse().unwrap();
+    let order: Vec<u64> = discover_prs(&env.gh, &repo, Some(SHA_HEAD), Some(BRANCH))
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.number)
+        .collect();
+    assert_eq!(order.len(), 2, "{order:?}");
+    for (path, kind) in [
+        (
+            format!("/github/repos/acme/web/issues/{}/comments", order[0]),
+            FaultKind::Status {
+                status: 500,
+                body: None,
+                retry_after: None,
+            },
+        ),
+        (
+            format!("/github/repos/acme/web/issues/{}/comments", order[1]),
+            FaultKind::RateLimit {
+                status: 403,
+                retry_after: Some(600),
+                reset_after: None,
+            },
+        ),
+    ] {
+        env.sim.inject_fault(Fault {
+            method: Some("GET".into()),
+            path: Some(path),
+            kind,
+            times: None,
+            after: 0,
+            apply: false,
+        });
+    }
+    let e = env
+        .summary(
+            &comment_only(env.opts()),
+            &failed("r1", SHA_HEAD, 1),
+            "RUN_FINISH",
+        )
+        .await
+        .unwrap_err();
+    assert!(e.retryable, "{e}");
+    assert!(e.message.contains("500"), "{e}");
+    let wait = e.retry_after.expect("the rate limit's wait");
+    assert!(
+        wait > Duration::from_secs(590) && wait <= Duration::from_secs(600),
+        "{wait:?}"
+    );
+}
+
+#[tokio::test]
 async fn permanent_errors_are_not_retried() {
     let env = Env::new().await;
     env.pr(7, BRANCH, SHA_HEAD);

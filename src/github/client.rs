@@ -11,9 +11,17 @@
 //!   rate-limit 403s, with exponential backoff and jitter. A rate limit waits for
 //!   `Retry-After`, else until `x-ratelimit-reset` when `x-ratelimit-remaining` is 0, else
 //!   at least [`RetryPolicy::secondary_limit_delay`] (60 s; GitHub's advice for a
-//!   secondary limit without headers), doubling on each further hit. A wait longer than
-//!   [`RetryPolicy::max_wait`] is not slept through: the error is returned with
-//!   [`GithubError::retry_after`] so the caller can park the action.
+//!   secondary limit without headers), doubling on each further hit of the same call.
+//! - **A rate limit holds the whole client back**, not only the call that met it: GitHub
+//!   warns that continuing to send requests while rate limited can get an integration
+//!   banned. The client remembers until when it must wait (one gate per client, so per
+//!   token or App; at most [`MAX_RATE_LIMIT_HOLD`]), and no call sends a request before
+//!   then. A call that meets the closed gate waits for it when it opens within
+//!   [`RetryPolicy::max_wait`] (10 s by default); a longer wait, its own or another
+//!   call's, is not slept through: the call fails at once, without a request, with a
+//!   [`GithubErrorKind::RateLimited`] error whose [`GithubError::retry_after`] is the
+//!   wait left, so the executor parks the action until then instead of holding one of its
+//!   slots for minutes.
 //! - **Creating a comment is never blindly retried.** When a `POST` comment's outcome is
 //!   unknown (timeout, dropped connection, 5xx), [`GithubClient::create_comment_unique`]
 //!   reads the PR's comments for the marker before posting again.
@@ -56,6 +64,9 @@ const PER_PAGE: usize = 100;
 const MAX_PAGES: usize = 100;
 /// Longest GitHub error message kept in an error.
 const MAX_MESSAGE: usize = 300;
+/// Longest a rate limit holds the client back: a longer wait asked for (a broken clock,
+/// a broken server) is cut to this. GitHub's primary rate limit resets within an hour.
+pub const MAX_RATE_LIMIT_HOLD: Duration = Duration::from_secs(3600);
 
 // ---------------------------------------------------------------------------------------
 // runwarden's own small types
@@ -335,8 +346,10 @@ pub struct RetryPolicy {
     /// Wait after a rate limit that gave no `Retry-After` and no reset time (GitHub:
     /// "wait at least one minute"); doubled on each further hit.
     pub secondary_limit_delay: Duration,
-    /// A rate-limit wait longer than this is not slept through: the error goes back to
-    /// the caller with [`GithubError::retry_after`].
+    /// A rate-limit wait longer than this is not slept through (by the call that met the
+    /// limit, or by a later call held back by it): the error goes back to the caller at
+    /// once with [`GithubError::retry_after`], so the action is parked rather than holding
+    /// an executor slot.
     pub max_wait: Duration,
     /// Minimum spacing of mutating requests from this client.
     pub min_write_interval: Duration,
@@ -352,7 +365,7 @@ impl Default for RetryPolicy {
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(30),
             secondary_limit_delay: Duration::from_secs(60),
-            max_wait: Duration::from_secs(5 * 60),
+            max_wait: Duration::from_secs(10),
             min_write_interval: Duration::from_secs(1),
             unknown_outcome_settle: Duration::from_secs(5),
         }
@@ -550,6 +563,15 @@ impl<K: std::hash::Hash + Eq + Clone> KeyedLocks<K> {
     }
 }
 
+/// The rate limit a client is under: it sends nothing before `until`.
+#[derive(Debug, Clone)]
+struct RateGate {
+    until: Instant,
+    /// Status and message of the answer that closed the gate.
+    status: u16,
+    message: String,
+}
+
 /// The GitHub API client. Cheap to share (`Arc`); one per process.
 pub struct GithubClient {
     crab: Octocrab,
@@ -564,6 +586,9 @@ pub struct GithubClient {
     tokens: tokio::sync::Mutex<HashMap<u64, CachedToken>>,
     /// When the last mutating request was sent.
     last_write: tokio::sync::Mutex<Option<Instant>>,
+    /// Until when GitHub asked this client to send nothing (a rate limit); shared by every
+    /// call, see the module docs.
+    rate_gate: Mutex<Option<RateGate>>,
     /// (repo key, PR) -> sticky comment id, learnt by the summary code.
     comment_ids: Mutex<HashMap<(String, u64), u64>>,
     /// (repo key, PR): serialises read-modify-write of that PR's comment.
@@ -619,6 +644,7 @@ impl GithubClient {
             installations: Mutex::new(HashMap::new()),
             tokens: tokio::sync::Mutex::new(HashMap::new()),
             last_write: tokio::sync::Mutex::new(None),
+            rate_gate: Mutex::new(None),
             comment_ids: Mutex::new(HashMap::new()),
             pr_locks: KeyedLocks::default(),
             status_locks: KeyedLocks::default(),
@@ -1067,20 +1093,31 @@ impl GithubClient {
                 continue;
             }
             let delay = match &err.kind {
-                GithubErrorKind::RateLimited { retry_after, .. } => {
+                GithubErrorKind::RateLimited {
+                    retry_after,
+                    status,
+                    message,
+                } => {
                     rate_limited += 1;
+                    // Every call of this client holds off until GitHub's time is up (a
+                    // no-op for an error of the gate itself, which carries what is left).
                     let wait = retry_after.unwrap_or_else(|| {
                         policy
                             .secondary_limit_delay
                             .saturating_mul(1 << (rate_limited - 1).min(6))
                     });
-                    if wait > policy.max_wait {
-                        if let GithubErrorKind::RateLimited { retry_after, .. } = &mut err.kind {
-                            *retry_after = Some(wait);
+                    self.hold_off(wait, *status, message);
+                    let left = self.rate_limit_left().unwrap_or(Duration::ZERO);
+                    if left > policy.max_wait || attempt >= policy.max_attempts {
+                        // Handed back with the wait left, for the caller to park the work.
+                        if let GithubErrorKind::RateLimited { retry_after, .. } = &mut err.kind
+                            && !left.is_zero()
+                        {
+                            *retry_after = Some(left);
                         }
                         return Err(err);
                     }
-                    wait
+                    left
                 }
                 _ if !err.is_retryable() => return Err(err),
                 _ if kind == CallKind::Create && err.outcome_unknown() => return Err(err),
@@ -1124,8 +1161,16 @@ impl GithubClient {
                 .map_err(|k| GithubError::new(method, path, k))?,
             AuthFor::Repo(repo) => self.repo_token(repo).await?,
         };
-        if kind.mutates() {
+        loop {
+            self.pass_rate_gate(method, path).await?;
+            if !kind.mutates() {
+                break;
+            }
             self.pace_writes().await;
+            if self.rate_limit_left().is_none() {
+                break;
+            }
+            // A rate limit met by another call while this write waited for its turn.
         }
         let timeout = self.opts.request_timeout;
         let exchange = self.exchange(method, path, query, body, &credential);
@@ -1235,6 +1280,77 @@ impl GithubClient {
             .await
             .map_err(|e| GithubErrorKind::Network(describe(&e)))?;
         Ok((status, headers, text))
+    }
+
+    /// After an answer saying this client is rate limited: no request is sent for `wait`
+    /// (at most [`MAX_RATE_LIMIT_HOLD`]) from now. An earlier, longer hold stays; the
+    /// status and message of the answer that closed the gate are kept while it is closed.
+    fn hold_off(&self, wait: Duration, status: u16, message: &str) {
+        let now = Instant::now();
+        let until = now + wait.min(MAX_RATE_LIMIT_HOLD);
+        let mut gate = lock(&self.rate_gate);
+        match gate.as_mut() {
+            Some(g) if g.until > now => g.until = g.until.max(until),
+            _ if wait.is_zero() => {}
+            _ => {
+                tracing::warn!(
+                    status,
+                    wait_ms = wait.as_millis() as u64,
+                    "GitHub rate limit: no request is sent until it ends"
+                );
+                *gate = Some(RateGate {
+                    until,
+                    status,
+                    message: message.to_string(),
+                });
+            }
+        }
+    }
+
+    /// How long this client still has to hold off (see [`Self::hold_off`]), if at all.
+    fn rate_limit_left(&self) -> Option<Duration> {
+        let gate = lock(&self.rate_gate);
+        let left = gate
+            .as_ref()?
+            .until
+            .saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// Waits for the rate-limit gate to open when it does within
+    /// [`RetryPolicy::max_wait`]; a longer wait is a [`GithubErrorKind::RateLimited`]
+    /// error carrying what is left, and no request is sent.
+    async fn pass_rate_gate(&self, method: &Method, path: &str) -> Result<(), GithubError> {
+        loop {
+            let Some(gate) = lock(&self.rate_gate).clone() else {
+                return Ok(());
+            };
+            let left = gate.until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            if left > self.opts.retry.max_wait {
+                return Err(GithubError::new(
+                    method,
+                    path,
+                    GithubErrorKind::RateLimited {
+                        status: gate.status,
+                        message: truncate_chars(
+                            &format!(
+                                "not sent, GitHub's rate limit holds for {}s more: {}",
+                                left.as_secs_f64().ceil() as u64,
+                                gate.message
+                            ),
+                            MAX_MESSAGE,
+                        ),
+                        retry_after: Some(left),
+                    },
+                ));
+            }
+            tracing::debug!(method = %method, path, wait_ms = left.as_millis() as u64,
+                "waiting for GitHub's rate limit to end");
+            tokio::time::sleep(left).await;
+        }
     }
 
     /// Waits until `min_write_interval` has passed since the last mutating request.
@@ -1769,6 +1885,133 @@ mod tests {
             })
             .outcome_unknown()
         );
+    }
+
+    /// A simulator with PR 7 of `acme/web`, and a client of it whose `max_wait` is
+    /// `max_wait`.
+    async fn sim_and_client(max_wait: Duration) -> (crate::simulator::SimHandle, GithubClient) {
+        let sim = crate::simulator::spawn(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            crate::simulator::SimConfig::default(),
+        )
+        .await
+        .unwrap();
+        sim.add_pr(crate::simulator::NewPr {
+            repo: "acme/web".into(),
+            number: Some(7),
+            head_ref: Some("feat/x".into()),
+            head_sha: Some("abcdef1234".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut o = GithubClientOptions::new(url::Url::parse(&sim.github_url()).unwrap());
+        o.retry = RetryPolicy {
+            max_wait,
+            ..RetryPolicy::fast()
+        };
+        let gh = GithubClient::new(o, GithubAuth::Token(Secret::new("t0ken-value"))).unwrap();
+        (sim, gh)
+    }
+
+    /// Requests that reached the simulator's GitHub API.
+    fn github_requests(sim: &crate::simulator::SimHandle) -> u64 {
+        sim.request_counts()
+            .iter()
+            .filter(|(k, _)| k.starts_with("github "))
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_holds_back_every_later_call_of_the_client() {
+        let (sim, gh) = sim_and_client(Duration::from_millis(500)).await;
+        let repo: RepoName = "acme/web".parse().unwrap();
+        sim.inject_fault(crate::simulator::Fault {
+            method: Some("GET".into()),
+            path: Some("/github/repos/acme/web/commits".into()),
+            kind: crate::simulator::FaultKind::RateLimit {
+                status: 429,
+                retry_after: Some(30),
+                reset_after: None,
+            },
+            times: Some(1),
+            after: 0,
+            apply: false,
+        });
+        let e = gh.pulls_for_commit(&repo, "abcdef1234").await.unwrap_err();
+        let asked = e.retry_after().expect("the wait");
+        assert!(asked > Duration::from_secs(29), "{asked:?}");
+        assert_eq!(github_requests(&sim), 1);
+
+        // Other calls, reads and writes, on other endpoints: nothing is sent; each fails at
+        // once with the same kind of error and the wait left.
+        let t = Instant::now();
+        let read = gh.list_comments(&repo, 7).await.unwrap_err();
+        let write = gh.create_comment(&repo, 7, "hello").await.unwrap_err();
+        let status = gh
+            .create_status(&repo, "abcdef1234", StatusState::Success, "ci", "ok", None)
+            .await
+            .unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        for e in [&read, &write, &status] {
+            match &e.kind {
+                GithubErrorKind::RateLimited {
+                    status: 429,
+                    retry_after: Some(left),
+                    message,
+                } => {
+                    assert!(
+                        *left <= asked && *left > Duration::from_secs(28),
+                        "{left:?}"
+                    );
+                    assert!(message.contains("not sent"), "{message}");
+                }
+                k => panic!("{k:?}"),
+            }
+            assert!(e.is_retryable() && !e.outcome_unknown(), "{e}");
+        }
+        assert_eq!(github_requests(&sim), 1, "{:?}", sim.request_counts());
+        assert!(sim.mutation_log().is_empty());
+        assert!(sim.comments(Some("acme/web"), Some(7)).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_short_rate_limit_hold_is_waited_out_before_the_next_request() {
+        let (sim, gh) = sim_and_client(Duration::from_secs(2)).await;
+        let repo: RepoName = "acme/web".parse().unwrap();
+        gh.hold_off(Duration::from_millis(400), 403, "secondary rate limit");
+        let t = Instant::now();
+        let comments = gh.list_comments(&repo, 7).await.unwrap();
+        assert!(comments.is_empty());
+        assert!(
+            t.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(github_requests(&sim), 1);
+        assert_eq!(gh.rate_limit_left(), None);
+
+        // A hold is never shortened by a shorter one, and is cut to MAX_RATE_LIMIT_HOLD.
+        gh.hold_off(Duration::from_secs(60), 429, "a");
+        gh.hold_off(Duration::from_secs(1), 429, "b");
+        let left = gh.rate_limit_left().unwrap();
+        assert!(left > Duration::from_secs(59), "{left:?}");
+        gh.hold_off(Duration::from_secs(30 * 86_400), 429, "c");
+        let left = gh.rate_limit_left().unwrap();
+        assert!(
+            left > Duration::from_secs(3500) && left <= MAX_RATE_LIMIT_HOLD,
+            "{left:?}"
+        );
+        let e = gh.list_comments(&repo, 7).await.unwrap_err();
+        assert!(e.to_string().contains(": a"), "{e}");
+        assert_eq!(github_requests(&sim), 1);
+    }
+
+    #[test]
+    fn the_default_policy_hands_long_waits_back_quickly() {
+        // A wait longer than this goes back to the executor instead of holding a slot.
+        assert!(RetryPolicy::default().max_wait <= Duration::from_secs(10));
+        assert!(RetryPolicy::fast().max_wait <= RetryPolicy::default().max_wait);
     }
 
     #[test]

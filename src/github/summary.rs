@@ -293,7 +293,7 @@ pub async fn post_summary(
 }
 
 /// Updates the comment of every PR of the run; the first error is returned beside the
-/// outcomes of the others.
+/// outcomes of the others, with the longest wait any of them was asked for.
 async fn post_comments(
     ctx: &SummaryCtx<'_>,
     repo: &RepoName,
@@ -328,8 +328,11 @@ async fn post_comments(
             Ok(o) => outcomes.push(o),
             Err(e) => {
                 tracing::warn!(repo = %repo, pr = pr.number, error = %e, "summary comment failed");
-                if first_error.is_none() {
-                    first_error = Some(e);
+                match &mut first_error {
+                    None => first_error = Some(e),
+                    // A later PR met a rate limit (or the client's hold after one): the
+                    // retry waits for it too.
+                    Some(first) => first.retry_after = first.retry_after.max(e.retry_after),
                 }
             }
         }
