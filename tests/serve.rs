@@ -393,11 +393,8 @@ async fn a_retention_rule_without_schedule_waits_for_the_admin_api() {
     // Two slots of the scheduled rule, one after the other, delete its runs.
     for sha in ["a0", "a1"] {
         let id = add("feat/a", sha);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while app.sim.run(&id).is_some() {
-            assert!(std::time::Instant::now() < deadline, "{id} was not swept");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        app.wait_for("the scheduled sweep", 20, |app| app.sim.run(&id).is_none())
+            .await;
     }
     assert!(
         app.sim.run(&on_demand).is_some(),
@@ -411,11 +408,10 @@ async fn a_retention_rule_without_schedule_waits_for_the_admin_api() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while app.sim.run(&on_demand).is_some() {
-        assert!(std::time::Instant::now() < deadline, "not swept on demand");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    app.wait_for("the sweep on demand", 20, |app| {
+        app.sim.run(&on_demand).is_none()
+    })
+    .await;
 }
 
 #[tokio::test]
