@@ -375,7 +375,6 @@ async fn run_feed_filters() {
                 ci_build_id: Some(ci.into()),
                 state: Some(state.into()),
                 completed: Some(1),
-                failed: if state == "failing" { Some(4) } else { None },
                 emit: Some(false),
                 ..Default::default()
             }
@@ -548,6 +547,301 @@ async fn run_feed_filters() {
 
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+// -------------------------------------------------------------------------------------
+// Run states and their failures
+// -------------------------------------------------------------------------------------
+
+/// Spec files that have reported (completedAt set) and how many of them failed.
+fn reported_and_failed(run: &Run) -> (usize, usize) {
+    let done: Vec<_> = run
+        .specs
+        .iter()
+        .filter(|s| s.completed_at.is_some())
+        .collect();
+    let failed = done
+        .iter()
+        .filter(|s| s.results.as_ref().is_some_and(|r| r.stats.failures > 0))
+        .count();
+    (done.len(), failed)
+}
+
+/// Spec files planned to fail that have not reported yet (read through the run's end).
+fn failures_planned(s: &SimHandle, run: &Run) -> usize {
+    let done = s
+        .advance(
+            &run.run_id,
+            Advance {
+                finish: None,
+                complete: u32::MAX,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    reported_and_failed(&done).1
+}
+
+#[tokio::test]
+async fn failing_runs_are_in_progress_with_a_reported_failure() {
+    let s = sim().await;
+    s.add_project(project("bAYZ4a")).unwrap();
+    let run_in = |state: &str, failed: Option<u32>, completed: Option<u32>| NewRun {
+        project: Some("bAYZ4a".into()),
+        state: Some(state.into()),
+        groups: Some(GroupsSpec::Count(2)),
+        specs: Some(4),
+        failed,
+        completed,
+        emit: Some(false),
+        ..Default::default()
+    };
+    // `failing` alone: in progress, FAILING, with a completed spec that failed. Many runs,
+    // since which specs fail is random.
+    for _ in 0..20 {
+        let r = s.add_run(run_in("failing", None, None)).unwrap();
+        assert_eq!(
+            (&r.completion_state, &r.status),
+            (&CompletionState::InProgress, &RunStatus::Failing),
+            "{r:?}"
+        );
+        assert_eq!(reported_and_failed(&r), (1, 1));
+        assert!(r.test_counts().failures >= 1);
+        assert_eq!(r.instance_counts().failures, 1);
+    }
+    // With counts: the failures are among the completed specs.
+    for _ in 0..20 {
+        let r = s.add_run(run_in("failing", Some(2), Some(5))).unwrap();
+        assert_eq!(r.status, RunStatus::Failing);
+        assert_eq!(reported_and_failed(&r), (5, 2));
+        let r = s.add_run(run_in("failing", Some(3), None)).unwrap();
+        assert_eq!(r.status, RunStatus::Failing);
+        assert_eq!(
+            reported_and_failed(&r),
+            (3, 3),
+            "completed defaults to failed"
+        );
+    }
+    // Through the control endpoint too.
+    let r = http()
+        .post(format!("{}/_sim/runs", s.base_url))
+        .json(&json!({"project": "bAYZ4a", "state": "failing", "emit": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r: Run = r.json().await.unwrap();
+    assert_eq!(
+        (r.completion_state, r.status),
+        (CompletionState::InProgress, RunStatus::Failing)
+    );
+    let (st, body) = get(&s, "/v1/projects/bAYZ4a/runs?status=FAILING&limit=1").await;
+    assert_eq!(st, 200);
+    assert_eq!(ids_of(&body), vec![r.run_id.clone()]);
+
+    // Contradictions are refused.
+    for (failed, completed) in [
+        (Some(0), None),    // failing without a failure
+        (Some(3), Some(2)), // failures not reported yet
+        (None, Some(8)),    // every spec reported: the run would be complete
+        (Some(8), None),
+    ] {
+        let e = s.add_run(run_in("failing", failed, completed)).unwrap_err();
+        assert_eq!(e.status(), 400, "{failed:?} {completed:?}: {e}");
+    }
+    let e = s.add_run(run_in("failed", Some(0), None)).unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+
+    // `running` with planned failures reads RUNNING: its failing specs have not reported.
+    for _ in 0..10 {
+        let r = s.add_run(run_in("running", Some(2), Some(4))).unwrap();
+        assert_eq!(r.status, RunStatus::Running);
+        assert_eq!(reported_and_failed(&r), (4, 0));
+        assert_eq!(failures_planned(&s, &r), 2);
+        assert_eq!(s.run(&r.run_id).unwrap().status, RunStatus::Failed);
+    }
+}
+
+#[tokio::test]
+async fn failed_canceled_and_timed_out_runs_keep_their_failures() {
+    let s = sim().await;
+    s.add_project(project("bAYZ4a")).unwrap();
+    let run_in = |state: &str, failed: Option<u32>, completed: Option<u32>| NewRun {
+        project: Some("bAYZ4a".into()),
+        state: Some(state.into()),
+        groups: Some(GroupsSpec::Count(2)),
+        specs: Some(4),
+        failed,
+        completed,
+        emit: Some(false),
+        ..Default::default()
+    };
+    for _ in 0..20 {
+        let r = s.add_run(run_in("failed", Some(3), None)).unwrap();
+        assert_eq!(
+            (&r.completion_state, &r.status),
+            (&CompletionState::Complete, &RunStatus::Failed)
+        );
+        assert_eq!(reported_and_failed(&r), (8, 3));
+
+        // Canceled: half the specs reported by default, the failures among them.
+        let r = s.add_run(run_in("canceled", Some(2), None)).unwrap();
+        assert_eq!(
+            (&r.completion_state, &r.status),
+            (&CompletionState::Canceled, &RunStatus::Failed),
+            "{r:?}"
+        );
+        assert_eq!(reported_and_failed(&r), (4, 2));
+        assert_eq!(r.instance_counts().failures, 2);
+        // More failures than the default half: as many specs reported.
+        let r = s.add_run(run_in("canceled", Some(6), None)).unwrap();
+        assert_eq!(reported_and_failed(&r), (6, 6));
+        let r = s.add_run(run_in("canceled", Some(1), Some(2))).unwrap();
+        assert_eq!(r.status, RunStatus::Failed);
+        assert_eq!(reported_and_failed(&r), (2, 1));
+        // Without failures a canceled run passed.
+        let r = s.add_run(run_in("canceled", None, None)).unwrap();
+        assert_eq!(r.status, RunStatus::Passed);
+
+        let r = s.add_run(run_in("timeout", Some(2), None)).unwrap();
+        assert_eq!(
+            (&r.completion_state, &r.status),
+            (&CompletionState::Timeout, &RunStatus::Failed)
+        );
+        assert_eq!(reported_and_failed(&r), (4, 2));
+        assert!(r.test_counts().failures >= 2);
+    }
+    // Failures that could never be reported are refused.
+    for state in ["canceled", "timeout"] {
+        let e = s.add_run(run_in(state, Some(3), Some(1))).unwrap_err();
+        assert_eq!(e.status(), 400, "{state}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn projects_time_out_after_30_minutes_by_default() {
+    let s = sim().await;
+    let p = s
+        .add_project(NewProject {
+            project_id: Some("bAYZ4a".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(p.inactivity_timeout_seconds, Some(1800));
+    let (_, body) = get(&s, "/v1/projects/bAYZ4a").await;
+    assert_eq!(body["data"]["inactivityTimeoutSeconds"], 1800);
+    // A project created by its first run, and a timed-out run's timeout value.
+    let r = s
+        .add_run(NewRun {
+            project: Some("emdaGd".into()),
+            state: Some("timeout".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        s.project("emdaGd").unwrap().inactivity_timeout_seconds,
+        Some(1800)
+    );
+    assert_eq!(r.timeout.unwrap().timeout_value_ms, Some(1_800_000));
+    let r = s
+        .add_run(NewRun {
+            project: Some("bAYZ4a".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let t = s
+        .advance(
+            &r.run_id,
+            Advance {
+                timeout: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(t.timeout.unwrap().timeout_value_ms, Some(1_800_000));
+    // An explicit value is kept; the sample world keeps its 2 h.
+    let p = s
+        .add_project(NewProject {
+            project_id: Some("custom".into()),
+            inactivity_timeout_seconds: Some(180),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(p.inactivity_timeout_seconds, Some(180));
+    let fresh = sim().await;
+    simulator::seed_sample(&fresh, Utc::now()).unwrap();
+    for id in ["bAYZ4a", "emdaGd", "DgTfZV"] {
+        assert_eq!(
+            fresh.project(id).unwrap().inactivity_timeout_seconds,
+            Some(7200),
+            "{id}"
+        );
+    }
+    assert_eq!(simulator::DEFAULT_INACTIVITY_TIMEOUT_SECS, 1800);
+}
+
+#[tokio::test]
+async fn runs_carry_a_null_cancellation_unless_cancelled() {
+    let s = sim().await;
+    s.add_project(project("bAYZ4a")).unwrap();
+    let passed = s
+        .add_run(NewRun {
+            project: Some("bAYZ4a".into()),
+            ci_build_id: Some("web-1-1".into()),
+            state: Some("passed".into()),
+            emit: Some(false),
+            ..Default::default()
+        })
+        .unwrap();
+    let running = s
+        .add_run(NewRun {
+            project: Some("bAYZ4a".into()),
+            emit: Some(false),
+            ..Default::default()
+        })
+        .unwrap();
+    let canceled = s
+        .add_run(NewRun {
+            project: Some("bAYZ4a".into()),
+            state: Some("canceled".into()),
+            actor: Some("api:ci".into()),
+            emit: Some(false),
+            ..Default::default()
+        })
+        .unwrap();
+    for id in [&passed.run_id, &running.run_id] {
+        let (st, body) = get(&s, &format!("/v1/runs/{id}")).await;
+        assert_eq!(st, 200);
+        assert_eq!(
+            body["data"].get("cancellation"),
+            Some(&Value::Null),
+            "{body}"
+        );
+    }
+    let (_, body) = get(&s, &format!("/v1/runs/{}", canceled.run_id)).await;
+    assert_eq!(body["data"]["cancellation"]["actor"], "api:ci");
+    assert_eq!(body["data"]["cancellation"]["reason"], "apiRequest");
+    let (_, body) = get(&s, "/v1/runs/find?projectId=bAYZ4a&ciBuildId=web-1-1").await;
+    assert_eq!(body["data"]["runId"], json!(passed.run_id));
+    assert_eq!(body["data"].get("cancellation"), Some(&Value::Null));
+    let (_, body) = get(&s, "/v1/projects/bAYZ4a/runs?limit=50").await;
+    let items = body["data"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    for item in items {
+        let c = item
+            .get("cancellation")
+            .expect("cancellation on every item");
+        assert_eq!(
+            c.is_null(),
+            item["runId"] != json!(canceled.run_id),
+            "{item}"
+        );
+    }
+    // The client's model reads both forms.
+    for item in items {
+        let run: Run = serde_json::from_value(item.clone()).unwrap();
+        assert_eq!(run.cancellation.is_some(), run.run_id == canceled.run_id);
+    }
 }
 
 // -------------------------------------------------------------------------------------
@@ -981,6 +1275,10 @@ async fn emits_webhooks_as_runs_change() {
         Some("feat/x")
     );
     assert!(body.get("runId").is_none(), "no separate runId field");
+    assert!(
+        body.get("groupId").is_none(),
+        "groupId only for multigroup runs, not null: {body}"
+    );
 
     // Progress without finishing emits nothing; finishing emits RUN_FINISH.
     s.advance(
@@ -1258,6 +1556,28 @@ async fn faults_5xx_then_ok_and_rate_limits() {
             .unwrap()
             .contains("secondary rate limit")
     );
+    // Currents documents no rate-limit headers: the same fault there sends none.
+    s.inject_fault(
+        serde_json::from_value(
+            json!({"path": "/v1", "kind": "rate_limit", "retry_after": 2, "reset_after": 60}),
+        )
+        .unwrap(),
+    );
+    let r = http()
+        .get(format!("{}/v1/runs/abc", s.base_url))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "2");
+    let ratelimit: Vec<_> = r
+        .headers()
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-ratelimit"))
+        .collect();
+    assert!(ratelimit.is_empty(), "{ratelimit:?}");
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "FAILED");
 
     // `after` lets requests through first; faults are listed until exhausted.
     s.inject_fault(
@@ -1510,10 +1830,11 @@ async fn github_endpoints_over_http() {
     );
     assert_eq!(prs[0]["head"]["ref"], "feat/x");
     assert_eq!(prs[0]["head"]["label"], "acme:feat/x");
-    let none: Value = gh(
+    // An abbreviated sha names the same commit.
+    let short: Value = gh(
         &s,
         reqwest::Method::GET,
-        &format!("/repos/acme/web/commits/{}/pulls", "c".repeat(40)),
+        &format!("/repos/acme/web/commits/{}/pulls", &sha1[..7]),
     )
     .send()
     .await
@@ -1521,7 +1842,8 @@ async fn github_endpoints_over_http() {
     .json()
     .await
     .unwrap();
-    assert_eq!(none, json!([]));
+    assert_eq!(short[0]["number"], 12);
+    // (A commit GitHub never saw: `commit_pulls_of_an_unknown_commit_are_422`.)
 
     // PR list with state and head filters.
     let list: Value = gh(
@@ -1791,6 +2113,92 @@ async fn github_endpoints_over_http() {
         "PATCH".into(),
         format!("/github/repos/acme/web/issues/comments/{id}")
     )));
+}
+
+#[tokio::test]
+async fn commit_pulls_of_an_unknown_commit_are_422() {
+    let s = sim().await;
+    let pr_sha = "a".repeat(40);
+    let pushed_sha = "b".repeat(40);
+    for sha in [&pr_sha, &pushed_sha] {
+        s.add_pr(NewPr {
+            repo: "acme/web".into(),
+            number: Some(12),
+            head_ref: Some("feat/x".into()),
+            head_sha: Some(sha.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    // A commit GitHub never saw: 422, as GitHub answers.
+    let unknown = "c".repeat(40);
+    let r = gh(
+        &s,
+        reqwest::Method::GET,
+        &format!("/repos/acme/web/commits/{unknown}/pulls"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["message"],
+        json!(format!("No commit found for SHA: {unknown}"))
+    );
+    assert!(
+        body["documentation_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://docs.github.com/rest/commits/")
+    );
+    // Known commits without a PR: a run's, a status's.
+    let run_sha = "d".repeat(40);
+    s.add_run(NewRun {
+        project: Some("bAYZ4a".into()),
+        sha: Some(run_sha.clone()),
+        emit: Some(false),
+        ..Default::default()
+    })
+    .unwrap();
+    let status_sha = "e".repeat(40);
+    let r = gh(
+        &s,
+        reqwest::Method::POST,
+        &format!("/repos/acme/web/statuses/{status_sha}"),
+    )
+    .json(&json!({"state": "pending", "context": "ci"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    for sha in [&run_sha, &status_sha] {
+        let r = gh(
+            &s,
+            reqwest::Method::GET,
+            &format!("/repos/acme/web/commits/{sha}/pulls"),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200, "{sha}");
+        assert_eq!(r.json::<Value>().await.unwrap(), json!([]), "{sha}");
+    }
+    // PR heads, current and former, list their PR.
+    for sha in [&pr_sha, &pushed_sha] {
+        let prs: Value = gh(
+            &s,
+            reqwest::Method::GET,
+            &format!("/repos/acme/web/commits/{sha}/pulls"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(prs[0]["number"], 12, "{sha}");
+    }
 }
 
 #[tokio::test]

@@ -16,11 +16,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::ids::{self, Key};
 use super::world::{RunQuery, SimError, World};
-use crate::currents::models::{CompletionState, RunStatus, WebhookSpec};
+use crate::currents::models::{CompletionState, Run, RunStatus, WebhookSpec};
 
 // ----- envelope -----
 
@@ -51,6 +51,16 @@ fn json_with(status: StatusCode, v: &serde_json::Value) -> Response {
         header::HeaderValue::from_static("application/json; charset=utf-8"),
     );
     r
+}
+
+/// A run as the API sends it: `cancellation` is `null` on a run that was not cancelled
+/// (`currents-notes.md` §1.4), where the shared model leaves it out.
+fn run_json(run: &Run) -> Value {
+    let mut v = serde_json::to_value(run).unwrap_or(Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        obj.entry("cancellation").or_insert(Value::Null);
+    }
+    v
 }
 
 fn sim_err(e: SimError) -> Response {
@@ -307,14 +317,14 @@ async fn list_runs(
         Err(r) => return r,
     };
     match w.list_runs(&project, &q) {
-        Ok((items, has_more)) => ok_list(items, has_more),
+        Ok((items, has_more)) => ok_list(items.iter().map(run_json).collect::<Vec<_>>(), has_more),
         Err(e) => sim_err(e),
     }
 }
 
 async fn get_run(State(w): State<Arc<World>>, Path(id): Path<String>) -> Response {
     match w.run(&id) {
-        Some(r) => ok(r),
+        Some(r) => ok(run_json(&r)),
         None => fail(StatusCode::NOT_FOUND, "Run not found"),
     }
 }
@@ -328,7 +338,7 @@ async fn find_run(State(w): State<Arc<World>>, RawQuery(raw): RawQuery) -> Respo
     let branch = p.one("branch").filter(|s| !s.is_empty());
     let tags = p.all(&["tags[]", "tags", "tag", "tag[]"]);
     match w.find_run(project, ci, branch, &tags) {
-        Ok(r) => ok(r),
+        Ok(r) => ok(run_json(&r)),
         Err(e) => sim_err(e),
     }
 }

@@ -88,9 +88,8 @@ async fn run(
     deliveries: Arc<Mutex<Vec<Delivery>>>,
 ) {
     while let Some(o) = rx.recv().await {
-        let body = match serde_json::to_vec(&o.payload) {
-            Ok(b) => b,
-            Err(_) => continue,
+        let Some(body) = payload_body(&o.payload) else {
+            continue;
         };
         let o = &o;
         let sends = o.targets.iter().map(|t| {
@@ -131,6 +130,18 @@ async fn run(
     }
 }
 
+/// The JSON body of a webhook. `groupId` is sent "only for multigroup runs"
+/// (`currents-notes.md` §2.1): absent, not `null`, otherwise.
+pub(crate) fn payload_body(payload: &CurrentsWebhookPayload) -> Option<Vec<u8>> {
+    let mut v = serde_json::to_value(payload).ok()?;
+    if let Some(obj) = v.as_object_mut()
+        && obj.get("groupId").is_some_and(serde_json::Value::is_null)
+    {
+        obj.remove("groupId");
+    }
+    serde_json::to_vec(&v).ok()
+}
+
 fn error_text(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         return "timeout".into();
@@ -154,5 +165,28 @@ impl super::World {
 
     pub fn clear_deliveries(&self) {
         self.emitter.clear_deliveries();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(group_id: Option<&str>) -> serde_json::Value {
+        let p = CurrentsWebhookPayload {
+            event: "RUN_START".into(),
+            run_url: "https://app.currents.dev/run/abc".into(),
+            group_id: group_id.map(str::to_string),
+            ..Default::default()
+        };
+        serde_json::from_slice(&payload_body(&p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn group_id_only_for_multigroup_runs() {
+        let single = body(None);
+        assert!(single.get("groupId").is_none(), "{single}");
+        assert_eq!(single["event"], "RUN_START");
+        assert_eq!(body(Some("chromium"))["groupId"], "chromium");
     }
 }

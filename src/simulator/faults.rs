@@ -87,8 +87,9 @@ pub enum FaultKind {
         #[serde(default)]
         retry_after: Option<u64>,
     },
-    /// A rate limit: 429 (default) or 403, `Retry-After` when set, and
-    /// `x-ratelimit-remaining: 0` + `x-ratelimit-reset` when `reset_after` is set.
+    /// A rate limit: 429 (default) or 403, `Retry-After` when set, and (on `/github`
+    /// paths only) `x-ratelimit-remaining: 0` + `x-ratelimit-reset` when `reset_after`
+    /// is set.
     RateLimit {
         #[serde(default = "s429")]
         status: u16,
@@ -415,8 +416,10 @@ fn fault_response(kind: &FaultKind, api: &str) -> Response {
             if let Some(s) = retry_after {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*s));
             }
-            if let Some(s) = reset_after {
-                let reset = Utc::now().timestamp() + *s as i64;
+            // GitHub's rate-limit headers; Currents documents none (`currents-notes.md`
+            // §1.1), so its 429 carries at most `Retry-After`.
+            if let Some(s) = reset_after.filter(|_| api == "github") {
+                let reset = Utc::now().timestamp() + s as i64;
                 h.insert("x-ratelimit-limit", HeaderValue::from(5000));
                 h.insert("x-ratelimit-remaining", HeaderValue::from(0));
                 h.insert("x-ratelimit-used", HeaderValue::from(5000));

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::ids;
-use super::world::{SimError, World, lock};
+use super::world::{SimError, World, lock, sha_matches};
 
 /// Max length of an issue comment body (GitHub's limit).
 pub const MAX_COMMENT_BODY: usize = 65_536;
@@ -849,14 +849,50 @@ async fn commits_get(
     }
 }
 
+/// Whether GitHub would know commit `r` of `repo`: a head (current or former), base or
+/// merge commit of one of its PRs, a sha with a status, a PR branch, or the commit of a
+/// Currents run.
+fn knows_commit(w: &World, repo: &str, r: &str) -> bool {
+    let known_here = {
+        let gh = lock(&w.gh);
+        gh.prs.values().filter(|p| p.repo == repo).any(|p| {
+            p.head_ref == r
+                || p.base_ref == r
+                || p.commits.iter().any(|c| sha_matches(c, r))
+                || sha_matches(&fake_sha(&format!("{}:{}", p.repo, p.base_ref)), r)
+                || (p.merged && sha_matches(&fake_sha(&format!("{}#{}", p.repo, p.number)), r))
+        }) || gh
+            .statuses
+            .iter()
+            .any(|s| s.repo == repo && sha_matches(&s.sha, r))
+    };
+    // The Currents state is read without holding the GitHub lock.
+    known_here || w.knows_commit(r)
+}
+
+/// Documentation link of GitHub's answer to `commits/{sha}/pulls`.
+const COMMIT_PULLS_DOCS: &str =
+    "https://docs.github.com/rest/commits/commits#list-pull-requests-associated-with-a-commit";
+
 fn commit_pulls(w: &World, repo: &str, sha: &str, raw: &Option<String>, base: &str) -> Response {
+    if !knows_commit(w, repo, sha) {
+        // What GitHub answers for a commit it has never seen.
+        return gh_json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({
+                "message": format!("No commit found for SHA: {sha}"),
+                "documentation_url": COMMIT_PULLS_DOCS,
+                "status": "422",
+            }),
+        );
+    }
     let p = paging(raw);
     let items: Vec<Value> = {
         let gh = lock(&w.gh);
         let mut prs: Vec<&PrRec> = gh
             .prs
             .values()
-            .filter(|p| p.repo == repo && p.commits.iter().any(|c| c == sha))
+            .filter(|p| p.repo == repo && p.commits.iter().any(|c| sha_matches(c, sha)))
             .collect();
         prs.sort_by_key(|p| std::cmp::Reverse(p.number));
         prs.into_iter().map(|p| pr_json(base, p)).collect()

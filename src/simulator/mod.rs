@@ -63,8 +63,8 @@ pub use github_api::{
 pub use ids::{Key, decode_cursor, encode_cursor};
 pub use seed::{Sample, seed_sample};
 pub use world::{
-    Advance, GenerateSpec, GroupsSpec, NewProject, NewRun, Outcome, RunQuery, SimError, World,
-    parse_headers, repo_from_origin,
+    Advance, DEFAULT_INACTIVITY_TIMEOUT_SECS, GenerateSpec, GroupsSpec, NewProject, NewRun,
+    Outcome, RunQuery, SimError, World, parse_headers, repo_from_origin,
 };
 
 /// The default address of `runwarden simulate`.

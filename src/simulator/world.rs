@@ -79,6 +79,7 @@ pub struct NewProject {
     pub project_id: Option<String>,
     pub name: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
+    /// Default [`DEFAULT_INACTIVITY_TIMEOUT_SECS`] (30 min), as Currents.
     pub inactivity_timeout_seconds: Option<u64>,
     pub fail_fast: Option<bool>,
     pub default_branch_name: Option<String>,
@@ -122,13 +123,19 @@ pub struct NewRun {
     /// Tests per spec file (default: random 1..=10).
     pub tests_per_spec: Option<u32>,
     pub created_at: Option<DateTime<Utc>>,
-    /// `running` (default), `passed`, `failed`, `canceled` or `timeout`.
+    /// `running` (default), `failing` (in progress, a completed spec failed: FAILING),
+    /// `passed`, `failed`, `canceled` or `timeout`.
     pub state: Option<String>,
-    /// Spec files already complete.
+    /// Spec files already complete (default: 0 when running, `failed` (at least 1) when
+    /// failing, all when passed or failed, half (at least `failed`) when canceled or
+    /// timed out).
     pub completed: Option<u32>,
     /// Spec files claimed (running) on top of the completed ones.
     pub claimed: Option<u32>,
-    /// Spec files that fail (when they complete).
+    /// Spec files that fail (default 1 when failing or failed, else 0). When failing,
+    /// failed, canceled or timed out they are among the completed ones, so the run's
+    /// status shows them; when running, among those still to complete (they fail when
+    /// they do).
     pub failed: Option<u32>,
     /// Duration of a finished run (default: derived from its specs).
     pub duration_ms: Option<u64>,
@@ -285,6 +292,10 @@ pub(crate) struct RunRec {
     pub auto: bool,
     pub emit: bool,
 }
+
+/// Currents' default project inactivity timeout: 30 min (configurable from 3 min to
+/// 12 h; `currents-notes.md` §3.1).
+pub const DEFAULT_INACTIVITY_TIMEOUT_SECS: u64 = 1800;
 
 const PW_VERSION: &str = "1.52.0";
 const PW_CLIENT: &str = "1.12.0";
@@ -756,7 +767,10 @@ impl CurrentsState {
                 None => format!("Project {id}"),
             })),
             created_at: Some(created),
-            inactivity_timeout_seconds: Some(np.inactivity_timeout_seconds.unwrap_or(7200)),
+            inactivity_timeout_seconds: Some(
+                np.inactivity_timeout_seconds
+                    .unwrap_or(DEFAULT_INACTIVITY_TIMEOUT_SECS),
+            ),
             fail_fast: Some(np.fail_fast.unwrap_or(false)),
             default_branch_name: Some(np.default_branch_name.unwrap_or_else(|| "main".into())),
             cursor: None,
@@ -814,12 +828,15 @@ impl CurrentsState {
                 "timeout" | "timedout" => CompletionState::Timeout,
                 _ => {
                     return Err(SimError::BadRequest(format!(
-                        "unknown state {s:?}: use running, passed, failed, canceled or timeout"
+                        "unknown state {s:?}: use running, failing, passed, failed, canceled or timeout"
                     )));
                 }
             },
         };
-        let wants_fail = matches!(nr.state.as_deref(), Some(s) if s.eq_ignore_ascii_case("failed") || s.eq_ignore_ascii_case("failing"));
+        let wants_failing =
+            matches!(nr.state.as_deref(), Some(s) if s.eq_ignore_ascii_case("failing"));
+        let wants_fail = wants_failing
+            || matches!(nr.state.as_deref(), Some(s) if s.eq_ignore_ascii_case("failed"));
         let wants_pass = matches!(nr.state.as_deref(), Some(s) if s.eq_ignore_ascii_case("passed"));
 
         let run_id = match nr.run_id.clone() {
@@ -966,12 +983,57 @@ impl CurrentsState {
                     "state passed with failed specs".into(),
                 ));
             }
+            Some(0) if wants_fail => {
+                return Err(SimError::BadRequest(
+                    "state failed or failing needs at least one failed spec".into(),
+                ));
+            }
             Some(n) => (n as usize).min(total),
             None if wants_fail => 1,
             None => 0,
         };
+        // Spec files that have reported: the first `done` ones. Failures count only once
+        // reported (FAILING, FAILED), so a failing, failed, canceled or timed-out run
+        // has its failing specs among these.
+        let done = match state {
+            CompletionState::InProgress if wants_failing => {
+                let done = nr.completed.map_or(failing, |c| c as usize);
+                if done < failing {
+                    return Err(SimError::BadRequest(format!(
+                        "state failing: failed ({failing}) must not exceed completed ({done})"
+                    )));
+                }
+                if done >= total {
+                    return Err(SimError::BadRequest(format!(
+                        "state failing needs a spec still running: completed ({done}) must be \
+                         below the number of specs ({total})"
+                    )));
+                }
+                done
+            }
+            CompletionState::InProgress => (nr.completed.unwrap_or(0) as usize).min(total),
+            CompletionState::Complete => total,
+            CompletionState::Canceled | CompletionState::Timeout => match nr.completed {
+                Some(c) => {
+                    let done = (c as usize).min(total);
+                    if done < failing {
+                        return Err(SimError::BadRequest(format!(
+                            "failed ({failing}) must not exceed completed ({done}): \
+                             only completed specs report failures"
+                        )));
+                    }
+                    done
+                }
+                None => (total / 2).max(failing),
+            },
+            CompletionState::Unknown(_) => 0,
+        };
         let mut idx: Vec<usize> = (0..total).collect();
         idx.shuffle(&mut self.rng);
+        // A running run fails later: its failing specs are among those not yet reported
+        // where they fit; every other state has them among the reported ones.
+        let running = state == CompletionState::InProgress && !wants_failing;
+        idx.sort_by_key(|&i| (i < done) == running);
         for &i in idx.iter().take(failing) {
             let p = &mut specs[i].plan;
             p.failures = self.rng.gen_range(1..=p.tests.min(3));
@@ -1040,7 +1102,11 @@ impl CurrentsState {
             emit: nr.emit.unwrap_or(state == CompletionState::InProgress),
         };
         let created = rec.created_at;
-        let inactivity_ms = prec.project.inactivity_timeout_seconds.unwrap_or(7200) * 1000;
+        let inactivity_ms = prec
+            .project
+            .inactivity_timeout_seconds
+            .unwrap_or(DEFAULT_INACTIVITY_TIMEOUT_SECS)
+            * 1000;
         let natural_ms = {
             let sum: u64 = rec.specs.iter().map(|s| s.plan.duration_ms).sum();
             (sum / 2).max(30_000) + 15_000
@@ -1048,7 +1114,6 @@ impl CurrentsState {
         let duration = ChronoDuration::milliseconds(nr.duration_ms.unwrap_or(natural_ms) as i64);
         match state {
             CompletionState::InProgress => {
-                let done = (nr.completed.unwrap_or(0) as usize).min(total);
                 let last = nr.last_progress_at.unwrap_or(now).max(created);
                 spread_completion(&mut rec.specs[..done], created, last);
                 let claimed =
@@ -1070,7 +1135,6 @@ impl CurrentsState {
                 rec.ended_at = Some(end);
             }
             CompletionState::Canceled | CompletionState::Timeout => {
-                let done = (nr.completed.map(|c| c as usize).unwrap_or(total / 2)).min(total);
                 let end = created + duration;
                 spread_completion(&mut rec.specs[..done], created, end);
                 if rec.completion == CompletionState::Canceled {
@@ -1186,6 +1250,15 @@ impl CurrentsState {
             hooks: self.hooks_for(&rec.project, event),
         })
     }
+}
+
+/// `r` names commit `sha`: equal, or an abbreviation of at least 7 characters.
+pub(crate) fn sha_matches(sha: &str, r: &str) -> bool {
+    sha.eq_ignore_ascii_case(r)
+        || (r.len() >= 7
+            && r.len() < sha.len()
+            && sha.is_char_boundary(r.len())
+            && sha[..r.len()].eq_ignore_ascii_case(r))
 }
 
 fn spread_completion(specs: &mut [SpecRec], start: DateTime<Utc>, end: DateTime<Utc>) {
@@ -1476,6 +1549,16 @@ impl World {
             .unwrap_or_default()
     }
 
+    /// Whether some run was made from commit `r` (a sha, an abbreviation of one of at
+    /// least 7 characters, or a branch name): GitHub knows every commit CI ran on.
+    pub(crate) fn knows_commit(&self, r: &str) -> bool {
+        let st = read(&self.cur);
+        st.runs
+            .values()
+            .flat_map(|pr| pr.all.values())
+            .any(|run| sha_matches(&run.sha, r) || run.branch.as_ref() == r)
+    }
+
     /// Number of runs in the world.
     pub fn run_count(&self) -> usize {
         read(&self.cur).run_loc.len()
@@ -1670,7 +1753,7 @@ impl World {
                     .ok_or_else(|| SimError::NotFound("Run not found".into()))?;
                 st.project_rec(&p)
                     .and_then(|p| p.project.inactivity_timeout_seconds)
-                    .unwrap_or(7200)
+                    .unwrap_or(DEFAULT_INACTIVITY_TIMEOUT_SECS)
             };
             let rng_seed: u64 = st.rng.r#gen();
             let (rec, event) = st.with_run_mut(id, |rec| {
@@ -1708,7 +1791,7 @@ impl World {
                 let inactivity = st
                     .project_rec(p)
                     .and_then(|p| p.project.inactivity_timeout_seconds)
-                    .unwrap_or(7200);
+                    .unwrap_or(DEFAULT_INACTIVITY_TIMEOUT_SECS);
                 for k in &pr.in_progress {
                     if let Some(r) = pr.all.get(k) {
                         let idle = (now - r.last_activity()).num_seconds() >= inactivity as i64;
