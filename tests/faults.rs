@@ -629,9 +629,28 @@ async fn a_github_rate_limit_holds_back_other_summaries_until_it_ends() {
     let sent = github_requests(&app);
 
     // PR 2's summary, while the limit holds: not one request reaches GitHub; it is
-    // parked until the limit ends.
+    // postponed until the limit ends, without using up one of its attempts (it met no
+    // error of its own).
     assert_eq!(app.currents_hook("RUN_FINISH", &ids[1]).await.status(), 202);
-    let b = first_attempt_pending(&app, &key(&ids[1])).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let b = loop {
+        let b = app
+            .bot
+            .ctx
+            .store
+            .action_by_key(&key(ids[1].as_str()))
+            .await
+            .unwrap();
+        if let Some(b) = b.filter(|b| b.last_error.is_some()) {
+            break b;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "PR 2's summary was not held back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((b.state, b.attempts), (ActionState::Pending, 0), "{b:#?}");
     assert!(
         b.updated_at < ends,
         "the attempt came after the limit ended: {b:#?}"
@@ -670,6 +689,18 @@ async fn a_github_rate_limit_holds_back_other_summaries_until_it_ends() {
     }
     for pr in [1, 2] {
         assert_eq!(app.sim.comments(Some(REPO), Some(pr)).len(), 1, "PR {pr}");
+    }
+    // PR 1's summary counted its 429 and its success; PR 2's only its success.
+    for (id, attempts) in [(&ids[0], 2), (&ids[1], 1)] {
+        let a = app
+            .bot
+            .ctx
+            .store
+            .action_by_key(&key(id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.attempts, attempts, "{a:#?}");
     }
     let after: Vec<LogEntry> = app
         .sim

@@ -119,6 +119,7 @@ both!(
     claims_respect_the_limit_and_due_order_and_released_leases_are_claimable,
     concurrent_workers_never_claim_the_same_action,
     a_failed_attempt_is_retried_after_its_backoff_then_completes,
+    a_postponed_action_waits_without_counting_an_attempt,
     a_failed_action_is_final_until_an_operator_retries_it,
     pending_and_failed_actions_are_listed_newest_first_behind_any_number_of_decisions,
     runs_are_upserted_and_stale_observations_ignored,
@@ -1418,6 +1419,51 @@ async fn a_failed_attempt_is_retried_after_its_backoff_then_completes(db: Db) {
     assert_eq!(entry.attempts, 2);
     assert_eq!(entry.error, None);
     assert_eq!(s.queue_depth().await.unwrap(), 0);
+}
+
+async fn a_postponed_action_waits_without_counting_an_attempt(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    s.record_decisions(&[decision("r", "summary", "summarize", "run-1", t(0))])
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(60);
+    let a = s
+        .claim_due_actions(t(1), 10, lease, "w")
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(
+        s.postpone_action(a.id, "not sent: rate limited", t(40))
+            .await
+            .unwrap()
+    );
+    let row = s.get_action(a.id).await.unwrap().unwrap();
+    assert_eq!(row.state, ActionState::Pending);
+    assert_eq!(row.attempts, 0, "a postponement is not an attempt");
+    assert_eq!(row.last_error.as_deref(), Some("not sent: rate limited"));
+    assert_eq!(row.lease_until, None);
+    assert!(
+        s.claim_due_actions(t(39), 10, lease, "w")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.claim_due_actions(t(40), 10, lease, "w")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // A terminal action is not postponed.
+    assert!(
+        s.complete_action(a.id, ActionOutcome::Done, "posted")
+            .await
+            .unwrap()
+    );
+    assert!(!s.postpone_action(a.id, "late", t(50)).await.unwrap());
+    assert_eq!(s.get_action(a.id).await.unwrap().unwrap().attempts, 1);
 }
 
 async fn a_failed_action_is_final_until_an_operator_retries_it(db: Db) {

@@ -69,6 +69,9 @@ pub enum Attempt {
     Skipped(String),
     Retry(String),
     Fail(String),
+    /// Could not start (held back by a rate limit another action met, nothing sent):
+    /// tried again after the wait asked for, without counting an attempt.
+    Postpone(String),
 }
 
 /// Backoff before attempt `n + 1`: 1s, 2s, 4s ... capped at 5 min, with full jitter
@@ -326,6 +329,17 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
                 .complete_action(a.id, ActionOutcome::Skipped, detail)
                 .await,
         ),
+        Attempt::Postpone(note) => {
+            let delay = retry_after
+                .unwrap_or(ctx.executor.backoff_base)
+                .min(MAX_RETRY_AFTER);
+            let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
+            tracing::info!(action = %a.action, run = %a.run_id, retry_in_ms = delay.as_millis() as u64, "action postponed, not counted as an attempt: {note}");
+            (
+                "postponed",
+                ctx.store.postpone_action(a.id, note, next).await,
+            )
+        }
         Attempt::Retry(err) if a.attempts + 1 < ctx.executor.max_attempts => {
             let delay = retry_delay_with(&ctx.executor, a.attempts, retry_after);
             let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
@@ -341,7 +355,11 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
         tracing::error!(action = %a.action, run = %a.run_id, error = %e, "cannot record the action outcome; it will be retried after its lease");
     }
     let detail = match &attempt {
-        Attempt::Done(d) | Attempt::Skipped(d) | Attempt::Retry(d) | Attempt::Fail(d) => d.clone(),
+        Attempt::Done(d)
+        | Attempt::Skipped(d)
+        | Attempt::Retry(d)
+        | Attempt::Fail(d)
+        | Attempt::Postpone(d) => d.clone(),
     };
     let _ = ctx.events.send(crate::server::BotEvent::ActionFinished {
         rule: a.rule.clone(),
@@ -483,6 +501,10 @@ async fn summarize(ctx: &AppContext, a: &ActionRow, retry_after: &mut Option<Dur
     {
         Ok(report) if report.is_skipped() => Attempt::Skipped(report.to_string()),
         Ok(report) => Attempt::Done(report.to_string()),
+        Err(e) if e.retryable && e.held_back => {
+            *retry_after = e.retry_after;
+            Attempt::Postpone(e.message)
+        }
         Err(e) if e.retryable => {
             *retry_after = e.retry_after;
             Attempt::Retry(e.message)

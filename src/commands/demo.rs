@@ -160,7 +160,7 @@ fn narrate(mut rx: tokio::sync::broadcast::Receiver<BotEvent>) -> tokio::task::J
                     let mark = match outcome.as_str() {
                         "done" => "✔",
                         "skipped" => "·",
-                        "retry" => "↻",
+                        "retry" | "postponed" => "↻",
                         _ => "✘",
                     };
                     println!(

@@ -220,6 +220,9 @@ pub struct GithubError {
     pub kind: GithubErrorKind,
     /// Attempts made.
     pub attempts: u32,
+    /// No request was sent: the client was holding back for a rate limit that another
+    /// call met (see the module docs). Not a failure of this call's own.
+    pub held_back: bool,
 }
 
 impl fmt::Display for GithubError {
@@ -274,7 +277,13 @@ impl GithubError {
             path: path.to_string(),
             kind,
             attempts: 0,
+            held_back: false,
         }
+    }
+
+    fn held_back(mut self) -> Self {
+        self.held_back = true;
+        self
     }
 
     fn bare(kind: GithubErrorKind) -> Self {
@@ -283,6 +292,7 @@ impl GithubError {
             path: String::new(),
             kind,
             attempts: 0,
+            held_back: false,
         }
     }
 
@@ -1072,6 +1082,8 @@ impl GithubClient {
         let mut attempt: u32 = 0;
         let mut rate_limited: u32 = 0;
         let mut reauthenticated = false;
+        // Whether an attempt of this call reached GitHub (not held back by the gate).
+        let mut sent_any = false;
         loop {
             attempt += 1;
             let result = self
@@ -1082,6 +1094,8 @@ impl GithubClient {
                 Err(e) => e,
             };
             err.attempts = attempt;
+            sent_any |= !err.held_back;
+            err.held_back = !sent_any;
             // A 401 with a cached installation token: drop it and try once more.
             if err.status() == Some(401)
                 && !reauthenticated
@@ -1345,7 +1359,8 @@ impl GithubClient {
                         ),
                         retry_after: Some(left),
                     },
-                ));
+                )
+                .held_back());
             }
             tracing::debug!(method = %method, path, wait_ms = left.as_millis() as u64,
                 "waiting for GitHub's rate limit to end");
@@ -1941,6 +1956,7 @@ mod tests {
         let e = gh.pulls_for_commit(&repo, "abcdef1234").await.unwrap_err();
         let asked = e.retry_after().expect("the wait");
         assert!(asked > Duration::from_secs(29), "{asked:?}");
+        assert!(!e.held_back, "the call that met the limit sent its request");
         assert_eq!(github_requests(&sim), 1);
 
         // Other calls, reads and writes, on other endpoints: nothing is sent; each fails at
@@ -1969,6 +1985,7 @@ mod tests {
                 k => panic!("{k:?}"),
             }
             assert!(e.is_retryable() && !e.outcome_unknown(), "{e}");
+            assert!(e.held_back, "held back, nothing sent: {e}");
         }
         assert_eq!(github_requests(&sim), 1, "{:?}", sim.request_counts());
         assert!(sim.mutation_log().is_empty());

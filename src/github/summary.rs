@@ -185,6 +185,9 @@ pub struct SummaryError {
     pub message: String,
     /// How long GitHub asked to wait (rate limits).
     pub retry_after: Option<std::time::Duration>,
+    /// Every failing step was held back by the client's rate-limit gate without sending
+    /// a request ([`GithubError::held_back`]): the action waits, it did not fail.
+    pub held_back: bool,
     pub partial: Option<SummaryReport>,
 }
 
@@ -194,6 +197,7 @@ impl SummaryError {
             retryable: false,
             message,
             retry_after: None,
+            held_back: false,
             partial: None,
         }
     }
@@ -204,6 +208,7 @@ impl From<GithubError> for SummaryError {
         SummaryError {
             retryable: e.is_retryable(),
             retry_after: e.retry_after(),
+            held_back: e.held_back,
             message: e.to_string(),
             partial: None,
         }
@@ -275,6 +280,7 @@ pub async fn post_summary(
                 // to, and the record names both causes.
                 Some(first) => {
                     first.retry_after = first.retry_after.max(e.retry_after);
+                    first.held_back &= e.held_back;
                     first.message = format!("{}; status: {}", first.message, e.message);
                 }
             },
@@ -332,7 +338,10 @@ async fn post_comments(
                     None => first_error = Some(e),
                     // A later PR met a rate limit (or the client's hold after one): the
                     // retry waits for it too.
-                    Some(first) => first.retry_after = first.retry_after.max(e.retry_after),
+                    Some(first) => {
+                        first.retry_after = first.retry_after.max(e.retry_after);
+                        first.held_back &= e.held_back;
+                    }
                 }
             }
         }
@@ -465,6 +474,7 @@ async fn update_pr_comment_locked(
             pr.number
         ),
         retry_after: None,
+        held_back: false,
         partial: None,
     })
 }

@@ -672,10 +672,34 @@ impl Store {
         error: &str,
         next_attempt_at: DateTime<Utc>,
     ) -> StoreResult<bool> {
+        self.back_to_pending(id, error, next_attempt_at, 1).await
+    }
+
+    /// An attempt that could not start (e.g. GitHub's rate limit held the client back
+    /// and no request was sent): back to `pending` until `next_attempt_at`, with `note`
+    /// as its last error, and **without** counting an attempt, so waiting out a limit
+    /// never uses up the action's attempts. Returns `false` when the action was already
+    /// in a terminal state.
+    pub async fn postpone_action(
+        &self,
+        id: i64,
+        note: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.back_to_pending(id, note, next_attempt_at, 0).await
+    }
+
+    async fn back_to_pending(
+        &self,
+        id: i64,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+        attempts_added: i64,
+    ) -> StoreResult<bool> {
         let mut tx = self.begin_outcome().await?;
         let done = sqlx::query(
             "UPDATE actions \
-             SET state = 'pending', attempts = attempts + 1, last_error = $2, \
+             SET state = 'pending', attempts = attempts + $5, last_error = $2, \
                  next_attempt_at = $3, lease_until = NULL, worker_id = NULL, updated_at = $4 \
              WHERE id = $1 AND state IN ('pending', 'running')",
         )
@@ -683,6 +707,7 @@ impl Store {
         .bind(error)
         .bind(to_ms(next_attempt_at))
         .bind(to_ms(Utc::now()))
+        .bind(attempts_added)
         .execute(tx.conn())
         .await?;
         tx.commit().await?;
