@@ -67,8 +67,10 @@ pub fn secret_warnings(config: &Config, secrets: &Secrets) -> Vec<Warning> {
     w
 }
 
+/// As rules' reasons write durations (`30d`, `1h30m`), not humantime's `1month 29days
+/// 10h 30m 36s` for `60d`.
 fn human(d: std::time::Duration) -> String {
-    humantime::format_duration(d).to_string()
+    crate::rules::human_duration(d)
 }
 
 /// One line describing a rule.
@@ -173,4 +175,30 @@ pub fn describe(r: &Rule, global_dry_run: bool) -> String {
         ""
     };
     format!("{:<24} {:<10} {what}{filt}{dry}", r.name, r.kind_name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durations read as they were written, not as humantime's months and days.
+    #[test]
+    fn rule_lines_write_durations_compactly() {
+        let text = "[currents]\nprojects = [\"p\"]\n\
+            [[rules]]\nname = \"ret\"\nkind = \"retention\"\nolder_than = \"60d\"\n\
+            [rules.match]\nbranches = [\"feat/*\"]\n\
+            [[rules]]\nname = \"slow\"\nkind = \"timeout\"\nmax_duration = \"90m\"\nidle_for = \"45m\"\n";
+        let loaded = crate::config::load_str(text, "rules.toml", &[]).unwrap();
+        let lines: Vec<String> = loaded
+            .config
+            .rules
+            .iter()
+            .map(|r| describe(r, false))
+            .collect();
+        assert!(lines[0].contains("delete runs older than 60d"), "{lines:?}");
+        assert!(
+            lines[1].contains("running longer than 1h30m") && lines[1].contains("idle for 45m"),
+            "{lines:?}"
+        );
+    }
 }
