@@ -156,6 +156,27 @@ pub fn evaluate(
     (decisions, breaches)
 }
 
+/// The selected rules that act on events rather than on the runs as they are now, so
+/// that a plan has nothing to show for them: said once each, under the table.
+pub fn event_driven_notes(config: &Config, rule: Option<&str>) -> Vec<String> {
+    config
+        .rules
+        .iter()
+        .filter(|r| rule.is_none_or(|n| r.name == n))
+        .filter_map(|r| match r.kind {
+            RuleKind::Summary(_) => Some(format!(
+                "rule {:?} (summary) acts on run events (webhooks, or a poll seeing a run start or finish), not on a plan",
+                r.name
+            )),
+            RuleKind::Orphan(_) => Some(format!(
+                "rule {:?} (orphan) acts on GitHub workflow_run completed events, not on a plan",
+                r.name
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Prints decisions as an aligned table.
 pub fn print_table(decisions: &[Decision]) {
     if decisions.is_empty() {
@@ -226,10 +247,35 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, format: Format) -> ExitCo
                 read,
                 client.request_count()
             );
+            for note in event_driven_notes(&loaded.config, rule) {
+                eprintln!("note: {note}");
+            }
         }
     }
     for b in breaches {
         eprintln!("warning: {b}");
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_driven_rules_get_a_note_instead_of_a_silent_gap() {
+        let text = "[currents]\nprojects = [\"p\"]\n\
+            [[rules]]\nname = \"sup\"\nkind = \"supersede\"\n\
+            [[rules]]\nname = \"pr\"\nkind = \"summary\"\n\
+            [[rules]]\nname = \"orph\"\nkind = \"orphan\"\n";
+        let config = crate::config::load_str(text, "rules.toml", &[])
+            .unwrap()
+            .config;
+        let notes = event_driven_notes(&config, None);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("rule \"pr\" (summary) acts on run events"));
+        assert!(notes[1].starts_with("rule \"orph\" (orphan) acts on GitHub workflow_run"));
+        assert!(event_driven_notes(&config, Some("sup")).is_empty());
+        assert_eq!(event_driven_notes(&config, Some("orph")).len(), 1);
+    }
 }
