@@ -582,11 +582,9 @@ fn failures_planned(s: &SimHandle, run: &Run) -> usize {
     reported_and_failed(&done).1
 }
 
-#[tokio::test]
-async fn failing_runs_are_in_progress_with_a_reported_failure() {
-    let s = sim().await;
-    s.add_project(project("bAYZ4a")).unwrap();
-    let run_in = |state: &str, failed: Option<u32>, completed: Option<u32>| NewRun {
+/// A run of project `bAYZ4a` in `state`: 2 groups of 4 spec files.
+fn run_in(state: &str, failed: Option<u32>, completed: Option<u32>) -> NewRun {
+    NewRun {
         project: Some("bAYZ4a".into()),
         state: Some(state.into()),
         groups: Some(GroupsSpec::Count(2)),
@@ -595,7 +593,13 @@ async fn failing_runs_are_in_progress_with_a_reported_failure() {
         completed,
         emit: Some(false),
         ..Default::default()
-    };
+    }
+}
+
+#[tokio::test]
+async fn failing_runs_are_in_progress_with_a_reported_failure() {
+    let s = sim().await;
+    s.add_project(project("bAYZ4a")).unwrap();
     // `failing` alone: in progress, FAILING, with a completed spec that failed. Many runs,
     // since which specs fail is random.
     for _ in 0..20 {
@@ -666,16 +670,6 @@ async fn failing_runs_are_in_progress_with_a_reported_failure() {
 async fn failed_canceled_and_timed_out_runs_keep_their_failures() {
     let s = sim().await;
     s.add_project(project("bAYZ4a")).unwrap();
-    let run_in = |state: &str, failed: Option<u32>, completed: Option<u32>| NewRun {
-        project: Some("bAYZ4a".into()),
-        state: Some(state.into()),
-        groups: Some(GroupsSpec::Count(2)),
-        specs: Some(4),
-        failed,
-        completed,
-        emit: Some(false),
-        ..Default::default()
-    };
     for _ in 0..20 {
         let r = s.add_run(run_in("failed", Some(3), None)).unwrap();
         assert_eq!(
