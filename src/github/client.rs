@@ -281,7 +281,7 @@ impl GithubError {
         }
     }
 
-    fn held_back(mut self) -> Self {
+    fn mark_held_back(mut self) -> Self {
         self.held_back = true;
         self
     }
@@ -1360,7 +1360,7 @@ impl GithubClient {
                         retry_after: Some(left),
                     },
                 )
-                .held_back());
+                .mark_held_back());
             }
             tracing::debug!(method = %method, path, wait_ms = left.as_millis() as u64,
                 "waiting for GitHub's rate limit to end");
