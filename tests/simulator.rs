@@ -2109,6 +2109,70 @@ async fn github_endpoints_over_http() {
     )));
 }
 
+/// GitHub's primary rate limit: once a window's requests are used up, requests are
+/// answered 403 "API rate limit exceeded" with `x-ratelimit-remaining: 0`, until the
+/// window resets.
+#[tokio::test]
+async fn the_github_quota_runs_out_and_resets() {
+    let s = sim().await;
+    // Set through the control API, as a `simulate` user would.
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sim/github/quota", s.base_url))
+        .json(&json!({"limit": 2, "windowSeconds": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let get = || async {
+        let r = gh(&s, reqwest::Method::GET, "/repos/acme/web/pulls")
+            .send()
+            .await
+            .unwrap();
+        let h = |n: &str| r.headers()[n].to_str().unwrap().to_string();
+        (
+            r.status().as_u16(),
+            h("x-ratelimit-remaining"),
+            h("x-ratelimit-used"),
+        )
+    };
+    assert_eq!(get().await, (200, "1".into(), "1".into()));
+    assert_eq!(get().await, (200, "0".into(), "2".into()));
+    let r = gh(&s, reqwest::Method::GET, "/repos/acme/web/pulls")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+    let reset: i64 = r.headers()["x-ratelimit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(reset >= chrono::Utc::now().timestamp(), "{reset}");
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("API rate limit exceeded"),
+        "{body}"
+    );
+    // After the window, a new one starts.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, remaining, _) = get().await;
+        if status == 200 {
+            assert_eq!(remaining, "1");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the quota never reset"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn commit_pulls_of_an_unknown_commit_are_422() {
     let s = sim().await;

@@ -21,7 +21,9 @@
 //!   call's, is not slept through: the call fails at once, without a request, with a
 //!   [`GithubErrorKind::RateLimited`] error whose [`GithubError::retry_after`] is the
 //!   wait left, so the executor parks the action until then instead of holding one of its
-//!   slots for minutes.
+//!   slots for minutes. An answer saying the quota is used up (`x-ratelimit-remaining:
+//!   0`) closes the gate until `x-ratelimit-reset` too, so the next call is not sent only
+//!   to be refused.
 //! - **Creating a comment is never blindly retried.** When a `POST` comment's outcome is
 //!   unknown (timeout, dropped connection, 5xx), [`GithubClient::create_comment_unique`]
 //!   reads the PR's comments for the marker before posting again.
@@ -1208,6 +1210,15 @@ impl GithubClient {
             }
         };
         if status.is_success() {
+            // The last request of the quota: the next would be refused, so none is sent
+            // before the reset (GitHub asks clients not to send into a known limit).
+            if let Some(wait) = quota_used_up(&headers) {
+                self.hold_off(
+                    wait,
+                    403,
+                    "API rate limit used up (x-ratelimit-remaining: 0 on the last answer)",
+                );
+            }
             let text = if text.trim().is_empty() {
                 "null"
             } else {
@@ -1526,6 +1537,23 @@ fn link_next(headers: &HeaderMap) -> Option<String> {
                 .to_string()
         })
     })
+}
+
+/// On an answer whose `x-ratelimit-remaining` is 0: the wait until `x-ratelimit-reset`.
+fn quota_used_up(headers: &HeaderMap) -> Option<Duration> {
+    let hdr = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if hdr("x-ratelimit-remaining") != Some("0") {
+        return None;
+    }
+    let reset = hdr("x-ratelimit-reset")?.parse::<i64>().ok()?;
+    Some(Duration::from_secs(
+        (reset - Utc::now().timestamp()).max(1) as u64
+    ))
 }
 
 /// The kind of an error answer, reading the rate-limit signs of `reliability-notes` §2.
@@ -1990,6 +2018,23 @@ mod tests {
         assert_eq!(github_requests(&sim), 1, "{:?}", sim.request_counts());
         assert!(sim.mutation_log().is_empty());
         assert!(sim.comments(Some("acme/web"), Some(7)).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_used_up_quota_holds_the_client_back_before_github_refuses() {
+        let (sim, gh) = sim_and_client(Duration::from_millis(500)).await;
+        let repo: RepoName = "acme/web".parse().unwrap();
+        sim.set_github_quota(1, Duration::from_secs(30));
+        // The quota's one request succeeds, and its answer says none is left.
+        assert!(gh.list_comments(&repo, 7).await.unwrap().is_empty());
+        let e = gh.list_comments(&repo, 7).await.unwrap_err();
+        assert!(e.held_back, "nothing is sent into a used-up quota: {e}");
+        let left = e.retry_after().expect("the wait until the reset");
+        assert!(
+            left > Duration::from_secs(25) && left <= Duration::from_secs(31),
+            "{left:?}"
+        );
+        assert_eq!(github_requests(&sim), 1, "{:?}", sim.request_counts());
     }
 
     #[tokio::test]

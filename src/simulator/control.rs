@@ -88,6 +88,7 @@ pub(crate) fn router() -> Router<Arc<World>> {
         .route("/github/comments", get(comments))
         .route("/github/statuses", get(statuses))
         .route("/github/expire-tokens", post(expire_tokens))
+        .route("/github/quota", post(github_quota))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such control endpoint") })
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -112,6 +113,7 @@ async fn index() -> Response {
             "GET /_sim/github/comments?repo=&number=",
             "GET /_sim/github/statuses?repo=&sha=",
             "POST /_sim/github/expire-tokens",
+            "POST /_sim/github/quota {limit, windowSeconds?: 3600}",
         ]
     }))
 }
@@ -335,6 +337,31 @@ async fn statuses(State(w): State<Arc<World>>, RawQuery(raw): RawQuery) -> Respo
     let repo = query(&raw, "repo");
     let sha = query(&raw, "sha");
     ok(w.statuses(repo.as_deref(), sha.as_deref()))
+}
+
+/// A new window of GitHub's primary rate limit (`POST /_sim/github/quota`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct QuotaSpec {
+    limit: u32,
+    #[serde(default = "hour")]
+    window_seconds: u64,
+}
+
+fn hour() -> u64 {
+    3600
+}
+
+async fn github_quota(State(w): State<Arc<World>>, body: Bytes) -> Response {
+    let q: QuotaSpec = match parse(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if q.window_seconds == 0 {
+        return error(StatusCode::BAD_REQUEST, "windowSeconds must be at least 1");
+    }
+    w.set_github_quota(q.limit, std::time::Duration::from_secs(q.window_seconds));
+    ok(json!({"limit": q.limit, "windowSeconds": q.window_seconds}))
 }
 
 async fn expire_tokens(State(w): State<Arc<World>>) -> Response {

@@ -82,8 +82,53 @@ struct TokenRec {
     revoked: bool,
 }
 
+/// GitHub's primary rate limit, one window for every token: `limit` requests per hour
+/// (5,000 by default), counted from the first request of the window. Once they are used
+/// up, requests are answered 403 "API rate limit exceeded" until the window resets.
+#[derive(Debug)]
+struct Quota {
+    limit: u32,
+    used: u32,
+    /// When the current window ends; `None` before its first request.
+    reset_at: Option<DateTime<Utc>>,
+    window: chrono::Duration,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota {
+            limit: 5000,
+            used: 0,
+            reset_at: None,
+            window: chrono::Duration::hours(1),
+        }
+    }
+}
+
+impl Quota {
+    /// Counts one request at `now`: `Ok` with the headers' (remaining, used, reset), or
+    /// `Err(reset)` when the quota is used up.
+    fn take(&mut self, now: DateTime<Utc>) -> Result<(u32, u32, i64), i64> {
+        let reset = match self.reset_at {
+            Some(r) if r > now => r,
+            _ => {
+                self.used = 0;
+                let r = now + self.window;
+                self.reset_at = Some(r);
+                r
+            }
+        };
+        if self.used >= self.limit {
+            return Err(reset.timestamp());
+        }
+        self.used += 1;
+        Ok((self.limit - self.used, self.used, reset.timestamp()))
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct GithubState {
+    quota: Quota,
     next_id: u64,
     prs: BTreeMap<(String, u64), PrRec>,
     comments: BTreeMap<u64, CommentRec>,
@@ -356,6 +401,18 @@ impl World {
             .collect()
     }
 
+    /// Starts a new window of GitHub's primary rate limit: `limit` requests, resetting
+    /// after `window` (GitHub: 5,000 an hour).
+    pub fn set_github_quota(&self, limit: u32, window: std::time::Duration) {
+        let mut gh = lock(&self.gh);
+        gh.quota = Quota {
+            limit,
+            used: 0,
+            reset_at: None,
+            window: chrono::Duration::from_std(window).unwrap_or(chrono::Duration::hours(1)),
+        };
+    }
+
     /// Makes every installation token issued so far answer 401 "Bad credentials".
     pub fn expire_installation_tokens(&self) -> usize {
         let mut gh = lock(&self.gh);
@@ -486,12 +543,30 @@ async fn auth(State(w): State<Arc<World>>, mut req: Request, next: Next) -> Resp
     req.extensions_mut().insert(Identity {
         login: w.config().github_bot_login.clone(),
     });
-    let mut resp = next.run(req).await;
+    let (taken, limit) = {
+        let mut gh = lock(&w.gh);
+        (gh.quota.take(Utc::now()), gh.quota.limit)
+    };
+    let (mut resp, remaining, used, reset) = match taken {
+        Ok((remaining, used, reset)) => (next.run(req).await, remaining, used, reset),
+        Err(reset) => (
+            gh_json(
+                StatusCode::FORBIDDEN,
+                &json!({
+                    "message": "API rate limit exceeded for installation. If you reach out to GitHub Support for help, please include the request ID.",
+                    "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api",
+                    "status": "403",
+                }),
+            ),
+            0,
+            limit,
+            reset,
+        ),
+    };
     let h = resp.headers_mut();
-    let reset = Utc::now().timestamp() + 3600;
-    h.insert("x-ratelimit-limit", HeaderValue::from(5000));
-    h.insert("x-ratelimit-remaining", HeaderValue::from(4999));
-    h.insert("x-ratelimit-used", HeaderValue::from(1));
+    h.insert("x-ratelimit-limit", HeaderValue::from(limit));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+    h.insert("x-ratelimit-used", HeaderValue::from(used));
     h.insert("x-ratelimit-reset", HeaderValue::from(reset));
     h.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
     h.insert(
