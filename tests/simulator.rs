@@ -1756,6 +1756,17 @@ async fn faults_drop_malformed_html_latency_and_ambiguous_writes() {
 // GitHub
 // -------------------------------------------------------------------------------------
 
+/// `GET {path}` of the GitHub API as JSON.
+async fn gh_get(s: &SimHandle, path: &str) -> Value {
+    gh(s, reqwest::Method::GET, path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn gh(s: &SimHandle, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
     http()
         .request(method, format!("{}/github{}", s.base_url, path))
@@ -1804,17 +1815,7 @@ async fn github_endpoints_over_http() {
     );
 
     // PRs of a commit: the PR that had it as head (any state).
-    let prs: Value = gh(
-        &s,
-        reqwest::Method::GET,
-        &format!("/repos/acme/web/commits/{sha1}/pulls"),
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let prs: Value = gh_get(&s, &format!("/repos/acme/web/commits/{sha1}/pulls")).await;
     assert_eq!(prs.as_array().unwrap().len(), 1);
     assert_eq!(prs[0]["number"], 12);
     assert_eq!(
@@ -1825,32 +1826,12 @@ async fn github_endpoints_over_http() {
     assert_eq!(prs[0]["head"]["ref"], "feat/x");
     assert_eq!(prs[0]["head"]["label"], "acme:feat/x");
     // An abbreviated sha names the same commit.
-    let short: Value = gh(
-        &s,
-        reqwest::Method::GET,
-        &format!("/repos/acme/web/commits/{}/pulls", &sha1[..7]),
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let short: Value = gh_get(&s, &format!("/repos/acme/web/commits/{}/pulls", &sha1[..7])).await;
     assert_eq!(short[0]["number"], 12);
     // (A commit GitHub never saw: `commit_pulls_of_an_unknown_commit_are_422`.)
 
     // PR list with state and head filters.
-    let list: Value = gh(
-        &s,
-        reqwest::Method::GET,
-        "/repos/acme/web/pulls?state=open&head=acme:feat/x",
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let list: Value = gh_get(&s, "/repos/acme/web/pulls?state=open&head=acme:feat/x").await;
     assert_eq!(
         list.as_array()
             .unwrap()
@@ -1867,17 +1848,7 @@ async fn github_endpoints_over_http() {
         .await
         .unwrap();
     assert_eq!(all.as_array().unwrap().len(), 2);
-    let closed: Value = gh(
-        &s,
-        reqwest::Method::GET,
-        "/repos/acme/web/pulls?state=closed",
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let closed: Value = gh_get(&s, "/repos/acme/web/pulls?state=closed").await;
     assert_eq!(closed[0]["number"], 13);
     assert_eq!(closed[0]["state"], "closed");
     let r = gh(&s, reqwest::Method::GET, "/repos/acme/web/pulls/99")
@@ -1923,17 +1894,7 @@ async fn github_endpoints_over_http() {
             .collect::<Vec<_>>(),
         vec![json!("c0"), json!("c1")]
     );
-    let page2: Value = gh(
-        &s,
-        reqwest::Method::GET,
-        "/repos/acme/web/issues/12/comments?per_page=2&page=2",
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let page2: Value = gh_get(&s, "/repos/acme/web/issues/12/comments?per_page=2&page=2").await;
     assert_eq!(page2[0]["body"], "c2");
     let id = page2[0]["id"].as_u64().unwrap();
     let r = gh(
@@ -1946,17 +1907,7 @@ async fn github_endpoints_over_http() {
     .await
     .unwrap();
     assert_eq!(r.status(), 200);
-    let got: Value = gh(
-        &s,
-        reqwest::Method::GET,
-        &format!("/repos/acme/web/issues/comments/{id}"),
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let got: Value = gh_get(&s, &format!("/repos/acme/web/issues/comments/{id}")).await;
     assert_eq!(got["body"], "edited");
     assert_eq!(got["user"]["login"], "runwarden[bot]");
     assert_eq!(
@@ -2036,17 +1987,7 @@ async fn github_endpoints_over_http() {
             .unwrap();
         assert_eq!(r.status(), 201);
     }
-    let list: Value = gh(
-        &s,
-        reqwest::Method::GET,
-        &format!("/repos/acme/web/commits/{sha2}/statuses"),
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let list: Value = gh_get(&s, &format!("/repos/acme/web/commits/{sha2}/statuses")).await;
     assert_eq!(
         list.as_array()
             .unwrap()
@@ -2055,17 +1996,7 @@ async fn github_endpoints_over_http() {
             .collect::<Vec<_>>(),
         vec![json!("success"), json!("failure"), json!("pending")]
     );
-    let combined: Value = gh(
-        &s,
-        reqwest::Method::GET,
-        "/repos/acme/web/commits/feat%2Fx/status",
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let combined: Value = gh_get(&s, "/repos/acme/web/commits/feat%2Fx/status").await;
     assert_eq!(combined["state"], "failure");
     assert_eq!(combined["total_count"], 2);
     assert_eq!(
@@ -2244,17 +2175,7 @@ async fn commit_pulls_of_an_unknown_commit_are_422() {
     }
     // PR heads, current and former, list their PR.
     for sha in [&pr_sha, &pushed_sha] {
-        let prs: Value = gh(
-            &s,
-            reqwest::Method::GET,
-            &format!("/repos/acme/web/commits/{sha}/pulls"),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        let prs: Value = gh_get(&s, &format!("/repos/acme/web/commits/{sha}/pulls")).await;
         assert_eq!(prs[0]["number"], 12, "{sha}");
     }
 }
