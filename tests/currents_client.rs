@@ -30,6 +30,7 @@ const KEY: &str = "sk-live-SECRET-0123456789abcdef";
 
 #[derive(Debug, Clone)]
 struct Seen {
+    at: Instant,
     method: Method,
     path: String,
     query: Option<String>,
@@ -136,6 +137,7 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let seen = Seen {
+        at: Instant::now(),
         method,
         path: uri.path().to_string(),
         query: uri.query().map(str::to_string),
@@ -585,6 +587,41 @@ async fn rate_limited_honours_retry_after_seconds() {
     );
     assert!(waited < Duration::from_secs(4), "waited {waited:?}");
     assert_eq!(mock.hits(), 2);
+}
+
+/// A 429's `Retry-After` holds back the client's other requests too, not only the
+/// call that met it: they would meet the same limit.
+#[tokio::test]
+async fn a_429_holds_back_the_clients_other_requests_until_its_retry_after() {
+    let mock = Mock::start(|n, seen| {
+        if n == 0 {
+            Answer::failed(429, "Too Many Requests").header("retry-after", "1")
+        } else {
+            Answer::ok(run_json(seen.path.rsplit('/').next().unwrap(), None))
+        }
+    })
+    .await;
+    let c = client(mock.base());
+    let first = tokio::spawn({
+        let c = c.clone();
+        async move { c.get_run("r1").await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mock.hits() == 0 {
+        assert!(Instant::now() < deadline, "r1 was never sent");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.get_run("r2").await.unwrap();
+    first.await.unwrap().unwrap();
+    let seen = mock.seen();
+    let limited = &seen[0];
+    assert!(limited.path.ends_with("/r1"), "{:?}", limited.path);
+    let r2 = seen.iter().find(|s| s.path.ends_with("/r2")).unwrap();
+    let gap = r2.at.duration_since(limited.at);
+    assert!(
+        gap >= Duration::from_millis(950),
+        "r2 was sent {gap:?} after the 429"
+    );
 }
 
 #[tokio::test]

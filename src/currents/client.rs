@@ -10,6 +10,8 @@
 //! - Retries on connection errors, timeouts, 429 and 5xx with exponential backoff and full
 //!   jitter, honouring `Retry-After` (capped); never on other 4xx. `POST` (create webhook)
 //!   is retried only when the request surely did not reach the server (connect error, 429).
+//!   A 429's `Retry-After` holds back every request of the client (all clones), not only
+//!   the call that met it.
 //! - A request-rate cap and request counters shared by all clones.
 
 mod error;
@@ -635,6 +637,9 @@ impl CurrentsClient {
                     let may_retry = call.idempotency == Idempotency::Idempotent || status == 429;
                     if last || !may_retry {
                         if status == 429 {
+                            if let Some(wait) = retry_after {
+                                inner.limiter.pause_for(wait.min(inner.retry_after_max));
+                            }
                             return Err(CurrentsError::RateLimited {
                                 attempts: attempt,
                                 retry_after: retry_after.or(last_retry_after),
@@ -652,8 +657,11 @@ impl CurrentsClient {
                     None
                 }
             };
-            if retry_after.is_some() {
+            if let Some(wait) = retry_after {
                 last_retry_after = retry_after;
+                // The whole client waits, not only this call: other requests sent
+                // meanwhile would meet the same limit (and prolong it).
+                inner.limiter.pause_for(wait.min(inner.retry_after_max));
             }
             let delay = retry::next_delay(
                 inner.backoff_base,

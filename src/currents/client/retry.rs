@@ -76,6 +76,9 @@ pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Durat
 pub(crate) struct RateLimiter {
     interval: Option<Duration>,
     next_slot: Mutex<Option<Instant>>,
+    /// Until when the API asked every request of this client to wait (a 429's
+    /// `Retry-After`): no request starts before.
+    paused_until: Mutex<Option<Instant>>,
 }
 
 impl RateLimiter {
@@ -85,11 +88,24 @@ impl RateLimiter {
         Self {
             interval,
             next_slot: Mutex::new(None),
+            paused_until: Mutex::new(None),
         }
     }
 
-    /// Waits for this request's slot.
+    /// Holds every later request back for `wait` from now (an earlier, longer pause
+    /// stays).
+    pub(crate) fn pause_for(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut p = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        *p = Some(p.map_or(until, |old| old.max(until)));
+    }
+
+    /// Waits for this request's slot: after any pause, then at the rate cap.
     pub(crate) async fn acquire(&self) {
+        let paused = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(until) = paused {
+            tokio::time::sleep_until(until).await;
+        }
         let Some(interval) = self.interval else {
             return;
         };
