@@ -525,6 +525,20 @@ async fn a_long_github_rate_limit_postpones_the_summary_instead_of_failing_it() 
         sa.next_attempt_at,
         chrono::Utc::now()
     );
+    // Operators see the hold: on the status page and in /metrics.
+    let page = app.get_text("/").await;
+    assert!(
+        page.contains("GitHub rate limit: nothing is sent to GitHub before"),
+        "{page}"
+    );
+    let metrics = app.get_text("/metrics").await;
+    let wait: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("runwarden_github_rate_limit_wait_seconds "))
+        .unwrap_or_else(|| panic!("no rate-limit gauge in {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(wait > 1100.0 && wait <= 1200.0, "{wait}");
     // GitHub is left alone meanwhile; the action is neither retried nor failed.
     let calls = fired(&app);
     tokio::time::sleep(Duration::from_millis(1500)).await;

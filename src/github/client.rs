@@ -1332,6 +1332,12 @@ impl GithubClient {
         }
     }
 
+    /// How long GitHub's rate limit still holds this client back (nothing is sent
+    /// before), if it does: for the status page and `/metrics`.
+    pub fn rate_limit_wait(&self) -> Option<Duration> {
+        self.rate_limit_left()
+    }
+
     /// How long this client still has to hold off (see [`Self::hold_off`]), if at all.
     fn rate_limit_left(&self) -> Option<Duration> {
         let gate = lock(&self.rate_gate);

@@ -162,6 +162,14 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
             ));
         }
     }
+    if let Some(gh) = &state.github {
+        gauges.push((
+            "runwarden_github_rate_limit_wait_seconds",
+            "Seconds before GitHub's rate limit lets the bot send again (0: not limited).",
+            String::new(),
+            gh.rate_limit_wait().map_or(0.0, |d| d.as_secs_f64().ceil()),
+        ));
+    }
     // Counted by the clients (every retry included), published as one counter.
     let currents = state.currents.stats();
     let github = state

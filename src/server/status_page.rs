@@ -72,6 +72,15 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
         },
         format_args!("{queue} action(s) queued"),
     );
+    if let Some(wait) = state.github.as_ref().and_then(|g| g.rate_limit_wait()) {
+        let until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+        let _ = write!(
+            h,
+            "<p class=\"bad\">GitHub rate limit: nothing is sent to GitHub before {} ({} s); summaries wait for it.</p>",
+            until.format("%H:%M:%S UTC"),
+            wait.as_secs_f64().ceil() as u64
+        );
+    }
     h.push_str("<h2>Rules</h2><div class=\"scroll\"><table><tr><th>rule</th><th>kind</th><th>hits</th><th>next slot</th><th>mode</th></tr>");
     for r in &cfg.rules {
         let n = hits
