@@ -557,6 +557,18 @@ struct Env {
 }
 
 impl Env {
+    /// Injects a fault on `method path` (`times`: how often; `None`: until removed).
+    fn fault(&self, method: &str, path: &str, kind: FaultKind, times: Option<u32>) {
+        self.sim.inject_fault(Fault {
+            method: Some(method.into()),
+            path: Some(path.into()),
+            kind,
+            times,
+            after: 0,
+            apply: false,
+        });
+    }
+
     async fn new() -> Env {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sim = simulator::spawn(
@@ -878,18 +890,16 @@ async fn a_post_that_failed_without_creating_is_posted_again_after_checking() {
     let env = Env::new().await;
     env.pr(7, BRANCH, SHA_HEAD);
     let opts = comment_only(env.opts());
-    env.sim.inject_fault(Fault {
-        method: Some("POST".into()),
-        path: Some("/github/repos/acme/web/issues/7/comments".into()),
-        kind: FaultKind::Status {
+    env.fault(
+        "POST",
+        "/github/repos/acme/web/issues/7/comments",
+        FaultKind::Status {
             status: 502,
             body: None,
             retry_after: None,
         },
-        times: Some(1),
-        after: 0,
-        apply: false,
-    });
+        Some(1),
+    );
     let r = env
         .summary(&opts, &failed("r1", SHA_HEAD, 1), "RUN_FINISH")
         .await
@@ -908,14 +918,12 @@ async fn a_timed_out_post_is_checked_before_posting_again() {
     env.pr(7, BRANCH, SHA_HEAD);
     let opts = comment_only(env.opts());
     let gh = client(&env.sim.github_url(), Duration::from_millis(300));
-    env.sim.inject_fault(Fault {
-        method: Some("POST".into()),
-        path: Some("/github/repos/acme/web/issues/7/comments".into()),
-        kind: FaultKind::Latency { ms: 1000 },
-        times: Some(1),
-        after: 0,
-        apply: false,
-    });
+    env.fault(
+        "POST",
+        "/github/repos/acme/web/issues/7/comments",
+        FaultKind::Latency { ms: 1000 },
+        Some(1),
+    );
     let r = env
         .summary_with(
             &gh,
@@ -1380,42 +1388,36 @@ async fn rate_limits_and_server_errors_are_retried_for_reads_and_idempotent_writ
     let opts = env.opts();
     // A secondary limit without headers on the PR lookup, a 429 with Retry-After on the
     // comment POST (rejected, so posting again is safe), a 503 on the status.
-    env.sim.inject_fault(Fault {
-        method: Some("GET".into()),
-        path: Some("/github/repos/acme/web/commits".into()),
-        kind: FaultKind::RateLimit {
+    env.fault(
+        "GET",
+        "/github/repos/acme/web/commits",
+        FaultKind::RateLimit {
             status: 403,
             retry_after: None,
             reset_after: None,
         },
-        times: Some(1),
-        after: 0,
-        apply: false,
-    });
-    env.sim.inject_fault(Fault {
-        method: Some("POST".into()),
-        path: Some("/github/repos/acme/web/issues".into()),
-        kind: FaultKind::RateLimit {
+        Some(1),
+    );
+    env.fault(
+        "POST",
+        "/github/repos/acme/web/issues",
+        FaultKind::RateLimit {
             status: 429,
             retry_after: Some(0),
             reset_after: None,
         },
-        times: Some(1),
-        after: 0,
-        apply: false,
-    });
-    env.sim.inject_fault(Fault {
-        method: Some("POST".into()),
-        path: Some("/github/repos/acme/web/statuses".into()),
-        kind: FaultKind::Status {
+        Some(1),
+    );
+    env.fault(
+        "POST",
+        "/github/repos/acme/web/statuses",
+        FaultKind::Status {
             status: 503,
             body: None,
             retry_after: None,
         },
-        times: Some(2),
-        after: 0,
-        apply: false,
-    });
+        Some(2),
+    );
     let r = env
         .summary(&opts, &failed("r1", SHA_HEAD, 1), "RUN_FINISH")
         .await
@@ -1438,18 +1440,16 @@ async fn rate_limits_and_server_errors_are_retried_for_reads_and_idempotent_writ
     assert_eq!(env.sim.statuses(Some(REPO), Some(SHA_HEAD)).len(), 1);
 
     // A PATCH answered 500 is retried too.
-    env.sim.inject_fault(Fault {
-        method: Some("PATCH".into()),
-        path: Some("/github/repos/acme/web/issues/comments".into()),
-        kind: FaultKind::Status {
+    env.fault(
+        "PATCH",
+        "/github/repos/acme/web/issues/comments",
+        FaultKind::Status {
             status: 500,
             body: None,
             retry_after: None,
         },
-        times: Some(1),
-        after: 0,
-        apply: false,
-    });
+        Some(1),
+    );
     let r = env
         .summary(&opts, &passed("r1", SHA_HEAD), "RUN_FINISH")
         .await
@@ -1506,18 +1506,16 @@ async fn a_default_client_hands_back_a_rate_limit_over_ten_seconds_and_holds_bac
         GithubAuth::Token(Secret::new(TOKEN)),
     )
     .unwrap();
-    env.sim.inject_fault(Fault {
-        method: Some("GET".into()),
-        path: Some("/github/repos/acme/web/commits".into()),
-        kind: FaultKind::RateLimit {
+    env.fault(
+        "GET",
+        "/github/repos/acme/web/commits",
+        FaultKind::RateLimit {
             status: 429,
             retry_after: Some(30),
             reset_after: None,
         },
-        times: Some(1),
-        after: 0,
-        apply: false,
-    });
+        Some(1),
+    );
     let github_requests = || -> u64 {
         env.sim
             .request_counts()
@@ -1637,18 +1635,16 @@ async fn a_rate_limit_on_a_later_pr_postpones_the_retry_of_the_whole_summary() {
 async fn permanent_errors_are_not_retried() {
     let env = Env::new().await;
     env.pr(7, BRANCH, SHA_HEAD);
-    env.sim.inject_fault(Fault {
-        method: Some("POST".into()),
-        path: Some("/github/repos/acme/web/issues".into()),
-        kind: FaultKind::Status {
+    env.fault(
+        "POST",
+        "/github/repos/acme/web/issues",
+        FaultKind::Status {
             status: 403,
             body: Some(r#"{"message":"Resource not accessible by integration"}"#.into()),
             retry_after: None,
         },
-        times: None,
-        after: 0,
-        apply: false,
-    });
+        None,
+    );
     let e = env
         .summary(
             &comment_only(env.opts()),
@@ -1856,14 +1852,12 @@ async fn reads_survive_dropped_connections_and_malformed_answers() {
         FaultKind::MalformedJson,
         FaultKind::Html { status: 502 },
     ] {
-        env.sim.inject_fault(Fault {
-            method: Some("GET".into()),
-            path: Some("/github/repos/acme/web/commits".into()),
-            kind: kind.clone(),
-            times: Some(2),
-            after: 0,
-            apply: false,
-        });
+        env.fault(
+            "GET",
+            "/github/repos/acme/web/commits",
+            kind.clone(),
+            Some(2),
+        );
         let prs = env.gh.pulls_for_commit(&repo, SHA_HEAD).await;
         assert_eq!(prs.map(|p| p.len()).ok(), Some(1), "{kind:?}");
     }
