@@ -2054,6 +2054,19 @@ async fn the_github_quota_runs_out_and_resets() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    for bad in [
+        json!({"limit": 2, "windowSeconds": 0}),
+        json!({"limit": 2, "windowSeconds": 1_000_000_000_000_000u64}),
+        json!({"limit": -1}),
+    ] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/_sim/github/quota", s.base_url))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
     let get = || async {
         let r = gh(&s, reqwest::Method::GET, "/repos/acme/web/pulls")
             .send()

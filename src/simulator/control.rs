@@ -357,8 +357,11 @@ async fn github_quota(State(w): State<Arc<World>>, body: Bytes) -> Response {
         Ok(v) => v,
         Err(r) => return r,
     };
-    if q.window_seconds == 0 {
-        return error(StatusCode::BAD_REQUEST, "windowSeconds must be at least 1");
+    if !(1..=366 * 86_400).contains(&q.window_seconds) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "windowSeconds must be between 1 and 31622400 (366 days)",
+        );
     }
     w.set_github_quota(q.limit, std::time::Duration::from_secs(q.window_seconds));
     ok(json!({"limit": q.limit, "windowSeconds": q.window_seconds}))

@@ -113,7 +113,9 @@ impl Quota {
             Some(r) if r > now => r,
             _ => {
                 self.used = 0;
-                let r = now + self.window;
+                let r = now
+                    .checked_add_signed(self.window)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
                 self.reset_at = Some(r);
                 r
             }
