@@ -57,6 +57,18 @@ impl Env {
             .unwrap()
     }
 
+    /// [`Env::run`] on a blocking thread, so that the in-process simulator keeps serving
+    /// the child meanwhile; gives the environment back.
+    async fn run_async(self, args: &[&str]) -> (Output, Env) {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            (self.run(&args), self)
+        })
+        .await
+        .unwrap()
+    }
+
     /// The next `method path` request is answered 400, which is final: its action fails
     /// for good.
     fn fail_once(&self, method: &str, path: &str) {
@@ -109,9 +121,7 @@ async fn plan_prints_what_would_be_done_as_json_and_mutates_nothing() {
     let kept = env.add("feat/b", "b1", Duration::days(40), "passed", &[]);
     let expired = env.add("feat/b", "b0", Duration::days(50), "passed", &[]);
     let pinned = env.add("feat/b", "b9", Duration::days(60), "passed", &["keep"]);
-    let out = tokio::task::spawn_blocking(move || (env.run(&["plan", "--format", "json"]), env))
-        .await
-        .unwrap();
+    let out = env.run_async(&["plan", "--format", "json"]).await;
     let (out, env) = out;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -148,10 +158,7 @@ async fn plan_and_sweep_agree_that_a_finished_newer_run_supersedes() {
     let env = setup(rules).await;
     let old = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
     let newer = env.add("feat/a", "a2", Duration::minutes(2), "passed", &[]);
-    let (out, env) =
-        tokio::task::spawn_blocking(move || (env.run(&["plan", "--format", "json"]), env))
-            .await
-            .unwrap();
+    let (out, env) = env.run_async(&["plan", "--format", "json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let items = plan.as_array().unwrap();
@@ -161,9 +168,7 @@ async fn plan_and_sweep_agree_that_a_finished_newer_run_supersedes() {
         items[0]["reason"].as_str().unwrap().contains(&newer),
         "{plan:#}"
     );
-    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep", "--dry-run"]), env))
-        .await
-        .unwrap();
+    let (out, env) = env.run_async(&["sweep", "--dry-run"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains("sweep: 1 decision(s): 0 done, 1 dry run"),
@@ -181,15 +186,11 @@ async fn sweep_executes_once_records_an_audit_and_dry_run_touches_nothing() {
     let expired = env.add("feat/b", "b0", Duration::days(50), "passed", &[]);
     env.add("feat/b", "b1", Duration::days(40), "passed", &[]);
     env.add("feat/a", "a2", Duration::minutes(2), "running", &[]);
-    let (dry, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep", "--dry-run"]), env))
-        .await
-        .unwrap();
+    let (dry, env) = env.run_async(&["sweep", "--dry-run"]).await;
     assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
     assert!(text(&dry).contains("2 dry run"), "{}", text(&dry));
     assert!(env.sim.mutation_log().is_empty());
-    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
-        .await
-        .unwrap();
+    let (out, env) = env.run_async(&["sweep"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("2 done"), "{}", text(&out));
     let muts: Vec<String> = env
@@ -201,14 +202,9 @@ async fn sweep_executes_once_records_an_audit_and_dry_run_touches_nothing() {
     assert_eq!(muts.len(), 2, "{muts:?}");
     assert!(muts.contains(&format!("PUT /v1/runs/{old}/cancel")));
     assert!(muts.contains(&format!("DELETE /v1/runs/{expired}")));
-    let (audit, _env) = tokio::task::spawn_blocking(move || {
-        (
-            env.run(&["audit", "--format", "json", "--since", "1h"]),
-            env,
-        )
-    })
-    .await
-    .unwrap();
+    let (audit, _env) = env
+        .run_async(&["audit", "--format", "json", "--since", "1h"])
+        .await;
     assert_eq!(audit.status.code(), Some(0), "{}", text(&audit));
     let entries: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
     let outcomes: Vec<&str> = entries
@@ -236,17 +232,13 @@ async fn the_next_sweep_reports_and_retries_a_delete_that_failed_for_good() {
     let expired = env.add("feat/b", "b0", Duration::days(50), "passed", &[]);
     // A 400 is final: the first sweep's delete fails for good.
     env.fail_once("DELETE", &format!("/v1/runs/{expired}"));
-    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
-        .await
-        .unwrap();
+    let (out, env) = env.run_async(&["sweep"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("1 failed"), "{}", text(&out));
     assert!(env.sim.run(&expired).is_some());
     // The next sweep decides the same delete: the store keeps the first decision, and
     // the sweep still reports it and tries its action again.
-    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
-        .await
-        .unwrap();
+    let (out, env) = env.run_async(&["sweep"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains("sweep: 1 decision(s): 1 done"),
@@ -255,9 +247,7 @@ async fn the_next_sweep_reports_and_retries_a_delete_that_failed_for_good() {
     );
     assert!(env.sim.run(&expired).is_none(), "deleted on the retry");
     // A third sweep has nothing left to do.
-    let (out, _env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
-        .await
-        .unwrap();
+    let (out, _env) = env.run_async(&["sweep"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains("sweep: 0 decision(s)"),
@@ -274,9 +264,7 @@ async fn a_retention_rule_without_schedule_is_swept_on_demand() {
     let env = setup(rules).await;
     let expired = env.add("feat/b", "b0", Duration::days(50), "passed", &[]);
     let recent = env.add("feat/b", "b1", Duration::days(2), "passed", &[]);
-    let (check, env) = tokio::task::spawn_blocking(move || (env.run(&["check"]), env))
-        .await
-        .unwrap();
+    let (check, env) = env.run_async(&["check"]).await;
     assert_eq!(check.status.code(), Some(0), "{}", text(&check));
     assert!(
         text(&check).contains("on demand (no schedule) delete runs older than 30d"),
@@ -288,10 +276,7 @@ async fn a_retention_rule_without_schedule_is_swept_on_demand() {
         "{}",
         text(&check)
     );
-    let (out, env) =
-        tokio::task::spawn_blocking(move || (env.run(&["sweep", "--rule", "cleanup"]), env))
-            .await
-            .unwrap();
+    let (out, env) = env.run_async(&["sweep", "--rule", "cleanup"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("1 done"), "{}", text(&out));
     assert!(
@@ -308,14 +293,10 @@ async fn the_next_sweep_retries_a_cancel_that_failed_for_good() {
     let old = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
     env.add("feat/a", "a2", Duration::minutes(2), "running", &[]);
     env.fail_once("PUT", &format!("/v1/runs/{old}/cancel"));
-    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
-        .await
-        .unwrap();
+    let (out, env) = env.run_async(&["sweep"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("1 failed"), "{}", text(&out));
-    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
-        .await
-        .unwrap();
+    let (out, env) = env.run_async(&["sweep"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains("sweep: 1 decision(s): 1 done"),
@@ -341,22 +322,15 @@ async fn sweep_exits_1_when_the_retention_circuit_breaker_trips() {
             &[],
         );
     }
-    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
-        .await
-        .unwrap();
+    let (out, env) = env.run_async(&["sweep"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("circuit breaker"), "{}", text(&out));
     assert!(env.sim.mutation_log().is_empty(), "nothing deleted");
     // The audit records the breach as a live rule that did nothing: `skipped`, not a dry
     // run; nothing is left queued.
-    let (audit, env) = tokio::task::spawn_blocking(move || {
-        (
-            env.run(&["audit", "--format", "json", "--since", "1h"]),
-            env,
-        )
-    })
-    .await
-    .unwrap();
+    let (audit, env) = env
+        .run_async(&["audit", "--format", "json", "--since", "1h"])
+        .await;
     assert_eq!(audit.status.code(), Some(0), "{}", text(&audit));
     let entries: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
     let entries = entries.as_array().unwrap();
@@ -370,9 +344,7 @@ async fn sweep_exits_1_when_the_retention_circuit_breaker_trips() {
         "{entries:#?}"
     );
     // A second sweep trips again and still deletes nothing.
-    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["sweep"]), env))
-        .await
-        .unwrap();
+    let (out, env) = env.run_async(&["sweep"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(env.sim.mutation_log().is_empty(), "nothing deleted");
 }
@@ -383,9 +355,7 @@ async fn explain_says_for_each_rule_whether_it_applies_and_why_not() {
     let old = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
     env.add("feat/a", "a2", Duration::minutes(2), "running", &[]);
     let young = env.add("feat/c", "c1", Duration::days(2), "passed", &[]);
-    let (out, env) = tokio::task::spawn_blocking(move || (env.run(&["explain", &old]), env))
-        .await
-        .unwrap();
+    let (out, env) = env.run_async(&["explain", &old]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let t = text(&out);
     assert!(
@@ -393,9 +363,7 @@ async fn explain_says_for_each_rule_whether_it_applies_and_why_not() {
             .any(|l| l.contains("applies") && l.contains("cancel-superseded")),
         "{t}"
     );
-    let (out, _env) = tokio::task::spawn_blocking(move || (env.run(&["explain", &young]), env))
-        .await
-        .unwrap();
+    let (out, _env) = env.run_async(&["explain", &young]).await;
     let t = text(&out);
     assert!(
         t.lines()
@@ -412,36 +380,26 @@ async fn explain_says_for_each_rule_whether_it_applies_and_why_not() {
 #[tokio::test(flavor = "multi_thread")]
 async fn webhooks_install_is_idempotent_and_dry_run_changes_nothing() {
     let env = setup(RULES).await;
-    let (dry, env) = tokio::task::spawn_blocking(move || {
-        (
-            env.run(&[
-                "webhooks",
-                "install",
-                "--url",
-                "https://bot.example.com/webhooks/currents",
-                "--dry-run",
-            ]),
-            env,
-        )
-    })
-    .await
-    .unwrap();
+    let (dry, env) = env
+        .run_async(&[
+            "webhooks",
+            "install",
+            "--url",
+            "https://bot.example.com/webhooks/currents",
+            "--dry-run",
+        ])
+        .await;
     assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
     assert!(text(&dry).contains("would be created"), "{}", text(&dry));
     assert!(env.sim.list_webhooks(PROJECT).unwrap().is_empty());
-    let (first, env) = tokio::task::spawn_blocking(move || {
-        (
-            env.run(&[
-                "webhooks",
-                "install",
-                "--url",
-                "https://bot.example.com/webhooks/currents",
-            ]),
-            env,
-        )
-    })
-    .await
-    .unwrap();
+    let (first, env) = env
+        .run_async(&[
+            "webhooks",
+            "install",
+            "--url",
+            "https://bot.example.com/webhooks/currents",
+        ])
+        .await;
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));
     let hooks = env.sim.list_webhooks(PROJECT).unwrap();
     assert_eq!(hooks.len(), 1);
@@ -454,19 +412,14 @@ async fn webhooks_install_is_idempotent_and_dry_run_changes_nothing() {
     let headers: serde_json::Value =
         serde_json::from_str(hooks[0].headers.as_deref().unwrap()).unwrap();
     assert_eq!(headers["x-webhook-secret"], "hook-secret");
-    let (again, env) = tokio::task::spawn_blocking(move || {
-        (
-            env.run(&[
-                "webhooks",
-                "install",
-                "--url",
-                "https://bot.example.com/webhooks/currents",
-            ]),
-            env,
-        )
-    })
-    .await
-    .unwrap();
+    let (again, env) = env
+        .run_async(&[
+            "webhooks",
+            "install",
+            "--url",
+            "https://bot.example.com/webhooks/currents",
+        ])
+        .await;
     assert!(
         text(&again).contains("already up to date"),
         "{}",
@@ -474,19 +427,14 @@ async fn webhooks_install_is_idempotent_and_dry_run_changes_nothing() {
     );
     assert_eq!(env.sim.list_webhooks(PROJECT).unwrap().len(), 1);
     // A new URL updates the same webhook instead of adding a second one.
-    let (moved, env) = tokio::task::spawn_blocking(move || {
-        (
-            env.run(&[
-                "webhooks",
-                "install",
-                "--url",
-                "https://bot2.example.com/webhooks/currents",
-            ]),
-            env,
-        )
-    })
-    .await
-    .unwrap();
+    let (moved, env) = env
+        .run_async(&[
+            "webhooks",
+            "install",
+            "--url",
+            "https://bot2.example.com/webhooks/currents",
+        ])
+        .await;
     assert_eq!(moved.status.code(), Some(0), "{}", text(&moved));
     assert!(text(&moved).contains("updated"), "{}", text(&moved));
     let hooks = env.sim.list_webhooks(PROJECT).unwrap();
