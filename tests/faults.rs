@@ -480,18 +480,7 @@ async fn a_long_github_rate_limit_postpones_the_summary_instead_of_failing_it() 
         ..fast(3)
     })
     .await;
-    let mut r = run("feat/sum", "abcdef1234", 5);
-    r.state = Some("failed".into());
-    let id = app.sim.add_run(r).unwrap().run_id;
-    app.sim
-        .add_pr(runwarden::simulator::NewPr {
-            repo: REPO.into(),
-            number: Some(9),
-            head_ref: Some("feat/sum".into()),
-            head_sha: Some("abcdef1234".into()),
-            ..Default::default()
-        })
-        .unwrap();
+    let id = app.failed_run_with_pr("feat/sum", "abcdef1234", 9);
     let limit = app.sim.inject_fault(Fault {
         method: None,
         path: Some("/github".into()),
@@ -603,18 +592,7 @@ async fn a_github_rate_limit_holds_back_other_summaries_until_it_ends() {
     };
     let mut ids = Vec::new();
     for (pr, branch, sha) in [(1, "feat/a", "aaaa1111aa"), (2, "feat/b", "bbbb2222bb")] {
-        let mut r = run(branch, sha, 5);
-        r.state = Some("failed".into());
-        ids.push(app.sim.add_run(r).unwrap().run_id);
-        app.sim
-            .add_pr(runwarden::simulator::NewPr {
-                repo: REPO.into(),
-                number: Some(pr),
-                head_ref: Some(branch.into()),
-                head_sha: Some(sha.into()),
-                ..Default::default()
-            })
-            .unwrap();
+        ids.push(app.failed_run_with_pr(branch, sha, pr));
     }
     let post_path = format!("/github/repos/{REPO}/issues/1/comments");
     app.sim.inject_fault(fault(
@@ -982,13 +960,7 @@ async fn an_ambiguous_delete_is_done_once() {
         apply: true,
         ..fault("DELETE", &path, FaultKind::Drop, Some(1))
     });
-    let r = app
-        .http
-        .post(app.url("/api/sweep/retention"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = app.admin_sweep("retention").await;
     assert_eq!(r.status(), 202);
     let a = app
         .wait_audit("delete done", 30, |a| {
@@ -1038,13 +1010,7 @@ async fn a_delete_answered_409_or_422_counts_as_done() {
         });
         ids.push((id, status));
     }
-    let r = app
-        .http
-        .post(app.url("/api/sweep/retention"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = app.admin_sweep("retention").await;
     assert_eq!(r.status(), 202);
     let a = app
         .wait_audit("both deletes finished", 30, |a| {
@@ -1098,13 +1064,7 @@ async fn a_burst_of_deletes_completes_without_starving_the_store() {
         r.state = Some("passed".into());
         app.sim.add_run(r).unwrap();
     }
-    let r = app
-        .http
-        .post(app.url("/api/sweep/retention"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = app.admin_sweep("retention").await;
     assert_eq!(r.status(), 202);
     // Each store operation takes milliseconds; a starved pool takes 5 s per stall.
     app.wait_audit("every delete done", 30, |a| {

@@ -351,13 +351,7 @@ async fn the_next_retention_sweep_tries_a_delete_that_failed_for_good_again() {
     .unwrap();
     app.sim.inject_fault(fault);
     let sweep = || async {
-        let r = app
-            .http
-            .post(app.url("/api/sweep/retention"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let r = app.admin_sweep("retention").await;
         assert_eq!(r.status(), 202);
     };
     sweep().await;
@@ -400,13 +394,7 @@ async fn a_retention_rule_without_schedule_waits_for_the_admin_api() {
         app.sim.run(&on_demand).is_some(),
         "the rule without schedule ran on its own"
     );
-    let r = app
-        .http
-        .post(app.url("/api/sweep/on-demand"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = app.admin_sweep("on-demand").await;
     assert_eq!(r.status(), 202);
     app.wait_for("the sweep on demand", 20, |app| {
         app.sim.run(&on_demand).is_none()
@@ -439,21 +427,9 @@ async fn the_admin_api_needs_the_token_and_sweeps_retention() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let r = app
-        .http
-        .post(app.url("/api/sweep/nope"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = app.admin_sweep("nope").await;
     assert_eq!(r.status(), 404);
-    let r = app
-        .http
-        .post(app.url("/api/sweep/retention"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = app.admin_sweep("retention").await;
     assert_eq!(r.status(), 202);
     app.wait_audit("3 deletions", 10, |a| {
         a.iter().filter(|e| e.outcome.as_str() == "done").count() == 3

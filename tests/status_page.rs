@@ -223,13 +223,7 @@ async fn failed_and_pending_actions_stay_listed_behind_many_newer_decisions() {
         r.state = Some("passed".into());
         app.sim.add_run(r).unwrap();
     }
-    let r = app
-        .http
-        .post(app.url("/api/sweep/retention"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = app.admin_sweep("retention").await;
     assert_eq!(r.status(), 202);
     app.wait_audit("every delete done", 30, |a| {
         a.iter()

@@ -236,6 +236,34 @@ impl TestApp {
     }
 
     /// The body of `GET path` (the status page, `/metrics`).
+    /// `POST /api/sweep/{rule}` with the admin token.
+    pub async fn admin_sweep(&self, rule: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/api/sweep/{rule}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A failed run of `branch` at `sha` (5 minutes old) and PR `pr` of [`REPO`] with
+    /// that head; the run's id.
+    pub fn failed_run_with_pr(&self, branch: &str, sha: &str, pr: u64) -> String {
+        let mut r = run(branch, sha, 5);
+        r.state = Some("failed".into());
+        let id = self.sim.add_run(r).unwrap().run_id;
+        self.sim
+            .add_pr(runwarden::simulator::NewPr {
+                repo: REPO.into(),
+                number: Some(pr),
+                head_ref: Some(branch.into()),
+                head_sha: Some(sha.into()),
+                ..Default::default()
+            })
+            .unwrap();
+        id
+    }
+
     pub async fn get_text(&self, path: &str) -> String {
         self.http
             .get(self.url(path))
