@@ -5,6 +5,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::config::{Config, MaxDuration, Rule, RuleKind, Secrets, Warning};
+// Durations as rules' reasons write them (`30d`, `1h30m`), not humantime's `1month
+// 29days 10h 30m 36s` for `60d`.
+use crate::rules::human_duration as human;
 
 /// Runs the command.
 pub fn run(path: &Path) -> ExitCode {
@@ -65,12 +68,6 @@ pub fn secret_warnings(config: &Config, secrets: &Secrets) -> Vec<Warning> {
         ));
     }
     w
-}
-
-/// As rules' reasons write durations (`30d`, `1h30m`), not humantime's `1month 29days
-/// 10h 30m 36s` for `60d`.
-fn human(d: std::time::Duration) -> String {
-    crate::rules::human_duration(d)
 }
 
 /// One line describing a rule.

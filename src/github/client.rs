@@ -1123,7 +1123,7 @@ impl GithubClient {
                             .saturating_mul(1 << (rate_limited - 1).min(6))
                     });
                     self.hold_off(wait, *status, message);
-                    let left = self.rate_limit_left().unwrap_or(Duration::ZERO);
+                    let left = self.rate_limit_wait().unwrap_or(Duration::ZERO);
                     if left > policy.max_wait || attempt >= policy.max_attempts {
                         // Handed back with the wait left, for the caller to park the work.
                         if let GithubErrorKind::RateLimited { retry_after, .. } = &mut err.kind
@@ -1183,7 +1183,7 @@ impl GithubClient {
                 break;
             }
             self.pace_writes().await;
-            if self.rate_limit_left().is_none() {
+            if self.rate_limit_wait().is_none() {
                 break;
             }
             // A rate limit met by another call while this write waited for its turn.
@@ -1333,13 +1333,9 @@ impl GithubClient {
     }
 
     /// How long GitHub's rate limit still holds this client back (nothing is sent
-    /// before), if it does: for the status page and `/metrics`.
+    /// before; see [`Self::hold_off`]), if it does. Also for the status page and
+    /// `/metrics`.
     pub fn rate_limit_wait(&self) -> Option<Duration> {
-        self.rate_limit_left()
-    }
-
-    /// How long this client still has to hold off (see [`Self::hold_off`]), if at all.
-    fn rate_limit_left(&self) -> Option<Duration> {
         let gate = lock(&self.rate_gate);
         let left = gate
             .as_ref()?
@@ -2057,15 +2053,15 @@ mod tests {
             t.elapsed()
         );
         assert_eq!(github_requests(&sim), 1);
-        assert_eq!(gh.rate_limit_left(), None);
+        assert_eq!(gh.rate_limit_wait(), None);
 
         // A hold is never shortened by a shorter one, and is cut to MAX_RATE_LIMIT_HOLD.
         gh.hold_off(Duration::from_secs(60), 429, "a");
         gh.hold_off(Duration::from_secs(1), 429, "b");
-        let left = gh.rate_limit_left().unwrap();
+        let left = gh.rate_limit_wait().unwrap();
         assert!(left > Duration::from_secs(59), "{left:?}");
         gh.hold_off(Duration::from_secs(30 * 86_400), 429, "c");
-        let left = gh.rate_limit_left().unwrap();
+        let left = gh.rate_limit_wait().unwrap();
         assert!(
             left > Duration::from_secs(3500) && left <= MAX_RATE_LIMIT_HOLD,
             "{left:?}"
