@@ -1333,7 +1333,7 @@ impl GithubClient {
     }
 
     /// How long GitHub's rate limit still holds this client back (nothing is sent
-    /// before; see [`Self::hold_off`]), if it does. Also for the status page and
+    /// before), if it does. Also for the status page and
     /// `/metrics`.
     pub fn rate_limit_wait(&self) -> Option<Duration> {
         let gate = lock(&self.rate_gate);
