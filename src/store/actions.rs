@@ -553,7 +553,7 @@ impl Store {
             let (decisions, claimed) = record_in(&mut tx, e.decisions, lease.as_mut()).await?;
             leased += claimed.len();
             Store::mark_processed_in(&mut tx, e.delivery_id, e.note).await?;
-            Store::mark_many_in(&mut tx, e.quiet, "0 decision(s)").await?;
+            Store::mark_many_in(&mut tx, self.backend, e.quiet, "0 decision(s)").await?;
             out.push(EventRecorded { decisions, claimed });
         }
         tx.commit().await?;

@@ -237,7 +237,7 @@ fn spawn_delivery_writer(
                 }
             }
             let (outcomes, marked) = if marks.is_empty() {
-                (insert_group(&pool, &group).await, Ok(()))
+                (insert_group(&pool, backend, &group).await, Ok(()))
             } else {
                 match insert_and_mark(&pool, backend, &group, &marks).await {
                     Ok(outcomes) => (Ok(outcomes), Ok(())),
@@ -247,7 +247,7 @@ fn spawn_delivery_writer(
                         let outcomes = if group.is_empty() {
                             Ok(Vec::new())
                         } else {
-                            insert_group(&pool, &group).await
+                            insert_group(&pool, backend, &group).await
                         };
                         (outcomes, mark_alone(&pool, backend, &marks).await)
                     }
@@ -308,10 +308,10 @@ async fn insert_and_mark(
     let outcomes = if group.is_empty() {
         Vec::new()
     } else {
-        insert_group(&mut *tx, group).await?
+        insert_group(&mut *tx, backend, group).await?
     };
     for m in marks {
-        mark_many(&mut tx, &m.ids, &m.note).await?;
+        mark_many(&mut tx, backend, &m.ids, &m.note).await?;
     }
     tx.commit().await?;
     Ok(outcomes)
@@ -336,24 +336,46 @@ async fn mark_alone(
 ) -> Result<(), sqlx::Error> {
     let mut tx = begin(pool, backend).await?;
     for m in marks {
-        mark_many(&mut tx, &m.ids, &m.note).await?;
+        mark_many(&mut tx, backend, &m.ids, &m.note).await?;
     }
     tx.commit().await
+}
+
+/// The text of the `n`th (1-based) bind parameter of a statement whose parameters are
+/// all numbered in the order they are bound: `$n` on PostgreSQL, and on SQLite an
+/// anonymous `?`, which SQLite binds by position. (SQLite finds a named parameter such as
+/// `$n` by walking its list of names, so binding a statement with n of them costs O(n²):
+/// 7% of its connection thread's time in the intake's multi-row statements, BENCHMARKS.md.)
+fn param(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => "?".to_string(),
+        Backend::Postgres => format!("${n}"),
+    }
+}
+
+/// The text of bind parameters `first..first + count`, comma-separated (see [`param`]).
+fn params(backend: Backend, first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| param(backend, n))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Marks deliveries processed with the same note (unknown ids and ones already marked are
 /// left alone).
 async fn mark_many(
     conn: &mut sqlx::AnyConnection,
+    backend: Backend,
     ids: &[i64],
     outcome_note: &str,
 ) -> Result<(), sqlx::Error> {
     for chunk in ids.chunks(500) {
-        let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
         let sql = format!(
-            "UPDATE deliveries SET processed_at = $1, outcome = $2 \
+            "UPDATE deliveries SET processed_at = {}, outcome = {} \
              WHERE processed_at IS NULL AND id IN ({})",
-            list.join(", ")
+            param(backend, 1),
+            param(backend, 2),
+            params(backend, 3, chunk.len())
         );
         let mut q = sqlx::query(&sql).bind(to_ms(Utc::now())).bind(outcome_note);
         for id in chunk {
@@ -368,6 +390,7 @@ async fn mark_many(
 /// within the group, or already stored, is a [`InsertOutcome::Duplicate`].
 async fn insert_group<'e>(
     db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    backend: Backend,
     group: &[PendingDelivery],
 ) -> Result<Vec<Inserted>, sqlx::Error> {
     let mut firsts: Vec<&NewDelivery> = Vec::with_capacity(group.len());
@@ -383,19 +406,12 @@ async fn insert_group<'e>(
              next_attempt_at) VALUES ",
     );
     for i in 0..firsts.len() {
-        let b = i * 5;
         if i > 0 {
             sql.push_str(", ");
         }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 5
-        ));
+        sql.push('(');
+        sql.push_str(&params(backend, i * 6 + 1, 6));
+        sql.push(')');
     }
     sql.push_str(" ON CONFLICT (source, delivery_id) DO NOTHING RETURNING id, source, delivery_id");
     let mut q = sqlx::query_as::<_, (i64, String, String)>(&sql);
@@ -405,6 +421,8 @@ async fn insert_group<'e>(
             .bind(&d.delivery_id)
             .bind(&d.event)
             .bind(&d.payload)
+            .bind(to_ms(d.received_at))
+            // next_attempt_at: due at once.
             .bind(to_ms(d.received_at));
     }
     let mut inserted: HashMap<(String, String), i64> = q
@@ -782,10 +800,11 @@ impl Store {
     /// [`Store::mark_processed_many`] on an open transaction.
     pub(super) async fn mark_many_in(
         conn: &mut sqlx::AnyConnection,
+        backend: Backend,
         ids: &[i64],
         outcome_note: &str,
     ) -> StoreResult<()> {
-        Ok(mark_many(conn, ids, outcome_note).await?)
+        Ok(mark_many(conn, backend, ids, outcome_note).await?)
     }
 
     /// Marks delivery `id` processed on an open transaction.

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Splits a CPU profile of the webhook-ack figure into the bot's own work and the rest.
+
+The figure runs the bot and the bare HMAC handler (the ceiling) in one process, in
+alternating windows, so a flat profile mixes them. This script reads `perf script`
+output recorded with call graphs and puts each sample in one bucket, by the first rule
+that matches its stack (BENCHMARKS.md, "Targets missed", 1):
+
+  perf record -e cpu-clock -F 499 --call-graph dwarf,16384 -o ack.data \
+      target/release/runwarden-bench --only webhook-ack > ack.md
+  perf script -i ack.data -F comm,ip,sym > ack.script
+  python3 bench/profile-split.py ack.script ack.md
+
+With the report (`ack.md`, the bench's table) as well, it also turns the bot's buckets
+into CPU microseconds per acked delivery (samples / frequency / deliveries acked in the
+disk and tmpfs windows together). Only the standard library is used.
+"""
+
+import collections
+import re
+import sys
+
+# (bucket, test on (thread name, whole stack as one string)); the first match wins.
+BUCKETS = [
+    ("bot: sqlx's SQLite thread", lambda comm, st: "sqlx-sqlite" in comm),
+    ("bot: group-commit writer task", lambda comm, st: "spawn_delivery_writer" in st),
+    ("bot: processor and its loops", lambda comm, st: "processor" in st or "Bot::spawn_loop" in st),
+    ("bot: handler's store call", lambda comm, st: "store_delivery" in st),
+    ("bot: payload parse", lambda comm, st: "read_event" in st or "Payload::read" in st),
+    ("both: HMAC", lambda comm, st: "verify_github_signature" in st),
+    ("ceiling: bare handler", lambda comm, st: "bare_handler" in st),
+    ("load generator (both)", lambda comm, st: "Load::blast" in st),
+    # Inside the bot's layer stack (its type names carry `runwarden::server`): the
+    # layers, the routing, the extractors and the body; hyper's own connection work is
+    # the same type for both servers and falls in the next bucket.
+    ("bot: layers, routing, extractors", lambda comm, st: "runwarden::server" in st),
+    ("HTTP connections (both servers)", lambda comm, st: "axum::serve" in st),
+]
+
+
+def samples(path):
+    """Yields (thread name, [frames, innermost first]) per sample of `perf script`."""
+    comm, frames = None, []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                if comm is not None:
+                    yield comm, frames
+                comm, frames = None, []
+            elif line[0] not in " \t" or comm is None:
+                comm, frames = line.strip(), []
+            else:
+                parts = line.strip().split(None, 1)
+                frames.append(parts[1] if len(parts) > 1 else parts[0])
+    if comm is not None:
+        yield comm, frames
+
+
+def acked(report):
+    """Deliveries the bot acked in the figure's windows (disk and tmpfs rows)."""
+    with open(report, encoding="utf-8") as f:
+        text = f.read()
+    return sum(int(n) for n in re.findall(r"(\d+) deliveries in \d+ commits", text))
+
+
+def main():
+    if len(sys.argv) not in (2, 3):
+        sys.exit(__doc__)
+    counts = collections.Counter()
+    for comm, frames in samples(sys.argv[1]):
+        stack = " ".join(frames)
+        bucket = next((b for b, test in BUCKETS if test(comm, stack)), "other (kernel-only stacks, idle, runtime)")
+        counts[bucket] += 1
+    total = sum(counts.values())
+    if total == 0:
+        sys.exit("no samples")
+    deliveries = acked(sys.argv[2]) if len(sys.argv) == 3 else 0
+    freq = 499.0
+    print(f"{total} samples")
+    for bucket, n in counts.most_common():
+        line = f"{n:7d} {100 * n / total:5.1f}%  {bucket}"
+        if deliveries and bucket.startswith("bot:"):
+            line += f"  ({n / freq / deliveries * 1e6:.1f} µs per acked delivery)"
+        print(line)
+    if deliveries:
+        own = sum(n for b, n in counts.items() if b.startswith("bot:"))
+        print(f"bot's own work: {own / freq / deliveries * 1e6:.1f} µs per acked delivery ({deliveries} acked; -F {freq:g})")
+
+
+if __name__ == "__main__":
+    main()
