@@ -1,9 +1,12 @@
 # Build the release binary, then run it as a non-root user on a slim base.
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY migrations ./migrations
+# The demo's built-in rules are the example file (`include_str!`); tests/packaging.rs
+# checks that this stage copies everything the crate reads while compiling.
+COPY rules.toml ./
 RUN cargo build --release --locked --bin runwarden
 
 FROM debian:bookworm-slim
