@@ -455,3 +455,298 @@ fn keep_audit_defaults_to_90_days_and_0s_keeps_everything() {
     assert!(e.starts_with("rules.toml:5:"), "{e}");
     assert!(e.contains("keep_audit"), "{e}");
 }
+
+/// The example's lines, for errors that must not point into the file when the wrong value
+/// came from the environment.
+const WITH_KEYS: &str = "[currents]\nprojects = [\"bAYZ4a\"]\npoll_interval = \"60s\"\n[github]\nrepos = { bAYZ4a = \"acme/web\" }\n[store]\nurl = \"sqlite://runwarden.db\"\n";
+
+fn env_err(text: &str, var: &str, value: &str) -> String {
+    let env = vec![
+        (var.to_string(), value.to_string()),
+        // An unrelated, valid override: the error names only the variable at fault.
+        (
+            "RUNWARDEN__CURRENTS__API_URL".to_string(),
+            "http://127.0.0.1:4000/v1".to_string(),
+        ),
+    ];
+    load_str(text, "rules.toml", &env).unwrap_err().to_string()
+}
+
+#[test]
+fn an_override_with_a_bad_value_names_its_variable_not_a_line_of_the_file() {
+    for (text, var, value, want) in [
+        (
+            WITH_KEYS,
+            "RUNWARDEN__CURRENTS__POLL_INTERVAL",
+            "abc",
+            "RUNWARDEN__CURRENTS__POLL_INTERVAL: [currents] poll_interval: \"abc\" is not a duration like \"90s\", \"45m\" or \"30d\" (expected number at 0)",
+        ),
+        // The file does not set it: the error pointed at the [store] header.
+        (
+            WITH_KEYS,
+            "RUNWARDEN__STORE__ACTION_LEASE",
+            "0s",
+            "RUNWARDEN__STORE__ACTION_LEASE: [store] action_lease: must be more than 0s",
+        ),
+        (
+            WITH_KEYS,
+            "RUNWARDEN__GITHUB__REPOS__bAYZ4a",
+            "bad",
+            "RUNWARDEN__GITHUB__REPOS__bAYZ4a: [github] repos: project \"bAYZ4a\" maps to \"bad\"; expected \"owner/repo\"",
+        ),
+        (
+            WITH_KEYS,
+            "RUNWARDEN__CURRENTS__PROJECTS",
+            ",",
+            "RUNWARDEN__CURRENTS__PROJECTS: [currents] projects: list at least one Currents project id, e.g. projects = [\"bAYZ4a\"]",
+        ),
+        (
+            WITH_KEYS,
+            "RUNWARDEN__CURRENTS__MAX_REQUESTS_PER_SECOND",
+            "lots",
+            "RUNWARDEN__CURRENTS__MAX_REQUESTS_PER_SECOND: [currents] max_requests_per_second: invalid type: string \"lots\", expected an integer",
+        ),
+        (
+            WITH_KEYS,
+            "RUNWARDEN__CURRENTS__POLL_INTERVALL",
+            "1m",
+            "RUNWARDEN__CURRENTS__POLL_INTERVALL: unknown key \"poll_intervall\" in [currents] (did you mean \"poll_interval\"?)",
+        ),
+    ] {
+        assert_eq!(env_err(text, var, value), want);
+    }
+    // A bad value in the file, with overrides present, is still located in the file.
+    let e = env_err(
+        &format!("{WITH_KEYS}action_lease = \"0s\"\n"),
+        "RUNWARDEN__CURRENTS__POLL_INTERVAL",
+        "30s",
+    );
+    assert_eq!(
+        e,
+        "rules.toml:8:1: [store] action_lease: must be more than 0s"
+    );
+}
+
+fn retention_err(schedule: &str) -> String {
+    err(&format!(
+        "{BASE}[[rules]]\nname = \"nightly\"\nkind = \"retention\"\nolder_than = \"30d\"\nschedule = \"{schedule}\"\n"
+    ))
+}
+
+#[test]
+fn a_cron_field_out_of_range_gets_one_located_line_with_the_true_range() {
+    for (schedule, want) in [
+        ("0 25 * * *", "hour 25 is out of range (0-23)"),
+        ("0 23 * * *", ""),
+        ("60 3 * * *", "minute 60 is out of range (0-59)"),
+        ("59 3 * * *", ""),
+        ("0 3 * 13 *", "month 13 is out of range (1-12 or jan-dec)"),
+        ("0 3 * dec *", ""),
+        ("0 3 32 * *", "day of month 32 is out of range (1-31)"),
+        (
+            "0 3 * * 8",
+            "weekday 8 is out of range (0-7, 0 and 7 are Sunday)",
+        ),
+    ] {
+        let text = format!(
+            "{BASE}[[rules]]\nname = \"nightly\"\nkind = \"retention\"\nolder_than = \"30d\"\nschedule = \"{schedule}\"\n"
+        );
+        let got = load_str(&text, "rules.toml", &[]);
+        if want.is_empty() {
+            assert!(got.is_ok(), "{schedule}: {:?}", got.err());
+            continue;
+        }
+        assert_eq!(
+            got.unwrap_err().to_string(),
+            format!(
+                "rules.toml:7:1: rule \"nightly\": schedule: invalid cron \"{schedule}\": {want}"
+            )
+        );
+    }
+}
+
+#[test]
+fn a_schedule_that_never_fires_is_an_error() {
+    assert_eq!(
+        retention_err("0 3 31 2 *"),
+        "rules.toml:7:1: rule \"nightly\": schedule: invalid cron \"0 3 31 2 *\": it never fires (month \"2\" has no day \"31\")"
+    );
+    assert!(retention_err("0 3 31 4,6 *").contains("never fires"));
+}
+
+#[test]
+fn server_listen_must_be_an_address_serve_can_bind() {
+    let e = err(&format!("{BASE}[server]\nlisten = \"localhost\"\n"));
+    assert_eq!(
+        e,
+        "rules.toml:4:1: [server] listen: \"localhost\" has no port; expected IP:PORT, e.g. \"127.0.0.1:8080\" (this machine only) or \"0.0.0.0:8080\" (every interface)"
+    );
+    for bad in [
+        "127.0.0.1",
+        "127.0.0.1:99999",
+        "::1:8080",
+        ":8080",
+        "http://0.0.0.0:80",
+    ] {
+        let e = err(&format!("{BASE}[server]\nlisten = \"{bad}\"\n"));
+        assert!(
+            e.starts_with("rules.toml:4:1: [server] listen: "),
+            "{bad}: {e}"
+        );
+        assert!(e.contains("expected IP:PORT"), "{bad}: {e}");
+    }
+    // What `serve` binds: socket addresses, and host names with a port (resolved then).
+    for good in [
+        "127.0.0.1:8080",
+        "0.0.0.0:0",
+        "[::1]:8080",
+        "localhost:8080",
+    ] {
+        let text = format!("{BASE}[server]\nlisten = \"{good}\"\n");
+        let l = load_str(&text, "rules.toml", &[]).unwrap_or_else(|e| panic!("{good}: {e}"));
+        assert_eq!(l.config.server.listen, good);
+    }
+}
+
+#[test]
+fn check_rejects_a_listen_address_serve_cannot_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, format!("{BASE}[server]\nlisten = \"localhost\"\n")).unwrap();
+    let out = bin()
+        .arg("--config")
+        .arg(&path)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with(&format!("{}:4:1: [server] listen:", path.display())),
+        "{stderr}"
+    );
+}
+
+fn warnings(text: &str) -> Vec<String> {
+    load_str(text, "rules.toml", &[])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .warnings
+        .iter()
+        .map(|w| w.to_string())
+        .collect()
+}
+
+#[test]
+fn a_match_on_a_project_that_is_not_configured_warns() {
+    let w = warnings(&format!(
+        "{BASE}[[rules]]\nname = \"s\"\nkind = \"supersede\"\n[rules.match]\nprojects = [\"bAYZ4a\", \"bayz4a\", \"other\"]\n"
+    ));
+    assert_eq!(
+        w,
+        [
+            "rules.toml:7: rule \"s\": match.projects: \"bayz4a\" is not one of [currents] projects (did you mean \"bAYZ4a\"?): runwarden never reads its runs, so the rule never applies to them",
+            "rules.toml:7: rule \"s\": match.projects: \"other\" is not one of [currents] projects: runwarden never reads its runs, so the rule never applies to them",
+        ]
+    );
+    // Configured through the environment: no warning.
+    let text = format!(
+        "{BASE}[[rules]]\nname = \"s\"\nkind = \"supersede\"\n[rules.match]\nprojects = [\"other\"]\n"
+    );
+    let env = vec![(
+        "RUNWARDEN__CURRENTS__PROJECTS".to_string(),
+        "bAYZ4a,other".to_string(),
+    )];
+    assert!(
+        load_str(&text, "rules.toml", &env)
+            .unwrap()
+            .warnings
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_match_on_an_unknown_framework_warns() {
+    let w = warnings(&format!(
+        "{BASE}[[rules]]\nname = \"s\"\nkind = \"supersede\"\n[rules.match]\nframeworks = [\"PW\", \"cypress\", \"vitest\", \"playwright\", \"webdriver\"]\n"
+    ));
+    assert_eq!(
+        w,
+        [
+            "rules.toml:7: rule \"s\": match.frameworks: \"playwright\" is not a framework Currents reports (pw, cypress, jest, postman, vitest; did you mean \"pw\"?): no run matches it",
+            "rules.toml:7: rule \"s\": match.frameworks: \"webdriver\" is not a framework Currents reports (pw, cypress, jest, postman, vitest): no run matches it",
+        ]
+    );
+}
+
+#[test]
+fn a_config_without_rules_warns() {
+    assert_eq!(
+        warnings(BASE),
+        [
+            "rules.toml: no [[rules]]: runwarden records the runs and events it sees but decides and does nothing"
+        ]
+    );
+    assert!(
+        warnings(&format!(
+            "{BASE}[[rules]]\nname = \"s\"\nkind = \"supersede\"\n[rules.match]\nbranches = [\"*\"]\n"
+        ))
+        .is_empty()
+    );
+}
+
+/// An unknown `{placeholder}` is an error, as an unknown key is: left unfilled, a
+/// ciBuildId suffix never matches, and a status context reaches GitHub as written.
+#[test]
+fn an_unknown_placeholder_in_a_template_string_is_an_error() {
+    assert_eq!(
+        err(&format!(
+            "{BASE}[[rules]]\nname = \"o\"\nkind = \"orphan\"\nci_build_id_suffix = \"{{repo}}-{{run_id}}\"\n"
+        )),
+        "rules.toml:6:1: rule \"o\": ci_build_id_suffix: unknown placeholder \"{repo}\" in \"{repo}-{run_id}\" (did you mean \"{repository}\"?); the placeholders are {repository}, {run_id}, {run_attempt}"
+    );
+    assert_eq!(
+        err(&format!(
+            "{BASE}[[rules]]\nname = \"s\"\nkind = \"summary\"\nstatus_context = \"ci/{{project_id}}\"\n"
+        )),
+        "rules.toml:6:1: rule \"s\": status_context: unknown placeholder \"{project_id}\" in \"ci/{project_id}\" (did you mean \"{project}\"?); the placeholders are {project}"
+    );
+    let e = err(&format!(
+        "{BASE}[[rules]]\nname = \"s\"\nkind = \"summary\"\nstatus_context = \"ci/{{project\"\n"
+    ));
+    assert!(e.contains("has a \"{\" that is not closed"), "{e}");
+    // The known ones load.
+    load_str(
+        &format!(
+            "{BASE}[[rules]]\nname = \"o\"\nkind = \"orphan\"\nci_build_id_suffix = \"{{run_id}}.{{run_attempt}}\"\n[[rules]]\nname = \"s\"\nkind = \"summary\"\nstatus_context = \"ci/{{project}}/e2e\"\n"
+        ),
+        "rules.toml",
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_negative_count_says_it_must_be_a_whole_number() {
+    let rule = |v: &str| {
+        err(&format!(
+            "{BASE}[[rules]]\nname = \"r\"\nkind = \"retention\"\nolder_than = \"30d\"\nkeep_latest = {v}\n"
+        ))
+    };
+    assert_eq!(
+        rule("-1"),
+        "rules.toml:7:15: rule \"r\": keep_latest: must be a whole number ≥ 0, not -1"
+    );
+    assert_eq!(
+        rule("5000000000"),
+        "rules.toml:7:15: rule \"r\": keep_latest: must be a whole number from 0 to 4294967295, not 5000000000"
+    );
+    assert_eq!(
+        rule("2.5"),
+        "rules.toml:7:15: rule \"r\": keep_latest: invalid type: floating point `2.5`, expected a whole number ≥ 0"
+    );
+    let e = env_err(BASE, "RUNWARDEN__CURRENTS__MAX_REQUESTS_PER_SECOND", "-1");
+    assert_eq!(
+        e,
+        "RUNWARDEN__CURRENTS__MAX_REQUESTS_PER_SECOND: [currents] max_requests_per_second: must be a whole number ≥ 0, not -1"
+    );
+}

@@ -17,6 +17,9 @@ use crate::currents::{CompletionState, RunStatus};
 /// A configuration error, located when it comes from the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The config file's path, or, when the wrong value came from an environment
+    /// override, the variable's name (`RUNWARDEN__CURRENTS__POLL_INTERVAL`), with no
+    /// location.
     pub path: String,
     /// 1-based line and column; `None` for errors without a place in the file.
     pub location: Option<(usize, usize)>,
@@ -71,12 +74,13 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
 /// Loads a config from text; `env` holds the `RUNWARDEN__SECTION__KEY` overrides to apply.
 /// Relative `template` paths resolve against the directory of `path`.
 pub fn load_str(text: &str, path: &str, env: &[(String, String)]) -> Result<Loaded, ConfigError> {
-    let loc = Locator::new(text, path);
+    let mut loc = Locator::new(text, path);
     let raw: RawConfig = toml::from_str(text).map_err(|e| loc.toml_error(&e))?;
     let raw = if env.is_empty() {
         raw
     } else {
-        apply_env(text, path, env)?
+        loc.env = env_origins(env);
+        apply_env(text, path, env, &loc.env)?
     };
     let base_dir = Path::new(path)
         .parent()
@@ -97,8 +101,106 @@ const PROJECTS_VAR: &str = "RUNWARDEN__CURRENTS__PROJECTS";
 /// project: `RUNWARDEN__GITHUB__REPOS__<project id>=owner/name`.
 const REPOS_PREFIX: &str = "RUNWARDEN__GITHUB__REPOS__";
 
+/// The config key each `RUNWARDEN__*` variable overrides, as the `config` crate names
+/// it (`currents.poll_interval`; `github.repos.<project id>`, the id's case kept), mapped
+/// to the variable: an error about a value that came from the environment names the
+/// variable rather than a place in the file.
+fn env_origins(env: &[(String, String)]) -> BTreeMap<String, String> {
+    env.iter()
+        .filter_map(|(var, _)| {
+            let key = match var.strip_prefix(REPOS_PREFIX) {
+                Some(project) => format!("github.repos.{project}"),
+                None => var
+                    .strip_prefix("RUNWARDEN__")?
+                    .to_ascii_lowercase()
+                    .replace("__", "."),
+            };
+            Some((key, var.clone()))
+        })
+        .collect()
+}
+
+/// An error of the `config` crate while merging the environment: it names the one
+/// variable at fault when it can be told, else every override.
+fn env_error(
+    e: &config::ConfigError,
+    path: &str,
+    env: &[(String, String)],
+    origins: &BTreeMap<String, String>,
+) -> ConfigError {
+    let keyed = match e {
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            key: Some(key),
+            ..
+        } => {
+            let msg = format!("invalid type: {unexpected}, expected {expected}");
+            Some((key.clone(), whole_number_message(&msg).unwrap_or(msg)))
+        }
+        config::ConfigError::At {
+            error,
+            key: Some(key),
+            ..
+        } => Some((key.clone(), error.to_string())),
+        _ => None,
+    };
+    if let Some((key, msg)) = &keyed
+        && let Some(var) = origins.get(key)
+    {
+        let message = match key.split_once('.') {
+            Some((section, k)) => format!("[{section}] {k}: {msg}"),
+            None => format!("{key}: {msg}"),
+        };
+        return ConfigError {
+            path: var.clone(),
+            location: None,
+            message,
+        };
+    }
+    // An unknown key (`RUNWARDEN__CURRENTS__POLL_INTERVALL`): the variable that set it.
+    let text = e.to_string();
+    if let Some(rest) = text.split("unknown field `").nth(1)
+        && let Some((field, tail)) = rest.split_once('`')
+    {
+        let section = keyed.as_ref().map(|(k, _)| k.as_str());
+        let wanted = match section {
+            Some(s) => format!("{s}.{field}"),
+            None => field.to_string(),
+        };
+        if let Some(var) = origins.get(&wanted) {
+            let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+            let hint = suggest(field, &expected)
+                .map(|b| format!(" (did you mean {b:?}?)"))
+                .unwrap_or_default();
+            let place = section.map(|s| format!(" in [{s}]")).unwrap_or_default();
+            return ConfigError {
+                path: var.clone(),
+                location: None,
+                message: format!("unknown key {field:?}{place}{hint}"),
+            };
+        }
+    }
+    ConfigError {
+        path: path.to_string(),
+        location: None,
+        message: format!(
+            "with the RUNWARDEN__* environment overrides ({}): {text}",
+            env.iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 /// Merges the file with environment overrides through the `config` crate.
-fn apply_env(text: &str, path: &str, env: &[(String, String)]) -> Result<RawConfig, ConfigError> {
+fn apply_env(
+    text: &str,
+    path: &str,
+    env: &[(String, String)],
+    origins: &BTreeMap<String, String>,
+) -> Result<RawConfig, ConfigError> {
     let mut map: std::collections::HashMap<String, String> = env.iter().cloned().collect();
     // The project list is split here: the `config` crate would read an all-digit id
     // (`RUNWARDEN__CURRENTS__PROJECTS=123456`) as a number, not as a list of one.
@@ -136,31 +238,21 @@ fn apply_env(text: &str, path: &str, env: &[(String, String)]) -> Result<RawConf
         builder = builder
             .set_override("currents.projects", projects)
             .map_err(|e| ConfigError {
-                path: path.to_string(),
+                path: PROJECTS_VAR.to_string(),
                 location: None,
-                message: format!("{PROJECTS_VAR}: {e}"),
+                message: format!("[currents] projects: {e}"),
             })?;
     }
     let mut built = builder
         .build()
         .and_then(|c| c.try_deserialize::<RawConfig>())
-        .map_err(|e| ConfigError {
-            path: path.to_string(),
-            location: None,
-            message: format!(
-                "with the RUNWARDEN__* environment overrides ({}): {e}",
-                env.iter()
-                    .map(|(k, _)| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        })?;
+        .map_err(|e| env_error(&e, path, env, origins))?;
     for (project, repo) in repos {
         if project.is_empty() {
             return Err(ConfigError {
-                path: path.to_string(),
+                path: REPOS_PREFIX.to_string(),
                 location: None,
-                message: format!("{REPOS_PREFIX}: the variable's name must end with a project id"),
+                message: "the variable's name must end with a project id".into(),
             });
         }
         built
@@ -177,6 +269,9 @@ struct Locator<'a> {
     text: &'a str,
     path: &'a str,
     doc: Option<toml_edit::ImDocument<String>>,
+    /// The keys set by environment overrides, and the variable that set each
+    /// ([`env_origins`]).
+    env: BTreeMap<String, String>,
 }
 
 impl<'a> Locator<'a> {
@@ -185,6 +280,29 @@ impl<'a> Locator<'a> {
             text,
             path,
             doc: toml_edit::ImDocument::parse(text.to_string()).ok(),
+            env: BTreeMap::new(),
+        }
+    }
+
+    /// An error about `[section] key`: it names the environment variable when the value
+    /// came from one (`sub` narrows the key, e.g. the project of a `repos` entry), else
+    /// the key's place in the file (or the section's, when the file does not set it).
+    fn section_err(&self, section: &str, key: &str, sub: Option<&str>, msg: String) -> ConfigError {
+        let message = format!("[{section}] {key}: {msg}");
+        let var = sub
+            .and_then(|s| self.env.get(&format!("{section}.{key}.{s}")))
+            .or_else(|| self.env.get(&format!("{section}.{key}")));
+        match var {
+            Some(var) => ConfigError {
+                path: var.clone(),
+                location: None,
+                message,
+            },
+            None => self.err_at(
+                self.section_key_span(section, Some(key))
+                    .or_else(|| self.section_key_span(section, None)),
+                message,
+            ),
         }
     }
 
@@ -276,7 +394,7 @@ impl<'a> Locator<'a> {
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let span = e.span();
         let msg = e.message().trim().to_string();
-        let mut out = msg.clone();
+        let mut out = whole_number_message(&msg).unwrap_or_else(|| msg.clone());
         if let Some(rest) = msg.strip_prefix("unknown field `")
             && let Some((field, tail)) = rest.split_once('`')
         {
@@ -313,6 +431,63 @@ impl<'a> Locator<'a> {
     }
 }
 
+/// serde's message about a count (`keep_latest`, `max_deletions`, ...) that is not a
+/// `u32`, in words: "expected u32" means nothing to the person editing the file.
+fn whole_number_message(msg: &str) -> Option<String> {
+    let (what, expected) = msg.rsplit_once(", expected ")?;
+    if !matches!(expected, "u32" | "an unsigned 64 bit or less integer") {
+        return None;
+    }
+    // "invalid value: integer `-1`" (toml), "invalid type: 64-bit integer `-1`" (env).
+    if let Some((_, n)) = what.split_once("integer `")
+        && let Some(n) = n.strip_suffix('`')
+    {
+        return Some(if n.starts_with('-') {
+            format!("must be a whole number ≥ 0, not {n}")
+        } else {
+            format!("must be a whole number from 0 to {}, not {n}", u32::MAX)
+        });
+    }
+    Some(format!("{what}, expected a whole number ≥ 0"))
+}
+
+/// Checks the `{placeholders}` of a rule's template string (`status_context`,
+/// `ci_build_id_suffix`) against the ones runwarden fills.
+fn check_placeholders(template: &str, known: &[&str]) -> Result<(), String> {
+    let list = || {
+        known
+            .iter()
+            .map(|k| format!("{{{k}}}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after
+            .find(['{', '}'])
+            .filter(|c| after[*c..].starts_with('}'))
+        else {
+            return Err(format!(
+                "{template:?} has a \"{{\" that is not closed; the placeholders are {}",
+                list()
+            ));
+        };
+        let name = &after[..close];
+        if !known.contains(&name) {
+            let hint = suggest(name, known)
+                .map(|b| format!(" (did you mean \"{{{b}}}\"?)"))
+                .unwrap_or_default();
+            return Err(format!(
+                "unknown placeholder \"{{{name}}}\" in {template:?}{hint}; the placeholders are {}",
+                list()
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    Ok(())
+}
+
 /// The closest candidate to a misspelt key, if close enough.
 pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
@@ -340,13 +515,7 @@ fn compile(
     base_dir: &Path,
 ) -> Result<(Config, Vec<Warning>), ConfigError> {
     let mut warnings = Vec::new();
-    let sec_err = |section: &str, key: &str, msg: String| {
-        loc.err_at(
-            loc.section_key_span(section, Some(key))
-                .or_else(|| loc.section_key_span(section, None)),
-            format!("[{section}] {key}: {msg}"),
-        )
-    };
+    let sec_err = |section: &str, key: &str, msg: String| loc.section_err(section, key, None, msg);
 
     // [currents]
     let c = raw.currents;
@@ -356,10 +525,10 @@ fn compile(
     let api_url = parse_http_url(&api_url).map_err(|m| sec_err("currents", "api_url", m))?;
     let projects = c.projects.unwrap_or_default();
     if projects.is_empty() {
-        return Err(loc.err_at(
-            loc.section_key_span("currents", Some("projects"))
-                .or_else(|| loc.section_key_span("currents", None)),
-            "[currents] projects: list at least one Currents project id, e.g. projects = [\"bAYZ4a\"]".into(),
+        return Err(sec_err(
+            "currents",
+            "projects",
+            "list at least one Currents project id, e.g. projects = [\"bAYZ4a\"]".into(),
         ));
     }
     let mut seen = HashSet::new();
@@ -417,9 +586,10 @@ fn compile(
     let repos = g.repos.unwrap_or_default();
     for (project, repo) in &repos {
         if repo.split('/').filter(|s| !s.is_empty()).count() != 2 {
-            return Err(sec_err(
+            return Err(loc.section_err(
                 "github",
                 "repos",
+                Some(project),
                 format!("project {project:?} maps to {repo:?}; expected \"owner/repo\""),
             ));
         }
@@ -429,9 +599,9 @@ fn compile(
         repos,
     };
 
-    let server = ServerConfig {
-        listen: raw.server.listen.unwrap_or_else(|| "127.0.0.1:8080".into()),
-    };
+    let listen = raw.server.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+    check_listen(&listen).map_err(|m| sec_err("server", "listen", m))?;
+    let server = ServerConfig { listen };
     let store = StoreConfig {
         url: raw
             .store
@@ -478,6 +648,28 @@ fn compile(
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, r) in raw.rules.into_iter().enumerate() {
         let rule = compile_rule(i, r, loc, base_dir, &mut warnings)?;
+        // Runs of a project not under [currents] projects are neither polled nor
+        // processed (a webhook about one is dropped): the rule never sees them.
+        for p in rule.filter.projects.iter().flatten() {
+            if !currents.projects.contains(p) {
+                let line = loc
+                    .rule_key_span(i, "projects", true)
+                    .map_or_else(|| loc.rule_line(i), |s| loc.line_col(s.start).0);
+                // Project ids are case-sensitive: `bayz4a` is not `bAYZ4a`.
+                let known: Vec<&str> = currents.projects.iter().map(String::as_str).collect();
+                let hint = known
+                    .iter()
+                    .find(|k| k.eq_ignore_ascii_case(p))
+                    .copied()
+                    .or_else(|| suggest(p, &known))
+                    .map(|b| format!(" (did you mean {b:?}?)"))
+                    .unwrap_or_default();
+                warnings.push(Warning(format!(
+                    "{}:{line}: rule {:?}: match.projects: {p:?} is not one of [currents] projects{hint}: runwarden never reads its runs, so the rule never applies to them",
+                    loc.path, rule.name
+                )));
+            }
+        }
         if let Some(first) = names.get(&rule.name) {
             return Err(loc.err_at(
                 loc.rule_key_span(i, "name", false)
@@ -492,6 +684,12 @@ fn compile(
         names.insert(rule.name.clone(), i);
         rules.push(rule);
     }
+    if rules.is_empty() {
+        warnings.push(Warning(format!(
+            "{}: no [[rules]]: runwarden records the runs and events it sees but decides and does nothing",
+            loc.path
+        )));
+    }
     Ok((
         Config {
             dry_run: raw.dry_run.unwrap_or(false),
@@ -503,6 +701,36 @@ fn compile(
         },
         warnings,
     ))
+}
+
+/// Checks `[server] listen` the way `serve` binds it (a socket address, resolved like
+/// `ToSocketAddrs` for `&str`): `IP:PORT`, `[IPv6]:PORT`, or `HOST:PORT` with a host
+/// name (`localhost:8080`), without resolving the name here.
+fn check_listen(s: &str) -> Result<(), String> {
+    if s.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let expected = "expected IP:PORT, e.g. \"127.0.0.1:8080\" (this machine only) or \"0.0.0.0:8080\" (every interface)";
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} has no port; {expected}"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!(
+            "{s:?}: {port:?} is not a port (0-65535); {expected}"
+        ));
+    }
+    let hostname = !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !hostname {
+        return Err(format!(
+            "{s:?} is not an address to listen on; {expected}, or \"[::1]:8080\" for IPv6"
+        ));
+    }
+    Ok(())
 }
 
 fn parse_http_url(s: &str) -> Result<url::Url, String> {
@@ -612,7 +840,13 @@ fn compile_rule(
             ));
         }
     }
-    let filter = compile_match(r.filter.clone().unwrap_or_default(), &name, i, loc)?;
+    let filter = compile_match(
+        r.filter.clone().unwrap_or_default(),
+        &name,
+        i,
+        loc,
+        warnings,
+    )?;
     let dur = |key: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
         v.as_deref()
             .map(parse_duration)
@@ -692,10 +926,15 @@ fn compile_rule(
         }
         "orphan" => RuleKind::Orphan(OrphanOptions {
             grace: dur("grace", &r.grace)?.unwrap_or(Duration::from_secs(120)),
-            ci_build_id_suffix: r
-                .ci_build_id_suffix
-                .clone()
-                .unwrap_or_else(|| "{repository}-{run_id}-{run_attempt}".into()),
+            ci_build_id_suffix: match &r.ci_build_id_suffix {
+                None => "{repository}-{run_id}-{run_attempt}".into(),
+                Some(t) => {
+                    // A placeholder left unfilled would never match a ciBuildId.
+                    check_placeholders(t, super::SUFFIX_PLACEHOLDERS)
+                        .map_err(|m| at("ci_build_id_suffix", m))?;
+                    t.clone()
+                }
+            },
             match_by: match r.match_by.as_deref() {
                 None | Some("ci_build_id") => MatchBy::CiBuildId,
                 Some("commit") => MatchBy::Commit,
@@ -805,14 +1044,21 @@ fn compile_rule(
                     loc.rule_line(i)
                 )));
             }
+            let status_context = match &r.status_context {
+                None => "runwarden/{project}".into(),
+                Some(t) => {
+                    // An unfilled placeholder would reach GitHub as is, in the name of
+                    // a check that branch protection may come to require.
+                    check_placeholders(t, super::STATUS_CONTEXT_PLACEHOLDERS)
+                        .map_err(|m| at("status_context", m))?;
+                    t.clone()
+                }
+            };
             RuleKind::Summary(SummaryOptions {
                 events: norm,
                 comment,
                 commit_status,
-                status_context: r
-                    .status_context
-                    .clone()
-                    .unwrap_or_else(|| "runwarden/{project}".into()),
+                status_context,
                 only_failed: r.only_failed.unwrap_or(false),
                 max_failed_specs: r.max_failed_specs.unwrap_or(10),
                 template,
@@ -829,12 +1075,37 @@ fn compile_rule(
     })
 }
 
+/// The frameworks Currents reports in a run's `meta.framework.type`
+/// (`reference/currents-notes.md`); `match.frameworks` compares without case.
+const FRAMEWORKS: &[&str] = &["pw", "cypress", "jest", "postman", "vitest"];
+
 fn compile_match(
     m: RawMatch,
     name: &str,
     i: usize,
     loc: &Locator<'_>,
+    warnings: &mut Vec<Warning>,
 ) -> Result<Filter, ConfigError> {
+    let key_line = |key: &str| {
+        loc.rule_key_span(i, key, true)
+            .map_or_else(|| loc.rule_line(i), |s| loc.line_col(s.start).0)
+    };
+    for f in m.frameworks.iter().flatten() {
+        if !FRAMEWORKS.iter().any(|k| k.eq_ignore_ascii_case(f)) {
+            let hint = match f.to_ascii_lowercase().as_str() {
+                "playwright" => Some("pw"),
+                lower => suggest(lower, FRAMEWORKS),
+            }
+            .map(|b| format!("; did you mean {b:?}?"))
+            .unwrap_or_default();
+            warnings.push(Warning(format!(
+                "{}:{}: rule {name:?}: match.frameworks: {f:?} is not a framework Currents reports ({}{hint}): no run matches it",
+                loc.path,
+                key_line("frameworks"),
+                FRAMEWORKS.join(", ")
+            )));
+        }
+    }
     let at = |key: &str, msg: String| {
         loc.err_at(
             loc.rule_key_span(i, key, true).or_else(|| loc.rule_span(i)),

@@ -265,6 +265,12 @@ impl Secrets {
     }
 }
 
+/// The placeholders of an orphan rule's `ci_build_id_suffix` ([`fill_suffix`]).
+pub const SUFFIX_PLACEHOLDERS: &[&str] = &["repository", "run_id", "run_attempt"];
+
+/// The placeholders of a summary rule's `status_context`.
+pub const STATUS_CONTEXT_PLACEHOLDERS: &[&str] = &["project"];
+
 /// Fills `{repository}`, `{run_id}` and `{run_attempt}` in an orphan suffix template.
 pub fn fill_suffix(template: &str, repository: &str, run_id: u64, run_attempt: u64) -> String {
     template

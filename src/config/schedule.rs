@@ -15,6 +15,12 @@
 //!   (`@annually`) stand for their usual five fields;
 //! - six fields put seconds first; the other fields read the same as with five.
 //!
+//! Every field is checked here, against crontab's ranges (second and minute `0`–`59`,
+//! hour `0`–`23`, day of the month `1`–`31`, month `1`–`12` or `jan` … `dec`), before
+//! the `cron` crate sees it: the crate's own messages quote its internal rewrite of the
+//! expression and state some limits wrongly ("Hours must be less than 23"). A schedule
+//! that can never fire (`0 3 31 2 *`, February 31) is an error too.
+//!
 //! Times are UTC.
 
 use std::str::FromStr;
@@ -113,6 +119,145 @@ fn weekday_field(field: &str) -> Result<String, String> {
         .join(","))
 }
 
+/// One of the fields other than the weekday: its name in messages, its range and, for
+/// months, the names it accepts.
+struct Unit {
+    name: &'static str,
+    min: u32,
+    max: u32,
+    /// The range as messages state it.
+    range: &'static str,
+    /// Names of the values from `min` on (months), matched like weekdays: any case,
+    /// three letters or more of the name.
+    names: &'static [&'static str],
+}
+
+const SECOND: Unit = Unit {
+    name: "second",
+    min: 0,
+    max: 59,
+    range: "0-59",
+    names: &[],
+};
+const MINUTE: Unit = Unit {
+    name: "minute",
+    min: 0,
+    max: 59,
+    range: "0-59",
+    names: &[],
+};
+const HOUR: Unit = Unit {
+    name: "hour",
+    min: 0,
+    max: 23,
+    range: "0-23",
+    names: &[],
+};
+const DAY_OF_MONTH: Unit = Unit {
+    name: "day of month",
+    min: 1,
+    max: 31,
+    range: "1-31",
+    names: &[],
+};
+const MONTH: Unit = Unit {
+    name: "month",
+    min: 1,
+    max: 12,
+    range: "1-12 or jan-dec",
+    names: &[
+        "january",
+        "february",
+        "march",
+        "april",
+        "may",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
+    ],
+};
+
+impl Unit {
+    /// One value of the field: a number in range, or a name.
+    fn value(&self, s: &str) -> Result<u32, String> {
+        if let Ok(n) = s.parse::<u32>() {
+            return if (self.min..=self.max).contains(&n) {
+                Ok(n)
+            } else {
+                Err(format!(
+                    "{} {n} is out of range ({})",
+                    self.name, self.range
+                ))
+            };
+        }
+        let lower = s.to_ascii_lowercase();
+        if let Some(i) = self
+            .names
+            .iter()
+            .position(|n| lower.len() >= 3 && n.starts_with(&lower))
+        {
+            return Ok(self.min + i as u32);
+        }
+        if s.starts_with(|c: char| c.is_ascii_digit()) || s.starts_with('-') {
+            Err(format!(
+                "{} {s:?} is out of range ({})",
+                self.name, self.range
+            ))
+        } else if s.is_empty() {
+            Err(format!("{} value is missing", self.name))
+        } else {
+            Err(format!("{s:?} is not a {} ({})", self.name, self.range))
+        }
+    }
+
+    /// Checks a field (lists, ranges, steps, names; `?` too for the day of the month)
+    /// and spells it out as the `cron` crate reads it: `*` or a list of numbers.
+    fn field(&self, field: &str, question_mark: bool) -> Result<String, String> {
+        if field == "*" || (question_mark && field == "?") {
+            return Ok("*".into());
+        }
+        let mut values = std::collections::BTreeSet::new();
+        for item in field.split(',') {
+            let (range, step) = match item.split_once('/') {
+                Some((r, s)) => {
+                    let step = s.parse::<u32>().ok().filter(|s| *s > 0).ok_or_else(|| {
+                        format!("{} step {s:?} is not a positive number", self.name)
+                    })?;
+                    (r, step)
+                }
+                None => (item, 1),
+            };
+            let (first, last) = match range.split_once('-') {
+                _ if range == "*" => (self.min, self.max),
+                // A leading `-` is a negative number, not a range.
+                Some((a, b)) if !a.is_empty() => {
+                    let (a, b) = (self.value(a)?, self.value(b)?);
+                    if a > b {
+                        return Err(format!("{} range {range:?} runs backwards", self.name));
+                    }
+                    (a, b)
+                }
+                // `a/step` runs to the end of the field, as in crontab.
+                _ if step > 1 => (self.value(range)?, self.max),
+                _ => {
+                    let v = self.value(range)?;
+                    (v, v)
+                }
+            };
+            values.extend((first..=last).step_by(step as usize));
+        }
+        Ok(values
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","))
+    }
+}
+
 /// A weekday as written, `7` kept as `7` (ranges such as `5-7` end on Sunday).
 fn raw_weekday(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
@@ -148,26 +293,42 @@ impl CronSchedule {
                 ));
             }
         }
-        let dow = weekday_field(fields[5]).map_err(|e| format!("invalid cron {text:?}: {e}"))?;
-        let dom = fields[3];
-        let either =
-            !dom.starts_with('*') && dom != "?" && !fields[5].starts_with('*') && fields[5] != "?";
+        let invalid = |e: String| format!("invalid cron {text:?}: {e}");
+        // With five fields the seconds are the "0" inserted above.
+        let second = SECOND.field(fields[0], false).map_err(invalid)?;
+        let minute = MINUTE.field(fields[1], false).map_err(invalid)?;
+        let hour = HOUR.field(fields[2], false).map_err(invalid)?;
+        let dom = DAY_OF_MONTH.field(fields[3], true).map_err(invalid)?;
+        let month = MONTH.field(fields[4], false).map_err(invalid)?;
+        let dow = weekday_field(fields[5]).map_err(invalid)?;
+        let either = !fields[3].starts_with('*')
+            && fields[3] != "?"
+            && !fields[5].starts_with('*')
+            && fields[5] != "?";
         let build = |dom: &str, dow: &str| {
-            let expr = format!(
-                "{} {} {} {dom} {} {dow}",
-                fields[0], fields[1], fields[2], fields[4]
-            );
-            cron::Schedule::from_str(&expr).map_err(|e| format!("invalid cron {text:?}: {e}"))
+            let expr = format!("{second} {minute} {hour} {dom} {month} {dow}");
+            // Every field was checked above; should the crate still refuse, its message
+            // (which quotes `expr`, not what the user wrote) stays out.
+            cron::Schedule::from_str(&expr)
+                .map_err(|_| invalid("not a cron expression the scheduler can run".into()))
         };
         let alternatives = if either {
-            vec![build(dom, "*")?, build("*", &dow)?]
+            vec![build(&dom, "*")?, build("*", &dow)?]
         } else {
-            vec![build(dom, &dow)?]
+            vec![build(&dom, &dow)?]
         };
-        Ok(Self {
+        let schedule = Self {
             text: text.to_string(),
             alternatives,
-        })
+        };
+        // `0 3 31 2 *`: `serve` would wait for it for ever.
+        if schedule.next_after(&Utc::now()).is_none() {
+            return Err(invalid(format!(
+                "it never fires (month {:?} has no day {:?})",
+                fields[4], fields[3]
+            )));
+        }
+        Ok(schedule)
     }
 
     /// The schedule as written in the rule (5 or 6 fields, or a shorthand).
@@ -304,5 +465,125 @@ mod tests {
         assert!(err("0 3 * *").contains("has 4 fields"));
         assert!(err("@often").contains("unknown shorthand"));
         assert!(err("0 99 * * *").contains("invalid cron \"0 99 * * *\""));
+    }
+
+    /// Each field is checked against crontab's range, in one line that quotes the
+    /// schedule as written (not the six-field rewrite the `cron` crate is given).
+    #[test]
+    fn out_of_range_fields_are_named_with_their_range() {
+        let err = |t: &str| CronSchedule::parse(t).unwrap_err();
+        for (text, want) in [
+            (
+                "0 25 * * *",
+                "invalid cron \"0 25 * * *\": hour 25 is out of range (0-23)",
+            ),
+            (
+                "60 3 * * *",
+                "invalid cron \"60 3 * * *\": minute 60 is out of range (0-59)",
+            ),
+            (
+                "0 3 * 13 *",
+                "invalid cron \"0 3 * 13 *\": month 13 is out of range (1-12 or jan-dec)",
+            ),
+            (
+                "0 3 0 * *",
+                "invalid cron \"0 3 0 * *\": day of month 0 is out of range (1-31)",
+            ),
+            (
+                "0 3 32 * *",
+                "invalid cron \"0 3 32 * *\": day of month 32 is out of range (1-31)",
+            ),
+            (
+                "60 0 3 * * *",
+                "invalid cron \"60 0 3 * * *\": second 60 is out of range (0-59)",
+            ),
+            (
+                "0 1-24 * * *",
+                "invalid cron \"0 1-24 * * *\": hour 24 is out of range (0-23)",
+            ),
+            (
+                "0 3,25 * * *",
+                "invalid cron \"0 3,25 * * *\": hour 25 is out of range (0-23)",
+            ),
+            (
+                "0 -1 * * *",
+                "invalid cron \"0 -1 * * *\": hour \"-1\" is out of range (0-23)",
+            ),
+            (
+                "0 5-2 * * *",
+                "invalid cron \"0 5-2 * * *\": hour range \"5-2\" runs backwards",
+            ),
+            (
+                "0 */0 * * *",
+                "invalid cron \"0 */0 * * *\": hour step \"0\" is not a positive number",
+            ),
+            (
+                "0 3 * foo *",
+                "invalid cron \"0 3 * foo *\": \"foo\" is not a month (1-12 or jan-dec)",
+            ),
+            (
+                "x 3 * * *",
+                "invalid cron \"x 3 * * *\": \"x\" is not a minute (0-59)",
+            ),
+        ] {
+            let e = err(text);
+            assert_eq!(e, want, "{text}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn fields_take_lists_ranges_steps_and_month_names() {
+        let from = at(2026, 12, 6, 10, 30);
+        assert_eq!(slots("0 23 * * *", from, 1), [at(2026, 12, 6, 23, 0)]);
+        assert_eq!(slots("59 3 31 12 *", from, 1), [at(2026, 12, 31, 3, 59)]);
+        assert_eq!(
+            slots("0 3 1 jan,JUL *", from, 2),
+            [at(2027, 1, 1, 3, 0), at(2027, 7, 1, 3, 0)]
+        );
+        assert_eq!(
+            slots("0 3 1 Feb-apr/2 *", from, 2),
+            [at(2027, 2, 1, 3, 0), at(2027, 4, 1, 3, 0)]
+        );
+        assert_eq!(
+            slots("*/20 */12 * * *", from, 3),
+            [
+                at(2026, 12, 6, 12, 0),
+                at(2026, 12, 6, 12, 20),
+                at(2026, 12, 6, 12, 40)
+            ]
+        );
+        assert_eq!(
+            slots("10-30/10 4 * * *", from, 3),
+            [
+                at(2026, 12, 7, 4, 10),
+                at(2026, 12, 7, 4, 20),
+                at(2026, 12, 7, 4, 30)
+            ]
+        );
+        assert_eq!(
+            slots("0 0 10/10 * *", from, 3),
+            [
+                at(2026, 12, 10, 0, 0),
+                at(2026, 12, 20, 0, 0),
+                at(2026, 12, 30, 0, 0)
+            ]
+        );
+        assert_eq!(slots("0 3 ? * mon", from, 1), [at(2026, 12, 7, 3, 0)]);
+        // February 29 fires in leap years.
+        assert_eq!(slots("0 3 29 2 *", from, 1), [at(2028, 2, 29, 3, 0)]);
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_is_an_error() {
+        for text in ["0 3 31 2 *", "0 3 30,31 feb *", "0 3 31 4,6,9,11 *"] {
+            let e = CronSchedule::parse(text).unwrap_err();
+            assert!(
+                e.starts_with(&format!("invalid cron {text:?}: it never fires")),
+                "{e}"
+            );
+        }
+        // With a weekday too, a day matches either field: it fires on Mondays.
+        assert!(CronSchedule::parse("0 3 31 2 1").is_ok());
     }
 }
