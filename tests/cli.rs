@@ -15,6 +15,8 @@ const PROJECT: &str = "bAYZ4a";
 struct Env {
     sim: SimHandle,
     dir: tempfile::TempDir,
+    /// The URL of the store the config names.
+    store: String,
 }
 
 async fn setup(rules: &str) -> Env {
@@ -40,21 +42,38 @@ async fn setup(rules: &str) -> Env {
         sim.currents_url(),
     );
     std::fs::write(dir.path().join("rules.toml"), text).unwrap();
-    Env { sim, dir }
+    Env { sim, dir, store }
 }
 
 impl Env {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_runwarden"))
-            .arg("--config")
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_runwarden"));
+        c.arg("--config")
             .arg(self.dir.path().join("rules.toml"))
             .args(args)
             .env("CURRENTS_API_KEY", "sim-key")
             .env("RUNWARDEN_CURRENTS_WEBHOOK_SECRET", "hook-secret")
             .env_remove("RUST_LOG")
-            .env_remove("GITHUB_TOKEN")
-            .output()
-            .unwrap()
+            .env_remove("GITHUB_TOKEN");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs the command with its stdout a pipe whose reader is gone before the child
+    /// writes (as `runwarden audit | head -0` leaves it); its stdin is closed.
+    fn run_with_closed_stdout(&self, args: &[&str]) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
     }
 
     /// [`Env::run`] on a blocking thread, so that the in-process simulator keeps serving
@@ -553,4 +572,284 @@ fn commands_that_need_the_api_key_say_so_and_exit_2() {
         "{}",
         text(&out)
     );
+}
+
+/// Records `n` dry-run decisions of rule `rule` in the env's store, with long reasons (so
+/// that `audit` prints far more than a pipe holds).
+async fn record_many(env: &Env, rule: &str, n: usize) {
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    let decisions: Vec<runwarden::store::NewDecision> = (0..n)
+        .map(|i| runwarden::store::NewDecision {
+            at: Utc::now() - Duration::seconds(i as i64),
+            rule: rule.into(),
+            kind: "supersede".into(),
+            action: "cancel".into(),
+            run_id: format!("run-{i:05}"),
+            project_id: PROJECT.into(),
+            branch: Some("feat/a".into()),
+            sha: Some("a1".into()),
+            reason: format!("superseded by a newer run {}", "x".repeat(80)),
+            dry_run: true,
+            not_before: None,
+            action_key: format!("cancel:run-{i:05}"),
+            payload: None,
+            skip: None,
+        })
+        .collect();
+    store.record_decisions(&decisions).await.unwrap();
+    store.close().await;
+}
+
+/// `runwarden audit | head -1` and the like: once the reader of stdout has gone, the
+/// command stops printing, does not panic, and exits with its usual code.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stdout_ends_the_output_without_a_panic() {
+    let env = setup(RULES).await;
+    // ~600 KiB of JSON and ~250 KiB of table: far more than a pipe buffers.
+    record_many(&env, "cancel-superseded", 2000).await;
+    let env = tokio::task::spawn_blocking(move || {
+        for args in [
+            &["audit", "--format", "json"][..],
+            &["audit"][..],
+            &["audit", "--rule", "cancel-superseded"][..],
+        ] {
+            let out = env.run_with_closed_stdout(args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+            assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+        }
+        env
+    })
+    .await
+    .unwrap();
+    // `check` with many rules: its lines, then its summary, all into the closed pipe.
+    let many: String = (0..1500)
+        .map(|i| format!("[[rules]]\nname = \"sup-{i}\"\nkind = \"supersede\"\n"))
+        .collect();
+    let config = env.dir.path().join("rules.toml");
+    let base = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{base}\n{many}")).unwrap();
+    let out = env.run_with_closed_stdout(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // An invalid config still exits 2 with its message on stderr.
+    std::fs::write(&config, "[currents]\nprojects = [\"p\"]\nbogus = 1\n").unwrap();
+    let out = env.run_with_closed_stdout(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!text(&out).contains("panicked"), "{}", text(&out));
+}
+
+/// `audit --rule` names a rule of the config, as `plan --rule` and `sweep --rule` do.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_of_an_unknown_rule_is_a_usage_error_like_plan() {
+    let env = setup(RULES).await;
+    let (audit, env) = env.run_async(&["audit", "--rule", "nosuch"]).await;
+    let (plan, _env) = env.run_async(&["plan", "--rule", "nosuch"]).await;
+    assert_eq!(audit.status.code(), Some(2), "{}", text(&audit));
+    assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
+    let said = String::from_utf8_lossy(&audit.stderr);
+    assert!(said.contains("no rule named \"nosuch\""), "{said}");
+    assert!(
+        String::from_utf8_lossy(&plan.stderr).contains("no rule named \"nosuch\""),
+        "{}",
+        text(&plan)
+    );
+    assert!(audit.stdout.is_empty(), "{}", text(&audit));
+}
+
+/// Before anything was recorded there is no store file: `audit` says so and creates none.
+#[test]
+fn audit_without_a_store_says_so_and_creates_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rules.toml");
+    let db = dir.path().join("never.db");
+    std::fs::write(
+        &config,
+        format!(
+            "[currents]\nprojects = [\"p\"]\n[store]\nurl = \"sqlite://{}\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_runwarden"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["audit"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("no store at {}: nothing recorded yet\n", db.display())
+    );
+    let out = run(&["audit", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no store at"),
+        "{}",
+        text(&out)
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["rules.toml"], "audit created a store");
+}
+
+/// `audit` and `sweep` tables start with a header row, as `plan`'s does.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_and_sweep_tables_have_a_header_row() {
+    let env = setup(RULES).await;
+    let old = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
+    env.add("feat/a", "a2", Duration::minutes(2), "running", &[]);
+    let (sweep, env) = env.run_async(&["sweep", "--dry-run"]).await;
+    assert_eq!(sweep.status.code(), Some(0), "{}", text(&sweep));
+    let stdout = String::from_utf8_lossy(&sweep.stdout).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    let head: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        head,
+        ["outcome", "rule", "action", "run", "reason"],
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("dry_run") && lines[1].contains(&old),
+        "{stdout}"
+    );
+    let (audit, _env) = env.run_async(&["audit"]).await;
+    assert_eq!(audit.status.code(), Some(0), "{}", text(&audit));
+    let stdout = String::from_utf8_lossy(&audit.stdout).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    let head: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        head,
+        [
+            "at", "(UTC)", "rule", "kind", "action", "run", "outcome", "reason"
+        ],
+        "{stdout}"
+    );
+    assert!(
+        lines[1].contains(&old) && lines[1].contains("dry_run"),
+        "{stdout}"
+    );
+    // The columns line up under their headings.
+    let col = |line: &str, word: &str| line.find(word).unwrap();
+    assert_eq!(col(lines[0], "run"), col(lines[1], &old), "{stdout}");
+}
+
+#[test]
+fn simulate_with_a_bad_listen_address_is_a_usage_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_runwarden"))
+        .args(["simulate", "--listen", "0.0.0.0:notaport"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("the port must be a number from 0 to 65535"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn check_counts_rules_and_projects_in_the_singular() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(
+        &path,
+        "[currents]\nprojects = [\"p\"]\n[[rules]]\nname = \"sup\"\nkind = \"supersede\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runwarden"))
+        .arg("--config")
+        .arg(&path)
+        .arg("check")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(": ok (1 rule, 1 project)"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_shows_a_tripping_circuit_breaker_and_event_rules_under_its_table() {
+    let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nmax_deletions = 2\n\n[[rules]]\nname = \"pr\"\nkind = \"summary\"\n";
+    let env = setup(rules).await;
+    for (sha, days) in [("b1", 40), ("b2", 50), ("b3", 60)] {
+        env.add("feat/b", sha, Duration::days(days), "passed", &[]);
+    }
+    let (out, env) = env.run_async(&["plan"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "rule \"retention\": circuit breaker: would delete 3 runs > max_deletions 2, so a sweep would delete none of them and exit 1"
+        ),
+        "the breaker is part of what plan prints: {stdout}"
+    );
+    assert!(!stdout.contains("nothing to do"), "{stdout}");
+    assert!(
+        stdout.contains("note: rule \"pr\" (summary) acts on run events"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("3 runs read, 1 API request, nothing changed"),
+        "{stderr}"
+    );
+    assert!(env.sim.mutation_log().is_empty(), "plan mutates nothing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_applies_no_rule_to_a_run_of_a_project_not_configured() {
+    let env = setup(RULES).await;
+    env.sim
+        .add_project(NewProject {
+            project_id: Some("OtherP".into()),
+            repo: Some("acme/other".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let other = |sha: &str, age: Duration| {
+        env.sim
+            .add_run(NewRun {
+                project: Some("OtherP".into()),
+                branch: Some("feat/a".into()),
+                sha: Some(sha.into()),
+                created_at: Some(Utc::now() - age),
+                state: Some("running".into()),
+                emit: Some(false),
+                ..Default::default()
+            })
+            .unwrap()
+            .run_id
+    };
+    // Superseded on its branch: `supersede` would apply, were the project watched.
+    let old = other("o1", Duration::minutes(20));
+    other("o2", Duration::minutes(2));
+    let (out, env) = env.run_async(&["explain", &old]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = t.lines().skip(1).collect();
+    assert_eq!(lines.len(), 2, "one line per rule: {t}");
+    for line in lines {
+        assert!(
+            line.starts_with("✘ no")
+                && line.contains("project OtherP is not in [currents] projects (bAYZ4a)"),
+            "{t}"
+        );
+    }
+    assert!(env.sim.mutation_log().is_empty());
 }

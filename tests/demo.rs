@@ -46,7 +46,60 @@ fn the_demo_narrates_every_chore_and_exits_0_quickly() {
     let done = stdout.matches(": done (").count();
     assert!(done >= 3 + 20, "only {done} actions done:\n{stdout}");
     assert!(!stdout.contains(": failed ("), "{stdout}");
+    // The narration of the failing run and its commit status tell the same numbers.
+    let told = stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once("finished: 2 of 6 spec files failed (")
+                .map(|x| x.1)
+        })
+        .unwrap_or_else(|| panic!("no narration of the failing run in:\n{stdout}"));
+    let (failed, passed) = told
+        .strip_suffix(" passed)")
+        .and_then(|t| t.split_once(" failed, "))
+        .unwrap_or_else(|| panic!("unexpected narration {told:?}"));
+    let failed = failed.trim_end_matches(" tests").trim_end_matches(" test");
+    let status = format!("failure   Failed: {failed} failed, {passed} passed");
+    assert!(
+        stdout.lines().any(|l| l.contains(&status)),
+        "the narration says {told:?} but no commit status reads {status:?}:\n{stdout}"
+    );
     // The pinned release run survives retention; the summary table is printed.
     has("rule                   action");
     has("demo finished in");
+}
+
+/// A speed factor that is not a number greater than 0 is a usage error, said at once
+/// (it used to stretch every pause a hundredfold, and the demo seemed to hang).
+#[test]
+fn a_speed_that_is_not_greater_than_0_is_a_usage_error() {
+    let empty = tempfile::tempdir().unwrap();
+    for speed in ["0", "-1", "nan", "inf"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_runwarden"))
+            .current_dir(empty.path())
+            .args(["demo", &format!("--speed={speed}")])
+            .env_remove("RUNWARDEN_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("demo --speed={speed} still running after 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--speed={speed}: {stderr}");
+        assert!(
+            stderr.contains("must be a number greater than 0"),
+            "--speed={speed}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "--speed={speed}: the demo started");
+    }
 }

@@ -1,12 +1,19 @@
 //! `runwarden audit [--since DURATION] [--rule NAME] [--format table|json]`: the
 //! decisions and actions recorded in the store, newest first.
+//!
+//! `--rule` must name a rule of the config, as for `plan` and `sweep` (exit 2 when not).
+//! `audit` only reads: where the config's SQLite store file does not exist yet (nothing
+//! was ever recorded, e.g. before the first `serve` or `sweep`), it creates none, says
+//! `no store at PATH: nothing recorded yet` (on stderr with `--format json`, which then
+//! prints `[]`) and exits 0, since an empty history is not an error.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chrono::Utc;
 
-use super::Format;
-use crate::store::Store;
+use super::{Format, outln};
+use crate::store::{AuditEntry, Backend, Store};
 
 /// Runs the command.
 pub fn run(
@@ -19,6 +26,9 @@ pub fn run(
         Ok(l) => l,
         Err(code) => return code,
     };
+    if let Err(code) = super::check_rule_exists(path, &loaded.config, rule) {
+        return code;
+    }
     let since = match since.map(humantime::parse_duration).transpose() {
         Ok(d) => d.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default()),
         Err(e) => {
@@ -26,9 +36,23 @@ pub fn run(
             return ExitCode::from(super::EXIT_USAGE);
         }
     };
+    let url = &loaded.config.store.url;
+    if let Some(file) = sqlite_file(url)
+        && !file.exists()
+    {
+        let note = format!("no store at {}: nothing recorded yet", file.display());
+        match format {
+            Format::Json => {
+                eprintln!("runwarden audit: {note}");
+                outln!("[]");
+            }
+            Format::Table => outln!("{note}"),
+        }
+        return ExitCode::SUCCESS;
+    }
     let rt = super::runtime();
     rt.block_on(async move {
-        let store = match Store::connect(&loaded.config.store.url).await {
+        let store = match Store::connect(url).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("runwarden audit: cannot open the store: {e:#}");
@@ -43,32 +67,81 @@ pub fn run(
             }
         };
         match format {
-            Format::Json => println!(
+            Format::Json => outln!(
                 "{}",
                 serde_json::to_string_pretty(&entries).unwrap_or_else(|_| "[]".into())
             ),
-            Format::Table => {
-                if entries.is_empty() {
-                    println!("no recorded decisions");
-                }
-                for e in &entries {
-                    println!(
-                        "{} {:<22} {:<9} {:<8} {:<34} {:<8} {}{}",
-                        e.at.format("%Y-%m-%d %H:%M:%S"),
-                        e.rule,
-                        e.kind,
-                        e.action,
-                        e.run_id,
-                        e.outcome.as_str(),
-                        e.reason,
-                        e.error
-                            .as_deref()
-                            .map(|x| format!(" — {x}"))
-                            .unwrap_or_default()
-                    );
-                }
-            }
+            Format::Table => print_table(&entries),
         }
         ExitCode::SUCCESS
     })
+}
+
+/// Prints the entries as an aligned table under a header row.
+fn print_table(entries: &[AuditEntry]) {
+    if entries.is_empty() {
+        outln!("no recorded decisions");
+        return;
+    }
+    outln!(
+        "{:<19} {:<22} {:<9} {:<8} {:<34} {:<8} reason",
+        "at (UTC)",
+        "rule",
+        "kind",
+        "action",
+        "run",
+        "outcome"
+    );
+    for e in entries {
+        outln!(
+            "{} {:<22} {:<9} {:<8} {:<34} {:<8} {}{}",
+            e.at.format("%Y-%m-%d %H:%M:%S"),
+            e.rule,
+            e.kind,
+            e.action,
+            e.run_id,
+            e.outcome.as_str(),
+            e.reason,
+            e.error
+                .as_deref()
+                .map(|x| format!(" — {x}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// The file of a SQLite store URL (`sqlite://PATH`, `sqlite:PATH`, relative to the
+/// working directory as for [`Store::connect`]); `None` for an in-memory database or a
+/// server.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    if Backend::of_url(url) != Some(Backend::Sqlite)
+        || url.starts_with("sqlite::memory:")
+        || url.contains("mode=memory")
+    {
+        return None;
+    }
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let file = rest.split('?').next().unwrap_or(rest);
+    (!file.is_empty()).then(|| PathBuf::from(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_of_a_sqlite_url() {
+        let f = |u: &str| sqlite_file(u).map(|p| p.display().to_string());
+        assert_eq!(f("sqlite://runwarden.db").as_deref(), Some("runwarden.db"));
+        assert_eq!(
+            f("sqlite:///var/lib/rw.db?mode=rwc").as_deref(),
+            Some("/var/lib/rw.db")
+        );
+        assert_eq!(f("sqlite:data/rw.db").as_deref(), Some("data/rw.db"));
+        assert_eq!(f("sqlite::memory:"), None);
+        assert_eq!(f("sqlite://x.db?mode=memory&cache=shared"), None);
+        assert_eq!(f("postgres://u:p@h/db"), None);
+    }
 }

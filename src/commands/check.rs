@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use super::{outln, plural};
 use crate::config::{Config, MaxDuration, Rule, RuleKind, Secrets, Warning};
 // Durations as rules' reasons write them (`30d`, `1h30m`), not humantime's `1month
 // 29days 10h 30m 36s` for `60d`.
@@ -19,16 +20,20 @@ pub fn run(path: &Path) -> ExitCode {
     let mut warnings = loaded.warnings.clone();
     warnings.extend(secret_warnings(&loaded.config, &secrets));
     for r in &loaded.config.rules {
-        println!("{}", describe(r, loaded.config.dry_run));
+        outln!("{}", describe(r, loaded.config.dry_run));
     }
     for w in &warnings {
         eprintln!("warning: {w}");
     }
-    println!(
-        "{}: ok ({} rules, {} projects{})",
+    outln!(
+        "{}: ok ({}, {}{})",
         path.display(),
-        loaded.config.rules.len(),
-        loaded.config.currents.projects.len(),
+        plural(loaded.config.rules.len() as u64, "rule", "rules"),
+        plural(
+            loaded.config.currents.projects.len() as u64,
+            "project",
+            "projects"
+        ),
         if loaded.config.dry_run {
             ", dry run"
         } else {

@@ -17,6 +17,7 @@ use serde_json::json;
 use sha2::Sha256;
 
 use super::serve::{Bot, build_context, start};
+use super::{outln, plural};
 use crate::config::{Config, RuleKind, Secrets};
 use crate::secret::Secret;
 use crate::server::BotEvent;
@@ -44,21 +45,18 @@ fn short(id: &str) -> &str {
 
 impl Demo {
     async fn pause(&self, ms: u64) {
-        tokio::time::sleep(Duration::from_millis(
-            (ms as f64 / self.speed.max(0.01)) as u64,
-        ))
-        .await;
+        tokio::time::sleep(Duration::from_millis((ms as f64 / self.speed) as u64)).await;
     }
 
     fn scene(&self, title: &str) {
-        println!(
+        outln!(
             "\n── {title} {}",
             "─".repeat(70usize.saturating_sub(title.len()))
         );
     }
 
     fn say(&self, text: &str) {
-        println!("   {text}");
+        outln!("   {text}");
     }
 
     fn run(&self, branch: &str, sha: &str, created: DateTime<Utc>) -> NewRun {
@@ -143,7 +141,7 @@ fn narrate(mut rx: tokio::sync::broadcast::Receiver<BotEvent>) -> tokio::task::J
                     dry_run,
                     ..
                 }) => {
-                    println!(
+                    outln!(
                         "   ⚖  {rule}: {action} run {} ({}){} — {reason}",
                         short(&run_id),
                         branch.as_deref().unwrap_or("-"),
@@ -163,7 +161,7 @@ fn narrate(mut rx: tokio::sync::broadcast::Receiver<BotEvent>) -> tokio::task::J
                         "retry" | "postponed" => "↻",
                         _ => "✘",
                     };
-                    println!(
+                    outln!(
                         "   {mark}  {action} {} by {rule}: {outcome} ({detail})",
                         short(&run_id)
                     );
@@ -243,12 +241,12 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
     let ctx = build_context(config, secrets).await?;
     let narrator = narrate(ctx.events.subscribe());
     let bot = start(ctx, bot_listener).await?;
-    println!(
+    outln!(
         "runwarden demo — the bot at {} against the simulator at {}",
         bot.url(),
         sim.base_url
     );
-    println!(
+    outln!(
         "rules: {}",
         rules
             .iter()
@@ -296,8 +294,8 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     d.scene("08:00  the backlog");
     d.say(&format!(
-        "{} old runs in project {} (35–47 days old), one pinned with tag release-1.0",
-        d.sim.run_count(),
+        "{} in project {} (35–47 days old), one pinned with tag release-1.0",
+        plural(d.sim.run_count() as u64, "old run", "old runs"),
         d.project
     ));
 
@@ -353,20 +351,28 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
     second.emit = Some(true);
     let second = d.sim.add_run(second).map_err(|e| anyhow::anyhow!("{e}"))?;
     d.pause(300).await;
-    d.sim
+    // All six spec files complete, two of them failing: the run finishes as failed.
+    // (`finish` would complete them too, but with one failed test of its own choosing in
+    // place of `fail`.) The narration reads its counts from the run, as the summary does.
+    let finished = d
+        .sim
         .advance(
             &second.run_id,
             Advance {
                 complete: 6,
                 fail: Some(2),
-                finish: Some(Outcome::Failed),
                 ..Advance::default()
             },
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (specs, tests) = (finished.instance_counts(), finished.test_counts());
     d.say(&format!(
-        "run {} finished: 2 spec files failed",
-        short(&second.run_id)
+        "run {} finished: {} of {} failed ({} failed, {} passed)",
+        short(&second.run_id),
+        specs.failures,
+        plural(specs.overall, "spec file", "spec files"),
+        plural(tests.failures, "test", "tests"),
+        tests.passes
     ));
     let sid = second.run_id.clone();
     d.settle(10, |a| {
@@ -486,8 +492,8 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
         let r = rule.clone();
         d.settle(20, |a| a.iter().any(|e| e.rule == r)).await;
         d.say(&format!(
-            "{} runs before, {} after",
-            before,
+            "{} before, {} after",
+            plural(before as u64, "run", "runs"),
             d.sim.run_count()
         ));
     }
@@ -497,21 +503,22 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
     let comments = d.sim.comments(Some(&repo), Some(42));
     match comments.last() {
         Some(c) => {
-            println!(
-                "   PR #42 · comment by {} · edited {} time(s)\n",
-                c.user, c.edits
+            outln!(
+                "   PR #42 · comment by {} · edited {}\n",
+                c.user,
+                plural(c.edits, "time", "times")
             );
             for line in c.body.lines() {
-                println!("   │ {line}");
+                outln!("   │ {line}");
             }
         }
-        None => println!("   (no comment was posted)"),
+        None => outln!("   (no comment was posted)"),
     }
     let statuses = d.sim.statuses(Some(&repo), None);
     if !statuses.is_empty() {
-        println!("\n   commit statuses:");
+        outln!("\n   commit statuses:");
         for s in &statuses {
-            println!(
+            outln!(
                 "   {} {} {:<9} {}",
                 &s.sha[..7],
                 s.context,
@@ -530,13 +537,18 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
             .entry(e.outcome.as_str().to_string())
             .or_default() += 1;
     }
-    println!(
+    outln!(
         "   {:<22} {:<10} {:>5} {:>8} {:>8} {:>7}",
-        "rule", "action", "done", "skipped", "dry run", "failed"
+        "rule",
+        "action",
+        "done",
+        "skipped",
+        "dry run",
+        "failed"
     );
     for ((rule, action), o) in &table {
         let g = |k: &str| o.get(k).copied().unwrap_or(0);
-        println!(
+        outln!(
             "   {:<22} {:<10} {:>5} {:>8} {:>8} {:>7}",
             rule,
             action,
@@ -547,22 +559,26 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
         );
     }
     let mutations = d.sim.mutation_log();
-    println!(
-        "\n   {} decisions, {} mutating API calls, {} runs left in the simulator",
-        audit.len(),
-        mutations.len(),
-        d.sim.run_count()
+    outln!(
+        "\n   {}, {}, {} left in the simulator",
+        plural(audit.len() as u64, "decision", "decisions"),
+        plural(
+            mutations.len() as u64,
+            "mutating API call",
+            "mutating API calls"
+        ),
+        plural(d.sim.run_count() as u64, "run", "runs")
     );
     let failed = audit.iter().any(|e| e.outcome.as_str() == "failed");
     if keep_running {
-        println!("\nkeeping the bot and simulator up (Ctrl-C to stop):");
-        println!("   status page   {}/", d.bot.url());
-        println!("   metrics       {}/metrics", d.bot.url());
-        println!(
+        outln!("\nkeeping the bot and simulator up (Ctrl-C to stop):");
+        outln!("   status page   {}/", d.bot.url());
+        outln!("   metrics       {}/metrics", d.bot.url());
+        outln!(
             "   admin API     {}/api/actions  (Authorization: Bearer {ADMIN_TOKEN})",
             d.bot.url()
         );
-        println!(
+        outln!(
             "   simulator     {}/v1  (Authorization: Bearer {})",
             d.sim.base_url,
             d.sim.config().api_key
@@ -584,11 +600,17 @@ const EXAMPLE_RULES: &str = include_str!("../../rules.toml");
 /// Without a policy file at `path` (a newcomer's empty directory), the demo plays with
 /// the example `rules.toml` built into the binary, and says so; a file that exists but
 /// is invalid is still an error.
+/// `speed` must be finite and greater than 0 (the command line checks it; exit 2 when
+/// not).
 pub fn run(path: &std::path::Path, speed: f64, keep_running: bool) -> ExitCode {
+    if !speed.is_finite() || speed <= 0.0 {
+        eprintln!("runwarden demo: --speed {speed} must be a number greater than 0");
+        return ExitCode::from(super::EXIT_USAGE);
+    }
     let loaded = if path.exists() {
         super::load_config(path)
     } else {
-        println!(
+        outln!(
             "No policy file at {}: playing with the example rules built into runwarden.",
             path.display()
         );
@@ -605,7 +627,7 @@ pub fn run(path: &std::path::Path, speed: f64, keep_running: bool) -> ExitCode {
     let result = super::runtime().block_on(play(loaded.config, speed, keep_running));
     match result {
         Ok(ok) => {
-            println!("\ndemo finished in {:.1}s", started.elapsed().as_secs_f64());
+            outln!("\ndemo finished in {:.1}s", started.elapsed().as_secs_f64());
             if ok {
                 ExitCode::SUCCESS
             } else {

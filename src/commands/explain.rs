@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use chrono::Utc;
 use futures::StreamExt;
 
+use super::outln;
 use crate::config::Secrets;
 use crate::currents::RunFilter;
 use crate::rules::{self, RunsView};
@@ -25,11 +26,14 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
         }
     };
     let rt = super::runtime();
+    let projects = &loaded.config.currents.projects;
     let result = rt.block_on(async {
         let run = client.get_run(run_id).await?;
         // The other runs of its branch: for supersede (newer runs) and retention (newest N).
+        // None for a run of a project the bot does not watch: no rule looks at it.
         let mut runs = Vec::new();
-        if let Some(branch) = run.branch() {
+        let watched = projects.contains(&run.project_id);
+        if let Some(branch) = run.branch().filter(|_| watched) {
             let filter = RunFilter {
                 branches: vec![branch.to_string()],
                 ..RunFilter::default()
@@ -55,7 +59,7 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
     let history = rules::build_history(&runs);
     let progress = Default::default();
     let view = RunsView::new(&runs, &progress, &history);
-    println!(
+    outln!(
         "run {} · project {} · branch {} · sha {} · {} / {} · created {}",
         run.run_id,
         run.project_id,
@@ -65,8 +69,25 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
         run.status,
         run.created_at.format("%Y-%m-%d %H:%M:%S UTC")
     );
+    if !projects.contains(&run.project_id) {
+        // `serve` refuses such a run's events and `plan` never lists its project, so no
+        // rule can act on it, whatever its filters say.
+        let detail = format!(
+            "project {} is not in [currents] projects ({}): runwarden never acts on its runs",
+            run.project_id,
+            projects.join(", ")
+        );
+        for rule in &loaded.config.rules {
+            outln!(
+                "✘ no       {:<22} {:<9} {detail}",
+                rule.name,
+                rule.kind_name()
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
     for e in rules::explain(&loaded.config, &run, &view, Utc::now()) {
-        println!(
+        outln!(
             "{} {:<22} {:<9} {}",
             if e.applies {
                 "✔ applies "

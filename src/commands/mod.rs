@@ -12,8 +12,10 @@ pub mod serve;
 pub mod sweep;
 pub mod webhooks;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -55,7 +57,9 @@ pub struct Cli {
 /// Output format of `plan` and `audit`.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Format {
+    /// Aligned columns with a header row, for people.
     Table,
+    /// One JSON array (SPEC §1), for scripts.
     Json,
 }
 
@@ -67,27 +71,36 @@ pub enum Command {
     Check,
     /// Read the runs from the API, evaluate every rule now and print what would be done.
     Plan {
-        #[arg(long)]
+        /// Evaluate only the rule with this `name` (exit 2 if there is none).
+        #[arg(long, value_name = "NAME")]
         rule: Option<String>,
+        /// Print an aligned table, or one JSON array of what would be done.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
     /// Evaluate and execute once, then exit.
     Sweep {
-        #[arg(long)]
+        /// Evaluate and execute only the rule with this `name` (exit 2 if there is none).
+        #[arg(long, value_name = "NAME")]
         rule: Option<String>,
+        /// Record the decisions, mutate nothing (as `dry_run = true` on every rule).
         #[arg(long)]
         dry_run: bool,
     },
     /// For each rule: does it apply to this run now, and if not, why not.
-    Explain { run_id: String },
+    Explain {
+        /// The Currents run id (`runId`) to explain.
+        run_id: String,
+    },
     /// The decisions and actions recorded in the store, newest first.
     Audit {
         /// Only entries newer than this (e.g. "24h").
-        #[arg(long)]
+        #[arg(long, value_name = "DURATION")]
         since: Option<String>,
-        #[arg(long)]
+        /// Only the decisions of the rule with this `name` (exit 2 if there is none).
+        #[arg(long, value_name = "NAME")]
         rule: Option<String>,
+        /// Print an aligned table, or one JSON array of the recorded entries.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -98,7 +111,8 @@ pub enum Command {
     },
     /// Serve the built-in Currents + GitHub simulator.
     Simulate {
-        #[arg(long, default_value = "127.0.0.1:4000")]
+        /// Address to serve the simulator on, `HOST:PORT` (port 0: any free port).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4000", value_parser = parse_listen)]
         listen: String,
         /// Post Currents webhooks for run changes to this URL (with the header
         /// `currents.webhook_header` = $RUNWARDEN_CURRENTS_WEBHOOK_SECRET).
@@ -107,8 +121,14 @@ pub enum Command {
     },
     /// The whole bot against the built-in simulator, narrated.
     Demo {
-        /// Speed factor of the scripted day.
-        #[arg(long, default_value_t = 1.0)]
+        /// Speed factor of the scripted day (> 0; 4 plays it four times faster).
+        #[arg(
+            long,
+            value_name = "X",
+            default_value_t = 1.0,
+            value_parser = parse_speed,
+            allow_negative_numbers = true
+        )]
         speed: f64,
         /// Leave the bot and simulator running and print their URLs.
         #[arg(long)]
@@ -120,12 +140,119 @@ pub enum Command {
 pub enum WebhooksCommand {
     /// Create or update the webhook of every configured project (idempotent).
     Install {
+        /// Public URL of this bot's `POST /webhooks/currents` endpoint (http or https).
         #[arg(long)]
         url: String,
+        /// Print what would be created or updated, change nothing.
         #[arg(long)]
         dry_run: bool,
     },
 }
+
+/// `demo --speed`: a finite number greater than 0 (a pause lasts its time divided by it).
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err("the speed factor must be a number greater than 0 (e.g. 0.5 or 4)".into()),
+    }
+}
+
+/// `simulate --listen`: `HOST:PORT` (an IP address, `[IPv6]:PORT`, or a host name) with a
+/// port in 0–65535; checked here so that a typo is a usage error (exit 2), not a failed
+/// bind (exit 1).
+fn parse_listen(s: &str) -> Result<String, String> {
+    if s.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(s.to_string());
+    }
+    let bad = |why: &str| Err(format!("{why} (expected HOST:PORT, e.g. 127.0.0.1:4000)"));
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return bad("no port");
+    };
+    if port.parse::<u16>().is_err() {
+        return bad("the port must be a number from 0 to 65535");
+    }
+    let host_ok = !host.is_empty()
+        && !host.contains(':')
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !host_ok {
+        return bad("the host must be an IP address or a host name");
+    }
+    Ok(s.to_string())
+}
+
+/// `count` and the noun in the singular or the plural: `1 project`, `3 projects`.
+pub fn plural(count: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = count.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Checks that `--rule NAME` names a rule of the config; when not, prints
+/// `PATH: no rule named "NAME"` and gives the usage exit code (2).
+pub fn check_rule_exists(
+    path: &std::path::Path,
+    config: &config::Config,
+    rule: Option<&str>,
+) -> Result<(), ExitCode> {
+    match rule {
+        Some(r) if !config.rules.iter().any(|x| x.name == r) => {
+            eprintln!("{}: no rule named {r:?}", path.display());
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Set once stdout is gone (a closed pipe, as `runwarden audit | head -1` leaves it) or
+/// failed otherwise: `outln!` prints nothing more.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// What `outln!` calls: writes `args` (and a newline if `newline`) to the
+/// locked stdout. A broken pipe ends the output silently; another error is reported
+/// once on stderr and ends it too. Never panics, unlike `println!`.
+pub fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let result = out.write_fmt(args).and_then(|()| {
+        if newline {
+            out.write_all(b"\n")
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = result
+        && !STDOUT_CLOSED.swap(true, Ordering::Relaxed)
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("runwarden: cannot write to stdout: {e} (further output is dropped)");
+    }
+}
+
+/// `println!` for the commands' output, without its panic when stdout is gone.
+///
+/// Same syntax as `println!` (`outln!()`, `outln!("{x} and {}", y)`); writes to the
+/// locked stdout. When the reader of a pipe has gone (`runwarden audit | head -1`), the
+/// write fails with `BrokenPipe`: this line and all later output are dropped silently,
+/// and the command finishes normally with its usual exit code (0, 1 or 2). Any other
+/// write error prints one warning on stderr and drops the rest of the output too.
+/// SIGPIPE stays ignored (Rust's default), since the same processes talk HTTP through
+/// hyper.
+///
+/// Use it from any module of the crate with `use crate::commands::outln;` (in a
+/// `commands` module, `use super::outln;` works too). It is crate-internal, not
+/// `#[macro_export]`ed.
+macro_rules! outln {
+    () => {
+        $crate::commands::write_stdout(::std::format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::commands::write_stdout(::std::format_args!($($arg)*), true)
+    };
+}
+pub(crate) use outln;
 
 /// Loads the config or prints the located error; `Err` carries the exit code.
 pub fn load_config(path: &std::path::Path) -> Result<Loaded, ExitCode> {
@@ -210,4 +337,99 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("cannot start the tokio runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every subcommand says what it is for in `--help`, and so does
+    /// every value of the command line's own value enums (`--format`). (`--log-format`'s
+    /// values are documented in `telemetry.rs`.)
+    #[test]
+    fn every_argument_of_every_subcommand_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                let help = arg.get_help().or(arg.get_long_help());
+                if help.is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{path} {id}"));
+                }
+                if id != "log_format" {
+                    for v in arg.get_possible_values() {
+                        if v.get_help().is_none() {
+                            missing.push(format!("{path} {id}={}", v.get_name()));
+                        }
+                    }
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "runwarden", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    #[test]
+    fn demo_speed_must_be_finite_and_positive() {
+        for ok in ["1", "0.5", "8", "1e3"] {
+            assert!(parse_speed(ok).is_ok(), "{ok}");
+        }
+        for bad in ["0", "-1", "-0.5", "nan", "inf", "-inf", "fast", ""] {
+            assert!(parse_speed(bad).is_err(), "{bad}");
+        }
+        let parsed = Cli::try_parse_from(["runwarden", "demo", "--speed", "-1"]);
+        let err = parsed.unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("greater than 0"), "{err}");
+    }
+
+    #[test]
+    fn simulate_listen_must_be_host_and_port() {
+        for ok in [
+            "127.0.0.1:4000",
+            "0.0.0.0:0",
+            "[::1]:4000",
+            "localhost:4000",
+        ] {
+            assert_eq!(parse_listen(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "0.0.0.0:notaport",
+            "127.0.0.1",
+            "127.0.0.1:65536",
+            ":4000",
+            "a b:80",
+        ] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+        let err = Cli::try_parse_from(["runwarden", "simulate", "--listen", "0.0.0.0:notaport"])
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn counts_read_in_the_singular_and_the_plural() {
+        assert_eq!(plural(1u64, "project", "projects"), "1 project");
+        assert_eq!(plural(0u64, "project", "projects"), "0 projects");
+        assert_eq!(
+            plural(2u32, "API request", "API requests"),
+            "2 API requests"
+        );
+    }
 }

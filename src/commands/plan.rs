@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::Format;
+use super::{Format, outln};
 use crate::config::{Config, RuleKind, Secrets};
 use crate::currents::{CompletionState, CurrentsClient, Run, RunFilter};
 use crate::rules::{self, Decision, RunsView, retention};
@@ -151,7 +151,7 @@ pub fn evaluate(
         .breaches
         .iter()
         .filter(|b| rule.is_none_or(|r| b.rule == r))
-        .map(|b| format!("rule {:?}: circuit breaker: would delete {} runs > max_deletions {}; a sweep would delete none", b.rule, b.would_delete, b.max))
+        .map(|b| format!("rule {:?}: circuit breaker: would delete {} runs > max_deletions {}, so a sweep would delete none of them and exit 1", b.rule, b.would_delete, b.max))
         .collect();
     (decisions, breaches)
 }
@@ -177,18 +177,22 @@ pub fn event_driven_notes(config: &Config, rule: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-/// Prints decisions as an aligned table.
+/// Prints decisions as an aligned table ("nothing to do" when there are none).
 pub fn print_table(decisions: &[Decision]) {
     if decisions.is_empty() {
-        println!("nothing to do");
+        outln!("nothing to do");
         return;
     }
-    println!(
+    outln!(
         "{:<22} {:<9} {:<8} {:<34} {:<24} reason",
-        "rule", "kind", "action", "run", "branch"
+        "rule",
+        "kind",
+        "action",
+        "run",
+        "branch"
     );
     for d in decisions {
-        println!(
+        outln!(
             "{:<22} {:<9} {:<8} {:<34} {:<24} {}{}",
             d.rule,
             d.kind,
@@ -207,11 +211,8 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, format: Format) -> ExitCo
         Ok(l) => l,
         Err(code) => return code,
     };
-    if let Some(r) = rule
-        && !loaded.config.rules.iter().any(|x| x.name == r)
-    {
-        eprintln!("{}: no rule named {r:?}", path.display());
-        return ExitCode::from(super::EXIT_USAGE);
+    if let Err(code) = super::check_rule_exists(path, &loaded.config, rule) {
+        return code;
     }
     let secrets = Secrets::from_env();
     let client = match super::serve::currents_client(&loaded.config, &secrets) {
@@ -235,25 +236,35 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, format: Format) -> ExitCo
     match format {
         Format::Json => {
             let items: Vec<PlanItem> = decisions.iter().map(PlanItem::from).collect();
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&items).unwrap_or_else(|_| "[]".into())
             );
         }
         Format::Table => {
-            print_table(&decisions);
-            eprintln!(
-                "{} runs read, {} API requests, nothing changed",
-                read,
-                client.request_count()
-            );
-            for note in event_driven_notes(&loaded.config, rule) {
-                eprintln!("note: {note}");
+            // A tripped breaker is what a sweep would do: it belongs with the table, not
+            // only in a warning (and "nothing to do" would hide it).
+            if !decisions.is_empty() || breaches.is_empty() {
+                print_table(&decisions);
             }
+            for b in &breaches {
+                outln!("{b}");
+            }
+            for note in event_driven_notes(&loaded.config, rule) {
+                outln!("note: {note}");
+            }
+            eprintln!(
+                "{}, {}, nothing changed",
+                super::plural(read, "run read", "runs read"),
+                super::plural(client.request_count(), "API request", "API requests")
+            );
         }
     }
-    for b in breaches {
-        eprintln!("warning: {b}");
+    if format == Format::Json {
+        // stdout holds the JSON document alone.
+        for b in &breaches {
+            eprintln!("warning: {b}");
+        }
     }
     ExitCode::SUCCESS
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use super::outln;
 use crate::config::{RuleKind, Secrets};
 use crate::store::NewDelivery;
 
@@ -29,11 +30,8 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
         Ok(l) => l,
         Err(code) => return code,
     };
-    if let Some(r) = rule
-        && !loaded.config.rules.iter().any(|x| x.name == r)
-    {
-        eprintln!("{}: no rule named {r:?}", path.display());
-        return ExitCode::from(super::EXIT_USAGE);
+    if let Err(code) = super::check_rule_exists(path, &loaded.config, rule) {
+        return code;
     }
     if dry_run {
         loaded.config.dry_run = true;
@@ -152,8 +150,14 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
         }
         let count = |o: &str| entries.iter().filter(|e| e.outcome.as_str() == o).count();
         let breaker = entries.iter().any(|e| e.reason.starts_with("circuit breaker"));
+        if !entries.is_empty() {
+            outln!(
+                "{:<8} {:<22} {:<8} {:<34} reason",
+                "outcome", "rule", "action", "run"
+            );
+        }
         for e in entries.iter().rev() {
-            println!(
+            outln!(
                 "{:<8} {:<22} {:<8} {:<34} {}{}",
                 e.outcome.as_str(),
                 e.rule,
@@ -163,7 +167,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 e.error.as_deref().map(|x| format!(" — {x}")).unwrap_or_default()
             );
         }
-        println!(
+        outln!(
             "sweep: {} decision(s): {} done, {} dry run, {} skipped, {} failed, {} pending",
             entries.len(),
             count("done"),

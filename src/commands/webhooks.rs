@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 
+use super::outln;
 use crate::config::Secrets;
 use crate::currents::{CurrentsClient, RUN_EVENTS, Webhook, WebhookSpec};
 
@@ -115,9 +116,9 @@ pub fn run(path: &std::path::Path, url: &str, dry_run: bool) -> ExitCode {
         ));
         let prefix = if dry_run { "would be " } else { "" };
         match r {
-            Ok(Change::Created(id)) => println!("{project}: webhook {prefix}created {id} -> {url}"),
-            Ok(Change::Updated(id)) => println!("{project}: webhook {id} {prefix}updated -> {url}"),
-            Ok(Change::Unchanged(id)) => println!("{project}: webhook {id} already up to date"),
+            Ok(Change::Created(id)) => outln!("{project}: webhook {prefix}created {id} -> {url}"),
+            Ok(Change::Updated(id)) => outln!("{project}: webhook {id} {prefix}updated -> {url}"),
+            Ok(Change::Unchanged(id)) => outln!("{project}: webhook {id} already up to date"),
             Err(e) => {
                 failed = true;
                 eprintln!("{project}: cannot install the webhook: {e:#}");

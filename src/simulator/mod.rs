@@ -55,6 +55,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::commands::outln;
+
 pub use emitter::{Delivery, HookTarget};
 pub use faults::{ActiveFault, ConnHandle, Fault, FaultKind, LogEntry, SimListener};
 pub use github_api::{
@@ -384,18 +386,18 @@ pub async fn run_cli(listen: &str, cfg: SimConfig) -> anyhow::Result<()> {
     let sim = spawn(listener, cfg).await?;
     let sample = seed_sample(&sim, Utc::now()).map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
     let base = &sim.base_url;
-    println!("runwarden simulator listening on {base}");
-    println!(
+    outln!("runwarden simulator listening on {base}");
+    outln!(
         "  Currents API  {base}/v1      (Authorization: Bearer {})",
         sim.config().api_key
     );
-    println!("  GitHub API    {base}/github  (any token)");
-    println!("  control       {base}/_sim");
+    outln!("  GitHub API    {base}/github  (any token)");
+    outln!("  control       {base}/_sim");
     match &sim.config().webhook_url {
-        Some(u) => println!("  webhooks  ->  {u}"),
-        None => println!("  webhooks      off (POST {base}/_sim/webhook-target to set)"),
+        Some(u) => outln!("  webhooks  ->  {u}"),
+        None => outln!("  webhooks      off (POST {base}/_sim/webhook-target to set)"),
     }
-    println!(
+    outln!(
         "seeded {} runs in projects {}; in progress: superseded {}, stuck {}, orphan {}",
         sample.runs,
         sample.projects.join(", "),
@@ -403,7 +405,7 @@ pub async fn run_cli(listen: &str, cfg: SimConfig) -> anyhow::Result<()> {
         sample.stuck,
         sample.orphan
     );
-    println!("press Ctrl-C to stop");
+    outln!("press Ctrl-C to stop");
     wait_for_signal().await;
     sim.shutdown().await;
     Ok(())
