@@ -12,7 +12,9 @@ use tracing_subscriber::{EnvFilter, fmt};
 pub enum LogFormat {
     /// Text on a terminal, JSON otherwise.
     Auto,
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line, for log collectors.
     Json,
 }
 
