@@ -347,6 +347,21 @@ fn a_delete_rule_without_filters_warns() {
     );
 }
 
+/// `runwarden check` on a config file holding `text`: the file's path as messages show
+/// it, and the command's output.
+fn check_file(text: &str) -> (String, std::process::Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = bin()
+        .arg("--config")
+        .arg(&path)
+        .arg("check")
+        .output()
+        .unwrap();
+    (path.display().to_string(), out)
+}
+
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_runwarden"));
     for v in [
@@ -390,19 +405,11 @@ fn check_prints_one_line_per_rule_and_exits_0() {
 
 #[test]
 fn check_exits_2_with_the_located_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.toml");
-    std::fs::write(&path, "[currents]\nprojects = [\"a\"]\nfoo = 1\n").unwrap();
-    let out = bin()
-        .arg("--config")
-        .arg(&path)
-        .arg("check")
-        .output()
-        .unwrap();
+    let (path, out) = check_file("[currents]\nprojects = [\"a\"]\nfoo = 1\n");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
-        stderr.starts_with(&format!("{}:3:1: unknown key \"foo\"", path.display())),
+        stderr.starts_with(&format!("{path}:3:1: unknown key \"foo\"")),
         "{stderr}"
     );
 }
@@ -610,19 +617,11 @@ fn server_listen_must_be_an_address_serve_can_bind() {
 
 #[test]
 fn check_rejects_a_listen_address_serve_cannot_bind() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.toml");
-    std::fs::write(&path, format!("{BASE}[server]\nlisten = \"localhost\"\n")).unwrap();
-    let out = bin()
-        .arg("--config")
-        .arg(&path)
-        .arg("check")
-        .output()
-        .unwrap();
+    let (path, out) = check_file(&format!("{BASE}[server]\nlisten = \"localhost\"\n"));
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
-        stderr.starts_with(&format!("{}:4:1: [server] listen:", path.display())),
+        stderr.starts_with(&format!("{path}:4:1: [server] listen:")),
         "{stderr}"
     );
 }
