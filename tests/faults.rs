@@ -1075,3 +1075,89 @@ async fn a_burst_of_deletes_completes_without_starving_the_store() {
     assert_eq!(log.len(), n, "one DELETE per run");
     assert!(log.iter().all(|e| e.method == "DELETE" && e.status == 200));
 }
+
+/// Webhooks are hints: a RUN_FINISH that arrives while the API still shows the run in
+/// progress (a lagging read model, or an early or out-of-order delivery) must not spend
+/// the run's summary on a state that is not final: the bot reads the run again later,
+/// and once the run has failed the PR says so. A late RUN_START after that is read as
+/// the run's end, so it leads to no pending status over the final one.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_early_run_finish_waits_for_the_api_and_a_late_run_start_is_read_as_the_end() {
+    let rules = "[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\ncommit_status = true\nevents = [\"RUN_START\", \"RUN_FINISH\"]\n";
+    let app = spawn_app(rules).await;
+    let sha = "e4a1e4a1e4";
+    let mut r = run("feat/early", sha, 5);
+    r.state = Some("running".into());
+    let id = app.sim.add_run(r).unwrap().run_id;
+    app.sim
+        .add_pr(runwarden::simulator::NewPr {
+            repo: REPO.into(),
+            number: Some(12),
+            head_ref: Some("feat/early".into()),
+            head_sha: Some(sha.into()),
+            ..Default::default()
+        })
+        .unwrap();
+    // Currents events processed with `result`, from /metrics.
+    let processed = |app: &TestApp, result: &str| -> u64 {
+        app.bot
+            .ctx
+            .metrics
+            .render(&[])
+            .lines()
+            .filter(|l| {
+                l.starts_with("runwarden_events_processed_total")
+                    && l.contains("source=\"currents\"")
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(app.currents_hook("RUN_FINISH", &id).await.status(), 202);
+    app.wait_for("the early RUN_FINISH to be put back", 10, |app| {
+        processed(app, "retry") > 0
+    })
+    .await;
+    let finals = |app: &TestApp| {
+        app.sim
+            .statuses(Some(REPO), Some(sha))
+            .into_iter()
+            .filter(|s| s.state != "pending")
+            .map(|s| s.state)
+            .collect::<Vec<_>>()
+    };
+    assert!(finals(&app).is_empty(), "no final status for a running run");
+    assert!(app.sim.comments(Some(REPO), Some(12)).is_empty());
+    // The run fails; the delivery's retry reads it and summarises the truth.
+    app.sim
+        .advance(
+            &id,
+            runwarden::simulator::Advance {
+                finish: Some(runwarden::simulator::Outcome::Failed),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    app.wait_for("the failure status", 20, |app| finals(app) == ["failure"])
+        .await;
+    let comments = app.sim.comments(Some(REPO), Some(12));
+    assert_eq!(comments.len(), 1, "{comments:#?}");
+    assert!(
+        comments[0].body.contains("❌ Failed") && !comments[0].body.contains("✅ Passed"),
+        "{}",
+        comments[0].body
+    );
+    // A RUN_START delivered late (after the end) is read as the end, which was acted on:
+    // its processing (decisions and their actions commit with it) records no action of
+    // its own.
+    let ok_before = processed(&app, "ok");
+    assert_eq!(app.currents_hook("RUN_START", &id).await.status(), 202);
+    app.wait_for("the late RUN_START to be processed", 10, |app| {
+        processed(app, "ok") > ok_before
+    })
+    .await;
+    let start_key = format!("summarize:pr-summary:{id}:RUN_START");
+    let start = app.bot.ctx.store.action_by_key(&start_key).await.unwrap();
+    assert!(start.is_none(), "{start:#?}");
+    assert_eq!(finals(&app), ["failure"]);
+}

@@ -1213,7 +1213,9 @@ async fn the_processor_reads_the_store_for_what_its_feed_missed_and_handles_each
     }))
     .unwrap();
     sim.inject_fault(fault);
-    let finished = sim.add_run(run("feat/y", "ccc333", 5)).unwrap();
+    let mut finished = run("feat/y", "ccc333", 5);
+    finished.state = Some("passed".into());
+    let finished = sim.add_run(finished).unwrap();
     let payload = json!({
         "event": "RUN_FINISH",
         "runUrl": format!("https://app.currents.dev/run/{}", finished.run_id),
@@ -1254,4 +1256,187 @@ async fn the_processor_reads_the_store_for_what_its_feed_missed_and_handles_each
     }
     // The fed attempt and the retry read from the store.
     assert_eq!(handled, 2);
+}
+
+/// `GET path` with the admin token: the status and the body as JSON (a body that is not
+/// JSON comes back as a JSON string).
+async fn admin_get(app: &TestApp, path: &str) -> (u16, serde_json::Value) {
+    let r = app
+        .http
+        .get(app.url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, body)
+}
+
+/// `GET /api/actions` filters: a `since` longer than the time since the epoch means
+/// everything (no panic, not `[]`); an unknown rule is 404 and a limit outside 1..=10000
+/// or a query string that does not parse 400, each as `{"error": ...}`.
+#[tokio::test]
+async fn admin_actions_filters_clamp_since_and_answer_json_errors() {
+    let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nkeep_latest = 1\n";
+    let app = spawn_app(rules).await;
+    for i in 0..3 {
+        let mut r = run("feat/old", &format!("sha{i}"), 60 * 24 * (40 + i));
+        r.state = Some("passed".into());
+        app.sim.add_run(r).unwrap();
+    }
+    assert_eq!(app.admin_sweep("retention").await.status(), 202);
+    app.wait_audit("2 deletions", 10, |a| {
+        a.iter().filter(|e| e.outcome.as_str() == "done").count() == 2
+    })
+    .await;
+    for q in [
+        "",
+        "?since=24h",
+        "?since=300000y",
+        "?since=1000000000y",
+        "?rule=retention",
+        "?limit=10000",
+    ] {
+        let (status, body) = admin_get(&app, &format!("/api/actions{q}")).await;
+        assert_eq!(status, 200, "{q}: {body}");
+        assert_eq!(body.as_array().map(Vec::len), Some(2), "{q}: {body}");
+    }
+    let (status, body) = admin_get(&app, "/api/actions?limit=1").await;
+    assert_eq!((status, body.as_array().map(Vec::len)), (200, Some(1)));
+    let (status, body) = admin_get(&app, "/api/actions?rule=nope").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body, json!({"error": "no rule named \"nope\""}));
+    let (status, sweep) = {
+        let r = app.admin_sweep("nope").await;
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(
+        (status, &sweep),
+        (404, &body),
+        "the same shape as the sweep's"
+    );
+    for q in [
+        "?limit=0",
+        "?limit=10001",
+        "?limit=abc",
+        "?limit=-1",
+        "?since=soon",
+    ] {
+        let (status, body) = admin_get(&app, &format!("/api/actions{q}")).await;
+        assert_eq!(status, 400, "{q}: {body}");
+        assert!(body["error"].is_string(), "{q}: {body}");
+        assert_eq!(body.as_object().map(|o| o.len()), Some(1), "{q}: {body}");
+    }
+}
+
+/// A fresh server's `/metrics` describes the counters README lists before any sample,
+/// and a counter without labels reads `name value`.
+#[tokio::test]
+async fn fresh_metrics_describe_the_listed_counters_and_write_no_empty_braces() {
+    let app = spawn_app(SUPERSEDE).await;
+    let text = app.get_text("/metrics").await;
+    for name in [
+        "runwarden_webhooks_total",
+        "runwarden_decisions_total",
+        "runwarden_actions_total",
+        "runwarden_api_requests_total",
+    ] {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
+        assert!(
+            text.contains(&format!("# TYPE {name} counter\n")),
+            "{name}: {text}"
+        );
+    }
+    app.bot
+        .ctx
+        .metrics
+        .inc("runwarden_actions_handed_over_total", &[]);
+    let text = app.get_text("/metrics").await;
+    assert!(
+        text.lines()
+            .any(|l| l == "runwarden_actions_handed_over_total 1"),
+        "{text}"
+    );
+    assert!(!text.contains("{}"), "{text}");
+}
+
+/// Log capture for one test: what this thread's subscriber writes (the test's
+/// single-threaded runtime runs the server on this thread too).
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// "webhook rejected" names its source, so that a 413 or a 404 can be tied to its
+/// sender; it never carries a header value.
+#[tokio::test]
+async fn webhook_rejections_are_logged_with_their_source() {
+    let buf = LogBuffer::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let app = spawn_app_with(AppOptions {
+        github_secret: false,
+        ..AppOptions::default()
+    })
+    .await;
+    // github: no secret, 404.
+    assert_eq!(app.github_hook("push", "x", &json!({})).await.status(), 404);
+    // currents: over the 1 MiB limit, 413; then a wrong secret, 401.
+    let r = app
+        .http
+        .post(app.url("/webhooks/currents"))
+        .header("x-webhook-secret", CURRENTS_SECRET)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = app
+        .http
+        .post(app.url("/webhooks/currents"))
+        .header("x-webhook-secret", "WRONG-SECRET-VALUE")
+        .header(
+            "x-timestamp",
+            chrono::Utc::now().timestamp_millis().to_string(),
+        )
+        .json(&json!({"event": "RUN_START"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    let rejected: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("webhook rejected"))
+        .collect();
+    assert_eq!(rejected.len(), 3, "{text}");
+    let has = |source: &str, status: &str| {
+        rejected
+            .iter()
+            .any(|l| l.contains(&format!("source=\"{source}\"")) && l.contains(status))
+    };
+    assert!(has("github", "status=404"), "{text}");
+    assert!(has("currents", "status=413"), "{text}");
+    assert!(has("currents", "status=401"), "{text}");
+    assert!(!text.contains("WRONG-SECRET-VALUE"), "{text}");
+    assert!(!text.contains(CURRENTS_SECRET), "{text}");
 }

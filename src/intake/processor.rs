@@ -752,6 +752,20 @@ async fn currents_event(
             run.project_id
         )));
     }
+    // Webhooks are hints (SPEC §6): the rules see the event the run's state, as just read,
+    // implies. Actions are keyed by run and event, so a webhook that arrives before the
+    // API shows its change, or out of order, would otherwise spend the run's action for
+    // that event on a stale state: a summary "Passed" for a run still running (and the
+    // true RUN_FINISH then a duplicate), or a pending status after the final one. A late
+    // RUN_START for a finished run reads as its final event (acted on once); an early
+    // end is read again later, with the delivery's backoff, until the API shows it.
+    let event = event_for(&run);
+    if event == "RUN_START" && d.event != "RUN_START" {
+        return Err(ProcessError::Transient(format!(
+            "{} received for run {run_id}, but the API still shows it in progress",
+            d.event
+        )));
+    }
     let snap = observe_run(ctx, seen, &run, now).await?;
     let (mut runs, mut progress) =
         known_in_progress(ctx, Some(&run.project_id), run.branch()).await?;
@@ -778,7 +792,7 @@ async fn currents_event(
     let view = RunsView::new(&runs, &progress, &history);
     let trigger = Trigger::RunSeen {
         run,
-        event: Some(d.event.clone()),
+        event: Some(event.to_string()),
     };
     Ok(rules::evaluate(&ctx.config, &trigger, &view, now).decisions)
 }
