@@ -853,3 +853,28 @@ async fn explain_applies_no_rule_to_a_run_of_a_project_not_configured() {
     }
     assert!(env.sim.mutation_log().is_empty());
 }
+
+/// `audit --since` longer than the time since the epoch means everything, as
+/// `GET /api/actions?since=` does: no panic, and not an empty list.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_since_before_the_epoch_shows_everything() {
+    let env = setup(RULES).await;
+    record_many(&env, "cancel-superseded", 3).await;
+    let mut env = env;
+    for since in ["24h", "300000y", "1000000000y"] {
+        let (out, back) = env
+            .run_async(&["audit", "--since", since, "--format", "json"])
+            .await;
+        env = back;
+        assert_eq!(out.status.code(), Some(0), "{since}: {}", text(&out));
+        assert!(!text(&out).contains("panicked"), "{since}: {}", text(&out));
+        let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            entries.as_array().map(Vec::len),
+            Some(3),
+            "{since}: {entries}"
+        );
+    }
+    let (out, _env) = env.run_async(&["audit", "--since", "soon"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}

@@ -2,6 +2,9 @@
 //! decisions and actions recorded in the store, newest first.
 //!
 //! `--rule` must name a rule of the config, as for `plan` and `sweep` (exit 2 when not).
+//! `--since` longer than the time since the Unix epoch (e.g. `300000y`) means everything
+//! recorded, as for `GET /api/actions?since=` (see [`since_cutoff`]); a text that is not
+//! a duration exits 2.
 //! `audit` only reads: where the config's SQLite store file does not exist yet (nothing
 //! was ever recorded, e.g. before the first `serve` or `sweep`), it creates none, says
 //! `no store at PATH: nothing recorded yet` (on stderr with `--format json`, which then
@@ -10,10 +13,30 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::{Format, outln};
 use crate::store::{AuditEntry, Backend, Store};
+
+/// The earliest time of the entries `audit --since SINCE` (and `GET /api/actions?since=`)
+/// shows, `SINCE` (a humantime duration such as `24h`) before `now`; `None`: no lower
+/// bound. A `SINCE` that reaches back before the Unix epoch, or is too large to
+/// represent at all (`300000y`, `1000000000y`), means everything recorded: it is clamped,
+/// not an error. Only a text that is not a duration is an error.
+pub fn since_cutoff(
+    since: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, humantime::DurationError> {
+    let d = match humantime::parse_duration(since) {
+        Ok(d) => d,
+        Err(humantime::DurationError::NumberOverflow) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .filter(|t| *t >= DateTime::UNIX_EPOCH))
+}
 
 /// Runs the command.
 pub fn run(
@@ -29,8 +52,8 @@ pub fn run(
     if let Err(code) = super::check_rule_exists(path, &loaded.config, rule) {
         return code;
     }
-    let since = match since.map(humantime::parse_duration).transpose() {
-        Ok(d) => d.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default()),
+    let since = match since.map(|s| since_cutoff(s, Utc::now())).transpose() {
+        Ok(cutoff) => cutoff.flatten(),
         Err(e) => {
             eprintln!("runwarden audit: --since: {e} (expected a duration like \"24h\")");
             return ExitCode::from(super::EXIT_USAGE);
@@ -143,5 +166,21 @@ mod tests {
         assert_eq!(f("sqlite::memory:"), None);
         assert_eq!(f("sqlite://x.db?mode=memory&cache=shared"), None);
         assert_eq!(f("postgres://u:p@h/db"), None);
+    }
+
+    /// A `--since` reaching back before the epoch, or too large to represent, means
+    /// everything; it never panics and never means nothing.
+    #[test]
+    fn since_before_the_epoch_means_everything() {
+        let now = Utc::now();
+        assert_eq!(
+            since_cutoff("24h", now).unwrap(),
+            Some(now - chrono::Duration::hours(24))
+        );
+        for s in ["60y", "300000y", "1000000000y", "99999999999999999999999y"] {
+            assert_eq!(since_cutoff(s, now).unwrap(), None, "{s}");
+        }
+        assert!(since_cutoff("soon", now).is_err());
+        assert!(since_cutoff("", now).is_err());
     }
 }

@@ -47,9 +47,13 @@ pub fn run(path: &Path) -> ExitCode {
 pub fn secret_warnings(config: &Config, secrets: &Secrets) -> Vec<Warning> {
     let mut w = Vec::new();
     if secrets.currents_webhook_secrets.is_empty() {
-        w.push(Warning(
-            "RUNWARDEN_CURRENTS_WEBHOOK_SECRET is not set: POST /webhooks/currents answers 404 and runwarden relies on polling".into(),
-        ));
+        // With `poll_interval = "0s"` polling is off too: no Currents run reaches the bot.
+        let text = if config.currents.poll_interval.is_zero() {
+            "RUNWARDEN_CURRENTS_WEBHOOK_SECRET is not set and polling is off (poll_interval = \"0s\"): POST /webhooks/currents answers 404 and runwarden learns of no Currents runs at all (neither webhooks nor polling)"
+        } else {
+            "RUNWARDEN_CURRENTS_WEBHOOK_SECRET is not set: POST /webhooks/currents answers 404 and runwarden relies on polling"
+        };
+        w.push(Warning(text.into()));
     }
     let needs_github = config.rules.iter().any(|r| {
         matches!(r.kind, RuleKind::Summary(_))
@@ -201,6 +205,39 @@ mod tests {
         assert!(
             lines[1].contains("running longer than 1h30m") && lines[1].contains("idle for 45m"),
             "{lines:?}"
+        );
+    }
+
+    /// Without a Currents webhook secret and with polling off, nothing tells the bot of a
+    /// run: the warning says so instead of promising polling.
+    #[test]
+    fn no_currents_secret_and_no_polling_warns_that_no_run_is_seen() {
+        let secrets = Secrets::default();
+        let polling =
+            crate::config::load_str("[currents]\nprojects = [\"p\"]\n", "rules.toml", &[])
+                .unwrap()
+                .config;
+        let w: Vec<String> = secret_warnings(&polling, &secrets)
+            .into_iter()
+            .map(|w| w.0)
+            .collect();
+        assert!(w.iter().any(|w| w.contains("relies on polling")), "{w:?}");
+        let off = crate::config::load_str(
+            "[currents]\nprojects = [\"p\"]\npoll_interval = \"0s\"\n",
+            "rules.toml",
+            &[],
+        )
+        .unwrap()
+        .config;
+        let w: Vec<String> = secret_warnings(&off, &secrets)
+            .into_iter()
+            .map(|w| w.0)
+            .collect();
+        assert!(!w.iter().any(|w| w.contains("relies on polling")), "{w:?}");
+        assert!(
+            w.iter()
+                .any(|w| w.contains("polling is off") && w.contains("no Currents runs at all")),
+            "{w:?}"
         );
     }
 }

@@ -47,6 +47,14 @@ impl Rejection {
     }
 }
 
+impl Rejection {
+    /// The answer, without logging (the handlers log through [`rejected`], which knows
+    /// the source).
+    fn answer(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.reason }))).into_response()
+    }
+}
+
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         // The status and a fixed reason only: never the headers or the body.
@@ -55,7 +63,7 @@ impl IntoResponse for Rejection {
             reason = self.reason,
             "webhook rejected"
         );
-        (self.status, axum::Json(json!({ "error": self.reason }))).into_response()
+        self.answer()
     }
 }
 
@@ -337,12 +345,20 @@ async fn store_delivery(state: &AppState, source: &'static str, delivery: NewDel
 
 /// A rejected webhook's answer, counted in `runwarden_webhooks_total` like every other
 /// answer (a wrong secret shows there as a run of 401s).
+/// Logged at WARN with the source (`currents` or `github`), the status and the fixed
+/// reason: never a header value or the body.
 fn rejected(state: &AppState, source: &'static str, rejection: Rejection) -> Response {
     state.metrics.inc(
         "runwarden_webhooks_total",
         &[("source", source), ("status", rejection.status.as_str())],
     );
-    rejection.into_response()
+    tracing::warn!(
+        source,
+        status = rejection.status.as_u16(),
+        reason = rejection.reason,
+        "webhook rejected"
+    );
+    rejection.answer()
 }
 
 /// `POST /webhooks/currents`.

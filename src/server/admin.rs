@@ -3,6 +3,7 @@
 //! (404 when no token is configured, 401 without it or with another).
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -49,34 +50,65 @@ impl FromRequestParts<AppState> for Admin {
 
 #[derive(Debug, Deserialize)]
 pub struct ActionsQuery {
-    /// A humantime duration, e.g. `24h`.
+    /// A humantime duration, e.g. `24h`; one longer than the time since the Unix epoch
+    /// (e.g. `300000y`) means everything, as `audit --since` (see
+    /// [`crate::commands::audit::since_cutoff`]).
     pub since: Option<String>,
+    /// A rule of the config (404 when there is none of that name, as `audit --rule`
+    /// exits 2).
     pub rule: Option<String>,
+    /// At most this many entries, 1 to [`MAX_LIMIT`] (500 when absent).
     pub limit: Option<u32>,
 }
 
+/// The largest `limit` of `GET /api/actions`.
+pub const MAX_LIMIT: u32 = 10_000;
+
+/// An error answer: `{"error": message}`, as `POST /api/sweep/{rule}` gives.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
 /// `GET /api/actions`: the audit entries, newest first, as `audit --format json`.
+///
+/// 400 `{"error": ...}` for a query string that does not parse, a `since` that is not a
+/// duration or a `limit` outside 1..=10000; 404 `{"error": "no rule named \"x\""}` for
+/// a `rule` the config does not have.
 pub async fn actions(
     _: Admin,
     State(state): State<AppState>,
-    Query(q): Query<ActionsQuery>,
+    q: Result<Query<ActionsQuery>, QueryRejection>,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     let since = match q
         .since
         .as_deref()
-        .map(humantime::parse_duration)
+        .map(|s| crate::commands::audit::since_cutoff(s, Utc::now()))
         .transpose()
     {
-        Ok(d) => d.map(|d| Utc::now() - chrono::Duration::from_std(d).unwrap_or_default()),
-        Err(_) => {
-            return (
+        Ok(cutoff) => cutoff.flatten(),
+        Err(e) => {
+            return error(
                 StatusCode::BAD_REQUEST,
-                "since: expected a duration like 24h",
-            )
-                .into_response();
+                format!("since: {e} (expected a duration like 24h)"),
+            );
         }
     };
-    let limit = q.limit.unwrap_or(500).clamp(1, 10_000);
+    if let Some(rule) = &q.rule
+        && !state.config.rules.iter().any(|r| &r.name == rule)
+    {
+        return error(StatusCode::NOT_FOUND, format!("no rule named {rule:?}"));
+    }
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit: expected 1 to {MAX_LIMIT}, got {limit}"),
+        );
+    }
     match state.store.audit(since, q.rule.as_deref(), limit).await {
         Ok(entries) => Json(entries).into_response(),
         Err(e) => {
@@ -128,11 +160,7 @@ pub async fn rules(_: Admin, State(state): State<AppState>) -> Response {
 /// sweep now; timeout and supersede: a check of every in-progress run).
 pub async fn sweep(_: Admin, State(state): State<AppState>, Path(rule): Path<String>) -> Response {
     let Some(r) = state.config.rules.iter().find(|r| r.name == rule) else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": format!("no rule named {rule:?}")})),
-        )
-            .into_response();
+        return error(StatusCode::NOT_FOUND, format!("no rule named {rule:?}"));
     };
     let now = Utc::now();
     let delivery = NewDelivery {

@@ -91,6 +91,15 @@ const HELP: &[(&str, &str)] = &[
     ),
 ];
 
+/// The counters README lists on `GET /metrics`: their `# HELP` and `# TYPE` lines are
+/// there before their first sample.
+const ALWAYS: &[&str] = &[
+    "runwarden_webhooks_total",
+    "runwarden_decisions_total",
+    "runwarden_actions_total",
+    "runwarden_api_requests_total",
+];
+
 impl Metrics {
     pub fn new() -> Self {
         Self::default()
@@ -135,17 +144,28 @@ impl Metrics {
     pub fn render(&self, gauges: &[(&str, &str, String, f64)]) -> String {
         let mut out = String::new();
         let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let mut last = "";
-        for ((name, labels), v) in c.iter() {
-            if *name != last {
-                let help = HELP
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map_or("runwarden counter.", |(_, h)| h);
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-                last = name;
+        // The counters README lists are described from the start, samples or not; the
+        // others from their first sample. Names in order, each block once.
+        let mut names: Vec<&str> = ALWAYS.to_vec();
+        names.extend(c.keys().map(|(n, _)| *n));
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            let help = HELP
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or("runwarden counter.", |(_, h)| h);
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let samples = c
+                .range((name, String::new())..)
+                .take_while(|((n, _), _)| *n == name);
+            for ((_, labels), v) in samples {
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{name} {v}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                }
             }
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
         }
         drop(c);
         let mut last_g = "";
@@ -227,5 +247,53 @@ mod tests {
             "rule=\"a\\\"b\\\\c\\nd\",kind=\"supersede\""
         );
         assert_eq!(labels(&[]), "");
+    }
+
+    /// A counter without labels renders as `name value`, not `name{} value`.
+    #[test]
+    fn a_counter_without_labels_has_no_braces() {
+        let m = Metrics::new();
+        m.add("runwarden_actions_handed_over_total", String::new(), 7);
+        let text = m.render(&[]);
+        assert!(
+            text.lines()
+                .any(|l| l == "runwarden_actions_handed_over_total 7"),
+            "{text}"
+        );
+        assert!(!text.contains("{}"), "{text}");
+    }
+
+    /// The counters README lists are described before their first sample, once each.
+    #[test]
+    fn listed_counters_are_described_from_the_start() {
+        let m = Metrics::new();
+        let text = m.render(&[]);
+        for name in [
+            "runwarden_webhooks_total",
+            "runwarden_decisions_total",
+            "runwarden_actions_total",
+            "runwarden_api_requests_total",
+        ] {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
+            assert!(
+                text.contains(&format!("# TYPE {name} counter\n")),
+                "{name}: {text}"
+            );
+        }
+        m.inc(
+            "runwarden_decisions_total",
+            &[("rule", "r"), ("action", "cancel")],
+        );
+        m.inc(
+            "runwarden_decisions_total",
+            &[("rule", "s"), ("action", "cancel")],
+        );
+        let text = m.render(&[]);
+        assert_eq!(
+            text.matches("# TYPE runwarden_decisions_total counter")
+                .count(),
+            1,
+            "{text}"
+        );
     }
 }
