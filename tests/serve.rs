@@ -299,6 +299,29 @@ async fn a_loop_that_panics_makes_the_bot_unready_and_is_named() {
         .expect("the other loops stop");
 }
 
+/// A client that sends half a request and then nothing cannot hold the shutdown: open
+/// connections get `HTTP_SHUTDOWN_GRACE` to finish, then are closed.
+#[tokio::test]
+async fn a_stalled_client_cannot_hold_the_shutdown_past_its_grace() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app(SUPERSEDE).await;
+    let mut stalled = tokio::net::TcpStream::connect(app.bot.addr).await.unwrap();
+    stalled
+        .write_all(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The server has the connection (the status page answers on another one).
+    assert_eq!(app.get_text("/healthz").await, "ok");
+    let TestApp { bot, .. } = app;
+    let started = std::time::Instant::now();
+    let grace = runwarden::commands::serve::HTTP_SHUTDOWN_GRACE;
+    tokio::time::timeout(grace + std::time::Duration::from_secs(10), bot.shutdown())
+        .await
+        .expect("the shutdown ends despite the stalled client");
+    assert!(started.elapsed() >= grace, "{:?}", started.elapsed());
+    drop(stalled);
+}
+
 #[tokio::test]
 async fn webhook_endpoints_without_a_secret_answer_404() {
     let app = spawn_app_with(AppOptions {

@@ -153,6 +153,11 @@ impl Bot {
     }
 }
 
+/// How long a shutdown waits for the HTTP connections open at that moment to finish
+/// their requests before it closes them: a webhook being stored gets its answer, and a
+/// client that stalls mid-request cannot keep the process alive.
+pub const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Name of the lease of the event processor on a shared store (PostgreSQL): one replica
 /// at a time consumes the stored events, in order, as the single process does on SQLite.
 pub const PROCESSOR_LEASE: &str = "processor";
@@ -345,14 +350,28 @@ pub async fn start(ctx: Arc<AppContext>, listener: tokio::net::TcpListener) -> a
     };
     let app = crate::server::router(ctx.clone());
     let mut srv_stop = rx.clone();
+    let mut grace_stop = rx.clone();
     bot.spawn_loop("server", async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = srv_stop.changed().await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::error!("server error: {e}");
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = srv_stop.changed().await;
+        });
+        // A client that never finishes its request (headers sent halfway, a stalled
+        // body) would otherwise hold the shutdown for ever, past a supervisor's stop
+        // timeout (Docker's is 10 s) and into a SIGKILL.
+        let grace = async move {
+            let _ = grace_stop.changed().await;
+            tokio::time::sleep(HTTP_SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            r = server => {
+                if let Err(e) = r {
+                    tracing::error!("server error: {e}");
+                }
+            }
+            () = grace => tracing::warn!(
+                "HTTP connections still open {}s after the shutdown began; closing them",
+                HTTP_SHUTDOWN_GRACE.as_secs()
+            ),
         }
     });
     bot.spawn_loop("processor", processor_loop(ctx.clone(), rx.clone()));
