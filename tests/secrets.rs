@@ -115,7 +115,11 @@ async fn exercise(w: &World, bot: &ChildBot, tag: &str) -> Vec<String> {
     ));
     // A PR summary through GitHub, whose first answer echoes the token.
     let sha = format!("prsha-{tag}");
-    let pr_run = w.sim.add_run(run("feat/pr", &sha, 3)).unwrap().run_id;
+    // Finished, as the RUN_FINISH below says (the bot reads the run back and waits for
+    // the API to show an end before it summarises).
+    let mut finished = run("feat/pr", &sha, 3);
+    finished.state = Some("failed".into());
+    let pr_run = w.sim.add_run(finished).unwrap().run_id;
     w.sim
         .add_pr(NewPr {
             repo: REPO.into(),
