@@ -664,6 +664,19 @@ fn a_match_on_a_project_that_is_not_configured_warns() {
 }
 
 #[test]
+fn a_repos_entry_for_a_project_that_is_not_configured_warns() {
+    let w = warnings(&format!(
+        "{BASE}[github]\nrepos = {{ bAYZ4a = \"acme/web\", bayz4a = \"acme/api\" }}\n[[rules]]\nname = \"s\"\nkind = \"supersede\"\n"
+    ));
+    assert_eq!(
+        w,
+        [
+            "rules.toml:4: [github] repos: \"bayz4a\" is not one of [currents] projects (did you mean \"bAYZ4a\"?): its repository is never used",
+        ]
+    );
+}
+
+#[test]
 fn a_match_on_an_unknown_framework_warns() {
     let w = warnings(&format!(
         "{BASE}[[rules]]\nname = \"s\"\nkind = \"supersede\"\n[rules.match]\nframeworks = [\"PW\", \"cypress\", \"vitest\", \"playwright\", \"webdriver\"]\n"

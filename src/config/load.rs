@@ -431,6 +431,20 @@ impl<'a> Locator<'a> {
     }
 }
 
+/// ` (did you mean "bAYZ4a"?)` for a project id that is not configured, or nothing:
+/// the configured id that differs only in case (ids are case-sensitive: `bayz4a` is not
+/// `bAYZ4a`), else the closest one.
+fn project_hint(project: &str, configured: &[String]) -> String {
+    let known: Vec<&str> = configured.iter().map(String::as_str).collect();
+    known
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(project))
+        .copied()
+        .or_else(|| suggest(project, &known))
+        .map(|b| format!(" (did you mean {b:?}?)"))
+        .unwrap_or_default()
+}
+
 /// serde's message about a count (`keep_latest`, `max_deletions`, ...) that is not a
 /// `u32`, in words: "expected u32" means nothing to the person editing the file.
 fn whole_number_message(msg: &str) -> Option<String> {
@@ -594,6 +608,19 @@ fn compile(
             ));
         }
     }
+    for project in repos.keys() {
+        if !currents.projects.contains(project) {
+            let line = loc
+                .section_key_span("github", Some("repos"))
+                .map(|s| format!(":{}", loc.line_col(s.start).0))
+                .unwrap_or_default();
+            warnings.push(Warning(format!(
+                "{}{line}: [github] repos: {project:?} is not one of [currents] projects{}: its repository is never used",
+                loc.path,
+                project_hint(project, &currents.projects)
+            )));
+        }
+    }
     let github = GithubConfig {
         api_url: gh_url,
         repos,
@@ -655,15 +682,7 @@ fn compile(
                 let line = loc
                     .rule_key_span(i, "projects", true)
                     .map_or_else(|| loc.rule_line(i), |s| loc.line_col(s.start).0);
-                // Project ids are case-sensitive: `bayz4a` is not `bAYZ4a`.
-                let known: Vec<&str> = currents.projects.iter().map(String::as_str).collect();
-                let hint = known
-                    .iter()
-                    .find(|k| k.eq_ignore_ascii_case(p))
-                    .copied()
-                    .or_else(|| suggest(p, &known))
-                    .map(|b| format!(" (did you mean {b:?}?)"))
-                    .unwrap_or_default();
+                let hint = project_hint(p, &currents.projects);
                 warnings.push(Warning(format!(
                     "{}:{line}: rule {:?}: match.projects: {p:?} is not one of [currents] projects{hint}: runwarden never reads its runs, so the rule never applies to them",
                     loc.path, rule.name
