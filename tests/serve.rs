@@ -450,6 +450,15 @@ async fn the_admin_api_needs_the_token_and_sweeps_retention() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    // The API's error shape, and a hint at what is missing (never the token itself).
+    let body: serde_json::Value = r.json().await.unwrap();
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("unauthorized") && message.contains("RUNWARDEN_ADMIN_TOKEN"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(ADMIN_TOKEN), "{body}");
     let r = app.admin_sweep("nope").await;
     assert_eq!(r.status(), 404);
     let r = app.admin_sweep("retention").await;

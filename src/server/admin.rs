@@ -37,12 +37,16 @@ impl FromRequestParts<AppState> for Admin {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if given.is_empty() || !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
-            return Err((
+            // The same `{"error"}` shape as the API's other errors.
+            let mut answer = error(
                 StatusCode::UNAUTHORIZED,
-                [(http::header::WWW_AUTHENTICATE, "Bearer")],
-                "unauthorized",
-            )
-                .into_response());
+                "unauthorized: send the admin token (RUNWARDEN_ADMIN_TOKEN) as Authorization: Bearer <token>",
+            );
+            answer.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return Err(answer);
         }
         Ok(Admin)
     }
