@@ -616,6 +616,24 @@ fn server_listen_must_be_an_address_serve_can_bind() {
 }
 
 #[test]
+fn server_idle_timeout_is_a_duration_with_a_default() {
+    let loaded = load_str(BASE, "rules.toml", &[]).unwrap();
+    assert_eq!(
+        loaded.config.server.idle_timeout,
+        std::time::Duration::from_secs(60)
+    );
+    let text = format!("{BASE}[server]\nidle_timeout = \"0s\"\n");
+    let loaded = load_str(&text, "rules.toml", &[]).unwrap();
+    assert!(loaded.config.server.idle_timeout.is_zero(), "0s: never");
+    let text = format!("{BASE}[server]\nidle_timeout = \"soon\"\n");
+    let err = load_str(&text, "rules.toml", &[]).unwrap_err().to_string();
+    assert!(
+        err.starts_with("rules.toml:4:1: [server] idle_timeout:"),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_rejects_a_listen_address_serve_cannot_bind() {
     let (path, out) = check_file(&format!("{BASE}[server]\nlisten = \"localhost\"\n"));
     assert_eq!(out.status.code(), Some(2));

@@ -322,6 +322,38 @@ async fn a_stalled_client_cannot_hold_the_shutdown_past_its_grace() {
     drop(stalled);
 }
 
+/// `[server] idle_timeout`: a connection that sends half a request and then nothing is
+/// closed once it has been idle that long (hyper sets no limit on reading a request's
+/// head; before, such a connection stayed open until shutdown). The server goes on
+/// serving.
+#[tokio::test]
+async fn a_connection_idle_past_idle_timeout_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(&format!("[server]\nidle_timeout = \"1s\"\n\n{SUPERSEDE}")).await;
+    let mut stalled = tokio::net::TcpStream::connect(app.bot.addr).await.unwrap();
+    stalled
+        .write_all(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stalled.read(&mut buf))
+        .await
+        .expect("the server closes the idle connection");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "closed without an answer: {read:?} {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let fresh = reqwest::get(app.url("/healthz")).await.unwrap();
+    assert_eq!(fresh.status(), 200);
+}
+
 #[tokio::test]
 async fn webhook_endpoints_without_a_secret_answer_404() {
     let app = spawn_app_with(AppOptions {

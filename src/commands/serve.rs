@@ -349,6 +349,7 @@ pub async fn start(ctx: Arc<AppContext>, listener: tokio::net::TcpListener) -> a
         failure_tx,
     };
     let app = crate::server::router(ctx.clone());
+    let listener = crate::server::idle::IdleListener::new(listener, ctx.config.server.idle_timeout);
     let mut srv_stop = rx.clone();
     let mut grace_stop = rx.clone();
     bot.spawn_loop("server", async move {

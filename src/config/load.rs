@@ -628,7 +628,12 @@ fn compile(
 
     let listen = raw.server.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
     check_listen(&listen).map_err(|m| sec_err("server", "listen", m))?;
-    let server = ServerConfig { listen };
+    let idle_timeout = parse_duration(raw.server.idle_timeout.as_deref().unwrap_or("60s"))
+        .map_err(|m| sec_err("server", "idle_timeout", m))?;
+    let server = ServerConfig {
+        listen,
+        idle_timeout,
+    };
     let store = StoreConfig {
         url: raw
             .store

@@ -58,6 +58,9 @@ pub struct GithubConfig {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: String,
+    /// A connection on which nothing is read or written for this long is closed (a
+    /// client that stalls mid-request, or an idle keep-alive); `0s`: never.
+    pub idle_timeout: Duration,
 }
 
 /// `[store]`.

@@ -2,6 +2,7 @@
 //! API and the status page, over one shared [`AppContext`].
 
 pub mod admin;
+pub mod idle;
 pub mod metrics;
 pub mod status_page;
 
