@@ -352,6 +352,35 @@ async fn a_connection_idle_past_idle_timeout_is_closed() {
     );
     let fresh = reqwest::get(app.url("/healthz")).await.unwrap();
     assert_eq!(fresh.status(), 200);
+    // A slow client that keeps sending is not idle: a request written over 2 s, a line
+    // every 300 ms, is answered.
+    let mut slow = tokio::net::TcpStream::connect(app.bot.addr).await.unwrap();
+    let lines: [&[u8]; 7] = [
+        b"GET /healthz HTTP/1.1\r\n",
+        b"Host: x\r\n",
+        b"X-A: 1\r\n",
+        b"X-B: 2\r\n",
+        b"X-C: 3\r\n",
+        b"Connection: close\r\n",
+        b"\r\n",
+    ];
+    for line in lines {
+        slow.write_all(line).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        slow.read_to_end(&mut answer),
+    )
+    .await
+    .expect("answered")
+    .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
 }
 
 #[tokio::test]

@@ -49,7 +49,10 @@ impl axum::serve::Listener for IdleListener {
 pub struct IdleStream {
     inner: TcpStream,
     timeout: Duration,
-    /// `None` when the timeout is off.
+    /// When something last moved.
+    last: Instant,
+    /// `None` when the timeout is off. Set for `timeout` after some earlier `last`, and
+    /// moved on only when it fires (cheaper than a timer reset per read or write).
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
@@ -59,15 +62,33 @@ impl IdleStream {
         Self {
             inner,
             timeout,
+            last: Instant::now(),
             deadline,
         }
     }
 
     /// Something moved: the clock starts again.
     fn touch(&mut self) {
-        if let Some(d) = &mut self.deadline {
-            d.as_mut().reset(Instant::now() + self.timeout);
+        if self.deadline.is_some() {
+            self.last = Instant::now();
         }
+    }
+
+    /// Whether the connection has been idle for the timeout; else the deadline is set
+    /// to the end of the current idle spell and will wake `cx`.
+    fn idle_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        let (last, timeout) = (self.last, self.timeout);
+        let Some(d) = &mut self.deadline else {
+            return false;
+        };
+        while d.as_mut().poll(cx).is_ready() {
+            let due = last + timeout;
+            if due <= Instant::now() {
+                return true;
+            }
+            d.as_mut().reset(due);
+        }
+        false
     }
 }
 
@@ -86,11 +107,7 @@ impl AsyncRead for IdleStream {
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                let expired = self
-                    .deadline
-                    .as_mut()
-                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
-                if expired {
+                if self.idle_too_long(cx) {
                     Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "connection idle past [server] idle_timeout",
