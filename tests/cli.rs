@@ -122,6 +122,22 @@ impl Env {
     }
 }
 
+/// A new directory holding a `rules.toml` with `text`.
+fn config_dir(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.toml"), text).unwrap();
+    dir
+}
+
+/// The binary with `--config DIR/rules.toml` and no `RUST_LOG`.
+fn bin_in(dir: &tempfile::TempDir) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_runwarden"));
+    c.arg("--config")
+        .arg(dir.path().join("rules.toml"))
+        .env_remove("RUST_LOG");
+    c
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -487,16 +503,10 @@ async fn simulate_sends_webhooks_with_the_configured_dashboard_url_and_header() 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, hook).await });
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("rules.toml");
-    std::fs::write(
-        &config,
+    let dir = config_dir(
         "[currents]\nprojects = [\"p\"]\ndashboard_url = \"https://dash.example.test/\"\nwebhook_header = \"x-my-secret\"\n",
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runwarden"))
-        .arg("--config")
-        .arg(&config)
+    );
+    let mut child = bin_in(&dir)
         .args([
             "simulate",
             "--listen",
@@ -556,12 +566,8 @@ async fn simulate_sends_webhooks_with_the_configured_dashboard_url_and_header() 
 
 #[test]
 fn commands_that_need_the_api_key_say_so_and_exit_2() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.toml");
-    std::fs::write(&path, "[currents]\nprojects = [\"p\"]\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_runwarden"))
-        .arg("--config")
-        .arg(&path)
+    let dir = config_dir("[currents]\nprojects = [\"p\"]\n");
+    let out = bin_in(&dir)
         .arg("plan")
         .env_remove("CURRENTS_API_KEY")
         .output()
@@ -663,25 +669,16 @@ async fn audit_of_an_unknown_rule_is_a_usage_error_like_plan() {
 #[test]
 fn audit_without_a_store_says_so_and_creates_none() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("rules.toml");
     let db = dir.path().join("never.db");
     std::fs::write(
-        &config,
+        dir.path().join("rules.toml"),
         format!(
             "[currents]\nprojects = [\"p\"]\n[store]\nurl = \"sqlite://{}\"\n",
             db.display()
         ),
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_runwarden"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| bin_in(&dir).args(args).output().unwrap();
     let out = run(&["audit"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
@@ -761,20 +758,10 @@ fn simulate_with_a_bad_listen_address_is_a_usage_error() {
 
 #[test]
 fn check_counts_rules_and_projects_in_the_singular() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.toml");
-    std::fs::write(
-        &path,
+    let dir = config_dir(
         "[currents]\nprojects = [\"p\"]\n[[rules]]\nname = \"sup\"\nkind = \"supersede\"\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_runwarden"))
-        .arg("--config")
-        .arg(&path)
-        .arg("check")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+    );
+    let out = bin_in(&dir).arg("check").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains(": ok (1 rule, 1 project)"),
