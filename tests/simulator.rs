@@ -1530,19 +1530,11 @@ async fn faults_5xx_then_ok_and_rate_limits() {
         )
         .unwrap(),
     );
-    let r = http()
-        .get(format!("{}/github/repos/acme/web/pulls", s.base_url))
-        .header("authorization", "token t")
+    let r = gh(&s, reqwest::Method::GET, "/repos/acme/web/pulls")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403);
-    assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
-    let reset: i64 = r.headers()["x-ratelimit-reset"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let reset = rate_limited_until(&r);
     assert!(reset > Utc::now().timestamp());
     assert!(
         r.json::<Value>().await.unwrap()["message"]
@@ -1764,6 +1756,18 @@ async fn gh_get(s: &SimHandle, path: &str) -> Value {
         .unwrap()
         .json()
         .await
+        .unwrap()
+}
+
+/// Checks that `r` is GitHub's rate-limit refusal (403, nothing remaining) and gives its
+/// `x-ratelimit-reset` (Unix seconds).
+fn rate_limited_until(r: &reqwest::Response) -> i64 {
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+    r.headers()["x-ratelimit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
         .unwrap()
 }
 
@@ -2085,13 +2089,7 @@ async fn the_github_quota_runs_out_and_resets() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403);
-    assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
-    let reset: i64 = r.headers()["x-ratelimit-reset"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let reset = rate_limited_until(&r);
     assert!(reset >= chrono::Utc::now().timestamp(), "{reset}");
     let body: Value = r.json().await.unwrap();
     assert!(
