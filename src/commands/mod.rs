@@ -158,28 +158,17 @@ fn parse_speed(s: &str) -> Result<f64, String> {
 }
 
 /// `simulate --listen`: `HOST:PORT` (an IP address, `[IPv6]:PORT`, or a host name) with a
-/// port in 0–65535; checked here so that a typo is a usage error (exit 2), not a failed
-/// bind (exit 1).
+/// port in 0–65535, as [`config::load::listen_problem`] checks `[server] listen`; checked
+/// here so that a typo is a usage error (exit 2), not a failed bind (exit 1).
 fn parse_listen(s: &str) -> Result<String, String> {
-    if s.parse::<std::net::SocketAddr>().is_ok() {
-        return Ok(s.to_string());
-    }
-    let bad = |why: &str| Err(format!("{why} (expected HOST:PORT, e.g. 127.0.0.1:4000)"));
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return bad("no port");
+    use config::load::ListenProblem;
+    let why = match config::load::listen_problem(s) {
+        None => return Ok(s.to_string()),
+        Some(ListenProblem::NoPort) => "no port",
+        Some(ListenProblem::BadPort) => "the port must be a number from 0 to 65535",
+        Some(ListenProblem::BadHost) => "the host must be an IP address or a host name",
     };
-    if port.parse::<u16>().is_err() {
-        return bad("the port must be a number from 0 to 65535");
-    }
-    let host_ok = !host.is_empty()
-        && !host.contains(':')
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-    if !host_ok {
-        return bad("the host must be an IP address or a host name");
-    }
-    Ok(s.to_string())
+    Err(format!("{why} (expected HOST:PORT, e.g. 127.0.0.1:4000)"))
 }
 
 /// `count` and the noun in the singular or the plural: `1 project`, `3 projects`.
@@ -208,21 +197,14 @@ pub fn check_rule_exists(
 /// failed otherwise: `outln!` prints nothing more.
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 
-/// What `outln!` calls: writes `args` (and a newline if `newline`) to the
-/// locked stdout. A broken pipe ends the output silently; another error is reported
+/// What `outln!` calls: writes `args` and a newline to the locked stdout. A broken pipe ends the output silently; another error is reported
 /// once on stderr and ends it too. Never panics, unlike `println!`.
-pub fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
     if STDOUT_CLOSED.load(Ordering::Relaxed) {
         return;
     }
     let mut out = std::io::stdout().lock();
-    let result = out.write_fmt(args).and_then(|()| {
-        if newline {
-            out.write_all(b"\n")
-        } else {
-            Ok(())
-        }
-    });
+    let result = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
     if let Err(e) = result
         && !STDOUT_CLOSED.swap(true, Ordering::Relaxed)
         && e.kind() != std::io::ErrorKind::BrokenPipe
@@ -246,10 +228,10 @@ pub fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
 /// `#[macro_export]`ed.
 macro_rules! outln {
     () => {
-        $crate::commands::write_stdout(::std::format_args!(""), true)
+        $crate::commands::write_stdout(::std::format_args!(""))
     };
     ($($arg:tt)*) => {
-        $crate::commands::write_stdout(::std::format_args!($($arg)*), true)
+        $crate::commands::write_stdout(::std::format_args!($($arg)*))
     };
 }
 pub(crate) use outln;

@@ -727,21 +727,30 @@ fn compile(
     ))
 }
 
-/// Checks `[server] listen` the way `serve` binds it (a socket address, resolved like
-/// `ToSocketAddrs` for `&str`): `IP:PORT`, `[IPv6]:PORT`, or `HOST:PORT` with a host
-/// name (`localhost:8080`), without resolving the name here.
-fn check_listen(s: &str) -> Result<(), String> {
+/// What is wrong with an address to listen on, as [`listen_problem`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenProblem {
+    /// No `:PORT`.
+    NoPort,
+    /// A port that is not a number from 0 to 65535.
+    BadPort,
+    /// A host that is neither an IP address nor a host name.
+    BadHost,
+}
+
+/// Checks an address to listen on the way `serve` (and `simulate`) bind it (a socket
+/// address, resolved like `ToSocketAddrs` for `&str`): `IP:PORT`, `[IPv6]:PORT`, or
+/// `HOST:PORT` with a host name (`localhost:8080`), without resolving the name here.
+/// Each caller words the problem for its own place (`[server] listen`, `--listen`).
+pub fn listen_problem(s: &str) -> Option<ListenProblem> {
     if s.parse::<std::net::SocketAddr>().is_ok() {
-        return Ok(());
+        return None;
     }
-    let expected = "expected IP:PORT, e.g. \"127.0.0.1:8080\" (this machine only) or \"0.0.0.0:8080\" (every interface)";
     let Some((host, port)) = s.rsplit_once(':') else {
-        return Err(format!("{s:?} has no port; {expected}"));
+        return Some(ListenProblem::NoPort);
     };
     if port.parse::<u16>().is_err() {
-        return Err(format!(
-            "{s:?}: {port:?} is not a port (0-65535); {expected}"
-        ));
+        return Some(ListenProblem::BadPort);
     }
     let hostname = !host.is_empty()
         && host.split('.').all(|label| {
@@ -749,12 +758,25 @@ fn check_listen(s: &str) -> Result<(), String> {
                 && !label.starts_with('-')
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
-    if !hostname {
-        return Err(format!(
+    (!hostname).then_some(ListenProblem::BadHost)
+}
+
+/// `[server] listen`'s message for a [`listen_problem`].
+fn check_listen(s: &str) -> Result<(), String> {
+    let expected = "expected IP:PORT, e.g. \"127.0.0.1:8080\" (this machine only) or \"0.0.0.0:8080\" (every interface)";
+    match listen_problem(s) {
+        None => Ok(()),
+        Some(ListenProblem::NoPort) => Err(format!("{s:?} has no port; {expected}")),
+        Some(ListenProblem::BadPort) => {
+            let port = s.rsplit_once(':').map_or("", |(_, p)| p);
+            Err(format!(
+                "{s:?}: {port:?} is not a port (0-65535); {expected}"
+            ))
+        }
+        Some(ListenProblem::BadHost) => Err(format!(
             "{s:?} is not an address to listen on; {expected}, or \"[::1]:8080\" for IPv6"
-        ));
+        )),
     }
-    Ok(())
 }
 
 fn parse_http_url(s: &str) -> Result<url::Url, String> {
