@@ -137,10 +137,7 @@ fn print_table(entries: &[AuditEntry]) {
 /// working directory as for [`Store::connect`]); `None` for an in-memory database or a
 /// server.
 fn sqlite_file(url: &str) -> Option<PathBuf> {
-    if Backend::of_url(url) != Some(Backend::Sqlite)
-        || url.starts_with("sqlite::memory:")
-        || url.contains("mode=memory")
-    {
+    if Backend::of_url(url) != Some(Backend::Sqlite) || crate::store::is_in_memory(url) {
         return None;
     }
     let rest = url

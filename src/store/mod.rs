@@ -392,7 +392,7 @@ pub const SQLITE_CACHE_KIB: u32 = 512;
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Whether a SQLite URL is an in-memory database.
-fn is_in_memory(url: &str) -> bool {
+pub(crate) fn is_in_memory(url: &str) -> bool {
     url.starts_with("sqlite::memory:") || url.contains("mode=memory")
 }
 
