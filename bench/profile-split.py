@@ -30,11 +30,13 @@ BUCKETS = [
     ("both: HMAC", lambda comm, st: "verify_github_signature" in st),
     ("ceiling: bare handler", lambda comm, st: "bare_handler" in st),
     ("load generator (both)", lambda comm, st: "Load::blast" in st),
-    # Inside the bot's layer stack (its type names carry `runwarden::server`): the
-    # layers, the routing, the extractors and the body; hyper's own connection work is
-    # the same type for both servers and falls in the next bucket.
-    ("bot: layers, routing, extractors", lambda comm, st: "runwarden::server" in st),
-    ("HTTP connections (both servers)", lambda comm, st: "axum::serve" in st),
+    # The rest of each server's connection tasks: hyper's reading, parsing, encoding and
+    # writing, the routing, and for the bot its layers and extractors. The bot's
+    # connections are the ones that go through `[server] idle_timeout`'s wrapper
+    # (`runwarden::server::idle::IdleStream` in hyper's type parameters), so the two are
+    # told apart and can be compared per request.
+    ("bot: HTTP connection, layers, routing, extractors", lambda comm, st: "runwarden::server::idle" in st),
+    ("ceiling: HTTP connection, routing", lambda comm, st: "axum::serve" in st),
 ]
 
 
@@ -57,10 +59,28 @@ def samples(path):
 
 
 def acked(report):
-    """Deliveries the bot acked in the figure's windows (disk and tmpfs rows)."""
+    """Deliveries the bot acked in the figure's windows (disk and tmpfs rows), and the
+    requests the ceiling answered in its windows, estimated from each row's two rates
+    (the two sides are loaded for the same time). Reads the table rows (stdout); the
+    progress lines (stderr) say the same, so they are read only when there is no table."""
     with open(report, encoding="utf-8") as f:
-        text = f.read()
-    return sum(int(n) for n in re.findall(r"(\d+) deliveries in \d+ commits", text))
+        lines = f.read().splitlines()
+    row = re.compile(r"^\| webhook acks[^|]*\| (\d+) req/s .*?(\d+) deliveries in \d+ commits.*?\| (\d+) req/s \(bare")
+    progress = re.compile(r"^\s*webhook acks.*?(\d+) req/s vs (\d+) req/s.*? (\d+) deliveries in \d+ commits")
+    found = []
+    for line in lines:
+        m = row.search(line)
+        if m:
+            rate, n, ceiling_rate = (int(g) for g in m.groups())
+            found.append((rate, ceiling_rate, n))
+    if not found:
+        for line in lines:
+            m = progress.search(line)
+            if m:
+                found.append(tuple(int(g) for g in m.groups()))
+    bot = sum(n for _, _, n in found)
+    ceiling = sum(n * ceiling_rate / max(rate, 1) for rate, ceiling_rate, n in found)
+    return bot, ceiling
 
 
 def main():
@@ -74,17 +94,19 @@ def main():
     total = sum(counts.values())
     if total == 0:
         sys.exit("no samples")
-    deliveries = acked(sys.argv[2]) if len(sys.argv) == 3 else 0
+    deliveries, ceiling = acked(sys.argv[2]) if len(sys.argv) == 3 else (0, 0)
     freq = 499.0
     print(f"{total} samples")
     for bucket, n in counts.most_common():
         line = f"{n:7d} {100 * n / total:5.1f}%  {bucket}"
         if deliveries and bucket.startswith("bot:"):
             line += f"  ({n / freq / deliveries * 1e6:.1f} µs per acked delivery)"
+        if ceiling and bucket.startswith("ceiling:"):
+            line += f"  ({n / freq / ceiling * 1e6:.1f} µs per request)"
         print(line)
     if deliveries:
         own = sum(n for b, n in counts.items() if b.startswith("bot:"))
-        print(f"bot's own work: {own / freq / deliveries * 1e6:.1f} µs per acked delivery ({deliveries} acked; -F {freq:g})")
+        print(f"bot's own work: {own / freq / deliveries * 1e6:.1f} µs per acked delivery ({deliveries:.0f} acked; -F {freq:g})")
 
 
 if __name__ == "__main__":
