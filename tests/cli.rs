@@ -91,18 +91,14 @@ impl Env {
     /// The next `method path` request is answered 400, which is final: its action fails
     /// for good.
     fn fail_once(&self, method: &str, path: &str) {
-        self.sim.inject_fault(runwarden::simulator::Fault {
-            method: Some(method.into()),
-            path: Some(path.into()),
-            kind: runwarden::simulator::FaultKind::Status {
+        self.sim.inject_fault(
+            runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Status {
                 status: 400,
                 body: None,
                 retry_after: None,
-            },
-            times: Some(1),
-            after: 0,
-            apply: false,
-        });
+            })
+            .on(method, path),
+        );
     }
 
     fn add(&self, branch: &str, sha: &str, age: Duration, state: &str, tags: &[&str]) -> String {

@@ -37,14 +37,7 @@ const SUPERSEDE: &str = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"super
 const HOLD_MS: u64 = 600_000;
 
 fn hold(method: &str, path: &str) -> Fault {
-    Fault {
-        method: Some(method.into()),
-        path: Some(path.into()),
-        kind: FaultKind::Latency { ms: HOLD_MS },
-        times: Some(1),
-        after: 0,
-        apply: false,
-    }
+    Fault::new(FaultKind::Latency { ms: HOLD_MS }).on(method, path)
 }
 
 /// Waits until fault `id` has fired (a fault with `times: 1` leaves the list then).
@@ -205,15 +198,9 @@ async fn sigkill_after_the_cancel_took_effect_but_before_it_was_recorded() {
     let cancel = format!("/v1/runs/{}/cancel", p.old);
     // The first cancel is carried out and its connection dropped (the answer is lost);
     // the client's immediate retry is held. The bot has acted and does not know it.
-    w.sim.inject_fault(Fault {
-        apply: true,
-        kind: FaultKind::Drop,
-        ..hold("PUT", &cancel)
-    });
-    let id = w.sim.inject_fault(Fault {
-        after: 1,
-        ..hold("PUT", &cancel)
-    });
+    w.sim
+        .inject_fault(Fault::new(FaultKind::Drop).on("PUT", &cancel).applied());
+    let id = w.sim.inject_fault(hold("PUT", &cancel).after(1));
     let bot = w.serve().await;
     assert_eq!(
         currents_hook(&w, &bot, "RUN_START", &p.new).await.status(),
@@ -275,11 +262,11 @@ async fn sigterm_mid_sweep_exits_0_and_the_rest_resumes_on_restart() {
         ids.push(w.sim.add_run(r).unwrap().run_id);
     }
     // Every delete takes 1.5 s: the sweep is still going when SIGTERM comes.
-    let slow = w.sim.inject_fault(Fault {
-        times: None,
-        kind: FaultKind::Latency { ms: 1500 },
-        ..hold("DELETE", "/v1/runs")
-    });
+    let slow = w.sim.inject_fault(
+        Fault::new(FaultKind::Latency { ms: 1500 })
+            .on("DELETE", "/v1/runs")
+            .always(),
+    );
     let bot = w.serve().await;
     let r = w
         .http

@@ -45,14 +45,7 @@ fn fast(max_attempts: i64) -> AppOptions {
 const UNTIL_CLEARED: i64 = 1000;
 
 fn fault(method: &str, path: &str, kind: FaultKind, times: Option<u32>) -> Fault {
-    Fault {
-        method: Some(method.into()),
-        path: Some(path.into()),
-        kind,
-        times,
-        after: 0,
-        apply: false,
-    }
+    Fault::new(kind).on(method, path).times(times)
 }
 
 /// An in-progress run superseded by a newer one on the same branch.
@@ -178,16 +171,10 @@ async fn clears(
     let app = spawn_app_with(fast(UNTIL_CLEARED)).await;
     let x = pair(&app, "feat/x");
     let y = pair(&app, "feat/y");
-    let f = Fault {
-        apply,
-        ..fault(
-            method,
-            &path_of(&x),
-            kind,
-            if apply { Some(1) } else { None },
-        )
-    };
-    let id = app.sim.inject_fault(f);
+    let f = Fault::new(kind).on(method, path_of(&x));
+    let id = app
+        .sim
+        .inject_fault(if apply { f.applied() } else { f.always() });
     trigger(&app, &x).await;
     trigger(&app, &y).await;
     if !apply {
@@ -446,14 +433,8 @@ async fn a_rate_limit_on_the_status_step_postpones_a_summary_whose_comment_step_
             },
         ),
     ] {
-        app.sim.inject_fault(Fault {
-            method: Some(method.into()),
-            path: Some(path),
-            kind,
-            times: None,
-            after: 0,
-            apply: false,
-        });
+        app.sim
+            .inject_fault(Fault::new(kind).on(method, path).always());
     }
     let before = chrono::Utc::now();
     assert_eq!(app.currents_hook("RUN_FINISH", &id).await.status(), 202);
@@ -481,18 +462,15 @@ async fn a_long_github_rate_limit_postpones_the_summary_instead_of_failing_it() 
     })
     .await;
     let id = app.failed_run_with_pr("feat/sum", "abcdef1234", 9);
-    let limit = app.sim.inject_fault(Fault {
-        method: None,
-        path: Some("/github".into()),
-        kind: FaultKind::RateLimit {
+    let limit = app.sim.inject_fault(
+        Fault::new(FaultKind::RateLimit {
             status: 403,
             retry_after: Some(1200),
             reset_after: None,
-        },
-        times: None,
-        after: 0,
-        apply: false,
-    });
+        })
+        .path("/github")
+        .always(),
+    );
     let fired = |app: &TestApp| {
         app.sim
             .faults()
@@ -956,10 +934,8 @@ async fn an_ambiguous_delete_is_done_once() {
     r.state = Some("passed".into());
     let old = app.sim.add_run(r).unwrap().run_id;
     let path = format!("/v1/runs/{old}");
-    app.sim.inject_fault(Fault {
-        apply: true,
-        ..fault("DELETE", &path, FaultKind::Drop, Some(1))
-    });
+    app.sim
+        .inject_fault(fault("DELETE", &path, FaultKind::Drop, Some(1)).applied());
     let r = app.admin_sweep("retention").await;
     assert_eq!(r.status(), 202);
     let a = app
@@ -995,19 +971,14 @@ async fn a_delete_answered_409_or_422_counts_as_done() {
         );
         r.state = Some("passed".into());
         let id = app.sim.add_run(r).unwrap().run_id;
-        app.sim.inject_fault(Fault {
-            apply: status == 422,
-            ..fault(
-                "DELETE",
-                &format!("/v1/runs/{id}"),
-                FaultKind::Status {
-                    status,
-                    body: None,
-                    retry_after: None,
-                },
-                Some(1),
-            )
-        });
+        let f = Fault::new(FaultKind::Status {
+            status,
+            body: None,
+            retry_after: None,
+        })
+        .on("DELETE", format!("/v1/runs/{id}"));
+        app.sim
+            .inject_fault(if status == 422 { f.applied() } else { f });
         ids.push((id, status));
     }
     let r = app.admin_sweep("retention").await;

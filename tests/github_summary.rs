@@ -559,14 +559,8 @@ struct Env {
 impl Env {
     /// Injects a fault on `method path` (`times`: how often; `None`: until removed).
     fn fault(&self, method: &str, path: &str, kind: FaultKind, times: Option<u32>) {
-        self.sim.inject_fault(Fault {
-            method: Some(method.into()),
-            path: Some(path.into()),
-            kind,
-            times,
-            after: 0,
-            apply: false,
-        });
+        self.sim
+            .inject_fault(Fault::new(kind).on(method, path).times(times));
     }
 
     async fn new() -> Env {
@@ -860,14 +854,11 @@ async fn a_post_answered_502_after_creating_does_not_duplicate_the_comment() {
         let env = Env::new().await;
         env.pr(7, BRANCH, SHA_HEAD);
         let opts = comment_only(env.opts());
-        env.sim.inject_fault(Fault {
-            method: Some("POST".into()),
-            path: Some("/github/repos/acme/web/issues/7/comments".into()),
-            kind: kind.clone(),
-            times: Some(1),
-            after: 0,
-            apply: true,
-        });
+        env.sim.inject_fault(
+            Fault::new(kind.clone())
+                .on("POST", "/github/repos/acme/web/issues/7/comments")
+                .applied(),
+        );
         let r = env
             .summary(&opts, &failed("r1", SHA_HEAD, 1), "RUN_FINISH")
             .await
@@ -1465,18 +1456,15 @@ async fn rate_limits_and_server_errors_are_retried_for_reads_and_idempotent_writ
 async fn a_long_rate_limit_is_handed_back_instead_of_slept_through() {
     let env = Env::new().await;
     env.pr(7, BRANCH, SHA_HEAD);
-    env.sim.inject_fault(Fault {
-        method: None,
-        path: Some("/github".into()),
-        kind: FaultKind::RateLimit {
+    env.sim.inject_fault(
+        Fault::new(FaultKind::RateLimit {
             status: 403,
             retry_after: None,
             reset_after: Some(3600),
-        },
-        times: None,
-        after: 0,
-        apply: false,
-    });
+        })
+        .path("/github")
+        .always(),
+    );
     let t = Instant::now();
     let e = env
         .summary(&env.opts(), &failed("r1", SHA_HEAD, 1), "RUN_FINISH")
@@ -1605,14 +1593,8 @@ async fn a_rate_limit_on_a_later_pr_postpones_the_retry_of_the_whole_summary() {
             },
         ),
     ] {
-        env.sim.inject_fault(Fault {
-            method: Some("GET".into()),
-            path: Some(path),
-            kind,
-            times: None,
-            after: 0,
-            apply: false,
-        });
+        env.sim
+            .inject_fault(Fault::new(kind).on("GET", path).always());
     }
     let e = env
         .summary(
@@ -1794,14 +1776,7 @@ async fn rate_limit_waits_follow_retry_after_or_the_secondary_limit_floor() {
     };
     let gh = GithubClient::new(o, GithubAuth::Token(Secret::new(TOKEN))).unwrap();
     let repo: RepoName = REPO.parse().unwrap();
-    let limit = |kind| Fault {
-        method: Some("GET".into()),
-        path: Some("/github/repos/acme/web/issues/7/comments".into()),
-        kind,
-        times: Some(1),
-        after: 0,
-        apply: false,
-    };
+    let limit = |kind| Fault::new(kind).on("GET", "/github/repos/acme/web/issues/7/comments");
 
     // A secondary limit without headers: at least the floor.
     env.sim.inject_fault(limit(FaultKind::RateLimit {

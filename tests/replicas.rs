@@ -111,14 +111,12 @@ async fn three_replicas_share_the_work_and_survive_a_sigkill() {
                 .unwrap()
                 .run_id;
             if i == 0 {
-                hold = Some(w.sim.inject_fault(Fault {
-                    method: Some("PUT".into()),
-                    path: Some(format!("/v1/runs/{old}/cancel")),
-                    kind: FaultKind::Latency { ms: 600_000 },
-                    times: Some(1),
-                    after: 0,
-                    apply: false,
-                }));
+                hold = Some(
+                    w.sim.inject_fault(
+                        Fault::new(FaultKind::Latency { ms: 600_000 })
+                            .on("PUT", format!("/v1/runs/{old}/cancel")),
+                    ),
+                );
             }
             let new = w
                 .sim

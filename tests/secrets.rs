@@ -68,18 +68,13 @@ fn sign(secret: &str, body: &[u8]) -> String {
 }
 
 fn status_fault(method: &str, path: &str, status: u16, body: String) -> Fault {
-    Fault {
-        method: Some(method.into()),
-        path: Some(path.into()),
-        kind: FaultKind::Status {
-            status,
-            body: Some(body),
-            retry_after: None,
-        },
-        times: None,
-        after: 0,
-        apply: false,
-    }
+    Fault::new(FaultKind::Status {
+        status,
+        body: Some(body),
+        retry_after: None,
+    })
+    .on(method, path)
+    .always()
 }
 
 /// Drives a bot through everything that touches a secret; returns the signatures it
@@ -128,15 +123,15 @@ async fn exercise(w: &World, bot: &ChildBot, tag: &str) -> Vec<String> {
             ..Default::default()
         })
         .unwrap();
-    w.sim.inject_fault(Fault {
-        times: Some(1),
-        ..status_fault(
+    w.sim.inject_fault(
+        status_fault(
             "GET",
             "/github",
             502,
             format!("{{\"message\":\"upstream said: token {GITHUB_TOKEN}\"}}"),
         )
-    });
+        .times(Some(1)),
+    );
 
     for id in [&ok_new, &bad_new] {
         assert_eq!(currents_hook(w, bot, "RUN_START", id).await.status(), 202);

@@ -1483,18 +1483,14 @@ async fn faults_5xx_then_ok_and_rate_limits() {
     assert_eq!(st, 200, "the fault fired exactly twice");
 
     // 429 with and without Retry-After.
-    s.inject_fault(Fault {
-        method: None,
-        path: Some("/v1/runs".into()),
-        kind: FaultKind::RateLimit {
+    s.inject_fault(
+        Fault::new(FaultKind::RateLimit {
             status: 429,
             retry_after: Some(3),
             reset_after: None,
-        },
-        times: Some(1),
-        after: 0,
-        apply: false,
-    });
+        })
+        .path("/v1/runs"),
+    );
     let r = http()
         .get(format!("{}/v1/runs/abc", s.base_url))
         .bearer_auth(KEY)

@@ -175,18 +175,15 @@ async fn failed_and_pending_actions_stay_listed_behind_many_newer_decisions() {
             .sim
             .add_run(run(branch, &format!("{branch}-new"), 1))
             .unwrap();
-        app.sim.inject_fault(Fault {
-            method: Some("PUT".into()),
-            path: Some(format!("/v1/runs/{}/cancel", old.run_id)),
-            kind: FaultKind::Status {
+        app.sim.inject_fault(
+            Fault::new(FaultKind::Status {
                 status,
                 body: None,
                 retry_after: None,
-            },
-            times: None,
-            after: 0,
-            apply: false,
-        });
+            })
+            .on("PUT", format!("/v1/runs/{}/cancel", old.run_id))
+            .always(),
+        );
         assert_eq!(
             app.currents_hook("RUN_START", &new.run_id).await.status(),
             202

@@ -161,18 +161,15 @@ async fn a_read_only_database_gets_503_and_loses_nothing_acknowledged() {
     let second = pair(&w, "feat/r2");
     // The first event is acknowledged, but cannot be processed yet (its run cannot be
     // read: the API answers 503 until the end of the test's fault).
-    let api_down = w.sim.inject_fault(Fault {
-        method: Some("GET".into()),
-        path: Some(format!("/v1/runs/{}", first.new)),
-        kind: FaultKind::Status {
+    let api_down = w.sim.inject_fault(
+        Fault::new(FaultKind::Status {
             status: 503,
             body: None,
             retry_after: None,
-        },
-        times: None,
-        after: 0,
-        apply: false,
-    });
+        })
+        .on("GET", format!("/v1/runs/{}", first.new))
+        .always(),
+    );
     let bot = w.serve().await;
     assert_eq!(
         currents_hook(&w, &bot, "RUN_START", &first.new)

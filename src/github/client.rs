@@ -1971,18 +1971,14 @@ mod tests {
     async fn a_rate_limit_holds_back_every_later_call_of_the_client() {
         let (sim, gh) = sim_and_client(Duration::from_millis(500)).await;
         let repo: RepoName = "acme/web".parse().unwrap();
-        sim.inject_fault(crate::simulator::Fault {
-            method: Some("GET".into()),
-            path: Some("/github/repos/acme/web/commits".into()),
-            kind: crate::simulator::FaultKind::RateLimit {
+        sim.inject_fault(
+            crate::simulator::Fault::new(crate::simulator::FaultKind::RateLimit {
                 status: 429,
                 retry_after: Some(30),
                 reset_after: None,
-            },
-            times: Some(1),
-            after: 0,
-            apply: false,
-        });
+            })
+            .on("GET", "/github/repos/acme/web/commits"),
+        );
         let e = gh.pulls_for_commit(&repo, "abcdef1234").await.unwrap_err();
         let asked = e.retry_after().expect("the wait");
         assert!(asked > Duration::from_secs(29), "{asked:?}");

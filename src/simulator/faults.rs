@@ -73,6 +73,60 @@ pub struct Fault {
     pub apply: bool,
 }
 
+impl Fault {
+    /// A `kind` fault on any method and API path that fires once, right away: the JSON
+    /// form's defaults.
+    pub fn new(kind: FaultKind) -> Fault {
+        Fault {
+            method: None,
+            path: None,
+            kind,
+            times: one(),
+            after: 0,
+            apply: false,
+        }
+    }
+
+    /// Only `method` requests under the path prefix `path`.
+    pub fn on(self, method: impl Into<String>, path: impl Into<String>) -> Fault {
+        Fault {
+            method: Some(method.into()),
+            ..self.path(path)
+        }
+    }
+
+    /// Only requests under the path prefix `path`, any method.
+    pub fn path(self, path: impl Into<String>) -> Fault {
+        Fault {
+            path: Some(path.into()),
+            ..self
+        }
+    }
+
+    /// Fires `times` times (`None`: until cleared).
+    pub fn times(self, times: Option<u32>) -> Fault {
+        Fault { times, ..self }
+    }
+
+    /// Fires until cleared.
+    pub fn always(self) -> Fault {
+        self.times(None)
+    }
+
+    /// Lets `n` matching requests through first.
+    pub fn after(self, n: u32) -> Fault {
+        Fault { after: n, ..self }
+    }
+
+    /// Carries the request out, then fails its answer (ambiguous write).
+    pub fn applied(self) -> Fault {
+        Fault {
+            apply: true,
+            ..self
+        }
+    }
+}
+
 /// What a fault does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -653,6 +707,25 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<Fault>(r#"{"kind":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn constructor_matches_json_defaults() {
+        assert_eq!(Fault::new(FaultKind::Drop), fault(r#"{"kind":"drop"}"#));
+        assert_eq!(
+            Fault::new(FaultKind::Latency { ms: 5 })
+                .on("PUT", "/v1/runs")
+                .always()
+                .after(2)
+                .applied(),
+            fault(
+                r#"{"method":"PUT","path":"/v1/runs","kind":"latency","ms":5,"times":null,"after":2,"apply":true}"#
+            )
+        );
+        assert_eq!(
+            Fault::new(FaultKind::MalformedJson).path("/github"),
+            fault(r#"{"path":"/github","kind":"malformed_json"}"#)
+        );
     }
 
     #[test]

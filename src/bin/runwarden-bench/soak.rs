@@ -122,29 +122,17 @@ fn mib(kib: u64) -> f64 {
 }
 
 fn status_fault(method: &str, path: String, times: u32) -> Fault {
-    Fault {
-        method: Some(method.into()),
-        path: Some(path),
-        kind: FaultKind::Status {
-            status: 503,
-            body: None,
-            retry_after: None,
-        },
-        times: Some(times),
-        after: 0,
-        apply: false,
-    }
+    Fault::new(FaultKind::Status {
+        status: 503,
+        body: None,
+        retry_after: None,
+    })
+    .on(method, path)
+    .times(Some(times))
 }
 
 fn latency_fault(method: &str, path: String, ms: u64) -> Fault {
-    Fault {
-        method: Some(method.into()),
-        path: Some(path),
-        kind: FaultKind::Latency { ms },
-        times: Some(1),
-        after: 0,
-        apply: false,
-    }
+    Fault::new(FaultKind::Latency { ms }).on(method, path)
 }
 
 /// One webhook to send.
