@@ -256,6 +256,76 @@ async fn sweep_executes_once_records_an_audit_and_dry_run_touches_nothing() {
     );
 }
 
+/// SPEC §6: a dry run mutates nothing anywhere, including actions queued before it
+/// (by `serve`, or before `dry_run = true` was set as an emergency stop).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_never_carries_out_an_action_queued_before_it() {
+    let env = setup(RULES).await;
+    let run = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
+    // A real (not dry-run) cancel that `serve` decided and queued but did not carry out.
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    store
+        .record_decisions(&[runwarden::store::NewDecision {
+            at: Utc::now() - Duration::minutes(1),
+            rule: "cancel-superseded".into(),
+            kind: "supersede".into(),
+            action: "cancel".into(),
+            run_id: run.clone(),
+            project_id: PROJECT.into(),
+            branch: Some("feat/a".into()),
+            sha: Some("a1".into()),
+            reason: "superseded by a newer run".into(),
+            dry_run: false,
+            not_before: None,
+            action_key: format!("cancel:{run}"),
+            payload: None,
+            skip: None,
+        }])
+        .await
+        .unwrap();
+    store.close().await;
+    let state = |env: &Env| {
+        let out = env.run(&["audit", "--format", "json", "--since", "1h"]);
+        let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["run_id"] == run.as_str())
+            .map(|e| e["outcome"].as_str().unwrap().to_string())
+            .expect("the queued cancel is in the audit")
+    };
+
+    // `sweep --dry-run` neither carries it out nor ends it: it stays queued.
+    let (dry, env) = env.run_async(&["sweep", "--dry-run"]).await;
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+    assert!(
+        env.sim.mutation_log().is_empty(),
+        "{:?}",
+        env.sim.mutation_log()
+    );
+    assert_eq!(state(&env), "planned");
+
+    // The emergency stop: `dry_run = true` in the config. The queued cancel of a rule now
+    // in dry-run mode ends skipped, with the reason, and nothing reaches Currents.
+    let file = env.dir.path().join("rules.toml");
+    let text_now = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("dry_run = true\n{text_now}")).unwrap();
+    let (out, env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        env.sim.mutation_log().is_empty(),
+        "{:?}",
+        env.sim.mutation_log()
+    );
+    assert_eq!(state(&env), "skipped");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("action skipped") && log.contains("dry_run is on"),
+        "the log says why: {log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_next_sweep_reports_and_retries_a_delete_that_failed_for_good() {
     let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\n";

@@ -302,6 +302,21 @@ pub async fn run_due_with(
 /// How often [`run_due_until`] looks for newly due actions while others are in flight.
 const CLAIM_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Whether the configuration as it is now keeps `a` from mutating anything: the rule
+/// that decided it is in dry-run mode (its own `dry_run`, else the global one), or, for
+/// a rule no longer configured, the global `dry_run` is on. A dry-run decision never
+/// gets an action, so this is an action queued before dry run was switched on (the
+/// emergency stop: `dry_run = true` and a restart): SPEC §6, dry run mutates nothing
+/// anywhere, so it ends `skipped`, with a note saying why, rather than being carried
+/// out now or held for later (when it might no longer be wanted).
+fn held_by_dry_run(config: &crate::config::Config, a: &ActionRow) -> bool {
+    config
+        .rules
+        .iter()
+        .find(|r| r.name == a.rule)
+        .map_or(config.dry_run, |r| r.is_dry_run(config.dry_run))
+}
+
 /// Carries one claimed action out and records the outcome.
 pub async fn execute(ctx: &AppContext, a: ActionRow) {
     // A run read while acting, remembered with the outcome.
@@ -309,6 +324,10 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
     // How long the API asked to wait before trying again (a rate limit's Retry-After).
     let mut retry_after = None;
     let attempt = match a.action.as_str() {
+        "cancel" | "delete" if held_by_dry_run(&ctx.config, &a) => Attempt::Skipped(format!(
+            "not carried out: dry_run is on for rule {:?} (the action was queued before)",
+            a.rule
+        )),
         "cancel" => cancel(ctx, &a, &mut seen, &mut retry_after).await,
         "delete" => delete(ctx, &a, &mut retry_after).await,
         "summarize" => summarize(ctx, &a, &mut retry_after).await,
@@ -382,8 +401,14 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
             let secs = (now - received).num_microseconds().unwrap_or(0) as f64 / 1e6;
             ctx.metrics.observe_latency(secs.max(0.0));
         }
-        if let Attempt::Done(d) = &attempt {
-            tracing::info!(action = %a.action, run = %a.run_id, "action done: {d}");
+        match &attempt {
+            Attempt::Done(d) => {
+                tracing::info!(action = %a.action, run = %a.run_id, "action done: {d}")
+            }
+            Attempt::Skipped(d) => {
+                tracing::info!(action = %a.action, run = %a.run_id, "action skipped: {d}")
+            }
+            _ => {}
         }
     }
 }

@@ -11,6 +11,12 @@
 //! tried again (attempts reset, as an operator's retry would), so that a failure does
 //! not outlive the cause that made it: by the processor for a retention rule (in `serve`
 //! too), by the sweep for the others.
+//!
+//! `--dry-run` records decisions as `dry_run` and carries nothing out: not its own
+//! decisions, nor actions already queued (by `serve`, or by a sweep that crashed), which
+//! stay queued, nor retries of failed ones. With `dry_run = true` in the config (the
+//! emergency stop), the executor ends a queued cancel or delete of a dry-run rule as
+//! `skipped` instead of carrying it out (see `actions::execute`).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -104,7 +110,8 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 .filter_map(|(_, a)| *a)
                 .filter(|a| !retried.contains(a))
                 .collect();
-            for id in again {
+            // A dry run changes no action's state either.
+            for id in again.into_iter().filter(|_| !dry_run) {
                 retried.insert(id);
                 if let Ok(true) = ctx
                     .store
@@ -114,9 +121,17 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                     tracing::info!(action = id, "sweep: retrying an action that had failed for good");
                 }
             }
-            let n = crate::actions::run_due(&ctx).await;
+            // A dry run carries nothing out, not even actions queued before (serve's, or
+            // a crashed sweep's): they stay queued for whoever acts next.
+            let (n, queued) = if dry_run {
+                (0, 0)
+            } else {
+                (
+                    crate::actions::run_due(&ctx).await,
+                    ctx.store.queue_depth().await.unwrap_or(0),
+                )
+            };
             let pending = ctx.store.count_unprocessed().await.unwrap_or(0);
-            let queued = ctx.store.queue_depth().await.unwrap_or(0);
             if n == 0 && pending == 0 && queued == 0 {
                 break;
             }
