@@ -5,7 +5,7 @@
 //!   age (in-progress runs never take a slot: they are never deleted anyway);
 //! - with `keep_last_passed`, the newest `PASSED` and `COMPLETE` run of each project and
 //!   branch;
-//! - runs carrying a tag that matches `pin_tags`;
+//! - runs carrying a tag that `pin_tags` lists, or that matches one of its globs;
 //! - `IN_PROGRESS` runs, and runs whose completion state is unknown.
 //!
 //! The rule's filter selects the runs it considers, also for the keep counts. If a sweep
@@ -227,10 +227,15 @@ impl<'a> Sweep<'a> {
         self.cutoff.is_none_or(|c| r.created_at >= c)
     }
 
+    /// The first tag of `r` that `pin_tags` pins: one equal to an entry, or matching it
+    /// as a glob (so `keep[1]` pins the tag `keep[1]` itself, not only `keep1`).
     fn pinned<'r>(&self, r: &'r Run) -> Option<&'r str> {
         r.tags
             .iter()
-            .find(|t| self.opts.pin_tags.is_match(t.as_str()))
+            .find(|t| {
+                self.opts.pin_tag_patterns.iter().any(|p| p == *t)
+                    || self.opts.pin_tags.is_match(t.as_str())
+            })
             .map(String::as_str)
     }
 
@@ -655,6 +660,30 @@ mod tests {
         load_str("[currents]\nprojects = [\"p\"]\n", "rules.toml", &[])
             .unwrap()
             .config
+    }
+
+    #[test]
+    fn a_pin_tag_pins_the_tag_it_spells_and_what_it_matches_as_a_glob() {
+        let r = rule("pin_tags = [\"release*\", \"keep[1]\"]\n");
+        let RuleKind::Retention(o) = &r.kind else {
+            unreachable!()
+        };
+        let tagged = |id: &str, tag: &str| {
+            let mut x = run(id, 60, "COMPLETE", "PASSED");
+            x.tags = vec![tag.to_string()];
+            x
+        };
+        let runs = [
+            tagged("literal", "keep[1]"),
+            tagged("class", "keep1"),
+            tagged("glob", "release-7"),
+            tagged("other", "keep2"),
+        ];
+        let v = verdicts(&r, o, runs.iter(), now());
+        assert_eq!(verdict_of(&v, "literal"), Verdict::Pinned("keep[1]"));
+        assert_eq!(verdict_of(&v, "class"), Verdict::Pinned("keep1"));
+        assert_eq!(verdict_of(&v, "glob"), Verdict::Pinned("release-7"));
+        assert_eq!(verdict_of(&v, "other"), Verdict::Delete);
     }
 
     #[test]
