@@ -372,6 +372,12 @@ async fn a_retention_rule_without_schedule_is_swept_on_demand() {
         "{}",
         text(&check)
     );
+    // The circuit breaker as it works: all or nothing, not "at most N".
+    assert!(
+        text(&check).contains("a sweep that would delete more than 500 deletes none"),
+        "{}",
+        text(&check)
+    );
     assert!(
         text(&check).contains("runwarden sweep --rule cleanup"),
         "{}",

@@ -234,6 +234,20 @@ fn invalid_cron_glob_regex_and_duration_are_located() {
 }
 
 #[test]
+fn summary_events_are_read_as_the_rule_reads_them() {
+    let loaded = load_str(
+        &format!("{BASE}[[rules]]\nname = \"s\"\nkind = \"summary\"\nevents = [\"run_finish\", \"run_cancelled\", \" RUN_TIMEOUT \"]\n"),
+        "rules.toml",
+        &[],
+    )
+    .unwrap();
+    let runwarden::config::RuleKind::Summary(o) = &loaded.config.rules[0].kind else {
+        panic!("a summary rule")
+    };
+    assert_eq!(o.events, ["RUN_FINISH", "RUN_CANCELED", "RUN_TIMEOUT"]);
+}
+
+#[test]
 fn six_field_cron_has_seconds_first_and_five_field_is_minute_first() {
     use chrono::TimeZone;
     let after = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();

@@ -143,7 +143,10 @@ pub fn describe(r: &Rule, global_dry_run: bool) -> String {
             if !o.pin_tag_patterns.is_empty() {
                 s.push_str(&format!(", runs tagged {:?}", o.pin_tag_patterns));
             }
-            s.push_str(&format!("; at most {} per sweep", o.max_deletions));
+            s.push_str(&format!(
+                "; a sweep that would delete more than {} deletes none",
+                o.max_deletions
+            ));
             s
         }
         RuleKind::Summary(o) => {

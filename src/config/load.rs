@@ -1047,7 +1047,9 @@ fn compile_rule(
             });
             let mut norm = Vec::new();
             for e in events {
-                let up = e.to_ascii_uppercase();
+                // As the rule reads events: any case, and Currents' two spellings of
+                // cancelled.
+                let up = crate::rules::summary::normalize_event(&e);
                 if !crate::currents::RUN_EVENTS.contains(&up.as_str()) {
                     return Err(at(
                         "events",
