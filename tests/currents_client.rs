@@ -343,6 +343,53 @@ async fn list_runs_stops_on_an_empty_page() {
 }
 
 #[tokio::test]
+async fn a_list_page_with_nulls_and_decimals_yields_every_run() {
+    let mut odd = run_json("odd", Some("c1"));
+    for (k, v) in [
+        ("tags", Value::Null),
+        ("durationMs", json!(1234.5)),
+        ("meta", json!({"ciBuildId": null, "commit": null})),
+        ("timeout", json!({"isTimeout": null})),
+        (
+            "groups",
+            json!([{"groupId": null, "tags": null, "platform": null,
+                "instances": {"overall": 2, "complete": null},
+                "tests": {"overall": 3.0, "pending": null, "failures": 1}}]),
+        ),
+    ] {
+        odd[k] = v;
+    }
+    let mock = Mock::start(move |_, _| {
+        Answer::json(
+            200,
+            json!({"status": "OK", "has_more": false,
+            "data": [odd.clone(), run_json("normal", Some("c2"))]}),
+        )
+    })
+    .await;
+    let c = client(mock.base());
+    let runs: Vec<_> = c
+        .list_runs("P", &RunFilter::default())
+        .try_collect()
+        .await
+        .unwrap();
+    let ids: Vec<_> = runs.iter().map(|r| r.run_id.as_str()).collect();
+    assert_eq!(ids, ["odd", "normal"]);
+    let odd = &runs[0];
+    assert!(odd.tags.is_empty());
+    assert_eq!(odd.duration_ms, Some(1234));
+    assert_eq!(odd.branch(), None);
+    assert!(!odd.timeout.as_ref().unwrap().is_timeout);
+    assert_eq!(odd.groups[0].group_id, "");
+    assert_eq!(odd.instance_counts().complete, 0);
+    assert_eq!(odd.test_counts().overall, 3);
+    assert_eq!(odd.test_counts().failures, 1);
+    assert_eq!(runs[1].tags, ["smoke"]);
+    assert_eq!(runs[1].branch(), Some("main"));
+    assert_eq!(mock.hits(), 1);
+}
+
+#[tokio::test]
 async fn list_projects_walks_pages() {
     let mock = Mock::start(|_, seen| match seen.param("starting_after").as_deref() {
         None => Answer::json(

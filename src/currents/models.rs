@@ -4,6 +4,16 @@
 //! Lenient where the sources disagree: enums are parsed case-insensitively with an
 //! `Unknown` fallback, `canceledAt` and `cancelledAt` are both accepted, and nearly every
 //! field is optional so that a new or missing field never breaks a run.
+//!
+//! An explicit JSON `null` is read as if the field were absent: an `Option` becomes
+//! `None` and every other optional field its default (empty list, empty struct, `0`,
+//! `false`, `""`), so a `null` in one of them fails neither the run nor its list page.
+//! Counters and durations also accept a decimal number and truncate it toward zero
+//! (`1234.9` → `1234`); a negative number is still an error. Not relaxed: the fields the
+//! reference requires, i.e. `runId`, `projectId`, `createdAt`, `completionState` and
+//! `status` of a run, `hookId`, `projectId`, `url` and `hookEvents` of a webhook, and
+//! `event` and `runUrl` of a webhook delivery (a `null` there is an error). Only reading
+//! is lenient: serialisation is unchanged.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -78,6 +88,68 @@ lenient_enum!(
     }
 );
 
+/// `#[serde(deserialize_with)]` helper: reads `null` like an absent field, i.e. as
+/// `T::default()`. Pair it with `#[serde(default)]` so that absence is covered as well.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// A non-negative JSON number as `u64`: integers as they are, decimals truncated toward
+/// zero (`1234.9` → `1234`, `-0.5` → `0`); `None` for `null`. Negative, non-finite and
+/// too large numbers, and anything that is not a number, are errors.
+struct LenientU64;
+
+impl<'de> serde::de::Visitor<'de> for LenientU64 {
+    type Value = Option<u64>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a non-negative number or null")
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        u64::try_from(v)
+            .map(Some)
+            .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        let t = v.trunc();
+        // 2^64 is the first value past `u64::MAX` that an f64 can hold exactly; NaN and
+        // the infinities are outside the range.
+        if (0.0..18_446_744_073_709_551_616.0).contains(&t) {
+            Ok(Some(t as u64))
+        } else {
+            Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+        }
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// `#[serde(deserialize_with)]` helper for counters and durations: an integer, or a
+/// decimal truncated toward zero (`1234.9` → `1234`); `null` reads as `0`. Pair it with
+/// `#[serde(default)]`.
+fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    d.deserialize_any(LenientU64).map(Option::unwrap_or_default)
+}
+
+/// Like [`lenient_u64`] for an optional number: `null` reads as `None`.
+fn lenient_opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    d.deserialize_any(LenientU64)
+}
+
 /// A Currents project.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -87,7 +159,7 @@ pub struct Project {
     pub name: Option<String>,
     #[serde(default)]
     pub created_at: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
     pub inactivity_timeout_seconds: Option<u64>,
     #[serde(default)]
     pub fail_fast: Option<bool>,
@@ -150,7 +222,7 @@ pub struct PrMeta {
 pub struct RunMeta {
     #[serde(default)]
     pub ci_build_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub commit: Commit,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub framework: Option<Framework>,
@@ -176,15 +248,15 @@ pub struct Platform {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceCounts {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub overall: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub claimed: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub complete: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub passes: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub failures: u64,
 }
 
@@ -192,19 +264,19 @@ pub struct InstanceCounts {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TestCounts {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub overall: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub passes: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub failures: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub pending: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub skipped: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub retries: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub flaky: u64,
 }
 
@@ -225,15 +297,19 @@ impl TestCounts {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunGroup {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub group_id: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub tags: Vec<String>,
     #[serde(default)]
     pub platform: Option<Platform>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub instances: InstanceCounts,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub tests: TestCounts,
 }
 
@@ -241,9 +317,13 @@ pub struct RunGroup {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunTimeout {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub is_timeout: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout_value_ms: Option<u64>,
 }
 
@@ -263,25 +343,25 @@ pub struct Cancellation {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SpecStats {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
     pub suites: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub tests: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub passes: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub pending: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub skipped: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub failures: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
     pub flaky: Option<u64>,
     #[serde(default)]
     pub wall_clock_started_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub wall_clock_ended_at: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
     pub wall_clock_duration: Option<u64>,
 }
 
@@ -289,13 +369,17 @@ pub struct SpecStats {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SpecResults {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub stats: SpecStats,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
     pub flaky: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub screenshots: Vec<serde_json::Value>,
 }
 
@@ -305,6 +389,8 @@ pub struct SpecResults {
 pub struct Spec {
     #[serde(default)]
     pub group_id: Option<String>,
+    /// Not required by the reference; absent or `null` reads as `""`.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub spec: String,
     #[serde(default)]
     pub instance_id: Option<String>,
@@ -332,21 +418,29 @@ pub struct Run {
     pub completion_state: CompletionState,
     #[serde(default = "default_status")]
     pub status: RunStatus,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cypress_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_opt_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub duration_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<RunTimeout>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancellation: Option<Cancellation>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub groups: Vec<RunGroup>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub meta: RunMeta,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub specs: Vec<Spec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_run_id: Option<String>,
@@ -502,23 +596,23 @@ pub struct CurrentsWebhookPayload {
     pub build_id: Option<String>,
     #[serde(default)]
     pub group_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub tags: Vec<String>,
     #[serde(default)]
     pub commit: Option<Commit>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
     pub overall: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
     pub passes: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
     pub failures: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
     pub pending: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
     pub skipped: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
     pub retries: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
     pub flaky: Option<u64>,
 }
 
@@ -608,6 +702,131 @@ mod tests {
             run(r#"{"type":"pw","name":"playwright"}"#).framework(),
             Some("pw")
         );
+    }
+
+    const REQUIRED: &str = r#""runId":"r1","projectId":"p","createdAt":"2026-01-01T00:00:00Z","completionState":"COMPLETE","status":"PASSED""#;
+
+    #[test]
+    fn null_reads_as_absent_in_a_run() {
+        let raw = format!(
+            r#"{{{REQUIRED},"tags":null,"meta":{{"commit":null}},
+            "groups":[{{"groupId":null,"tests":{{"pending":null}},"instances":{{"complete":null}}}}],
+            "timeout":{{"isTimeout":null}}}}"#
+        );
+        let run: Run = serde_json::from_str(&raw).unwrap();
+        assert!(run.tags.is_empty());
+        assert_eq!(run.meta.commit, Commit::default());
+        assert_eq!(run.groups.len(), 1);
+        assert_eq!(run.groups[0].group_id, "");
+        assert_eq!(run.groups[0].tests, TestCounts::default());
+        assert_eq!(run.groups[0].instances, InstanceCounts::default());
+        assert!(!run.timeout.as_ref().unwrap().is_timeout);
+        assert_eq!(run.progress(), 0.0);
+
+        // The same with every other lenient field of a run, its groups and specs as null.
+        let raw = format!(
+            r#"{{{REQUIRED},"tags":null,"durationMs":null,"groups":null,"meta":null,"specs":null}}"#
+        );
+        let run: Run = serde_json::from_str(&raw).unwrap();
+        assert!(run.groups.is_empty() && run.specs.is_empty());
+        assert_eq!(run.meta, RunMeta::default());
+        let raw = format!(
+            r#"{{{REQUIRED},"timeout":{{"isTimeout":true,"timeoutValueMs":null}},
+            "groups":[{{"groupId":"g","tags":null,"platform":null,"instances":null,"tests":null}},
+                      {{"groupId":"h","instances":{{"overall":null,"claimed":null,"complete":null,"passes":null,"failures":null}},
+                        "tests":{{"overall":null,"passes":null,"failures":null,"pending":null,"skipped":null,"retries":null,"flaky":null}}}}],
+            "specs":[{{"spec":null,"results":{{"stats":null,"flaky":null,"screenshots":null}}}},
+                     {{"spec":"a.spec.ts","results":{{"stats":{{"suites":null,"tests":null,"passes":null,"pending":null,
+                        "skipped":null,"failures":null,"flaky":null,"wallClockDuration":null}}}}}}]}}"#
+        );
+        let run: Run = serde_json::from_str(&raw).unwrap();
+        assert_eq!(run.timeout.as_ref().unwrap().timeout_value_ms, None);
+        assert_eq!(run.groups[0].tags, Vec::<String>::new());
+        assert_eq!(run.groups[1].tests, TestCounts::default());
+        assert_eq!(run.specs[0].spec, "");
+        assert_eq!(
+            run.specs[0].results.as_ref().unwrap().stats,
+            SpecStats::default()
+        );
+        assert_eq!(
+            run.specs[1].results.as_ref().unwrap().stats,
+            SpecStats::default()
+        );
+        // A run read from nulls serialises like one read from absent fields.
+        let again: Run = serde_json::from_str(&serde_json::to_string(&run).unwrap()).unwrap();
+        assert_eq!(again, run);
+    }
+
+    #[test]
+    fn required_run_fields_stay_strict_on_null() {
+        for field in [
+            "runId",
+            "projectId",
+            "createdAt",
+            "completionState",
+            "status",
+        ] {
+            let mut v: serde_json::Value =
+                serde_json::from_str(&format!("{{{REQUIRED}}}")).unwrap();
+            v[field] = serde_json::Value::Null;
+            assert!(serde_json::from_value::<Run>(v).is_err(), "{field}: null");
+        }
+    }
+
+    #[test]
+    fn null_tags_and_decimal_counters_in_a_webhook_payload() {
+        let p: CurrentsWebhookPayload = serde_json::from_str(
+            r#"{"event":"RUN_FINISH","runUrl":"https://app.currents.dev/run/abc","tags":null,
+            "commit":null,"overall":5.0,"passes":null,"failures":1.7}"#,
+        )
+        .unwrap();
+        assert!(p.tags.is_empty());
+        assert_eq!(p.commit, None);
+        assert_eq!((p.overall, p.passes, p.failures), (Some(5), None, Some(1)));
+        assert_eq!(p.run_id().as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn decimal_durations_and_counters_truncate_toward_zero() {
+        let raw = format!(
+            r#"{{{REQUIRED},"durationMs":1234.5,"timeout":{{"isTimeout":true,"timeoutValueMs":6e4}},
+            "groups":[{{"groupId":"g","instances":{{"overall":4.0,"complete":2.99}},"tests":{{"failures":3.0,"flaky":-0.5}}}}],
+            "specs":[{{"spec":"a","results":{{"flaky":1.0,"stats":{{"tests":2.5,"wallClockDuration":13944.9,"suites":1.2}}}}}}]}}"#
+        );
+        let run: Run = serde_json::from_str(&raw).unwrap();
+        assert_eq!(run.duration_ms, Some(1234));
+        assert_eq!(run.timeout.as_ref().unwrap().timeout_value_ms, Some(60_000));
+        assert_eq!(run.instance_counts().overall, 4);
+        assert_eq!(run.instance_counts().complete, 2);
+        assert_eq!(run.test_counts().failures, 3);
+        assert_eq!(run.test_counts().flaky, 0);
+        let results = run.specs[0].results.as_ref().unwrap();
+        assert_eq!(results.flaky, Some(1));
+        assert_eq!(results.stats.tests, 2);
+        assert_eq!(results.stats.suites, Some(1));
+        assert_eq!(results.stats.wall_clock_duration, Some(13944));
+        // Integers serialise back as integers.
+        let text = serde_json::to_string(&run).unwrap();
+        assert!(text.contains(r#""durationMs":1234,"#), "{text}");
+
+        let project: Project =
+            serde_json::from_str(r#"{"projectId":"p","inactivityTimeoutSeconds":3600.0}"#).unwrap();
+        assert_eq!(project.inactivity_timeout_seconds, Some(3600));
+
+        // Still errors: negative, too large, or not a number.
+        for bad in ["-1", "-1.5", "1e30", "\"12\"", "true"] {
+            let raw = format!(r#"{{{REQUIRED},"durationMs":{bad}}}"#);
+            assert!(
+                serde_json::from_str::<Run>(&raw).is_err(),
+                "durationMs {bad}"
+            );
+            let raw = format!(r#"{{{REQUIRED},"groups":[{{"tests":{{"passes":{bad}}}}}]}}"#);
+            assert!(serde_json::from_str::<Run>(&raw).is_err(), "passes {bad}");
+        }
+        // The largest integer still reads exactly.
+        let raw = format!(r#"{{{REQUIRED},"durationMs":{}}}"#, u64::MAX);
+        let run: Run = serde_json::from_str(&raw).unwrap();
+        assert_eq!(run.duration_ms, Some(u64::MAX));
     }
 
     #[test]
