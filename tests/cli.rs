@@ -256,6 +256,54 @@ async fn sweep_executes_once_records_an_audit_and_dry_run_touches_nothing() {
     );
 }
 
+/// One project the poll cannot list (an id Currents does not know: 404) does not keep
+/// the poll from the others: the stuck run of the good project is cancelled. With no
+/// project left to list, `sweep` exits 1 and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_that_cannot_be_listed_does_not_stop_the_poll_of_the_others_and_none_is_exit_1() {
+    let rules = "[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"45m\"\n";
+    let env = setup(rules).await;
+    let file = env.dir.path().join("rules.toml");
+    let text_now = std::fs::read_to_string(&file).unwrap();
+    let both = text_now.replace(
+        &format!("projects = [\"{PROJECT}\"]"),
+        &format!("projects = [\"ghost\", \"{PROJECT}\"]"),
+    );
+    assert_ne!(both, text_now);
+    std::fs::write(&file, both).unwrap();
+    let stuck = env.add("feat/a", "a1", Duration::minutes(60), "running", &[]);
+    let (out, env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let muts: Vec<String> = env
+        .sim
+        .mutation_log()
+        .iter()
+        .map(|e| format!("{} {}", e.method, e.path))
+        .collect();
+    assert_eq!(muts, [format!("PUT /v1/runs/{stuck}/cancel")]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("cannot poll the project") && log.contains("ghost"),
+        "{log}"
+    );
+
+    // When no project can be listed, the sweep evaluated nothing: it says why, exit 1.
+    let file = env.dir.path().join("rules.toml");
+    let text_now = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text_now.replace(&format!("\"ghost\", \"{PROJECT}\""), "\"ghost\""),
+    )
+    .unwrap();
+    let (out, _env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("could not evaluate the rules") && err.contains("Project not found"),
+        "{err}"
+    );
+}
+
 /// SPEC §6: a dry run mutates nothing anywhere, including actions queued before it
 /// (by `serve`, or before `dry_run = true` was set as an emergency stop).
 #[tokio::test(flavor = "multi_thread")]

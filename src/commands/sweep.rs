@@ -2,8 +2,9 @@
 //! (for a cron job or a CI step). It uses the same store, processor and executor as
 //! `serve`: every decision is recorded before it is acted on, and `audit` shows it.
 //!
-//! Exit 0 when everything decided was done, 1 when an action failed for good or a
-//! retention circuit breaker tripped, 2 for bad usage.
+//! Exit 0 when everything decided was done, 1 when an action failed for good, a
+//! retention circuit breaker tripped or the evaluation itself failed (no project could be
+//! listed, say: the error is printed), 2 for bad usage.
 //!
 //! A rule deciding again what it decided before (the same run to delete as in last
 //! night's sweep) leaves one decision in the store, the first: the report lists it all
@@ -68,6 +69,9 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
             .filter(|r| rule.is_none_or(|n| r.name == n))
             .collect();
         let mut poll_needed = false;
+        // The sweep's own events, (source, delivery id): each must be processed for the
+        // sweep to have done its job.
+        let mut own: Vec<(String, String)> = Vec::new();
         for r in &selected {
             match r.kind {
                 RuleKind::Retention(_) => {
@@ -78,6 +82,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                         payload: serde_json::json!({ "rule": r.name, "manual": true }).to_string(),
                         received_at: started,
                     };
+                    own.push((d.source.clone(), d.delivery_id.clone()));
                     if let Err(e) = ctx.store.insert_delivery(d).await {
                         eprintln!("runwarden sweep: {e}");
                         return ExitCode::from(super::EXIT_FAILED);
@@ -95,6 +100,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 payload: serde_json::json!({ "rule": rule.unwrap_or_default() }).to_string(),
                 received_at: started,
             };
+            own.push((d.source.clone(), d.delivery_id.clone()));
             if let Err(e) = ctx.store.insert_delivery(d).await {
                 eprintln!("runwarden sweep: {e}");
                 return ExitCode::from(super::EXIT_FAILED);
@@ -191,7 +197,31 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
             count("failed"),
             count("planned")
         );
-        if count("failed") > 0 || breaker {
+        // An evaluation that failed (every project's listing refused, say) decided
+        // nothing: not a clean sweep.
+        let mut unevaluated = false;
+        for (source, id) in &own {
+            let Ok(Some(d)) = ctx.store.find_delivery(source, id).await else {
+                continue;
+            };
+            // Given up on after retries (dead letter), refused for good (`skipped: ERROR`,
+            // see the processor), or still waiting for a retry at the deadline.
+            let outcome = d.outcome.as_deref().unwrap_or("");
+            let refused = outcome.strip_prefix("skipped: ");
+            if outcome == crate::store::deliveries::DEAD_LETTER
+                || refused.is_some()
+                || d.processed_at.is_none()
+            {
+                unevaluated = true;
+                eprintln!(
+                    "runwarden sweep: could not evaluate the rules: {}",
+                    refused
+                        .or(d.last_error.as_deref())
+                        .unwrap_or("not processed in time")
+                );
+            }
+        }
+        if count("failed") > 0 || breaker || unevaluated {
             ExitCode::from(super::EXIT_FAILED)
         } else {
             ExitCode::SUCCESS

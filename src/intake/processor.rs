@@ -1041,75 +1041,30 @@ pub async fn poll_event(
     now: DateTime<Utc>,
     seen: &mut Observed,
 ) -> Result<Vec<Decision>, ProcessError> {
-    let mut runs = Vec::new();
-    let mut progress = HashMap::new();
-    let mut synthesized: Vec<Run> = Vec::new();
+    let mut polled = Polled::default();
+    let mut failures = Vec::new();
     for project in &ctx.config.currents.projects {
-        let filter = RunFilter {
-            completion_state: vec![CompletionState::InProgress],
-            ..RunFilter::default()
-        };
-        let mut listed = std::collections::HashSet::new();
-        let mut stream = ctx.currents.list_runs(project, &filter);
-        while let Some(run) = stream.next().await {
-            let run = run?;
-            if !run.is_in_progress() {
-                continue;
-            }
-            // One read of the store's record: whether the run is known, and its progress.
-            let held = seen.get(&run.run_id).is_some();
-            let stored = if held {
-                None
-            } else {
-                ctx.store.get_run(&run.run_id).await?
-            };
-            let known = held || stored.is_some();
-            let snap = observe_after(seen, stored.as_ref(), &run, now);
-            progress.insert(run.run_id.clone(), snap);
-            listed.insert(run.run_id.clone());
-            if !known {
-                synthesized.push(run.clone());
-            }
-            runs.push(run);
-        }
-        let oldest = runs
-            .iter()
-            .filter(|r| listed.contains(&r.run_id))
-            .map(|r| r.created_at)
-            .min();
-        if let Some(oldest) = oldest
-            && wants_finished_runs(&ctx.config)
-        {
-            let filter = finished_runs_filter(&ctx.config, oldest, now);
-            let mut stream = ctx.currents.list_runs(project, &filter);
-            while let Some(run) = stream.next().await {
-                let run = run?;
-                // A run listed in progress a moment ago is taken as it was then.
-                if !run.is_in_progress() && !listed.contains(&run.run_id) {
-                    runs.push(run);
-                }
-            }
-        }
-        // Runs we believed in progress that the listing no longer shows have finished
-        // (or were deleted): read them once so the store stops counting them.
-        for rec in ctx.store.in_progress_runs(Some(project), None).await? {
-            if listed.contains(&rec.run_id) {
-                continue;
-            }
-            match ctx.currents.get_run(&rec.run_id).await {
-                Ok(run) => {
-                    observe_run(ctx, seen, &run, now).await?;
-                    if !run.is_in_progress() {
-                        synthesized.push(run);
-                    }
-                }
-                Err(e) if e.status() == Some(404) => {
-                    ctx.store.mark_run_gone(&rec.run_id).await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
+        // One project's failure (an id Currents does not know, an error that outlasts
+        // the client's retries) leaves the others polled; only when every project fails
+        // is the poll an error as a whole (and retried as such).
+        let mut one = Polled::default();
+        match poll_project(ctx, project, now, seen, &mut one).await {
+            Ok(()) => polled.absorb(one),
+            Err(e) => failures.push((project, e)),
         }
     }
+    if !failures.is_empty() && failures.len() == ctx.config.currents.projects.len() {
+        let (_, e) = failures.swap_remove(0);
+        return Err(e);
+    }
+    for (project, e) in failures {
+        tracing::warn!(project = %project, error = %e, "cannot poll the project; the other projects were polled, this one is tried again at the next poll");
+    }
+    let Polled {
+        runs,
+        progress,
+        synthesized,
+    } = polled;
     let history = history_for(ctx, &runs).await?;
     let view = RunsView::new(&runs, &progress, &history);
     let mut decisions = rules::evaluate(&ctx.config, &Trigger::Tick, &view, now).decisions;
@@ -1136,6 +1091,98 @@ pub async fn poll_event(
         }
     }
     Ok(decisions)
+}
+
+/// What [`poll_event`] gathered from the projects polled so far.
+#[derive(Default)]
+struct Polled {
+    runs: Vec<Run>,
+    progress: HashMap<String, ProgressSnapshot>,
+    synthesized: Vec<Run>,
+}
+
+impl Polled {
+    fn absorb(&mut self, other: Polled) {
+        self.runs.extend(other.runs);
+        self.progress.extend(other.progress);
+        self.synthesized.extend(other.synthesized);
+    }
+}
+
+/// [`poll_event`]'s listings of one project, gathered into `out`.
+async fn poll_project(
+    ctx: &AppContext,
+    project: &str,
+    now: DateTime<Utc>,
+    seen: &mut Observed,
+    out: &mut Polled,
+) -> Result<(), ProcessError> {
+    let filter = RunFilter {
+        completion_state: vec![CompletionState::InProgress],
+        ..RunFilter::default()
+    };
+    let mut listed = std::collections::HashSet::new();
+    let mut stream = ctx.currents.list_runs(project, &filter);
+    while let Some(run) = stream.next().await {
+        let run = run?;
+        if !run.is_in_progress() {
+            continue;
+        }
+        // One read of the store's record: whether the run is known, and its progress.
+        let held = seen.get(&run.run_id).is_some();
+        let stored = if held {
+            None
+        } else {
+            ctx.store.get_run(&run.run_id).await?
+        };
+        let known = held || stored.is_some();
+        let snap = observe_after(seen, stored.as_ref(), &run, now);
+        out.progress.insert(run.run_id.clone(), snap);
+        listed.insert(run.run_id.clone());
+        if !known {
+            out.synthesized.push(run.clone());
+        }
+        out.runs.push(run);
+    }
+    let oldest = out
+        .runs
+        .iter()
+        .filter(|r| listed.contains(&r.run_id))
+        .map(|r| r.created_at)
+        .min();
+    if let Some(oldest) = oldest
+        && wants_finished_runs(&ctx.config)
+    {
+        let filter = finished_runs_filter(&ctx.config, oldest, now);
+        let mut stream = ctx.currents.list_runs(project, &filter);
+        while let Some(run) = stream.next().await {
+            let run = run?;
+            // A run listed in progress a moment ago is taken as it was then.
+            if !run.is_in_progress() && !listed.contains(&run.run_id) {
+                out.runs.push(run);
+            }
+        }
+    }
+    // Runs we believed in progress that the listing no longer shows have finished
+    // (or were deleted): read them once so the store stops counting them.
+    for rec in ctx.store.in_progress_runs(Some(project), None).await? {
+        if listed.contains(&rec.run_id) {
+            continue;
+        }
+        match ctx.currents.get_run(&rec.run_id).await {
+            Ok(run) => {
+                observe_run(ctx, seen, &run, now).await?;
+                if !run.is_in_progress() {
+                    out.synthesized.push(run);
+                }
+            }
+            Err(e) if e.status() == Some(404) => {
+                ctx.store.mark_run_gone(&rec.run_id).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// How far back the poll looks for finished runs newer than those in progress
