@@ -76,7 +76,8 @@ fn valid_github(event: &str) -> Value {
         }),
         "pull_request" => json!({
             "action": "closed", "number": 7,
-            "pull_request": {"head": {"ref": "feat/x", "sha": "abc"}, "closed_at": "2026-03-01T11:00:00Z"},
+            "pull_request": {"head": {"ref": "feat/x", "sha": "abc", "repo": {"full_name": "acme/web"}},
+                             "closed_at": "2026-03-01T11:00:00Z"},
             "repository": {"full_name": "acme/web"}
         }),
         "workflow_run" => json!({

@@ -122,6 +122,76 @@ async fn a_push_supersedes_runs_of_the_old_sha_and_duplicate_deliveries_do_nothi
     );
 }
 
+/// SPEC §4 `on_branch_deleted`: a closed pull request cancels the in-progress runs of its
+/// branch only when that branch is the base repository's own. A fork's `main`, closed as a
+/// pull request into `acme/web`, is not `acme/web`'s `main`.
+#[tokio::test]
+async fn a_closed_pull_request_cancels_its_branch_runs_only_when_not_from_a_fork() {
+    let app = spawn_app("[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n").await;
+    let main = app.sim.add_run(run("main", "aaa111", 5)).unwrap();
+    let feat = app.sim.add_run(run("feat/pr", "bbb222", 5)).unwrap();
+    let closed = |branch: &str, head_repo: serde_json::Value, number: u64| {
+        json!({
+            "action": "closed", "number": number,
+            "pull_request": {
+                "number": number, "merged": false, "closed_at": chrono::Utc::now().to_rfc3339(),
+                "head": {"ref": branch, "sha": "ccc333", "repo": head_repo},
+                "base": {"ref": "main", "repo": {"full_name": REPO}}
+            },
+            "repository": {"full_name": REPO}
+        })
+    };
+    // From a fork, and from a fork since deleted (`head.repo` null): nothing of acme/web.
+    let fork = closed("main", json!({"full_name": "contrib/web", "fork": true}), 7);
+    let r = app.github_hook("pull_request", "fork", &fork).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["status"],
+        "ignored"
+    );
+    let gone = closed("main", serde_json::Value::Null, 8);
+    let r = app.github_hook("pull_request", "gone", &gone).await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["status"],
+        "ignored"
+    );
+    // From a branch of acme/web itself (its name in any case): that branch's runs.
+    let own = closed(
+        "feat/pr",
+        json!({"full_name": "Acme/Web", "fork": false}),
+        9,
+    );
+    assert_eq!(
+        app.github_hook("pull_request", "own", &own).await.status(),
+        202
+    );
+    let cancel = format!("PUT /v1/runs/{}/cancel", feat.run_id);
+    app.wait_for("the cancel", 10, |a| a.mutations().contains(&cancel))
+        .await;
+    let store = &app.bot.ctx.store;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.count_unprocessed().await.unwrap() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events left unprocessed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let audit = app
+        .wait_audit("cancel done", 10, |a| {
+            a.iter().any(|e| e.outcome.as_str() == "done")
+        })
+        .await;
+    assert_eq!(audit.len(), 1, "{audit:#?}");
+    assert_eq!(audit[0].reason, "pull request #9 closed");
+    assert_eq!(app.mutations(), vec![cancel]);
+    assert_eq!(
+        app.sim.run(&main.run_id).unwrap().completion_state.as_str(),
+        "IN_PROGRESS"
+    );
+}
+
 #[tokio::test]
 async fn webhook_auth_and_bad_input_get_the_statuses_of_the_spec() {
     let app = spawn_app(SUPERSEDE).await;

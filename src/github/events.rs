@@ -1,6 +1,11 @@
 //! The GitHub webhook events runwarden understands, parsed into its own small types
 //! (not full octocrab payloads): `push`, `pull_request` (closed), `workflow_run`
 //! (completed) and `ping`. Everything else is ignored.
+//!
+//! A closed pull request is a [`Trigger::PullRequestClosed`] only when its head branch is
+//! the base repository's own (`pull_request.head.repo` names `repository`, in any case): a
+//! pull request from a fork, or from a fork since deleted (`head.repo` null), is ignored,
+//! since its branch (often the fork's `main`) is not the base's branch of that name.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -92,6 +97,10 @@ struct Pr {
 struct PrHead {
     #[serde(rename = "ref")]
     git_ref: String,
+    /// The repository of the head branch: an object, or `null` when the fork was deleted
+    /// (`None`, as when absent). Kept, so that a stored payload reads to the same event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    repo: Option<Repo>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -200,6 +209,23 @@ impl Payload {
             Payload::PullRequest(p) => {
                 if p.action != "closed" {
                     return GithubEvent::Ignored(format!("pull_request {}", p.action));
+                }
+                // Only a branch of the base repository itself is the base's branch: a
+                // fork's `main` is not the base's `main` (see the module's doc).
+                let base = &p.repository.full_name;
+                match &p.pull_request.head.repo {
+                    Some(head) if head.full_name.eq_ignore_ascii_case(base) => {}
+                    Some(head) => {
+                        return GithubEvent::Ignored(format!(
+                            "pull_request closed from fork {}",
+                            head.full_name.to_ascii_lowercase()
+                        ));
+                    }
+                    None => {
+                        return GithubEvent::Ignored(
+                            "pull_request closed without a head repository".into(),
+                        );
+                    }
                 }
                 GithubEvent::Trigger(Trigger::PullRequestClosed {
                     repo: p.repository.full_name.to_ascii_lowercase(),
@@ -327,6 +353,64 @@ mod tests {
         let body = br#"{"ref":"refs/tags/v1","after":"1","repository":{"full_name":"a/b"}}"#;
         assert!(matches!(
             parse_event("push", body, now()).unwrap(),
+            GithubEvent::Ignored(_)
+        ));
+    }
+
+    fn pr_closed(head_repo: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "action": "closed", "number": 12,
+            "pull_request": {"head": {"ref": "main", "sha": "abc", "repo": head_repo},
+                             "closed_at": "2026-01-01T11:00:00Z"},
+            "repository": {"full_name": "acme/web"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_closed_pull_request_of_the_same_repository_deletes_its_branch() {
+        let body = pr_closed(serde_json::json!({"full_name": "Acme/Web", "fork": false}));
+        let closed = GithubEvent::Trigger(Trigger::PullRequestClosed {
+            repo: "acme/web".into(),
+            branch: "main".into(),
+            number: 12,
+            closed_at: "2026-01-01T11:00:00Z".parse().unwrap(),
+        });
+        assert_eq!(parse_event("pull_request", &body, now()).unwrap(), closed);
+        // What is stored keeps the head repository, and reads back to the same trigger.
+        let read = read_event("pull_request", &body, now()).unwrap();
+        assert_eq!(read.event, closed);
+        let kept: serde_json::Value = serde_json::from_str(&read.kept).unwrap();
+        assert_eq!(
+            kept["pull_request"]["head"]["repo"],
+            serde_json::json!({"full_name": "Acme/Web"})
+        );
+        assert_eq!(
+            parse_event("pull_request", read.kept.as_bytes(), now()).unwrap(),
+            closed
+        );
+    }
+
+    #[test]
+    fn a_closed_pull_request_from_a_fork_deletes_no_branch_of_the_base() {
+        // A fork's `main` is not the base repository's `main`; a deleted fork (`repo`
+        // null) or no head repository at all names no branch of the base either.
+        for head_repo in [
+            serde_json::json!({"full_name": "contrib/web", "fork": true}),
+            serde_json::Value::Null,
+        ] {
+            let body = pr_closed(head_repo.clone());
+            for ev in [
+                parse_event("pull_request", &body, now()).unwrap(),
+                read_event("pull_request", &body, now()).unwrap().event,
+            ] {
+                assert!(matches!(ev, GithubEvent::Ignored(_)), "{head_repo}: {ev:?}");
+            }
+        }
+        let body = br#"{"action":"closed","number":12,"pull_request":{"head":{"ref":"main"}},
+            "repository":{"full_name":"acme/web"}}"#;
+        assert!(matches!(
+            parse_event("pull_request", body, now()).unwrap(),
             GithubEvent::Ignored(_)
         ));
     }

@@ -129,8 +129,9 @@ pub enum Trigger {
         deleted: bool,
         pushed_at: DateTime<Utc>,
     },
-    /// A GitHub `pull_request` with action `closed` (merged or not). `repo` should be the
-    /// head repository, so that a fork's `patch-1` is not taken for the base's.
+    /// A GitHub `pull_request` with action `closed` (merged or not), whose head branch is
+    /// a branch of `repo` itself. A pull request from a fork makes no such trigger (see
+    /// [`crate::github::events`]): a fork's `main` or `patch-1` is not the base's.
     PullRequestClosed {
         repo: String,
         branch: String,

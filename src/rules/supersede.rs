@@ -9,7 +9,8 @@
 //!   the same instant as the newest. The rule's filter selects both A and B.
 //! - `on_push`: a push of another sha to A's branch, pushed after A was created.
 //! - `on_branch_deleted`: a push deleting the branch, or a closed pull request, cancels
-//!   the branch's in-progress runs created before it.
+//!   the branch's in-progress runs created before it. A pull request from a fork is not
+//!   one: its branch is the fork's, not the repository's (no trigger is made for it).
 //! - `spare_if_progress_at_least`: runs at least this far complete are spared, whatever
 //!   the trigger.
 //!
