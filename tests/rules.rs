@@ -360,6 +360,39 @@ fn the_filter_selects_the_superseding_run_too() {
 }
 
 #[test]
+fn state_filters_pick_the_runs_to_cancel_not_the_newer_run_that_supersedes_them() {
+    // "Cancel in-progress runs": a newer run that has finished already (failed fast)
+    // still supersedes the older one (SPEC §4), under either state filter.
+    for filter in [
+        "completion_states = [\"IN_PROGRESS\"]",
+        "statuses = [\"RUNNING\"]",
+    ] {
+        let c = cfg(&format!("{SUPERSEDE}[rules.match]\n{filter}\n"));
+        let a = run("a", at(0), "s1");
+        let b = done(run("b", at(3), "s2"), RunStatus::Failed);
+        assert_eq!(
+            cancelled(&eval(&c, &seen(&b), &[a.clone(), b.clone()], at(5))),
+            vec!["a"],
+            "{filter}"
+        );
+        assert_eq!(
+            cancelled(&eval(&c, &Trigger::Tick, &[a.clone(), b.clone()], at(5))),
+            vec!["a"],
+            "{filter}"
+        );
+        let why = explained(&c, &a, std::slice::from_ref(&b), at(5));
+        assert!(why[0].1, "{filter}: {why:?}");
+        assert!(
+            why[0].2.contains("superseded by run b"),
+            "{filter}: {why:?}"
+        );
+        // The newer run itself is finished: the filter leaves it alone.
+        let why = explained(&c, &b, std::slice::from_ref(&a), at(5));
+        assert!(!why[0].1, "{filter}: {why:?}");
+    }
+}
+
+#[test]
 fn spare_if_progress_at_least_spares_nearly_finished_runs() {
     let c = cfg(&format!("{SUPERSEDE}spare_if_progress_at_least = 0.8\n"));
     let b = run("b", at(3), "s2");

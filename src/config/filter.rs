@@ -139,6 +139,18 @@ impl Filter {
 
     /// Whether the run passes every filter (the allocation-free twin of [`Filter::check`]).
     pub fn matches(&self, run: &Run) -> bool {
+        self.matches_where(run, true)
+    }
+
+    /// Whether the run passes every filter but `statuses` and `completion_states`: it
+    /// is a run of the kind the rule is about, whatever its state now. A supersede rule
+    /// asks this of the newer run that supersedes: a run that has finished since (or
+    /// failed fast) is still newer.
+    pub fn matches_ignoring_state(&self, run: &Run) -> bool {
+        self.matches_where(run, false)
+    }
+
+    fn matches_where(&self, run: &Run, with_state: bool) -> bool {
         if let Some(p) = &self.projects
             && !p.iter().any(|p| p == &run.project_id)
         {
@@ -176,11 +188,13 @@ impl Filter {
             }
         }
         if let Some(s) = &self.statuses
+            && with_state
             && !s.contains(&run.status)
         {
             return false;
         }
         if let Some(s) = &self.completion_states
+            && with_state
             && !s.contains(&run.completion_state)
         {
             return false;

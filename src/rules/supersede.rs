@@ -85,14 +85,21 @@ fn sha_differs(a: &Run, b: &Run) -> bool {
 /// Within one group (any order), every in-progress run A with its superseding run B: the
 /// newest run created strictly after A with another known sha. O(k log k).
 pub fn superseded_in_group<'r>(group: &mut [&'r Run]) -> Vec<(&'r Run, &'r Run)> {
-    superseded_in_group_where(group, |_| true)
+    superseded_in_group_where(group, |_| true, |_| true)
 }
 
-/// [`superseded_in_group`] among the runs of `group` that `selected` accepts; `selected`
-/// is only asked about in-progress runs and the few newest runs, not the whole group.
+/// [`superseded_in_group`] for the in-progress runs of `group` that `selected` accepts
+/// (a rule's `[rules.match]` filter: the runs the rule may cancel), by the newer runs
+/// that `superseding` accepts (the same filter without its state keys,
+/// [`crate::config::filter::Filter::matches_ignoring_state`]: a run of the same kind, in
+/// whatever state, so a newer run that has finished already supersedes under
+/// `completion_states = ["IN_PROGRESS"]` too, while a Playwright run does not supersede
+/// under a Cypress-only rule). `selected` is only asked about in-progress runs and
+/// `superseding` about the few newest runs, not the whole group.
 pub fn superseded_in_group_where<'r>(
     group: &mut [&'r Run],
     selected: impl Fn(&Run) -> bool,
+    superseding: impl Fn(&Run) -> bool,
 ) -> Vec<(&'r Run, &'r Run)> {
     if !group.iter().any(|r| r.is_in_progress()) {
         return Vec::new();
@@ -101,15 +108,15 @@ pub fn superseded_in_group_where<'r>(
         let r: &'r Run = r;
         (r.created_at, r.run_id.as_str())
     });
-    // s1: newest selected run with a known sha; s2: newest selected run whose known sha
-    // differs from s1's.
+    // s1: newest superseding run with a known sha; s2: newest superseding run whose
+    // known sha differs from s1's.
     let mut s1: Option<&Run> = None;
     let mut s2: Option<&Run> = None;
     for r in group.iter().rev() {
         let Some(sha) = r.sha() else { continue };
         match s1 {
             Some(first) if first.sha() == Some(sha) => {}
-            _ if !selected(r) => {}
+            _ if !superseding(r) => {}
             None => s1 = Some(r),
             Some(_) => {
                 s2 = Some(r);
@@ -193,7 +200,11 @@ fn by_newer_runs<'r>(
     for (_, group) in groups.values_mut().filter(|(live, _)| *live) {
         // At most two distinct superseding runs per group: format each reason once.
         let mut reasons: Vec<(&str, String)> = Vec::new();
-        for (a, b) in superseded_in_group_where(group, |r| rule.filter.matches(r)) {
+        for (a, b) in superseded_in_group_where(
+            group,
+            |r| rule.filter.matches(r),
+            |r| rule.filter.matches_ignoring_state(r),
+        ) {
             if spared(opts, a).is_some() {
                 continue;
             }
@@ -342,7 +353,11 @@ pub fn explain(
         .iter()
         .filter(|r| r.run_id != run.run_id)
         .chain(std::iter::once(run))
-        .filter(|r| group_key(r, &opts.group_by).as_ref() == Some(&key) && rule.filter.matches(r))
+        // The runs of its group that can supersede it: of the rule's kind, in any state.
+        .filter(|r| {
+            group_key(r, &opts.group_by).as_ref() == Some(&key)
+                && (r.run_id == run.run_id || rule.filter.matches_ignoring_state(r))
+        })
         .collect();
     let hit = superseded_in_group(&mut group)
         .into_iter()
