@@ -304,13 +304,36 @@ async fn a_project_that_cannot_be_listed_does_not_stop_the_poll_of_the_others_an
     );
 }
 
-/// SPEC §6: a dry run mutates nothing anywhere, including actions queued before it
-/// (by `serve`, or before `dry_run = true` was set as an emergency stop).
+/// A cancel the API refuses with 400 (what it documents for a cancel it will not do) for
+/// a run that finished in the meantime is done, not failed: the run is read, and it is
+/// over.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_dry_run_never_carries_out_an_action_queued_before_it() {
+async fn a_cancel_refused_for_a_run_that_has_finished_meanwhile_is_done() {
     let env = setup(RULES).await;
-    let run = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
-    // A real (not dry-run) cancel that `serve` decided and queued but did not carry out.
+    let run = env.add("feat/a", "a1", Duration::minutes(20), "failed", &[]);
+    queue_cancel(&env, &run).await;
+    env.fail_once("PUT", &format!("/v1/runs/{run}/cancel"));
+    let (out, env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("nothing to cancel: run is COMPLETE"), "{log}");
+    let audit = env.run(&["audit", "--format", "json", "--since", "1h"]);
+    let entries: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert_eq!(entries[0]["run_id"], run.as_str(), "{entries:#}");
+    assert_eq!(entries[0]["outcome"], "done", "{entries:#}");
+    // The refused cancel was the only request that could mutate.
+    assert_eq!(
+        env.sim
+            .mutation_log()
+            .iter()
+            .map(|e| (e.method.clone(), e.status))
+            .collect::<Vec<_>>(),
+        [("PUT".to_string(), 400)]
+    );
+}
+
+/// Queues a real (not dry-run) cancel of `run`, as `serve` would have decided it.
+async fn queue_cancel(env: &Env, run: &str) {
     let store = runwarden::store::Store::connect(&env.store).await.unwrap();
     store
         .record_decisions(&[runwarden::store::NewDecision {
@@ -318,7 +341,7 @@ async fn a_dry_run_never_carries_out_an_action_queued_before_it() {
             rule: "cancel-superseded".into(),
             kind: "supersede".into(),
             action: "cancel".into(),
-            run_id: run.clone(),
+            run_id: run.into(),
             project_id: PROJECT.into(),
             branch: Some("feat/a".into()),
             sha: Some("a1".into()),
@@ -332,6 +355,16 @@ async fn a_dry_run_never_carries_out_an_action_queued_before_it() {
         .await
         .unwrap();
     store.close().await;
+}
+
+/// SPEC §6: a dry run mutates nothing anywhere, including actions queued before it
+/// (by `serve`, or before `dry_run = true` was set as an emergency stop).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_never_carries_out_an_action_queued_before_it() {
+    let env = setup(RULES).await;
+    let run = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
+    // A real (not dry-run) cancel that `serve` decided and queued but did not carry out.
+    queue_cancel(&env, &run).await;
     let state = |env: &Env| {
         let out = env.run(&["audit", "--format", "json", "--since", "1h"]);
         let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -446,6 +446,27 @@ async fn cancel(
         Ok(CancelOutcome::AlreadyDone { status, message }) => {
             format!("already done ({status}: {message})")
         }
+        // A final refusal other than for the key (401, 403): the API documents only 400
+        // for a cancel it will not do, and says nothing of a run that finished between
+        // the decision and the cancel. Read the run: one that is over needs no cancel.
+        Err(e) if refused(&e) => {
+            let refusal = format!("cancel refused ({e})");
+            return match ctx.currents.get_run(&a.run_id).await {
+                Ok(run) if !run.is_in_progress() => {
+                    *seen = crate::intake::processor::observation(ctx, &run, Utc::now())
+                        .await
+                        .ok();
+                    Attempt::Done(format!(
+                        "{refusal}; nothing to cancel: run is {}",
+                        run.completion_state
+                    ))
+                }
+                Err(g) if g.is_not_found() => {
+                    Attempt::Done(format!("{refusal}; run no longer exists"))
+                }
+                _ => classify(e, "cancel", retry_after),
+            };
+        }
         Err(e) => return classify(e, "cancel", retry_after),
     };
     // Verify: read the run again.
@@ -462,6 +483,13 @@ async fn cancel(
         Err(e) if e.status() == Some(404) => Attempt::Done(format!("{note}; run no longer exists")),
         Err(e) => classify(e, "verify cancel", retry_after),
     }
+}
+
+/// A final 4xx answer to a write that is not about the credentials (401, 403).
+fn refused(e: &crate::currents::client::CurrentsError) -> bool {
+    matches!(e.status(), Some(s) if (400..500).contains(&s) && !matches!(s, 401 | 403))
+        && !e.is_retryable()
+        && matches!(e, crate::currents::client::CurrentsError::Api { .. })
 }
 
 async fn delete(ctx: &AppContext, a: &ActionRow, retry_after: &mut Option<Duration>) -> Attempt {
