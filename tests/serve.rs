@@ -902,6 +902,11 @@ async fn a_completed_workflow_run_cancels_its_orphaned_run_after_the_grace() {
     let mut r = run("feat/o", "abc", 5);
     r.ci_build_id = Some("acme/web-555-1".into());
     let other_attempt = app.sim.add_run(r).unwrap();
+    // Its other group, recorded under another branch name (an override in the CI
+    // config): tied to the workflow run by its ciBuildId all the same.
+    let mut r = run("ci/merge-ref", "abc", 5);
+    r.ci_build_id = Some("acme/web-555-2".into());
+    let renamed = app.sim.add_run(r).unwrap();
     let hook = json!({"action": "completed", "repository": {"full_name": "acme/web"},
         "workflow_run": {"id": 555, "run_attempt": 2, "head_branch": "feat/o", "head_sha": "abc",
             "updated_at": chrono::Utc::now().to_rfc3339()}});
@@ -913,8 +918,12 @@ async fn a_completed_workflow_run_cancels_its_orphaned_run_after_the_grace() {
         202
     );
     let cancel = format!("PUT /v1/runs/{}/cancel", orphan.run_id);
-    app.wait_for("orphan cancel", 15, |a| a.mutations().contains(&cancel))
-        .await;
+    let cancel_renamed = format!("PUT /v1/runs/{}/cancel", renamed.run_id);
+    app.wait_for("orphan cancels", 15, |a| {
+        let m = a.mutations();
+        m.contains(&cancel) && m.contains(&cancel_renamed)
+    })
+    .await;
     assert!(
         sent.elapsed() >= std::time::Duration::from_millis(900),
         "acted before the grace"

@@ -905,8 +905,14 @@ async fn github_event(
     if !needed {
         return Ok(Vec::new());
     }
-    // A workflow run without a branch (a tag build) is matched over every in-progress run.
-    let branch = Some(branch.as_str()).filter(|b| !b.is_empty());
+    // A workflow run without a branch (a tag build) is matched over every in-progress run,
+    // and so is any when an orphan rule ties runs by `ciBuildId` alone (SPEC §4): a run
+    // whose branch Currents recorded otherwise (an override, a merge ref) is still its.
+    let by_build_id = matches!(trigger, Trigger::WorkflowRunCompleted { .. })
+        && ctx.config.rules.iter().any(|r| {
+            matches!(&r.kind, RuleKind::Orphan(o) if o.match_by == crate::config::MatchBy::CiBuildId)
+        });
+    let branch = Some(branch.as_str()).filter(|b| !b.is_empty() && !by_build_id);
     if branch.is_none() && !matches!(trigger, Trigger::WorkflowRunCompleted { .. }) {
         return Ok(Vec::new());
     }

@@ -10,7 +10,14 @@
 //! an orphan of the previous attempt.
 //!
 //! The decision carries `not_before = completed_at + grace`; the executor waits until
-//! then and cancels only a run still in progress.
+//! then and sends the cancel. A run that finished during the grace is not cancelled
+//! again: the API's refusal (422 "already", or another final 4xx) sends the executor
+//! to read the run, and a run that is over counts as done (`actions::execute`).
+//!
+//! The runs are found by listing the in-progress runs of the event's repository: of the
+//! workflow run's branch with `match_by = "commit"`, of every branch with
+//! `ci_build_id` (a run whose branch Currents recorded otherwise is still the workflow
+//! run's).
 
 use chrono::{DateTime, Utc};
 
