@@ -2,8 +2,11 @@
 //! evaluate every rule now, print what would be done and why. Mutates nothing.
 //!
 //! Only in-progress runs are listed unless a retention rule needs the whole history.
-//! `idle_for` needs progress observed over time, which a one-shot plan does not have:
-//! it is evaluated by `serve` only.
+//! `idle_for` is judged from what the listing shows of each run: a run whose counters
+//! show no completed spec has made no progress since `createdAt`; one with completed
+//! specs has no spec times in a listing, so its idleness is unknown here (`explain RUN`
+//! reads the run with its specs and judges it). `serve` also counts from the moment it
+//! first saw a run, so it may act later than `plan` says, never earlier.
 
 use std::process::ExitCode;
 
