@@ -543,12 +543,29 @@ async fn explain_says_for_each_rule_whether_it_applies_and_why_not() {
     let old = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
     env.add("feat/a", "a2", Duration::minutes(2), "running", &[]);
     let young = env.add("feat/c", "c1", Duration::days(2), "passed", &[]);
+    env.add("feat/d", "d1", Duration::days(40), "passed", &[]);
+    let expired = env.add("feat/d", "d0", Duration::days(50), "passed", &[]);
     let (out, env) = env.run_async(&["explain", &old]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let t = text(&out);
     assert!(
         t.lines()
             .any(|l| l.contains("applies") && l.contains("cancel-superseded")),
+        "{t}"
+    );
+    assert!(!t.contains("max_deletions counts"), "{t}");
+    // A run retention would delete: the breaker is the whole sweep's, which explain
+    // (one branch listed) cannot judge; it says so and where to look.
+    let (out, env) = env.run_async(&["explain", &expired]).await;
+    let t = text(&out);
+    assert!(
+        t.lines()
+            .any(|l| l.contains("applies") && l.contains("retention")),
+        "{t}"
+    );
+    assert!(
+        t.contains("max_deletions counts every run the sweep would delete")
+            && t.contains("runwarden plan --rule retention"),
         "{t}"
     );
     let (out, _env) = env.run_async(&["explain", &young]).await;

@@ -86,6 +86,7 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    let mut breaker_note = None;
     for e in rules::explain(&loaded.config, &run, &view, Utc::now()) {
         outln!(
             "{} {:<22} {:<9} {}",
@@ -97,6 +98,16 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
             e.rule,
             e.kind,
             e.detail
+        );
+        if e.applies && e.kind == "retention" {
+            breaker_note.get_or_insert(e.rule);
+        }
+    }
+    if let Some(rule) = breaker_note {
+        // Only the run's branch was listed: the circuit breaker counts the whole sweep.
+        outln!(
+            "note: max_deletions counts every run the sweep would delete, in every branch; this looked at branch {} only. `runwarden plan --rule {rule}` shows whether the whole sweep stays under it.",
+            run.branch().unwrap_or("-")
         );
     }
     ExitCode::SUCCESS
