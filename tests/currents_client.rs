@@ -342,6 +342,37 @@ async fn list_runs_stops_on_an_empty_page() {
     assert_eq!(mock.hits(), 2);
 }
 
+/// The reference's `deletedAt`: a run the API still lists after its deletion is gone,
+/// and one read by id is not in progress (no rule cancels or deletes it again).
+#[tokio::test]
+async fn runs_marked_deleted_are_left_out_of_lists_and_never_in_progress() {
+    let mut gone = run_json("gone", Some("c1"));
+    gone["deletedAt"] = json!("2026-01-02T00:00:00.000Z");
+    gone["completionState"] = json!("IN_PROGRESS");
+    let mut live = run_json("live", Some("c2"));
+    live["deletedAt"] = Value::Null;
+    let mock = Mock::start(move |_, _| {
+        Answer::json(
+            200,
+            json!({"status": "OK", "has_more": false, "data": [gone.clone(), live.clone()]}),
+        )
+    })
+    .await;
+    let c = client(mock.base());
+    let runs: Vec<_> = c
+        .list_runs("P", &RunFilter::default())
+        .try_collect()
+        .await
+        .unwrap();
+    let ids: Vec<_> = runs.iter().map(|r| r.run_id.as_str()).collect();
+    assert_eq!(ids, ["live"]);
+    let mut read: runwarden::currents::Run = serde_json::from_value(run_json("x", None)).unwrap();
+    read.completion_state = runwarden::currents::CompletionState::InProgress;
+    assert!(read.is_in_progress());
+    read.deleted_at = Some(chrono::Utc::now());
+    assert!(!read.is_in_progress() && read.is_deleted());
+}
+
 #[tokio::test]
 async fn a_list_page_with_nulls_and_decimals_yields_every_run() {
     let mut odd = run_json("odd", Some("c1"));

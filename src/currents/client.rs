@@ -398,6 +398,7 @@ impl CurrentsClient {
     /// `GET /projects/{projectId}/runs` with `filter`, newest first, walking the cursor
     /// pages lazily (a page is fetched only when the previous one is consumed) until
     /// `has_more` is false or a page is empty. The stream ends after its first error.
+    /// Runs marked deleted (`deletedAt`) are left out.
     pub fn list_runs(
         &self,
         project_id: &str,
@@ -414,6 +415,10 @@ impl CurrentsClient {
                     .await
             }
         })
+        // A run the API lists with `deletedAt` set is gone: no rule sees it, a retention
+        // sweep neither deletes it again nor counts it against `max_deletions`.
+        .filter(|r| std::future::ready(!matches!(r, Ok(run) if run.is_deleted())))
+        .boxed()
     }
 
     /// One page of `GET /projects/{projectId}/runs`.

@@ -444,6 +444,10 @@ pub struct Run {
     pub specs: Vec<Spec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_run_id: Option<String>,
+    /// When the run was deleted (the reference's `deletedAt`, nullable): a run the API
+    /// still shows after its deletion is gone all the same ([`Run::is_deleted`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
     /// Present on list items only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
@@ -468,8 +472,14 @@ impl Run {
         let f = self.meta.framework.as_ref()?;
         f.kind.as_deref().or(f.name.as_deref())
     }
+    /// In progress, and not deleted: a deleted run is never cancelled.
     pub fn is_in_progress(&self) -> bool {
-        self.completion_state == CompletionState::InProgress
+        self.completion_state == CompletionState::InProgress && !self.is_deleted()
+    }
+
+    /// Whether the API marks the run deleted (`deletedAt` set).
+    pub fn is_deleted(&self) -> bool {
+        self.deleted_at.is_some()
     }
     /// Summed test counters over all groups.
     pub fn test_counts(&self) -> TestCounts {

@@ -480,6 +480,8 @@ impl RunRec {
                 Vec::new()
             },
             previous_run_id: self.previous_run_id.clone(),
+            // A deleted run is gone from the simulator (a GET answers 404).
+            deleted_at: None,
             cursor: list_item.then(|| ids::encode_cursor(self.key())),
         }
     }
