@@ -327,3 +327,51 @@ async fn sigterm_mid_sweep_exits_0_and_the_rest_resumes_on_restart() {
     }
     bot.kill().await;
 }
+
+/// `serve` starting on a SQLite file that a running `sweep` is acting from leaves the
+/// sweep's leases alone (their holder is alive): the delete it has in flight is not
+/// claimed and sent a second time. (A lease whose holder is gone is handed back at
+/// once: the SIGKILL tests above.)
+#[tokio::test]
+async fn serve_leaves_the_leases_of_a_live_sweep_on_the_same_file_alone() {
+    let w = World::sqlite(RETENTION, Env::default()).await;
+    let mut r = run("feat/old", "sha1", 60 * 24 * 40);
+    r.state = Some("passed".into());
+    let id = w.sim.add_run(r).unwrap().run_id;
+    let delete = format!("/v1/runs/{id}");
+    let held = w.sim.inject_fault(hold("DELETE", &delete));
+    let mut sweep = w
+        .command(&["sweep", "--rule", "retention"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    fired(&w, held).await;
+    let store = w.store().await;
+    let key = format!("delete:{id}");
+    let a = store.action_by_key(&key).await.unwrap().unwrap();
+    assert_eq!(a.state, ActionState::Running, "{a:#?}");
+    let holder = a.worker_id.clone().expect("leased");
+    assert!(
+        holder.starts_with(&format!("{}-", sweep.id())),
+        "the sweep holds it: {a:#?}"
+    );
+
+    let bot = w.serve().await;
+    let a = store.action_by_key(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (a.state, a.worker_id.as_deref(), a.claims),
+        (ActionState::Running, Some(holder.as_str()), 1),
+        "still the sweep's: {a:#?}; serve: {}",
+        bot.log_text()
+    );
+    assert!(
+        !bot.log_text().contains("released the leases"),
+        "{}",
+        bot.log_text()
+    );
+    bot.kill().await;
+    sweep.kill().unwrap();
+    sweep.wait().unwrap();
+    assert!(w.entries(&delete).len() <= 1, "{:#?}", w.entries(&delete));
+}

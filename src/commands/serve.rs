@@ -320,14 +320,37 @@ fn metrics_labels(table: &str) -> String {
     crate::server::metrics::labels(&[("table", table)])
 }
 
+/// Whether the process holding the worker id `worker` (`PID-UUID`, as [`AppContext`]'s
+/// `worker_id` is made) is another process still running on this machine: `/proc/PID`
+/// exists and is not a zombie. This process's own pid (an earlier bot of the same
+/// process) and anything that cannot be checked count as gone, so their leases are
+/// handed back as before.
+pub fn holder_alive(worker: &str) -> bool {
+    let Some(pid) = worker.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    if pid == std::process::id() {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state is the first field after the command name, which is in parentheses.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, None | Some("Z") | Some("X"))
+}
+
 /// Starts every part of the bot on `listener`.
 pub async fn start(ctx: Arc<AppContext>, listener: tokio::net::TcpListener) -> anyhow::Result<Bot> {
     let addr = listener.local_addr()?;
-    // SQLite is one process: an action still leased was claimed by a worker that died (a
-    // crash, SIGKILL); hand it back now rather than after its lease. (A shared PostgreSQL
-    // store keeps the leases: other replicas may be alive.)
+    // SQLite is one machine: an action still leased was claimed by a worker that died (a
+    // crash, SIGKILL), unless another live process shares the file (a `sweep` carrying it
+    // out right now); hand the dead ones' back now rather than after their lease. (A
+    // shared PostgreSQL store keeps the leases: other replicas may be alive.)
     if !ctx.store.backend().is_shared() {
-        match ctx.store.release_all_leases().await {
+        match ctx.store.release_leases_unless(holder_alive).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
                 actions = n,

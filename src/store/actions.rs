@@ -779,9 +779,39 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Hands back the leased actions of every worker that `alive` says is gone:
+    /// `pending` again, claimable at once. For a SQLite store at startup, where a lease
+    /// still held is a dead process's unless another live process on the machine (a
+    /// `sweep`, say) shares the file. Returns how many.
+    pub async fn release_leases_unless(&self, alive: impl Fn(&str) -> bool) -> StoreResult<u64> {
+        let workers: Vec<Option<String>> =
+            sqlx::query_scalar("SELECT DISTINCT worker_id FROM actions WHERE state = 'running'")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut released = 0;
+        for w in workers {
+            match w {
+                Some(w) if alive(&w) => {}
+                Some(w) => released += self.release_leases(&w).await?,
+                // A running action with no holder: nobody will finish it.
+                None => {
+                    released += sqlx::query(
+                        "UPDATE actions \
+                         SET state = 'pending', lease_until = NULL, updated_at = $1 \
+                         WHERE state = 'running' AND worker_id IS NULL",
+                    )
+                    .bind(to_ms(Utc::now()))
+                    .execute(&self.writer)
+                    .await?
+                    .rows_affected()
+                }
+            }
+        }
+        Ok(released)
+    }
+
     /// Hands back every leased action, whoever holds it: `pending` again, claimable at
-    /// once. For a single-process store at startup (SQLite), where a lease still held
-    /// can only be a dead process's. Returns how many.
+    /// once. Returns how many.
     pub async fn release_all_leases(&self) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE actions \

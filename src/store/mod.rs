@@ -100,8 +100,9 @@ impl Backend {
         }
     }
 
-    /// Whether several processes may share the store. When not, a lease still held at
-    /// startup can only be a dead process's ([`Store::release_all_leases`]).
+    /// Whether several machines may share the store. When not, a lease still held at
+    /// startup is a dead process's unless another process on the same machine holds it
+    /// ([`Store::release_leases_unless`]).
     pub fn is_shared(self) -> bool {
         self == Backend::Postgres
     }
