@@ -392,6 +392,28 @@ async fn a_dry_run_never_carries_out_an_action_queued_before_it() {
     let file = env.dir.path().join("rules.toml");
     let text_now = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, format!("dry_run = true\n{text_now}")).unwrap();
+    // A summary queued before too (its rule since removed: the global dry_run decides).
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    store
+        .record_decisions(&[runwarden::store::NewDecision {
+            at: Utc::now() - Duration::minutes(1),
+            rule: "pr-summary".into(),
+            kind: "summary".into(),
+            action: "summarize".into(),
+            run_id: run.clone(),
+            project_id: PROJECT.into(),
+            branch: Some("feat/a".into()),
+            sha: Some("a1".into()),
+            reason: "run finished".into(),
+            dry_run: false,
+            not_before: None,
+            action_key: format!("summarize:{run}:RUN_FINISH"),
+            payload: None,
+            skip: None,
+        }])
+        .await
+        .unwrap();
+    store.close().await;
     let (out, env) = env.run_async(&["sweep"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
@@ -400,6 +422,15 @@ async fn a_dry_run_never_carries_out_an_action_queued_before_it() {
         env.sim.mutation_log()
     );
     assert_eq!(state(&env), "skipped");
+    let summary_held = String::from_utf8_lossy(&out.stderr).lines().any(|l| {
+        serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+            v["fields"]["action"] == "summarize"
+                && v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("dry_run is on"))
+        })
+    });
+    assert!(summary_held, "{}", String::from_utf8_lossy(&out.stderr));
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(
         log.contains("action skipped") && log.contains("dry_run is on"),

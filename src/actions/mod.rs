@@ -302,7 +302,8 @@ pub async fn run_due_with(
 /// How often [`run_due_until`] looks for newly due actions while others are in flight.
 const CLAIM_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Whether the configuration as it is now keeps `a` from mutating anything: the rule
+/// Whether the configuration as it is now keeps `a` from mutating anything (a cancel, a
+/// delete, a summary: even its reads could mint a GitHub App token with a POST): the rule
 /// that decided it is in dry-run mode (its own `dry_run`, else the global one), or, for
 /// a rule no longer configured, the global `dry_run` is on. A dry-run decision never
 /// gets an action, so this is an action queued before dry run was switched on (the
@@ -324,10 +325,12 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
     // How long the API asked to wait before trying again (a rate limit's Retry-After).
     let mut retry_after = None;
     let attempt = match a.action.as_str() {
-        "cancel" | "delete" if held_by_dry_run(&ctx.config, &a) => Attempt::Skipped(format!(
-            "not carried out: dry_run is on for rule {:?} (the action was queued before)",
-            a.rule
-        )),
+        "cancel" | "delete" | "summarize" if held_by_dry_run(&ctx.config, &a) => {
+            Attempt::Skipped(format!(
+                "not carried out: dry_run is on for rule {:?} (the action was queued before)",
+                a.rule
+            ))
+        }
         "cancel" => cancel(ctx, &a, &mut seen, &mut retry_after).await,
         "delete" => delete(ctx, &a, &mut retry_after).await,
         "summarize" => summarize(ctx, &a, &mut retry_after).await,
