@@ -938,6 +938,45 @@ async fn a_completed_workflow_run_cancels_its_orphaned_run_after_the_grace() {
     );
 }
 
+/// A slot's event is stored before the slot is recorded: a tick that stored the event
+/// and got no further (a crash, a failed commit) leaves the slot to the next tick, which
+/// records it and does not fire it again; a slot is never recorded without its event.
+#[tokio::test]
+async fn a_slot_whose_event_was_stored_but_not_recorded_is_recorded_and_fires_once() {
+    use chrono::{DateTime, Utc};
+    use runwarden::intake::schedules::fire_due;
+    use runwarden::store::NewDelivery;
+    // Fires on 1 January only: the bot's own schedule loop finds no slot today.
+    let rules = "[[rules]]\nname = \"yearly\"\nkind = \"retention\"\nschedule = \"0 3 1 1 *\"\nolder_than = \"30d\"\n";
+    let app = spawn_app(rules).await;
+    let ctx = &app.bot.ctx;
+    let slot: DateTime<Utc> = "2026-01-01T03:00:00Z".parse().unwrap();
+    let since = slot - chrono::Duration::hours(1);
+    let now = slot + chrono::Duration::seconds(30);
+    ctx.store
+        .insert_delivery(NewDelivery {
+            source: "schedule".into(),
+            delivery_id: format!("slot:yearly:{}", slot.timestamp()),
+            event: "sweep".into(),
+            payload: json!({"rule": "yearly", "slot": slot.to_rfc3339()}).to_string(),
+            received_at: now,
+        })
+        .await
+        .unwrap();
+    assert_eq!(fire_due(ctx, since, now).await, vec![]);
+    assert_eq!(ctx.store.last_slot("yearly").await.unwrap(), Some(slot));
+
+    // The next slot fires once.
+    let next: DateTime<Utc> = "2027-01-01T03:00:00Z".parse().unwrap();
+    let later = next + chrono::Duration::seconds(30);
+    assert_eq!(
+        fire_due(ctx, since, later).await,
+        vec![("yearly".to_string(), next)]
+    );
+    assert_eq!(fire_due(ctx, since, later).await, vec![]);
+    assert_eq!(ctx.store.last_slot("yearly").await.unwrap(), Some(next));
+}
+
 #[tokio::test]
 async fn a_retention_schedule_slot_fires_once_and_deletes() {
     let rules = "[[rules]]\nname = \"every-second\"\nkind = \"retention\"\nschedule = \"* * * * * *\"\nolder_than = \"30d\"\n";

@@ -1,6 +1,7 @@
-//! Cron schedules of retention rules (UTC). Each slot fires once: whoever inserts the
-//! `(rule, slot)` row first stores a `schedule` event for the processor; other replicas
-//! and restarts see the row and do nothing. After downtime the most recent missed slot
+//! Cron schedules of retention rules (UTC). Each slot fires once: whoever stores the
+//! slot's `schedule` event first (its delivery id `slot:RULE:TS` is unique) fires it,
+//! then records the `(rule, slot)` row; other replicas and restarts find the event or
+//! the row and do nothing. After downtime the most recent missed slot
 //! fires once (no burst of catch-up sweeps).
 
 use std::sync::Arc;
@@ -44,14 +45,10 @@ pub async fn fire_due(
         let Some(slot) = latest_slot(schedule, from, now) else {
             continue;
         };
-        match ctx.store.claim_slot(&rule.name, slot, now).await {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                tracing::warn!(rule = %rule.name, error = %e, "cannot claim a schedule slot");
-                continue;
-            }
-        }
+        // The slot's event first: its delivery id is unique, so storing it is the claim
+        // (another replica, or an earlier tick of this process that got no further, finds
+        // it there). Only then is the slot recorded, so a failure between the two leaves
+        // a slot that the next tick finds again, never one recorded without its sweep.
         let d = NewDelivery {
             source: "schedule".into(),
             delivery_id: format!("slot:{}:{}", rule.name, slot.timestamp()),
@@ -60,8 +57,17 @@ pub async fn fire_due(
                 .to_string(),
             received_at: now,
         };
-        if let Err(e) = ctx.store.insert_delivery(d).await {
-            tracing::warn!(rule = %rule.name, error = %e, "cannot store a schedule event");
+        let stored = match ctx.store.insert_delivery(d).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(rule = %rule.name, error = %e, "cannot store a schedule event; the slot is tried again at the next tick");
+                continue;
+            }
+        };
+        if let Err(e) = ctx.store.claim_slot(&rule.name, slot, now).await {
+            tracing::warn!(rule = %rule.name, error = %e, "cannot record a schedule slot; its event is stored, the record is tried again at the next tick");
+        }
+        if stored == crate::store::InsertOutcome::Duplicate {
             continue;
         }
         ctx.metrics.inc(
