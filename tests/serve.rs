@@ -1469,6 +1469,84 @@ async fn the_processor_reads_the_store_for_what_its_feed_missed_and_handles_each
     assert_eq!(handled, 2);
 }
 
+/// An event stored while the processor is reading the store (its pass is still going,
+/// batch after batch) is both returned by that pass and fed: it is handled once.
+#[tokio::test]
+async fn an_event_stored_during_a_store_read_pass_is_handled_once() {
+    use runwarden::intake::processor::{EventFeed, process_next};
+    let PreparedApp {
+        sim,
+        ctx,
+        dir: _dir,
+        ..
+    } = prepare_app(AppOptions {
+        rules: "[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"2h\"\n".into(),
+        store_dir: Some(tempfile::tempdir().unwrap()),
+        ..AppOptions::default()
+    })
+    .await;
+    let push = |id: String| runwarden::store::NewDelivery {
+        source: "github".into(),
+        delivery_id: id,
+        event: "push".into(),
+        payload: json!({ "ref": "refs/heads/feat/x", "after": "bbb222" }).to_string(),
+        received_at: chrono::Utc::now(),
+    };
+    // The first event of the pass reads its run, slowly: the pass is under way while
+    // the late event is stored.
+    let slow = sim.add_run(run("feat/s", "sss111", 5)).unwrap();
+    let held = sim.inject_fault(
+        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Latency { ms: 1500 })
+            .on("GET", format!("/v1/runs/{}", slow.run_id)),
+    );
+    ctx.store
+        .insert_delivery(runwarden::store::NewDelivery {
+            source: "currents".into(),
+            delivery_id: format!("RUN_START:{}", slow.run_id),
+            event: "RUN_START".into(),
+            payload: json!({
+                "event": "RUN_START",
+                "runUrl": format!("https://app.currents.dev/run/{}", slow.run_id),
+                "buildId": "b", "tags": []
+            })
+            .to_string(),
+            received_at: chrono::Utc::now() - chrono::Duration::seconds(1),
+        })
+        .await
+        .unwrap();
+    // A full batch, so that the pass reads the store again after it.
+    for i in 0..63 {
+        ctx.store
+            .insert_delivery(push(format!("p-{i}")))
+            .await
+            .unwrap();
+    }
+    // A new feed reads the store first; the 64 events above are fed before that read.
+    let mut feed = EventFeed::new(&ctx.store);
+    let pass = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { process_next(&ctx, &mut feed).await.unwrap() })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while sim.faults().iter().any(|f| f.id == held) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow read never came"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    ctx.store
+        .insert_delivery(push("late".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        pass.await.unwrap(),
+        65,
+        "64 read from the store, the late one once"
+    );
+    assert_eq!(ctx.store.count_unprocessed().await.unwrap(), 0);
+}
+
 /// `GET path` with the admin token: the status and the body as JSON (a body that is not
 /// JSON comes back as a JSON string).
 async fn admin_get(app: &TestApp, path: &str) -> (u16, serde_json::Value) {

@@ -5,7 +5,7 @@
 //! in one transaction — so an event is never half-handled, and a crash before the commit
 //! only means the event is processed again (reads are repeatable, decisions deduplicated).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -65,6 +65,14 @@ impl From<crate::store::StoreError> for ProcessError {
 /// since gives the time the newer snapshot would have given; the snapshots it writes are
 /// at least as new; and a decision made twice is stored once (by its action key).
 pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
+    read_and_process(ctx, &mut HashSet::new()).await
+}
+
+/// [`process_pending`], adding the id of every event it handled to `read`.
+async fn read_and_process(
+    ctx: &AppContext,
+    read: &mut HashSet<i64>,
+) -> Result<usize, ProcessError> {
     let mut handled = 0;
     loop {
         let batch = ctx.store.next_unprocessed(Utc::now(), BATCH).await?;
@@ -72,6 +80,7 @@ pub async fn process_pending(ctx: &AppContext) -> Result<usize, ProcessError> {
             return Ok(handled);
         }
         let n = batch.len();
+        read.extend(batch.iter().map(|d| d.id));
         process_batch(ctx, batch).await;
         handled += n;
         if (n as i64) < BATCH {
@@ -140,14 +149,21 @@ pub async fn process_next(ctx: &AppContext, feed: &mut EventFeed) -> Result<usiz
     let due = feed
         .last_store_read
         .is_none_or(|t| t.elapsed() >= STORE_READ_INTERVAL);
+    // Events the store read handled. Those committed before it began are skipped by
+    // their feed position; one committed while it went on (batch after batch) can be
+    // returned by a later batch of it and be fed too: skipped by its id.
+    let mut read = HashSet::new();
     if missed || due {
         feed.last_store_read = None;
-        handled += process_pending(ctx).await?;
+        handled += read_and_process(ctx, &mut read).await?;
         feed.last_store_read = Some(std::time::Instant::now());
         fresh.skip_through(position);
     }
     loop {
+        // Every event the read handled was committed, so fed, before it ended: the
+        // fed ones among them are in the feed now and are dropped here.
         let batch: Vec<Delivery> = std::iter::from_fn(|| fresh.try_next())
+            .filter(|d| !read.contains(&d.id))
             .take(BATCH as usize)
             .collect();
         if batch.is_empty() {
