@@ -556,6 +556,57 @@ async fn a_retention_rule_without_schedule_waits_for_the_admin_api() {
     .await;
 }
 
+/// An action handed to the executor with its record is leased from the record on, not
+/// from when the event was decided: a sweep whose listing took longer than the lease
+/// does not leave the executor acting on an action whose lease has already run out
+/// (which another replica could claim meanwhile).
+#[tokio::test]
+async fn an_action_leased_with_its_record_is_leased_from_the_record_on() {
+    let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nolder_than = \"30d\"\n";
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        executor: Some(runwarden::actions::ExecutorOptions {
+            lease: std::time::Duration::from_secs(2),
+            ..Default::default()
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let mut r = run("feat/old", "sha1", 60 * 24 * 40);
+    r.state = Some("passed".into());
+    let id = app.sim.add_run(r).unwrap().run_id;
+    // The listing takes 3 s, longer than the lease; the delete is held.
+    app.sim.inject_fault(
+        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Latency { ms: 3000 })
+            .on("GET", "/v1/projects"),
+    );
+    let held = app.sim.inject_fault(
+        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Latency { ms: 600_000 })
+            .on("DELETE", format!("/v1/runs/{id}")),
+    );
+    assert_eq!(app.admin_sweep("retention").await.status(), 202);
+    app.wait_for("the delete in flight", 30, |a| {
+        !a.sim.faults().iter().any(|f| f.id == held)
+    })
+    .await;
+    let acting = chrono::Utc::now();
+    let a = app
+        .bot
+        .ctx
+        .store
+        .action_by_key(&format!("delete:{id}"))
+        .await
+        .unwrap()
+        .unwrap();
+    let lease_until = a.lease_until.expect("leased");
+    // Claimed once: with a lease already run out, the claim loop took it a second time.
+    assert_eq!(a.claims, 1, "{a:#?}");
+    assert!(
+        lease_until > acting,
+        "the lease ran out before the action started: {lease_until} <= {acting}; {a:#?}"
+    );
+}
+
 #[tokio::test]
 async fn the_admin_api_needs_the_token_and_sweeps_retention() {
     let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nkeep_latest = 1\n";

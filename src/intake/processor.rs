@@ -304,6 +304,10 @@ async fn record(ctx: &AppContext, group: Vec<Decided>, quiet: &mut Vec<i64>) {
         lease: ctx.executor.lease,
         max,
     });
+    // The leases start now, at the record, not when the events were decided: a slow
+    // decision (a long retention listing) must not hand the executor actions whose lease
+    // has already run out, which another replica could claim while this one acts.
+    let recorded_at = Utc::now();
     let records: Vec<crate::store::EventRecord<'_>> = group
         .iter()
         .enumerate()
@@ -313,7 +317,7 @@ async fn record(ctx: &AppContext, group: Vec<Decided>, quiet: &mut Vec<i64>) {
             quiet: if i == 0 { quiet.as_slice() } else { &[] },
             decisions: &e.decisions,
             runs: &e.runs,
-            now: e.now,
+            now: e.now.max(recorded_at),
             claim_for,
         })
         .collect();

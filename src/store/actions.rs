@@ -259,7 +259,8 @@ pub struct EventRecord<'a> {
     pub decisions: &'a [NewDecision],
     /// The runs read while deciding, to remember.
     pub runs: &'a [super::RunRecord],
-    /// When the decisions were made (the lease of claimed actions starts then).
+    /// The time of the record (the lease of claimed actions starts then; the processor
+    /// passes the time it records, not the earlier time it decided).
     pub now: DateTime<Utc>,
     /// Lease new actions that are due to a worker.
     pub claim_for: Option<Claim<'a>>,
