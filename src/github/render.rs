@@ -41,6 +41,15 @@
 //! `counts`; only for runs with several groups), `cancelled` (`rule`, `reason`, `actor`,
 //! or none), `timeout_ms`, `is_current`, `is_head` (its commit is the PR's head).
 //!
+//! Every value a template prints is escaped as the default body escapes free text
+//! (`text`): `@` cannot ping, `<`, `>` and `&` become entities, and Markdown characters
+//! are backslash-escaped, since branch names, spec paths, tags and cancel reasons come
+//! from whoever pushes. `{{ s.branch | code }}` prints a code span instead (write that,
+//! not backticks around a value: escapes show inside a code span), `| url` prints a link
+//! target (`[run]({{ s.run_url | url }})`), `| text` escapes explicitly, and `| safe`
+//! prints a string as it is, for Markdown the template writes itself. Text written in
+//! the template is never escaped.
+//!
 //! A body over GitHub's 65,536-character limit is shortened: first the failing-spec lists
 //! and group tables go (default body only), then the Markdown is cut at a line, and a
 //! note links to the run in Currents.
@@ -901,6 +910,61 @@ fn view<'a>(s: &'a Section, input: &RenderInput<'_>) -> SectionView<'a> {
     }
 }
 
+/// The auto-escape mode of custom templates: every printed value goes through [`text`].
+const MARKDOWN_ESCAPE: minijinja::AutoEscape = minijinja::AutoEscape::Custom("markdown");
+
+/// Prints a value into a custom template: safe strings (`|safe`, `|code`, `|text`) as
+/// they are, anything else through [`text`] while [`MARKDOWN_ESCAPE`] is on (it is,
+/// unless the template turns it off with `{% autoescape false %}`).
+fn markdown_formatter(
+    out: &mut minijinja::Output<'_>,
+    state: &minijinja::State<'_, '_>,
+    value: &minijinja::Value,
+) -> Result<(), minijinja::Error> {
+    if state.auto_escape() == MARKDOWN_ESCAPE && !value.is_safe() {
+        let s = match value.as_str() {
+            Some(s) => text(s),
+            None => text(&value.to_string()),
+        };
+        out.write_str(&s).map_err(minijinja::Error::from)
+    } else {
+        minijinja::escape_formatter(out, state, value)
+    }
+}
+
+/// The string a filter works on: nothing for a missing value (`none` or undefined).
+fn filter_input(v: &minijinja::Value) -> Option<String> {
+    if v.is_undefined() || v.is_none() {
+        None
+    } else {
+        Some(v.as_str().map_or_else(|| v.to_string(), str::to_string))
+    }
+}
+
+/// `{{ x | code }}`: `x` as an inline code span, as the default body shows names.
+fn code_filter(v: &minijinja::Value) -> minijinja::Value {
+    minijinja::Value::from_safe_string(filter_input(v).map(|s| code(&s)).unwrap_or_default())
+}
+
+/// `{{ x | text }}`: `x` escaped as plain text (what printing it does anyway), marked safe.
+fn text_filter(v: &minijinja::Value) -> minijinja::Value {
+    minijinja::Value::from_safe_string(filter_input(v).map(|s| text(&s)).unwrap_or_default())
+}
+
+/// `{{ x | url }}`: `x` as a link target (`[label]({{ s.run_url | url }})`), with the
+/// characters that would end or break a Markdown link percent-encoded, and no backslash
+/// escapes (which a bare URL would show), marked safe.
+fn url_filter(v: &minijinja::Value) -> minijinja::Value {
+    minijinja::Value::from_safe_string(filter_input(v).map(|s| link_url(&s)).unwrap_or_default())
+}
+
+/// The visible Markdown from a rule's custom template.
+///
+/// Every value the template prints is escaped with [`text`] (as the default body
+/// escapes free text): no `@mention` pings, no HTML, no Markdown from branch names,
+/// spec paths, tags or cancel reasons. `|code` prints a value as a code span, `|text`
+/// escapes explicitly, and `|safe` prints a string as it is (for Markdown the template
+/// writes itself). No context value is pre-rendered Markdown, so none is passed as safe.
 fn render_template(
     doc: &SummaryDoc,
     input: &RenderInput<'_>,
@@ -913,6 +977,11 @@ fn render_template(
     };
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+    env.set_auto_escape_callback(|_| MARKDOWN_ESCAPE);
+    env.set_formatter(markdown_formatter);
+    env.add_filter("code", code_filter);
+    env.add_filter("text", text_filter);
+    env.add_filter("url", url_filter);
     env.add_template("summary", source).map_err(err)?;
     let sections: Vec<SectionView<'_>> = doc.sections.iter().map(|s| view(s, input)).collect();
     let current = doc.get(input.current_key).map(|s| view(s, input));
@@ -1130,5 +1199,93 @@ mod tests {
         .unwrap();
         assert_eq!(body.matches(MARKER).count(), 1);
         assert_eq!(SummaryDoc::parse(&body).unwrap(), doc);
+    }
+
+    /// The visible part of the body a template renders for one section on `branch`.
+    fn render_with(branch: &str, template: &str) -> String {
+        let doc = SummaryDoc {
+            sections: vec![section("k", branch)],
+        };
+        let pr = PrInfo {
+            number: 1,
+            head_sha: "abc".into(),
+            head_ref: branch.into(),
+        };
+        let t = (std::path::PathBuf::from("t.md"), template.to_string());
+        let body = render_body(
+            &doc,
+            &RenderInput {
+                pr: &pr,
+                current_key: "k",
+                dashboard_url: "https://app.currents.dev",
+                template: Some(&t),
+                limit: GITHUB_BODY_LIMIT,
+            },
+        )
+        .unwrap();
+        let visible = body.strip_prefix(MARKER).unwrap();
+        visible[..visible.find(STATE_OPEN).unwrap()]
+            .trim()
+            .to_string()
+    }
+
+    const EVIL: &str = "@org/team<img src=x> *b* [l](u)";
+
+    #[test]
+    fn templates_escape_every_printed_value() {
+        for t in [
+            "{% for s in sections %}{{ s.branch }}{% endfor %}",
+            "{{ current.branch }}",
+            "{{ pr.head_ref }}",
+            "{{ current.branch | text }}",
+            "{{ current.branch | e }}",
+            "{{ [current.branch, pr.head_ref] | join(' ') }}",
+            "{{ current.branch ~ '!' }}",
+        ] {
+            let out = render_with(EVIL, t);
+            assert!(!out.contains("@org"), "{t}: {out}");
+            assert!(!out.contains('<'), "{t}: {out}");
+            assert!(
+                out.contains("@\u{200b}org/team&lt;img src=x&gt; \\*b\\* \\[l\\](u)"),
+                "{t}: {out}"
+            );
+        }
+        // `|text` is escaped once, not twice.
+        assert_eq!(render_with(EVIL, "{{ current.branch | text }}"), text(EVIL));
+        // Numbers and missing values print as before (`|` here is the template's own text).
+        assert_eq!(
+            render_with(
+                "b",
+                "{{ pr.number }}|{{ current.nope }}|{{ current.duration }}"
+            ),
+            "1||None"
+        );
+    }
+
+    #[test]
+    fn templates_can_print_code_spans_and_their_own_markdown() {
+        assert_eq!(
+            render_with(EVIL, "{{ current.branch | code }}"),
+            format!("`{EVIL}`")
+        );
+        assert_eq!(render_with("a`b", "{{ pr.head_ref | code }}"), "`` a`b ``");
+        assert_eq!(render_with("b", "{{ current.nope | code }}."), ".");
+        assert_eq!(render_with("b", "{{ \"**bold**\" | safe }}"), "**bold**");
+        // A link target: no backslash escapes, what would break the link encoded.
+        assert_eq!(
+            render_with("b", "[run]({{ \"https://x.test/run_1 (2)\" | url }})"),
+            "[run](https://x.test/run_1%20%282%29)"
+        );
+        assert_eq!(
+            render_with("b", "**{{ current.label }}** <br>"),
+            "**Passed** <br>"
+        );
+        assert_eq!(
+            render_with(
+                EVIL,
+                "{% autoescape false %}{{ current.branch }}{% endautoescape %}"
+            ),
+            EVIL
+        );
     }
 }
