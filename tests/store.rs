@@ -127,6 +127,7 @@ both!(
     passed_durations_are_the_newest_completed_passed_runs_of_the_branch,
     a_section_for_an_old_head_never_overwrites_the_new_one,
     a_slot_is_claimed_once,
+    old_slots_are_pruned_but_each_rules_latest,
     a_lease_is_held_until_it_expires_then_taken_over,
     the_audit_forgets_what_finished_long_ago_and_keeps_what_is_still_to_do,
     old_processed_events_and_finished_runs_are_pruned_in_chunks,
@@ -1785,6 +1786,34 @@ async fn a_section_for_an_old_head_never_overwrites_the_new_one(db: Db) {
     assert_eq!(sections.len(), 1);
     assert_eq!(sections[0].body, "new passed");
     assert_eq!(sections[0].sha, "new");
+}
+
+/// `[store] keep_events` forgets old schedule slots, but never a rule's latest: the
+/// catch-up after a restart starts from it.
+async fn old_slots_are_pruned_but_each_rules_latest(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    for h in 1..=3 {
+        assert!(
+            s.claim_slot("hourly", t(3600 * h), t(3600 * h))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(s.claim_slot("yearly", t(60), t(60)).await.unwrap());
+    assert_eq!(s.prune_slots(t(100_000)).await.unwrap(), 2);
+    assert_eq!(s.last_slot("hourly").await.unwrap(), Some(t(3 * 3600)));
+    assert_eq!(s.last_slot("yearly").await.unwrap(), Some(t(60)));
+    assert!(s.get_slot("hourly", t(3600)).await.unwrap().is_none());
+    assert!(s.get_slot("hourly", t(3 * 3600)).await.unwrap().is_some());
+    // A slot newer than the cutoff stays.
+    assert!(
+        s.claim_slot("hourly", t(4 * 3600), t(4 * 3600))
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.prune_slots(t(4 * 3600)).await.unwrap(), 1);
+    assert_eq!(s.last_slot("hourly").await.unwrap(), Some(t(4 * 3600)));
 }
 
 async fn a_slot_is_claimed_once(db: Db) {

@@ -237,16 +237,19 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 pub struct Pruned {
     pub events: u64,
     pub runs: u64,
+    /// Schedule slots (each rule's latest is kept).
+    pub slots: u64,
     pub decisions: u64,
     pub actions: u64,
 }
 
 impl Pruned {
     /// The rows removed, by the `table` label of `runwarden_store_pruned_total`.
-    fn by_table(&self) -> [(&'static str, u64); 4] {
+    fn by_table(&self) -> [(&'static str, u64); 5] {
         [
             ("events", self.events),
             ("runs", self.runs),
+            ("slots", self.slots),
             ("decisions", self.decisions),
             ("actions", self.actions),
         ]
@@ -264,9 +267,9 @@ fn cutoff(now: chrono::DateTime<chrono::Utc>, keep: Duration) -> chrono::DateTim
 /// Forgets what the store no longer keeps at `now`:
 ///
 /// - `[store] keep_events`: events processed before `now - keep_events` (a redelivery of
-///   one older than that is no longer recognised as a duplicate) and runs last seen
-///   finished (or gone) before then; events still to be processed and in-progress runs
-///   are kept;
+///   one older than that is no longer recognised as a duplicate), runs last seen
+///   finished (or gone) before then, and schedule slots before then but each rule's
+///   latest; events still to be processed and in-progress runs are kept;
 /// - `[store] keep_audit`: decisions and finished actions older than `now - keep_audit`
 ///   ([`crate::store::Store::prune_audit`]); actions still to do are kept with their
 ///   decisions.
@@ -279,6 +282,7 @@ pub async fn prune_store(
         let before = cutoff(now, keep);
         pruned.events = ctx.store.prune_deliveries(before).await?;
         pruned.runs = ctx.store.prune_runs(before).await?;
+        pruned.slots = ctx.store.prune_slots(before).await?;
     }
     if let Some(keep) = ctx.config.store.keep_audit {
         (pruned.decisions, pruned.actions) = ctx.store.prune_audit(cutoff(now, keep)).await?;

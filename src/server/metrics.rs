@@ -75,7 +75,7 @@ const HELP: &[(&str, &str)] = &[
     ),
     (
         "runwarden_store_pruned_total",
-        "Rows the store forgot under [store] keep_events and keep_audit, by table (events, runs, decisions, actions).",
+        "Rows the store forgot under [store] keep_events and keep_audit, by table (events, runs, slots, decisions, actions).",
     ),
     (
         "runwarden_api_requests_total",

@@ -45,6 +45,21 @@ impl TryFrom<SlotRow> for SlotRecord {
 const SLOT_COLUMNS: &str = "rule, slot_at, claimed_at, finished_at, summary";
 
 impl Store {
+    /// Forgets slots scheduled before `before`, except each rule's latest (what
+    /// [`Store::last_slot`] reads: a restart catches up from it). Returns the number
+    /// deleted.
+    pub async fn prune_slots(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM schedule_slots WHERE slot_at < $1 AND slot_at < \
+             (SELECT MAX(latest.slot_at) FROM schedule_slots latest \
+              WHERE latest.rule = schedule_slots.rule)",
+        )
+        .bind(to_ms(before))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Claims the slot of `rule` scheduled at `slot_at`, at `now`. `true` only for the
     /// first claimer.
     pub async fn claim_slot(
