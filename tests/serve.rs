@@ -607,6 +607,58 @@ async fn an_action_leased_with_its_record_is_leased_from_the_record_on() {
     );
 }
 
+/// The executor renews the leases of the actions it is still carrying out: an attempt
+/// that outlasts its lease (a slow API) is not taken over by another process.
+#[tokio::test]
+async fn an_action_still_in_flight_keeps_its_lease() {
+    let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nolder_than = \"30d\"\n";
+    let lease = std::time::Duration::from_secs(1);
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        executor: Some(runwarden::actions::ExecutorOptions {
+            lease,
+            ..Default::default()
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let mut r = run("feat/old", "sha1", 60 * 24 * 40);
+    r.state = Some("passed".into());
+    let id = app.sim.add_run(r).unwrap().run_id;
+    let held = app.sim.inject_fault(
+        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Latency { ms: 600_000 })
+            .on("DELETE", format!("/v1/runs/{id}")),
+    );
+    assert_eq!(app.admin_sweep("retention").await.status(), 202);
+    app.wait_for("the delete in flight", 30, |a| {
+        !a.sim.faults().iter().any(|f| f.id == held)
+    })
+    .await;
+    let store = &app.bot.ctx.store;
+    let key = format!("delete:{id}");
+    let first = store.action_by_key(&key).await.unwrap().unwrap();
+    let first_until = first.lease_until.expect("leased");
+    // Past the first lease: still this worker's, with a later lease, and no other
+    // process can claim it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while chrono::Utc::now() < first_until + chrono::Duration::milliseconds(500) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock stood still"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let other = store
+        .claim_due_actions(chrono::Utc::now(), 10, lease, "another-process")
+        .await
+        .unwrap();
+    assert!(other.is_empty(), "taken over: {other:#?}");
+    let now = store.action_by_key(&key).await.unwrap().unwrap();
+    assert_eq!(now.worker_id, first.worker_id, "{now:#?}");
+    assert_eq!(now.claims, 1, "{now:#?}");
+    assert!(now.lease_until.unwrap() > first_until, "{now:#?}");
+}
+
 #[tokio::test]
 async fn the_admin_api_needs_the_token_and_sweeps_retention() {
     let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nkeep_latest = 1\n";

@@ -249,6 +249,13 @@ pub async fn run_due_with(
             total += usize::from(start(a, &mut inflight, &mut ids));
         }
     }
+    // The leases of the actions in flight are renewed three times per lease: an attempt
+    // that outlasts its lease (a slow API, retries) is not taken over by another process.
+    let mut renewal = tokio::time::interval_at(
+        tokio::time::Instant::now() + ctx.executor.lease / 3,
+        (ctx.executor.lease / 3).max(Duration::from_millis(10)),
+    );
+    renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if let Some(h) = handoff.as_deref_mut() {
             h.set_inflight(inflight.len());
@@ -291,11 +298,26 @@ pub async fn run_due_with(
             Some(id) = inflight.next() => {
                 ids.remove(&id);
             }
+            _ = renewal.tick() => {
+                renew_leases(ctx, &ids).await;
+            }
             Some(a) = async { handoff.as_deref_mut()?.recv().await }, if receiving => {
                 total += usize::from(start(a, &mut inflight, &mut ids));
             }
             _ = tokio::time::sleep(CLAIM_INTERVAL), if ctx.ready.load(std::sync::atomic::Ordering::SeqCst) => {}
         }
+    }
+}
+
+/// Extends the leases of the actions in flight (see [`run_due_with`]).
+async fn renew_leases(ctx: &AppContext, ids: &std::collections::HashSet<i64>) {
+    if ids.is_empty() {
+        return;
+    }
+    let ids: Vec<i64> = ids.iter().copied().collect();
+    let until = Utc::now() + chrono::Duration::from_std(ctx.executor.lease).unwrap_or_default();
+    if let Err(e) = ctx.store.renew_leases(&ids, &ctx.worker_id, until).await {
+        tracing::warn!(actions = ids.len(), error = %e, "cannot renew the leases of actions in flight; they may be taken over when they run out");
     }
 }
 

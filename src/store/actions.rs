@@ -780,6 +780,32 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Extends to `until` the leases that `worker_id` holds on the actions `ids` (those
+    /// it is still carrying out: a heartbeat, so that no other process takes over an
+    /// action whose attempt outlasts one lease). An action no longer running, or leased
+    /// to another worker meanwhile, is left alone. Returns how many were extended.
+    pub async fn renew_leases(
+        &self,
+        ids: &[i64],
+        worker_id: &str,
+        until: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let mut renewed = 0;
+        for id in ids {
+            renewed += sqlx::query(
+                "UPDATE actions SET lease_until = $1 \
+                 WHERE id = $2 AND state = 'running' AND worker_id = $3",
+            )
+            .bind(to_ms(until))
+            .bind(*id)
+            .bind(worker_id)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        }
+        Ok(renewed)
+    }
+
     /// Hands back the leased actions of every worker that `alive` says is gone:
     /// `pending` again, claimable at once. For a SQLite store at startup, where a lease
     /// still held is a dead process's unless another live process on the machine (a
