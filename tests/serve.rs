@@ -659,6 +659,57 @@ async fn an_action_still_in_flight_keeps_its_lease() {
     assert!(now.lease_until.unwrap() > first_until, "{now:#?}");
 }
 
+/// On PostgreSQL one replica at a time consumes the events, under the processor lease;
+/// a pass that outlasts the lease (a slow API) renews it as it goes, so that no other
+/// replica starts on the same events meanwhile.
+#[tokio::test]
+async fn a_processor_pass_longer_than_its_lease_keeps_the_lease() {
+    use runwarden::commands::serve::{PROCESSOR_LEASE, PROCESSOR_LEASE_TTL};
+    let app = spawn_app_with(AppOptions {
+        rules: SUPERSEDE.into(),
+        store_url: Some(postgres::fresh_database().await),
+        // The slow read is waited for, not abandoned and retried.
+        request_timeout: "60s",
+        ..AppOptions::default()
+    })
+    .await;
+    let new = app.sim.add_run(run("feat/x", "bbb222", 1)).unwrap();
+    let slow = PROCESSOR_LEASE_TTL + std::time::Duration::from_secs(2);
+    let held = app.sim.inject_fault(
+        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Latency {
+            ms: slow.as_millis() as u64,
+        })
+        .on("GET", format!("/v1/runs/{}", new.run_id)),
+    );
+    assert_eq!(
+        app.currents_hook("RUN_START", &new.run_id).await.status(),
+        202
+    );
+    app.wait_for("the slow read", 30, |a| {
+        !a.sim.faults().iter().any(|f| f.id == held)
+    })
+    .await;
+    // Past the lease the pass began with: still held, by this replica.
+    let past =
+        std::time::Instant::now() + PROCESSOR_LEASE_TTL + std::time::Duration::from_millis(500);
+    while std::time::Instant::now() < past {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (holder, expires) = app
+        .bot
+        .ctx
+        .store
+        .lease_holder(PROCESSOR_LEASE)
+        .await
+        .unwrap()
+        .expect("the lease is taken");
+    assert_eq!(holder, app.bot.ctx.worker_id);
+    assert!(
+        expires > chrono::Utc::now(),
+        "the lease ran out during the pass: {expires}"
+    );
+}
+
 #[tokio::test]
 async fn the_admin_api_needs_the_token_and_sweeps_retention() {
     let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nkeep_latest = 1\n";

@@ -161,7 +161,8 @@ pub const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Name of the lease of the event processor on a shared store (PostgreSQL): one replica
 /// at a time consumes the stored events, in order, as the single process does on SQLite.
 pub const PROCESSOR_LEASE: &str = "processor";
-/// How long a replica that died keeps the processor lease (renewed on every loop turn).
+/// How long a replica that died keeps the processor lease (renewed on every loop turn,
+/// and every third of it during a pass).
 pub const PROCESSOR_LEASE_TTL: Duration = Duration::from_secs(10);
 
 /// Whether this process may consume events now: always on a single-process store; on a
@@ -184,11 +185,37 @@ async fn holds_processor_lease(ctx: &AppContext) -> bool {
     }
 }
 
+/// One pass of the processor; on a shared store the processor lease is renewed while it
+/// goes on (a pass can outlast the lease: a slow API, a long retention listing), so that
+/// no other replica starts consuming the same events meanwhile.
+async fn process_holding_the_lease(
+    ctx: &AppContext,
+    feed: &mut crate::intake::processor::EventFeed,
+) -> Result<usize, crate::intake::processor::ProcessError> {
+    let work = crate::intake::processor::process_next(ctx, feed);
+    if !ctx.store.backend().is_shared() {
+        return work.await;
+    }
+    tokio::pin!(work);
+    let beat = PROCESSOR_LEASE_TTL / 3;
+    let mut renewal = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    loop {
+        tokio::select! {
+            r = &mut work => return r,
+            _ = renewal.tick() => {
+                if !holds_processor_lease(ctx).await {
+                    tracing::warn!("the processor lease was lost during a pass (another replica took it over); this pass finishes, the next waits for the lease");
+                }
+            }
+        }
+    }
+}
+
 async fn processor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
     let mut feed = crate::intake::processor::EventFeed::new(&ctx.store);
     loop {
         if holds_processor_lease(&ctx).await
-            && let Err(e) = crate::intake::processor::process_next(&ctx, &mut feed).await
+            && let Err(e) = process_holding_the_lease(&ctx, &mut feed).await
         {
             tracing::warn!("event processing paused: {e}");
         }
