@@ -661,6 +661,28 @@ impl Env {
     }
 }
 
+impl Env {
+    /// A client acting as the GitHub user `login` (the simulator's `user:NAME` tokens).
+    fn as_user(&self, login: &str) -> GithubClient {
+        client_with_auth(
+            &self.sim.github_url(),
+            Duration::from_secs(3),
+            GithubAuth::Token(Secret::new(format!("user:{login}"))),
+        )
+    }
+
+    /// Posts `body` on PR `pr` as the user `login`; its comment id.
+    async fn comment_as(&self, login: &str, pr: u64, body: &str) -> u64 {
+        let c = self
+            .as_user(login)
+            .create_comment(&REPO.parse().unwrap(), pr, body)
+            .await
+            .unwrap();
+        assert_eq!(c.author.as_deref(), Some(login));
+        c.id
+    }
+}
+
 fn client(api: &str, timeout: Duration) -> GithubClient {
     client_with_auth(api, timeout, GithubAuth::Token(Secret::new(TOKEN)))
 }
@@ -1292,7 +1314,7 @@ async fn pull_requests_are_found_by_head_sha_first_then_by_branch_and_only_open(
             ..NewPr::default()
         })
         .unwrap();
-    let prs = discover_prs(&env.gh, &repo, Some(SHA_HEAD), Some(BRANCH))
+    let prs = discover_prs(&env.gh, &repo, Some(&repo), Some(SHA_HEAD), Some(BRANCH))
         .await
         .unwrap();
     assert_eq!(numbers(prs), [1], "head sha first; closed ignored");
@@ -1300,7 +1322,7 @@ async fn pull_requests_are_found_by_head_sha_first_then_by_branch_and_only_open(
     // The sha is an older commit of #4: found through its branch.
     env.pr(4, "feat/b", SHA_OLD);
     env.pr(4, "feat/b", "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3");
-    let prs = discover_prs(&env.gh, &repo, Some(SHA_OLD), Some("feat/b"))
+    let prs = discover_prs(&env.gh, &repo, Some(&repo), Some(SHA_OLD), Some("feat/b"))
         .await
         .unwrap();
     assert_eq!(numbers(prs), [4]);
@@ -1309,6 +1331,7 @@ async fn pull_requests_are_found_by_head_sha_first_then_by_branch_and_only_open(
     let prs = discover_prs(
         &env.gh,
         &repo,
+        Some(&repo),
         Some("deadbeefdeadbeefdeadbeefdeadbeefdeadbeef"),
         Some("feat/b"),
     )
@@ -1325,7 +1348,7 @@ async fn pull_requests_are_found_by_head_sha_first_then_by_branch_and_only_open(
             ..NewPr::default()
         })
         .unwrap();
-    let prs = discover_prs(&env.gh, &repo, Some(SHA_OLD), Some("feat/b"))
+    let prs = discover_prs(&env.gh, &repo, Some(&repo), Some(SHA_OLD), Some("feat/b"))
         .await
         .unwrap();
     assert_eq!(numbers(prs), Vec::<u64>::new());
@@ -1568,7 +1591,7 @@ async fn a_rate_limit_on_a_later_pr_postpones_the_retry_of_the_whole_summary() {
     env.pr(7, BRANCH, SHA_HEAD);
     env.pr(9, "feat/login-2", SHA_HEAD);
     let repo: RepoName = REPO.parse().unwrap();
-    let order: Vec<u64> = discover_prs(&env.gh, &repo, Some(SHA_HEAD), Some(BRANCH))
+    let order: Vec<u64> = discover_prs(&env.gh, &repo, Some(&repo), Some(SHA_HEAD), Some(BRANCH))
         .await
         .unwrap()
         .iter()
@@ -1866,4 +1889,418 @@ async fn concurrent_summaries_of_one_commit_post_its_status_once() {
     );
     assert_eq!(env.sim.statuses(Some(REPO), Some(SHA_HEAD)).len(), 1);
     assert_eq!(env.gh.status_locks_in_use(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Whose comment is it: only runwarden's own identity's marker comment counts
+// ---------------------------------------------------------------------------------------
+
+/// Count of the requests a client sent for one operation (`/metrics` labels).
+fn sent(gh: &GithubClient, op: &str) -> u64 {
+    gh.request_counts()
+        .iter()
+        .filter(|(o, _, _)| *o == op)
+        .map(|(_, _, n)| *n)
+        .sum()
+}
+
+/// Repro A: a user posts the marker and a state "from a newer runwarden" before the bot.
+/// It used to block every summary of the PR for good; now it is someone else's comment:
+/// not read, not edited, and the bot posts (and later edits) its own.
+#[tokio::test]
+async fn a_foreign_comment_with_the_marker_and_a_newer_state_is_ignored() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+    let squat = format!("{MARKER}\nx\n<!-- runwarden:state {{\"v\":9,\"sections\":[]}} -->");
+    let foreign = env.comment_as("mallory", 7, &squat).await;
+
+    let r = env
+        .summary(&opts, &running("r1", SHA_HEAD), "RUN_START")
+        .await
+        .unwrap();
+    let SummaryOutcome::Posted {
+        pr: 7,
+        comment_id: ours,
+        created: true,
+    } = r.comments[0]
+    else {
+        panic!("{r:?}")
+    };
+    assert_ne!(ours, foreign);
+    // A fresh client (a restart: no remembered id) finds its own comment, not the older
+    // foreign one, and edits it.
+    let fresh = client(&env.sim.github_url(), Duration::from_secs(3));
+    let r = env
+        .summary_with(
+            &fresh,
+            &opts,
+            &failed("r1", SHA_HEAD, 1),
+            "RUN_FINISH",
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.comments,
+        vec![SummaryOutcome::Posted {
+            pr: 7,
+            comment_id: ours,
+            created: false
+        }]
+    );
+    let c = env.comments(7);
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert_eq!((c[0].id, c[0].user.as_str()), (foreign, "mallory"));
+    assert_eq!(c[0].body, squat, "the foreign comment is untouched");
+    assert_eq!(c[0].edits, 0);
+    assert_eq!((c[1].id, c[1].user.as_str()), (ours, "runwarden[bot]"));
+    assert!(c[1].body.contains("❌ Failed"), "{}", c[1].body);
+    assert_eq!(
+        env.count_writes("PATCH", &format!("/comments/{foreign}")),
+        0
+    );
+    // The identity is asked once per client.
+    assert_eq!(sent(&env.gh, "user"), 1);
+    assert_eq!(sent(&fresh, "user"), 1);
+}
+
+/// Repro B: a forged state (v1, well-formed) with a "passed" section linking elsewhere.
+/// The bot used to merge its section into it and republish the forged one; now it posts
+/// its own comment, without the forged section, and leaves the forged one alone.
+#[tokio::test]
+async fn a_forged_state_in_a_foreign_comment_is_never_republished() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+    let phish = "https://phish.example/currents/login";
+    let mut fake = Section::from_run(
+        &to_run(merge(
+            run_value("r-forged", SHA_HEAD),
+            json!({"tags": ["smoke"]}),
+        )),
+        "RUN_FINISH",
+        None,
+        DASH,
+        10,
+    );
+    fake.run_url = phish.into();
+    let mut doc = SummaryDoc::default();
+    merge_section(&mut doc, fake, SHA_HEAD);
+    let pr = PrInfo {
+        number: 7,
+        head_sha: SHA_HEAD.into(),
+        head_ref: BRANCH.into(),
+    };
+    let forged = render_body(
+        &doc,
+        &RenderInput {
+            pr: &pr,
+            current_key: &doc.sections[0].key.clone(),
+            dashboard_url: DASH,
+            template: None,
+            limit: GITHUB_BODY_LIMIT,
+        },
+    )
+    .unwrap();
+    assert!(forged.starts_with(MARKER) && forged.contains(phish));
+    assert_eq!(SummaryDoc::parse(&forged).unwrap().sections.len(), 1);
+    let foreign = env.comment_as("mallory", 7, &forged).await;
+
+    let r = env
+        .summary(&opts, &failed("r1", SHA_HEAD, 1), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.comments[0], SummaryOutcome::Posted { created: true, .. }),
+        "{r:?}"
+    );
+    let c = env.comments(7);
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert_eq!(c[0].id, foreign);
+    assert_eq!(c[0].body, forged, "not edited");
+    assert_eq!(c[0].edits, 0);
+    assert_eq!(c[1].user, "runwarden[bot]");
+    assert!(!c[1].body.contains(phish), "{}", c[1].body);
+    assert!(!c[1].body.contains("r-forged"), "{}", c[1].body);
+    assert_eq!(SummaryDoc::parse(&c[1].body).unwrap().sections.len(), 1);
+}
+
+/// A comment POST with an unknown outcome is checked for before posting again: a
+/// foreign comment carrying the marker is not taken for the bot's own.
+#[tokio::test]
+async fn a_post_with_an_unknown_outcome_does_not_adopt_a_foreign_marker_comment() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+    let squat = format!("{MARKER}\nnot the bot");
+    let foreign = env.comment_as("mallory", 7, &squat).await;
+    // Answered 502 without creating anything.
+    env.fault(
+        "POST",
+        "/github/repos/acme/web/issues/7/comments",
+        FaultKind::Status {
+            status: 502,
+            body: None,
+            retry_after: None,
+        },
+        Some(1),
+    );
+    let r = env
+        .summary(&opts, &failed("r1", SHA_HEAD, 1), "RUN_FINISH")
+        .await
+        .unwrap();
+    let SummaryOutcome::Posted {
+        comment_id,
+        created: true,
+        ..
+    } = r.comments[0]
+    else {
+        panic!("{r:?}")
+    };
+    assert_ne!(comment_id, foreign);
+    let c = env.comments(7);
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert_eq!((c[0].body.as_str(), c[0].edits), (squat.as_str(), 0));
+    assert_eq!(c[1].user, "runwarden[bot]");
+}
+
+/// The bot's login cannot be told (`GET /user` refused, as for an installation token):
+/// the attempt fails retryably and writes nothing, rather than guess whose comment is
+/// whose. Once the login is known, the summary goes through.
+#[tokio::test]
+async fn an_unknown_identity_fails_the_summary_retryably_without_writing() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+    env.comment_as("mallory", 7, &format!("{MARKER}\nx")).await;
+    env.sim.clear_log();
+    let fault = env.sim.inject_fault(
+        Fault::new(FaultKind::Status {
+            status: 403,
+            body: Some(r#"{"message":"Resource not accessible by integration"}"#.into()),
+            retry_after: None,
+        })
+        .on("GET", "/github/user")
+        .always(),
+    );
+    // GraphQL's viewer, asked next, does not say either.
+    let fault_graphql = env.sim.inject_fault(
+        Fault::new(FaultKind::Status {
+            status: 403,
+            body: Some(r#"{"message":"Resource not accessible by integration"}"#.into()),
+            retry_after: None,
+        })
+        .on("POST", "/github/graphql")
+        .always(),
+    );
+    let e = env
+        .summary(&opts, &failed("r1", SHA_HEAD, 1), "RUN_FINISH")
+        .await
+        .unwrap_err();
+    assert!(e.retryable, "{e}");
+    assert!(
+        e.message.contains("cannot tell which GitHub user") && e.message.contains("GET /user"),
+        "{e}"
+    );
+    assert!(!e.message.contains(TOKEN), "{e}");
+    assert_eq!(env.writes(), vec![]);
+    assert_eq!(env.comments(7).len(), 1);
+
+    env.sim.remove_fault(fault);
+    env.sim.remove_fault(fault_graphql);
+    let r = env
+        .summary(&opts, &failed("r1", SHA_HEAD, 1), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.comments[0], SummaryOutcome::Posted { created: true, .. }),
+        "{r:?}"
+    );
+    assert_eq!(env.comments(7)[1].user, "runwarden[bot]");
+}
+
+/// GitHub Actions' `GITHUB_TOKEN` is an installation token: `GET /user` is refused to it,
+/// and the bot learns its login (`github-actions[bot]`) from GraphQL's `viewer`; its
+/// comment is then found and edited in place like any other.
+#[tokio::test]
+async fn an_actions_token_learns_its_login_from_graphql_and_edits_its_comment() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+    let actions = GithubAuth::Token(Secret::new("ghs_actions_0123456789"));
+    for event in ["RUN_START", "RUN_FINISH"] {
+        let gh = client_with_auth(
+            &env.sim.github_url(),
+            Duration::from_secs(3),
+            actions.clone(),
+        );
+        let run = if event == "RUN_START" {
+            running("r1", SHA_HEAD)
+        } else {
+            passed("r1", SHA_HEAD)
+        };
+        env.summary_with(&gh, &opts, &run, event, None, false)
+            .await
+            .unwrap();
+        assert_eq!((sent(&gh, "user"), sent(&gh, "graphql")), (1, 1));
+    }
+    let c = env.comments(7);
+    assert_eq!(c.len(), 1, "one comment, edited in place: {c:#?}");
+    assert_eq!(c[0].user, "github-actions[bot]");
+}
+
+/// With a GitHub App the bot is `{slug}[bot]`, the slug from `GET /app` (asked once): a
+/// comment of another bot, or of a user, carrying the marker is not the App's.
+#[tokio::test]
+async fn a_github_app_recognises_its_comment_by_its_slug() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+    let squat = format!("{MARKER}\n<!-- runwarden:state {{\"v\":9,\"sections\":[]}} -->");
+    env.comment_as("github-actions[bot]", 7, &squat).await;
+    let app = GithubAuth::App {
+        app_id: 424242,
+        jwt: Arc::new(|| Ok("eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOjQyNDI0Mn0.c2lnbmF0dXJl".to_string())),
+    };
+    for event in ["RUN_START", "RUN_FINISH"] {
+        // Each a fresh client: the comment is found by marker and author every time.
+        let gh = client_with_auth(&env.sim.github_url(), Duration::from_secs(3), app.clone());
+        let run = if event == "RUN_START" {
+            running("r1", SHA_HEAD)
+        } else {
+            passed("r1", SHA_HEAD)
+        };
+        env.summary_with(&gh, &opts, &run, event, None, false)
+            .await
+            .unwrap();
+        assert_eq!(sent(&gh, "app"), 1);
+        assert_eq!(sent(&gh, "user"), 0);
+    }
+    let c = env.comments(7);
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert_eq!((c[0].body.as_str(), c[0].edits), (squat.as_str(), 0));
+    assert_eq!((c[1].user.as_str(), c[1].edits), ("runwarden[bot]", 1));
+    assert!(c[1].body.contains("✅ Passed"));
+}
+
+// ---------------------------------------------------------------------------------------
+// A fork's run is not posted on an unrelated PR of the same branch name
+// ---------------------------------------------------------------------------------------
+
+/// Repro: a maintainer's PR from `acme:patch-1`; a run from Mallory's fork
+/// (`remoteOrigin` mallory/web, branch `patch-1`, a sha GitHub does not know) in the
+/// project mapped to acme/web. It used to be posted on the maintainer's PR through the
+/// branch fallback; now the fallback is not used for a run of another repository, and
+/// the summary says why. A fork run whose sha heads its own fork PR still gets there.
+#[tokio::test]
+async fn a_fork_run_is_not_posted_on_a_pr_that_merely_shares_its_branch_name() {
+    let env = Env::new().await;
+    env.pr(7, "patch-1", SHA_HEAD);
+    env.sim
+        .add_pr(NewPr {
+            repo: REPO.into(),
+            number: Some(8),
+            head_ref: Some("patch-1".into()),
+            head_sha: Some(SHA_OTHER.into()),
+            head_repo: Some("mallory/web".into()),
+            author: Some("mallory".into()),
+            ..NewPr::default()
+        })
+        .unwrap();
+    let opts = comment_only(env.opts());
+    let fork_run = |sha: &str| {
+        let mut v = to_value(failed("r-fork", sha, 1));
+        v["meta"]["commit"]["branch"] = json!("patch-1");
+        v["meta"]["commit"]["remoteOrigin"] = json!("https://github.com/mallory/web.git");
+        to_run(v)
+    };
+    let r = env
+        .summary(
+            &opts,
+            &fork_run("deadbeefdeadbeefdeadbeefdeadbeefdeadbeef"),
+            "RUN_FINISH",
+        )
+        .await
+        .unwrap();
+    assert!(r.is_skipped(), "{r:?}");
+    let SummaryOutcome::Skipped(note) = &r.comments[0] else {
+        panic!("{r:?}")
+    };
+    assert!(
+        note.contains("patch-1") && note.contains("mallory/web") && note.contains("acme/web"),
+        "{note}"
+    );
+    assert!(env.comments(7).is_empty() && env.comments(8).is_empty());
+    assert_eq!(env.writes(), vec![]);
+
+    // The fork's own PR, found by its head sha.
+    let r = env
+        .summary(&opts, &fork_run(SHA_OTHER), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.comments[..], [SummaryOutcome::Posted { pr: 8, .. }]),
+        "{r:?}"
+    );
+    assert!(env.comments(7).is_empty());
+    assert_eq!(env.comments(8).len(), 1);
+
+    // A run of the repository itself on that branch still finds the maintainer's PR by
+    // its branch (the sha unknown to GitHub: a merge commit, say).
+    let mut own = to_value(failed(
+        "r-own",
+        "feedfacefeedfacefeedfacefeedfacefeedface",
+        1,
+    ));
+    own["meta"]["commit"]["branch"] = json!("patch-1");
+    let r = env
+        .summary(&opts, &to_run(own), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.comments[..], [SummaryOutcome::Posted { pr: 7, .. }]),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_branch_lookup_only_finds_prs_from_the_repositorys_own_branch() {
+    let env = Env::new().await;
+    let repo: RepoName = REPO.parse().unwrap();
+    env.sim
+        .add_pr(NewPr {
+            repo: REPO.into(),
+            number: Some(8),
+            head_ref: Some("patch-1".into()),
+            head_sha: Some(SHA_OTHER.into()),
+            head_repo: Some("mallory/web".into()),
+            ..NewPr::default()
+        })
+        .unwrap();
+    env.pr(7, "patch-1", SHA_HEAD);
+    let prs = env
+        .gh
+        .open_pulls_for_branch(&repo, "patch-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        prs.iter()
+            .map(|p| (p.number, p.head_repo.as_deref()))
+            .collect::<Vec<_>>(),
+        [(7, Some("acme/web"))]
+    );
+    let fork: RepoName = "mallory/web".parse().unwrap();
+    let unknown = "deadbeefdeadbeefdeadbeefdeadbeefdeadbeef";
+    let found = discover_prs(&env.gh, &repo, Some(&fork), Some(unknown), Some("patch-1"))
+        .await
+        .unwrap();
+    assert_eq!(found, vec![]);
+    // The same repository, spelt in another case, is not a fork.
+    let same: RepoName = "Acme/Web".parse().unwrap();
+    let found = discover_prs(&env.gh, &repo, Some(&same), Some(unknown), Some("patch-1"))
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|p| p.number).collect::<Vec<_>>(), [7]);
 }

@@ -36,6 +36,10 @@
 //!   [`TOKEN_REFRESH_MARGIN`] before they expire and dropped on a 401. Every URL is built
 //!   from `github.api_url`, so GitHub Enterprise (`https://ghe/api/v3`) and the simulator
 //!   (`{sim}/github`) work; credentials are only ever sent to that origin.
+//! - **Identity**: the login runwarden writes as ([`GithubClient::own_login`]: `GET /user`
+//!   with a token, `{slug}[bot]` from `GET /app` with an App) is asked once, when first
+//!   needed, and remembered. A comment is runwarden's only when it carries the marker
+//!   *and* that login wrote it: anyone who can comment on a PR can post the marker.
 //!
 //! Secrets never appear in `Debug` output, logs or errors.
 
@@ -135,6 +139,9 @@ pub struct PullRef {
     pub state: String,
     pub head_sha: String,
     pub head_ref: String,
+    /// `owner/name` of the repository the head branch is in (`head.repo.full_name`): the
+    /// base repository, or a fork. `None` when GitHub did not say (a deleted fork).
+    pub head_repo: Option<String>,
 }
 
 impl PullRef {
@@ -151,6 +158,23 @@ pub struct IssueComment {
     /// Login of the author.
     pub author: Option<String>,
     pub html_url: Option<String>,
+}
+
+impl IssueComment {
+    /// Whether `login` wrote it (GitHub logins compare case-insensitively).
+    pub fn is_by(&self, login: &str) -> bool {
+        self.author
+            .as_deref()
+            .is_some_and(|a| !login.is_empty() && a.eq_ignore_ascii_case(login))
+    }
+
+    /// Whether it is runwarden's comment carrying `marker`: it starts with the marker
+    /// and was written by runwarden's own identity `own_login` (see
+    /// [`GithubClient::own_login`]). Anyone who can comment can post the marker; such a
+    /// comment is not runwarden's and is neither read nor edited.
+    pub fn is_runwardens(&self, marker: &str, own_login: &str) -> bool {
+        has_marker(&self.body, marker) && self.is_by(own_login)
+    }
 }
 
 /// The result of [`GithubClient::create_comment_unique`].
@@ -270,6 +294,11 @@ pub enum GithubErrorKind {
     /// A request runwarden refuses to send (bad sha, bad URL).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// runwarden could not tell which GitHub user it writes as (see
+    /// [`GithubClient::own_login`]), so it cannot tell its comment from others'.
+    /// Retryable: nothing was written, and nothing is guessed.
+    #[error("cannot tell which GitHub user runwarden writes as: {0}")]
+    Identity(String),
 }
 
 impl GithubError {
@@ -315,7 +344,8 @@ impl GithubError {
             GithubErrorKind::RateLimited { .. }
             | GithubErrorKind::Timeout(_)
             | GithubErrorKind::Network(_)
-            | GithubErrorKind::Decode(_) => true,
+            | GithubErrorKind::Decode(_)
+            | GithubErrorKind::Identity(_) => true,
             GithubErrorKind::Auth(_) | GithubErrorKind::Invalid(_) => false,
         }
     }
@@ -512,6 +542,8 @@ impl CachedToken {
 enum AuthFor<'a> {
     /// The App's JWT (App endpoints).
     AppJwt,
+    /// The token itself (token auth only; `GET /user`).
+    Token,
     /// The token for this repository (the token, or its installation's token).
     Repo(&'a RepoName),
 }
@@ -601,6 +633,8 @@ pub struct GithubClient {
     /// Until when GitHub asked this client to send nothing (a rate limit); shared by every
     /// call, see the module docs.
     rate_gate: Mutex<Option<RateGate>>,
+    /// The login this client writes as, once known (see [`GithubClient::own_login`]).
+    own_login: tokio::sync::OnceCell<String>,
     /// (repo key, PR) -> sticky comment id, learnt by the summary code.
     comment_ids: Mutex<HashMap<(String, u64), u64>>,
     /// (repo key, PR): serialises read-modify-write of that PR's comment.
@@ -657,6 +691,7 @@ impl GithubClient {
             tokens: tokio::sync::Mutex::new(HashMap::new()),
             last_write: tokio::sync::Mutex::new(None),
             rate_gate: Mutex::new(None),
+            own_login: tokio::sync::OnceCell::new(),
             comment_ids: Mutex::new(HashMap::new()),
             pr_locks: KeyedLocks::default(),
             status_locks: KeyedLocks::default(),
@@ -702,7 +737,9 @@ impl GithubClient {
     }
 
     /// `GET /repos/{o}/{r}/pulls?state=open&head={owner}:{branch}`: open PRs from `branch`
-    /// of the repository itself.
+    /// of the repository itself. A PR whose head repository (`head.repo.full_name`, when
+    /// GitHub gives it) is another one (a fork) is left out: only the branch of `repo` is
+    /// meant.
     pub async fn open_pulls_for_branch(
         &self,
         repo: &RepoName,
@@ -720,7 +757,7 @@ impl GithubClient {
         Ok(raw
             .into_iter()
             .map(RawPull::into_ref)
-            .filter(|p| p.is_open() && p.head_ref == branch)
+            .filter(|p| is_open_from_branch_of(p, repo, branch))
             .collect())
     }
 
@@ -810,8 +847,9 @@ impl GithubClient {
     }
 
     /// Creates the comment carrying `marker` without ever making two: after a `POST`
-    /// whose outcome is unknown, the PR's comments are read for `marker` and a found one
-    /// is returned (`recovered`) instead of posting again.
+    /// whose outcome is unknown, the PR's comments are read for `marker` on a comment of
+    /// runwarden's own ([`IssueComment::is_runwardens`]) and a found one is returned
+    /// (`recovered`) instead of posting again.
     pub async fn create_comment_unique(
         &self,
         repo: &RepoName,
@@ -826,8 +864,9 @@ impl GithubClient {
                     .backoff(round)
                     .max(self.opts.retry.unknown_outcome_settle);
                 tokio::time::sleep(wait).await;
+                let me = self.own_login().await?;
                 if let Some(c) = self
-                    .find_comment(repo, pr, |c| has_marker(&c.body, marker))
+                    .find_comment(repo, pr, |c| c.is_runwardens(marker, &me))
                     .await?
                 {
                     tracing::info!(
@@ -943,6 +982,116 @@ impl GithubClient {
             Err(e) if matches!(e.status(), Some(404 | 422)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    // ---- identity ------------------------------------------------------------------------
+
+    /// The login runwarden's comments are written by, asked once (lazily, at the first
+    /// call that needs it) and remembered by this client: with a token, `GET /user`'s
+    /// `login`; with a GitHub App, `{slug}[bot]` from `GET /app` (with the App's JWT).
+    ///
+    /// When it cannot be told (an installation token cannot read `/user`; a network
+    /// error; an answer without a login) the error is retryable
+    /// ([`GithubErrorKind::Identity`], or the transport error itself) and nothing is
+    /// guessed; a token GitHub refuses (401) stays the permanent error it is for every
+    /// call. Failures are not remembered: the next call asks again.
+    pub async fn own_login(&self) -> Result<String, GithubError> {
+        self.own_login
+            .get_or_try_init(|| self.fetch_own_login())
+            .await
+            .cloned()
+    }
+
+    async fn fetch_own_login(&self) -> Result<String, GithubError> {
+        let (path, auth) = match &self.auth {
+            GithubAuth::Token(_) => ("/user", AuthFor::Token),
+            GithubAuth::App { .. } => ("/app", AuthFor::AppJwt),
+        };
+        let identity = |e: GithubError| -> GithubError {
+            if e.is_retryable() || e.status() == Some(401) {
+                return e;
+            }
+            let mut hint = String::new();
+            if path == "/user" && e.status() == Some(403) {
+                hint = " (GET /user is refused to installation tokens, and GraphQL's \
+                    viewer did not say either: use a personal access token, or the GitHub \
+                    App credentials GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY)"
+                    .into();
+            }
+            GithubError {
+                kind: GithubErrorKind::Identity(format!("{}{hint}", e.kind)),
+                ..e
+            }
+        };
+        let r = match self
+            .call::<Value>(Method::GET, path, "", None, auth, CallKind::Read)
+            .await
+        {
+            // An installation token (GitHub Actions' `GITHUB_TOKEN`) cannot read
+            // `/user`; GraphQL's `viewer` answers for every kind of token.
+            Err(e) if path == "/user" && e.status() == Some(403) => {
+                return self.viewer_login().await.map_err(|g| {
+                    if g.is_retryable() || g.status() == Some(401) {
+                        g
+                    } else {
+                        identity(e)
+                    }
+                });
+            }
+            r => r.map_err(identity)?,
+        };
+        let field = if path == "/user" { "login" } else { "slug" };
+        let name = r
+            .value
+            .get(field)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                GithubError::new(
+                    &Method::GET,
+                    path,
+                    GithubErrorKind::Identity(format!("the answer has no {field}")),
+                )
+            })?;
+        let login = match &self.auth {
+            GithubAuth::Token(_) => name.to_string(),
+            GithubAuth::App { .. } => format!("{name}[bot]"),
+        };
+        tracing::info!(login = %login, "runwarden writes to GitHub as {login}");
+        Ok(login)
+    }
+
+    /// The token's login from GraphQL (`query { viewer { login } }`), which, unlike
+    /// `GET /user`, installation tokens may ask too.
+    async fn viewer_login(&self) -> Result<String, GithubError> {
+        let body = serde_json::json!({ "query": "query { viewer { login } }" });
+        let r = self
+            .call::<Value>(
+                Method::POST,
+                "/graphql",
+                "",
+                Some(&body),
+                AuthFor::Token,
+                CallKind::Read,
+            )
+            .await?;
+        let login = r
+            .value
+            .pointer("/data/viewer/login")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                GithubError::new(
+                    &Method::POST,
+                    "/graphql",
+                    GithubErrorKind::Identity("the answer has no data.viewer.login".into()),
+                )
+            })?
+            .to_string();
+        tracing::info!(login = %login, "runwarden writes to GitHub as {login}");
+        Ok(login)
     }
 
     // ---- state shared with the summary code ---------------------------------------------
@@ -1176,6 +1325,18 @@ impl GithubClient {
                 .app_jwt()
                 .map_err(|k| GithubError::new(method, path, k))?,
             AuthFor::Repo(repo) => self.repo_token(repo).await?,
+            AuthFor::Token => match &self.auth {
+                GithubAuth::Token(t) => t.clone(),
+                GithubAuth::App { .. } => {
+                    return Err(GithubError::new(
+                        method,
+                        path,
+                        GithubErrorKind::Auth(
+                            "this call needs a token, not App credentials".into(),
+                        ),
+                    ));
+                }
+            },
         };
         loop {
             self.pass_rate_gate(method, path).await?;
@@ -1487,6 +1648,9 @@ fn operation(method: &Method, path: &str) -> &'static str {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let rest = match segments.as_slice() {
         ["app", "installations", _, "access_tokens"] => return "installation_token",
+        ["user"] => return "user",
+        ["graphql"] => return "graphql",
+        ["app"] => return "app",
         ["repos", _, _, rest @ ..] => rest,
         _ => return "other",
     };
@@ -1504,7 +1668,19 @@ fn operation(method: &Method, path: &str) -> &'static str {
     }
 }
 
-/// Whether a comment body is runwarden's: it starts with `marker`.
+/// Whether `p` is open with head `branch` of `repo` itself: a head repository GitHub
+/// names (`head.repo.full_name`) must be `repo` (case-insensitively), not a fork.
+fn is_open_from_branch_of(p: &PullRef, repo: &RepoName, branch: &str) -> bool {
+    p.is_open()
+        && p.head_ref == branch
+        && p.head_repo
+            .as_deref()
+            .is_none_or(|h| h.eq_ignore_ascii_case(&repo.to_string()))
+}
+
+/// Whether a comment body starts with `marker`. Anyone can write the marker: a comment is
+/// runwarden's only when runwarden's own identity wrote it too
+/// ([`IssueComment::is_runwardens`]).
 pub fn has_marker(body: &str, marker: &str) -> bool {
     body.trim_start().starts_with(marker)
 }
@@ -1643,6 +1819,15 @@ struct RawPullHead {
     sha: String,
     #[serde(default, rename = "ref")]
     git_ref: String,
+    /// `null` when the head repository (a fork) was deleted.
+    #[serde(default)]
+    repo: Option<RawRepo>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawRepo {
+    #[serde(default)]
+    full_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1660,6 +1845,7 @@ impl RawPull {
             state: self.state,
             head_sha: self.head.sha,
             head_ref: self.head.git_ref,
+            head_repo: self.head.repo.and_then(|r| r.full_name),
         }
     }
 }
@@ -2065,6 +2251,104 @@ mod tests {
         let e = gh.list_comments(&repo, 7).await.unwrap_err();
         assert!(e.to_string().contains(": a"), "{e}");
         assert_eq!(github_requests(&sim), 1);
+    }
+
+    #[test]
+    fn a_comment_is_runwardens_only_with_the_marker_and_its_author() {
+        let c = |author: Option<&str>, body: &str| IssueComment {
+            id: 1,
+            body: body.into(),
+            author: author.map(str::to_string),
+            html_url: None,
+        };
+        let m = "<!-- runwarden:summary -->";
+        let ours = format!("{m}\nbody");
+        assert!(c(Some("runwarden[bot]"), &ours).is_runwardens(m, "runwarden[bot]"));
+        assert!(c(Some("RunWarden[Bot]"), &ours).is_runwardens(m, "runwarden[bot]"));
+        assert!(!c(Some("mallory"), &ours).is_runwardens(m, "runwarden[bot]"));
+        assert!(!c(Some("runwarden"), &ours).is_runwardens(m, "runwarden[bot]"));
+        assert!(!c(None, &ours).is_runwardens(m, "runwarden[bot]"));
+        assert!(!c(None, &ours).is_runwardens(m, ""));
+        assert!(
+            !c(Some("runwarden[bot]"), &format!("quote: {m}")).is_runwardens(m, "runwarden[bot]")
+        );
+    }
+
+    #[test]
+    fn the_branch_lookup_keeps_only_prs_from_the_repositorys_own_branch() {
+        let pull = |head: Value| -> PullRef {
+            serde_json::from_value::<RawPull>(json!({"number": 7, "state": "open", "head": head}))
+                .unwrap()
+                .into_ref()
+        };
+        let repo: RepoName = "acme/web".parse().unwrap();
+        let own = pull(json!({"ref": "patch-1", "sha": "abc", "repo": {"full_name": "Acme/Web"}}));
+        assert_eq!(own.head_repo.as_deref(), Some("Acme/Web"));
+        assert!(is_open_from_branch_of(&own, &repo, "patch-1"));
+        assert!(!is_open_from_branch_of(&own, &repo, "patch-2"));
+        let fork =
+            pull(json!({"ref": "patch-1", "sha": "abc", "repo": {"full_name": "mallory/web"}}));
+        assert!(!is_open_from_branch_of(&fork, &repo, "patch-1"));
+        // A deleted fork (`repo: null`) or an answer without it: the query's
+        // `head={owner}:{branch}` is all there is to go by.
+        let gone = pull(json!({"ref": "patch-1", "sha": "abc", "repo": null}));
+        assert_eq!(gone.head_repo, None);
+        assert!(is_open_from_branch_of(&gone, &repo, "patch-1"));
+        assert!(is_open_from_branch_of(
+            &pull(json!({"ref": "patch-1"})),
+            &repo,
+            "patch-1"
+        ));
+    }
+
+    #[test]
+    fn identity_requests_have_metric_labels() {
+        assert_eq!(operation(&Method::GET, "/user"), "user");
+        assert_eq!(operation(&Method::GET, "/app"), "app");
+    }
+
+    #[tokio::test]
+    async fn the_own_login_is_asked_once_per_client() {
+        let (sim, gh) = sim_and_client(Duration::from_millis(500)).await;
+        assert_eq!(gh.own_login().await.unwrap(), "runwarden[bot]");
+        assert_eq!(gh.own_login().await.unwrap(), "runwarden[bot]");
+        assert_eq!(github_requests(&sim), 1, "{:?}", sim.request_counts());
+
+        let as_user = |t: &str| {
+            let mut o = GithubClientOptions::new(url::Url::parse(&sim.github_url()).unwrap());
+            o.retry = RetryPolicy::fast();
+            GithubClient::new(o, GithubAuth::Token(Secret::new(t))).unwrap()
+        };
+        assert_eq!(as_user("user:Ada").own_login().await.unwrap(), "Ada");
+
+        let mut o = GithubClientOptions::new(url::Url::parse(&sim.github_url()).unwrap());
+        o.retry = RetryPolicy::fast();
+        let app = GithubClient::new(
+            o,
+            GithubAuth::App {
+                app_id: 424242,
+                jwt: Arc::new(|| Ok("eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOjF9.c2ln".to_string())),
+            },
+        )
+        .unwrap();
+        assert_eq!(app.own_login().await.unwrap(), "runwarden[bot]");
+
+        // Not told: retryable, and asked again next time.
+        let fault = sim.inject_fault(
+            crate::simulator::Fault::new(crate::simulator::FaultKind::Status {
+                status: 404,
+                body: None,
+                retry_after: None,
+            })
+            .on("GET", "/github/user")
+            .always(),
+        );
+        let fresh = as_user("t0ken-value");
+        let e = fresh.own_login().await.unwrap_err();
+        assert!(matches!(e.kind, GithubErrorKind::Identity(_)), "{e}");
+        assert!(e.is_retryable(), "{e}");
+        sim.remove_fault(fault);
+        assert_eq!(fresh.own_login().await.unwrap(), "runwarden[bot]");
     }
 
     #[test]

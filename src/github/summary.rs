@@ -7,8 +7,11 @@
 //! 2. The repository: `github.repos[project]`, else the run's `meta.commit.remoteOrigin`
 //!    ([`resolve_repo`]). Unresolvable → skipped, with the reason.
 //! 3. Comment (`comment = true`): the open PRs whose head is the run's sha, else whose
-//!    head branch is the run's branch ([`discover_prs`]). For each, under a per-PR lock:
-//!    read the comment (by remembered id, else by its marker), merge the run's section
+//!    head branch is the run's branch ([`discover_prs`]; not for a run whose
+//!    `remoteOrigin` is another repository, a fork: its branch name says nothing about
+//!    the repository's PRs). For each, under a per-PR lock: read the comment (by
+//!    remembered id, else by its marker; only a comment runwarden's own identity wrote
+//!    counts, see [`GithubClient::own_login`]), merge the run's section
 //!    into the state the comment carries ([`merge_section`]: a run for a commit that is
 //!    no longer the head never replaces a section for the head, an older run never
 //!    replaces a newer one, an older snapshot of the same run never replaces a finished
@@ -31,9 +34,7 @@ use serde::Serialize;
 use crate::config::{Config, Rule, SummaryOptions};
 use crate::currents::Run;
 
-use super::client::{
-    GithubClient, GithubError, IssueComment, PullRef, RepoName, StatusState, has_marker,
-};
+use super::client::{GithubClient, GithubError, IssueComment, PullRef, RepoName, StatusState};
 use super::render::{
     GITHUB_BODY_LIMIT, MARKER, PrInfo, RenderInput, Section, StateError, SummaryDoc, render_body,
     status_for,
@@ -316,16 +317,28 @@ async fn post_comments(
             None,
         ));
     }
-    let prs = discover_prs(ctx.gh, repo, sha, branch).await?;
+    let run_repo = run
+        .meta
+        .commit
+        .remote_origin
+        .as_deref()
+        .and_then(repo_from_remote);
+    let prs = discover_prs(ctx.gh, repo, run_repo.as_ref(), sha, branch).await?;
     if prs.is_empty() {
-        return Ok((
-            vec![SummaryOutcome::Skipped(format!(
+        let reason = match (&run_repo, branch.filter(|b| !b.is_empty())) {
+            (Some(from), Some(b)) if from.key() != repo.key() => format!(
+                "no open pull request in {repo} has head {}; branch {b} was not looked up: \
+                 the run's commit comes from {from} (its remoteOrigin), not {repo}, and a \
+                 branch of {from} may share its name with an unrelated branch of {repo}",
+                sha.unwrap_or("(none)"),
+            ),
+            _ => format!(
                 "no open pull request in {repo} has head {} or branch {}",
                 sha.unwrap_or("(none)"),
                 branch.unwrap_or("(none)")
-            ))],
-            None,
-        ));
+            ),
+        };
+        return Ok((vec![SummaryOutcome::Skipped(reason)], None));
     }
     let mut outcomes = Vec::new();
     let mut first_error = None;
@@ -443,9 +456,7 @@ async fn update_pr_comment_locked(
                     tracing::info!(repo = %repo, pr = pr.number, comment_id = c.id,
                         "the summary comment was deleted; posting it again");
                     gh.remember_comment_id(repo, pr.number, None);
-                    existing = gh
-                        .find_comment(repo, pr.number, |c| has_marker(&c.body, MARKER))
-                        .await?;
+                    existing = find_existing(gh, repo, pr.number).await?;
                 }
                 Err(e) => return Err(e.into()),
             },
@@ -479,19 +490,23 @@ async fn update_pr_comment_locked(
     })
 }
 
-/// The PR's runwarden comment: by the remembered id, else the oldest with the marker.
+/// The PR's runwarden comment: by the remembered id, else the oldest with the marker
+/// written by runwarden's own identity ([`GithubClient::own_login`]). A comment of
+/// anyone else carrying the marker is ignored: neither its state nor its links are read,
+/// and it is never edited. Fails (retryably) when the identity cannot be told.
 async fn find_existing(
     gh: &GithubClient,
     repo: &RepoName,
     pr: u64,
 ) -> Result<Option<IssueComment>, GithubError> {
+    let me = gh.own_login().await?;
     if let Some(id) = gh.cached_comment_id(repo, pr) {
         match gh.get_comment(repo, id).await? {
-            Some(c) if has_marker(&c.body, MARKER) => return Ok(Some(c)),
+            Some(c) if c.is_runwardens(MARKER, &me) => return Ok(Some(c)),
             _ => gh.remember_comment_id(repo, pr, None),
         }
     }
-    gh.find_comment(repo, pr, |c| has_marker(&c.body, MARKER))
+    gh.find_comment(repo, pr, |c| c.is_runwardens(MARKER, &me))
         .await
 }
 
@@ -656,14 +671,24 @@ fn redact_userinfo(origin: &str) -> String {
 /// The open PRs a run belongs to: those whose head is the run's sha, else those whose
 /// head branch is the run's branch (SPEC §4), found with
 /// `GET /repos/{o}/{r}/commits/{sha}/pulls` and, when that finds nothing (a merge commit,
-/// a sha GitHub does not know), the open PRs of the branch.
+/// a sha GitHub does not know), the open PRs of the branch in `repo`
+/// ([`GithubClient::open_pulls_for_branch`]: head `{owner}:{branch}`, head repository
+/// `repo`).
+///
+/// `run_repo`: the repository the run's commit comes from (its `remoteOrigin`), when
+/// known. When it is not `repo` (a fork's run, in a project mapped to `repo`), the
+/// branch fallback is not used: the fork's `patch-1` is not `repo`'s `patch-1`, and its
+/// run must not land on the PR of an unrelated branch that happens to share the name.
+/// The PRs found by the commit itself still count.
 pub async fn discover_prs(
     gh: &GithubClient,
     repo: &RepoName,
+    run_repo: Option<&RepoName>,
     sha: Option<&str>,
     branch: Option<&str>,
 ) -> Result<Vec<PullRef>, GithubError> {
     let branch = branch.filter(|b| !b.is_empty());
+    let foreign = run_repo.is_some_and(|r| r.key() != repo.key());
     if let Some(sha) = sha.filter(|s| !s.is_empty()) {
         let of_commit = match gh.pulls_for_commit(repo, sha).await {
             Ok(p) => p,
@@ -689,6 +714,7 @@ pub async fn discover_prs(
         }
     }
     match branch {
+        Some(_) if foreign => Ok(Vec::new()),
         Some(b) => gh.open_pulls_for_branch(repo, b).await,
         None => Ok(Vec::new()),
     }

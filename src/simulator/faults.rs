@@ -304,7 +304,8 @@ fn api_of(path: &str) -> Option<&'static str> {
     }
 }
 
-/// Outermost middleware: counts requests and logs mutating API requests.
+/// Outermost middleware: counts requests and logs mutating API requests (every method
+/// but GET, HEAD and OPTIONS; GitHub's `POST /graphql` queries excepted).
 pub(crate) async fn log_layer(State(w): State<Arc<World>>, req: Request, next: Next) -> Response {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
@@ -320,7 +321,10 @@ pub(crate) async fn log_layer(State(w): State<Arc<World>>, req: Request, next: N
         };
         let mut log = lock(&w.log);
         *log.counts.entry(format!("{api} {method}")).or_default() += 1;
-        if !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS") {
+        // A GraphQL query is a POST that changes nothing (the only one runwarden sends,
+        // `viewer { login }`): not a mutation.
+        let query_only = path == "/github/graphql";
+        if !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS") && !query_only {
             log.seq += 1;
             let seq = log.seq;
             log.entries.push_back(LogEntry {

@@ -2,6 +2,26 @@
 //! `github.api_url` is `<base>/github`). Bodies follow GitHub's shapes closely enough for
 //! octocrab's models: pull requests, issue comments, commit statuses, and the GitHub App
 //! installation endpoints. `Authorization: token X` or `Bearer X` is required.
+//!
+//! Who a request acts as (the author of the comments it creates, the creator of its
+//! statuses, `GET /user`'s answer) follows from its credential:
+//!
+//! | credential | acts as |
+//! |---|---|
+//! | `user:NAME` (e.g. `user:mallory`; always accepted, even when `github_token` is set) | the user `NAME` |
+//! | `ghs_actions…` (a token starting so: GitHub Actions' `GITHUB_TOKEN`, an installation token; always accepted) | `github-actions[bot]` |
+//! | an installation token issued by `POST /app/installations/{id}/access_tokens` | `{github_app_slug}[bot]` (`runwarden[bot]` by default) |
+//! | a JWT (three dot-separated parts; the `/app` endpoints) | the App, `{github_app_slug}[bot]` |
+//! | any other token (`SimConfig::github_token` when set) | `SimConfig::github_bot_login` (`runwarden[bot]` by default) |
+//!
+//! As on GitHub, `GET /user` answers the token's user, and 403 "Resource not accessible
+//! by integration" for an installation token or a JWT; `GET /app` (JWT only) answers the
+//! App, with `slug` = `github_app_slug`; `POST /graphql` answers the one query runwarden
+//! sends, `viewer { login }`, for any token but a JWT (installation tokens included).
+//!
+//! A pull request may come from a fork (`NewPr::head_repo`): its `head.repo` is the fork,
+//! `head.label` is `{fork owner}:{branch}`, and `GET .../pulls?head=owner:branch` matches
+//! the owner of the head repository, as GitHub does.
 
 // Request-parsing helpers return the error response itself, as handlers do.
 #![allow(clippy::result_large_err)]
@@ -44,6 +64,8 @@ struct PrRec {
     draft: bool,
     head_ref: String,
     head_sha: String,
+    /// `owner/name` of the repository of the head branch: `repo`, or a fork.
+    head_repo: String,
     base_ref: String,
     commits: Vec<String>,
     created_at: DateTime<Utc>,
@@ -167,6 +189,9 @@ pub struct NewPr {
     pub head_ref: Option<String>,
     #[serde(alias = "sha")]
     pub head_sha: Option<String>,
+    /// `owner/name` of the head branch's repository, for a PR from a fork; `repo` when
+    /// absent.
+    pub head_repo: Option<String>,
     #[serde(alias = "base")]
     pub base_ref: Option<String>,
     /// `open` (default) or `closed`.
@@ -191,6 +216,9 @@ pub struct SimPr {
     pub author: String,
     pub head_ref: String,
     pub head_sha: String,
+    /// `owner/name` of the head branch's repository (`repo`, or a fork).
+    #[serde(default)]
+    pub head_repo: String,
     pub base_ref: String,
     /// Every head sha the PR has had, oldest first.
     pub commits: Vec<String>,
@@ -237,6 +265,7 @@ fn sim_pr(p: &PrRec) -> SimPr {
         author: p.author.clone(),
         head_ref: p.head_ref.clone(),
         head_sha: p.head_sha.clone(),
+        head_repo: p.head_repo.clone(),
         base_ref: p.base_ref.clone(),
         commits: p.commits.clone(),
     }
@@ -273,6 +302,9 @@ impl World {
         if !valid_repo(&np.repo) {
             return Err(SimError::BadRequest("repo must be owner/name".into()));
         }
+        if np.head_repo.as_deref().is_some_and(|r| !valid_repo(r)) {
+            return Err(SimError::BadRequest("headRepo must be owner/name".into()));
+        }
         let open = match np.state.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None => None,
             Some("open") => Some(true),
@@ -308,6 +340,9 @@ impl World {
             }
             if let Some(r) = np.head_ref {
                 p.head_ref = r;
+            }
+            if let Some(r) = np.head_repo {
+                p.head_repo = r;
             }
             if let Some(b) = np.base_ref {
                 p.base_ref = b;
@@ -357,6 +392,7 @@ impl World {
             head_ref,
             commits: vec![head_sha.clone()],
             head_sha,
+            head_repo: np.head_repo.unwrap_or_else(|| np.repo.clone()),
             base_ref: np.base_ref.unwrap_or_else(|| "main".into()),
             created_at: now,
             updated_at: now,
@@ -486,15 +522,47 @@ pub(crate) fn router(world: Arc<World>) -> Router<Arc<World>> {
         .route("/app/installations", get(list_installations))
         .route("/app/installations/{id}/access_tokens", post(create_token))
         .route("/rate_limit", get(rate_limit))
+        .route("/user", get(get_user))
+        .route("/app", get(get_app))
+        .route("/graphql", post(graphql))
         .fallback(|| async { not_found_json() })
         .method_not_allowed_fallback(|| async { gh_error(StatusCode::NOT_FOUND, "Not Found") })
         .layer(middleware::from_fn_with_state(world, auth))
 }
 
-/// Who the request is authenticated as.
+/// Who the request is authenticated as (see the module docs).
 #[derive(Debug, Clone)]
 struct Identity {
     login: String,
+    /// An App credential (a JWT or an installation token), not a user's token.
+    app: bool,
+    /// The App's JWT (not an installation token).
+    jwt: bool,
+}
+
+/// The prefix of a token acting as the user named after it (`user:mallory`).
+const USER_TOKEN_PREFIX: &str = "user:";
+
+/// The prefix of a token acting as GitHub Actions' `GITHUB_TOKEN` (an installation
+/// token of the `github-actions` App).
+const ACTIONS_TOKEN_PREFIX: &str = "ghs_actions";
+
+/// The bot GitHub Actions' `GITHUB_TOKEN` writes as.
+const ACTIONS_LOGIN: &str = "github-actions[bot]";
+
+/// The user `NAME` of a `user:NAME` token, when it is one (a valid login).
+fn user_token(t: &str) -> Option<&str> {
+    let name = t.strip_prefix(USER_TOKEN_PREFIX)?;
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_[]".contains(c));
+    ok.then_some(name)
+}
+
+fn app_login(w: &World) -> String {
+    format!("{}[bot]", w.config().github_app_slug)
 }
 
 fn is_jwt(t: &str) -> bool {
@@ -526,25 +594,50 @@ async fn auth(State(w): State<Arc<World>>, mut req: Request, next: Next) -> Resp
             "A JSON web token could not be decoded",
         );
     }
-    if !is_jwt(&token) {
+    let identity = if is_jwt(&token) {
+        Identity {
+            login: app_login(&w),
+            app: true,
+            jwt: true,
+        }
+    } else if let Some(name) = user_token(&token) {
+        Identity {
+            login: name.to_string(),
+            app: false,
+            jwt: false,
+        }
+    } else if token.starts_with(ACTIONS_TOKEN_PREFIX) {
+        Identity {
+            login: ACTIONS_LOGIN.to_string(),
+            app: true,
+            jwt: false,
+        }
+    } else {
         let known = lock(&w.gh).tokens.get(&token).cloned();
         match known {
             Some(t) if t.revoked || t.expires_at <= Utc::now() => {
                 return gh_error(StatusCode::UNAUTHORIZED, "Bad credentials");
             }
-            Some(_) => {}
+            Some(_) => Identity {
+                login: app_login(&w),
+                app: true,
+                jwt: false,
+            },
             None => {
                 if let Some(expected) = &w.config().github_token
                     && *expected != token
                 {
                     return gh_error(StatusCode::UNAUTHORIZED, "Bad credentials");
                 }
+                Identity {
+                    login: w.config().github_bot_login.clone(),
+                    app: false,
+                    jwt: false,
+                }
             }
         }
-    }
-    req.extensions_mut().insert(Identity {
-        login: w.config().github_bot_login.clone(),
-    });
+    };
+    req.extensions_mut().insert(identity);
     let (taken, limit) = {
         let mut gh = lock(&w.gh);
         (gh.quota.take(Utc::now()), gh.quota.limit)
@@ -685,6 +778,14 @@ fn pr_json(base: &str, p: &PrRec) -> Value {
     let repo_url = format!("{base}/repos/{}", p.repo);
     let html = format!("https://github.com/{}/pull/{}", p.repo, p.number);
     let owner = p.repo.split('/').next().unwrap_or("");
+    let head_owner = p.head_repo.split('/').next().unwrap_or("");
+    let mut head_repo = repo_json(base, &p.head_repo);
+    let mut head_user = user_json(head_owner, "Organization");
+    if p.head_repo != p.repo {
+        head_repo["fork"] = Value::Bool(true);
+        head_repo["owner"] = user_json(head_owner, "User");
+        head_user = user_json(head_owner, "User");
+    }
     json!({
         "url": format!("{repo_url}/pulls/{}", p.number),
         "id": p.id,
@@ -718,11 +819,11 @@ fn pr_json(base: &str, p: &PrRec) -> Value {
         "requested_teams": [],
         "draft": p.draft,
         "head": {
-            "label": format!("{owner}:{}", p.head_ref),
+            "label": format!("{head_owner}:{}", p.head_ref),
             "ref": p.head_ref,
             "sha": p.head_sha,
-            "user": user_json(owner, "Organization"),
-            "repo": repo_json(base, &p.repo),
+            "user": head_user,
+            "repo": head_repo,
         },
         "base": {
             "label": format!("{owner}:{}", p.base_ref),
@@ -772,15 +873,18 @@ fn status_json(base: &str, s: &StatusRec) -> Value {
     })
 }
 
-fn installation_json(base: &str, owner: &str, id: u64) -> Value {
+/// The simulated App's id.
+const APP_ID: u64 = 424242;
+
+fn installation_json(base: &str, owner: &str, id: u64, slug: &str) -> Value {
     json!({
         "id": id,
         "account": user_json(owner, "Organization"),
         "access_tokens_url": format!("{base}/app/installations/{id}/access_tokens"),
         "repositories_url": format!("{base}/installation/repositories"),
         "html_url": format!("https://github.com/organizations/{owner}/settings/installations/{id}"),
-        "app_id": 424242,
-        "app_slug": "runwarden",
+        "app_id": APP_ID,
+        "app_slug": slug,
         "target_id": user_id(owner),
         "target_type": "Organization",
         "permissions": permissions(),
@@ -1014,7 +1118,8 @@ async fn list_pulls(
             .filter(|pr| match &head {
                 None => true,
                 Some(h) => {
-                    let owner = pr.repo.split('/').next().unwrap_or("");
+                    // GitHub: `user:ref-name`, the user being the head repository's owner.
+                    let owner = pr.head_repo.split('/').next().unwrap_or("");
                     match h.split_once(':') {
                         Some((o, r)) => o == owner && r == pr.head_ref,
                         None => *h == pr.head_ref,
@@ -1343,7 +1448,8 @@ async fn repo_installation(
     }
     let base = api_base(&headers);
     let id = lock(&w.gh).installation(&owner);
-    gh_json(StatusCode::OK, &installation_json(&base, &owner, id))
+    let slug = w.config().github_app_slug.clone();
+    gh_json(StatusCode::OK, &installation_json(&base, &owner, id, &slug))
 }
 
 async fn list_installations(State(w): State<Arc<World>>, headers: HeaderMap) -> Response {
@@ -1363,7 +1469,7 @@ async fn list_installations(State(w): State<Arc<World>>, headers: HeaderMap) -> 
     let list: Vec<Value> = gh
         .installations
         .iter()
-        .map(|(o, id)| installation_json(&base, o, *id))
+        .map(|(o, id)| installation_json(&base, o, *id, &w.config().github_app_slug))
         .collect();
     gh_json(StatusCode::OK, &Value::Array(list))
 }
@@ -1396,6 +1502,90 @@ async fn create_token(State(w): State<Arc<World>>, Path(id): Path<String>) -> Re
     )
 }
 
+/// `GET /user`: the token's user. An App credential is no user: 403, as on GitHub.
+async fn get_user(State(w): State<Arc<World>>, req: Request) -> Response {
+    let me = req.extensions().get::<Identity>().cloned();
+    match me {
+        Some(Identity { app: true, .. }) => gh_error(
+            StatusCode::FORBIDDEN,
+            "Resource not accessible by integration",
+        ),
+        other => {
+            let login = identity(other.as_ref(), &w);
+            let mut u = user_json(&login, login_kind(&login));
+            u["name"] = Value::Null;
+            u["created_at"] = json!("2025-01-01T00:00:00Z");
+            u["updated_at"] = json!("2025-01-01T00:00:00Z");
+            gh_json(StatusCode::OK, &u)
+        }
+    }
+}
+
+/// `POST /graphql`: the `viewer { login }` query (what runwarden asks when `GET /user`
+/// is refused to an installation token); any other query is answered with GitHub's
+/// error shape. A JWT cannot use GraphQL.
+async fn graphql(State(w): State<Arc<World>>, req: Request) -> Response {
+    let me = req.extensions().get::<Identity>().cloned();
+    let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
+        Ok(b) => b,
+        Err(_) => return gh_error(StatusCode::BAD_REQUEST, "Problems parsing JSON"),
+    };
+    let query = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("query").and_then(Value::as_str).map(str::to_string));
+    let Some(query) = query else {
+        return gh_error(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+    };
+    let asks_viewer_login = {
+        let q: String = query.chars().filter(|c| !c.is_whitespace()).collect();
+        q.contains("viewer{login}")
+    };
+    if !asks_viewer_login {
+        return gh_json(
+            StatusCode::OK,
+            &json!({"errors": [{"message": "the simulator answers only `viewer { login }`"}]}),
+        );
+    }
+    match me {
+        Some(Identity { jwt: true, .. }) => gh_error(
+            StatusCode::FORBIDDEN,
+            "A JSON web token cannot be used for GraphQL",
+        ),
+        other => {
+            let login = identity(other.as_ref(), &w);
+            gh_json(
+                StatusCode::OK,
+                &json!({"data": {"viewer": {"login": login}}}),
+            )
+        }
+    }
+}
+
+/// `GET /app` (JWT only, checked by `auth`): the App, its `slug` being
+/// `SimConfig::github_app_slug`.
+async fn get_app(State(w): State<Arc<World>>) -> Response {
+    let slug = w.config().github_app_slug.clone();
+    gh_json(
+        StatusCode::OK,
+        &json!({
+            "id": APP_ID,
+            "slug": slug,
+            "node_id": format!("A_kwDO{APP_ID}"),
+            "client_id": "Iv1.0123456789abcdef",
+            "owner": user_json("acme", "Organization"),
+            "name": slug,
+            "description": "",
+            "external_url": "https://github.com",
+            "html_url": format!("https://github.com/apps/{slug}"),
+            "created_at": "2025-01-01T00:00:00Z",
+            "updated_at": "2025-01-01T00:00:00Z",
+            "permissions": permissions(),
+            "events": ["pull_request", "push", "workflow_run"],
+            "installations_count": lock(&w.gh).installations.len(),
+        }),
+    )
+}
+
 async fn rate_limit() -> Response {
     let reset = Utc::now().timestamp() + 3600;
     let core = json!({"limit": 5000, "used": 1, "remaining": 4999, "reset": reset});
@@ -1403,4 +1593,65 @@ async fn rate_limit() -> Response {
         StatusCode::OK,
         &json!({"resources": {"core": core, "search": {"limit": 30, "used": 0, "remaining": 30, "reset": reset}}, "rate": core}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_tokens_name_their_user() {
+        assert_eq!(user_token("user:mallory"), Some("mallory"));
+        assert_eq!(
+            user_token("user:github-actions[bot]"),
+            Some("github-actions[bot]")
+        );
+        for t in [
+            "user:",
+            "user:a b",
+            "user:a/b",
+            "mallory",
+            "sim-token",
+            "USER:x",
+        ] {
+            assert_eq!(user_token(t), None, "{t}");
+        }
+    }
+
+    #[tokio::test]
+    async fn fork_prs_say_their_head_repository() {
+        let w = World::new(super::super::SimConfig::default());
+        let pr = w
+            .add_pr(NewPr {
+                repo: "acme/web".into(),
+                head_ref: Some("patch-1".into()),
+                head_repo: Some("mallory/web".into()),
+                ..NewPr::default()
+            })
+            .unwrap();
+        assert_eq!(pr.head_repo, "mallory/web");
+        let rec = lock(&w.gh).prs.values().next().cloned().unwrap();
+        let v = pr_json("http://x/github", &rec);
+        assert_eq!(v["head"]["label"], "mallory:patch-1");
+        assert_eq!(v["head"]["repo"]["full_name"], "mallory/web");
+        assert_eq!(v["head"]["repo"]["fork"], true);
+        assert_eq!(v["base"]["repo"]["full_name"], "acme/web");
+        let own = w
+            .add_pr(NewPr {
+                repo: "acme/web".into(),
+                head_ref: Some("patch-1".into()),
+                ..NewPr::default()
+            })
+            .unwrap();
+        assert_eq!(own.head_repo, "acme/web");
+        assert!(
+            w.add_pr(NewPr {
+                repo: "acme/web".into(),
+                head_ref: Some("x".into()),
+                head_repo: Some("not a repo".into()),
+                ..NewPr::default()
+            })
+            .is_err()
+        );
+    }
 }

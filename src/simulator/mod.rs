@@ -6,7 +6,11 @@
 //!   real cursor pagination and filters, get, find, cancel, delete, instances, webhooks;
 //!   Bearer API key (`SimConfig::api_key`), envelope and error messages as documented.
 //! - `/github/...`: the GitHub REST endpoints the bot uses (`github_api`): PRs of a
-//!   commit, PR list and get, issue comments, commit statuses, App installations.
+//!   commit, PR list and get, issue comments, commit statuses, App installations,
+//!   `GET /user` and `GET /app`. Who a request acts as follows from its credential: any
+//!   token → `SimConfig::github_bot_login`; an installation token →
+//!   `{github_app_slug}[bot]`; a token `user:NAME` → the user `NAME` (to post comments
+//!   as someone else in tests). See `github_api`'s module docs.
 //! - `/_sim/...`: control endpoints (`control`): add runs and PRs, advance runs, inject
 //!   faults, read the request log, webhook deliveries and what was written to GitHub.
 //!
@@ -93,8 +97,13 @@ pub struct SimConfig {
     pub dashboard_url: String,
     /// When set, GitHub requests must carry this token (or an issued installation token).
     pub github_token: Option<String>,
-    /// The login comments and statuses are created as. Default `runwarden[bot]`.
+    /// The login comments and statuses are created as with a token (any token but an
+    /// installation token or `user:NAME`), and `GET /user`'s answer for it. Default
+    /// `runwarden[bot]`.
     pub github_bot_login: String,
+    /// The GitHub App's slug (`GET /app`): installation tokens act as `{slug}[bot]`.
+    /// Default `runwarden`.
+    pub github_app_slug: String,
     /// Seed of the random generator (ids, spec plans).
     pub seed: u64,
     /// Run [`World::tick`] on this interval (auto-advancing runs, inactivity timeouts).
@@ -117,6 +126,7 @@ impl Default for SimConfig {
             dashboard_url: "https://app.currents.dev".into(),
             github_token: None,
             github_bot_login: "runwarden[bot]".into(),
+            github_app_slug: "runwarden".into(),
             seed: 42,
             tick: None,
             enforce_inactivity_timeout: false,
@@ -151,6 +161,7 @@ impl std::fmt::Debug for SimConfig {
             )
             .field("dashboard_url", &self.dashboard_url)
             .field("github_bot_login", &self.github_bot_login)
+            .field("github_app_slug", &self.github_app_slug)
             .field("seed", &self.seed)
             .field("tick", &self.tick)
             .finish_non_exhaustive()
