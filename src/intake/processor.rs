@@ -703,10 +703,11 @@ async fn history_for(
                     .is_some_and(|t| t.elapsed() < HISTORY_REFRESH)
             };
             if !fresh {
-                ctx.history_cache
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key.clone(), std::time::Instant::now());
+                remember_history_lookup(
+                    &mut ctx.history_cache.lock().unwrap_or_else(|e| e.into_inner()),
+                    &key,
+                    std::time::Instant::now(),
+                );
                 let filter = RunFilter {
                     branches: run
                         .branch()
@@ -745,6 +746,24 @@ async fn history_for(
 
 /// How long a history listing from the API is trusted before it is read again.
 pub const HISTORY_REFRESH: Duration = Duration::from_secs(3600);
+
+/// Size of the history lookup cache past which its stale entries are dropped.
+const HISTORY_CACHE_TRIM: usize = 1024;
+
+/// Records that the history of `key` was looked up at `now`. Only lookups younger than
+/// [`HISTORY_REFRESH`] mean anything: once the cache reaches [`HISTORY_CACHE_TRIM`]
+/// entries, the older ones are forgotten (it would otherwise keep one entry per branch
+/// ever seen).
+fn remember_history_lookup(
+    cache: &mut HashMap<String, std::time::Instant>,
+    key: &str,
+    now: std::time::Instant,
+) {
+    if cache.len() >= HISTORY_CACHE_TRIM {
+        cache.retain(|_, t| now.saturating_duration_since(*t) < HISTORY_REFRESH);
+    }
+    cache.insert(key.to_string(), now);
+}
 
 async fn currents_event(
     ctx: &AppContext,
@@ -1242,6 +1261,27 @@ fn wants_finished_runs(config: &crate::config::Config) -> bool {
 #[cfg(test)]
 mod tests {
     use super::github_event_wanted;
+
+    #[test]
+    fn the_history_lookup_cache_forgets_stale_entries_once_it_is_large() {
+        use super::{HISTORY_CACHE_TRIM, HISTORY_REFRESH, remember_history_lookup};
+        let t0 = std::time::Instant::now();
+        let later = t0 + HISTORY_REFRESH + std::time::Duration::from_secs(1);
+        let mut cache = std::collections::HashMap::new();
+        for i in 0..HISTORY_CACHE_TRIM - 1 {
+            remember_history_lookup(&mut cache, &format!("old-{i}"), t0);
+        }
+        remember_history_lookup(&mut cache, "fresh", later);
+        assert_eq!(
+            cache.len(),
+            HISTORY_CACHE_TRIM,
+            "below the mark nothing goes"
+        );
+        remember_history_lookup(&mut cache, "newest", later);
+        let mut kept: Vec<_> = cache.keys().cloned().collect();
+        kept.sort();
+        assert_eq!(kept, ["fresh", "newest"]);
+    }
 
     fn config(rules: &str) -> crate::config::Config {
         let text = format!("[currents]\nprojects = [\"p\"]\n{rules}");
