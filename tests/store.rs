@@ -129,6 +129,7 @@ both!(
     a_slot_is_claimed_once,
     old_slots_are_pruned_but_each_rules_latest,
     a_lease_is_held_until_it_expires_then_taken_over,
+    a_waiting_acquire_gets_the_lease_once_its_holder_lets_go,
     the_audit_forgets_what_finished_long_ago_and_keeps_what_is_still_to_do,
     old_processed_events_and_finished_runs_are_pruned_in_chunks,
 );
@@ -1849,6 +1850,47 @@ async fn a_slot_is_claimed_once(db: Db) {
         s.finish_slot("nightly", t(1), "x").await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+/// `acquire_lease_waiting`: a lock across processes. A second holder waits while the
+/// first holds it, gets it once released, and gives up after its wait.
+async fn a_waiting_acquire_gets_the_lease_once_its_holder_lets_go(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    let other = ts.reopen().await;
+    let ttl = Duration::from_secs(60);
+    let poll = Duration::from_millis(10);
+    assert!(
+        s.acquire_lease_waiting("pr:acme/web#7", "a", ttl, Duration::ZERO, poll)
+            .await
+            .unwrap()
+    );
+    // Held by "a": "b" gives up after its wait.
+    assert!(
+        !other
+            .acquire_lease_waiting("pr:acme/web#7", "b", ttl, Duration::from_millis(50), poll)
+            .await
+            .unwrap()
+    );
+    // "b" waits; "a" lets go meanwhile; "b" has it.
+    let waiting =
+        other.acquire_lease_waiting("pr:acme/web#7", "b", ttl, Duration::from_secs(10), poll);
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(s.release_lease("pr:acme/web#7", "a").await.unwrap());
+    };
+    let (got, ()) = tokio::join!(waiting, release);
+    assert!(got.unwrap());
+    assert_eq!(
+        s.lease_holder("pr:acme/web#7").await.unwrap().unwrap().0,
+        "b"
+    );
+    // Other names are other locks.
+    assert!(
+        s.acquire_lease_waiting("pr:acme/web#8", "a", ttl, Duration::ZERO, poll)
+            .await
+            .unwrap()
+    );
 }
 
 async fn a_lease_is_held_until_it_expires_then_taken_over(db: Db) {

@@ -1,4 +1,5 @@
-//! Named leases with a time to live (poller leadership across replicas). A holder renews
+//! Named leases with a time to live (poller leadership across replicas; locks shared by
+//! every process on the store, [`Store::acquire_lease_waiting`]). A holder renews
 //! its lease by acquiring it again before it expires; anyone may take over an expired one.
 //! A holder must re-check (renew) its lease before each effect that only the leader may
 //! cause: a lease can expire while its holder is paused.
@@ -37,6 +38,34 @@ impl Store {
         .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// [`Store::try_acquire_lease`], trying again every `poll` for up to `wait` while
+    /// another holder has it: a lock shared by every process on the store (replicas on
+    /// PostgreSQL; `serve` and `sweep` on one SQLite file). `true` once `holder` holds it,
+    /// `false` when `wait` ran out first. Release it with [`Store::release_lease`]; a
+    /// holder that dies leaves it to expire after `ttl`.
+    pub async fn acquire_lease_waiting(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        wait: Duration,
+        poll: Duration,
+    ) -> StoreResult<bool> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self
+                .try_acquire_lease(name, holder, ttl, Utc::now())
+                .await?
+            {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() + poll > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(poll).await;
+        }
     }
 
     /// Gives up lease `name` if `holder` holds it. Returns whether it did.
