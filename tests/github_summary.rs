@@ -1751,6 +1751,91 @@ async fn github_app_installation_tokens_are_created_cached_and_renewed() {
     assert!(signed.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 }
 
+/// Repro 3: the App is uninstalled and installed again (a new installation id). The
+/// cached id used to be asked for tokens forever (404 on every call until a restart);
+/// now a 404 there forgets it, and the installation is looked up once more.
+#[tokio::test]
+async fn a_reinstalled_github_app_is_looked_up_again() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let app = GithubAuth::App {
+        app_id: 424242,
+        jwt: Arc::new(|| Ok("eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOjQyNDI0Mn0.c2lnbmF0dXJl".to_string())),
+    };
+    let gh = client_with_auth(&env.sim.github_url(), Duration::from_secs(3), app);
+    let opts = env.opts();
+    env.summary_with(
+        &gh,
+        &opts,
+        &running("r1", SHA_HEAD),
+        "RUN_START",
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent(&gh, "installation"), 1);
+    let token_posts = |status: u16| {
+        env.writes()
+            .iter()
+            .filter(|(m, p, st)| m == "POST" && p.ends_with("/access_tokens") && *st == status)
+            .map(|(_, p, _)| p.clone())
+            .collect::<Vec<_>>()
+    };
+    let first = token_posts(201);
+    assert_eq!(first.len(), 1);
+
+    let new_id = env.sim.reinstall_github_app("acme");
+    let r = env
+        .summary_with(
+            &gh,
+            &opts,
+            &passed("r1", SHA_HEAD),
+            "RUN_FINISH",
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &r.comments[..],
+            [SummaryOutcome::Posted { created: false, .. }]
+        ),
+        "{r:?}"
+    );
+    assert!(env.comments(7)[0].body.contains("✅ Passed"));
+    assert_eq!(
+        statuses_of(&env, SHA_HEAD, "runwarden/bAYZ4a")
+            .last()
+            .unwrap()
+            .state,
+        "success"
+    );
+    // One more lookup; the old id's 404 once, then a token of the new installation.
+    assert_eq!(sent(&gh, "installation"), 2);
+    assert_eq!(token_posts(404), first);
+    let created = token_posts(201);
+    assert_eq!(created.len(), 2);
+    assert!(
+        created[1].ends_with(&format!("/app/installations/{new_id}/access_tokens")),
+        "{created:?}"
+    );
+    // And it stays found: the next summary asks for nothing more.
+    env.summary_with(
+        &gh,
+        &opts,
+        &passed("r1", SHA_HEAD),
+        "RUN_FINISH",
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent(&gh, "installation"), 2);
+    assert_eq!(token_posts(201).len(), 2);
+}
+
 #[tokio::test]
 async fn a_template_that_fails_to_render_is_a_permanent_error() {
     let env = Env::new().await;
@@ -1889,6 +1974,237 @@ async fn concurrent_summaries_of_one_commit_post_its_status_once() {
     );
     assert_eq!(env.sim.statuses(Some(REPO), Some(SHA_HEAD)).len(), 1);
     assert_eq!(env.gh.status_locks_in_use(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// The commit status is the commit's: every run group of it, the newest run of each
+// ---------------------------------------------------------------------------------------
+
+/// The statuses of `context` on `sha`, oldest first.
+fn statuses_of(env: &Env, sha: &str, context: &str) -> Vec<simulator::SimStatus> {
+    env.sim
+        .statuses(Some(REPO), Some(sha))
+        .into_iter()
+        .filter(|s| s.context == context)
+        .collect()
+}
+
+/// `run` with tags (another run group of the same project and branch).
+fn tagged(run: Run, tags: &[&str]) -> Run {
+    to_run(merge(to_value(run), json!({ "tags": tags })))
+}
+
+/// `run`, created at `at`.
+fn created(run: Run, at: &str) -> Run {
+    to_run(merge(to_value(run), json!({ "createdAt": at })))
+}
+
+/// Repro 1a: run group `full` failed, then group `smoke` of the same commit passed. The
+/// status used to say `success` (the last run to post), while the comment showed ❌ for
+/// `full`; it is now the commit's: failure, naming both runs, linking the failed one.
+#[tokio::test]
+async fn another_run_groups_pass_does_not_hide_a_failure_in_the_status() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = env.opts();
+    let full = tagged(failed("r-full", SHA_HEAD, 2), &["full"]);
+    let smoke = tagged(passed("r-smoke", SHA_HEAD), &["smoke"]);
+
+    env.summary(&opts, &full, "RUN_FINISH").await.unwrap();
+    let r = env.summary(&opts, &smoke, "RUN_FINISH").await.unwrap();
+    assert!(
+        matches!(
+            &r.status,
+            Some(StatusOutcome::Posted { state: StatusState::Failure, description, .. })
+                if description == "2 runs: 1 failed, 1 passed"
+        ),
+        "{r:?}"
+    );
+    let st = statuses_of(&env, SHA_HEAD, "runwarden/bAYZ4a");
+    let last = st.last().unwrap();
+    assert_eq!(last.state, "failure");
+    assert_eq!(
+        last.description.as_deref(),
+        Some("2 runs: 1 failed, 1 passed")
+    );
+    assert_eq!(
+        last.target_url.as_deref(),
+        Some("https://app.currents.dev/run/r-full")
+    );
+    let body = &env.comments(7)[0].body;
+    assert!(
+        body.contains("❌ Failed") && body.contains("✅ Passed"),
+        "{body}"
+    );
+
+    // A third group starts: still failed (a failure outranks a run in progress).
+    let r = env
+        .summary(
+            &opts,
+            &tagged(started("r-a11y", SHA_HEAD), &["a11y"]),
+            "RUN_START",
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &r.status,
+            Some(StatusOutcome::Posted { state: StatusState::Failure, description, .. })
+                if description == "3 runs: 1 failed, 1 running, 1 passed"
+        ),
+        "{r:?}"
+    );
+    // `full` is run again and passes: the newer run replaces the failed one, the other
+    // group still runs: pending, linking the running run.
+    let again = created(
+        tagged(passed("r-full-2", SHA_HEAD), &["full"]),
+        "2026-03-02T10:30:00Z",
+    );
+    env.summary(&opts, &again, "RUN_FINISH").await.unwrap();
+    let st = statuses_of(&env, SHA_HEAD, "runwarden/bAYZ4a");
+    let last = st.last().unwrap();
+    assert_eq!(
+        (last.state.as_str(), last.description.as_deref()),
+        ("pending", Some("3 runs: 1 running, 2 passed"))
+    );
+    assert_eq!(
+        last.target_url.as_deref(),
+        Some("https://app.currents.dev/run/r-a11y")
+    );
+    // Every group passed: success.
+    env.summary(
+        &opts,
+        &tagged(passed("r-a11y", SHA_HEAD), &["a11y"]),
+        "RUN_FINISH",
+    )
+    .await
+    .unwrap();
+    let st = statuses_of(&env, SHA_HEAD, "runwarden/bAYZ4a");
+    let last = st.last().unwrap();
+    assert_eq!(
+        (last.state.as_str(), last.description.as_deref()),
+        ("success", Some("3 runs: 3 passed"))
+    );
+    assert_eq!(env.gh.status_locks_in_use(), 0);
+    assert_eq!(env.gh.pr_locks_in_use(), 0);
+}
+
+/// Repro 1b: run r5new passed, then a late result of r5old (same commit and group,
+/// created ten minutes earlier) failed. The comment kept r5new; the status used to say
+/// `failure`. It now follows the comment: r5new's success stays, nothing is posted.
+#[tokio::test]
+async fn an_older_runs_late_result_does_not_replace_a_newer_runs_status() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = env.opts();
+    let new = passed("r5new", SHA_HEAD);
+    let old = created(failed("r5old", SHA_HEAD, 1), "2026-03-02T09:50:00Z");
+
+    env.summary(&opts, &new, "RUN_FINISH").await.unwrap();
+    let r = env.summary(&opts, &old, "RUN_FINISH").await.unwrap();
+    assert!(
+        matches!(&r.comments[..], [SummaryOutcome::Skipped(why)] if why.contains("older")),
+        "{r:?}"
+    );
+    assert!(
+        matches!(r.status, Some(StatusOutcome::Unchanged { .. })),
+        "{r:?}"
+    );
+    let st = statuses_of(&env, SHA_HEAD, "runwarden/bAYZ4a");
+    assert_eq!(st.len(), 1, "{st:?}");
+    assert_eq!(st[0].state, "success");
+    assert_eq!(
+        st[0].description.as_deref(),
+        Some("Passed: 118 passed, 2 flaky, 2 skipped in 4m 12s")
+    );
+    assert_eq!(
+        st[0].target_url.as_deref(),
+        Some("https://app.currents.dev/run/r5new")
+    );
+}
+
+/// Repro 1b without a comment (`comment = false`): no document to merge with, but the
+/// process remembers which run of the group its status came from, and the older run's
+/// late result is skipped.
+#[tokio::test]
+async fn without_a_comment_an_older_runs_late_result_is_skipped_for_the_status() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let mut opts = env.opts();
+    opts.comment = false;
+    let new = passed("r5new", SHA_HEAD);
+    let old = created(failed("r5old", SHA_HEAD, 1), "2026-03-02T09:50:00Z");
+
+    env.summary(&opts, &new, "RUN_FINISH").await.unwrap();
+    let r = env.summary(&opts, &old, "RUN_FINISH").await.unwrap();
+    assert!(
+        matches!(&r.status, Some(StatusOutcome::Skipped(why)) if why.contains("older than run r5new")),
+        "{r:?}"
+    );
+    let st = statuses_of(&env, SHA_HEAD, "runwarden/bAYZ4a");
+    assert_eq!(st.len(), 1, "{st:?}");
+    assert_eq!(st[0].state, "success");
+    // A newer run of the group still counts.
+    let newer = created(failed("r6", SHA_HEAD, 1), "2026-03-02T10:20:00Z");
+    env.summary(&opts, &newer, "RUN_FINISH").await.unwrap();
+    let st = statuses_of(&env, SHA_HEAD, "runwarden/bAYZ4a");
+    assert_eq!(st.last().unwrap().state, "failure");
+}
+
+/// Repro 2: a commit with more than a page of statuses from other contexts (100 a page,
+/// newest first). Ours used to be out of sight: a late `RUN_START` turned the finished
+/// run's status back to pending. The combined status (one per context) finds it.
+#[tokio::test]
+async fn a_late_run_start_does_not_go_back_to_pending_behind_many_other_statuses() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let mut opts = env.opts();
+    opts.comment = false;
+    env.summary(&opts, &running("r1", SHA_HEAD), "RUN_START")
+        .await
+        .unwrap();
+    env.summary(&opts, &passed("r1", SHA_HEAD), "RUN_FINISH")
+        .await
+        .unwrap();
+    let ci = env.as_user("ci-bot");
+    let repo: RepoName = REPO.parse().unwrap();
+    for i in 0..120 {
+        ci.create_status(
+            &repo,
+            SHA_HEAD,
+            StatusState::Success,
+            &format!("ci/job-{i:03}"),
+            "ok",
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let r = env
+        .summary(&opts, &running("r1", SHA_HEAD), "RUN_START")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r.status, Some(StatusOutcome::Skipped(why)) if why.contains("not going back to pending")),
+        "{r:?}"
+    );
+    // The same result again: unchanged, not posted a second time.
+    let r = env
+        .summary(&opts, &passed("r1", SHA_HEAD), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.status, Some(StatusOutcome::Unchanged { .. })),
+        "{r:?}"
+    );
+    let states: Vec<String> = statuses_of(&env, SHA_HEAD, "runwarden/bAYZ4a")
+        .into_iter()
+        .map(|s| s.state)
+        .collect();
+    assert_eq!(states, ["pending", "success"]);
+    // Read through the combined status, a page at a time until our context shows.
+    assert!(sent(&env.gh, "combined_status") >= 2);
+    assert_eq!(sent(&env.gh, "list_statuses"), 0);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -31,7 +31,9 @@
 //!   whole exchange including the body), and mutating calls are spaced by
 //!   [`RetryPolicy::min_write_interval`] (GitHub asks for ≥ 1 s between writes).
 //! - **Auth**: a token (`GITHUB_TOKEN`), or a GitHub App: the installation of each repo is
-//!   looked up once (`GET /repos/{o}/{r}/installation`), installation tokens are created
+//!   looked up once (`GET /repos/{o}/{r}/installation`), and once more when creating its
+//!   token answers 404 (the App was uninstalled, maybe reinstalled under a new id),
+//!   installation tokens are created
 //!   (`POST /app/installations/{id}/access_tokens`), cached per installation, refreshed
 //!   [`TOKEN_REFRESH_MARGIN`] before they expire and dropped on a 401. Every URL is built
 //!   from `github.api_url`, so GitHub Enterprise (`https://ghe/api/v3`) and the simulator
@@ -64,6 +66,11 @@ use crate::secret::Secret;
 pub const MAX_STATUS_DESCRIPTION: usize = 140;
 /// An installation token is replaced when it has less than this left to live.
 pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
+/// Entries of [`GithubClient::remember_status_run`]'s memory; past it, the entry of the
+/// oldest run is forgotten.
+pub const MAX_STATUS_RUNS: usize = 4096;
+/// (repo key, sha, context, section key).
+type StatusRunKey = (String, String, String, String);
 /// Items per page of list calls (GitHub's maximum).
 const PER_PAGE: usize = 100;
 /// Safety stop for pagination (10,000 items).
@@ -641,6 +648,10 @@ pub struct GithubClient {
     pr_locks: KeyedLocks<(String, u64)>,
     /// (repo key, sha, context): serialises read-then-post of that commit status.
     status_locks: KeyedLocks<(String, String, String)>,
+    /// (repo key, sha, context, section key) -> (run id, `createdAt`) of the newest run of
+    /// that group a commit status was decided from, learnt by the summary code; at most
+    /// [`MAX_STATUS_RUNS`] entries.
+    status_runs: Mutex<HashMap<StatusRunKey, (String, DateTime<Utc>)>>,
     /// HTTP requests sent, by (operation, status or `None` without a response).
     requests: Mutex<std::collections::BTreeMap<(&'static str, Option<u16>), u64>>,
 }
@@ -695,6 +706,7 @@ impl GithubClient {
             comment_ids: Mutex::new(HashMap::new()),
             pr_locks: KeyedLocks::default(),
             status_locks: KeyedLocks::default(),
+            status_runs: Mutex::default(),
             requests: Mutex::default(),
         })
     }
@@ -946,8 +958,11 @@ impl GithubClient {
         Ok(())
     }
 
-    /// The latest status of `context` on `sha` (`GET /repos/{o}/{r}/commits/{sha}/statuses`,
-    /// newest first; the first page only).
+    /// The latest status of `context` on `sha`, from the combined status
+    /// (`GET /repos/{o}/{r}/commits/{sha}/status`: the latest status of each context, up
+    /// to 100 contexts a page), reading pages until `context` is found. The list of every
+    /// status (`.../statuses`, newest first) would hide ours behind a hundred newer
+    /// statuses of other contexts.
     pub async fn latest_status(
         &self,
         repo: &RepoName,
@@ -955,33 +970,51 @@ impl GithubClient {
         context: &str,
     ) -> Result<Option<CommitStatus>, GithubError> {
         check_sha(sha)?;
-        let path = format!("/repos/{repo}/commits/{sha}/statuses");
-        let query = format!("per_page={PER_PAGE}");
-        match self
-            .call::<Vec<RawStatus>>(
-                Method::GET,
-                &path,
-                &query,
-                None,
-                AuthFor::Repo(repo),
-                CallKind::Read,
-            )
-            .await
-        {
-            Ok(r) => Ok(r
-                .value
-                .into_iter()
-                .find(|s| s.context == context)
-                .map(|s| CommitStatus {
+        let path = format!("/repos/{repo}/commits/{sha}/status");
+        let mut page = 1usize;
+        let mut next: Option<(String, String)> = None;
+        let mut seen = 0u64;
+        for _ in 0..MAX_PAGES {
+            let (p, q) = next
+                .take()
+                .unwrap_or_else(|| (path.clone(), format!("per_page={PER_PAGE}&page={page}")));
+            let r = match self
+                .call::<RawCombinedStatus>(
+                    Method::GET,
+                    &p,
+                    &q,
+                    None,
+                    AuthFor::Repo(repo),
+                    CallKind::Read,
+                )
+                .await
+            {
+                Ok(r) => r,
+                // A sha GitHub does not know has no statuses.
+                Err(e) if matches!(e.status(), Some(404 | 422)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let n = r.value.statuses.len();
+            seen += n as u64;
+            if let Some(s) = r.value.statuses.into_iter().find(|s| s.context == context) {
+                return Ok(Some(CommitStatus {
                     state: s.state,
                     context: s.context,
                     description: s.description,
                     target_url: s.target_url,
-                })),
-            // A sha GitHub does not know has no statuses.
-            Err(e) if matches!(e.status(), Some(404 | 422)) => Ok(None),
-            Err(e) => Err(e),
+                }));
+            }
+            match link_next(&r.headers).and_then(|url| self.split_api_url(&url)) {
+                Some(pq) => next = Some(pq),
+                None if r.headers.contains_key(header::LINK) => break,
+                // No `Link` header: a full page, short of `total_count`, may have more.
+                None if n >= PER_PAGE && r.value.total_count.is_none_or(|t| seen < t) => {
+                    page += 1;
+                }
+                None => break,
+            }
         }
+        Ok(None)
     }
 
     // ---- identity ------------------------------------------------------------------------
@@ -1108,6 +1141,60 @@ impl GithubClient {
             Some(id) => m.insert((repo.key(), pr), id),
             None => m.remove(&(repo.key(), pr)),
         };
+    }
+
+    /// The newest run of the run group `group` (a section key) whose result the commit
+    /// status `context` of `sha` was decided from, in this process: (run id,
+    /// `createdAt`). See [`Self::remember_status_run`].
+    pub fn newest_status_run(
+        &self,
+        repo: &RepoName,
+        sha: &str,
+        context: &str,
+        group: &str,
+    ) -> Option<(String, DateTime<Utc>)> {
+        let key = (
+            repo.key(),
+            sha.to_ascii_lowercase(),
+            context.into(),
+            group.into(),
+        );
+        lock(&self.status_runs).get(&key).cloned()
+    }
+
+    /// Remembers that the commit status `context` of `sha` was decided from run `run_id`
+    /// (created at `created_at`) of run group `group`, unless a newer run of the group
+    /// was remembered. Without a comment to merge them in, a late result of an older run
+    /// is then told from a newer one's.
+    pub fn remember_status_run(
+        &self,
+        repo: &RepoName,
+        sha: &str,
+        context: &str,
+        group: &str,
+        run_id: &str,
+        created_at: DateTime<Utc>,
+    ) {
+        let key = (
+            repo.key(),
+            sha.to_ascii_lowercase(),
+            context.into(),
+            group.into(),
+        );
+        let mut m = lock(&self.status_runs);
+        if m.get(&key).is_some_and(|(_, at)| *at > created_at) {
+            return;
+        }
+        if m.len() >= MAX_STATUS_RUNS
+            && !m.contains_key(&key)
+            && let Some(oldest) = m
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone())
+        {
+            m.remove(&oldest);
+        }
+        m.insert(key, (run_id.to_string(), created_at));
     }
 
     /// Runs `f` while holding this process's lock on the sticky comment of PR `pr` in
@@ -1574,23 +1661,52 @@ impl GithubClient {
             };
             return Ok(t.clone());
         };
-        let installation = self.installation_for(repo).await?;
+        let mut installation = self.installation_for(repo).await?;
         let mut tokens = self.tokens.lock().await;
         if let Some(t) = tokens.get(&installation)
             && t.fresh(Utc::now())
         {
             return Ok(t.token.clone());
         }
-        let path = format!("/app/installations/{installation}/access_tokens");
-        let r = Box::pin(self.call::<RawToken>(
-            Method::POST,
-            &path,
-            "",
-            Some(&json!({})),
-            AuthFor::AppJwt,
-            CallKind::IdempotentWrite,
-        ))
-        .await?;
+        let mut looked_up_again = false;
+        let r = loop {
+            let path = format!("/app/installations/{installation}/access_tokens");
+            match Box::pin(self.call::<RawToken>(
+                Method::POST,
+                &path,
+                "",
+                Some(&json!({})),
+                AuthFor::AppJwt,
+                CallKind::IdempotentWrite,
+            ))
+            .await
+            {
+                Ok(r) => break r,
+                // The installation is gone: the App was uninstalled (and maybe installed
+                // again, under a new id). Its id, and every token of it, is forgotten
+                // and the repository's installation looked up once more.
+                Err(e) if e.status() == Some(404) && !looked_up_again => {
+                    looked_up_again = true;
+                    tracing::info!(
+                        repo = %repo, installation,
+                        "the GitHub App installation is gone; looking it up again"
+                    );
+                    tokens.remove(&installation);
+                    lock(&self.installations).retain(|_, id| *id != installation);
+                    let again = self.installation_for(repo).await?;
+                    if again == installation {
+                        return Err(e);
+                    }
+                    installation = again;
+                    if let Some(t) = tokens.get(&installation)
+                        && t.fresh(Utc::now())
+                    {
+                        return Ok(t.token.clone());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let expires_at = r
             .value
             .expires_at
@@ -1664,6 +1780,7 @@ fn operation(method: &Method, path: &str) -> &'static str {
         ("POST", ["issues", _, "comments"]) => "create_comment",
         ("POST", ["statuses", _]) => "create_status",
         ("GET", ["commits", _, "statuses"]) => "list_statuses",
+        ("GET", ["commits", _, "status"]) => "combined_status",
         _ => "other",
     }
 }
@@ -1894,6 +2011,15 @@ struct RawStatus {
     description: Option<String>,
     #[serde(default)]
     target_url: Option<String>,
+}
+
+/// `GET /repos/{o}/{r}/commits/{ref}/status`: the latest status of each context.
+#[derive(Deserialize)]
+struct RawCombinedStatus {
+    #[serde(default)]
+    statuses: Vec<RawStatus>,
+    #[serde(default)]
+    total_count: Option<u64>,
 }
 
 #[derive(Deserialize)]

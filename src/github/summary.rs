@@ -19,10 +19,19 @@
 //!    A create whose outcome is unknown is followed by a read for the marker, never by a
 //!    blind second `POST`.
 //! 4. Commit status (`commit_status = true`) on the run's sha, context `status_context`
-//!    with `{project}` filled, under a per-status lock (read the latest, then post). Not
-//!    sent when the latest status of that context already says the same for the same
-//!    run, nor when it would turn a finished run's status back to pending (an
-//!    out-of-order `RUN_START`).
+//!    with `{project}` filled, under a per-status lock held across steps 3 and 4 (merge,
+//!    read the latest status, then post). The status is the commit's, not the run's: it
+//!    is derived from the merged comments' sections of that sha whose project maps to
+//!    the context, one per run group, with the run merged in ([`status_sections`],
+//!    [`combined_status`]): failure when one failed or timed out, else error when one was
+//!    cancelled, else pending while one runs, success when all passed; its target is the
+//!    run that decided it. So another group's pass does not hide a failure, and an older
+//!    run's late result does not replace a newer run's. Without a comment (`comment =
+//!    false`, no PR) only the run itself counts, and a run older than one of its group
+//!    whose status this process already decided is skipped (in-process memory: lost on
+//!    restart, not shared between replicas). Not sent when the latest status of that
+//!    context already says the same for the same target run, nor when it would turn a
+//!    finished run's status back to pending (an out-of-order `RUN_START`).
 //!
 //! Dry run: the same reads, no `POST` or `PATCH`; the outcome carries what would have
 //! been written.
@@ -34,10 +43,13 @@ use serde::Serialize;
 use crate::config::{Config, Rule, SummaryOptions};
 use crate::currents::Run;
 
-use super::client::{GithubClient, GithubError, IssueComment, PullRef, RepoName, StatusState};
+use super::client::{
+    GithubClient, GithubError, IssueComment, MAX_STATUS_DESCRIPTION, PullRef, RepoName,
+    StatusState, truncate_chars,
+};
 use super::render::{
-    GITHUB_BODY_LIMIT, MARKER, PrInfo, RenderInput, Section, StateError, SummaryDoc, render_body,
-    status_for,
+    GITHUB_BODY_LIMIT, MARKER, Outcome, PrInfo, RenderInput, Section, StateError, SummaryDoc,
+    render_body, status_for,
 };
 
 /// What [`post_summary`] needs besides the run.
@@ -256,37 +268,52 @@ pub async fn post_summary(
         opts.max_failed_specs as usize,
     );
 
-    let mut report = SummaryReport {
-        repo: Some(repo.to_string()),
-        comments: Vec::new(),
-        status: None,
-    };
-    let mut first_error: Option<SummaryError> = None;
-
-    if opts.comment {
-        match post_comments(ctx, &repo, run, &section, dry_run).await {
-            Ok((outcomes, err)) => {
-                report.comments = outcomes;
-                first_error = err;
-            }
-            Err(e) => first_error = Some(e),
-        }
-    }
-    if opts.commit_status {
-        match post_status(ctx, &repo, run, &section, dry_run).await {
-            Ok(s) => report.status = Some(s),
-            Err(e) => match &mut first_error {
-                None => first_error = Some(e),
-                // Both steps failed: the retry of both waits as long as either was asked
-                // to, and the record names both causes.
-                Some(first) => {
-                    first.retry_after = first.retry_after.max(e.retry_after);
-                    first.held_back &= e.held_back;
-                    first.message = format!("{}; status: {}", first.message, e.message);
+    let steps = async {
+        let mut report = SummaryReport {
+            repo: Some(repo.to_string()),
+            comments: Vec::new(),
+            status: None,
+        };
+        let mut first_error: Option<SummaryError> = None;
+        // The comment of each PR as merged with this run: what the status is derived from.
+        let mut docs = Vec::new();
+        if opts.comment {
+            match post_comments(ctx, &repo, run, &section, dry_run, &mut docs).await {
+                Ok((outcomes, err)) => {
+                    report.comments = outcomes;
+                    first_error = err;
                 }
-            },
+                Err(e) => first_error = Some(e),
+            }
         }
-    }
+        if opts.commit_status {
+            match post_status(ctx, &repo, run, &section, &docs, dry_run).await {
+                Ok(s) => report.status = Some(s),
+                Err(e) => match &mut first_error {
+                    None => first_error = Some(e),
+                    // Both steps failed: the retry of both waits as long as either was
+                    // asked to, and the record names both causes.
+                    Some(first) => {
+                        first.retry_after = first.retry_after.max(e.retry_after);
+                        first.held_back &= e.held_back;
+                        first.message = format!("{}; status: {}", first.message, e.message);
+                    }
+                },
+            }
+        }
+        (report, first_error)
+    };
+    // With a commit status, the comment and the status are updated under the status's
+    // lock: a summary of another run group of the commit, merged into the comment after
+    // this one, posts its status after this one too, from a document holding both.
+    let sha = run.sha().filter(|s| !s.is_empty());
+    let (report, first_error) = match sha {
+        Some(sha) if opts.commit_status => {
+            let context = status_context(&opts.status_context, &run.project_id);
+            ctx.gh.with_status_lock(&repo, sha, &context, steps).await
+        }
+        _ => steps.await,
+    };
     match first_error {
         None => {
             tracing::info!(rule = %ctx.rule.name, run_id = %run.run_id, %event, "summary: {report}");
@@ -301,12 +328,14 @@ pub async fn post_summary(
 
 /// Updates the comment of every PR of the run; the first error is returned beside the
 /// outcomes of the others, with the longest wait any of them was asked for.
+/// `docs`: each PR's comment as merged with the run (also when it was not written).
 async fn post_comments(
     ctx: &SummaryCtx<'_>,
     repo: &RepoName,
     run: &Run,
     section: &Section,
     dry_run: bool,
+    docs: &mut Vec<SummaryDoc>,
 ) -> Result<(Vec<SummaryOutcome>, Option<SummaryError>), SummaryError> {
     let (sha, branch) = (run.sha(), run.branch());
     if sha.is_none() && branch.is_none() {
@@ -343,7 +372,10 @@ async fn post_comments(
     let mut outcomes = Vec::new();
     let mut first_error = None;
     for pr in &prs {
-        match update_pr_comment(ctx, repo, pr, section, dry_run).await {
+        let mut merged = None;
+        let result = update_pr_comment(ctx, repo, pr, section, dry_run, &mut merged).await;
+        docs.extend(merged);
+        match result {
             Ok(o) => outcomes.push(o),
             Err(e) => {
                 tracing::warn!(repo = %repo, pr = pr.number, error = %e, "summary comment failed");
@@ -363,19 +395,21 @@ async fn post_comments(
 }
 
 /// The sticky comment of one PR: read, merge, render, write if changed, under the PR's
-/// lock.
+/// lock. `merged`: the comment's sections with the run merged in, once read (also when
+/// the write then fails, or is not needed).
 async fn update_pr_comment(
     ctx: &SummaryCtx<'_>,
     repo: &RepoName,
     pr: &PullRef,
     section: &Section,
     dry_run: bool,
+    merged: &mut Option<SummaryDoc>,
 ) -> Result<SummaryOutcome, SummaryError> {
     ctx.gh
         .with_pr_lock(
             repo,
             pr.number,
-            update_pr_comment_locked(ctx, repo, pr, section, dry_run),
+            update_pr_comment_locked(ctx, repo, pr, section, dry_run, merged),
         )
         .await
 }
@@ -387,6 +421,7 @@ async fn update_pr_comment_locked(
     pr: &PullRef,
     section: &Section,
     dry_run: bool,
+    merged: &mut Option<SummaryDoc>,
 ) -> Result<SummaryOutcome, SummaryError> {
     let gh = ctx.gh;
     let info = PrInfo {
@@ -406,12 +441,15 @@ async fn update_pr_comment_locked(
             None => SummaryDoc::default(),
         };
         if ctx.opts.only_failed && !section.is_failure() && doc.get(&section.key).is_none() {
+            *merged = Some(doc);
             return Ok(SummaryOutcome::Skipped(format!(
                 "only_failed: run {} did not fail and PR #{} has no section for its group",
                 section.run_id, pr.number
             )));
         }
-        if let Merge::Kept(reason) = merge_section(&mut doc, section.clone(), &pr.head_sha) {
+        let merge = merge_section(&mut doc, section.clone(), &pr.head_sha);
+        *merged = Some(doc.clone());
+        if let Merge::Kept(reason) = merge {
             return Ok(SummaryOutcome::Skipped(reason));
         }
         let body = render_body(
@@ -724,46 +762,155 @@ pub async fn discover_prs(
 // Commit statuses
 // ---------------------------------------------------------------------------------------
 
+/// The status context of a project's runs: `status_context` (`template`) with
+/// `{project}` filled.
+fn status_context(template: &str, project: &str) -> String {
+    template.replace("{project}", project)
+}
+
+/// The commit status of the run's sha (under the status's lock, taken by
+/// [`post_summary`]).
 async fn post_status(
     ctx: &SummaryCtx<'_>,
     repo: &RepoName,
     run: &Run,
     section: &Section,
+    docs: &[SummaryDoc],
     dry_run: bool,
 ) -> Result<StatusOutcome, SummaryError> {
     let Some(sha) = run.sha().filter(|s| !s.is_empty()) else {
         return Ok(StatusOutcome::Skipped("the run has no commit sha".into()));
     };
-    let context = ctx
-        .opts
-        .status_context
-        .replace("{project}", &run.project_id);
-    ctx.gh
-        .with_status_lock(
-            repo,
-            sha,
-            &context.clone(),
-            decide_and_post_status(ctx, repo, sha, context, section, dry_run),
-        )
-        .await
+    let context = status_context(&ctx.opts.status_context, &run.project_id);
+    decide_and_post_status(ctx, repo, sha, context, section, docs, dry_run).await
 }
 
-/// [`post_status`] under the commit status's lock: the latest status read, and ours
-/// posted unless it says the same or would go back to pending.
+/// The sections that decide the status `context` of commit `sha`: those of `docs` (the
+/// PRs' comments, merged with the run) for `sha` whose project maps to `context` by the
+/// rule's `status_context` (`template`), with
+/// `current` merged in as a comment merges it ([`merge_section`]: a newer run of a group
+/// wins, a finished run is not turned back into a running one). One section per group.
+pub fn status_sections(
+    docs: &[SummaryDoc],
+    current: &Section,
+    sha: &str,
+    template: &str,
+    context: &str,
+) -> SummaryDoc {
+    let mut combined = SummaryDoc::default();
+    for s in docs.iter().flat_map(|d| &d.sections) {
+        if s.sha
+            .as_deref()
+            .is_some_and(|x| x.eq_ignore_ascii_case(sha))
+            && status_context(template, &s.project) == context
+        {
+            merge_section(&mut combined, s.clone(), sha);
+        }
+    }
+    merge_section(&mut combined, current.clone(), sha);
+    combined
+}
+
+/// How bad a status is: failure (tests failed, timed out) over error (cancelled,
+/// unknown) over pending (running) over success.
+fn severity(state: StatusState) -> u8 {
+    match state {
+        StatusState::Success => 0,
+        StatusState::Pending => 1,
+        StatusState::Error => 2,
+        StatusState::Failure => 3,
+    }
+}
+
+/// The status of a commit's runs in one context, from their sections: the worst of each
+/// run's own status ([`status_for`]: passed → success, failed or timed out → failure,
+/// cancelled or unknown → error, running → pending), so success only when every run
+/// passed, pending while one runs and none failed. One run: its own description; several:
+/// how many ended how (`2 runs: 1 failed, 1 passed`). The target URL is the run that
+/// decided it: `current_run` when it is among the worst, else the newest of them.
+pub fn combined_status(sections: &[Section], current_run: &str) -> (StatusState, String, String) {
+    if let [one] = sections {
+        let (state, description) = status_for(one);
+        return (state, description, one.run_url.clone());
+    }
+    let states: Vec<StatusState> = sections.iter().map(|s| status_for(s).0).collect();
+    let Some(worst) = states.iter().copied().max_by_key(|st| severity(*st)) else {
+        return (StatusState::Pending, String::new(), String::new());
+    };
+    let deciding = sections
+        .iter()
+        .zip(&states)
+        .filter(|(_, st)| **st == worst)
+        .map(|(s, _)| s)
+        .max_by_key(|s| (s.run_id == current_run, s.created_at))
+        .map_or("", |s| s.run_url.as_str());
+    let mut parts = Vec::new();
+    for (outcome, word) in [
+        (Outcome::Failed, "failed"),
+        (Outcome::TimedOut, "timed out"),
+        (Outcome::Cancelled, "cancelled"),
+        (Outcome::Unknown, "unknown"),
+        (Outcome::Running, "running"),
+        (Outcome::Passed, "passed"),
+    ] {
+        let n = sections.iter().filter(|s| s.outcome == outcome).count();
+        if n > 0 {
+            parts.push(format!("{n} {word}"));
+        }
+    }
+    let description = format!("{} runs: {}", sections.len(), parts.join(", "));
+    (
+        worst,
+        truncate_chars(&description, MAX_STATUS_DESCRIPTION),
+        deciding.to_string(),
+    )
+}
+
+/// [`post_status`]: the status derived from the runs of the commit in this context
+/// ([`status_sections`], [`combined_status`]), posted unless the latest status says the
+/// same, or would go back to pending for the same run, or (without a comment to merge
+/// with) the run is older than one of its group whose status this process already
+/// decided.
 async fn decide_and_post_status(
     ctx: &SummaryCtx<'_>,
     repo: &RepoName,
     sha: &str,
     context: String,
     section: &Section,
+    docs: &[SummaryDoc],
     dry_run: bool,
 ) -> Result<StatusOutcome, SummaryError> {
-    let (state, description) = status_for(section);
+    let combined = status_sections(docs, section, sha, &ctx.opts.status_context, &context);
+    let shown = combined.get(&section.key).unwrap_or(section);
+    // No comment showed a newer run of the group (comment = false, no PR, or it could
+    // not be read): this process may still have seen one.
+    if shown.run_id == section.run_id
+        && let Some((newer, _)) = ctx
+            .gh
+            .newest_status_run(repo, sha, &context, &section.key)
+            .filter(|(id, at)| *id != section.run_id && *at > section.created_at)
+    {
+        return Ok(StatusOutcome::Skipped(format!(
+            "run {} is older than run {newer}, whose result status {context} already counts",
+            section.run_id
+        )));
+    }
+    let (state, description, target_url) = combined_status(&combined.sections, &section.run_id);
     let latest = ctx.gh.latest_status(repo, sha, &context).await?;
     if let Some(l) = &latest
-        && l.target_url.as_deref() == Some(section.run_url.as_str())
+        && l.target_url.as_deref() == Some(target_url.as_str())
     {
         if l.state == state && l.description.as_deref() == Some(description.as_str()) {
+            if !dry_run {
+                ctx.gh.remember_status_run(
+                    repo,
+                    sha,
+                    &context,
+                    &section.key,
+                    &shown.run_id,
+                    shown.created_at,
+                );
+            }
             return Ok(StatusOutcome::Unchanged {
                 sha: sha.to_string(),
                 context,
@@ -785,15 +932,16 @@ async fn decide_and_post_status(
         });
     }
     ctx.gh
-        .create_status(
-            repo,
-            sha,
-            state,
-            &context,
-            &description,
-            Some(&section.run_url),
-        )
+        .create_status(repo, sha, state, &context, &description, Some(&target_url))
         .await?;
+    ctx.gh.remember_status_run(
+        repo,
+        sha,
+        &context,
+        &section.key,
+        &shown.run_id,
+        shown.created_at,
+    );
     Ok(StatusOutcome::Posted {
         sha: sha.to_string(),
         context,
@@ -804,7 +952,7 @@ async fn decide_and_post_status(
 
 #[cfg(test)]
 mod tests {
-    use super::super::render::{Counts, Outcome};
+    use super::super::render::Counts;
     use super::*;
 
     #[test]
@@ -919,6 +1067,108 @@ mod tests {
         );
         assert_eq!(doc.sections.len(), 1);
         assert_eq!(doc.sections[0].run_id, "r0");
+    }
+
+    fn grouped(run: &str, key: &str, created: &str, outcome: Outcome) -> Section {
+        let mut s = section(run, "aaaa", created, outcome);
+        s.key = key.into();
+        s
+    }
+
+    #[test]
+    fn the_commit_status_is_the_worst_of_its_runs() {
+        let url = |r: &str| format!("https://app.currents.dev/run/{r}");
+        // One run: its own status, as before.
+        let one = [section("r1", "aaaa", T1, Outcome::Passed)];
+        assert_eq!(
+            combined_status(&one, "r1"),
+            (StatusState::Success, status_for(&one[0]).1, url("r1"))
+        );
+        let of = |secs: &[(&str, Outcome)], current: &str| {
+            let sections: Vec<Section> = secs
+                .iter()
+                .enumerate()
+                .map(|(i, (r, o))| grouped(r, &format!("p|b|{i}"), T1, *o))
+                .collect();
+            combined_status(&sections, current)
+        };
+        use Outcome::*;
+        assert_eq!(
+            of(&[("a", Passed), ("b", Failed)], "a"),
+            (
+                StatusState::Failure,
+                "2 runs: 1 failed, 1 passed".into(),
+                url("b")
+            )
+        );
+        // A failure outranks a cancel, a cancel a run in progress.
+        assert_eq!(
+            of(&[("a", Cancelled), ("b", TimedOut), ("c", Running)], "c").0,
+            StatusState::Failure
+        );
+        assert_eq!(
+            of(&[("a", Cancelled), ("b", Running), ("c", Passed)], "c"),
+            (
+                StatusState::Error,
+                "3 runs: 1 cancelled, 1 running, 1 passed".into(),
+                url("a")
+            )
+        );
+        assert_eq!(
+            of(&[("a", Running), ("b", Passed)], "b").0,
+            StatusState::Pending
+        );
+        assert_eq!(
+            of(&[("a", Passed), ("b", Passed)], "b"),
+            (StatusState::Success, "2 runs: 2 passed".into(), url("b"))
+        );
+        // Among equally bad runs: the current one, else the newest.
+        let secs = [
+            grouped("old", "k1", T1, Failed),
+            grouped("new", "k2", T2, Failed),
+            grouped("cur", "k3", T1, Failed),
+        ];
+        assert_eq!(combined_status(&secs, "cur").2, url("cur"));
+        assert_eq!(combined_status(&secs, "other").2, url("new"));
+        // Hundreds of groups: still within GitHub's 140 characters.
+        let many: Vec<Section> = (0..500)
+            .map(|i| {
+                let o = [Passed, Failed, TimedOut, Cancelled, Unknown, Running][i % 6];
+                grouped(&format!("r{i}"), &format!("k{i:03}"), T1, o)
+            })
+            .collect();
+        assert!(combined_status(&many, "r0").1.chars().count() <= MAX_STATUS_DESCRIPTION);
+    }
+
+    #[test]
+    fn the_status_counts_the_commits_sections_of_its_context_with_the_run_merged_in() {
+        let template = "runwarden/{project}";
+        let mut doc = SummaryDoc::default();
+        let mut other_sha = grouped("x", "p|b|x", T1, Outcome::Failed);
+        other_sha.sha = Some("bbbb".into());
+        let mut other_project = grouped("y", "q|b|", T1, Outcome::Failed);
+        other_project.project = "q".into();
+        doc.sections = vec![
+            grouped("full", "p|b|full", T1, Outcome::Failed),
+            other_sha,
+            other_project,
+            grouped("r-old", "p|b|", T1, Outcome::Passed),
+        ];
+        let current = grouped("r-new", "p|b|", T2, Outcome::Running);
+        let ctx = status_context(template, "p");
+        let c = status_sections(&[doc.clone(), doc], &current, "AAAA", template, &ctx);
+        let runs: Vec<&str> = c.sections.iter().map(|s| s.run_id.as_str()).collect();
+        assert_eq!(runs, ["r-new", "full"]);
+        // An older run of a group does not replace the newer one.
+        let older = grouped("r-older", "p|b|", "2026-01-01T09:00:00Z", Outcome::Failed);
+        let c = status_sections(&[c], &older, "aaaa", template, &ctx);
+        assert_eq!(c.get("p|b|").unwrap().run_id, "r-new");
+        // A context without `{project}`: every project's runs count.
+        let mut q = grouped("y", "q|b|", T1, Outcome::Failed);
+        q.project = "q".into();
+        let doc = SummaryDoc { sections: vec![q] };
+        let c = status_sections(&[doc], &current, "aaaa", "e2e", "e2e");
+        assert_eq!(c.sections.len(), 2);
     }
 
     #[test]

@@ -22,6 +22,13 @@
 //! A pull request may come from a fork (`NewPr::head_repo`): its `head.repo` is the fork,
 //! `head.label` is `{fork owner}:{branch}`, and `GET .../pulls?head=owner:branch` matches
 //! the owner of the head repository, as GitHub does.
+//!
+//! Commit statuses are listed two ways, as on GitHub: every status, newest first
+//! (`GET .../commits/{ref}/statuses`), and the combined status, the latest of each
+//! context (`GET .../commits/{ref}/status`: `state`, `statuses`, `sha`, `total_count`,
+//! `repository`, `commit_url`, `url`; `per_page`/`page` pages the contexts, with a `Link`
+//! header). [`World::reinstall_github_app`] uninstalls and reinstalls the App for an
+//! owner: a new installation id; the old one answers 404 and its tokens 401.
 
 // Request-parsing helpers return the error response itself, as handlers do.
 #![allow(clippy::result_large_err)]
@@ -100,6 +107,8 @@ struct StatusRec {
 
 #[derive(Debug, Clone)]
 struct TokenRec {
+    /// The installation it was issued for.
+    installation: u64,
     expires_at: DateTime<Utc>,
     revoked: bool,
 }
@@ -158,6 +167,8 @@ pub(crate) struct GithubState {
     comments: BTreeMap<u64, CommentRec>,
     statuses: Vec<StatusRec>,
     installations: BTreeMap<String, u64>,
+    /// Installations ever made (ids are never reused, as on GitHub).
+    installations_made: u64,
     tokens: HashMap<String, TokenRec>,
 }
 
@@ -171,7 +182,8 @@ impl GithubState {
         if let Some(id) = self.installations.get(owner) {
             return *id;
         }
-        let id = 40_000_000 + self.installations.len() as u64 + 1;
+        self.installations_made += 1;
+        let id = 40_000_000 + self.installations_made;
         self.installations.insert(owner.to_string(), id);
         id
     }
@@ -449,6 +461,21 @@ impl World {
             reset_at: None,
             window: chrono::Duration::from_std(window).unwrap_or(chrono::Duration::hours(1)),
         };
+    }
+
+    /// Uninstalls the GitHub App from `owner` and installs it again, as a user can on
+    /// GitHub: the installation gets a new id, the old id answers 404 (`POST
+    /// /app/installations/{old}/access_tokens` too) and the tokens issued for it answer
+    /// 401 "Bad credentials". Returns the new id.
+    pub fn reinstall_github_app(&self, owner: &str) -> u64 {
+        let mut gh = lock(&self.gh);
+        let old = gh.installations.remove(owner);
+        for t in gh.tokens.values_mut() {
+            if Some(t.installation) == old {
+                t.revoked = true;
+            }
+        }
+        gh.installation(owner)
     }
 
     /// Makes every installation token issued so far answer 401 "Bad credentials".
@@ -946,12 +973,25 @@ fn param<'a>(p: &'a Paging, k: &str) -> Option<&'a str> {
 
 /// Answers one page of `items` with GitHub's `Link` header.
 fn paged(base: &str, path: &str, p: &Paging, items: Vec<Value>) -> Response {
-    let total = items.len();
-    let last = total.div_ceil(p.per_page).max(1);
-    let start = (p.page - 1).saturating_mul(p.per_page).min(total);
-    let end = (start + p.per_page).min(total);
+    let (start, end) = page_bounds(p, items.len());
     let page: Vec<Value> = items[start..end].to_vec();
     let mut resp = gh_json(StatusCode::OK, &Value::Array(page));
+    if let Some(v) = link_header(base, path, p, items.len()) {
+        resp.headers_mut().insert(header::LINK, v);
+    }
+    resp
+}
+
+/// The range of the items of page `p` among `total`.
+fn page_bounds(p: &Paging, total: usize) -> (usize, usize) {
+    let start = (p.page - 1).saturating_mul(p.per_page).min(total);
+    (start, (start + p.per_page).min(total))
+}
+
+/// GitHub's `Link` header for page `p` of `total` items at `path`; `None` for a single
+/// page.
+fn link_header(base: &str, path: &str, p: &Paging, total: usize) -> Option<HeaderValue> {
+    let last = total.div_ceil(p.per_page).max(1);
     let link_to = |n: usize| {
         let mut ser = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in &p.params {
@@ -972,12 +1012,10 @@ fn paged(base: &str, path: &str, p: &Paging, items: Vec<Value>) -> Response {
         links.push(format!("{}; rel=\"first\"", link_to(1)));
         links.push(format!("{}; rel=\"prev\"", link_to((p.page - 1).min(last))));
     }
-    if !links.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&links.join(", "))
-    {
-        resp.headers_mut().insert(header::LINK, v);
+    if links.is_empty() {
+        return None;
     }
-    resp
+    HeaderValue::from_str(&links.join(", ")).ok()
 }
 
 fn parse_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, Response> {
@@ -1026,7 +1064,7 @@ async fn commits_get(
     match what {
         "pulls" => commit_pulls(&w, &repo, &r, &raw, &base),
         "statuses" => list_statuses(&w, &repo, &r, &raw, &base),
-        _ => combined_status(&w, &repo, &r, &base),
+        _ => combined_status(&w, &repo, &r, &raw, &base),
     }
 }
 
@@ -1403,7 +1441,11 @@ fn list_statuses(w: &World, repo: &str, r: &str, raw: &Option<String>, base: &st
     )
 }
 
-fn combined_status(w: &World, repo: &str, r: &str, base: &str) -> Response {
+/// `GET /repos/{o}/{r}/commits/{ref}/status`: the combined status, the latest status of
+/// each context (ordered by context), paginated like GitHub (`per_page`, default 30,
+/// max 100; `Link` header); `state` and `total_count` are over every context.
+fn combined_status(w: &World, repo: &str, r: &str, raw: &Option<String>, base: &str) -> Response {
+    let p = paging(raw);
     let gh = lock(&w.gh);
     let sha = resolve_ref(&gh, repo, r);
     // The latest status per context.
@@ -1423,19 +1465,31 @@ fn combined_status(w: &World, repo: &str, r: &str, base: &str) -> Response {
     } else {
         "success"
     };
-    let statuses: Vec<Value> = latest.values().map(|s| status_json(base, s)).collect();
-    gh_json(
+    let total = latest.len();
+    let (start, end) = page_bounds(&p, total);
+    let page: Vec<Value> = latest
+        .values()
+        .skip(start)
+        .take(end - start)
+        .map(|s| status_json(base, s))
+        .collect();
+    let mut resp = gh_json(
         StatusCode::OK,
         &json!({
             "state": state,
-            "statuses": statuses,
+            "statuses": page,
             "sha": sha,
-            "total_count": statuses.len(),
+            "total_count": total,
             "repository": repo_json(base, repo),
             "commit_url": format!("{base}/repos/{repo}/commits/{sha}"),
             "url": format!("{base}/repos/{repo}/commits/{sha}/status"),
         }),
-    )
+    );
+    let path = format!("/repos/{repo}/commits/{r}/status");
+    if let Some(l) = link_header(base, &path, &p, total) {
+        resp.headers_mut().insert(header::LINK, l);
+    }
+    resp
 }
 
 async fn repo_installation(
@@ -1487,6 +1541,7 @@ async fn create_token(State(w): State<Arc<World>>, Path(id): Path<String>) -> Re
     gh.tokens.insert(
         token.clone(),
         TokenRec {
+            installation: id,
             expires_at,
             revoked: false,
         },
@@ -1653,5 +1708,127 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    async fn json_of(r: Response) -> (StatusCode, Option<String>, Value) {
+        let status = r.status();
+        let link = r
+            .headers()
+            .get(header::LINK)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            link,
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_combined_status_has_the_latest_per_context_a_page_at_a_time() {
+        let w = World::new(super::super::SimConfig::default());
+        let sha = "89e6c98d92887913cadf06b2adb97f26cde4849b";
+        {
+            let mut gh = lock(&w.gh);
+            for (context, state) in [
+                ("b", "pending"),
+                ("a", "success"),
+                ("b", "failure"),
+                ("c", "success"),
+            ] {
+                let id = gh.id();
+                gh.statuses.push(StatusRec {
+                    id,
+                    repo: "acme/web".into(),
+                    sha: sha.into(),
+                    state: state.into(),
+                    context: context.into(),
+                    description: None,
+                    target_url: None,
+                    user: "ci".into(),
+                    created_at: Utc::now(),
+                });
+            }
+        }
+        let base = "http://sim/github";
+        let (st, link, v) = json_of(combined_status(
+            &w,
+            "acme/web",
+            sha,
+            &Some("per_page=2".into()),
+            base,
+        ))
+        .await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(v["state"], "failure");
+        assert_eq!(v["total_count"], 3);
+        assert_eq!(v["sha"], sha);
+        assert_eq!(
+            v["url"],
+            format!("{base}/repos/acme/web/commits/{sha}/status")
+        );
+        assert_eq!(v["repository"]["full_name"], "acme/web");
+        let contexts: Vec<&str> = v["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["context"].as_str().unwrap())
+            .collect();
+        assert_eq!(contexts, ["a", "b"]);
+        assert_eq!(
+            v["statuses"][1]["state"], "failure",
+            "the latest of context b"
+        );
+        let link = link.unwrap();
+        assert!(
+            link.contains(&format!(
+                "<{base}/repos/acme/web/commits/{sha}/status?per_page=2&page=2>; rel=\"next\""
+            )),
+            "{link}"
+        );
+        let (_, link, v) = json_of(combined_status(
+            &w,
+            "acme/web",
+            sha,
+            &Some("per_page=2&page=2".into()),
+            base,
+        ))
+        .await;
+        assert_eq!(v["statuses"].as_array().unwrap().len(), 1);
+        assert_eq!(v["statuses"][0]["context"], "c");
+        assert_eq!(v["total_count"], 3);
+        assert!(!link.unwrap().contains("rel=\"next\""));
+        // A commit without statuses: pending, none listed, one page.
+        let (_, link, v) = json_of(combined_status(&w, "acme/web", "abcdef1", &None, base)).await;
+        assert_eq!(
+            (v["state"].as_str(), v["total_count"].as_u64()),
+            (Some("pending"), Some(0))
+        );
+        assert!(link.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_reinstalled_app_has_a_new_installation_and_the_old_one_is_gone() {
+        let w = World::new(super::super::SimConfig::default());
+        let old = lock(&w.gh).installation("acme");
+        let (st, _, v) = json_of(create_token(State(w.clone()), Path(old.to_string())).await).await;
+        assert_eq!(st, StatusCode::CREATED);
+        let token = v["token"].as_str().unwrap().to_string();
+        let new = w.reinstall_github_app("acme");
+        assert_ne!(new, old);
+        assert_eq!(lock(&w.gh).installation("acme"), new);
+        assert!(
+            lock(&w.gh).tokens[&token].revoked,
+            "the old installation's tokens are revoked"
+        );
+        let (st, _, _) = json_of(create_token(State(w.clone()), Path(old.to_string())).await).await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        let (st, _, _) = json_of(create_token(State(w.clone()), Path(new.to_string())).await).await;
+        assert_eq!(st, StatusCode::CREATED);
+        // Another owner's installation is not touched, and ids are never reused.
+        let other = lock(&w.gh).installation("globex");
+        assert!(other != old && other != new);
     }
 }
