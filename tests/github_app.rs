@@ -43,6 +43,7 @@ async fn a_github_app_posts_the_summary_with_an_installation_token() {
         config: &app.bot.ctx.config,
         rule,
         opts,
+        shared: None,
     };
     let run = app.sim.run(&created.run_id).unwrap();
     let report = runwarden::github::summary::post_summary(&ctx, &run, "RUN_FINISH", None, false)

@@ -628,6 +628,7 @@ impl Env {
             config: &self.config,
             rule: self.rule(),
             opts,
+            shared: None,
         };
         post_summary(
             &ctx,
@@ -2002,6 +2003,76 @@ fn created(run: Run, at: &str) -> Run {
 /// Repro 1a: run group `full` failed, then group `smoke` of the same commit passed. The
 /// status used to say `success` (the last run to post), while the comment showed ❌ for
 /// `full`; it is now the commit's: failure, naming both runs, linking the failed one.
+/// Two processes (two clients, each with only its own in-process locks) posting the
+/// summaries of two run groups of one PR at once, both reading "no comment" first: the
+/// store's lock shared by the processes lets one at a time through, so there is one
+/// comment, holding both sections.
+#[tokio::test]
+async fn two_processes_posting_to_one_pr_at_once_make_one_comment_with_both_sections() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+    let dir = tempfile::tempdir().unwrap();
+    let store = runwarden::store::Store::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("shared.db").display()
+    ))
+    .await
+    .unwrap();
+    // Each read of the comments is slow: without a shared lock both read before either
+    // writes.
+    env.fault(
+        "GET",
+        "/github/repos/acme/web/issues/7/comments",
+        FaultKind::Latency { ms: 300 },
+        None,
+    );
+    let (a, b) = (
+        client(&env.sim.github_url(), Duration::from_secs(5)),
+        client(&env.sim.github_url(), Duration::from_secs(5)),
+    );
+    let full = tagged(failed("r-full", SHA_HEAD, 1), &["full"]);
+    let smoke = tagged(passed("r-smoke", SHA_HEAD), &["smoke"]);
+    async fn post(
+        env: &Env,
+        opts: &SummaryOptions,
+        store: &runwarden::store::Store,
+        holder: &str,
+        gh: &GithubClient,
+        run: Run,
+    ) -> Result<SummaryReport, runwarden::github::SummaryError> {
+        let ctx = SummaryCtx {
+            gh,
+            config: &env.config,
+            rule: env.rule(),
+            opts,
+            shared: Some(runwarden::github::summary::SharedLock { store, holder }),
+        };
+        post_summary(&ctx, &run, "RUN_FINISH", None, false).await
+    }
+    let (ra, rb) = tokio::join!(
+        post(&env, &opts, &store, "process-a", &a, full),
+        post(&env, &opts, &store, "process-b", &b, smoke)
+    );
+    ra.unwrap();
+    rb.unwrap();
+    let c = env.comments(7);
+    assert_eq!(c.len(), 1, "one comment: {c:#?}");
+    assert!(
+        c[0].body.contains("❌ Failed") && c[0].body.contains("✅ Passed"),
+        "both sections: {}",
+        c[0].body
+    );
+    assert!(
+        store
+            .lease_holder("summary:acme/web")
+            .await
+            .unwrap()
+            .is_none(),
+        "the lock is let go"
+    );
+}
+
 #[tokio::test]
 async fn another_run_groups_pass_does_not_hide_a_failure_in_the_status() {
     let env = Env::new().await;

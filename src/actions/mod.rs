@@ -567,6 +567,10 @@ async fn summarize(ctx: &AppContext, a: &ActionRow, retry_after: &mut Option<Dur
         config: &ctx.config,
         rule,
         opts,
+        shared: Some(crate::github::summary::SharedLock {
+            store: &ctx.store,
+            holder: &ctx.worker_id,
+        }),
     };
     match crate::github::summary::post_summary(
         &sctx,

@@ -59,7 +59,27 @@ pub struct SummaryCtx<'a> {
     pub config: &'a Config,
     pub rule: &'a Rule,
     pub opts: &'a SummaryOptions,
+    /// The store's lock across processes (see [`SharedLock`]); `None`: this process's
+    /// locks only (tests of one client).
+    pub shared: Option<SharedLock<'a>>,
 }
+
+/// A lock on a repository's summaries shared by every process on the store: replicas on
+/// PostgreSQL, or `serve` and `sweep` on one SQLite file. The client's own locks (per PR,
+/// per commit status) are per process; without this, two processes could both find no
+/// comment and both create one, or each edit the comment with only its own section.
+#[derive(Clone, Copy)]
+pub struct SharedLock<'a> {
+    pub store: &'a crate::store::Store,
+    /// Who takes it (the process's worker id; each call adds its own suffix).
+    pub holder: &'a str,
+}
+
+/// How long a summary holds the repository's [`SharedLock`] at most, should its process
+/// die holding it.
+pub const SHARED_LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long a summary waits for the [`SharedLock`] before it is tried again later.
+pub const SHARED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What happened to the comment of one pull request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -307,12 +327,56 @@ pub async fn post_summary(
     // lock: a summary of another run group of the commit, merged into the comment after
     // this one, posts its status after this one too, from a document holding both.
     let sha = run.sha().filter(|s| !s.is_empty());
-    let (report, first_error) = match sha {
-        Some(sha) if opts.commit_status => {
-            let context = status_context(&opts.status_context, &run.project_id);
-            ctx.gh.with_status_lock(&repo, sha, &context, steps).await
+    let locked = async {
+        match sha {
+            Some(sha) if opts.commit_status => {
+                let context = status_context(&opts.status_context, &run.project_id);
+                ctx.gh.with_status_lock(&repo, sha, &context, steps).await
+            }
+            _ => steps.await,
         }
-        _ => steps.await,
+    };
+    // Across processes, one summary of a repository at a time (a dry run writes nothing).
+    let (report, first_error) = match ctx.shared.filter(|_| !dry_run) {
+        None => locked.await,
+        Some(shared) => {
+            let name = format!("summary:{}", repo.key());
+            let holder = format!("{}:{}", shared.holder, uuid::Uuid::new_v4().simple());
+            let poll = std::time::Duration::from_millis(50);
+            match shared
+                .store
+                .acquire_lease_waiting(&name, &holder, SHARED_LOCK_TTL, SHARED_LOCK_WAIT, poll)
+                .await
+            {
+                Ok(true) => {
+                    let out = locked.await;
+                    if let Err(e) = shared.store.release_lease(&name, &holder).await {
+                        tracing::warn!(repo = %repo, error = %e, "cannot release the summary lock; it expires on its own");
+                    }
+                    out
+                }
+                Ok(false) => {
+                    return Err(SummaryError {
+                        retryable: true,
+                        message: format!(
+                            "another process is posting a summary to {repo}; tried again later"
+                        ),
+                        retry_after: None,
+                        held_back: false,
+                        partial: None,
+                    });
+                }
+                Err(e) => {
+                    return Err(SummaryError {
+                        retryable: true,
+                        message: format!("cannot take the summary lock of {repo}: {e}"),
+                        retry_after: None,
+                        held_back: false,
+                        partial: None,
+                    });
+                }
+            }
+        }
     };
     match first_error {
         None => {
