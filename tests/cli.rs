@@ -332,6 +332,31 @@ async fn a_cancel_refused_for_a_run_that_has_finished_meanwhile_is_done() {
     );
 }
 
+/// A cancel refused with 400 whose run cannot be read just then (503) is retried, not
+/// failed for good: the next attempt finds the run over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_cancel_whose_run_cannot_be_read_now_is_retried() {
+    let env = setup(RULES).await;
+    let run = env.add("feat/a", "a1", Duration::minutes(20), "failed", &[]);
+    queue_cancel(&env, &run).await;
+    env.fail_once("PUT", &format!("/v1/runs/{run}/cancel"));
+    env.sim.inject_fault(
+        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Status {
+            status: 503,
+            body: None,
+            retry_after: None,
+        })
+        .on("GET", format!("/v1/runs/{run}"))
+        // The client's own attempts at the read, all refused.
+        .times(Some(10)),
+    );
+    let (out, env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let audit = env.run(&["audit", "--format", "json", "--since", "1h"]);
+    let entries: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert_eq!(entries[0]["outcome"], "done", "{entries:#}");
+}
+
 /// Queues a real (not dry-run) cancel of `run`, as `serve` would have decided it.
 async fn queue_cancel(env: &Env, run: &str) {
     let store = runwarden::store::Store::connect(&env.store).await.unwrap();

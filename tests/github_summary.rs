@@ -2073,6 +2073,83 @@ async fn two_processes_posting_to_one_pr_at_once_make_one_comment_with_both_sect
     );
 }
 
+/// A summary that cannot get the repository's shared lock (another process holds it)
+/// is postponed, not failed: nothing was sent, so no attempt is counted.
+#[tokio::test]
+async fn a_summary_waiting_for_another_process_is_postponed_not_failed() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+    let dir = tempfile::tempdir().unwrap();
+    let store = runwarden::store::Store::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("shared.db").display()
+    ))
+    .await
+    .unwrap();
+    assert!(
+        store
+            .try_acquire_lease(
+                "summary:acme/web",
+                "another-process",
+                Duration::from_secs(600),
+                chrono::Utc::now()
+            )
+            .await
+            .unwrap()
+    );
+    let ctx = SummaryCtx {
+        gh: &env.gh,
+        config: &env.config,
+        rule: env.rule(),
+        opts: &opts,
+        shared: Some(runwarden::github::summary::SharedLock {
+            store: &store,
+            holder: "this-process",
+        }),
+    };
+    let e = post_summary(&ctx, &failed("r1", SHA_HEAD, 1), "RUN_FINISH", None, false)
+        .await
+        .unwrap_err();
+    assert!(e.retryable && e.held_back, "postponed: {e:?}");
+    assert!(e.retry_after.is_some(), "{e:?}");
+    assert_eq!(env.writes(), vec![]);
+}
+
+/// With comments and statuses, the status is derived from the merged comment: when the
+/// comment could not be read (and will be retried), no status is posted from this run
+/// alone (it could hide another group's failure); the retry posts it.
+#[tokio::test]
+async fn no_status_from_the_run_alone_when_the_comment_could_not_be_read() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = env.opts();
+    assert!(opts.comment && opts.commit_status);
+    env.fault(
+        "GET",
+        "/github/repos/acme/web/issues/7/comments",
+        FaultKind::Status {
+            status: 502,
+            body: None,
+            retry_after: None,
+        },
+        None,
+    );
+    let e = env
+        .summary(
+            &opts,
+            &tagged(passed("r-smoke", SHA_HEAD), &["smoke"]),
+            "RUN_FINISH",
+        )
+        .await
+        .unwrap_err();
+    assert!(e.retryable, "{e:?}");
+    assert!(
+        statuses_of(&env, SHA_HEAD, "runwarden/bAYZ4a").is_empty(),
+        "no status from the run alone"
+    );
+}
+
 #[tokio::test]
 async fn another_run_groups_pass_does_not_hide_a_failure_in_the_status() {
     let env = Env::new().await;

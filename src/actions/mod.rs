@@ -299,7 +299,18 @@ pub async fn run_due_with(
                 ids.remove(&id);
             }
             _ = renewal.tick() => {
-                renew_leases(ctx, &ids).await;
+                let renew = renew_leases(ctx, ids.iter().copied().collect());
+                tokio::pin!(renew);
+                // Keep driving the actions in flight meanwhile: one may hold the
+                // connection the renewal waits for (SQLite's one writer).
+                loop {
+                    tokio::select! {
+                        () = &mut renew => break,
+                        Some(id) = inflight.next(), if !inflight.is_empty() => {
+                            ids.remove(&id);
+                        }
+                    }
+                }
             }
             Some(a) = async { handoff.as_deref_mut()?.recv().await }, if receiving => {
                 total += usize::from(start(a, &mut inflight, &mut ids));
@@ -310,11 +321,10 @@ pub async fn run_due_with(
 }
 
 /// Extends the leases of the actions in flight (see [`run_due_with`]).
-async fn renew_leases(ctx: &AppContext, ids: &std::collections::HashSet<i64>) {
+async fn renew_leases(ctx: &AppContext, ids: Vec<i64>) {
     if ids.is_empty() {
         return;
     }
-    let ids: Vec<i64> = ids.iter().copied().collect();
     let until = Utc::now() + chrono::Duration::from_std(ctx.executor.lease).unwrap_or_default();
     if let Err(e) = ctx.store.renew_leases(&ids, &ctx.worker_id, until).await {
         tracing::warn!(actions = ids.len(), error = %e, "cannot renew the leases of actions in flight; they may be taken over when they run out");
@@ -488,6 +498,10 @@ async fn cancel(
                 }
                 Err(g) if g.is_not_found() => {
                     Attempt::Done(format!("{refusal}; run no longer exists"))
+                }
+                // The run could not be read now: find out at the next attempt.
+                Err(g) if g.is_retryable() => {
+                    classify(g, &format!("{refusal}; read the run"), retry_after)
                 }
                 _ => classify(e, "cancel", retry_after),
             };

@@ -196,18 +196,22 @@ async fn process_holding_the_lease(
     if !ctx.store.backend().is_shared() {
         return work.await;
     }
-    tokio::pin!(work);
     let beat = PROCESSOR_LEASE_TTL / 3;
-    let mut renewal = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
-    loop {
-        tokio::select! {
-            r = &mut work => return r,
-            _ = renewal.tick() => {
-                if !holds_processor_lease(ctx).await {
-                    tracing::warn!("the processor lease was lost during a pass (another replica took it over); this pass finishes, the next waits for the lease");
-                }
+    // Polled beside the pass, which goes on while a renewal waits for its connection.
+    let renewing = async {
+        let mut renewal = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+        loop {
+            renewal.tick().await;
+            if !holds_processor_lease(ctx).await {
+                tracing::warn!(
+                    "the processor lease was lost during a pass (another replica took it over); this pass finishes, the next waits for the lease"
+                );
             }
         }
+    };
+    tokio::select! {
+        r = work => r,
+        never = renewing => never,
     }
 }
 
@@ -355,7 +359,8 @@ fn metrics_labels(table: &str) -> String {
 /// `worker_id` is made) is another process still running on this machine: `/proc/PID`
 /// exists and is not a zombie. This process's own pid (an earlier bot of the same
 /// process) and anything that cannot be checked count as gone, so their leases are
-/// handed back as before.
+/// handed back as before. Only processes of this PID namespace are seen: a `sweep` in
+/// another container sharing the SQLite file counts as gone.
 pub fn holder_alive(worker: &str) -> bool {
     let Some(pid) = worker.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
         return false;

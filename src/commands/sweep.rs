@@ -16,8 +16,9 @@
 //! `--dry-run` records decisions as `dry_run` and carries nothing out: not its own
 //! decisions, nor actions already queued (by `serve`, or by a sweep that crashed), which
 //! stay queued, nor retries of failed ones. With `dry_run = true` in the config (the
-//! emergency stop), the executor ends a queued cancel or delete of a dry-run rule as
-//! `skipped` instead of carrying it out (see `actions::execute`).
+//! emergency stop), the executor ends a queued cancel, delete or summary of a rule in
+//! dry-run mode (a rule's own `dry_run = false` overrides the global one) as `skipped`
+//! instead of carrying it out (see `actions::execute`).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

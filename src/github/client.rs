@@ -1099,10 +1099,11 @@ impl GithubClient {
     /// `GET /user`, installation tokens may ask too.
     async fn viewer_login(&self) -> Result<String, GithubError> {
         let body = serde_json::json!({ "query": "query { viewer { login } }" });
+        let path = graphql_path(&self.base);
         let r = self
             .call::<Value>(
                 Method::POST,
-                "/graphql",
+                path,
                 "",
                 Some(&body),
                 AuthFor::Token,
@@ -1118,7 +1119,7 @@ impl GithubClient {
             .ok_or_else(|| {
                 GithubError::new(
                     &Method::POST,
-                    "/graphql",
+                    path,
                     GithubErrorKind::Identity("the answer has no data.viewer.login".into()),
                 )
             })?
@@ -1760,12 +1761,24 @@ impl GithubClient {
 }
 
 /// The metrics label of a request: what it does, from its method and path.
+/// The path of GitHub's GraphQL endpoint relative to the REST base `api_url`: `/graphql`
+/// on github.com (`https://api.github.com/graphql`) and wherever the REST API is served
+/// at the root, and next to the REST API on GitHub Enterprise Server, whose REST base
+/// ends in `/api/v3` while GraphQL is `/api/graphql` (the URL parser resolves the `..`).
+fn graphql_path(base: &str) -> &'static str {
+    if base.trim_end_matches('/').ends_with("/api/v3") {
+        "/../graphql"
+    } else {
+        "/graphql"
+    }
+}
+
 fn operation(method: &Method, path: &str) -> &'static str {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let rest = match segments.as_slice() {
         ["app", "installations", _, "access_tokens"] => return "installation_token",
         ["user"] => return "user",
-        ["graphql"] => return "graphql",
+        ["graphql"] | ["..", "graphql"] => return "graphql",
         ["app"] => return "app",
         ["repos", _, _, rest @ ..] => rest,
         _ => return "other",
@@ -2425,6 +2438,25 @@ mod tests {
             &repo,
             "patch-1"
         ));
+    }
+
+    #[test]
+    fn graphql_is_next_to_the_rest_api_on_github_enterprise() {
+        for (base, url) in [
+            ("https://api.github.com", "https://api.github.com/graphql"),
+            (
+                "https://ghe.example.com/api/v3",
+                "https://ghe.example.com/api/graphql",
+            ),
+            (
+                "http://127.0.0.1:4000/github",
+                "http://127.0.0.1:4000/github/graphql",
+            ),
+        ] {
+            let joined = url::Url::parse(&format!("{base}{}", graphql_path(base))).unwrap();
+            assert_eq!(joined.as_str(), url, "{base}");
+        }
+        assert_eq!(operation(&Method::POST, "/../graphql"), "graphql");
     }
 
     #[test]

@@ -78,8 +78,11 @@ pub struct SharedLock<'a> {
 /// How long a summary holds the repository's [`SharedLock`] at most, should its process
 /// die holding it.
 pub const SHARED_LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(300);
-/// How long a summary waits for the [`SharedLock`] before it is tried again later.
-pub const SHARED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a summary waits for the [`SharedLock`] before it is postponed (tried again
+/// [`SHARED_LOCK_RETRY`] later, not counted as a failed attempt).
+pub const SHARED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// When a summary that did not get the [`SharedLock`] is tried again.
+pub const SHARED_LOCK_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What happened to the comment of one pull request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -306,7 +309,11 @@ pub async fn post_summary(
                 Err(e) => first_error = Some(e),
             }
         }
-        if opts.commit_status {
+        // The status is derived from the merged comments: when reading them failed (and
+        // will be retried), a status from this run alone could hide another group's
+        // failure; the retry posts it.
+        let comments_unread = first_error.as_ref().is_some_and(|e| e.retryable);
+        if opts.commit_status && !comments_unread {
             match post_status(ctx, &repo, run, &section, &docs, dry_run).await {
                 Ok(s) => report.status = Some(s),
                 Err(e) => match &mut first_error {
@@ -342,7 +349,7 @@ pub async fn post_summary(
         Some(shared) => {
             let name = format!("summary:{}", repo.key());
             let holder = format!("{}:{}", shared.holder, uuid::Uuid::new_v4().simple());
-            let poll = std::time::Duration::from_millis(50);
+            let poll = std::time::Duration::from_millis(200);
             match shared
                 .store
                 .acquire_lease_waiting(&name, &holder, SHARED_LOCK_TTL, SHARED_LOCK_WAIT, poll)
@@ -355,14 +362,16 @@ pub async fn post_summary(
                     }
                     out
                 }
+                // Nothing was sent: postponed, not a failed attempt (a burst of summaries
+                // of one repository waits its turn, however long the queue).
                 Ok(false) => {
                     return Err(SummaryError {
                         retryable: true,
                         message: format!(
                             "another process is posting a summary to {repo}; tried again later"
                         ),
-                        retry_after: None,
-                        held_back: false,
+                        retry_after: Some(SHARED_LOCK_RETRY),
+                        held_back: true,
                         partial: None,
                     });
                 }
