@@ -69,6 +69,10 @@ pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 /// Entries of [`GithubClient::remember_status_run`]'s memory; past it, the entry of the
 /// oldest run is forgotten.
 pub const MAX_STATUS_RUNS: usize = 4096;
+
+/// How many PRs' sticky comment ids a client remembers at most
+/// ([`GithubClient::remember_comment_id`]).
+pub const MAX_COMMENT_IDS: usize = 4096;
 /// (repo key, sha, context, section key).
 type StatusRunKey = (String, String, String, String);
 /// Items per page of list calls (GitHub's maximum).
@@ -1135,13 +1139,26 @@ impl GithubClient {
         lock(&self.comment_ids).get(&(repo.key(), pr)).copied()
     }
 
-    /// Remembers (or, with `None`, forgets) the sticky comment id of a PR.
+    /// Remembers (or, with `None`, forgets) the sticky comment id of a PR. The memory is
+    /// only a shortcut (a forgotten id is found again by its marker): past
+    /// [`MAX_COMMENT_IDS`] PRs it starts over, so that it does not keep one entry per PR
+    /// ever summarised.
     pub fn remember_comment_id(&self, repo: &RepoName, pr: u64, id: Option<u64>) {
         let mut m = lock(&self.comment_ids);
         match id {
-            Some(id) => m.insert((repo.key(), pr), id),
+            Some(id) => {
+                if m.len() >= MAX_COMMENT_IDS && !m.contains_key(&(repo.key(), pr)) {
+                    m.clear();
+                }
+                m.insert((repo.key(), pr), id)
+            }
             None => m.remove(&(repo.key(), pr)),
         };
+    }
+
+    /// How many sticky comment ids this client remembers.
+    pub fn comment_ids_remembered(&self) -> usize {
+        lock(&self.comment_ids).len()
     }
 
     /// The newest run of the run group `group` (a section key) whose result the commit
@@ -2438,6 +2455,26 @@ mod tests {
             &repo,
             "patch-1"
         ));
+    }
+
+    #[tokio::test]
+    async fn the_comment_id_memory_starts_over_past_its_cap() {
+        let gh = GithubClient::new(
+            GithubClientOptions::new(url::Url::parse("http://127.0.0.1:9/github").unwrap()),
+            GithubAuth::Token(crate::secret::Secret::new("t")),
+        )
+        .unwrap();
+        let repo: RepoName = "acme/web".parse().unwrap();
+        for pr in 0..MAX_COMMENT_IDS as u64 {
+            gh.remember_comment_id(&repo, pr, Some(pr + 1));
+        }
+        assert_eq!(gh.comment_ids_remembered(), MAX_COMMENT_IDS);
+        // Known PRs are updated in place; a new one past the cap starts over.
+        gh.remember_comment_id(&repo, 7, Some(70));
+        assert_eq!(gh.cached_comment_id(&repo, 7), Some(70));
+        gh.remember_comment_id(&repo, 1_000_000, Some(1));
+        assert_eq!(gh.comment_ids_remembered(), 1);
+        assert_eq!(gh.cached_comment_id(&repo, 1_000_000), Some(1));
     }
 
     #[test]

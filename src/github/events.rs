@@ -97,10 +97,27 @@ struct Pr {
 struct PrHead {
     #[serde(rename = "ref")]
     git_ref: String,
-    /// The repository of the head branch: an object, or `null` when the fork was deleted
-    /// (`None`, as when absent). Kept, so that a stored payload reads to the same event.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    repo: Option<Repo>,
+    /// The repository of the head branch: `Some(Some(_))` for an object, `Some(None)` for
+    /// `null` (the fork was deleted), `None` when the key is absent: GitHub always sends
+    /// it, so only a payload stored by a version that did not keep it (an event queued at
+    /// an upgrade) lacks it, and it is read as that version read it, as the base's own
+    /// branch. Kept, so that a stored payload reads to the same event.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    repo: Option<Option<Repo>>,
+}
+
+/// `#[serde(deserialize_with)]` helper: a key that is present (even as `null`) is
+/// `Some`, so that `null` and an absent key can be told apart.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize, Serialize)]
@@ -214,18 +231,20 @@ impl Payload {
                 // fork's `main` is not the base's `main` (see the module's doc).
                 let base = &p.repository.full_name;
                 match &p.pull_request.head.repo {
-                    Some(head) if head.full_name.eq_ignore_ascii_case(base) => {}
-                    Some(head) => {
+                    Some(Some(head)) if head.full_name.eq_ignore_ascii_case(base) => {}
+                    Some(Some(head)) => {
                         return GithubEvent::Ignored(format!(
                             "pull_request closed from fork {}",
                             head.full_name.to_ascii_lowercase()
                         ));
                     }
-                    None => {
+                    Some(None) => {
                         return GithubEvent::Ignored(
                             "pull_request closed without a head repository".into(),
                         );
                     }
+                    // Stored by a version that did not keep it (see `PrHead::repo`).
+                    None => {}
                 }
                 GithubEvent::Trigger(Trigger::PullRequestClosed {
                     repo: p.repository.full_name.to_ascii_lowercase(),
@@ -407,10 +426,21 @@ mod tests {
                 assert!(matches!(ev, GithubEvent::Ignored(_)), "{head_repo}: {ev:?}");
             }
         }
+        // A payload stored by a version that did not keep `head.repo` (GitHub always sends
+        // it) reads as that version read it: the base's own branch.
         let body = br#"{"action":"closed","number":12,"pull_request":{"head":{"ref":"main"}},
             "repository":{"full_name":"acme/web"}}"#;
         assert!(matches!(
             parse_event("pull_request", body, now()).unwrap(),
+            GithubEvent::Trigger(Trigger::PullRequestClosed { .. })
+        ));
+        // A deleted fork's `null` survives being stored and read back.
+        let stored = read_event("pull_request", &pr_closed(serde_json::Value::Null), now())
+            .unwrap()
+            .kept;
+        assert!(stored.contains(r#""repo":null"#), "{stored}");
+        assert!(matches!(
+            parse_event("pull_request", stored.as_bytes(), now()).unwrap(),
             GithubEvent::Ignored(_)
         ));
     }
