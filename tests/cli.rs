@@ -359,21 +359,38 @@ async fn a_refused_cancel_whose_run_cannot_be_read_now_is_retried() {
 
 /// Queues a real (not dry-run) cancel of `run`, as `serve` would have decided it.
 async fn queue_cancel(env: &Env, run: &str) {
+    queue_action(
+        env,
+        ("cancel-superseded", "supersede", "cancel"),
+        run,
+        &format!("cancel:{run}"),
+    )
+    .await;
+}
+
+/// Queues a real (not dry-run) action of `(rule, kind, action)` on `run` under
+/// `action_key`, decided a minute ago (by `serve`, say) and not carried out yet.
+async fn queue_action(
+    env: &Env,
+    (rule, kind, action): (&str, &str, &str),
+    run: &str,
+    action_key: &str,
+) {
     let store = runwarden::store::Store::connect(&env.store).await.unwrap();
     store
         .record_decisions(&[runwarden::store::NewDecision {
             at: Utc::now() - Duration::minutes(1),
-            rule: "cancel-superseded".into(),
-            kind: "supersede".into(),
-            action: "cancel".into(),
+            rule: rule.into(),
+            kind: kind.into(),
+            action: action.into(),
             run_id: run.into(),
             project_id: PROJECT.into(),
             branch: Some("feat/a".into()),
             sha: Some("a1".into()),
-            reason: "superseded by a newer run".into(),
+            reason: format!("{rule} decided so"),
             dry_run: false,
             not_before: None,
-            action_key: format!("cancel:{run}"),
+            action_key: action_key.into(),
             payload: None,
             skip: None,
         }])
@@ -418,27 +435,13 @@ async fn a_dry_run_never_carries_out_an_action_queued_before_it() {
     let text_now = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, format!("dry_run = true\n{text_now}")).unwrap();
     // A summary queued before too (its rule since removed: the global dry_run decides).
-    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
-    store
-        .record_decisions(&[runwarden::store::NewDecision {
-            at: Utc::now() - Duration::minutes(1),
-            rule: "pr-summary".into(),
-            kind: "summary".into(),
-            action: "summarize".into(),
-            run_id: run.clone(),
-            project_id: PROJECT.into(),
-            branch: Some("feat/a".into()),
-            sha: Some("a1".into()),
-            reason: "run finished".into(),
-            dry_run: false,
-            not_before: None,
-            action_key: format!("summarize:{run}:RUN_FINISH"),
-            payload: None,
-            skip: None,
-        }])
-        .await
-        .unwrap();
-    store.close().await;
+    queue_action(
+        &env,
+        ("pr-summary", "summary", "summarize"),
+        &run,
+        &format!("summarize:{run}:RUN_FINISH"),
+    )
+    .await;
     let (out, env) = env.run_async(&["sweep"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
