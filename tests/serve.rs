@@ -1399,13 +1399,14 @@ async fn the_store_forgets_old_events_runs_and_audit_and_keeps_the_rest() {
             "{id}"
         );
     }
-    for id in ["run-old-running", "run-recent-done"] {
-        assert!(store.get_run(id).await.unwrap().is_some(), "{id}");
-    }
-    for table in ["events", "runs", "decisions", "actions"] {
+    assert!(store.get_run("run-recent-done").await.unwrap().is_some());
+    // Observed in progress 20 days ago and never since (polling is off here): its end was
+    // never heard of, and it is forgotten with the finished one.
+    assert!(store.get_run("run-old-running").await.unwrap().is_none());
+    for (table, n) in [("events", 1), ("runs", 2), ("decisions", 1), ("actions", 1)] {
         assert_eq!(
             metrics.get("runwarden_store_pruned_total", &[("table", table)]),
-            1,
+            n,
             "{table}"
         );
     }

@@ -298,9 +298,10 @@ fn cutoff(now: chrono::DateTime<chrono::Utc>, keep: Duration) -> chrono::DateTim
 /// Forgets what the store no longer keeps at `now`:
 ///
 /// - `[store] keep_events`: events processed before `now - keep_events` (a redelivery of
-///   one older than that is no longer recognised as a duplicate), runs last seen
-///   finished (or gone) before then, and schedule slots before then but each rule's
-///   latest; events still to be processed and in-progress runs are kept;
+///   one older than that is no longer recognised as a duplicate), runs last observed
+///   before then (finished, gone, or in progress with no news since: every poll observes
+///   the runs still in progress again), and schedule slots before then but each rule's
+///   latest; events still to be processed are kept;
 /// - `[store] keep_audit`: decisions and finished actions older than `now - keep_audit`
 ///   ([`crate::store::Store::prune_audit`]); actions still to do are kept with their
 ///   decisions.

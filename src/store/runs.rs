@@ -203,13 +203,15 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Deletes runs not in progress last observed before `before`. Returns the number
-    /// deleted.
+    /// Deletes runs last observed before `before`: finished or gone ones, and in-progress
+    /// ones too, since a run still in progress is observed again by every poll (and
+    /// Currents ends a run long before `keep_events`), so one untouched since `before` is
+    /// one whose end the bot never heard of (polling off, a lost webhook). Returns the
+    /// number deleted.
     pub async fn prune_runs(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         self.delete_in_chunks(
             "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM runs \
-             WHERE updated_at < $1 AND (completion_state <> 'IN_PROGRESS' OR gone = 1) \
-             LIMIT $2)",
+             WHERE updated_at < $1 LIMIT $2)",
             to_ms(before),
         )
         .await
