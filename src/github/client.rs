@@ -1077,20 +1077,8 @@ impl GithubClient {
             }
             r => r.map_err(identity)?,
         };
-        let field = if path == "/user" { "login" } else { "slug" };
-        let name = r
-            .value
-            .get(field)
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| {
-                GithubError::new(
-                    &Method::GET,
-                    path,
-                    GithubErrorKind::Identity(format!("the answer has no {field}")),
-                )
-            })?;
+        let field = if path == "/user" { "/login" } else { "/slug" };
+        let name = identity_field(&r.value, field, &Method::GET, path)?;
         let login = match &self.auth {
             GithubAuth::Token(_) => name.to_string(),
             GithubAuth::App { .. } => format!("{name}[bot]"),
@@ -1114,20 +1102,7 @@ impl GithubClient {
                 CallKind::Read,
             )
             .await?;
-        let login = r
-            .value
-            .pointer("/data/viewer/login")
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| {
-                GithubError::new(
-                    &Method::POST,
-                    path,
-                    GithubErrorKind::Identity("the answer has no data.viewer.login".into()),
-                )
-            })?
-            .to_string();
+        let login = identity_field(&r.value, "/data/viewer/login", &Method::POST, path)?;
         tracing::info!(login = %login, "runwarden writes to GitHub as {login}");
         Ok(login)
     }
@@ -1778,6 +1753,33 @@ impl GithubClient {
 }
 
 /// The metrics label of a request: what it does, from its method and path.
+/// The non-empty string at `pointer` (a JSON pointer) of an identity answer (`GET /user`,
+/// `GET /app`, GraphQL's `viewer`), trimmed; an [`GithubErrorKind::Identity`] error
+/// naming it when it is missing.
+fn identity_field(
+    value: &Value,
+    pointer: &str,
+    method: &Method,
+    path: &str,
+) -> Result<String, GithubError> {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            GithubError::new(
+                method,
+                path,
+                GithubErrorKind::Identity(format!(
+                    "the answer has no {}",
+                    pointer.trim_start_matches('/').replace('/', ".")
+                )),
+            )
+        })
+}
+
 /// The path of GitHub's GraphQL endpoint relative to the REST base `api_url`: `/graphql`
 /// on github.com (`https://api.github.com/graphql`) and wherever the REST API is served
 /// at the root, and next to the REST API on GitHub Enterprise Server, whose REST base
