@@ -288,3 +288,79 @@ async fn a_full_disk_gets_503_then_recovers_when_space_is_back() {
     assert_eq!(store.count_unprocessed().await.unwrap(), 0);
     bot.kill().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Locked when an action's outcome is written
+
+/// The cancel reached Currents, then its outcome could not be written (the store locked by
+/// another process past the busy timeout). The outcome is written again once the lock is
+/// gone, rather than left to the action's lease (60 s), after which the cancel would be
+/// sent a second time.
+#[tokio::test]
+async fn an_outcome_the_locked_store_refused_is_written_once_the_lock_is_gone() {
+    let w = World::sqlite(SUPERSEDE, Env::default()).await;
+    let p = pair(&w, "feat/o1");
+    let cancel = format!("/v1/runs/{}/cancel", p.old);
+    // The cancel is held for 2 s at the simulator: the lock is taken meanwhile.
+    let held = w.sim.inject_fault(
+        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Latency { ms: 2000 })
+            .on("PUT", &cancel),
+    );
+    let bot = w.serve().await;
+    assert_eq!(
+        currents_hook(&w, &bot, "RUN_START", &p.new).await.status(),
+        202
+    );
+    eventually("the cancel to reach the simulator", 30, || async {
+        (!w.sim.faults().iter().any(|f| f.id == held)).then_some(())
+    })
+    .await;
+
+    use sqlx::Connection as _;
+    let mut locker = sqlx::SqliteConnection::connect(&w.store_url())
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    // The cancel completes; its outcome meets the lock past the busy timeout (5 s).
+    logged(&bot, "cannot record the action outcome").await;
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    drop(locker);
+
+    let store = w.store().await;
+    let key = format!("cancel:{}", p.old);
+    // Well before the lease (60 s) would run out.
+    let a = eventually("the outcome to be written", 20, || async {
+        store
+            .action_by_key(&key)
+            .await
+            .ok()
+            .flatten()
+            .filter(|a| a.state.is_terminal())
+    })
+    .await;
+    assert_eq!(a.state, ActionState::Done, "{a:#?}");
+    let log = bot.log_text();
+    // (The verification may find the run still in progress and send the cancel again,
+    // answered 422 "already cancelled": that is the cancel's own retry, not a repeat.)
+    let cancels = w.entries(&cancel);
+    assert_eq!(
+        cancels.iter().filter(|e| e.status == 200).count(),
+        1,
+        "the cancel took effect once: {cancels:#?}\n{log}"
+    );
+    assert!(
+        log.contains("cannot record the action outcome yet"),
+        "the failed write is logged as one to be repeated: {log}"
+    );
+    assert!(
+        !log.contains("it will be retried after its lease"),
+        "not given up: {log}"
+    );
+    bot.kill().await;
+}

@@ -370,44 +370,7 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
     };
     let now = Utc::now();
     let kind = a.kind.clone();
-    let (outcome, res) = match &attempt {
-        Attempt::Done(detail) => (
-            "done",
-            ctx.store
-                .complete_action_with_run(a.id, ActionOutcome::Done, detail, seen.as_ref())
-                .await,
-        ),
-        Attempt::Skipped(detail) => (
-            "skipped",
-            ctx.store
-                .complete_action(a.id, ActionOutcome::Skipped, detail)
-                .await,
-        ),
-        Attempt::Postpone(note) => {
-            let delay = retry_after
-                .unwrap_or(ctx.executor.backoff_base)
-                .min(MAX_RETRY_AFTER);
-            let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
-            tracing::info!(action = %a.action, run = %a.run_id, retry_in_ms = delay.as_millis() as u64, "action postponed, not counted as an attempt: {note}");
-            (
-                "postponed",
-                ctx.store.postpone_action(a.id, note, next).await,
-            )
-        }
-        Attempt::Retry(err) if a.attempts + 1 < ctx.executor.max_attempts => {
-            let delay = retry_delay_with(&ctx.executor, a.attempts, retry_after);
-            let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
-            tracing::warn!(action = %a.action, run = %a.run_id, attempt = a.attempts + 1, retry_in_ms = delay.as_millis() as u64, "action failed, will retry: {err}");
-            ("retry", ctx.store.fail_attempt(a.id, err, next).await)
-        }
-        Attempt::Retry(err) | Attempt::Fail(err) => {
-            tracing::error!(action = %a.action, run = %a.run_id, attempts = a.attempts + 1, "action failed for good: {err}");
-            ("failed", ctx.store.fail_action(a.id, err).await)
-        }
-    };
-    if let Err(e) = res {
-        tracing::error!(action = %a.action, run = %a.run_id, error = %e, "cannot record the action outcome; it will be retried after its lease");
-    }
+    let outcome = record_outcome(ctx, &a, &attempt, seen.as_ref(), retry_after, now).await;
     let detail = match &attempt {
         Attempt::Done(d)
         | Attempt::Skipped(d)
@@ -444,6 +407,102 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
                 tracing::info!(action = %a.action, run = %a.run_id, "action skipped: {d}")
             }
             _ => {}
+        }
+    }
+}
+
+/// First wait before writing an action's outcome again when the store could not take it
+/// (locked past its busy timeout, a connection lost); doubled each time, up to
+/// [`OUTCOME_RETRY_MAX_WAIT`].
+pub const OUTCOME_RETRY_FIRST_WAIT: Duration = Duration::from_millis(250);
+/// Longest wait between two writes of one outcome.
+pub const OUTCOME_RETRY_MAX_WAIT: Duration = Duration::from_secs(4);
+
+/// Records the outcome of `attempt` and returns its name (`done`, `skipped`,
+/// `postponed`, `retry` or `failed`).
+///
+/// The side effect has already happened (or was attempted): an outcome that the store
+/// cannot take now is written again, after [`OUTCOME_RETRY_FIRST_WAIT`] doubling up to
+/// [`OUTCOME_RETRY_MAX_WAIT`], for as long as half the action's lease (the executor
+/// renews the lease meanwhile, the action being in flight). Only then is it left to the
+/// lease: the action is carried out again once its lease runs out, which repeats a
+/// request (cancel and delete are idempotent) but not the side effect.
+async fn record_outcome(
+    ctx: &AppContext,
+    a: &ActionRow,
+    attempt: &Attempt,
+    seen: Option<&crate::store::RunRecord>,
+    retry_after: Option<Duration>,
+    now: DateTime<Utc>,
+) -> &'static str {
+    let give_up = tokio::time::Instant::now() + ctx.executor.lease / 2;
+    let mut wait = OUTCOME_RETRY_FIRST_WAIT;
+    let mut logged = false;
+    loop {
+        let (outcome, res) = write_outcome(ctx, a, attempt, seen, retry_after, now, !logged).await;
+        logged = true;
+        let Err(e) = res else { return outcome };
+        let next = tokio::time::Instant::now() + wait;
+        if !e.is_unavailable() || next > give_up {
+            tracing::error!(action = %a.action, run = %a.run_id, error = %e, "cannot record the action outcome; it will be retried after its lease");
+            return outcome;
+        }
+        tracing::warn!(action = %a.action, run = %a.run_id, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot record the action outcome yet; writing it again");
+        tokio::time::sleep_until(next).await;
+        wait = (wait * 2).min(OUTCOME_RETRY_MAX_WAIT);
+    }
+}
+
+/// One write of an action's outcome (see [`record_outcome`]); `log`: whether to log the
+/// attempt's result (once, not on every write).
+async fn write_outcome(
+    ctx: &AppContext,
+    a: &ActionRow,
+    attempt: &Attempt,
+    seen: Option<&crate::store::RunRecord>,
+    retry_after: Option<Duration>,
+    now: DateTime<Utc>,
+    log: bool,
+) -> (&'static str, crate::store::StoreResult<bool>) {
+    match attempt {
+        Attempt::Done(detail) => (
+            "done",
+            ctx.store
+                .complete_action_with_run(a.id, ActionOutcome::Done, detail, seen)
+                .await,
+        ),
+        Attempt::Skipped(detail) => (
+            "skipped",
+            ctx.store
+                .complete_action(a.id, ActionOutcome::Skipped, detail)
+                .await,
+        ),
+        Attempt::Postpone(note) => {
+            let delay = retry_after
+                .unwrap_or(ctx.executor.backoff_base)
+                .min(MAX_RETRY_AFTER);
+            let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
+            if log {
+                tracing::info!(action = %a.action, run = %a.run_id, retry_in_ms = delay.as_millis() as u64, "action postponed, not counted as an attempt: {note}");
+            }
+            (
+                "postponed",
+                ctx.store.postpone_action(a.id, note, next).await,
+            )
+        }
+        Attempt::Retry(err) if a.attempts + 1 < ctx.executor.max_attempts => {
+            let delay = retry_delay_with(&ctx.executor, a.attempts, retry_after);
+            let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
+            if log {
+                tracing::warn!(action = %a.action, run = %a.run_id, attempt = a.attempts + 1, retry_in_ms = delay.as_millis() as u64, "action failed, will retry: {err}");
+            }
+            ("retry", ctx.store.fail_attempt(a.id, err, next).await)
+        }
+        Attempt::Retry(err) | Attempt::Fail(err) => {
+            if log {
+                tracing::error!(action = %a.action, run = %a.run_id, attempts = a.attempts + 1, "action failed for good: {err}");
+            }
+            ("failed", ctx.store.fail_action(a.id, err).await)
         }
     }
 }
