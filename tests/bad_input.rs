@@ -859,6 +859,217 @@ async fn unknown_events_and_bad_run_urls() {
     assert_no_canary_logged();
 }
 
+/// SPEC §5: "an event it does not handle 202 and nothing". Authentication comes first;
+/// then the event's name alone decides whether it is handled (GitHub: the header, and the
+/// `action` of `pull_request` and `workflow_run`; Currents: the body's `event`); only a
+/// handled event must be JSON and well-formed.
+#[tokio::test]
+async fn unhandled_events_are_202_whatever_the_rest_of_the_request() {
+    let app = app().await;
+    let form = format!("payload=%7B%22action%22%3A%22{CANARY}%22%7D").into_bytes();
+    let minimal = |action: &str| format!(r#"{{"action":"{action}","x":"{CANARY}"}}"#).into_bytes();
+    let cases: Vec<(Gh<'_>, u16, &str)> = vec![
+        (
+            Gh {
+                event: Some(b"issues"),
+                content_type: Some("application/x-www-form-urlencoded"),
+                ..Gh::signed(form.clone())
+            },
+            202,
+            "issues, form-encoded",
+        ),
+        (
+            Gh {
+                event: Some(b"issues"),
+                content_type: Some("text/plain"),
+                delivery: None,
+                ..Gh::signed(b"{not json".to_vec())
+            },
+            202,
+            "issues, not JSON, no delivery id",
+        ),
+        (
+            Gh {
+                event: Some(b"issues"),
+                signature: Some(sign_with("wrong-secret", &form)),
+                content_type: Some("application/x-www-form-urlencoded"),
+                ..Gh::signed(form.clone())
+            },
+            401,
+            "issues, bad signature",
+        ),
+        (
+            Gh {
+                event: Some(b"pull_request"),
+                ..Gh::signed(minimal("opened"))
+            },
+            202,
+            "pull_request opened, minimal body",
+        ),
+        (
+            Gh {
+                event: Some(b"pull_request"),
+                ..Gh::signed(minimal("synchronize"))
+            },
+            202,
+            "pull_request synchronize, minimal body",
+        ),
+        (
+            Gh {
+                event: Some(b"workflow_run"),
+                ..Gh::signed(minimal("requested"))
+            },
+            202,
+            "workflow_run requested, minimal body",
+        ),
+        (
+            Gh {
+                event: Some(b"pull_request"),
+                signature: Some(sign_with("wrong-secret", &minimal("opened"))),
+                ..Gh::signed(minimal("opened"))
+            },
+            401,
+            "pull_request opened, bad signature",
+        ),
+        // Handled: the fields are required, and JSON.
+        (
+            Gh {
+                event: Some(b"pull_request"),
+                ..Gh::signed(minimal("closed"))
+            },
+            400,
+            "pull_request closed, minimal body",
+        ),
+        (
+            Gh {
+                event: Some(b"workflow_run"),
+                ..Gh::signed(minimal("completed"))
+            },
+            400,
+            "workflow_run completed, minimal body",
+        ),
+        (
+            Gh {
+                event: Some(b"pull_request"),
+                content_type: Some("application/x-www-form-urlencoded"),
+                ..Gh::signed(form.clone())
+            },
+            400,
+            "pull_request, form-encoded",
+        ),
+        (
+            Gh {
+                event: Some(b"pull_request"),
+                ..Gh::signed(format!(r#"{{"action":42,"x":"{CANARY}"}}"#).into_bytes())
+            },
+            400,
+            "pull_request, action not a string",
+        ),
+    ];
+    for (g, want, what) in cases {
+        assert_eq!(send(&app, g).await.0, want, "{what}");
+    }
+    let s = Some(CURRENTS_SECRET);
+    let json_ct = Some("application/json");
+    let body = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
+    // (secret, content type, body, status, what)
+    type Case<'a> = (Option<&'a str>, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let currents: Vec<Case<'_>> = vec![
+        (
+            s,
+            json_ct,
+            body(json!({"event": "PROJECT_X", "x": CANARY})),
+            202,
+            "PROJECT_X without runUrl",
+        ),
+        (
+            s,
+            json_ct,
+            body(
+                json!({"event": "project_x", "runUrl": "https://evil.example/run/abc", "x": CANARY}),
+            ),
+            202,
+            "PROJECT_X with a foreign runUrl",
+        ),
+        (
+            s,
+            Some("text/plain"),
+            body(json!({"event": "PROJECT_X", "runUrl": 42})),
+            202,
+            "PROJECT_X, text/plain, runUrl not a string",
+        ),
+        (
+            Some("wrong"),
+            json_ct,
+            body(json!({"event": "PROJECT_X"})),
+            401,
+            "PROJECT_X, wrong secret",
+        ),
+        (
+            None,
+            json_ct,
+            body(json!({"event": "PROJECT_X"})),
+            401,
+            "PROJECT_X, no secret",
+        ),
+        // Handled, or not known to be unhandled: the payload must be whole.
+        (
+            s,
+            json_ct,
+            body(json!({"event": "run_finish", "x": CANARY})),
+            400,
+            "run_finish without runUrl",
+        ),
+        (
+            s,
+            json_ct,
+            body(json!({"runUrl": "https://app.currents.dev/run/abc"})),
+            400,
+            "no event",
+        ),
+        (
+            s,
+            json_ct,
+            body(json!({"event": 7, "runUrl": "https://app.currents.dev/run/abc"})),
+            400,
+            "event not a string",
+        ),
+    ];
+    for (secret, ct, b, want, what) in currents {
+        assert_eq!(
+            send_currents(&app, secret, None, ct, b).await.0,
+            want,
+            "{what}"
+        );
+    }
+    // A stale timestamp is refused before the event is looked at.
+    let stale = (now_ms() - 6 * 60_000).to_string();
+    let (got, _) = send_currents(
+        &app,
+        s,
+        Some(&stale),
+        json_ct,
+        body(json!({"event": "PROJECT_X"})),
+    )
+    .await;
+    assert_eq!(got, 401, "PROJECT_X, stale timestamp");
+    assert_eq!(stored(&app).await, 0, "nothing stored");
+    for (series, n) in [
+        (
+            "runwarden_webhooks_total{source=\"github\",status=\"202\"}",
+            5.0,
+        ),
+        (
+            "runwarden_webhooks_total{source=\"currents\",status=\"202\"}",
+            3.0,
+        ),
+    ] {
+        assert_eq!(metric(&app, series).await, n, "{series}");
+    }
+    still_healthy(&app).await;
+    assert_no_canary_logged();
+}
+
 #[tokio::test]
 async fn a_malformed_github_payload_is_logged_without_its_content() {
     let app = app().await;

@@ -1094,3 +1094,251 @@ async fn audit_since_before_the_epoch_shows_everything() {
     let (out, _env) = env.run_async(&["audit", "--since", "soon"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// A store URL with the password as a query parameter, on a port nothing listens on.
+const DOWN_STORE: &str = "postgres://rw@127.0.0.1:9/db?password=hunter2";
+
+/// A store that cannot be reached is the work failing (exit 1), not bad usage; the
+/// message names the store without its password, even one given as `?password=`.
+#[test]
+fn sweep_with_an_unreachable_store_exits_1_without_showing_its_password() {
+    let dir = config_dir("[currents]\nprojects = [\"p\"]\n");
+    let out = bin_in(&dir)
+        .arg("sweep")
+        .env("CURRENTS_API_KEY", "sim-key")
+        .env("RUNWARDEN__STORE__URL", DOWN_STORE)
+        .env_remove("GITHUB_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(!text(&out).contains("hunter2"), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot open store postgres://127.0.0.1/db"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Missing credentials stay bad usage (exit 2), and are told before the store is
+/// opened (here it could not be).
+#[test]
+fn sweep_without_the_api_key_is_a_usage_error_whatever_the_store() {
+    let dir = config_dir("[currents]\nprojects = [\"p\"]\n");
+    let out = bin_in(&dir)
+        .arg("sweep")
+        .env_remove("CURRENTS_API_KEY")
+        .env("RUNWARDEN__STORE__URL", DOWN_STORE)
+        .env_remove("GITHUB_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("CURRENTS_API_KEY is not set"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("hunter2"), "{}", text(&out));
+}
+
+/// `sweep` waits for what is due now and for its own work, not for an event or an
+/// action another process left waiting for a retry an hour away: it exits at once,
+/// leaves them queued and says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn sweep_leaves_an_event_and_an_action_waiting_for_a_later_retry() {
+    let rules = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n";
+    let env = setup(rules).await;
+    let run = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
+    let later = Utc::now() + Duration::hours(1);
+    // A cancel `serve` attempted, in backoff until an hour from now.
+    queue_cancel(&env, &run).await;
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    let claimed = store
+        .claim_due_actions(
+            Utc::now(),
+            10,
+            std::time::Duration::from_secs(60),
+            "serve-elsewhere",
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        store
+            .fail_attempt(claimed[0].id, "503 Service Unavailable", later)
+            .await
+            .unwrap()
+    );
+    // An event whose processing failed, to be tried again in an hour.
+    store
+        .insert_delivery(runwarden::store::NewDelivery {
+            source: "currents".into(),
+            delivery_id: "RUN_FINISH:later".into(),
+            event: "RUN_FINISH".into(),
+            payload: "{}".into(),
+            received_at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    let d = store
+        .find_delivery("currents", "RUN_FINISH:later")
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .mark_delivery_failed(d.id, "store busy", later)
+        .await
+        .unwrap();
+    store.close().await;
+
+    let mut child = tokio::process::Command::from(env.command(&["sweep"]));
+    child.kill_on_drop(true);
+    let begun = std::time::Instant::now();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.output())
+        .await
+        .expect("sweep waited for work not due for an hour")
+        .unwrap();
+    assert!(
+        begun.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        begun.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("left for later") && err.contains("1 event") && err.contains("1 action"),
+        "{err}"
+    );
+    assert!(
+        env.sim.mutation_log().is_empty(),
+        "{:?}",
+        env.sim.mutation_log()
+    );
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    let queued = store.pending_actions().await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].next_attempt_at.timestamp(), later.timestamp());
+    assert_eq!(store.count_unprocessed().await.unwrap(), 1);
+}
+
+/// SPEC §6: `dry_run = true` in the config (the emergency stop) holds for `webhooks
+/// install` too: it says what it would create or update, and no POST or PUT reaches
+/// Currents.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_install_under_the_global_dry_run_changes_nothing() {
+    let env = setup(RULES).await;
+    let file = env.dir.path().join("rules.toml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("dry_run = true\n{original}")).unwrap();
+    let url = "https://bot.example.com/webhooks/currents";
+    let (out, env) = env.run_async(&["webhooks", "install", "--url", url]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("would be created"), "{}", text(&out));
+    assert!(text(&out).contains("dry_run is on"), "{}", text(&out));
+    assert!(
+        env.sim.mutation_log().is_empty(),
+        "{:?}",
+        env.sim.mutation_log()
+    );
+    assert!(env.sim.list_webhooks(PROJECT).unwrap().is_empty());
+
+    // One installed for real, then a new URL under the dry run: not updated.
+    std::fs::write(&file, &original).unwrap();
+    let (out, env) = env.run_async(&["webhooks", "install", "--url", url]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    env.sim.clear_log();
+    std::fs::write(&file, format!("dry_run = true\n{original}")).unwrap();
+    let moved = "https://bot2.example.com/webhooks/currents";
+    let (out, env) = env
+        .run_async(&["webhooks", "install", "--url", moved])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("would be updated"), "{}", text(&out));
+    assert!(
+        env.sim.mutation_log().is_empty(),
+        "{:?}",
+        env.sim.mutation_log()
+    );
+    assert_eq!(env.sim.list_webhooks(PROJECT).unwrap()[0].url, url);
+}
+
+/// `sweep --dry-run` is a preview: it processes its own events only. An event `serve`
+/// stored and has not processed yet (due now) is left in the store for `serve`, not used
+/// up by dry-run decisions.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_sweep_leaves_the_events_of_others_unprocessed() {
+    let rules = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n";
+    let env = setup(rules).await;
+    env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    store
+        .insert_delivery(runwarden::store::NewDelivery {
+            source: "currents".into(),
+            delivery_id: "RUN_FINISH:serve-has-it".into(),
+            event: "RUN_FINISH".into(),
+            payload: "{}".into(),
+            received_at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    store.close().await;
+    let out = env.command(&["sweep", "--dry-run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    let d = store
+        .find_delivery("currents", "RUN_FINISH:serve-has-it")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.processed_at, None, "{d:#?}");
+    assert_eq!(d.attempts, 0, "{d:#?}");
+    assert!(env.sim.mutation_log().is_empty());
+}
+
+/// `sweep --dry-run` previews the summary of a run that ended without its webhook, but
+/// leaves the run recorded in progress, so that the next real poll (`serve`, a sweep)
+/// still makes the missed event good for real.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_sweep_leaves_the_reconciliation_of_an_ended_run_to_the_next_poll() {
+    let rules = "[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"2h\"\n\n\
+                 [[rules]]\nname = \"sum\"\nkind = \"summary\"\n";
+    let env = setup(rules).await;
+    let id = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
+    let out = env.command(&["sweep"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let state = |store: runwarden::store::Store| {
+        let id = id.clone();
+        async move {
+            let s = store.get_run(&id).await.unwrap().unwrap().completion_state;
+            store.close().await;
+            s
+        }
+    };
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    assert_eq!(state(store).await, "IN_PROGRESS");
+    env.sim
+        .advance(
+            &id,
+            runwarden::simulator::Advance {
+                finish: Some(runwarden::simulator::Outcome::Passed),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let out = env.command(&["sweep", "--dry-run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("dry_run"),
+        "the summary is previewed: {}",
+        text(&out)
+    );
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    assert_eq!(
+        state(store).await,
+        "IN_PROGRESS",
+        "left to the next real poll"
+    );
+    let out = env.command(&["sweep"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    assert_eq!(state(store).await, "COMPLETE");
+}

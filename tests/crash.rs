@@ -375,3 +375,88 @@ async fn serve_leaves_the_leases_of_a_live_sweep_on_the_same_file_alone() {
     sweep.wait().unwrap();
     assert!(w.entries(&delete).len() <= 1, "{:#?}", w.entries(&delete));
 }
+
+/// SIGTERM while the processor works through a backlog and the Currents API accepts
+/// requests but never answers them: the current pass gets `LOOP_SHUTDOWN_GRACE` (5 s),
+/// then the process exits 0, well before a supervisor's SIGKILL (Docker's 10 s), and the
+/// events it had not finished are still in the store, to be processed at the next start.
+#[tokio::test]
+async fn sigterm_with_a_backlog_and_a_hung_api_exits_0_within_the_grace() {
+    let w = World::new(SUPERSEDE, Env::default()).await;
+    let pairs: Vec<Pair> = (0..3)
+        .map(|i| pair(&w, &format!("feat/hung-{i}")))
+        .collect();
+    // One request outlasts any grace (the tests' config says 2 s).
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let text = text.replace("request_timeout = \"2s\"", "request_timeout = \"120s\"");
+    assert!(text.contains("\"120s\""), "{text}");
+    std::fs::write(&w.config, text).unwrap();
+    let hung = w.sim.inject_fault(hold("GET", "/v1").always());
+    let bot = w.serve().await;
+    for p in &pairs {
+        assert_eq!(
+            currents_hook(&w, &bot, "RUN_START", &p.new).await.status(),
+            202
+        );
+    }
+    eventually("the processor to wait on the API", 30, || async {
+        w.sim
+            .faults()
+            .iter()
+            .any(|f| f.id == hung && f.fired > 0)
+            .then_some(())
+    })
+    .await;
+    let began = std::time::Instant::now();
+    let (status, logs) = bot.terminate(Duration::from_secs(60)).await;
+    let took = began.elapsed();
+    assert!(status.success(), "graceful exit 0, got {status}: {logs:#?}");
+    assert!(
+        took < Duration::from_secs(9),
+        "exited {took:?} after SIGTERM (the grace is 5 s): {logs:#?}"
+    );
+    assert!(
+        logs.iter().any(|l| l.contains("still busy")),
+        "the dropped pass is logged: {logs:#?}"
+    );
+    let store = w.store().await;
+    assert!(
+        store.count_unprocessed().await.unwrap() > 0,
+        "what was not processed stays in the store"
+    );
+    w.sim.remove_fault(hung);
+}
+
+/// SIGKILL while holding the poller's lease (three poll intervals long): on a SQLite
+/// store the next `serve` hands back the locks of processes that are gone, so it polls
+/// at once instead of an hour later with `poll_interval = "20m"`.
+#[tokio::test]
+async fn after_a_sigkill_the_next_serve_polls_at_once() {
+    let w = World::sqlite(SUPERSEDE, Env::default()).await;
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let text = text.replace("poll_interval = \"0s\"", "poll_interval = \"20m\"");
+    assert!(text.contains("\"20m\""), "{text}");
+    std::fs::write(&w.config, text).unwrap();
+    let store = w.store().await;
+    let holder = || async {
+        store
+            .lease_holder(runwarden::intake::poller::LEASE_NAME)
+            .await
+            .unwrap()
+            .map(|(h, _)| h)
+    };
+    let bot = w.serve().await;
+    let first = format!("{}-", bot.pid());
+    eventually("the first poll", 30, || async {
+        holder().await.filter(|h| h.starts_with(&first))
+    })
+    .await;
+    bot.kill().await;
+    let bot = w.serve().await;
+    let second = format!("{}-", bot.pid());
+    eventually("a poll by the new process", 10, || async {
+        holder().await.filter(|h| h.starts_with(&second))
+    })
+    .await;
+    bot.kill().await;
+}

@@ -1884,3 +1884,295 @@ async fn webhook_rejections_are_logged_with_their_source() {
     assert!(!text.contains("WRONG-SECRET-VALUE"), "{text}");
     assert!(!text.contains(CURRENTS_SECRET), "{text}");
 }
+
+/// A sweep of one rule (`POST /api/sweep/{rule}`) polls like `serve` does, but keeps
+/// only that rule's decisions: the summary its poll would have decided for a run whose
+/// `RUN_FINISH` webhook was missed is another rule's, so the run is not remembered as
+/// finished either, and the summary rule's own sweep (or the next poll) still posts it.
+#[tokio::test]
+async fn a_sweep_of_one_rule_leaves_a_missed_summary_to_the_next_poll() {
+    let rules = "[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"2h\"\n\n\
+                 [[rules]]\nname = \"sum\"\nkind = \"summary\"\n";
+    let app = spawn_app(rules).await;
+    let created = app.sim.add_run(run("feat/scoped", "abc123def", 1)).unwrap();
+    app.sim
+        .add_pr(runwarden::simulator::NewPr {
+            repo: REPO.into(),
+            number: Some(7),
+            head_ref: Some("feat/scoped".into()),
+            head_sha: Some("abc123def".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let id = created.run_id.clone();
+    assert_eq!(app.currents_hook("RUN_START", &id).await.status(), 202);
+    let store = &app.bot.ctx.store;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.get_run(&id).await.unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run was never stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The run finishes; its RUN_FINISH webhook never reaches the bot.
+    app.sim
+        .advance(
+            &id,
+            runwarden::simulator::Advance {
+                finish: Some(runwarden::simulator::Outcome::Failed),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(app.admin_sweep("stuck").await.status(), 202);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.count_unprocessed().await.unwrap() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweep was never processed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        app.sim.comments(Some(REPO), Some(7)).is_empty(),
+        "not the timeout rule's work"
+    );
+    let rec = store.get_run(&id).await.unwrap().unwrap();
+    assert_eq!(
+        rec.completion_state, "IN_PROGRESS",
+        "the run is left for a poll that keeps the summary"
+    );
+    assert_eq!(app.admin_sweep("sum").await.status(), 202);
+    app.wait_for("the PR comment", 15, |a| {
+        !a.sim.comments(Some(REPO), Some(7)).is_empty()
+    })
+    .await;
+    app.wait_audit("summary done", 10, |a| {
+        a.iter()
+            .any(|e| e.action == "summarize" && e.rule == "sum" && e.outcome.as_str() == "done")
+    })
+    .await;
+}
+
+/// `max_duration = "auto"`: the history listing of a branch failed once (a final 400
+/// after the poll's own listing went through). The poll is retried, and the retry lists
+/// the history again rather than taking the failed lookup for a fresh one (which left
+/// only `fallback` for an hour): the 30-minute run is past 3 × the p95 of 5-minute runs.
+#[tokio::test]
+async fn a_failed_history_listing_is_tried_again_by_the_next_poll() {
+    let rules = "[[rules]]\nname = \"auto\"\nkind = \"timeout\"\nmax_duration = \"auto\"\nfallback = \"2h\"\n";
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        poll_interval: "1s",
+        ..AppOptions::default()
+    })
+    .await;
+    for i in 0..20 {
+        let mut r = run("feat/hist", &format!("old{i}"), 60 + i);
+        r.state = Some("passed".into());
+        r.duration_ms = Some(5 * 60 * 1000);
+        app.sim.add_run(r).unwrap();
+    }
+    let listing = format!("/v1/projects/{PROJECT}/runs");
+    // The poll's listing of runs in progress goes through; the history's fails, for good.
+    app.sim.inject_fault(
+        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Status {
+            status: 400,
+            body: None,
+            retry_after: None,
+        })
+        .on("GET", &listing)
+        .after(1),
+    );
+    let long = app.sim.add_run(run("feat/hist", "new", 30)).unwrap();
+    let cancel = format!("PUT /v1/runs/{}/cancel", long.run_id);
+    app.wait_for("the cancel past 3 x p95", 20, |a| {
+        a.mutations().contains(&cancel)
+    })
+    .await;
+    app.wait_audit("the auto timeout's reason", 10, |a| {
+        a.iter()
+            .any(|e| e.rule == "auto" && e.run_id == long.run_id && e.outcome.as_str() == "done")
+    })
+    .await;
+}
+
+/// Polling alone (no webhook reaches the bot): a run that started and finished between
+/// two polls was never listed in progress, so only the poll's listing of recent runs can
+/// find it. Its summary is posted once; later polls know it and post nothing more.
+#[tokio::test]
+async fn polling_alone_reports_a_run_that_started_and_finished_between_two_polls() {
+    let rules = "[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\n";
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        poll_interval: "1s",
+        ..AppOptions::default()
+    })
+    .await;
+    // A run from long before the bot started is history, not a missed event.
+    let mut old = run("feat/old-history", "0ld5ha", 60);
+    old.state = Some("failed".into());
+    app.sim.add_run(old).unwrap();
+    app.sim
+        .add_pr(runwarden::simulator::NewPr {
+            repo: REPO.into(),
+            number: Some(4),
+            head_ref: Some("feat/old-history".into()),
+            head_sha: Some("0ld5ha".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let mut quick = run("feat/quick", "9u1ck5ha", 0);
+    quick.state = Some("failed".into());
+    let quick = app.sim.add_run(quick).unwrap();
+    app.sim
+        .add_pr(runwarden::simulator::NewPr {
+            repo: REPO.into(),
+            number: Some(11),
+            head_ref: Some("feat/quick".into()),
+            head_sha: Some("9u1ck5ha".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    app.wait_for("the PR comment", 15, |a| {
+        !a.sim.comments(Some(REPO), Some(11)).is_empty()
+    })
+    .await;
+    app.wait_audit("summary done", 10, |a| {
+        a.iter().any(|e| {
+            e.action == "summarize" && e.run_id == quick.run_id && e.outcome.as_str() == "done"
+        })
+    })
+    .await;
+    // Two more polls: nothing posted again, nothing for the old run.
+    // (Each poll makes two listings: the runs in progress, the recent runs.)
+    let gets = |a: &TestApp| {
+        a.sim
+            .request_counts()
+            .get("currents GET")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = gets(&app);
+    app.wait_for("two more polls", 10, |a| gets(a) >= before + 4)
+        .await;
+    let comments = app.sim.comments(Some(REPO), Some(11));
+    assert_eq!(comments.len(), 1);
+    assert_eq!(comments[0].edits, 0);
+    assert!(app.sim.comments(Some(REPO), Some(4)).is_empty());
+}
+
+/// Polling alone: a run runwarden cancels itself (here a timeout) gets its summary,
+/// saying which rule cancelled it. The executor records the run as the cancel left it,
+/// so no poll finds it ended behind the bot's back, and no webhook comes: the end the
+/// executor saw is an event of its own for the summary rules.
+#[tokio::test]
+async fn polling_alone_summarises_a_run_the_bot_cancelled() {
+    let rules = "[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"10m\"\n\n\
+                 [[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\n";
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        poll_interval: "1s",
+        ..AppOptions::default()
+    })
+    .await;
+    let long = app.sim.add_run(run("feat/long", "10n65ha", 30)).unwrap();
+    app.sim
+        .add_pr(runwarden::simulator::NewPr {
+            repo: REPO.into(),
+            number: Some(12),
+            head_ref: Some("feat/long".into()),
+            head_sha: Some("10n65ha".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    app.wait_audit("the summary of the cancelled run", 15, |a| {
+        a.iter().any(|e| {
+            e.action == "summarize" && e.run_id == long.run_id && e.outcome.as_str() == "done"
+        })
+    })
+    .await;
+    let comments = app.sim.comments(Some(REPO), Some(12));
+    assert_eq!(comments.len(), 1, "{comments:#?}");
+    assert!(comments[0].body.contains("stuck"), "{}", comments[0].body);
+    let cancels = app
+        .mutations()
+        .iter()
+        .filter(|m| m.ends_with(&format!("{}/cancel", long.run_id)))
+        .count();
+    assert_eq!(cancels, 1);
+}
+
+/// The Currents API down for a while, polling every second: a failed poll is not
+/// retried past the next poll, which does all its work, so failed polls do not pile up
+/// in the store to run back to back once the API is back.
+#[tokio::test]
+async fn failed_polls_do_not_pile_up_during_an_outage() {
+    let app = spawn_app_with(AppOptions {
+        rules: "[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"2h\"\n".into(),
+        poll_interval: "1s",
+        client_retries: Some((1, std::time::Duration::from_millis(10))),
+        ..AppOptions::default()
+    })
+    .await;
+    app.sim.inject_fault(
+        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Status {
+            status: 503,
+            body: None,
+            retry_after: None,
+        })
+        .path("/v1")
+        .always(),
+    );
+    let gets = |a: &TestApp| {
+        a.sim
+            .request_counts()
+            .get("currents GET")
+            .copied()
+            .unwrap_or(0)
+    };
+    app.wait_for("six failed polls", 20, |a| gets(a) >= 6).await;
+    let pending = app.bot.ctx.store.count_unprocessed().await.unwrap();
+    assert!(pending <= 1, "{pending} polls waiting for a retry");
+}
+
+/// A weekly retention slot missed by a downtime longer than a day (its last sweep a week
+/// before the missed slot, the bot back 36 h after it) still fires once, at the start.
+#[tokio::test]
+async fn a_weekly_slot_missed_by_a_long_downtime_fires_once() {
+    use chrono::{Datelike, Timelike};
+    let now = chrono::Utc::now();
+    let missed = (now - chrono::Duration::hours(36))
+        .with_second(0)
+        .unwrap()
+        .with_nanosecond(0)
+        .unwrap();
+    let cron = format!(
+        "{} {} * * {}",
+        missed.minute(),
+        missed.hour(),
+        missed.weekday().num_days_from_sunday()
+    );
+    let rules = format!(
+        "[[rules]]\nname = \"weekly\"\nkind = \"retention\"\nschedule = \"{cron}\"\nolder_than = \"30d\"\n"
+    );
+    let app = spawn_app(&rules).await;
+    let store = &app.bot.ctx.store;
+    store
+        .claim_slot("weekly", missed - chrono::Duration::days(7), now)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let last = store.last_slot("weekly").await.unwrap();
+        if last == Some(missed) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the missed slot {missed} never fired (last: {last:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -370,6 +370,20 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
     };
     let now = Utc::now();
     let kind = a.kind.clone();
+    // A run seen ended gets its summaries (see `run_end_delivery`), stored before the
+    // outcome: a crash in between repeats the action, not the event (stored once).
+    if let (Attempt::Done(_), Some(rec)) = (&attempt, seen.as_ref())
+        && let Some(d) = crate::intake::processor::run_end_delivery(&ctx.config, rec, now)
+    {
+        match ctx.store.insert_delivery(d).await {
+            Ok(_) => ctx.wake.notify_one(),
+            Err(e) => {
+                tracing::warn!(action = %a.action, run = %a.run_id, error = %e, "cannot store the run's end for its summaries; the action is carried out again after its lease");
+                // Not recorded: the action (idempotent) and the event come again.
+                return;
+            }
+        }
+    }
     let outcome = record_outcome(ctx, &a, &attempt, seen.as_ref(), retry_after, now).await;
     let detail = match &attempt {
         Attempt::Done(d)

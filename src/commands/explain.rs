@@ -59,16 +59,7 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
     let history = rules::build_history(&runs);
     let progress = Default::default();
     let view = RunsView::new(&runs, &progress, &history);
-    outln!(
-        "run {} · project {} · branch {} · sha {} · {} / {} · created {}",
-        run.run_id,
-        run.project_id,
-        run.branch().unwrap_or("-"),
-        run.sha().map(|s| &s[..s.len().min(7)]).unwrap_or("-"),
-        run.completion_state,
-        run.status,
-        run.created_at.format("%Y-%m-%d %H:%M:%S UTC")
-    );
+    outln!("{}", header(&run));
     if !projects.contains(&run.project_id) {
         // `serve` refuses such a run's events and `plan` never lists its project, so no
         // rule can act on it, whatever its filters say.
@@ -111,4 +102,43 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// The first line: the run, its project, branch, short sha, state and creation time.
+/// The sha is cut on a character boundary ([`rules::short_sha`]): it is whatever the CI
+/// reported, not necessarily hex, and a byte slice could fall inside a character.
+fn header(run: &crate::currents::Run) -> String {
+    format!(
+        "run {} · project {} · branch {} · sha {} · {} / {} · created {}",
+        run.run_id,
+        run.project_id,
+        run.branch().unwrap_or("-"),
+        run.sha().map(rules::short_sha).unwrap_or("-"),
+        run.completion_state,
+        run.status,
+        run.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_with_sha(sha: &str) -> crate::currents::Run {
+        serde_json::from_value(serde_json::json!({
+            "runId": "r1", "projectId": "p1", "createdAt": "2026-01-02T03:04:05Z",
+            "meta": {"commit": {"branch": "main", "sha": sha}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_header_shortens_a_multibyte_sha_on_a_char_boundary() {
+        // Byte 7 falls inside the fourth "é" (2 bytes each): a byte slice would panic.
+        let line = header(&run_with_sha("ééééééééé"));
+        assert!(line.contains("· sha ééééééé ·"), "{line}");
+        let line = header(&run_with_sha("0123456789abcdef"));
+        assert!(line.contains("· sha 0123456 ·"), "{line}");
+        assert!(header(&run_with_sha("abc")).contains("· sha abc ·"));
+    }
 }

@@ -47,11 +47,21 @@ pub fn currents_client(config: &Config, secrets: &Secrets) -> anyhow::Result<Cur
     Ok(CurrentsClient::new(opts)?)
 }
 
+/// Checks the credentials [`build_context`] needs (Currents, and GitHub when configured)
+/// without opening the store: a problem there is bad usage (exit 2), while a store that
+/// cannot be opened is the work failing (exit 1).
+pub fn credentials_problem(config: &Config, secrets: &Secrets) -> anyhow::Result<()> {
+    currents_client(config, secrets)?;
+    GithubClient::from_config(&config.github, secrets)
+        .map_err(|e| anyhow::anyhow!("GitHub credentials: {e}"))?;
+    Ok(())
+}
+
 /// Builds the shared context: store (migrated), clients, metrics.
 pub async fn build_context(config: Config, secrets: Secrets) -> anyhow::Result<Arc<AppContext>> {
-    let store = Store::connect(&config.store.url)
-        .await
-        .with_context(|| format!("cannot open the store {}", redact_url(&config.store.url)))?;
+    // Its errors name the store without any password (`store::redact_url`): a URL's
+    // user part, or a libpq parameter such as `?password=`.
+    let store = Store::connect(&config.store.url).await?;
     let currents = currents_client(&config, &secrets)?;
     let github = GithubClient::from_config(&config.github, &secrets)
         .map_err(|e| anyhow::anyhow!("GitHub credentials: {e}"))?;
@@ -75,17 +85,6 @@ pub async fn build_context(config: Config, secrets: Secrets) -> anyhow::Result<A
         history_cache: Default::default(),
         handoff: Default::default(),
     }))
-}
-
-/// A store URL without its password, for messages.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// A running bot.
@@ -215,13 +214,56 @@ async fn process_holding_the_lease(
     }
 }
 
+/// How long the processor's and the executor's current pass may go on once the shutdown
+/// has begun (each pass stops taking new work at once). Past it the pass is dropped: the
+/// events it had not committed stay in the store and are processed at the next start, and
+/// the actions in flight are parked: their leases are released at the end of the
+/// shutdown and they are carried out again by the next process (at least once, their
+/// side effect once: cancel and delete are idempotent, a comment is found by its
+/// marker). Together with [`HTTP_SHUTDOWN_GRACE`], which runs at the same time, shorter
+/// than a supervisor's stop timeout (Docker's 10 s), so that the process exits 0.
+pub const LOOP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Drives `pass` to its end; if the shutdown begins meanwhile, gives it
+/// [`LOOP_SHUTDOWN_GRACE`] more and then drops it (logged, naming `what`). Returns
+/// whether the shutdown has begun.
+async fn until_stopped(
+    pass: impl std::future::Future<Output = impl Sized>,
+    stop: &mut watch::Receiver<bool>,
+    what: &str,
+) -> bool {
+    tokio::pin!(pass);
+    tokio::select! {
+        _ = &mut pass => return *stop.borrow(),
+        _ = stop.changed() => {}
+    }
+    if tokio::time::timeout(LOOP_SHUTDOWN_GRACE, pass)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "{what}: still busy {}s after the shutdown began; stopped there (what it had not recorded is in the store, and is taken up again at the next start)",
+            LOOP_SHUTDOWN_GRACE.as_secs()
+        );
+    }
+    true
+}
+
 async fn processor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
     let mut feed = crate::intake::processor::EventFeed::new(&ctx.store);
     loop {
-        if holds_processor_lease(&ctx).await
-            && let Err(e) = process_holding_the_lease(&ctx, &mut feed).await
-        {
-            tracing::warn!("event processing paused: {e}");
+        if *stop.borrow() {
+            break;
+        }
+        let pass = async {
+            if holds_processor_lease(&ctx).await
+                && let Err(e) = process_holding_the_lease(&ctx, &mut feed).await
+            {
+                tracing::warn!("event processing paused: {e}");
+            }
+        };
+        if until_stopped(pass, &mut stop, "event processing").await {
+            break;
         }
         tokio::select! {
             _ = ctx.wake.notified() => {}
@@ -242,14 +284,19 @@ async fn executor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
     let mut handoff = ctx.handoff.receiver();
     let mut handed = Vec::new();
     loop {
+        if *stop.borrow() {
+            break;
+        }
         let stopping = stop.clone();
-        crate::actions::run_due_with(
+        let pass = crate::actions::run_due_with(
             &ctx,
             || *stopping.borrow(),
             handoff.as_mut(),
             std::mem::take(&mut handed),
-        )
-        .await;
+        );
+        if until_stopped(pass, &mut stop, "actions in flight").await {
+            break;
+        }
         tokio::select! {
             _ = ctx.wake_executor.notified() => {}
             Some(a) = async { handoff.as_mut()?.recv().await } => handed.push(a),
@@ -397,6 +444,16 @@ pub async fn start(ctx: Arc<AppContext>, listener: tokio::net::TcpListener) -> a
                 tracing::warn!(error = %e, "cannot release stale leases; they expire on their own")
             }
         }
+        match ctx.store.release_named_leases_unless(holder_alive).await {
+            Ok(names) if names.is_empty() => {}
+            Ok(names) => tracing::warn!(
+                leases = %names.join(", "),
+                "released the locks of a previous process (it did not stop cleanly)"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release stale locks; they expire on their own")
+            }
+        }
     }
     let (tx, rx) = watch::channel(false);
     let (failure_tx, failures) = tokio::sync::mpsc::unbounded_channel();
@@ -489,11 +546,16 @@ pub fn run(path: &std::path::Path) -> ExitCode {
     let rt = super::runtime();
     rt.block_on(async move {
         let listen = loaded.config.server.listen.clone();
+        if let Err(e) = credentials_problem(&loaded.config, &secrets) {
+            eprintln!("runwarden serve: {e:#}");
+            return ExitCode::from(super::EXIT_USAGE);
+        }
+        // What can fail now is the store (down, unreachable, not writable).
         let ctx = match build_context(loaded.config, secrets).await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("runwarden serve: {e:#}");
-                return ExitCode::from(super::EXIT_USAGE);
+                return ExitCode::from(super::EXIT_FAILED);
             }
         };
         let listener = match tokio::net::TcpListener::bind(&listen).await {
@@ -521,7 +583,13 @@ pub fn run(path: &std::path::Path) -> ExitCode {
                 ExitCode::from(super::EXIT_FAILED)
             }
         };
-        bot.shutdown().await;
-        code
+        // A second SIGINT or SIGTERM does not wait for the graceful stop.
+        tokio::select! {
+            () = bot.shutdown() => code,
+            () = shutdown_signal() => {
+                tracing::warn!("second stop signal: exiting now (unfinished work is in the store and is taken up again at the next start)");
+                ExitCode::from(super::EXIT_FAILED)
+            }
+        }
     })
 }

@@ -3,8 +3,17 @@
 //! `serve`: every decision is recorded before it is acted on, and `audit` shows it.
 //!
 //! Exit 0 when everything decided was done, 1 when an action failed for good, a
-//! retention circuit breaker tripped or the evaluation itself failed (no project could be
-//! listed, say: the error is printed), 2 for bad usage.
+//! retention circuit breaker tripped, the store could not be opened or the evaluation
+//! itself failed (no project could be listed, say: the error is printed), 2 for bad usage
+//! or an invalid config, missing credentials (`CURRENTS_API_KEY`) included.
+//!
+//! A sweep waits for its own work only: the events it stores (a poll, a retention
+//! sweep), the events and actions already due when it looks (left by `serve` or a sweep
+//! that crashed), the actions it decides or starts, and their retries, up to
+//! [`SWEEP_DEADLINE`]. An event or action waiting for a later retry (another process's,
+//! or one in backoff since before the sweep) is left for whoever acts then, `serve` or
+//! the next sweep, and counted on stderr; so is one of its own not due before the
+//! deadline.
 //!
 //! A rule deciding again what it decided before (the same run to delete as in last
 //! night's sweep) leaves one decision in the store, the first: the report lists it all
@@ -20,14 +29,15 @@
 //! dry-run mode (a rule's own `dry_run = false` overrides the global one) as `skipped`
 //! instead of carrying it out (see `actions::execute`).
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::outln;
 use crate::config::{RuleKind, Secrets};
-use crate::store::NewDelivery;
+use crate::store::{ActionRow, ActionState, NewDelivery};
 
 /// How long a sweep waits for its actions to finish (retries included).
 pub const SWEEP_DEADLINE: Duration = Duration::from_secs(600);
@@ -50,19 +60,29 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
     let secrets = Secrets::from_env();
     let rt = super::runtime();
     rt.block_on(async move {
+        // Missing or unusable credentials are bad usage (2), told before the store is
+        // opened (in the runtime: the clients need it). What `build_context` can fail
+        // on after these checks is the store (down, unreachable, not writable): the
+        // work failing (1).
+        if let Err(e) = super::serve::credentials_problem(&loaded.config, &secrets) {
+            eprintln!("runwarden sweep: {e:#}");
+            return ExitCode::from(super::EXIT_USAGE);
+        }
         let ctx = match super::serve::build_context(loaded.config, secrets).await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("runwarden sweep: {e:#}");
-                return ExitCode::from(super::EXIT_USAGE);
+                return ExitCode::from(super::EXIT_FAILED);
             }
         };
         let started = Utc::now();
+        // Two sweeps started in the same millisecond store distinct events.
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
         // Decisions this sweep repeats: (decision, action) ids, from the bot's events
         // (sent before `process_pending` returns; drained after each round).
         let mut events = ctx.events.subscribe();
         let mut repeated: Vec<(i64, Option<i64>)> = Vec::new();
-        let mut retried = std::collections::HashSet::new();
+        let mut retried = HashSet::new();
         let selected: Vec<_> = ctx
             .config
             .rules
@@ -78,7 +98,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 RuleKind::Retention(_) => {
                     let d = NewDelivery {
                         source: "schedule".into(),
-                        delivery_id: format!("sweep:{}:{}", r.name, started.timestamp_millis()),
+                        delivery_id: format!("sweep:{}:{}:{run_id}", r.name, started.timestamp_millis()),
                         event: "sweep".into(),
                         payload: serde_json::json!({ "rule": r.name, "manual": true }).to_string(),
                         received_at: started,
@@ -96,9 +116,15 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
         if poll_needed {
             let d = NewDelivery {
                 source: if rule.is_some() { "schedule".into() } else { "poll".into() },
-                delivery_id: format!("sweep-poll:{}", started.timestamp_millis()),
+                delivery_id: format!("sweep-poll:{}:{run_id}", started.timestamp_millis()),
                 event: if rule.is_some() { "sweep".into() } else { "poll".into() },
-                payload: serde_json::json!({ "rule": rule.unwrap_or_default() }).to_string(),
+                // A dry run's poll is a preview: it leaves the reconciliation of the runs
+                // it finds ended to `serve` (see `processor::PREVIEW_KEY`).
+                payload: serde_json::json!({
+                    "rule": rule.unwrap_or_default(),
+                    crate::intake::processor::PREVIEW_KEY: dry_run,
+                })
+                .to_string(),
                 received_at: started,
             };
             own.push((d.source.clone(), d.delivery_id.clone()));
@@ -109,9 +135,19 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
         }
         // Process events (including older ones left by a crashed run), then act.
         let deadline = Instant::now() + SWEEP_DEADLINE;
+        let deadline_at = started + SWEEP_DEADLINE;
+        // The actions this sweep carries out: those it decides, and those due when it
+        // claims (their retries included). Others are left for later.
+        let mut mine: HashSet<i64> = HashSet::new();
         loop {
-            let _ = crate::intake::processor::process_pending(&ctx).await;
-            drain_repeated(&mut events, &mut repeated);
+            // A dry run processes its own events only: the events `serve` (or a crashed
+            // sweep) left in the store are not used up by a preview.
+            let _ = if dry_run {
+                crate::intake::processor::process_only(&ctx, &own).await
+            } else {
+                crate::intake::processor::process_pending(&ctx).await
+            };
+            drain_events(&mut events, &mut repeated, &mut mine);
             let again: Vec<i64> = repeated
                 .iter()
                 .filter_map(|(_, a)| *a)
@@ -130,20 +166,24 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
             }
             // A dry run carries nothing out, not even actions queued before (serve's, or
             // a crashed sweep's): they stay queued for whoever acts next.
-            let (n, queued) = if dry_run {
-                (0, 0)
+            let n = if dry_run {
+                0
             } else {
-                (
-                    crate::actions::run_due(&ctx).await,
-                    ctx.store.queue_depth().await.unwrap_or(0),
-                )
+                // What is due now is claimed next: the sweep's to finish.
+                let now = Utc::now();
+                if let Ok(queue) = ctx.store.pending_actions().await {
+                    mine.extend(queue.iter().filter(|a| claimable(a, now)).map(|a| a.id));
+                }
+                crate::actions::run_due(&ctx).await
             };
-            let pending = ctx.store.count_unprocessed().await.unwrap_or(0);
-            if n == 0 && pending == 0 && queued == 0 {
+            let waiting = waiting_for(&ctx, &own, &mine, deadline_at, dry_run).await;
+            if n == 0 && !waiting {
                 break;
             }
             if Instant::now() > deadline {
-                eprintln!("runwarden sweep: gave up waiting after {SWEEP_DEADLINE:?}; {queued} action(s) still queued (they run on the next sweep or serve)");
+                eprintln!(
+                    "runwarden sweep: gave up waiting after {SWEEP_DEADLINE:?} (what is left runs on the next sweep or serve)"
+                );
                 break;
             }
             if n == 0 {
@@ -155,7 +195,8 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
             .audit(Some(started), rule, 100_000)
             .await
             .unwrap_or_default();
-        drain_repeated(&mut events, &mut repeated);
+        drain_events(&mut events, &mut repeated, &mut mine);
+        report_left(&ctx).await;
         let mut earlier: Vec<i64> = repeated.iter().map(|(d, _)| *d).collect();
         earlier.sort_unstable();
         earlier.dedup();
@@ -230,11 +271,97 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
     })
 }
 
-/// Adds the (decision, action) ids of the repeated decisions among the bot events
-/// waiting in `events`.
-fn drain_repeated(
+/// Whether the executor would claim `a` at `now`: pending and due, or running with its
+/// lease run out (its worker died).
+fn claimable(a: &ActionRow, now: DateTime<Utc>) -> bool {
+    let due = a.next_attempt_at <= now && a.not_before.is_none_or(|t| t <= now);
+    let free = match a.state {
+        ActionState::Pending => true,
+        ActionState::Running => a.lease_until.is_none_or(|t| t <= now),
+        _ => false,
+    };
+    due && free
+}
+
+/// When an action may next be attempted.
+fn due_at(a: &ActionRow) -> DateTime<Utc> {
+    a.not_before
+        .map_or(a.next_attempt_at, |t| t.max(a.next_attempt_at))
+}
+
+/// Whether the sweep still has work of its own: one of its events not processed yet
+/// (retries included), an event due now (not in a dry run, which processes its own
+/// only), or one of its actions not finished, each only when it falls due before
+/// `deadline`.
+async fn waiting_for(
+    ctx: &crate::server::AppContext,
+    own: &[(String, String)],
+    mine: &HashSet<i64>,
+    deadline: DateTime<Utc>,
+    dry_run: bool,
+) -> bool {
+    for (source, id) in own {
+        if let Ok(Some(d)) = ctx.store.find_delivery(source, id).await
+            && d.processed_at.is_none()
+            && d.next_attempt_at <= deadline
+        {
+            return true;
+        }
+    }
+    if !dry_run
+        && ctx
+            .store
+            .next_unprocessed(Utc::now(), 1)
+            .await
+            .is_ok_and(|due| !due.is_empty())
+    {
+        return true;
+    }
+    if mine.is_empty() {
+        return false;
+    }
+    ctx.store.pending_actions().await.is_ok_and(|queue| {
+        queue
+            .iter()
+            .any(|a| mine.contains(&a.id) && due_at(a) <= deadline)
+    })
+}
+
+/// Tells on stderr what the sweep leaves for later: events waiting for a retry, actions
+/// still queued (another process's, in backoff, or not due yet).
+async fn report_left(ctx: &crate::server::AppContext) {
+    let events = ctx.store.count_unprocessed().await.unwrap_or(0);
+    let actions = ctx.store.queue_depth().await.unwrap_or(0);
+    if events == 0 && actions == 0 {
+        return;
+    }
+    let next = ctx
+        .store
+        .next_action_due()
+        .await
+        .ok()
+        .flatten()
+        .filter(|_| actions > 0)
+        .map(|t| {
+            format!(
+                ", the next action due {}",
+                t.format("%Y-%m-%d %H:%M:%S UTC")
+            )
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "runwarden sweep: left for later (serve or the next sweep): {} waiting for a retry, {} queued{next}",
+        super::plural(u64::try_from(events).unwrap_or(0), "event", "events"),
+        super::plural(u64::try_from(actions).unwrap_or(0), "action", "actions"),
+    );
+}
+
+/// Takes the bot events waiting in `events`: adds the (decision, action) ids of the
+/// repeated decisions to `repeated`, and the actions of the new ones to `mine`.
+fn drain_events(
     events: &mut tokio::sync::broadcast::Receiver<crate::server::BotEvent>,
     repeated: &mut Vec<(i64, Option<i64>)>,
+    mine: &mut HashSet<i64>,
 ) {
     use tokio::sync::broadcast::error::TryRecvError;
     loop {
@@ -247,6 +374,12 @@ fn drain_repeated(
                 kind,
                 ..
             }) => repeated.push((decision_id, action_id.filter(|_| kind != "retention"))),
+            Ok(crate::server::BotEvent::Decided {
+                action_id: Some(id),
+                ..
+            }) => {
+                mine.insert(id);
+            }
             Ok(_) => {}
             Err(TryRecvError::Lagged(n)) => {
                 tracing::warn!(

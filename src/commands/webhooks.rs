@@ -2,6 +2,10 @@
 //! create or update this bot's Currents webhook for the four run events, carrying the
 //! secret header. Idempotent: a webhook already pointing at URL is updated only when its
 //! events or headers differ, and none is created twice.
+//!
+//! With `--dry-run`, or `dry_run = true` in the config (SPEC §6: a dry run mutates
+//! nothing anywhere), it lists the webhooks (a `GET`) and prints what it would create or
+//! update, sending no `POST` nor `PUT`.
 
 use std::process::ExitCode;
 
@@ -102,6 +106,13 @@ pub fn run(path: &std::path::Path, url: &str, dry_run: bool) -> ExitCode {
             return ExitCode::from(super::EXIT_USAGE);
         }
     };
+    // The global `dry_run` (the emergency stop) holds here too.
+    if loaded.config.dry_run {
+        eprintln!(
+            "runwarden webhooks install: dry_run is on in the config: nothing is created or updated"
+        );
+    }
+    let dry_run = dry_run || loaded.config.dry_run;
     let header = loaded.config.currents.webhook_header.clone();
     let rt = super::runtime();
     let mut failed = false;
@@ -129,5 +140,44 @@ pub fn run(path: &std::path::Path, url: &str, dry_run: bool) -> ExitCode {
         ExitCode::from(super::EXIT_FAILED)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The secret travels in the `headers` of the spec sent and of the webhooks listed:
+    /// their `Debug` names the header, never its value.
+    #[test]
+    fn webhook_debug_output_hides_the_secret_header_value() {
+        let spec = wanted(
+            "https://bot.example.com/hook",
+            "x-webhook-secret",
+            "s3cr3t-value",
+        );
+        let shown = format!("{spec:?} {spec:#?}");
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
+        assert!(shown.contains("x-webhook-secret"), "{shown}");
+        assert!(shown.contains("https://bot.example.com/hook"), "{shown}");
+        let hook = Webhook {
+            hook_id: "h1".into(),
+            url: "https://bot.example.com/hook".into(),
+            headers: spec.headers.clone(),
+            label: Some(LABEL.into()),
+            ..Webhook::default()
+        };
+        let shown = format!("{hook:?} {hook:#?}");
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
+        assert!(
+            shown.contains("x-webhook-secret") && shown.contains("h1"),
+            "{shown}"
+        );
+        // Headers that are not a JSON object are hidden whole.
+        let odd = Webhook {
+            headers: Some("x-webhook-secret: s3cr3t-value".into()),
+            ..Webhook::default()
+        };
+        assert!(!format!("{odd:?}").contains("s3cr3t-value"));
     }
 }

@@ -1,9 +1,12 @@
 //! Compiled `[rules.match]` filters (SPEC §3) and their matching against a run.
 //!
 //! All filters are AND-ed. Globs use `globset` semantics where `*` also matches `/`
-//! (so `branches = ["*", "!main"]` means "every branch but main"). A leading `!`
-//! excludes; a list with only exclusions matches everything else. A run without a
-//! branch (or author, ...) matches no inclusion pattern but is not excluded either.
+//! (so `branches = ["*", "!main"]` means "every branch but main"). In `branches` and
+//! `authors` a leading `!` excludes; a list with only exclusions matches everything
+//! else. A run without a branch (or author, ...) matches no inclusion pattern but is not
+//! excluded either. `tags` do not exclude (`tag_mode = "none"` does that): a leading `!`
+//! there is a load error, and so is an empty list under any key (remove the key to
+//! match everything).
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use regex::Regex;
@@ -110,7 +113,8 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// True when no filter key is set (a rule that applies to every run).
+    /// True when no filter key is set (a rule that applies to every run). The loader
+    /// rejects empty lists, so a key that is set always narrows the rule.
     pub fn is_empty(&self) -> bool {
         self.projects.is_none()
             && self.branches.is_none()
@@ -123,11 +127,17 @@ impl Filter {
             && self.frameworks.is_none()
     }
 
-    /// Compiles the tag patterns (one set per pattern, for `all`).
+    /// Compiles the tag patterns (one set per pattern, for `all`). Tag patterns do not
+    /// exclude: a leading `!` is an error that points at `tag_mode = "none"`.
     pub fn compile_tags(patterns: &[String]) -> Result<Vec<GlobSet>, String> {
         patterns
             .iter()
             .map(|p| {
+                if let Some(tag) = p.strip_prefix('!') {
+                    return Err(format!(
+                        "{p:?}: tags cannot be excluded with \"!\"; to match runs without the tag, write tags = [\"{tag}\"] with tag_mode = \"none\""
+                    ));
+                }
                 let g = Glob::new(p).map_err(|e| format!("invalid glob {p:?}: {}", e.kind()))?;
                 GlobSetBuilder::new()
                     .add(g)

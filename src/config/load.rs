@@ -21,7 +21,9 @@ pub struct ConfigError {
     /// override, the variable's name (`RUNWARDEN__CURRENTS__POLL_INTERVAL`), with no
     /// location.
     pub path: String,
-    /// 1-based line and column; `None` for errors without a place in the file.
+    /// 1-based line and column (`1:1` for an error about the file with no better
+    /// place, such as a required key of a missing section); `None` for errors not about
+    /// the file's text (an environment override, an unreadable file).
     pub location: Option<(usize, usize)>,
     pub message: String,
 }
@@ -63,12 +65,50 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
         location: None,
         message: format!("cannot read the config file: {e}"),
     })?;
-    let env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("RUNWARDEN__"))
-        .collect();
+    let env = overrides_from(std::env::vars_os())?;
     let mut loaded = load_str(&text, &path.display().to_string(), &env)?;
     loaded.path = path.to_path_buf();
     Ok(loaded)
+}
+
+/// The `RUNWARDEN__*` overrides among environment variables (`std::env::vars_os()`).
+///
+/// Variables whose name or value is not UTF-8 are skipped, as long as they are not
+/// overrides: one stray locale-encoded variable must not stop the bot. A `RUNWARDEN__*`
+/// variable that is not UTF-8 is an error naming the variable; its value is never
+/// shown (it may be a URL with a password).
+pub fn overrides_from(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    const PREFIX: &str = "RUNWARDEN__";
+    let mut out = Vec::new();
+    for (name, value) in vars {
+        let name = match name.into_string() {
+            Ok(n) if n.starts_with(PREFIX) => n,
+            Ok(_) => continue,
+            Err(raw) => {
+                if raw.as_encoded_bytes().starts_with(PREFIX.as_bytes()) {
+                    return Err(ConfigError {
+                        path: raw.to_string_lossy().into_owned(),
+                        location: None,
+                        message: "the variable's name is not valid UTF-8: rename it (RUNWARDEN__SECTION__KEY, in ASCII)".into(),
+                    });
+                }
+                continue;
+            }
+        };
+        match value.into_string() {
+            Ok(v) => out.push((name, v)),
+            Err(_) => {
+                return Err(ConfigError {
+                    path: name,
+                    location: None,
+                    message: "the value is not valid UTF-8 (not shown): set it to UTF-8 text, or unset the variable".into(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Loads a config from text; `env` holds the `RUNWARDEN__SECTION__KEY` overrides to apply.
@@ -201,6 +241,18 @@ fn apply_env(
     env: &[(String, String)],
     origins: &BTreeMap<String, String>,
 ) -> Result<RawConfig, ConfigError> {
+    // `[[rules]]` is a list of tables, not a section: the `config` crate would answer
+    // "invalid type: map, expected a sequence for key rules".
+    if let Some((var, _)) = env.iter().find(|(var, _)| {
+        let upper = var.to_ascii_uppercase();
+        upper == "RUNWARDEN__RULES" || upper.starts_with("RUNWARDEN__RULES__")
+    }) {
+        return Err(ConfigError {
+            path: var.clone(),
+            location: None,
+            message: "rules can only be set in the config file ([[rules]]), not from the environment; remove the variable and edit the rule in the file (a rule's dry_run = true, or the global RUNWARDEN__DRY_RUN=true)".into(),
+        });
+    }
     let mut map: std::collections::HashMap<String, String> = env.iter().cloned().collect();
     // The project list is split here: the `config` crate would read an all-digit id
     // (`RUNWARDEN__CURRENTS__PROJECTS=123456`) as a number, not as a list of one.
@@ -306,6 +358,21 @@ impl<'a> Locator<'a> {
         }
     }
 
+    /// Where `[section] key` is set, for a warning: the environment variable that set
+    /// it, else `PATH:LINE` of the key (or of the section, or just `PATH`).
+    fn section_place(&self, section: &str, key: &str) -> String {
+        if let Some(var) = self.env.get(&format!("{section}.{key}")) {
+            return var.clone();
+        }
+        match self
+            .section_key_span(section, Some(key))
+            .or_else(|| self.section_key_span(section, None))
+        {
+            Some(s) => format!("{}:{}", self.path, self.line_col(s.start).0),
+            None => self.path.to_string(),
+        }
+    }
+
     fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let before = &self.text[..offset];
@@ -314,10 +381,12 @@ impl<'a> Locator<'a> {
         (line, col)
     }
 
+    /// An error at `span` in the file; at `1:1` when there is no better place (a
+    /// required key of a section the file does not have).
     fn err_at(&self, span: Option<Range<usize>>, message: String) -> ConfigError {
         ConfigError {
             path: self.path.to_string(),
-            location: span.map(|s| self.line_col(s.start)),
+            location: Some(span.map_or((1, 1), |s| self.line_col(s.start))),
             message,
         }
     }
@@ -360,20 +429,35 @@ impl<'a> Locator<'a> {
     }
 
     /// Which rule, if any, contains `offset`: (index, name).
+    ///
+    /// A rule runs from its `[[rules]]` header to the next table header that is not
+    /// one of its own sub-tables (`[rules.match]` is; `[store]` or the next
+    /// `[[rules]]` is not): an error in a section after the rules is not the last
+    /// rule's.
     fn rule_at(&self, offset: usize) -> Option<(usize, Option<String>)> {
-        let rules = self.rules()?;
-        let mut found = None;
-        for (i, t) in rules.iter().enumerate() {
-            if let Some(s) = t.span()
-                && s.start <= offset
-            {
-                found = Some((
-                    i,
-                    t.get("name").and_then(|n| n.as_str()).map(str::to_string),
-                ));
+        let doc = self.doc.as_ref()?;
+        // Every table header in the file, with the rule it opens or belongs to.
+        let mut headers: Vec<(usize, Option<usize>)> = Vec::new();
+        for (key, item) in doc.iter() {
+            match item.as_array_of_tables() {
+                Some(rules) if key == "rules" => {
+                    for (i, t) in rules.iter().enumerate() {
+                        table_headers(t, Some(i), &mut headers);
+                    }
+                }
+                _ => item_headers(item, None, &mut headers),
             }
         }
-        found
+        let (_, rule) = headers
+            .into_iter()
+            .filter(|(start, _)| *start <= offset)
+            .max_by_key(|(start, _)| *start)?;
+        let i = rule?;
+        let t = self.rules()?.get(i)?;
+        Some((
+            i,
+            t.get("name").and_then(|n| n.as_str()).map(str::to_string),
+        ))
     }
 
     /// Rewrites a toml/serde error into a located, human message.
@@ -425,9 +509,40 @@ impl<'a> Locator<'a> {
         }
         ConfigError {
             path: self.path.to_string(),
-            location: span.map(|s| self.line_col(s.start)),
+            location: Some(span.map_or((1, 1), |s| self.line_col(s.start))),
             message: out,
         }
+    }
+}
+
+/// The header positions of the tables in `item` (itself included), tagged with `rule`.
+fn item_headers(
+    item: &toml_edit::Item,
+    rule: Option<usize>,
+    out: &mut Vec<(usize, Option<usize>)>,
+) {
+    match item {
+        toml_edit::Item::Table(t) => table_headers(t, rule, out),
+        toml_edit::Item::ArrayOfTables(a) => {
+            for t in a.iter() {
+                table_headers(t, rule, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The header positions of `t` (unless it has none: implicit or dotted) and of the
+/// tables under it, tagged with `rule`.
+fn table_headers(t: &toml_edit::Table, rule: Option<usize>, out: &mut Vec<(usize, Option<usize>)>) {
+    if !t.is_implicit()
+        && !t.is_dotted()
+        && let Some(s) = t.span()
+    {
+        out.push((s.start, rule));
+    }
+    for (_, item) in t.iter() {
+        item_headers(item, rule, out);
     }
 }
 
@@ -581,6 +696,12 @@ fn compile(
             "request_timeout",
             "must be more than 0s".into(),
         ));
+    }
+    if currents.webhook_tolerance.is_zero() {
+        warnings.push(Warning(format!(
+            "{}: [currents] webhook_tolerance = \"0s\": every Currents webhook that carries an x-timestamp header is rejected with 401 (no timestamp is 0 ms old); allow a few minutes of clock skew and delay, e.g. \"5m\"",
+            loc.section_place("currents", "webhook_tolerance")
+        )));
     }
     if http::HeaderName::from_bytes(currents.webhook_header.as_bytes()).is_err() {
         return Err(sec_err(
@@ -848,6 +969,11 @@ fn compile_rule(
             format!("rule {name:?}: {key}: {msg}"),
         )
     };
+    // The line of a key of the rule, for warnings (the rule's line when unknown).
+    let key_line = |key: &str| {
+        loc.rule_key_span(i, key, false)
+            .map_or_else(|| loc.rule_line(i), |s| loc.line_col(s.start).0)
+    };
     let kind = match r.kind.as_deref() {
         None => {
             return Err(loc.err_at(
@@ -948,6 +1074,20 @@ fn compile_rule(
                     format!("rule {name:?}: a timeout rule needs \"max_duration\" or \"idle_for\" (or both)"),
                 ));
             }
+            if max_duration == Some(MaxDuration::Fixed(Duration::ZERO)) {
+                warnings.push(Warning(format!(
+                    "{}:{}: rule {name:?}: max_duration = \"0s\": cancels every in-progress run it matches at the first check; set the longest a run may take, e.g. \"45m\"",
+                    loc.path,
+                    key_line("max_duration")
+                )));
+            }
+            if idle_for == Some(Duration::ZERO) {
+                warnings.push(Warning(format!(
+                    "{}:{}: rule {name:?}: idle_for = \"0s\": cancels every in-progress run it matches at the first check (no run completes a spec in no time); set how long a run may go without progress, e.g. \"10m\"",
+                    loc.path,
+                    key_line("idle_for")
+                )));
+            }
             let auto_factor = r.auto_factor.unwrap_or(3.0);
             if !(auto_factor.is_finite() && auto_factor > 0.0) {
                 return Err(at(
@@ -956,6 +1096,13 @@ fn compile_rule(
                 ));
             }
             let fallback = dur("fallback", &r.fallback)?;
+            if max_duration == Some(MaxDuration::Auto) && fallback == Some(Duration::ZERO) {
+                warnings.push(Warning(format!(
+                    "{}:{}: rule {name:?}: fallback = \"0s\": until 10 passed runs of a group are known, every in-progress run of that group is cancelled at the first check; set a generous limit, e.g. \"1h\"",
+                    loc.path,
+                    key_line("fallback")
+                )));
+            }
             if max_duration == Some(MaxDuration::Auto) && fallback.is_none() {
                 warnings.push(Warning(format!(
                     "{}:{}: rule {name:?}: max_duration = \"auto\" without \"fallback\": no duration limit applies until 10 passed runs of a group are known",
@@ -1010,9 +1157,24 @@ fn compile_rule(
                     format!("rule {name:?}: a retention rule needs \"older_than\" (e.g. \"30d\")"),
                 ));
             };
+            if older_than.is_zero() {
+                warnings.push(Warning(format!(
+                    "{}:{}: rule {name:?}: older_than = \"0s\": deletes every finished run the rule matches at each sweep (but those keep_latest, keep_last_passed and pin_tags keep); set the age runs are kept for, e.g. \"30d\"",
+                    loc.path,
+                    key_line("older_than")
+                )));
+            }
             let pin_tag_patterns = r.pin_tags.clone().unwrap_or_default();
             let mut b = globset::GlobSetBuilder::new();
             for p in &pin_tag_patterns {
+                if let Some(tag) = p.strip_prefix('!') {
+                    return Err(at(
+                        "pin_tags",
+                        format!(
+                            "{p:?}: pin_tags cannot exclude with \"!\"; list the tags whose runs are never deleted (\"{tag}\")"
+                        ),
+                    ));
+                }
                 b.add(
                     globset::Glob::new(p)
                         .map_err(|e| at("pin_tags", format!("invalid glob {p:?}: {}", e.kind())))?,
@@ -1160,6 +1322,30 @@ fn compile_match(
             format!("rule {name:?}: match.{key}: {msg}"),
         )
     };
+    // An empty list would match everything (`branches`) or nothing (the others): say
+    // which the person meant instead of guessing.
+    for (key, list, what) in [
+        ("projects", &m.projects, "runs of every project"),
+        ("branches", &m.branches, "runs on every branch"),
+        ("tags", &m.tags, "runs whatever their tags"),
+        ("authors", &m.authors, "runs by every author"),
+        ("statuses", &m.statuses, "runs of every status"),
+        (
+            "completion_states",
+            &m.completion_states,
+            "runs in every completion state",
+        ),
+        ("frameworks", &m.frameworks, "runs of every framework"),
+    ] {
+        if list.as_ref().is_some_and(Vec::is_empty) {
+            return Err(at(
+                key,
+                format!(
+                    "the list is empty; remove the key to match {what}, or list at least one value"
+                ),
+            ));
+        }
+    }
     let globs = |key: &str, v: &Option<Vec<String>>| -> Result<Option<GlobList>, ConfigError> {
         v.as_ref()
             .map(|p| GlobList::new(p).map_err(|m| at(key, m)))

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use filter::{Filter, TagMode};
-pub use load::{ConfigError, Loaded, Warning, load_file, load_str};
+pub use load::{ConfigError, Loaded, Warning, load_file, load_str, overrides_from};
 
 use crate::secret::Secret;
 
@@ -84,23 +84,54 @@ pub const DEFAULT_KEEP_EVENTS: Duration = Duration::from_secs(14 * 24 * 3600);
 /// Default of `[store] keep_audit`: 90 days.
 pub const DEFAULT_KEEP_AUDIT: Duration = Duration::from_secs(90 * 24 * 3600);
 
-/// The URL's password (a `postgres://` URL may carry one) is not shown.
+/// The URL shown by [`redact_store_url`]: no password, wherever the URL carries it.
 impl std::fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let url = match url::Url::parse(&self.url) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("***"));
-                u.to_string()
-            }
-            _ => self.url.clone(),
-        };
         f.debug_struct("StoreConfig")
-            .field("url", &url)
+            .field("url", &redact_store_url(&self.url))
             .field("action_lease", &self.action_lease)
             .field("keep_events", &self.keep_events)
             .field("keep_audit", &self.keep_audit)
             .finish()
     }
+}
+
+/// A store URL fit for logs and `Debug` output: the password of the user part
+/// (`postgres://rw:***@db/rw`) and the value of every query parameter that may hold a
+/// secret (`password`, `sslpassword`, or any name containing "pass", "secret" or
+/// "token", in any case and percent-encoding) are replaced by `***`; the rest (scheme,
+/// user, host, port, path, other parameters) is kept. A URL that does not parse is not
+/// shown at all.
+pub fn redact_store_url(url: &str) -> String {
+    const MASK: &str = "***";
+    let Ok(mut u) = url::Url::parse(url) else {
+        return "(unparseable URL, not shown)".into();
+    };
+    if u.password().is_some() {
+        // Fails only for URLs that cannot have a user part: then there is no password.
+        let _ = u.set_password(Some(MASK));
+    }
+    if let Some(query) = u.query() {
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|pair| {
+                let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+                let name: String = url::form_urlencoded::parse(key.as_bytes())
+                    .next()
+                    .map(|(k, _)| k.to_ascii_lowercase())
+                    .unwrap_or_default();
+                if ["pass", "secret", "token"].iter().any(|s| name.contains(s)) {
+                    format!("{key}={MASK}")
+                } else {
+                    pair.to_string()
+                }
+            })
+            .collect();
+        u.set_query(Some(&redacted.join("&")));
+    }
+    // The fragment is never meant for the server; it is not shown either.
+    u.set_fragment(None);
+    u.to_string()
 }
 
 /// One `[[rules]]` entry.

@@ -344,12 +344,17 @@ impl CronSchedule {
             .min()
     }
 
-    /// The latest slot in `(after, now]`, if any.
+    /// The latest slot in `(after, now]`, if any. Found by walking back from `now`, so
+    /// the cost does not grow with the length of `(after, now]` (a schedule every second
+    /// and a month of downtime).
     pub fn latest_in(&self, after: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Slots are whole seconds: start just past `now`, skip what is later than it.
+        let from = now + chrono::Duration::seconds(1);
         self.alternatives
             .iter()
-            .filter_map(|s| s.after(&after).take_while(|t| *t <= now).last())
+            .filter_map(|s| s.after(&from).rev().find(|t| *t <= now))
             .max()
+            .filter(|t| *t > after)
     }
 }
 
@@ -585,5 +590,30 @@ mod tests {
         }
         // With a weekday too, a day matches either field: it fires on Mondays.
         assert!(CronSchedule::parse("0 3 31 2 1").is_ok());
+    }
+
+    #[test]
+    fn the_latest_slot_is_found_however_long_ago_the_range_began() {
+        let every_second = CronSchedule::parse("* * * * * *").unwrap();
+        let now = at(2026, 3, 1, 12, 0) + chrono::Duration::milliseconds(400);
+        // A month of downtime: the latest slot is the second just before now.
+        assert_eq!(
+            every_second.latest_in(at(2026, 1, 30, 0, 0), now),
+            Some(at(2026, 3, 1, 12, 0))
+        );
+        let weekly = CronSchedule::parse("0 3 * * 0").unwrap(); // Sundays 03:00
+        let sunday = at(2026, 3, 1, 3, 0);
+        // A slot at `now` counts; one at `after` does not.
+        assert_eq!(weekly.latest_in(at(2026, 2, 1, 0, 0), sunday), Some(sunday));
+        assert_eq!(weekly.latest_in(sunday, at(2026, 3, 7, 0, 0)), None);
+        // Down from Saturday noon to Monday 04:00: Sunday's slot, the last before now.
+        assert_eq!(
+            weekly.latest_in(at(2026, 2, 22, 3, 0), at(2026, 3, 2, 4, 0)),
+            Some(sunday)
+        );
+        assert_eq!(
+            weekly.latest_in(at(2026, 2, 1, 0, 0), at(2026, 3, 1, 2, 59)),
+            Some(at(2026, 2, 22, 3, 0))
+        );
     }
 }

@@ -558,8 +558,9 @@ pub struct Instance {
     pub results: Option<serde_json::Value>,
 }
 
-/// A Currents HTTP webhook as the Webhooks API stores it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A Currents HTTP webhook as the Webhooks API stores it. Its `Debug` shows the names
+/// of the `headers`, not their values (the webhook secret is one).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Webhook {
     pub hook_id: String,
@@ -579,8 +580,9 @@ pub struct Webhook {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
-/// Body of `POST /webhooks` and `PUT /webhooks/{id}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Body of `POST /webhooks` and `PUT /webhooks/{id}`. Its `Debug` shows the names of
+/// the `headers`, not their values (the webhook secret is one).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -591,6 +593,51 @@ pub struct WebhookSpec {
     pub hook_events: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+}
+
+/// Webhook `headers` (a JSON object serialised as a string) for `Debug`: each name with
+/// `[redacted]` for its value; anything else `[redacted]` whole.
+struct RedactedHeaders<'a>(&'a Option<String>);
+
+impl std::fmt::Debug for RedactedHeaders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(text) = self.0 else {
+            return f.write_str("None");
+        };
+        match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
+            Ok(headers) => f
+                .debug_map()
+                .entries(headers.keys().map(|k| (k, format_args!("[redacted]"))))
+                .finish(),
+            Err(_) => f.write_str("[redacted]"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("hook_id", &self.hook_id)
+            .field("project_id", &self.project_id)
+            .field("url", &self.url)
+            .field("headers", &RedactedHeaders(&self.headers))
+            .field("hook_events", &self.hook_events)
+            .field("label", &self.label)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for WebhookSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSpec")
+            .field("url", &self.url)
+            .field("headers", &RedactedHeaders(&self.headers))
+            .field("hook_events", &self.hook_events)
+            .field("label", &self.label)
+            .finish()
+    }
 }
 
 /// The four events Currents sends.

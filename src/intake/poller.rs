@@ -13,6 +13,10 @@ use crate::store::NewDelivery;
 /// Name of the poller lease.
 pub const LEASE_NAME: &str = "poller";
 
+/// The delivery id of the poller's event for one poll slot is this prefix and the slot's
+/// number (the time divided by the interval): one poll per slot across replicas.
+pub const SLOT_PREFIX: &str = "poll:";
+
 /// Stores one poll event if this process holds the poller lease. Returns whether it did.
 pub async fn poll_once(ctx: &AppContext) -> bool {
     let interval = ctx.config.currents.poll_interval;
@@ -33,7 +37,7 @@ pub async fn poll_once(ctx: &AppContext) -> bool {
     let slot = now.timestamp_millis() / (interval.as_millis().max(1) as i64);
     let d = NewDelivery {
         source: "poll".into(),
-        delivery_id: format!("poll:{slot}"),
+        delivery_id: format!("{SLOT_PREFIX}{slot}"),
         event: "poll".into(),
         payload: "{}".into(),
         received_at: now,

@@ -16,7 +16,7 @@ use crate::currents::{CompletionState, CurrentsWebhookPayload, Run, RunFilter};
 use crate::github::events::{self, GithubEvent};
 use crate::rules::{self, Decision, ProgressSnapshot, RunsView, Trigger};
 use crate::server::AppContext;
-use crate::store::{Delivery, NewDecision, RunRecord};
+use crate::store::{Delivery, NewDecision, NewDelivery, RunRecord};
 
 /// How many stored events one pass takes.
 const BATCH: i64 = 64;
@@ -87,6 +87,31 @@ async fn read_and_process(
             return Ok(handled);
         }
     }
+}
+
+/// Processes only the stored events `keys` names, `(source, delivery id)`, that are still
+/// to be processed and due: what `sweep --dry-run` does with its own events, so that a
+/// preview never consumes the events `serve` (or a crashed sweep) left in the store.
+/// Returns how many it handled.
+pub async fn process_only(
+    ctx: &AppContext,
+    keys: &[(String, String)],
+) -> Result<usize, ProcessError> {
+    let now = Utc::now();
+    let mut batch = Vec::new();
+    for (source, id) in keys {
+        if let Some(d) = ctx.store.find_delivery(source, id).await?
+            && d.processed_at.is_none()
+            && d.next_attempt_at <= now
+        {
+            batch.push(d);
+        }
+    }
+    let n = batch.len();
+    if n > 0 {
+        process_batch(ctx, batch).await;
+    }
+    Ok(n)
 }
 
 /// Decides the events of `batch` in order, committing their records beside (see
@@ -266,12 +291,30 @@ async fn decide_one(ctx: &AppContext, d: Delivery) -> Option<ToCommit> {
         }
         Err(ProcessError::Transient(e)) => {
             let backoff = 2i64.saturating_pow(d.attempts.clamp(0, 8) as u32).min(300);
-            tracing::warn!(delivery = d.id, source = %d.source, "event processing failed, retrying in {backoff}s: {e}");
-            let _ = ctx
-                .store
-                .mark_delivery_failed(d.id, &e, now + chrono::Duration::seconds(backoff))
-                .await;
-            "retry"
+            let retry_at = now + chrono::Duration::seconds(backoff);
+            match give_up_on(&ctx.config, &d, retry_at) {
+                None => {
+                    tracing::warn!(delivery = d.id, source = %d.source, "event processing failed, retrying in {backoff}s: {e}");
+                    let _ = ctx.store.mark_delivery_failed(d.id, &e, retry_at).await;
+                    "retry"
+                }
+                Some(GiveUp::NextPoll) => {
+                    tracing::warn!(
+                        delivery = d.id,
+                        "poll failed; the next poll does its work: {e}"
+                    );
+                    let _ = ctx
+                        .store
+                        .mark_processed(d.id, &format!("failed: {e}; the next poll does its work"))
+                        .await;
+                    "superseded"
+                }
+                Some(GiveUp::TooOld) => {
+                    tracing::error!(delivery = d.id, source = %d.source, event = %d.event, attempts = d.attempts + 1, "gave up on an event still failing {}h after it arrived: {e}", MAX_EVENT_AGE.as_secs() / 3600);
+                    let _ = ctx.store.dead_letter_delivery(d.id, &e).await;
+                    "dead_letter"
+                }
+            }
         }
         Err(ProcessError::Permanent(e)) => {
             tracing::warn!(delivery = d.id, source = %d.source, "event cannot be processed: {e}");
@@ -287,6 +330,40 @@ async fn decide_one(ctx: &AppContext, d: Delivery) -> Option<ToCommit> {
         &[("source", &d.source), ("result", outcome)],
     );
     None
+}
+
+/// How long an event whose processing keeps failing (the API down, the store
+/// unavailable) is retried, counted from its arrival: then it is dead-lettered (kept in
+/// the store with its error, outcome `dead-letter`, logged at ERROR). Polling
+/// reconciles what a lost webhook would have shown.
+pub const MAX_EVENT_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Why a failed event is not retried ([`give_up_on`]).
+enum GiveUp {
+    /// A poll whose retry would come after the next poll, which does all its work.
+    NextPoll,
+    /// Older than [`MAX_EVENT_AGE`].
+    TooOld,
+}
+
+/// Whether the event `d`, failed now, is not to be retried at `retry_at`.
+fn give_up_on(
+    config: &crate::config::Config,
+    d: &Delivery,
+    retry_at: DateTime<Utc>,
+) -> Option<GiveUp> {
+    let interval = config.currents.poll_interval;
+    if d.source == "poll"
+        && d.event == "poll"
+        && d.delivery_id
+            .starts_with(crate::intake::poller::SLOT_PREFIX)
+        && !interval.is_zero()
+        && chrono::Duration::from_std(interval).is_ok_and(|i| retry_at >= d.received_at + i)
+    {
+        return Some(GiveUp::NextPoll);
+    }
+    let max_age = chrono::Duration::from_std(MAX_EVENT_AGE).unwrap_or(chrono::Duration::days(1));
+    (retry_at - d.received_at > max_age).then_some(GiveUp::TooOld)
 }
 
 /// Records decided events in one transaction (with the `quiet` ones before them), hands
@@ -519,7 +596,15 @@ async fn decide_event(
         "currents" => currents_event(ctx, d, now, seen).await,
         "github" => github_event(ctx, d, now, seen).await,
         "schedule" => schedule_event(ctx, d, now, seen).await,
-        "poll" => poll_event(ctx, now, seen).await,
+        "poll" if d.event != "poll" => run_end_event(ctx, d, now),
+        "poll" => {
+            let scope = if is_preview(d) {
+                PollScope::Preview
+            } else {
+                PollScope::Whole
+            };
+            poll_event_in(ctx, now, seen, scope).await
+        }
         other => Err(ProcessError::Permanent(format!(
             "unknown event source {other:?}"
         ))),
@@ -537,6 +622,11 @@ pub struct Observed {
 impl Observed {
     fn get(&self, run_id: &str) -> Option<&RunRecord> {
         self.runs.iter().find(|r| r.run_id == run_id)
+    }
+
+    /// Drops what was noted of a run: it is not written.
+    fn forget(&mut self, run_id: &str) {
+        self.runs.retain(|r| r.run_id != run_id);
     }
 
     fn put(&mut self, rec: RunRecord) {
@@ -703,11 +793,6 @@ async fn history_for(
                     .is_some_and(|t| t.elapsed() < HISTORY_REFRESH)
             };
             if !fresh {
-                remember_history_lookup(
-                    &mut ctx.history_cache.lock().unwrap_or_else(|e| e.into_inner()),
-                    &key,
-                    std::time::Instant::now(),
-                );
                 let filter = RunFilter {
                     branches: run
                         .branch()
@@ -722,6 +807,13 @@ async fn history_for(
                     .currents
                     .list_runs_page(&run.project_id, &filter, None)
                     .await?;
+                // Only a listing that came back counts: a failed one is tried again by
+                // the event's retry (or the next poll), not skipped for an hour.
+                remember_history_lookup(
+                    &mut ctx.history_cache.lock().unwrap_or_else(|e| e.into_inner()),
+                    &key,
+                    std::time::Instant::now(),
+                );
                 let now = Utc::now();
                 for r in &page.items {
                     if rules::history_key(r) == key {
@@ -1051,10 +1143,75 @@ async fn schedule_event(
             }
             Ok(decisions)
         }
-        _ => poll_event(ctx, now, seen)
-            .await
-            .map(|ds| ds.into_iter().filter(|x| x.rule == rule.name).collect()),
+        _ => poll_event_in(ctx, now, seen, PollScope::Rule(&rule.name)).await,
     }
+}
+
+/// The payload key of a run-end event [`run_end_delivery`] stores: the run as read.
+const RUN_END_KEY: &str = "run";
+
+/// A `poll` event that stands for the end of a run the executor saw end (the run it
+/// cancelled, or found over): `RUN_CANCELED`, `RUN_FINISH` or `RUN_TIMEOUT`, for the
+/// summary rules that react to it, or `None` when none does (or the run is in
+/// progress). `seen` is the run's record as the executor writes it. Its id is the run's
+/// and the event's, so it is stored once.
+///
+/// Without it, polling alone would never summarise a run runwarden cancelled itself:
+/// the executor records the run as it left it, so no poll finds the run ended behind
+/// its back, and no webhook comes when none is configured. With webhooks, Currents'
+/// own event for the run decides the same summary, which is carried out once (its action
+/// is keyed by run and event).
+pub fn run_end_delivery(
+    config: &crate::config::Config,
+    seen: &RunRecord,
+    now: DateTime<Utc>,
+) -> Option<NewDelivery> {
+    let run = &run_of(seen)?;
+    let event = event_for(run);
+    if event == "RUN_START" {
+        return None;
+    }
+    let wanted = config.rules.iter().any(|r| match &r.kind {
+        RuleKind::Summary(s) => s.events.iter().any(|e| e == event) && r.filter.matches(run),
+        _ => false,
+    });
+    wanted.then(|| NewDelivery {
+        source: "poll".into(),
+        delivery_id: format!("run-end:{}:{event}", run.run_id),
+        event: event.to_string(),
+        payload: serde_json::json!({ RUN_END_KEY: run }).to_string(),
+        received_at: now,
+    })
+}
+
+/// Decides a run-end event ([`run_end_delivery`]): the summaries of the run as the
+/// executor read it; no request to the API.
+fn run_end_event(
+    ctx: &AppContext,
+    d: &Delivery,
+    now: DateTime<Utc>,
+) -> Result<Vec<Decision>, ProcessError> {
+    let mut v: serde_json::Value = serde_json::from_str(&d.payload)
+        .map_err(|e| ProcessError::Permanent(format!("stored payload unreadable: {e}")))?;
+    let run: Run = v
+        .get_mut(RUN_END_KEY)
+        .map(serde_json::Value::take)
+        .ok_or_else(|| ProcessError::Permanent("stored run-end event without its run".into()))
+        .and_then(|r| {
+            serde_json::from_value(r)
+                .map_err(|e| ProcessError::Permanent(format!("stored run unreadable: {e}")))
+        })?;
+    let one = [run.clone()];
+    let view = RunsView::runs_only(&one);
+    let trigger = Trigger::RunSeen {
+        run,
+        event: Some(d.event.clone()),
+    };
+    Ok(rules::evaluate(&ctx.config, &trigger, &view, now)
+        .decisions
+        .into_iter()
+        .filter(|x| x.action == rules::Action::Summarize)
+        .collect())
 }
 
 /// The Currents event a webhook would have sent for a run in this state.
@@ -1085,6 +1242,46 @@ pub async fn poll_event(
     ctx: &AppContext,
     now: DateTime<Utc>,
     seen: &mut Observed,
+) -> Result<Vec<Decision>, ProcessError> {
+    poll_event_in(ctx, now, seen, PollScope::Whole).await
+}
+
+/// Which of a poll's decisions are kept ([`poll_event_in`]).
+#[derive(Debug, Clone, Copy)]
+enum PollScope<'a> {
+    /// Every decision, as decided: the poll of `serve` (or of a `sweep` of every rule).
+    Whole,
+    /// Only this rule's decisions: a `sweep --rule` or `POST /api/sweep/{rule}` of a
+    /// rule that is not a retention rule.
+    Rule(&'a str),
+    /// Every decision, but as a preview: a `sweep --dry-run` ([`PREVIEW_KEY`]).
+    Preview,
+}
+
+/// The key of a `poll` event's payload that marks it as a preview (`sweep --dry-run`):
+/// `{"preview": true}`.
+pub const PREVIEW_KEY: &str = "preview";
+
+/// Whether a stored `poll` event is a preview ([`PREVIEW_KEY`]).
+fn is_preview(d: &Delivery) -> bool {
+    serde_json::from_str::<serde_json::Value>(&d.payload)
+        .ok()
+        .and_then(|v| v.get(PREVIEW_KEY)?.as_bool())
+        .unwrap_or(false)
+}
+
+/// [`poll_event`], keeping the decisions `scope` keeps.
+///
+/// A poll limited to one rule, or a preview, must not use up the reconciliation of the
+/// runs whose missed event it made good: the summaries it decided for them are dropped
+/// (another rule's) or only previewed, so their runs are not remembered as seen in their
+/// new state either. The next whole poll then finds them again and makes their event good
+/// for real (SPEC §6: webhooks are hints; polling reconciles what they missed).
+async fn poll_event_in(
+    ctx: &AppContext,
+    now: DateTime<Utc>,
+    seen: &mut Observed,
+    scope: PollScope<'_>,
 ) -> Result<Vec<Decision>, ProcessError> {
     let mut polled = Polled::default();
     let mut failures = Vec::new();
@@ -1121,19 +1318,31 @@ pub async fn poll_event(
     if has_summary {
         for run in synthesized {
             let event = event_for(&run).to_string();
+            let run_id = run.run_id.clone();
             let one = [run.clone()];
             let view = RunsView::runs_only(&one);
             let trigger = Trigger::RunSeen {
                 run,
                 event: Some(event),
             };
-            decisions.extend(
-                rules::evaluate(&ctx.config, &trigger, &view, now)
-                    .decisions
-                    .into_iter()
-                    .filter(|d| d.action == rules::Action::Summarize),
-            );
+            let summaries: Vec<Decision> = rules::evaluate(&ctx.config, &trigger, &view, now)
+                .decisions
+                .into_iter()
+                .filter(|d| d.action == rules::Action::Summarize)
+                .collect();
+            let all_kept = match scope {
+                PollScope::Whole => true,
+                PollScope::Rule(name) => summaries.iter().all(|d| d.rule == name),
+                PollScope::Preview => summaries.is_empty(),
+            };
+            if !all_kept {
+                seen.forget(&run_id);
+            }
+            decisions.extend(summaries);
         }
+    }
+    if let PollScope::Rule(name) = scope {
+        decisions.retain(|d| d.rule == name);
     }
     Ok(decisions)
 }
@@ -1195,15 +1404,34 @@ async fn poll_project(
         .filter(|r| listed.contains(&r.run_id))
         .map(|r| r.created_at)
         .min();
-    if let Some(oldest) = oldest
-        && wants_finished_runs(&ctx.config)
-    {
-        let filter = finished_runs_filter(&ctx.config, oldest, now);
+    // Finished runs: for a supersede rule, the newer runs since the oldest in progress;
+    // for a summary rule, the runs that started and finished between two polls (no
+    // listing of runs in progress ever showed them).
+    let supersede_from = oldest.filter(|_| wants_finished_runs(&ctx.config));
+    let summary_from =
+        wants_finish_events(&ctx.config).then(|| recent_finish_start(&ctx.config, now));
+    let from = match (supersede_from, summary_from) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(from) = from {
+        let filter = finished_runs_filter(&ctx.config, from, now);
         let mut stream = ctx.currents.list_runs(project, &filter);
         while let Some(run) = stream.next().await {
             let run = run?;
             // A run listed in progress a moment ago is taken as it was then.
-            if !run.is_in_progress() && !listed.contains(&run.run_id) {
+            if run.is_in_progress() || listed.contains(&run.run_id) {
+                continue;
+            }
+            if summary_from.is_some_and(|start| run.created_at >= start)
+                && seen.get(&run.run_id).is_none()
+                && ctx.store.get_run(&run.run_id).await?.is_none()
+            {
+                // Never seen, by webhook or poll: its events were all missed.
+                note_run(seen, &run, now);
+                out.synthesized.push(run.clone());
+            }
+            if supersede_from.is_some_and(|start| run.created_at >= start) {
                 out.runs.push(run);
             }
         }
@@ -1248,6 +1476,33 @@ pub fn finished_runs_filter(
         ..RunFilter::default()
     }
 }
+
+/// Whether a summary rule reacts to a run's end (`RUN_FINISH`, `RUN_TIMEOUT` or
+/// `RUN_CANCELED`): then the poll also lists the runs created since
+/// [`recent_finish_start`], for the ones that started and finished between two polls.
+fn wants_finish_events(config: &crate::config::Config) -> bool {
+    config.rules.iter().any(|r| match &r.kind {
+        RuleKind::Summary(s) => s
+            .events
+            .iter()
+            .any(|e| matches!(e.as_str(), "RUN_FINISH" | "RUN_TIMEOUT" | "RUN_CANCELED")),
+        _ => false,
+    })
+}
+
+/// How far back a poll looks for runs that started and finished since the previous
+/// poll: two poll intervals (one for the interval itself, one for a late or slow poll),
+/// [`MIN_RECENT_LOOKBACK`] at least. A run created earlier was listed in progress by an
+/// earlier poll, or is older than this process's watch (at the first poll, only the runs
+/// of the last few minutes are made good, not the whole history).
+fn recent_finish_start(config: &crate::config::Config, now: DateTime<Utc>) -> DateTime<Utc> {
+    let back = (config.currents.poll_interval * 2).max(MIN_RECENT_LOOKBACK);
+    now - chrono::Duration::from_std(back).unwrap_or_else(|_| chrono::Duration::hours(1))
+}
+
+/// The shortest look-back of a poll for runs that started and finished since the previous
+/// one (two poll intervals otherwise).
+pub const MIN_RECENT_LOOKBACK: Duration = Duration::from_secs(120);
 
 /// Whether the poll lists finished runs too ([`poll_event`]): a supersede rule counts
 /// them as newer runs.

@@ -40,8 +40,8 @@ pub async fn fire_due(
         };
         let last = ctx.store.last_slot(&rule.name).await.ok().flatten();
         // A rule never fired before starts from `since` (the process start); after
-        // downtime, at most one day of missed slots is considered, and only the latest fires.
-        let from = last.map_or(since, |l| l.max(now - chrono::Duration::days(1)));
+        // downtime, however long, only the latest missed slot fires.
+        let from = last.unwrap_or(since);
         let Some(slot) = latest_slot(schedule, from, now) else {
             continue;
         };

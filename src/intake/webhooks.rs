@@ -1,13 +1,17 @@
 //! Webhook endpoints (SPEC §5). Authentication happens in typed extractors before any
-//! parsing; handlers only store the event durably and answer:
+//! parsing; then whether the event is handled is decided from its name alone (GitHub:
+//! `X-GitHub-Event`, and the `action` of a `pull_request` or `workflow_run`; Currents: the
+//! body's `event` field, read on its own), and only a handled event must be JSON and
+//! well-formed. Handlers only store the event durably and answer, in this order:
 //!
 //! | case | status |
 //! |---|---|
 //! | secret not configured | 404 |
 //! | bad or missing secret / signature, stale or future timestamp | 401 |
 //! | body over the limit (1 MiB Currents, 25 MiB GitHub) | 413 |
-//! | malformed body, missing delivery id or run URL | 400 |
-//! | event not handled | 202, nothing stored |
+//! | missing `X-GitHub-Event` | 400 |
+//! | event not handled (whatever the rest of the body or its content type) | 202, nothing stored |
+//! | handled event: not JSON, malformed body, missing delivery id or run URL | 400 |
 //! | new event, durably committed | 202 |
 //! | repeat of a stored delivery | 200, nothing done |
 //! | store cannot commit | 503 |
@@ -100,11 +104,52 @@ fn is_json(headers: &HeaderMap) -> bool {
         .unwrap_or(true)
 }
 
-/// A Currents webhook whose secret header and timestamp were verified, parsed.
-pub struct CurrentsWebhook {
-    pub payload: CurrentsWebhookPayload,
-    pub run_id: String,
-    pub body: Bytes,
+/// A Currents webhook whose secret header and timestamp were verified.
+// One value per request, moved once into the handler: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum CurrentsWebhook {
+    /// An event runwarden does not handle (its `event` is not one of
+    /// [`crate::currents::RUN_EVENTS`]): nothing else of the body was checked.
+    Ignored,
+    /// A run event, parsed.
+    Run {
+        /// The event name, upper-cased (one of [`crate::currents::RUN_EVENTS`]).
+        event: String,
+        payload: CurrentsWebhookPayload,
+        run_id: String,
+        body: Bytes,
+    },
+}
+
+/// The `event` of a Currents body, read on its own (the rest of the body unchecked);
+/// `None` when the body has no string `event` (or is not JSON).
+fn currents_event_name(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        event: String,
+    }
+    serde_json::from_slice::<Named>(body).ok().map(|n| n.event)
+}
+
+/// The `action` of a `pull_request` or `workflow_run` payload when it is one runwarden
+/// does not act on, read on its own (the rest of the payload unchecked); `None` for
+/// other events, the actions acted on (`closed`, `completed`), or no string `action`.
+///
+/// It mirrors the action filter of [`events::parse_event`] (the unit test
+/// `ignored_actions_agree_with_parse_event` keeps the two in step), so that an action
+/// runwarden ignores is answered 202 without the fields only a handled action needs.
+fn ignored_action(event: &str, body: &[u8]) -> Option<String> {
+    let acted_on = match event {
+        "pull_request" => "closed",
+        "workflow_run" => "completed",
+        _ => return None,
+    };
+    #[derive(serde::Deserialize)]
+    struct Action {
+        action: String,
+    }
+    let action = serde_json::from_slice::<Action>(body).ok()?.action;
+    (action != acted_on).then_some(action)
 }
 
 /// Checks an `x-timestamp` value (epoch seconds or milliseconds) against the tolerance.
@@ -166,6 +211,13 @@ impl FromRequest<AppState> for CurrentsWebhook {
             }
         }
         let body = read_limited(body, &parts.headers, CURRENTS_BODY_LIMIT).await?;
+        // Handled? Decided from the event name alone; the rest is checked only for the
+        // events runwarden handles (SPEC §5: another event is 202 and nothing).
+        if let Some(name) = currents_event_name(&body)
+            && !crate::currents::RUN_EVENTS.contains(&name.to_ascii_uppercase().as_str())
+        {
+            return Ok(Self::Ignored);
+        }
         if !is_json(&parts.headers) {
             return Err(Rejection::new(
                 StatusCode::BAD_REQUEST,
@@ -193,7 +245,8 @@ impl FromRequest<AppState> for CurrentsWebhook {
                 "runUrl has no run id",
             ));
         };
-        Ok(Self {
+        Ok(Self::Run {
+            event: payload.event.to_ascii_uppercase(),
             payload,
             run_id,
             body,
@@ -202,10 +255,17 @@ impl FromRequest<AppState> for CurrentsWebhook {
 }
 
 /// A GitHub webhook whose `X-Hub-Signature-256` was verified over the raw body.
-pub struct GithubWebhook {
-    pub event: String,
-    pub delivery: String,
-    pub body: Bytes,
+pub enum GithubWebhook {
+    /// An event type runwarden does not handle (see [`events::is_handled`]): nothing
+    /// else of the request was checked.
+    Ignored { event: String },
+    /// A handled event type, sent as JSON with a delivery id (its payload is not parsed
+    /// yet).
+    Handled {
+        event: String,
+        delivery: String,
+        body: Bytes,
+    },
 }
 
 /// Verifies `sha256=<hex>` against any of the secrets, in constant time.
@@ -276,6 +336,11 @@ impl FromRequest<AppState> for GithubWebhook {
                 "missing X-GitHub-Event",
             ));
         };
+        // SPEC §5: an event runwarden does not handle is 202 and nothing, whatever its
+        // content type or delivery id.
+        if !events::is_handled(&event) {
+            return Ok(Self::Ignored { event });
+        }
         let Some(delivery) = header("x-github-delivery") else {
             return Err(Rejection::new(
                 StatusCode::BAD_REQUEST,
@@ -288,7 +353,7 @@ impl FromRequest<AppState> for GithubWebhook {
                 "expected application/json",
             ));
         }
-        Ok(Self {
+        Ok(Self::Handled {
             event,
             delivery,
             body,
@@ -366,37 +431,36 @@ pub async fn currents(
     State(state): State<AppState>,
     hook: Result<CurrentsWebhook, Rejection>,
 ) -> Response {
-    let hook = match hook {
-        Ok(hook) => hook,
+    let (event, payload, run_id, body) = match hook {
+        Ok(CurrentsWebhook::Run {
+            event,
+            payload,
+            run_id,
+            body,
+        }) => (event, payload, run_id, body),
+        Ok(CurrentsWebhook::Ignored) => {
+            return answer(
+                &state,
+                "currents",
+                StatusCode::ACCEPTED,
+                json!({ "status": "ignored" }),
+            );
+        }
         Err(r) => return rejected(&state, "currents", r),
     };
-    let event = hook.payload.event.to_ascii_uppercase();
-    if !crate::currents::RUN_EVENTS.contains(&event.as_str()) {
-        return answer(
-            &state,
-            "currents",
-            StatusCode::ACCEPTED,
-            json!({ "status": "ignored" }),
-        );
-    }
     // Currents sends no delivery id: a run has one event of each kind per group.
     let mut h = Sha256::new();
     h.update(event.as_bytes());
     h.update(b"\0");
-    h.update(hook.run_id.as_bytes());
+    h.update(run_id.as_bytes());
     h.update(b"\0");
-    h.update(hook.payload.group_id.as_deref().unwrap_or("").as_bytes());
-    let delivery_id = format!(
-        "{}:{}:{}",
-        event,
-        hook.run_id,
-        &hex::encode(h.finalize())[..16]
-    );
+    h.update(payload.group_id.as_deref().unwrap_or("").as_bytes());
+    let delivery_id = format!("{}:{}:{}", event, run_id, &hex::encode(h.finalize())[..16]);
     let delivery = NewDelivery {
         source: "currents".into(),
         delivery_id,
         event,
-        payload: String::from_utf8_lossy(&hook.body).into_owned(),
+        payload: String::from_utf8_lossy(&body).into_owned(),
         received_at: Utc::now(),
     };
     store_delivery(&state, "currents", delivery).await
@@ -407,27 +471,41 @@ pub async fn github(
     State(state): State<AppState>,
     hook: Result<GithubWebhook, Rejection>,
 ) -> Response {
-    let hook = match hook {
-        Ok(hook) => hook,
-        Err(r) => return rejected(&state, "github", r),
-    };
-    if !events::is_handled(&hook.event) {
-        return answer(
-            &state,
+    let ignored = |state: &AppState| {
+        answer(
+            state,
             "github",
             StatusCode::ACCEPTED,
             json!({ "status": "ignored" }),
-        );
+        )
+    };
+    let (event, delivery, body) = match hook {
+        Ok(GithubWebhook::Handled {
+            event,
+            delivery,
+            body,
+        }) => (event, delivery, body),
+        Ok(GithubWebhook::Ignored { event }) => {
+            tracing::debug!(event = %event, "GitHub event not handled");
+            return ignored(&state);
+        }
+        Err(r) => return rejected(&state, "github", r),
+    };
+    // An action runwarden does not act on (`pull_request` opened, ...) is not handled
+    // either: 202 without the fields only a handled action needs.
+    if let Some(action) = ignored_action(&event, &body) {
+        tracing::debug!(event = %event, delivery = %delivery, action = %action, "GitHub action not handled");
+        return ignored(&state);
     }
     let now = Utc::now();
     // Reject what cannot be parsed now, so a bad payload is a 400, not a stored event;
     // what is stored is the part of the payload the rules read (`ReadEvent::kept`).
-    match events::read_event(&hook.event, &hook.body, now) {
+    match events::read_event(&event, &body, now) {
         Err(e) => {
             // serde's message can quote the payload (`invalid type: string "..."`): it
             // stays at DEBUG, like payloads.
-            tracing::warn!(event = %hook.event, delivery = %hook.delivery, bytes = hook.body.len(), "malformed GitHub payload");
-            tracing::debug!(event = %hook.event, delivery = %hook.delivery, "malformed GitHub payload: {}", e.detail);
+            tracing::warn!(event = %event, delivery = %delivery, bytes = body.len(), "malformed GitHub payload");
+            tracing::debug!(event = %event, delivery = %delivery, "malformed GitHub payload: {}", e.detail);
             answer(
                 &state,
                 "github",
@@ -438,17 +516,12 @@ pub async fn github(
         Ok(events::ReadEvent {
             event: events::GithubEvent::Ping | events::GithubEvent::Ignored(_),
             ..
-        }) => answer(
-            &state,
-            "github",
-            StatusCode::ACCEPTED,
-            json!({ "status": "ignored" }),
-        ),
+        }) => ignored(&state),
         Ok(read) => {
             let delivery = NewDelivery {
                 source: "github".into(),
-                delivery_id: hook.delivery,
-                event: hook.event,
+                delivery_id: delivery,
+                event,
                 payload: read.kept,
                 received_at: now,
             };
@@ -471,6 +544,50 @@ mod tests {
         assert!(!timestamp_ok("1700001000", now, 300_000));
         assert!(!timestamp_ok("-5", now, 300_000));
         assert!(!timestamp_ok("soon", now, 300_000));
+    }
+
+    #[test]
+    fn ignored_actions_agree_with_parse_event() {
+        let now = Utc::now();
+        let pr = |action: &str| {
+            json!({
+                "action": action, "number": 3,
+                "pull_request": {"head": {"ref": "feat/x", "repo": {"full_name": "acme/web"}}},
+                "repository": {"full_name": "acme/web"},
+            })
+        };
+        let run = |action: &str| {
+            json!({
+                "action": action, "repository": {"full_name": "acme/web"},
+                "workflow_run": {"id": 42, "head_sha": "abc", "head_branch": "main"},
+            })
+        };
+        for action in [
+            "opened",
+            "closed",
+            "reopened",
+            "synchronize",
+            "labeled",
+            "edited",
+            "requested",
+            "in_progress",
+            "completed",
+            "",
+            "CLOSED",
+        ] {
+            for (event, body) in [("pull_request", pr(action)), ("workflow_run", run(action))] {
+                let body = serde_json::to_vec(&body).unwrap();
+                let parsed = events::parse_event(event, &body, now).unwrap();
+                assert_eq!(
+                    ignored_action(event, &body).is_some(),
+                    matches!(parsed, events::GithubEvent::Ignored(_)),
+                    "{event} {action}: {parsed:?}"
+                );
+            }
+        }
+        assert_eq!(ignored_action("push", br#"{"action":"opened"}"#), None);
+        assert_eq!(ignored_action("pull_request", br#"{"action":1}"#), None);
+        assert_eq!(ignored_action("pull_request", b"{not json"), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use crate::config::RuleKind;
-use crate::store::NewDelivery;
+use crate::store::{InsertOutcome, NewDelivery};
 
 /// Proof that the request carried the admin token.
 pub struct Admin;
@@ -34,7 +34,7 @@ impl FromRequestParts<AppState> for Admin {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or("");
         if given.is_empty() || !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
             // The same `{"error"}` shape as the API's other errors.
@@ -50,6 +50,16 @@ impl FromRequestParts<AppState> for Admin {
         }
         Ok(Admin)
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive (RFC 9110 §11.1: `bearer`, `BEARER`) and followed by one or more
+/// spaces; the token is returned as sent, for an exact comparison.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +81,14 @@ pub const MAX_LIMIT: u32 = 10_000;
 /// An error answer: `{"error": message}`, as `POST /api/sweep/{rule}` gives.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// 503 `{"error": ...}`: the store cannot be read or written now.
+fn store_unavailable() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store unavailable; retry later",
+    )
 }
 
 /// `GET /api/actions`: the audit entries, newest first, as `audit --format json`.
@@ -117,14 +135,21 @@ pub async fn actions(
         Ok(entries) => Json(entries).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot read the audit log");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
+            store_unavailable()
         }
     }
 }
 
-/// `GET /api/rules`: each rule with its kind, dry-run state and hit count.
+/// `GET /api/rules`: each rule with its kind, dry-run state and hit count (503
+/// `{"error": ...}` when the store cannot be read: never a false zero).
 pub async fn rules(_: Admin, State(state): State<AppState>) -> Response {
-    let hits = state.store.rule_hit_counts().await.unwrap_or_default();
+    let hits = match state.store.rule_hit_counts().await {
+        Ok(hits) => hits,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the rules' hit counts");
+            return store_unavailable();
+        }
+    };
     let body: Vec<_> = state
         .config
         .rules
@@ -162,30 +187,47 @@ pub async fn rules(_: Admin, State(state): State<AppState>) -> Response {
 
 /// `POST /api/sweep/{rule}`: queue an immediate evaluation of one rule (retention: a
 /// sweep now; timeout and supersede: a check of every in-progress run).
+///
+/// 202 `{"status": "queued", "rule", "delivery"}`: every call queues its own sweep (its
+/// delivery id is unique, even for two calls in the same millisecond); 404 for a rule the
+/// config does not have; 503 `{"error": ...}` when the store cannot take it.
 pub async fn sweep(_: Admin, State(state): State<AppState>, Path(rule): Path<String>) -> Response {
     let Some(r) = state.config.rules.iter().find(|r| r.name == rule) else {
         return error(StatusCode::NOT_FOUND, format!("no rule named {rule:?}"));
     };
     let now = Utc::now();
+    let id = format!(
+        "manual:{}:{}:{}",
+        r.name,
+        now.timestamp_millis(),
+        uuid::Uuid::new_v4().simple()
+    );
     let delivery = NewDelivery {
         source: "schedule".into(),
-        delivery_id: format!("manual:{}:{}", r.name, now.timestamp_millis()),
+        delivery_id: id.clone(),
         event: "sweep".into(),
         payload: json!({ "rule": r.name, "manual": true }).to_string(),
         received_at: now,
     };
     match state.store.insert_delivery(delivery).await {
-        Ok(_) => {
+        Ok(InsertOutcome::Inserted) => {
             state.wake.notify_one();
             (
                 StatusCode::ACCEPTED,
-                Json(json!({"status": "queued", "rule": r.name})),
+                Json(json!({"status": "queued", "rule": r.name, "delivery": id})),
             )
                 .into_response()
         }
+        // Not expected with a random id; if it happens, nothing new was queued: said so,
+        // as a webhook's repeat is (200).
+        Ok(InsertOutcome::Duplicate) => (
+            StatusCode::OK,
+            Json(json!({"status": "duplicate", "rule": r.name, "delivery": id})),
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot queue a sweep");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
+            store_unavailable()
         }
     }
 }

@@ -15,6 +15,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -89,7 +90,8 @@ pub type AppState = Arc<AppContext>;
 
 /// Maximum requests handled at once.
 pub const CONCURRENCY_LIMIT: usize = 1024;
-/// Per-request timeout.
+/// Per-request timeout: waiting for one of the [`CONCURRENCY_LIMIT`] slots counts
+/// against it.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builds the router over the shared state.
@@ -99,7 +101,7 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/github", post(webhooks::github))
         // The extractors enforce their own limits (1 MiB / 25 MiB) and answer 413.
         .layer(DefaultBodyLimit::disable());
-    Router::new()
+    let routes = Router::new()
         .merge(hooks)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -107,18 +109,41 @@ pub fn router(state: AppState) -> Router {
         .route("/api/actions", get(admin::actions))
         .route("/api/rules", get(admin::rules))
         .route("/api/sweep/{rule}", post(admin::sweep))
-        .route("/", get(status_page::page))
+        .route("/", get(status_page::page));
+    protect(
+        routes,
+        Arc::new(Semaphore::new(CONCURRENCY_LIMIT)),
+        REQUEST_TIMEOUT,
+    )
+    .with_state(state)
+}
+
+/// The layers around every route of [`router`], from the outside in: a panic becomes a
+/// 500; then one `timeout` for the whole request, waiting for a slot included (408 when
+/// it runs out); then one of `slots` (shared by all routes) for as long as the handler
+/// runs.
+///
+/// The timeout is outside the limit on purpose: when every slot is held (e.g. by stalled
+/// uploads), a request waiting for one is answered 408 after `timeout` instead of
+/// queueing for ever. Each layer stays its own `Router::layer` call: axum then polls the
+/// limit's readiness (where it waits for a slot) inside the timeout's future, whereas in
+/// one `ServiceBuilder` stack the wait would happen in `poll_ready`, before any timeout
+/// starts (`tests/http_edge.rs` checks it).
+pub fn protect<S>(routes: Router<S>, slots: Arc<Semaphore>, timeout: Duration) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    routes
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(
+            slots,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            CONCURRENCY_LIMIT,
+            timeout,
         ))
         .layer(CatchPanicLayer::custom(|_| {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }))
-        .with_state(state)
 }
 
 async fn healthz() -> &'static str {

@@ -5,6 +5,7 @@
 use std::fmt::Write;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Html;
 use chrono::Utc;
 
@@ -33,29 +34,49 @@ const RECENT_SHOWN: i64 = 50;
 /// `/api/actions`.
 const ACTIONS_SHOWN: usize = 100;
 
-/// Renders the page.
-pub async fn page(State(state): State<AppState>) -> Html<String> {
+/// What the page says in place of a section the store could not give.
+const UNREADABLE: &str =
+    "<p class=\"bad\">The store could not be read; see the log. Retrying on the next refresh.</p>";
+
+/// A store read for the page: `None` (logged at WARN, without the payloads) when it
+/// failed, so that an outage shows as such, never as "none" or 0.
+fn read<T>(what: &str, r: crate::store::StoreResult<T>) -> Option<T> {
+    r.map_err(|e| tracing::warn!(error = %e, what, "status page: cannot read the store"))
+        .ok()
+}
+
+/// Renders the page: 200, or 503 when some of it could not be read from the store (the
+/// page is still rendered, those sections saying so).
+pub async fn page(State(state): State<AppState>) -> (StatusCode, Html<String>) {
     let cfg = &state.config;
-    let hits = state.store.rule_hit_counts().await.unwrap_or_default();
-    let recent = state
-        .store
-        .audit(None, None, RECENT_SHOWN)
-        .await
-        .unwrap_or_default();
-    let queue = state.store.queue_depth().await.unwrap_or(0);
+    let hits = read("rule hits", state.store.rule_hit_counts().await);
+    let recent = read(
+        "recent decisions",
+        state.store.audit(None, None, RECENT_SHOWN).await,
+    );
+    let queue = read("queue depth", state.store.queue_depth().await);
     // From the store, not from the recent decisions: a failed action stays visible
     // however many decisions came after it (SPEC §6). One more than shown, to tell when
     // some are left out.
-    let failed = state
-        .store
-        .failed_actions_audit(ACTIONS_SHOWN as i64 + 1)
-        .await
-        .unwrap_or_default();
-    let pending = state
-        .store
-        .pending_actions_audit(ACTIONS_SHOWN as i64 + 1)
-        .await
-        .unwrap_or_default();
+    let failed = read(
+        "failed actions",
+        state
+            .store
+            .failed_actions_audit(ACTIONS_SHOWN as i64 + 1)
+            .await,
+    );
+    let pending = read(
+        "pending actions",
+        state
+            .store
+            .pending_actions_audit(ACTIONS_SHOWN as i64 + 1)
+            .await,
+    );
+    let complete = hits.is_some()
+        && recent.is_some()
+        && queue.is_some()
+        && failed.is_some()
+        && pending.is_some();
     let mut h = String::new();
     let _ = write!(
         h,
@@ -70,8 +91,14 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
         } else {
             ""
         },
-        format_args!("{queue} action(s) queued"),
+        match queue {
+            Some(n) => format!("{n} action(s) queued"),
+            None => "<span class=\"bad\">queue unknown</span>".to_string(),
+        },
     );
+    if !complete {
+        h.push_str("<p class=\"bad\">The store could not be read (see the log): what is marked so below is missing, not empty.</p>");
+    }
     if let Some(wait) = state.github.as_ref().and_then(|g| g.rate_limit_wait()) {
         let until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
         let _ = write!(
@@ -83,10 +110,14 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
     }
     h.push_str("<h2>Rules</h2><div class=\"scroll\"><table><tr><th>rule</th><th>kind</th><th>hits</th><th>next slot</th><th>mode</th></tr>");
     for r in &cfg.rules {
-        let n = hits
-            .iter()
-            .find(|(x, _)| x == &r.name)
-            .map_or(0, |(_, c)| *c);
+        let n = match &hits {
+            Some(hits) => hits
+                .iter()
+                .find(|(x, _)| x == &r.name)
+                .map_or(0, |(_, c)| *c)
+                .to_string(),
+            None => "?".to_string(),
+        };
         let next = match &r.kind {
             RuleKind::Retention(o) => match &o.schedule {
                 Some(s) => s
@@ -145,6 +176,10 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
         h.push_str("</table></div>");
     };
     for (title, rows) in [("Failed actions", &failed), ("Pending actions", &pending)] {
+        let Some(rows) = rows else {
+            let _ = write!(h, "<h2>{title}</h2>{UNREADABLE}");
+            continue;
+        };
         let shown: Vec<_> = rows.iter().take(ACTIONS_SHOWN).collect();
         section(title, &shown, &mut h);
         if rows.len() > ACTIONS_SHOWN {
@@ -154,8 +189,20 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
             );
         }
     }
-    let all: Vec<_> = recent.iter().collect();
-    section("Recent decisions", &all, &mut h);
+    match &recent {
+        Some(recent) => {
+            let all: Vec<_> = recent.iter().collect();
+            section("Recent decisions", &all, &mut h);
+        }
+        None => {
+            let _ = write!(h, "<h2>Recent decisions</h2>{UNREADABLE}");
+        }
+    }
     h.push_str("<p class=\"muted\">Read-only. The same data: <code>/api/actions</code>, <code>/api/rules</code>.</p></body></html>");
-    Html(h)
+    let status = if complete {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Html(h))
 }

@@ -78,6 +78,27 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Gives up every named lease (the poller's, a repository's summary lock, ...) whose
+    /// holder `alive` says is gone: for a SQLite store at startup, as
+    /// [`Store::release_leases_unless`] does for actions, so that a process killed while
+    /// holding the poller's lease (three poll intervals long) does not hold up polling
+    /// after the restart. Returns the names released.
+    pub async fn release_named_leases_unless(
+        &self,
+        alive: impl Fn(&str) -> bool,
+    ) -> StoreResult<Vec<String>> {
+        let held: Vec<(String, String)> = sqlx::query_as("SELECT name, holder FROM leases")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut released = Vec::new();
+        for (name, holder) in held {
+            if !alive(&holder) && self.release_lease(&name, &holder).await? {
+                released.push(name);
+            }
+        }
+        Ok(released)
+    }
+
     /// The current holder of lease `name` and its expiry, expired or not.
     pub async fn lease_holder(&self, name: &str) -> StoreResult<Option<(String, DateTime<Utc>)>> {
         let row: Option<(String, i64)> =
