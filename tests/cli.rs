@@ -1342,3 +1342,44 @@ async fn a_dry_run_sweep_leaves_the_reconciliation_of_an_ended_run_to_the_next_p
     let store = runwarden::store::Store::connect(&env.store).await.unwrap();
     assert_eq!(state(store).await, "COMPLETE");
 }
+
+/// The events a `sweep --dry-run` stores are previews whoever processes them: left
+/// unprocessed by the dry run (interrupted, say), its retention sweep is decided by the
+/// next process on the store (here a sweep of another rule, which processes every
+/// pending event) as a dry run, and deletes nothing (SPEC §6).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_sweeps_event_stays_a_dry_run_for_whoever_processes_it() {
+    let rules = "[[rules]]\nname = \"cleanup\"\nkind = \"retention\"\nolder_than = \"30d\"\n\n\
+                 [[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"2h\"\n";
+    let env = setup(rules).await;
+    let expired = env.add("feat/b", "b0", Duration::days(50), "passed", &[]);
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    store
+        .insert_delivery(runwarden::store::NewDelivery {
+            source: "schedule".into(),
+            delivery_id: "sweep:cleanup:1:left-by-a-dry-run".into(),
+            event: "sweep".into(),
+            payload: serde_json::json!({
+                "rule": "cleanup",
+                "manual": true,
+                runwarden::intake::processor::PREVIEW_KEY: true,
+            })
+            .to_string(),
+            received_at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    store.close().await;
+    let (out, env) = env.run_async(&["sweep", "--rule", "stuck"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(env.sim.run(&expired).is_some(), "nothing deleted");
+    assert!(
+        env.sim.mutation_log().is_empty(),
+        "{:?}",
+        env.sim.mutation_log()
+    );
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    let audit = store.audit(None, Some("cleanup"), 100).await.unwrap();
+    assert_eq!(audit.len(), 1, "{audit:#?}");
+    assert_eq!(audit[0].outcome.as_str(), "dry_run", "{audit:#?}");
+}

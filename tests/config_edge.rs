@@ -320,3 +320,39 @@ fn rules_cannot_be_set_from_the_environment() {
         );
     }
 }
+
+/// `dashboard_url` without a scheme passed `check`, and then every valid Currents
+/// webhook was refused 400 ("runUrl is not a run of the configured dashboard") and every
+/// summary link was broken: it is checked like the API URLs.
+#[test]
+fn a_dashboard_url_without_a_scheme_is_an_error_naming_the_key() {
+    let e = err(&format!("{BASE}dashboard_url = \"app.currents.dev\"\n"));
+    assert!(
+        e.contains("dashboard_url") && e.contains("app.currents.dev"),
+        "{e}"
+    );
+    assert!(e.starts_with("rules.toml:3:"), "located: {e}");
+    let ok = load_str(
+        &format!("{BASE}dashboard_url = \"https://currents.example.com/\"\n"),
+        "rules.toml",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        ok.config.currents.dashboard_url,
+        "https://currents.example.com"
+    );
+}
+
+/// A summary rule with `events = []` would never run: an error, like an empty match
+/// list.
+#[test]
+fn a_summary_rule_with_no_events_is_an_error() {
+    let e = err(&format!(
+        "{BASE}[[rules]]\nname = \"sum\"\nkind = \"summary\"\nevents = []\n"
+    ));
+    assert!(
+        e.contains("rule \"sum\"") && e.contains("events") && e.contains("empty"),
+        "{e}"
+    );
+}

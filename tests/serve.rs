@@ -1809,82 +1809,6 @@ async fn fresh_metrics_describe_the_listed_counters_and_write_no_empty_braces() 
     assert!(!text.contains("{}"), "{text}");
 }
 
-/// Log capture for one test: what this thread's subscriber writes (the test's
-/// single-threaded runtime runs the server on this thread too).
-#[derive(Clone, Default)]
-struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// "webhook rejected" names its source, so that a 413 or a 404 can be tied to its
-/// sender; it never carries a header value.
-#[tokio::test]
-async fn webhook_rejections_are_logged_with_their_source() {
-    let buf = LogBuffer::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let app = spawn_app_with(AppOptions {
-        github_secret: false,
-        ..AppOptions::default()
-    })
-    .await;
-    // github: no secret, 404.
-    assert_eq!(app.github_hook("push", "x", &json!({})).await.status(), 404);
-    // currents: over the 1 MiB limit, 413; then a wrong secret, 401.
-    let r = app
-        .http
-        .post(app.url("/webhooks/currents"))
-        .header("x-webhook-secret", CURRENTS_SECRET)
-        .header("content-type", "application/json")
-        .body(vec![b' '; 2 * 1024 * 1024])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
-    let r = app
-        .http
-        .post(app.url("/webhooks/currents"))
-        .header("x-webhook-secret", "WRONG-SECRET-VALUE")
-        .header(
-            "x-timestamp",
-            chrono::Utc::now().timestamp_millis().to_string(),
-        )
-        .json(&json!({"event": "RUN_START"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
-    let rejected: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("webhook rejected"))
-        .collect();
-    assert_eq!(rejected.len(), 3, "{text}");
-    let has = |source: &str, status: &str| {
-        rejected
-            .iter()
-            .any(|l| l.contains(&format!("source=\"{source}\"")) && l.contains(status))
-    };
-    assert!(has("github", "status=404"), "{text}");
-    assert!(has("currents", "status=413"), "{text}");
-    assert!(has("currents", "status=401"), "{text}");
-    assert!(!text.contains("WRONG-SECRET-VALUE"), "{text}");
-    assert!(!text.contains(CURRENTS_SECRET), "{text}");
-}
-
 /// A sweep of one rule (`POST /api/sweep/{rule}`) polls like `serve` does, but keeps
 /// only that rule's decisions: the summary its poll would have decided for a run whose
 /// `RUN_FINISH` webhook was missed is another rule's, so the run is not remembered as
@@ -1955,7 +1879,7 @@ async fn a_sweep_of_one_rule_leaves_a_missed_summary_to_the_next_poll() {
     .await;
 }
 
-/// `max_duration = "auto"`: the history listing of a branch failed once (a final 400
+/// `max_duration = "auto"`: the history listing of a branch failed for now (a 503,
 /// after the poll's own listing went through). The poll is retried, and the retry lists
 /// the history again rather than taking the failed lookup for a fresh one (which left
 /// only `fallback` for an hour): the 30-minute run is past 3 × the p95 of 5-minute runs.
@@ -1965,6 +1889,7 @@ async fn a_failed_history_listing_is_tried_again_by_the_next_poll() {
     let app = spawn_app_with(AppOptions {
         rules: rules.into(),
         poll_interval: "1s",
+        client_retries: Some((1, std::time::Duration::from_millis(10))),
         ..AppOptions::default()
     })
     .await;
@@ -1975,10 +1900,10 @@ async fn a_failed_history_listing_is_tried_again_by_the_next_poll() {
         app.sim.add_run(r).unwrap();
     }
     let listing = format!("/v1/projects/{PROJECT}/runs");
-    // The poll's listing of runs in progress goes through; the history's fails, for good.
+    // The poll's listing of runs in progress goes through; the history's fails, for now.
     app.sim.inject_fault(
         runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Status {
-            status: 400,
+            status: 503,
             body: None,
             retry_after: None,
         })
@@ -2175,4 +2100,133 @@ async fn a_weekly_slot_missed_by_a_long_downtime_fires_once() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// `max_duration = "auto"`: the history listing of a branch is refused for good (a
+/// 400). That must not fail the poll: the other runs are still checked (the fixed limit
+/// cancels its run in that same poll), and the refused listing is not asked again for an
+/// hour: that branch's limit is `fallback` meanwhile (the 30-minute run stays).
+#[tokio::test]
+async fn a_history_listing_refused_for_good_does_not_stop_the_poll() {
+    let rules = "[[rules]]\nname = \"auto\"\nkind = \"timeout\"\nmax_duration = \"auto\"\nfallback = \"2h\"\n[rules.match]\nbranches = [\"feat/hist\"]\n\n\
+                 [[rules]]\nname = \"fixed\"\nkind = \"timeout\"\nmax_duration = \"1h\"\n[rules.match]\nbranches = [\"feat/other\"]\n";
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        poll_interval: "1s",
+        client_retries: Some((1, std::time::Duration::from_millis(10))),
+        ..AppOptions::default()
+    })
+    .await;
+    for i in 0..20 {
+        let mut r = run("feat/hist", &format!("old{i}"), 60 + i);
+        r.state = Some("passed".into());
+        r.duration_ms = Some(5 * 60 * 1000);
+        app.sim.add_run(r).unwrap();
+    }
+    let listing = format!("/v1/projects/{PROJECT}/runs");
+    let long = app.sim.add_run(run("feat/hist", "new", 30)).unwrap();
+    let other = app.sim.add_run(run("feat/other", "oth", 90)).unwrap();
+    // The next listing of runs in progress goes through; the history's after it is
+    // refused.
+    let refused = app.sim.inject_fault(
+        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Status {
+            status: 400,
+            body: None,
+            retry_after: None,
+        })
+        .on("GET", &listing)
+        .after(1),
+    );
+    let cancel = |id: &str| format!("PUT /v1/runs/{id}/cancel");
+    let other_cancel = cancel(&other.run_id);
+    app.wait_for("the fixed limit's cancel", 20, |a| {
+        a.mutations().contains(&other_cancel)
+    })
+    .await;
+    assert!(
+        app.sim.faults().iter().all(|f| f.id != refused),
+        "the history listing was refused"
+    );
+    // Three more polls: the auto limit stays `fallback` (2 h) for this branch.
+    let gets = |a: &TestApp| {
+        a.sim
+            .request_counts()
+            .get("currents GET")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = gets(&app);
+    app.wait_for("three more polls", 10, |a| gets(a) >= before + 3)
+        .await;
+    assert!(
+        !app.mutations().contains(&cancel(&long.run_id)),
+        "{:?}",
+        app.mutations()
+    );
+}
+
+/// After polls failed for a while (an outage of the API), the next poll looks back to the
+/// start of the last poll that covered every project, not only two intervals: a run that
+/// started and finished during the outage is summarised too.
+#[tokio::test]
+async fn after_failed_polls_the_look_back_reaches_the_last_good_poll() {
+    let rules = "[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\n";
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        poll_interval: "1s",
+        ..AppOptions::default()
+    })
+    .await;
+    // After the first poll (between two polls, a second apart): as if the last good poll
+    // was 20 minutes ago and every poll since had failed.
+    app.wait_for("the first poll", 10, |a| {
+        a.bot.ctx.last_poll.lock().unwrap().is_some()
+    })
+    .await;
+    *app.bot.ctx.last_poll.lock().unwrap() =
+        Some(chrono::Utc::now() - chrono::Duration::minutes(20));
+    let mut during = run("feat/outage", "0u7a9e", 10);
+    during.state = Some("failed".into());
+    let during = app.sim.add_run(during).unwrap();
+    app.sim
+        .add_pr(runwarden::simulator::NewPr {
+            repo: REPO.into(),
+            number: Some(13),
+            head_ref: Some("feat/outage".into()),
+            head_sha: Some("0u7a9e".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    app.wait_audit("the summary of the run ended during the outage", 15, |a| {
+        a.iter().any(|e| {
+            e.action == "summarize" && e.run_id == during.run_id && e.outcome.as_str() == "done"
+        })
+    })
+    .await;
+    assert_eq!(app.sim.comments(Some(REPO), Some(13)).len(), 1);
+}
+
+/// The shutdown gives back this process's named locks too (a summary cut short by the
+/// shutdown's grace leaves its repository's lock): another replica's summaries of that
+/// repository do not wait for the lock to expire.
+#[tokio::test]
+async fn the_shutdown_gives_back_the_locks_of_this_process() {
+    let app = spawn_app(SUPERSEDE).await;
+    let store = app.bot.ctx.store.clone();
+    let me = app.bot.ctx.worker_id.clone();
+    let held = store
+        .try_acquire_lease(
+            "summary:acme/web",
+            &me,
+            std::time::Duration::from_secs(600),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert!(held);
+    let TestApp { bot, .. } = app;
+    tokio::time::timeout(std::time::Duration::from_secs(15), bot.shutdown())
+        .await
+        .expect("shutdown");
+    assert_eq!(store.lease_holder("summary:acme/web").await.unwrap(), None);
 }

@@ -2768,3 +2768,40 @@ async fn large_worlds_page_quickly() {
         t.elapsed()
     );
 }
+
+/// Times are written as the Currents API writes them: RFC 3339 in UTC to the
+/// millisecond (`2026-01-12T10:00:00.123Z`), never with nanoseconds, in a run and in
+/// its specs' instances (a client that only read nanosecond times would pass here and
+/// fail against Currents).
+#[tokio::test]
+async fn run_times_are_written_to_the_millisecond() {
+    let s = sim().await;
+    s.add_project(project("p1")).unwrap();
+    let now = Utc::now();
+    let mut r = run_at("p1", 5, now);
+    r.created_at = Some(now - ChronoDuration::nanoseconds(123_456_789));
+    let id = s.add_run(r).unwrap().run_id;
+    let (status, v) = get(&s, &format!("/v1/runs/{id}")).await;
+    assert_eq!(status, 200, "{v}");
+    let mut times = Vec::new();
+    fn walk(v: &Value, key: &str, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    walk(x, k, out);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, key, out)),
+            Value::String(t) if key.ends_with("At") => out.push((key.to_string(), t.clone())),
+            _ => {}
+        }
+    }
+    walk(&v, "", &mut times);
+    assert!(times.iter().any(|(k, _)| k == "createdAt"), "{v}");
+    for (k, t) in &times {
+        let ok = t.len() == "2026-01-12T10:00:00.123Z".len()
+            && t.ends_with('Z')
+            && t.as_bytes()[19] == b'.';
+        assert!(ok, "{k} = {t:?}");
+    }
+}

@@ -298,7 +298,22 @@ async fn a_full_disk_gets_503_then_recovers_when_space_is_back() {
 /// sent a second time.
 #[tokio::test]
 async fn an_outcome_the_locked_store_refused_is_written_once_the_lock_is_gone() {
-    let w = World::sqlite(SUPERSEDE, Env::default()).await;
+    outcome_written_once_the_lock_is_gone(SUPERSEDE, "cannot record the action outcome").await;
+}
+
+/// The same with a summary rule: the run's end (an event for the summaries, stored
+/// before the outcome) meets the lock first, and is written again too.
+#[tokio::test]
+async fn a_run_end_event_the_locked_store_refused_is_written_once_the_lock_is_gone() {
+    let rules = format!(
+        "{SUPERSEDE}\n[[rules]]\nname = \"sum\"\nkind = \"summary\"\nevents = [\"RUN_CANCELED\"]\n"
+    );
+    outcome_written_once_the_lock_is_gone(&rules, "cannot store the run's end for its summaries")
+        .await;
+}
+
+async fn outcome_written_once_the_lock_is_gone(rules: &str, blocked: &str) {
+    let w = World::sqlite(rules, Env::default()).await;
     let p = pair(&w, "feat/o1");
     let cancel = format!("/v1/runs/{}/cancel", p.old);
     // The cancel is held for 2 s at the simulator: the lock is taken meanwhile.
@@ -325,7 +340,7 @@ async fn an_outcome_the_locked_store_refused_is_written_once_the_lock_is_gone() 
         .await
         .unwrap();
     // The cancel completes; its outcome meets the lock past the busy timeout (5 s).
-    logged(&bot, "cannot record the action outcome").await;
+    logged(&bot, blocked).await;
     sqlx::raw_sql("ROLLBACK")
         .execute(&mut locker)
         .await
@@ -355,12 +370,9 @@ async fn an_outcome_the_locked_store_refused_is_written_once_the_lock_is_gone() 
         "the cancel took effect once: {cancels:#?}\n{log}"
     );
     assert!(
-        log.contains("cannot record the action outcome yet"),
+        log.contains(&format!("{blocked} yet")),
         "the failed write is logged as one to be repeated: {log}"
     );
-    assert!(
-        !log.contains("it will be retried after its lease"),
-        "not given up: {log}"
-    );
+    assert!(!log.contains("after its lease"), "not given up: {log}");
     bot.kill().await;
 }

@@ -370,21 +370,35 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
     };
     let now = Utc::now();
     let kind = a.kind.clone();
+    // The outcome (and a run-end event) are written again while the store cannot take
+    // them, up to half the lease from now (see `record_outcome`).
+    let give_up = tokio::time::Instant::now() + ctx.executor.lease / 2;
     // A run seen ended gets its summaries (see `run_end_delivery`), stored before the
     // outcome: a crash in between repeats the action, not the event (stored once).
     if let (Attempt::Done(_), Some(rec)) = (&attempt, seen.as_ref())
         && let Some(d) = crate::intake::processor::run_end_delivery(&ctx.config, rec, now)
     {
-        match ctx.store.insert_delivery(d).await {
-            Ok(_) => ctx.wake.notify_one(),
-            Err(e) => {
-                tracing::warn!(action = %a.action, run = %a.run_id, error = %e, "cannot store the run's end for its summaries; the action is carried out again after its lease");
-                // Not recorded: the action (idempotent) and the event come again.
-                return;
+        let mut wait = OUTCOME_RETRY_FIRST_WAIT;
+        loop {
+            match ctx.store.insert_delivery(d.clone()).await {
+                Ok(_) => {
+                    ctx.wake.notify_one();
+                    break;
+                }
+                Err(e) if e.is_unavailable() && tokio::time::Instant::now() + wait <= give_up => {
+                    tracing::warn!(action = %a.action, run = %a.run_id, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot store the run's end for its summaries yet; writing it again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(OUTCOME_RETRY_MAX_WAIT);
+                }
+                Err(e) => {
+                    // Not recorded: the action (idempotent) and the event come again.
+                    tracing::warn!(action = %a.action, run = %a.run_id, error = %e, "cannot store the run's end for its summaries; the action is carried out again after its lease");
+                    return;
+                }
             }
         }
     }
-    let outcome = record_outcome(ctx, &a, &attempt, seen.as_ref(), retry_after, now).await;
+    let outcome = record_outcome(ctx, &a, &attempt, seen.as_ref(), retry_after, now, give_up).await;
     let detail = match &attempt {
         Attempt::Done(d)
         | Attempt::Skipped(d)
@@ -437,8 +451,9 @@ pub const OUTCOME_RETRY_MAX_WAIT: Duration = Duration::from_secs(4);
 ///
 /// The side effect has already happened (or was attempted): an outcome that the store
 /// cannot take now is written again, after [`OUTCOME_RETRY_FIRST_WAIT`] doubling up to
-/// [`OUTCOME_RETRY_MAX_WAIT`], for as long as half the action's lease (the executor
-/// renews the lease meanwhile, the action being in flight). Only then is it left to the
+/// [`OUTCOME_RETRY_MAX_WAIT`], until `give_up`: half the action's lease after the
+/// attempt ended (the executor renews the lease meanwhile, the action being in
+/// flight). Only then is it left to the
 /// lease: the action is carried out again once its lease runs out, which repeats a
 /// request (cancel and delete are idempotent) but not the side effect.
 async fn record_outcome(
@@ -448,8 +463,8 @@ async fn record_outcome(
     seen: Option<&crate::store::RunRecord>,
     retry_after: Option<Duration>,
     now: DateTime<Utc>,
+    give_up: tokio::time::Instant,
 ) -> &'static str {
-    let give_up = tokio::time::Instant::now() + ctx.executor.lease / 2;
     let mut wait = OUTCOME_RETRY_FIRST_WAIT;
     let mut logged = false;
     loop {

@@ -83,6 +83,7 @@ pub async fn build_context(config: Config, secrets: Secrets) -> anyhow::Result<A
         executor,
         events: tokio::sync::broadcast::channel(4096).0,
         history_cache: Default::default(),
+        last_poll: Default::default(),
         handoff: Default::default(),
     }))
 }
@@ -149,6 +150,11 @@ impl Bot {
             }
         }
         let _ = self.ctx.store.release_leases(&self.ctx.worker_id).await;
+        let _ = self
+            .ctx
+            .store
+            .release_named_leases(&self.ctx.worker_id)
+            .await;
     }
 }
 

@@ -100,7 +100,13 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                         source: "schedule".into(),
                         delivery_id: format!("sweep:{}:{}:{run_id}", r.name, started.timestamp_millis()),
                         event: "sweep".into(),
-                        payload: serde_json::json!({ "rule": r.name, "manual": true }).to_string(),
+                        // A dry run's sweep is a preview, whoever processes it.
+                        payload: serde_json::json!({
+                            "rule": r.name,
+                            "manual": true,
+                            crate::intake::processor::PREVIEW_KEY: dry_run,
+                        })
+                        .to_string(),
                         received_at: started,
                     };
                     own.push((d.source.clone(), d.delivery_id.clone()));

@@ -677,11 +677,15 @@ fn compile(
         api_url,
         projects,
         poll_interval: dur(c.poll_interval, "60s", "poll_interval")?,
-        dashboard_url: c
-            .dashboard_url
-            .unwrap_or_else(|| "https://app.currents.dev".into())
-            .trim_end_matches('/')
-            .to_string(),
+        // A URL with a scheme and host: a webhook's `runUrl` must be on its host, and the
+        // summaries link to `{dashboard_url}/run/{id}`.
+        dashboard_url: {
+            let raw = c
+                .dashboard_url
+                .unwrap_or_else(|| "https://app.currents.dev".into());
+            parse_http_url(&raw).map_err(|m| sec_err("currents", "dashboard_url", m))?;
+            raw.trim().trim_end_matches('/').to_string()
+        },
         webhook_header: c
             .webhook_header
             .unwrap_or_else(|| "x-webhook-secret".into())
@@ -1207,6 +1211,15 @@ fn compile_rule(
                     "RUN_CANCELED".into(),
                 ]
             });
+            if events.is_empty() {
+                return Err(at(
+                    "events",
+                    format!(
+                        "the list is empty, so the rule would never run; remove the key for the default (RUN_FINISH, RUN_TIMEOUT, RUN_CANCELED) or list some of: {}",
+                        crate::currents::RUN_EVENTS.join(", ")
+                    ),
+                ));
+            }
             let mut norm = Vec::new();
             for e in events {
                 // As the rule reads events: any case, and Currents' two spellings of

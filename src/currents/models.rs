@@ -157,7 +157,7 @@ pub struct Project {
     pub project_id: String,
     #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "ms_time::opt")]
     pub created_at: Option<DateTime<Utc>>,
     #[serde(default, deserialize_with = "lenient_opt_u64")]
     pub inactivity_timeout_seconds: Option<u64>,
@@ -333,7 +333,7 @@ pub struct RunTimeout {
 pub struct Cancellation {
     #[serde(default, alias = "cancelledBy")]
     pub actor: Option<String>,
-    #[serde(default, alias = "cancelledAt")]
+    #[serde(default, alias = "cancelledAt", serialize_with = "ms_time::opt")]
     pub canceled_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub reason: Option<String>,
@@ -357,9 +357,9 @@ pub struct SpecStats {
     pub failures: u64,
     #[serde(default, deserialize_with = "lenient_opt_u64")]
     pub flaky: Option<u64>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "ms_time::opt")]
     pub wall_clock_started_at: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "ms_time::opt")]
     pub wall_clock_ended_at: Option<DateTime<Utc>>,
     #[serde(default, deserialize_with = "lenient_opt_u64")]
     pub wall_clock_duration: Option<u64>,
@@ -394,10 +394,10 @@ pub struct Spec {
     pub spec: String,
     #[serde(default)]
     pub instance_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "ms_time::opt")]
     pub claimed_at: Option<DateTime<Utc>>,
     /// `null` while the spec is running.
-    #[serde(default)]
+    #[serde(default, serialize_with = "ms_time::opt")]
     pub completed_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub machine_id: Option<String>,
@@ -413,6 +413,7 @@ pub struct Run {
     pub run_id: String,
     #[serde(default)]
     pub project_id: String,
+    #[serde(serialize_with = "ms_time::one")]
     pub created_at: DateTime<Utc>,
     #[serde(default = "default_completion")]
     pub completion_state: CompletionState,
@@ -446,7 +447,11 @@ pub struct Run {
     pub previous_run_id: Option<String>,
     /// When the run was deleted (the reference's `deletedAt`, nullable): a run the API
     /// still shows after its deletion is gone all the same ([`Run::is_deleted`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ms_time::opt"
+    )]
     pub deleted_at: Option<DateTime<Utc>>,
     /// Present on list items only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -520,7 +525,7 @@ pub struct CancelResult {
     pub run_id: Option<String>,
     #[serde(default, alias = "cancelledBy")]
     pub actor: Option<String>,
-    #[serde(default, alias = "cancelledAt")]
+    #[serde(default, alias = "cancelledAt", serialize_with = "ms_time::opt")]
     pub canceled_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub reason: Option<String>,
@@ -574,9 +579,9 @@ pub struct Webhook {
     pub hook_events: Vec<String>,
     #[serde(default)]
     pub label: Option<String>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "ms_time::opt")]
     pub created_at: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "ms_time::opt")]
     pub updated_at: Option<DateTime<Utc>>,
 }
 
@@ -898,5 +903,23 @@ mod tests {
         );
         assert_eq!(run_id_from_url("https://app.currents.dev/x/950a"), None);
         assert_eq!(run_id_from_url("not a url"), None);
+    }
+}
+
+/// Times written as the Currents API writes them: RFC 3339 in UTC, to the millisecond
+/// (`2026-01-12T10:00:00.123Z`). What the simulator answers, and what the store keeps.
+mod ms_time {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::Serializer;
+
+    pub fn one<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn opt<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => one(t, s),
+            None => s.serialize_none(),
+        }
     }
 }

@@ -252,6 +252,8 @@ struct Decided {
     source: String,
     /// When the event arrived.
     received_at: DateTime<Utc>,
+    /// Failed processing attempts before this one.
+    attempts: i64,
     now: DateTime<Utc>,
     note: String,
     decisions: Vec<NewDecision>,
@@ -277,6 +279,7 @@ async fn decide_one(ctx: &AppContext, d: Delivery) -> Option<ToCommit> {
                     delivery: d.id,
                     source: d.source,
                     received_at: d.received_at,
+                    attempts: d.attempts,
                     now,
                     note: format!("{n} decision(s)"),
                     decisions,
@@ -290,7 +293,7 @@ async fn decide_one(ctx: &AppContext, d: Delivery) -> Option<ToCommit> {
             return Some(ToCommit::Quiet(d.id));
         }
         Err(ProcessError::Transient(e)) => {
-            let backoff = 2i64.saturating_pow(d.attempts.clamp(0, 8) as u32).min(300);
+            let backoff = retry_backoff_secs(d.attempts);
             let retry_at = now + chrono::Duration::seconds(backoff);
             match give_up_on(&ctx.config, &d, retry_at) {
                 None => {
@@ -330,6 +333,12 @@ async fn decide_one(ctx: &AppContext, d: Delivery) -> Option<ToCommit> {
         &[("source", &d.source), ("result", outcome)],
     );
     None
+}
+
+/// Seconds before an event that failed `attempts` times already is processed again:
+/// 1, 2, 4, ... up to 256 (from the ninth failure on).
+pub fn retry_backoff_secs(attempts: i64) -> i64 {
+    2i64.saturating_pow(attempts.clamp(0, 8) as u32)
 }
 
 /// How long an event whose processing keeps failing (the API down, the store
@@ -417,18 +426,31 @@ async fn record(ctx: &AppContext, group: Vec<Decided>, quiet: &mut Vec<i64>) {
         }
         Err(e) => {
             for one in group {
-                tracing::warn!(delivery = one.delivery, error = %e, "cannot record decisions; will retry");
-                let _ = ctx
-                    .store
-                    .mark_delivery_failed(
-                        one.delivery,
-                        &e.to_string(),
-                        one.now + chrono::Duration::seconds(2),
-                    )
-                    .await;
+                // Decided again at the retry: backed off like a failed decision, so that
+                // a record that keeps failing (a full disk) does not repeat a retention
+                // listing every few seconds.
+                let backoff = retry_backoff_secs(one.attempts);
+                let retry_at = one.now + chrono::Duration::seconds(backoff);
+                let max_age =
+                    chrono::Duration::from_std(MAX_EVENT_AGE).unwrap_or(chrono::Duration::days(1));
+                let result = if retry_at - one.received_at > max_age {
+                    tracing::error!(delivery = one.delivery, source = %one.source, attempts = one.attempts + 1, "gave up on an event whose decisions could not be recorded for {}h: {e}", MAX_EVENT_AGE.as_secs() / 3600);
+                    let _ = ctx
+                        .store
+                        .dead_letter_delivery(one.delivery, &e.to_string())
+                        .await;
+                    "dead_letter"
+                } else {
+                    tracing::warn!(delivery = one.delivery, error = %e, "cannot record decisions; will retry in {backoff}s");
+                    let _ = ctx
+                        .store
+                        .mark_delivery_failed(one.delivery, &e.to_string(), retry_at)
+                        .await;
+                    "retry"
+                };
                 ctx.metrics.inc(
                     "runwarden_events_processed_total",
-                    &[("source", &one.source), ("result", "retry")],
+                    &[("source", &one.source), ("result", result)],
                 );
             }
         }
@@ -585,8 +607,27 @@ fn to_new_decisions(
         .collect()
 }
 
-/// Reads what the rules need for one event and evaluates them.
+/// Reads what the rules need for one event and evaluates them. The decisions of a
+/// preview (an event a `sweep --dry-run` stored, [`PREVIEW_KEY`]) are dry runs whoever
+/// processes it: `serve` on the same store, or a later sweep when the dry run left it
+/// unprocessed (SPEC §6: dry run mutates nothing anywhere).
 async fn decide_event(
+    ctx: &AppContext,
+    d: &Delivery,
+    now: DateTime<Utc>,
+    seen: &mut Observed,
+) -> Result<Vec<Decision>, ProcessError> {
+    let mut decisions = decide_event_as_configured(ctx, d, now, seen).await?;
+    if matches!(d.source.as_str(), "poll" | "schedule") && is_preview(d) {
+        for x in &mut decisions {
+            x.dry_run = true;
+        }
+    }
+    Ok(decisions)
+}
+
+/// [`decide_event`] with each rule's own `dry_run`.
+async fn decide_event_as_configured(
     ctx: &AppContext,
     d: &Delivery,
     now: DateTime<Utc>,
@@ -598,10 +639,9 @@ async fn decide_event(
         "schedule" => schedule_event(ctx, d, now, seen).await,
         "poll" if d.event != "poll" => run_end_event(ctx, d, now),
         "poll" => {
-            let scope = if is_preview(d) {
-                PollScope::Preview
-            } else {
-                PollScope::Whole
+            let scope = PollScope {
+                rule: None,
+                preview: is_preview(d),
             };
             poll_event_in(ctx, now, seen, scope).await
         }
@@ -622,6 +662,13 @@ pub struct Observed {
 impl Observed {
     fn get(&self, run_id: &str) -> Option<&RunRecord> {
         self.runs.iter().find(|r| r.run_id == run_id)
+    }
+
+    /// Takes over what `other` noted (runs of other projects).
+    fn absorb(&mut self, other: Observed) {
+        for rec in other.runs {
+            self.put(rec);
+        }
     }
 
     /// Drops what was noted of a run: it is not written.
@@ -803,27 +850,47 @@ async fn history_for(
                     limit: Some(50),
                     ..RunFilter::default()
                 };
-                let page = ctx
+                let listed = ctx
                     .currents
                     .list_runs_page(&run.project_id, &filter, None)
-                    .await?;
-                // Only a listing that came back counts: a failed one is tried again by
-                // the event's retry (or the next poll), not skipped for an hour.
+                    .await;
+                // A listing that may work next time (the API down, a rate limit) fails the
+                // event, which is tried again, and is not remembered: its retry (or the
+                // next poll) lists again. One refused for good (a 4xx) is remembered, so
+                // that it is not asked again for an hour, and the history is what the
+                // store knows (`fallback` below the minimum): one branch's history must
+                // not stop the poll of every run, nor the events of that branch.
+                let page = match listed {
+                    Ok(page) => Some(page),
+                    Err(e) => match ProcessError::from(e) {
+                        ProcessError::Permanent(why) => {
+                            tracing::warn!(project = %run.project_id, branch = run.branch().unwrap_or_default(), "cannot list the run history for max_duration = \"auto\"; using the runs the store knows for an hour: {why}");
+                            None
+                        }
+                        transient => return Err(transient),
+                    },
+                };
                 remember_history_lookup(
                     &mut ctx.history_cache.lock().unwrap_or_else(|e| e.into_inner()),
                     &key,
                     std::time::Instant::now(),
                 );
-                let now = Utc::now();
-                for r in &page.items {
-                    if rules::history_key(r) == key {
-                        remember_run(ctx, r, now).await?;
+                if let Some(page) = page {
+                    let now = Utc::now();
+                    for r in &page.items {
+                        if rules::history_key(r) == key {
+                            remember_run(ctx, r, now).await?;
+                        }
                     }
+                    ds = ctx
+                        .store
+                        .passed_durations(
+                            &run.project_id,
+                            run.branch(),
+                            rules::HISTORY_WINDOW as i64,
+                        )
+                        .await?;
                 }
-                ds = ctx
-                    .store
-                    .passed_durations(&run.project_id, run.branch(), rules::HISTORY_WINDOW as i64)
-                    .await?;
             }
         }
         out.insert(
@@ -1143,7 +1210,13 @@ async fn schedule_event(
             }
             Ok(decisions)
         }
-        _ => poll_event_in(ctx, now, seen, PollScope::Rule(&rule.name)).await,
+        _ => {
+            let scope = PollScope {
+                rule: Some(&rule.name),
+                preview: is_preview(d),
+            };
+            poll_event_in(ctx, now, seen, scope).await
+        }
     }
 }
 
@@ -1243,26 +1316,32 @@ pub async fn poll_event(
     now: DateTime<Utc>,
     seen: &mut Observed,
 ) -> Result<Vec<Decision>, ProcessError> {
-    poll_event_in(ctx, now, seen, PollScope::Whole).await
+    poll_event_in(ctx, now, seen, PollScope::WHOLE).await
 }
 
-/// Which of a poll's decisions are kept ([`poll_event_in`]).
+/// Which of a poll's decisions are kept, and how ([`poll_event_in`]).
 #[derive(Debug, Clone, Copy)]
-enum PollScope<'a> {
-    /// Every decision, as decided: the poll of `serve` (or of a `sweep` of every rule).
-    Whole,
-    /// Only this rule's decisions: a `sweep --rule` or `POST /api/sweep/{rule}` of a
-    /// rule that is not a retention rule.
-    Rule(&'a str),
-    /// Every decision, but as a preview: a `sweep --dry-run` ([`PREVIEW_KEY`]).
-    Preview,
+struct PollScope<'a> {
+    /// Only this rule's decisions (a `sweep --rule` or `POST /api/sweep/{rule}` of a
+    /// rule that is not a retention rule); every rule's when `None`.
+    rule: Option<&'a str>,
+    /// A preview (`sweep --dry-run`, [`PREVIEW_KEY`]): every decision is a dry run.
+    preview: bool,
 }
 
-/// The key of a `poll` event's payload that marks it as a preview (`sweep --dry-run`):
-/// `{"preview": true}`.
+impl PollScope<'_> {
+    /// Every decision, as decided: the poll of `serve` (or of a `sweep` of every rule).
+    const WHOLE: PollScope<'static> = PollScope {
+        rule: None,
+        preview: false,
+    };
+}
+
+/// The key of a `poll` or `schedule` event's payload that marks it as a preview, stored
+/// by `sweep --dry-run`: `{"preview": true}`.
 pub const PREVIEW_KEY: &str = "preview";
 
-/// Whether a stored `poll` event is a preview ([`PREVIEW_KEY`]).
+/// Whether a stored `poll` or `schedule` event is a preview ([`PREVIEW_KEY`]).
 fn is_preview(d: &Delivery) -> bool {
     serde_json::from_str::<serde_json::Value>(&d.payload)
         .ok()
@@ -1289,11 +1368,24 @@ async fn poll_event_in(
         // One project's failure (an id Currents does not know, an error that outlasts
         // the client's retries) leaves the others polled; only when every project fails
         // is the poll an error as a whole (and retried as such).
+        // What a project's poll observed is kept only when the whole project was polled:
+        // a project whose listing failed halfway must not have its runs remembered as
+        // seen while the events synthesized for them are dropped.
         let mut one = Polled::default();
-        match poll_project(ctx, project, now, seen, &mut one).await {
-            Ok(()) => polled.absorb(one),
+        let mut observed = Observed::default();
+        match poll_project(ctx, project, now, &mut observed, &mut one).await {
+            Ok(()) => {
+                polled.absorb(one);
+                seen.absorb(observed);
+            }
             Err(e) => failures.push((project, e)),
         }
+    }
+    if failures.is_empty() && scope.rule.is_none() && !scope.preview {
+        // Every project was polled: the next poll's look-back for runs that started and
+        // finished meanwhile starts here (`recent_finish_start`).
+        let mut last = ctx.last_poll.lock().unwrap_or_else(|e| e.into_inner());
+        *last = Some(last.map_or(now, |t| t.max(now)));
     }
     if !failures.is_empty() && failures.len() == ctx.config.currents.projects.len() {
         let (_, e) = failures.swap_remove(0);
@@ -1330,10 +1422,12 @@ async fn poll_event_in(
                 .into_iter()
                 .filter(|d| d.action == rules::Action::Summarize)
                 .collect();
-            let all_kept = match scope {
-                PollScope::Whole => true,
-                PollScope::Rule(name) => summaries.iter().all(|d| d.rule == name),
-                PollScope::Preview => summaries.is_empty(),
+            let all_kept = if scope.preview {
+                summaries.is_empty()
+            } else {
+                scope
+                    .rule
+                    .is_none_or(|name| summaries.iter().all(|d| d.rule == name))
             };
             if !all_kept {
                 seen.forget(&run_id);
@@ -1341,7 +1435,7 @@ async fn poll_event_in(
             decisions.extend(summaries);
         }
     }
-    if let PollScope::Rule(name) = scope {
+    if let Some(name) = scope.rule {
         decisions.retain(|d| d.rule == name);
     }
     Ok(decisions)
@@ -1408,8 +1502,7 @@ async fn poll_project(
     // for a summary rule, the runs that started and finished between two polls (no
     // listing of runs in progress ever showed them).
     let supersede_from = oldest.filter(|_| wants_finished_runs(&ctx.config));
-    let summary_from =
-        wants_finish_events(&ctx.config).then(|| recent_finish_start(&ctx.config, now));
+    let summary_from = wants_finish_events(&ctx.config).then(|| recent_finish_start(ctx, now));
     let from = match (supersede_from, summary_from) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -1491,13 +1584,19 @@ fn wants_finish_events(config: &crate::config::Config) -> bool {
 }
 
 /// How far back a poll looks for runs that started and finished since the previous
-/// poll: two poll intervals (one for the interval itself, one for a late or slow poll),
-/// [`MIN_RECENT_LOOKBACK`] at least. A run created earlier was listed in progress by an
+/// poll: to the start of this process's last poll that covered every project (polls that
+/// failed meanwhile, an outage of the API, are made good), and two poll intervals
+/// (one for the interval itself, one for a late or slow poll), [`MIN_RECENT_LOOKBACK`]
+/// at least, in any case; never more than [`FINISHED_LOOKBACK`] plus one interval
+/// ([`finished_runs_filter`]). A run created earlier was listed in progress by an
 /// earlier poll, or is older than this process's watch (at the first poll, only the runs
 /// of the last few minutes are made good, not the whole history).
-fn recent_finish_start(config: &crate::config::Config, now: DateTime<Utc>) -> DateTime<Utc> {
-    let back = (config.currents.poll_interval * 2).max(MIN_RECENT_LOOKBACK);
-    now - chrono::Duration::from_std(back).unwrap_or_else(|_| chrono::Duration::hours(1))
+fn recent_finish_start(ctx: &AppContext, now: DateTime<Utc>) -> DateTime<Utc> {
+    let back = (ctx.config.currents.poll_interval * 2).max(MIN_RECENT_LOOKBACK);
+    let recent =
+        now - chrono::Duration::from_std(back).unwrap_or_else(|_| chrono::Duration::hours(1));
+    let last = *ctx.last_poll.lock().unwrap_or_else(|e| e.into_inner());
+    last.map_or(recent, |t| t.min(recent))
 }
 
 /// The shortest look-back of a poll for runs that started and finished since the previous
@@ -1516,6 +1615,13 @@ fn wants_finished_runs(config: &crate::config::Config) -> bool {
 #[cfg(test)]
 mod tests {
     use super::github_event_wanted;
+
+    #[test]
+    fn failed_events_back_off_to_five_minutes() {
+        let waits: Vec<i64> = (0..12).map(super::retry_backoff_secs).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 256, 256, 256]);
+        assert_eq!(super::retry_backoff_secs(-1), 1);
+    }
 
     #[test]
     fn the_history_lookup_cache_forgets_stale_entries_once_it_is_large() {

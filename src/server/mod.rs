@@ -53,6 +53,9 @@ pub struct AppContext {
     pub handoff: crate::actions::Handoff,
     /// When the duration history of a group was last read from the API.
     pub history_cache: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// When this process's last poll that covered every project began (the look-back of
+    /// the next poll for runs that started and finished in between).
+    pub last_poll: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 /// A notification of something the bot did.

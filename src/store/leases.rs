@@ -78,6 +78,18 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Gives up every named lease `holder` holds (at the end of its shutdown: a summary
+    /// cut short by the shutdown's grace leaves its repository's lock, which would
+    /// otherwise hold the other replicas' summaries of that repository until it expires).
+    /// Returns how many.
+    pub async fn release_named_leases(&self, holder: &str) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM leases WHERE holder = $1")
+            .bind(holder)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Gives up every named lease (the poller's, a repository's summary lock, ...) whose
     /// holder `alive` says is gone: for a SQLite store at startup, as
     /// [`Store::release_leases_unless`] does for actions, so that a process killed while
