@@ -1164,15 +1164,7 @@ async fn polling_alone_reports_a_run_whose_webhooks_were_missed() {
     })
     .await;
     let created = app.sim.add_run(run("feat/poll", "abcdef1234", 1)).unwrap();
-    app.sim
-        .add_pr(runwarden::simulator::NewPr {
-            repo: REPO.into(),
-            number: Some(9),
-            head_ref: Some("feat/poll".into()),
-            head_sha: Some("abcdef1234".into()),
-            ..Default::default()
-        })
-        .unwrap();
+    app.open_pr("feat/poll", "abcdef1234", 9);
     // The bot first sees the run in progress by polling...
     let id = created.run_id.clone();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -1819,15 +1811,7 @@ async fn a_sweep_of_one_rule_leaves_a_missed_summary_to_the_next_poll() {
                  [[rules]]\nname = \"sum\"\nkind = \"summary\"\n";
     let app = spawn_app(rules).await;
     let created = app.sim.add_run(run("feat/scoped", "abc123def", 1)).unwrap();
-    app.sim
-        .add_pr(runwarden::simulator::NewPr {
-            repo: REPO.into(),
-            number: Some(7),
-            head_ref: Some("feat/scoped".into()),
-            head_sha: Some("abc123def".into()),
-            ..Default::default()
-        })
-        .unwrap();
+    app.open_pr("feat/scoped", "abc123def", 7);
     let id = created.run_id.clone();
     assert_eq!(app.currents_hook("RUN_START", &id).await.status(), 202);
     let store = &app.bot.ctx.store;
@@ -1939,27 +1923,11 @@ async fn polling_alone_reports_a_run_that_started_and_finished_between_two_polls
     let mut old = run("feat/old-history", "0ld5ha", 60);
     old.state = Some("failed".into());
     app.sim.add_run(old).unwrap();
-    app.sim
-        .add_pr(runwarden::simulator::NewPr {
-            repo: REPO.into(),
-            number: Some(4),
-            head_ref: Some("feat/old-history".into()),
-            head_sha: Some("0ld5ha".into()),
-            ..Default::default()
-        })
-        .unwrap();
+    app.open_pr("feat/old-history", "0ld5ha", 4);
     let mut quick = run("feat/quick", "9u1ck5ha", 0);
     quick.state = Some("failed".into());
     let quick = app.sim.add_run(quick).unwrap();
-    app.sim
-        .add_pr(runwarden::simulator::NewPr {
-            repo: REPO.into(),
-            number: Some(11),
-            head_ref: Some("feat/quick".into()),
-            head_sha: Some("9u1ck5ha".into()),
-            ..Default::default()
-        })
-        .unwrap();
+    app.open_pr("feat/quick", "9u1ck5ha", 11);
     app.wait_for("the PR comment", 15, |a| {
         !a.sim.comments(Some(REPO), Some(11)).is_empty()
     })
@@ -1972,15 +1940,8 @@ async fn polling_alone_reports_a_run_that_started_and_finished_between_two_polls
     .await;
     // Two more polls: nothing posted again, nothing for the old run.
     // (Each poll makes two listings: the runs in progress, the recent runs.)
-    let gets = |a: &TestApp| {
-        a.sim
-            .request_counts()
-            .get("currents GET")
-            .copied()
-            .unwrap_or(0)
-    };
-    let before = gets(&app);
-    app.wait_for("two more polls", 10, |a| gets(a) >= before + 4)
+    let before = app.currents_gets();
+    app.wait_for("two more polls", 10, |a| a.currents_gets() >= before + 4)
         .await;
     let comments = app.sim.comments(Some(REPO), Some(11));
     assert_eq!(comments.len(), 1);
@@ -2003,15 +1964,7 @@ async fn polling_alone_summarises_a_run_the_bot_cancelled() {
     })
     .await;
     let long = app.sim.add_run(run("feat/long", "10n65ha", 30)).unwrap();
-    app.sim
-        .add_pr(runwarden::simulator::NewPr {
-            repo: REPO.into(),
-            number: Some(12),
-            head_ref: Some("feat/long".into()),
-            head_sha: Some("10n65ha".into()),
-            ..Default::default()
-        })
-        .unwrap();
+    app.open_pr("feat/long", "10n65ha", 12);
     app.wait_audit("the summary of the cancelled run", 15, |a| {
         a.iter().any(|e| {
             e.action == "summarize" && e.run_id == long.run_id && e.outcome.as_str() == "done"
@@ -2050,14 +2003,8 @@ async fn failed_polls_do_not_pile_up_during_an_outage() {
         .path("/v1")
         .always(),
     );
-    let gets = |a: &TestApp| {
-        a.sim
-            .request_counts()
-            .get("currents GET")
-            .copied()
-            .unwrap_or(0)
-    };
-    app.wait_for("six failed polls", 20, |a| gets(a) >= 6).await;
+    app.wait_for("six failed polls", 20, |a| a.currents_gets() >= 6)
+        .await;
     let pending = app.bot.ctx.store.count_unprocessed().await.unwrap();
     assert!(pending <= 1, "{pending} polls waiting for a retry");
 }
@@ -2148,15 +2095,8 @@ async fn a_history_listing_refused_for_good_does_not_stop_the_poll() {
         "the history listing was refused"
     );
     // Three more polls: the auto limit stays `fallback` (2 h) for this branch.
-    let gets = |a: &TestApp| {
-        a.sim
-            .request_counts()
-            .get("currents GET")
-            .copied()
-            .unwrap_or(0)
-    };
-    let before = gets(&app);
-    app.wait_for("three more polls", 10, |a| gets(a) >= before + 3)
+    let before = app.currents_gets();
+    app.wait_for("three more polls", 10, |a| a.currents_gets() >= before + 3)
         .await;
     assert!(
         !app.mutations().contains(&cancel(&long.run_id)),
@@ -2188,15 +2128,7 @@ async fn after_failed_polls_the_look_back_reaches_the_last_good_poll() {
     let mut during = run("feat/outage", "0u7a9e", 10);
     during.state = Some("failed".into());
     let during = app.sim.add_run(during).unwrap();
-    app.sim
-        .add_pr(runwarden::simulator::NewPr {
-            repo: REPO.into(),
-            number: Some(13),
-            head_ref: Some("feat/outage".into()),
-            head_sha: Some("0u7a9e".into()),
-            ..Default::default()
-        })
-        .unwrap();
+    app.open_pr("feat/outage", "0u7a9e", 13);
     app.wait_audit("the summary of the run ended during the outage", 15, |a| {
         a.iter().any(|e| {
             e.action == "summarize" && e.run_id == during.run_id && e.outcome.as_str() == "done"

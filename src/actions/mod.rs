@@ -371,34 +371,35 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
     let now = Utc::now();
     let kind = a.kind.clone();
     // The outcome (and a run-end event) are written again while the store cannot take
-    // them, up to half the lease from now (see `record_outcome`).
+    // them, up to half the lease from now (see `write_again`).
     let give_up = tokio::time::Instant::now() + ctx.executor.lease / 2;
     // A run seen ended gets its summaries (see `run_end_delivery`), stored before the
     // outcome: a crash in between repeats the action, not the event (stored once).
     if let (Attempt::Done(_), Some(rec)) = (&attempt, seen.as_ref())
         && let Some(d) = crate::intake::processor::run_end_delivery(&ctx.config, rec, now)
     {
-        let mut wait = OUTCOME_RETRY_FIRST_WAIT;
-        loop {
-            match ctx.store.insert_delivery(d.clone()).await {
-                Ok(_) => {
-                    ctx.wake.notify_one();
-                    break;
-                }
-                Err(e) if e.is_unavailable() && tokio::time::Instant::now() + wait <= give_up => {
-                    tracing::warn!(action = %a.action, run = %a.run_id, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot store the run's end for its summaries yet; writing it again");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(OUTCOME_RETRY_MAX_WAIT);
-                }
-                Err(e) => {
-                    // Not recorded: the action (idempotent) and the event come again.
-                    tracing::warn!(action = %a.action, run = %a.run_id, error = %e, "cannot store the run's end for its summaries; the action is carried out again after its lease");
-                    return;
-                }
-            }
+        let what = "store the run's end for its summaries";
+        let stored = write_again(&a, what, give_up, || ctx.store.insert_delivery(d.clone())).await;
+        if stored.is_none() {
+            // Not recorded: the action (idempotent) and the event come again.
+            return;
         }
+        ctx.wake.notify_one();
     }
-    let outcome = record_outcome(ctx, &a, &attempt, seen.as_ref(), retry_after, now, give_up).await;
+    let finished = Finished {
+        a: &a,
+        attempt: &attempt,
+        seen: seen.as_ref(),
+        retry_after,
+        now,
+    };
+    let mut first = true;
+    let outcome = write_again(&a, "record the action outcome", give_up, || {
+        let log = std::mem::take(&mut first);
+        write_outcome(ctx, &finished, log)
+    })
+    .await
+    .unwrap_or_else(|| finished.outcome_name(&ctx.executor));
     let detail = match &attempt {
         Attempt::Done(d)
         | Attempt::Skipped(d)
@@ -446,94 +447,110 @@ pub const OUTCOME_RETRY_FIRST_WAIT: Duration = Duration::from_millis(250);
 /// Longest wait between two writes of one outcome.
 pub const OUTCOME_RETRY_MAX_WAIT: Duration = Duration::from_secs(4);
 
-/// Records the outcome of `attempt` and returns its name (`done`, `skipped`,
-/// `postponed`, `retry` or `failed`).
-///
-/// The side effect has already happened (or was attempted): an outcome that the store
-/// cannot take now is written again, after [`OUTCOME_RETRY_FIRST_WAIT`] doubling up to
-/// [`OUTCOME_RETRY_MAX_WAIT`], until `give_up`: half the action's lease after the
-/// attempt ended (the executor renews the lease meanwhile, the action being in
-/// flight). Only then is it left to the
-/// lease: the action is carried out again once its lease runs out, which repeats a
-/// request (cancel and delete are idempotent) but not the side effect.
-async fn record_outcome(
-    ctx: &AppContext,
+/// Runs `write` until it succeeds; a store that cannot take it now (locked past its busy
+/// timeout, a connection lost) is tried again after [`OUTCOME_RETRY_FIRST_WAIT`],
+/// doubling up to [`OUTCOME_RETRY_MAX_WAIT`], until `give_up` (half the action's lease
+/// after its attempt ended: the executor renews the lease meanwhile, the action being in
+/// flight). `None` when it gave up (logged, with `what` was to be done): the action is
+/// then left to its lease and carried out again once the lease runs out, which repeats
+/// a request (cancel and delete are idempotent) but not the side effect.
+async fn write_again<T, Fut>(
     a: &ActionRow,
-    attempt: &Attempt,
-    seen: Option<&crate::store::RunRecord>,
-    retry_after: Option<Duration>,
-    now: DateTime<Utc>,
+    what: &str,
     give_up: tokio::time::Instant,
-) -> &'static str {
+    mut write: impl FnMut() -> Fut,
+) -> Option<T>
+where
+    Fut: std::future::Future<Output = crate::store::StoreResult<T>>,
+{
     let mut wait = OUTCOME_RETRY_FIRST_WAIT;
-    let mut logged = false;
     loop {
-        let (outcome, res) = write_outcome(ctx, a, attempt, seen, retry_after, now, !logged).await;
-        logged = true;
-        let Err(e) = res else { return outcome };
+        let e = match write().await {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
         let next = tokio::time::Instant::now() + wait;
         if !e.is_unavailable() || next > give_up {
-            tracing::error!(action = %a.action, run = %a.run_id, error = %e, "cannot record the action outcome; it will be retried after its lease");
-            return outcome;
+            tracing::error!(action = %a.action, run = %a.run_id, error = %e, "cannot {what}; the action is carried out again after its lease");
+            return None;
         }
-        tracing::warn!(action = %a.action, run = %a.run_id, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot record the action outcome yet; writing it again");
+        tracing::warn!(action = %a.action, run = %a.run_id, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot {what} yet; writing it again");
         tokio::time::sleep_until(next).await;
         wait = (wait * 2).min(OUTCOME_RETRY_MAX_WAIT);
     }
 }
 
-/// One write of an action's outcome (see [`record_outcome`]); `log`: whether to log the
-/// attempt's result (once, not on every write).
-async fn write_outcome(
-    ctx: &AppContext,
-    a: &ActionRow,
-    attempt: &Attempt,
-    seen: Option<&crate::store::RunRecord>,
+/// An attempt at an action that has ended, and what its outcome is written with.
+struct Finished<'a> {
+    a: &'a ActionRow,
+    attempt: &'a Attempt,
+    /// The run as the attempt left it (a cancel's verification).
+    seen: Option<&'a crate::store::RunRecord>,
+    /// How long the API asked to wait before trying again.
     retry_after: Option<Duration>,
     now: DateTime<Utc>,
+}
+
+impl Finished<'_> {
+    /// The name of the outcome: `done`, `skipped`, `postponed`, `retry` or `failed`.
+    fn outcome_name(&self, executor: &ExecutorOptions) -> &'static str {
+        match self.attempt {
+            Attempt::Done(_) => "done",
+            Attempt::Skipped(_) => "skipped",
+            Attempt::Postpone(_) => "postponed",
+            Attempt::Retry(_) if self.a.attempts + 1 < executor.max_attempts => "retry",
+            Attempt::Retry(_) | Attempt::Fail(_) => "failed",
+        }
+    }
+}
+
+/// One write of an action's outcome, whose name it returns (see [`write_again`]); `log`:
+/// whether to log the attempt's result (once, not on every write).
+async fn write_outcome(
+    ctx: &AppContext,
+    f: &Finished<'_>,
     log: bool,
-) -> (&'static str, crate::store::StoreResult<bool>) {
-    match attempt {
-        Attempt::Done(detail) => (
-            "done",
+) -> crate::store::StoreResult<&'static str> {
+    let (a, now) = (f.a, f.now);
+    let name = f.outcome_name(&ctx.executor);
+    match f.attempt {
+        Attempt::Done(detail) => {
             ctx.store
-                .complete_action_with_run(a.id, ActionOutcome::Done, detail, seen)
-                .await,
-        ),
-        Attempt::Skipped(detail) => (
-            "skipped",
+                .complete_action_with_run(a.id, ActionOutcome::Done, detail, f.seen)
+                .await?;
+        }
+        Attempt::Skipped(detail) => {
             ctx.store
                 .complete_action(a.id, ActionOutcome::Skipped, detail)
-                .await,
-        ),
+                .await?;
+        }
         Attempt::Postpone(note) => {
-            let delay = retry_after
+            let delay = f
+                .retry_after
                 .unwrap_or(ctx.executor.backoff_base)
                 .min(MAX_RETRY_AFTER);
             let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
             if log {
                 tracing::info!(action = %a.action, run = %a.run_id, retry_in_ms = delay.as_millis() as u64, "action postponed, not counted as an attempt: {note}");
             }
-            (
-                "postponed",
-                ctx.store.postpone_action(a.id, note, next).await,
-            )
+            ctx.store.postpone_action(a.id, note, next).await?;
         }
-        Attempt::Retry(err) if a.attempts + 1 < ctx.executor.max_attempts => {
-            let delay = retry_delay_with(&ctx.executor, a.attempts, retry_after);
+        Attempt::Retry(err) if name == "retry" => {
+            let delay = retry_delay_with(&ctx.executor, a.attempts, f.retry_after);
             let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
             if log {
                 tracing::warn!(action = %a.action, run = %a.run_id, attempt = a.attempts + 1, retry_in_ms = delay.as_millis() as u64, "action failed, will retry: {err}");
             }
-            ("retry", ctx.store.fail_attempt(a.id, err, next).await)
+            ctx.store.fail_attempt(a.id, err, next).await?;
         }
         Attempt::Retry(err) | Attempt::Fail(err) => {
             if log {
                 tracing::error!(action = %a.action, run = %a.run_id, attempts = a.attempts + 1, "action failed for good: {err}");
             }
-            ("failed", ctx.store.fail_action(a.id, err).await)
+            ctx.store.fail_action(a.id, err).await?;
         }
     }
+    Ok(name)
 }
 
 fn received_at(a: &ActionRow) -> Option<DateTime<Utc>> {

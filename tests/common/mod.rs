@@ -246,6 +246,29 @@ impl TestApp {
             .unwrap()
     }
 
+    /// An open PR `number` of [`REPO`] whose head is `branch` at `sha`.
+    pub fn open_pr(&self, branch: &str, sha: &str, number: u64) {
+        self.sim
+            .add_pr(runwarden::simulator::NewPr {
+                repo: REPO.into(),
+                number: Some(number),
+                head_ref: Some(branch.into()),
+                head_sha: Some(sha.into()),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+
+    /// GET requests the simulator's Currents API has served so far (two per poll with a
+    /// summary rule: the runs in progress, the recent runs).
+    pub fn currents_gets(&self) -> u64 {
+        self.sim
+            .request_counts()
+            .get("currents GET")
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// A failed run of `branch` at `sha` (5 minutes old) and PR `pr` of [`REPO`] with
     /// that head; the run's id.
     pub fn failed_run_with_pr(&self, branch: &str, sha: &str, pr: u64) -> String {
