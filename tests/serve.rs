@@ -2162,3 +2162,74 @@ async fn the_shutdown_gives_back_the_locks_of_this_process() {
         .expect("shutdown");
     assert_eq!(store.lease_holder("summary:acme/web").await.unwrap(), None);
 }
+
+/// An action its lease gave to another worker, which finished it meanwhile: this
+/// worker's late outcome is not written over it, and not counted a second time in
+/// `runwarden_actions_total` (nor in the latency histogram).
+#[tokio::test]
+async fn a_late_outcome_of_an_action_finished_elsewhere_is_not_counted_again() {
+    let app = spawn_app(SUPERSEDE).await;
+    let created = app.sim.add_run(run("feat/late", "1a7e", 5)).unwrap();
+    let store = &app.bot.ctx.store;
+    let now = chrono::Utc::now();
+    // Due in an hour, so that this process's executor leaves it alone.
+    let later = now + chrono::Duration::hours(1);
+    store
+        .record_decisions(&[runwarden::store::NewDecision {
+            at: now,
+            rule: "cancel-superseded".into(),
+            kind: "supersede".into(),
+            action: "cancel".into(),
+            run_id: created.run_id.clone(),
+            project_id: PROJECT.into(),
+            branch: Some("feat/late".into()),
+            sha: Some("1a7e".into()),
+            reason: "test".into(),
+            dry_run: false,
+            not_before: Some(later),
+            action_key: format!("cancel:{}", created.run_id),
+            payload: None,
+            skip: None,
+        }])
+        .await
+        .unwrap();
+    let mut claimed = store
+        .claim_due_actions(
+            later + chrono::Duration::seconds(1),
+            10,
+            std::time::Duration::from_secs(60),
+            &app.bot.ctx.worker_id,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let stale = claimed.remove(0);
+    // Another worker finished it meanwhile.
+    assert!(
+        store
+            .complete_action(
+                stale.id,
+                runwarden::store::ActionOutcome::Done,
+                "cancelled elsewhere"
+            )
+            .await
+            .unwrap()
+    );
+    runwarden::actions::execute(&app.bot.ctx, stale).await;
+    let counted = app.bot.ctx.metrics.get(
+        "runwarden_actions_total",
+        &[
+            ("rule", "cancel-superseded"),
+            ("kind", "supersede"),
+            ("action", "cancel"),
+            ("outcome", "done"),
+        ],
+    );
+    assert_eq!(counted, 0);
+    let a = store
+        .action_by_key(&format!("cancel:{}", created.run_id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.detail.as_deref(), Some("cancelled elsewhere"));
+}

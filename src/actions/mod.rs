@@ -398,8 +398,17 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
         let log = std::mem::take(&mut first);
         write_outcome(ctx, &finished, log)
     })
-    .await
-    .unwrap_or_else(|| finished.outcome_name(&ctx.executor));
+    .await;
+    let outcome = match outcome {
+        Some(Some(name)) => name,
+        // Given up (logged): the action is carried out again after its lease, and
+        // counted then.
+        None => return,
+        Some(None) => {
+            tracing::info!(action = %a.action, run = %a.run_id, "the action had already finished (another worker took it over); its outcome here is not recorded");
+            return;
+        }
+    };
     let detail = match &attempt {
         Attempt::Done(d)
         | Attempt::Skipped(d)
@@ -424,8 +433,11 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
         ],
     );
     if matches!(outcome, "done" | "skipped") {
+        // From the event, or from when the action was due if it was deliberately held
+        // (an orphan rule's grace): the wait the rule asked for is not latency.
         if let Some(received) = received_at(&a) {
-            let secs = (now - received).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            let from = a.not_before.map_or(received, |t| t.max(received));
+            let secs = (now - from).num_microseconds().unwrap_or(0) as f64 / 1e6;
             ctx.metrics.observe_latency(secs.max(0.0));
         }
         match &attempt {
@@ -510,19 +522,19 @@ async fn write_outcome(
     ctx: &AppContext,
     f: &Finished<'_>,
     log: bool,
-) -> crate::store::StoreResult<&'static str> {
+) -> crate::store::StoreResult<Option<&'static str>> {
     let (a, now) = (f.a, f.now);
     let name = f.outcome_name(&ctx.executor);
-    match f.attempt {
+    let written = match f.attempt {
         Attempt::Done(detail) => {
             ctx.store
                 .complete_action_with_run(a.id, ActionOutcome::Done, detail, f.seen)
-                .await?;
+                .await?
         }
         Attempt::Skipped(detail) => {
             ctx.store
                 .complete_action(a.id, ActionOutcome::Skipped, detail)
-                .await?;
+                .await?
         }
         Attempt::Postpone(note) => {
             let delay = f
@@ -533,7 +545,7 @@ async fn write_outcome(
             if log {
                 tracing::info!(action = %a.action, run = %a.run_id, retry_in_ms = delay.as_millis() as u64, "action postponed, not counted as an attempt: {note}");
             }
-            ctx.store.postpone_action(a.id, note, next).await?;
+            ctx.store.postpone_action(a.id, note, next).await?
         }
         Attempt::Retry(err) if name == "retry" => {
             let delay = retry_delay_with(&ctx.executor, a.attempts, f.retry_after);
@@ -541,16 +553,18 @@ async fn write_outcome(
             if log {
                 tracing::warn!(action = %a.action, run = %a.run_id, attempt = a.attempts + 1, retry_in_ms = delay.as_millis() as u64, "action failed, will retry: {err}");
             }
-            ctx.store.fail_attempt(a.id, err, next).await?;
+            ctx.store.fail_attempt(a.id, err, next).await?
         }
         Attempt::Retry(err) | Attempt::Fail(err) => {
             if log {
                 tracing::error!(action = %a.action, run = %a.run_id, attempts = a.attempts + 1, "action failed for good: {err}");
             }
-            ctx.store.fail_action(a.id, err).await?;
+            ctx.store.fail_action(a.id, err).await?
         }
-    }
-    Ok(name)
+    };
+    // Not written: the action had finished already (another worker took it over after
+    // its lease, say), and that worker counts it.
+    Ok(written.then_some(name))
 }
 
 fn received_at(a: &ActionRow) -> Option<DateTime<Utc>> {

@@ -406,7 +406,8 @@ pub struct AuditEntry {
     pub reason: String,
     /// Attempts made by the action (0 for dry run).
     pub attempts: i64,
-    /// The last error of an action that failed or is being retried.
+    /// The last error of an action that failed or is being retried; for one that was
+    /// skipped, why.
     pub error: Option<String>,
 }
 
@@ -424,6 +425,7 @@ struct AuditRow {
     action_state: Option<String>,
     action_attempts: Option<i64>,
     action_error: Option<String>,
+    action_detail: Option<String>,
 }
 
 impl TryFrom<AuditRow> for AuditEntry {
@@ -436,8 +438,11 @@ impl TryFrom<AuditRow> for AuditEntry {
             .map(ActionState::from_str)
             .transpose()?;
         let outcome = Outcome::of(dry_run, state);
+        // A skipped action says why in the same field (no credentials, dry run turned
+        // on since, the rule gone, ...): otherwise only the log would.
         let error = match outcome {
             Outcome::Planned | Outcome::Failed => r.action_error,
+            Outcome::Skipped => r.action_detail,
             _ => None,
         };
         Ok(AuditEntry {
@@ -462,7 +467,7 @@ impl TryFrom<AuditRow> for AuditEntry {
 
 const AUDIT_SELECT: &str = "SELECT d.at, d.rule, d.kind, d.action, d.run_id, d.project_id, \
      d.branch, d.reason, d.dry_run, a.state AS action_state, a.attempts AS action_attempts, \
-     a.last_error AS action_error \
+     a.last_error AS action_error, a.detail AS action_detail \
      FROM decisions d LEFT JOIN actions a ON a.id = d.action_id";
 
 /// Who cancelled a run, for its summary ([`Store::cancel_reason`]).
