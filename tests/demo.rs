@@ -103,3 +103,96 @@ fn a_speed_that_is_not_greater_than_0_is_a_usage_error() {
         assert!(out.stdout.is_empty(), "--speed={speed}: the demo started");
     }
 }
+
+/// The demo plays the user's own `rules.toml`. Where those rules do not act on a scene
+/// (a supersede rule for `release/*` only, an orphan rule with a 10-minute grace), it
+/// says so rather than narrating what did not happen, and does not wait out every
+/// scene: it still ends in under 30 s, with exit 0.
+#[test]
+fn the_demo_says_when_the_users_rules_do_not_act_on_a_scene() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = include_str!("../rules.toml")
+        .replace(
+            "branches = [\"*\", \"!main\", \"!release/*\"]",
+            "branches = [\"release/*\"]",
+        )
+        .replace("grace = \"2m\"", "grace = \"10m\"");
+    assert!(example.contains("\"release/*\"]") && example.contains("\"10m\""));
+    std::fs::write(dir.path().join("rules.toml"), example).unwrap();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_runwarden"))
+        .current_dir(dir.path())
+        .args(["demo", "--speed", "8"])
+        .env_remove("RUNWARDEN_CONFIG")
+        .env_remove("CURRENTS_API_KEY")
+        .env_remove("GITHUB_TOKEN")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}:\n{stdout}",
+        started.elapsed()
+    );
+    assert!(
+        !stdout.contains("cancel-superseded: cancel run"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("no cancel: the rules of this rules.toml do not act on this"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("within the orphan rule's grace of 10m"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("grace has passed"), "{stdout}");
+}
+
+/// Ctrl-C (SIGINT) in the middle of the demo: it stops, exits 1, and leaves no
+/// temporary store behind.
+#[test]
+fn an_interrupted_demo_leaves_no_temporary_files() {
+    use std::io::BufRead as _;
+    let empty = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runwarden"))
+        .current_dir(empty.path())
+        .args(["demo"])
+        .env("TMPDIR", tmp.path())
+        .env_remove("RUNWARDEN_CONFIG")
+        .env_remove("CURRENTS_API_KEY")
+        .env_remove("GITHUB_TOKEN")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Mid-way: once the first scene is told (the store exists by then).
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = lines.next().expect("the demo ended early").unwrap();
+        if line.contains("the backlog") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no first scene");
+    }
+    assert!(
+        std::fs::read_dir(tmp.path()).unwrap().next().is_some(),
+        "the demo's store is in TMPDIR while it plays"
+    );
+    // SAFETY: kill(2) on the pid of our own child, not reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    std::thread::spawn(move || for _ in lines {});
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{status}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

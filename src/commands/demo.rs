@@ -103,8 +103,12 @@ impl Demo {
     }
 
     /// Waits until the audit log has no pending action and `cond` holds (or times out).
+    /// Waits until `cond` holds of the audit with nothing left to process or carry out;
+    /// `false` once `secs` have passed, or once the bot has had nothing to do for
+    /// [`QUIET_FOR`] without `cond` holding (the user's rules do not act on the scene).
     async fn settle<F: Fn(&[crate::store::AuditEntry]) -> bool>(&self, secs: u64, cond: F) -> bool {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let mut quiet_since = None;
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let audit = self
@@ -115,16 +119,60 @@ impl Demo {
                 .await
                 .unwrap_or_default();
             let pending_events = self.bot.ctx.store.count_unprocessed().await.unwrap_or(1);
-            let queued = self.bot.ctx.store.queue_depth().await.unwrap_or(1);
-            if pending_events == 0 && queued == 0 && cond(&audit) {
+            // Actions running or due now; one held for later (an orphan rule's grace)
+            // does not keep the scene going.
+            let soon = Utc::now() + chrono::Duration::seconds(1);
+            let queued = self
+                .bot
+                .ctx
+                .store
+                .pending_actions()
+                .await
+                .map(|q| {
+                    q.iter()
+                        .filter(|a| {
+                            a.state == crate::store::ActionState::Running
+                                || (a.next_attempt_at <= soon
+                                    && a.not_before.is_none_or(|t| t <= soon))
+                        })
+                        .count()
+                })
+                .unwrap_or(1);
+            let idle = pending_events == 0 && queued == 0;
+            if idle && cond(&audit) {
                 return true;
             }
-            if tokio::time::Instant::now() > deadline {
+            let now = tokio::time::Instant::now();
+            let quiet = *quiet_since.get_or_insert(now);
+            if !idle {
+                quiet_since = Some(now);
+            }
+            if now > deadline || (idle && now.duration_since(quiet) >= QUIET_FOR) {
                 return false;
             }
         }
     }
+
+    /// [`Demo::settle`], saying so when nothing came of the scene: the rules played
+    /// (the user's `rules.toml`) do not act on it.
+    async fn expect<F: Fn(&[crate::store::AuditEntry]) -> bool>(
+        &self,
+        secs: u64,
+        what: &str,
+        run_id: &str,
+        cond: F,
+    ) {
+        if !self.settle(secs, cond).await {
+            self.say(&format!(
+                "no {what}: the rules of this rules.toml do not act on this (`runwarden explain {run_id}` says why)"
+            ));
+        }
+    }
 }
+
+/// How long the bot must have had nothing to do before a scene counts as over without its
+/// effect ([`Demo::settle`]).
+const QUIET_FOR: Duration = Duration::from_millis(1500);
 
 /// Prints decisions and outcomes as they happen.
 fn narrate(mut rx: tokio::sync::broadcast::Receiver<BotEvent>) -> tokio::task::JoinHandle<()> {
@@ -238,6 +286,15 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
         .iter()
         .find(|r| matches!(r.kind, RuleKind::Timeout(_)))
         .map(|r| r.name.clone());
+    // The shortest grace of the orphan rules (the scene's workflow ended 3 min ago).
+    let orphan_grace = config
+        .rules
+        .iter()
+        .filter_map(|r| match &r.kind {
+            RuleKind::Orphan(o) => Some(o.grace),
+            _ => None,
+        })
+        .min();
     let ctx = build_context(config, secrets).await?;
     let narrator = narrate(ctx.events.subscribe());
     let bot = start(ctx, bot_listener).await?;
@@ -338,7 +395,7 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
         .await?;
     d.say(&format!("GitHub push webhook → {status}"));
     let first_id = first.run_id.clone();
-    d.settle(10, |a| {
+    d.expect(10, "cancel", &first.run_id, |a| {
         a.iter().any(|e| {
             e.run_id == first_id && e.action == "cancel" && e.outcome.as_str() != "planned"
         })
@@ -375,7 +432,7 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
         tests.passes
     ));
     let sid = second.run_id.clone();
-    d.settle(10, |a| {
+    d.expect(10, "summary", &second.run_id, |a| {
         a.iter()
             .any(|e| e.run_id == sid && e.action == "summarize" && e.outcome.as_str() != "planned")
     })
@@ -413,7 +470,7 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     d.say(&format!("run {} passed", short(&third.run_id)));
     let tid = third.run_id.clone();
-    d.settle(10, |a| {
+    d.expect(10, "summary", &third.run_id, |a| {
         a.iter()
             .filter(|e| e.run_id == tid && e.action == "summarize")
             .all(|e| e.outcome.as_str() != "planned")
@@ -441,7 +498,7 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
             d.admin_sweep(rule).await?
         ));
         let hid = hung.run_id.clone();
-        d.settle(10, |a| {
+        d.expect(10, "cancel", &hung.run_id, |a| {
             a.iter()
                 .any(|e| e.run_id == hid && e.outcome.as_str() != "planned")
         })
@@ -471,11 +528,24 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
                 "updated_at": (Utc::now() - min * 3).to_rfc3339()}}),
         )
         .await?;
+    let grace = match orphan_grace {
+        Some(g) if g <= Duration::from_secs(180) => {
+            format!(
+                " (the orphan rule's grace of {} has passed)",
+                humantime::format_duration(g)
+            )
+        }
+        Some(g) => format!(
+            " (within the orphan rule's grace of {}: its cancel waits)",
+            humantime::format_duration(g)
+        ),
+        None => String::new(),
+    };
     d.say(&format!(
-        "GitHub workflow_run completed 3 min ago (grace elapsed) → {status}"
+        "GitHub workflow_run completed 3 min ago{grace} → {status}"
     ));
     let oid = orphan.run_id.clone();
-    d.settle(10, |a| {
+    d.expect(10, "cancel yet", &orphan.run_id, |a| {
         a.iter()
             .any(|e| e.run_id == oid && e.outcome.as_str() != "planned")
     })
@@ -597,6 +667,22 @@ const EXAMPLE_RULES: &str = include_str!("../../rules.toml");
 
 /// Runs the command.
 ///
+/// The first SIGINT or SIGTERM.
+async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
 /// Without a policy file at `path` (a newcomer's empty directory), the demo plays with
 /// the example `rules.toml` built into the binary, and says so; a file that exists but
 /// is invalid is still an error.
@@ -624,7 +710,19 @@ pub fn run(path: &std::path::Path, speed: f64, keep_running: bool) -> ExitCode {
         Err(code) => return code,
     };
     let started = std::time::Instant::now();
-    let result = super::runtime().block_on(play(loaded.config, speed, keep_running));
+    // Interrupted (Ctrl-C, SIGTERM) before its end, the demo drops what it was playing,
+    // its temporary store included, rather than leaving it behind. (With
+    // `--keep-running`, Ctrl-C at the end is how it is stopped: `play` handles that.)
+    let result = super::runtime().block_on(async {
+        tokio::select! {
+            r = play(loaded.config, speed, keep_running) => Some(r),
+            () = interrupted(), if !keep_running => None,
+        }
+    });
+    let Some(result) = result else {
+        eprintln!("runwarden demo: interrupted; its temporary store was removed");
+        return ExitCode::from(super::EXIT_FAILED);
+    };
     match result {
         Ok(ok) => {
             outln!("\ndemo finished in {:.1}s", started.elapsed().as_secs_f64());
