@@ -1383,3 +1383,27 @@ async fn a_dry_run_sweeps_event_stays_a_dry_run_for_whoever_processes_it() {
     assert_eq!(audit.len(), 1, "{audit:#?}");
     assert_eq!(audit[0].outcome.as_str(), "dry_run", "{audit:#?}");
 }
+
+/// The Currents API unreachable (connection refused): `sweep` tries its own events a few
+/// times (`OWN_EVENT_ATTEMPTS`), then exits 1 with the error, rather than retrying them
+/// up to its 10-minute deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn sweep_with_an_unreachable_api_exits_1_soon() {
+    let rules = "[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"45m\"\n";
+    let env = setup(rules).await;
+    let file = env.dir.path().join("rules.toml");
+    let text_now = std::fs::read_to_string(&file).unwrap();
+    let unreachable = text_now.replace(&env.sim.currents_url(), "http://127.0.0.1:1/v1");
+    assert_ne!(unreachable, text_now);
+    std::fs::write(&file, unreachable).unwrap();
+    let begun = std::time::Instant::now();
+    let (out, _env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        begun.elapsed() < std::time::Duration::from_secs(120),
+        "{:?}",
+        begun.elapsed()
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not evaluate the rules"), "{err}");
+}

@@ -295,6 +295,11 @@ fn due_at(a: &ActionRow) -> DateTime<Utc> {
         .map_or(a.next_attempt_at, |t| t.max(a.next_attempt_at))
 }
 
+/// How many times the sweep processes one of its own events before it stops waiting
+/// for it (the API unreachable, say): it then exits 1 with the event's last error, at
+/// once rather than at its deadline. (Each attempt has the API client's own retries.)
+pub const OWN_EVENT_ATTEMPTS: i64 = 3;
+
 /// Whether the sweep still has work of its own: one of its events not processed yet
 /// (retries included), an event due now (not in a dry run, which processes its own
 /// only), or one of its actions not finished, each only when it falls due before
@@ -309,6 +314,7 @@ async fn waiting_for(
     for (source, id) in own {
         if let Ok(Some(d)) = ctx.store.find_delivery(source, id).await
             && d.processed_at.is_none()
+            && d.attempts < OWN_EVENT_ATTEMPTS
             && d.next_attempt_at <= deadline
         {
             return true;
