@@ -1407,3 +1407,29 @@ async fn sweep_with_an_unreachable_api_exits_1_soon() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("could not evaluate the rules"), "{err}");
 }
+
+/// `audit --limit N` prints the newest N entries and says on stderr that more were left
+/// out (by default 100,000: a long history is never cut without a word).
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_says_when_its_limit_leaves_entries_out() {
+    let rules = "[[rules]]\nname = \"s\"\nkind = \"supersede\"\n";
+    let env = setup(rules).await;
+    record_many(&env, "s", 5).await;
+    let (out, env) = env
+        .run_async(&["audit", "--limit", "3", "--format", "json"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let runs: Vec<&str> = entries
+        .iter()
+        .map(|e| e["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(runs, ["run-00000", "run-00001", "run-00002"], "the newest");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("more than 3 entries"), "{err}");
+    let (out, env) = env.run_async(&["audit", "--limit", "5"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("more than"));
+    let (out, _env) = env.run_async(&["audit", "--limit", "0"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}

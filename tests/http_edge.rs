@@ -165,8 +165,16 @@ async fn a_store_outage_is_a_json_503_from_the_api_and_never_a_false_zero_on_the
     let text = page.text().await.unwrap();
     assert!(text.contains("Failed actions (0)"), "{text}");
     assert!(!text.contains("could not be read"), "{text}");
+    let metrics = app.get_text("/metrics").await;
+    assert!(metrics.contains("\nrunwarden_store_up 1\n"), "{metrics}");
 
     app.bot.ctx.store.close().await;
+
+    // /metrics still answers (a scrape is not a health check), and says the store did
+    // not: its gauges are gone rather than zero.
+    let metrics = app.get_text("/metrics").await;
+    assert!(metrics.contains("\nrunwarden_store_up 0\n"), "{metrics}");
+    assert!(!metrics.contains("runwarden_queue_depth"), "{metrics}");
 
     let page = app.http.get(app.url("/")).send().await.unwrap();
     assert_eq!(page.status(), 503);

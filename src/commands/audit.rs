@@ -44,6 +44,7 @@ pub fn run(
     since: Option<&str>,
     rule: Option<&str>,
     format: Format,
+    limit: usize,
 ) -> ExitCode {
     let loaded = match super::load_config(path) {
         Ok(l) => l,
@@ -82,13 +83,19 @@ pub fn run(
                 return ExitCode::from(super::EXIT_FAILED);
             }
         };
-        let entries = match store.audit(since, rule, 100_000).await {
+        let mut entries = match store.audit(since, rule, limit as i64 + 1).await {
             Ok(e) => e,
             Err(e) => {
                 eprintln!("runwarden audit: {e}");
                 return ExitCode::from(super::EXIT_FAILED);
             }
         };
+        if entries.len() > limit {
+            entries.truncate(limit);
+            eprintln!(
+                "runwarden audit: more than {limit} entries; showing the newest {limit} (narrow with --since or --rule, or raise --limit)"
+            );
+        }
         match format {
             Format::Json => outln!(
                 "{}",
@@ -99,6 +106,10 @@ pub fn run(
         ExitCode::SUCCESS
     })
 }
+
+/// Most entries one `audit` prints by default (`--limit`): the newest; past it, stderr
+/// says so.
+pub const AUDIT_MAX: u32 = 100_000;
 
 /// Prints the entries as an aligned table under a header row.
 fn print_table(entries: &[AuditEntry]) {

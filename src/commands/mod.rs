@@ -103,6 +103,9 @@ pub enum Command {
         /// Print an aligned table, or one JSON array of the recorded entries.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// At most this many entries, the newest (stderr says when more were left out).
+        #[arg(long, value_name = "N", default_value_t = audit::AUDIT_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
     },
     /// Manage this bot's Currents webhooks.
     Webhooks {
@@ -270,7 +273,14 @@ pub fn main() -> ExitCode {
             since,
             rule,
             format,
-        } => audit::run(&cli.config, since.as_deref(), rule.as_deref(), *format),
+            limit,
+        } => audit::run(
+            &cli.config,
+            since.as_deref(),
+            rule.as_deref(),
+            *format,
+            *limit as usize,
+        ),
         Command::Webhooks {
             command: WebhooksCommand::Install { url, dry_run },
         } => webhooks::run(&cli.config, url, *dry_run),

@@ -67,7 +67,7 @@ const HELP: &[(&str, &str)] = &[
     ),
     (
         "runwarden_actions_total",
-        "Actions finished, by rule (the first that decided the action), rule kind, action and outcome.",
+        "Attempts at actions, by rule (the first that decided the action), rule kind, action and outcome: done, skipped or failed (finished), retry (failed, tried again) or postponed (held back by a rate limit, not counted as an attempt).",
     ),
     (
         "runwarden_actions_handed_over_total",

@@ -165,7 +165,16 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     let mut gauges: Vec<(&str, &str, String, f64)> = Vec::new();
-    if let Ok(depth) = state.store.queue_depth().await {
+    let depth = state.store.queue_depth().await;
+    // Whether the store answered this scrape: the gauges read from it are missing when
+    // it did not (an outage shows as 0 here, not as gauges that vanish).
+    gauges.push((
+        "runwarden_store_up",
+        "1 when the store answered this scrape's reads, 0 when it did not.",
+        String::new(),
+        if depth.is_ok() { 1.0 } else { 0.0 },
+    ));
+    if let Ok(depth) = depth {
         gauges.push((
             "runwarden_queue_depth",
             "Actions waiting to be carried out.",
