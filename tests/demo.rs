@@ -5,19 +5,24 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// `runwarden demo` in `dir`, as a newcomer runs it: no credentials, no log filter, no
+/// config named.
+fn demo(dir: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_runwarden"));
+    c.current_dir(dir)
+        .arg("demo")
+        .env_remove("RUNWARDEN_CONFIG")
+        .env_remove("CURRENTS_API_KEY")
+        .env_remove("GITHUB_TOKEN")
+        .env_remove("RUST_LOG");
+    c
+}
+
 #[test]
 fn the_demo_narrates_every_chore_and_exits_0_quickly() {
     let empty = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_runwarden"))
-        .current_dir(empty.path())
-        .args(["demo", "--speed", "8"])
-        .env_remove("RUNWARDEN_CONFIG")
-        .env_remove("CURRENTS_API_KEY")
-        .env_remove("GITHUB_TOKEN")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+    let out = demo(empty.path()).args(["--speed", "8"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -120,15 +125,7 @@ fn the_demo_says_when_the_users_rules_do_not_act_on_a_scene() {
     assert!(example.contains("\"release/*\"]") && example.contains("\"10m\""));
     std::fs::write(dir.path().join("rules.toml"), example).unwrap();
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_runwarden"))
-        .current_dir(dir.path())
-        .args(["demo", "--speed", "8"])
-        .env_remove("RUNWARDEN_CONFIG")
-        .env_remove("CURRENTS_API_KEY")
-        .env_remove("GITHUB_TOKEN")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+    let out = demo(dir.path()).args(["--speed", "8"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
@@ -158,14 +155,8 @@ fn an_interrupted_demo_leaves_no_temporary_files() {
     use std::io::BufRead as _;
     let empty = tempfile::tempdir().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runwarden"))
-        .current_dir(empty.path())
-        .args(["demo"])
+    let mut child = demo(empty.path())
         .env("TMPDIR", tmp.path())
-        .env_remove("RUNWARDEN_CONFIG")
-        .env_remove("CURRENTS_API_KEY")
-        .env_remove("GITHUB_TOKEN")
-        .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -1863,13 +1863,9 @@ async fn a_sweep_of_one_rule_leaves_a_missed_summary_to_the_next_poll() {
     .await;
 }
 
-/// `max_duration = "auto"`: the history listing of a branch failed for now (a 503,
-/// after the poll's own listing went through). The poll is retried, and the retry lists
-/// the history again rather than taking the failed lookup for a fresh one (which left
-/// only `fallback` for an hour): the 30-minute run is past 3 × the p95 of 5-minute runs.
-#[tokio::test]
-async fn a_failed_history_listing_is_tried_again_by_the_next_poll() {
-    let rules = "[[rules]]\nname = \"auto\"\nkind = \"timeout\"\nmax_duration = \"auto\"\nfallback = \"2h\"\n";
+/// A bot polling every second (one attempt per API request) and 20 passed runs of
+/// 5 minutes on `feat/hist`: the history of `max_duration = "auto"` (3 × p95 = 15 min).
+async fn app_with_history(rules: &str) -> TestApp {
     let app = spawn_app_with(AppOptions {
         rules: rules.into(),
         poll_interval: "1s",
@@ -1883,6 +1879,17 @@ async fn a_failed_history_listing_is_tried_again_by_the_next_poll() {
         r.duration_ms = Some(5 * 60 * 1000);
         app.sim.add_run(r).unwrap();
     }
+    app
+}
+
+/// `max_duration = "auto"`: the history listing of a branch failed for now (a 503,
+/// after the poll's own listing went through). The poll is retried, and the retry lists
+/// the history again rather than taking the failed lookup for a fresh one (which left
+/// only `fallback` for an hour): the 30-minute run is past 3 × the p95 of 5-minute runs.
+#[tokio::test]
+async fn a_failed_history_listing_is_tried_again_by_the_next_poll() {
+    let rules = "[[rules]]\nname = \"auto\"\nkind = \"timeout\"\nmax_duration = \"auto\"\nfallback = \"2h\"\n";
+    let app = app_with_history(rules).await;
     let listing = format!("/v1/projects/{PROJECT}/runs");
     // The poll's listing of runs in progress goes through; the history's fails, for now.
     app.sim.inject_fault(
@@ -2057,19 +2064,7 @@ async fn a_weekly_slot_missed_by_a_long_downtime_fires_once() {
 async fn a_history_listing_refused_for_good_does_not_stop_the_poll() {
     let rules = "[[rules]]\nname = \"auto\"\nkind = \"timeout\"\nmax_duration = \"auto\"\nfallback = \"2h\"\n[rules.match]\nbranches = [\"feat/hist\"]\n\n\
                  [[rules]]\nname = \"fixed\"\nkind = \"timeout\"\nmax_duration = \"1h\"\n[rules.match]\nbranches = [\"feat/other\"]\n";
-    let app = spawn_app_with(AppOptions {
-        rules: rules.into(),
-        poll_interval: "1s",
-        client_retries: Some((1, std::time::Duration::from_millis(10))),
-        ..AppOptions::default()
-    })
-    .await;
-    for i in 0..20 {
-        let mut r = run("feat/hist", &format!("old{i}"), 60 + i);
-        r.state = Some("passed".into());
-        r.duration_ms = Some(5 * 60 * 1000);
-        app.sim.add_run(r).unwrap();
-    }
+    let app = app_with_history(rules).await;
     let listing = format!("/v1/projects/{PROJECT}/runs");
     let long = app.sim.add_run(run("feat/hist", "new", 30)).unwrap();
     let other = app.sim.add_run(run("feat/other", "oth", 90)).unwrap();
