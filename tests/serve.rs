@@ -2228,3 +2228,102 @@ async fn a_late_outcome_of_an_action_finished_elsewhere_is_not_counted_again() {
         .unwrap();
     assert_eq!(a.detail.as_deref(), Some("cancelled elsewhere"));
 }
+
+/// An event still failing a day after it arrived (the API down all along) is
+/// dead-lettered, with its error kept, instead of being retried for ever.
+#[tokio::test]
+async fn an_event_still_failing_a_day_after_it_arrived_is_dead_lettered() {
+    let app = spawn_app_with(AppOptions {
+        rules: SUPERSEDE.into(),
+        client_retries: Some((1, std::time::Duration::from_millis(10))),
+        ..AppOptions::default()
+    })
+    .await;
+    app.sim.inject_fault(
+        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Status {
+            status: 503,
+            body: None,
+            retry_after: None,
+        })
+        .path("/v1")
+        .always(),
+    );
+    let store = &app.bot.ctx.store;
+    store
+        .insert_delivery(runwarden::store::NewDelivery {
+            source: "currents".into(),
+            delivery_id: "RUN_FINISH:old-one".into(),
+            event: "RUN_FINISH".into(),
+            payload: json!({"event": "RUN_FINISH", "runUrl": "https://app.currents.dev/run/r0ld"})
+                .to_string(),
+            received_at: chrono::Utc::now() - chrono::Duration::hours(25),
+        })
+        .await
+        .unwrap();
+    app.bot.ctx.wake.notify_one();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    let d = loop {
+        let d = store
+            .find_delivery("currents", "RUN_FINISH:old-one")
+            .await
+            .unwrap()
+            .unwrap();
+        if d.processed_at.is_some() {
+            break d;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never given up on: {d:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(d.outcome.as_deref(), Some("dead-letter"), "{d:#?}");
+    assert!(
+        d.last_error.as_deref().is_some_and(|e| e.contains("503")),
+        "{d:#?}"
+    );
+}
+
+/// Two projects; the second's listing of recent runs fails on its second page. The poll
+/// goes on with the first, but nothing it noted of the second (its first page) is
+/// recorded as seen: the next poll finds those runs again and makes their end good.
+#[tokio::test]
+async fn a_project_whose_listing_fails_halfway_has_none_of_its_runs_recorded() {
+    let app = spawn_app_with(AppOptions {
+        rules: "[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\n".into(),
+        poll_interval: "1s",
+        client_retries: Some((1, std::time::Duration::from_millis(10))),
+        more_projects: &["p2"],
+        ..AppOptions::default()
+    })
+    .await;
+    // Right after a poll (they come a second apart): 51 runs that started and ended
+    // since, two pages of recent runs (50 a page) for the next poll.
+    app.wait_for("the first poll", 10, |a| {
+        a.bot.ctx.last_poll.lock().unwrap().is_some()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..51 {
+        let mut r = run(&format!("feat/q{i}"), &format!("q{i}"), 0);
+        r.project = Some("p2".into());
+        r.state = Some("passed".into());
+        ids.push(app.sim.add_run(r).unwrap().run_id);
+    }
+    // p2: the listing of runs in progress and the first page of recent runs go
+    // through, the second page is refused.
+    app.sim.inject_fault(
+        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Status {
+            status: 400,
+            body: None,
+            retry_after: None,
+        })
+        .on("GET", "/v1/projects/p2/runs")
+        .after(2),
+    );
+    app.wait_audit("a summary of every run of p2", 30, |a| {
+        ids.iter()
+            .all(|id| a.iter().any(|e| e.run_id == *id && e.action == "summarize"))
+    })
+    .await;
+}

@@ -55,6 +55,8 @@ pub struct AppOptions {
     pub client_retries: Option<(u32, Duration)>,
     /// Query appended to the store URL, e.g. `?mode=ro`.
     pub store_query: &'static str,
+    /// More Currents projects besides [`PROJECT`], each mapped to [`REPO`] too.
+    pub more_projects: &'static [&'static str],
     /// The whole store URL, instead of a SQLite file in `store_dir` (e.g.
     /// `postgres::fresh_database().await`). When `None`: a fresh PostgreSQL database if
     /// `RUNWARDEN_TEST_STORE=postgres`, else SQLite.
@@ -76,6 +78,7 @@ impl Default for AppOptions {
             client_retries: None,
             store_query: "",
             store_url: None,
+            more_projects: &[],
         }
     }
 }
@@ -125,12 +128,24 @@ pub async fn prepare_app(o: AppOptions) -> PreparedApp {
     )
     .await
     .unwrap();
-    sim.add_project(simulator::NewProject {
-        project_id: Some(PROJECT.into()),
-        repo: Some(REPO.into()),
-        ..Default::default()
-    })
-    .unwrap();
+    for project in std::iter::once(PROJECT).chain(o.more_projects.iter().copied()) {
+        sim.add_project(simulator::NewProject {
+            project_id: Some(project.into()),
+            repo: Some(REPO.into()),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    let projects = std::iter::once(PROJECT)
+        .chain(o.more_projects.iter().copied())
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let repos = std::iter::once(PROJECT)
+        .chain(o.more_projects.iter().copied())
+        .map(|p| format!("{p} = \"{REPO}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let sqlite_asked = o.store_dir.is_some() || !o.store_query.is_empty();
     let store_url = match o.store_url {
         Some(url) => Some(url),
@@ -146,7 +161,7 @@ pub async fn prepare_app(o: AppOptions) -> PreparedApp {
         )
     });
     let text = format!(
-        "{top}\n[currents]\napi_url = \"{api}\"\nprojects = [\"{PROJECT}\"]\npoll_interval = \"{poll}\"\nrequest_timeout = \"{timeout}\"\nmax_requests_per_second = 0\n\n[github]\napi_url = \"{gh}\"\nrepos = {{ {PROJECT} = \"{REPO}\" }}\n\n[store]\nurl = \"{store_url}\"\n\n{rules}",
+        "{top}\n[currents]\napi_url = \"{api}\"\nprojects = [{projects}]\npoll_interval = \"{poll}\"\nrequest_timeout = \"{timeout}\"\nmax_requests_per_second = 0\n\n[github]\napi_url = \"{gh}\"\nrepos = {{ {repos} }}\n\n[store]\nurl = \"{store_url}\"\n\n{rules}",
         top = o.top,
         api = sim.currents_url(),
         poll = o.poll_interval,
