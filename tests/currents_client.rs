@@ -1227,3 +1227,36 @@ async fn api_key_never_appears_in_debug_or_errors() {
     let timeout = CurrentsError::Timeout;
     assert_no_key(&timeout.to_string());
 }
+
+/// `webhooks install` against an API that answers the create with 204 and no body (what
+/// Currents' own MCP client tolerates): the webhook was created; its id is found by
+/// listing again, and the install succeeds.
+#[tokio::test]
+async fn a_webhook_created_with_a_204_is_found_by_listing() {
+    let url = "https://bot.example.com/webhooks/currents";
+    let mock = Mock::start(move |n, _| match n {
+        0 => Answer::ok(json!([])),
+        1 => Answer::raw(204, "application/json", ""),
+        _ => Answer::ok(json!([{"hookId": "h204", "url": url, "label": "runwarden"}])),
+    })
+    .await;
+    let c = client(mock.base());
+    let change = runwarden::commands::webhooks::install_one(
+        &c,
+        "bAYZ4a",
+        url,
+        "x-webhook-secret",
+        "s3cret",
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        format!("{change:?}"),
+        format!(
+            "{:?}",
+            runwarden::commands::webhooks::Change::Created("h204".into())
+        )
+    );
+    assert_eq!(mock.hits(), 3, "list, create, list");
+}

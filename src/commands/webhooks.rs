@@ -73,8 +73,23 @@ pub async fn install_one(
             if dry_run {
                 return Ok(Change::Created("(new)".into()));
             }
-            let h = client.create_webhook(project, &want).await?;
-            Ok(Change::Created(h.hook_id))
+            match client.create_webhook(project, &want).await {
+                Ok(h) => Ok(Change::Created(h.hook_id)),
+                // A 2xx without the webhook in it (a 204, an empty body: what Currents'
+                // own MCP client tolerates). It was created: find it by listing.
+                Err(crate::currents::client::CurrentsError::Decode { status, .. })
+                    if (200..300).contains(&status) =>
+                {
+                    let hooks = client.list_webhooks(project).await?;
+                    let id = hooks
+                        .into_iter()
+                        .find(|h| h.url == url)
+                        .map(|h| h.hook_id)
+                        .unwrap_or_else(|| "(created; the API gave no id)".into());
+                    Ok(Change::Created(id))
+                }
+                Err(e) => Err(e.into()),
+            }
         }
     }
 }
