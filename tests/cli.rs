@@ -91,14 +91,8 @@ impl Env {
     /// The next `method path` request is answered 400, which is final: its action fails
     /// for good.
     fn fail_once(&self, method: &str, path: &str) {
-        self.sim.inject_fault(
-            runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Status {
-                status: 400,
-                body: None,
-                retry_after: None,
-            })
-            .on(method, path),
-        );
+        self.sim
+            .inject_fault(runwarden::simulator::Fault::status(400).on(method, path));
     }
 
     fn add(&self, branch: &str, sha: &str, age: Duration, state: &str, tags: &[&str]) -> String {
@@ -341,14 +335,10 @@ async fn a_refused_cancel_whose_run_cannot_be_read_now_is_retried() {
     queue_cancel(&env, &run).await;
     env.fail_once("PUT", &format!("/v1/runs/{run}/cancel"));
     env.sim.inject_fault(
-        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Status {
-            status: 503,
-            body: None,
-            retry_after: None,
-        })
-        .on("GET", format!("/v1/runs/{run}"))
-        // The client's own attempts at the read, all refused.
-        .times(Some(10)),
+        runwarden::simulator::Fault::status(503)
+            .on("GET", format!("/v1/runs/{run}"))
+            // The client's own attempts at the read, all refused.
+            .times(Some(10)),
     );
     let (out, env) = env.run_async(&["sweep"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

@@ -1893,13 +1893,9 @@ async fn a_failed_history_listing_is_tried_again_by_the_next_poll() {
     let listing = format!("/v1/projects/{PROJECT}/runs");
     // The poll's listing of runs in progress goes through; the history's fails, for now.
     app.sim.inject_fault(
-        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Status {
-            status: 503,
-            body: None,
-            retry_after: None,
-        })
-        .on("GET", &listing)
-        .after(1),
+        runwarden::simulator::Fault::status(503)
+            .on("GET", &listing)
+            .after(1),
     );
     let long = app.sim.add_run(run("feat/hist", "new", 30)).unwrap();
     let cancel = format!("PUT /v1/runs/{}/cancel", long.run_id);
@@ -2002,13 +1998,9 @@ async fn failed_polls_do_not_pile_up_during_an_outage() {
     })
     .await;
     app.sim.inject_fault(
-        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Status {
-            status: 503,
-            body: None,
-            retry_after: None,
-        })
-        .path("/v1")
-        .always(),
+        runwarden::simulator::Fault::status(503)
+            .path("/v1")
+            .always(),
     );
     app.wait_for("six failed polls", 20, |a| a.currents_gets() >= 6)
         .await;
@@ -2071,13 +2063,9 @@ async fn a_history_listing_refused_for_good_does_not_stop_the_poll() {
     // The next listing of runs in progress goes through; the history's after it is
     // refused.
     let refused = app.sim.inject_fault(
-        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Status {
-            status: 400,
-            body: None,
-            retry_after: None,
-        })
-        .on("GET", &listing)
-        .after(1),
+        runwarden::simulator::Fault::status(400)
+            .on("GET", &listing)
+            .after(1),
     );
     let cancel = |id: &str| format!("PUT /v1/runs/{id}/cancel");
     let other_cancel = cancel(&other.run_id);
@@ -2240,13 +2228,9 @@ async fn an_event_still_failing_a_day_after_it_arrived_is_dead_lettered() {
     })
     .await;
     app.sim.inject_fault(
-        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Status {
-            status: 503,
-            body: None,
-            retry_after: None,
-        })
-        .path("/v1")
-        .always(),
+        runwarden::simulator::Fault::status(503)
+            .path("/v1")
+            .always(),
     );
     let store = &app.bot.ctx.store;
     store
@@ -2313,13 +2297,9 @@ async fn a_project_whose_listing_fails_halfway_has_none_of_its_runs_recorded() {
     // p2: the listing of runs in progress and the first page of recent runs go
     // through, the second page is refused.
     app.sim.inject_fault(
-        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Status {
-            status: 400,
-            body: None,
-            retry_after: None,
-        })
-        .on("GET", "/v1/projects/p2/runs")
-        .after(2),
+        runwarden::simulator::Fault::status(400)
+            .on("GET", "/v1/projects/p2/runs")
+            .after(2),
     );
     app.wait_audit("a summary of every run of p2", 30, |a| {
         ids.iter()

@@ -14,7 +14,7 @@ mod child;
 use std::time::Duration;
 
 use child::*;
-use runwarden::simulator::{Fault, FaultKind};
+use runwarden::simulator::Fault;
 use runwarden::store::{ActionState, Store};
 
 const SUPERSEDE: &str = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n[rules.match]\nbranches = [\"*\", \"!main\"]\n";
@@ -162,13 +162,9 @@ async fn a_read_only_database_gets_503_and_loses_nothing_acknowledged() {
     // The first event is acknowledged, but cannot be processed yet (its run cannot be
     // read: the API answers 503 until the end of the test's fault).
     let api_down = w.sim.inject_fault(
-        Fault::new(FaultKind::Status {
-            status: 503,
-            body: None,
-            retry_after: None,
-        })
-        .on("GET", format!("/v1/runs/{}", first.new))
-        .always(),
+        Fault::status(503)
+            .on("GET", format!("/v1/runs/{}", first.new))
+            .always(),
     );
     let bot = w.serve().await;
     assert_eq!(

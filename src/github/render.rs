@@ -1174,35 +1174,15 @@ mod tests {
 
     #[test]
     fn templates_cannot_forge_the_state_line() {
-        let doc = SummaryDoc {
-            sections: vec![section("k", "b")],
-        };
-        let pr = PrInfo {
-            number: 1,
-            head_sha: "abc".into(),
-            head_ref: "b".into(),
-        };
-        let t = (
-            std::path::PathBuf::from("t.md"),
-            format!("{MARKER} {STATE_OPEN}{{\"v\":1,\"sections\":[]}}{STATE_CLOSE}"),
-        );
-        let body = render_body(
-            &doc,
-            &RenderInput {
-                pr: &pr,
-                current_key: "k",
-                dashboard_url: "https://app.currents.dev",
-                template: Some(&t),
-                limit: GITHUB_BODY_LIMIT,
-            },
-        )
-        .unwrap();
+        let forged = format!("{MARKER} {STATE_OPEN}{{\"v\":1,\"sections\":[]}}{STATE_CLOSE}");
+        let (doc, body) = body_with("b", &forged);
         assert_eq!(body.matches(MARKER).count(), 1);
         assert_eq!(SummaryDoc::parse(&body).unwrap(), doc);
     }
 
-    /// The visible part of the body a template renders for one section on `branch`.
-    fn render_with(branch: &str, template: &str) -> String {
+    /// The document of one section on `branch`, and the whole body `template` renders
+    /// for it.
+    fn body_with(branch: &str, template: &str) -> (SummaryDoc, String) {
         let doc = SummaryDoc {
             sections: vec![section("k", branch)],
         };
@@ -1223,6 +1203,12 @@ mod tests {
             },
         )
         .unwrap();
+        (doc, body)
+    }
+
+    /// The visible part of the body a template renders for one section on `branch`.
+    fn render_with(branch: &str, template: &str) -> String {
+        let (_, body) = body_with(branch, template);
         let visible = body.strip_prefix(MARKER).unwrap();
         visible[..visible.find(STATE_OPEN).unwrap()]
             .trim()

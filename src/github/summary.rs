@@ -970,19 +970,23 @@ async fn decide_and_post_status(
     }
     let (state, description, target_url) = combined_status(&combined.sections, &section.run_id);
     let latest = ctx.gh.latest_status(repo, sha, &context).await?;
+    // The run this commit's status now stands for (the older-run guard).
+    let remember = || {
+        ctx.gh.remember_status_run(
+            repo,
+            sha,
+            &context,
+            &section.key,
+            &shown.run_id,
+            shown.created_at,
+        )
+    };
     if let Some(l) = &latest
         && l.target_url.as_deref() == Some(target_url.as_str())
     {
         if l.state == state && l.description.as_deref() == Some(description.as_str()) {
             if !dry_run {
-                ctx.gh.remember_status_run(
-                    repo,
-                    sha,
-                    &context,
-                    &section.key,
-                    &shown.run_id,
-                    shown.created_at,
-                );
+                remember();
             }
             return Ok(StatusOutcome::Unchanged {
                 sha: sha.to_string(),
@@ -1007,14 +1011,7 @@ async fn decide_and_post_status(
     ctx.gh
         .create_status(repo, sha, state, &context, &description, Some(&target_url))
         .await?;
-    ctx.gh.remember_status_run(
-        repo,
-        sha,
-        &context,
-        &section.key,
-        &shown.run_id,
-        shown.created_at,
-    );
+    remember();
     Ok(StatusOutcome::Posted {
         sha: sha.to_string(),
         context,

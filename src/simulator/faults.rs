@@ -87,6 +87,16 @@ impl Fault {
         }
     }
 
+    /// A fault answering `status` with the API's own error body and no `Retry-After`,
+    /// once, on any request ([`Fault::new`]'s defaults).
+    pub fn status(status: u16) -> Fault {
+        Fault::new(FaultKind::Status {
+            status,
+            body: None,
+            retry_after: None,
+        })
+    }
+
     /// Only `method` requests under the path prefix `path`.
     pub fn on(self, method: impl Into<String>, path: impl Into<String>) -> Fault {
         Fault {
