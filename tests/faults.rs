@@ -842,6 +842,12 @@ async fn fails(kind: FaultKind, attempts: i64, reason: &str) {
         ),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(
+            "runwarden_decisions_by_outcome{rule=\"cancel-superseded\",outcome=\"failed\"} 1"
+        ),
+        "{metrics}"
+    );
     let api: serde_json::Value = app
         .http
         .get(app.url("/api/actions"))

@@ -804,6 +804,11 @@ async fn the_admin_api_needs_the_token_and_sweeps_retention() {
         ),
         "{metrics}"
     );
+    // The decisions behind them, by rule and outcome (SPEC §5).
+    assert!(
+        metrics.contains("runwarden_decisions_by_outcome{rule=\"retention\",outcome=\"done\"} 3"),
+        "{metrics}"
+    );
     // The API calls behind them, by status.
     assert!(
         metrics.contains(

@@ -960,6 +960,23 @@ async fn audit_filters_by_time_and_rule_and_limits_newest_first(db: Db) {
     );
     assert!(s.audit(None, Some("nope"), 100).await.unwrap().is_empty());
     assert!(s.audit(Some(t(41)), None, 100).await.unwrap().is_empty());
+    // An older decision whose action changed later (here: failed, then re-armed) is under
+    // a `since` that covers the change, still in its place by decision time.
+    let first = s.action_by_key("cancel:run-1").await.unwrap().unwrap();
+    assert!(s.fail_action(first.id, "HTTP 500").await.unwrap());
+    // Re-armed a second on (the change is later than the creation even within one ms).
+    let rearmed = Utc::now() + chrono::Duration::seconds(1);
+    assert!(s.retry_action(first.id, rearmed).await.unwrap());
+    let since = Utc::now() - chrono::Duration::minutes(1);
+    assert!(since > t(41));
+    assert_eq!(
+        runs(s.audit(Some(since), None, 100).await.unwrap()),
+        ["run-1"]
+    );
+    assert_eq!(
+        runs(s.audit(Some(t(20)), None, 100).await.unwrap()),
+        ["run-4", "run-3", "run-2", "run-1"]
+    );
 }
 
 async fn audit_json_has_exactly_the_spec_shape(db: Db) {

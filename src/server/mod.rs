@@ -200,6 +200,18 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
             ));
         }
     }
+    // SPEC §5's decisions by rule and outcome, read from the store: a decision's outcome
+    // follows its action (`planned` until it is `done`, `failed` or `skipped`).
+    if let Ok(counts) = state.store.decision_counts().await {
+        for c in counts {
+            gauges.push((
+                "runwarden_decisions_by_outcome",
+                "Decisions kept in the audit log, by rule and the outcome audit shows.",
+                metrics::labels(&[("rule", &c.rule), ("outcome", c.outcome.as_str())]),
+                c.count as f64,
+            ));
+        }
+    }
     if let Some(gh) = &state.github {
         gauges.push((
             "runwarden_github_rate_limit_wait_seconds",

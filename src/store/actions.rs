@@ -949,7 +949,10 @@ impl Store {
     }
 
     /// Decisions newest first, optionally since a time and/or of one rule, each with the
-    /// outcome of its action (SPEC §1 `audit`).
+    /// outcome of its action (SPEC §1 `audit`). `since` keeps the decisions made since
+    /// then, and the older ones whose action changed since then (carried out, failed,
+    /// re-armed by a later sweep or retried): what happened in that time. They are still
+    /// ordered by when they were decided.
     pub async fn audit(
         &self,
         since: Option<DateTime<Utc>>,
@@ -958,7 +961,9 @@ impl Store {
     ) -> StoreResult<Vec<AuditEntry>> {
         let rows: Vec<AuditRow> = sqlx::query_as(&format!(
             "{AUDIT_SELECT} \
-             WHERE ($1 IS NULL OR d.at >= $1) AND ($2 IS NULL OR d.rule = $2) \
+             WHERE ($1 IS NULL OR d.at >= $1 \
+                    OR (a.updated_at >= $1 AND a.updated_at > a.created_at)) \
+               AND ($2 IS NULL OR d.rule = $2) \
              ORDER BY d.at DESC, d.id DESC \
              LIMIT $3"
         ))
