@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds runwarden and runwarden-bench in release mode and runs the benchmark suite.
 #
-#   bench/run.sh                    # whole suite (about 10 minutes on 2 cores)
+#   bench/run.sh                    # whole suite (about 3 minutes on 2 cores, build included)
 #   bench/run.sh --quick            # smaller sizes, shorter windows (about 1 minute)
 #   bench/run.sh --only webhook-ack,event-to-cancel
 #   bench/run.sh --only webhook-ack,event-to-cancel --postgres postgres://USER@HOST:PORT/postgres
