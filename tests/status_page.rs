@@ -253,3 +253,54 @@ async fn failed_and_pending_actions_stay_listed_behind_many_newer_decisions() {
     );
     assert!(pending_part.contains(&pending), "{pending_part}");
 }
+
+/// The failed actions' section has one row per action, however many rules decided it,
+/// and its heading counts every failed action, also those beyond the rows shown.
+#[tokio::test]
+async fn failed_actions_are_counted_and_listed_once_per_action() {
+    let app =
+        spawn_app("[[rules]]\nname = \"keep-30d\"\nkind = \"retention\"\nolder_than = \"30d\"\n")
+            .await;
+    let store = &app.bot.ctx.store;
+    let decide = |rule: &str, run: &str| runwarden::store::NewDecision {
+        at: chrono::Utc::now(),
+        rule: rule.into(),
+        kind: "retention".into(),
+        action: "delete".into(),
+        run_id: run.into(),
+        project_id: PROJECT.into(),
+        branch: Some("main".into()),
+        sha: None,
+        reason: format!("{rule}: {run} is old"),
+        dry_run: false,
+        // Held, so that the bot's executor leaves them to this test.
+        not_before: Some(chrono::Utc::now() + chrono::Duration::days(1)),
+        action_key: format!("delete:{run}"),
+        payload: None,
+        skip: None,
+    };
+    // The action two rules decided is the newest: it is among the rows shown.
+    let mut decisions: Vec<_> = (0..101)
+        .map(|i| decide("keep-30d", &format!("run-{i:03}")))
+        .collect();
+    decisions.extend([
+        decide("keep-30d", "run-twice"),
+        decide("keep-7d", "run-twice"),
+    ]);
+    let recorded = store.record_decisions(&decisions).await.unwrap();
+    let mut ids: Vec<i64> = recorded.iter().filter_map(|r| r.action_id).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 102);
+    for id in ids {
+        assert!(store.fail_action(id, "HTTP 403").await.unwrap());
+    }
+    let html = app.get_text("/").await;
+    let failed = page_section(&html, "Failed actions");
+    assert!(
+        failed.starts_with("<h2>Failed actions (102)</h2>"),
+        "{failed}"
+    );
+    assert!(failed.contains("Only the newest 100 are shown"), "{failed}");
+    assert_eq!(failed.matches("<code>run-twice</code>").count(), 1, "{failed}");
+    assert!(failed.contains("keep-30d, keep-7d"), "{failed}");
+}

@@ -1561,6 +1561,8 @@ async fn pending_and_failed_actions_are_listed_newest_first_behind_any_number_of
     dry.dry_run = true;
     s.record_decisions(&[
         decision("r", "retention", "delete", "run-f1", t(1)),
+        // A second rule decides the same delete: still one action, listed once.
+        decision("q", "retention", "delete", "run-f1", t(1)),
         decision("r", "retention", "delete", "run-f2", t(2)),
         decision("r", "retention", "delete", "run-p1", t(3)),
         decision("r", "retention", "delete", "run-p2", t(4)),
@@ -1602,6 +1604,11 @@ async fn pending_and_failed_actions_are_listed_newest_first_behind_any_number_of
             .iter()
             .all(|e| e.outcome == Outcome::Failed && e.error.as_deref() == Some("HTTP 403"))
     );
+    assert_eq!(
+        failed[1].rule, "r, q",
+        "both rules, in the order they decided"
+    );
+    assert_eq!(failed[0].rule, "r");
     assert_eq!(runs(failed), ["run-f2", "run-f1"]);
     assert_eq!(runs(s.failed_actions_audit(1).await.unwrap()), ["run-f2"]);
     let pending = s.pending_actions_audit(10).await.unwrap();

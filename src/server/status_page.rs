@@ -72,7 +72,18 @@ pub async fn page(State(state): State<AppState>) -> (StatusCode, Html<String>) {
             .pending_actions_audit(ACTIONS_SHOWN as i64 + 1)
             .await,
     );
-    let complete = hits.is_some()
+    // The headings' counts: every action in the state, not only those listed.
+    let counts = read("actions by state", state.store.action_counts().await);
+    let count = |states: &[&str]| {
+        counts.as_ref().map(|c| {
+            c.iter()
+                .filter(|(s, _)| states.contains(&s.as_str()))
+                .map(|(_, n)| n)
+                .sum::<i64>()
+        })
+    };
+    let complete = counts.is_some()
+        && hits.is_some()
         && recent.is_some()
         && queue.is_some()
         && failed.is_some()
@@ -142,8 +153,18 @@ pub async fn page(State(state): State<AppState>) -> (StatusCode, Html<String>) {
         );
     }
     h.push_str("</table></div>");
-    let section = |title: &str, rows: &[&crate::store::AuditEntry], h: &mut String| {
-        let _ = write!(h, "<h2>{title} ({})</h2>", rows.len());
+    let section = |title: &str,
+                   total: Option<i64>,
+                   rows: &[&crate::store::AuditEntry],
+                   h: &mut String| {
+        match total {
+            Some(n) => {
+                let _ = write!(h, "<h2>{title} ({n})</h2>");
+            }
+            None => {
+                let _ = write!(h, "<h2>{title}</h2>");
+            }
+        }
         if rows.is_empty() {
             h.push_str("<p class=\"muted\">none</p>");
             return;
@@ -175,13 +196,17 @@ pub async fn page(State(state): State<AppState>) -> (StatusCode, Html<String>) {
         }
         h.push_str("</table></div>");
     };
-    for (title, rows) in [("Failed actions", &failed), ("Pending actions", &pending)] {
+    // One row per action (the rules that decided it together), counted in the heading.
+    for (title, rows, total) in [
+        ("Failed actions", &failed, count(&["failed"])),
+        ("Pending actions", &pending, count(&["pending", "running"])),
+    ] {
         let Some(rows) = rows else {
             let _ = write!(h, "<h2>{title}</h2>{UNREADABLE}");
             continue;
         };
         let shown: Vec<_> = rows.iter().take(ACTIONS_SHOWN).collect();
-        section(title, &shown, &mut h);
+        section(title, total, &shown, &mut h);
         if rows.len() > ACTIONS_SHOWN {
             let _ = write!(
                 h,
@@ -192,7 +217,7 @@ pub async fn page(State(state): State<AppState>) -> (StatusCode, Html<String>) {
     match &recent {
         Some(recent) => {
             let all: Vec<_> = recent.iter().collect();
-            section("Recent decisions", &all, &mut h);
+            section("Recent decisions", Some(all.len() as i64), &all, &mut h);
         }
         None => {
             let _ = write!(h, "<h2>Recent decisions</h2>{UNREADABLE}");

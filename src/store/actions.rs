@@ -465,10 +465,28 @@ impl TryFrom<AuditRow> for AuditEntry {
     }
 }
 
-const AUDIT_SELECT: &str = "SELECT d.at, d.rule, d.kind, d.action, d.run_id, d.project_id, \
-     d.branch, d.reason, d.dry_run, a.state AS action_state, a.attempts AS action_attempts, \
-     a.last_error AS action_error, a.detail AS action_detail \
-     FROM decisions d LEFT JOIN actions a ON a.id = d.action_id";
+/// The columns of an [`AuditRow`], from `decisions d` and `actions a`.
+macro_rules! audit_columns {
+    () => {
+        "d.at, d.rule, d.kind, d.action, d.run_id, d.project_id, d.branch, d.reason, \
+         d.dry_run, a.state AS action_state, a.attempts AS action_attempts, \
+         a.last_error AS action_error, a.detail AS action_detail"
+    };
+}
+
+const AUDIT_SELECT: &str = concat!(
+    "SELECT ",
+    audit_columns!(),
+    " FROM decisions d LEFT JOIN actions a ON a.id = d.action_id"
+);
+
+/// An [`AuditRow`] with the id of its action ([`Store::pending_actions_audit`]).
+#[derive(sqlx::FromRow)]
+struct ActionAuditRow {
+    action_id: i64,
+    #[sqlx(flatten)]
+    row: AuditRow,
+}
 
 /// Who cancelled a run, for its summary ([`Store::cancel_reason`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -993,39 +1011,61 @@ impl Store {
         Ok(out)
     }
 
-    /// The decisions whose action is pending or being carried out (`planned` in
-    /// [`Store::audit`]), newest first, at most `max`: however many decisions came after
-    /// them (the status page, SPEC §5).
+    /// The actions pending or being carried out (`planned` in [`Store::audit`]), newest
+    /// first, at most `max`: however many decisions came after them (the status page,
+    /// SPEC §5). One entry per action, see [`Store::failed_actions_audit`].
     pub async fn pending_actions_audit(&self, max: impl Into<i64>) -> StoreResult<Vec<AuditEntry>> {
-        self.audit_of_actions("a.state IN ('pending', 'running')", max.into())
+        self.audit_of_actions("state IN ('pending', 'running')", max.into())
             .await
     }
 
-    /// The decisions whose action failed for good, newest first, at most `max`: a failed
-    /// action stays visible however many decisions came after it (the status page,
-    /// SPEC §6).
+    /// The actions that failed for good, newest first, at most `max`: a failed action
+    /// stays visible however many decisions came after it (the status page, SPEC §6).
+    ///
+    /// One entry per action, whichever number of rules decided it: the first decision's
+    /// time and reason, and in `rule` every rule that decided it, in the order they did,
+    /// separated by `, ` (SPEC §6: carried out once, each decision recorded).
     pub async fn failed_actions_audit(&self, max: impl Into<i64>) -> StoreResult<Vec<AuditEntry>> {
-        self.audit_of_actions("a.state = 'failed'", max.into())
-            .await
+        self.audit_of_actions("state = 'failed'", max.into()).await
     }
 
-    /// Decisions (not dry run) whose action satisfies `states`, a fixed condition on
-    /// `a.state`, newest first, at most `max`.
+    /// The actions in `states` (a fixed condition on the `actions` table's columns), newest
+    /// first, at most `max`, each from its decisions that are not dry runs.
     async fn audit_of_actions(
         &self,
         states: &'static str,
         max: i64,
     ) -> StoreResult<Vec<AuditEntry>> {
-        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
-            "{AUDIT_SELECT} \
-             WHERE d.dry_run = 0 AND {states} \
-             ORDER BY d.at DESC, d.id DESC \
-             LIMIT $1"
+        let rows: Vec<ActionAuditRow> = sqlx::query_as(&format!(
+            "SELECT d.action_id AS action_id, {} \
+             FROM decisions d JOIN actions a ON a.id = d.action_id \
+             WHERE d.dry_run = 0 AND d.action_id IN ( \
+                 SELECT id FROM actions WHERE {states} \
+                 ORDER BY created_at DESC, id DESC LIMIT $1) \
+             ORDER BY a.created_at DESC, a.id DESC, d.at, d.id",
+            audit_columns!()
         ))
         .bind(limit(max))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(AuditEntry::try_from).collect()
+        // Rows come grouped by action, its first decision first.
+        let mut out: Vec<(i64, AuditEntry, Vec<String>)> = Vec::new();
+        for r in rows {
+            match out.last_mut() {
+                Some((id, first, rules)) if *id == r.action_id => {
+                    if !rules.contains(&r.row.rule) {
+                        first.rule.push_str(", ");
+                        first.rule.push_str(&r.row.rule);
+                        rules.push(r.row.rule);
+                    }
+                }
+                _ => {
+                    let rules = vec![r.row.rule.clone()];
+                    out.push((r.action_id, AuditEntry::try_from(r.row)?, rules));
+                }
+            }
+        }
+        Ok(out.into_iter().map(|(_, e, _)| e).collect())
     }
 
     /// The decisions about one run, newest first (a summary names the rule that cancelled
