@@ -408,11 +408,8 @@ pub fn projects_for_repo(config: &Config, repo: &str) -> Vec<String> {
         })
         .cloned()
         .collect();
-    for (p, r) in &config.github.repos {
-        if r.trim().eq_ignore_ascii_case(&want) && !out.contains(p) {
-            out.push(p.clone());
-        }
-    }
+    // A `github.repos` key that is not a configured project is never one of them: no
+    // rule acts on the runs of a project runwarden does not watch (`check` warns).
     out.sort();
     out
 }
@@ -588,6 +585,9 @@ mod engine_tests {
         assert_eq!(run_repo(&c, &r), None);
         assert_eq!(projects_for_repo(&c, "acme/api"), vec!["p1", "p2", "p3"]);
         assert_eq!(projects_for_repo(&c, "acme/web"), vec!["p2", "p3"]);
+        // A mapped project that is not configured is never listed.
+        let c = config("[github]\nrepos = { p1 = \"acme/api\", px = \"acme/api\" }\n");
+        assert_eq!(projects_for_repo(&c, "acme/api"), vec!["p1", "p2", "p3"]);
     }
 
     #[test]
