@@ -2312,3 +2312,125 @@ async fn a_project_whose_listing_fails_halfway_has_none_of_its_runs_recorded() {
     })
     .await;
 }
+
+/// A history listing for `max_duration = "auto"` is kept in memory, not written to the
+/// store: a passed run it lists, whose webhooks were all missed, is still new to the next
+/// poll, which summarises it.
+#[tokio::test]
+async fn a_history_listing_does_not_hide_a_missed_run_from_the_next_poll() {
+    let rules = "[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"auto\"\n\
+                 fallback = \"1h\"\n\n[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\n";
+    let app = spawn_app(rules).await;
+    let mut done = run("feat/h", "d0ne5ha", 1);
+    done.state = Some("passed".into());
+    done.duration_ms = Some(50_000);
+    let done = app.sim.add_run(done).unwrap();
+    let live = app.sim.add_run(run("feat/h", "11ve5ha", 0)).unwrap();
+    let lists = app.currents_gets();
+    assert_eq!(
+        app.currents_hook("RUN_START", &live.run_id).await.status(),
+        202
+    );
+    let store = &app.bot.ctx.store;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Recorded in the transaction that ends its processing (the history listing first).
+    while store.get_run(&live.run_id).await.unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event was never processed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        app.currents_gets() >= lists + 2,
+        "the run read and the history listing"
+    );
+    assert_eq!(store.get_run(&done.run_id).await.unwrap(), None);
+    let mut seen = runwarden::intake::processor::Observed::default();
+    let decisions =
+        runwarden::intake::processor::poll_event(&app.bot.ctx, chrono::Utc::now(), &mut seen)
+            .await
+            .unwrap();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d.rule == "pr-summary" && d.run_id == done.run_id),
+        "{decisions:#?}"
+    );
+}
+
+/// A run the store believes in progress, which has ended without its webhook reaching
+/// the bot, is not superseded: the branch's listing at the newer run's event does not
+/// show it, so it is no longer a candidate (no cancel of a finished run).
+#[tokio::test]
+async fn a_run_that_ended_unseen_is_not_superseded_by_the_next_run() {
+    let app = spawn_app(SUPERSEDE).await;
+    let old = app.sim.add_run(run("feat/ended", "01d5ha", 5)).unwrap();
+    assert_eq!(
+        app.currents_hook("RUN_START", &old.run_id).await.status(),
+        202
+    );
+    let store = &app.bot.ctx.store;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.get_run(&old.run_id).await.unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event was never processed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // It passes; no webhook tells the bot.
+    app.sim
+        .advance(
+            &old.run_id,
+            runwarden::simulator::Advance {
+                finish: Some(runwarden::simulator::Outcome::Passed),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let new = app.sim.add_run(run("feat/ended", "n3w5ha", 0)).unwrap();
+    assert_eq!(
+        app.currents_hook("RUN_START", &new.run_id).await.status(),
+        202
+    );
+    while store.get_run(&new.run_id).await.unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event was never processed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let audit = store.audit(None, None, 100).await.unwrap();
+    assert!(audit.is_empty(), "{audit:#?}");
+    assert!(
+        !app.mutations().iter().any(|m| m.contains("/cancel")),
+        "{:?}",
+        app.mutations()
+    );
+}
+
+/// A supersede rule limited to runs in progress still lists the branch at the event of
+/// a newer run that has already finished (it supersedes whatever its state): an older
+/// run the store never heard of is found and cancelled.
+#[tokio::test]
+async fn a_finished_newer_run_supersedes_an_unknown_older_one_under_a_state_filter() {
+    let rules = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n\
+                 [rules.match]\ncompletion_states = [\"IN_PROGRESS\"]\n";
+    let app = spawn_app(rules).await;
+    let old = app.sim.add_run(run("feat/fast", "s10w5ha", 5)).unwrap();
+    let mut quick = run("feat/fast", "f4575ha", 0);
+    quick.state = Some("passed".into());
+    let quick = app.sim.add_run(quick).unwrap();
+    assert_eq!(
+        app.currents_hook("RUN_FINISH", &quick.run_id)
+            .await
+            .status(),
+        202
+    );
+    app.wait_audit("the older run cancelled", 10, |a| {
+        a.iter()
+            .any(|e| e.run_id == old.run_id && e.outcome.as_str() == "done")
+    })
+    .await;
+}

@@ -301,6 +301,10 @@ async fn failed_actions_are_counted_and_listed_once_per_action() {
         "{failed}"
     );
     assert!(failed.contains("Only the newest 100 are shown"), "{failed}");
-    assert_eq!(failed.matches("<code>run-twice</code>").count(), 1, "{failed}");
+    assert_eq!(
+        failed.matches("<code>run-twice</code>").count(),
+        1,
+        "{failed}"
+    );
     assert!(failed.contains("keep-30d, keep-7d"), "{failed}");
 }

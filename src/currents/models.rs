@@ -472,10 +472,16 @@ impl Run {
     pub fn sha(&self) -> Option<&str> {
         self.meta.commit.sha.as_deref()
     }
-    /// `meta.framework.type` as the API sends it, or `name` as the OpenAPI copy spells it.
+    /// `meta.framework.type` as the API sends it, or `name` as the OpenAPI copy spells it;
+    /// without either, `cypress` for a run that carries a `cypressVersion` (the shape of
+    /// the Runs API reference's Cypress run, which has no `meta.framework`).
     pub fn framework(&self) -> Option<&str> {
-        let f = self.meta.framework.as_ref()?;
-        f.kind.as_deref().or(f.name.as_deref())
+        let named = self
+            .meta
+            .framework
+            .as_ref()
+            .and_then(|f| f.kind.as_deref().or(f.name.as_deref()));
+        named.or_else(|| self.cypress_version.as_ref().map(|_| "cypress"))
     }
     /// In progress, and not deleted: a deleted run is never cancelled.
     pub fn is_in_progress(&self) -> bool {
@@ -764,6 +770,23 @@ mod tests {
             run(r#"{"type":"pw","name":"playwright"}"#).framework(),
             Some("pw")
         );
+        // The Runs API reference's Cypress run: no `meta.framework`, a `cypressVersion`.
+        let bare = |extra: &str| -> Run {
+            serde_json::from_str(&format!(
+                r#"{{"runId":"r","projectId":"p","completionState":"COMPLETE","status":"PASSED",
+                "createdAt":"2026-01-01T00:00:00Z"{extra}}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(
+            bare(r#","cypressVersion":"9.5.4""#).framework(),
+            Some("cypress")
+        );
+        assert_eq!(bare("").framework(), None);
+        // A named framework still wins.
+        let mut pw = run(r#"{"type":"pw"}"#);
+        pw.cypress_version = Some("13.0.0".into());
+        assert_eq!(pw.framework(), Some("pw"));
     }
 
     const REQUIRED: &str = r#""runId":"r1","projectId":"p","createdAt":"2026-01-01T00:00:00Z","completionState":"COMPLETE","status":"PASSED""#;

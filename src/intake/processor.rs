@@ -811,7 +811,9 @@ async fn known_in_progress(
 /// Duration history for `max_duration = "auto"` of the groups of `runs`: the store's
 /// record of completed passed runs, topped up from one API listing (one page of the
 /// newest passed runs of the branch) when the store knows fewer than the minimum. The
-/// listing is cached per group for [`HISTORY_REFRESH`].
+/// listing is kept in memory per group for [`HISTORY_REFRESH`], and not written to the
+/// store: a run recorded there counts as seen, and a poll would then no longer report
+/// the end of one whose webhooks were missed (its summary).
 async fn history_for(
     ctx: &AppContext,
     runs: &[Run],
@@ -828,79 +830,113 @@ async fn history_for(
         if out.contains_key(&key) {
             continue;
         }
-        let mut ds = ctx
+        let mut samples = ctx
             .store
-            .passed_durations(&run.project_id, run.branch(), rules::HISTORY_WINDOW as i64)
+            .passed_history(&run.project_id, run.branch(), rules::HISTORY_WINDOW as i64)
             .await?;
-        if ds.len() < rules::HISTORY_MIN_SAMPLES {
-            let fresh = {
+        if samples.len() < rules::HISTORY_MIN_SAMPLES {
+            let cached = {
                 let cache = ctx.history_cache.lock().unwrap_or_else(|e| e.into_inner());
                 cache
                     .get(&key)
-                    .is_some_and(|t| t.elapsed() < HISTORY_REFRESH)
+                    .filter(|h| h.at.elapsed() < HISTORY_REFRESH)
+                    .map(|h| h.runs.clone())
             };
-            if !fresh {
-                let filter = RunFilter {
-                    branches: run
-                        .branch()
-                        .map(|b| vec![b.to_string()])
-                        .unwrap_or_default(),
-                    status: vec![crate::currents::RunStatus::Passed],
-                    completion_state: vec![CompletionState::Complete],
-                    limit: Some(50),
-                    ..RunFilter::default()
-                };
-                let listed = ctx
-                    .currents
-                    .list_runs_page(&run.project_id, &filter, None)
-                    .await;
-                // A listing that may work next time (the API down, a rate limit) fails the
-                // event, which is tried again, and is not remembered: its retry (or the
-                // next poll) lists again. One refused for good (a 4xx) is remembered, so
-                // that it is not asked again for an hour, and the history is what the
-                // store knows (`fallback` below the minimum): one branch's history must
-                // not stop the poll of every run, nor the events of that branch.
-                let page = match listed {
-                    Ok(page) => Some(page),
-                    Err(e) => match ProcessError::from(e) {
-                        ProcessError::Permanent(why) => {
-                            tracing::warn!(project = %run.project_id, branch = run.branch().unwrap_or_default(), "cannot list the run history for max_duration = \"auto\"; using the runs the store knows for an hour: {why}");
-                            None
-                        }
-                        transient => return Err(transient),
-                    },
-                };
-                remember_history_lookup(
-                    &mut ctx.history_cache.lock().unwrap_or_else(|e| e.into_inner()),
-                    &key,
-                    std::time::Instant::now(),
-                );
-                if let Some(page) = page {
-                    let now = Utc::now();
-                    for r in &page.items {
-                        if rules::history_key(r) == key {
-                            remember_run(ctx, r, now).await?;
-                        }
-                    }
-                    ds = ctx
-                        .store
-                        .passed_durations(
-                            &run.project_id,
-                            run.branch(),
-                            rules::HISTORY_WINDOW as i64,
-                        )
-                        .await?;
+            let listed = match cached {
+                Some(listed) => listed,
+                None => {
+                    let listed = list_history(ctx, run, &key).await?;
+                    remember_history_lookup(
+                        &mut ctx.history_cache.lock().unwrap_or_else(|e| e.into_inner()),
+                        &key,
+                        HistoryLookup {
+                            at: std::time::Instant::now(),
+                            runs: listed.clone(),
+                        },
+                    );
+                    listed
+                }
+            };
+            for l in listed {
+                if !samples.iter().any(|s| s.run_id == l.run_id) {
+                    samples.push(l);
                 }
             }
+            samples.sort_by(|a, b| (b.created_at_ms, &b.run_id).cmp(&(a.created_at_ms, &a.run_id)));
+            samples.truncate(rules::HISTORY_WINDOW);
         }
         out.insert(
             key,
-            ds.into_iter()
-                .map(|ms| Duration::from_millis(ms.max(0) as u64))
+            samples
+                .into_iter()
+                .map(|s| Duration::from_millis(s.duration_ms.max(0) as u64))
                 .collect(),
         );
     }
     Ok(out)
+}
+
+/// One page of the newest completed, passed runs of `run`'s project and branch, those of
+/// its history group `key`. A listing that may work next time (the API down, a rate
+/// limit) fails the event, which is tried again, and is not remembered: its retry (or
+/// the next poll) lists again. One refused for good (a 4xx) is an empty listing,
+/// remembered so that it is not asked again for an hour, and the history is what the
+/// store knows (`fallback` below the minimum): one branch's history must not stop the
+/// poll of every run, nor the events of that branch.
+async fn list_history(
+    ctx: &AppContext,
+    run: &Run,
+    key: &str,
+) -> Result<Vec<crate::store::PassedRun>, ProcessError> {
+    let filter = RunFilter {
+        branches: run
+            .branch()
+            .map(|b| vec![b.to_string()])
+            .unwrap_or_default(),
+        status: vec![crate::currents::RunStatus::Passed],
+        completion_state: vec![CompletionState::Complete],
+        limit: Some(50),
+        ..RunFilter::default()
+    };
+    let page = match ctx
+        .currents
+        .list_runs_page(&run.project_id, &filter, None)
+        .await
+    {
+        Ok(page) => page,
+        Err(e) => match ProcessError::from(e) {
+            ProcessError::Permanent(why) => {
+                tracing::warn!(project = %run.project_id, branch = run.branch().unwrap_or_default(), "cannot list the run history for max_duration = \"auto\"; using the runs the store knows for an hour: {why}");
+                return Ok(Vec::new());
+            }
+            transient => return Err(transient),
+        },
+    };
+    Ok(page
+        .items
+        .iter()
+        .filter(|r| {
+            rules::history_key(r) == key
+                && !r.is_deleted()
+                && r.completion_state == CompletionState::Complete
+                && r.status == crate::currents::RunStatus::Passed
+        })
+        .filter_map(|r| {
+            Some(crate::store::PassedRun {
+                run_id: r.run_id.clone(),
+                created_at_ms: r.created_at.timestamp_millis(),
+                duration_ms: r.duration_ms? as i64,
+            })
+        })
+        .collect())
+}
+
+/// A history listing from the API ([`history_for`]): when it was made, and the passed
+/// runs it gave.
+#[derive(Debug, Clone)]
+pub struct HistoryLookup {
+    pub at: std::time::Instant,
+    pub runs: Vec<crate::store::PassedRun>,
 }
 
 /// How long a history listing from the API is trusted before it is read again.
@@ -909,19 +945,19 @@ pub const HISTORY_REFRESH: Duration = Duration::from_secs(3600);
 /// Size of the history lookup cache past which its stale entries are dropped.
 const HISTORY_CACHE_TRIM: usize = 1024;
 
-/// Records that the history of `key` was looked up at `now`. Only lookups younger than
-/// [`HISTORY_REFRESH`] mean anything: once the cache reaches [`HISTORY_CACHE_TRIM`]
-/// entries, the older ones are forgotten (it would otherwise keep one entry per branch
-/// ever seen).
+/// Keeps the history listing of `key`. Only listings younger than [`HISTORY_REFRESH`]
+/// mean anything: once the cache reaches [`HISTORY_CACHE_TRIM`] entries, the older ones
+/// are forgotten (it would otherwise keep one entry per branch ever seen).
 fn remember_history_lookup(
-    cache: &mut HashMap<String, std::time::Instant>,
+    cache: &mut HashMap<String, HistoryLookup>,
     key: &str,
-    now: std::time::Instant,
+    lookup: HistoryLookup,
 ) {
+    let now = lookup.at;
     if cache.len() >= HISTORY_CACHE_TRIM {
-        cache.retain(|_, t| now.saturating_duration_since(*t) < HISTORY_REFRESH);
+        cache.retain(|_, h| now.saturating_duration_since(h.at) < HISTORY_REFRESH);
     }
-    cache.insert(key.to_string(), now);
+    cache.insert(key.to_string(), lookup);
 }
 
 async fn currents_event(
@@ -968,12 +1004,13 @@ async fn currents_event(
     let (mut runs, mut progress) =
         known_in_progress(ctx, Some(&run.project_id), run.branch()).await?;
     // The store may not know every in-progress run of the branch (a missed webhook, a
-    // fresh store): one listing of the branch's in-progress runs settles it.
-    let supersede = ctx
-        .config
-        .rules
-        .iter()
-        .any(|r| matches!(r.kind, RuleKind::Supersede(_)) && r.filter.matches(&run));
+    // fresh store): one listing of the branch's in-progress runs settles it. The run of
+    // the event supersedes whatever its state (a fast newer run may have finished), so
+    // the rule's `statuses` and `completion_states` are not asked of it here.
+    let supersede =
+        ctx.config.rules.iter().any(|r| {
+            matches!(r.kind, RuleKind::Supersede(_)) && r.filter.matches_ignoring_state(&run)
+        });
     if supersede && let Some(branch) = run.branch() {
         let listing = Listing {
             project: &run.project_id,
@@ -1007,7 +1044,8 @@ struct Listing<'a> {
 }
 
 /// Lists the in-progress runs of a project (of one branch, when given), notes them in
-/// `seen` and merges them into `runs` (a listed run replaces a known copy). Their
+/// `seen` and merges them into `runs`: a listed run replaces a known copy, and a known
+/// run of that project (and branch) the listing does not show is dropped (it ended). Their
 /// progress is not measured ([`note_run`]): the callers' triggers (a push, a branch
 /// deleted, a workflow run completed, and the other runs of a `RunSeen`'s branch) have
 /// no rule that reads it.
@@ -1028,6 +1066,8 @@ async fn list_project_in_progress(
         ..RunFilter::default()
     };
     let mut stream = ctx.currents.list_runs(project, &filter);
+    let mut listed = HashSet::new();
+    let mut fresh = Vec::new();
     while let Some(run) = stream.next().await {
         let run = run?;
         if branch.is_some_and(|b| run.branch() != Some(b))
@@ -1037,9 +1077,18 @@ async fn list_project_in_progress(
             continue;
         }
         note_run(seen, &run, now);
-        runs.retain(|r| r.run_id != run.run_id);
-        runs.push(run);
+        listed.insert(run.run_id.clone());
+        fresh.push(run);
     }
+    // The whole listing came: a run of that project (and branch) the store believed in
+    // progress that it does not show is over or gone, and is not a candidate any more
+    // (the next poll reads it and records how it ended).
+    runs.retain(|r| {
+        let covered = r.project_id == project && branch.is_none_or(|b| r.branch() == Some(b));
+        !covered || skip == Some(r.run_id.as_str()) || listed.contains(&r.run_id)
+    });
+    runs.retain(|r| !listed.contains(&r.run_id));
+    runs.extend(fresh);
     Ok(())
 }
 
@@ -1625,20 +1674,24 @@ mod tests {
 
     #[test]
     fn the_history_lookup_cache_forgets_stale_entries_once_it_is_large() {
-        use super::{HISTORY_CACHE_TRIM, HISTORY_REFRESH, remember_history_lookup};
+        use super::{HISTORY_CACHE_TRIM, HISTORY_REFRESH, HistoryLookup, remember_history_lookup};
         let t0 = std::time::Instant::now();
         let later = t0 + HISTORY_REFRESH + std::time::Duration::from_secs(1);
+        let at = |at| HistoryLookup {
+            at,
+            runs: Vec::new(),
+        };
         let mut cache = std::collections::HashMap::new();
         for i in 0..HISTORY_CACHE_TRIM - 1 {
-            remember_history_lookup(&mut cache, &format!("old-{i}"), t0);
+            remember_history_lookup(&mut cache, &format!("old-{i}"), at(t0));
         }
-        remember_history_lookup(&mut cache, "fresh", later);
+        remember_history_lookup(&mut cache, "fresh", at(later));
         assert_eq!(
             cache.len(),
             HISTORY_CACHE_TRIM,
             "below the mark nothing goes"
         );
-        remember_history_lookup(&mut cache, "newest", later);
+        remember_history_lookup(&mut cache, "newest", at(later));
         let mut kept: Vec<_> = cache.keys().cloned().collect();
         kept.sort();
         assert_eq!(kept, ["fresh", "newest"]);

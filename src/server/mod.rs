@@ -51,8 +51,10 @@ pub struct AppContext {
     pub events: tokio::sync::broadcast::Sender<BotEvent>,
     /// New actions the processor leased for this process's executor.
     pub handoff: crate::actions::Handoff,
-    /// When the duration history of a group was last read from the API.
-    pub history_cache: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// The duration history of each group last read from the API, and when.
+    pub history_cache: std::sync::Mutex<
+        std::collections::HashMap<String, crate::intake::processor::HistoryLookup>,
+    >,
     /// When this process's last poll that covered every project began (the look-back of
     /// the next poll for runs that started and finished in between).
     pub last_poll: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,

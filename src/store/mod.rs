@@ -64,7 +64,7 @@ pub use deliveries::{
     InsertOutcome, NewDelivery, SOURCES,
 };
 pub use error::{StoreError, StoreResult};
-pub use runs::RunRecord;
+pub use runs::{PassedRun, RunRecord};
 pub use slots::SlotRecord;
 
 /// The SQLite schema migrations (`migrations/sqlite`), applied by [`Store::connect`].

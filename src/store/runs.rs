@@ -37,6 +37,16 @@ pub struct RunRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A completed, passed run's duration: one sample of the history behind
+/// `max_duration = "auto"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassedRun {
+    pub run_id: String,
+    /// The run's `createdAt`, milliseconds since the epoch (the history is the newest).
+    pub created_at_ms: i64,
+    pub duration_ms: i64,
+}
+
 #[derive(sqlx::FromRow)]
 struct RunRow {
     run_id: String,
@@ -167,8 +177,23 @@ impl Store {
         branch: Option<&str>,
         max: impl Into<i64>,
     ) -> StoreResult<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT duration_ms FROM runs \
+        Ok(self
+            .passed_history(project_id, branch, max)
+            .await?
+            .into_iter()
+            .map(|p| p.duration_ms)
+            .collect())
+    }
+
+    /// [`Store::passed_durations`] with the run each duration is of (newest first).
+    pub async fn passed_history(
+        &self,
+        project_id: &str,
+        branch: Option<&str>,
+        max: impl Into<i64>,
+    ) -> StoreResult<Vec<PassedRun>> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT run_id, created_at, duration_ms FROM runs \
              WHERE project_id = $1 \
                AND (branch = $2 OR ($2 IS NULL AND branch IS NULL)) \
                AND completion_state = 'COMPLETE' AND status = 'PASSED' \
@@ -180,7 +205,15 @@ impl Store {
         .bind(branch)
         .bind(limit(max))
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(run_id, created_at, duration_ms)| PassedRun {
+                run_id,
+                created_at_ms: created_at,
+                duration_ms,
+            })
+            .collect())
     }
 
     /// Marks a run deleted in Currents: no longer returned by [`Store::get_run`] or
