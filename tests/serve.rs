@@ -2434,3 +2434,44 @@ async fn a_finished_newer_run_supersedes_an_unknown_older_one_under_a_state_filt
     })
     .await;
 }
+
+/// How the last slot of a scheduled retention rule ended is recorded with the slot and
+/// shown on the status page: the runs its sweep decided to delete.
+#[tokio::test]
+async fn the_status_page_tells_how_the_last_slot_ended() {
+    use chrono::{DateTime, Utc};
+    use runwarden::intake::schedules::fire_due;
+    // Fires on 1 January only: the bot's own schedule loop finds no slot today.
+    let rules = "[[rules]]\nname = \"yearly\"\nkind = \"retention\"\nschedule = \"0 3 1 1 *\"\nolder_than = \"30d\"\n";
+    let app = spawn_app(rules).await;
+    for (branch, sha) in [("feat/old-1", "01d1"), ("feat/old-2", "01d2")] {
+        let mut r = run(branch, sha, 60 * 24 * 45);
+        r.state = Some("passed".into());
+        app.sim.add_run(r).unwrap();
+    }
+    let ctx = &app.bot.ctx;
+    let slot: DateTime<Utc> = "2026-01-01T03:00:00Z".parse().unwrap();
+    let now = slot + chrono::Duration::seconds(30);
+    assert_eq!(
+        fire_due(ctx, slot - chrono::Duration::hours(1), now).await,
+        vec![("yearly".to_string(), slot)]
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let record = ctx.store.get_slot("yearly", slot).await.unwrap().unwrap();
+        if let Some(summary) = record.summary {
+            assert_eq!(summary, "2 runs to delete");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot's sweep never ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let page = app.get_text("/").await;
+    assert!(
+        page.contains("<td>2026-01-01 03:00 UTC: 2 runs to delete</td>"),
+        "{page}"
+    );
+}

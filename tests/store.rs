@@ -1878,10 +1878,14 @@ async fn a_slot_is_claimed_once(db: Db) {
             .finished_at
             .is_none()
     );
-    assert!(matches!(
-        s.finish_slot("nightly", t(1), "x").await,
-        Err(StoreError::NotFound { .. })
-    ));
+    // A sweep that ends before its slot is claimed claims it.
+    s.finish_slot("nightly", t(1), "x").await.unwrap();
+    let early = s.get_slot("nightly", t(1)).await.unwrap().unwrap();
+    assert_eq!(early.summary.as_deref(), Some("x"));
+    assert_eq!(s.last_slot("nightly").await.unwrap(), Some(t(7200)));
+    let latest = s.latest_slot_record("nightly").await.unwrap().unwrap();
+    assert_eq!((latest.slot_at, latest.summary), (t(7200), None));
+    assert!(!s.claim_slot("nightly", t(1), t(2)).await.unwrap());
 }
 
 /// `acquire_lease_waiting`: a lock across processes. A second holder waits while the

@@ -270,6 +270,9 @@ async fn decide_one(ctx: &AppContext, d: Delivery) -> Option<ToCommit> {
     let result = decide_event(ctx, &d, now, &mut seen).await;
     let outcome = match result {
         Ok(decisions) => {
+            if d.source == "schedule" {
+                finish_slot(ctx, &d, &decisions).await;
+            }
             let n = decisions.len();
             let runs = seen.into_records();
             if n > 0 || !runs.is_empty() {
@@ -333,6 +336,39 @@ async fn decide_one(ctx: &AppContext, d: Delivery) -> Option<ToCommit> {
         &[("source", &d.source), ("result", outcome)],
     );
     None
+}
+
+/// Records how the sweep of a schedule slot ended (the slot's row, shown on the status
+/// page): how many runs it decided to delete, or why its circuit breaker stopped it. A
+/// failure to write it is logged and changes nothing else (it is information; the
+/// decisions are recorded with the event).
+async fn finish_slot(ctx: &AppContext, d: &Delivery, decisions: &[Decision]) {
+    #[derive(serde::Deserialize)]
+    struct Slot {
+        rule: String,
+        slot: DateTime<Utc>,
+    }
+    let Ok(slot) = serde_json::from_str::<Slot>(&d.payload) else {
+        return;
+    };
+    let summary = match decisions
+        .iter()
+        .find(|x| x.run_id.starts_with(BREAKER_PREFIX))
+    {
+        Some(breaker) => breaker.reason.clone(),
+        None => {
+            let n = decisions.len();
+            let dry = decisions.iter().any(|x| x.dry_run);
+            format!(
+                "{n} run{} to delete{}",
+                if n == 1 { "" } else { "s" },
+                if dry { " (dry run)" } else { "" }
+            )
+        }
+    };
+    if let Err(e) = ctx.store.finish_slot(&slot.rule, slot.slot, &summary).await {
+        tracing::warn!(rule = %slot.rule, error = %e, "cannot record how a schedule slot's sweep ended");
+    }
 }
 
 /// Seconds before an event that failed `attempts` times already is processed again:

@@ -72,6 +72,19 @@ pub async fn page(State(state): State<AppState>) -> (StatusCode, Html<String>) {
             .pending_actions_audit(ACTIONS_SHOWN as i64 + 1)
             .await,
     );
+    // The last slot of each scheduled retention rule, and how its sweep ended.
+    let mut last_slots = Vec::new();
+    for r in &cfg.rules {
+        if let RuleKind::Retention(o) = &r.kind
+            && o.schedule.is_some()
+        {
+            let slot = read(
+                "last schedule slot",
+                state.store.latest_slot_record(&r.name).await,
+            );
+            last_slots.push((r.name.as_str(), slot));
+        }
+    }
     // The headings' counts: every action in the state, not only those listed.
     let counts = read("actions by state", state.store.action_counts().await);
     let count = |states: &[&str]| {
@@ -82,7 +95,8 @@ pub async fn page(State(state): State<AppState>) -> (StatusCode, Html<String>) {
                 .sum::<i64>()
         })
     };
-    let complete = counts.is_some()
+    let complete = last_slots.iter().all(|(_, slot)| slot.is_some())
+        && counts.is_some()
         && hits.is_some()
         && recent.is_some()
         && queue.is_some()
@@ -119,7 +133,7 @@ pub async fn page(State(state): State<AppState>) -> (StatusCode, Html<String>) {
             wait.as_secs_f64().ceil() as u64
         );
     }
-    h.push_str("<h2>Rules</h2><div class=\"scroll\"><table><tr><th>rule</th><th>kind</th><th>hits</th><th>next slot</th><th>mode</th></tr>");
+    h.push_str("<h2>Rules</h2><div class=\"scroll\"><table><tr><th>rule</th><th>kind</th><th>hits</th><th>next slot</th><th>last slot</th><th>mode</th></tr>");
     for r in &cfg.rules {
         let n = match &hits {
             Some(hits) => hits
@@ -139,12 +153,26 @@ pub async fn page(State(state): State<AppState>) -> (StatusCode, Html<String>) {
             },
             _ => String::new(),
         };
+        let last = match last_slots.iter().find(|(name, _)| *name == r.name) {
+            None | Some((_, Some(None))) => String::new(),
+            Some((_, None)) => "?".to_string(),
+            Some((_, Some(Some(slot)))) => format!(
+                "{}: {}",
+                slot.slot_at.format("%Y-%m-%d %H:%M UTC"),
+                match (&slot.summary, slot.finished_at) {
+                    (Some(summary), _) => summary.as_str(),
+                    (None, Some(_)) => "done",
+                    (None, None) => "sweeping",
+                }
+            ),
+        };
         let _ = write!(
             h,
-            "<tr><td>{}</td><td><span class=\"pill\">{}</span></td><td>{n}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td><span class=\"pill\">{}</span></td><td>{n}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&r.name),
             r.kind_name(),
             esc(&next),
+            esc(&last),
             if r.is_dry_run(cfg.dry_run) {
                 "dry run"
             } else {

@@ -106,29 +106,39 @@ impl Store {
         row.map(SlotRecord::try_from).transpose()
     }
 
-    /// Records the end of a slot's sweep.
+    /// Records the end of a slot's sweep. The slot is claimed too if it was not yet: its
+    /// event is stored before the claim (`intake::schedules`), so its sweep can end first.
     pub async fn finish_slot(
         &self,
         rule: &str,
         slot_at: DateTime<Utc>,
         summary: &str,
     ) -> StoreResult<()> {
-        let done = sqlx::query(
-            "UPDATE schedule_slots SET finished_at = $3, summary = $4 \
-             WHERE rule = $1 AND slot_at = $2",
+        let now = to_ms(Utc::now());
+        sqlx::query(
+            "INSERT INTO schedule_slots (rule, slot_at, claimed_at, finished_at, summary) \
+             VALUES ($1, $2, $3, $3, $4) \
+             ON CONFLICT (rule, slot_at) DO UPDATE \
+             SET finished_at = excluded.finished_at, summary = excluded.summary",
         )
         .bind(rule)
         .bind(to_ms(slot_at))
-        .bind(to_ms(Utc::now()))
+        .bind(now)
         .bind(summary)
         .execute(&self.writer)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::not_found(
-                "schedule slot",
-                format!("{rule}@{}", slot_at.to_rfc3339()),
-            ));
-        }
         Ok(())
+    }
+
+    /// The latest slot of `rule` ever claimed, with how its sweep ended (the status page).
+    pub async fn latest_slot_record(&self, rule: &str) -> StoreResult<Option<SlotRecord>> {
+        let row: Option<SlotRow> = sqlx::query_as(&format!(
+            "SELECT {SLOT_COLUMNS} FROM schedule_slots WHERE rule = $1 \
+             ORDER BY slot_at DESC LIMIT 1"
+        ))
+        .bind(rule)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(SlotRecord::try_from).transpose()
     }
 }
