@@ -38,7 +38,15 @@ pub async fn fire_due(
         let Some(schedule) = &opts.schedule else {
             continue;
         };
-        let last = ctx.store.last_slot(&rule.name).await.ok().flatten();
+        // A failed read is not "never fired": that would fire the latest slot again once
+        // its event has been pruned. The next tick reads again.
+        let last = match ctx.store.last_slot(&rule.name).await {
+            Ok(last) => last,
+            Err(e) => {
+                tracing::warn!(rule = %rule.name, error = %e, "cannot read the last schedule slot; trying again at the next tick");
+                continue;
+            }
+        };
         // A rule never fired before starts from `since` (the process start); after
         // downtime, however long, only the latest missed slot fires.
         let from = last.unwrap_or(since);

@@ -400,6 +400,15 @@ async fn insert_group<'e>(
             firsts.push(&p.d);
         }
     }
+    // In key order: two replicas inserting the same deliveries (a sender's retry sent to
+    // the other one) then take the unique index's locks in the same order, where arrival
+    // order could deadlock them (PostgreSQL).
+    if backend == Backend::Postgres {
+        firsts.sort_unstable_by(|a, b| {
+            (a.source.as_str(), a.delivery_id.as_str())
+                .cmp(&(b.source.as_str(), b.delivery_id.as_str()))
+        });
+    }
     let mut sql = String::with_capacity(160 + firsts.len() * 32);
     sql.push_str(
         "INSERT INTO deliveries (source, delivery_id, event, payload, received_at, \

@@ -116,7 +116,9 @@ fn sqlite_code_is_unavailable(extended: i32) -> bool {
 
 /// PostgreSQL SQLSTATEs of the same kind: connection exceptions, insufficient resources
 /// (disk full, out of memory, too many connections), operator intervention (shutdown),
-/// system (I/O) errors, a read-only transaction (hot standby) and lock_not_available.
+/// system (I/O) errors, a read-only transaction (hot standby), lock_not_available, and a
+/// transaction the server rolled back for a deadlock or a serialization failure (worth
+/// another try, like SQLite's busy database).
 fn sqlstate_is_unavailable(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("53")
@@ -124,6 +126,8 @@ fn sqlstate_is_unavailable(code: &str) -> bool {
         || code.starts_with("58")
         || code == "25006"
         || code == "55P03"
+        || code == "40P01"
+        || code == "40001"
 }
 
 #[cfg(test)]
@@ -151,6 +155,8 @@ mod tests {
         assert!(unavailable("53100")); // disk_full
         assert!(unavailable("57P01")); // admin_shutdown
         assert!(unavailable("25006")); // read_only_sql_transaction
+        assert!(unavailable("40P01")); // deadlock_detected
+        assert!(unavailable("40001")); // serialization_failure
         assert!(!unavailable("23505")); // unique_violation
         assert!(!unavailable("42P01")); // undefined_table
     }

@@ -116,17 +116,27 @@ pub struct StoreOptions {
     pub busy_timeout: Duration,
     /// How long an operation waits for a free pooled connection.
     pub acquire_timeout: Duration,
-    /// Pool size for a database file or server (an in-memory database always uses one
-    /// connection).
-    pub max_connections: u32,
+    /// Pool size for a database file (its readers: [`SQLITE_READERS`] by default) or a
+    /// server ([`POSTGRES_POOL`] by default); an in-memory database always uses one
+    /// connection.
+    pub max_connections: Option<u32>,
 }
+
+/// Reader connections of a SQLite file (writes have one connection of their own).
+pub const SQLITE_READERS: u32 = 4;
+
+/// Connections of each process to a PostgreSQL store. The intake, the processor, the
+/// leases and up to 16 actions in flight share them, and a write may hold one while it
+/// waits for the store's write lock: 4 ran dry under load. Several replicas and `sweep`
+/// jobs together stay well under PostgreSQL's default `max_connections` (100).
+pub const POSTGRES_POOL: u32 = 16;
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             busy_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(5),
-            max_connections: 4,
+            max_connections: None,
         }
     }
 }
@@ -185,10 +195,20 @@ impl Store {
             Backend::Sqlite => &MIGRATOR,
             Backend::Postgres => &PG_MIGRATOR,
         };
-        migrator
-            .run(&pool)
-            .await
-            .with_context(|| format!("cannot apply migrations to store {shown}"))?;
+        match backend {
+            Backend::Sqlite => migrator.run(&pool).await,
+            // On a connection of its own, without the pool's `lock_timeout`: replicas
+            // starting together wait for one another's migration, however long it takes,
+            // on the migrator's advisory lock.
+            Backend::Postgres => async {
+                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await?;
+                let done = migrator.run(&mut conn).await;
+                let _ = sqlx::Connection::close(conn).await;
+                done
+            }
+            .await,
+        }
+        .with_context(|| format!("cannot apply migrations to store {shown}"))?;
         let store = Store {
             pool,
             writer,
@@ -547,7 +567,7 @@ async fn connect_sqlite(url: &str, options: &StoreOptions) -> anyhow::Result<(An
         .connect_with(connect.clone())
         .await?;
     let readers = pool
-        .max_connections(options.max_connections.max(1))
+        .max_connections(options.max_connections.unwrap_or(SQLITE_READERS).max(1))
         .connect_with(connect)
         .await?;
     Ok((readers, writer))
@@ -560,7 +580,7 @@ async fn connect_postgres(url: &str, options: &StoreOptions) -> anyhow::Result<A
     let lock_ms = options.busy_timeout.as_millis().max(1);
     let pool = AnyPoolOptions::new()
         .acquire_timeout(options.acquire_timeout)
-        .max_connections(options.max_connections.max(1))
+        .max_connections(options.max_connections.unwrap_or(POSTGRES_POOL).max(1))
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 sqlx::query(&format!("SET lock_timeout = {lock_ms}"))
