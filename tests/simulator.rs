@@ -497,7 +497,7 @@ async fn run_feed_filters() {
         q("status=PASSED&status=FAILED").await,
         set(&[&a, &b, &d, &f])
     );
-    assert_eq!(q("status=failing").await, set(&[&e]));
+    assert_eq!(q("status=FAILING").await, set(&[&e]));
     assert_eq!(q("completion_state=IN_PROGRESS").await, set(&[&c, &e]));
     assert_eq!(
         q("completion_state=CANCELED&completion_state=TIMEOUT").await,
@@ -522,7 +522,9 @@ async fn run_feed_filters() {
     // Invalid filters are 400s.
     for bad in [
         "status=DONE",
+        "status=failing",
         "completion_state=FINISHED",
+        "completion_state=CANCELLED",
         "tag_operator=XOR",
         "date_start=yesterday",
     ] {

@@ -223,6 +223,11 @@ fn parse_date(name: &str, s: &str) -> Result<DateTime<Utc>, Response> {
     Err(bad(format!("\"{name}\" must be in ISO 8601 date format")))
 }
 
+/// `status` values of the run feed (`RunFeedStatusQuery`).
+const FEED_STATUSES: [&str; 4] = ["PASSED", "FAILED", "RUNNING", "FAILING"];
+/// `completion_state` values of the run feed (`RunFeedCompletionStateQuery`).
+const FEED_COMPLETION_STATES: [&str; 4] = ["COMPLETE", "IN_PROGRESS", "CANCELED", "TIMEOUT"];
+
 fn parse_run_query(p: &Params) -> Result<RunQuery, Response> {
     let (limit, starting_after, ending_before) = parse_page(p)?;
     let mut q = RunQuery {
@@ -234,10 +239,14 @@ fn parse_run_query(p: &Params) -> Result<RunQuery, Response> {
         authors: p.all(&["authors[]", "authors", "author", "author[]"]),
         ..Default::default()
     };
-    match p.one("tag_operator").map(|s| s.to_ascii_uppercase()) {
+    // The enums of the run feed are exactly the reference's (`RunFeedTagOperatorQuery`,
+    // `RunFeedStatusQuery`, `RunFeedCompletionStateQuery`): uppercase, no other spelling
+    // (`CANCELLED`, `failing`, `or`, ...), so a client sending one fails here as it would
+    // against Currents rather than only in production.
+    match p.one("tag_operator") {
         None => {}
-        Some(op) if op == "AND" => {}
-        Some(op) if op == "OR" => q.tags_any = true,
+        Some("AND") => {}
+        Some("OR") => q.tags_any = true,
         Some(_) => return Err(bad("\"tag_operator\" must be one of [AND, OR]")),
     }
     if let Some(s) = p.one("search") {
@@ -251,24 +260,20 @@ fn parse_run_query(p: &Params) -> Result<RunQuery, Response> {
         }
     }
     for s in p.all(&["status", "status[]"]) {
-        match RunStatus::parse(&s) {
-            RunStatus::Unknown(_) => {
-                return Err(bad(
-                    "\"status\" must be one of [PASSED, FAILED, RUNNING, FAILING]",
-                ));
-            }
-            st => q.statuses.push(st),
+        if !FEED_STATUSES.contains(&s.as_str()) {
+            return Err(bad(
+                "\"status\" must be one of [PASSED, FAILED, RUNNING, FAILING]",
+            ));
         }
+        q.statuses.push(RunStatus::parse(&s));
     }
     for s in p.all(&["completion_state", "completion_state[]"]) {
-        match CompletionState::parse(&s) {
-            CompletionState::Unknown(_) => {
-                return Err(bad(
-                    "\"completion_state\" must be one of [COMPLETE, IN_PROGRESS, CANCELED, TIMEOUT]",
-                ));
-            }
-            c => q.completion_states.push(c),
+        if !FEED_COMPLETION_STATES.contains(&s.as_str()) {
+            return Err(bad(
+                "\"completion_state\" must be one of [COMPLETE, IN_PROGRESS, CANCELED, TIMEOUT]",
+            ));
         }
+        q.completion_states.push(CompletionState::parse(&s));
     }
     if let Some(s) = p.one("date_start").filter(|s| !s.is_empty()) {
         q.date_start = Some(parse_date("date_start", s)?);

@@ -91,7 +91,10 @@ pub struct SimConfig {
     pub webhook_headers: Vec<(String, String)>,
     /// Timeout of one webhook delivery. Default 5 s.
     pub webhook_timeout: Duration,
-    /// Send one webhook per group for multi-group runs (with `groupId`).
+    /// Send one webhook per group for multi-group runs (with `groupId`), each when its
+    /// group gets there: a group's `RUN_FINISH` as soon as all its spec files have
+    /// reported, while other groups may still run; `RUN_CANCELED` and `RUN_TIMEOUT` to
+    /// the groups still running. Off: one event of each kind per run, without `groupId`.
     pub webhook_per_group: bool,
     /// Base of `runUrl` in webhooks: `{dashboard_url}/run/{runId}`.
     pub dashboard_url: String,

@@ -311,6 +311,19 @@ impl RunRec {
         self.groups.iter().map(|g| g.tests.failures).sum()
     }
 
+    /// For each group, whether all its spec files have reported.
+    fn groups_done(&self) -> Vec<bool> {
+        let mut done = vec![true; self.groups.len()];
+        for s in &self.specs {
+            if s.completed_at.is_none()
+                && let Some(d) = done.get_mut(s.group as usize)
+            {
+                *d = false;
+            }
+        }
+        done
+    }
+
     fn last_activity(&self) -> DateTime<Utc> {
         self.specs
             .iter()
@@ -553,9 +566,9 @@ impl RunRec {
             "groupId": group.as_ref(),
             "spec": spec.spec,
             "machineId": spec.machine_id,
-            "createdAt": self.created_at,
-            "claimedAt": spec.claimed_at,
-            "completedAt": spec.completed_at,
+            "createdAt": ms_time(self.created_at),
+            "claimedAt": spec.claimed_at.map(ms_time),
+            "completedAt": spec.completed_at.map(ms_time),
             "platform": self.platform(group),
             "commit": self.commit(),
             "tags": self.tags.iter().map(|t| t.as_ref()).collect::<Vec<_>>(),
@@ -578,12 +591,8 @@ impl RunRec {
                 return false;
             }
         }
-        if !q.authors.is_empty()
-            && !q
-                .authors
-                .iter()
-                .any(|a| a == self.author_name.as_ref() || a == self.author_email.as_ref())
-        {
+        // `authors[]` are git author names (`RunFeedAuthorQuery`), not e-mail addresses.
+        if !q.authors.is_empty() && !q.authors.iter().any(|a| a == self.author_name.as_ref()) {
             return false;
         }
         if !q.statuses.is_empty() && !q.statuses.contains(&self.status) {
@@ -615,6 +624,12 @@ impl RunRec {
         }
         true
     }
+}
+
+/// A time as the Currents API writes it: RFC 3339 in UTC to the millisecond
+/// (`2022-07-06T08:37:58.317Z`), as the models serialise theirs.
+fn ms_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Case-insensitive substring test; `needle` is already lowercase.
@@ -689,7 +704,7 @@ pub(crate) struct CurrentsState {
 
 /// An event to emit once the state lock is released.
 struct PendingEvent {
-    payloads: Vec<CurrentsWebhookPayload>,
+    payload: CurrentsWebhookPayload,
     run_id: String,
     event: &'static str,
     hooks: Vec<HookTarget>,
@@ -1207,20 +1222,28 @@ impl CurrentsState {
             .collect()
     }
 
+    /// One event of `rec` for its webhooks: the whole run's counters, or those of group
+    /// `group` (with its `groupId`).
     fn pending_event(
         &self,
         rec: &RunRec,
         event: &'static str,
         dashboard: &str,
-        per_group: bool,
-    ) -> Option<PendingEvent> {
-        if !rec.emit {
-            return None;
-        }
-        let run_url = format!("{}/run/{}", dashboard.trim_end_matches('/'), rec.id);
-        let base = |group_id: Option<String>, t: TestCounts| CurrentsWebhookPayload {
+        group: Option<usize>,
+    ) -> PendingEvent {
+        let (group_id, t) = match group.and_then(|gi| rec.groups.get(gi)) {
+            Some(g) => (Some(g.id.to_string()), g.tests),
+            None => {
+                let mut t = TestCounts::default();
+                for g in &rec.groups {
+                    t.add(&g.tests);
+                }
+                (None, t)
+            }
+        };
+        let payload = CurrentsWebhookPayload {
             event: event.to_string(),
-            run_url: run_url.clone(),
+            run_url: format!("{}/run/{}", dashboard.trim_end_matches('/'), rec.id),
             build_id: Some(rec.ci_build_id.clone()),
             group_id,
             tags: rec.tags.iter().map(|t| t.to_string()).collect(),
@@ -1233,24 +1256,69 @@ impl CurrentsState {
             retries: Some(t.retries),
             flaky: Some(t.flaky),
         };
-        let payloads = if per_group && rec.groups.len() > 1 {
-            rec.groups
-                .iter()
-                .map(|g| base(Some(g.id.to_string()), g.tests))
-                .collect()
-        } else {
-            let mut t = TestCounts::default();
-            for g in &rec.groups {
-                t.add(&g.tests);
-            }
-            vec![base(None, t)]
-        };
-        Some(PendingEvent {
-            payloads,
+        PendingEvent {
+            payload,
             run_id: rec.id.clone(),
             event,
             hooks: self.hooks_for(&rec.project, event),
-        })
+        }
+    }
+
+    /// The webhooks of a change to `rec`, in order: `RUN_START` when it `started`, then
+    /// the events of its end when it ended (it was in progress and no longer is).
+    ///
+    /// With `per_group` a multi-group run has one event per group, with its `groupId`
+    /// (`groupId: "only for multigroup runs"`, `currents-notes.md` §2.1), each when its
+    /// group gets there, as Currents' predecessor sorry-cypress emits them
+    /// (`emitGroupStart`, `emitGroupFinish`, `emitGroupTimedout`): a group whose spec
+    /// files have all reported gets its `RUN_FINISH` at once, while other groups still
+    /// run (`groups_done_before` are those that had already got theirs); a cancellation
+    /// or timeout then reaches only the groups still running.
+    fn change_events(
+        &self,
+        rec: &RunRec,
+        started: bool,
+        ended: bool,
+        groups_done_before: &[bool],
+        dashboard: &str,
+        per_group: bool,
+    ) -> Vec<PendingEvent> {
+        let mut out = Vec::new();
+        if !rec.emit {
+            return out;
+        }
+        let fan_out = per_group && rec.groups.len() > 1;
+        if started {
+            if fan_out {
+                out.extend(
+                    (0..rec.groups.len())
+                        .map(|gi| self.pending_event(rec, "RUN_START", dashboard, Some(gi))),
+                );
+            } else {
+                out.push(self.pending_event(rec, "RUN_START", dashboard, None));
+            }
+        }
+        let end_event = if ended {
+            final_event(&rec.completion)
+        } else {
+            None
+        };
+        if fan_out {
+            for (gi, done) in rec.groups_done().into_iter().enumerate() {
+                let was_done = groups_done_before.get(gi).copied().unwrap_or(false);
+                let event = match (done, was_done) {
+                    (true, false) => Some("RUN_FINISH"),
+                    (false, _) => end_event,
+                    (true, true) => None,
+                };
+                if let Some(ev) = event {
+                    out.push(self.pending_event(rec, ev, dashboard, Some(gi)));
+                }
+            }
+        } else if let Some(ev) = end_event {
+            out.push(self.pending_event(rec, ev, dashboard, None));
+        }
+        out
     }
 }
 
@@ -1399,14 +1467,12 @@ impl World {
             if targets.is_empty() {
                 continue;
             }
-            for payload in p.payloads {
-                self.emitter.send(Outgoing {
-                    event: p.event.to_string(),
-                    run_id: p.run_id.clone(),
-                    payload,
-                    targets: targets.clone(),
-                });
-            }
+            self.emitter.send(Outgoing {
+                event: p.event.to_string(),
+                run_id: p.run_id,
+                payload: p.payload,
+                targets,
+            });
         }
     }
 
@@ -1477,25 +1543,15 @@ impl World {
         let (run, pending) = {
             let mut st = write(&self.cur);
             let rec = st.build_run(nr, now)?;
-            let mut pending = Vec::new();
-            if let Some(p) = st.pending_event(
+            // Its history as it happened: started, and ended when it is not running.
+            let pending = st.change_events(
                 &rec,
-                "RUN_START",
+                true,
+                true,
+                &[],
                 &self.cfg.dashboard_url,
                 self.cfg.webhook_per_group,
-            ) {
-                pending.push(p);
-            }
-            if let Some(ev) = final_event(&rec.completion)
-                && let Some(p) = st.pending_event(
-                    &rec,
-                    ev,
-                    &self.cfg.dashboard_url,
-                    self.cfg.webhook_per_group,
-                )
-            {
-                pending.push(p);
-            }
+            );
             let run = rec.to_model(true, false);
             st.insert_run(rec);
             (run, pending)
@@ -1515,14 +1571,15 @@ impl World {
             for mut nr in runs {
                 nr.emit = Some(nr.emit.unwrap_or(false));
                 let rec = st.build_run(nr, now)?;
-                if let Some(p) = st.pending_event(
+                // `RUN_START` only: what the run did before is not replayed.
+                pending.extend(st.change_events(
                     &rec,
-                    "RUN_START",
+                    true,
+                    false,
+                    &rec.groups_done(),
                     &self.cfg.dashboard_url,
                     self.cfg.webhook_per_group,
-                ) {
-                    pending.push(p);
-                }
+                ));
                 out.push(rec.id.clone());
                 st.insert_run(rec);
             }
@@ -1691,9 +1748,12 @@ impl World {
                 rec.recompute();
                 Ok(rec.clone())
             })?;
-            let pending = st.pending_event(
+            // A cancel completes no spec file: the groups done now were done before.
+            let pending = st.change_events(
                 &rec,
-                "RUN_CANCELED",
+                false,
+                true,
+                &rec.groups_done(),
                 &self.cfg.dashboard_url,
                 self.cfg.webhook_per_group,
             );
@@ -1708,7 +1768,7 @@ impl World {
                 pending,
             )
         };
-        self.send(pending.into_iter().collect());
+        self.send(pending);
         Ok(result)
     }
 
@@ -1758,26 +1818,27 @@ impl World {
                     .unwrap_or(DEFAULT_INACTIVITY_TIMEOUT_SECS)
             };
             let rng_seed: u64 = st.rng.r#gen();
-            let (rec, event) = st.with_run_mut(id, |rec| {
+            let (rec, done_before) = st.with_run_mut(id, |rec| {
                 if rec.completion != CompletionState::InProgress {
                     return Err(SimError::Conflict("run is not in progress".into()));
                 }
+                let done_before = rec.groups_done();
                 let mut rng = StdRng::seed_from_u64(rng_seed);
                 apply_advance(rec, &adv, at, inactivity, &mut rng);
-                let event = final_event(&rec.completion);
-                Ok((rec.clone(), event))
+                Ok((rec.clone(), done_before))
             })?;
-            let pending = event.and_then(|ev| {
-                st.pending_event(
-                    &rec,
-                    ev,
-                    &self.cfg.dashboard_url,
-                    self.cfg.webhook_per_group,
-                )
-            });
+            let ended = rec.completion != CompletionState::InProgress;
+            let pending = st.change_events(
+                &rec,
+                false,
+                ended,
+                &done_before,
+                &self.cfg.dashboard_url,
+                self.cfg.webhook_per_group,
+            );
             (rec.to_model(true, false), pending)
         };
-        self.send(pending.into_iter().collect());
+        self.send(pending);
         Ok(run)
     }
 
@@ -1823,18 +1884,20 @@ impl World {
                             ..Default::default()
                         }
                     };
+                    let done_before = rec.groups_done();
                     apply_advance(rec, &adv, now, inactivity, &mut StdRng::seed_from_u64(seed));
-                    Ok((rec.clone(), final_event(&rec.completion)))
+                    Ok((rec.clone(), done_before))
                 });
-                if let Ok((rec, Some(ev))) = res
-                    && let Some(p) = st.pending_event(
+                if let Ok((rec, done_before)) = res {
+                    let ended = rec.completion != CompletionState::InProgress;
+                    pending.extend(st.change_events(
                         &rec,
-                        ev,
+                        false,
+                        ended,
+                        &done_before,
                         &self.cfg.dashboard_url,
                         self.cfg.webhook_per_group,
-                    )
-                {
-                    pending.push(p);
+                    ));
                 }
             }
         }
