@@ -2475,3 +2475,32 @@ async fn the_status_page_tells_how_the_last_slot_ended() {
         "{page}"
     );
 }
+
+/// A process's first poll looks back five poll intervals for runs that started and
+/// finished unseen: a replica taking the poller over from one that died (its lease runs
+/// out after three intervals) makes good the runs that came and went in between.
+#[tokio::test]
+async fn the_first_poll_makes_good_what_a_dead_pollers_lease_left_unseen() {
+    let rules = "[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\n";
+    let app = spawn_app_with(AppOptions {
+        rules: rules.into(),
+        poll_interval: "60s",
+        ..AppOptions::default()
+    })
+    .await;
+    // Started and finished four minutes ago, while no process polled.
+    let mut gap = run("feat/gap", "9a95ha", 4);
+    gap.state = Some("passed".into());
+    let gap = app.sim.add_run(gap).unwrap();
+    // An hour ago: history, not a missed event.
+    let mut old = run("feat/older", "01d3r5ha", 60);
+    old.state = Some("passed".into());
+    let old = app.sim.add_run(old).unwrap();
+    app.wait_audit("the summary of the run in the gap", 15, |a| {
+        a.iter()
+            .any(|e| e.action == "summarize" && e.run_id == gap.run_id)
+    })
+    .await;
+    let audit = app.bot.ctx.store.audit(None, None, 100).await.unwrap();
+    assert!(!audit.iter().any(|e| e.run_id == old.run_id), "{audit:#?}");
+}

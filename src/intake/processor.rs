@@ -1675,14 +1675,27 @@ fn wants_finish_events(config: &crate::config::Config) -> bool {
 /// at least, in any case; never more than [`FINISHED_LOOKBACK`] plus one interval
 /// ([`finished_runs_filter`]). A run created earlier was listed in progress by an
 /// earlier poll, or is older than this process's watch (at the first poll, only the runs
-/// of the last few minutes are made good, not the whole history).
+/// of the last few minutes are made good, not the whole history). A process's first poll
+/// looks back [`FIRST_POLL_INTERVALS`] intervals: a replica that takes the poller over
+/// from one that died (its lease runs out after three intervals) makes good the runs
+/// that came and went in between.
 fn recent_finish_start(ctx: &AppContext, now: DateTime<Utc>) -> DateTime<Utc> {
-    let back = (ctx.config.currents.poll_interval * 2).max(MIN_RECENT_LOOKBACK);
+    let last = *ctx.last_poll.lock().unwrap_or_else(|e| e.into_inner());
+    let intervals = if last.is_some() {
+        2
+    } else {
+        FIRST_POLL_INTERVALS
+    };
+    let back = (ctx.config.currents.poll_interval * intervals).max(MIN_RECENT_LOOKBACK);
     let recent =
         now - chrono::Duration::from_std(back).unwrap_or_else(|_| chrono::Duration::hours(1));
-    let last = *ctx.last_poll.lock().unwrap_or_else(|e| e.into_inner());
     last.map_or(recent, |t| t.min(recent))
 }
+
+/// Poll intervals a process's first poll looks back for runs that started and finished
+/// unseen: the poller lease's three (a dead holder's lease running out), and two more
+/// (the interval itself, a late poll).
+pub const FIRST_POLL_INTERVALS: u32 = 5;
 
 /// The shortest look-back of a poll for runs that started and finished since the previous
 /// one (two poll intervals otherwise).
