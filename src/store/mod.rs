@@ -200,13 +200,19 @@ impl Store {
             // On a connection of its own, without the pool's `lock_timeout`: replicas
             // starting together wait for one another's migration, however long it takes,
             // on the migrator's advisory lock.
-            Backend::Postgres => async {
-                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await?;
-                let done = migrator.run(&mut conn).await;
-                let _ = sqlx::Connection::close(conn).await;
-                done
+            Backend::Postgres => {
+                async {
+                    let own = AnyPoolOptions::new()
+                        .max_connections(1)
+                        .acquire_timeout(options.acquire_timeout)
+                        .connect(url)
+                        .await?;
+                    let done = migrator.run(&own).await;
+                    own.close().await;
+                    done
+                }
+                .await
             }
-            .await,
         }
         .with_context(|| format!("cannot apply migrations to store {shown}"))?;
         let store = Store {
