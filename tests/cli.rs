@@ -456,6 +456,200 @@ async fn a_dry_run_never_carries_out_an_action_queued_before_it() {
     );
 }
 
+// ---- what a sweep leaves to `serve`, and a report it cannot read ------------------------
+
+/// The action under `key` in `env`'s store.
+async fn stored_action(env: &Env, key: &str) -> runwarden::store::ActionRow {
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    let a = store.action_by_key(key).await.unwrap().expect("the action");
+    store.close().await;
+    a
+}
+
+/// SPEC §1: `sweep` needs only `CURRENTS_API_KEY`; SPEC §6: an accepted action is
+/// carried out at least once. A sweep without GitHub credentials does not claim the
+/// summary `serve` queued (nor end it `skipped`, a final state): it stays queued,
+/// untouched, for `serve`; the sweep still does the rest of its work, says what it left,
+/// and exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_without_github_credentials_leaves_a_queued_summary_to_serve() {
+    let rules = format!("{RULES}\n[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\n");
+    let env = setup(&rules).await;
+    let finished = env.add("feat/a", "a1", Duration::minutes(20), "failed", &[]);
+    let key = format!("summarize:pr-summary:{finished}:RUN_FINISH");
+    queue_action(
+        &env,
+        ("pr-summary", "summary", "summarize"),
+        &finished,
+        &key,
+    )
+    .await;
+    // A cancel queued beside it is the sweep's to carry out.
+    let running = env.add("feat/b", "b1", Duration::minutes(20), "running", &[]);
+    queue_cancel(&env, &running).await;
+    // `Env::command` removes GITHUB_TOKEN.
+    let (out, env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let a = stored_action(&env, &key).await;
+    assert_eq!(a.state, runwarden::store::ActionState::Pending, "{a:#?}");
+    assert_eq!((a.attempts, a.claims), (0, 0), "{a:#?}");
+    assert_eq!(a.detail, None, "{a:#?}");
+    assert_eq!(
+        env.sim.run(&running).unwrap().completion_state.as_str(),
+        "CANCELED"
+    );
+    // The summary of the run it cancelled, which the sweep decided itself, is left for
+    // `serve` too (and not waited for).
+    let own = stored_action(
+        &env,
+        &format!("summarize:pr-summary:{running}:RUN_CANCELED"),
+    )
+    .await;
+    assert_eq!(
+        own.state,
+        runwarden::store::ActionState::Pending,
+        "{own:#?}"
+    );
+    assert_eq!((own.attempts, own.claims), (0, 0), "{own:#?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("left 2 summaries for `serve`"),
+        "{}",
+        text(&out)
+    );
+    let audit = env.run(&["audit", "--format", "json", "--since", "1h"]);
+    let entries: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let summary = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "summarize")
+        .expect("the summary in the audit");
+    assert_eq!(summary["outcome"], "planned", "{entries:#}");
+}
+
+/// A sweep run with a rules file of its own, which lacks the summary rule `serve`
+/// queued a summary for, leaves that summary queued for `serve` (rather than ending it
+/// `skipped` as of a rule that "no longer exists"), even with GitHub credentials.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_whose_rules_file_lacks_the_summary_rule_leaves_its_summary_to_serve() {
+    let env = setup(RULES).await;
+    let file = env.dir.path().join("rules.toml");
+    let text_now = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "[github]\napi_url = \"{}\"\n\n{text_now}",
+            env.sim.github_url()
+        ),
+    )
+    .unwrap();
+    let finished = env.add("feat/a", "a1", Duration::minutes(20), "failed", &[]);
+    let key = format!("summarize:pr-summary:{finished}:RUN_FINISH");
+    queue_action(
+        &env,
+        ("pr-summary", "summary", "summarize"),
+        &finished,
+        &key,
+    )
+    .await;
+    let mut sweep = env.command(&["sweep"]);
+    sweep.env("GITHUB_TOKEN", "gh-token");
+    let out = tokio::task::spawn_blocking(move || sweep.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let a = stored_action(&env, &key).await;
+    assert_eq!(a.state, runwarden::store::ActionState::Pending, "{a:#?}");
+    assert_eq!((a.attempts, a.claims), (0, 0), "{a:#?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("left 1 summary for `serve`"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A sweep whose decisions cannot be read back from the store at the end (here a
+/// decision whose time is out of range) does not print an empty report and exit 0 as if
+/// nothing had happened: it says so and exits 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_whose_report_cannot_be_read_from_the_store_exits_1() {
+    let env = setup(RULES).await;
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    store
+        .record_decisions(&[runwarden::store::NewDecision {
+            at: Utc::now(),
+            rule: "cancel-superseded".into(),
+            kind: "supersede".into(),
+            action: "cancel".into(),
+            run_id: "unreadable".into(),
+            project_id: PROJECT.into(),
+            branch: None,
+            sha: None,
+            reason: "a row the store cannot read back".into(),
+            dry_run: true,
+            not_before: None,
+            action_key: "cancel:unreadable".into(),
+            payload: None,
+            skip: None,
+        }])
+        .await
+        .unwrap();
+    store.close().await;
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&env.store)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE decisions SET at = 9223372036854775807 WHERE run_id = 'unreadable'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+    let (out, _env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read the decisions and actions of this sweep from the store"),
+        "{err}"
+    );
+}
+
+/// The same when the sweep's own events cannot be read back at the end (whether the
+/// rules were evaluated): exit 1, not a clean sweep. SQLite only (a trigger spoils the
+/// row once it is processed).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_whose_own_event_cannot_be_read_back_exits_1() {
+    let rules = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n";
+    let env = setup(rules).await;
+    if !env.store.starts_with("sqlite:") {
+        return;
+    }
+    // The store's tables exist once it has been opened.
+    runwarden::store::Store::connect(&env.store)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&env.store)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TRIGGER spoil_sweep_events AFTER UPDATE OF processed_at ON deliveries \
+         WHEN NEW.processed_at IS NOT NULL AND NEW.delivery_id LIKE 'sweep%' \
+         BEGIN UPDATE deliveries SET received_at = 9223372036854775807 WHERE id = NEW.id; END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+    let (out, _env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read whether the rules were evaluated from the store"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_next_sweep_reports_and_retries_a_delete_that_failed_for_good() {
     let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\n";

@@ -1552,6 +1552,170 @@ async fn a_failed_action_is_final_until_an_operator_retries_it(db: Db) {
     assert_eq!(counts[0].count, 2);
 }
 
+// ---- whose cancel it was, and claims of what a worker can carry out -------------------
+
+both!(
+    cancel_reason_credits_a_rule_only_when_its_own_cancel_took_effect,
+    a_claim_filter_leaves_the_summaries_it_does_not_allow_untouched,
+);
+
+/// SPEC §4 summary: the section names the rule "when runwarden cancelled the run". A
+/// cancel answered "already cancelled" (404/409/422: a user or CI first) or refused for a
+/// run that was over counts as done (SPEC §6), but runwarden did not cancel the run: only
+/// a cancel the API carried out at runwarden's request credits its rule. While a cancel
+/// is in flight nothing is known yet (`cancel_under_way`).
+async fn cancel_reason_credits_a_rule_only_when_its_own_cancel_took_effect(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    let lease = Duration::from_secs(60);
+    let runs = ["ours", "theirs", "verifying", "in-flight", "refused"];
+    for run in runs {
+        s.record_decisions(&[decision("stuck", "timeout", "cancel", run, t(0))])
+            .await
+            .unwrap();
+    }
+    let claimed = s.claim_due_actions(t(1), 10, lease, "w1").await.unwrap();
+    assert_eq!(claimed.len(), runs.len());
+    let id = |run: &str| claimed.iter().find(|a| a.run_id == run).unwrap().id;
+    for run in runs {
+        assert_eq!(s.cancel_reason(run).await.unwrap(), None, "{run}");
+        assert!(s.cancel_under_way(run, t(2)).await.unwrap(), "{run}");
+    }
+    // The API cancelled the run at runwarden's request.
+    s.complete_action(
+        id("ours"),
+        ActionOutcome::Done,
+        "cancelled; run is CANCELED",
+    )
+    .await
+    .unwrap();
+    // Someone else had cancelled it first.
+    s.complete_action(
+        id("theirs"),
+        ActionOutcome::Done,
+        "already done (422: Run already cancelled); run is CANCELED",
+    )
+    .await
+    .unwrap();
+    // Refused, the run being over.
+    s.complete_action(
+        id("refused"),
+        ActionOutcome::Done,
+        "cancel refused (HTTP 400: no); nothing to cancel: run is COMPLETE",
+    )
+    .await
+    .unwrap();
+    // Cancelled, but still in progress when read again: retried.
+    s.fail_attempt(
+        id("verifying"),
+        "cancelled, but the run is still in progress",
+        t(5),
+    )
+    .await
+    .unwrap();
+
+    let ours = s.cancel_reason("ours").await.unwrap().expect("credited");
+    assert_eq!(ours.rule, "stuck");
+    assert_eq!(ours.reason, "stuck says cancel ours");
+    assert_eq!(s.cancel_reason("theirs").await.unwrap(), None);
+    assert_eq!(s.cancel_reason("refused").await.unwrap(), None);
+    assert!(s.cancel_reason("verifying").await.unwrap().is_some());
+    for run in ["ours", "theirs", "refused", "verifying"] {
+        assert!(!s.cancel_under_way(run, t(2)).await.unwrap(), "{run}");
+    }
+    // Its retry is answered "already cancelled" — by its own first request: still
+    // credited.
+    let again = s.claim_due_actions(t(5), 10, lease, "w1").await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].run_id, "verifying");
+    assert!(s.cancel_reason("verifying").await.unwrap().is_some());
+    s.complete_action(
+        again[0].id,
+        ActionOutcome::Done,
+        "already done (422: Run already cancelled); run is CANCELED",
+    )
+    .await
+    .unwrap();
+    assert!(s.cancel_reason("verifying").await.unwrap().is_some());
+    // The worker of the cancel in flight died: once its lease ran out it is no longer
+    // under way (and credits nobody).
+    assert!(!s.cancel_under_way("in-flight", t(61)).await.unwrap());
+    assert_eq!(s.cancel_reason("in-flight").await.unwrap(), None);
+}
+
+/// A worker claims only the actions its [`ClaimFilter`] allows (`runwarden sweep`
+/// without GitHub credentials claims no summary): the others stay pending, their claims
+/// and attempts untouched, for another worker.
+async fn a_claim_filter_leaves_the_summaries_it_does_not_allow_untouched(db: Db) {
+    use runwarden::store::actions::{ClaimFilter, RuleSet};
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    let lease = Duration::from_secs(60);
+    let summary = |rule: &str, run: &str| NewDecision {
+        action_key: format!("summarize:{rule}:{run}:RUN_FINISH"),
+        ..decision(rule, "summary", "summarize", run, t(0))
+    };
+    s.record_decisions(&[
+        decision("stuck", "timeout", "cancel", "run-1", t(0)),
+        summary("pr-summary", "run-2"),
+        summary("old-summary", "run-3"),
+    ])
+    .await
+    .unwrap();
+    let only = |rules: &[&str]| ClaimFilter {
+        summaries: RuleSet::Only(rules.iter().map(|r| r.to_string()).collect()),
+    };
+    let all_but = |rules: &[&str]| ClaimFilter {
+        summaries: RuleSet::AllBut(rules.iter().map(|r| r.to_string()).collect()),
+    };
+    assert!(only(&[]).allows("cancel", "stuck") && only(&[]).allows("delete", "x"));
+    assert!(!only(&[]).allows("summarize", "pr-summary"));
+    assert!(all_but(&["a"]).allows("summarize", "b") && !all_but(&["a"]).allows("summarize", "a"));
+    assert!(ClaimFilter::default().allows("summarize", "anything"));
+
+    let claimed = s
+        .claim_due_actions_where(t(1), 10, lease, "w1", &only(&[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|a| a.action.as_str())
+            .collect::<Vec<_>>(),
+        ["cancel"]
+    );
+    let claimed = s
+        .claim_due_actions_where(t(1), 10, lease, "w1", &only(&["pr-summary", "other"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|a| a.rule.as_str()).collect::<Vec<_>>(),
+        ["pr-summary"]
+    );
+    let left = s
+        .action_by_key("summarize:old-summary:run-3:RUN_FINISH")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(left.state, ActionState::Pending);
+    assert_eq!((left.claims, left.attempts), (0, 0));
+    assert_eq!(left.worker_id, None);
+    assert!(
+        s.claim_due_actions_where(t(1), 10, lease, "w1", &all_but(&["old-summary"]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = s
+        .claim_due_actions_where(t(1), 10, lease, "w2", &all_but(&["pr-summary"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|a| a.rule.as_str()).collect::<Vec<_>>(),
+        ["old-summary"]
+    );
+}
+
 async fn pending_and_failed_actions_are_listed_newest_first_behind_any_number_of_decisions(db: Db) {
     // The status page lists them from here (SPEC §6: a failed action stays visible),
     // however many decisions came after them.

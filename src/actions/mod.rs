@@ -7,8 +7,10 @@
 //! - summarize: the sticky PR comment and/or commit status of a summary rule.
 //!
 //! Retryable failures (network, 429, 5xx) go back to the queue with exponential backoff
-//! and jitter; other failures are final and recorded. After [`MAX_ATTEMPTS`] the action is
-//! `failed`, visible in `audit`, `/metrics` and the status page.
+//! and jitter (1 s doubling to 5 min); other failures are final and recorded. After
+//! [`MAX_ATTEMPTS`] (retries spread over about 15 to 30 minutes, so that an API outage
+//! of several minutes fails nothing) the action is `failed`, visible in `audit`,
+//! `/metrics` and the status page.
 //!
 //! A rate limit whose `Retry-After` (or reset time) is longer than a client sleeps
 //! through comes back with that wait ([`crate::github::GithubError::retry_after`],
@@ -24,10 +26,15 @@ use rand::Rng;
 use crate::config::RuleKind;
 use crate::currents::client::{CancelOutcome, DeleteOutcome};
 use crate::server::AppContext;
+use crate::store::actions::{ClaimFilter, RuleSet};
 use crate::store::{ActionOutcome, ActionRow};
 
-/// Attempts before an action is failed for good.
-pub const MAX_ATTEMPTS: i64 = 6;
+/// Attempts before an action is failed for good. With the production backoff (1 s
+/// doubling to 5 min, times a jitter in `0.5..=1`) its 13 waits add up to between 14
+/// and 29 minutes (1 + 2 + ... + 256 s, then 300 s four times, at most: 1,711 s), each
+/// attempt's own requests and their client retries aside: an outage of the API shorter
+/// than that fails no action.
+pub const MAX_ATTEMPTS: i64 = 14;
 /// Lease on a claimed action; a crashed worker's actions are reclaimed after it.
 pub const LEASE: Duration = Duration::from_secs(60);
 /// Actions carried out at once by one executor.
@@ -37,8 +44,8 @@ pub const CONCURRENCY: usize = 16;
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// The executor's retry schedule and lease ([`AppContext::executor`]). `Default` is
-/// production's: [`MAX_ATTEMPTS`], backoff 1 s doubling up to 5 min, [`LEASE`]; tests
-/// shorten it.
+/// production's: [`MAX_ATTEMPTS`], backoff 1 s doubling up to 5 min (the retries of one
+/// action span 14 to 29 minutes, see [`MAX_ATTEMPTS`]), [`LEASE`]; tests shorten it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecutorOptions {
     /// Attempts before an action is failed for good.
@@ -80,16 +87,20 @@ pub fn backoff(attempts: i64) -> Duration {
     backoff_with(&ExecutorOptions::default(), attempts)
 }
 
-/// [`backoff`] on the schedule of `opts`: `backoff_base * 2^attempts`, capped at
-/// `backoff_max`, times a jitter in `0.5..=1`.
+/// [`backoff`] on the schedule of `opts`: [`backoff_ceiling`] times a jitter in
+/// `0.5..=1`.
 pub fn backoff_with(opts: &ExecutorOptions, attempts: i64) -> Duration {
-    let ceiling = opts
-        .backoff_base
-        .checked_mul(1u32 << attempts.clamp(0, 8))
-        .unwrap_or(opts.backoff_max)
-        .min(opts.backoff_max);
     let jitter = rand::thread_rng().gen_range(0.5..=1.0);
-    ceiling.mul_f64(jitter)
+    backoff_ceiling(opts, attempts).mul_f64(jitter)
+}
+
+/// The longest backoff after `attempts` failed attempts: `backoff_base * 2^attempts`,
+/// capped at `backoff_max`.
+pub fn backoff_ceiling(opts: &ExecutorOptions, attempts: i64) -> Duration {
+    opts.backoff_base
+        .checked_mul(1u32 << attempts.clamp(0, 31))
+        .unwrap_or(opts.backoff_max)
+        .min(opts.backoff_max)
 }
 
 /// The delay before the next attempt of an action that failed `attempts` times before
@@ -208,6 +219,48 @@ pub async fn run_due(ctx: &AppContext) -> usize {
     run_due_until(ctx, || false).await
 }
 
+/// [`run_due`] of the actions `filter` allows only (`runwarden sweep`, with
+/// [`claim_filter`]): the others stay queued, untouched, for a process that can carry
+/// them out.
+pub async fn run_due_claiming(ctx: &AppContext, filter: &ClaimFilter) -> usize {
+    run_due_inner(ctx, || false, None, Vec::new(), filter).await
+}
+
+/// The actions a process with `ctx`'s configuration and credentials can carry out, for
+/// a process that is not the one the queue is for (`runwarden sweep`, a cron job or CI
+/// step that needs only `CURRENTS_API_KEY`, maybe with a rules file of its own). It
+/// claims every cancel and delete, and the summaries of the rules it knows as summary
+/// rules when it has GitHub credentials. A summary it could not post (no credentials,
+/// a rule it does not know, or not as a summary rule) is left queued for `serve`, not
+/// ended `skipped` (SPEC §6: an accepted action is carried out at least once), except
+/// one that dry run holds back ([`held_by_dry_run`]), which is ended `skipped` as by any
+/// process.
+///
+/// `serve` claims every action: its configuration and credentials are the bot's, so
+/// a summary it cannot post there (no GitHub credentials, which `check` and its startup
+/// warn about; a rule removed from the configuration) ends `skipped` with the reason
+/// rather than waiting for good.
+pub fn claim_filter(ctx: &AppContext) -> ClaimFilter {
+    claim_filter_of(&ctx.config, ctx.github.is_some())
+}
+
+/// [`claim_filter`] of a configuration, with or without GitHub credentials.
+pub fn claim_filter_of(config: &crate::config::Config, github: bool) -> ClaimFilter {
+    let (can, cannot): (Vec<_>, Vec<_>) = config.rules.iter().partition(|r| {
+        (github && matches!(r.kind, RuleKind::Summary(_))) || r.is_dry_run(config.dry_run)
+    });
+    let names = |rules: Vec<&crate::config::Rule>| rules.iter().map(|r| r.name.clone()).collect();
+    ClaimFilter {
+        // The summary of a rule it does not know is held back by the global dry run
+        // (and ended `skipped`), or left.
+        summaries: if config.dry_run {
+            RuleSet::AllBut(names(cannot))
+        } else {
+            RuleSet::Only(names(can))
+        },
+    }
+}
+
 /// [`run_due`] for `serve`: up to [`CONCURRENCY`] actions in flight, and while the bot
 /// is ready, actions that fall due meanwhile are claimed as soon as a slot is free, so
 /// that one slow action (a hanging API) does not hold the others back. Once `stop()`
@@ -222,8 +275,19 @@ pub async fn run_due_until(ctx: &AppContext, stop: impl Fn() -> bool) -> usize {
 pub async fn run_due_with(
     ctx: &AppContext,
     stop: impl Fn() -> bool,
+    handoff: Option<&mut HandoffReceiver<'_>>,
+    handed: Vec<ActionRow>,
+) -> usize {
+    run_due_inner(ctx, stop, handoff, handed, &ClaimFilter::default()).await
+}
+
+/// [`run_due_with`], claiming only what `filter` allows.
+async fn run_due_inner(
+    ctx: &AppContext,
+    stop: impl Fn() -> bool,
     mut handoff: Option<&mut HandoffReceiver<'_>>,
     handed: Vec<ActionRow>,
+    filter: &ClaimFilter,
 ) -> usize {
     use futures::StreamExt as _;
     let mut total = 0;
@@ -264,9 +328,13 @@ pub async fn run_due_with(
         let may_claim = inflight.is_empty() || ctx.ready.load(std::sync::atomic::Ordering::SeqCst);
         if free > 0 && may_claim && !stop() {
             let now = Utc::now();
-            let claim =
-                ctx.store
-                    .claim_due_actions(now, free as i64, ctx.executor.lease, &ctx.worker_id);
+            let claim = ctx.store.claim_due_actions_where(
+                now,
+                free as i64,
+                ctx.executor.lease,
+                &ctx.worker_id,
+                filter,
+            );
             tokio::pin!(claim);
             // Keep driving the actions in flight while claiming: they may hold the pooled
             // connections the claim waits for.
@@ -596,7 +664,9 @@ async fn cancel(
     retry_after: &mut Option<Duration>,
 ) -> Attempt {
     let note = match ctx.currents.cancel_run(&a.run_id).await {
-        Ok(CancelOutcome::Cancelled(_)) => "cancelled".to_string(),
+        // The run's summary credits the rule with the cancel only for this note
+        // (`Store::cancel_reason`); an "already done" answer means someone else did.
+        Ok(CancelOutcome::Cancelled(_)) => crate::store::actions::CANCEL_TOOK_EFFECT.to_string(),
         Ok(CancelOutcome::AlreadyDone { status, message }) => {
             format!("already done ({status}: {message})")
         }
@@ -664,6 +734,34 @@ async fn delete(ctx: &AppContext, a: &ActionRow, retry_after: &mut Option<Durati
     }
 }
 
+/// How long a summary waits for a cancel of its run in flight before it looks again.
+pub const CANCEL_IN_FLIGHT_WAIT: Duration = Duration::from_millis(500);
+
+/// The note of a summary postponed for a cancel of its run in flight.
+const CANCEL_IN_FLIGHT: &str =
+    "a cancel of the run is in flight; the summary waits for its outcome";
+
+/// Which rule cancelled the run, and why, for its summary: `Some(None)` when runwarden
+/// did not (or the store cannot say just now), `Some(Some((rule, reason)))` when its own
+/// cancel took effect ([`crate::store::Store::cancel_reason`]), and `None` while a
+/// cancel of the run is in flight (its request sent, its outcome not written yet; the
+/// run's end seen meanwhile): whether runwarden cancelled the run is known once it
+/// ends, and the summary waits for that rather than name a rule that did not (the run
+/// was over already, a user or CI cancelled it first), or leave out one that did.
+async fn who_cancelled(ctx: &AppContext, run_id: &str) -> Option<Option<(String, String)>> {
+    // In flight first: a cancel that ends between the two reads is then credited.
+    let in_flight = ctx
+        .store
+        .cancel_under_way(run_id, Utc::now())
+        .await
+        .unwrap_or(false);
+    match ctx.store.cancel_reason(run_id).await {
+        Ok(Some(c)) => Some(Some((c.rule, c.reason))),
+        _ if in_flight => None,
+        _ => Some(None),
+    }
+}
+
 async fn summarize(ctx: &AppContext, a: &ActionRow, retry_after: &mut Option<Duration>) -> Attempt {
     let rule_name = a.rule.as_str();
     let Some(rule) = ctx.config.rules.iter().find(|r| r.name == rule_name) else {
@@ -681,6 +779,11 @@ async fn summarize(ctx: &AppContext, a: &ActionRow, retry_after: &mut Option<Dur
         .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
         .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))
         .unwrap_or_else(|| "RUN_FINISH".into());
+    // Nothing is read from the API while a cancel of the run is in flight (see below).
+    if who_cancelled(ctx, &a.run_id).await.is_none() {
+        *retry_after = Some(CANCEL_IN_FLIGHT_WAIT);
+        return Attempt::Postpone(CANCEL_IN_FLIGHT.into());
+    }
     let run = match ctx.currents.get_run(&a.run_id).await {
         Ok(r) => r,
         Err(e) if e.status() == Some(404) => {
@@ -688,13 +791,10 @@ async fn summarize(ctx: &AppContext, a: &ActionRow, retry_after: &mut Option<Dur
         }
         Err(e) => return classify(e, "read run", retry_after),
     };
-    let cancelled_by = ctx
-        .store
-        .cancel_reason(&a.run_id)
-        .await
-        .ok()
-        .flatten()
-        .map(|c| (c.rule, c.reason));
+    let Some(cancelled_by) = who_cancelled(ctx, &a.run_id).await else {
+        *retry_after = Some(CANCEL_IN_FLIGHT_WAIT);
+        return Attempt::Postpone(CANCEL_IN_FLIGHT.into());
+    };
     let sctx = crate::github::summary::SummaryCtx {
         gh,
         config: &ctx.config,

@@ -73,7 +73,7 @@ pub fn secret_warnings(config: &Config, secrets: &Secrets) -> Vec<Warning> {
         && secrets.github_app_id.is_none()
     {
         w.push(Warning(
-            "summary rules need GITHUB_TOKEN or GITHUB_APP_ID + GITHUB_APP_PRIVATE_KEY".into(),
+            "summary rules need GITHUB_TOKEN or GITHUB_APP_ID + GITHUB_APP_PRIVATE_KEY: without them `serve` ends each summary skipped (\"no GitHub credentials configured\"), and `runwarden sweep` leaves them queued for `serve`".into(),
         ));
     }
     w

@@ -3,9 +3,18 @@
 //! `serve`: every decision is recorded before it is acted on, and `audit` shows it.
 //!
 //! Exit 0 when everything decided was done, 1 when an action failed for good, a
-//! retention circuit breaker tripped, the store could not be opened or the evaluation
-//! itself failed (no project could be listed, say: the error is printed), 2 for bad usage
-//! or an invalid config, missing credentials (`CURRENTS_API_KEY`) included.
+//! retention circuit breaker tripped, the store could not be opened, the evaluation
+//! itself failed (no project could be listed, say: the error is printed) or the outcome
+//! could not be read back from the store at the end (the report would be empty or
+//! incomplete: the error is printed), 2 for bad usage or an invalid config, missing
+//! credentials (`CURRENTS_API_KEY`) included.
+//!
+//! A sweep needs only `CURRENTS_API_KEY` (SPEC §1), and may run with a rules file of
+//! its own: it claims only the actions it can carry out ([`crate::actions::
+//! claim_filter`]). A summary it cannot post (no GitHub credentials, or its rule is not
+//! a summary rule of this rules file), `serve`'s or one it decided itself, stays queued,
+//! untouched, for `serve`; the sweep does not wait for it and says on stderr how many it
+//! left.
 //!
 //! A sweep waits for its own work only: the events it stores (a poll, a retention
 //! sweep), the events and actions already due when it looks (left by `serve` or a sweep
@@ -37,6 +46,7 @@ use chrono::{DateTime, Utc};
 
 use super::outln;
 use crate::config::{RuleKind, Secrets};
+use crate::store::actions::ClaimFilter;
 use crate::store::{ActionRow, ActionState, NewDelivery};
 
 /// How long a sweep waits for its actions to finish (retries included).
@@ -75,6 +85,9 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 return ExitCode::from(super::EXIT_FAILED);
             }
         };
+        // What this sweep can carry out: a summary it could not post (no GitHub
+        // credentials, a rule its rules file lacks) stays queued for `serve`.
+        let claims = crate::actions::claim_filter(&ctx);
         let started = Utc::now();
         // Two sweeps started in the same millisecond store distinct events.
         let run_id = uuid::Uuid::new_v4().simple().to_string();
@@ -178,11 +191,16 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 // What is due now is claimed next: the sweep's to finish.
                 let now = Utc::now();
                 if let Ok(queue) = ctx.store.pending_actions().await {
-                    mine.extend(queue.iter().filter(|a| claimable(a, now)).map(|a| a.id));
+                    mine.extend(
+                        queue
+                            .iter()
+                            .filter(|a| claimable(a, now) && claims.allows(&a.action, &a.rule))
+                            .map(|a| a.id),
+                    );
                 }
-                crate::actions::run_due(&ctx).await
+                crate::actions::run_due_claiming(&ctx, &claims).await
             };
-            let waiting = waiting_for(&ctx, &own, &mine, deadline_at, dry_run).await;
+            let waiting = waiting_for(&ctx, &own, &mine, &claims, deadline_at, dry_run).await;
             if n == 0 && !waiting {
                 break;
             }
@@ -196,24 +214,27 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        let mut entries = ctx
-            .store
-            .audit(Some(started), rule, 100_000)
-            .await
-            .unwrap_or_default();
+        // The report is read from the store: one that cannot be read is not an empty
+        // report of a clean sweep.
+        let mut entries = match ctx.store.audit(Some(started), rule, 100_000).await {
+            Ok(e) => e,
+            Err(e) => return unreadable("the decisions and actions of this sweep", &e),
+        };
         drain_events(&mut events, &mut repeated, &mut mine);
-        report_left(&ctx).await;
+        report_left(&ctx, &claims).await;
         let mut earlier: Vec<i64> = repeated.iter().map(|(d, _)| *d).collect();
         earlier.sort_unstable();
         earlier.dedup();
         if !earlier.is_empty() {
-            let mut more = ctx
-                .store
-                .audit_of_decisions(&earlier)
-                .await
-                .unwrap_or_default();
-            // One recorded earlier in this very sweep is listed already.
-            more.retain(|e| e.at < started && rule.is_none_or(|r| e.rule == r));
+            let mut more = match ctx.store.audit_of_decisions(&earlier).await {
+                Ok(m) => m,
+                Err(e) => return unreadable("the decisions this sweep made again", &e),
+            };
+            // One recorded earlier in this very sweep is listed already, and so is an
+            // older one whose action changed since the sweep started (`Store::audit`).
+            more.retain(|e| {
+                e.at < started && rule.is_none_or(|r| e.rule == r) && !entries.contains(e)
+            });
             entries.extend(more);
             entries.sort_by_key(|e| std::cmp::Reverse(e.at));
         }
@@ -249,8 +270,10 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
         // nothing: not a clean sweep.
         let mut unevaluated = false;
         for (source, id) in &own {
-            let Ok(Some(d)) = ctx.store.find_delivery(source, id).await else {
-                continue;
+            let d = match ctx.store.find_delivery(source, id).await {
+                Ok(Some(d)) => d,
+                Ok(None) => continue,
+                Err(e) => return unreadable("whether the rules were evaluated", &e),
             };
             // Given up on after retries (dead letter), refused for good (`skipped: ERROR`,
             // see the processor), or still waiting for a retry at the deadline.
@@ -275,6 +298,16 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
             ExitCode::SUCCESS
         }
     })
+}
+
+/// Says on stderr that the sweep's outcome cannot be read from the store (`what`, the
+/// error), and exits 1: its report would be incomplete, and its exit code could not
+/// follow what happened.
+fn unreadable(what: &str, e: &crate::store::StoreError) -> ExitCode {
+    eprintln!(
+        "runwarden sweep: cannot read {what} from the store: {e}; the outcome of this sweep is unknown (see `runwarden audit`)"
+    );
+    ExitCode::from(super::EXIT_FAILED)
 }
 
 /// Whether the executor would claim `a` at `now`: pending and due, or running with its
@@ -308,6 +341,7 @@ async fn waiting_for(
     ctx: &crate::server::AppContext,
     own: &[(String, String)],
     mine: &HashSet<i64>,
+    claims: &ClaimFilter,
     deadline: DateTime<Utc>,
     dry_run: bool,
 ) -> bool {
@@ -332,20 +366,40 @@ async fn waiting_for(
     if mine.is_empty() {
         return false;
     }
+    // An action of its own it does not claim (a summary it cannot post) is not waited
+    // for: it is left for `serve`.
     ctx.store.pending_actions().await.is_ok_and(|queue| {
-        queue
-            .iter()
-            .any(|a| mine.contains(&a.id) && due_at(a) <= deadline)
+        queue.iter().any(|a| {
+            mine.contains(&a.id) && claims.allows(&a.action, &a.rule) && due_at(a) <= deadline
+        })
     })
 }
 
 /// Tells on stderr what the sweep leaves for later: events waiting for a retry, actions
-/// still queued (another process's, in backoff, or not due yet).
-async fn report_left(ctx: &crate::server::AppContext) {
+/// still queued (another process's, in backoff, or not due yet), and among them the
+/// summaries it cannot post itself (`claims`).
+async fn report_left(ctx: &crate::server::AppContext, claims: &ClaimFilter) {
     let events = ctx.store.count_unprocessed().await.unwrap_or(0);
     let actions = ctx.store.queue_depth().await.unwrap_or(0);
     if events == 0 && actions == 0 {
         return;
+    }
+    let not_mine = ctx.store.pending_actions().await.map_or(0, |queue| {
+        queue
+            .iter()
+            .filter(|a| !claims.allows(&a.action, &a.rule))
+            .count()
+    });
+    if not_mine > 0 {
+        let why = if ctx.github.is_none() {
+            "no GitHub credentials here (GITHUB_TOKEN, or GITHUB_APP_ID + GITHUB_APP_PRIVATE_KEY)"
+        } else {
+            "their rules are not summary rules of this configuration"
+        };
+        eprintln!(
+            "runwarden sweep: left {} for `serve` (or a sweep that can post them): {why}",
+            super::plural(u64::try_from(not_mine).unwrap_or(0), "summary", "summaries"),
+        );
     }
     let next = ctx
         .store

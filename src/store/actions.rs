@@ -488,6 +488,85 @@ struct ActionAuditRow {
     row: AuditRow,
 }
 
+/// How the note of a cancel action begins when the API answered its own request with
+/// success: its `detail` once done (`cancelled; run is CANCELED`), or its `last_error`
+/// when the run was still in progress after it (`cancelled, but the run is still in
+/// progress`). [`Store::cancel_reason`] credits runwarden's rule only then.
+pub const CANCEL_TOOK_EFFECT: &str = "cancelled";
+
+/// Which due actions a worker claims ([`Store::claim_due_actions_where`]). A process
+/// claims only what it can carry out (a `runwarden sweep` without GitHub credentials
+/// cannot post a summary) and leaves the rest queued, untouched, for one that can: an
+/// accepted action is carried out at least once (SPEC §6). The default claims all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimFilter {
+    /// The `summarize` actions claimed, by the rule that decided them.
+    pub summaries: RuleSet,
+}
+
+/// A set of rules, by name ([`ClaimFilter`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RuleSet {
+    /// Every rule, configured or not.
+    #[default]
+    All,
+    /// These rules only.
+    Only(Vec<String>),
+    /// Every rule but these.
+    AllBut(Vec<String>),
+}
+
+impl RuleSet {
+    /// Whether `rule` is in the set.
+    pub fn contains(&self, rule: &str) -> bool {
+        match self {
+            RuleSet::All => true,
+            RuleSet::Only(rules) => rules.iter().any(|r| r == rule),
+            RuleSet::AllBut(rules) => !rules.iter().any(|r| r == rule),
+        }
+    }
+}
+
+impl ClaimFilter {
+    /// Whether an action `action` (`cancel`, `delete`, `summarize`) decided by `rule` is
+    /// claimed.
+    pub fn allows(&self, action: &str, rule: &str) -> bool {
+        action != ActionKind::Summarize.as_str() || self.summaries.contains(rule)
+    }
+
+    /// The SQL condition on `actions` (` AND ...`, or nothing) and the rule names bound
+    /// to it, as parameters `$first`, `$first + 1`, ...
+    fn condition(&self, first: usize) -> (String, &[String]) {
+        let params = |rules: &[String]| {
+            (first..first + rules.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match &self.summaries {
+            RuleSet::All => (String::new(), &[]),
+            RuleSet::AllBut(rules) if rules.is_empty() => (String::new(), &[]),
+            RuleSet::Only(rules) if rules.is_empty() => {
+                (" AND action <> 'summarize'".to_string(), &[])
+            }
+            RuleSet::Only(rules) => (
+                format!(
+                    " AND (action <> 'summarize' OR rule IN ({}))",
+                    params(rules)
+                ),
+                rules,
+            ),
+            RuleSet::AllBut(rules) => (
+                format!(
+                    " AND (action <> 'summarize' OR rule NOT IN ({}))",
+                    params(rules)
+                ),
+                rules,
+            ),
+        }
+    }
+}
+
 /// Who cancelled a run, for its summary ([`Store::cancel_reason`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CancelReason {
@@ -601,6 +680,21 @@ impl Store {
         lease: Duration,
         worker_id: &str,
     ) -> StoreResult<Vec<ActionRow>> {
+        self.claim_due_actions_where(now, max, lease, worker_id, &ClaimFilter::default())
+            .await
+    }
+
+    /// [`Store::claim_due_actions`] of the actions `filter` allows only: the others stay
+    /// as they are (pending, their attempts and claims untouched) for a worker that can
+    /// carry them out.
+    pub async fn claim_due_actions_where(
+        &self,
+        now: DateTime<Utc>,
+        max: impl Into<i64>,
+        lease: Duration,
+        worker_id: &str,
+        filter: &ClaimFilter,
+    ) -> StoreResult<Vec<ActionRow>> {
         // One statement: atomic in SQLite (one writer at a time). On PostgreSQL the
         // candidate rows are locked as they are picked, skipping those another replica is
         // claiming right now, so that concurrent claims never hand out one action twice
@@ -609,7 +703,8 @@ impl Store {
             super::Backend::Sqlite => "",
             super::Backend::Postgres => " FOR UPDATE SKIP LOCKED",
         };
-        let rows: Vec<ActionDbRow> = sqlx::query_as(&format!(
+        let (only, rules) = filter.condition(5);
+        let sql = format!(
             "UPDATE actions \
              SET state = 'running', lease_until = $2, worker_id = $3, claims = claims + 1, \
                  updated_at = $1 \
@@ -618,17 +713,20 @@ impl Store {
                  WHERE (state = 'pending' \
                         OR (state = 'running' AND (lease_until IS NULL OR lease_until <= $1))) \
                    AND next_attempt_at <= $1 \
-                   AND (not_before IS NULL OR not_before <= $1) \
+                   AND (not_before IS NULL OR not_before <= $1){only} \
                  ORDER BY next_attempt_at, id \
                  LIMIT $4{lock}) \
              RETURNING {ACTION_COLUMNS}"
-        ))
-        .bind(to_ms(now))
-        .bind(ms_after(now, lease))
-        .bind(worker_id)
-        .bind(limit(max))
-        .fetch_all(&self.writer)
-        .await?;
+        );
+        let mut query = sqlx::query_as::<_, ActionDbRow>(&sql)
+            .bind(to_ms(now))
+            .bind(ms_after(now, lease))
+            .bind(worker_id)
+            .bind(limit(max));
+        for rule in rules {
+            query = query.bind(rule);
+        }
+        let rows = query.fetch_all(&self.writer).await?;
         let mut actions = rows
             .into_iter()
             .map(ActionRow::try_from)
@@ -1081,17 +1179,26 @@ impl Store {
     }
 
     /// Who cancelled `run_id`: the first decision linked to its cancel action, when that
-    /// action is done or under way (a summary may be written while the cancel is being
-    /// verified).
+    /// action's own request cancelled the run — the API answered it with success, which
+    /// the executor notes as [`CANCEL_TOOK_EFFECT`] at the start of the action's `detail`
+    /// (done) or `last_error` (an attempt after which the run was still in progress:
+    /// being verified or retried). A cancel answered "already cancelled" or "already
+    /// finished" (404/409/422: a user, CI or fail-fast got there first), or refused for a
+    /// run that was over, counts as done but did not cancel the run: `None`, and the
+    /// summary names whoever the API says cancelled it. See also
+    /// [`Store::cancel_under_way`].
     pub async fn cancel_reason(&self, run_id: &str) -> StoreResult<Option<CancelReason>> {
         let row: Option<(String, String, String, i64)> = sqlx::query_as(
             "SELECT d.rule, d.kind, d.reason, d.at \
              FROM decisions d JOIN actions a ON a.id = d.action_id \
-             WHERE a.run_id = $1 AND a.action = 'cancel' AND a.state IN ('running', 'done') \
+             WHERE a.run_id = $1 AND a.action = 'cancel' \
+               AND a.state IN ('pending', 'running', 'done') \
+               AND (a.detail LIKE $2 OR a.last_error LIKE $2) \
              ORDER BY d.at, d.id \
              LIMIT 1",
         )
         .bind(run_id)
+        .bind(format!("{CANCEL_TOOK_EFFECT}%"))
         .fetch_optional(&self.pool)
         .await?;
         row.map(|(rule, kind, reason, at)| {
@@ -1103,6 +1210,22 @@ impl Store {
             })
         })
         .transpose()
+    }
+
+    /// Whether a cancel of `run_id` is being carried out right now (claimed, its lease
+    /// not run out) without its outcome known yet: whether it will have cancelled the
+    /// run ([`Store::cancel_reason`]) is not known until it ends.
+    pub async fn cancel_under_way(&self, run_id: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM actions \
+             WHERE run_id = $1 AND action = 'cancel' AND state = 'running' \
+               AND lease_until > $2",
+        )
+        .bind(run_id)
+        .bind(to_ms(now))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n > 0)
     }
 
     /// Decisions recorded per rule, by rule name.

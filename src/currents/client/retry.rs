@@ -100,23 +100,38 @@ impl RateLimiter {
         *p = Some(p.map_or(until, |old| old.max(until)));
     }
 
-    /// Waits for this request's slot: after any pause, then at the rate cap.
+    /// Until when requests are held back, if that is still to come.
+    fn paused(&self) -> Option<Instant> {
+        let until = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        until.filter(|u| *u > Instant::now())
+    }
+
+    /// Waits for this request's slot: after any pause, then at the rate cap. A pause
+    /// that begins while the request waits for its slot (another request met a 429
+    /// meanwhile) holds it back too: once its slot comes it looks again, and while a
+    /// pause is on it waits for its end and takes a new slot.
     pub(crate) async fn acquire(&self) {
-        let paused = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(until) = paused {
-            tokio::time::sleep_until(until).await;
+        loop {
+            if let Some(until) = self.paused() {
+                tokio::time::sleep_until(until).await;
+                // The pause may have been extended meanwhile.
+                continue;
+            }
+            let Some(interval) = self.interval else {
+                return;
+            };
+            let slot = {
+                let mut next = self.next_slot.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                let slot = next.map_or(now, |n| n.max(now));
+                *next = Some(slot + interval);
+                slot
+            };
+            tokio::time::sleep_until(slot).await;
+            if self.paused().is_none() {
+                return;
+            }
         }
-        let Some(interval) = self.interval else {
-            return;
-        };
-        let slot = {
-            let mut next = self.next_slot.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let slot = next.map_or(now, |n| n.max(now));
-            *next = Some(slot + interval);
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
     }
 }
 
@@ -223,6 +238,43 @@ mod tests {
         // The first is immediate, the next two are 50 ms apart: no burst from idle time.
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(100), "{took:?}");
+    }
+
+    /// A pause that begins while requests wait for their slots (a 429 met by an
+    /// earlier request) holds them back too: none goes out before the pause ends.
+    #[tokio::test]
+    async fn a_pause_begun_while_requests_wait_for_their_slots_holds_them_back() {
+        let rl = RateLimiter::new(5);
+        let start = Instant::now();
+        // The first request's slot is now; the next three reserve 200, 400 and 600 ms.
+        rl.acquire().await;
+        let pause = Duration::from_millis(600);
+        let waiting = || async {
+            rl.acquire().await;
+            Instant::now()
+        };
+        let (a, b, c, paused_at) = futures::join!(waiting(), waiting(), waiting(), async {
+            // Polled after the three above have reserved their slots: the first
+            // request's answer was a 429 with `Retry-After`.
+            let at = Instant::now();
+            rl.pause_for(pause);
+            at
+        });
+        assert!(
+            paused_at - start < Duration::from_millis(200),
+            "paused only after the next slot had come"
+        );
+        for sent in [a, b, c] {
+            assert!(
+                sent >= paused_at + pause,
+                "a request went out {:?} after the pause began, during it",
+                sent - paused_at
+            );
+        }
+        // They are still spaced at the rate cap after the pause.
+        let mut sent = [a, b, c];
+        sent.sort();
+        assert!(sent[2] - sent[0] >= Duration::from_millis(390), "{sent:?}");
     }
 
     #[tokio::test]
