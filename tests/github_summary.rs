@@ -1226,6 +1226,7 @@ async fn events_not_in_the_rule_are_skipped_without_requests() {
 #[tokio::test]
 async fn repositories_resolve_from_the_mapping_or_the_remote_origin() {
     let env = Env::new().await;
+    let github_com = config_for("https://api.github.com");
     // Mapped project: github.repos wins over remoteOrigin.
     let mut v = to_value(passed("r1", SHA_HEAD));
     v["meta"]["commit"]["remoteOrigin"] = json!("git@github.com:someone/else.git");
@@ -1241,11 +1242,10 @@ async fn repositories_resolve_from_the_mapping_or_the_remote_origin() {
         "ssh://git@github.com/acme/api.git",
         "https://x-access-token:secret@github.com/acme/api.git",
     ] {
-        let mut v = to_value(passed("r1", SHA_HEAD));
-        v["projectId"] = json!("k9Pq2");
-        v["meta"]["commit"]["remoteOrigin"] = json!(origin);
         assert_eq!(
-            resolve_repo(&env.config, &to_run(v)).unwrap().to_string(),
+            resolve_repo(&github_com, &unmapped_run(origin))
+                .unwrap()
+                .to_string(),
             "acme/api",
             "{origin}"
         );
@@ -1281,15 +1281,137 @@ async fn repositories_resolve_from_the_mapping_or_the_remote_origin() {
             ..NewPr::default()
         })
         .unwrap();
-    let mut v = to_value(passed("r1", SHA_HEAD));
-    v["projectId"] = json!("k9Pq2");
-    v["meta"]["commit"]["remoteOrigin"] = json!("git@github.com:acme/api.git");
+    // (A remote on the simulator's host: the GitHub of its api_url.)
+    let host = url::Url::parse(&env.sim.github_url()).unwrap();
+    let origin = format!(
+        "http://{}:{}/acme/api.git",
+        host.host_str().unwrap(),
+        host.port().unwrap()
+    );
     let r = env
-        .summary(&comment_only(env.opts()), &to_run(v), "RUN_FINISH")
+        .summary(
+            &comment_only(env.opts()),
+            &unmapped_run(&origin),
+            "RUN_FINISH",
+        )
         .await
         .unwrap();
     assert_eq!(r.repo.as_deref(), Some("acme/api"));
     assert_eq!(env.sim.comments(Some("acme/api"), Some(3)).len(), 1);
+}
+
+/// The config of these tests with `api` as `github.api_url`.
+fn config_for(api: &str) -> Config {
+    load_str(&config_text(api), "rules.toml", &[])
+        .unwrap()
+        .config
+}
+
+/// A passed run of the unmapped project k9Pq2 whose `remoteOrigin` is `origin`.
+fn unmapped_run(origin: &str) -> Run {
+    let mut v = to_value(passed("r1", SHA_HEAD));
+    v["projectId"] = json!("k9Pq2");
+    v["meta"]["commit"]["remoteOrigin"] = json!(origin);
+    to_run(v)
+}
+
+/// Repro: with `api_url` github.com, an unmapped project's run from
+/// `https://gitlab.com/acme/api.git`, `git@bitbucket.org:acme/api.git` or a GitHub
+/// Enterprise host resolved to `acme/api` and was summarised on github.com's same-named
+/// repository. A remote counts only on the GitHub of `api_url`; others are skipped, with
+/// the reason, without a request.
+#[tokio::test]
+async fn a_remote_on_another_host_than_the_github_api_is_not_summarised() {
+    let github_com = config_for("https://api.github.com");
+    for origin in [
+        "https://github.com/acme/api.git",
+        "https://GitHub.com./acme/api",
+        "https://www.github.com/acme/api.git",
+        "ssh://git@ssh.github.com:443/acme/api.git",
+        "git@github.com:acme/api.git",
+        "https://api.github.com/acme/api",
+    ] {
+        assert_eq!(
+            resolve_repo(&github_com, &unmapped_run(origin))
+                .map(|r| r.to_string())
+                .as_deref(),
+            Ok("acme/api"),
+            "{origin}"
+        );
+    }
+    for (origin, host) in [
+        ("https://gitlab.com/acme/api.git", "gitlab.com"),
+        ("git@bitbucket.org:acme/api.git", "bitbucket.org"),
+        ("https://ghe.example.com/acme/api.git", "ghe.example.com"),
+        ("ssh://git@gitlab.com:2222/acme/api.git", "gitlab.com"),
+        (
+            "https://u:s3cret@github.com.evil.test/acme/api",
+            "github.com.evil.test",
+        ),
+        ("https://notgithub.com/acme/api", "notgithub.com"),
+    ] {
+        let why = resolve_repo(&github_com, &unmapped_run(origin)).unwrap_err();
+        assert!(
+            why.contains(&format!(
+                "is on {host}, not on the GitHub of github.api_url (api.github.com)"
+            )) && why.contains("no repository for project k9Pq2")
+                && !why.contains("s3cret"),
+            "{origin}: {why}"
+        );
+    }
+    // GitHub Enterprise Server: its API is on its own host.
+    let ghe = config_for("https://ghe.example.com/api/v3");
+    assert_eq!(
+        resolve_repo(&ghe, &unmapped_run("git@ghe.example.com:acme/api.git"))
+            .unwrap()
+            .to_string(),
+        "acme/api"
+    );
+    for origin in [
+        "https://github.com/acme/api.git",
+        "https://example.com/acme/api.git",
+    ] {
+        assert!(
+            resolve_repo(&ghe, &unmapped_run(origin)).is_err(),
+            "{origin}"
+        );
+    }
+    // GHE.com: api.{tenant}.ghe.com pairs with {tenant}.ghe.com.
+    let tenant = config_for("https://api.acme.ghe.com");
+    assert!(resolve_repo(&tenant, &unmapped_run("https://acme.ghe.com/acme/api.git")).is_ok());
+    assert!(resolve_repo(&tenant, &unmapped_run("https://github.com/acme/api.git")).is_err());
+
+    // End to end: skipped with the reason, and nothing asked of GitHub, although the
+    // same-named repository has a PR for the commit.
+    let env = Env::new().await;
+    env.sim
+        .add_pr(NewPr {
+            repo: "acme/api".into(),
+            number: Some(3),
+            head_ref: Some(BRANCH.into()),
+            head_sha: Some(SHA_HEAD.into()),
+            ..NewPr::default()
+        })
+        .unwrap();
+    let r = env
+        .summary(
+            &env.opts(),
+            &unmapped_run("https://github.com/acme/api.git"),
+            "RUN_FINISH",
+        )
+        .await
+        .unwrap();
+    assert!(r.is_skipped() && r.repo.is_none(), "{r:?}");
+    assert!(r.to_string().contains("is on github.com"), "{r}");
+    assert!(env.sim.comments(Some("acme/api"), Some(3)).is_empty());
+    assert!(
+        env.sim
+            .request_counts()
+            .keys()
+            .all(|k| !k.starts_with("github")),
+        "{:?}",
+        env.sim.request_counts()
+    );
 }
 
 #[tokio::test]
@@ -2767,4 +2889,396 @@ async fn the_branch_lookup_only_finds_prs_from_the_repositorys_own_branch() {
         .await
         .unwrap();
     assert_eq!(found.iter().map(|p| p.number).collect::<Vec<_>>(), [7]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Comments near GitHub's limit: what is shown is what is stored
+// ---------------------------------------------------------------------------------------
+
+/// `run` with every spec path made `len` characters longer.
+fn long_paths(mut run: Run, len: usize) -> Run {
+    for s in &mut run.specs {
+        s.spec = format!("tests/{}/{}", "d".repeat(len), s.spec);
+    }
+    run
+}
+
+/// Repro: two run groups of one commit (tags `a` and `b`), each with 12 failing specs
+/// of 3,000-character paths, all listed (`max_failed_specs = 100`). Once the state line
+/// passed half the limit, every list was dropped from the state, but the run being
+/// posted showed its own list, so re-posting r1, then r2, then r1 moved the list from
+/// section to section and edited the comment each time. Now the state and the Markdown
+/// are shortened together, only when the whole body would not fit, and a run whose
+/// lists were left out stays so: re-posting unchanged runs edits nothing.
+///
+/// With 1,800-character paths one group's list fits and two do not: dropping every list
+/// only when both are in, then showing the re-posted run's list again (it fits alone),
+/// would still edit the comment on every re-post.
+#[tokio::test]
+async fn re_posting_unchanged_runs_leaves_a_comment_near_the_limit_alone() {
+    for len in [3_000, 1_800] {
+        let env = Env::new().await;
+        env.pr(7, BRANCH, SHA_HEAD);
+        let mut opts = comment_only(env.opts());
+        opts.max_failed_specs = 100;
+        let r1 = tagged(long_paths(failed("r1", SHA_HEAD, 12), len), &["a"]);
+        let r2 = tagged(long_paths(failed("r2", SHA_HEAD, 12), len), &["b"]);
+        for run in [&r1, &r2] {
+            env.summary(&opts, run, "RUN_FINISH").await.unwrap();
+        }
+        let c = env.comments(7);
+        assert_eq!(c.len(), 1);
+        let (body, edits) = (c[0].body.clone(), c[0].edits);
+        assert!(
+            body.len() <= GITHUB_BODY_LIMIT,
+            "{len}: {} bytes",
+            body.len()
+        );
+        let doc = SummaryDoc::parse(&body).unwrap();
+        assert_eq!(doc.sections.len(), 2);
+        for run in [&r1, &r2, &r1, &r2] {
+            let r = env.summary(&opts, run, "RUN_FINISH").await.unwrap();
+            assert!(
+                matches!(r.comments[..], [SummaryOutcome::Unchanged { pr: 7, .. }]),
+                "{len}: re-posting {}: {r:?}",
+                run.run_id
+            );
+        }
+        let c = env.comments(7);
+        assert_eq!((c[0].edits, &c[0].body), (edits, &body), "{len}");
+        // What is shown is what the state holds.
+        let listed = body.matches("**Failing specs** (").count();
+        let stored = doc
+            .sections
+            .iter()
+            .filter(|s| !s.failed_specs.is_empty())
+            .count();
+        assert_eq!(listed, stored, "{len}: {body}");
+        assert_eq!(
+            body.matches("**Failing specs**: 12, listed in the run.")
+                .count(),
+            2 - stored,
+            "{len}"
+        );
+        assert!(body.contains("shortened to fit"), "{len}");
+        // No `\u002d` for every `-`: the state is not inflated.
+        assert!(!body.contains("\\u002d"), "{len}");
+    }
+}
+
+/// Repro: a shortened comment's note linked the run that triggered the update, so an
+/// update by another, unchanged run edited the comment for that link alone. It links the
+/// newest section's run, whichever run is posted.
+#[test]
+fn a_shortened_comment_reads_the_same_whichever_run_triggered_it() {
+    let long = |run: Run| {
+        let mut run = run;
+        for s in &mut run.specs {
+            s.spec = format!("tests/{}/{}", "deeply-nested".repeat(20), s.spec);
+        }
+        run
+    };
+    let a = tagged(long(failed("r1a2b3c4", SHA_HEAD, 12)), &["a"]);
+    let b = created(
+        tagged(long(failed("r5d6e7f8", SHA_HEAD, 12)), &["b"]),
+        "2026-03-02T10:05:00Z",
+    );
+    let by_a = body_with(
+        &[post(&b, "RUN_FINISH"), post(&a, "RUN_FINISH")],
+        10,
+        None,
+        4_000,
+    );
+    let by_b = body_with(
+        &[post(&a, "RUN_FINISH"), post(&b, "RUN_FINISH")],
+        10,
+        None,
+        4_000,
+    );
+    assert!(by_a.len() <= 4_000, "{} bytes", by_a.len());
+    assert_eq!(by_a, by_b);
+    let note = by_a
+        .lines()
+        .find(|l| l.contains("shortened to fit"))
+        .unwrap_or_else(|| panic!("no note: {by_a}"));
+    assert!(
+        note.ends_with("(https://app.currents.dev/run/r5d6e7f8)."),
+        "the newest run: {note}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// GitHub Enterprise: GraphQL next to the REST API
+// ---------------------------------------------------------------------------------------
+
+/// Repro: on GitHub Enterprise Server (REST at `/api/v3`) the login lookup of a token
+/// that cannot read `/user` sent `POST /api/v3/../graphql` literally, which the server
+/// does not resolve. The URL is built with `url::Url`: the request goes to
+/// `/api/graphql`.
+#[tokio::test]
+async fn graphql_on_github_enterprise_is_posted_to_api_graphql() {
+    use axum::http::StatusCode;
+    use std::sync::Mutex;
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let log = log.clone();
+        async move {
+            let (m, p) = (req.method().to_string(), req.uri().path().to_string());
+            log.lock().unwrap().push((m.clone(), p.clone()));
+            match (m.as_str(), p.as_str()) {
+                ("GET", "/api/v3/user") => (
+                    StatusCode::FORBIDDEN,
+                    axum::Json(json!({"message": "Resource not accessible by integration"})),
+                ),
+                ("POST", "/api/graphql") => (
+                    StatusCode::OK,
+                    axum::Json(json!({"data": {"viewer": {"login": "ghe-actions[bot]"}}})),
+                ),
+                _ => (
+                    StatusCode::NOT_FOUND,
+                    axum::Json(json!({"message": "Not Found"})),
+                ),
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gh = client_with_auth(
+        &format!("http://{addr}/api/v3"),
+        Duration::from_secs(3),
+        GithubAuth::Token(Secret::new("ghs_enterprise_actions_token")),
+    );
+    let login = gh.own_login().await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            ("GET".to_string(), "/api/v3/user".to_string()),
+            ("POST".to_string(), "/api/graphql".to_string())
+        ]
+    );
+    assert_eq!(login.unwrap(), "ghe-actions[bot]");
+}
+
+// ---------------------------------------------------------------------------------------
+// A commit's PRs: by branch only from the run's own repository
+// ---------------------------------------------------------------------------------------
+
+/// Repro: acme's run on `patch-1` for commit X; Mallory's fork PR #8
+/// (`mallory:patch-1`, into acme/web) contains X too (she branched from it) and its
+/// head has moved on. Among the commit's PRs the one of the run's branch was chosen by
+/// the branch name alone, so acme's run was posted on Mallory's PR. The PR's head
+/// repository must now be the one the run comes from, as for the branch lookup.
+#[tokio::test]
+async fn a_commits_pr_from_a_forks_branch_of_the_same_name_is_not_the_runs() {
+    let env = Env::new().await;
+    let fork_pr = |sha: &str| NewPr {
+        repo: REPO.into(),
+        number: Some(8),
+        head_ref: Some("patch-1".into()),
+        head_sha: Some(sha.into()),
+        head_repo: Some("mallory/web".into()),
+        author: Some("mallory".into()),
+        ..NewPr::default()
+    };
+    env.sim.add_pr(fork_pr(SHA_OLD)).unwrap();
+    env.sim.add_pr(fork_pr(SHA_OTHER)).unwrap();
+    let opts = comment_only(env.opts());
+    let on_patch_1 = |run: Run, remote: &str| {
+        let mut v = to_value(run);
+        v["meta"]["commit"]["branch"] = json!("patch-1");
+        v["meta"]["commit"]["remoteOrigin"] = json!(remote);
+        to_run(v)
+    };
+    let own = on_patch_1(
+        failed("r-own", SHA_OLD, 1),
+        "https://github.com/acme/web.git",
+    );
+    let r = env.summary(&opts, &own, "RUN_FINISH").await.unwrap();
+    assert!(r.is_skipped(), "{r:?}");
+    assert!(env.comments(8).is_empty());
+    assert_eq!(env.writes(), vec![]);
+
+    // acme's own PR of the branch contains the commit too: that one, only.
+    env.pr(7, "patch-1", SHA_OLD);
+    env.pr(7, "patch-1", SHA_HEAD);
+    let r = env.summary(&opts, &own, "RUN_FINISH").await.unwrap();
+    assert!(
+        matches!(r.comments[..], [SummaryOutcome::Posted { pr: 7, .. }]),
+        "{r:?}"
+    );
+    assert!(env.comments(8).is_empty());
+
+    // Mallory's run of that commit on her branch belongs to her PR, not to acme's.
+    let fork = on_patch_1(
+        failed("r-fork", SHA_OLD, 1),
+        "https://github.com/mallory/web.git",
+    );
+    let r = env.summary(&opts, &fork, "RUN_FINISH").await.unwrap();
+    assert!(
+        matches!(r.comments[..], [SummaryOutcome::Posted { pr: 8, .. }]),
+        "{r:?}"
+    );
+    assert_eq!(env.comments(7).len(), 1);
+    assert!(!env.comments(7)[0].body.contains("r-fork"));
+}
+
+// ---------------------------------------------------------------------------------------
+// The summary lock across processes outlives slow summaries
+// ---------------------------------------------------------------------------------------
+
+async fn shared_store(dir: &tempfile::TempDir) -> runwarden::store::Store {
+    runwarden::store::Store::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("shared.db").display()
+    ))
+    .await
+    .unwrap()
+}
+
+/// Repro: the repository's summary lock was a lease with a fixed time to live, never
+/// renewed while the summary ran; GitHub calls slower than that (4 attempts × 30 s) let
+/// another process in, and both posted a sticky comment. Here with a 300 ms lock: one
+/// process's `POST` of the comment takes 2 s; the other waits for the lock, which is
+/// renewed meanwhile, gets it once the first is done, and edits that comment.
+#[tokio::test]
+async fn the_summary_lock_is_renewed_while_a_slow_summary_holds_it() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let opts = comment_only(env.opts());
+    let dir = tempfile::tempdir().unwrap();
+    let store = shared_store(&dir).await;
+    env.fault(
+        "POST",
+        "/github/repos/acme/web/issues/7/comments",
+        FaultKind::Latency { ms: 2_000 },
+        None,
+    );
+    let ttl = Duration::from_millis(300);
+    let (a, b) = (
+        client(&env.sim.github_url(), Duration::from_secs(10)),
+        client(&env.sim.github_url(), Duration::from_secs(10)),
+    );
+    async fn post(
+        env: &Env,
+        opts: &SummaryOptions,
+        store: &runwarden::store::Store,
+        holder: &str,
+        gh: &GithubClient,
+        run: Run,
+        ttl: Duration,
+    ) -> Result<SummaryReport, runwarden::github::SummaryError> {
+        let ctx = SummaryCtx {
+            gh,
+            config: &env.config,
+            rule: env.rule(),
+            opts,
+            shared: Some(runwarden::github::summary::SharedLock { store, holder }),
+        };
+        runwarden::github::summary::post_summary_with_lock_ttl(
+            &ctx,
+            &run,
+            "RUN_FINISH",
+            None,
+            false,
+            ttl,
+        )
+        .await
+    }
+    let full = tagged(failed("r-full", SHA_HEAD, 1), &["full"]);
+    let smoke = tagged(passed("r-smoke", SHA_HEAD), &["smoke"]);
+    let (ra, rb) = tokio::join!(
+        post(&env, &opts, &store, "process-a", &a, full, ttl),
+        post(&env, &opts, &store, "process-b", &b, smoke, ttl)
+    );
+    ra.unwrap();
+    rb.unwrap();
+    let c = env.comments(7);
+    assert_eq!(c.len(), 1, "one comment: {c:#?}");
+    assert!(
+        c[0].body.contains("❌ Failed") && c[0].body.contains("✅ Passed"),
+        "both sections: {}",
+        c[0].body
+    );
+    assert_eq!(env.count_writes("POST", "/issues/7/comments"), 1);
+    assert!(
+        store
+            .lease_holder("summary:acme/web")
+            .await
+            .unwrap()
+            .is_none(),
+        "the lock is let go"
+    );
+}
+
+/// [`Store::hold_lease_while`]: the lease is renewed while the work runs (its expiry
+/// moves on), and the work is stopped once another holder has the lease.
+#[tokio::test]
+async fn a_lease_held_for_work_is_renewed_and_the_work_stopped_once_lost() {
+    use runwarden::store::leases::LeaseLost;
+    let dir = tempfile::tempdir().unwrap();
+    let store = shared_store(&dir).await;
+    let ttl = Duration::from_millis(300);
+    assert!(
+        store
+            .try_acquire_lease("summary:x", "a", ttl, chrono::Utc::now())
+            .await
+            .unwrap()
+    );
+    let (_, first) = store.lease_holder("summary:x").await.unwrap().unwrap();
+    // Polls (with a deadline) until the expiry has moved past two time to lives later.
+    let renewed = store
+        .hold_lease_while("summary:x", "a", ttl, async {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (holder, until) = store.lease_holder("summary:x").await.unwrap().unwrap();
+                assert_eq!(holder, "a");
+                assert!(
+                    !store
+                        .try_acquire_lease("summary:x", "b", ttl, chrono::Utc::now())
+                        .await
+                        .unwrap(),
+                    "another holder got in"
+                );
+                if until >= first + chrono::Duration::milliseconds(600) {
+                    return until;
+                }
+                assert!(Instant::now() < deadline, "the lease was not renewed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+    assert!(renewed > first);
+
+    // Taken over (as after a pause longer than its time to live): the work is stopped.
+    let out = store
+        .hold_lease_while("summary:x", "a", ttl, async {
+            assert!(store.release_lease("summary:x", "a").await.unwrap());
+            assert!(
+                store
+                    .try_acquire_lease(
+                        "summary:x",
+                        "b",
+                        Duration::from_secs(60),
+                        chrono::Utc::now()
+                    )
+                    .await
+                    .unwrap()
+            );
+            std::future::pending::<()>().await
+        })
+        .await;
+    assert_eq!(
+        out,
+        Err(LeaseLost::TakenOver {
+            name: "summary:x".into()
+        })
+    );
+    assert_eq!(
+        store.lease_holder("summary:x").await.unwrap().unwrap().0,
+        "b"
+    );
 }

@@ -688,8 +688,13 @@ impl GithubClient {
             ));
         }
         let base = url.as_str().trim_end_matches('/').to_string();
+        // octocrab is given the origin only: every request is sent to the absolute URL
+        // [`request_url`] builds. With the base's path, octocrab would put it in front of
+        // every path not starting with it, GraphQL's `/api/graphql` on GitHub Enterprise
+        // Server (REST at `/api/v3`) included.
+        let origin = url.origin().ascii_serialization();
         let crab = Octocrab::builder()
-            .base_uri(base.as_str())
+            .base_uri(origin.as_str())
             .map_err(|e| invalid(format!("github.api_url {base}: {}", first_line(&e))))?
             .set_connect_timeout(Some(opts.connect_timeout))
             .set_read_timeout(Some(opts.request_timeout))
@@ -1508,11 +1513,14 @@ impl GithubClient {
         body: Option<&Value>,
         credential: &Secret,
     ) -> Result<(StatusCode, HeaderMap, String), GithubErrorKind> {
-        let mut uri = format!("{}{path}", self.base);
-        if !query.is_empty() {
-            uri.push('?');
-            uri.push_str(query);
+        let uri = request_url(&self.base, path, query)?;
+        // Credentials only ever go to the API's origin.
+        if uri.origin() != self.origin {
+            return Err(GithubErrorKind::Invalid(format!(
+                "{path} is not on the origin of github.api_url"
+            )));
         }
+        let uri = uri.as_str();
         let mut auth =
             HeaderValue::from_str(&format!("Bearer {}", credential.expose())).map_err(|_| {
                 GithubErrorKind::Auth("the credential is not a valid header value".into())
@@ -1780,10 +1788,21 @@ fn identity_field(
         })
 }
 
+/// The URL a request for `path` (relative to the REST base `base`, `api_url` without a
+/// trailing slash) and `query` goes to, built with [`url::Url`], which resolves dot
+/// segments: `{base}/../graphql` on GitHub Enterprise Server is sent as `/api/graphql`
+/// (servers take a literal `/api/v3/../graphql` as a path of its own, and answer 404).
+fn request_url(base: &str, path: &str, query: &str) -> Result<url::Url, GithubErrorKind> {
+    let mut url = url::Url::parse(&format!("{base}{path}"))
+        .map_err(|e| GithubErrorKind::Invalid(format!("cannot build the URL of {path}: {e}")))?;
+    url.set_query(Some(query).filter(|q| !q.is_empty()));
+    Ok(url)
+}
+
 /// The path of GitHub's GraphQL endpoint relative to the REST base `api_url`: `/graphql`
 /// on github.com (`https://api.github.com/graphql`) and wherever the REST API is served
 /// at the root, and next to the REST API on GitHub Enterprise Server, whose REST base
-/// ends in `/api/v3` while GraphQL is `/api/graphql` (the URL parser resolves the `..`).
+/// ends in `/api/v3` while GraphQL is `/api/graphql` ([`request_url`] resolves the `..`).
 fn graphql_path(base: &str) -> &'static str {
     if base.trim_end_matches('/').ends_with("/api/v3") {
         "/../graphql"
@@ -1819,7 +1838,7 @@ fn operation(method: &Method, path: &str) -> &'static str {
 
 /// Whether `p` is open with head `branch` of `repo` itself: a head repository GitHub
 /// names (`head.repo.full_name`) must be `repo` (case-insensitively), not a fork.
-fn is_open_from_branch_of(p: &PullRef, repo: &RepoName, branch: &str) -> bool {
+pub(crate) fn is_open_from_branch_of(p: &PullRef, repo: &RepoName, branch: &str) -> bool {
     p.is_open()
         && p.head_ref == branch
         && p.head_repo
@@ -2492,10 +2511,21 @@ mod tests {
                 "http://127.0.0.1:4000/github/graphql",
             ),
         ] {
-            let joined = url::Url::parse(&format!("{base}{}", graphql_path(base))).unwrap();
-            assert_eq!(joined.as_str(), url, "{base}");
+            let sent = request_url(base, graphql_path(base), "").unwrap();
+            assert_eq!(sent.as_str(), url, "{base}");
         }
         assert_eq!(operation(&Method::POST, "/../graphql"), "graphql");
+        // Queries go as they are.
+        assert_eq!(
+            request_url(
+                "https://ghe.example.com/api/v3",
+                "/repos/a/b/pulls",
+                "state=open&head=a%3Afeat%2Fx&per_page=100"
+            )
+            .unwrap()
+            .as_str(),
+            "https://ghe.example.com/api/v3/repos/a/b/pulls?state=open&head=a%3Afeat%2Fx&per_page=100"
+        );
     }
 
     #[test]

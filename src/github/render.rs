@@ -15,8 +15,9 @@
 //! which commit, created when, and what to display. An update reads the comment, parses
 //! the state, merges the run's section in and renders the whole body again, so no
 //! database has to agree with GitHub, and a body that would not change is not edited.
-//! Inside the state line `-`, `<` and `>` are written as JSON `\u` escapes, so no value
-//! (a branch called `-->`, say) can end the HTML comment early.
+//! Inside the state line `<` and `>` are written as JSON `\u` escapes, so no value (a
+//! branch called `-->`, say) can end the HTML comment early (an HTML comment only ends
+//! at a `>`).
 //!
 //! # Custom templates
 //!
@@ -39,7 +40,8 @@
 //! `group`, `failures`; at most `max_failed_specs`), `failed_specs_total`,
 //! `failed_specs_more` (how many were left out), `groups` (per run group: `group`,
 //! `counts`; only for runs with several groups), `cancelled` (`rule`, `reason`, `actor`,
-//! or none), `timeout_ms`, `is_current`, `is_head` (its commit is the PR's head).
+//! or none), `timeout_ms`, `compact` (its failing-spec list and group table were left out
+//! to fit the limit, see below), `is_current`, `is_head` (its commit is the PR's head).
 //!
 //! Every value a template prints is escaped as the default body escapes free text
 //! (`text`): `@` cannot ping, `<`, `>` and `&` become entities, and Markdown characters
@@ -50,9 +52,23 @@
 //! prints a string as it is, for Markdown the template writes itself. Text written in
 //! the template is never escaped.
 //!
-//! A body over GitHub's 65,536-character limit is shortened: first the failing-spec lists
-//! and group tables go (default body only), then the Markdown is cut at a line, and a
-//! note links to the run in Currents.
+//! # Bodies over GitHub's limit
+//!
+//! A body (marker, Markdown and state line together) over GitHub's 65,536-character limit
+//! is shortened, and what is shown is always rendered from what is stored, so the comment
+//! depends only on its sections, never on which run triggered the update:
+//!
+//! 1. Every section's failing-spec list and group table is left out, from the state line
+//!    and the Markdown alike; such a section is marked `compact` in the state. While a
+//!    section shows the same run it stays compact (a later event of that run does not
+//!    bring the lists back only for the comment to outgrow the limit again, an edit on
+//!    every event); a new run of the group starts full. The default body then says, in a
+//!    note, that the summary was shortened and links to the newest section's run in
+//!    Currents.
+//! 2. If that is still too long, the Markdown is cut at a line, with the same note.
+//!
+//! Hundreds of sections on one PR: the oldest sections (never the current one) are dropped
+//! first, while even the compact state line would take more than half the limit.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -247,6 +263,11 @@ pub struct Section {
     pub cancelled: Option<CancelledBy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Its failing-spec list and group table were left out to keep the comment within
+    /// GitHub's limit ([`render_body`]); it stays so while it shows this run
+    /// (`merge_section` in the summary module).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub compact: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -390,6 +411,17 @@ impl Section {
             timeout_ms: (outcome == Outcome::TimedOut)
                 .then(|| run.timeout.as_ref().and_then(|t| t.timeout_value_ms))
                 .flatten(),
+            compact: false,
+        }
+    }
+
+    /// Leaves out the failing-spec list and the group table (the counts stay), marking
+    /// the section `compact` when there was anything to leave out.
+    pub fn make_compact(&mut self) {
+        if !self.failed_specs.is_empty() || !self.groups.is_empty() {
+            self.failed_specs.clear();
+            self.groups.clear();
+            self.compact = true;
         }
     }
 
@@ -478,13 +510,20 @@ impl SummaryDoc {
             sections: self.sections.clone(),
         })
         .unwrap_or_else(|_| String::from("{}"));
-        // Only strings contain these characters (all numbers are unsigned), where the
-        // \u escapes are equivalent.
-        let json = json
-            .replace('-', "\\u002d")
-            .replace('<', "\\u003c")
-            .replace('>', "\\u003e");
+        // Only strings contain these characters, where the \u escapes are equivalent.
+        // Without a `>` nothing can end the HTML comment (`-->`, `--!>`), and without a
+        // `<` nothing can open another; `-` needs no escape (it did cost 6 bytes each).
+        let json = json.replace('<', "\\u003c").replace('>', "\\u003e");
         format!("{STATE_OPEN}{json}{STATE_CLOSE}")
+    }
+
+    /// Every section [`Section::make_compact`].
+    pub fn compacted(&self) -> SummaryDoc {
+        let mut doc = self.clone();
+        for s in &mut doc.sections {
+            s.make_compact();
+        }
+        doc
     }
 }
 
@@ -521,45 +560,75 @@ pub struct TemplateError {
     pub message: String,
 }
 
-/// The whole comment body for `doc`, within `input.limit` bytes.
+/// The whole comment body for `doc`, within `input.limit` bytes. The Markdown is always
+/// rendered from the sections the state line stores (see the module docs), so the default
+/// body does not depend on which run triggered the update (a template may, through
+/// `current`).
 pub fn render_body(doc: &SummaryDoc, input: &RenderInput<'_>) -> Result<String, TemplateError> {
     let fitted = fit_sections(doc, input);
-    let doc = &fitted;
-    let state = fitted_state(doc, input.limit);
-    let current_url = doc
-        .get(input.current_key)
-        .map(|s| s.run_url.clone())
-        .unwrap_or_else(|| input.dashboard_url.to_string());
-    let note = truncation_note(&current_url);
-    let fixed = MARKER.len() + state.len() + 4;
-    let budget = input.limit.saturating_sub(fixed);
-
-    let full = match input.template {
-        Some((path, source)) => render_template(doc, input, path, source)?,
-        None => render_default(doc, Detail::Full, None),
-    };
-    let visible = if full.len() <= budget {
-        full
+    // The sections as they are, when the whole body fits.
+    let state = fitted.state_line();
+    let body = assemble(&visible(&fitted, input)?, &state);
+    if body.len() <= input.limit {
+        return Ok(body);
+    }
+    // Else without any failing-spec list or group table, in the state and the Markdown
+    // alike; if even that is too long, the Markdown cut at a line.
+    let slim = fitted.compacted();
+    let state = slim.state_line();
+    let budget = input.limit.saturating_sub(MARKER.len() + state.len() + 4);
+    let shown = visible(&slim, input)?;
+    let shown = if shown.len() <= budget {
+        shown
     } else {
-        let compact = if input.template.is_none() {
-            render_default(doc, Detail::Compact, Some(&note))
-        } else {
-            String::new()
+        let note = truncation_note(&note_url(&slim, input));
+        let text = match input.template {
+            Some(_) => shown,
+            None => render_default(&slim, None),
         };
-        if !compact.is_empty() && compact.len() <= budget {
-            compact
-        } else {
-            hard_cut(&full, budget.saturating_sub(note.len() + 2), &note)
-        }
+        hard_cut(&text, budget.saturating_sub(note.len() + 2), &note)
     };
-    Ok(format!("{MARKER}\n{}\n\n{state}", visible.trim_end()))
+    Ok(assemble(&shown, &state))
 }
 
-/// `doc` without its oldest sections (never the current one) while even its slimmest
+/// Marker, Markdown and state line: the body.
+fn assemble(visible: &str, state: &str) -> String {
+    format!("{MARKER}\n{}\n\n{state}", visible.trim_end())
+}
+
+/// The Markdown of `doc`: the rule's template, or the default body, with the note that
+/// the summary was shortened when a section is compact.
+fn visible(doc: &SummaryDoc, input: &RenderInput<'_>) -> Result<String, TemplateError> {
+    match input.template {
+        Some((path, source)) => render_template(doc, input, path, source),
+        None => {
+            let note = doc
+                .sections
+                .iter()
+                .any(|s| s.compact)
+                .then(|| truncation_note(&note_url(doc, input)));
+            Ok(render_default(doc, note.as_deref()))
+        }
+    }
+}
+
+/// What the note of a shortened summary links: the run of the newest section (the one
+/// created last; by key among equals), else the dashboard. Never the run that triggered
+/// the update, so that an update by another run does not edit the comment for the link
+/// alone.
+fn note_url(doc: &SummaryDoc, input: &RenderInput<'_>) -> String {
+    doc.sections
+        .iter()
+        .max_by(|a, b| (a.created_at, &a.key).cmp(&(b.created_at, &b.key)))
+        .map(|s| s.run_url.clone())
+        .unwrap_or_else(|| input.dashboard_url.to_string())
+}
+
+/// `doc` without its oldest sections (never the current one) while even its compact
 /// state line would take more than half the limit: hundreds of sections on one PR.
 fn fit_sections(doc: &SummaryDoc, input: &RenderInput<'_>) -> SummaryDoc {
     let mut doc = doc.clone();
-    while doc.sections.len() > 1 && fitted_state(&doc, input.limit).len() > input.limit / 2 {
+    while doc.sections.len() > 1 && doc.compacted().state_line().len() > input.limit / 2 {
         let oldest = doc
             .sections
             .iter()
@@ -577,21 +646,6 @@ fn fit_sections(doc: &SummaryDoc, input: &RenderInput<'_>) -> SummaryDoc {
         }
     }
     doc
-}
-
-/// The state line, shrunk (failing-spec lists and group tables dropped) if it alone
-/// would take more than half the limit.
-fn fitted_state(doc: &SummaryDoc, limit: usize) -> String {
-    let state = doc.state_line();
-    if state.len() <= limit / 2 {
-        return state;
-    }
-    let mut slim = doc.clone();
-    for s in &mut slim.sections {
-        s.failed_specs.clear();
-        s.groups.clear();
-    }
-    slim.state_line()
 }
 
 fn truncation_note(url: &str) -> String {
@@ -616,21 +670,14 @@ fn hard_cut(text: &str, max: usize, note: &str) -> String {
     format!("{}\n\n{note}", cut.trim_end())
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Detail {
-    Full,
-    /// No failing-spec lists, no group tables.
-    Compact,
-}
-
-fn render_default(doc: &SummaryDoc, detail: Detail, note: Option<&str>) -> String {
+fn render_default(doc: &SummaryDoc, note: Option<&str>) -> String {
     let mut out = String::from("### Currents test runs\n");
     if doc.sections.is_empty() {
         out.push_str("\nNo runs yet.\n");
     }
     for s in &doc.sections {
         out.push('\n');
-        out.push_str(render_section(s, detail).trim_end());
+        out.push_str(render_section(s).trim_end());
         out.push('\n');
     }
     if let Some(note) = note {
@@ -644,7 +691,9 @@ fn render_default(doc: &SummaryDoc, detail: Detail, note: Option<&str>) -> Strin
     out
 }
 
-fn render_section(s: &Section, detail: Detail) -> String {
+/// One section. A compact section has neither failing-spec list nor group table left:
+/// it shows the counts and how many specs failed.
+fn render_section(s: &Section) -> String {
     let mut out = String::new();
     // Heading: outcome, project, branch, tags.
     let mut heading = format!(
@@ -703,7 +752,7 @@ fn render_section(s: &Section, detail: Detail) -> String {
     // Counters.
     let has_results = s.counts.overall > 0 || s.counts != Counts::default();
     if has_results {
-        if detail == Detail::Full && !s.groups.is_empty() {
+        if !s.groups.is_empty() {
             out.push_str("| Group | Passed | Failed | Flaky | Pending | Skipped |\n");
             out.push_str("|---|---:|---:|---:|---:|---:|\n");
             for g in &s.groups {
@@ -739,7 +788,7 @@ fn render_section(s: &Section, detail: Detail) -> String {
 
     // Failing specs.
     if s.failed_specs_total > 0 {
-        if detail == Detail::Full && !s.failed_specs.is_empty() {
+        if !s.failed_specs.is_empty() {
             let shown = s.failed_specs.len() as u64;
             out.push_str(&format!(
                 "**Failing specs** ({})\n\n",
@@ -1130,6 +1179,7 @@ mod tests {
             groups: vec![],
             cancelled: None,
             timeout_ms: None,
+            compact: false,
         }
     }
 

@@ -5,7 +5,9 @@
 //!
 //! 1. The event must be in the rule's `events`.
 //! 2. The repository: `github.repos[project]`, else the run's `meta.commit.remoteOrigin`
-//!    ([`resolve_repo`]). Unresolvable → skipped, with the reason.
+//!    when that remote is on the GitHub of `github.api_url` ([`resolve_repo`]: a GitLab,
+//!    Bitbucket or other GitHub host's `acme/api` is not this GitHub's `acme/api`).
+//!    Unresolvable → skipped, with the reason.
 //! 3. Comment (`comment = true`): the open PRs whose head is the run's sha, else whose
 //!    head branch is the run's branch ([`discover_prs`]; not for a run whose
 //!    `remoteOrigin` is another repository, a fork: its branch name says nothing about
@@ -33,6 +35,10 @@
 //!    context already says the same for the same target run, nor when it would turn a
 //!    finished run's status back to pending (an out-of-order `RUN_START`).
 //!
+//! Across processes (replicas, `serve` and `sweep`), steps 3 and 4 run under the
+//! repository's [`SharedLock`], a lease in the store renewed every third of its time to
+//! live while they run; a summary whose lease is lost is stopped and tried again.
+//!
 //! Dry run: the same reads, no `POST` or `PATCH`; the outcome carries what would have
 //! been written.
 
@@ -45,7 +51,7 @@ use crate::currents::Run;
 
 use super::client::{
     GithubClient, GithubError, IssueComment, MAX_STATUS_DESCRIPTION, PullRef, RepoName,
-    StatusState, truncate_chars,
+    StatusState, is_open_from_branch_of, truncate_chars,
 };
 use super::render::{
     GITHUB_BODY_LIMIT, MARKER, Outcome, PrInfo, RenderInput, Section, StateError, SummaryDoc,
@@ -75,8 +81,9 @@ pub struct SharedLock<'a> {
     pub holder: &'a str,
 }
 
-/// How long a summary holds the repository's [`SharedLock`] at most, should its process
-/// die holding it.
+/// The time to live of the repository's [`SharedLock`]: renewed every third of it while
+/// the summary runs ([`crate::store::Store::hold_lease_while`]), so it is how long the
+/// lock outlives a process that dies holding it.
 pub const SHARED_LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 /// How long a summary waits for the [`SharedLock`] before it is postponed (tried again
 /// [`SHARED_LOCK_RETRY`] later, not counted as a failed attempt).
@@ -260,6 +267,21 @@ pub async fn post_summary(
     cancelled_by: Option<(String, String)>,
     dry_run: bool,
 ) -> Result<SummaryReport, SummaryError> {
+    post_summary_with_lock_ttl(ctx, run, event, cancelled_by, dry_run, SHARED_LOCK_TTL).await
+}
+
+/// [`post_summary`] with `lock_ttl` as the time to live of the repository's
+/// [`SharedLock`] ([`SHARED_LOCK_TTL`] there): the lock is renewed every third of it
+/// while the summary runs, and a summary whose lock was lost meanwhile (taken over after
+/// it expired, or not renewable) is stopped and fails retryably.
+pub async fn post_summary_with_lock_ttl(
+    ctx: &SummaryCtx<'_>,
+    run: &Run,
+    event: &str,
+    cancelled_by: Option<(String, String)>,
+    dry_run: bool,
+    lock_ttl: std::time::Duration,
+) -> Result<SummaryReport, SummaryError> {
     let opts = ctx.opts;
     let mut event = event.trim().to_ascii_uppercase();
     if event == "RUN_CANCELLED" {
@@ -291,7 +313,9 @@ pub async fn post_summary(
         opts.max_failed_specs as usize,
     );
 
-    let steps = async {
+    // Boxed: its state is large (every GitHub call's), and is moved into the locks
+    // below; unboxed, a debug build's summary overflowed a 2 MiB stack.
+    let steps = Box::pin(async {
         let mut report = SummaryReport {
             repo: Some(repo.to_string()),
             comments: Vec::new(),
@@ -329,7 +353,7 @@ pub async fn post_summary(
             }
         }
         (report, first_error)
-    };
+    });
     // With a commit status, the comment and the status are updated under the status's
     // lock: a summary of another run group of the commit, merged into the comment after
     // this one, posts its status after this one too, from a document holding both.
@@ -352,15 +376,34 @@ pub async fn post_summary(
             let poll = std::time::Duration::from_millis(200);
             match shared
                 .store
-                .acquire_lease_waiting(&name, &holder, SHARED_LOCK_TTL, SHARED_LOCK_WAIT, poll)
+                .acquire_lease_waiting(&name, &holder, lock_ttl, SHARED_LOCK_WAIT, poll)
                 .await
             {
                 Ok(true) => {
-                    let out = locked.await;
+                    // Renewed while the summary runs: slow GitHub calls and their retries
+                    // may take longer than one time to live.
+                    let out = shared
+                        .store
+                        .hold_lease_while(&name, &holder, lock_ttl, locked)
+                        .await;
                     if let Err(e) = shared.store.release_lease(&name, &holder).await {
                         tracing::warn!(repo = %repo, error = %e, "cannot release the summary lock; it expires on its own");
                     }
-                    out
+                    match out {
+                        Ok(out) => out,
+                        Err(lost) => {
+                            return Err(SummaryError {
+                                retryable: true,
+                                message: format!(
+                                    "the summary of {repo} was stopped: its lock across \
+                                     processes was lost ({lost}); tried again later"
+                                ),
+                                retry_after: None,
+                                held_back: false,
+                                partial: None,
+                            });
+                        }
+                    }
                 }
                 // Nothing was sent: postponed, not a failed attempt (a burst of summaries
                 // of one repository waits its turn, however long the queue).
@@ -643,7 +686,11 @@ pub enum Merge {
 /// Puts `new` into `doc` unless the section of its key shows something newer:
 ///
 /// - the same run: replaced, except that a finished run is not turned back into a
-///   running one by an older snapshot; runwarden's cancel attribution is kept;
+///   running one by an older snapshot; runwarden's cancel attribution is kept, and a
+///   section made compact to fit GitHub's limit stays compact (the run's failing-spec
+///   list and group table left out: [`render_body`]), so that an event of a run whose
+///   lists were left out does not bring them back, only for the comment to outgrow the
+///   limit and be edited again;
 /// - another run: a section for the PR head (`head_sha`) is never replaced by a run for
 ///   another commit, and a run for the head always replaces one for another commit;
 ///   otherwise the newer run (by `createdAt`) wins.
@@ -672,6 +719,11 @@ pub fn merge_section(doc: &mut SummaryDoc, mut new: Section, head_sha: &str) -> 
             && old_c.rule.is_some()
         {
             *new_c = old_c.clone();
+        }
+        if old.compact {
+            new.failed_specs.clear();
+            new.groups.clear();
+            new.compact = true;
         }
         *old = new;
         return Merge::Replaced;
@@ -704,7 +756,9 @@ pub fn merge_section(doc: &mut SummaryDoc, mut new: Section, head_sha: &str) -> 
 // ---------------------------------------------------------------------------------------
 
 /// The repository of a run: `github.repos[project]`, else parsed from
-/// `meta.commit.remoteOrigin`. `Err` carries why it could not be resolved.
+/// `meta.commit.remoteOrigin` when that remote is on the GitHub of `github.api_url`
+/// ([`remote_on_api_host`]: a GitLab, Bitbucket or other GitHub remote says nothing about
+/// the same-named repository there). `Err` carries why it could not be resolved.
 pub fn resolve_repo(config: &Config, run: &Run) -> Result<RepoName, String> {
     if let Some(r) = config.github.repos.get(&run.project_id) {
         return r.parse::<RepoName>().map_err(|e| {
@@ -720,15 +774,83 @@ pub fn resolve_repo(config: &Config, run: &Run) -> Result<RepoName, String> {
              meta.commit.remoteOrigin",
             run.project_id
         )),
-        Some(origin) => repo_from_remote(origin).ok_or_else(|| {
-            format!(
-                "no repository for project {}: not in github.repos, and remoteOrigin {:?} \
-                 does not name owner/repo",
-                run.project_id,
-                redact_userinfo(origin)
-            )
-        }),
+        Some(origin) => {
+            let repo = repo_from_remote(origin).ok_or_else(|| {
+                format!(
+                    "no repository for project {}: not in github.repos, and remoteOrigin {:?} \
+                     does not name owner/repo",
+                    run.project_id,
+                    redact_userinfo(origin)
+                )
+            })?;
+            let api = &config.github.api_url;
+            match remote_host(origin) {
+                Some(host) if remote_on_api_host(&host, api) => Ok(repo),
+                host => Err(format!(
+                    "no repository for project {}: not in github.repos, and remoteOrigin {:?} \
+                     is on {}, not on the GitHub of github.api_url ({}); map the project in \
+                     github.repos to post its summaries there",
+                    run.project_id,
+                    redact_userinfo(origin),
+                    host.as_deref().unwrap_or("an unknown host"),
+                    api.host_str().unwrap_or("?"),
+                )),
+            }
+        }
     }
+}
+
+/// The host of a git remote in the forms [`repo_from_remote`] reads, lower-case, without
+/// user info, port or a trailing dot: `github.com` for `git@github.com:o/r.git` and
+/// `https://user:token@GitHub.com:443/o/r`.
+pub fn remote_host(origin: &str) -> Option<String> {
+    let origin = origin.trim();
+    let authority = if let Some((scheme, rest)) = origin.split_once("://") {
+        if !matches!(
+            scheme.to_ascii_lowercase().as_str(),
+            "https" | "http" | "ssh" | "git" | "git+ssh" | "ssh+git"
+        ) {
+            return None;
+        }
+        rest.split(['/', '?', '#']).next()?
+    } else {
+        // scp-like: [user@]host:owner/repo.git
+        let (userhost, _) = origin.split_once(':')?;
+        if userhost.contains('/') {
+            return None;
+        }
+        userhost
+    };
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        // An IPv6 literal, `[::1]:22`.
+        Some(v6) => format!("[{}]", v6.split(']').next()?),
+        None => host_port.split(':').next()?.to_string(),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty() && host != "[]").then_some(host)
+}
+
+/// Whether a remote on `host` (as [`remote_host`] gives it) is a repository of the GitHub
+/// whose REST API is `api_url`: the API's own host (GitHub Enterprise Server serves it on
+/// its host, `https://ghe.example/api/v3`); for an API at the root of `api.{web host}`
+/// (`https://api.github.com`, GHE.com's `https://api.{tenant}.ghe.com`), that web host;
+/// for github.com also `www.github.com` and `ssh.github.com` (SSH over port 443).
+pub fn remote_on_api_host(host: &str, api_url: &url::Url) -> bool {
+    let Some(api) = api_url.host_str() else {
+        return false;
+    };
+    let norm = |h: &str| h.trim_end_matches('.').to_ascii_lowercase();
+    let (host, api) = (norm(host), norm(api));
+    if host == api {
+        return true;
+    }
+    let at_root = api_url.path().trim_matches('/').is_empty();
+    let Some(web) = api.strip_prefix("api.").filter(|_| at_root) else {
+        return false;
+    };
+    host == web
+        || (web == "github.com" && matches!(host.as_str(), "www.github.com" | "ssh.github.com"))
 }
 
 /// `owner/repo` from a git remote: `https://github.com/o/r(.git)`,
@@ -781,7 +903,9 @@ fn redact_userinfo(origin: &str) -> String {
 
 /// The open PRs a run belongs to: those whose head is the run's sha, else those whose
 /// head branch is the run's branch (SPEC §4), found with
-/// `GET /repos/{o}/{r}/commits/{sha}/pulls` and, when that finds nothing (a merge commit,
+/// `GET /repos/{o}/{r}/commits/{sha}/pulls` (whose head branch is the run's branch in
+/// the repository the run comes from, `run_repo` else `repo`: a fork's PR from a branch
+/// of the same name is not the run's) and, when that finds nothing (a merge commit,
 /// a sha GitHub does not know), the open PRs of the branch in `repo`
 /// ([`GithubClient::open_pulls_for_branch`]: head `{owner}:{branch}`, head repository
 /// `repo`).
@@ -818,7 +942,13 @@ pub async fn discover_prs(
             return Ok(by_sha);
         }
         if let Some(b) = branch {
-            let by_branch: Vec<PullRef> = open.into_iter().filter(|p| p.head_ref == b).collect();
+            // The branch of the repository the run comes from: a PR of another
+            // repository's branch of that name (a fork's `patch-1`) is not the run's.
+            let from = run_repo.unwrap_or(repo);
+            let by_branch: Vec<PullRef> = open
+                .into_iter()
+                .filter(|p| is_open_from_branch_of(p, from, b))
+                .collect();
             if !by_branch.is_empty() {
                 return Ok(by_branch);
             }
@@ -1057,6 +1187,81 @@ mod tests {
     }
 
     #[test]
+    fn remote_hosts_pair_with_the_api_host() {
+        for (origin, host) in [
+            ("https://github.com/acme/web", "github.com"),
+            (
+                "https://x:ghs_secret@GitHub.com:443/acme/web.git",
+                "github.com",
+            ),
+            ("git@github.com:acme/web.git", "github.com"),
+            (
+                "ssh://git@ssh.github.com:443/acme/web.git",
+                "ssh.github.com",
+            ),
+            ("git@bitbucket.org:acme/web.git", "bitbucket.org"),
+            ("https://ghe.example.com./acme/web", "ghe.example.com"),
+            ("ssh://git@[::1]:22/acme/web.git", "[::1]"),
+        ] {
+            assert_eq!(remote_host(origin).as_deref(), Some(host), "{origin}");
+        }
+        for origin in ["", "acme/web", "/srv/web.git", "file:///srv/web.git"] {
+            assert_eq!(remote_host(origin), None, "{origin}");
+        }
+        let api = |u: &str| url::Url::parse(u).unwrap();
+        let dotcom = api("https://api.github.com");
+        for host in [
+            "github.com",
+            "www.github.com",
+            "ssh.github.com",
+            "api.github.com",
+        ] {
+            assert!(remote_on_api_host(host, &dotcom), "{host}");
+        }
+        for host in [
+            "gitlab.com",
+            "ghe.example.com",
+            "github.com.evil.test",
+            "gist.github.com",
+        ] {
+            assert!(!remote_on_api_host(host, &dotcom), "{host}");
+        }
+        let ghes = api("https://ghe.example.com/api/v3");
+        assert!(remote_on_api_host("GHE.example.com", &ghes));
+        assert!(!remote_on_api_host("github.com", &ghes));
+        // `api.` is only the API's own subdomain when the API is at its root.
+        let odd = api("https://api.example.com/api/v3");
+        assert!(remote_on_api_host("api.example.com", &odd));
+        assert!(!remote_on_api_host("example.com", &odd));
+    }
+
+    #[test]
+    fn a_compact_section_stays_compact_while_it_shows_the_same_run() {
+        use super::super::render::FailedSpec;
+        let mut doc = SummaryDoc::default();
+        let mut listed = section("r1", "aaaa", T1, Outcome::Failed);
+        listed.failed_specs = vec![FailedSpec {
+            spec: "a.spec.ts".into(),
+            group: None,
+            failures: 1,
+        }];
+        listed.failed_specs_total = 1;
+        let mut compact = listed.clone();
+        compact.make_compact();
+        assert!(compact.compact && compact.failed_specs.is_empty());
+        merge_section(&mut doc, compact.clone(), "aaaa");
+        // The same run again, with its list: still compact, the body unchanged.
+        merge_section(&mut doc, listed.clone(), "aaaa");
+        assert_eq!(doc.sections, vec![compact]);
+        // A new run of the group starts full.
+        let mut next = listed;
+        next.run_id = "r2".into();
+        next.created_at = T2.parse().unwrap();
+        merge_section(&mut doc, next.clone(), "aaaa");
+        assert_eq!(doc.sections, vec![next]);
+    }
+
+    #[test]
     fn credentials_in_remotes_are_not_echoed() {
         assert_eq!(
             redact_userinfo("https://x:ghs_secret@github.com/a"),
@@ -1089,6 +1294,7 @@ mod tests {
             groups: vec![],
             cancelled: None,
             timeout_ms: None,
+            compact: false,
         }
     }
 

@@ -2,8 +2,10 @@
 //! every process on the store, [`Store::acquire_lease_waiting`]). A holder renews
 //! its lease by acquiring it again before it expires; anyone may take over an expired one.
 //! A holder must re-check (renew) its lease before each effect that only the leader may
-//! cause: a lease can expire while its holder is paused.
+//! cause: a lease can expire while its holder is paused. Work that holds a lock for longer
+//! than one time to live keeps it with [`Store::hold_lease_while`].
 
+use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -68,6 +70,62 @@ impl Store {
         }
     }
 
+    /// Runs `work` while keeping lease `name`, which `holder` has just acquired for `ttl`:
+    /// the lease is renewed every `ttl / 3` until `work` ends, so that work outlasting one
+    /// time to live (slow calls, retries) does not let another holder in meanwhile. A
+    /// holder that dies stops renewing, and its lease expires `ttl` after the last renewal.
+    ///
+    /// When the lease is lost, `work` is stopped (dropped at its next await) and
+    /// [`LeaseLost`] returned: another holder took it over (it had expired: this process
+    /// was paused longer than `ttl`), or it could not be renewed (store errors) before
+    /// less than `ttl / 3` of it was left. The caller releases the lease afterwards as
+    /// usual ([`Store::release_lease`] only removes it while `holder` holds it).
+    pub async fn hold_lease_while<F: Future>(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        work: F,
+    ) -> Result<F::Output, LeaseLost> {
+        let every = (ttl / 3).max(Duration::from_millis(1));
+        let renew = async {
+            // Until when the lease surely holds: measured from before each renewal.
+            let start = tokio::time::Instant::now();
+            let mut held_until = start + ttl;
+            let mut ticker = tokio::time::interval_at(start + every, every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let asked = tokio::time::Instant::now();
+                match self.try_acquire_lease(name, holder, ttl, Utc::now()).await {
+                    Ok(true) => held_until = asked + ttl,
+                    Ok(false) => {
+                        return LeaseLost::TakenOver {
+                            name: name.to_string(),
+                        };
+                    }
+                    Err(e) if tokio::time::Instant::now() + every >= held_until => {
+                        return LeaseLost::NotRenewed {
+                            name: name.to_string(),
+                            error: e.to_string(),
+                        };
+                    }
+                    Err(e) => {
+                        tracing::warn!(lease = name, error = %e,
+                            "cannot renew a lease; trying again before it runs out");
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            out = work => Ok(out),
+            lost = renew => {
+                tracing::warn!(lease = name, "{lost}; the work holding it is stopped");
+                Err(lost)
+            }
+        }
+    }
+
     /// Gives up lease `name` if `holder` holds it. Returns whether it did.
     pub async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<bool> {
         let done = sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
@@ -121,4 +179,15 @@ impl Store {
         row.map(|(holder, expires)| Ok((holder, super::from_ms(expires)?)))
             .transpose()
     }
+}
+
+/// Why [`Store::hold_lease_while`] stopped the work holding a lease.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseLost {
+    /// Another holder has the lease: it had expired.
+    #[error("lease {name} was taken over by another holder")]
+    TakenOver { name: String },
+    /// The lease could not be renewed before it would run out.
+    #[error("lease {name} could not be renewed before it ran out: {error}")]
+    NotRenewed { name: String, error: String },
 }
