@@ -148,6 +148,21 @@ fn the_demo_says_when_the_users_rules_do_not_act_on_a_scene() {
     assert!(!stdout.contains("grace has passed"), "{stdout}");
 }
 
+/// A `rules.toml` without `[github] repos` still gets its PR comment in the demo: the
+/// simulator's runs name a github.com remote, which is not the GitHub of the simulator's
+/// API, so the demo maps the project as such a user would.
+#[test]
+fn the_demo_posts_its_comment_for_rules_without_a_repository_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = include_str!("../rules.toml").replace("repos = { bAYZ4a = \"acme/web\" }\n", "");
+    assert!(!example.contains("repos ="));
+    std::fs::write(dir.path().join("rules.toml"), example).unwrap();
+    let out = demo(dir.path()).args(["--speed", "8"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("<!-- runwarden:summary -->"), "{stdout}");
+}
+
 /// Ctrl-C (SIGINT) in the middle of the demo: it stops, exits 1, and leaves no
 /// temporary store behind.
 #[test]

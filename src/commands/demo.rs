@@ -234,7 +234,7 @@ fn demo_config(
     Ok(config)
 }
 
-async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<bool> {
+async fn play(mut config: Config, speed: f64, keep_running: bool) -> anyhow::Result<bool> {
     let dir = tempfile::tempdir()?;
     let bot_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let bot_addr = bot_listener.local_addr()?;
@@ -255,6 +255,14 @@ async fn play(config: Config, speed: f64, keep_running: bool) -> anyhow::Result<
         .get(&project)
         .cloned()
         .unwrap_or_else(|| "acme/web".into());
+    // The simulator's runs name a github.com remote, which is not the GitHub of the
+    // simulator's `api_url`: the demo maps the project to its repository, as a user of
+    // another GitHub would.
+    config
+        .github
+        .repos
+        .entry(project.clone())
+        .or_insert_with(|| repo.clone());
     sim.add_project(NewProject {
         project_id: Some(project.clone()),
         name: Some("Web app".into()),
