@@ -2134,21 +2134,40 @@ async fn the_shutdown_gives_back_the_locks_of_this_process() {
     let app = spawn_app(SUPERSEDE).await;
     let store = app.bot.ctx.store.clone();
     let me = app.bot.ctx.worker_id.clone();
-    let held = store
-        .try_acquire_lease(
-            "summary:acme/web",
-            &me,
-            std::time::Duration::from_secs(600),
-            chrono::Utc::now(),
-        )
-        .await
-        .unwrap();
-    assert!(held);
+    // As the process itself holds a lock, and as each of its summaries holds its
+    // repository's (`{worker}:{uuid}`); and another process's whose id begins with this
+    // one's, which stays.
+    let holders = [
+        ("poller-like", me.clone()),
+        ("summary:acme/web", format!("{me}:0f3a")),
+        ("summary:acme/api", format!("{me}7:0f3a")),
+    ];
+    for (name, holder) in &holders {
+        let held = store
+            .try_acquire_lease(
+                name,
+                holder,
+                std::time::Duration::from_secs(600),
+                chrono::Utc::now(),
+            )
+            .await
+            .unwrap();
+        assert!(held, "{name}");
+    }
     let TestApp { bot, .. } = app;
     tokio::time::timeout(std::time::Duration::from_secs(15), bot.shutdown())
         .await
         .expect("shutdown");
+    assert_eq!(store.lease_holder("poller-like").await.unwrap(), None);
     assert_eq!(store.lease_holder("summary:acme/web").await.unwrap(), None);
+    assert_eq!(
+        store
+            .lease_holder("summary:acme/api")
+            .await
+            .unwrap()
+            .map(|(h, _)| h),
+        Some(format!("{me}7:0f3a"))
+    );
 }
 
 /// An action its lease gave to another worker, which finished it meanwhile: this

@@ -136,15 +136,19 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Gives up every named lease `holder` holds (at the end of its shutdown: a summary
-    /// cut short by the shutdown's grace leaves its repository's lock, which would
-    /// otherwise hold the other replicas' summaries of that repository until it expires).
-    /// Returns how many.
+    /// Gives up every named lease `holder` holds, also as `{holder}:{anything}` (how each
+    /// summary of a process holds its repository's lock), at the end of its shutdown: a
+    /// summary cut short by the shutdown's grace leaves its repository's lock, which
+    /// would otherwise hold the other replicas' summaries of that repository until it
+    /// expires. Returns how many.
     pub async fn release_named_leases(&self, holder: &str) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM leases WHERE holder = $1")
-            .bind(holder)
-            .execute(&self.writer)
-            .await?;
+        let done = sqlx::query(
+            "DELETE FROM leases WHERE holder = $1 \
+             OR substr(holder, 1, length($1) + 1) = $1 || ':'",
+        )
+        .bind(holder)
+        .execute(&self.writer)
+        .await?;
         Ok(done.rows_affected())
     }
 
