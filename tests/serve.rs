@@ -1172,14 +1172,7 @@ async fn polling_alone_reports_a_run_whose_webhooks_were_missed() {
     app.open_pr("feat/poll", "abcdef1234", 9);
     // The bot first sees the run in progress by polling...
     let id = created.run_id.clone();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app.bot.ctx.store.get_run(&id).await.unwrap().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the poll never saw the run"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    app.wait_run_stored(&id).await;
     // ...then it finishes without any webhook reaching the bot.
     app.sim
         .advance(
@@ -1820,14 +1813,7 @@ async fn a_sweep_of_one_rule_leaves_a_missed_summary_to_the_next_poll() {
     let id = created.run_id.clone();
     assert_eq!(app.currents_hook("RUN_START", &id).await.status(), 202);
     let store = &app.bot.ctx.store;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store.get_run(&id).await.unwrap().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run was never stored"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    app.wait_run_stored(&id).await;
     // The run finishes; its RUN_FINISH webhook never reaches the bot.
     app.sim
         .advance(
@@ -2351,15 +2337,8 @@ async fn a_history_listing_does_not_hide_a_missed_run_from_the_next_poll() {
         202
     );
     let store = &app.bot.ctx.store;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     // Recorded in the transaction that ends its processing (the history listing first).
-    while store.get_run(&live.run_id).await.unwrap().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the event was never processed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    app.wait_run_stored(&live.run_id).await;
     assert!(
         app.currents_gets() >= lists + 2,
         "the run read and the history listing"
@@ -2390,14 +2369,7 @@ async fn a_run_that_ended_unseen_is_not_superseded_by_the_next_run() {
         202
     );
     let store = &app.bot.ctx.store;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store.get_run(&old.run_id).await.unwrap().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the event was never processed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    app.wait_run_stored(&old.run_id).await;
     // It passes; no webhook tells the bot.
     app.sim
         .advance(
@@ -2413,13 +2385,7 @@ async fn a_run_that_ended_unseen_is_not_superseded_by_the_next_run() {
         app.currents_hook("RUN_START", &new.run_id).await.status(),
         202
     );
-    while store.get_run(&new.run_id).await.unwrap().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the event was never processed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    app.wait_run_stored(&new.run_id).await;
     let audit = store.audit(None, None, 100).await.unwrap();
     assert!(audit.is_empty(), "{audit:#?}");
     assert!(

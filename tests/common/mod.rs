@@ -357,6 +357,19 @@ impl TestApp {
         }
     }
 
+    /// Waits until the store holds run `id` (a webhook's or a poll's record of it is
+    /// committed with the rest of that event's processing), or panics after 10 s.
+    pub async fn wait_run_stored(&self, id: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.bot.ctx.store.get_run(id).await.unwrap().is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "run {id} was never stored"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until the store's audit log satisfies `f`.
     pub async fn wait_audit<F: Fn(&[runwarden::store::AuditEntry]) -> bool>(
         &self,
