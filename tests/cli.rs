@@ -1324,6 +1324,81 @@ fn sweep_without_the_api_key_is_a_usage_error_whatever_the_store() {
     assert!(!text(&out).contains("hunter2"), "{}", text(&out));
 }
 
+/// SPEC §1, exit 1 when the work failed: a sweep whose own action is not done when it
+/// stops waiting (here a summary GitHub's rate limit holds back for an hour, past the
+/// sweep's 10-minute deadline; as a long API outage would, its retries spanning 14–29
+/// minutes) exits 1, not 0, and says what is left and who carries it out. It does not
+/// wait for the deadline to say so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_whose_own_action_is_left_unfinished_exits_1_and_says_what_is_left() {
+    let rules = "[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\n";
+    let env = setup(rules).await;
+    let file = env.dir.path().join("rules.toml");
+    let text_now = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "[github]\napi_url = \"{}\"\nrepos = {{ {PROJECT} = \"acme/web\" }}\n\n{text_now}",
+            env.sim.github_url()
+        ),
+    )
+    .unwrap();
+    let finished = env.add("feat/a", "a1", Duration::minutes(20), "failed", &[]);
+    env.sim
+        .add_pr(runwarden::simulator::NewPr {
+            repo: "acme/web".into(),
+            number: Some(7),
+            head_ref: Some("feat/a".into()),
+            head_sha: Some("a1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let key = format!("summarize:pr-summary:{finished}:RUN_FINISH");
+    queue_action(
+        &env,
+        ("pr-summary", "summary", "summarize"),
+        &finished,
+        &key,
+    )
+    .await;
+    env.sim.inject_fault(
+        runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::RateLimit {
+            status: 403,
+            retry_after: Some(3600),
+            reset_after: None,
+        })
+        .path("/github")
+        .always(),
+    );
+    let mut sweep = tokio::process::Command::from(env.command(&["sweep"]));
+    sweep.env("GITHUB_TOKEN", "gh-token").kill_on_drop(true);
+    let begun = std::time::Instant::now();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), sweep.output())
+        .await
+        .expect("the sweep waited for its deadline")
+        .unwrap();
+    assert!(
+        begun.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        begun.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("1 action of this sweep not finished")
+            && err.contains(&format!("summarize of run {finished}"))
+            && err.contains("rate limit")
+            && err.contains("`serve` or the next sweep carries it out"),
+        "{err}"
+    );
+    let a = stored_action(&env, &key).await;
+    assert_eq!(a.state, runwarden::store::ActionState::Pending, "{a:#?}");
+    assert!(
+        a.next_attempt_at > Utc::now() + Duration::minutes(50),
+        "{a:#?}"
+    );
+}
+
 /// `sweep` waits for what is due now and for its own work, not for an event or an
 /// action another process left waiting for a retry an hour away: it exits at once,
 /// leaves them queued and says so.

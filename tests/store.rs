@@ -2272,3 +2272,181 @@ async fn a_missing_directory_is_a_clear_connect_error() {
     let err = Store::connect(&url(&path)).await.unwrap_err();
     assert!(format!("{err:#}").contains("cannot open store"), "{err:#}");
 }
+
+// ---- processors and workers sharing the store: whose outcome is written ----------------
+
+both!(
+    a_processed_mark_never_overwrites_the_first_processors_outcome,
+    a_held_delivery_is_handed_out_only_once_due_or_handed_back,
+    a_workers_outcome_applies_only_while_the_action_is_still_its_own,
+);
+
+/// Two processors that handled the same event (a sweep and `serve`, say): the first to
+/// mark it processed keeps its outcome; a later mark, dead letter or record changes the
+/// mark of neither (the record's decisions are stored all the same, deduplicated). An
+/// unknown delivery is still an error.
+async fn a_processed_mark_never_overwrites_the_first_processors_outcome(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    s.insert_delivery(delivery("currents", "ev-1", "{}", t(0)))
+        .await
+        .unwrap();
+    let d = s.find_delivery("currents", "ev-1").await.unwrap().unwrap();
+    s.mark_processed(d.id, "1 decision(s)").await.unwrap();
+    let first = s.get_delivery(d.id).await.unwrap().unwrap();
+
+    s.mark_processed(d.id, "skipped: late").await.unwrap();
+    s.dead_letter_delivery(d.id, "gave up late").await.unwrap();
+    let rec = s
+        .record_decisions_and_mark_processed(
+            &[decision("r1", "supersede", "cancel", "run-1", t(1))],
+            d.id,
+            "2 decision(s)",
+        )
+        .await
+        .unwrap();
+    assert!(rec[0].new_action);
+    let now = s.get_delivery(d.id).await.unwrap().unwrap();
+    assert_eq!(now, first, "the first outcome stays");
+    assert_eq!(now.outcome.as_deref(), Some("1 decision(s)"));
+    assert_eq!((now.attempts, now.last_error.as_deref()), (0, None));
+
+    for r in [
+        s.mark_processed(d.id + 100, "x").await,
+        s.dead_letter_delivery(d.id + 100, "x").await,
+    ] {
+        assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
+    }
+}
+
+/// A delivery stored held (`runwarden sweep`'s own events) is not handed out by
+/// `next_unprocessed` before its time, whoever asks, but is found by its key; handed
+/// back (or held again), it is due when said. One processed is neither held nor handed
+/// back again.
+async fn a_held_delivery_is_handed_out_only_once_due_or_handed_back(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    assert_eq!(
+        s.insert_delivery_held(delivery("poll", "sweep-poll:1", "{}", t(0)), t(600))
+            .await
+            .unwrap(),
+        InsertOutcome::Inserted
+    );
+    assert_eq!(
+        s.insert_delivery_held(delivery("poll", "sweep-poll:1", "{}", t(0)), t(600))
+            .await
+            .unwrap(),
+        InsertOutcome::Duplicate
+    );
+    assert!(matches!(
+        s.insert_delivery_held(delivery("gitlab", "x", "{}", t(0)), t(600))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(s.next_unprocessed(t(599), 10).await.unwrap().is_empty());
+    let d = s
+        .find_delivery("poll", "sweep-poll:1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((d.received_at, d.next_attempt_at), (t(0), t(600)));
+    assert_eq!(s.count_unprocessed().await.unwrap(), 1);
+
+    // Handed back, due at its retry time.
+    assert!(s.set_delivery_due(d.id, t(5)).await.unwrap());
+    assert!(s.next_unprocessed(t(4), 10).await.unwrap().is_empty());
+    assert_eq!(s.next_unprocessed(t(5), 10).await.unwrap()[0].id, d.id);
+    // Held again.
+    assert!(s.set_delivery_due(d.id, t(600)).await.unwrap());
+    assert!(s.next_unprocessed(t(5), 10).await.unwrap().is_empty());
+    assert_eq!(s.next_unprocessed(t(600), 10).await.unwrap()[0].id, d.id);
+
+    s.mark_processed(d.id, "0 decision(s)").await.unwrap();
+    assert!(!s.set_delivery_due(d.id, t(5)).await.unwrap());
+    assert!(!s.set_delivery_due(d.id + 100, t(5)).await.unwrap());
+    assert!(s.next_unprocessed(t(1000), 10).await.unwrap().is_empty());
+}
+
+/// w1's lease ran out and w2 claimed the action: w1's late outcome, whatever it is,
+/// changes nothing (w2's action stays running, w2's, with w2's lease), w1's renewal says
+/// the lease is lost, and w2's outcome applies. A worker's outcome never applies to a
+/// pending action (handed back, or put back by another worker's failed attempt) either.
+async fn a_workers_outcome_applies_only_while_the_action_is_still_its_own(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    s.record_decisions(&[decision("r", "supersede", "cancel", "run-1", t(0))])
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(60);
+    let first = s.claim_due_actions(t(1), 10, lease, "w1").await.unwrap();
+    let id = first[0].id;
+    let second = s.claim_due_actions(t(61), 10, lease, "w2").await.unwrap();
+    assert_eq!(second[0].id, id);
+    let held_by_w2 = s.get_action(id).await.unwrap().unwrap();
+
+    assert!(
+        !s.fail_attempt_as(id, "w1", "HTTP 503", t(70))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.postpone_action_as(id, "w1", "rate limited", t(70))
+            .await
+            .unwrap()
+    );
+    assert!(!s.fail_action_as(id, "w1", "HTTP 403").await.unwrap());
+    assert!(
+        !s.complete_action_as(id, "w1", ActionOutcome::Done, "cancelled", None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.get_action(id).await.unwrap().unwrap(), held_by_w2);
+    // Renewals: w1's lease is lost, w2's is extended.
+    assert_eq!(s.renew_leases(&[id], "w1", t(200)).await.unwrap(), [id]);
+    assert!(
+        s.renew_leases(&[id], "w2", t(200))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.get_action(id).await.unwrap().unwrap().lease_until,
+        Some(t(200))
+    );
+
+    // w2's attempt fails, to be retried: pending, and no worker's any more.
+    assert!(
+        s.fail_attempt_as(id, "w2", "HTTP 503", t(80))
+            .await
+            .unwrap()
+    );
+    for w in ["w1", "w2"] {
+        assert!(
+            !s.complete_action_as(id, w, ActionOutcome::Done, "late", None)
+                .await
+                .unwrap()
+        );
+        assert!(!s.fail_action_as(id, w, "late").await.unwrap());
+    }
+    let row = s.get_action(id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.state, row.attempts, row.last_error.as_deref()),
+        (ActionState::Pending, 1, Some("HTTP 503"))
+    );
+    // Claimed again by w1: its outcome applies.
+    assert_eq!(
+        s.claim_due_actions(t(80), 10, lease, "w1").await.unwrap()[0].id,
+        id
+    );
+    assert!(
+        s.complete_action_as(id, "w1", ActionOutcome::Done, "cancelled", None)
+            .await
+            .unwrap()
+    );
+    let row = s.get_action(id).await.unwrap().unwrap();
+    assert_eq!((row.state, row.attempts), (ActionState::Done, 2));
+    assert!(matches!(
+        s.fail_action_as(id + 100, "w1", "x").await,
+        Err(StoreError::NotFound { .. })
+    ));
+}

@@ -292,22 +292,26 @@ async fn run_due_inner(
     use futures::StreamExt as _;
     let mut total = 0;
     let mut inflight = futures::stream::FuturesUnordered::new();
-    let mut ids = std::collections::HashSet::new();
+    // The actions in flight, each with where its attempt is (see `Lease`).
+    let mut ids: InFlight = std::collections::HashMap::new();
     // Starts an action unless it is in flight already (an action whose lease ran out
-    // while we were still on it is ours already); true when started.
-    let start = |a: ActionRow,
-                 inflight: &mut futures::stream::FuturesUnordered<_>,
-                 ids: &mut std::collections::HashSet<i64>| {
-        if !ids.insert(a.id) {
-            return false;
-        }
-        let id = a.id;
-        inflight.push(async move {
-            execute(ctx, a).await;
-            id
-        });
-        true
-    };
+    // while we were still on it is ours already: claimed again, it is this worker's
+    // again, and so is the outcome of the attempt in flight); true when started.
+    let start =
+        |a: ActionRow, inflight: &mut futures::stream::FuturesUnordered<_>, ids: &mut InFlight| {
+            if let Some(lease) = ids.get(&a.id) {
+                lease.claimed_again();
+                return false;
+            }
+            let id = a.id;
+            let lease = std::sync::Arc::new(Lease::default());
+            ids.insert(id, lease.clone());
+            inflight.push(async move {
+                execute_leased(ctx, a, &lease).await;
+                id
+            });
+            true
+        };
     for a in handed {
         if !stop() {
             total += usize::from(start(a, &mut inflight, &mut ids));
@@ -367,7 +371,7 @@ async fn run_due_inner(
                 ids.remove(&id);
             }
             _ = renewal.tick() => {
-                let renew = renew_leases(ctx, ids.iter().copied().collect());
+                let renew = renew_leases(ctx, ids.iter().map(|(id, lost)| (*id, lost.clone())).collect());
                 tokio::pin!(renew);
                 // Keep driving the actions in flight meanwhile: one may hold the
                 // connection the renewal waits for (SQLite's one writer).
@@ -388,14 +392,82 @@ async fn run_due_inner(
     }
 }
 
-/// Extends the leases of the actions in flight (see [`run_due_with`]).
-async fn renew_leases(ctx: &AppContext, ids: Vec<i64>) {
-    if ids.is_empty() {
+/// The actions an executor pass has in flight, by id, each with its [`Lease`].
+type InFlight = std::collections::HashMap<i64, std::sync::Arc<Lease>>;
+
+/// Where the attempt of an action in flight is, as to its lease: in progress (the lease
+/// renewed as it goes), recording its outcome, or in progress with the lease found lost
+/// (see [`renew_leases`]).
+#[derive(Debug, Default)]
+struct Lease(std::sync::atomic::AtomicU8);
+
+impl Lease {
+    const ATTEMPT: u8 = 0;
+    const RECORDING: u8 = 1;
+    const LOST: u8 = 2;
+
+    fn is_lost(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst) == Self::LOST
+    }
+
+    /// A renewal found the lease no longer this worker's; `true` when the attempt was
+    /// still in progress (its outcome not being recorded yet): it is lost to it.
+    fn lose(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.0
+            .compare_exchange(Self::ATTEMPT, Self::LOST, SeqCst, SeqCst)
+            .is_ok()
+    }
+
+    /// The attempt has ended: `true` when its outcome is to be recorded (the lease not
+    /// found lost meanwhile).
+    fn record(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.0
+            .compare_exchange(Self::ATTEMPT, Self::RECORDING, SeqCst, SeqCst)
+            .is_ok()
+    }
+
+    /// This worker claimed the action again while the attempt was in flight (its lease
+    /// had run out): the action is this worker's again, and so is the attempt's outcome.
+    fn claimed_again(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let _ = self
+            .0
+            .compare_exchange(Self::LOST, Self::ATTEMPT, SeqCst, SeqCst);
+    }
+}
+
+/// Extends the leases of the actions in flight (see [`run_due_with`]), those whose
+/// outcome is being recorded included (it may be written again for a while, see
+/// [`write_again`]). An attempt whose lease is no longer this worker's (it ran out and
+/// another worker claimed the action, or it was handed back meanwhile) has lost it: its
+/// outcome is not written nor counted ([`execute_leased`]), and its lease is not renewed
+/// again.
+async fn renew_leases(ctx: &AppContext, ids: InFlight) {
+    let held: Vec<i64> = ids
+        .iter()
+        .filter(|(_, lease)| !lease.is_lost())
+        .map(|(id, _)| *id)
+        .collect();
+    if held.is_empty() {
         return;
     }
     let until = Utc::now() + chrono::Duration::from_std(ctx.executor.lease).unwrap_or_default();
-    if let Err(e) = ctx.store.renew_leases(&ids, &ctx.worker_id, until).await {
-        tracing::warn!(actions = ids.len(), error = %e, "cannot renew the leases of actions in flight; they may be taken over when they run out");
+    match ctx.store.renew_leases(&held, &ctx.worker_id, until).await {
+        Ok(lost) => {
+            for id in lost {
+                if ids.get(&id).is_some_and(|lease| lease.lose()) {
+                    tracing::warn!(
+                        action = id,
+                        "the lease on an action in flight is lost (it ran out and another worker took the action over, or it was handed back); the outcome of this attempt will not be recorded"
+                    );
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(actions = held.len(), error = %e, "cannot renew the leases of actions in flight; they may be taken over when they run out")
+        }
     }
 }
 
@@ -418,8 +490,19 @@ fn held_by_dry_run(config: &crate::config::Config, a: &ActionRow) -> bool {
         .map_or(config.dry_run, |r| r.is_dry_run(config.dry_run))
 }
 
-/// Carries one claimed action out and records the outcome.
+/// Carries one claimed action out and records the outcome, while the action is still
+/// this worker's (`ctx.worker_id`): an outcome is written only to an action `running`
+/// under this worker's lease, so the late outcome of an attempt whose lease ran out and
+/// whose action another worker claimed meanwhile changes nothing and is not counted.
 pub async fn execute(ctx: &AppContext, a: ActionRow) {
+    execute_leased(ctx, a, &Lease::default()).await
+}
+
+/// [`execute`]; `lease` is found lost by the executor's renewals when the action is no
+/// longer this worker's while the attempt is in flight (see [`renew_leases`]): the
+/// attempt's outcome, and a run-end event it would store, are then left to the action's
+/// new holder (not written, not counted).
+async fn execute_leased(ctx: &AppContext, a: ActionRow, lease: &Lease) {
     // A run read while acting, remembered with the outcome.
     let mut seen = None;
     // How long the API asked to wait before trying again (a rate limit's Retry-After).
@@ -441,6 +524,10 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
     // The outcome (and a run-end event) are written again while the store cannot take
     // them, up to half the lease from now (see `write_again`).
     let give_up = tokio::time::Instant::now() + ctx.executor.lease / 2;
+    if !lease.record() {
+        tracing::info!(action = %a.action, run = %a.run_id, "the action's lease was lost during the attempt; its outcome here is not recorded (the action's new holder records its own)");
+        return;
+    }
     // A run seen ended gets its summaries (see `run_end_delivery`), stored before the
     // outcome: a crash in between repeats the action, not the event (stored once).
     if let (Attempt::Done(_), Some(rec)) = (&attempt, seen.as_ref())
@@ -473,7 +560,7 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
         // counted then.
         None => return,
         Some(None) => {
-            tracing::info!(action = %a.action, run = %a.run_id, "the action had already finished (another worker took it over); its outcome here is not recorded");
+            tracing::info!(action = %a.action, run = %a.run_id, "the action is no longer this worker's (its lease ran out and another worker took it over, or it was handed back or finished meanwhile); its outcome here is not recorded");
             return;
         }
     };
@@ -584,24 +671,27 @@ impl Finished<'_> {
     }
 }
 
-/// One write of an action's outcome, whose name it returns (see [`write_again`]); `log`:
-/// whether to log the attempt's result (once, not on every write).
+/// One write of an action's outcome, whose name it returns (see [`write_again`]), or
+/// `None` when the action is no longer this worker's (each write applies only to the
+/// action `running` under `ctx.worker_id`'s lease); `log`: whether to log the attempt's
+/// result (once, not on every write).
 async fn write_outcome(
     ctx: &AppContext,
     f: &Finished<'_>,
     log: bool,
 ) -> crate::store::StoreResult<Option<&'static str>> {
     let (a, now) = (f.a, f.now);
+    let me = ctx.worker_id.as_str();
     let name = f.outcome_name(&ctx.executor);
     let written = match f.attempt {
         Attempt::Done(detail) => {
             ctx.store
-                .complete_action_with_run(a.id, ActionOutcome::Done, detail, f.seen)
+                .complete_action_as(a.id, me, ActionOutcome::Done, detail, f.seen)
                 .await?
         }
         Attempt::Skipped(detail) => {
             ctx.store
-                .complete_action(a.id, ActionOutcome::Skipped, detail)
+                .complete_action_as(a.id, me, ActionOutcome::Skipped, detail, None)
                 .await?
         }
         Attempt::Postpone(note) => {
@@ -613,7 +703,7 @@ async fn write_outcome(
             if log {
                 tracing::info!(action = %a.action, run = %a.run_id, retry_in_ms = delay.as_millis() as u64, "action postponed, not counted as an attempt: {note}");
             }
-            ctx.store.postpone_action(a.id, note, next).await?
+            ctx.store.postpone_action_as(a.id, me, note, next).await?
         }
         Attempt::Retry(err) if name == "retry" => {
             let delay = retry_delay_with(&ctx.executor, a.attempts, f.retry_after);
@@ -621,17 +711,17 @@ async fn write_outcome(
             if log {
                 tracing::warn!(action = %a.action, run = %a.run_id, attempt = a.attempts + 1, retry_in_ms = delay.as_millis() as u64, "action failed, will retry: {err}");
             }
-            ctx.store.fail_attempt(a.id, err, next).await?
+            ctx.store.fail_attempt_as(a.id, me, err, next).await?
         }
         Attempt::Retry(err) | Attempt::Fail(err) => {
             if log {
                 tracing::error!(action = %a.action, run = %a.run_id, attempts = a.attempts + 1, "action failed for good: {err}");
             }
-            ctx.store.fail_action(a.id, err).await?
+            ctx.store.fail_action_as(a.id, me, err).await?
         }
     };
-    // Not written: the action had finished already (another worker took it over after
-    // its lease, say), and that worker counts it.
+    // Not written: the action is no longer this worker's (another worker claimed it
+    // after its lease ran out, say), and its holder counts its own outcome.
     Ok(written.then_some(name))
 }
 

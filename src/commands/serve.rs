@@ -163,60 +163,113 @@ impl Bot {
 /// client that stalls mid-request cannot keep the process alive.
 pub const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Name of the lease of the event processor on a shared store (PostgreSQL): one replica
-/// at a time consumes the stored events, in order, as the single process does on SQLite.
+/// Name of the lease of the event processor: one process at a time consumes the stored
+/// events, in order — one `serve` replica on PostgreSQL, and on any store a `runwarden
+/// sweep` only while no `serve` holds it (see [`ProcessorLease`]).
 pub const PROCESSOR_LEASE: &str = "processor";
-/// How long a replica that died keeps the processor lease (renewed on every loop turn,
-/// and every third of it during a pass).
+/// How long a process that died keeps the processor lease (renewed every third of it,
+/// between passes and during a pass).
 pub const PROCESSOR_LEASE_TTL: Duration = Duration::from_secs(10);
 
-/// Whether this process may consume events now: always on a single-process store; on a
-/// shared one, while it holds [`PROCESSOR_LEASE`].
-async fn holds_processor_lease(ctx: &AppContext) -> bool {
-    if !ctx.store.backend().is_shared() {
-        return true;
-    }
-    let now = chrono::Utc::now();
-    match ctx
-        .store
-        .try_acquire_lease(PROCESSOR_LEASE, &ctx.worker_id, PROCESSOR_LEASE_TTL, now)
-        .await
-    {
-        Ok(held) => held,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot take the processor lease");
-            false
-        }
-    }
+/// This process's hold of [`PROCESSOR_LEASE`], taken by `serve`'s processor on every
+/// store, SQLite included (one `serve` per file, but a `runwarden sweep` sharing the file
+/// reads the lease to tell whether a live `serve` consumes the events), and by a sweep
+/// for a pass over the events others left when no `serve` holds it.
+#[derive(Debug, Default)]
+pub struct ProcessorLease {
+    /// When this process last took or renewed the lease, while it holds it.
+    renewed: Option<tokio::time::Instant>,
 }
 
-/// One pass of the processor; on a shared store the processor lease is renewed while it
-/// goes on (a pass can outlast the lease: a slow API, a long retention listing), so that
-/// no other replica starts consuming the same events meanwhile.
-async fn process_holding_the_lease(
-    ctx: &AppContext,
-    feed: &mut crate::intake::processor::EventFeed,
-) -> Result<usize, crate::intake::processor::ProcessError> {
-    let work = crate::intake::processor::process_next(ctx, feed);
-    if !ctx.store.backend().is_shared() {
-        return work.await;
-    }
-    let beat = PROCESSOR_LEASE_TTL / 3;
-    // Polled beside the pass, which goes on while a renewal waits for its connection.
-    let renewing = async {
-        let mut renewal = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
-        loop {
-            renewal.tick().await;
-            if !holds_processor_lease(ctx).await {
-                tracing::warn!(
-                    "the processor lease was lost during a pass (another replica took it over); this pass finishes, the next waits for the lease"
-                );
+impl ProcessorLease {
+    /// Whether this process may consume events now: it holds the lease, taken when free
+    /// or expired. Renewed once a third of its time to live has passed since it was last
+    /// taken or renewed, not on every turn of the processor loop (one small write every
+    /// few seconds, also on SQLite).
+    pub async fn hold(&mut self, ctx: &AppContext) -> bool {
+        if self
+            .renewed
+            .is_some_and(|t| t.elapsed() < PROCESSOR_LEASE_TTL / 3)
+        {
+            return true;
+        }
+        match self.renew(ctx).await {
+            Ok(held) => held,
+            Err(e) => {
+                self.renewed = None;
+                tracing::warn!(error = %e, "cannot take the processor lease");
+                false
             }
         }
-    };
-    tokio::select! {
-        r = work => r,
-        never = renewing => never,
+    }
+
+    /// Takes or renews the lease now; `Ok(false)` when another process holds it.
+    async fn renew(&mut self, ctx: &AppContext) -> crate::store::StoreResult<bool> {
+        let asked = tokio::time::Instant::now();
+        let held = ctx
+            .store
+            .try_acquire_lease(
+                PROCESSOR_LEASE,
+                &ctx.worker_id,
+                PROCESSOR_LEASE_TTL,
+                chrono::Utc::now(),
+            )
+            .await?;
+        self.renewed = held.then_some(asked);
+        Ok(held)
+    }
+
+    /// Runs `work`, a pass of the processor begun while this process holds the lease,
+    /// renewing the lease every third of its time to live as the pass goes on (a pass can
+    /// outlast the lease: a slow API, a long retention listing), so that no other process
+    /// starts consuming the same events meanwhile. Should another process have taken the
+    /// lease over all the same (this one was paused, or could not renew it, past its
+    /// time to live), the pass stops there and `None` is returned: what it had not
+    /// recorded is still in the store, for the new holder (an event is recorded whole or
+    /// not at all), rather than two processors consuming the same events.
+    pub async fn while_held<F: std::future::Future>(
+        &mut self,
+        ctx: &AppContext,
+        work: F,
+    ) -> Option<F::Output> {
+        let beat = PROCESSOR_LEASE_TTL / 3;
+        // Polled beside the pass, which goes on while a renewal waits for its connection.
+        let renewing = async {
+            let mut renewal = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+            renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                renewal.tick().await;
+                match self.renew(ctx).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "cannot renew the processor lease during a pass; trying again"
+                    ),
+                }
+            }
+        };
+        tokio::select! {
+            out = work => Some(out),
+            () = renewing => {
+                tracing::warn!(
+                    "the processor lease was taken over by another process during a pass; this pass stops here (the events it had not recorded are left to the lease's holder)"
+                );
+                None
+            }
+        }
+    }
+
+    /// Gives the lease up (when this process holds it).
+    pub async fn release(&mut self, ctx: &AppContext) {
+        self.renewed = None;
+        if let Err(e) = ctx
+            .store
+            .release_lease(PROCESSOR_LEASE, &ctx.worker_id)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot give the processor lease up; it expires on its own");
+        }
     }
 }
 
@@ -257,13 +310,19 @@ async fn until_stopped(
 
 async fn processor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
     let mut feed = crate::intake::processor::EventFeed::new(&ctx.store);
+    let mut lease = ProcessorLease::default();
     loop {
         if *stop.borrow() {
             break;
         }
         let pass = async {
-            if holds_processor_lease(&ctx).await
-                && let Err(e) = process_holding_the_lease(&ctx, &mut feed).await
+            if lease.hold(&ctx).await
+                && let Some(Err(e)) = lease
+                    .while_held(
+                        &ctx,
+                        crate::intake::processor::process_next(&ctx, &mut feed),
+                    )
+                    .await
             {
                 tracing::warn!("event processing paused: {e}");
             }
@@ -277,12 +336,7 @@ async fn processor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => break,
         }
     }
-    if ctx.store.backend().is_shared() {
-        let _ = ctx
-            .store
-            .release_lease(PROCESSOR_LEASE, &ctx.worker_id)
-            .await;
-    }
+    lease.release(&ctx).await;
 }
 
 async fn executor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {

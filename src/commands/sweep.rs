@@ -4,9 +4,12 @@
 //!
 //! Exit 0 when everything decided was done, 1 when an action failed for good, a
 //! retention circuit breaker tripped, the store could not be opened, the evaluation
-//! itself failed (no project could be listed, say: the error is printed) or the outcome
+//! itself failed (no project could be listed, say: the error is printed), the outcome
 //! could not be read back from the store at the end (the report would be empty or
-//! incomplete: the error is printed), 2 for bad usage or an invalid config, missing
+//! incomplete: the error is printed), or its own work was not finished when it stopped
+//! waiting (its deadline, [`SWEEP_DEADLINE`], reached, or the next retry of an action of
+//! its own not due before it: a long API outage, say; what is left is printed, for
+//! `serve` or the next sweep to carry out), 2 for bad usage or an invalid config, missing
 //! credentials (`CURRENTS_API_KEY`) included.
 //!
 //! A sweep needs only `CURRENTS_API_KEY` (SPEC §1), and may run with a rules file of
@@ -16,13 +19,26 @@
 //! untouched, for `serve`; the sweep does not wait for it and says on stderr how many it
 //! left.
 //!
-//! A sweep waits for its own work only: the events it stores (a poll, a retention
-//! sweep), the events and actions already due when it looks (left by `serve` or a sweep
-//! that crashed), the actions it decides or starts, and their retries, up to
-//! [`SWEEP_DEADLINE`]. An event or action waiting for a later retry (another process's,
-//! or one in backoff since before the sweep) is left for whoever acts then, `serve` or
-//! the next sweep, and counted on stderr; so is one of its own not due before the
-//! deadline.
+//! Events: a sweep processes its own (a poll, a retention sweep), which it stores held
+//! from every other processor until its deadline
+//! ([`crate::store::Store::insert_delivery_held`]), so that a `serve` on the same store
+//! does not process them at the same time (each Currents read done twice); it retries
+//! them on their backoff itself and hands back, at its end, those it gave up on. The
+//! events other processes stored (`serve`'s webhooks and polls, a run's end its executor
+//! saw, a crashed sweep's) are `serve`'s: the sweep processes those that are due only
+//! while it holds the processor lease ([`super::serve::ProcessorLease`]), which a live
+//! `serve` keeps for itself (on SQLite too), so that it never consumes events beside a
+//! running `serve`'s processor, yet events left while `serve` is down (or when there is
+//! no `serve`, only sweeps) are not left unprocessed. It never waits for them.
+//!
+//! A sweep waits for its own work only: its own events (retries included), the actions
+//! its events decide, the actions already due when it looks (left by `serve` or a sweep
+//! that crashed) and that it starts, and their retries, up to [`SWEEP_DEADLINE`]. An
+//! event or action waiting for a later retry (another process's, or one in backoff
+//! since before the sweep) is left for whoever acts then, `serve` or the next sweep, and
+//! counted on stderr. An action of its own still to be done when it stops waiting (its
+//! next attempt not due before the deadline, or the deadline reached) is left the same
+//! way, but its work is unfinished: it says what is left and exits 1.
 //!
 //! A rule deciding again what it decided before (the same run to delete as in last
 //! night's sweep) leaves one decision in the store, the first: the report lists it all
@@ -33,10 +49,11 @@
 //!
 //! `--dry-run` records decisions as `dry_run` and carries nothing out: not its own
 //! decisions, nor actions already queued (by `serve`, or by a sweep that crashed), which
-//! stay queued, nor retries of failed ones. With `dry_run = true` in the config (the
-//! emergency stop), the executor ends a queued cancel, delete or summary of a rule in
-//! dry-run mode (a rule's own `dry_run = false` overrides the global one) as `skipped`
-//! instead of carrying it out (see `actions::execute`).
+//! stay queued, nor retries of failed ones; it processes its own events only. With
+//! `dry_run = true` in the config (the emergency stop), the executor ends a queued
+//! cancel, delete or summary of a rule in dry-run mode (a rule's own `dry_run = false`
+//! overrides the global one) as `skipped` instead of carrying it out (see
+//! `actions::execute`).
 
 use std::collections::HashSet;
 use std::process::ExitCode;
@@ -103,15 +120,20 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
             .filter(|r| rule.is_none_or(|n| r.name == n))
             .collect();
         let mut poll_needed = false;
-        // The sweep's own events, (source, delivery id): each must be processed for the
-        // sweep to have done its job.
-        let mut own: Vec<(String, String)> = Vec::new();
+        let deadline_at = started + SWEEP_DEADLINE;
+        // The sweep's own events: each must be processed for the sweep to have done its
+        // job. Held from other processors until the deadline.
+        let mut own = OwnEvents::new(deadline_at);
         for r in &selected {
             match r.kind {
                 RuleKind::Retention(_) => {
                     let d = NewDelivery {
                         source: "schedule".into(),
-                        delivery_id: format!("sweep:{}:{}:{run_id}", r.name, started.timestamp_millis()),
+                        delivery_id: format!(
+                            "sweep:{}:{}:{run_id}",
+                            r.name,
+                            started.timestamp_millis()
+                        ),
                         event: "sweep".into(),
                         // A dry run's sweep is a preview, whoever processes it.
                         payload: serde_json::json!({
@@ -122,8 +144,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                         .to_string(),
                         received_at: started,
                     };
-                    own.push((d.source.clone(), d.delivery_id.clone()));
-                    if let Err(e) = ctx.store.insert_delivery(d).await {
+                    if let Err(e) = own.store(&ctx, d).await {
                         eprintln!("runwarden sweep: {e}");
                         return ExitCode::from(super::EXIT_FAILED);
                     }
@@ -134,9 +155,17 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
         }
         if poll_needed {
             let d = NewDelivery {
-                source: if rule.is_some() { "schedule".into() } else { "poll".into() },
+                source: if rule.is_some() {
+                    "schedule".into()
+                } else {
+                    "poll".into()
+                },
                 delivery_id: format!("sweep-poll:{}:{run_id}", started.timestamp_millis()),
-                event: if rule.is_some() { "sweep".into() } else { "poll".into() },
+                event: if rule.is_some() {
+                    "sweep".into()
+                } else {
+                    "poll".into()
+                },
                 // A dry run's poll is a preview: it leaves the reconciliation of the runs
                 // it finds ended to `serve` (see `processor::PREVIEW_KEY`).
                 payload: serde_json::json!({
@@ -146,26 +175,24 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 .to_string(),
                 received_at: started,
             };
-            own.push((d.source.clone(), d.delivery_id.clone()));
-            if let Err(e) = ctx.store.insert_delivery(d).await {
+            if let Err(e) = own.store(&ctx, d).await {
                 eprintln!("runwarden sweep: {e}");
                 return ExitCode::from(super::EXIT_FAILED);
             }
         }
-        // Process events (including older ones left by a crashed run), then act.
+        // Process events (its own; others' only when no `serve` consumes them), then act.
         let deadline = Instant::now() + SWEEP_DEADLINE;
-        let deadline_at = started + SWEEP_DEADLINE;
         // The actions this sweep carries out: those it decides, and those due when it
         // claims (their retries included). Others are left for later.
         let mut mine: HashSet<i64> = HashSet::new();
+        let mut gave_up = false;
         loop {
+            own.process_due(&ctx).await;
             // A dry run processes its own events only: the events `serve` (or a crashed
             // sweep) left in the store are not used up by a preview.
-            let _ = if dry_run {
-                crate::intake::processor::process_only(&ctx, &own).await
-            } else {
-                crate::intake::processor::process_pending(&ctx).await
-            };
+            if !dry_run {
+                process_others(&ctx).await;
+            }
             drain_events(&mut events, &mut repeated, &mut mine);
             let again: Vec<i64> = repeated
                 .iter()
@@ -180,7 +207,10 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                     .retry_failed_before(id, Some(started), Utc::now())
                     .await
                 {
-                    tracing::info!(action = id, "sweep: retrying an action that had failed for good");
+                    tracing::info!(
+                        action = id,
+                        "sweep: retrying an action that had failed for good"
+                    );
                 }
             }
             // A dry run carries nothing out, not even actions queued before (serve's, or
@@ -200,20 +230,21 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 }
                 crate::actions::run_due_claiming(&ctx, &claims).await
             };
-            let waiting = waiting_for(&ctx, &own, &mine, &claims, deadline_at, dry_run).await;
+            let waiting = waiting_for(&ctx, &own, &mine, &claims, deadline_at).await;
             if n == 0 && !waiting {
                 break;
             }
             if Instant::now() > deadline {
-                eprintln!(
-                    "runwarden sweep: gave up waiting after {SWEEP_DEADLINE:?} (what is left runs on the next sweep or serve)"
-                );
+                gave_up = true;
                 break;
             }
             if n == 0 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+        // Its own events it has not processed go back to the other processors, due at
+        // their retry time (rather than when the hold would have run out).
+        own.hand_back(&ctx).await;
         // The report is read from the store: one that cannot be read is not an empty
         // report of a clean sweep.
         let mut entries = match ctx.store.audit(Some(started), rule, 100_000).await {
@@ -222,6 +253,15 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
         };
         drain_events(&mut events, &mut repeated, &mut mine);
         report_left(&ctx, &claims).await;
+        // Its own actions still to be done: the work of this sweep is unfinished.
+        let unfinished = match ctx.store.pending_actions().await {
+            Ok(queue) => queue
+                .into_iter()
+                .filter(|a| mine.contains(&a.id) && claims.allows(&a.action, &a.rule))
+                .collect::<Vec<_>>(),
+            Err(e) => return unreadable("whether the actions of this sweep are finished", &e),
+        };
+        report_unfinished(&unfinished, gave_up);
         let mut earlier: Vec<i64> = repeated.iter().map(|(d, _)| *d).collect();
         earlier.sort_unstable();
         earlier.dedup();
@@ -239,11 +279,16 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
             entries.sort_by_key(|e| std::cmp::Reverse(e.at));
         }
         let count = |o: &str| entries.iter().filter(|e| e.outcome.as_str() == o).count();
-        let breaker = entries.iter().any(|e| e.reason.starts_with("circuit breaker"));
+        let breaker = entries
+            .iter()
+            .any(|e| e.reason.starts_with("circuit breaker"));
         if !entries.is_empty() {
             outln!(
                 "{:<8} {:<22} {:<8} {:<34} reason",
-                "outcome", "rule", "action", "run"
+                "outcome",
+                "rule",
+                "action",
+                "run"
             );
         }
         for e in entries.iter().rev() {
@@ -254,7 +299,10 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 e.action,
                 e.run_id,
                 e.reason,
-                e.error.as_deref().map(|x| format!(" — {x}")).unwrap_or_default()
+                e.error
+                    .as_deref()
+                    .map(|x| format!(" — {x}"))
+                    .unwrap_or_default()
             );
         }
         outln!(
@@ -269,7 +317,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
         // An evaluation that failed (every project's listing refused, say) decided
         // nothing: not a clean sweep.
         let mut unevaluated = false;
-        for (source, id) in &own {
+        for (source, id) in own.keys() {
             let d = match ctx.store.find_delivery(source, id).await {
                 Ok(Some(d)) => d,
                 Ok(None) => continue,
@@ -292,7 +340,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 );
             }
         }
-        if count("failed") > 0 || breaker || unevaluated {
+        if count("failed") > 0 || breaker || unevaluated || !unfinished.is_empty() {
             ExitCode::from(super::EXIT_FAILED)
         } else {
             ExitCode::SUCCESS
@@ -333,35 +381,136 @@ fn due_at(a: &ActionRow) -> DateTime<Utc> {
 /// once rather than at its deadline. (Each attempt has the API client's own retries.)
 pub const OWN_EVENT_ATTEMPTS: i64 = 3;
 
+/// The events a sweep stores and processes itself (a poll, a retention sweep). Stored
+/// held from every other processor until the sweep's deadline
+/// ([`crate::store::Store::insert_delivery_held`]): a `serve` on the same store does not
+/// take them up while the sweep is on them. The sweep retries one that failed at the
+/// retry time the processor gave it, keeping it held meanwhile, and at its end hands back
+/// those still to be processed, due at that time, to whoever processes events then.
+struct OwnEvents {
+    /// Each event's `(source, delivery id)`, and when the sweep processes it next.
+    events: Vec<((String, String), DateTime<Utc>)>,
+    /// Until when they are held: the sweep's deadline (to the millisecond, as stored).
+    held_until: DateTime<Utc>,
+}
+
+impl OwnEvents {
+    fn new(deadline: DateTime<Utc>) -> Self {
+        use chrono::SubsecRound as _;
+        OwnEvents {
+            events: Vec::new(),
+            held_until: deadline.trunc_subsecs(3),
+        }
+    }
+
+    /// Stores `d`, held, to be processed at once.
+    async fn store(
+        &mut self,
+        ctx: &crate::server::AppContext,
+        d: NewDelivery,
+    ) -> crate::store::StoreResult<()> {
+        let key = (d.source.clone(), d.delivery_id.clone());
+        let due = d.received_at;
+        ctx.store.insert_delivery_held(d, self.held_until).await?;
+        self.events.push((key, due));
+        Ok(())
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &(String, String)> {
+        self.events.iter().map(|(k, _)| k)
+    }
+
+    /// When the sweep processes the event `key` next.
+    fn due(&self, key: &(String, String)) -> Option<DateTime<Utc>> {
+        self.events.iter().find(|(k, _)| k == key).map(|(_, t)| *t)
+    }
+
+    /// Processes those that are due; of one that failed (the processor set its retry
+    /// time), notes the retry time and holds it again.
+    async fn process_due(&mut self, ctx: &crate::server::AppContext) {
+        let now = Utc::now();
+        let due: Vec<(String, String)> = self
+            .events
+            .iter()
+            .filter(|(_, t)| *t <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let _ = crate::intake::processor::process_only(ctx, &due).await;
+        for (key, at) in self.events.iter_mut().filter(|(k, _)| due.contains(k)) {
+            let Ok(Some(d)) = ctx.store.find_delivery(&key.0, &key.1).await else {
+                continue;
+            };
+            if d.processed_at.is_some() || d.next_attempt_at == self.held_until {
+                continue;
+            }
+            *at = d.next_attempt_at;
+            if d.next_attempt_at < self.held_until {
+                let _ = ctx.store.set_delivery_due(d.id, self.held_until).await;
+            }
+        }
+    }
+
+    /// Hands back those still to be processed: due at their retry time for any processor.
+    async fn hand_back(&self, ctx: &crate::server::AppContext) {
+        for ((source, id), at) in &self.events {
+            if let Ok(Some(d)) = ctx.store.find_delivery(source, id).await
+                && d.processed_at.is_none()
+                && d.next_attempt_at != *at
+            {
+                let _ = ctx.store.set_delivery_due(d.id, *at).await;
+            }
+        }
+    }
+}
+
+/// Processes the events other processes left due (`serve`'s, a crashed sweep's, the
+/// runs' ends this sweep's executor saw), but only while this sweep holds the processor
+/// lease: never beside a live `serve`'s processor, which keeps the lease for itself. The
+/// lease is given up after the pass, for a `serve` starting meanwhile.
+async fn process_others(ctx: &crate::server::AppContext) {
+    // Nothing due: no lease to take (a read, rather than a write every round).
+    if ctx
+        .store
+        .next_unprocessed(Utc::now(), 1)
+        .await
+        .is_ok_and(|due| due.is_empty())
+    {
+        return;
+    }
+    let mut lease = super::serve::ProcessorLease::default();
+    if !lease.hold(ctx).await {
+        return;
+    }
+    if let Some(Err(e)) = lease
+        .while_held(ctx, crate::intake::processor::process_pending(ctx))
+        .await
+    {
+        tracing::warn!("sweep: processing the events left by others paused: {e}");
+    }
+    lease.release(ctx).await;
+}
+
 /// Whether the sweep still has work of its own: one of its events not processed yet
-/// (retries included), an event due now (not in a dry run, which processes its own
-/// only), or one of its actions not finished, each only when it falls due before
-/// `deadline`.
+/// (retries included), or one of its actions not finished, each only when it falls due
+/// before `deadline`. Other processes' events are not its to wait for.
 async fn waiting_for(
     ctx: &crate::server::AppContext,
-    own: &[(String, String)],
+    own: &OwnEvents,
     mine: &HashSet<i64>,
     claims: &ClaimFilter,
     deadline: DateTime<Utc>,
-    dry_run: bool,
 ) -> bool {
-    for (source, id) in own {
-        if let Ok(Some(d)) = ctx.store.find_delivery(source, id).await
+    for key in own.keys() {
+        if let Ok(Some(d)) = ctx.store.find_delivery(&key.0, &key.1).await
             && d.processed_at.is_none()
             && d.attempts < OWN_EVENT_ATTEMPTS
-            && d.next_attempt_at <= deadline
+            && own.due(key).is_some_and(|t| t <= deadline)
         {
             return true;
         }
-    }
-    if !dry_run
-        && ctx
-            .store
-            .next_unprocessed(Utc::now(), 1)
-            .await
-            .is_ok_and(|due| !due.is_empty())
-    {
-        return true;
     }
     if mine.is_empty() {
         return false;
@@ -375,9 +524,52 @@ async fn waiting_for(
     })
 }
 
-/// Tells on stderr what the sweep leaves for later: events waiting for a retry, actions
-/// still queued (another process's, in backoff, or not due yet), and among them the
-/// summaries it cannot post itself (`claims`).
+/// Tells on stderr which actions of its own the sweep leaves unfinished (`unfinished`),
+/// because it gave up waiting at its deadline (`gave_up`) or because their next attempt
+/// is not due before it, and that `serve` or the next sweep carries them out.
+fn report_unfinished(unfinished: &[ActionRow], gave_up: bool) {
+    let Some(next) = unfinished.iter().min_by_key(|a| (due_at(a), a.id)) else {
+        if gave_up {
+            eprintln!("runwarden sweep: gave up waiting after {SWEEP_DEADLINE:?}");
+        }
+        return;
+    };
+    let what = super::plural(
+        u64::try_from(unfinished.len()).unwrap_or(0),
+        "action",
+        "actions",
+    );
+    let one = unfinished.len() == 1;
+    let why = if gave_up {
+        format!("gave up waiting after {SWEEP_DEADLINE:?}: {what} of this sweep not finished")
+    } else {
+        format!(
+            "{what} of this sweep not finished: {} not due before the sweep's {SWEEP_DEADLINE:?} deadline",
+            if one {
+                "its next attempt is"
+            } else {
+                "their next attempts are"
+            }
+        )
+    };
+    let error = next
+        .last_error
+        .as_deref()
+        .map(|e| format!("; last error: {e}"))
+        .unwrap_or_default();
+    eprintln!(
+        "runwarden sweep: {why} (next: {} of run {}, due {}{error}); `serve` or the next sweep carries {} out",
+        next.action,
+        next.run_id,
+        due_at(next).format("%Y-%m-%d %H:%M:%S UTC"),
+        if one { "it" } else { "them" },
+    );
+}
+
+/// Tells on stderr what the sweep leaves for later: events still to be processed
+/// (another process's, or waiting for a retry), actions still queued (another
+/// process's, in backoff, or not due yet), and among them the summaries it cannot post
+/// itself (`claims`).
 async fn report_left(ctx: &crate::server::AppContext, claims: &ClaimFilter) {
     let events = ctx.store.count_unprocessed().await.unwrap_or(0);
     let actions = ctx.store.queue_depth().await.unwrap_or(0);
@@ -416,7 +608,7 @@ async fn report_left(ctx: &crate::server::AppContext, claims: &ClaimFilter) {
         })
         .unwrap_or_default();
     eprintln!(
-        "runwarden sweep: left for later (serve or the next sweep): {} waiting for a retry, {} queued{next}",
+        "runwarden sweep: left for later (serve or the next sweep): {} to be processed, {} queued{next}",
         super::plural(u64::try_from(events).unwrap_or(0), "event", "events"),
         super::plural(u64::try_from(actions).unwrap_or(0), "action", "actions"),
     );

@@ -90,19 +90,19 @@ async fn read_and_process(
 }
 
 /// Processes only the stored events `keys` names, `(source, delivery id)`, that are still
-/// to be processed and due: what `sweep --dry-run` does with its own events, so that a
-/// preview never consumes the events `serve` (or a crashed sweep) left in the store.
-/// Returns how many it handled.
+/// to be processed, whatever their retry time: the caller says which are due. What
+/// `runwarden sweep` does with its own events, which it stores held from other
+/// processors ([`crate::store::Store::insert_delivery_held`]) and retries on a schedule
+/// of its own, so that it never consumes the events `serve` (or a crashed sweep) left in
+/// the store beside the processor that owns them. Returns how many it handled.
 pub async fn process_only(
     ctx: &AppContext,
     keys: &[(String, String)],
 ) -> Result<usize, ProcessError> {
-    let now = Utc::now();
     let mut batch = Vec::new();
     for (source, id) in keys {
         if let Some(d) = ctx.store.find_delivery(source, id).await?
             && d.processed_at.is_none()
-            && d.next_attempt_at <= now
         {
             batch.push(d);
         }

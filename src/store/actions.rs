@@ -11,10 +11,12 @@
 //!
 //! The executor's queue: [`Store::claim_due_actions`] leases due actions to a worker
 //! (state `running`, `lease_until`); a worker that dies leaves its lease to expire and the
-//! action is claimed again. Each claim ends in [`Store::complete_action`],
-//! [`Store::fail_attempt`] (back to `pending` until `next_attempt_at`) or
-//! [`Store::fail_action`] (final). Terminal states are never left, except by an operator's
-//! [`Store::retry_action`].
+//! action is claimed again. Each claim ends in [`Store::complete_action_as`],
+//! [`Store::fail_attempt_as`] (back to `pending` until `next_attempt_at`) or
+//! [`Store::fail_action_as`] (final), each applied only while the action is still
+//! leased to the worker writing it: the late outcome of a worker whose lease ran out
+//! never overwrites the action another worker has claimed since. Terminal states are
+//! never left, except by an operator's [`Store::retry_action`].
 //!
 //! ```text
 //!             claim                complete(Done|Skipped)
@@ -739,6 +741,10 @@ impl Store {
     /// already in a terminal state, e.g. finished by another worker after this one's lease
     /// expired.
     ///
+    /// Whoever holds the action: for an operator or a test. A worker writes the outcome
+    /// of its attempt with [`Store::complete_action_as`], which applies only while the
+    /// action is still leased to it.
+    ///
     /// Like every outcome ([`Store::fail_attempt`], [`Store::fail_action`]), committed
     /// through `Store::begin_outcome`: on SQLite without waiting for the disk (see
     /// RELIABILITY.md for why that keeps SPEC §6).
@@ -761,6 +767,35 @@ impl Store {
         detail: &str,
         run: Option<&super::RunRecord>,
     ) -> StoreResult<bool> {
+        self.complete(id, Holder::Anyone, outcome, detail, run)
+            .await
+    }
+
+    /// The outcome of an attempt of worker `worker_id`: [`Store::complete_action_with_run`]
+    /// applied only while the action is `running` and leased to that worker. Returns
+    /// `false` (and changes nothing but the run) when it is not: its lease ran out and
+    /// another worker claimed it (and may be carrying it out now), it was handed back
+    /// (pending), or it is finished.
+    pub async fn complete_action_as(
+        &self,
+        id: i64,
+        worker_id: &str,
+        outcome: ActionOutcome,
+        detail: &str,
+        run: Option<&super::RunRecord>,
+    ) -> StoreResult<bool> {
+        self.complete(id, Holder::Worker(worker_id), outcome, detail, run)
+            .await
+    }
+
+    async fn complete(
+        &self,
+        id: i64,
+        holder: Holder<'_>,
+        outcome: ActionOutcome,
+        detail: &str,
+        run: Option<&super::RunRecord>,
+    ) -> StoreResult<bool> {
         let mut tx = self.begin_outcome().await?;
         if let Some(run) = run {
             Store::upsert_run_in(tx.conn(), run).await?;
@@ -769,90 +804,135 @@ impl Store {
             ActionOutcome::Done => ActionState::Done,
             ActionOutcome::Skipped => ActionState::Skipped,
         };
-        let done = sqlx::query(
+        let sql = format!(
             "UPDATE actions \
              SET state = $2, detail = $3, attempts = attempts + 1, lease_until = NULL, \
                  worker_id = NULL, finished_at = $4, updated_at = $4 \
-             WHERE id = $1 AND state IN ('pending', 'running')",
-        )
-        .bind(id)
-        .bind(state.as_str())
-        .bind(detail)
-        .bind(to_ms(Utc::now()))
-        .execute(tx.conn())
-        .await?;
+             WHERE id = $1 AND {}",
+            holder.condition(5)
+        );
+        let query = sqlx::query(&sql)
+            .bind(id)
+            .bind(state.as_str())
+            .bind(detail)
+            .bind(to_ms(Utc::now()));
+        let done = holder.bind(query).execute(tx.conn()).await?;
         tx.commit().await?;
         self.transitioned(id, done.rows_affected()).await
     }
 
     /// A failed attempt to be retried: `attempts + 1`, the error kept, back to `pending`
     /// and not claimed again before `next_attempt_at`. Returns `false` when the action was
-    /// already in a terminal state.
+    /// already in a terminal state. Whoever holds the action (see
+    /// [`Store::complete_action`]); a worker uses [`Store::fail_attempt_as`].
     pub async fn fail_attempt(
         &self,
         id: i64,
         error: &str,
         next_attempt_at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        self.back_to_pending(id, error, next_attempt_at, 1).await
+        self.back_to_pending(id, Holder::Anyone, error, next_attempt_at, 1)
+            .await
+    }
+
+    /// [`Store::fail_attempt`] of worker `worker_id`'s attempt, applied only while the
+    /// action is `running` and leased to it (see [`Store::complete_action_as`]): a late
+    /// failure never puts back an action another worker has claimed meanwhile (for a
+    /// third to run it while the second is still on it).
+    pub async fn fail_attempt_as(
+        &self,
+        id: i64,
+        worker_id: &str,
+        error: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.back_to_pending(id, Holder::Worker(worker_id), error, next_attempt_at, 1)
+            .await
     }
 
     /// An attempt that could not start (e.g. GitHub's rate limit held the client back
     /// and no request was sent): back to `pending` until `next_attempt_at`, with `note`
     /// as its last error, and **without** counting an attempt, so waiting out a limit
     /// never uses up the action's attempts. Returns `false` when the action was already
-    /// in a terminal state.
+    /// in a terminal state. Whoever holds the action (see [`Store::complete_action`]); a
+    /// worker uses [`Store::postpone_action_as`].
     pub async fn postpone_action(
         &self,
         id: i64,
         note: &str,
         next_attempt_at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        self.back_to_pending(id, note, next_attempt_at, 0).await
+        self.back_to_pending(id, Holder::Anyone, note, next_attempt_at, 0)
+            .await
+    }
+
+    /// [`Store::postpone_action`] by worker `worker_id`, applied only while the action is
+    /// `running` and leased to it (see [`Store::complete_action_as`]).
+    pub async fn postpone_action_as(
+        &self,
+        id: i64,
+        worker_id: &str,
+        note: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.back_to_pending(id, Holder::Worker(worker_id), note, next_attempt_at, 0)
+            .await
     }
 
     async fn back_to_pending(
         &self,
         id: i64,
+        holder: Holder<'_>,
         error: &str,
         next_attempt_at: DateTime<Utc>,
         attempts_added: i64,
     ) -> StoreResult<bool> {
         let mut tx = self.begin_outcome().await?;
-        let done = sqlx::query(
+        let sql = format!(
             "UPDATE actions \
              SET state = 'pending', attempts = attempts + $5, last_error = $2, \
                  next_attempt_at = $3, lease_until = NULL, worker_id = NULL, updated_at = $4 \
-             WHERE id = $1 AND state IN ('pending', 'running')",
-        )
-        .bind(id)
-        .bind(error)
-        .bind(to_ms(next_attempt_at))
-        .bind(to_ms(Utc::now()))
-        .bind(attempts_added)
-        .execute(tx.conn())
-        .await?;
+             WHERE id = $1 AND {}",
+            holder.condition(6)
+        );
+        let query = sqlx::query(&sql)
+            .bind(id)
+            .bind(error)
+            .bind(to_ms(next_attempt_at))
+            .bind(to_ms(Utc::now()))
+            .bind(attempts_added);
+        let done = holder.bind(query).execute(tx.conn()).await?;
         tx.commit().await?;
         self.transitioned(id, done.rows_affected()).await
     }
 
     /// The action failed for good (a final error, or the last attempt failed):
     /// `attempts + 1`, state `failed`. Returns `false` when the action was already in a
-    /// terminal state.
+    /// terminal state. Whoever holds the action (see [`Store::complete_action`]); a
+    /// worker uses [`Store::fail_action_as`].
     pub async fn fail_action(&self, id: i64, error: &str) -> StoreResult<bool> {
+        self.fail(id, Holder::Anyone, error).await
+    }
+
+    /// [`Store::fail_action`] of worker `worker_id`'s attempt, applied only while the
+    /// action is `running` and leased to it (see [`Store::complete_action_as`]): a late
+    /// failure never fails an action another worker is carrying out.
+    pub async fn fail_action_as(&self, id: i64, worker_id: &str, error: &str) -> StoreResult<bool> {
+        self.fail(id, Holder::Worker(worker_id), error).await
+    }
+
+    async fn fail(&self, id: i64, holder: Holder<'_>, error: &str) -> StoreResult<bool> {
         let now = to_ms(Utc::now());
         let mut tx = self.begin_outcome().await?;
-        let done = sqlx::query(
+        let sql = format!(
             "UPDATE actions \
              SET state = 'failed', attempts = attempts + 1, last_error = $2, \
                  lease_until = NULL, worker_id = NULL, finished_at = $3, updated_at = $3 \
-             WHERE id = $1 AND state IN ('pending', 'running')",
-        )
-        .bind(id)
-        .bind(error)
-        .bind(now)
-        .execute(tx.conn())
-        .await?;
+             WHERE id = $1 AND {}",
+            holder.condition(4)
+        );
+        let query = sqlx::query(&sql).bind(id).bind(error).bind(now);
+        let done = holder.bind(query).execute(tx.conn()).await?;
         tx.commit().await?;
         self.transitioned(id, done.rows_affected()).await
     }
@@ -904,16 +984,19 @@ impl Store {
     /// Extends to `until` the leases that `worker_id` holds on the actions `ids` (those
     /// it is still carrying out: a heartbeat, so that no other process takes over an
     /// action whose attempt outlasts one lease). An action no longer running, or leased
-    /// to another worker meanwhile, is left alone. Returns how many were extended.
+    /// to another worker meanwhile, is left alone. Returns the ids whose lease was not
+    /// extended: those are no longer this worker's (taken over by another worker after
+    /// the lease ran out, handed back, or finished), and the outcome of its attempt is
+    /// no longer its to write.
     pub async fn renew_leases(
         &self,
         ids: &[i64],
         worker_id: &str,
         until: DateTime<Utc>,
-    ) -> StoreResult<u64> {
-        let mut renewed = 0;
+    ) -> StoreResult<Vec<i64>> {
+        let mut lost = Vec::new();
         for id in ids {
-            renewed += sqlx::query(
+            let renewed = sqlx::query(
                 "UPDATE actions SET lease_until = $1 \
                  WHERE id = $2 AND state = 'running' AND worker_id = $3",
             )
@@ -923,8 +1006,11 @@ impl Store {
             .execute(&self.writer)
             .await?
             .rows_affected();
+            if renewed == 0 {
+                lost.push(*id);
+            }
         }
-        Ok(renewed)
+        Ok(lost)
     }
 
     /// Hands back the leased actions of every worker that `alive` says is gone:
@@ -1312,6 +1398,41 @@ impl Store {
             return Err(StoreError::not_found("action", id));
         }
         Ok(false)
+    }
+}
+
+/// Whose outcome an outcome write applies for.
+#[derive(Debug, Clone, Copy)]
+enum Holder<'a> {
+    /// Whoever holds the action (an operator, a test): it applies to any unfinished
+    /// action, pending or running.
+    Anyone,
+    /// The worker whose attempt it is: it applies only while the action is `running`
+    /// and leased to this worker.
+    Worker(&'a str),
+}
+
+impl Holder<'_> {
+    /// The condition on the action's row; a worker's id is bind parameter `param`.
+    fn condition(self, param: usize) -> String {
+        match self {
+            Holder::Anyone => "state IN ('pending', 'running')".to_string(),
+            Holder::Worker(_) => format!("state = 'running' AND worker_id = ${param}"),
+        }
+    }
+
+    /// Binds the worker's id (the last parameter) when [`Holder::condition`] names it.
+    fn bind<'q>(
+        self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>
+    where
+        Self: 'q,
+    {
+        match self {
+            Holder::Anyone => query,
+            Holder::Worker(w) => query.bind(w),
+        }
     }
 }
 

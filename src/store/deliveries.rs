@@ -713,7 +713,8 @@ impl Store {
         row.map(Delivery::try_from).transpose()
     }
 
-    /// Marks a delivery processed with a short note ("2 decisions", "ignored: ping").
+    /// Marks a delivery processed with a short note ("2 decisions", "ignored: ping"). One
+    /// already marked processed (by another processor) keeps its first outcome.
     pub async fn mark_processed(&self, id: i64, outcome_note: &str) -> StoreResult<()> {
         let mut conn = self.writer.acquire().await?;
         Self::mark_processed_in(&mut conn, id, outcome_note).await
@@ -744,12 +745,14 @@ impl Store {
     }
 
     /// Gives up on a delivery (a poison payload, the last attempt failed): it is marked
-    /// processed with the outcome [`DEAD_LETTER`] and the error kept.
+    /// processed with the outcome [`DEAD_LETTER`] and the error kept. A delivery another
+    /// processor has marked processed meanwhile keeps its outcome (nothing changes); an
+    /// unknown one is [`StoreError::NotFound`].
     pub async fn dead_letter_delivery(&self, id: i64, error: &str) -> StoreResult<()> {
         let done = sqlx::query(
             "UPDATE deliveries \
              SET attempts = attempts + 1, last_error = $2, processed_at = $3, outcome = $4 \
-             WHERE id = $1",
+             WHERE id = $1 AND processed_at IS NULL",
         )
         .bind(id)
         .bind(error)
@@ -758,9 +761,82 @@ impl Store {
         .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 {
+            Self::processed_already(&self.writer, id).await?;
+        }
+        Ok(())
+    }
+
+    /// After a processed mark that changed nothing: `Ok` when delivery `id` exists (it
+    /// was marked processed already, by another processor: the first outcome stays),
+    /// [`StoreError::NotFound`] when it does not.
+    async fn processed_already<'e>(
+        db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+        id: i64,
+    ) -> StoreResult<()> {
+        let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_one(db)
+            .await?;
+        if exists == 0 {
             return Err(StoreError::not_found("delivery", id));
         }
         Ok(())
+    }
+
+    /// Stores an event that the caller processes itself (`runwarden sweep`'s own events),
+    /// held from every other processor until `held_until`: [`Store::next_unprocessed`]
+    /// hands it out only from then on, so that a `serve` on the same store does not
+    /// process it at the same time. The caller processes it by its key
+    /// ([`crate::intake::processor::process_only`]), and when it gives up on it (or is
+    /// done waiting) hands it back with [`Store::set_delivery_due`]; should the caller
+    /// die, the event falls due at `held_until` for whoever processes events then.
+    /// Deduplicated on `(source, delivery_id)` as [`Store::insert_delivery`] is, but
+    /// committed on its own (not with the intake's group commits).
+    pub async fn insert_delivery_held(
+        &self,
+        d: NewDelivery,
+        held_until: DateTime<Utc>,
+    ) -> StoreResult<InsertOutcome> {
+        if !SOURCES.contains(&d.source.as_str()) {
+            return Err(StoreError::Invalid(format!(
+                "unknown delivery source {:?}",
+                d.source
+            )));
+        }
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO deliveries (source, delivery_id, event, payload, received_at, \
+                 next_attempt_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (source, delivery_id) DO NOTHING \
+             RETURNING id",
+        )
+        .bind(&d.source)
+        .bind(&d.delivery_id)
+        .bind(&d.event)
+        .bind(&d.payload)
+        .bind(to_ms(d.received_at))
+        .bind(to_ms(held_until))
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(match inserted {
+            Some(_) => InsertOutcome::Inserted,
+            None => InsertOutcome::Duplicate,
+        })
+    }
+
+    /// Sets when delivery `id`, still to be processed, is next handed out by
+    /// [`Store::next_unprocessed`]: holds it from other processors until `at`, or hands
+    /// a held one back (see [`Store::insert_delivery_held`]). Returns `false` when it
+    /// was processed already (or is unknown).
+    pub async fn set_delivery_due(&self, id: i64, at: DateTime<Utc>) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET next_attempt_at = $2 WHERE id = $1 AND processed_at IS NULL",
+        )
+        .bind(id)
+        .bind(to_ms(at))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Deliveries not yet processed (due or waiting for a retry).
@@ -816,21 +892,25 @@ impl Store {
         Ok(mark_many(conn, backend, ids, outcome_note).await?)
     }
 
-    /// Marks delivery `id` processed on an open transaction.
+    /// Marks delivery `id` processed on an open transaction. One that another processor
+    /// marked processed meanwhile keeps its outcome (the first processing's note and
+    /// time stay); an unknown one is [`StoreError::NotFound`].
     pub(super) async fn mark_processed_in(
         conn: &mut sqlx::AnyConnection,
         id: i64,
         outcome_note: &str,
     ) -> StoreResult<()> {
-        let done =
-            sqlx::query("UPDATE deliveries SET processed_at = $2, outcome = $3 WHERE id = $1")
-                .bind(id)
-                .bind(to_ms(Utc::now()))
-                .bind(outcome_note)
-                .execute(conn)
-                .await?;
+        let done = sqlx::query(
+            "UPDATE deliveries SET processed_at = $2, outcome = $3 \
+             WHERE id = $1 AND processed_at IS NULL",
+        )
+        .bind(id)
+        .bind(to_ms(Utc::now()))
+        .bind(outcome_note)
+        .execute(&mut *conn)
+        .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::not_found("delivery", id));
+            Self::processed_already(&mut *conn, id).await?;
         }
         Ok(())
     }
