@@ -233,7 +233,7 @@ pub async fn run_due_claiming(ctx: &AppContext, filter: &ClaimFilter) -> usize {
 /// rules when it has GitHub credentials. A summary it could not post (no credentials,
 /// a rule it does not know, or not as a summary rule) is left queued for `serve`, not
 /// ended `skipped` (SPEC §6: an accepted action is carried out at least once), except
-/// one that dry run holds back ([`held_by_dry_run`]), which is ended `skipped` as by any
+/// one that dry run holds back (`held_by_dry_run`), which is ended `skipped` as by any
 /// process.
 ///
 /// `serve` claims every action: its configuration and credentials are the bot's, so

@@ -967,7 +967,7 @@ async fn list_history(
         .collect())
 }
 
-/// A history listing from the API ([`history_for`]): when it was made, and the passed
+/// A history listing from the API (`history_for`): when it was made, and the passed
 /// runs it gave.
 #[derive(Debug, Clone)]
 pub struct HistoryLookup {
