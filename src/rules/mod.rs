@@ -372,16 +372,21 @@ pub fn repo_from_remote(origin: &str) -> Option<String> {
 }
 
 /// The GitHub repository (`owner/name`, lowercased) a run belongs to: the project's
-/// `github.repos` mapping, else the run's `meta.commit.remoteOrigin`.
+/// `github.repos` mapping, else the run's `meta.commit.remoteOrigin` when that remote is
+/// on the GitHub of `github.api_url` (or names no host), as for its summaries: a GitLab
+/// repository of the same name is not the GitHub repository a push came from.
 pub fn run_repo(config: &Config, run: &Run) -> Option<String> {
     match config.github.repos.get(&run.project_id) {
         Some(r) => Some(r.trim().to_ascii_lowercase()),
-        None => run
-            .meta
-            .commit
-            .remote_origin
-            .as_deref()
-            .and_then(repo_from_remote),
+        None => {
+            let origin = run.meta.commit.remote_origin.as_deref()?;
+            if let Some(host) = crate::github::summary::remote_host(origin)
+                && !crate::github::summary::remote_on_api_host(&host, &config.github.api_url)
+            {
+                return None;
+            }
+            repo_from_remote(origin)
+        }
     }
 }
 
@@ -581,6 +586,12 @@ mod engine_tests {
         r.project_id = "p2".into();
         assert_eq!(run_repo(&c, &r).as_deref(), Some("acme/web"));
         assert!(run_in_repo(&c, &r, "ACME/web.git"));
+        // A remote on another host than the GitHub of `api_url` is not that repository.
+        r.meta.commit.remote_origin = Some("https://gitlab.com/acme/web.git".into());
+        assert_eq!(run_repo(&c, &r), None);
+        assert!(!run_in_repo(&c, &r, "acme/web"));
+        r.meta.commit.remote_origin = Some("git@github.com:acme/web.git".into());
+        assert!(run_in_repo(&c, &r, "acme/web"));
         r.meta.commit.remote_origin = None;
         assert_eq!(run_repo(&c, &r), None);
         assert_eq!(projects_for_repo(&c, "acme/api"), vec!["p1", "p2", "p3"]);
