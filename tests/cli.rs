@@ -1692,3 +1692,53 @@ async fn audit_says_when_its_limit_leaves_entries_out() {
     let (out, _env) = env.run_async(&["audit", "--limit", "0"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// The report of a sweep lists the decisions made since it started, not another
+/// process's older decision whose action changed while it ran (`audit --since` shows
+/// those): that work is not the sweep's to report, nor to exit 1 for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_reports_only_the_decisions_made_since_it_started() {
+    let env = setup(RULES).await;
+    // A lone run: no rule of RULES acts on it in this sweep.
+    let other = env.add("feat/other", "o1", Duration::minutes(20), "running", &[]);
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    store
+        .record_decisions(&[runwarden::store::NewDecision {
+            at: Utc::now() - Duration::minutes(5),
+            rule: "cancel-superseded".into(),
+            kind: "supersede".into(),
+            action: "cancel".into(),
+            run_id: other.clone(),
+            project_id: PROJECT.into(),
+            branch: Some("feat/other".into()),
+            sha: Some("o1".into()),
+            reason: "decided by serve before the sweep".into(),
+            dry_run: false,
+            // Held: not due during the sweep.
+            not_before: Some(Utc::now() + Duration::hours(1)),
+            action_key: format!("cancel:{other}"),
+            payload: None,
+            skip: None,
+        }])
+        .await
+        .unwrap();
+    store.close().await;
+    // Its action changes while the sweep runs (as another process would change it).
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&env.store)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE actions SET updated_at = $1")
+        .bind((Utc::now() + Duration::minutes(30)).timestamp_millis())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+    let (out, _env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&other),
+        "{}",
+        text(&out)
+    );
+}

@@ -108,3 +108,66 @@ async fn a_summary_written_while_runwardens_cancel_is_verified_names_the_rule() 
         .count();
     assert_eq!(cancels, 1);
 }
+
+/// Runwarden's cancel takes effect, but its verification read fails (a 503) and the next
+/// attempt's cancel is answered 422 "already cancelled": the run was still cancelled by
+/// runwarden, and its summary names the rule (the first attempt's fact is kept in the
+/// notes that follow it).
+#[tokio::test]
+async fn a_cancel_whose_verification_failed_once_is_still_credited_to_the_rule() {
+    // A client that tries each request once, and an executor that retries within 0.5 s.
+    let app = spawn_app_with(AppOptions {
+        rules: RULES.into(),
+        executor: Some(runwarden::actions::ExecutorOptions {
+            max_attempts: 5,
+            backoff_base: std::time::Duration::from_millis(100),
+            backoff_max: std::time::Duration::from_millis(500),
+            lease: std::time::Duration::from_secs(60),
+        }),
+        client_retries: Some((1, std::time::Duration::from_millis(10))),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = stuck_run(&app, "feat/flaky", "5eed003", 43);
+    // The first read of the run is the processor's (the `RUN_START`); the second, the
+    // cancel's verification, fails once.
+    app.sim.inject_fault(
+        Fault::status(503)
+            .on("GET", format!("/v1/runs/{id}"))
+            .after(1),
+    );
+    assert_eq!(app.currents_hook("RUN_START", &id).await.status(), 202);
+    app.wait_for("runwarden's cancel", 15, |a| {
+        a.sim.run(&id).unwrap().completion_state.as_str() == "CANCELED"
+    })
+    .await;
+    assert_eq!(app.currents_hook("RUN_CANCELED", &id).await.status(), 202);
+
+    let body = summary_of(&app, &id, 43).await;
+    assert!(
+        body.contains("Cancelled by runwarden, rule `stuck`"),
+        "{body}"
+    );
+    // The cancel itself ends done at its next attempt (the API answers 422).
+    app.wait_audit("the cancel done", 10, |a| {
+        a.iter()
+            .any(|e| e.action == "cancel" && e.run_id == id && e.outcome.as_str() == "done")
+    })
+    .await;
+    let cancel = app
+        .bot
+        .ctx
+        .store
+        .action_by_key(&format!("cancel:{id}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(cancel.attempts >= 2, "{cancel:#?}");
+    assert!(
+        cancel
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("cancelled by an earlier attempt; already done (422")),
+        "{cancel:#?}"
+    );
+}

@@ -747,7 +747,49 @@ fn classify(
     }
 }
 
+impl Attempt {
+    /// The same outcome with its note changed by `f`.
+    fn map_note(self, f: impl FnOnce(String) -> String) -> Attempt {
+        match self {
+            Attempt::Done(n) => Attempt::Done(f(n)),
+            Attempt::Skipped(n) => Attempt::Skipped(f(n)),
+            Attempt::Retry(n) => Attempt::Retry(f(n)),
+            Attempt::Fail(n) => Attempt::Fail(f(n)),
+            Attempt::Postpone(n) => Attempt::Postpone(f(n)),
+        }
+    }
+}
+
+/// One attempt of a cancel ([`cancel_once`]). Once an attempt's cancel took effect, every
+/// later note of the action says so first ([`crate::store::actions::CANCEL_TOOK_EFFECT`]):
+/// the run's summary credits the rule from the action's notes, and a later attempt (a
+/// failed verification read, then an "already cancelled" answer) would otherwise write
+/// over the only one that did.
 async fn cancel(
+    ctx: &AppContext,
+    a: &ActionRow,
+    seen: &mut Option<crate::store::RunRecord>,
+    retry_after: &mut Option<Duration>,
+) -> Attempt {
+    use crate::store::actions::CANCEL_TOOK_EFFECT;
+    let before = [a.detail.as_deref(), a.last_error.as_deref()]
+        .into_iter()
+        .flatten()
+        .any(|n| n.starts_with(CANCEL_TOOK_EFFECT));
+    let attempt = cancel_once(ctx, a, seen, retry_after).await;
+    if !before {
+        return attempt;
+    }
+    attempt.map_note(|n| {
+        if n.starts_with(CANCEL_TOOK_EFFECT) {
+            n
+        } else {
+            format!("{CANCEL_TOOK_EFFECT} by an earlier attempt; {n}")
+        }
+    })
+}
+
+async fn cancel_once(
     ctx: &AppContext,
     a: &ActionRow,
     seen: &mut Option<crate::store::RunRecord>,
@@ -799,7 +841,8 @@ async fn cancel(
             Attempt::Done(format!("{note}; run is {}", run.completion_state))
         }
         Err(e) if e.status() == Some(404) => Attempt::Done(format!("{note}; run no longer exists")),
-        Err(e) => classify(e, "verify cancel", retry_after),
+        // The note first: whether this attempt's cancel took effect stays known.
+        Err(e) => classify(e, &format!("{note}; verify cancel"), retry_after),
     }
 }
 

@@ -251,6 +251,10 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
             Ok(e) => e,
             Err(e) => return unreadable("the decisions and actions of this sweep", &e),
         };
+        // The decisions made since the sweep started: `Store::audit` also gives older
+        // ones whose action changed meanwhile (another process's work, which is not this
+        // sweep's to report or to fail for); those this sweep decided again follow.
+        entries.retain(|e| e.at >= started);
         drain_events(&mut events, &mut repeated, &mut mine);
         report_left(&ctx, &claims).await;
         // Its own actions still to be done: the work of this sweep is unfinished.
@@ -270,8 +274,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 Ok(m) => m,
                 Err(e) => return unreadable("the decisions this sweep made again", &e),
             };
-            // One recorded earlier in this very sweep is listed already, and so is an
-            // older one whose action changed since the sweep started (`Store::audit`).
+            // One recorded earlier in this very sweep is listed already.
             more.retain(|e| {
                 e.at < started && rule.is_none_or(|r| e.rule == r) && !entries.contains(e)
             });
