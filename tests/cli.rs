@@ -459,6 +459,17 @@ async fn a_dry_run_never_carries_out_an_action_queued_before_it() {
 // ---- what a sweep leaves to `serve`, and a report it cannot read ------------------------
 
 /// The action under `key` in `env`'s store.
+/// Runs `sql` on the test's store, on a connection of its own (a row or a trigger the
+/// bot's own statements would never write).
+async fn run_sql(env: &Env, sql: &str) {
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&env.store)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+}
+
 async fn stored_action(env: &Env, key: &str) -> runwarden::store::ActionRow {
     let store = runwarden::store::Store::connect(&env.store).await.unwrap();
     let a = store.action_by_key(key).await.unwrap().expect("the action");
@@ -595,15 +606,11 @@ async fn a_sweep_whose_report_cannot_be_read_from_the_store_exits_1() {
         .await
         .unwrap();
     store.close().await;
-    sqlx::any::install_default_drivers();
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&env.store)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE decisions SET at = 9223372036854775807 WHERE run_id = 'unreadable'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::Connection::close(conn).await.unwrap();
+    run_sql(
+        &env,
+        "UPDATE decisions SET at = 9223372036854775807 WHERE run_id = 'unreadable'",
+    )
+    .await;
     let (out, _env) = env.run_async(&["sweep"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -629,18 +636,13 @@ async fn a_sweep_whose_own_event_cannot_be_read_back_exits_1() {
         .unwrap()
         .close()
         .await;
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&env.store)
-        .await
-        .unwrap();
-    sqlx::raw_sql(
+    run_sql(
+        &env,
         "CREATE TRIGGER spoil_sweep_events AFTER UPDATE OF processed_at ON deliveries \
          WHEN NEW.processed_at IS NOT NULL AND NEW.delivery_id LIKE 'sweep%' \
          BEGIN UPDATE deliveries SET received_at = 9223372036854775807 WHERE id = NEW.id; END",
     )
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    sqlx::Connection::close(conn).await.unwrap();
+    .await;
     let (out, _env) = env.run_async(&["sweep"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -1724,16 +1726,8 @@ async fn a_sweep_reports_only_the_decisions_made_since_it_started() {
         .unwrap();
     store.close().await;
     // Its action changes while the sweep runs (as another process would change it).
-    sqlx::any::install_default_drivers();
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&env.store)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE actions SET updated_at = $1")
-        .bind((Utc::now() + Duration::minutes(30)).timestamp_millis())
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::Connection::close(conn).await.unwrap();
+    let later = (Utc::now() + Duration::minutes(30)).timestamp_millis();
+    run_sql(&env, &format!("UPDATE actions SET updated_at = {later}")).await;
     let (out, _env) = env.run_async(&["sweep"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(

@@ -26,6 +26,17 @@ async fn wait_fired(app: &TestApp, id: u64, what: &str) {
         .await;
 }
 
+/// The cancel action of `run`, as stored.
+async fn cancel_of(app: &TestApp, run: &str) -> runwarden::store::ActionRow {
+    app.bot
+        .ctx
+        .store
+        .action_by_key(&format!("cancel:{run}"))
+        .await
+        .unwrap()
+        .expect("a cancel action")
+}
+
 /// Waits until the summary of `run` is done, and gives the PR's one comment.
 async fn summary_of(app: &TestApp, run: &str, pr: u64) -> String {
     app.wait_audit("the run's summary", 20, |a| {
@@ -57,14 +68,7 @@ async fn a_run_someone_else_cancelled_first_is_not_credited_to_the_rule() {
     let body = summary_of(&app, &id, 41).await;
     assert!(body.contains("Cancelled by `api:alice`"), "{body}");
     assert!(!body.contains("stuck"), "credited to the rule: {body}");
-    let cancel = app
-        .bot
-        .ctx
-        .store
-        .action_by_key(&format!("cancel:{id}"))
-        .await
-        .unwrap()
-        .unwrap();
+    let cancel = cancel_of(&app, &id).await;
     assert_eq!(cancel.state, runwarden::store::ActionState::Done);
     assert!(
         cancel
@@ -154,14 +158,7 @@ async fn a_cancel_whose_verification_failed_once_is_still_credited_to_the_rule()
             .any(|e| e.action == "cancel" && e.run_id == id && e.outcome.as_str() == "done")
     })
     .await;
-    let cancel = app
-        .bot
-        .ctx
-        .store
-        .action_by_key(&format!("cancel:{id}"))
-        .await
-        .unwrap()
-        .unwrap();
+    let cancel = cancel_of(&app, &id).await;
     assert!(cancel.attempts >= 2, "{cancel:#?}");
     assert!(
         cancel

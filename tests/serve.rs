@@ -495,8 +495,7 @@ async fn dry_run_records_decisions_and_mutates_nothing() {
 async fn the_next_retention_sweep_tries_a_delete_that_failed_for_good_again() {
     let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\n";
     let app = spawn_app(rules).await;
-    let mut r = run("feat/old", "sha0", 60 * 24 * 40);
-    r.state = Some("passed".into());
+    let r = ended("feat/old", "sha0", 60 * 24 * 40, "passed");
     let id = app.sim.add_run(r).unwrap().run_id;
     // A 400 is final: the first sweep's delete fails for good.
     let fault: runwarden::simulator::Fault = serde_json::from_value(json!({
@@ -533,8 +532,7 @@ async fn a_retention_rule_without_schedule_waits_for_the_admin_api() {
     let rules = "[[rules]]\nname = \"every-second\"\nkind = \"retention\"\nschedule = \"* * * * * *\"\nolder_than = \"30d\"\n[rules.match]\nbranches = [\"feat/a\"]\n\n[[rules]]\nname = \"on-demand\"\nkind = \"retention\"\nolder_than = \"30d\"\n[rules.match]\nbranches = [\"feat/b\"]\n";
     let app = spawn_app(rules).await;
     let add = |branch: &str, sha: &str| {
-        let mut r = run(branch, sha, 60 * 24 * 40);
-        r.state = Some("passed".into());
+        let r = ended(branch, sha, 60 * 24 * 40, "passed");
         app.sim.add_run(r).unwrap().run_id
     };
     let on_demand = add("feat/b", "b0");
@@ -572,8 +570,7 @@ async fn an_action_leased_with_its_record_is_leased_from_the_record_on() {
         ..AppOptions::default()
     })
     .await;
-    let mut r = run("feat/old", "sha1", 60 * 24 * 40);
-    r.state = Some("passed".into());
+    let r = ended("feat/old", "sha1", 60 * 24 * 40, "passed");
     let id = app.sim.add_run(r).unwrap().run_id;
     // The listing takes 3 s, longer than the lease; the delete is held.
     app.sim.inject_fault(
@@ -622,8 +619,7 @@ async fn an_action_still_in_flight_keeps_its_lease() {
         ..AppOptions::default()
     })
     .await;
-    let mut r = run("feat/old", "sha1", 60 * 24 * 40);
-    r.state = Some("passed".into());
+    let r = ended("feat/old", "sha1", 60 * 24 * 40, "passed");
     let id = app.sim.add_run(r).unwrap().run_id;
     let held = app.sim.inject_fault(
         runwarden::simulator::Fault::new(runwarden::simulator::FaultKind::Latency { ms: 600_000 })
@@ -716,8 +712,7 @@ async fn the_admin_api_needs_the_token_and_sweeps_retention() {
     let app = spawn_app(rules).await;
     let mut ids = Vec::new();
     for i in 0..4 {
-        let mut r = run("feat/old", &format!("sha{i}"), 60 * 24 * (40 + i));
-        r.state = Some("passed".into());
+        let r = ended("feat/old", &format!("sha{i}"), 60 * 24 * (40 + i), "passed");
         ids.push(app.sim.add_run(r).unwrap().run_id);
     }
     let r = app
@@ -1144,8 +1139,7 @@ async fn a_retention_schedule_slot_fires_once_and_deletes() {
         ..AppOptions::default()
     })
     .await;
-    let mut r = run("feat/old", "s1", 60 * 24 * 45);
-    r.state = Some("passed".into());
+    let r = ended("feat/old", "s1", 60 * 24 * 45, "passed");
     let old = app.sim.add_run(r).unwrap();
     let delete = format!("DELETE /v1/runs/{}", old.run_id);
     app.wait_for("the scheduled delete", 15, |a| {
@@ -1569,8 +1563,7 @@ async fn the_processor_reads_the_store_for_what_its_feed_missed_and_handles_each
     }))
     .unwrap();
     sim.inject_fault(fault);
-    let mut finished = run("feat/y", "ccc333", 5);
-    finished.state = Some("passed".into());
+    let finished = ended("feat/y", "ccc333", 5, "passed");
     let finished = sim.add_run(finished).unwrap();
     let payload = json!({
         "event": "RUN_FINISH",
@@ -1716,8 +1709,7 @@ async fn admin_actions_filters_clamp_since_and_answer_json_errors() {
     let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nkeep_latest = 1\n";
     let app = spawn_app(rules).await;
     for i in 0..3 {
-        let mut r = run("feat/old", &format!("sha{i}"), 60 * 24 * (40 + i));
-        r.state = Some("passed".into());
+        let r = ended("feat/old", &format!("sha{i}"), 60 * 24 * (40 + i), "passed");
         app.sim.add_run(r).unwrap();
     }
     assert_eq!(app.admin_sweep("retention").await.status(), 202);
@@ -1914,12 +1906,10 @@ async fn polling_alone_reports_a_run_that_started_and_finished_between_two_polls
     })
     .await;
     // A run from long before the bot started is history, not a missed event.
-    let mut old = run("feat/old-history", "0ld5ha", 60);
-    old.state = Some("failed".into());
+    let old = ended("feat/old-history", "0ld5ha", 60, "failed");
     app.sim.add_run(old).unwrap();
     app.open_pr("feat/old-history", "0ld5ha", 4);
-    let mut quick = run("feat/quick", "9u1ck5ha", 0);
-    quick.state = Some("failed".into());
+    let quick = ended("feat/quick", "9u1ck5ha", 0, "failed");
     let quick = app.sim.add_run(quick).unwrap();
     app.open_pr("feat/quick", "9u1ck5ha", 11);
     app.wait_for("the PR comment", 15, |a| {
@@ -2099,8 +2089,7 @@ async fn after_failed_polls_the_look_back_reaches_the_last_good_poll() {
     .await;
     *app.bot.ctx.last_poll.lock().unwrap() =
         Some(chrono::Utc::now() - chrono::Duration::minutes(20));
-    let mut during = run("feat/outage", "0u7a9e", 10);
-    during.state = Some("failed".into());
+    let during = ended("feat/outage", "0u7a9e", 10, "failed");
     let during = app.sim.add_run(during).unwrap();
     app.open_pr("feat/outage", "0u7a9e", 13);
     app.wait_audit("the summary of the run ended during the outage", 15, |a| {
@@ -2404,8 +2393,7 @@ async fn a_finished_newer_run_supersedes_an_unknown_older_one_under_a_state_filt
                  [rules.match]\ncompletion_states = [\"IN_PROGRESS\"]\n";
     let app = spawn_app(rules).await;
     let old = app.sim.add_run(run("feat/fast", "s10w5ha", 5)).unwrap();
-    let mut quick = run("feat/fast", "f4575ha", 0);
-    quick.state = Some("passed".into());
+    let quick = ended("feat/fast", "f4575ha", 0, "passed");
     let quick = app.sim.add_run(quick).unwrap();
     assert_eq!(
         app.currents_hook("RUN_FINISH", &quick.run_id)
@@ -2430,8 +2418,7 @@ async fn the_status_page_tells_how_the_last_slot_ended() {
     let rules = "[[rules]]\nname = \"yearly\"\nkind = \"retention\"\nschedule = \"0 3 1 1 *\"\nolder_than = \"30d\"\n";
     let app = spawn_app(rules).await;
     for (branch, sha) in [("feat/old-1", "01d1"), ("feat/old-2", "01d2")] {
-        let mut r = run(branch, sha, 60 * 24 * 45);
-        r.state = Some("passed".into());
+        let r = ended(branch, sha, 60 * 24 * 45, "passed");
         app.sim.add_run(r).unwrap();
     }
     let ctx = &app.bot.ctx;
@@ -2474,12 +2461,10 @@ async fn the_first_poll_makes_good_what_a_dead_pollers_lease_left_unseen() {
     })
     .await;
     // Started and finished four minutes ago, while no process polled.
-    let mut gap = run("feat/gap", "9a95ha", 4);
-    gap.state = Some("passed".into());
+    let gap = ended("feat/gap", "9a95ha", 4, "passed");
     let gap = app.sim.add_run(gap).unwrap();
     // An hour ago: history, not a missed event.
-    let mut old = run("feat/older", "01d3r5ha", 60);
-    old.state = Some("passed".into());
+    let old = ended("feat/older", "01d3r5ha", 60, "passed");
     let old = app.sim.add_run(old).unwrap();
     app.wait_audit("the summary of the run in the gap", 15, |a| {
         a.iter()

@@ -912,8 +912,14 @@ async fn summarize(ctx: &AppContext, a: &ActionRow, retry_after: &mut Option<Dur
         .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
         .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(str::to_string))
         .unwrap_or_else(|| "RUN_FINISH".into());
-    // Nothing is read from the API while a cancel of the run is in flight (see below).
-    if who_cancelled(ctx, &a.run_id).await.is_none() {
+    // Nothing is read from the API while a cancel of the run is in flight (see below;
+    // one store read here, the credit itself is read after the run).
+    if ctx
+        .store
+        .cancel_under_way(&a.run_id, Utc::now())
+        .await
+        .unwrap_or(false)
+    {
         *retry_after = Some(CANCEL_IN_FLIGHT_WAIT);
         return Attempt::Postpone(CANCEL_IN_FLIGHT.into());
     }

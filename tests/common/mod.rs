@@ -401,3 +401,11 @@ pub fn run(branch: &str, sha: &str, minutes_ago: i64) -> simulator::NewRun {
         ..Default::default()
     }
 }
+
+/// [`run`], already ended in `state` (`passed`, `failed`, `canceled`, `timeout`).
+pub fn ended(branch: &str, sha: &str, minutes_ago: i64, state: &str) -> simulator::NewRun {
+    simulator::NewRun {
+        state: Some(state.into()),
+        ..run(branch, sha, minutes_ago)
+    }
+}
