@@ -260,6 +260,8 @@ fn evaluate_all(config: &Config, runs: &[Run]) {
             head_branch: Some(branch),
             head_sha: sha,
             completed_at: now() - chrono::Duration::hours(1),
+            workflow_name: None,
+            workflow_path: None,
         });
     }
     for rule in &config.rules {

@@ -794,3 +794,53 @@ fn a_negative_count_says_it_must_be_a_whole_number() {
         "RUNWARDEN__CURRENTS__MAX_REQUESTS_PER_SECOND: [currents] max_requests_per_second: must be a whole number ≥ 0, not -1"
     );
 }
+
+#[test]
+fn orphan_workflows_are_globs_and_an_empty_or_bad_list_is_located() {
+    let rule = "[[rules]]\nname = \"o\"\nkind = \"orphan\"\n";
+    let loaded = load_str(
+        &format!("{BASE}{rule}workflows = [\"E2E*\", \"!E2E (manual)\"]\n"),
+        "rules.toml",
+        &[],
+    )
+    .unwrap();
+    let RuleKind::Orphan(o) = &loaded.config.rules[0].kind else {
+        panic!("not an orphan rule");
+    };
+    assert!(o.concerns_workflow(Some("E2E tests"), None));
+    assert!(!o.concerns_workflow(Some("E2E (manual)"), None));
+    assert!(o.concerns_workflow(Some("CI"), Some(".github/workflows/E2E.yml")));
+    assert_eq!(
+        err(&format!("{BASE}{rule}workflows = []\n")),
+        "rules.toml:6:1: rule \"o\": workflows: the list is empty; remove the key for every workflow of the repository, or list the workflows' names or file names (\"E2E\", \"e2e.yml\")"
+    );
+    let bad = err(&format!("{BASE}{rule}workflows = [\"e2e[\"]\n"));
+    assert!(
+        bad.starts_with("rules.toml:6:1: rule \"o\": workflows: invalid glob \"e2e[\""),
+        "{bad}"
+    );
+    // It belongs to orphan rules only.
+    let other = err(&format!(
+        "{BASE}[[rules]]\nname = \"s\"\nkind = \"supersede\"\nworkflows = [\"e2e.yml\"]\n"
+    ));
+    assert!(other.contains("workflows"), "{other}");
+}
+
+#[test]
+fn orphan_match_by_commit_without_workflows_warns() {
+    let rule = "[[rules]]\nname = \"o\"\nkind = \"orphan\"\nmatch_by = \"commit\"\n";
+    assert_eq!(
+        warnings(&format!("{BASE}{rule}")),
+        [
+            "rules.toml:6: rule \"o\": match_by = \"commit\" without \"workflows\": any workflow of the commit that completes (a quick lint job too) makes its runs still in progress orphans; list the workflow that runs the tests, e.g. workflows = [\"e2e.yml\"]"
+        ]
+    );
+    assert!(warnings(&format!("{BASE}{rule}workflows = [\"e2e.yml\"]\n")).is_empty());
+    // Tied by ciBuildId, a run names its workflow run: no warning.
+    assert!(
+        warnings(&format!(
+            "{BASE}[[rules]]\nname = \"o\"\nkind = \"orphan\"\n"
+        ))
+        .is_empty()
+    );
+}

@@ -148,6 +148,25 @@ fn the_demo_says_when_the_users_rules_do_not_act_on_a_scene() {
     assert!(!stdout.contains("grace has passed"), "{stdout}");
 }
 
+/// An orphan rule about another workflow than the demo's CI job: the scene says that no
+/// cancel came, although the run's end still gets its summary.
+#[test]
+fn the_demo_says_when_no_orphan_rule_is_about_its_ci_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = include_str!("../rules.toml")
+        .replace("workflows = [\"e2e.yml\"]", "workflows = [\"lint.yml\"]");
+    assert!(example.contains("\"lint.yml\""));
+    std::fs::write(dir.path().join("rules.toml"), example).unwrap();
+    let out = demo(dir.path()).args(["--speed", "8"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(!stdout.contains("orphaned-runs: cancel run"), "{stdout}");
+    assert!(
+        stdout.contains("no cancel yet: the rules of this rules.toml do not act on this"),
+        "{stdout}"
+    );
+}
+
 /// A `rules.toml` without `[github] repos` still gets its PR comment in the demo: the
 /// simulator's runs name a github.com remote, which is not the GitHub of the simulator's
 /// API, so the demo maps the project as such a user would.

@@ -621,6 +621,8 @@ fn supersede_ignores_events_it_does_not_handle() {
             head_branch: Some("feat/x".into()),
             head_sha: "s1".into(),
             completed_at: at(3),
+            workflow_name: None,
+            workflow_path: None,
         },
     ] {
         assert!(eval(&c, &tr, &runs, at(5)).decisions.is_empty());
@@ -841,6 +843,8 @@ fn wf_done(run_id: u64, attempt: u64, completed: DateTime<Utc>) -> Trigger {
         head_branch: Some("feat/x".into()),
         head_sha: "s1".into(),
         completed_at: completed,
+        workflow_name: None,
+        workflow_path: None,
     }
 }
 
@@ -916,6 +920,53 @@ fn orphan_match_by_commit_compares_branch_and_sha() {
         "{}",
         e.decisions[0].reason
     );
+}
+
+#[test]
+fn orphan_workflows_limit_the_rule_to_the_workflows_listed_by_name_or_file() {
+    let c = cfg(&format!(
+        "{ORPHAN}match_by = \"commit\"\nworkflows = [\"E2E*\", \"nightly.yml\", \"!E2E (manual)\"]\n"
+    ));
+    let runs = [run("a", at(-10), "s1")];
+    let of = |name: Option<&str>, path: Option<&str>| {
+        let mut t = wf_done(9, 1, at(0));
+        if let Trigger::WorkflowRunCompleted {
+            workflow_name,
+            workflow_path,
+            ..
+        } = &mut t
+        {
+            *workflow_name = name.map(Into::into);
+            *workflow_path = path.map(Into::into);
+        }
+        let e = eval(&c, &t, &runs, at(2));
+        cancelled(&e)
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+    };
+    // By the workflow's name, or by its file's name.
+    assert_eq!(
+        of(Some("E2E tests"), Some(".github/workflows/e2e.yml")),
+        vec!["a"]
+    );
+    assert_eq!(
+        of(Some("Nightly"), Some(".github/workflows/nightly.yml")),
+        vec!["a"]
+    );
+    // A lint workflow of the same commit completing early orphans nothing.
+    assert!(of(Some("Lint"), Some(".github/workflows/lint.yml")).is_empty());
+    // Excluded by name even though an inclusion matches.
+    assert!(of(Some("E2E (manual)"), Some(".github/workflows/e2e.yml")).is_empty());
+    // A workflow known by neither name nor file is not one of those listed.
+    assert!(of(None, None).is_empty());
+    // Without `workflows`, every workflow of the commit counts, the lint job too.
+    let any = cfg(&format!("{ORPHAN}match_by = \"commit\"\n"));
+    let mut lint = wf_done(9, 1, at(0));
+    if let Trigger::WorkflowRunCompleted { workflow_name, .. } = &mut lint {
+        *workflow_name = Some("Lint".into());
+    }
+    assert_eq!(cancelled(&eval(&any, &lint, &runs, at(2))), vec!["a"]);
 }
 
 // ---------------------------------------------------------------------------------------

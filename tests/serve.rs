@@ -1092,6 +1092,51 @@ async fn a_completed_workflow_run_cancels_its_orphaned_run_after_the_grace() {
     );
 }
 
+#[tokio::test]
+async fn an_orphan_rule_with_workflows_ignores_other_workflows_of_the_commit() {
+    let rules = "[[rules]]\nname = \"orphans\"\nkind = \"orphan\"\ngrace = \"0s\"\nmatch_by = \"commit\"\nworkflows = [\"e2e.yml\"]\n";
+    let app = spawn_app(rules).await;
+    let orphan = app.sim.add_run(run("feat/w", "abc", 5)).unwrap();
+    let hook = |id: u64, name: &str, file: &str| {
+        json!({"action": "completed", "repository": {"full_name": "acme/web"},
+            "workflow_run": {"id": id, "run_attempt": 1, "head_branch": "feat/w", "head_sha": "abc",
+                "name": name, "path": format!(".github/workflows/{file}"),
+                "updated_at": chrono::Utc::now().to_rfc3339()}})
+    };
+    // The commit's lint workflow ends first: not the one that runs the tests.
+    let lint = hook(700, "Lint", "lint.yml");
+    assert_eq!(
+        app.github_hook("workflow_run", "wf-lint", &lint)
+            .await
+            .status(),
+        202
+    );
+    let store = &app.bot.ctx.store;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.count_unprocessed().await.unwrap() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lint event left unprocessed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Nothing listed (no rule is about that workflow), nothing cancelled.
+    assert_eq!(app.currents_gets(), 0);
+    assert!(app.mutations().is_empty(), "{:?}", app.mutations());
+    let e2e = hook(701, "E2E", "e2e.yml");
+    assert_eq!(
+        app.github_hook("workflow_run", "wf-e2e", &e2e)
+            .await
+            .status(),
+        202
+    );
+    let cancel = format!("PUT /v1/runs/{}/cancel", orphan.run_id);
+    app.wait_for("the orphan's cancel", 15, |a| {
+        a.mutations().contains(&cancel)
+    })
+    .await;
+}
+
 /// A slot's event is stored before the slot is recorded: a tick that stored the event
 /// and got no further (a crash, a failed commit) leaves the slot to the next tick, which
 /// records it and does not fire it again; a slot is never recorded without its event.

@@ -81,8 +81,8 @@ pub enum Attempt {
     Postpone(String),
 }
 
-/// Backoff before attempt `n + 1`: 1s, 2s, 4s ... capped at 5 min, with full jitter
-/// in the upper half.
+/// Backoff before attempt `n + 1`: 1s, 2s, 4s ... capped at 5 min, times a random
+/// factor in `0.5..=1`.
 pub fn backoff(attempts: i64) -> Duration {
     backoff_with(&ExecutorOptions::default(), attempts)
 }

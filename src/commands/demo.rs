@@ -508,7 +508,7 @@ async fn play(mut config: Config, speed: f64, keep_running: bool) -> anyhow::Res
         let hid = hung.run_id.clone();
         d.expect(10, "cancel", &hung.run_id, |a| {
             a.iter()
-                .any(|e| e.run_id == hid && e.outcome.as_str() != "planned")
+                .any(|e| e.run_id == hid && e.action == "cancel" && e.outcome.as_str() != "planned")
         })
         .await;
     }
@@ -532,6 +532,7 @@ async fn play(mut config: Config, speed: f64, keep_running: bool) -> anyhow::Res
             "workflow_run",
             json!({"action": "completed", "repository": {"full_name": repo},
             "workflow_run": {"id": 7001, "run_attempt": 1, "head_branch": "feat/search",
+                "name": "E2E", "path": ".github/workflows/e2e.yml",
                 "head_sha": "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e", "conclusion": "failure",
                 "updated_at": (Utc::now() - min * 3).to_rfc3339()}}),
         )
@@ -555,7 +556,7 @@ async fn play(mut config: Config, speed: f64, keep_running: bool) -> anyhow::Res
     let oid = orphan.run_id.clone();
     d.expect(10, "cancel yet", &orphan.run_id, |a| {
         a.iter()
-            .any(|e| e.run_id == oid && e.outcome.as_str() != "planned")
+            .any(|e| e.run_id == oid && e.action == "cancel" && e.outcome.as_str() != "planned")
     })
     .await;
 

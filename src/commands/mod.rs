@@ -94,7 +94,8 @@ pub enum Command {
     },
     /// The decisions and actions recorded in the store, newest first.
     Audit {
-        /// Only entries newer than this (e.g. "24h").
+        /// Decisions made since then, and older ones whose action changed since then (e.g.
+        /// "24h").
         #[arg(long, value_name = "DURATION")]
         since: Option<String>,
         /// Only the decisions of the rule with this `name` (exit 2 if there is none).

@@ -1,7 +1,8 @@
 //! `runwarden serve`: the bot — HTTP server, event processor, action executor, poller
 //! and schedules — until SIGINT/SIGTERM. Shutdown is graceful: intake stops first, the
-//! current batch of events and actions finishes, claimed-but-unstarted actions are
-//! released for the next start, and the process exits 0.
+//! current pass of the processor and of the executor gets 5 s to finish and is then
+//! dropped (its events stay in the store; its actions, and those claimed but not
+//! started, are handed back for the next start), and the process exits 0.
 //!
 //! Should one of those loops panic (a bug: inputs never should make one), the bot does
 //! not go on half alive: `/readyz` answers 503 at once, the others stop as on SIGTERM and

@@ -933,6 +933,7 @@ fn set_keys(r: &RawRule) -> Vec<&'static str> {
         grace,
         ci_build_id_suffix,
         match_by,
+        workflows,
         schedule,
         older_than,
         keep_latest,
@@ -1121,28 +1122,50 @@ fn compile_rule(
                 fallback,
             })
         }
-        "orphan" => RuleKind::Orphan(OrphanOptions {
-            grace: dur("grace", &r.grace)?.unwrap_or(Duration::from_secs(120)),
-            ci_build_id_suffix: match &r.ci_build_id_suffix {
-                None => "{repository}-{run_id}-{run_attempt}".into(),
-                Some(t) => {
-                    // A placeholder left unfilled would never match a ciBuildId.
-                    check_placeholders(t, super::SUFFIX_PLACEHOLDERS)
-                        .map_err(|m| at("ci_build_id_suffix", m))?;
-                    t.clone()
-                }
-            },
-            match_by: match r.match_by.as_deref() {
-                None | Some("ci_build_id") => MatchBy::CiBuildId,
-                Some("commit") => MatchBy::Commit,
-                Some(o) => {
-                    return Err(at(
-                        "match_by",
-                        format!("unknown value {o:?}; expected \"ci_build_id\" or \"commit\""),
+        "orphan" => {
+            if r.match_by.as_deref() == Some("commit") && r.workflows.is_none() {
+                warnings.push(Warning(format!(
+                    "{}:{}: rule {name:?}: match_by = \"commit\" without \"workflows\": any workflow of the commit that completes (a quick lint job too) makes its runs still in progress orphans; list the workflow that runs the tests, e.g. workflows = [\"e2e.yml\"]",
+                    loc.path,
+                    key_line("match_by")
+                )));
+            }
+            RuleKind::Orphan(OrphanOptions {
+                grace: dur("grace", &r.grace)?.unwrap_or(Duration::from_secs(120)),
+                ci_build_id_suffix: match &r.ci_build_id_suffix {
+                    None => "{repository}-{run_id}-{run_attempt}".into(),
+                    Some(t) => {
+                        // A placeholder left unfilled would never match a ciBuildId.
+                        check_placeholders(t, super::SUFFIX_PLACEHOLDERS)
+                            .map_err(|m| at("ci_build_id_suffix", m))?;
+                        t.clone()
+                    }
+                },
+                match_by: match r.match_by.as_deref() {
+                    None | Some("ci_build_id") => MatchBy::CiBuildId,
+                    Some("commit") => MatchBy::Commit,
+                    Some(o) => {
+                        return Err(at(
+                            "match_by",
+                            format!("unknown value {o:?}; expected \"ci_build_id\" or \"commit\""),
+                        ));
+                    }
+                },
+                workflows: match &r.workflows {
+                    None => None,
+                    Some(list) if list.is_empty() => {
+                        return Err(at(
+                        "workflows",
+                        "the list is empty; remove the key for every workflow of the repository, or list the workflows' names or file names (\"E2E\", \"e2e.yml\")".into(),
                     ));
-                }
-            },
-        }),
+                    }
+                    Some(list) => Some(
+                        crate::config::filter::GlobList::new(list)
+                            .map_err(|m| at("workflows", m))?,
+                    ),
+                },
+            })
+        }
         "retention" => {
             let schedule = match &r.schedule {
                 Some(text) => Some(parse_cron(text).map_err(|m| at("schedule", m))?),

@@ -229,6 +229,24 @@ pub struct OrphanOptions {
     /// Template with `{repository}`, `{run_id}`, `{run_attempt}`.
     pub ci_build_id_suffix: String,
     pub match_by: MatchBy,
+    /// `workflows`: globs over the completed workflow's name or file name (`!` excludes);
+    /// `None`: every workflow of the repository.
+    pub workflows: Option<filter::GlobList>,
+}
+
+impl OrphanOptions {
+    /// Whether the rule is about a workflow of this name (`name:` in its file) and path
+    /// (`.github/workflows/e2e.yml`, matched by its file name `e2e.yml`). With
+    /// `workflows` set, a workflow known by neither (an event stored by a version that
+    /// did not keep them) is not one of them.
+    pub fn concerns_workflow(&self, name: Option<&str>, path: Option<&str>) -> bool {
+        let Some(list) = &self.workflows else {
+            return true;
+        };
+        let file = path.map(|p| p.rsplit('/').next().unwrap_or(p));
+        let known: Vec<&str> = name.into_iter().chain(file).collect();
+        !known.is_empty() && list.matches_any(&known)
+    }
 }
 
 /// `kind = "retention"`.

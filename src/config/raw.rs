@@ -100,6 +100,7 @@ pub struct RawRule {
     pub grace: Option<String>,
     pub ci_build_id_suffix: Option<String>,
     pub match_by: Option<String>,
+    pub workflows: Option<Vec<String>>,
     // retention
     pub schedule: Option<String>,
     pub older_than: Option<String>,
@@ -134,6 +135,7 @@ pub const RULE_KEYS: &[&str] = &[
     "grace",
     "ci_build_id_suffix",
     "match_by",
+    "workflows",
     "schedule",
     "older_than",
     "keep_latest",
@@ -159,7 +161,7 @@ pub fn kind_keys(kind: &str) -> &'static [&'static str] {
             "spare_if_progress_at_least",
         ],
         "timeout" => &["max_duration", "idle_for", "auto_factor", "fallback"],
-        "orphan" => &["grace", "ci_build_id_suffix", "match_by"],
+        "orphan" => &["grace", "ci_build_id_suffix", "match_by", "workflows"],
         "retention" => &[
             "schedule",
             "older_than",

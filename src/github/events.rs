@@ -137,6 +137,11 @@ struct WorkflowRun {
     head_sha: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     updated_at: Option<DateTime<Utc>>,
+    /// The workflow's name and file, for orphan rules' `workflows`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
 }
 
 fn one() -> u64 {
@@ -264,6 +269,8 @@ impl Payload {
                     head_branch: p.workflow_run.head_branch.filter(|b| !b.is_empty()),
                     head_sha: p.workflow_run.head_sha,
                     completed_at: p.workflow_run.updated_at.unwrap_or(received_at),
+                    workflow_name: p.workflow_run.name.filter(|n| !n.is_empty()),
+                    workflow_path: p.workflow_run.path.filter(|n| !n.is_empty()),
                 })
             }
             Payload::Other(other) => GithubEvent::Ignored(other),
@@ -457,6 +464,21 @@ mod tests {
                 ..
             })
         ));
+        // The workflow's name and file survive being stored and read back.
+        let body = br#"{"action":"completed","repository":{"full_name":"a/b"},
+            "workflow_run":{"id":42,"head_sha":"abc","name":"E2E","path":".github/workflows/e2e.yml"}}"#;
+        let stored = read_event("workflow_run", body, now()).unwrap().kept;
+        match parse_event("workflow_run", stored.as_bytes(), now()).unwrap() {
+            GithubEvent::Trigger(Trigger::WorkflowRunCompleted {
+                workflow_name,
+                workflow_path,
+                ..
+            }) => {
+                assert_eq!(workflow_name.as_deref(), Some("E2E"));
+                assert_eq!(workflow_path.as_deref(), Some(".github/workflows/e2e.yml"));
+            }
+            other => panic!("{other:?}"),
+        }
         let body = br#"{"action":"requested","repository":{"full_name":"a/b"},"workflow_run":{"id":42,"head_sha":"abc"}}"#;
         assert!(matches!(
             parse_event("workflow_run", body, now()).unwrap(),

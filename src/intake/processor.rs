@@ -1182,7 +1182,14 @@ async fn github_event(
             RuleKind::Supersede(o),
             Trigger::Push { deleted: true, .. } | Trigger::PullRequestClosed { .. },
         ) => o.on_branch_deleted,
-        (RuleKind::Orphan(_), Trigger::WorkflowRunCompleted { .. }) => true,
+        (
+            RuleKind::Orphan(o),
+            Trigger::WorkflowRunCompleted {
+                workflow_name,
+                workflow_path,
+                ..
+            },
+        ) => o.concerns_workflow(workflow_name.as_deref(), workflow_path.as_deref()),
         _ => false,
     });
     if !needed {
@@ -1191,10 +1198,18 @@ async fn github_event(
     // A workflow run without a branch (a tag build) is matched over every in-progress run,
     // and so is any when an orphan rule ties runs by `ciBuildId` alone (SPEC §4): a run
     // whose branch Currents recorded otherwise (an override, a merge ref) is still its.
-    let by_build_id = matches!(trigger, Trigger::WorkflowRunCompleted { .. })
-        && ctx.config.rules.iter().any(|r| {
-            matches!(&r.kind, RuleKind::Orphan(o) if o.match_by == crate::config::MatchBy::CiBuildId)
-        });
+    let by_build_id = match &trigger {
+        Trigger::WorkflowRunCompleted {
+            workflow_name,
+            workflow_path,
+            ..
+        } => ctx.config.rules.iter().any(|r| {
+            matches!(&r.kind, RuleKind::Orphan(o)
+                if o.match_by == crate::config::MatchBy::CiBuildId
+                    && o.concerns_workflow(workflow_name.as_deref(), workflow_path.as_deref()))
+        }),
+        _ => false,
+    };
     let branch = Some(branch.as_str()).filter(|b| !b.is_empty() && !by_build_id);
     if branch.is_none() && !matches!(trigger, Trigger::WorkflowRunCompleted { .. }) {
         return Ok(Vec::new());

@@ -146,6 +146,11 @@ pub enum Trigger {
         head_branch: Option<String>,
         head_sha: String,
         completed_at: DateTime<Utc>,
+        /// The workflow's `name` (`None` when the payload had none, or for an event
+        /// stored by a version of runwarden that did not keep it).
+        workflow_name: Option<String>,
+        /// The workflow file's path in the repository (`.github/workflows/e2e.yml`).
+        workflow_path: Option<String>,
     },
     /// A poll: check the timeouts of every in-progress run (and reconcile supersession
     /// among them).

@@ -7,7 +7,8 @@
 //! does not claim `...-5123-1`), or with `match_by = "commit"` when its branch and sha
 //! equal the workflow run's (and its repository, when known, is the event's). Only runs
 //! created before the workflow run completed count: a re-run's new Currents run is not
-//! an orphan of the previous attempt.
+//! an orphan of the previous attempt. With `workflows`, only the completion of a
+//! workflow listed there (by its name, or its file's name) makes orphans.
 //!
 //! The decision carries `not_before = completed_at + grace`; the executor waits until
 //! then and sends the cancel. A run that finished during the grace is not cancelled
@@ -94,10 +95,15 @@ pub fn decide(
         head_branch,
         head_sha,
         completed_at,
+        workflow_name,
+        workflow_path,
     } = trigger
     else {
         return Vec::new();
     };
+    if !opts.concerns_workflow(workflow_name.as_deref(), workflow_path.as_deref()) {
+        return Vec::new();
+    }
     let wf = Workflow {
         repo,
         run_id: *run_id,
@@ -157,10 +163,14 @@ pub fn explain(opts: &OrphanOptions, run: &Run) -> (bool, String) {
             short_sha(run.sha().unwrap_or("(none)"))
         ),
     };
+    let which = match &opts.workflows {
+        Some(list) => format!(" of workflows {}", list.patterns.join(", ")),
+        None => String::new(),
+    };
     (
         false,
         format!(
-            "event-driven: applies when a workflow_run completes ({how}) and the run is still in progress {grace} later"
+            "event-driven: applies when a workflow_run{which} completes ({how}) and the run is still in progress {grace} later"
         ),
     )
 }
