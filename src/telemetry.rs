@@ -27,7 +27,14 @@ pub fn init(default: &str, format: LogFormat) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // `log_internal_errors(false)`: on a failed write (stderr a pipe whose reader has
+    // gone), tracing-subscriber would report it with `eprintln!`, which panics on that
+    // same stderr; inside the panic hook below that is a panic while panicking, and the
+    // process aborts (exit 134). A log line that cannot be written is dropped instead.
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let installed = if json {
         builder.json().try_init()
     } else {

@@ -876,8 +876,9 @@ async fn webhooks_install_is_idempotent_and_dry_run_changes_nothing() {
         text(&again)
     );
     assert_eq!(env.sim.list_webhooks(PROJECT).unwrap().len(), 1);
-    // A new URL updates the same webhook instead of adding a second one.
-    let (moved, env) = env
+    // Another URL (another deployment's bot) gets its own webhook: the first one is left
+    // alone, and named on stderr.
+    let (second, env) = env
         .run_async(&[
             "webhooks",
             "install",
@@ -885,11 +886,29 @@ async fn webhooks_install_is_idempotent_and_dry_run_changes_nothing() {
             "https://bot2.example.com/webhooks/currents",
         ])
         .await;
-    assert_eq!(moved.status.code(), Some(0), "{}", text(&moved));
-    assert!(text(&moved).contains("updated"), "{}", text(&moved));
-    let hooks = env.sim.list_webhooks(PROJECT).unwrap();
-    assert_eq!(hooks.len(), 1);
-    assert_eq!(hooks[0].url, "https://bot2.example.com/webhooks/currents");
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    assert!(text(&second).contains("created"), "{}", text(&second));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("another runwarden webhook")
+            && stderr.contains("https://bot.example.com/webhooks/currents"),
+        "{stderr}"
+    );
+    let mut urls: Vec<String> = env
+        .sim
+        .list_webhooks(PROJECT)
+        .unwrap()
+        .into_iter()
+        .map(|h| h.url)
+        .collect();
+    urls.sort();
+    assert_eq!(
+        urls,
+        [
+            "https://bot.example.com/webhooks/currents",
+            "https://bot2.example.com/webhooks/currents"
+        ]
+    );
     // The secret never reaches the output.
     assert!(!text(&first).contains("hook-secret") && !text(&again).contains("hook-secret"));
 }
@@ -1513,7 +1532,7 @@ async fn webhooks_install_under_the_global_dry_run_changes_nothing() {
         .run_async(&["webhooks", "install", "--url", moved])
         .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("would be updated"), "{}", text(&out));
+    assert!(text(&out).contains("would be created"), "{}", text(&out));
     assert!(
         env.sim.mutation_log().is_empty(),
         "{:?}",

@@ -356,3 +356,362 @@ fn a_summary_rule_with_no_events_is_an_error() {
         "{e}"
     );
 }
+
+fn env_of(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// `RUNWARDEN__STORE=postgres://rw:hunter2@db/rw` (a section set to a value) printed the
+/// URL, password and all, in the error. No environment value reaches a config error:
+/// the error says what was expected.
+#[test]
+fn no_environment_value_reaches_a_config_error() {
+    const SECRET: &str = "hunter2";
+    let e = load_str(
+        BASE,
+        "rules.toml",
+        &env_of(&[("RUNWARDEN__STORE", "postgres://rw:hunter2@db:5432/rw")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        "RUNWARDEN__STORE: store: expected a table ([store]), not a string (the value is not shown); set its keys one by one, e.g. RUNWARDEN__STORE__URL"
+    );
+    for (var, value, want) in [
+        (
+            "RUNWARDEN__STORE",
+            "postgres://rw:hunter2@db:5432/rw",
+            "RUNWARDEN__STORE: ",
+        ),
+        ("RUNWARDEN__CURRENTS", "hunter2", "RUNWARDEN__CURRENTS: "),
+        ("RUNWARDEN__SERVER", "hunter2:8080", "RUNWARDEN__SERVER: "),
+        (
+            "RUNWARDEN__DRY_RUN",
+            "hunter2",
+            "RUNWARDEN__DRY_RUN: dry_run: expected a boolean, not a string (the value is not shown)",
+        ),
+        (
+            "RUNWARDEN__GITHUB__REPOS",
+            "hunter2",
+            "RUNWARDEN__GITHUB__REPOS: [github] repos: expected a table, not a string (the value is not shown); set one variable per project: RUNWARDEN__GITHUB__REPOS__<project id>=owner/name",
+        ),
+        (
+            "RUNWARDEN__CURRENTS__MAX_REQUESTS_PER_SECOND",
+            "hunter2",
+            "RUNWARDEN__CURRENTS__MAX_REQUESTS_PER_SECOND: ",
+        ),
+        // A key set as a section: the error is about `store.url`, which no variable
+        // sets as such; it names every override, still without their values.
+        ("RUNWARDEN__STORE__URL__PASSWORD", "hunter2", "rules.toml: "),
+        (
+            "RUNWARDEN__SERVER__LISTEN__X",
+            "hunter2-hunter2",
+            "rules.toml: ",
+        ),
+    ] {
+        let env = env_of(&[
+            (var, value),
+            // Another override holding the secret too: never shown either.
+            (
+                "RUNWARDEN__GITHUB__API_URL",
+                "https://bot:hunter2@ghe.example.com/api/v3",
+            ),
+        ]);
+        let e = load_str(BASE, "rules.toml", &env)
+            .map(|_| "loaded".to_string())
+            .unwrap_or_else(|e| e.to_string());
+        assert!(e.starts_with(want), "{var}: {e}");
+        assert!(!e.contains(SECRET), "{var}: {e}");
+    }
+    // And through the binary, as the audit saw it.
+    let (_, out) = check_with_env(
+        BASE,
+        &[(
+            "RUNWARDEN__STORE".into(),
+            "postgres://rw:hunter2@db:5432/rw".into(),
+        )],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with("RUNWARDEN__STORE: "), "{stderr}");
+    assert!(!stderr.contains(SECRET), "{stderr}");
+}
+
+/// `RUNWARDEN__CURRENTS__MAX_REQUESTS_PER_SECOND=0.4` loaded as 0 (no limit at all) and
+/// `1.5` as 2, where the file refuses both: the override is refused with the file's
+/// message, naming the variable.
+#[test]
+fn a_whole_number_from_the_environment_is_read_as_the_file_reads_it() {
+    const VAR: &str = "RUNWARDEN__CURRENTS__MAX_REQUESTS_PER_SECOND";
+    for value in ["0.4", "1.5", "2.0", "1e3", "-1", "5000000000"] {
+        let from_file = err(&format!("{BASE}max_requests_per_second = {value}\n"));
+        let from_env = load_str(BASE, "rules.toml", &env_of(&[(VAR, value)]))
+            .map(|l| format!("loaded {}", l.config.currents.max_requests_per_second))
+            .unwrap_or_else(|e| e.to_string());
+        let (_, file_msg) = from_file
+            .split_once("max_requests_per_second: ")
+            .unwrap_or_else(|| panic!("{from_file}"));
+        assert_eq!(
+            from_env,
+            format!("{VAR}: [currents] max_requests_per_second: {file_msg}"),
+            "{value}"
+        );
+    }
+    // Text the file would refuse as a string (`true` is not 1, nor `on`).
+    for value in ["true", "on", "lots", ""] {
+        let e = load_str(BASE, "rules.toml", &env_of(&[(VAR, value)]))
+            .map(|l| format!("loaded {}", l.config.currents.max_requests_per_second))
+            .unwrap_or_else(|e| e.to_string());
+        assert_eq!(
+            e,
+            format!(
+                "{VAR}: [currents] max_requests_per_second: invalid type: string (value not shown), expected a whole number ≥ 0"
+            ),
+            "{value:?}"
+        );
+    }
+    for (value, want) in [("0", 0), ("7", 7), (" 12 ", 12), ("4294967295", u32::MAX)] {
+        let l = load_str(BASE, "rules.toml", &env_of(&[(VAR, value)]))
+            .unwrap_or_else(|e| panic!("{value:?}: {e}"));
+        assert_eq!(l.config.currents.max_requests_per_second, want, "{value:?}");
+    }
+    // The variable's name in any case is the same key.
+    let e = load_str(
+        BASE,
+        "rules.toml",
+        &env_of(&[("RUNWARDEN__currents__max_requests_per_second", "0.4")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("RUNWARDEN__currents__max_requests_per_second: "),
+        "{e}"
+    );
+    // Other keys keep their text as written: "1.50" stays "1.50" (no number parsing).
+    let l = load_str(
+        BASE,
+        "rules.toml",
+        &env_of(&[("RUNWARDEN__CURRENTS__WEBHOOK_HEADER", "x-1.50")]),
+    )
+    .unwrap();
+    assert_eq!(l.config.currents.webhook_header, "x-1.50");
+    let l = load_str(
+        BASE,
+        "rules.toml",
+        &env_of(&[("RUNWARDEN__DRY_RUN", "true")]),
+    )
+    .unwrap();
+    assert!(l.config.dry_run);
+}
+
+/// `poll_interval = "1ms"` flooded the store with poll events and "200000000000y" made
+/// `serve` panic: from 1 s to 1 day, or "0s" (off); under 10 s is warned about.
+#[test]
+fn poll_interval_is_off_or_from_one_second_to_one_day() {
+    let poll = |v: &str| format!("{BASE}poll_interval = \"{v}\"\n");
+    assert_eq!(
+        err(&poll("1ms")),
+        "rules.toml:3:1: [currents] poll_interval: \"1ms\" is too short: at least \"1s\" (each poll lists the runs of every project; \"60s\" is the default), or \"0s\" to turn polling off"
+    );
+    assert!(err(&poll("999ms")).contains("too short"));
+    assert_eq!(
+        err(&poll("200000000000y")),
+        "rules.toml:3:1: [currents] poll_interval: \"200000000000y\" is too long: at most \"1d\""
+    );
+    assert!(err(&poll("25h")).contains("too long"));
+    for ok in ["0s", "1s", "10s", "60s", "1d"] {
+        load_str(&poll(ok), "rules.toml", &[]).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    let w = warnings(&poll("5s"));
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("rules.toml:3: [currents] poll_interval = \"5s\": ")),
+        "{w:?}"
+    );
+    for quiet in ["10s", "0s", "60s"] {
+        assert!(
+            !warnings(&poll(quiet))
+                .iter()
+                .any(|w| w.contains("poll_interval")),
+            "{quiet}"
+        );
+    }
+    // From the environment: the variable is named.
+    let e = load_str(
+        BASE,
+        "rules.toml",
+        &env_of(&[("RUNWARDEN__CURRENTS__POLL_INTERVAL", "1ms")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with(
+            "RUNWARDEN__CURRENTS__POLL_INTERVAL: [currents] poll_interval: \"1ms\" is too short"
+        ),
+        "{e}"
+    );
+}
+
+/// A duration so long that the times computed with it overflow (`now - older_than`, an
+/// instant plus the lease) is refused, located, with the longest allowed; that longest
+/// one loads.
+#[test]
+fn durations_too_long_for_time_arithmetic_are_refused_with_their_maximum() {
+    const HUGE: &str = "200000000000y";
+    let section = |s: &str, k: &str, v: &str| format!("{BASE}[{s}]\n{k} = \"{v}\"\n");
+    let currents = |k: &str, v: &str| format!("{BASE}{k} = \"{v}\"\n");
+    let rule = |kind: &str, k: &str, v: &str| {
+        let extra = match kind {
+            "retention" if k != "older_than" => "older_than = \"30d\"\n",
+            "timeout" if k == "fallback" => "max_duration = \"auto\"\n",
+            "timeout" if k != "max_duration" => "max_duration = \"1h\"\n",
+            _ => "",
+        };
+        format!("{BASE}[[rules]]\nname = \"r\"\nkind = \"{kind}\"\n{extra}{k} = \"{v}\"\n")
+    };
+    type Text = Box<dyn Fn(&str) -> String>;
+    let cases: Vec<(&str, &str, Text)> = vec![
+        (
+            "[currents] webhook_tolerance",
+            "1d",
+            Box::new(move |v| currents("webhook_tolerance", v)),
+        ),
+        (
+            "[currents] request_timeout",
+            "1h",
+            Box::new(move |v| currents("request_timeout", v)),
+        ),
+        (
+            "[server] idle_timeout",
+            "1d",
+            Box::new(move |v| section("server", "idle_timeout", v)),
+        ),
+        (
+            "[store] action_lease",
+            "1d",
+            Box::new(move |v| section("store", "action_lease", v)),
+        ),
+        (
+            "[store] keep_events",
+            "36500d",
+            Box::new(move |v| section("store", "keep_events", v)),
+        ),
+        (
+            "[store] keep_audit",
+            "36500d",
+            Box::new(move |v| section("store", "keep_audit", v)),
+        ),
+        (
+            "rule \"r\": older_than",
+            "36500d",
+            Box::new(move |v| rule("retention", "older_than", v)),
+        ),
+        (
+            "rule \"r\": max_duration",
+            "365d",
+            Box::new(move |v| rule("timeout", "max_duration", v)),
+        ),
+        (
+            "rule \"r\": idle_for",
+            "365d",
+            Box::new(move |v| rule("timeout", "idle_for", v)),
+        ),
+        (
+            "rule \"r\": fallback",
+            "365d",
+            Box::new(move |v| rule("timeout", "fallback", v)),
+        ),
+        (
+            "rule \"r\": grace",
+            "7d",
+            Box::new(move |v| rule("orphan", "grace", v)),
+        ),
+    ];
+    for (what, max, text) in &cases {
+        let e = err(&text(HUGE));
+        assert!(e.starts_with("rules.toml:"), "{what}: not located: {e}");
+        assert!(
+            e.contains(&format!(
+                "{what}: \"{HUGE}\" is too long: at most \"{max}\""
+            )),
+            "{what}: {e}"
+        );
+        // Just past the maximum is refused too; the maximum itself loads.
+        let past = format!("{max} 1s");
+        assert!(err(&text(&past)).contains("too long"), "{what}: {past}");
+        load_str(&text(max), "rules.toml", &[]).unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    // From the environment, the variable is named.
+    let e = load_str(
+        BASE,
+        "rules.toml",
+        &env_of(&[("RUNWARDEN__STORE__KEEP_AUDIT", HUGE)]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "RUNWARDEN__STORE__KEEP_AUDIT: [store] keep_audit: \"{HUGE}\" is too long: at most \"36500d\""
+        )
+    );
+}
+
+/// `ci_build_id_suffix = "{run_attempt}"` filled to "1" and matched every first-attempt
+/// run of the repository: the suffix must hold `{run_id}`, and cannot be empty.
+#[test]
+fn an_orphan_suffix_must_name_the_workflow_run() {
+    let orphan = |suffix: &str| {
+        format!(
+            "{BASE}[[rules]]\nname = \"o\"\nkind = \"orphan\"\nci_build_id_suffix = \"{suffix}\"\n"
+        )
+    };
+    let e = err(&orphan("{run_attempt}"));
+    assert!(
+        e.starts_with(
+            "rules.toml:6:1: rule \"o\": ci_build_id_suffix: \"{run_attempt}\" has no {run_id}: "
+        ),
+        "{e}"
+    );
+    assert!(e.contains("every first attempt"), "{e}");
+    for bad in ["{repository}", "{repository}-{run_attempt}", "e2e"] {
+        assert!(err(&orphan(bad)).contains("has no {run_id}"), "{bad}");
+    }
+    for empty in ["", "  "] {
+        let e = err(&orphan(empty));
+        assert!(
+            e.starts_with("rules.toml:6:1: rule \"o\": ci_build_id_suffix: the suffix is empty"),
+            "{empty:?}: {e}"
+        );
+    }
+    for ok in [
+        "{run_id}",
+        "{repository}-{run_id}",
+        "{run_id}-{run_attempt}",
+    ] {
+        load_str(&orphan(ok), "rules.toml", &[]).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+}
+
+/// A `GITHUB_APP_ID` that is not a number was read as unset (and the error then said it
+/// was not set).
+#[test]
+fn a_github_app_id_that_is_not_a_number_is_told_apart_from_an_unset_one() {
+    use runwarden::config::parse_github_app_id;
+    use std::ffi::OsStr;
+    assert_eq!(parse_github_app_id(None), Ok(None));
+    assert_eq!(parse_github_app_id(Some(OsStr::new(""))), Ok(None));
+    assert_eq!(
+        parse_github_app_id(Some(OsStr::new(" 123 "))),
+        Ok(Some(123))
+    );
+    for bad in ["abc", "12a", "-1", "1.5", "Iv1.0123abcd"] {
+        let e = parse_github_app_id(Some(OsStr::new(bad))).unwrap_err();
+        assert!(e.starts_with("GITHUB_APP_ID is not a number"), "{bad}: {e}");
+        assert!(!e.contains(bad), "the value is not shown: {e}");
+    }
+}

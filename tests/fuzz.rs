@@ -249,7 +249,8 @@ kind = "summary"
 events = ["RUN_START", "RUN_FINISH"]
 "#;
 
-/// The same kinds with extreme durations and factors.
+/// The same kinds with extreme durations and factors (each duration at the most the
+/// loader accepts).
 const EXTREME_RULES: &str = r#"
 [currents]
 projects = ["p1"]
@@ -262,7 +263,7 @@ spare_if_progress_at_least = 1.0
 [[rules]]
 name = "stuck"
 kind = "timeout"
-max_duration = "99999999999999d"
+max_duration = "365d"
 idle_for = "1ns"
 
 [[rules]]
@@ -270,18 +271,18 @@ name = "stuck-auto"
 kind = "timeout"
 max_duration = "auto"
 auto_factor = 1e300
-fallback = "99999999999999d"
+fallback = "365d"
 
 [[rules]]
 name = "orphans"
 kind = "orphan"
-grace = "99999999999999d"
+grace = "7d"
 
 [[rules]]
 name = "retention"
 kind = "retention"
 schedule = "0 0 0 1 1 * "
-older_than = "99999999999999d"
+older_than = "36500d"
 keep_latest = 4294967295
 "#;
 

@@ -1,7 +1,7 @@
 //! Edges of the HTTP server (SPEC §5): the request timeout covers the wait for a
 //! concurrency slot, the admin API's auth scheme is case-insensitive, its errors
 //! (store outages included) are JSON, manual sweeps never collide, and the status page
-//! never shows a store outage as "none".
+//! never shows a store outage as "none". (More limits: `tests/http_limits.rs`.)
 
 mod common;
 
@@ -76,6 +76,34 @@ async fn waiting_for_a_concurrency_slot_counts_against_the_request_timeout() {
     assert_eq!(get_status(&app, "/panic").await, Some(500));
     assert_eq!(slots.available_permits(), 1);
     assert_eq!(get_status(&app, "/fast").await, Some(200));
+}
+
+/// `server::guard`, the layers of `/healthz` and `/readyz` (outside the request slots):
+/// still a 500 for a panic and a 408 past the timeout.
+#[tokio::test]
+async fn the_health_checks_guard_catches_panics_and_times_out_without_a_slot() {
+    let routes = Router::new()
+        .route("/fast", get(|| async { "ok" }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                "late"
+            }),
+        )
+        .route(
+            "/panic",
+            get(|| async {
+                if true {
+                    panic!("handler panicked");
+                }
+                "unreachable"
+            }),
+        );
+    let app = runwarden::server::guard(routes, Duration::from_millis(300));
+    assert_eq!(get_status(&app, "/fast").await, Some(200));
+    assert_eq!(get_status(&app, "/slow").await, Some(408));
+    assert_eq!(get_status(&app, "/panic").await, Some(500));
 }
 
 const RETENTION: &str =
@@ -171,8 +199,17 @@ async fn a_store_outage_is_a_json_503_from_the_api_and_never_a_false_zero_on_the
     app.bot.ctx.store.close().await;
 
     // /metrics still answers (a scrape is not a health check), and says the store did
-    // not: its gauges are gone rather than zero.
-    let metrics = app.get_text("/metrics").await;
+    // not: its gauges are gone rather than zero. (They are read at most every 5 s: the
+    // outage shows within that.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let metrics = loop {
+        let metrics = app.get_text("/metrics").await;
+        if !metrics.contains("\nrunwarden_store_up 1\n") {
+            break metrics;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(metrics.contains("\nrunwarden_store_up 0\n"), "{metrics}");
     assert!(!metrics.contains("runwarden_queue_depth"), "{metrics}");
 

@@ -90,3 +90,23 @@ async fn a_replica_waits_for_a_migration_longer_than_its_lock_timeout() {
     store.ping().await.unwrap();
     let _ = holder.close().await;
 }
+
+/// Two processes opening a new SQLite file at the same moment (say `serve` and a cron
+/// `sweep` after an upgrade) both find its migrations to apply: both open it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_opening_a_new_sqlite_store_together_both_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..20 {
+        let url = format!(
+            "sqlite://{}",
+            dir.path().join(format!("{round}.db")).display()
+        );
+        let (a, b) = tokio::join!(
+            runwarden::store::Store::connect(&url),
+            runwarden::store::Store::connect(&url)
+        );
+        if let Err(e) = a.as_ref().and(b.as_ref()) {
+            panic!("round {round}: {e:#}");
+        }
+    }
+}

@@ -8,8 +8,16 @@
 //! `audit` only reads: where the config's SQLite store file does not exist yet (nothing
 //! was ever recorded, e.g. before the first `serve` or `sweep`), it creates none, says
 //! `no store at PATH: nothing recorded yet` (on stderr with `--format json`, which then
-//! prints `[]`) and exits 0, since an empty history is not an error.
+//! prints `[]`) and exits 0, since an empty history is not an error. The same for a
+//! database without any table yet (`the store has no tables yet: nothing recorded yet`).
+//!
+//! It opens the store read-only ([`Store::connect_read_only`]): it never migrates it (a
+//! newer `audit` binary must not migrate the schema under older replicas) nor creates
+//! runwarden's tables in a database that is not its store. A database with other tables,
+//! or with runwarden's schema of another version, is refused with an error naming the
+//! problem, exit 1.
 
+use crate::commands::errln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -56,7 +64,7 @@ pub fn run(
     let since = match since.map(|s| since_cutoff(s, Utc::now())).transpose() {
         Ok(cutoff) => cutoff.flatten(),
         Err(e) => {
-            eprintln!("runwarden audit: --since: {e} (expected a duration like \"24h\")");
+            errln!("runwarden audit: --since: {e} (expected a duration like \"24h\")");
             return ExitCode::from(super::EXIT_USAGE);
         }
     };
@@ -67,7 +75,7 @@ pub fn run(
         let note = format!("no store at {}: nothing recorded yet", file.display());
         match format {
             Format::Json => {
-                eprintln!("runwarden audit: {note}");
+                errln!("runwarden audit: {note}");
                 outln!("[]");
             }
             Format::Table => outln!("{note}"),
@@ -76,23 +84,36 @@ pub fn run(
     }
     let rt = super::runtime();
     rt.block_on(async move {
-        let store = match Store::connect(url).await {
-            Ok(s) => s,
+        // Read only: no migration (a newer binary must not migrate the schema under the
+        // replicas of an older one, nor add runwarden's tables to the wrong database).
+        let store = match Store::connect_read_only(url).await {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                let note = "the store has no tables yet: nothing recorded yet";
+                match format {
+                    Format::Json => {
+                        errln!("runwarden audit: {note}");
+                        outln!("[]");
+                    }
+                    Format::Table => outln!("{note}"),
+                }
+                return ExitCode::SUCCESS;
+            }
             Err(e) => {
-                eprintln!("runwarden audit: cannot open the store: {e:#}");
+                errln!("runwarden audit: cannot open the store: {e:#}");
                 return ExitCode::from(super::EXIT_FAILED);
             }
         };
         let mut entries = match store.audit(since, rule, limit as i64 + 1).await {
             Ok(e) => e,
             Err(e) => {
-                eprintln!("runwarden audit: {e}");
+                errln!("runwarden audit: {e}");
                 return ExitCode::from(super::EXIT_FAILED);
             }
         };
         if entries.len() > limit {
             entries.truncate(limit);
-            eprintln!(
+            errln!(
                 "runwarden audit: more than {limit} entries; showing the newest {limit} (narrow with --since or --rule, or raise --limit)"
             );
         }

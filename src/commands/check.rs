@@ -1,6 +1,7 @@
 //! `runwarden check`: validate the config, print each rule in one line, warn about
 //! risky settings; exit 2 with `PATH:LINE:COL: message` on error.
 
+use crate::commands::errln;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -23,7 +24,7 @@ pub fn run(path: &Path) -> ExitCode {
         outln!("{}", describe(r, loaded.config.dry_run));
     }
     for w in &warnings {
-        eprintln!("warning: {w}");
+        errln!("warning: {w}");
     }
     outln!(
         "{}: ok ({}, {}{})",

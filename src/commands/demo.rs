@@ -7,6 +7,7 @@
 //! narrates each decision as it happens, then prints the pull-request comment as GitHub
 //! would show it and a summary table.
 
+use crate::commands::errln;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -699,7 +700,7 @@ async fn interrupted() {
 /// not).
 pub fn run(path: &std::path::Path, speed: f64, keep_running: bool) -> ExitCode {
     if !speed.is_finite() || speed <= 0.0 {
-        eprintln!("runwarden demo: --speed {speed} must be a number greater than 0");
+        errln!("runwarden demo: --speed {speed} must be a number greater than 0");
         return ExitCode::from(super::EXIT_USAGE);
     }
     let loaded = if path.exists() {
@@ -710,7 +711,7 @@ pub fn run(path: &std::path::Path, speed: f64, keep_running: bool) -> ExitCode {
             path.display()
         );
         crate::config::load_str(EXAMPLE_RULES, "rules.toml (built in)", &[]).map_err(|e| {
-            eprintln!("{e}");
+            errln!("{e}");
             ExitCode::from(super::EXIT_USAGE)
         })
     };
@@ -729,7 +730,7 @@ pub fn run(path: &std::path::Path, speed: f64, keep_running: bool) -> ExitCode {
         }
     });
     let Some(result) = result else {
-        eprintln!("runwarden demo: interrupted; its temporary store was removed");
+        errln!("runwarden demo: interrupted; its temporary store was removed");
         return ExitCode::from(super::EXIT_FAILED);
     };
     match result {
@@ -742,7 +743,7 @@ pub fn run(path: &std::path::Path, speed: f64, keep_running: bool) -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("runwarden demo: {e:#}");
+            errln!("runwarden demo: {e:#}");
             ExitCode::from(super::EXIT_FAILED)
         }
     }

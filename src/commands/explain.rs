@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use chrono::Utc;
 use futures::StreamExt;
 
-use super::outln;
+use super::{errln, outln};
 use crate::config::Secrets;
 use crate::currents::RunFilter;
 use crate::rules::{self, RunsView};
@@ -21,7 +21,7 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
     let client = match super::serve::currents_client(&loaded.config, &secrets) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("runwarden explain: {e:#}");
+            errln!("runwarden explain: {e:#}");
             return ExitCode::from(super::EXIT_USAGE);
         }
     };
@@ -52,7 +52,7 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
     let (run, runs) = match result {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("runwarden explain: {e:#}");
+            errln!("runwarden explain: {e:#}");
             return ExitCode::from(super::EXIT_FAILED);
         }
     };

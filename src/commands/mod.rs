@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Loaded};
 
@@ -26,6 +26,29 @@ pub const EXIT_FAILED: u8 = 1;
 /// Exit code: bad usage or invalid config.
 pub const EXIT_USAGE: u8 = 2;
 
+/// What `errln!` calls: writes `args` and a newline to stderr, ignoring a failure. Never
+/// panics, unlike `eprintln!`, which panics when stderr is a pipe whose reader has gone
+/// (`runwarden check 2>&1 | true`): the error is lost, the exit code is kept.
+pub fn write_stderr(args: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+}
+
+/// `eprintln!` for the commands' messages, without its panic when stderr is gone.
+///
+/// Same syntax as `eprintln!`; a write that fails (a closed pipe) is ignored, and the
+/// command ends with its usual exit code. Use it from any module of the crate with
+/// `use crate::commands::errln;` (crate-internal, not `#[macro_export]`ed).
+macro_rules! errln {
+    () => {
+        $crate::commands::write_stderr(::std::format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::commands::write_stderr(::std::format_args!($($arg)*))
+    };
+}
+pub(crate) use errln;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "runwarden",
@@ -33,7 +56,7 @@ pub const EXIT_USAGE: u8 = 2;
     about = "Policy bot for Currents test runs: cancels superseded, stuck and orphaned runs, deletes old ones, posts PR summaries."
 )]
 pub struct Cli {
-    /// Path of the policy file.
+    /// Path of the policy file (an empty $RUNWARDEN_CONFIG counts as unset).
     #[arg(
         long,
         global = true,
@@ -90,6 +113,7 @@ pub enum Command {
     /// For each rule: does it apply to this run now, and if not, why not.
     Explain {
         /// The Currents run id (`runId`) to explain.
+        #[arg(value_parser = parse_run_id)]
         run_id: String,
     },
     /// The decisions and actions recorded in the store, newest first.
@@ -150,6 +174,10 @@ pub enum WebhooksCommand {
         /// Print what would be created or updated, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// When no webhook points at URL yet, point another webhook labelled `runwarden`
+        /// (e.g. this bot's previous address) at URL instead of creating one.
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -175,6 +203,23 @@ fn parse_listen(s: &str) -> Result<String, String> {
     Err(format!("{why} (expected HOST:PORT, e.g. 127.0.0.1:4000)"))
 }
 
+/// `explain RUN_ID`: a Currents run id, which is one segment of the API's path
+/// (`/runs/{id}`): not empty, and without `/` or white space. Checked here so that a
+/// typo is a usage error (exit 2), not a failed API request (exit 1).
+fn parse_run_id(s: &str) -> Result<String, String> {
+    let id = s.trim();
+    if id.is_empty() {
+        return Err("the run id is empty; give the runId of a Currents run (the last segment of its dashboard URL)".into());
+    }
+    if id.contains('/') {
+        return Err("a run id has no \"/\"; give the runId alone (the last segment of the run's dashboard URL), not a URL or path".into());
+    }
+    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a run id has no spaces or control characters".into());
+    }
+    Ok(id.to_string())
+}
+
 /// `count` and the noun in the singular or the plural: `1 project`, `3 projects`.
 pub fn plural(count: impl Into<u64>, one: &str, many: &str) -> String {
     let n = count.into();
@@ -190,7 +235,7 @@ pub fn check_rule_exists(
 ) -> Result<(), ExitCode> {
     match rule {
         Some(r) if !config.rules.iter().any(|x| x.name == r) => {
-            eprintln!("{}: no rule named {r:?}", path.display());
+            errln!("{}: no rule named {r:?}", path.display());
             Err(ExitCode::from(EXIT_USAGE))
         }
         _ => Ok(()),
@@ -213,7 +258,7 @@ pub fn write_stdout(args: std::fmt::Arguments<'_>) {
         && !STDOUT_CLOSED.swap(true, Ordering::Relaxed)
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
-        eprintln!("runwarden: cannot write to stdout: {e} (further output is dropped)");
+        errln!("runwarden: cannot write to stdout: {e} (further output is dropped)");
     }
 }
 
@@ -245,15 +290,48 @@ pub fn load_config(path: &std::path::Path) -> Result<Loaded, ExitCode> {
     match config::load_file(path) {
         Ok(l) => Ok(l),
         Err(e) => {
-            eprintln!("{e}");
+            errln!("{e}");
             Err(ExitCode::from(EXIT_USAGE))
         }
     }
 }
 
+/// Parses the command line of the process. An empty (or blank) `RUNWARDEN_CONFIG` counts
+/// as unset, as an empty variable usually means one (`RUNWARDEN_CONFIG= runwarden
+/// check`, or a compose file's `${RUNWARDEN_CONFIG}` with nothing behind it): clap would
+/// take it for an empty `--config`. An explicit `--config ""` is still refused.
+pub fn parse_cli() -> Cli {
+    parse_cli_from(
+        std::env::args_os(),
+        std::env::var_os("RUNWARDEN_CONFIG").as_deref(),
+    )
+}
+
+/// [`parse_cli`] on given arguments and value of `RUNWARDEN_CONFIG`; a usage error (or
+/// `--help`) is printed and exits, as clap does (2 for an error, 0 for help).
+fn parse_cli_from(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+    config_env: Option<&std::ffi::OsStr>,
+) -> Cli {
+    try_parse_cli_from(args, config_env).unwrap_or_else(|e| e.exit())
+}
+
+fn try_parse_cli_from(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+    config_env: Option<&std::ffi::OsStr>,
+) -> Result<Cli, clap::Error> {
+    let mut cmd = Cli::command();
+    let blank = config_env.is_some_and(|v| v.to_str().is_some_and(|s| s.trim().is_empty()));
+    if blank {
+        cmd = cmd.mut_arg("config", |a| a.env(None::<&'static str>));
+    }
+    let matches = cmd.try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     // The demo narrates on stdout; its logs stay quiet unless RUST_LOG asks for more.
     let quiet = matches!(
         cli.command,
@@ -264,6 +342,18 @@ pub fn main() -> ExitCode {
             | Command::Audit { .. }
     );
     crate::telemetry::init(if quiet { "warn" } else { "info" }, cli.log_format);
+    // A GITHUB_APP_ID that is not a number is refused by the commands that use GitHub
+    // credentials (`check` tells what `serve` would refuse), rather than read as unset.
+    if let Some(name) = match &cli.command {
+        Command::Serve => Some("serve"),
+        Command::Sweep { .. } => Some("sweep"),
+        Command::Check => Some("check"),
+        _ => None,
+    } && let Err(e) = config::github_app_id_from_env()
+    {
+        errln!("runwarden {name}: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     match &cli.command {
         Command::Check => check::run(&cli.config),
         Command::Serve => serve::run(&cli.config),
@@ -283,8 +373,13 @@ pub fn main() -> ExitCode {
             *limit as usize,
         ),
         Command::Webhooks {
-            command: WebhooksCommand::Install { url, dry_run },
-        } => webhooks::run(&cli.config, url, *dry_run),
+            command:
+                WebhooksCommand::Install {
+                    url,
+                    dry_run,
+                    replace,
+                },
+        } => webhooks::run_with(&cli.config, url, *dry_run, *replace),
         Command::Simulate {
             listen,
             webhook_url,
@@ -318,7 +413,7 @@ fn simulate(path: &std::path::Path, listen: &str, webhook_url: Option<String>) -
     match runtime().block_on(crate::simulator::run_cli(listen, cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("runwarden simulate: {e:#}");
+            errln!("runwarden simulate: {e:#}");
             ExitCode::from(EXIT_FAILED)
         }
     }
@@ -411,6 +506,44 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_runwarden_config_counts_as_unset() {
+        let parse = |args: &[&str], env: Option<&str>| {
+            try_parse_cli_from(
+                args.iter().map(std::ffi::OsString::from),
+                env.map(std::ffi::OsStr::new),
+            )
+        };
+        // The process's own RUNWARDEN_CONFIG is what clap reads; the tests set none, so
+        // a value given here as blank must not be read as `--config ""`.
+        for blank in ["", "  "] {
+            let cli = parse(&["runwarden", "check"], Some(blank)).unwrap();
+            if std::env::var_os("RUNWARDEN_CONFIG").is_none_or(|v| v.is_empty()) {
+                assert_eq!(cli.config, PathBuf::from("rules.toml"));
+            }
+        }
+        let err = parse(&["runwarden", "--config", "", "check"], None).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn a_run_id_is_one_non_empty_path_segment() {
+        assert_eq!(parse_run_id(" abc123 ").as_deref(), Ok("abc123"));
+        for bad in [
+            "",
+            "  ",
+            "a/b",
+            "https://app.currents.dev/run/x",
+            "a b",
+            "a\tb",
+        ] {
+            assert!(parse_run_id(bad).is_err(), "{bad:?}");
+        }
+        let err = Cli::try_parse_from(["runwarden", "explain", ""]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("run id"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! reads the run with its specs and judges it). `serve` also counts from the moment it
 //! first saw a run, so it may act later than `plan` says, never earlier.
 
+use crate::commands::errln;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
@@ -221,7 +222,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, format: Format) -> ExitCo
     let client = match super::serve::currents_client(&loaded.config, &secrets) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("runwarden plan: {e:#}");
+            errln!("runwarden plan: {e:#}");
             return ExitCode::from(super::EXIT_USAGE);
         }
     };
@@ -230,7 +231,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, format: Format) -> ExitCo
     let fetched = match rt.block_on(fetch(&loaded.config, &client, rule, now)) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("runwarden plan: cannot list runs: {e:#}");
+            errln!("runwarden plan: cannot list runs: {e:#}");
             return ExitCode::from(super::EXIT_FAILED);
         }
     };
@@ -256,7 +257,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, format: Format) -> ExitCo
             for note in event_driven_notes(&loaded.config, rule) {
                 outln!("note: {note}");
             }
-            eprintln!(
+            errln!(
                 "{}, {}, nothing changed",
                 super::plural(read, "run read", "runs read"),
                 super::plural(client.request_count(), "API request", "API requests")
@@ -266,7 +267,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, format: Format) -> ExitCo
     if format == Format::Json {
         // stdout holds the JSON document alone.
         for b in &breaches {
-            eprintln!("warning: {b}");
+            errln!("warning: {b}");
         }
     }
     ExitCode::SUCCESS

@@ -2,7 +2,10 @@
 //! and schedules — until SIGINT/SIGTERM. Shutdown is graceful: intake stops first, the
 //! current pass of the processor and of the executor gets 5 s to finish and is then
 //! dropped (its events stay in the store; its actions, and those claimed but not
-//! started, are handed back for the next start), and the process exits 0.
+//! started, are handed back for the next start), what the process still holds in the
+//! store (its actions' leases, its named leases) is given back within
+//! [`SHUTDOWN_CLEANUP_DEADLINE`] all in all (what the store cannot take in time, its write
+//! lock held elsewhere, is logged at WARN and left to expire), and the process exits 0.
 //!
 //! Should one of those loops panic (a bug: inputs never should make one), the bot does
 //! not go on half alive: `/readyz` answers 503 at once, the others stop as on SIGTERM and
@@ -12,6 +15,7 @@
 //! [`Bot`] is also the harness of `demo` and of the end-to-end tests: the same code
 //! paths as production, started in-process.
 
+use crate::commands::errln;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -141,21 +145,81 @@ impl Bot {
         }
     }
 
-    /// Graceful stop: intake first, then the loops after their current batch.
+    /// Graceful stop: intake first, then the loops after their current batch (each
+    /// within its grace, [`LOOP_SHUTDOWN_GRACE`] and [`HTTP_SHUTDOWN_GRACE`]; a loop still
+    /// running [`SHUTDOWN_JOIN_MARGIN`] after that is stopped where it is), then what this
+    /// process holds in the store is given back within [`SHUTDOWN_CLEANUP_DEADLINE`]
+    /// ([`give_back`]).
     pub async fn shutdown(self) {
         self.ctx.ready.store(false, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
-        for (name, t) in self.tasks {
-            if let Err(e) = t.await {
-                tracing::error!(task = name, "task ended abnormally: {e}");
+        let joined_by = tokio::time::Instant::now()
+            + LOOP_SHUTDOWN_GRACE.max(HTTP_SHUTDOWN_GRACE)
+            + SHUTDOWN_JOIN_MARGIN;
+        for (name, mut t) in self.tasks {
+            match tokio::time::timeout_at(joined_by, &mut t).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(task = name, "task ended abnormally: {e}"),
+                Err(_) => {
+                    t.abort();
+                    tracing::warn!(
+                        task = name,
+                        "the {name} loop was still busy past the shutdown's grace; stopped there (what it had not recorded is in the store)"
+                    );
+                }
             }
         }
-        let _ = self.ctx.store.release_leases(&self.ctx.worker_id).await;
-        let _ = self
-            .ctx
-            .store
-            .release_named_leases(&self.ctx.worker_id)
-            .await;
+        give_back(&self.ctx, SHUTDOWN_CLEANUP_DEADLINE).await;
+    }
+}
+
+/// How long a loop may still run after the shutdown's grace before the shutdown stops it
+/// where it is (a lease given back on a store that waits for its lock, a poll waiting
+/// on the API).
+pub const SHUTDOWN_JOIN_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long the shutdown spends, all in all, giving back what this process holds in the
+/// store once its loops have stopped ([`give_back`]): each write may wait for the store's
+/// lock (SQLite's busy timeout, 5 s, with another process writing), and the grace plus
+/// this must stay within a supervisor's stop timeout (Docker's 10 s).
+pub const SHUTDOWN_CLEANUP_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Gives back, within `deadline` all in all, what this process holds in the store: the
+/// leases of its actions in flight (for the next process to carry them out at once), then
+/// its named leases (the processor's and the poller's leadership, the summaries'
+/// repository locks). What is not given back in time, or fails, is logged at WARN: nothing
+/// is lost, those leases expire on their own.
+pub async fn give_back(ctx: &AppContext, deadline: Duration) {
+    const STEPS: [&str; 2] = [
+        "the leases of its actions in flight",
+        "its named leases (processor, poller, summary locks)",
+    ];
+    let (store, me) = (&ctx.store, ctx.worker_id.as_str());
+    let mut done = 0;
+    let mut failed: Vec<String> = Vec::new();
+    let work = async {
+        if let Err(e) = store.release_leases(me).await {
+            failed.push(format!("{} ({e})", STEPS[0]));
+        }
+        done += 1;
+        if let Err(e) = store.release_named_leases(me).await {
+            failed.push(format!("{} ({e})", STEPS[1]));
+        }
+        done += 1;
+    };
+    let in_time = tokio::time::timeout(deadline, work).await.is_ok();
+    if !in_time {
+        failed.extend(
+            STEPS[done..]
+                .iter()
+                .map(|s| format!("{s} (no answer from the store within {deadline:?})")),
+        );
+    }
+    if !failed.is_empty() {
+        tracing::warn!(
+            "shutdown: not given back: {}; nothing is lost, those leases expire on their own",
+            failed.join("; ")
+        );
     }
 }
 
@@ -337,7 +401,8 @@ async fn processor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => break,
         }
     }
-    lease.release(&ctx).await;
+    // The lease is given back at the end of the shutdown, with this process's other named
+    // leases, within the shutdown's deadline (`give_back`).
 }
 
 async fn executor_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
@@ -608,28 +673,28 @@ pub fn run(path: &std::path::Path) -> ExitCode {
     rt.block_on(async move {
         let listen = loaded.config.server.listen.clone();
         if let Err(e) = credentials_problem(&loaded.config, &secrets) {
-            eprintln!("runwarden serve: {e:#}");
+            errln!("runwarden serve: {e:#}");
             return ExitCode::from(super::EXIT_USAGE);
         }
         // What can fail now is the store (down, unreachable, not writable).
         let ctx = match build_context(loaded.config, secrets).await {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("runwarden serve: {e:#}");
+                errln!("runwarden serve: {e:#}");
                 return ExitCode::from(super::EXIT_FAILED);
             }
         };
         let listener = match tokio::net::TcpListener::bind(&listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("runwarden serve: cannot listen on {listen}: {e}");
+                errln!("runwarden serve: cannot listen on {listen}: {e}");
                 return ExitCode::from(super::EXIT_USAGE);
             }
         };
         let mut bot = match start(ctx, listener).await {
             Ok(b) => b,
             Err(e) => {
-                eprintln!("runwarden serve: {e:#}");
+                errln!("runwarden serve: {e:#}");
                 return ExitCode::from(super::EXIT_FAILED);
             }
         };

@@ -55,6 +55,7 @@
 //! overrides the global one) as `skipped` instead of carrying it out (see
 //! `actions::execute`).
 
+use crate::commands::errln;
 use std::collections::HashSet;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -92,13 +93,13 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
         // on after these checks is the store (down, unreachable, not writable): the
         // work failing (1).
         if let Err(e) = super::serve::credentials_problem(&loaded.config, &secrets) {
-            eprintln!("runwarden sweep: {e:#}");
+            errln!("runwarden sweep: {e:#}");
             return ExitCode::from(super::EXIT_USAGE);
         }
         let ctx = match super::serve::build_context(loaded.config, secrets).await {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("runwarden sweep: {e:#}");
+                errln!("runwarden sweep: {e:#}");
                 return ExitCode::from(super::EXIT_FAILED);
             }
         };
@@ -145,7 +146,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                         received_at: started,
                     };
                     if let Err(e) = own.store(&ctx, d).await {
-                        eprintln!("runwarden sweep: {e}");
+                        errln!("runwarden sweep: {e}");
                         return ExitCode::from(super::EXIT_FAILED);
                     }
                 }
@@ -176,7 +177,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 received_at: started,
             };
             if let Err(e) = own.store(&ctx, d).await {
-                eprintln!("runwarden sweep: {e}");
+                errln!("runwarden sweep: {e}");
                 return ExitCode::from(super::EXIT_FAILED);
             }
         }
@@ -335,12 +336,19 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 || d.processed_at.is_none()
             {
                 unevaluated = true;
-                eprintln!(
-                    "runwarden sweep: could not evaluate the rules: {}",
-                    refused
-                        .or(d.last_error.as_deref())
-                        .unwrap_or("not processed in time")
-                );
+                match refused {
+                    // A retention sweep that left out a project it may not list
+                    // decided for the others (see the processor's note).
+                    Some(why) if why.starts_with("project ") => {
+                        errln!("runwarden sweep: the rules were evaluated without {why}")
+                    }
+                    _ => errln!(
+                        "runwarden sweep: could not evaluate the rules: {}",
+                        refused
+                            .or(d.last_error.as_deref())
+                            .unwrap_or("not processed in time")
+                    ),
+                }
             }
         }
         if count("failed") > 0 || breaker || unevaluated || !unfinished.is_empty() {
@@ -355,7 +363,7 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
 /// error), and exits 1: its report would be incomplete, and its exit code could not
 /// follow what happened.
 fn unreadable(what: &str, e: &crate::store::StoreError) -> ExitCode {
-    eprintln!(
+    errln!(
         "runwarden sweep: cannot read {what} from the store: {e}; the outcome of this sweep is unknown (see `runwarden audit`)"
     );
     ExitCode::from(super::EXIT_FAILED)
@@ -533,7 +541,7 @@ async fn waiting_for(
 fn report_unfinished(unfinished: &[ActionRow], gave_up: bool) {
     let Some(next) = unfinished.iter().min_by_key(|a| (due_at(a), a.id)) else {
         if gave_up {
-            eprintln!("runwarden sweep: gave up waiting after {SWEEP_DEADLINE:?}");
+            errln!("runwarden sweep: gave up waiting after {SWEEP_DEADLINE:?}");
         }
         return;
     };
@@ -560,7 +568,7 @@ fn report_unfinished(unfinished: &[ActionRow], gave_up: bool) {
         .as_deref()
         .map(|e| format!("; last error: {e}"))
         .unwrap_or_default();
-    eprintln!(
+    errln!(
         "runwarden sweep: {why} (next: {} of run {}, due {}{error}); `serve` or the next sweep carries {} out",
         next.action,
         next.run_id,
@@ -591,7 +599,7 @@ async fn report_left(ctx: &crate::server::AppContext, claims: &ClaimFilter) {
         } else {
             "their rules are not summary rules of this configuration"
         };
-        eprintln!(
+        errln!(
             "runwarden sweep: left {} for `serve` (or a sweep that can post them): {why}",
             super::plural(u64::try_from(not_mine).unwrap_or(0), "summary", "summaries"),
         );
@@ -610,7 +618,7 @@ async fn report_left(ctx: &crate::server::AppContext, claims: &ClaimFilter) {
             )
         })
         .unwrap_or_default();
-    eprintln!(
+    errln!(
         "runwarden sweep: left for later (serve or the next sweep): {} to be processed, {} queued{next}",
         super::plural(u64::try_from(events).unwrap_or(0), "event", "events"),
         super::plural(u64::try_from(actions).unwrap_or(0), "action", "actions"),

@@ -1,12 +1,19 @@
-//! `runwarden webhooks install --url URL [--dry-run]`: for each configured project,
-//! create or update this bot's Currents webhook for the four run events, carrying the
-//! secret header. Idempotent: a webhook already pointing at URL is updated only when its
-//! events or headers differ, and none is created twice.
+//! `runwarden webhooks install --url URL [--dry-run] [--replace]`: for each configured
+//! project, create or update this bot's Currents webhook for the four run events,
+//! carrying the secret header. Idempotent: a webhook already pointing at URL is updated
+//! only when its events or headers differ, and none is created twice.
+//!
+//! Webhooks are matched by URL, never by label alone: another webhook labelled
+//! `runwarden` that points elsewhere (another deployment of the bot sharing the project:
+//! production's, while staging installs its own) is left untouched and reported on
+//! stderr, and this URL gets a webhook of its own. Only `--replace` points such a
+//! webhook at URL instead (when none points there yet).
 //!
 //! With `--dry-run`, or `dry_run = true` in the config (SPEC §6: a dry run mutates
 //! nothing anywhere), it lists the webhooks (a `GET`) and prints what it would create or
 //! update, sending no `POST` nor `PUT`.
 
+use crate::commands::errln;
 use std::process::ExitCode;
 
 use super::outln;
@@ -22,6 +29,21 @@ pub enum Change {
     Created(String),
     Updated(String),
     Unchanged(String),
+    /// `--replace`: another runwarden webhook, which pointed at `previous_url`, now points
+    /// at the URL installed.
+    Replaced {
+        hook_id: String,
+        previous_url: String,
+    },
+}
+
+/// What [`install_one_with`] did for one project, and the webhooks it left alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub change: Change,
+    /// Other webhooks labelled `runwarden`, pointing at another URL, left untouched:
+    /// `(hook_id, url)`.
+    pub others: Vec<(String, String)>,
 }
 
 fn wanted(url: &str, header: &str, secret: &str) -> WebhookSpec {
@@ -46,7 +68,9 @@ fn same(existing: &Webhook, want: &WebhookSpec) -> bool {
     a == b && parse(&existing.headers) == parse(&want.headers) && existing.label == want.label
 }
 
-/// Installs (or with `dry_run`, plans) the webhook of one project.
+/// Installs (or with `dry_run`, plans) the webhook of one project, as
+/// [`install_one_with`] without `replace`; the other runwarden webhooks it leaves alone
+/// are not returned.
 pub async fn install_one(
     client: &CurrentsClient,
     project: &str,
@@ -55,47 +79,92 @@ pub async fn install_one(
     secret: &str,
     dry_run: bool,
 ) -> anyhow::Result<Change> {
+    install_one_with(client, project, url, header, secret, dry_run, false)
+        .await
+        .map(|i| i.change)
+}
+
+/// Installs (or with `dry_run`, plans) the webhook of one project.
+///
+/// The webhook pointing at `url` (labelled `runwarden` preferably, when several do) is
+/// updated when its secret header, events or label differ, or left alone; when none
+/// does, one is created. Webhooks labelled `runwarden` that point at another URL are
+/// never changed, only returned in [`Installed::others`]; except with `replace`, when no
+/// webhook points at `url` yet: then the first of them is pointed at `url` instead of
+/// creating one ([`Change::Replaced`]).
+pub async fn install_one_with(
+    client: &CurrentsClient,
+    project: &str,
+    url: &str,
+    header: &str,
+    secret: &str,
+    dry_run: bool,
+    replace: bool,
+) -> anyhow::Result<Installed> {
     let want = wanted(url, header, secret);
     let hooks = client.list_webhooks(project).await?;
     let mine = hooks
         .iter()
-        .find(|h| h.url == url)
-        .or_else(|| hooks.iter().find(|h| h.label.as_deref() == Some(LABEL)));
-    match mine {
-        Some(h) if h.url == url && same(h, &want) => Ok(Change::Unchanged(h.hook_id.clone())),
-        Some(h) => {
+        .filter(|h| h.url == url)
+        .min_by_key(|h| h.label.as_deref() != Some(LABEL));
+    let mut others: Vec<&Webhook> = hooks
+        .iter()
+        .filter(|h| h.url != url && h.label.as_deref() == Some(LABEL))
+        .collect();
+    let replaced = match (mine, replace) {
+        (None, true) if !others.is_empty() => Some(others.remove(0)),
+        _ => None,
+    };
+    let others = others
+        .into_iter()
+        .map(|h| (h.hook_id.clone(), h.url.clone()))
+        .collect();
+    let change = match (mine, replaced) {
+        (Some(h), _) if same(h, &want) => Change::Unchanged(h.hook_id.clone()),
+        (Some(h), _) => {
             if !dry_run {
                 client.update_webhook(&h.hook_id, &want).await?;
             }
-            Ok(Change::Updated(h.hook_id.clone()))
+            Change::Updated(h.hook_id.clone())
         }
-        None => {
-            if dry_run {
-                return Ok(Change::Created("(new)".into()));
+        (None, Some(h)) => {
+            if !dry_run {
+                client.update_webhook(&h.hook_id, &want).await?;
             }
-            match client.create_webhook(project, &want).await {
-                Ok(h) => Ok(Change::Created(h.hook_id)),
-                // A 2xx without the webhook in it (a 204, an empty body: what Currents'
-                // own MCP client tolerates). It was created: find it by listing.
-                Err(crate::currents::client::CurrentsError::Decode { status, .. })
-                    if (200..300).contains(&status) =>
-                {
-                    let hooks = client.list_webhooks(project).await?;
-                    let id = hooks
-                        .into_iter()
-                        .find(|h| h.url == url)
-                        .map(|h| h.hook_id)
-                        .unwrap_or_else(|| "(created; the API gave no id)".into());
-                    Ok(Change::Created(id))
-                }
-                Err(e) => Err(e.into()),
+            Change::Replaced {
+                hook_id: h.hook_id.clone(),
+                previous_url: h.url.clone(),
             }
         }
-    }
+        (None, None) if dry_run => Change::Created("(new)".into()),
+        (None, None) => match client.create_webhook(project, &want).await {
+            Ok(h) => Change::Created(h.hook_id),
+            // A 2xx without the webhook in it (a 204, an empty body: what Currents'
+            // own MCP client tolerates). It was created: find it by listing.
+            Err(crate::currents::client::CurrentsError::Decode { status, .. })
+                if (200..300).contains(&status) =>
+            {
+                let hooks = client.list_webhooks(project).await?;
+                let id = hooks
+                    .into_iter()
+                    .find(|h| h.url == url)
+                    .map(|h| h.hook_id)
+                    .unwrap_or_else(|| "(created; the API gave no id)".into());
+                Change::Created(id)
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    Ok(Installed { change, others })
 }
 
-/// Runs the command.
+/// Runs the command (without `--replace`).
 pub fn run(path: &std::path::Path, url: &str, dry_run: bool) -> ExitCode {
+    run_with(path, url, dry_run, false)
+}
+
+/// Runs the command; `replace` is `--replace` (see [`install_one_with`]).
+pub fn run_with(path: &std::path::Path, url: &str, dry_run: bool, replace: bool) -> ExitCode {
     let loaded = match super::load_config(path) {
         Ok(l) => l,
         Err(code) => return code,
@@ -103,13 +172,13 @@ pub fn run(path: &std::path::Path, url: &str, dry_run: bool) -> ExitCode {
     match url::Url::parse(url) {
         Ok(u) if u.scheme() == "https" || u.scheme() == "http" => {}
         _ => {
-            eprintln!("runwarden webhooks install: --url {url:?} is not an http(s) URL");
+            errln!("runwarden webhooks install: --url {url:?} is not an http(s) URL");
             return ExitCode::from(super::EXIT_USAGE);
         }
     }
     let secrets = Secrets::from_env();
     let Some(secret) = secrets.currents_webhook_secrets.first().cloned() else {
-        eprintln!(
+        errln!(
             "runwarden webhooks install: RUNWARDEN_CURRENTS_WEBHOOK_SECRET is not set (the webhook must carry it)"
         );
         return ExitCode::from(super::EXIT_USAGE);
@@ -117,13 +186,13 @@ pub fn run(path: &std::path::Path, url: &str, dry_run: bool) -> ExitCode {
     let client = match super::serve::currents_client(&loaded.config, &secrets) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("runwarden webhooks install: {e:#}");
+            errln!("runwarden webhooks install: {e:#}");
             return ExitCode::from(super::EXIT_USAGE);
         }
     };
     // The global `dry_run` (the emergency stop) holds here too.
     if loaded.config.dry_run {
-        eprintln!(
+        errln!(
             "runwarden webhooks install: dry_run is on in the config: nothing is created or updated"
         );
     }
@@ -132,23 +201,39 @@ pub fn run(path: &std::path::Path, url: &str, dry_run: bool) -> ExitCode {
     let rt = super::runtime();
     let mut failed = false;
     for project in &loaded.config.currents.projects {
-        let r = rt.block_on(install_one(
+        let r = rt.block_on(install_one_with(
             &client,
             project,
             url,
             &header,
             secret.expose(),
             dry_run,
+            replace,
         ));
         let prefix = if dry_run { "would be " } else { "" };
-        match r {
-            Ok(Change::Created(id)) => outln!("{project}: webhook {prefix}created {id} -> {url}"),
-            Ok(Change::Updated(id)) => outln!("{project}: webhook {id} {prefix}updated -> {url}"),
-            Ok(Change::Unchanged(id)) => outln!("{project}: webhook {id} already up to date"),
+        let installed = match r {
+            Ok(i) => i,
             Err(e) => {
                 failed = true;
-                eprintln!("{project}: cannot install the webhook: {e:#}");
+                errln!("{project}: cannot install the webhook: {e:#}");
+                continue;
             }
+        };
+        match installed.change {
+            Change::Created(id) => outln!("{project}: webhook {prefix}created {id} -> {url}"),
+            Change::Updated(id) => outln!("{project}: webhook {id} {prefix}updated -> {url}"),
+            Change::Unchanged(id) => outln!("{project}: webhook {id} already up to date"),
+            Change::Replaced {
+                hook_id,
+                previous_url,
+            } => outln!(
+                "{project}: webhook {hook_id} {prefix}moved from {previous_url} -> {url} (--replace)"
+            ),
+        }
+        for (id, other) in installed.others {
+            errln!(
+                "{project}: another runwarden webhook ({id}) points at {other}; not changed; remove it in Currents if it is stale"
+            );
         }
     }
     if failed {

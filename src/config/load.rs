@@ -160,8 +160,79 @@ fn env_origins(env: &[(String, String)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The sections of the file, each with one of its keys, for the message about a
+/// `RUNWARDEN__SECTION` variable that sets a whole section to a value.
+const SECTIONS: &[(&str, &str)] = &[
+    ("currents", "API_URL"),
+    ("github", "API_URL"),
+    ("server", "LISTEN"),
+    ("store", "URL"),
+];
+
+/// What is wrong with an environment override's value, as the `config` crate found it,
+/// without the value: `unexpected` is the crate's `string "postgres://rw:pw@db/rw"`,
+/// `64-bit integer `3``, ...; only its kind is kept (a variable may hold a password, and
+/// the store's URL often does).
+fn env_type_message(key: &str, unexpected: &str, expected: &str) -> String {
+    let kind = if unexpected.starts_with("string") {
+        "a string"
+    } else if unexpected.starts_with("boolean") {
+        "a boolean"
+    } else if unexpected.contains("integer") {
+        "a whole number"
+    } else if unexpected.starts_with("floating point") {
+        "a number"
+    } else if unexpected.starts_with("map") {
+        "a table"
+    } else if unexpected.starts_with("sequence") {
+        "a list"
+    } else {
+        "a value of another type"
+    };
+    if let Some((section, example)) = SECTIONS.iter().find(|(s, _)| *s == key) {
+        return format!(
+            "expected a table ([{section}]), not {kind} (the value is not shown); set its keys one by one, e.g. RUNWARDEN__{}__{example}",
+            section.to_ascii_uppercase()
+        );
+    }
+    if key == "github.repos" {
+        return format!(
+            "expected a table, not {kind} (the value is not shown); set one variable per project: {REPOS_PREFIX}<project id>=owner/name"
+        );
+    }
+    let expected = match expected {
+        "u32" | "an unsigned 64 bit or less integer" | "an integer" => "a whole number ≥ 0",
+        e if e.starts_with("struct ") || e == "a map" => "a table",
+        e => e,
+    };
+    format!("expected {expected}, not {kind} (the value is not shown)")
+}
+
+/// `text`, an error message of the `config` crate or of serde, without the values of
+/// the environment overrides: the quoted strings serde shows (`string "..."`,
+/// `character '...'`) and any override's value found as is.
+fn scrub_env_values(text: &str, env: &[(String, String)]) -> String {
+    static QUOTED: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"(string|character) (?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"#)
+            .expect("valid regex")
+    });
+    let mut out = QUOTED
+        .replace_all(text, "$1 (value not shown)")
+        .into_owned();
+    // Short values are left: they would match words of the message itself (and a
+    // quoted one is already gone).
+    for (_, value) in env {
+        let value = value.trim();
+        if value.chars().count() >= 6 && out.contains(value) {
+            out = out.replace(value, "(value not shown)");
+        }
+    }
+    out
+}
+
 /// An error of the `config` crate while merging the environment: it names the one
-/// variable at fault when it can be told, else every override.
+/// variable at fault when it can be told, else every override. An override's value is
+/// never shown (it may be a URL with a password): the message says what was expected.
 fn env_error(
     e: &config::ConfigError,
     path: &str,
@@ -174,15 +245,27 @@ fn env_error(
             expected,
             key: Some(key),
             ..
-        } => {
-            let msg = format!("invalid type: {unexpected}, expected {expected}");
-            Some((key.clone(), whole_number_message(&msg).unwrap_or(msg)))
-        }
+        } => Some((
+            key.clone(),
+            env_type_message(key, &unexpected.to_string(), expected),
+        )),
         config::ConfigError::At {
             error,
             key: Some(key),
             ..
-        } => Some((key.clone(), error.to_string())),
+        } => {
+            let inner = error.to_string();
+            // serde's "invalid type: string \"...\", expected struct RawStore" for a
+            // section set to a value (`RUNWARDEN__STORE=postgres://...`).
+            let msg = match inner
+                .strip_prefix("invalid type: ")
+                .and_then(|rest| rest.rsplit_once(", expected "))
+            {
+                Some((unexpected, expected)) => env_type_message(key, unexpected, expected),
+                None => scrub_env_values(&inner, env),
+            };
+            Some((key.clone(), msg))
+        }
         _ => None,
     };
     if let Some((key, msg)) = &keyed
@@ -221,16 +304,57 @@ fn env_error(
             };
         }
     }
+    let detail = match &keyed {
+        Some((key, msg)) => format!("{msg} (key `{key}`)"),
+        None => scrub_env_values(&text, env),
+    };
     ConfigError {
         path: path.to_string(),
         location: None,
         message: format!(
-            "with the RUNWARDEN__* environment overrides ({}): {text}",
+            "with the RUNWARDEN__* environment overrides ({}): {detail}",
             env.iter()
                 .map(|(k, _)| k.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    }
+}
+
+/// The keys whose value is a whole number (`u32`): the `config` crate would round an
+/// override of `0.4` to 0 (no limit, for `max_requests_per_second`) and read `true` as
+/// 1, where the file refuses both. These overrides are read here, as the file reads
+/// the value.
+const WHOLE_NUMBER_KEYS: &[&str] = &["currents.max_requests_per_second"];
+
+/// An override of a [`WHOLE_NUMBER_KEYS`] key, read as the file reads a number: the
+/// same messages as [`whole_number_message`] gives for the file; a value that is not a
+/// number is not shown.
+fn parse_whole_number(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<i128>() {
+        return if n < 0 {
+            Err(format!("must be a whole number ≥ 0, not {n}"))
+        } else {
+            u32::try_from(n)
+                .map_err(|_| format!("must be a whole number from 0 to {}, not {n}", u32::MAX))
+        };
+    }
+    let numeric = !t.is_empty()
+        && t.chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-' | '_'));
+    match t.replace('_', "").parse::<f64>() {
+        Ok(f) if numeric && f.is_finite() => {
+            // As serde shows a float (`2.0`, not `2`), so the message is the file's.
+            let mut shown = f.to_string();
+            if !shown.contains(['.', 'e']) {
+                shown.push_str(".0");
+            }
+            Err(format!(
+                "invalid type: floating point `{shown}`, expected a whole number ≥ 0"
+            ))
+        }
+        _ => Err("invalid type: string (value not shown), expected a whole number ≥ 0".into()),
     }
 }
 
@@ -278,14 +402,49 @@ fn apply_env(
         })
         .collect();
     repos.sort();
+    // The whole numbers are read here, as the file reads them ([`WHOLE_NUMBER_KEYS`]);
+    // the key is the variable's name as [`env_origins`] reads it (in any case).
+    let env_key = |var: &str| {
+        var.get("RUNWARDEN__".len()..)
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .replace("__", ".")
+    };
+    let mut number_vars: Vec<String> = map
+        .keys()
+        .filter(|var| WHOLE_NUMBER_KEYS.contains(&env_key(var).as_str()))
+        .cloned()
+        .collect();
+    number_vars.sort();
+    let mut numbers: Vec<(String, u32)> = Vec::new();
+    for var in number_vars {
+        let value = map.remove(&var).unwrap_or_default();
+        let key = env_key(&var);
+        let n = parse_whole_number(&value).map_err(|m| {
+            let (section, k) = key.split_once('.').unwrap_or(("", &key));
+            ConfigError {
+                path: var.clone(),
+                location: None,
+                message: format!("[{section}] {k}: {m}"),
+            }
+        })?;
+        numbers.push((key, n));
+    }
+    // Values stay strings (no `try_parsing`): the typed keys read them from text
+    // (`dry_run` as the `config` crate reads a boolean, the whole numbers above), and a
+    // string key keeps its value as written (`1.50` is not turned into `1.5`).
     let source = config::Environment::with_prefix("RUNWARDEN")
         .prefix_separator("__")
         .separator("__")
-        .try_parsing(true)
         .source(Some(map));
     let mut builder = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .add_source(source);
+    for (key, n) in numbers {
+        builder = builder
+            .set_override(key.as_str(), u64::from(n))
+            .map_err(|e| env_error(&e, path, env, origins))?;
+    }
     if let Some(projects) = projects {
         builder = builder
             .set_override("currents.projects", projects)
@@ -617,6 +776,22 @@ fn check_placeholders(template: &str, known: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// An orphan rule's `ci_build_id_suffix` must hold `{run_id}`: it is what ties a run to
+/// one workflow run. Without it the filled suffix is the same for every workflow run
+/// of the repository (`{run_attempt}` fills to "1" for every first attempt), and a
+/// completed job would cancel the in-progress runs of every other job.
+fn check_suffix(template: &str) -> Result<(), String> {
+    if template.trim().is_empty() {
+        return Err("the suffix is empty: every ciBuildId ends with it, so any completed workflow run would cancel every run in progress; remove the key for the default \"{repository}-{run_id}-{run_attempt}\", or use match_by = \"commit\"".into());
+    }
+    if !template.contains("{run_id}") {
+        return Err(format!(
+            "{template:?} has no {{run_id}}: filled, it is the same for every workflow run of the repository ({{run_attempt}} is \"1\" for every first attempt), so a completed workflow run would cancel other workflow runs' runs; include {{run_id}}, e.g. \"{{repository}}-{{run_id}}-{{run_attempt}}\" (the default)"
+        ));
+    }
+    Ok(())
+}
+
 /// The closest candidate to a misspelt key, if close enough.
 pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
@@ -630,6 +805,40 @@ pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("{s:?} is not a duration like \"90s\", \"45m\" or \"30d\" ({e})"))
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest each duration may be, and how it is written in messages. Past these,
+/// the times computed with a duration (`now - older_than`, an `Instant` plus the poll
+/// interval times 3, a lease's expiry) would overflow, and `serve` would panic or the
+/// value would be quietly replaced; long before that the setting means nothing useful.
+pub const MAX_POLL_INTERVAL: (Duration, &str) = (DAY, "1d");
+pub const MAX_WEBHOOK_TOLERANCE: (Duration, &str) = (DAY, "1d");
+pub const MAX_REQUEST_TIMEOUT: (Duration, &str) = (HOUR, "1h");
+pub const MAX_IDLE_TIMEOUT: (Duration, &str) = (DAY, "1d");
+pub const MAX_ACTION_LEASE: (Duration, &str) = (DAY, "1d");
+/// `keep_events`, `keep_audit` and a retention rule's `older_than`: 100 years.
+pub const MAX_KEEP: (Duration, &str) = (Duration::from_secs(36_500 * 24 * 3600), "36500d");
+/// A timeout rule's `max_duration`, `idle_for` and `fallback`.
+pub const MAX_RUN_LIMIT: (Duration, &str) = (Duration::from_secs(365 * 24 * 3600), "365d");
+/// An orphan rule's `grace`.
+pub const MAX_GRACE: (Duration, &str) = (Duration::from_secs(7 * 24 * 3600), "7d");
+
+/// The shortest `poll_interval` but "0s" (off): each poll lists the runs of every
+/// project.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Below this `poll_interval`, `check` warns.
+pub const WARN_POLL_INTERVAL: Duration = Duration::from_secs(10);
+
+/// [`parse_duration`], refusing a duration longer than `max` ([`MAX_KEEP`], ...).
+fn parse_duration_max(s: &str, (max, max_text): (Duration, &str)) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > max {
+        return Err(format!("{:?} is too long: at most {max_text:?}", s.trim()));
+    }
+    Ok(d)
 }
 
 /// Parses a retention `schedule`: standard cron, 5 fields (minute first) or 6 (seconds
@@ -670,13 +879,37 @@ fn compile(
             ));
         }
     }
-    let dur = |v: Option<String>, default: &str, key: &str| -> Result<Duration, ConfigError> {
-        parse_duration(v.as_deref().unwrap_or(default)).map_err(|m| sec_err("currents", key, m))
+    let dur = |v: Option<String>,
+               default: &str,
+               key: &str,
+               max: (Duration, &str)|
+     -> Result<Duration, ConfigError> {
+        parse_duration_max(v.as_deref().unwrap_or(default), max)
+            .map_err(|m| sec_err("currents", key, m))
     };
+    let poll_text = c.poll_interval.clone();
+    let poll_interval = dur(c.poll_interval, "60s", "poll_interval", MAX_POLL_INTERVAL)?;
+    if !poll_interval.is_zero() && poll_interval < MIN_POLL_INTERVAL {
+        return Err(sec_err(
+            "currents",
+            "poll_interval",
+            format!(
+                "{:?} is too short: at least \"1s\" (each poll lists the runs of every project; \"60s\" is the default), or \"0s\" to turn polling off",
+                poll_text.as_deref().unwrap_or_default().trim()
+            ),
+        ));
+    }
+    if !poll_interval.is_zero() && poll_interval < WARN_POLL_INTERVAL {
+        warnings.push(Warning(format!(
+            "{}: [currents] poll_interval = {:?}: each poll lists the runs of every project, so polling this often spends Currents' rate limit and fills the store with poll events; webhooks bring the news at once, and \"60s\" (the default) is enough to catch what they miss",
+            loc.section_place("currents", "poll_interval"),
+            poll_text.as_deref().unwrap_or_default().trim()
+        )));
+    }
     let currents = CurrentsConfig {
         api_url,
         projects,
-        poll_interval: dur(c.poll_interval, "60s", "poll_interval")?,
+        poll_interval,
         // A URL with a scheme and host: a webhook's `runUrl` must be on its host, and the
         // summaries link to `{dashboard_url}/run/{id}`.
         dashboard_url: {
@@ -690,8 +923,18 @@ fn compile(
             .webhook_header
             .unwrap_or_else(|| "x-webhook-secret".into())
             .to_ascii_lowercase(),
-        webhook_tolerance: dur(c.webhook_tolerance, "5m", "webhook_tolerance")?,
-        request_timeout: dur(c.request_timeout, "30s", "request_timeout")?,
+        webhook_tolerance: dur(
+            c.webhook_tolerance,
+            "5m",
+            "webhook_tolerance",
+            MAX_WEBHOOK_TOLERANCE,
+        )?,
+        request_timeout: dur(
+            c.request_timeout,
+            "30s",
+            "request_timeout",
+            MAX_REQUEST_TIMEOUT,
+        )?,
         max_requests_per_second: c.max_requests_per_second.unwrap_or(10),
     };
     if currents.request_timeout.is_zero() {
@@ -753,8 +996,11 @@ fn compile(
 
     let listen = raw.server.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
     check_listen(&listen).map_err(|m| sec_err("server", "listen", m))?;
-    let idle_timeout = parse_duration(raw.server.idle_timeout.as_deref().unwrap_or("60s"))
-        .map_err(|m| sec_err("server", "idle_timeout", m))?;
+    let idle_timeout = parse_duration_max(
+        raw.server.idle_timeout.as_deref().unwrap_or("60s"),
+        MAX_IDLE_TIMEOUT,
+    )
+    .map_err(|m| sec_err("server", "idle_timeout", m))?;
     let server = ServerConfig {
         listen,
         idle_timeout,
@@ -764,19 +1010,23 @@ fn compile(
             .store
             .url
             .unwrap_or_else(|| "sqlite://runwarden.db".into()),
-        action_lease: parse_duration(raw.store.action_lease.as_deref().unwrap_or("60s"))
-            .and_then(|d| {
-                if d.is_zero() {
-                    Err("must be more than 0s".into())
-                } else {
-                    Ok(d)
-                }
-            })
-            .map_err(|m| sec_err("store", "action_lease", m))?,
+        action_lease: parse_duration_max(
+            raw.store.action_lease.as_deref().unwrap_or("60s"),
+            MAX_ACTION_LEASE,
+        )
+        .and_then(|d| {
+            if d.is_zero() {
+                Err("must be more than 0s".into())
+            } else {
+                Ok(d)
+            }
+        })
+        .map_err(|m| sec_err("store", "action_lease", m))?,
         keep_events: match raw.store.keep_events.as_deref() {
             None => Some(super::DEFAULT_KEEP_EVENTS),
             Some(text) => {
-                let d = parse_duration(text).map_err(|m| sec_err("store", "keep_events", m))?;
+                let d = parse_duration_max(text, MAX_KEEP)
+                    .map_err(|m| sec_err("store", "keep_events", m))?;
                 // "0s": keep everything.
                 (!d.is_zero()).then_some(d)
             }
@@ -784,7 +1034,8 @@ fn compile(
         keep_audit: match raw.store.keep_audit.as_deref() {
             None => Some(super::DEFAULT_KEEP_AUDIT),
             Some(text) => {
-                let d = parse_duration(text).map_err(|m| sec_err("store", "keep_audit", m))?;
+                let d = parse_duration_max(text, MAX_KEEP)
+                    .map_err(|m| sec_err("store", "keep_audit", m))?;
                 (!d.is_zero()).then_some(d)
             }
         },
@@ -1024,9 +1275,12 @@ fn compile_rule(
         loc,
         warnings,
     )?;
-    let dur = |key: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
+    let dur = |key: &str,
+               v: &Option<String>,
+               max: (Duration, &str)|
+     -> Result<Option<Duration>, ConfigError> {
         v.as_deref()
-            .map(parse_duration)
+            .map(|s| parse_duration_max(s, max))
             .transpose()
             .map_err(|m| at(key, m))
     };
@@ -1066,13 +1320,12 @@ fn compile_rule(
             let max_duration = match r.max_duration.as_deref() {
                 None => None,
                 Some("auto") => Some(MaxDuration::Auto),
-                Some(s) => {
-                    Some(MaxDuration::Fixed(parse_duration(s).map_err(|m| {
-                        at("max_duration", format!("{m}, or \"auto\""))
-                    })?))
-                }
+                Some(s) => Some(MaxDuration::Fixed(
+                    parse_duration_max(s, MAX_RUN_LIMIT)
+                        .map_err(|m| at("max_duration", format!("{m}, or \"auto\"")))?,
+                )),
             };
-            let idle_for = dur("idle_for", &r.idle_for)?;
+            let idle_for = dur("idle_for", &r.idle_for, MAX_RUN_LIMIT)?;
             if max_duration.is_none() && idle_for.is_none() {
                 return Err(loc.err_at(
                     header.clone(),
@@ -1100,7 +1353,7 @@ fn compile_rule(
                     format!("{auto_factor} must be more than 0"),
                 ));
             }
-            let fallback = dur("fallback", &r.fallback)?;
+            let fallback = dur("fallback", &r.fallback, MAX_RUN_LIMIT)?;
             if max_duration == Some(MaxDuration::Auto) && fallback == Some(Duration::ZERO) {
                 warnings.push(Warning(format!(
                     "{}:{}: rule {name:?}: fallback = \"0s\": until 10 passed runs of a group are known, every in-progress run of that group is cancelled at the first check; set a generous limit, e.g. \"1h\"",
@@ -1131,13 +1384,14 @@ fn compile_rule(
                 )));
             }
             RuleKind::Orphan(OrphanOptions {
-                grace: dur("grace", &r.grace)?.unwrap_or(Duration::from_secs(120)),
+                grace: dur("grace", &r.grace, MAX_GRACE)?.unwrap_or(Duration::from_secs(120)),
                 ci_build_id_suffix: match &r.ci_build_id_suffix {
                     None => "{repository}-{run_id}-{run_attempt}".into(),
                     Some(t) => {
                         // A placeholder left unfilled would never match a ciBuildId.
                         check_placeholders(t, super::SUFFIX_PLACEHOLDERS)
                             .map_err(|m| at("ci_build_id_suffix", m))?;
+                        check_suffix(t).map_err(|m| at("ci_build_id_suffix", m))?;
                         t.clone()
                     }
                 },
@@ -1178,7 +1432,7 @@ fn compile_rule(
                     None
                 }
             };
-            let Some(older_than) = dur("older_than", &r.older_than)? else {
+            let Some(older_than) = dur("older_than", &r.older_than, MAX_KEEP)? else {
                 return Err(loc.err_at(
                     header.clone(),
                     format!("rule {name:?}: a retention rule needs \"older_than\" (e.g. \"30d\")"),

@@ -306,15 +306,38 @@ impl Secrets {
         Self {
             currents_api_key: Secret::from_env("CURRENTS_API_KEY"),
             github_token: Secret::from_env("GITHUB_TOKEN"),
-            github_app_id: std::env::var("GITHUB_APP_ID")
-                .ok()
-                .and_then(|v| v.trim().parse().ok()),
+            // A value that is not a number is left out here; [`github_app_id_from_env`]
+            // tells it apart from an unset variable, for the commands to refuse it.
+            github_app_id: github_app_id_from_env().ok().flatten(),
             github_app_private_key: key,
             currents_webhook_secrets: Secret::list_from_env("RUNWARDEN_CURRENTS_WEBHOOK_SECRET"),
             github_webhook_secrets: Secret::list_from_env("RUNWARDEN_GITHUB_WEBHOOK_SECRET"),
             admin_token: Secret::from_env("RUNWARDEN_ADMIN_TOKEN"),
         }
     }
+}
+
+/// What `GITHUB_APP_ID` says, for [`Secrets::from_env`]: `Ok(None)` when it is unset or
+/// empty, `Err` when it is set to something that is not a number (the GitHub App's
+/// numeric id). The value itself is never part of the error.
+pub fn github_app_id_from_env() -> Result<Option<u64>, String> {
+    parse_github_app_id(std::env::var_os("GITHUB_APP_ID").as_deref())
+}
+
+/// [`github_app_id_from_env`] on a given value of the variable.
+pub fn parse_github_app_id(value: Option<&std::ffi::OsStr>) -> Result<Option<u64>, String> {
+    const WHAT: &str = "GITHUB_APP_ID is not a number: set it to the GitHub App's numeric id (the \"App ID\" of the App's settings page), or unset it";
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let Some(text) = value.to_str() else {
+        return Err(WHAT.into());
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| WHAT.into())
 }
 
 /// The placeholders of an orphan rule's `ci_build_id_suffix` ([`fill_suffix`]).

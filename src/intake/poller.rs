@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::server::AppContext;
 use crate::store::NewDelivery;
@@ -17,11 +17,20 @@ pub const LEASE_NAME: &str = "poller";
 /// number (the time divided by the interval): one poll per slot across replicas.
 pub const SLOT_PREFIX: &str = "poll:";
 
+/// The poll slot of `now`: the time divided by the interval (in milliseconds; a zero
+/// interval counts as one millisecond, one too large to count saturates).
+pub fn slot_of(now: DateTime<Utc>, interval: Duration) -> i64 {
+    let ms = i64::try_from(interval.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    now.timestamp_millis() / ms
+}
+
 /// Stores one poll event if this process holds the poller lease. Returns whether it did.
 pub async fn poll_once(ctx: &AppContext) -> bool {
     let interval = ctx.config.currents.poll_interval;
     let now = Utc::now();
-    let ttl = (interval * 3).max(Duration::from_secs(10));
+    let ttl = interval.saturating_mul(3).max(Duration::from_secs(10));
     match ctx
         .store
         .try_acquire_lease(LEASE_NAME, &ctx.worker_id, ttl, now)
@@ -34,7 +43,7 @@ pub async fn poll_once(ctx: &AppContext) -> bool {
             return false;
         }
     }
-    let slot = now.timestamp_millis() / (interval.as_millis().max(1) as i64);
+    let slot = slot_of(now, interval);
     let d = NewDelivery {
         source: "poll".into(),
         delivery_id: format!("{SLOT_PREFIX}{slot}"),

@@ -34,14 +34,53 @@ pub enum ProcessError {
 
 impl From<crate::currents::client::CurrentsError> for ProcessError {
     fn from(e: crate::currents::client::CurrentsError) -> Self {
+        use crate::currents::client::CurrentsError;
         // An undecodable 2xx (a truncated body, a proxy's page) may read fine next time.
-        let undecodable_success = matches!(&e, crate::currents::client::CurrentsError::Decode { status, .. } if (200..300).contains(status));
-        if e.is_retryable() || undecodable_success {
+        let undecodable_success =
+            matches!(&e, CurrentsError::Decode { status, .. } if (200..300).contains(status));
+        // A 401 or 403 says nothing about the event: an API key being rotated, a
+        // permission being granted. The event is retried with its backoff until it is
+        // dead-lettered ([`MAX_EVENT_AGE`]), not dropped at once.
+        let refused_for_now = matches!(
+            &e,
+            CurrentsError::Api {
+                status: 401 | 403,
+                ..
+            }
+        );
+        if e.is_retryable() || undecodable_success || refused_for_now {
             ProcessError::Transient(format!("Currents API: {e}"))
         } else {
             ProcessError::Permanent(format!("Currents API: {e}"))
         }
     }
+}
+
+/// [`ProcessError::from`] for an error of a project's listing: a 404 there (a project
+/// being set up, or an id Currents does not know yet) is retried like a 401 or 403,
+/// with the event's backoff until it is dead-lettered. A 404 on a single run's read
+/// stays final (the run is gone).
+fn listing_error(e: crate::currents::client::CurrentsError) -> ProcessError {
+    if matches!(
+        &e,
+        crate::currents::client::CurrentsError::Api { status: 404, .. }
+    ) {
+        ProcessError::Transient(format!("Currents API: {e}"))
+    } else {
+        e.into()
+    }
+}
+
+/// Whether a project's listing was refused for good (404, 403): a retention sweep goes
+/// on without that project ([`sweep_retention`]).
+fn project_refused(e: &crate::currents::client::CurrentsError) -> bool {
+    matches!(
+        e,
+        crate::currents::client::CurrentsError::Api {
+            status: 403 | 404,
+            ..
+        }
+    )
 }
 
 impl From<crate::store::StoreError> for ProcessError {
@@ -203,22 +242,58 @@ pub async fn process_next(ctx: &AppContext, feed: &mut EventFeed) -> Result<usiz
 enum ToCommit {
     /// Its record.
     Record(Decided),
-    /// Nothing but the processed mark of this delivery (it decided nothing, read no run).
-    Quiet(i64),
+    /// Nothing but the processed mark of this delivery (it decided nothing, read no run);
+    /// with the time of the poll it was, when it polled every project.
+    Quiet(i64, Option<DateTime<Utc>>),
+}
+
+/// Events that decided nothing, waiting for their processed mark (with the next record,
+/// or together at the end of the batch).
+#[derive(Default)]
+struct Quiet {
+    ids: Vec<i64>,
+    /// The latest poll among them that polled every project: once they are marked,
+    /// the next poll's look-back starts there ([`advance_last_poll`]).
+    polled_at: Option<DateTime<Utc>>,
+}
+
+impl Quiet {
+    fn push(&mut self, id: i64, polled_at: Option<DateTime<Utc>>) {
+        self.ids.push(id);
+        self.polled_at = self.polled_at.max(polled_at);
+    }
+
+    /// Their marks are committed.
+    fn committed(&mut self, ctx: &AppContext) {
+        if let Some(t) = self.polled_at.take() {
+            advance_last_poll(ctx, t);
+        }
+        self.ids.clear();
+    }
+}
+
+/// A poll that listed every project (at `at`, its own `now`) has had its decisions
+/// committed: the next poll's look-back for runs that started and finished meanwhile
+/// starts there ([`recent_finish_start`]). Only then: a poll that fails after its
+/// listings (the history listing, the commit of its decisions) made nothing good, and
+/// must not shorten the look-back of the next one.
+fn advance_last_poll(ctx: &AppContext, at: DateTime<Utc>) {
+    let mut last = ctx.last_poll.lock().unwrap_or_else(|e| e.into_inner());
+    *last = Some(last.map_or(at, |t| t.max(at)));
 }
 
 /// The committer of [`process_pending`]: records whatever has been decided since its
 /// last commit, in one commit, up to [`RECORD_GROUP_MAX`] events; events that decided
 /// nothing are marked processed with the next record, or together at the end.
 async fn commit_decided(ctx: &AppContext, mut rx: tokio::sync::mpsc::UnboundedReceiver<ToCommit>) {
-    let mut quiet = Vec::new();
+    let mut quiet = Quiet::default();
     let mut group = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 ToCommit::Record(x) => group.push(x),
-                ToCommit::Quiet(id) => quiet.push(id),
+                ToCommit::Quiet(id, polled_at) => quiet.push(id, polled_at),
             }
             if group.len() < RECORD_GROUP_MAX {
                 next = rx.try_recv().ok();
@@ -228,10 +303,17 @@ async fn commit_decided(ctx: &AppContext, mut rx: tokio::sync::mpsc::UnboundedRe
             record(ctx, std::mem::take(&mut group), &mut quiet).await;
         }
     }
-    if !quiet.is_empty() {
+    if !quiet.ids.is_empty() {
         // Not marked: processed again, to the same no-op, next time.
-        if let Err(e) = ctx.store.mark_processed_many(&quiet, NOTHING_DONE).await {
-            tracing::warn!(events = quiet.len(), error = %e, "cannot mark events processed; they will be read again");
+        match ctx
+            .store
+            .mark_processed_many(&quiet.ids, NOTHING_DONE)
+            .await
+        {
+            Ok(()) => quiet.committed(ctx),
+            Err(e) => {
+                tracing::warn!(events = quiet.ids.len(), error = %e, "cannot mark events processed; they will be read again")
+            }
         }
     }
 }
@@ -246,6 +328,9 @@ pub const BREAKER_PREFIX: &str = "breaker-";
 /// The outcome note of an event that decided nothing.
 const NOTHING_DONE: &str = "0 decision(s)";
 
+/// The outcome note of a poll left to a newer one already waiting (see `newer_poll_waiting`).
+pub const SUPERSEDED_POLL: &str = "superseded by a newer poll";
+
 /// An event decided and not yet recorded.
 struct Decided {
     delivery: i64,
@@ -258,6 +343,8 @@ struct Decided {
     note: String,
     decisions: Vec<NewDecision>,
     runs: Vec<RunRecord>,
+    /// A poll that listed every project: its `now` ([`advance_last_poll`]).
+    polled_at: Option<DateTime<Utc>>,
 }
 
 /// Decides one event. Returns what is to be committed: its record, or only its processed
@@ -265,35 +352,69 @@ struct Decided {
 /// with the next record, or together at the end of the batch). One that failed is marked
 /// for its retry (or as skipped) here, and `None` is returned.
 async fn decide_one(ctx: &AppContext, d: Delivery) -> Option<ToCommit> {
+    if newer_poll_waiting(ctx, &d).await {
+        // Its work is the newer poll's, which comes next: no listing, and the look-back
+        // stays where the last committed poll left it, for the newer poll to cover.
+        tracing::debug!(
+            delivery = d.id,
+            "a newer poll is waiting: this one is left to it"
+        );
+        let outcome = match ctx.store.mark_processed(d.id, SUPERSEDED_POLL).await {
+            Ok(()) => "superseded",
+            // Read again, and superseded then.
+            Err(e) => {
+                tracing::warn!(delivery = d.id, error = %e, "cannot mark a superseded poll processed; it will be read again");
+                "retry"
+            }
+        };
+        ctx.metrics.inc(
+            "runwarden_events_processed_total",
+            &[("source", &d.source), ("result", outcome)],
+        );
+        return None;
+    }
     let now = Utc::now();
     let mut seen = Observed::default();
     let result = decide_event(ctx, &d, now, &mut seen).await;
     let outcome = match result {
         Ok(decisions) => {
+            let skipped = std::mem::take(&mut seen.skipped);
             if d.source == "schedule" {
-                finish_slot(ctx, &d, &decisions).await;
+                finish_slot(ctx, &d, &decisions, &skipped).await;
             }
             let n = decisions.len();
+            let polled_at = seen.polled_at;
             let runs = seen.into_records();
-            if n > 0 || !runs.is_empty() {
+            if n > 0 || !runs.is_empty() || !skipped.is_empty() {
                 // The decisions are moved into their records (a sweep may decide thousands).
                 let decisions = to_new_decisions(decisions, &d, now);
+                // A project left out for good is told first, as an event skipped is
+                // (`skipped: WHY`): `runwarden sweep` then exits 1 and says why.
+                let note = if skipped.is_empty() {
+                    format!("{n} decision(s)")
+                } else {
+                    format!(
+                        "skipped: {}; {n} decision(s) for the other projects",
+                        skipped.join("; ")
+                    )
+                };
                 return Some(ToCommit::Record(Decided {
                     delivery: d.id,
                     source: d.source,
                     received_at: d.received_at,
                     attempts: d.attempts,
                     now,
-                    note: format!("{n} decision(s)"),
+                    note,
                     decisions,
                     runs,
+                    polled_at,
                 }));
             }
             ctx.metrics.inc(
                 "runwarden_events_processed_total",
                 &[("source", &d.source), ("result", "ok")],
             );
-            return Some(ToCommit::Quiet(d.id));
+            return Some(ToCommit::Quiet(d.id, polled_at));
         }
         Err(ProcessError::Transient(e)) => {
             let backoff = retry_backoff_secs(d.attempts);
@@ -339,10 +460,11 @@ async fn decide_one(ctx: &AppContext, d: Delivery) -> Option<ToCommit> {
 }
 
 /// Records how the sweep of a schedule slot ended (the slot's row, shown on the status
-/// page): how many runs it decided to delete, or why its circuit breaker stopped it. A
-/// failure to write it is logged and changes nothing else (it is information; the
-/// decisions are recorded with the event).
-async fn finish_slot(ctx: &AppContext, d: &Delivery, decisions: &[Decision]) {
+/// page): how many runs it decided to delete, or why its circuit breaker stopped it, and
+/// which projects it left out (`skipped`, refused for good). A failure to write it is
+/// logged and changes nothing else (it is information; the decisions are recorded with
+/// the event).
+async fn finish_slot(ctx: &AppContext, d: &Delivery, decisions: &[Decision], skipped: &[String]) {
     #[derive(serde::Deserialize)]
     struct Slot {
         rule: String,
@@ -351,7 +473,7 @@ async fn finish_slot(ctx: &AppContext, d: &Delivery, decisions: &[Decision]) {
     let Ok(slot) = serde_json::from_str::<Slot>(&d.payload) else {
         return;
     };
-    let summary = match decisions
+    let mut summary = match decisions
         .iter()
         .find(|x| x.run_id.starts_with(BREAKER_PREFIX))
     {
@@ -366,6 +488,9 @@ async fn finish_slot(ctx: &AppContext, d: &Delivery, decisions: &[Decision]) {
             )
         }
     };
+    if !skipped.is_empty() {
+        summary.push_str(&format!("; skipped {}", skipped.join("; ")));
+    }
     if let Err(e) = ctx.store.finish_slot(&slot.rule, slot.slot, &summary).await {
         tracing::warn!(rule = %slot.rule, error = %e, "cannot record how a schedule slot's sweep ended");
     }
@@ -403,7 +528,10 @@ fn give_up_on(
         && d.delivery_id
             .starts_with(crate::intake::poller::SLOT_PREFIX)
         && !interval.is_zero()
-        && chrono::Duration::from_std(interval).is_ok_and(|i| retry_at >= d.received_at + i)
+        && chrono::Duration::from_std(interval)
+            .ok()
+            .and_then(|i| d.received_at.checked_add_signed(i))
+            .is_some_and(|next| retry_at >= next)
     {
         return Some(GiveUp::NextPoll);
     }
@@ -415,7 +543,7 @@ fn give_up_on(
 /// their new due actions to this process's executor and reports their decisions. When a
 /// group of several cannot be written, each is tried alone, so that one bad record does
 /// not hold back the others.
-async fn record(ctx: &AppContext, group: Vec<Decided>, quiet: &mut Vec<i64>) {
+async fn record(ctx: &AppContext, group: Vec<Decided>, quiet: &mut Quiet) {
     if group.is_empty() {
         return;
     }
@@ -436,7 +564,7 @@ async fn record(ctx: &AppContext, group: Vec<Decided>, quiet: &mut Vec<i64>) {
         .map(|(i, e)| crate::store::EventRecord {
             delivery_id: e.delivery,
             note: &e.note,
-            quiet: if i == 0 { quiet.as_slice() } else { &[] },
+            quiet: if i == 0 { quiet.ids.as_slice() } else { &[] },
             decisions: &e.decisions,
             runs: &e.runs,
             now: e.now.max(recorded_at),
@@ -447,7 +575,7 @@ async fn record(ctx: &AppContext, group: Vec<Decided>, quiet: &mut Vec<i64>) {
     drop(records);
     match result {
         Ok(recorded) => {
-            quiet.clear();
+            quiet.committed(ctx);
             let mut again = Vec::new();
             for (e, r) in group.into_iter().zip(recorded) {
                 again.extend(recorded_one(ctx, e, r));
@@ -532,6 +660,9 @@ fn recorded_one(
     r: crate::store::EventRecorded,
 ) -> Vec<(i64, DateTime<Utc>)> {
     let mut again = Vec::new();
+    if let Some(at) = e.polled_at {
+        advance_last_poll(ctx, at);
+    }
     let crate::store::EventRecorded {
         decisions: recorded,
         claimed,
@@ -693,6 +824,11 @@ async fn decide_event_as_configured(
 #[derive(Debug, Default)]
 pub struct Observed {
     runs: Vec<RunRecord>,
+    /// Set by a whole poll that listed every project: its `now`, where the next poll's
+    /// look-back starts once this one's decisions are committed.
+    polled_at: Option<DateTime<Utc>>,
+    /// Projects a retention sweep left out, refused for good, each with why.
+    skipped: Vec<String>,
 }
 
 impl Observed {
@@ -844,7 +980,8 @@ async fn known_in_progress(
     Ok((runs, progress))
 }
 
-/// Duration history for `max_duration = "auto"` of the groups of `runs`: the store's
+/// Duration history for `max_duration = "auto"` of the groups of the runs of `runs` that
+/// such a rule can apply to (in progress, selected by its filter): the store's
 /// record of completed passed runs, topped up from one API listing (one page of the
 /// newest passed runs of the branch) when the store knows fewer than the minimum. The
 /// listing is kept in memory per group for [`HISTORY_REFRESH`], and not written to the
@@ -854,14 +991,22 @@ async fn history_for(
     ctx: &AppContext,
     runs: &[Run],
 ) -> Result<HashMap<String, Vec<Duration>>, ProcessError> {
-    let needs_auto = ctx.config.rules.iter().any(|r| {
-        matches!(&r.kind, RuleKind::Timeout(t) if t.max_duration == Some(crate::config::MaxDuration::Auto))
-    });
+    let auto_rules: Vec<&crate::config::Rule> = ctx
+        .config
+        .rules
+        .iter()
+        .filter(|r| {
+            matches!(&r.kind, RuleKind::Timeout(t) if t.max_duration == Some(crate::config::MaxDuration::Auto))
+        })
+        .collect();
     let mut out = HashMap::new();
-    if !needs_auto {
-        return Ok(out);
-    }
-    for run in runs {
+    // Only a run an auto timeout can apply to reads its history (`rules::timeout`
+    // checks runs in progress that its filter selects): a finished run, or one no such
+    // rule selects, costs no listing.
+    let wanted = runs
+        .iter()
+        .filter(|run| run.is_in_progress() && auto_rules.iter().any(|r| r.filter.matches(run)));
+    for run in wanted {
         let key = rules::history_key(run);
         if out.contains_key(&key) {
             continue;
@@ -1105,7 +1250,7 @@ async fn list_project_in_progress(
     let mut listed = HashSet::new();
     let mut fresh = Vec::new();
     while let Some(run) = stream.next().await {
-        let run = run?;
+        let run = run.map_err(listing_error)?;
         if branch.is_some_and(|b| run.branch() != Some(b))
             || !run.is_in_progress()
             || skip == Some(run.run_id.as_str())
@@ -1232,23 +1377,39 @@ pub fn github_event_wanted(config: &crate::config::Config, event: &str) -> bool 
     })
 }
 
+/// What a retention sweep decided ([`sweep_retention`]).
+struct SweepOutcome {
+    /// Its decisions, or the breach of its circuit breaker.
+    decided: Result<Vec<Decision>, rules::Breach>,
+    /// The projects it left out, refused for good, each with why.
+    skipped: Vec<String>,
+}
+
 /// One retention sweep of `rule`: lists every run of the projects the rule concerns (with
 /// server-side filters where they narrow the listing) and feeds each page, as it arrives,
 /// to the rules engine's incremental [`rules::retention::Sweep`]. No run is held after
 /// its page: memory grows with the branches and the deletions, not with the runs.
+///
+/// A project whose listing is refused for good (404, 403) before any of its runs was
+/// fed is left out, logged and named in [`SweepOutcome::skipped`]: the sweep decides for
+/// the others. Any other failure (a transient one, or a refusal once runs of the project
+/// were fed) fails the whole sweep, and so does a refusal of every project concerned.
 async fn sweep_retention(
     ctx: &AppContext,
     rule: &crate::config::Rule,
     opts: &crate::config::RetentionOptions,
     now: DateTime<Utc>,
-) -> Result<Result<Vec<Decision>, rules::Breach>, ProcessError> {
+) -> Result<SweepOutcome, ProcessError> {
     let mut sweep = rules::retention::Sweep::new(rule, opts, now);
+    let mut concerned = 0usize;
+    let mut refused = Vec::new();
     for project in &ctx.config.currents.projects {
         if let Some(ps) = &rule.filter.projects
             && !ps.contains(project)
         {
             continue;
         }
+        concerned += 1;
         let mut filter = RunFilter::default();
         if let Some(states) = &rule.filter.completion_states {
             filter.completion_state = states.clone();
@@ -1257,11 +1418,34 @@ async fn sweep_retention(
             filter.status = statuses.clone();
         }
         let mut stream = ctx.currents.list_runs(project, &filter);
+        let mut fed = false;
         while let Some(run) = stream.next().await {
-            sweep.feed(&run?);
+            match run {
+                Ok(run) => {
+                    fed = true;
+                    sweep.feed(&run);
+                }
+                // Nothing of it fed yet: the sweep is whole without it.
+                Err(e) if !fed && project_refused(&e) => {
+                    tracing::warn!(rule = %rule.name, project = %project, error = %e, "cannot list the project's runs for the retention sweep; the other projects are swept, this one is skipped");
+                    refused.push((project, e));
+                    break;
+                }
+                Err(e) => return Err(listing_error(e)),
+            }
         }
     }
-    Ok(sweep.finish(&ctx.config))
+    if concerned > 0 && refused.len() == concerned {
+        let (_, e) = refused.swap_remove(0);
+        return Err(listing_error(e));
+    }
+    Ok(SweepOutcome {
+        decided: sweep.finish(&ctx.config),
+        skipped: refused
+            .into_iter()
+            .map(|(project, e)| format!("project {project} (Currents API: {e})"))
+            .collect(),
+    })
 }
 
 async fn schedule_event(
@@ -1280,7 +1464,9 @@ async fn schedule_event(
     };
     match &rule.kind {
         RuleKind::Retention(opts) => {
-            let (mut decisions, breaches) = match sweep_retention(ctx, rule, opts, now).await? {
+            let SweepOutcome { decided, skipped } = sweep_retention(ctx, rule, opts, now).await?;
+            seen.skipped.extend(skipped);
+            let (mut decisions, breaches) = match decided {
                 Ok(d) => (d, Vec::new()),
                 Err(b) => (Vec::new(), vec![b]),
             };
@@ -1482,10 +1668,11 @@ async fn poll_event_in(
         }
     }
     if failures.is_empty() && scope.rule.is_none() && !scope.preview {
-        // Every project was polled: the next poll's look-back for runs that started and
-        // finished meanwhile starts here (`recent_finish_start`).
-        let mut last = ctx.last_poll.lock().unwrap_or_else(|e| e.into_inner());
-        *last = Some(last.map_or(now, |t| t.max(now)));
+        // Every project was polled: once this poll's decisions are committed, the next
+        // poll's look-back for runs that started and finished meanwhile starts here
+        // (`recent_finish_start`, `advance_last_poll`). Not before: this poll may still
+        // fail (its history listing, its commit), and then made nothing good.
+        seen.polled_at = Some(now);
     }
     if !failures.is_empty() && failures.len() == ctx.config.currents.projects.len() {
         let (_, e) = failures.swap_remove(0);
@@ -1572,7 +1759,7 @@ async fn poll_project(
     let mut listed = std::collections::HashSet::new();
     let mut stream = ctx.currents.list_runs(project, &filter);
     while let Some(run) = stream.next().await {
-        let run = run?;
+        let run = run.map_err(listing_error)?;
         if !run.is_in_progress() {
             continue;
         }
@@ -1611,7 +1798,7 @@ async fn poll_project(
         let filter = finished_runs_filter(&ctx.config, from, now);
         let mut stream = ctx.currents.list_runs(project, &filter);
         while let Some(run) = stream.next().await {
-            let run = run?;
+            let run = run.map_err(listing_error)?;
             // A run listed in progress a moment ago is taken as it was then.
             if run.is_in_progress() || listed.contains(&run.run_id) {
                 continue;
@@ -1651,6 +1838,45 @@ async fn poll_project(
     Ok(())
 }
 
+/// Slots after a poll's own in which [`newer_poll_waiting`] looks for a newer poll: the
+/// next slot's poll, or the one after when a late tick skipped a slot.
+const SUPERSEDE_SCAN: i64 = 8;
+
+/// Whether `d` is a poll of the poller (`poll:{slot}`) and a newer one is already stored,
+/// still to be processed: polls pile up behind a busy processor (one a tick), and each
+/// would list every project, back to back, for what the newest does anyway. The look-back
+/// of that newer one starts where the last committed poll left it
+/// ([`recent_finish_start`]), so a run that came and went in between is still found.
+/// A store that cannot say is taken as "no": the poll is processed.
+async fn newer_poll_waiting(ctx: &AppContext, d: &Delivery) -> bool {
+    let interval = ctx.config.currents.poll_interval;
+    if d.source != "poll" || d.event != "poll" || interval.is_zero() || is_preview(d) {
+        return false;
+    }
+    let Some(slot) = d
+        .delivery_id
+        .strip_prefix(crate::intake::poller::SLOT_PREFIX)
+        .and_then(|s| s.parse::<i64>().ok())
+    else {
+        return false;
+    };
+    // A slot beyond the current one is another replica's clock running ahead.
+    let current = crate::intake::poller::slot_of(Utc::now(), interval);
+    let last = slot
+        .saturating_add(SUPERSEDE_SCAN)
+        .min(current.saturating_add(1));
+    for next in slot.saturating_add(1)..=last {
+        let id = format!("{}{next}", crate::intake::poller::SLOT_PREFIX);
+        if let Ok(Some(newer)) = ctx.store.find_delivery("poll", &id).await
+            && newer.event == "poll"
+            && newer.processed_at.is_none()
+        {
+            return true;
+        }
+    }
+    false
+}
+
 /// How far back the poll looks for finished runs newer than those in progress
 /// ([`poll_event`]), beyond one poll interval.
 pub const FINISHED_LOOKBACK: Duration = Duration::from_secs(3600);
@@ -1662,12 +1888,20 @@ pub fn finished_runs_filter(
     oldest_in_progress: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> RunFilter {
-    let lookback = chrono::Duration::from_std(FINISHED_LOOKBACK + config.currents.poll_interval)
-        .unwrap_or_else(|_| chrono::Duration::hours(1));
+    let lookback = FINISHED_LOOKBACK.saturating_add(config.currents.poll_interval);
     RunFilter {
-        date_start: Some(oldest_in_progress.max(now - lookback)),
+        date_start: Some(oldest_in_progress.max(saturating_before(now, lookback))),
         ..RunFilter::default()
     }
+}
+
+/// `now - back`, for any `back` however large: no earlier than the Unix epoch (no run
+/// is older, and a listing's `date_start` before it is not one the API takes).
+fn saturating_before(now: DateTime<Utc>, back: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(back)
+        .ok()
+        .and_then(|back| now.checked_sub_signed(back))
+        .map_or(DateTime::UNIX_EPOCH, |t| t.max(DateTime::UNIX_EPOCH))
 }
 
 /// Whether a summary rule reacts to a run's end (`RUN_FINISH`, `RUN_TIMEOUT` or
@@ -1684,10 +1918,12 @@ fn wants_finish_events(config: &crate::config::Config) -> bool {
 }
 
 /// How far back a poll looks for runs that started and finished since the previous
-/// poll: to the start of this process's last poll that covered every project (polls that
-/// failed meanwhile, an outage of the API, are made good), and two poll intervals
-/// (one for the interval itself, one for a late or slow poll), [`MIN_RECENT_LOOKBACK`]
-/// at least, in any case; never more than [`FINISHED_LOOKBACK`] plus one interval
+/// poll: to the start of this process's last poll that covered every project and whose
+/// decisions were committed (polls that failed meanwhile, an outage of the API, are made
+/// good; so are polls superseded by a newer one, which move nothing), and two poll
+/// intervals (one for the interval itself, one for a late or slow poll),
+/// [`MIN_RECENT_LOOKBACK`] at least, in any case; never more than [`FINISHED_LOOKBACK`]
+/// plus one interval
 /// ([`finished_runs_filter`]). A run created earlier was listed in progress by an
 /// earlier poll, or is older than this process's watch (at the first poll, only the runs
 /// of the last few minutes are made good, not the whole history). A process's first poll
@@ -1701,9 +1937,9 @@ fn recent_finish_start(ctx: &AppContext, now: DateTime<Utc>) -> DateTime<Utc> {
     } else {
         FIRST_POLL_INTERVALS
     };
-    let back = (ctx.config.currents.poll_interval * intervals).max(MIN_RECENT_LOOKBACK);
-    let recent =
-        now - chrono::Duration::from_std(back).unwrap_or_else(|_| chrono::Duration::hours(1));
+    let back =
+        (ctx.config.currents.poll_interval.saturating_mul(intervals)).max(MIN_RECENT_LOOKBACK);
+    let recent = saturating_before(now, back);
     last.map_or(recent, |t| t.min(recent))
 }
 

@@ -9,6 +9,8 @@
 //! | secret not configured | 404 |
 //! | bad or missing secret / signature, stale or future timestamp | 401 |
 //! | body over the limit (1 MiB Currents, 25 MiB GitHub) | 413 |
+//! | body cut short or otherwise unreadable | 400 |
+//! | GitHub: the [`BodyBudget`] of unverified bodies spent | 503, `Retry-After` |
 //! | missing `X-GitHub-Event` | 400 |
 //! | event not handled (whatever the rest of the body or its content type) | 202, nothing stored |
 //! | handled event: not JSON, malformed body, missing delivery id or run URL | 400 |
@@ -16,17 +18,27 @@
 //! | repeat of a stored delivery | 200, nothing done |
 //! | store cannot commit | 503 |
 //!
+//! A GitHub signature header that is not `sha256=` and 64 hex digits is refused before
+//! any of the body is read, and the bytes of bodies read before their signature is
+//! checked are bounded across the process by a [`BodyBudget`]. (A Currents body is read
+//! only once its secret header matched.)
+//!
 //! Payloads are never logged above DEBUG.
+
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
 use chrono::Utc;
+use futures::StreamExt as _;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::currents::CurrentsWebhookPayload;
 use crate::github::events;
@@ -37,6 +49,49 @@ use crate::store::{InsertOutcome, NewDelivery};
 pub const CURRENTS_BODY_LIMIT: usize = 1024 * 1024;
 /// Body limit of `POST /webhooks/github`.
 pub const GITHUB_BODY_LIMIT: usize = 25 * 1024 * 1024;
+/// Bytes of GitHub webhook bodies that may be held, across the process, before their
+/// signature is checked (see [`BodyBudget`]).
+pub const UNVERIFIED_BODY_BUDGET: usize = 64 * 1024 * 1024;
+/// The budget's unit: a body holds one permit per KiB read so far.
+const BUDGET_UNIT: usize = 1024;
+/// `Retry-After` of a webhook turned away because the budget is spent: the bodies
+/// holding it are answered within the request timeout (30 s), most much sooner.
+pub const BUDGET_RETRY_AFTER_SECS: u64 = 5;
+
+/// The bytes of webhook bodies read before their sender is authenticated, bounded for
+/// the whole process (the router holds one): without it, 1 024 request slots of 25 MiB
+/// each let unauthenticated clients make the bot buffer 25 GiB.
+///
+/// A body takes its share as it arrives, one permit per KiB, never waiting: one that
+/// cannot is answered 503 with `Retry-After`. A body that arrives in one piece (most
+/// do) costs one acquire and one release. The share is given back once the signature
+/// has been checked, whatever the outcome.
+pub struct BodyBudget {
+    units: Semaphore,
+    total: usize,
+}
+
+impl BodyBudget {
+    /// A budget of `bytes` (rounded down to whole KiB).
+    pub fn new(bytes: usize) -> Self {
+        let total = bytes / BUDGET_UNIT;
+        Self {
+            units: Semaphore::new(total),
+            total,
+        }
+    }
+
+    /// Bytes held now (in whole KiB per body).
+    pub fn in_use(&self) -> usize {
+        (self.total - self.units.available_permits()) * BUDGET_UNIT
+    }
+}
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        Self::new(UNVERIFIED_BODY_BUDGET)
+    }
+}
 
 /// A rejection with a status and a short, payload-free reason.
 #[derive(Debug)]
@@ -55,7 +110,14 @@ impl Rejection {
     /// The answer, without logging (the handlers log through [`rejected`], which knows
     /// the source).
     fn answer(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.reason }))).into_response()
+        let mut answer = (self.status, axum::Json(json!({ "error": self.reason }))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            answer.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(BUDGET_RETRY_AFTER_SECS),
+            );
+        }
+        answer
     }
 }
 
@@ -71,21 +133,89 @@ impl IntoResponse for Rejection {
     }
 }
 
-async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Rejection> {
-    if let Some(len) = headers
+/// 413 "body too large".
+fn too_large() -> Rejection {
+    Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, "body too large")
+}
+
+/// A `Content-Length` over `limit`: refused before any of the body is read.
+fn declared_too_large(headers: &HeaderMap, limit: usize) -> bool {
+    headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        && len > limit as u64
-    {
-        return Err(Rejection::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body too large",
-        ));
+        .is_some_and(|len| len > limit as u64)
+}
+
+/// Reads a body of at most `limit` bytes: 413 past it (by `Content-Length` before
+/// reading, or as it arrives), 400 when it cannot be read (the client stopped sending,
+/// a short or malformed body). With a `budget`, the bytes read are held in it (503 when
+/// it has no room) until the returned permit is dropped.
+///
+/// A body that arrives in one piece is returned as it is; one in several pieces is
+/// copied once into a buffer sized by its `Content-Length`.
+async fn read_limited<'b>(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    budget: Option<&'b BodyBudget>,
+) -> Result<(Bytes, Option<SemaphorePermit<'b>>), Rejection> {
+    if declared_too_large(headers, limit) {
+        return Err(too_large());
     }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, "body too large"))
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut stream = body.into_data_stream();
+    let mut permit: Option<SemaphorePermit<'b>> = None;
+    let mut held = 0usize;
+    let mut read = 0usize;
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|_| Rejection::new(StatusCode::BAD_REQUEST, "body could not be read"))?;
+        read += chunk.len();
+        if read > limit {
+            return Err(too_large());
+        }
+        if let Some(budget) = budget {
+            let needed = read.div_ceil(BUDGET_UNIT);
+            if needed > held {
+                // `needed - held` is at most a chunk's KiB, under the limit: it fits.
+                let more = budget
+                    .units
+                    .try_acquire_many((needed - held) as u32)
+                    .map_err(|_| {
+                        Rejection::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "too many webhook bodies being received; retry later",
+                        )
+                    })?;
+                match &mut permit {
+                    Some(p) => p.merge(more),
+                    None => permit = Some(more),
+                }
+                held = needed;
+            }
+        }
+        if let Some(buf) = &mut joined {
+            buf.extend_from_slice(&chunk);
+        } else if let Some(one) = first.take() {
+            let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).clamp(read, limit));
+            buf.extend_from_slice(&one);
+            buf.extend_from_slice(&chunk);
+            joined = Some(buf);
+        } else {
+            first = Some(chunk);
+        }
+    }
+    let body = match joined {
+        Some(buf) => buf.freeze(),
+        None => first.unwrap_or_default(),
+    };
+    Ok((body, permit))
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -210,7 +340,8 @@ impl FromRequest<AppState> for CurrentsWebhook {
                 ));
             }
         }
-        let body = read_limited(body, &parts.headers, CURRENTS_BODY_LIMIT).await?;
+        // Read once the secret matched: no budget needed.
+        let (body, _) = read_limited(body, &parts.headers, CURRENTS_BODY_LIMIT, None).await?;
         // Handled? Decided from the event name alone; the rest is checked only for the
         // events runwarden handles (SPEC §5: another event is 202 and nothing).
         if let Some(name) = currents_event_name(&body)
@@ -268,21 +399,29 @@ pub enum GithubWebhook {
     },
 }
 
+/// The digest of an `X-Hub-Signature-256` value: `sha256=` and exactly 64 hex digits
+/// (either case); `None` for anything else.
+pub fn parse_github_signature(header: &str) -> Option<[u8; 32]> {
+    let hex_sig = header.strip_prefix("sha256=")?;
+    if hex_sig.len() != 64 {
+        return None;
+    }
+    let mut sig = [0u8; 32];
+    hex::decode_to_slice(hex_sig, &mut sig).ok()?;
+    Some(sig)
+}
+
 /// Verifies `sha256=<hex>` against any of the secrets, in constant time.
 pub fn verify_github_signature(
     secrets: &[crate::secret::Secret],
     header: &str,
     body: &[u8],
 ) -> bool {
-    let Some(hex_sig) = header.strip_prefix("sha256=") else {
-        return false;
-    };
-    let Ok(sig) = hex::decode(hex_sig.trim()) else {
-        return false;
-    };
-    if sig.len() != 32 {
-        return false;
-    }
+    parse_github_signature(header).is_some_and(|sig| verify_digest(secrets, &sig, body))
+}
+
+/// Whether `sig` is the HMAC-SHA256 of `body` under any of the secrets.
+fn verify_digest(secrets: &[crate::secret::Secret], sig: &[u8; 32], body: &[u8]) -> bool {
     let mut ok = false;
     for s in secrets {
         if s.expose().is_empty() {
@@ -292,33 +431,40 @@ pub fn verify_github_signature(
             continue;
         };
         mac.update(body);
-        ok |= mac.verify_slice(&sig).is_ok();
+        ok |= mac.verify_slice(sig).is_ok();
     }
     ok
 }
 
-impl FromRequest<AppState> for GithubWebhook {
-    type Rejection = Rejection;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+impl GithubWebhook {
+    /// Authenticates and reads a GitHub webhook; the body's bytes are held in `budget`
+    /// until its signature has been checked.
+    async fn read(req: Request, state: &AppState, budget: &BodyBudget) -> Result<Self, Rejection> {
         let secrets = &state.secrets.github_webhook_secrets;
         if secrets.is_empty() {
             return Err(Rejection::new(StatusCode::NOT_FOUND, "not found"));
         }
         let (parts, body) = req.into_parts();
-        let sig = parts
+        let Some(sig) = parts
             .headers
             .get("x-hub-signature-256")
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let Some(sig) = sig else {
+        else {
             return Err(Rejection::new(
                 StatusCode::UNAUTHORIZED,
                 "missing X-Hub-Signature-256",
             ));
         };
-        let body = read_limited(body, &parts.headers, GITHUB_BODY_LIMIT).await?;
-        if !verify_github_signature(secrets, &sig, &body) {
+        // A signature that cannot be one is refused before the body is read.
+        let Some(sig) = parse_github_signature(sig) else {
+            return Err(Rejection::new(StatusCode::UNAUTHORIZED, "bad signature"));
+        };
+        let (body, permit) =
+            read_limited(body, &parts.headers, GITHUB_BODY_LIMIT, Some(budget)).await?;
+        let verified = verify_digest(secrets, &sig, &body);
+        // The sender is known (or turned away): the body leaves the budget.
+        drop(permit);
+        if !verified {
             return Err(Rejection::new(StatusCode::UNAUTHORIZED, "bad signature"));
         }
         let header = |name: &str| {
@@ -466,11 +612,9 @@ pub async fn currents(
     store_delivery(&state, "currents", delivery).await
 }
 
-/// `POST /webhooks/github`.
-pub async fn github(
-    State(state): State<AppState>,
-    hook: Result<GithubWebhook, Rejection>,
-) -> Response {
+/// `POST /webhooks/github`, its unverified body held in `budget` (the router's).
+pub async fn github(state: AppState, budget: Arc<BodyBudget>, req: Request) -> Response {
+    let hook = GithubWebhook::read(req, &state, &budget).await;
     let ignored = |state: &AppState| {
         answer(
             state,
@@ -614,5 +758,32 @@ mod tests {
             body
         ));
         assert!(!verify_github_signature(&[Secret::new("s1")], &good, body));
+    }
+
+    #[test]
+    fn a_signature_header_is_sha256_and_64_hex_digits() {
+        let digits = "0123456789abcdef".repeat(4);
+        assert!(parse_github_signature(&format!("sha256={digits}")).is_some());
+        let upper = format!("sha256={}", digits.to_uppercase());
+        assert_eq!(
+            parse_github_signature(&upper),
+            parse_github_signature(&format!("sha256={digits}"))
+        );
+        for bad in [
+            format!("sha256={}", &digits[..63]),
+            format!("sha256={digits}0"),
+            format!("sha256={digits}00"),
+            format!("sha256= {}", &digits[..63]),
+            format!("sha256={} ", &digits[..63]),
+            format!("sha256={}g", &digits[..63]),
+            format!("sha256={}é", &digits[..62]),
+            format!("SHA256={digits}"),
+            format!("sha1={digits}"),
+            digits.clone(),
+            "sha256=".into(),
+            String::new(),
+        ] {
+            assert_eq!(parse_github_signature(&bad), None, "{bad:?}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! (404 when no token is configured, 401 without it or with another).
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -190,8 +190,17 @@ pub async fn rules(_: Admin, State(state): State<AppState>) -> Response {
 ///
 /// 202 `{"status": "queued", "rule", "delivery"}`: every call queues its own sweep (its
 /// delivery id is unique, even for two calls in the same millisecond); 404 for a rule the
-/// config does not have; 503 `{"error": ...}` when the store cannot take it.
-pub async fn sweep(_: Admin, State(state): State<AppState>, Path(rule): Path<String>) -> Response {
+/// config does not have; 400 `{"error": ...}` for a rule name that cannot be read (not
+/// UTF-8 once percent-decoded); 503 `{"error": ...}` when the store cannot take it.
+pub async fn sweep(
+    _: Admin,
+    State(state): State<AppState>,
+    rule: Result<Path<String>, PathRejection>,
+) -> Response {
+    let rule = match rule {
+        Ok(Path(rule)) => rule,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
     let Some(r) = state.config.rules.iter().find(|r| r.name == rule) else {
         return error(StatusCode::NOT_FOUND, format!("no rule named {rule:?}"));
     };

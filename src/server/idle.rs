@@ -7,6 +7,14 @@
 //! reads fail with `TimedOut` once nothing has been read or written for the timeout;
 //! hyper then drops the connection. A request being answered is not cut: the handlers'
 //! own time limit is shorter, and every byte read or written restarts the clock.
+//!
+//! Since every byte read restarts that clock, a client dripping its request head one
+//! byte at a time would never be idle; so a connection that has read something and
+//! written nothing since for longer than the request timeout
+//! ([`REQUEST_TIMEOUT`](super::REQUEST_TIMEOUT), 30 s) plus the idle timeout is closed
+//! too. A request whose head arrives within the idle timeout is never cut by it: its
+//! handler answers (or the timeout layer's 408 does) within the request timeout of the
+//! head's end, and an answer's first byte written starts the clock again.
 
 use std::io;
 use std::pin::Pin;
@@ -21,11 +29,18 @@ use tokio::time::{Instant, Sleep};
 pub struct IdleListener {
     inner: TcpListener,
     timeout: Duration,
+    unanswered: Duration,
 }
 
 impl IdleListener {
+    /// Connections idle for `timeout`, or unanswered for [`super::REQUEST_TIMEOUT`] plus
+    /// `timeout`, are closed (`Duration::ZERO`: neither).
     pub fn new(inner: TcpListener, timeout: Duration) -> Self {
-        Self { inner, timeout }
+        Self {
+            inner,
+            timeout,
+            unanswered: super::REQUEST_TIMEOUT + timeout,
+        }
     }
 }
 
@@ -36,7 +51,7 @@ impl axum::serve::Listener for IdleListener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         // axum's own accept loop for a TcpListener (it waits out errors such as EMFILE).
         let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        (IdleStream::new(stream, self.timeout), addr)
+        (IdleStream::new(stream, self.timeout, self.unanswered), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -45,44 +60,66 @@ impl axum::serve::Listener for IdleListener {
 }
 
 /// A TCP stream whose reads fail with [`io::ErrorKind::TimedOut`] once nothing has moved
-/// either way for the timeout.
+/// either way for the timeout, or once it has been reading without writing for the
+/// `unanswered` limit.
 pub struct IdleStream {
     inner: TcpStream,
     timeout: Duration,
+    unanswered: Duration,
     /// When something last moved.
     last: Instant,
+    /// When the first byte read since the last byte written (or since the start) came.
+    reading_since: Option<Instant>,
     /// `None` when the timeout is off. Set for `timeout` after some earlier `last`, and
     /// moved on only when it fires (cheaper than a timer reset per read or write).
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl IdleStream {
-    fn new(inner: TcpStream, timeout: Duration) -> Self {
+    fn new(inner: TcpStream, timeout: Duration, unanswered: Duration) -> Self {
         let deadline = (!timeout.is_zero()).then(|| Box::pin(tokio::time::sleep(timeout)));
         Self {
             inner,
             timeout,
+            unanswered,
             last: Instant::now(),
+            reading_since: None,
             deadline,
         }
     }
 
-    /// Something moved: the clock starts again.
-    fn touch(&mut self) {
+    /// Something was read: the idle clock starts again; the unanswered one starts if
+    /// it was not running.
+    fn touch_read(&mut self) {
         if self.deadline.is_some() {
-            self.last = Instant::now();
+            let now = Instant::now();
+            self.last = now;
+            self.reading_since.get_or_insert(now);
         }
     }
 
-    /// Whether the connection has been idle for the timeout; else the deadline is set
-    /// to the end of the current idle spell and will wake `cx`.
+    /// Something was written: both clocks start again.
+    fn touch_write(&mut self) {
+        if self.deadline.is_some() {
+            self.last = Instant::now();
+            self.reading_since = None;
+        }
+    }
+
+    /// Whether the connection has been idle for the timeout, or unanswered for its
+    /// limit; else the deadline is set to the earlier of the two ends and will wake
+    /// `cx`. (The deadline is never late: `last` only moves later, `reading_since` is
+    /// cleared or kept, or starts after the deadline was set and so, `unanswered` being
+    /// longer than `timeout`, ends after it.)
     fn idle_too_long(&mut self, cx: &mut Context<'_>) -> bool {
         let (last, timeout) = (self.last, self.timeout);
+        let unanswered_end = self.reading_since.map(|t| t + self.unanswered);
         let Some(d) = &mut self.deadline else {
             return false;
         };
         while d.as_mut().poll(cx).is_ready() {
-            let due = last + timeout;
+            let idle_end = last + timeout;
+            let due = unanswered_end.map_or(idle_end, |u| u.min(idle_end));
             if due <= Instant::now() {
                 return true;
             }
@@ -102,7 +139,7 @@ impl AsyncRead for IdleStream {
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
-                    self.touch();
+                    self.touch_read();
                 }
                 Poll::Ready(r)
             }
@@ -110,7 +147,7 @@ impl AsyncRead for IdleStream {
                 if self.idle_too_long(cx) {
                     Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "connection idle past [server] idle_timeout",
+                        "connection idle past [server] idle_timeout, or unanswered past it and the request timeout",
                     )))
                 } else {
                     Poll::Pending
@@ -128,7 +165,7 @@ impl AsyncWrite for IdleStream {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+            self.touch_write();
         }
         r
     }
@@ -140,7 +177,7 @@ impl AsyncWrite for IdleStream {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+            self.touch_write();
         }
         r
     }

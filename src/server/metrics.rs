@@ -1,9 +1,21 @@
 //! Prometheus metrics, rendered by hand in the text exposition format: counters keyed by
-//! name and labels, and one latency histogram (event to action).
+//! name and labels, one latency histogram (event to action), and the gauges read from
+//! the store, computed at most once per [`STORE_GAUGES_TTL`] however many scrape.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A gauge: name, help, label text (see [`labels`]) and value.
+pub type Gauge = (&'static str, &'static str, String, f64);
+
+/// How long the gauges read from the store (`runwarden_store_up`, queue depth, events
+/// pending, actions by state, decisions by outcome) are reused: scrapes within it share
+/// one computation, so a flood of them cannot tie up the store's readers.
+pub const STORE_GAUGES_TTL: Duration = Duration::from_secs(5);
 
 /// Bucket upper bounds, in seconds, of the event-to-action latency histogram.
 const BUCKETS: [f64; 12] = [
@@ -22,6 +34,9 @@ struct Histogram {
 pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, String), u64>>,
     latency: Mutex<Histogram>,
+    /// The last store gauges and when they were read. Held across their computation:
+    /// concurrent scrapes wait for the one computing them, then reuse its result.
+    store_gauges: tokio::sync::Mutex<Option<(Instant, Arc<[Gauge]>)>>,
 }
 
 /// Appends `v` escaped as a label value.
@@ -139,9 +154,36 @@ impl Metrics {
         h.count += 1;
     }
 
+    /// The gauges `compute` reads from the store, computed at most once per
+    /// [`STORE_GAUGES_TTL`]: a caller within it gets the last result; concurrent callers
+    /// after it wait for the first of them to compute the next one (single flight). A
+    /// computation given up half-way (its scrape cancelled) leaves the next caller to
+    /// compute.
+    pub async fn store_gauges<F, Fut>(&self, compute: F) -> Arc<[Gauge]>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Vec<Gauge>>,
+    {
+        let mut cached = self.store_gauges.lock().await;
+        if let Some((at, gauges)) = &*cached
+            && at.elapsed() < STORE_GAUGES_TTL
+        {
+            return gauges.clone();
+        }
+        let gauges: Arc<[Gauge]> = compute().await.into();
+        *cached = Some((Instant::now(), gauges.clone()));
+        gauges
+    }
+
     /// The Prometheus text; `gauges` are point-in-time values computed by the caller
     /// (queue depth, actions by state).
     pub fn render(&self, gauges: &[(&str, &str, String, f64)]) -> String {
+        self.render_parts(&[gauges])
+    }
+
+    /// [`Metrics::render`] of several lists of gauges, in order (a name's samples all
+    /// in one list).
+    pub fn render_parts(&self, parts: &[&[(&str, &str, String, f64)]]) -> String {
         let mut out = String::new();
         let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         // The counters README lists are described from the start, samples or not; the
@@ -169,7 +211,7 @@ impl Metrics {
         }
         drop(c);
         let mut last_g = "";
-        for (name, help, labels, v) in gauges {
+        for (name, help, labels, v) in parts.iter().flat_map(|p| p.iter()) {
             if *name != last_g {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
                 last_g = name;
@@ -292,5 +334,29 @@ mod tests {
             1,
             "{text}"
         );
+    }
+
+    /// Concurrent scrapes share one computation of the store gauges, later ones within
+    /// [`STORE_GAUGES_TTL`] reuse it, and the first after it computes them again.
+    #[tokio::test(start_paused = true)]
+    async fn store_gauges_are_computed_once_per_ttl_by_one_caller() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let m = Metrics::new();
+        let runs = AtomicUsize::new(0);
+        let compute = || async {
+            let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            // A slow store: the other callers arrive meanwhile.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            vec![("g", "A gauge.", String::new(), n as f64)]
+        };
+        let got = futures::future::join_all((0..20).map(|_| m.store_gauges(compute))).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(got.iter().all(|g| g[0].3 == 1.0));
+        tokio::time::advance(STORE_GAUGES_TTL - Duration::from_millis(300)).await;
+        assert_eq!(m.store_gauges(compute).await[0].3, 1.0);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!(m.store_gauges(compute).await[0].3, 2.0);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 }

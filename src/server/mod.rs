@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -55,8 +55,9 @@ pub struct AppContext {
     pub history_cache: std::sync::Mutex<
         std::collections::HashMap<String, crate::intake::processor::HistoryLookup>,
     >,
-    /// When this process's last poll that covered every project began (the look-back of
-    /// the next poll for runs that started and finished in between).
+    /// When this process's last poll that covered every project, and whose decisions
+    /// were committed, began (the look-back of the next poll for runs that started and
+    /// finished in between).
     pub last_poll: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
@@ -93,40 +94,89 @@ pub enum BotEvent {
 /// Shared state of the router.
 pub type AppState = Arc<AppContext>;
 
-/// Maximum requests handled at once.
+/// Maximum requests handled at once (`/healthz` and `/readyz` aside).
 pub const CONCURRENCY_LIMIT: usize = 1024;
 /// Per-request timeout: waiting for one of the [`CONCURRENCY_LIMIT`] slots counts
 /// against it.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builds the router over the shared state.
+///
+/// `/healthz` and `/readyz` are outside the [`CONCURRENCY_LIMIT`] (see [`guard`]): a
+/// probe is answered at once even while every slot is held, e.g. by stalled uploads.
+/// The webhooks count the 408 of the timeout (and the 500 of a panic) in
+/// `runwarden_webhooks_total` like their other answers. The GitHub webhook's unverified
+/// bodies share one [`webhooks::BodyBudget`] per router (one router per process).
 pub fn router(state: AppState) -> Router {
-    let hooks = Router::new()
-        .route("/webhooks/currents", post(webhooks::currents))
-        .route("/webhooks/github", post(webhooks::github))
-        // The extractors enforce their own limits (1 MiB / 25 MiB) and answer 413.
-        .layer(DefaultBodyLimit::disable());
-    let routes = Router::new()
-        .merge(hooks)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .route("/api/actions", get(admin::actions))
-        .route("/api/rules", get(admin::rules))
-        .route("/api/sweep/{rule}", post(admin::sweep))
-        .route("/", get(status_page::page));
-    protect(
-        routes,
-        Arc::new(Semaphore::new(CONCURRENCY_LIMIT)),
-        REQUEST_TIMEOUT,
+    let slots = Arc::new(Semaphore::new(CONCURRENCY_LIMIT));
+    let budget = Arc::new(webhooks::BodyBudget::default());
+    let limited = |routes: Router<AppState>| protect(routes, slots.clone(), REQUEST_TIMEOUT);
+    let counted = |source: &'static str| {
+        let metrics = state.metrics.clone();
+        tower::util::MapResponseLayer::new(move |r: axum::response::Response| {
+            // Produced outside the handler, which counts every answer of its own.
+            if matches!(
+                r.status(),
+                StatusCode::REQUEST_TIMEOUT | StatusCode::INTERNAL_SERVER_ERROR
+            ) {
+                metrics.inc(
+                    "runwarden_webhooks_total",
+                    &[("source", source), ("status", r.status().as_str())],
+                );
+            }
+            r
+        })
+    };
+    // The extractors enforce their own limits (1 MiB / 25 MiB) and answer 413.
+    let currents = limited(
+        Router::new()
+            .route("/webhooks/currents", post(webhooks::currents))
+            .layer(DefaultBodyLimit::disable()),
     )
-    .with_state(state)
+    .layer(counted("currents"));
+    let github = limited(
+        Router::new()
+            .route(
+                "/webhooks/github",
+                post({
+                    let budget = budget.clone();
+                    move |State(state): State<AppState>, req: Request| {
+                        webhooks::github(state, budget, req)
+                    }
+                }),
+            )
+            .layer(DefaultBodyLimit::disable()),
+    )
+    .layer(counted("github"));
+    let rest = limited(
+        Router::new()
+            .route(
+                "/metrics",
+                get(move |State(state): State<AppState>| metrics_text(state, budget)),
+            )
+            .route("/api/actions", get(admin::actions))
+            .route("/api/rules", get(admin::rules))
+            .route("/api/sweep/{rule}", post(admin::sweep))
+            .route("/", get(status_page::page)),
+    );
+    let health = guard(
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz)),
+        REQUEST_TIMEOUT,
+    );
+    Router::new()
+        .merge(currents)
+        .merge(github)
+        .merge(rest)
+        .merge(health)
+        .with_state(state)
 }
 
-/// The layers around every route of [`router`], from the outside in: a panic becomes a
-/// 500; then one `timeout` for the whole request, waiting for a slot included (408 when
-/// it runs out); then one of `slots` (shared by all routes) for as long as the handler
-/// runs.
+/// The layers around every route of [`router`] but the health checks, from the outside
+/// in: a panic becomes a 500; then one `timeout` for the whole request, waiting for a
+/// slot included (408 when it runs out); then one of `slots` (shared by all routes) for
+/// as long as the handler runs.
 ///
 /// The timeout is outside the limit on purpose: when every slot is held (e.g. by stalled
 /// uploads), a request waiting for one is answered 408 after `timeout` instead of
@@ -138,10 +188,21 @@ pub fn protect<S>(routes: Router<S>, slots: Arc<Semaphore>, timeout: Duration) -
 where
     S: Clone + Send + Sync + 'static,
 {
-    routes
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(
+    guard(
+        routes.layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(
             slots,
-        ))
+        )),
+        timeout,
+    )
+}
+
+/// [`protect`] without the concurrency limit (the health checks): a panic is a 500, a
+/// request past `timeout` a 408.
+pub fn guard<S>(routes: Router<S>, timeout: Duration) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    routes
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
@@ -165,55 +226,16 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
-    let mut gauges: Vec<(&str, &str, String, f64)> = Vec::new();
-    let depth = state.store.queue_depth().await;
-    // Whether the store answered this scrape: the gauges read from it are missing when
-    // it did not (an outage shows as 0 here, not as gauges that vanish).
-    gauges.push((
-        "runwarden_store_up",
-        "1 when the store answered this scrape's reads, 0 when it did not.",
+/// `GET /metrics`. The gauges read from the store are shared by the scrapes of
+/// [`metrics::STORE_GAUGES_TTL`] (5 s); the counters and the other gauges are live.
+async fn metrics_text(state: AppState, budget: Arc<webhooks::BodyBudget>) -> impl IntoResponse {
+    let stored = state.metrics.store_gauges(|| store_gauges(&state)).await;
+    let mut gauges: Vec<(&str, &str, String, f64)> = vec![(
+        "runwarden_webhook_unverified_bytes",
+        "Bytes of GitHub webhook bodies read but not yet verified: past 64 MiB, webhooks are answered 503.",
         String::new(),
-        if depth.is_ok() { 1.0 } else { 0.0 },
-    ));
-    if let Ok(depth) = depth {
-        gauges.push((
-            "runwarden_queue_depth",
-            "Actions waiting to be carried out.",
-            String::new(),
-            depth as f64,
-        ));
-    }
-    if let Ok(n) = state.store.count_unprocessed().await {
-        gauges.push((
-            "runwarden_events_pending",
-            "Stored events not yet processed.",
-            String::new(),
-            n as f64,
-        ));
-    }
-    if let Ok(counts) = state.store.action_counts().await {
-        for (s, n) in counts {
-            gauges.push((
-                "runwarden_actions_by_state",
-                "Actions in the store, by state.",
-                metrics::labels(&[("state", &s)]),
-                n as f64,
-            ));
-        }
-    }
-    // SPEC §5's decisions by rule and outcome, read from the store: a decision's outcome
-    // follows its action (`planned` until it is `done`, `failed` or `skipped`).
-    if let Ok(counts) = state.store.decision_counts().await {
-        for c in counts {
-            gauges.push((
-                "runwarden_decisions_by_outcome",
-                "Decisions kept in the audit log, by rule and the outcome audit shows.",
-                metrics::labels(&[("rule", &c.rule), ("outcome", c.outcome.as_str())]),
-                c.count as f64,
-            ));
-        }
-    }
+        budget.in_use() as f64,
+    )];
     if let Some(gh) = &state.github {
         gauges.push((
             "runwarden_github_rate_limit_wait_seconds",
@@ -242,6 +264,59 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&gauges),
+        state.metrics.render_parts(&[&stored, &gauges]),
     )
+}
+
+/// The gauges of `/metrics` read from the store (four queries).
+async fn store_gauges(state: &AppState) -> Vec<metrics::Gauge> {
+    let mut gauges: Vec<metrics::Gauge> = Vec::new();
+    let depth = state.store.queue_depth().await;
+    // Whether the store answered: the gauges read from it are missing when it did not
+    // (an outage shows as 0 here, not as gauges that vanish).
+    gauges.push((
+        "runwarden_store_up",
+        "1 when the store answered the last reads of the gauges taken from it (at most 5 s old), 0 when it did not.",
+        String::new(),
+        if depth.is_ok() { 1.0 } else { 0.0 },
+    ));
+    if let Ok(depth) = depth {
+        gauges.push((
+            "runwarden_queue_depth",
+            "Actions waiting to be carried out (read from the store at most every 5 s).",
+            String::new(),
+            depth as f64,
+        ));
+    }
+    if let Ok(n) = state.store.count_unprocessed().await {
+        gauges.push((
+            "runwarden_events_pending",
+            "Stored events not yet processed (read from the store at most every 5 s).",
+            String::new(),
+            n as f64,
+        ));
+    }
+    if let Ok(counts) = state.store.action_counts().await {
+        for (s, n) in counts {
+            gauges.push((
+                "runwarden_actions_by_state",
+                "Actions in the store, by state (read at most every 5 s).",
+                metrics::labels(&[("state", &s)]),
+                n as f64,
+            ));
+        }
+    }
+    // SPEC §5's decisions by rule and outcome, read from the store: a decision's outcome
+    // follows its action (`planned` until it is `done`, `failed` or `skipped`).
+    if let Ok(counts) = state.store.decision_counts().await {
+        for c in counts {
+            gauges.push((
+                "runwarden_decisions_by_outcome",
+                "Decisions kept in the audit log, by rule and the outcome audit shows (read from the store at most every 5 s).",
+                metrics::labels(&[("rule", &c.rule), ("outcome", c.outcome.as_str())]),
+                c.count as f64,
+            ));
+        }
+    }
+    gauges
 }

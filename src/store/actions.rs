@@ -37,6 +37,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
+use super::runs::{opt_text, text};
 use super::{Store, StoreError, StoreResult, from_ms, limit, ms_after, opt_from_ms, to_ms};
 
 /// What an action does. [`NewDecision::action`] and [`ActionRow::action`] hold its
@@ -482,6 +483,58 @@ const AUDIT_SELECT: &str = concat!(
     " FROM decisions d LEFT JOIN actions a ON a.id = d.action_id"
 );
 
+/// The statement of [`Store::audit`]: `$1` the limit, then `since` (ms) when `since`, then
+/// the rule's name when `rule`.
+///
+/// Without `since`, the newest decisions by `decisions_at_idx` (of one rule:
+/// `decisions_rule_at_idx`). With it, two disjoint parts, each by an index: the decisions
+/// made since then (`decisions_at_idx`), and the older ones whose action changed since
+/// then (`actions_updated_idx`, then `decisions_action_idx`). One condition covering both
+/// (`d.at >= $1 OR a.updated_at >= $1`) could use neither index and read every decision
+/// ever recorded.
+///
+/// In the second part, the actions lead (`CROSS JOIN` keeps SQLite to that order) and each
+/// one's decisions are found by `action_id`: its conditions on the decisions' own columns
+/// are expressions (`d.at + 0`, `d.rule || ''`), so that no index on those is taken for a
+/// range of every older decision instead (SQLite, without statistics, would).
+fn audit_sql(since: bool, rule: bool) -> String {
+    let rule_param = if since { "$3" } else { "$2" };
+    let (of_rule, of_rule_by_action) = if rule {
+        (
+            format!(" AND d.rule = {rule_param}"),
+            format!(" AND d.rule || '' = {rule_param}"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    if !since {
+        let filter = if rule {
+            format!(" WHERE d.rule = {rule_param}")
+        } else {
+            String::new()
+        };
+        return format!("{AUDIT_SELECT}{filter} ORDER BY d.at DESC, d.id DESC LIMIT $1");
+    }
+    format!(
+        "SELECT * FROM ( \
+             SELECT d.id AS decision_id, {cols} \
+             FROM decisions d LEFT JOIN actions a ON a.id = d.action_id \
+             WHERE d.at >= $2{of_rule} \
+             ORDER BY d.at DESC, d.id DESC LIMIT $1) decided \
+         UNION ALL \
+         SELECT * FROM ( \
+             SELECT d.id AS decision_id, {cols} \
+             FROM actions a CROSS JOIN decisions d \
+             WHERE d.action_id = a.id \
+               AND a.updated_at >= $2 AND a.updated_at > a.created_at \
+               AND d.at + 0 < $2{of_rule_by_action} \
+             ORDER BY d.at DESC, d.id DESC LIMIT $1) changed \
+         ORDER BY at DESC, decision_id DESC \
+         LIMIT $1",
+        cols = audit_columns!()
+    )
+}
+
 /// An [`AuditRow`] with the id of its action ([`Store::pending_actions_audit`]).
 #[derive(sqlx::FromRow)]
 struct ActionAuditRow {
@@ -726,7 +779,7 @@ impl Store {
             .bind(worker_id)
             .bind(limit(max));
         for rule in rules {
-            query = query.bind(rule);
+            query = query.bind(text(rule));
         }
         let rows = query.fetch_all(&self.writer).await?;
         let mut actions = rows
@@ -814,7 +867,7 @@ impl Store {
         let query = sqlx::query(&sql)
             .bind(id)
             .bind(state.as_str())
-            .bind(detail)
+            .bind(text(detail))
             .bind(to_ms(Utc::now()));
         let done = holder.bind(query).execute(tx.conn()).await?;
         tx.commit().await?;
@@ -897,7 +950,7 @@ impl Store {
         );
         let query = sqlx::query(&sql)
             .bind(id)
-            .bind(error)
+            .bind(text(error))
             .bind(to_ms(next_attempt_at))
             .bind(to_ms(Utc::now()))
             .bind(attempts_added);
@@ -931,7 +984,7 @@ impl Store {
              WHERE id = $1 AND {}",
             holder.condition(4)
         );
-        let query = sqlx::query(&sql).bind(id).bind(error).bind(now);
+        let query = sqlx::query(&sql).bind(id).bind(text(error)).bind(now);
         let done = holder.bind(query).execute(tx.conn()).await?;
         tx.commit().await?;
         self.transitioned(id, done.rows_affected()).await
@@ -1074,7 +1127,7 @@ impl Store {
         let row: Option<ActionDbRow> = sqlx::query_as(&format!(
             "SELECT {ACTION_COLUMNS} FROM actions WHERE action_key = $1"
         ))
-        .bind(action_key)
+        .bind(text(action_key))
         .fetch_optional(&self.pool)
         .await?;
         row.map(ActionRow::try_from).transpose()
@@ -1155,25 +1208,24 @@ impl Store {
     /// then, and the older ones whose action changed since then (carried out, failed,
     /// re-armed by a later sweep or retried): what happened in that time. They are still
     /// ordered by when they were decided.
+    ///
+    /// Each part is found by an index: never a read of the whole audit log, however long
+    /// it is.
     pub async fn audit(
         &self,
         since: Option<DateTime<Utc>>,
         rule: Option<&str>,
         max: impl Into<i64>,
     ) -> StoreResult<Vec<AuditEntry>> {
-        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
-            "{AUDIT_SELECT} \
-             WHERE ($1 IS NULL OR d.at >= $1 \
-                    OR (a.updated_at >= $1 AND a.updated_at > a.created_at)) \
-               AND ($2 IS NULL OR d.rule = $2) \
-             ORDER BY d.at DESC, d.id DESC \
-             LIMIT $3"
-        ))
-        .bind(since.map(to_ms))
-        .bind(rule)
-        .bind(limit(max))
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = audit_sql(since.is_some(), rule.is_some());
+        let mut query = sqlx::query_as::<_, AuditRow>(&sql).bind(limit(max));
+        if let Some(since) = since {
+            query = query.bind(to_ms(since));
+        }
+        if let Some(rule) = rule {
+            query = query.bind(text(rule));
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.into_iter().map(AuditEntry::try_from).collect()
     }
 
@@ -1258,7 +1310,7 @@ impl Store {
         let rows: Vec<AuditRow> = sqlx::query_as(&format!(
             "{AUDIT_SELECT} WHERE d.run_id = $1 ORDER BY d.at DESC, d.id DESC"
         ))
-        .bind(run_id)
+        .bind(text(run_id))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(AuditEntry::try_from).collect()
@@ -1283,7 +1335,7 @@ impl Store {
              ORDER BY d.at, d.id \
              LIMIT 1",
         )
-        .bind(run_id)
+        .bind(text(run_id))
         .bind(format!("{CANCEL_TOOK_EFFECT}%"))
         .fetch_optional(&self.pool)
         .await?;
@@ -1307,7 +1359,7 @@ impl Store {
              WHERE run_id = $1 AND action = 'cancel' AND state = 'running' \
                AND lease_until > $2",
         )
-        .bind(run_id)
+        .bind(text(run_id))
         .bind(to_ms(now))
         .fetch_one(&self.pool)
         .await?;
@@ -1360,10 +1412,17 @@ impl Store {
     /// is kept. A decision forgotten no longer deduplicates: an event that decides the
     /// same again, later, records it again (and the executor finds the run cancelled or
     /// gone).
+    ///
+    /// Each statement runs in a write transaction of its own (`Store::begin_write`):
+    /// on PostgreSQL under the write lock that [`Store::record_events`] holds, so that
+    /// it never runs while an event's record links a new decision to an old finished
+    /// action. Without it, the action could be deleted under that decision (left with no
+    /// action, `planned` for ever) or the decision refused (SQLSTATE 23503). A chunk
+    /// holds the lock for one short statement: the intake's commits go on between them.
     pub async fn prune_audit(&self, before: DateTime<Utc>) -> StoreResult<(u64, u64)> {
         let before = to_ms(before);
         let decisions = self
-            .delete_in_chunks(
+            .delete_audit_in_chunks(
                 "DELETE FROM decisions WHERE id IN (SELECT d.id FROM decisions d \
                  LEFT JOIN actions a ON a.id = d.action_id \
                  WHERE d.at < $1 AND (d.action_id IS NULL OR \
@@ -1373,7 +1432,7 @@ impl Store {
             )
             .await?;
         let actions = self
-            .delete_in_chunks(
+            .delete_audit_in_chunks(
                 "DELETE FROM actions WHERE id IN (SELECT a.id FROM actions a \
                  WHERE a.state IN ('done', 'skipped', 'failed') AND a.finished_at < $1 \
                  AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.action_id = a.id) \
@@ -1382,6 +1441,26 @@ impl Store {
             )
             .await?;
         Ok((decisions, actions))
+    }
+
+    /// Runs `sql` (a `DELETE` of at most `$2` rows older than `$1`), each time in a write
+    /// transaction of its own, until it deletes fewer than [`super::PRUNE_CHUNK`];
+    /// returns the rows deleted in all.
+    async fn delete_audit_in_chunks(&self, sql: &str, before: i64) -> StoreResult<u64> {
+        let mut total = 0;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let done = sqlx::query(sql)
+                .bind(before)
+                .bind(super::PRUNE_CHUNK)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            total += done.rows_affected();
+            if done.rows_affected() < super::PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     /// `Ok(true)` when an update touched the row; `Ok(false)` when the row exists but was
@@ -1463,15 +1542,15 @@ async fn record_in(
              RETURNING id",
         )
         .bind(to_ms(d.at))
-        .bind(&d.rule)
-        .bind(&d.kind)
-        .bind(&d.action)
-        .bind(&d.action_key)
-        .bind(&d.run_id)
-        .bind(&d.project_id)
-        .bind(&d.branch)
-        .bind(&d.sha)
-        .bind(&d.reason)
+        .bind(text(&d.rule))
+        .bind(text(&d.kind))
+        .bind(text(&d.action))
+        .bind(text(&d.action_key))
+        .bind(text(&d.run_id))
+        .bind(text(&d.project_id))
+        .bind(opt_text(&d.branch))
+        .bind(opt_text(&d.sha))
+        .bind(text(&d.reason))
         .bind(i64::from(d.dry_run))
         .bind(d.not_before.map(to_ms))
         .bind(action_id)
@@ -1484,8 +1563,8 @@ async fn record_in(
                     "SELECT id, action_id FROM decisions \
                      WHERE rule = $1 AND action_key = $2 AND dry_run = $3",
                 )
-                .bind(&d.rule)
-                .bind(&d.action_key)
+                .bind(text(&d.rule))
+                .bind(text(&d.action_key))
                 .bind(i64::from(d.dry_run))
                 .fetch_one(&mut *conn)
                 .await?;
@@ -1561,20 +1640,20 @@ async fn upsert_action(
         None => (None, None),
     };
     let inserted: Option<ActionDbRow> = sqlx::query_as(&INSERT_ACTION)
-        .bind(&d.action_key)
-        .bind(&d.action)
-        .bind(&d.rule)
-        .bind(&d.kind)
-        .bind(&d.run_id)
-        .bind(&d.project_id)
-        .bind(&d.branch)
-        .bind(&d.sha)
-        .bind(&d.payload)
+        .bind(text(&d.action_key))
+        .bind(text(&d.action))
+        .bind(text(&d.rule))
+        .bind(text(&d.kind))
+        .bind(text(&d.run_id))
+        .bind(text(&d.project_id))
+        .bind(opt_text(&d.branch))
+        .bind(opt_text(&d.sha))
+        .bind(opt_text(&d.payload))
         .bind(not_before)
         .bind(next_attempt_at)
         .bind(now)
         .bind(state.as_str())
-        .bind(&d.skip)
+        .bind(opt_text(&d.skip))
         .bind(finished_at)
         .bind(lease_until)
         .bind(worker_id)
@@ -1595,7 +1674,7 @@ async fn upsert_action(
 
     let (id, state, not_before): (i64, String, Option<i64>) =
         sqlx::query_as("SELECT id, state, not_before FROM actions WHERE action_key = $1")
-            .bind(&d.action_key)
+            .bind(text(&d.action_key))
             .fetch_one(&mut *conn)
             .await?;
     // Another rule wants it sooner: the earliest grace wins while the action still waits.
@@ -1675,6 +1754,68 @@ mod tests {
             "dry_run".parse::<ActionState>(),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    /// SQLite's plan of [`Store::audit`]'s statement, one line per step.
+    async fn audit_plan(store: &Store, since: bool, rule: bool) -> Vec<String> {
+        let explain = format!("EXPLAIN QUERY PLAN {}", audit_sql(since, rule));
+        let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain).bind(500i64);
+        if since {
+            q = q.bind(1_767_225_600_000i64);
+        }
+        if rule {
+            q = q.bind("cancel-superseded");
+        }
+        q.fetch_all(&store.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, _, _, detail)| detail)
+            .collect()
+    }
+
+    /// `since` finds the decisions made since then by their time and the actions changed
+    /// since then by theirs: neither the decisions nor the actions are read in full
+    /// (`SCAN`, with or without an index), only searched.
+    #[tokio::test]
+    async fn the_audit_since_a_time_searches_indexes_and_scans_no_table() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        for rule in [false, true] {
+            let plan = audit_plan(&store, true, rule).await;
+            let scans: Vec<_> = plan
+                .iter()
+                .filter(|step| step.starts_with("SCAN d") || step.starts_with("SCAN a"))
+                .filter(|step| {
+                    !step.starts_with("SCAN decided") && !step.starts_with("SCAN changed")
+                })
+                .collect();
+            assert!(scans.is_empty(), "rule {rule}: {plan:#?}");
+            let by_time = if rule {
+                "SEARCH d USING INDEX decisions_rule_at_idx (rule=? AND at>?)"
+            } else {
+                "SEARCH d USING INDEX decisions_at_idx (at>?)"
+            };
+            for step in [
+                by_time,
+                "SEARCH a USING INDEX actions_updated_idx (updated_at>?)",
+                "SEARCH d USING INDEX decisions_action_idx (action_id=?)",
+            ] {
+                assert!(
+                    plan.iter().any(|s| s == step),
+                    "rule {rule}: no {step}: {plan:#?}"
+                );
+            }
+        }
+        // Without `since`: the newest by an index, read until the limit.
+        for rule in [false, true] {
+            let plan = audit_plan(&store, false, rule).await;
+            assert!(
+                !plan
+                    .iter()
+                    .any(|step| step == "SCAN d" || step.starts_with("USE TEMP B-TREE")),
+                "rule {rule}: {plan:#?}"
+            );
+        }
     }
 
     #[test]

@@ -7,12 +7,15 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// What went wrong in the store.
 ///
-/// The webhook handlers answer 503 on [`StoreError::Unavailable`] (the event was not
-/// stored; the sender should retry) and 500 on anything else.
+/// [`StoreError::is_unavailable`] tells the errors worth another try (the executor writes
+/// an action's outcome again on those only) from the others: a bad query, a constraint,
+/// a damaged database file (`SQLITE_CORRUPT`) or a file that is no database
+/// (`SQLITE_NOTADB`), which no retry mends.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot take the operation now: locked beyond the busy timeout,
     /// read-only, disk full, an I/O error, a connection lost or the pool exhausted.
+    /// Not a damaged file: that is [`StoreError::Database`].
     #[error("store unavailable: {0}")]
     Unavailable(#[source] Arc<sqlx::Error>),
     /// The row the operation addresses does not exist.
@@ -34,7 +37,8 @@ pub enum StoreError {
     /// The schema migrations could not be applied.
     #[error("cannot migrate the store: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// Any other database error (a constraint violation, a bad query).
+    /// Any other database error (a constraint violation, a bad query, a damaged database
+    /// file or one that is not a database): retrying does not help.
     #[error("store error: {0}")]
     Database(#[source] Arc<sqlx::Error>),
 }
@@ -106,12 +110,14 @@ fn sqlite_code_is_unavailable(extended: i32) -> bool {
         | 7  // SQLITE_NOMEM
         | 8  // SQLITE_READONLY
         | 10 // SQLITE_IOERR
-        | 11 // SQLITE_CORRUPT
         | 13 // SQLITE_FULL: disk full
         | 14 // SQLITE_CANTOPEN
         | 15 // SQLITE_PROTOCOL
-        | 26 // SQLITE_NOTADB
     )
+    // Not SQLITE_CORRUPT (11) nor SQLITE_NOTADB (26): a damaged file, or one that is not
+    // a database, stays so however often the write is tried again. They are
+    // `StoreError::Database`: not retried, and the operator is told (the file needs
+    // restoring from a backup, or `[store] url` names the wrong file).
 }
 
 /// PostgreSQL SQLSTATEs of the same kind: connection exceptions, insufficient resources
@@ -146,6 +152,12 @@ mod tests {
         assert!(!unavailable(2067)); // SQLITE_CONSTRAINT_UNIQUE
         assert!(!unavailable(275)); // SQLITE_CONSTRAINT_CHECK
         assert!(!unavailable(1)); // SQLITE_ERROR (bad SQL)
+        // A damaged file, or not a database at all: no retry makes it pass.
+        assert!(!unavailable(11)); // SQLITE_CORRUPT
+        assert!(!unavailable(267)); // SQLITE_CORRUPT_VTAB
+        assert!(!unavailable(523)); // SQLITE_CORRUPT_SEQUENCE
+        assert!(!unavailable(779)); // SQLITE_CORRUPT_INDEX
+        assert!(!unavailable(26)); // SQLITE_NOTADB
     }
 
     #[test]

@@ -131,6 +131,9 @@ pub const SQLITE_READERS: u32 = 4;
 /// jobs together stay well under PostgreSQL's default `max_connections` (100).
 pub const POSTGRES_POOL: u32 = 16;
 
+/// How many times a process tries to migrate a SQLite store (see [`Store::connect_with`]).
+const SQLITE_MIGRATION_ATTEMPTS: u32 = 5;
+
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
@@ -196,7 +199,23 @@ impl Store {
             Backend::Postgres => &PG_MIGRATOR,
         };
         match backend {
-            Backend::Sqlite => migrator.run(&pool).await,
+            // sqlx takes no lock around SQLite migrations: two processes that open a new
+            // file (or start after an upgrade) together can both find a migration to apply,
+            // and the second to commit fails ("table ... already exists"). Each migration
+            // is one transaction, so trying again is safe, and then finds it applied.
+            Backend::Sqlite => {
+                let mut attempt = 1;
+                loop {
+                    match migrator.run(&pool).await {
+                        Err(e) if attempt < SQLITE_MIGRATION_ATTEMPTS => {
+                            tracing::debug!(error = %e, attempt, "migrating the store failed; trying again");
+                            tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
+                            attempt += 1;
+                        }
+                        done => break done,
+                    }
+                }
+            }
             // On a connection of its own, without the pool's `lock_timeout`: replicas
             // starting together wait for one another's migration, however long it takes,
             // on the migrator's advisory lock.
@@ -227,6 +246,72 @@ impl Store {
             spawn_checkpointer(&store);
         }
         Ok(store)
+    }
+
+    /// Opens the store at `url` for reading only, as `runwarden audit` does: unlike
+    /// [`Store::connect`] it applies no migration, creates no table and writes nothing (a
+    /// SQLite file is opened with `mode=ro` and `query_only`, never created; SQLite may
+    /// add the `-wal` and `-shm` files of a WAL database beside it, as any reader does. A
+    /// PostgreSQL session has `default_transaction_read_only` on).
+    ///
+    /// `Ok(None)`: the database holds no table at all (an empty SQLite file, a PostgreSQL
+    /// database made for the bot before its first start): nothing was recorded there.
+    /// (A SQLite file that does not exist cannot be opened: callers that want to say
+    /// "nothing recorded yet" check for it first.)
+    ///
+    /// An error, naming the store without its credentials, when the database has tables
+    /// but not runwarden's schema (the wrong database), or a schema this binary does not
+    /// read as it is: migrated by a newer runwarden (a migration this binary does not
+    /// know), an older one (a migration of this binary not applied yet: only `serve` or
+    /// `sweep` apply it), a migration that differs from this binary's, or one that did not
+    /// finish.
+    pub async fn connect_read_only(url: &str) -> anyhow::Result<Option<Store>> {
+        Self::connect_read_only_with(url, StoreOptions::default()).await
+    }
+
+    /// [`Store::connect_read_only`] with explicit [`StoreOptions`].
+    pub async fn connect_read_only_with(
+        url: &str,
+        options: StoreOptions,
+    ) -> anyhow::Result<Option<Store>> {
+        sqlx::any::install_default_drivers();
+        let shown = redact_url(url);
+        let backend = Backend::of_url(url).with_context(|| {
+            format!("cannot open store {shown}: the URL must start with sqlite: or postgres://")
+        })?;
+        let pool = match backend {
+            Backend::Sqlite => connect_sqlite_read_only(url, &options).await,
+            Backend::Postgres => connect_postgres_read_only(url, &options).await,
+        }
+        .with_context(|| format!("cannot open store {shown}"))?;
+        let migrator = match backend {
+            Backend::Sqlite => &MIGRATOR,
+            Backend::Postgres => &PG_MIGRATOR,
+        };
+        let schema = read_schema(&pool, backend).await;
+        let schema = match schema {
+            Ok(s) => s,
+            Err(e) => {
+                pool.close().await;
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot read the schema of store {shown}")));
+            }
+        };
+        if let Err(problem) = schema_problem(&schema, migrator) {
+            pool.close().await;
+            return match problem {
+                None => Ok(None),
+                Some(why) => Err(anyhow::anyhow!("{shown}: {why}")),
+            };
+        }
+        Ok(Some(Store {
+            pool: pool.clone(),
+            writer: pool,
+            backend,
+            delivery_writer: Default::default(),
+            record_stats: Default::default(),
+            sqlite_file: false,
+        }))
     }
 
     /// Which database this store is.
@@ -579,6 +664,176 @@ async fn connect_sqlite(url: &str, options: &StoreOptions) -> anyhow::Result<(An
     Ok((readers, writer))
 }
 
+/// The tables of a database and the migrations recorded in it, as
+/// [`Store::connect_read_only`] finds them.
+#[derive(Debug, Default)]
+struct Schema {
+    /// The tables (SQLite's own and PostgreSQL's catalogs aside).
+    tables: Vec<String>,
+    /// `_sqlx_migrations`: version, checksum, whether it finished.
+    applied: Vec<(i64, Vec<u8>, bool)>,
+}
+
+/// Name of the table where sqlx records the migrations it applied.
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+
+/// Reads the [`Schema`] of a database, writing nothing.
+async fn read_schema(pool: &AnyPool, backend: Backend) -> Result<Schema, sqlx::Error> {
+    let tables_sql = match backend {
+        Backend::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+        }
+        // The schema unqualified names resolve to, where the migrations create the tables.
+        Backend::Postgres => {
+            "SELECT tablename::text FROM pg_catalog.pg_tables WHERE schemaname = current_schema()"
+        }
+    };
+    let mut tables: Vec<String> = sqlx::query_scalar(tables_sql).fetch_all(pool).await?;
+    tables.sort();
+    let mut schema = Schema {
+        tables,
+        applied: Vec::new(),
+    };
+    if schema.tables.iter().any(|t| t == MIGRATIONS_TABLE) {
+        let rows: Vec<(i64, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT version, checksum, CAST(CASE WHEN success THEN 1 ELSE 0 END AS BIGINT) \
+             FROM _sqlx_migrations ORDER BY version",
+        )
+        .fetch_all(pool)
+        .await?;
+        schema.applied = rows.into_iter().map(|(v, c, ok)| (v, c, ok != 0)).collect();
+    }
+    Ok(schema)
+}
+
+/// Whether `schema` is the one `migrator` leads to, the schema this binary reads. `Ok`:
+/// it is. `Err(None)`: the database has no table at all (nothing recorded there yet).
+/// `Err(Some(why))`: another schema, or another version of runwarden's.
+fn schema_problem(schema: &Schema, migrator: &Migrator) -> Result<(), Option<String>> {
+    if schema.tables.is_empty() {
+        return Err(None);
+    }
+    let known: Vec<&sqlx::migrate::Migration> = migrator
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .collect();
+    let is_known = |v: i64| known.iter().any(|m| m.version == v);
+    let check_url = "check [store] url; `audit` never creates nor migrates a schema";
+    let ours = ["actions", "decisions", "deliveries", "leases"];
+    if schema.applied.is_empty() && ours.iter().all(|t| schema.tables.iter().any(|x| x == t)) {
+        return Err(Some(format!(
+            "it has runwarden's tables but no record of their migrations ({MIGRATIONS_TABLE}): \
+             not a schema a runwarden made; {check_url}"
+        )));
+    }
+    if schema.applied.is_empty() || !schema.applied.iter().any(|(v, _, _)| is_known(*v)) {
+        let mut shown: Vec<&str> = schema.tables.iter().map(String::as_str).take(5).collect();
+        if schema.tables.len() > 5 {
+            shown.push("...");
+        }
+        return Err(Some(format!(
+            "this database does not hold runwarden's schema (its tables: {}); {check_url}",
+            shown.join(", ")
+        )));
+    }
+    if let Some((v, _, _)) = schema.applied.iter().find(|(v, _, _)| !is_known(*v)) {
+        return Err(Some(format!(
+            "its schema was migrated by a newer runwarden (migration {v} is unknown to runwarden {}); \
+             read it with that version or a newer one (`audit` never migrates)",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    if let Some((v, _, _)) = schema.applied.iter().find(|(_, _, ok)| !ok) {
+        return Err(Some(format!(
+            "its migration {v} did not finish; start `runwarden serve` to see why"
+        )));
+    }
+    for m in &known {
+        match schema.applied.iter().find(|(v, _, _)| *v == m.version) {
+            None => {
+                return Err(Some(format!(
+                    "its schema is older than runwarden {} reads (migration {} is not applied yet); \
+                     `audit` never migrates: read it with the runwarden version that wrote it, or \
+                     let this version's `serve` migrate it first",
+                    env!("CARGO_PKG_VERSION"),
+                    m.version
+                )));
+            }
+            Some((v, checksum, _)) if checksum.as_slice() != m.checksum.as_ref() => {
+                return Err(Some(format!(
+                    "its migration {v} differs from runwarden {}'s (another checksum); {check_url}",
+                    env!("CARGO_PKG_VERSION")
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A read-only pool on a SQLite URL ([`Store::connect_read_only`]): one connection,
+/// opened with `mode=ro` (whatever mode the URL asked for; it creates nothing) and
+/// `query_only`, waiting up to the busy timeout for a lock. None of the WAL settings of
+/// [`connect_sqlite`]: they would write.
+async fn connect_sqlite_read_only(url: &str, options: &StoreOptions) -> anyhow::Result<AnyPool> {
+    let in_memory = is_in_memory(url);
+    let url = if in_memory {
+        url.to_string()
+    } else {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut params: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("mode="))
+            .collect();
+        params.push("mode=ro");
+        format!("{base}?{}", params.join("&"))
+    };
+    let connect = AnyConnectOptions::from_str(&url)?;
+    let busy_ms = options.busy_timeout.as_millis();
+    let pool = AnyPoolOptions::new()
+        .acquire_timeout(options.acquire_timeout)
+        .max_connections(1)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                sqlx::query(&format!("PRAGMA busy_timeout = {busy_ms}"))
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("PRAGMA query_only = ON")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(connect)
+        .await?;
+    Ok(pool)
+}
+
+/// A read-only pool on a PostgreSQL URL ([`Store::connect_read_only`]): every
+/// transaction of its sessions is read only (`default_transaction_read_only`), and the
+/// busy timeout becomes `lock_timeout` as in [`connect_postgres`].
+async fn connect_postgres_read_only(url: &str, options: &StoreOptions) -> anyhow::Result<AnyPool> {
+    let connect = AnyConnectOptions::from_str(url)?;
+    let lock_ms = options.busy_timeout.as_millis().max(1);
+    let pool = AnyPoolOptions::new()
+        .acquire_timeout(options.acquire_timeout)
+        .max_connections(options.max_connections.unwrap_or(2).max(1))
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                sqlx::query("SET default_transaction_read_only = on")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query(&format!("SET lock_timeout = {lock_ms}"))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(connect)
+        .await?;
+    Ok(pool)
+}
+
 /// The pool of a PostgreSQL URL: the busy timeout becomes `lock_timeout` (a lock waited
 /// for longer fails with SQLSTATE 55P03, [`StoreError::Unavailable`]).
 async fn connect_postgres(url: &str, options: &StoreOptions) -> anyhow::Result<AnyPool> {
@@ -631,9 +886,13 @@ fn opt_from_ms(ms: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
 }
 
 /// `now + d` in epoch milliseconds, saturating.
+/// `now + d` in milliseconds, at most the latest time [`from_ms`] reads back (a value
+/// past it would be written, then refused on every read of its row).
 fn ms_after(now: DateTime<Utc>, d: Duration) -> i64 {
     let d = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    to_ms(now).saturating_add(d)
+    to_ms(now)
+        .saturating_add(d)
+        .min(DateTime::<Utc>::MAX_UTC.timestamp_millis())
 }
 
 /// A row limit for SQL (negative means none wanted: 0).
@@ -665,8 +924,11 @@ mod tests {
             .with_timezone(&Utc);
         assert_eq!(from_ms(to_ms(t)).unwrap(), t);
         assert_eq!(ms_after(t, Duration::from_secs(2)), to_ms(t) + 2_000);
-        assert_eq!(ms_after(t, Duration::MAX), i64::MAX);
         assert!(from_ms(i64::MAX).is_err());
+        // A time too far ahead is clamped to one that can be read back.
+        let far = ms_after(t, Duration::MAX);
+        assert_eq!(far, DateTime::<Utc>::MAX_UTC.timestamp_millis());
+        assert!(from_ms(far).is_ok());
     }
 
     #[tokio::test]

@@ -2,9 +2,63 @@
 //! read before acting), for supersede lookups, idle detection, poll diffs and the duration
 //! history behind `max_duration = "auto"` (SPEC §4).
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
+use sqlx::any::{Any, AnyTypeInfo};
+use sqlx::encode::{Encode, IsNull};
+use sqlx::error::BoxDynError;
 
 use super::{Store, StoreResult, from_ms, limit, to_ms};
+
+/// What a NUL character (`\0`) in a text from outside becomes in the store: U+FFFD, the
+/// replacement character.
+///
+/// SQLite stores a NUL inside a text value, PostgreSQL refuses it (SQLSTATE 22021, a
+/// non-retryable error): an event SQLite records (a run whose branch came from API JSON as
+/// `"fe\u0000at"`) would fail on PostgreSQL for ever. Every text from outside (a run's
+/// fields, a decision's, an error from an API) is bound through `text`, on both backends
+/// alike, on writes and on lookups, so that both store and find the same value. Replaced
+/// rather than dropped: `fe\0at` must not become a branch `feat` that exists too.
+pub const NUL_REPLACEMENT: char = '\u{FFFD}';
+
+/// A text value to bind, its NUL characters replaced by [`NUL_REPLACEMENT`] (borrowed as
+/// it is when it has none, as nearly every value).
+pub(super) struct Text<'a>(Cow<'a, str>);
+
+/// `s` fit for either backend (see [`NUL_REPLACEMENT`]).
+pub(super) fn text(s: &str) -> Text<'_> {
+    if s.contains('\0') {
+        Text(Cow::Owned(
+            s.replace('\0', NUL_REPLACEMENT.encode_utf8(&mut [0; 4])),
+        ))
+    } else {
+        Text(Cow::Borrowed(s))
+    }
+}
+
+/// [`text`] of an optional value (`None` stays NULL).
+pub(super) fn opt_text(s: &Option<String>) -> Option<Text<'_>> {
+    s.as_deref().map(text)
+}
+
+impl sqlx::Type<Any> for Text<'_> {
+    fn type_info() -> AnyTypeInfo {
+        <str as sqlx::Type<Any>>::type_info()
+    }
+}
+
+impl<'q> Encode<'q, Any> for Text<'q> {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Any as sqlx::Database>::ArgumentBuffer<'q>,
+    ) -> Result<IsNull, BoxDynError> {
+        match &self.0 {
+            Cow::Borrowed(s) => <&str as Encode<'q, Any>>::encode(*s, buf),
+            Cow::Owned(s) => <String as Encode<'q, Any>>::encode_by_ref(s, buf),
+        }
+    }
+}
 
 /// The stored observation of one run.
 ///
@@ -83,6 +137,23 @@ impl TryFrom<RunRow> for RunRecord {
     }
 }
 
+/// [`Store::passed_history`] of a branch: `$1` the project, `$2` the limit, `$3` the branch.
+const PASSED_ON_BRANCH: &str = "SELECT run_id, created_at, duration_ms FROM runs \
+     WHERE project_id = $1 AND branch = $3 \
+       AND completion_state = 'COMPLETE' AND status = 'PASSED' \
+       AND duration_ms IS NOT NULL \
+     ORDER BY created_at DESC, run_id DESC \
+     LIMIT $2";
+
+/// [`Store::passed_history`] of the runs without a branch: `$1` the project, `$2` the
+/// limit.
+const PASSED_WITHOUT_BRANCH: &str = "SELECT run_id, created_at, duration_ms FROM runs \
+     WHERE project_id = $1 AND branch IS NULL \
+       AND completion_state = 'COMPLETE' AND status = 'PASSED' \
+       AND duration_ms IS NOT NULL \
+     ORDER BY created_at DESC, run_id DESC \
+     LIMIT $2";
+
 const RUN_COLUMNS: &str = "run_id, project_id, branch, sha, created_at, completion_state, \
      status, run_json, completed_specs, progress_changed_at, duration_ms, updated_at";
 
@@ -119,14 +190,14 @@ impl Store {
                  updated_at = excluded.updated_at \
              WHERE runs.gone = 0 AND runs.updated_at <= excluded.updated_at",
         )
-        .bind(&run.run_id)
-        .bind(&run.project_id)
-        .bind(&run.branch)
-        .bind(&run.sha)
+        .bind(text(&run.run_id))
+        .bind(text(&run.project_id))
+        .bind(opt_text(&run.branch))
+        .bind(opt_text(&run.sha))
         .bind(to_ms(run.created_at))
-        .bind(run.completion_state.to_ascii_uppercase())
-        .bind(run.status.to_ascii_uppercase())
-        .bind(&run.json)
+        .bind(text(&run.completion_state.to_ascii_uppercase()))
+        .bind(text(&run.status.to_ascii_uppercase()))
+        .bind(text(&run.json))
         .bind(run.completed_specs)
         .bind(to_ms(run.progress_changed_at))
         .bind(run.duration_ms)
@@ -141,7 +212,7 @@ impl Store {
         let row: Option<RunRow> = sqlx::query_as(&format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1 AND gone = 0"
         ))
-        .bind(run_id)
+        .bind(text(run_id))
         .fetch_optional(&self.pool)
         .await?;
         row.map(RunRecord::try_from).transpose()
@@ -161,8 +232,8 @@ impl Store {
                AND ($2 IS NULL OR branch = $2) \
              ORDER BY created_at, run_id"
         ))
-        .bind(project_id)
-        .bind(branch)
+        .bind(project_id.map(text))
+        .bind(branch.map(text))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(RunRecord::try_from).collect()
@@ -186,26 +257,27 @@ impl Store {
     }
 
     /// [`Store::passed_durations`] with the run each duration is of (newest first).
+    ///
+    /// Asked on every event and poll of a rule with `max_duration = "auto"`: one
+    /// statement for a branch and another for no branch, so that each is a lookup of
+    /// `runs_passed_idx` by project and branch (a condition that held both, `branch = $2
+    /// OR ($2 IS NULL AND branch IS NULL)`, read every passed run of the project).
     pub async fn passed_history(
         &self,
         project_id: &str,
         branch: Option<&str>,
         max: impl Into<i64>,
     ) -> StoreResult<Vec<PassedRun>> {
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT run_id, created_at, duration_ms FROM runs \
-             WHERE project_id = $1 \
-               AND (branch = $2 OR ($2 IS NULL AND branch IS NULL)) \
-               AND completion_state = 'COMPLETE' AND status = 'PASSED' \
-               AND duration_ms IS NOT NULL \
-             ORDER BY created_at DESC, run_id DESC \
-             LIMIT $3",
-        )
-        .bind(project_id)
-        .bind(branch)
-        .bind(limit(max))
-        .fetch_all(&self.pool)
-        .await?;
+        let query = match branch {
+            Some(branch) => sqlx::query_as(PASSED_ON_BRANCH)
+                .bind(text(project_id))
+                .bind(limit(max))
+                .bind(text(branch)),
+            None => sqlx::query_as(PASSED_WITHOUT_BRANCH)
+                .bind(text(project_id))
+                .bind(limit(max)),
+        };
+        let rows: Vec<(String, i64, i64)> = query.fetch_all(&self.pool).await?;
         Ok(rows
             .into_iter()
             .map(|(run_id, created_at, duration_ms)| PassedRun {
@@ -221,7 +293,7 @@ impl Store {
     /// history. Returns `false` for an unknown run.
     pub async fn mark_run_gone(&self, run_id: &str) -> StoreResult<bool> {
         let done = sqlx::query("UPDATE runs SET gone = 1 WHERE run_id = $1")
-            .bind(run_id)
+            .bind(text(run_id))
             .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
@@ -230,7 +302,7 @@ impl Store {
     /// Forgets a run entirely. Returns `false` for an unknown run.
     pub async fn delete_run(&self, run_id: &str) -> StoreResult<bool> {
         let done = sqlx::query("DELETE FROM runs WHERE run_id = $1")
-            .bind(run_id)
+            .bind(text(run_id))
             .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
@@ -248,5 +320,58 @@ impl Store {
             to_ms(before),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan of `sql` with these (text) parameters, one line per step.
+    async fn plan(store: &Store, sql: &str, params: &[&str]) -> Vec<String> {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain);
+        for p in params {
+            q = q.bind(*p);
+        }
+        q.fetch_all(&store.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, _, _, detail)| detail)
+            .collect()
+    }
+
+    /// Each statement of [`Store::passed_history`] looks the runs up in `runs_passed_idx`
+    /// by project and branch (or no branch), never reading every passed run of the project.
+    #[tokio::test]
+    async fn the_passed_history_is_a_lookup_by_project_and_branch() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        for (sql, params) in [
+            (PASSED_ON_BRANCH, &["p", "50", "main"][..]),
+            (PASSED_WITHOUT_BRANCH, &["p", "50"][..]),
+        ] {
+            let plan = plan(&store, sql, params).await;
+            assert!(
+                plan.iter().any(
+                    |step| step.starts_with("SEARCH runs USING INDEX runs_passed_idx")
+                        && step.contains("project_id=? AND branch=?")
+                ),
+                "{sql}: {plan:#?}"
+            );
+            assert!(
+                !plan.iter().any(|step| step.starts_with("SCAN runs")),
+                "{sql}: {plan:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nul_characters_are_replaced_and_other_text_is_borrowed() {
+        assert!(matches!(text("feat/x").0, Cow::Borrowed("feat/x")));
+        assert_eq!(text("fe\0at").0, "fe\u{FFFD}at");
+        assert_eq!(text("\0\0").0, "\u{FFFD}\u{FFFD}");
+        assert!(opt_text(&None).is_none());
+        assert_eq!(opt_text(&Some("a\0".into())).unwrap().0, "a\u{FFFD}");
     }
 }
