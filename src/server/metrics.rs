@@ -17,6 +17,10 @@ pub type Gauge = (&'static str, &'static str, String, f64);
 /// one computation, so a flood of them cannot tie up the store's readers.
 pub const STORE_GAUGES_TTL: Duration = Duration::from_secs(5);
 
+/// How long one store check of `/readyz` answers for: the probe is outside the request
+/// slots, so a flood of it must not become a flood of store reads.
+pub const STORE_PING_TTL: Duration = Duration::from_secs(1);
+
 /// Bucket upper bounds, in seconds, of the event-to-action latency histogram.
 const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
@@ -37,6 +41,8 @@ pub struct Metrics {
     /// The last store gauges and when they were read. Held across their computation:
     /// concurrent scrapes wait for the one computing them, then reuse its result.
     store_gauges: tokio::sync::Mutex<Option<(Instant, Arc<[Gauge]>)>>,
+    /// The last `/readyz` store check and when it ran, shared the same way.
+    store_ping: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
 
 /// Appends `v` escaped as a label value.
@@ -173,6 +179,24 @@ impl Metrics {
         let gauges: Arc<[Gauge]> = compute().await.into();
         *cached = Some((Instant::now(), gauges.clone()));
         gauges
+    }
+
+    /// Whether the store answered `ping`, checked at most once per [`STORE_PING_TTL`]
+    /// by one caller (single flight, as [`Metrics::store_gauges`]).
+    pub async fn store_reachable<F, Fut>(&self, ping: F) -> bool
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let mut cached = self.store_ping.lock().await;
+        if let Some((at, ok)) = *cached
+            && at.elapsed() < STORE_PING_TTL
+        {
+            return ok;
+        }
+        let ok = ping().await;
+        *cached = Some((Instant::now(), ok));
+        ok
     }
 
     /// The Prometheus text; `gauges` are point-in-time values computed by the caller
@@ -358,5 +382,31 @@ mod tests {
         tokio::time::advance(Duration::from_millis(400)).await;
         assert_eq!(m.store_gauges(compute).await[0].3, 2.0);
         assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    /// A flood of `/readyz` makes one store check per [`STORE_PING_TTL`], and a store
+    /// that stopped answering shows once it is over.
+    #[tokio::test(start_paused = true)]
+    async fn readiness_checks_the_store_once_per_ttl_by_one_caller() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let m = Metrics::new();
+        let pings = AtomicUsize::new(0);
+        let up = std::sync::atomic::AtomicBool::new(true);
+        let ping = || async {
+            pings.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            up.load(Ordering::SeqCst)
+        };
+        let got = futures::future::join_all((0..50).map(|_| m.store_reachable(ping))).await;
+        assert!(got.iter().all(|ok| *ok));
+        assert_eq!(pings.load(Ordering::SeqCst), 1);
+        up.store(false, Ordering::SeqCst);
+        assert!(
+            m.store_reachable(ping).await,
+            "within the TTL: the last answer"
+        );
+        tokio::time::advance(STORE_PING_TTL).await;
+        assert!(!m.store_reachable(ping).await);
+        assert_eq!(pings.load(Ordering::SeqCst), 2);
     }
 }
