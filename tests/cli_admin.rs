@@ -367,6 +367,32 @@ async fn audit_refuses_a_newer_schema_and_reads_its_own_without_writing() {
         (versions().await, files(&w)[0].clone()) == before,
         "audit migrated the store"
     );
+
+    // A store one migration behind this binary (right after an upgrade, its older
+    // replicas still running): read as it is, with a warning, and not migrated.
+    let mut conn = sqlx::SqliteConnection::connect(&w.store_url())
+        .await
+        .unwrap();
+    let newest: i64 = sqlx::query_scalar(
+        "SELECT max(version) FROM _sqlx_migrations WHERE version < 99991231000000",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql(&format!(
+        "DELETE FROM _sqlx_migrations WHERE version IN (99991231000000, {newest})"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let before = versions().await;
+    let (status, out, err) = w.run(&["audit", "--format", "json"]).await;
+    assert!(status.success(), "{out}{err}");
+    assert!(err.contains("older than runwarden"), "{err}");
+    let entries: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(entries[0]["rule"], "cancel-superseded", "{entries:#}");
+    assert_eq!(versions().await, before, "audit migrated the store");
 }
 
 /// The read-only store on SQLite and PostgreSQL: nothing there yet is `None`, a store of

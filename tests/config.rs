@@ -811,6 +811,7 @@ fn orphan_workflows_are_globs_and_an_empty_or_bad_list_is_located() {
     assert!(o.concerns_workflow(Some("E2E tests"), None));
     assert!(!o.concerns_workflow(Some("E2E (manual)"), None));
     assert!(o.concerns_workflow(Some("CI"), Some(".github/workflows/E2E.yml")));
+    assert!(o.concerns_workflow(None, Some("acme/web/.github/workflows/E2E.yml@main")));
     assert_eq!(
         err(&format!("{BASE}{rule}workflows = []\n")),
         "rules.toml:6:1: rule \"o\": workflows: the list is empty; remove the key for every workflow of the repository, or list the workflows' names or file names (\"E2E\", \"e2e.yml\")"

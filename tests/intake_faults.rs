@@ -466,6 +466,35 @@ async fn piled_up_polls_leave_their_work_to_the_newest_which_keeps_the_look_back
     assert!(last_poll(&ctx).is_some_and(|t| t >= started));
 }
 
+/// A newer poll counts only once it is due here: another replica's poller whose clock
+/// runs ahead stores the next poll "in the future"; leaving the work to it would leave
+/// every poll to one not yet due, for as long as the clocks differ.
+#[tokio::test]
+async fn a_poll_is_not_superseded_by_one_not_yet_due() {
+    let PreparedApp {
+        sim,
+        ctx,
+        dir: _dir,
+        ..
+    } = prepare_app(AppOptions {
+        rules: SUMMARY.into(),
+        poll_interval: "60s",
+        ..AppOptions::default()
+    })
+    .await;
+    let now = Utc::now();
+    let slot = slot_of(now, Duration::from_secs(60));
+    store_poll(&ctx, slot - 1, now - chrono::Duration::seconds(30)).await;
+    // Stored by a replica whose clock is 5 s ahead: not due before then.
+    store_poll(&ctx, slot, now + chrono::Duration::seconds(5)).await;
+    let before = gets(&sim);
+    let own = [("poll".to_string(), format!("poll:{}", slot - 1))];
+    assert_eq!(process_only(&ctx, &own).await.unwrap(), 1);
+    let d = delivery(&ctx, "poll", &own[0].1).await;
+    assert_ne!(d.outcome.as_deref(), Some(SUPERSEDED_POLL), "{d:#?}");
+    assert!(gets(&sim) > before, "the poll listed the projects");
+}
+
 /// Finding 5. `max_duration = "auto"` for `feat/watched` only: the webhook of a finished
 /// run of that branch, and of a run in progress on another branch, read the run and list
 /// no history; a run in progress on `feat/watched` lists it.

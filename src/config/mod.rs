@@ -243,7 +243,11 @@ impl OrphanOptions {
         let Some(list) = &self.workflows else {
             return true;
         };
-        let file = path.map(|p| p.rsplit('/').next().unwrap_or(p));
+        // `.github/workflows/e2e.yml`, or with the ref it ran from (`...e2e.yml@main`).
+        let file = path.map(|p| {
+            let p = p.split_once('@').map_or(p, |(file, _)| file);
+            p.rsplit('/').next().unwrap_or(p)
+        });
         let known: Vec<&str> = name.into_iter().chain(file).collect();
         !known.is_empty() && list.matches_any(&known)
     }

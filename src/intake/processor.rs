@@ -1860,16 +1860,19 @@ async fn newer_poll_waiting(ctx: &AppContext, d: &Delivery) -> bool {
     else {
         return false;
     };
-    // A slot beyond the current one is another replica's clock running ahead.
-    let current = crate::intake::poller::slot_of(Utc::now(), interval);
-    let last = slot
-        .saturating_add(SUPERSEDE_SCAN)
-        .min(current.saturating_add(1));
+    // Only a poll this process would process now counts: a slot beyond the current one,
+    // or a poll not yet due, is another replica's clock running ahead, and leaving the
+    // work to it could leave every poll to one not yet due, for as long as the clocks
+    // differ.
+    let now = Utc::now();
+    let current = crate::intake::poller::slot_of(now, interval);
+    let last = slot.saturating_add(SUPERSEDE_SCAN).min(current);
     for next in slot.saturating_add(1)..=last {
         let id = format!("{}{next}", crate::intake::poller::SLOT_PREFIX);
         if let Ok(Some(newer)) = ctx.store.find_delivery("poll", &id).await
             && newer.event == "poll"
             && newer.processed_at.is_none()
+            && newer.next_attempt_at <= now
         {
             return true;
         }

@@ -203,7 +203,7 @@ async fn read_limited<'b>(
         if let Some(buf) = &mut joined {
             buf.extend_from_slice(&chunk);
         } else if let Some(one) = first.take() {
-            let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).clamp(read, limit));
+            let mut buf = BytesMut::with_capacity(joined_capacity(declared, read, limit));
             buf.extend_from_slice(&one);
             buf.extend_from_slice(&chunk);
             joined = Some(buf);
@@ -216,6 +216,17 @@ async fn read_limited<'b>(
         None => first.unwrap_or_default(),
     };
     Ok((body, permit))
+}
+
+/// The first capacity of a body that arrives in several pieces, `read` bytes so far: its
+/// declared length, but at most twice what has arrived (the buffer grows as more does).
+/// A client declaring 25 MiB and sending a few bytes must not get 25 MiB reserved: the
+/// budget counts what arrived, so what is allocated must follow it.
+fn joined_capacity(declared: Option<usize>, read: usize, limit: usize) -> usize {
+    declared
+        .unwrap_or(0)
+        .clamp(read, limit)
+        .min(read.saturating_mul(2))
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -676,6 +687,22 @@ pub async fn github(state: AppState, budget: Arc<BodyBudget>, req: Request) -> R
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_body_in_pieces_gets_a_buffer_that_follows_what_arrived() {
+        use super::joined_capacity;
+        let mib = 1024 * 1024;
+        // A declared 24 MiB of which 2 KiB arrived: 4 KiB, not 24 MiB.
+        assert_eq!(joined_capacity(Some(24 * mib), 2048, 25 * mib), 4096);
+        // A body that has mostly arrived gets its exact declared length.
+        assert_eq!(joined_capacity(Some(3000), 2000, 25 * mib), 3000);
+        // Never less than what arrived, never more than the limit.
+        assert_eq!(joined_capacity(None, 5000, 25 * mib), 5000);
+        assert_eq!(
+            joined_capacity(Some(30 * mib), 20 * mib, 25 * mib),
+            25 * mib
+        );
+    }
+
     use super::*;
     use crate::secret::Secret;
 

@@ -748,14 +748,24 @@ fn schema_problem(schema: &Schema, migrator: &Migrator) -> Result<(), Option<Str
             "its migration {v} did not finish; start `runwarden serve` to see why"
         )));
     }
+    let newest_applied = schema.applied.iter().map(|(v, _, _)| *v).max().unwrap_or(0);
     for m in &known {
         match schema.applied.iter().find(|(v, _, _)| *v == m.version) {
+            // A store one or more migrations behind (this binary is newer than the
+            // processes that write it, as right after an upgrade): read as it is, since
+            // `audit` must not migrate a store that older replicas may still use.
+            None if m.version > newest_applied => {
+                tracing::warn!(
+                    "the store's schema is older than runwarden {} writes (migration {} is not \
+                     applied yet): reading it as it is, without migrating it",
+                    env!("CARGO_PKG_VERSION"),
+                    m.version
+                );
+            }
             None => {
                 return Err(Some(format!(
-                    "its schema is older than runwarden {} reads (migration {} is not applied yet); \
-                     `audit` never migrates: read it with the runwarden version that wrote it, or \
-                     let this version's `serve` migrate it first",
-                    env!("CARGO_PKG_VERSION"),
+                    "its migration {} is missing while later ones are applied: not a schema a \
+                     runwarden made; {check_url}",
                     m.version
                 )));
             }
