@@ -64,9 +64,19 @@ pub fn credentials_problem(config: &Config, secrets: &Secrets) -> anyhow::Result
 
 /// Builds the shared context: store (migrated), clients, metrics.
 pub async fn build_context(config: Config, secrets: Secrets) -> anyhow::Result<Arc<AppContext>> {
+    build_context_with(config, secrets, crate::store::StoreOptions::default()).await
+}
+
+/// [`build_context`] with the store opened with `store_options` (`sweep` needs fewer
+/// reader connections than `serve`).
+pub async fn build_context_with(
+    config: Config,
+    secrets: Secrets,
+    store_options: crate::store::StoreOptions,
+) -> anyhow::Result<Arc<AppContext>> {
     // Its errors name the store without any password (`store::redact_url`): a URL's
     // user part, or a libpq parameter such as `?password=`.
-    let store = Store::connect(&config.store.url).await?;
+    let store = Store::connect_with(&config.store.url, store_options).await?;
     let currents = currents_client(&config, &secrets)?;
     let github = GithubClient::from_config(&config.github, &secrets)
         .map_err(|e| anyhow::anyhow!("GitHub credentials: {e}"))?;

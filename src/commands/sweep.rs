@@ -70,6 +70,9 @@ use crate::store::{ActionRow, ActionState, NewDelivery};
 /// How long a sweep waits for its actions to finish (retries included).
 pub const SWEEP_DEADLINE: Duration = Duration::from_secs(600);
 
+/// Reader connections of a sweep's SQLite store (`serve`: [`crate::store::SQLITE_READERS`]).
+pub const SWEEP_SQLITE_READERS: u32 = 1;
+
 /// Runs the command.
 pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCode {
     let mut loaded = match super::load_config(path) {
@@ -96,7 +99,17 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
             errln!("runwarden sweep: {e:#}");
             return ExitCode::from(super::EXIT_USAGE);
         }
-        let ctx = match super::serve::build_context(loaded.config, secrets).await {
+        // A SQLite store's readers each keep a page cache: a sweep, one pass that mostly
+        // waits for the API, reads through fewer of them than `serve` (PostgreSQL keeps
+        // its own pool size).
+        let options = match crate::store::Backend::of_url(&loaded.config.store.url) {
+            Some(crate::store::Backend::Sqlite) => crate::store::StoreOptions {
+                max_connections: Some(SWEEP_SQLITE_READERS),
+                ..Default::default()
+            },
+            _ => crate::store::StoreOptions::default(),
+        };
+        let ctx = match super::serve::build_context_with(loaded.config, secrets, options).await {
             Ok(c) => c,
             Err(e) => {
                 errln!("runwarden sweep: {e:#}");
