@@ -93,6 +93,7 @@ both!(
     the_passed_history_is_the_same_for_a_branch_and_for_no_branch,
     audit_since_keeps_new_decisions_and_older_ones_whose_action_changed_once_each,
     nul_characters_from_outside_are_stored_and_found_alike_on_both_backends,
+    nul_characters_in_an_events_error_and_note_are_stored_on_both_backends,
 );
 
 fn decision(rule: &str, action: &str, run: &str, at: DateTime<Utc>) -> NewDecision {
@@ -696,4 +697,56 @@ async fn nul_characters_from_outside_are_stored_and_found_alike_on_both_backends
     assert!(s.mark_run_gone(run_id).await.unwrap());
     assert!(s.get_run(run_id).await.unwrap().is_none());
     assert!(s.delete_run(run_id).await.unwrap());
+}
+
+/// An event's failure (an API error with a NUL in it) and its outcome note are stored
+/// with U+FFFD on both backends: on PostgreSQL the mark would otherwise fail every time,
+/// and the event be processed again and again.
+async fn nul_characters_in_an_events_error_and_note_are_stored_on_both_backends(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    let clean = |v: &str| v.replace('\0', &NUL_REPLACEMENT.to_string());
+    for id in ["d-1", "d-2", "d-3"] {
+        s.insert_delivery(NewDelivery {
+            source: "currents".into(),
+            delivery_id: id.into(),
+            event: "RUN_FINISH".into(),
+            payload: "{}".into(),
+            received_at: t(11),
+        })
+        .await
+        .unwrap();
+    }
+    let ids: Vec<i64> = s
+        .next_unprocessed(t(12), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    s.mark_delivery_failed(ids[0], "HTTP 500: \0", t(13))
+        .await
+        .unwrap();
+    s.mark_processed(ids[1], "skipped: \0").await.unwrap();
+    s.mark_processed_many(&ids[2..], "0 decision(s) \0")
+        .await
+        .unwrap();
+    let d1 = s.find_delivery("currents", "d-1").await.unwrap().unwrap();
+    assert_eq!(
+        d1.last_error.as_deref(),
+        Some(clean("HTTP 500: \0").as_str())
+    );
+    s.dead_letter_delivery(ids[0], "gave up: \0").await.unwrap();
+    let d1 = s.find_delivery("currents", "d-1").await.unwrap().unwrap();
+    assert_eq!(
+        d1.last_error.as_deref(),
+        Some(clean("gave up: \0").as_str())
+    );
+    let d2 = s.find_delivery("currents", "d-2").await.unwrap().unwrap();
+    assert_eq!(d2.outcome.as_deref(), Some(clean("skipped: \0").as_str()));
+    let d3 = s.find_delivery("currents", "d-3").await.unwrap().unwrap();
+    assert_eq!(
+        d3.outcome.as_deref(),
+        Some(clean("0 decision(s) \0").as_str())
+    );
 }

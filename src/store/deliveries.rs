@@ -377,7 +377,9 @@ async fn mark_many(
             param(backend, 2),
             params(backend, 3, chunk.len())
         );
-        let mut q = sqlx::query(&sql).bind(to_ms(Utc::now())).bind(outcome_note);
+        let mut q = sqlx::query(&sql)
+            .bind(to_ms(Utc::now()))
+            .bind(super::runs::text(outcome_note));
         for id in chunk {
             q = q.bind(*id);
         }
@@ -734,7 +736,7 @@ impl Store {
              WHERE id = $1 AND processed_at IS NULL",
         )
         .bind(id)
-        .bind(error)
+        .bind(super::runs::text(error))
         .bind(to_ms(retry_at))
         .execute(&self.writer)
         .await?;
@@ -755,7 +757,7 @@ impl Store {
              WHERE id = $1 AND processed_at IS NULL",
         )
         .bind(id)
-        .bind(error)
+        .bind(super::runs::text(error))
         .bind(to_ms(Utc::now()))
         .bind(DEAD_LETTER)
         .execute(&self.writer)
@@ -906,7 +908,7 @@ impl Store {
         )
         .bind(id)
         .bind(to_ms(Utc::now()))
-        .bind(outcome_note)
+        .bind(super::runs::text(outcome_note))
         .execute(&mut *conn)
         .await?;
         if done.rows_affected() == 0 {
