@@ -1766,12 +1766,7 @@ mod tests {
         if rule {
             q = q.bind("cancel-superseded");
         }
-        q.fetch_all(&store.pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(_, _, _, detail)| detail)
-            .collect()
+        crate::store::query_plan(store, q).await
     }
 
     /// `since` finds the decisions made since then by their time and the actions changed

@@ -905,6 +905,21 @@ fn ms_after(now: DateTime<Utc>, d: Duration) -> i64 {
         .min(DateTime::<Utc>::MAX_UTC.timestamp_millis())
 }
 
+/// The steps of SQLite's plan for `q`, an `EXPLAIN QUERY PLAN` with its parameters bound
+/// (the store's tests of which index a statement uses).
+#[cfg(test)]
+pub(super) async fn query_plan<'q>(
+    store: &Store,
+    q: sqlx::query::QueryAs<'q, Any, (i64, i64, i64, String), sqlx::any::AnyArguments<'q>>,
+) -> Vec<String> {
+    q.fetch_all(&store.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, _, _, detail)| detail)
+        .collect()
+}
+
 /// A row limit for SQL (negative means none wanted: 0).
 fn limit(n: impl Into<i64>) -> i64 {
     n.into().max(0)

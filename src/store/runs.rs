@@ -334,12 +334,7 @@ mod tests {
         for p in params {
             q = q.bind(*p);
         }
-        q.fetch_all(&store.pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(_, _, _, detail)| detail)
-            .collect()
+        crate::store::query_plan(store, q).await
     }
 
     /// Each statement of [`Store::passed_history`] looks the runs up in `runs_passed_idx`
