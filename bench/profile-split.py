@@ -27,7 +27,9 @@ BUCKETS = [
     ("bot: processor and its loops", lambda comm, st: "processor" in st or "Bot::spawn_loop" in st),
     ("bot: handler's store call", lambda comm, st: "store_delivery" in st),
     ("bot: payload parse", lambda comm, st: "read_event" in st or "Payload::read" in st),
-    ("both: HMAC", lambda comm, st: "verify_github_signature" in st),
+    # The ceiling calls `verify_github_signature`; the bot checks the header's form first
+    # and then calls `verify_digest` (which the other also calls).
+    ("both: HMAC", lambda comm, st: "verify_github_signature" in st or "webhooks::verify_digest" in st),
     ("ceiling: bare handler", lambda comm, st: "bare_handler" in st),
     ("load generator (both)", lambda comm, st: "Load::blast" in st),
     # The rest of each server's connection tasks: hyper's reading, parsing, encoding and

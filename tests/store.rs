@@ -8,7 +8,6 @@
 //! only, those of PostgreSQL's own (`postgres_*`) on PostgreSQL only.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -28,75 +27,10 @@ fn t(secs: i64) -> DateTime<Utc> {
 mod pg;
 #[path = "support/sqlite_lock.rs"]
 mod sqlite_lock;
-
-/// The backend a test runs on.
-#[derive(Debug, Clone, Copy)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-/// A store on a new, empty database: a SQLite file in a temp dir, or a fresh PostgreSQL
-/// database.
-struct TempStore {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    url: String,
-    store: Store,
-}
-
-impl TempStore {
-    async fn new(db: Db) -> TempStore {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("runwarden.db");
-        let url = match db {
-            Db::Sqlite => url(&path),
-            Db::Postgres => pg::fresh_database().await,
-        };
-        let store = Store::connect(&url).await.unwrap();
-        TempStore {
-            _dir: dir,
-            path,
-            url,
-            store,
-        }
-    }
-
-    /// The SQLite file (SQLite-only tests).
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Another handle on the same database (another process, as far as the store can
-    /// tell).
-    async fn reopen(&self) -> Store {
-        Store::connect(&self.url).await.unwrap()
-    }
-}
-
-fn url(path: &Path) -> String {
-    format!("sqlite://{}", path.display())
-}
-
-/// `both!(name, ...)`: for each `async fn name(db: Db)`, a module `name` with the tests
-/// `sqlite` and `postgres`.
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test]
-                async fn sqlite() {
-                    super::$name(super::Db::Sqlite).await
-                }
-
-                #[tokio::test]
-                async fn postgres() {
-                    super::$name(super::Db::Postgres).await
-                }
-            }
-        )*
-    };
-}
+#[macro_use]
+#[path = "support/temp_store.rs"]
+mod temp_store;
+use temp_store::{Db, TempStore, sqlite_url as url};
 
 both!(
     data_survives_reopening_the_file,

@@ -8,7 +8,6 @@
 //! by the unit tests of `src/store/runs.rs` and `src/store/actions.rs` (SQLite's `EXPLAIN
 //! QUERY PLAN` of the statements themselves).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -21,6 +20,10 @@ use sqlx::Connection as _;
 
 #[path = "support/postgres.rs"]
 mod pg;
+#[macro_use]
+#[path = "support/temp_store.rs"]
+mod temp_store;
+use temp_store::{Db, TempStore};
 
 /// Key of the store's write lock on PostgreSQL (`PG_WRITE_LOCK` in `src/store/mod.rs`),
 /// as `tests/store.rs` takes it.
@@ -29,62 +32,6 @@ const PG_WRITE_LOCK: i64 = 0x726e_7772_646e;
 /// 2026-01-01T00:00:00Z plus `secs`.
 fn t(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_767_225_600 + secs, 0).unwrap()
-}
-
-/// The backend a test runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-/// A store on a new, empty database: a SQLite file in a temp dir, or a fresh PostgreSQL
-/// database.
-struct TempStore {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    url: String,
-    db: Db,
-    store: Store,
-}
-
-impl TempStore {
-    async fn new(db: Db) -> TempStore {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("runwarden.db");
-        let url = match db {
-            Db::Sqlite => format!("sqlite://{}", path.display()),
-            Db::Postgres => pg::fresh_database().await,
-        };
-        let store = Store::connect(&url).await.unwrap();
-        TempStore {
-            _dir: dir,
-            path,
-            url,
-            db,
-            store,
-        }
-    }
-}
-
-/// `both!(name, ...)`: for each `async fn name(db: Db)`, a module `name` with the tests
-/// `sqlite` and `postgres`.
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test]
-                async fn sqlite() {
-                    super::$name(super::Db::Sqlite).await
-                }
-
-                #[tokio::test]
-                async fn postgres() {
-                    super::$name(super::Db::Postgres).await
-                }
-            }
-        )*
-    };
 }
 
 both!(
