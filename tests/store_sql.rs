@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use runwarden::store::runs::NUL_REPLACEMENT;
 use runwarden::store::{
-    ActionOutcome, ActionState, AuditEntry, EventRecord, NewDecision, NewDelivery, Outcome,
-    PRUNE_CHUNK, RunRecord, Store, StoreError,
+    ActionOutcome, ActionState, AuditEntry, CommentRecord, EventRecord, NewDecision, NewDelivery,
+    Outcome, PRUNE_CHUNK, RunRecord, SectionUpdate, Store, StoreError,
 };
 use sqlx::Connection as _;
 
@@ -41,6 +41,7 @@ both!(
     audit_since_keeps_new_decisions_and_older_ones_whose_action_changed_once_each,
     nul_characters_from_outside_are_stored_and_found_alike_on_both_backends,
     nul_characters_in_an_events_error_and_note_are_stored_on_both_backends,
+    nul_characters_in_summary_sections_and_slot_summaries_are_stored_on_both_backends,
 );
 
 fn decision(rule: &str, action: &str, run: &str, at: DateTime<Utc>) -> NewDecision {
@@ -695,5 +696,78 @@ async fn nul_characters_in_an_events_error_and_note_are_stored_on_both_backends(
     assert_eq!(
         d3.outcome.as_deref(),
         Some(clean("0 decision(s) \0").as_str())
+    );
+}
+
+/// A summary's section takes its key, commit, run id and body from the run as Currents
+/// reported it, and a retention slot's summary names projects and runs: NUL characters
+/// in them are replaced on both backends (PostgreSQL refuses them in text, so the summary
+/// action failed on every attempt), and the same key finds the same section again.
+async fn nul_characters_in_summary_sections_and_slot_summaries_are_stored_on_both_backends(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    let clean = |v: &str| v.replace('\0', &NUL_REPLACEMENT.to_string());
+    let section = |body: &str, created: i64| SectionUpdate {
+        repo: "acme/we\0b".into(),
+        pr: 7,
+        section_key: "bAYZ4a/fe\0at".into(),
+        sha: "c0\0ffee".into(),
+        head_sha: None,
+        run_id: "run\0-1".into(),
+        run_created_at: t(created),
+        body: body.into(),
+        updated_at: t(created + 1),
+    };
+    assert!(
+        s.upsert_section_if_newer(&section("spec \0 failed", 10))
+            .await
+            .unwrap()
+    );
+    // A newer run of the same key replaces the section: it is found by the key as given.
+    assert!(
+        s.upsert_section_if_newer(&section("spec \0 passed", 20))
+            .await
+            .unwrap()
+    );
+    let got = s.sections("acme/we\0b", 7).await.unwrap();
+    assert_eq!(got.len(), 1, "one section for the key: {got:?}");
+    assert_eq!(got[0].section_key, clean("bAYZ4a/fe\0at"));
+    assert_eq!(got[0].sha, clean("c0\0ffee"));
+    assert_eq!(got[0].run_id, clean("run\0-1"));
+    assert_eq!(got[0].body, clean("spec \0 passed"));
+    // An older run does not overwrite it.
+    assert!(
+        !s.upsert_section_if_newer(&section("spec \0 old", 5))
+            .await
+            .unwrap()
+    );
+
+    let comment = CommentRecord {
+        comment_id: 42,
+        body_hash: "h\0".into(),
+        sections_json: "[\"\0\"]".into(),
+    };
+    s.put_comment("acme/we\0b", 7, &comment).await.unwrap();
+    let stored = s
+        .get_comment("acme/we\0b", 7)
+        .await
+        .unwrap()
+        .expect("found");
+    assert_eq!(stored.comment_id, 42);
+    assert_eq!(stored.sections_json, clean("[\"\0\"]"));
+
+    assert!(s.claim_slot("keep\0-30d", t(100), t(100)).await.unwrap());
+    s.finish_slot("keep\0-30d", t(100), "deleted 1 run: run\0-9")
+        .await
+        .unwrap();
+    let slot = s
+        .latest_slot_record("keep\0-30d")
+        .await
+        .unwrap()
+        .expect("the slot is found by its rule as given");
+    assert_eq!(slot.rule, clean("keep\0-30d"));
+    assert_eq!(
+        slot.summary.as_deref(),
+        Some(clean("deleted 1 run: run\0-9").as_str())
     );
 }

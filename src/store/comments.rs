@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::runs::text;
 use super::{Store, StoreError, StoreResult, from_ms, to_ms};
 
 /// The sticky comment of one pull request as last written.
@@ -100,7 +101,7 @@ impl Store {
             "SELECT comment_id, body_hash, sections_json FROM pr_comments \
              WHERE repo = $1 AND pr = $2",
         )
-        .bind(repo.to_ascii_lowercase())
+        .bind(text(&repo.to_ascii_lowercase()))
         .bind(pr_number(pr)?)
         .fetch_optional(&self.pool)
         .await?;
@@ -136,11 +137,11 @@ impl Store {
                  sections_json = excluded.sections_json, \
                  updated_at = excluded.updated_at",
         )
-        .bind(repo.to_ascii_lowercase())
+        .bind(text(&repo.to_ascii_lowercase()))
         .bind(pr_number(pr)?)
         .bind(comment_id)
-        .bind(&comment.body_hash)
-        .bind(&comment.sections_json)
+        .bind(text(&comment.body_hash))
+        .bind(text(&comment.sections_json))
         .bind(to_ms(Utc::now()))
         .execute(&self.writer)
         .await?;
@@ -157,9 +158,9 @@ impl Store {
             "SELECT section_key, sha, run_id, run_created_at, body, updated_at \
              FROM pr_sections WHERE repo = $1 AND pr = $2 AND section_key = $3",
         )
-        .bind(&repo)
+        .bind(text(&repo))
         .bind(pr)
-        .bind(&s.section_key)
+        .bind(text(&s.section_key))
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(old) = old
@@ -178,13 +179,13 @@ impl Store {
                  body = excluded.body, \
                  updated_at = excluded.updated_at",
         )
-        .bind(&repo)
+        .bind(text(&repo))
         .bind(pr)
-        .bind(&s.section_key)
-        .bind(&s.sha)
-        .bind(&s.run_id)
+        .bind(text(&s.section_key))
+        .bind(text(&s.sha))
+        .bind(text(&s.run_id))
         .bind(to_ms(s.run_created_at))
-        .bind(&s.body)
+        .bind(text(&s.body))
         .bind(to_ms(s.updated_at))
         .execute(&mut *tx)
         .await?;
@@ -198,7 +199,7 @@ impl Store {
             "SELECT section_key, sha, run_id, run_created_at, body, updated_at \
              FROM pr_sections WHERE repo = $1 AND pr = $2 ORDER BY section_key",
         )
-        .bind(repo.to_ascii_lowercase())
+        .bind(text(&repo.to_ascii_lowercase()))
         .bind(pr_number(pr)?)
         .fetch_all(&self.pool)
         .await?;

@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::runs::text;
 use super::{Store, StoreError, StoreResult, from_ms, opt_from_ms, to_ms};
 
 /// A claimed slot.
@@ -72,7 +73,7 @@ impl Store {
             "INSERT INTO schedule_slots (rule, slot_at, claimed_at) VALUES ($1, $2, $3) \
              ON CONFLICT (rule, slot_at) DO NOTHING",
         )
-        .bind(rule)
+        .bind(text(rule))
         .bind(to_ms(slot_at))
         .bind(to_ms(now))
         .execute(&self.writer)
@@ -84,7 +85,7 @@ impl Store {
     pub async fn last_slot(&self, rule: &str) -> StoreResult<Option<DateTime<Utc>>> {
         let ms: Option<i64> =
             sqlx::query_scalar("SELECT MAX(slot_at) FROM schedule_slots WHERE rule = $1")
-                .bind(rule)
+                .bind(text(rule))
                 .fetch_one(&self.pool)
                 .await?;
         opt_from_ms(ms)
@@ -99,7 +100,7 @@ impl Store {
         let row: Option<SlotRow> = sqlx::query_as(&format!(
             "SELECT {SLOT_COLUMNS} FROM schedule_slots WHERE rule = $1 AND slot_at = $2"
         ))
-        .bind(rule)
+        .bind(text(rule))
         .bind(to_ms(slot_at))
         .fetch_optional(&self.pool)
         .await?;
@@ -121,10 +122,10 @@ impl Store {
              ON CONFLICT (rule, slot_at) DO UPDATE \
              SET finished_at = excluded.finished_at, summary = excluded.summary",
         )
-        .bind(rule)
+        .bind(text(rule))
         .bind(to_ms(slot_at))
         .bind(now)
-        .bind(summary)
+        .bind(text(summary))
         .execute(&self.writer)
         .await?;
         Ok(())
@@ -136,7 +137,7 @@ impl Store {
             "SELECT {SLOT_COLUMNS} FROM schedule_slots WHERE rule = $1 \
              ORDER BY slot_at DESC LIMIT 1"
         ))
-        .bind(rule)
+        .bind(text(rule))
         .fetch_optional(&self.pool)
         .await?;
         row.map(SlotRecord::try_from).transpose()
