@@ -131,6 +131,58 @@ async fn a_database_locked_by_another_process_gets_503_then_recovers() {
     bot.kill().await;
 }
 
+/// A store error that no retry mends (here a constraint: a trigger another process put
+/// on the table refuses every new event, as a damaged file or a broken schema would) is
+/// a 500, not a 503 asking the sender to retry, and never a 2xx; a lock is a 503 with
+/// `Retry-After`.
+#[tokio::test]
+async fn a_store_error_no_retry_mends_is_a_500_not_a_2xx_or_503() {
+    let w = World::sqlite(SUPERSEDE, Env::default()).await;
+    let p = pair(&w, "feat/c1");
+    let bot = w.serve().await;
+    use sqlx::Connection as _;
+    let mut other = sqlx::SqliteConnection::connect(&w.store_url())
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_events BEFORE INSERT ON deliveries \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
+    .execute(&mut other)
+    .await
+    .unwrap();
+    let r = currents_hook(&w, &bot, "RUN_START", &p.new).await;
+    assert_eq!(r.status(), 500, "a store failure no retry mends");
+    assert!(r.headers().get("retry-after").is_none());
+    let body = r.text().await.unwrap();
+    assert!(body.contains("event store failed"), "{body}");
+    logged(&bot, "cannot store webhook event").await;
+
+    // A lock is a 503 with Retry-After.
+    sqlx::raw_sql("DROP TRIGGER refuse_events; BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let r = currents_hook(&w, &bot, "RUN_START", &p.new).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+    drop(other);
+
+    // Mended: delivered again, accepted and acted on.
+    assert_eq!(
+        currents_hook(&w, &bot, "RUN_START", &p.new).await.status(),
+        202
+    );
+    let store = w.store().await;
+    cancelled_once(&w, &store, &p).await;
+    healthy(&w, &bot).await;
+    bot.kill().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Read-only
 

@@ -16,7 +16,8 @@
 //! | handled event: not JSON, malformed body, missing delivery id or run URL | 400 |
 //! | new event, durably committed | 202 |
 //! | repeat of a stored delivery | 200, nothing done |
-//! | store cannot commit | 503 |
+//! | store cannot commit now (locked, read-only, full, connection lost) | 503, `Retry-After` |
+//! | store failed for good (damaged file, constraint, bad query) | 500 |
 //!
 //! A GitHub signature header that is not `sha256=` and 64 hex digits is refused before
 //! any of the body is read, and the bytes of bodies read before their signature is
@@ -52,6 +53,9 @@ pub const GITHUB_BODY_LIMIT: usize = 25 * 1024 * 1024;
 /// Bytes of GitHub webhook bodies that may be held, across the process, before their
 /// signature is checked (see [`BodyBudget`]).
 pub const UNVERIFIED_BODY_BUDGET: usize = 64 * 1024 * 1024;
+/// `Retry-After` of a webhook answered 503 because the store cannot commit just now
+/// (locked past its busy timeout, read-only, full).
+pub const STORE_RETRY_AFTER_SECS: u64 = 5;
 /// The budget's unit: a body holds one permit per KiB read so far.
 const BUDGET_UNIT: usize = 1024;
 /// `Retry-After` of a webhook turned away because the budget is spent: the bodies
@@ -553,13 +557,30 @@ async fn store_delivery(state: &AppState, source: &'static str, delivery: NewDel
                 json!({ "status": "duplicate", "delivery": id }),
             )
         }
+        // Not stored: never a 2xx. A store that may take it later (locked, read-only,
+        // full, a connection lost) is a 503 with `Retry-After`; one that no retry mends
+        // (a damaged file, a constraint or a bad query: a bug or a broken database) a 500.
+        Err(e) if e.is_unavailable() => {
+            tracing::error!(source, delivery = %id, error = %e, "cannot store webhook event");
+            let mut r = answer(
+                state,
+                source,
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": "event store unavailable; retry later" }),
+            );
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(STORE_RETRY_AFTER_SECS),
+            );
+            r
+        }
         Err(e) => {
             tracing::error!(source, delivery = %id, error = %e, "cannot store webhook event");
             answer(
                 state,
                 source,
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({ "error": "event store unavailable; retry later" }),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({ "error": "event store failed; see the bot's log" }),
             )
         }
     }
