@@ -57,6 +57,8 @@ struct Answer {
     headers: Vec<(&'static str, String)>,
     body: String,
     delay: Duration,
+    /// Sent gzip-encoded (`Content-Encoding: gzip`).
+    gzip: bool,
 }
 
 impl Answer {
@@ -66,6 +68,7 @@ impl Answer {
             headers: vec![("content-type", "application/json".into())],
             body: body.to_string(),
             delay: Duration::ZERO,
+            gzip: false,
         }
     }
     fn ok(data: Value) -> Self {
@@ -80,6 +83,7 @@ impl Answer {
             headers: vec![("content-type", content_type.into())],
             body: body.into(),
             delay: Duration::ZERO,
+            gzip: false,
         }
     }
     fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
@@ -88,6 +92,10 @@ impl Answer {
     }
     fn delayed(mut self, d: Duration) -> Self {
         self.delay = d;
+        self
+    }
+    fn gzipped(mut self) -> Self {
+        self.gzip = true;
         self
     }
 }
@@ -153,11 +161,26 @@ async fn handle(
     if !answer.delay.is_zero() {
         tokio::time::sleep(answer.delay).await;
     }
-    let mut resp = (StatusCode::from_u16(answer.status).unwrap(), answer.body).into_response();
+    let status = StatusCode::from_u16(answer.status).unwrap();
+    let mut resp = if answer.gzip {
+        let mut resp = (status, gzip(answer.body.as_bytes())).into_response();
+        resp.headers_mut()
+            .insert("content-encoding", "gzip".parse().unwrap());
+        resp
+    } else {
+        (status, answer.body).into_response()
+    };
     for (k, v) in answer.headers {
         resp.headers_mut().insert(k, v.parse().unwrap());
     }
     resp
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
 }
 
 fn options(base: Url) -> ClientOptions {
@@ -454,6 +477,40 @@ async fn list_projects_walks_pages() {
 }
 
 // ---- single resources ------------------------------------------------------------------
+
+/// The client asks for gzip (the Currents docs recommend it: a run with its specs can be
+/// several MiB) and reads a gzip-encoded answer; the 64 MiB cap on an answer counts the
+/// decoded bytes, so a small compressed body that inflates past it is refused.
+#[tokio::test]
+async fn answers_are_requested_and_read_gzip_encoded_and_the_cap_counts_decoded_bytes() {
+    let bomb = {
+        let mut b = String::from("{\"status\":\"OK\",\"data\":\"");
+        b.push_str(&" ".repeat(65 * 1024 * 1024));
+        b.push_str("\"}");
+        b
+    };
+    let bomb = Arc::new(bomb);
+    let mock = Mock::start(move |_, seen| match seen.path.as_str() {
+        "/v1/runs/r1" => Answer::ok(run_json("r1", None)).gzipped(),
+        _ => Answer::raw(200, "application/json", &bomb).gzipped(),
+    })
+    .await;
+    let c = client(mock.base());
+    assert_eq!(c.get_run("r1").await.unwrap().run_id, "r1");
+    let asked = mock.seen()[0]
+        .headers
+        .get("accept-encoding")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(asked.contains("gzip"), "accept-encoding: {asked:?}");
+    match c.get_run("bomb").await {
+        Err(CurrentsError::Decode { detail, .. }) => {
+            assert!(detail.contains("exceeds"), "{detail}")
+        }
+        other => panic!("expected the cap to refuse the inflated body: {other:?}"),
+    }
+}
 
 #[tokio::test]
 async fn get_run_project_instance_and_find() {
