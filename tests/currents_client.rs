@@ -784,6 +784,50 @@ async fn rate_limited_honours_retry_after_http_date() {
     assert_eq!(mock.hits(), 2);
 }
 
+/// A 429 asking for a longer wait than the client sleeps through (`retry_after_max`) is
+/// not retried within it: the call ends at once, with the whole wait for the caller (the
+/// executor puts the action's next attempt after it). A shorter one is slept through.
+#[tokio::test]
+async fn a_retry_after_longer_than_the_client_sleeps_is_handed_back_not_retried_sooner() {
+    let mock = Mock::start(|n, seen| match (seen.path.as_str(), n) {
+        ("/v1/runs/r1/cancel", _) => {
+            Answer::failed(429, "Too Many Requests").header("retry-after", "90")
+        }
+        (_, 1) => Answer::failed(429, "Too Many Requests").header("retry-after", "1"),
+        _ => Answer::ok(run_json("r2", None)),
+    })
+    .await;
+    let c = CurrentsClient::new(ClientOptions {
+        retry_after_max: Duration::from_secs(2),
+        ..options(mock.base())
+    })
+    .unwrap();
+    let start = Instant::now();
+    let e = c.cancel_run("r1").await.unwrap_err();
+    assert_eq!(
+        e,
+        CurrentsError::RateLimited {
+            attempts: 1,
+            retry_after: Some(Duration::from_secs(90))
+        }
+    );
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(90)));
+    assert_eq!(mock.hits(), 1, "not sent again inside the 90 s asked for");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // The client itself held off for what it sleeps through (5 s) at most; a 1 s wait
+    // is then slept through and the call retried.
+    let start = Instant::now();
+    assert_eq!(c.get_run("r2").await.unwrap().run_id, "r2");
+    assert_eq!(mock.hits(), 3);
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+}
+
 #[tokio::test]
 async fn rate_limited_until_exhaustion() {
     let mock =

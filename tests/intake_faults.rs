@@ -589,3 +589,41 @@ async fn a_huge_poll_interval_overflows_nothing() {
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200, "no loop panicked");
 }
+
+/// A Currents 429 whose `Retry-After` is longer than the client sleeps through (60 s)
+/// ends the event's attempt at once, and the event is retried no sooner than the API
+/// asked: no request is sent inside the window (before, the client retried every 60 s
+/// within a 5-minute `Retry-After`, and the event's own backoff of 1 s would have sent
+/// the next attempt at once).
+#[tokio::test]
+async fn a_long_retry_after_on_a_run_read_delays_the_event_past_it_without_requests() {
+    let app = spawn_app(SUPERSEDE).await;
+    let new = app.sim.add_run(run("feat/r", "bbb222", 1)).unwrap().run_id;
+    app.sim.inject_fault(
+        Fault::new(runwarden::simulator::FaultKind::RateLimit {
+            status: 429,
+            retry_after: Some(300),
+            reset_after: None,
+        })
+        .on("GET", format!("/v1/runs/{new}")),
+    );
+    let before = gets(&app.sim);
+    let sent = Utc::now();
+    let id = accepted(app.currents_hook("RUN_START", &new).await).await;
+    let d = wait_delivery(&app.bot.ctx, "currents", &id, 20, |d| d.attempts == 1).await;
+    assert!(d.processed_at.is_none(), "{d:#?}");
+    let wait = d.next_attempt_at - sent;
+    assert!(
+        wait >= chrono::Duration::seconds(295),
+        "retried {wait} after the event instead of after the 300 s asked for: {d:#?}"
+    );
+    assert!(
+        d.last_error.as_deref().is_some_and(|e| e.contains("429")),
+        "{d:#?}"
+    );
+    assert_eq!(
+        gets(&app.sim) - before,
+        1,
+        "one read, not retried inside the window"
+    );
+}

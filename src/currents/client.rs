@@ -78,7 +78,10 @@ pub struct ClientOptions {
     pub backoff_base: Duration,
     /// Largest backoff ceiling.
     pub backoff_max: Duration,
-    /// Cap on a server's `Retry-After`.
+    /// Longest `Retry-After` of a 429 the client sleeps through before its next attempt
+    /// (and holds every other request of the client for). A longer one ends the call at
+    /// once with [`CurrentsError::RateLimited`] carrying the whole wait, for the caller to
+    /// honour: the executor schedules the action's next attempt after it.
     pub retry_after_max: Duration,
     pub user_agent: String,
     /// Pages a stream walks before it ends with [`CurrentsError::Pagination`].
@@ -640,7 +643,13 @@ impl CurrentsClient {
                     body,
                 } => {
                     let may_retry = call.idempotency == Idempotency::Idempotent || status == 429;
-                    if last || !may_retry {
+                    // A wait longer than the client sleeps through is the caller's to
+                    // honour (the executor schedules the action's next attempt after it):
+                    // retrying sooner would send requests inside the window the API asked
+                    // to be left alone.
+                    let too_long = status == 429
+                        && retry_after.is_some_and(|wait| wait > inner.retry_after_max);
+                    if last || !may_retry || too_long {
                         if status == 429 {
                             if let Some(wait) = retry_after {
                                 inner.limiter.pause_for(wait.min(inner.retry_after_max));
