@@ -517,6 +517,12 @@ fn an_override_with_a_bad_value_names_its_variable_not_a_line_of_the_file() {
         ),
         (
             WITH_KEYS,
+            "RUNWARDEN__GITHUB__REPOS__bAYZ4a",
+            "https://github.com/acme/web.git",
+            "RUNWARDEN__GITHUB__REPOS__bAYZ4a: [github] repos: project \"bAYZ4a\" maps to \"https://github.com/acme/web.git\"; expected \"owner/repo\", not a URL (did you mean \"acme/web\"?)",
+        ),
+        (
+            WITH_KEYS,
             "RUNWARDEN__CURRENTS__PROJECTS",
             ",",
             "RUNWARDEN__CURRENTS__PROJECTS: [currents] projects: list at least one Currents project id, e.g. projects = [\"bAYZ4a\"]",
@@ -844,5 +850,86 @@ fn orphan_match_by_commit_without_workflows_warns() {
             "{BASE}[[rules]]\nname = \"o\"\nkind = \"orphan\"\n"
         ))
         .is_empty()
+    );
+}
+
+/// With polling off, only a poll re-checks the runs in progress: a timeout rule is then
+/// checked only on a run's own Currents events, and a run stuck after it started sends
+/// none. Each timeout rule gets a warning saying so; `check` prints it.
+#[test]
+fn a_timeout_rule_with_polling_off_warns_that_a_silent_run_is_never_cancelled() {
+    let rules = "[[rules]]\nname = \"slow\"\nkind = \"timeout\"\nmax_duration = \"1h\"\n\
+        [[rules]]\nname = \"sup\"\nkind = \"supersede\"\n\
+        [[rules]]\nname = \"idle\"\nkind = \"timeout\"\nidle_for = \"20m\"\n";
+    let text = format!("[currents]\nprojects = [\"bAYZ4a\"]\npoll_interval = \"0s\"\n{rules}");
+    let mine: Vec<String> = warnings(&text)
+        .into_iter()
+        .filter(|w| w.contains("polling is off"))
+        .collect();
+    assert_eq!(
+        mine,
+        [
+            "rules.toml:4: rule \"slow\": polling is off ([currents] poll_interval = \"0s\" on line 3): this timeout rule is checked only on the run's own Currents events (webhooks), so a run stuck after it started, which sends none, is never cancelled; set poll_interval (\"60s\" is the default), or run `runwarden sweep --rule slow` on a schedule",
+            "rules.toml:11: rule \"idle\": polling is off ([currents] poll_interval = \"0s\" on line 3): this timeout rule is checked only on the run's own Currents events (webhooks), so a run stuck after it started, which sends none, is never cancelled; set poll_interval (\"60s\" is the default), or run `runwarden sweep --rule idle` on a schedule",
+        ]
+    );
+    // Polling on (the default, or set): no such warning.
+    for top in ["", "poll_interval = \"30s\"\n"] {
+        let text = format!("[currents]\nprojects = [\"bAYZ4a\"]\n{top}{rules}");
+        assert!(
+            !warnings(&text).iter().any(|w| w.contains("polling is off")),
+            "{top}"
+        );
+    }
+    // Polling turned off from the environment: the warning names the variable.
+    let env = vec![(
+        "RUNWARDEN__CURRENTS__POLL_INTERVAL".to_string(),
+        "0m".to_string(),
+    )];
+    let w: Vec<String> = load_str(&format!("{BASE}{rules}"), "rules.toml", &env)
+        .unwrap()
+        .warnings
+        .iter()
+        .map(|w| w.to_string())
+        .filter(|w| w.contains("polling is off"))
+        .collect();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].starts_with("rules.toml:3: rule \"slow\": polling is off ([currents] poll_interval = \"0m\" from RUNWARDEN__CURRENTS__POLL_INTERVAL): "),
+        "{w:?}"
+    );
+    // `check` prints it as a warning, and the config is still valid.
+    let (path, out) = check_file(&text);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "warning: {path}:4: rule \"slow\": polling is off ([currents] poll_interval = \"0s\" on line 3): this timeout rule is checked only on the run's own Currents events"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "warning: {path}:11: rule \"idle\": polling is off"
+        )),
+        "{stderr}"
+    );
+}
+
+/// A `[github] repos` value must be exactly `owner/name`: pushes and workflow runs name
+/// their repository so, and a mapping spelt otherwise (`acme/web.git`, `/acme/web`)
+/// loaded but never matched one. `check` exits 2 with the located error and a suggestion.
+#[test]
+fn check_rejects_a_repos_value_that_is_not_owner_slash_name() {
+    let (path, out) = check_file(
+        "[currents]\nprojects = [\"bAYZ4a\"]\n[github]\nrepos = { bAYZ4a = \"acme/web.git\" }\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "{path}:4:11: [github] repos: project \"bAYZ4a\" maps to \"acme/web.git\"; expected \"owner/repo\", the repository's name without \".git\" (did you mean \"acme/web\"?)"
+        )
     );
 }

@@ -715,3 +715,99 @@ fn a_github_app_id_that_is_not_a_number_is_told_apart_from_an_unset_one() {
         assert!(!e.contains(bad), "the value is not shown: {e}");
     }
 }
+
+/// A `[github] repos` value must be exactly `owner/name`, as GitHub's events name the
+/// repository: a mapping spelt `acme/web.git`, `acme/web/` or `/acme/web` loaded, and the
+/// project then got no push supersession (the event's `acme/web` never equalled it).
+/// The error is located at the project's entry and says what to write.
+#[test]
+fn a_repos_value_that_is_not_exactly_owner_slash_name_is_located_with_a_suggestion() {
+    let inline = |v: &str| format!("{BASE}[github]\nrepos = {{ bAYZ4a = {v:?} }}\n");
+    let want = |v: &str, rest: &str| {
+        format!(
+            "rules.toml:4:11: [github] repos: project \"bAYZ4a\" maps to {v:?}; expected \"owner/repo\"{rest}"
+        )
+    };
+    let suggest = " (did you mean \"acme/web\"?)";
+    for (value, rest) in [
+        (
+            "acme/web.git",
+            ", the repository's name without \".git\" (did you mean \"acme/web\"?)".to_string(),
+        ),
+        (
+            "acme/web.GIT",
+            ", the repository's name without \".git\" (did you mean \"acme/web\"?)".to_string(),
+        ),
+        ("acme/web/", suggest.to_string()),
+        ("/acme/web", suggest.to_string()),
+        ("acme//web", suggest.to_string()),
+        (
+            "https://github.com/acme/web.git",
+            ", not a URL".to_string() + suggest,
+        ),
+        ("github.com/acme/web", suggest.to_string()),
+        (
+            "git@github.com:acme/web.git",
+            ", not a URL".to_string() + suggest,
+        ),
+        (
+            "acme/web ",
+            ": ' ' cannot be in a GitHub repository name (letters, digits, \".\", \"-\" and \"_\")"
+                .to_string()
+                + suggest,
+        ),
+        (
+            "acme corp/web",
+            ": ' ' cannot be in a GitHub owner name (letters, digits, \"-\" and \"_\")".to_string(),
+        ),
+        (
+            "acme/we+b",
+            ": '+' cannot be in a GitHub repository name (letters, digits, \".\", \"-\" and \"_\")"
+                .to_string(),
+        ),
+        ("acme/..", ": \"..\" is not a repository name".to_string()),
+        ("acme", String::new()),
+        ("acme/web/tree/main", String::new()),
+    ] {
+        assert_eq!(err(&inline(value)), want(value, &rest), "{value:?}");
+    }
+    // The suggestion keeps the case as written.
+    assert!(
+        err(&inline("/Acme/Web.git")).ends_with(" (did you mean \"Acme/Web\"?)"),
+        "{}",
+        err(&inline("/Acme/Web.git"))
+    );
+    // As a table, the error points at the project's line.
+    let e = err(&format!(
+        "{BASE}[github.repos]\nother = \"acme/api\"\nbAYZ4a = \"acme/web.git\"\n"
+    ));
+    assert!(
+        e.starts_with(
+            "rules.toml:5:1: [github] repos: project \"bAYZ4a\" maps to \"acme/web.git\""
+        ),
+        "{e}"
+    );
+    // A token in a pasted clone URL is not shown.
+    let e = err(&inline(
+        "https://x-access-token:ghs_s3cr3t@github.com/acme/web.git",
+    ));
+    assert!(!e.contains("s3cr3t"), "{e}");
+    assert!(
+        e.contains("maps to \"https://***@github.com/acme/web.git\""),
+        "{e}"
+    );
+    assert!(e.ends_with(suggest), "{e}");
+    // GitHub's own spellings load, in any case (repositories are compared without case).
+    for ok in [
+        "acme/web",
+        "Acme/Web",
+        "acme-corp/web.site_2",
+        "acme/.github",
+        "acme/web.github.io",
+        "octocat_emu/web",
+        "a1/b",
+    ] {
+        let l = load_str(&inline(ok), "rules.toml", &[]).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(l.config.github.repos["bAYZ4a"], ok);
+    }
+}

@@ -7,6 +7,15 @@
 //! excluded either. `tags` do not exclude (`tag_mode = "none"` does that): a leading `!`
 //! there is a load error, and so is an empty list under any key (remove the key to
 //! match everything).
+//!
+//! Every glob list (`branches`, `tags`, `authors`, an orphan rule's `workflows`) also
+//! matches a value spelt exactly as the pattern is written, for inclusions and `!`
+//! exclusions alike: `authors = ["dependabot[bot]"]` matches GitHub's bot
+//! `dependabot[bot]`, which the glob alone would not (`[bot]` is a character class, so
+//! the glob matches `dependabotb`), and `"!renovate[bot]"` excludes `renovate[bot]`. A
+//! retention rule's `pin_tags` read their entries the same way. The exact comparison is
+//! case-sensitive, as the globs are. Inside a wider glob, a literal bracket is written
+//! as a one-character class: `"*[[]bot[]]*"` matches `49699333+dependabot[bot]@users...`.
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use regex::Regex;
@@ -25,48 +34,71 @@ pub enum TagMode {
     None,
 }
 
-/// Include/exclude glob lists (`"!x"` excludes).
+/// Include/exclude glob lists (`"!x"` excludes). Each pattern matches what it matches
+/// as a glob and, besides, the value spelt exactly as the pattern is written
+/// (`dependabot[bot]`; see the module's documentation).
 #[derive(Debug, Clone, Default)]
 pub struct GlobList {
     pub patterns: Vec<String>,
-    include: Option<GlobSet>,
-    exclude: Option<GlobSet>,
+    include: Option<Patterns>,
+    exclude: Option<Patterns>,
+}
+
+/// Globs, with the spellings of those that do not match themselves as globs.
+#[derive(Debug, Clone)]
+struct Patterns {
+    set: GlobSet,
+    /// The patterns, as written, that their glob does not match (`dependabot[bot]`,
+    /// `{a,b}`): a value equal to one of them matches too.
+    exact: Vec<String>,
+}
+
+impl Patterns {
+    fn is_match(&self, value: &str) -> bool {
+        self.exact.iter().any(|p| p == value) || self.set.is_match(value)
+    }
+}
+
+/// Whether `value` is spelt as `pattern` is written, or matches its compiled glob `set`
+/// (the glob of one `tags` entry).
+fn tag_pattern_matches(pattern: &str, set: &GlobSet, value: &str) -> bool {
+    value == pattern || set.is_match(value)
 }
 
 impl GlobList {
     /// Compiles patterns; the error names the bad pattern.
     pub fn new(patterns: &[String]) -> Result<Self, String> {
-        let mut inc = GlobSetBuilder::new();
-        let mut exc = GlobSetBuilder::new();
-        let (mut n_inc, mut n_exc) = (0, 0);
+        let mut inc = (GlobSetBuilder::new(), Vec::new(), 0);
+        let mut exc = (GlobSetBuilder::new(), Vec::new(), 0);
         for p in patterns {
-            let (set, pat) = match p.strip_prefix('!') {
-                Some(rest) => {
-                    n_exc += 1;
-                    (&mut exc, rest)
-                }
-                None => {
-                    n_inc += 1;
-                    (&mut inc, p.as_str())
-                }
+            let ((set, exact, n), pat) = match p.strip_prefix('!') {
+                Some(rest) => (&mut exc, rest),
+                None => (&mut inc, p.as_str()),
             };
             if pat.is_empty() {
                 return Err(format!("empty glob pattern {p:?}"));
             }
             let g = Glob::new(pat).map_err(|e| format!("invalid glob {p:?}: {}", e.kind()))?;
+            // `dependabot[bot]` as a glob matches `dependabotb`, not itself.
+            if !g.compile_matcher().is_match(pat) {
+                exact.push(pat.to_string());
+            }
             set.add(g);
+            *n += 1;
         }
-        let build = |b: GlobSetBuilder, n: usize| -> Result<Option<GlobSet>, String> {
+        let build = |(b, exact, n): (GlobSetBuilder, Vec<String>, usize)| {
             if n == 0 {
                 Ok(None)
             } else {
-                b.build().map(Some).map_err(|e| e.to_string())
+                b.build()
+                    .map(|set| Some(Patterns { set, exact }))
+                    .map_err(|e| e.to_string())
             }
         };
         Ok(Self {
             patterns: patterns.to_vec(),
-            include: build(inc, n_inc)?,
-            exclude: build(exc, n_exc)?,
+            include: build(inc)?,
+            exclude: build(exc)?,
         })
     }
 
@@ -128,7 +160,9 @@ impl Filter {
     }
 
     /// Compiles the tag patterns (one set per pattern, for `all`). Tag patterns do not
-    /// exclude: a leading `!` is an error that points at `tag_mode = "none"`.
+    /// exclude: a leading `!` is an error that points at `tag_mode = "none"`. A tag spelt
+    /// exactly as a pattern is written matches it too, whatever the glob makes of it
+    /// (`Filter::tags` keeps the patterns beside their sets for that).
     pub fn compile_tags(patterns: &[String]) -> Result<Vec<GlobSet>, String> {
         patterns
             .iter()
@@ -160,6 +194,22 @@ impl Filter {
         self.matches_where(run, false)
     }
 
+    /// Whether the run's tags satisfy `tag_mode` over the `tags` patterns (`pats[i]`
+    /// compiled as `sets[i]`).
+    fn tags_pass(&self, run: &Run, pats: &[String], sets: &[GlobSet]) -> bool {
+        let mut each = pats.iter().zip(sets);
+        let hit = |(p, s): (&String, &GlobSet)| {
+            run.tags
+                .iter()
+                .any(|t| tag_pattern_matches(p, s, t.as_str()))
+        };
+        match self.tag_mode {
+            TagMode::Any => each.any(hit),
+            TagMode::All => each.all(hit),
+            TagMode::None => !each.any(hit),
+        }
+    }
+
     fn matches_where(&self, run: &Run, with_state: bool) -> bool {
         if let Some(p) = &self.projects
             && !p.iter().any(|p| p == &run.project_id)
@@ -171,16 +221,10 @@ impl Filter {
         {
             return false;
         }
-        if let Some((_, sets)) = &self.tags {
-            let hit = |s: &GlobSet| run.tags.iter().any(|t| s.is_match(t));
-            let ok = match self.tag_mode {
-                TagMode::Any => sets.iter().any(hit),
-                TagMode::All => sets.iter().all(hit),
-                TagMode::None => !sets.iter().any(hit),
-            };
-            if !ok {
-                return false;
-            }
+        if let Some((pats, sets)) = &self.tags
+            && !self.tags_pass(run, pats, sets)
+        {
+            return false;
         }
         if let Some(a) = &self.authors {
             let c = &run.meta.commit;
@@ -245,24 +289,18 @@ impl Filter {
                 b.patterns
             ));
         }
-        if let Some((pats, sets)) = &self.tags {
-            let hit = |s: &GlobSet| run.tags.iter().any(|t| s.is_match(t));
-            let ok = match self.tag_mode {
-                TagMode::Any => sets.iter().any(hit),
-                TagMode::All => sets.iter().all(hit),
-                TagMode::None => !sets.iter().any(hit),
+        if let Some((pats, sets)) = &self.tags
+            && !self.tags_pass(run, pats, sets)
+        {
+            let mode = match self.tag_mode {
+                TagMode::Any => "any",
+                TagMode::All => "all",
+                TagMode::None => "none",
             };
-            if !ok {
-                let mode = match self.tag_mode {
-                    TagMode::Any => "any",
-                    TagMode::All => "all",
-                    TagMode::None => "none",
-                };
-                return Err(format!(
-                    "tags {:?} do not satisfy tag_mode {mode} of {:?}",
-                    run.tags, pats
-                ));
-            }
+            return Err(format!(
+                "tags {:?} do not satisfy tag_mode {mode} of {:?}",
+                run.tags, pats
+            ));
         }
         if let Some(a) = &self.authors {
             let c = &run.meta.commit;
@@ -372,6 +410,37 @@ mod tests {
         }
         assert!(f.matches(&variants[0]));
         assert!(variants[1..].iter().all(|r| !f.matches(r)));
+    }
+
+    /// GitHub's bots are `dependabot[bot]`, `renovate[bot]`, `github-actions[bot]`: as
+    /// globs, `[bot]` is a character class, so each pattern also matches its own
+    /// spelling, to include and to exclude.
+    #[test]
+    fn a_pattern_matches_its_exact_spelling_too() {
+        let inc = list(&["dependabot[bot]", "github-actions[bot]"]);
+        assert!(inc.matches(Some("dependabot[bot]")));
+        assert!(inc.matches_any(&["github-actions[bot]", "x@y.z"]));
+        assert!(inc.matches(Some("dependabotb")), "the glob still applies");
+        assert!(
+            !inc.matches(Some("Dependabot[bot]")),
+            "case-sensitive, as the globs"
+        );
+        let exc = list(&["!renovate[bot]"]);
+        assert!(!exc.matches(Some("renovate[bot]")));
+        assert!(!exc.matches_any(&["renovate[bot]", "bot@renovateapp.com"]));
+        assert!(exc.matches(Some("ada")));
+        let both = list(&["*", "!{a,b}"]);
+        assert!(!both.matches(Some("{a,b}")));
+        assert!(!both.matches(Some("a")));
+        assert!(both.matches(Some("c")));
+    }
+
+    /// What the module's documentation says about a literal bracket inside a wider glob.
+    #[test]
+    fn a_one_character_class_matches_a_literal_bracket() {
+        let l = list(&["*[[]bot[]]*"]);
+        assert!(l.matches(Some("49699333+dependabot[bot]@users.noreply.github.com")));
+        assert!(!l.matches(Some("49699333+dependabotb@users.noreply.github.com")));
     }
 
     #[test]

@@ -510,11 +510,20 @@ impl<'a> Locator<'a> {
                 message,
             },
             None => self.err_at(
-                self.section_key_span(section, Some(key))
+                sub.and_then(|s| self.section_sub_span(section, key, s))
+                    .or_else(|| self.section_key_span(section, Some(key)))
                     .or_else(|| self.section_key_span(section, None)),
                 message,
             ),
         }
+    }
+
+    /// Span of the entry `sub` of the table `section.key` (a project's `[github] repos`
+    /// entry).
+    fn section_sub_span(&self, section: &str, key: &str, sub: &str) -> Option<Range<usize>> {
+        let table = self.doc.as_ref()?.get(section)?.as_table_like()?.get(key)?;
+        let (k, v) = table.as_table_like()?.get_key_value(sub)?;
+        k.span().or_else(|| v.span())
     }
 
     /// Where `[section] key` is set, for a warning: the environment variable that set
@@ -967,12 +976,18 @@ fn compile(
     let gh_url = parse_http_url(&gh_url).map_err(|m| sec_err("github", "api_url", m))?;
     let repos = g.repos.unwrap_or_default();
     for (project, repo) in &repos {
-        if repo.split('/').filter(|s| !s.is_empty()).count() != 2 {
+        if let Some(problem) = repo_problem(repo) {
+            let hint = repo_hint(repo)
+                .map(|r| format!(" (did you mean {r:?}?)"))
+                .unwrap_or_default();
             return Err(loc.section_err(
                 "github",
                 "repos",
                 Some(project),
-                format!("project {project:?} maps to {repo:?}; expected \"owner/repo\""),
+                format!(
+                    "project {project:?} maps to {:?}; expected \"owner/repo\"{problem}{hint}",
+                    without_userinfo(repo)
+                ),
             ));
         }
     }
@@ -1082,6 +1097,20 @@ fn compile(
             ));
         }
         names.insert(rule.name.clone(), i);
+        // With polling off, a timeout rule is checked only when the run's own Currents
+        // event arrives (only a poll re-checks the runs in progress): a run that hangs
+        // after its RUN_START sends nothing more and is never cancelled.
+        if currents.poll_interval.is_zero() && matches!(rule.kind, RuleKind::Timeout(_)) {
+            warnings.push(Warning(format!(
+                "{}:{}: rule {:?}: polling is off ([currents] poll_interval = {:?}{}): this timeout rule is checked only on the run's own Currents events (webhooks), so a run stuck after it started, which sends none, is never cancelled; set poll_interval (\"60s\" is the default), or run `runwarden sweep --rule {}` on a schedule",
+                loc.path,
+                loc.rule_line(i),
+                rule.name,
+                poll_text.as_deref().unwrap_or("0s").trim(),
+                poll_place(loc),
+                rule.name
+            )));
+        }
         rules.push(rule);
     }
     if rules.is_empty() {
@@ -1101,6 +1130,119 @@ fn compile(
         },
         warnings,
     ))
+}
+
+/// Where `[currents] poll_interval` is set, for a warning: ` on line 4`, or ` from
+/// RUNWARDEN__CURRENTS__POLL_INTERVAL`.
+fn poll_place(loc: &Locator<'_>) -> String {
+    if let Some(var) = loc.env.get("currents.poll_interval") {
+        return format!(" from {var}");
+    }
+    loc.section_key_span("currents", Some("poll_interval"))
+        .map(|s| format!(" on line {}", loc.line_col(s.start).0))
+        .unwrap_or_default()
+}
+
+/// What is wrong with a `[github] repos` value, which must be exactly `owner/name` as
+/// GitHub spells a repository (the `full_name` of its events): `None` when nothing is,
+/// else the end of the message (empty when "expected \"owner/repo\"" says it all).
+///
+/// An owner is letters, digits, `-` and `_` (the `_` of Enterprise Managed Users'
+/// logins); a repository name letters, digits, `.`, `-` and `_`, neither `.` nor `..`,
+/// and without the `.git` of a clone URL. The case is free: repositories are compared
+/// without case (`Acme/Web` is `acme/web`), as GitHub does.
+fn repo_problem(repo: &str) -> Option<String> {
+    // `https://github.com/acme/web`, `git@github.com:acme/web.git`.
+    if repo.contains(':') {
+        return Some(", not a URL".into());
+    }
+    let parts: Vec<&str> = repo.split('/').collect();
+    let [owner, name] = parts[..] else {
+        return Some(String::new());
+    };
+    if owner.is_empty() || name.is_empty() {
+        return Some(String::new());
+    }
+    let bad_char = |s: &str, ok: &dyn Fn(char) -> bool| s.chars().find(|c| !ok(*c));
+    if let Some(c) = bad_char(owner, &|c| {
+        c.is_ascii_alphanumeric() || matches!(c, '-' | '_')
+    }) {
+        return Some(format!(
+            ": {c:?} cannot be in a GitHub owner name (letters, digits, \"-\" and \"_\")"
+        ));
+    }
+    if let Some(c) = bad_char(name, &|c| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
+    }) {
+        return Some(format!(
+            ": {c:?} cannot be in a GitHub repository name (letters, digits, \".\", \"-\" and \"_\")"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Some(format!(": {name:?} is not a repository name"));
+    }
+    if name.to_ascii_lowercase().ends_with(".git") {
+        return Some(", the repository's name without \".git\"".into());
+    }
+    None
+}
+
+/// The `owner/name` a wrong `[github] repos` value most likely means, if any: the last
+/// two segments of a clone URL (`https://github.com/acme/web.git`,
+/// `git@github.com:acme/web.git`, `github.com/acme/web`), or the value without its
+/// stray slashes, spaces or `.git` (`/acme/web/`, `acme/web.git`). The case is kept.
+fn repo_hint(repo: &str) -> Option<String> {
+    let s = repo.trim();
+    let path = if let Some(i) = s.find("://") {
+        // scheme://[user@]host/owner/name
+        let rest = &s[i + 3..];
+        &rest[rest.find('/')? + 1..]
+    } else if let Some(colon) = s.find(':')
+        && !s[..colon].contains('/')
+    {
+        // scp-like: [user@]host:owner/name
+        &s[colon + 1..]
+    } else {
+        s
+    };
+    let mut segs: Vec<&str> = path
+        .split('/')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .collect();
+    // `github.com/acme/web`: a host before the owner.
+    if segs.len() == 3 && segs[0].contains('.') {
+        segs.remove(0);
+    }
+    let [owner, name] = segs[..] else {
+        return None;
+    };
+    let name = match name.len().checked_sub(4) {
+        Some(i)
+            if name
+                .get(i..)
+                .is_some_and(|end| end.eq_ignore_ascii_case(".git")) =>
+        {
+            &name[..i]
+        }
+        _ => name,
+    };
+    let candidate = format!("{owner}/{name}");
+    (candidate != repo && repo_problem(&candidate).is_none()).then_some(candidate)
+}
+
+/// A value as an error shows it, with the `user:password@` of a URL
+/// (`https://x-access-token:TOKEN@github.com/acme/web.git`, a clone URL pasted as is)
+/// replaced by `***@`.
+fn without_userinfo(value: &str) -> String {
+    if let Some(i) = value.find("://") {
+        let rest = &value[i + 3..];
+        let host_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..host_end].rfind('@') {
+            return format!("{}***{}", &value[..i + 3], &rest[at..]);
+        }
+    }
+    value.to_string()
 }
 
 /// What is wrong with an address to listen on, as [`listen_problem`] finds it.
@@ -1719,4 +1861,75 @@ fn compile_match(
         ci_build_id: regex("ci_build_id", &m.ci_build_id)?,
         frameworks: m.frameworks.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_problem_accepts_only_owner_slash_name() {
+        for ok in [
+            "acme/web",
+            "ACME/Web",
+            "a-b/c.d_e",
+            "acme/.github",
+            "my_emu/x",
+        ] {
+            assert_eq!(repo_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "acme/web.git",
+            "acme/web/",
+            "/acme/web",
+            "acme",
+            "acme//web",
+            "acme/.",
+            "acme/..",
+            " acme/web",
+            "acme/wéb",
+            "acme.corp/web",
+            "",
+        ] {
+            assert!(repo_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn repo_hint_finds_the_owner_slash_name_meant() {
+        for (value, hint) in [
+            ("acme/web.git", Some("acme/web")),
+            ("acme/web/", Some("acme/web")),
+            ("/acme/web", Some("acme/web")),
+            (" acme/web ", Some("acme/web")),
+            ("ssh://git@github.com/Acme/Web.git", Some("Acme/Web")),
+            ("git@github.com:acme/web.git", Some("acme/web")),
+            ("github.com/acme/web/", Some("acme/web")),
+            ("acme/wéb.git", None),
+            ("acme/wébgit", None),
+            ("acme", None),
+            ("acme/web/tree/main", None),
+            ("acme/web", None),
+        ] {
+            assert_eq!(repo_hint(value).as_deref(), hint, "{value}");
+        }
+    }
+
+    /// The warning about timeout rules with polling off is for timeout rules only.
+    #[test]
+    fn only_timeout_rules_are_warned_about_with_polling_off() {
+        let text = "[currents]\nprojects = [\"p\"]\npoll_interval = \"0s\"\n\
+            [[rules]]\nname = \"t\"\nkind = \"timeout\"\nmax_duration = \"auto\"\nfallback = \"1h\"\n\
+            [[rules]]\nname = \"s\"\nkind = \"supersede\"\n\
+            [[rules]]\nname = \"o\"\nkind = \"orphan\"\n";
+        let w: Vec<String> = load_str(text, "rules.toml", &[])
+            .unwrap()
+            .warnings
+            .into_iter()
+            .map(|w| w.0)
+            .filter(|w| w.contains("polling is off"))
+            .collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("rules.toml:4: rule \"t\": "), "{w:?}");
+    }
 }

@@ -50,7 +50,8 @@ pub struct CurrentsConfig {
 #[derive(Debug, Clone)]
 pub struct GithubConfig {
     pub api_url: url::Url,
-    /// project id -> `owner/repo`.
+    /// project id -> `owner/repo`, exactly as GitHub names the repository (checked at
+    /// load time: no `.git`, URL or stray `/`); compared without case.
     pub repos: BTreeMap<String, String>,
 }
 
