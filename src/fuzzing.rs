@@ -350,7 +350,8 @@ fn exercise(run: &Run) {
             sections: vec![section.clone()],
         };
         let body = render_body(&doc, &input).expect("the default template renders");
-        assert!(body.len() <= 65_536, "summary of {} bytes", body.len());
+        let len = crate::github::render::github_len(&body);
+        assert!(len <= 65_536, "summary of {len} characters (UTF-16 units)");
         let _ = SummaryDoc::parse(&body);
     }
     let mut runs = SAMPLE_RUNS.clone();

@@ -11,7 +11,8 @@ use runwarden::github::client::{
     GithubAuth, GithubClient, GithubClientOptions, RepoName, RetryPolicy, StatusState,
 };
 use runwarden::github::render::{
-    GITHUB_BODY_LIMIT, MARKER, PrInfo, RenderInput, Section, SummaryDoc, render_body, status_for,
+    GITHUB_BODY_LIMIT, MARKER, PrInfo, RenderInput, Section, SummaryDoc, github_len, render_body,
+    status_for,
 };
 use runwarden::github::summary::{
     StatusOutcome, SummaryCtx, SummaryOutcome, SummaryReport, discover_prs, merge_section,
@@ -234,6 +235,12 @@ fn body_with(
     .expect("renders")
 }
 
+/// A body's length as GitHub's limit is held against it: UTF-16 code units, never fewer
+/// than characters (measured here, not with `github_len`, which is under test).
+fn units(s: &str) -> usize {
+    s.encode_utf16().count()
+}
+
 fn body(posts: &[Post<'_>]) -> String {
     body_with(posts, 10, None, GITHUB_BODY_LIMIT)
 }
@@ -331,9 +338,9 @@ fn snapshot_truncated_drops_spec_lists_first() {
         s.spec = format!("tests/{}/{}", "deeply-nested".repeat(20), s.spec);
     }
     let full = body_with(&[post(&run, "RUN_FINISH")], 10, None, GITHUB_BODY_LIMIT);
-    assert!(full.len() > 3000);
+    assert!(units(&full) > 3000);
     let b = body_with(&[post(&run, "RUN_FINISH")], 10, None, 3000);
-    assert!(b.len() <= 3000, "{} bytes", b.len());
+    assert!(units(&b) <= 3000, "{} code units", units(&b));
     assert!(b.contains("shortened to fit"), "{b}");
     assert!(b.contains("(https://app.currents.dev/run/r1a2b3c4)"), "{b}");
     // Still a readable section, and the state still knows the run.
@@ -357,7 +364,7 @@ fn snapshot_truncated_hard_cut() {
     );
     let run = passed("r1a2b3c4", SHA_HEAD);
     let b = body_with(&[post(&run, "RUN_FINISH")], 10, Some(&t), 1500);
-    assert!(b.len() <= 1500, "{} bytes", b.len());
+    assert!(units(&b) <= 1500, "{} code units", units(&b));
     assert!(
         b.contains("- line 10 of r1a2b3c4\n") && !b.contains("- line 499"),
         "{b}"
@@ -385,7 +392,7 @@ fn hundreds_of_sections_keep_the_newest_within_the_limit() {
     let mut posts: Vec<Post<'_>> = runs[1..].iter().map(|r| post(r, "RUN_FINISH")).collect();
     posts.push(post(&runs[0], "RUN_FINISH"));
     let b = body_with(&posts, 10, None, GITHUB_BODY_LIMIT);
-    assert!(b.len() <= GITHUB_BODY_LIMIT, "{} bytes", b.len());
+    assert!(units(&b) <= GITHUB_BODY_LIMIT, "{} code units", units(&b));
     let doc = SummaryDoc::parse(&b).unwrap();
     assert!(
         doc.sections.len() > 50 && doc.sections.len() < 400,
@@ -407,7 +414,7 @@ fn huge_bodies_stay_under_githubs_limit() {
         s.spec = "x".repeat(20_000);
     }
     let b = body_with(&[post(&run, "RUN_FINISH")], 1000, None, GITHUB_BODY_LIMIT);
-    assert!(b.len() <= GITHUB_BODY_LIMIT, "{} bytes", b.len());
+    assert!(units(&b) <= GITHUB_BODY_LIMIT, "{} code units", units(&b));
     assert!(b.starts_with(MARKER));
     assert_eq!(SummaryDoc::parse(&b).unwrap().sections.len(), 1);
 }
@@ -2930,9 +2937,9 @@ async fn re_posting_unchanged_runs_leaves_a_comment_near_the_limit_alone() {
         assert_eq!(c.len(), 1);
         let (body, edits) = (c[0].body.clone(), c[0].edits);
         assert!(
-            body.len() <= GITHUB_BODY_LIMIT,
-            "{len}: {} bytes",
-            body.len()
+            units(&body) <= GITHUB_BODY_LIMIT,
+            "{len}: {} code units",
+            units(&body)
         );
         let doc = SummaryDoc::parse(&body).unwrap();
         assert_eq!(doc.sections.len(), 2);
@@ -2995,7 +3002,7 @@ fn a_shortened_comment_reads_the_same_whichever_run_triggered_it() {
         None,
         4_000,
     );
-    assert!(by_a.len() <= 4_000, "{} bytes", by_a.len());
+    assert!(units(&by_a) <= 4_000, "{} code units", units(&by_a));
     assert_eq!(by_a, by_b);
     let note = by_a
         .lines()
@@ -3281,4 +3288,403 @@ async fn a_lease_held_for_work_is_renewed_and_the_work_stopped_once_lost() {
         store.lease_holder("summary:x").await.unwrap().unwrap().0,
         "b"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Without a comment, the commit status still combines every run group of the commit:
+// the store's runs, shared by every process and kept across restarts
+// ---------------------------------------------------------------------------------------
+
+/// Records `run` in the store's runs table, as the intake does for every event it
+/// processes (webhook or poll) before any summary of it is decided.
+async fn observe(store: &runwarden::store::Store, run: &Run) {
+    let now = chrono::Utc::now();
+    let rec = runwarden::store::RunRecord {
+        run_id: run.run_id.clone(),
+        project_id: run.project_id.clone(),
+        branch: run.branch().map(str::to_string),
+        sha: run.sha().map(str::to_string),
+        created_at: run.created_at,
+        completion_state: run.completion_state.as_str().to_string(),
+        status: run.status.as_str().to_string(),
+        json: serde_json::to_string(run).unwrap(),
+        completed_specs: run.instance_counts().complete as i64,
+        progress_changed_at: now,
+        duration_ms: run.duration_ms.map(|d| d as i64),
+        updated_at: now,
+    };
+    assert!(store.upsert_run(&rec).await.unwrap(), "{}", run.run_id);
+}
+
+/// A summary posted by one runwarden process: `gh` is the process's own client (its
+/// in-process memory and locks: a fresh one is another replica, or the bot after a
+/// restart), `store` the store every process shares.
+#[allow(clippy::too_many_arguments)]
+async fn summary_in(
+    config: &Config,
+    rule: &Rule,
+    gh: &GithubClient,
+    store: &runwarden::store::Store,
+    opts: &SummaryOptions,
+    run: &Run,
+    event: &str,
+    dry_run: bool,
+) -> Result<SummaryReport, runwarden::github::SummaryError> {
+    let ctx = SummaryCtx {
+        gh,
+        config,
+        rule,
+        opts,
+        shared: Some(runwarden::github::summary::SharedLock {
+            store,
+            holder: "process",
+        }),
+    };
+    post_summary(&ctx, run, event, None, dry_run).await
+}
+
+fn posted_status(r: &SummaryReport) -> (StatusState, &str) {
+    match &r.status {
+        Some(StatusOutcome::Posted {
+            state, description, ..
+        }) => (*state, description.as_str()),
+        other => panic!("no status posted: {other:?} in {r:?}"),
+    }
+}
+
+/// Repro (audit): run groups `full` and `smoke` of one commit share the context
+/// `runwarden/bAYZ4a`. Without a comment to read the other group from (`comment =
+/// false`, or a commit that heads no open PR, a push to `main`), `full` failed, then
+/// `smoke` passed, and the status said `success`: the last group to report won. The
+/// other group's run is now read from the store's runs table, so the status stays
+/// failed, also when `smoke` is posted by another process (a replica, or after a
+/// restart: a fresh client).
+#[tokio::test]
+async fn without_a_comment_another_groups_pass_does_not_hide_a_failure_in_the_status() {
+    for with_pr in [false, true] {
+        let env = Env::new().await;
+        let mut opts = env.opts();
+        if with_pr {
+            env.pr(7, BRANCH, SHA_HEAD);
+            opts.comment = false;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = shared_store(&dir).await;
+        let (a, b) = (
+            client(&env.sim.github_url(), Duration::from_secs(3)),
+            client(&env.sim.github_url(), Duration::from_secs(3)),
+        );
+        let post = |gh, run, event| {
+            summary_in(
+                &env.config,
+                env.rule(),
+                gh,
+                &store,
+                &opts,
+                run,
+                event,
+                false,
+            )
+        };
+        let full = tagged(failed("r-full", SHA_HEAD, 2), &["full"]);
+        let smoke = tagged(passed("r-smoke", SHA_HEAD), &["smoke"]);
+
+        observe(&store, &full).await;
+        let r = post(&a, &full, "RUN_FINISH").await.unwrap();
+        assert_eq!(posted_status(&r).0, StatusState::Failure, "{with_pr}");
+        observe(&store, &smoke).await;
+        let r = post(&b, &smoke, "RUN_FINISH").await.unwrap();
+        if !with_pr {
+            assert!(
+                matches!(&r.comments[..], [SummaryOutcome::Skipped(why)] if why.contains("no open pull request")),
+                "{r:?}"
+            );
+        }
+        assert_eq!(
+            posted_status(&r),
+            (StatusState::Failure, "2 runs: 1 failed, 1 passed"),
+            "{with_pr}"
+        );
+        let st = statuses_of(&env, SHA_HEAD, "runwarden/bAYZ4a");
+        let last = st.last().unwrap();
+        assert_eq!(last.state, "failure", "{with_pr}: {st:#?}");
+        assert_eq!(
+            last.target_url.as_deref(),
+            Some("https://app.currents.dev/run/r-full"),
+            "the failed run decides it"
+        );
+
+        // `full` is run again and passes: the newer run of the group replaces the failed
+        // one, and every group passed.
+        let again = created(
+            tagged(passed("r-full-2", SHA_HEAD), &["full"]),
+            "2026-03-02T10:30:00Z",
+        );
+        observe(&store, &again).await;
+        let r = post(&a, &again, "RUN_FINISH").await.unwrap();
+        assert_eq!(
+            posted_status(&r),
+            (StatusState::Success, "2 runs: 2 passed"),
+            "{with_pr}"
+        );
+        assert!(env.comments(7).is_empty(), "{with_pr}: no comment");
+        assert_eq!(a.status_locks_in_use() + b.status_locks_in_use(), 0);
+    }
+}
+
+/// Without a comment, the late result of an older run of a group (r5old, created ten
+/// minutes before r5new) does not replace the newer run's status, also when it reaches
+/// a process that never saw r5new (a replica, or the bot after a restart): the store
+/// knows r5new. It used to rest on in-process memory only.
+#[tokio::test]
+async fn without_a_comment_an_older_runs_late_result_is_not_posted_by_another_process() {
+    let env = Env::new().await;
+    let mut opts = env.opts();
+    opts.comment = false;
+    let dir = tempfile::tempdir().unwrap();
+    let store = shared_store(&dir).await;
+    let new = passed("r5new", SHA_HEAD);
+    let old = created(failed("r5old", SHA_HEAD, 1), "2026-03-02T09:50:00Z");
+
+    observe(&store, &new).await;
+    let r = summary_in(
+        &env.config,
+        env.rule(),
+        &env.gh,
+        &store,
+        &opts,
+        &new,
+        "RUN_FINISH",
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(posted_status(&r).0, StatusState::Success);
+    observe(&store, &old).await;
+    let restarted = client(&env.sim.github_url(), Duration::from_secs(3));
+    let r = summary_in(
+        &env.config,
+        env.rule(),
+        &restarted,
+        &store,
+        &opts,
+        &old,
+        "RUN_FINISH",
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(r.status, Some(StatusOutcome::Unchanged { .. })),
+        "{r:?}"
+    );
+    let st = statuses_of(&env, SHA_HEAD, "runwarden/bAYZ4a");
+    assert_eq!(st.len(), 1, "{st:#?}");
+    assert_eq!(st[0].state, "success");
+    assert_eq!(
+        st[0].target_url.as_deref(),
+        Some("https://app.currents.dev/run/r5new")
+    );
+}
+
+/// A run the store recorded counts as the rule would have summarized it: of the same
+/// commit and of a project of the context, matched by the rule's `[rules.match]`, and in
+/// a state whose event is in the rule's `events` (without `RUN_START` there, a run still
+/// in progress does not turn the status pending).
+#[tokio::test]
+async fn the_status_counts_the_stored_runs_the_rule_would_summarize() {
+    let env = Env::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = shared_store(&dir).await;
+    // Another commit's failure, another project's (context `runwarden/k9Pq2`), and a
+    // run group still in progress.
+    let other_sha = tagged(failed("r-other-sha", SHA_OTHER, 1), &["x"]);
+    let other_project = to_run(merge(
+        to_value(failed("r-k9", SHA_HEAD, 1)),
+        json!({"projectId": "k9Pq2"}),
+    ));
+    let smoke = tagged(started("r-smoke", SHA_HEAD), &["smoke"]);
+    for run in [&other_sha, &other_project, &smoke] {
+        observe(&store, run).await;
+    }
+    let full = tagged(passed("r-full", SHA_HEAD), &["full"]);
+    observe(&store, &full).await;
+    let post = |config, rule, opts, dry_run| {
+        summary_in(
+            config,
+            rule,
+            &env.gh,
+            &store,
+            opts,
+            &full,
+            "RUN_FINISH",
+            dry_run,
+        )
+    };
+
+    // No pending status wanted: `smoke` in progress does not count.
+    let mut finish_only = env.opts();
+    finish_only.events = vec!["RUN_FINISH".into()];
+    let r = post(&env.config, env.rule(), &finish_only, true)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r.status, Some(StatusOutcome::DryRun { state: StatusState::Success, description, .. })
+            if description.starts_with("Passed: ")),
+        "{r:?}"
+    );
+    // With `RUN_START`: pending while `smoke` runs.
+    let every = env.opts();
+    let r = post(&env.config, env.rule(), &every, true).await.unwrap();
+    assert!(
+        matches!(&r.status, Some(StatusOutcome::DryRun { state: StatusState::Pending, description, .. })
+            if description == "2 runs: 1 running, 1 passed"),
+        "{r:?}"
+    );
+    // A rule that only covers the `full` group: `smoke` does not count.
+    let narrow = load_str(
+        &format!(
+            "{}\n[rules.match]\ntags = [\"full\"]\n",
+            config_text(&env.sim.github_url())
+        ),
+        "rules.toml",
+        &[],
+    )
+    .unwrap()
+    .config;
+    let r = post(&narrow, &narrow.rules[0], &every, true).await.unwrap();
+    assert!(
+        matches!(
+            &r.status,
+            Some(StatusOutcome::DryRun {
+                state: StatusState::Success,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(env.writes(), vec![], "dry runs write nothing");
+}
+
+/// A dry run reads the store's runs as a real summary does, reports the status it would
+/// post (failure: another group failed), and writes nothing: no request, no lock.
+#[tokio::test]
+async fn a_dry_run_combines_the_stored_runs_and_posts_nothing() {
+    let env = Env::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = shared_store(&dir).await;
+    let full = tagged(failed("r-full", SHA_HEAD, 2), &["full"]);
+    let smoke = tagged(passed("r-smoke", SHA_HEAD), &["smoke"]);
+    observe(&store, &full).await;
+    observe(&store, &smoke).await;
+    let r = summary_in(
+        &env.config,
+        env.rule(),
+        &env.gh,
+        &store,
+        &env.opts(),
+        &smoke,
+        "RUN_FINISH",
+        true,
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(&r.status, Some(StatusOutcome::DryRun { state: StatusState::Failure, description, .. })
+            if description == "2 runs: 1 failed, 1 passed"),
+        "{r:?}"
+    );
+    assert_eq!(env.writes(), vec![]);
+    assert!(env.sim.statuses(Some(REPO), Some(SHA_HEAD)).is_empty());
+    assert!(
+        store
+            .lease_holder("summary:acme/web")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// GitHub's limit is in characters, not bytes
+// ---------------------------------------------------------------------------------------
+
+/// `run` with 12 failing specs whose paths hold `len` Japanese characters each (3 bytes
+/// each in UTF-8).
+fn japanese_paths(len: usize) -> Run {
+    let mut run = failed("r1a2b3c4", SHA_HEAD, 12);
+    for (i, s) in run.specs.iter_mut().enumerate() {
+        s.spec = format!("tests/{i}/{}", "テ".repeat(len));
+    }
+    run
+}
+
+/// Repro (audit): a body of ~37,000 characters of Japanese spec paths (~110,000 bytes)
+/// fits GitHub's 65,536-character limit, but was measured in bytes: its failing-spec
+/// lists were dropped and the "shortened" note added. It is now posted whole.
+#[test]
+fn a_multibyte_body_that_fits_in_characters_is_not_shortened() {
+    let run = japanese_paths(1_500);
+    let whole = body_with(&[post(&run, "RUN_FINISH")], 100, None, usize::MAX);
+    assert!(whole.len() > GITHUB_BODY_LIMIT, "{} bytes", whole.len());
+    // ~37,000 characters, each one UTF-16 code unit.
+    let chars = whole.chars().count();
+    assert!(
+        (30_000..=GITHUB_BODY_LIMIT).contains(&chars),
+        "{chars} characters"
+    );
+    assert_eq!(units(&whole), chars);
+    let b = body_with(&[post(&run, "RUN_FINISH")], 100, None, GITHUB_BODY_LIMIT);
+    assert!(!b.contains("shortened to fit"));
+    assert!(b == whole, "a body within the limit is posted whole");
+    assert_eq!(b.matches("テテテ`: 2 tests failed").count(), 12);
+    assert_eq!(github_len(&b), chars, "the measure bodies are held against");
+}
+
+/// End to end: GitHub (the simulator counts characters) gets the whole multi-byte body
+/// when it fits, and a shortened one within 65,536 characters when it does not.
+#[tokio::test]
+async fn multibyte_comments_are_measured_in_characters_on_github() {
+    let env = Env::new().await;
+    env.pr(7, BRANCH, SHA_HEAD);
+    let mut opts = comment_only(env.opts());
+    opts.max_failed_specs = 100;
+    let r = env
+        .summary(&opts, &japanese_paths(1_500), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r.comments[..],
+            [SummaryOutcome::Posted { created: true, .. }]
+        ),
+        "{r:?}"
+    );
+    let body = env.comments(7)[0].body.clone();
+    assert!(body.len() > GITHUB_BODY_LIMIT, "{} bytes", body.len());
+    assert!(!body.contains("shortened to fit"));
+    assert_eq!(
+        SummaryDoc::parse(&body).unwrap().sections[0]
+            .failed_specs
+            .len(),
+        12
+    );
+
+    // Twice as long: over the limit in characters too; shortened, and accepted.
+    let mut longer = japanese_paths(3_000);
+    longer.run_id = "r2".into();
+    longer.created_at += chrono::Duration::minutes(5);
+    let r = env.summary(&opts, &longer, "RUN_FINISH").await.unwrap();
+    assert!(
+        matches!(
+            r.comments[..],
+            [SummaryOutcome::Posted { created: false, .. }]
+        ),
+        "{r:?}"
+    );
+    let body = &env.comments(7)[0].body;
+    assert!(body.contains("shortened to fit"), "{body}");
+    assert!(units(body) <= GITHUB_BODY_LIMIT);
+    assert!(body.chars().count() <= GITHUB_BODY_LIMIT);
+    assert_eq!(SummaryDoc::parse(body).unwrap().sections[0].run_id, "r2");
 }

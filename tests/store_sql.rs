@@ -42,6 +42,7 @@ both!(
     nul_characters_from_outside_are_stored_and_found_alike_on_both_backends,
     nul_characters_in_an_events_error_and_note_are_stored_on_both_backends,
     nul_characters_in_summary_sections_and_slot_summaries_are_stored_on_both_backends,
+    the_runs_of_a_commit_are_found_alike_on_both_backends,
 );
 
 fn decision(rule: &str, action: &str, run: &str, at: DateTime<Utc>) -> NewDecision {
@@ -769,5 +770,42 @@ async fn nul_characters_in_summary_sections_and_slot_summaries_are_stored_on_bot
     assert_eq!(
         slot.summary.as_deref(),
         Some(clean("deleted 1 run: run\0-9").as_str())
+    );
+}
+
+/// The runs of a commit (the commit status's other run groups), on both backends: by sha
+/// in any case, of one project or of any (`$2 IS NULL OR ...`, which PostgreSQL must type
+/// from the other use), newest first, within the limit, without runs deleted in Currents.
+async fn the_runs_of_a_commit_are_found_alike_on_both_backends(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    for (id, project, sha, created) in [
+        ("r1", "bAYZ4a", "C0FFEE", 10),
+        ("r2", "bAYZ4a", "c0ffee", 20),
+        ("r3", "other", "c0ffee", 30),
+        ("r4", "bAYZ4a", "beef", 40),
+        ("r5", "bAYZ4a", "c0ffee", 50),
+    ] {
+        let mut r = passed(id, Some("main"), created, 1_000);
+        r.project_id = project.into();
+        r.sha = Some(sha.into());
+        assert!(s.upsert_run(&r).await.unwrap());
+    }
+    s.mark_run_gone("r5").await.unwrap();
+    let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.runs_of_commit("c0ffee", None, 10).await.unwrap()),
+        ["r3", "r2", "r1"]
+    );
+    assert_eq!(
+        ids(s
+            .runs_of_commit("C0FFEE", Some("bAYZ4a"), 10)
+            .await
+            .unwrap()),
+        ["r2", "r1"]
+    );
+    assert_eq!(
+        ids(s.runs_of_commit("c0ffee", Some("bAYZ4a"), 1).await.unwrap()),
+        ["r2"]
     );
 }

@@ -69,6 +69,10 @@
 //!
 //! Hundreds of sections on one PR: the oldest sections (never the current one) are dropped
 //! first, while even the compact state line would take more than half the limit.
+//!
+//! Lengths are measured as [`github_len`] does: in UTF-16 code units, never fewer than
+//! characters, so a body of Japanese spec paths (3 bytes a character in UTF-8) is posted
+//! whole up to the limit, and cuts fall between characters.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -79,9 +83,24 @@ use super::client::{MAX_STATUS_DESCRIPTION, StatusState, truncate_chars};
 
 /// First line of every runwarden summary comment.
 pub const MARKER: &str = "<!-- runwarden:summary -->";
-/// GitHub's limit on a comment body, in characters. Bodies are kept under it counting
-/// bytes, which is never fewer.
+/// GitHub's limit on a comment body, in characters ("Body is too long (maximum is 65536
+/// characters)"). Bodies are kept within it as [`github_len`] counts them.
 pub const GITHUB_BODY_LIMIT: usize = 65_536;
+/// The length of `s` as held against [`GITHUB_BODY_LIMIT`]: its UTF-16 code units.
+///
+/// GitHub states the limit in characters. Counted in UTF-8 bytes, a body of CJK text (3
+/// bytes a character) was shortened at a third of what fits. UTF-16 code units are
+/// characters, except that a character outside the Basic Multilingual Plane (most emoji,
+/// `🚫` included) counts 2: the stricter of the two readings of "characters" in use
+/// (code points, as Ruby's `String#length`; UTF-16 code units, as JavaScript's `length`
+/// and a browser's `maxlength`). A body within the limit by this count is within it by
+/// either reading, and within 4 × 65,536 UTF-8 bytes. A body GitHub refused would fail
+/// the summary for good (a 422), while counting a rare astral character twice costs one
+/// character of room.
+pub fn github_len(s: &str) -> usize {
+    s.encode_utf16().count()
+}
+
 /// Version of the state line this build writes and reads.
 pub const STATE_VERSION: u32 = 1;
 
@@ -548,7 +567,8 @@ pub struct RenderInput<'a> {
     pub dashboard_url: &'a str,
     /// `(path, source)` of a minijinja template replacing the default Markdown.
     pub template: Option<&'a (std::path::PathBuf, String)>,
-    /// Maximum body length in bytes ([`GITHUB_BODY_LIMIT`] in production).
+    /// Maximum body length, as [`github_len`] counts it ([`GITHUB_BODY_LIMIT`] in
+    /// production).
     pub limit: usize,
 }
 
@@ -560,25 +580,27 @@ pub struct TemplateError {
     pub message: String,
 }
 
-/// The whole comment body for `doc`, within `input.limit` bytes. The Markdown is always
-/// rendered from the sections the state line stores (see the module docs), so the default
-/// body does not depend on which run triggered the update (a template may, through
-/// `current`).
+/// The whole comment body for `doc`, within `input.limit` ([`github_len`]). The Markdown
+/// is always rendered from the sections the state line stores (see the module docs), so
+/// the default body does not depend on which run triggered the update (a template may,
+/// through `current`).
 pub fn render_body(doc: &SummaryDoc, input: &RenderInput<'_>) -> Result<String, TemplateError> {
     let fitted = fit_sections(doc, input);
     // The sections as they are, when the whole body fits.
     let state = fitted.state_line();
     let body = assemble(&visible(&fitted, input)?, &state);
-    if body.len() <= input.limit {
+    if github_len(&body) <= input.limit {
         return Ok(body);
     }
     // Else without any failing-spec list or group table, in the state and the Markdown
     // alike; if even that is too long, the Markdown cut at a line.
     let slim = fitted.compacted();
     let state = slim.state_line();
-    let budget = input.limit.saturating_sub(MARKER.len() + state.len() + 4);
+    let budget = input
+        .limit
+        .saturating_sub(github_len(MARKER) + github_len(&state) + 4);
     let shown = visible(&slim, input)?;
-    let shown = if shown.len() <= budget {
+    let shown = if github_len(&shown) <= budget {
         shown
     } else {
         let note = truncation_note(&note_url(&slim, input));
@@ -586,7 +608,7 @@ pub fn render_body(doc: &SummaryDoc, input: &RenderInput<'_>) -> Result<String, 
             Some(_) => shown,
             None => render_default(&slim, None),
         };
-        hard_cut(&text, budget.saturating_sub(note.len() + 2), &note)
+        hard_cut(&text, budget.saturating_sub(github_len(&note) + 2), &note)
     };
     Ok(assemble(&shown, &state))
 }
@@ -628,7 +650,7 @@ fn note_url(doc: &SummaryDoc, input: &RenderInput<'_>) -> String {
 /// state line would take more than half the limit: hundreds of sections on one PR.
 fn fit_sections(doc: &SummaryDoc, input: &RenderInput<'_>) -> SummaryDoc {
     let mut doc = doc.clone();
-    while doc.sections.len() > 1 && doc.compacted().state_line().len() > input.limit / 2 {
+    while doc.sections.len() > 1 && github_len(&doc.compacted().state_line()) > input.limit / 2 {
         let oldest = doc
             .sections
             .iter()
@@ -656,16 +678,21 @@ fn truncation_note(url: &str) -> String {
     )
 }
 
-/// `text` cut at the last line break within `max` bytes, then `note`.
+/// `text` cut at the last line break within `max` ([`github_len`]), then `note`. The cut
+/// falls between characters; a text within `max` is kept whole.
 fn hard_cut(text: &str, max: usize, note: &str) -> String {
-    let mut end = max.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let mut used = 0;
+    let end = text
+        .char_indices()
+        .find(|(_, c)| {
+            used += c.len_utf16();
+            used > max
+        })
+        .map_or(text.len(), |(i, _)| i);
     let cut = &text[..end];
     let cut = match cut.rfind('\n') {
-        Some(i) => &cut[..i],
-        None => cut,
+        Some(i) if end < text.len() => &cut[..i],
+        _ => cut,
     };
     format!("{}\n\n{note}", cut.trim_end())
 }
@@ -1180,6 +1207,160 @@ mod tests {
             cancelled: None,
             timeout_ms: None,
             compact: false,
+        }
+    }
+
+    #[test]
+    fn lengths_are_utf16_code_units() {
+        assert_eq!(github_len("abc"), 3);
+        // One character, 3 bytes in UTF-8.
+        assert_eq!(github_len("テ"), 1);
+        assert_eq!(github_len("✅❌⏳"), 3);
+        // Outside the Basic Multilingual Plane: one character, 2 code units, 4 bytes.
+        assert_eq!(github_len("🚫"), 2);
+    }
+
+    /// A hard cut counts code units, not bytes, and falls between characters.
+    #[test]
+    fn a_hard_cut_counts_code_units_and_keeps_whole_characters() {
+        // "ab\n" 3, "テテ\n" 3 more: 6; the first "🚫" would make 8.
+        let text = "ab\nテテ\n🚫🚫\nxyz";
+        assert_eq!(hard_cut(text, 7, "N"), "ab\nテテ\n\nN");
+        assert_eq!(hard_cut(text, 8, "N"), "ab\nテテ\n\nN");
+        // The line "🚫🚫" ends at 10, its line break at 11.
+        assert_eq!(hard_cut(text, 10, "N"), "ab\nテテ\n\nN");
+        assert_eq!(hard_cut(text, 11, "N"), "ab\nテテ\n🚫🚫\n\nN");
+        assert_eq!(hard_cut(text, 100, "N"), format!("{text}\n\nN"));
+        // No line break within the budget: cut inside the line, between characters.
+        assert_eq!(hard_cut("テテテテ", 2, "N"), "テテ\n\nN");
+        assert_eq!(hard_cut("🚫🚫", 3, "N"), "🚫\n\nN");
+    }
+
+    /// Random sections of multi-byte text (CJK, accents, astral emoji, Markdown
+    /// characters), with and without a template that prints far too much: the body stays
+    /// within the limit in code units (so in characters), keeps its state, and a body
+    /// that fits is posted whole.
+    mod bodies {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn text(max: usize) -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop::sample::select(vec![
+                    'a', 'Z', '/', '-', ' ', 'テ', '日', 'é', 'ß', '🚫', '😀', '`', '|', '<', '>',
+                    '@', '\n', '*',
+                ]),
+                0..max,
+            )
+            .prop_map(String::from_iter)
+        }
+
+        fn a_section() -> impl Strategy<Value = Section> {
+            (
+                text(60),
+                prop::collection::vec(text(20), 0..4),
+                prop::collection::vec((text(3_000), 1u64..5), 0..30),
+                prop::option::of(text(300)),
+                0u64..3600,
+            )
+                .prop_map(|(branch, tags, specs, reason, minute)| {
+                    let mut s = super::section("", &branch);
+                    s.tags = tags;
+                    s.key = format!("p|{branch}|{}", s.tags.join(","));
+                    s.created_at += chrono::Duration::minutes(minute as i64);
+                    s.outcome = if reason.is_some() {
+                        Outcome::Cancelled
+                    } else {
+                        Outcome::Failed
+                    };
+                    s.cancelled = reason.map(|r| CancelledBy {
+                        rule: Some("cancel-superseded".into()),
+                        reason: Some(r),
+                        actor: None,
+                    });
+                    s.failed_specs_total = specs.len() as u64;
+                    s.failed_specs = specs
+                        .into_iter()
+                        .map(|(spec, failures)| FailedSpec {
+                            spec,
+                            group: None,
+                            failures,
+                        })
+                        .collect();
+                    s
+                })
+        }
+
+        fn render(
+            doc: &SummaryDoc,
+            template: Option<&(std::path::PathBuf, String)>,
+            limit: usize,
+        ) -> String {
+            let pr = PrInfo {
+                number: 1,
+                head_sha: "abc".into(),
+                head_ref: "b".into(),
+            };
+            render_body(
+                doc,
+                &RenderInput {
+                    pr: &pr,
+                    current_key: &doc.sections[0].key,
+                    dashboard_url: "https://app.currents.dev",
+                    template,
+                    limit,
+                },
+            )
+            .unwrap()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 96,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn bodies_of_multibyte_text_stay_within_the_limit_and_are_whole_when_they_fit(
+                sections in prop::collection::vec(a_section(), 1..5),
+                lines in prop::option::of(0usize..3_000),
+                limit in prop_oneof![4_000usize..20_000, Just(GITHUB_BODY_LIMIT)],
+            ) {
+                let mut doc = SummaryDoc::default();
+                for s in sections {
+                    if doc.get(&s.key).is_none() {
+                        doc.sections.push(s);
+                    }
+                }
+                let template = lines.map(|n| (
+                    std::path::PathBuf::from("t.md"),
+                    format!(
+                        "{{% for i in range({n}) %}}- {{{{ current.branch }}}} テスト 🚫 \
+                         {{{{ i }}}}\n{{% endfor %}}"
+                    ),
+                ));
+                // Measured here, not with `github_len`: the property checks it too.
+                let units = |s: &str| s.encode_utf16().count();
+                let body = render(&doc, template.as_ref(), limit);
+                prop_assert!(units(&body) <= limit, "{} code units over {limit}", units(&body));
+                prop_assert!(body.chars().count() <= limit);
+                prop_assert!(body.starts_with(MARKER));
+                let state = SummaryDoc::parse(&body).unwrap();
+                let current = &doc.sections[0].key;
+                prop_assert!(state.get(current).is_some(), "the current section stays");
+                let whole = render(&doc, template.as_ref(), usize::MAX);
+                if units(&whole) <= limit {
+                    prop_assert!(
+                        body == whole,
+                        "a body that fits is posted whole: {} of {} code units posted",
+                        units(&body),
+                        units(&whole)
+                    );
+                } else {
+                    prop_assert!(body != whole);
+                }
+            }
         }
     }
 

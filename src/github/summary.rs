@@ -23,17 +23,21 @@
 //! 4. Commit status (`commit_status = true`) on the run's sha, context `status_context`
 //!    with `{project}` filled, under a per-status lock held across steps 3 and 4 (merge,
 //!    read the latest status, then post). The status is the commit's, not the run's: it
-//!    is derived from the merged comments' sections of that sha whose project maps to
-//!    the context, one per run group, with the run merged in ([`status_sections`],
+//!    is derived from the runs of that sha whose project maps to the context, the newest
+//!    run of each run group, with the run merged in ([`status_sections`],
 //!    [`combined_status`]): failure when one failed or timed out, else error when one was
 //!    cancelled, else pending while one runs, success when all passed; its target is the
 //!    run that decided it. So another group's pass does not hide a failure, and an older
-//!    run's late result does not replace a newer run's. Without a comment (`comment =
-//!    false`, no PR) only the run itself counts, and a run older than one of its group
-//!    whose status this process already decided is skipped (in-process memory: lost on
-//!    restart, not shared between replicas). Not sent when the latest status of that
-//!    context already says the same for the same target run, nor when it would turn a
-//!    finished run's status back to pending (an out-of-order `RUN_START`).
+//!    run's late result does not replace a newer run's. The other groups' runs come from
+//!    the merged comments' sections and from the store's runs table
+//!    ([`recorded_sections`]: every run the bot has seen, shared by every process and
+//!    kept across restarts), so they count also without a comment (`comment = false`,
+//!    a commit that heads no open PR, e.g. a push to `main`). Only without a store (a
+//!    client used on its own) and without a comment does the run alone count; then a run
+//!    older than one of its group whose status this process already decided is skipped
+//!    (in-process memory). Not sent when the latest status of that context already says
+//!    the same for the same target run, nor when it would turn a finished run's status
+//!    back to pending (an out-of-order `RUN_START`).
 //!
 //! Across processes (replicas, `serve` and `sweep`), steps 3 and 4 run under the
 //! repository's [`SharedLock`], a lease in the store renewed every third of its time to
@@ -65,8 +69,9 @@ pub struct SummaryCtx<'a> {
     pub config: &'a Config,
     pub rule: &'a Rule,
     pub opts: &'a SummaryOptions,
-    /// The store's lock across processes (see [`SharedLock`]); `None`: this process's
-    /// locks only (tests of one client).
+    /// The store's lock across processes (see [`SharedLock`]), and the store whose runs
+    /// a commit status combines ([`recorded_sections`]); `None`: this process's locks
+    /// only, and its own memory of statuses (tests of one client).
     pub shared: Option<SharedLock<'a>>,
 }
 
@@ -989,8 +994,8 @@ async fn post_status(
 }
 
 /// The sections that decide the status `context` of commit `sha`: those of `docs` (the
-/// PRs' comments, merged with the run) for `sha` whose project maps to `context` by the
-/// rule's `status_context` (`template`), with
+/// runs the store recorded, then the PRs' comments merged with the run) for `sha` whose
+/// project maps to `context` by the rule's `status_context` (`template`), with
 /// `current` merged in as a comment merges it ([`merge_section`]: a newer run of a group
 /// wins, a finished run is not turned back into a running one). One section per group.
 pub fn status_sections(
@@ -1069,11 +1074,94 @@ pub fn combined_status(sections: &[Section], current_run: &str) -> (StatusState,
     )
 }
 
+/// How many of a commit's recorded runs [`recorded_sections`] reads at most (the newest):
+/// far more than the run groups of one commit, retries included.
+const RECORDED_RUNS_MAX: i64 = 500;
+
+/// The sections of the other runs of commit `sha` in status `context`, as the store's
+/// runs table last observed them ([`crate::store::Store::runs_of_commit`]); `None` without
+/// a store (a client used on its own, in tests).
+///
+/// Why the runs table: a commit status is the commit's, so the other run groups' latest
+/// outcomes must be known also when no comment carries them (`comment = false`, a commit
+/// that heads no open PR, e.g. a push to `main`). The runs table already holds every run
+/// the bot has seen (webhooks, polls, reads before acting), written when the event is
+/// recorded, before any summary of it is decided, with its sha, project, state and JSON;
+/// it is shared by every process on the store and survives restarts. Nothing new is
+/// written for it (a dry run stays a read), and there is no second copy to keep in step.
+/// The `pr_sections` table is keyed by repository and pull request: a commit without a
+/// PR has no key there, and one heading several PRs would have several copies.
+///
+/// A recorded run counts as the rule would have summarized it: its repository resolves
+/// to `repo` ([`resolve_repo`]), its project maps to `context`, the rule's
+/// `[rules.match]` filter matches it, and the event its state stands for (as the intake
+/// derives it, [`crate::intake::processor::event_for`]) is in the rule's `events`:
+/// without `RUN_START` there, a run still in progress does not turn the status pending,
+/// as it does not on a PR's comment. A run newer than its group's run on the comment (its
+/// own summary not posted yet) counts already. The current run itself is left out: its
+/// own event says more of it than an observation (which rule cancelled it).
+pub async fn recorded_sections(
+    ctx: &SummaryCtx<'_>,
+    repo: &RepoName,
+    sha: &str,
+    context: &str,
+    current: &Section,
+) -> Result<Option<SummaryDoc>, SummaryError> {
+    let Some(shared) = ctx.shared else {
+        return Ok(None);
+    };
+    let template = &ctx.opts.status_context;
+    let project = template
+        .contains("{project}")
+        .then_some(current.project.as_str());
+    let records = shared
+        .store
+        .runs_of_commit(sha, project, RECORDED_RUNS_MAX)
+        .await
+        .map_err(|e| SummaryError {
+            retryable: e.is_unavailable(),
+            message: format!(
+                "cannot read the other runs of commit {sha} from the store, which status \
+                 {context} combines: {e}"
+            ),
+            retry_after: None,
+            held_back: false,
+            partial: None,
+        })?;
+    let dashboard = ctx.config.currents.dashboard_url.trim_end_matches('/');
+    let mut doc = SummaryDoc::default();
+    for rec in records {
+        if rec.run_id == current.run_id {
+            continue;
+        }
+        let Ok(run) = serde_json::from_str::<Run>(&rec.json) else {
+            tracing::warn!(run_id = %rec.run_id,
+                "unreadable run in the store; not counted in the commit status");
+            continue;
+        };
+        let event = crate::intake::processor::event_for(&run);
+        let counts = status_context(template, &run.project_id) == context
+            && resolve_repo(ctx.config, &run).is_ok_and(|r| r.key() == repo.key())
+            && ctx.rule.filter.matches(&run)
+            && ctx
+                .opts
+                .events
+                .iter()
+                .any(|e| e.eq_ignore_ascii_case(event));
+        if counts {
+            let s = Section::from_run(&run, event, None, dashboard, 0);
+            merge_section(&mut doc, s, sha);
+        }
+    }
+    Ok(Some(doc))
+}
+
 /// [`post_status`]: the status derived from the runs of the commit in this context
-/// ([`status_sections`], [`combined_status`]), posted unless the latest status says the
-/// same, or would go back to pending for the same run, or (without a comment to merge
-/// with) the run is older than one of its group whose status this process already
-/// decided.
+/// ([`status_sections`], [`combined_status`]): the PRs' comments, the runs the store
+/// recorded ([`recorded_sections`]) and the run itself. Posted unless the latest status
+/// says the same, or would go back to pending for the same run, or the run is older than
+/// one of its group whose status this process already decided (in-process memory, for a
+/// client without a store: the store's runs already show the newer run).
 async fn decide_and_post_status(
     ctx: &SummaryCtx<'_>,
     repo: &RepoName,
@@ -1083,10 +1171,17 @@ async fn decide_and_post_status(
     docs: &[SummaryDoc],
     dry_run: bool,
 ) -> Result<StatusOutcome, SummaryError> {
-    let combined = status_sections(docs, section, sha, &ctx.opts.status_context, &context);
+    // The store's observations first: the comments' sections of the same runs (with
+    // runwarden's cancel attribution) replace them, and the run itself comes last.
+    let mut sources: Vec<SummaryDoc> = recorded_sections(ctx, repo, sha, &context, section)
+        .await?
+        .into_iter()
+        .collect();
+    sources.extend_from_slice(docs);
+    let combined = status_sections(&sources, section, sha, &ctx.opts.status_context, &context);
     let shown = combined.get(&section.key).unwrap_or(section);
-    // No comment showed a newer run of the group (comment = false, no PR, or it could
-    // not be read): this process may still have seen one.
+    // Neither a comment nor the store showed a newer run of the group (comment = false
+    // or no PR, and no store): this process may still have seen one.
     if shown.run_id == section.run_id
         && let Some((newer, _)) = ctx
             .gh

@@ -239,6 +239,29 @@ impl Store {
         rows.into_iter().map(RunRecord::try_from).collect()
     }
 
+    /// The runs of commit `sha` (compared case-insensitively), of project `project_id`
+    /// (`None` = any), not gone, newest first (`createdAt`, then run id), at most `max`.
+    ///
+    /// What a summary's commit status combines besides the run being posted: every run
+    /// group of the commit as last observed, whichever process observed it
+    /// ([`crate::github::summary`]). No index covers `sha`, so this reads the table,
+    /// which `[store] keep_events` bounds ([`Store::prune_runs`]); it is asked once per
+    /// posted summary with a commit status, under the repository's summary lock.
+    pub async fn runs_of_commit(
+        &self,
+        sha: &str,
+        project_id: Option<&str>,
+        max: impl Into<i64>,
+    ) -> StoreResult<Vec<RunRecord>> {
+        let rows: Vec<RunRow> = sqlx::query_as(&runs_of_commit_sql())
+            .bind(text(&sha.to_ascii_lowercase()))
+            .bind(project_id.map(text))
+            .bind(limit(max))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(RunRecord::try_from).collect()
+    }
+
     /// Durations (ms) of the newest `max` completed, passed runs of `project_id` on
     /// `branch` (`None` = runs without a branch), newest first. Runs since deleted in
     /// Currents still count: this is history.
@@ -323,6 +346,18 @@ impl Store {
     }
 }
 
+/// The statement of [`Store::runs_of_commit`]: `$1` the lower-case sha, `$2` a project
+/// or NULL, `$3` the limit. Found through `runs_sha_idx` (migration 0003).
+fn runs_of_commit_sql() -> String {
+    format!(
+        "SELECT {RUN_COLUMNS} FROM runs \
+         WHERE LOWER(sha) = $1 AND gone = 0 \
+           AND ($2 IS NULL OR project_id = $2) \
+         ORDER BY created_at DESC, run_id DESC \
+         LIMIT $3"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +370,23 @@ mod tests {
             q = q.bind(*p);
         }
         crate::store::query_plan(store, q).await
+    }
+
+    /// [`Store::runs_of_commit`] looks the commit's runs up in `runs_sha_idx`, never
+    /// reading the whole runs table.
+    #[tokio::test]
+    async fn the_runs_of_a_commit_are_a_lookup_by_sha() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let plan = plan(&store, &runs_of_commit_sql(), &["c0ffee", "p", "500"]).await;
+        assert!(
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH runs USING INDEX runs_sha_idx")),
+            "{plan:#?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN runs")),
+            "{plan:#?}"
+        );
     }
 
     /// Each statement of [`Store::passed_history`] looks the runs up in `runs_passed_idx`
@@ -359,6 +411,59 @@ mod tests {
                 "{sql}: {plan:#?}"
             );
         }
+    }
+
+    /// [`Store::runs_of_commit`]: the commit's runs (its sha in any case), of one project
+    /// or any, newest first, not gone, at most `max`.
+    #[tokio::test]
+    async fn the_runs_of_a_commit_are_found_by_sha_newest_first() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let at = |s: i64| from_ms(1_767_225_600_000 + s * 1000).unwrap();
+        let rec = |id: &str, project: &str, sha: Option<&str>, created: i64| RunRecord {
+            run_id: id.into(),
+            project_id: project.into(),
+            branch: Some("main".into()),
+            sha: sha.map(Into::into),
+            created_at: at(created),
+            completion_state: "COMPLETE".into(),
+            status: "PASSED".into(),
+            json: "{}".into(),
+            completed_specs: 1,
+            progress_changed_at: at(created),
+            duration_ms: Some(1000),
+            updated_at: at(created + 60),
+        };
+        for r in [
+            rec("a1", "p", Some("abc"), 1),
+            rec("a2", "p", Some("ABC"), 3),
+            rec("a3", "q", Some("abc"), 2),
+            rec("b1", "p", Some("abd"), 4),
+            rec("n1", "p", None, 5),
+            rec("g1", "p", Some("abc"), 6),
+        ] {
+            assert!(store.upsert_run(&r).await.unwrap());
+        }
+        assert!(store.mark_run_gone("g1").await.unwrap());
+        let ids = |v: Vec<RunRecord>| v.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.runs_of_commit("abc", None, 10).await.unwrap()),
+            ["a2", "a3", "a1"]
+        );
+        assert_eq!(
+            ids(store.runs_of_commit("Abc", Some("p"), 10).await.unwrap()),
+            ["a2", "a1"]
+        );
+        assert_eq!(
+            ids(store.runs_of_commit("abc", None, 1).await.unwrap()),
+            ["a2"]
+        );
+        assert!(
+            store
+                .runs_of_commit("fff", None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
