@@ -828,7 +828,9 @@ async fn the_comment_is_found_by_its_marker_when_its_id_is_unknown() {
     let env = Env::new().await;
     env.pr(7, BRANCH, SHA_HEAD);
     let opts = comment_only(env.opts());
-    // 120 other comments first: ours is on the second page.
+    // 120 other comments first: ours is on the second page. Posting them in a moment is
+    // past GitHub's secondary limit (80 a minute), so the setup goes without it.
+    env.sim.set_github_content_limits(None);
     for i in 0..120 {
         env.gh
             .create_comment(
@@ -2445,6 +2447,9 @@ async fn a_late_run_start_does_not_go_back_to_pending_behind_many_other_statuses
         .unwrap();
     let ci = env.as_user("ci-bot");
     let repo: RepoName = REPO.parse().unwrap();
+    // 120 statuses of other CI jobs in a moment: past GitHub's secondary limit (80 a
+    // minute), so the setup goes without it, and the bot's own writes are limited again.
+    env.sim.set_github_content_limits(None);
     for i in 0..120 {
         ci.create_status(
             &repo,
@@ -2457,6 +2462,8 @@ async fn a_late_run_start_does_not_go_back_to_pending_behind_many_other_statuses
         .await
         .unwrap();
     }
+    env.sim
+        .set_github_content_limits(Some(simulator::ContentLimits::default()));
     let r = env
         .summary(&opts, &running("r1", SHA_HEAD), "RUN_START")
         .await

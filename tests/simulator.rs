@@ -3231,3 +3231,360 @@ async fn whole_run_webhooks_wait_for_the_run() {
     marker(&s, &mut rx).await;
     s.shutdown().await;
 }
+
+// -------------------------------------------------------------------------------------
+// Fidelity: GitHub's status cap and name comparison, all-or-nothing batches, find-run
+// -------------------------------------------------------------------------------------
+
+/// GitHub keeps at most 1,000 statuses per sha and context of a repository: one more is
+/// a 422 "This SHA and context has reached the maximum number of statuses."
+/// (`anchors-features.md` §4.6). The sha is one commit whatever its case, and the
+/// repository one whatever the case of its name. Reaching 1,000 takes more than GitHub's
+/// content-creation rate allows in a test, so its secondary limit is off here.
+#[tokio::test]
+async fn github_statuses_stop_at_1000_per_sha_and_context() {
+    let s = sim_with(SimConfig {
+        github_content_limits: None,
+        ..SimConfig::default()
+    })
+    .await;
+    let sha = "89e6c98d92887913cadf06b2adb97f26cde4849b";
+    let post = |repo: &'static str, sha: String, context: &'static str| {
+        gh(
+            &s,
+            reqwest::Method::POST,
+            &format!("/repos/{repo}/statuses/{sha}"),
+        )
+        .json(&json!({"state": "pending", "context": context}))
+        .send()
+    };
+    for i in 0..simulator::MAX_STATUSES_PER_CONTEXT {
+        let r = post("acme/web", sha.into(), "ci").await.unwrap();
+        assert_eq!(r.status(), 201, "status {i}");
+    }
+    let full = json!({
+        "message": "Validation Failed",
+        "errors": [{
+            "resource": "Status",
+            "code": "custom",
+            "message": "This SHA and context has reached the maximum number of statuses.",
+        }],
+        "documentation_url": "https://docs.github.com/rest",
+        "status": "422",
+    });
+    for (repo, sha) in [
+        ("acme/web", sha.to_string()),
+        ("acme/web", sha.to_ascii_uppercase()),
+        ("Acme/Web", sha.to_string()),
+    ] {
+        let r = post(repo, sha.clone(), "ci").await.unwrap();
+        assert_eq!(r.status(), 422, "{repo} {sha}");
+        assert_eq!(r.json::<Value>().await.unwrap(), full);
+    }
+    assert_eq!(s.statuses(Some("acme/web"), Some(sha)).len(), 1000);
+    // Another context, another commit, another repository: room.
+    let other_sha = "a".repeat(40);
+    for (repo, sha, context) in [
+        ("acme/web", sha.to_string(), "lint"),
+        ("acme/web", other_sha, "ci"),
+        ("acme/api", sha.to_string(), "ci"),
+    ] {
+        let r = post(repo, sha.clone(), context).await.unwrap();
+        assert_eq!(r.status(), 201, "{repo} {sha} {context}");
+    }
+    let combined = gh_get(&s, &format!("/repos/acme/web/commits/{sha}/status")).await;
+    assert_eq!(combined["total_count"], 2);
+}
+
+/// GitHub compares owner and repository names case-insensitively: the PRs, comments,
+/// statuses and installation of `acme/web` are found under `Acme/Web`, what is written
+/// under `ACME/web` is stored with them, and answers spell the repository as it is.
+#[tokio::test]
+async fn github_owner_and_repo_names_are_case_insensitive() {
+    let s = sim().await;
+    let sha = "c".repeat(40);
+    s.add_pr(NewPr {
+        repo: "acme/web".into(),
+        number: Some(5),
+        head_ref: Some("feat/x".into()),
+        head_sha: Some(sha.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let prs = gh_get(&s, &format!("/repos/Acme/Web/commits/{sha}/pulls")).await;
+    let numbers: Vec<u64> = prs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [5], "{prs}");
+    assert_eq!(prs[0]["base"]["repo"]["full_name"], "acme/web");
+    let listed = gh_get(&s, "/repos/ACME/web/pulls?head=Acme:feat/x").await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let listed = gh_get(&s, "/repos/acme/web/pulls?head=acme:FEAT/X").await;
+    assert!(
+        listed.as_array().unwrap().is_empty(),
+        "branch names are exact"
+    );
+    let pr = gh_get(&s, "/repos/Acme/WEB/pulls/5").await;
+    assert_eq!(pr["number"], 5);
+
+    // A comment posted under one spelling is the repository's.
+    let r = gh(
+        &s,
+        reqwest::Method::POST,
+        "/repos/Acme/Web/issues/5/comments",
+    )
+    .json(&json!({"body": "hi"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let c: Value = r.json().await.unwrap();
+    assert!(
+        c["url"]
+            .as_str()
+            .unwrap()
+            .contains("/repos/acme/web/issues/comments/"),
+        "{c}"
+    );
+    let id = c["id"].as_u64().unwrap();
+    let listed = gh_get(&s, "/repos/acme/web/issues/5/comments").await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(s.comments(Some("acme/web"), Some(5)).len(), 1);
+    assert_eq!(s.comments(Some("ACME/WEB"), Some(5)).len(), 1);
+    assert_eq!(s.comments(None, None)[0].repo, "acme/web");
+    let got = gh_get(&s, &format!("/repos/ACME/WEB/issues/comments/{id}")).await;
+    assert_eq!(got["id"], id);
+    let r = gh(
+        &s,
+        reqwest::Method::PATCH,
+        &format!("/repos/acme/WEB/issues/comments/{id}"),
+    )
+    .json(&json!({"body": "edited"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Statuses under two spellings: one commit of one repository.
+    for (repo, context) in [("ACME/web", "a"), ("acme/web", "b")] {
+        let r = gh(
+            &s,
+            reqwest::Method::POST,
+            &format!("/repos/{repo}/statuses/{sha}"),
+        )
+        .json(&json!({"state": "success", "context": context}))
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 201, "{repo}");
+    }
+    let combined = gh_get(&s, &format!("/repos/Acme/Web/commits/{sha}/status")).await;
+    assert_eq!(combined["total_count"], 2, "{combined}");
+    assert_eq!(combined["repository"]["full_name"], "acme/web");
+    let all = gh_get(&s, &format!("/repos/acme/web/commits/{sha}/statuses")).await;
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    assert!(
+        s.statuses(None, None)
+            .iter()
+            .all(|st| st.repo == "acme/web")
+    );
+
+    // One installation per owner, whatever the spelling.
+    let a = gh_get(&s, "/repos/acme/web/installation").await;
+    let b = gh_get(&s, "/repos/ACME/Web/installation").await;
+    assert_eq!(a["id"], b["id"]);
+    assert_eq!(b["account"]["login"], "acme");
+
+    let r = gh(
+        &s,
+        reqwest::Method::DELETE,
+        &format!("/repos/Acme/Web/issues/comments/{id}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(s.comments(None, None).is_empty());
+}
+
+/// `POST /_sim/runs` with a batch is all or nothing: a bad run anywhere in it is a 400
+/// naming it, and nothing of the batch is kept, neither the runs before it nor the
+/// project one of them made, and no webhook goes out for them.
+#[tokio::test]
+async fn a_rejected_batch_of_runs_adds_nothing_and_emits_nothing() {
+    let (url, mut rx) = receiver().await;
+    let s = sim_with(SimConfig {
+        webhook_url: Some(url),
+        ..SimConfig::default()
+    })
+    .await;
+    s.add_project(project(PROJECT)).unwrap();
+    let post_runs = |body: Value| {
+        http()
+            .post(format!("{}/_sim/runs", s.base_url))
+            .json(&body)
+            .send()
+    };
+    let r = post_runs(json!([
+        {"project": PROJECT, "ciBuildId": "batch-1", "emit": true},
+        {"project": "newproj", "ciBuildId": "batch-2", "emit": true},
+        {"project": PROJECT, "state": "exploded"},
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().starts_with("runs[2]: "),
+        "{body}"
+    );
+    assert_eq!(s.run_count(), 0);
+    assert_eq!(get(&s, "/v1/projects/newproj").await.0, 404);
+    let (_, feed) = get(&s, &format!("/v1/projects/{PROJECT}/runs")).await;
+    assert!(ids_of(&feed).is_empty());
+    // A duplicate id within the batch is refused the same way.
+    let r = post_runs(json!([
+        {"project": PROJECT, "runId": "abc123", "emit": true},
+        {"project": PROJECT, "runId": "abc123"},
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(s.run("abc123").is_none());
+    // No webhook of the rejected batches came before this one.
+    marker(&s, &mut rx).await;
+
+    // The same batch, fixed, is added whole.
+    let r = post_runs(json!([
+        {"project": PROJECT, "ciBuildId": "batch-1", "emit": true},
+        {"project": "newproj", "ciBuildId": "batch-2", "emit": true},
+        {"project": PROJECT},
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let ids: Value = r.json().await.unwrap();
+    assert_eq!(ids["runIds"].as_array().unwrap().len(), 3);
+    assert_eq!(s.run_count(), 4);
+    let mut builds = vec![
+        next_event(&mut rx).await.1["buildId"].clone(),
+        next_event(&mut rx).await.1["buildId"].clone(),
+    ];
+    builds.sort_by_key(|b| b.to_string());
+    assert_eq!(builds, [json!("batch-1"), json!("batch-2")]);
+}
+
+/// `GET /runs/find` takes `projectId` and then `ciBuildId`, or `branch` with optional
+/// `tags[]` (`currents-notes.md` §1.6): without either selector it is a 400 in the API's
+/// error shape. `pwLastRun=true` adds `data.pwLastRun`, Playwright's `.last-run.json`:
+/// `status` and the ids of the failed tests (Playwright runs only).
+#[tokio::test]
+async fn find_run_needs_a_selector_and_answers_pw_last_run() {
+    let s = sim().await;
+    s.add_project(project(PROJECT)).unwrap();
+    let failed = s
+        .add_run(NewRun {
+            project: Some(PROJECT.into()),
+            ci_build_id: Some("build-7".into()),
+            tags: vec!["nightly".into()],
+            state: Some("failed".into()),
+            failed: Some(2),
+            specs: Some(4),
+            tests_per_spec: Some(3),
+            ..Default::default()
+        })
+        .unwrap();
+    let selector_required = json!({
+        "status": "FAILED",
+        "error": "\"ciBuildId\" or \"branch\" is required",
+    });
+    for q in [
+        format!("projectId={PROJECT}"),
+        format!("projectId={PROJECT}&tags[]=nightly"),
+        format!("projectId={PROJECT}&ciBuildId=&branch="),
+        format!("projectId={PROJECT}&pwLastRun=true"),
+    ] {
+        let (st, body) = get(&s, &format!("/v1/runs/find?{q}")).await;
+        assert_eq!((st, body), (400, selector_required.clone()), "{q}");
+    }
+    let (st, body) = get(
+        &s,
+        &format!("/v1/runs/find?projectId={PROJECT}&ciBuildId=build-7&pwLastRun=maybe"),
+    )
+    .await;
+    assert_eq!(
+        (st, body),
+        (
+            400,
+            json!({"status": "FAILED", "error": "\"pwLastRun\" must be a boolean"})
+        )
+    );
+
+    // Without pwLastRun (or with false), no `pwLastRun`.
+    for q in ["", "&pwLastRun=false"] {
+        let (st, body) = get(
+            &s,
+            &format!("/v1/runs/find?projectId={PROJECT}&ciBuildId=build-7{q}"),
+        )
+        .await;
+        assert_eq!(st, 200);
+        assert_eq!(body["data"]["runId"], json!(failed.run_id));
+        assert!(body["data"].get("pwLastRun").is_none(), "{q}");
+    }
+    // With it, by ciBuildId or by branch and tags.
+    let failures: u64 = failed.groups.iter().map(|g| g.tests.failures).sum();
+    assert!(failures >= 2);
+    for q in [
+        "ciBuildId=build-7&pwLastRun=true",
+        "branch=main&tags[]=nightly&pwLastRun=true",
+    ] {
+        let (st, body) = get(&s, &format!("/v1/runs/find?projectId={PROJECT}&{q}")).await;
+        assert_eq!(st, 200, "{q}: {body}");
+        assert_eq!(body["data"]["runId"], json!(failed.run_id));
+        let last = &body["data"]["pwLastRun"];
+        assert_eq!(last["status"], "failed", "{q}: {last}");
+        let tests = last["failedTests"].as_array().unwrap();
+        assert_eq!(tests.len() as u64, failures, "{last}");
+        assert!(
+            tests
+                .iter()
+                .all(|t| t.as_str().is_some_and(|t| t.len() == 41))
+        );
+    }
+    // A passed run: nothing to re-run.
+    s.add_run(NewRun {
+        project: Some(PROJECT.into()),
+        ci_build_id: Some("build-8".into()),
+        state: Some("passed".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let (_, body) = get(
+        &s,
+        &format!("/v1/runs/find?projectId={PROJECT}&ciBuildId=build-8&pwLastRun=true"),
+    )
+    .await;
+    assert_eq!(
+        body["data"]["pwLastRun"],
+        json!({"status": "passed", "failedTests": []})
+    );
+    // Playwright only: a Cypress run has none.
+    s.add_run(NewRun {
+        project: Some(PROJECT.into()),
+        ci_build_id: Some("build-cy".into()),
+        framework: Some("cypress".into()),
+        state: Some("failed".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let (st, body) = get(
+        &s,
+        &format!("/v1/runs/find?projectId={PROJECT}&ciBuildId=build-cy&pwLastRun=true"),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert!(body["data"].get("pwLastRun").is_none(), "{body}");
+}

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::faults::Fault;
-use super::github_api::NewPr;
+use super::github_api::{ContentLimits, NewPr};
 use super::world::{Advance, GenerateSpec, NewProject, NewRun, SimError, World};
 
 fn reply(status: StatusCode, v: Value) -> Response {
@@ -89,6 +89,10 @@ pub(crate) fn router() -> Router<Arc<World>> {
         .route("/github/statuses", get(statuses))
         .route("/github/expire-tokens", post(expire_tokens))
         .route("/github/quota", post(github_quota))
+        .route(
+            "/github/content-limits",
+            get(content_limits).post(set_content_limits),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such control endpoint") })
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -114,6 +118,8 @@ async fn index() -> Response {
             "GET /_sim/github/statuses?repo=&sha=",
             "POST /_sim/github/expire-tokens",
             "POST /_sim/github/quota {limit, windowSeconds?: 3600}",
+            "GET /_sim/github/content-limits",
+            "POST /_sim/github/content-limits {perMinute?: 80, perHour?: 500} | {enabled: false}",
         ]
     }))
 }
@@ -261,6 +267,7 @@ async fn stats(State(w): State<Arc<World>>) -> Response {
         "mutations": w.mutation_log().len(),
         "deliveries": w.deliveries().len(),
         "faults": w.faults().len(),
+        "githubSecondaryLimited": w.github_secondary_limited(),
     }))
 }
 
@@ -365,6 +372,60 @@ async fn github_quota(State(w): State<Arc<World>>, body: Bytes) -> Response {
     }
     w.set_github_quota(q.limit, std::time::Duration::from_secs(q.window_seconds));
     ok(json!({"limit": q.limit, "windowSeconds": q.window_seconds}))
+}
+
+/// GitHub's secondary limit on content creation (`POST /_sim/github/content-limits`):
+/// GitHub's (80 a minute, 500 an hour) unless given; `enabled: false` turns it off.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ContentLimitsSpec {
+    #[serde(default = "yes")]
+    enabled: bool,
+    per_minute: Option<u32>,
+    per_hour: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The secondary limit in force and the requests it refused.
+async fn content_limits(State(w): State<Arc<World>>) -> Response {
+    ok(json!({
+        "limits": w.github_content_limits(),
+        "refused": w.github_secondary_limited(),
+        "hits": w.github_secondary_limit_hits(),
+    }))
+}
+
+async fn set_content_limits(State(w): State<Arc<World>>, body: Bytes) -> Response {
+    let spec: ContentLimitsSpec = match parse(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !spec.enabled {
+        if spec.per_minute.is_some() || spec.per_hour.is_some() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "perMinute and perHour cannot go with enabled: false",
+            );
+        }
+        w.set_github_content_limits(None);
+        return ok(json!({"limits": null}));
+    }
+    let d = ContentLimits::default();
+    let limits = ContentLimits {
+        per_minute: spec.per_minute.unwrap_or(d.per_minute),
+        per_hour: spec.per_hour.unwrap_or(d.per_hour),
+    };
+    if limits.per_minute == 0 || limits.per_hour == 0 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "perMinute and perHour must be at least 1",
+        );
+    }
+    w.set_github_content_limits(Some(limits));
+    ok(json!({"limits": limits}))
 }
 
 async fn expire_tokens(State(w): State<Arc<World>>) -> Response {

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::ids::{self, Key};
-use super::world::{RunQuery, SimError, World};
+use super::world::{FIND_SELECTOR_REQUIRED, RunQuery, SimError, World};
 use crate::currents::models::{CompletionState, Run, RunStatus, WebhookSpec};
 
 // ----- envelope -----
@@ -334,6 +334,10 @@ async fn get_run(State(w): State<Arc<World>>, Path(id): Path<String>) -> Respons
     }
 }
 
+/// `GET /runs/find` (`currents-notes.md` §1.6): `projectId` (required), then either
+/// `ciBuildId` or `branch` plus optional `tags[]` (without either, 400); with
+/// `pwLastRun=true`, `data.pwLastRun` is Playwright's `.last-run.json` of the run
+/// (Playwright runs only).
 async fn find_run(State(w): State<Arc<World>>, RawQuery(raw): RawQuery) -> Response {
     let p = Params::parse(raw);
     let Some(project) = p.one("projectId").filter(|s| !s.is_empty()) else {
@@ -341,9 +345,26 @@ async fn find_run(State(w): State<Arc<World>>, RawQuery(raw): RawQuery) -> Respo
     };
     let ci = p.one("ciBuildId").filter(|s| !s.is_empty());
     let branch = p.one("branch").filter(|s| !s.is_empty());
+    if ci.is_none() && branch.is_none() {
+        return bad(FIND_SELECTOR_REQUIRED);
+    }
+    let pw_last_run = match p.one("pwLastRun").map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return bad("\"pwLastRun\" must be a boolean"),
+    };
     let tags = p.all(&["tags[]", "tags", "tag", "tag[]"]);
     match w.find_run(project, ci, branch, &tags) {
-        Ok(r) => ok(run_json(&r)),
+        Ok(r) => {
+            let mut v = run_json(&r);
+            if pw_last_run
+                && let Some(last) = w.pw_last_run(&r.run_id)
+                && let Some(obj) = v.as_object_mut()
+            {
+                obj.insert("pwLastRun".into(), last);
+            }
+            ok(v)
+        }
         Err(e) => sim_err(e),
     }
 }

@@ -29,6 +29,26 @@
 //! `repository`, `commit_url`, `url`; `per_page`/`page` pages the contexts, with a `Link`
 //! header). [`World::reinstall_github_app`] uninstalls and reinstalls the App for an
 //! owner: a new installation id; the old one answers 404 and its tokens 401.
+//!
+//! Limits, as GitHub's:
+//!
+//! - the primary rate limit, 5,000 requests an hour (one window for every token;
+//!   `POST /_sim/github/quota` changes it): past it, 403 "API rate limit exceeded" with
+//!   `x-ratelimit-remaining: 0`;
+//! - the secondary limit on content creation, 80 requests within any 60 s and 500 within
+//!   any hour per account (new comments, comment edits, new statuses; see
+//!   [`ContentLimiter`]): past it, 403 "You have exceeded a secondary rate limit..." with
+//!   `retry-after`, recorded ([`World::github_secondary_limit_hits`], `GET
+//!   /_sim/github/content-limits`, `githubSecondaryLimited` in `/_sim/stats`). On by
+//!   default; `SimConfig::github_content_limits`, [`World::set_github_content_limits`]
+//!   or `POST /_sim/github/content-limits` change or disable it for a load test;
+//! - at most [`MAX_STATUSES_PER_CONTEXT`] (1,000) statuses per sha and context of a
+//!   repository: one more is 422 "This SHA and context has reached the maximum number of
+//!   statuses.".
+//!
+//! Owner and repository names are compared case-insensitively, as on GitHub:
+//! `GET /repos/Acme/Web/...` reads what was written under `acme/web`, writes under any
+//! spelling are stored with the repository, and answers spell it as it was first known.
 
 // Request-parsing helpers return the error response itself, as handlers do.
 #![allow(clippy::result_large_err)]
@@ -159,13 +179,144 @@ impl Quota {
     }
 }
 
+/// GitHub's secondary rate limit on content creation (`reliability-notes.md` §2.2:
+/// "Content creation: generally ≤ 80 requests/min and ≤ 500/h"): at most `per_minute`
+/// content-creating requests within any 60 s and `per_hour` within any hour, per account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContentLimits {
+    pub per_minute: u32,
+    pub per_hour: u32,
+}
+
+impl Default for ContentLimits {
+    /// GitHub's: 80 a minute, 500 an hour.
+    fn default() -> Self {
+        ContentLimits {
+            per_minute: 80,
+            per_hour: 500,
+        }
+    }
+}
+
+/// A content-creating request the simulator refused with GitHub's secondary-rate-limit
+/// 403 ([`World::github_secondary_limit_hits`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecondaryLimitHit {
+    pub at: DateTime<Utc>,
+    /// The account the request acted as.
+    pub login: String,
+    pub method: String,
+    /// The request's path, `/github/...`.
+    pub path: String,
+    /// The `retry-after` answered: seconds until the window has room again.
+    pub retry_after: u64,
+}
+
+/// How many refusals [`ContentLimiter`] keeps (the count is kept in full).
+const MAX_HITS: usize = 10_000;
+
+/// Enforces [`ContentLimits`] over sliding windows, per account (the login a request acts
+/// as: the token's user, or the App's bot), as GitHub's secondary limits apply per user
+/// or App. Only requests that create content count, and only when they would succeed: a
+/// request GitHub refuses anyway (404, 422) is answered so and does not count, and
+/// neither does a refused one.
+///
+/// What counts as content creation: `POST .../issues/{n}/comments` (a new comment),
+/// `POST .../statuses/{sha}` (a new commit status; every one is a new record, GitHub
+/// keeps up to 1,000 per sha and context), and editing a comment (`PATCH`, or the `POST`
+/// octocrab sends, on `.../issues/comments/{id}`). GitHub's docs speak of
+/// "content-generating requests" without listing them; an edit generates content (a new
+/// body and an entry in the comment's edit history), and bots that edit one comment in a
+/// loop are reported to meet the secondary limit (braintrustdata/eval-action#48), so an
+/// edit counts. Reads and `DELETE` do not.
+#[derive(Debug)]
+struct ContentLimiter {
+    /// `None`: not enforced ([`World::set_github_content_limits`]).
+    limits: Option<ContentLimits>,
+    /// Per login, when each counted request was made, oldest first; at most an hour's.
+    made: HashMap<String, std::collections::VecDeque<DateTime<Utc>>>,
+    /// The latest refusals, oldest first.
+    hits: std::collections::VecDeque<SecondaryLimitHit>,
+    /// Every refusal since the last reset.
+    refused: u64,
+}
+
+impl Default for ContentLimiter {
+    fn default() -> Self {
+        ContentLimiter {
+            limits: Some(ContentLimits::default()),
+            made: HashMap::new(),
+            hits: std::collections::VecDeque::new(),
+            refused: 0,
+        }
+    }
+}
+
+impl ContentLimiter {
+    /// Counts one content-creating request of `login` at `now`, or refuses it:
+    /// `Err(seconds)` until the window that is full has room again (at least 1).
+    fn admit(&mut self, login: &str, now: DateTime<Utc>) -> Result<(), u64> {
+        let Some(limits) = self.limits else {
+            return Ok(());
+        };
+        let minute = ChronoDuration::seconds(60);
+        let hour = ChronoDuration::hours(1);
+        let made = self.made.entry(login.to_string()).or_default();
+        while made.front().is_some_and(|t| *t + hour <= now) {
+            made.pop_front();
+        }
+        // The window frees when the oldest of the last `limit` requests in it leaves it.
+        let frees_at = |limit: u32, window: ChronoDuration| -> Option<DateTime<Utc>> {
+            let limit = limit.max(1) as usize;
+            let in_window = made.iter().rev().take_while(|t| **t + window > now).count();
+            (in_window >= limit).then(|| made[made.len() - limit] + window)
+        };
+        let free = [
+            frees_at(limits.per_minute, minute),
+            frees_at(limits.per_hour, hour),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        if let Some(at) = free {
+            let ms = (at - now).num_milliseconds().max(1);
+            return Err(((ms + 999) / 1000) as u64);
+        }
+        // Kept in order even if the wall clock steps back.
+        let at = made.back().map_or(now, |last| now.max(*last));
+        made.push_back(at);
+        Ok(())
+    }
+
+    fn record(&mut self, hit: SecondaryLimitHit) {
+        self.refused += 1;
+        self.hits.push_back(hit);
+        if self.hits.len() > MAX_HITS {
+            self.hits.pop_front();
+        }
+    }
+}
+
+/// The most statuses GitHub keeps for one sha and context of a repository; one more is
+/// refused with 422 (`anchors-features.md` §4.6, palantir/policy-bot#470).
+pub const MAX_STATUSES_PER_CONTEXT: usize = 1000;
+
 #[derive(Debug, Default)]
 pub(crate) struct GithubState {
     quota: Quota,
+    content: ContentLimiter,
     next_id: u64,
     prs: BTreeMap<(String, u64), PrRec>,
     comments: BTreeMap<u64, CommentRec>,
     statuses: Vec<StatusRec>,
+    /// Statuses per (repo, lowercase sha, context), for [`MAX_STATUSES_PER_CONTEXT`].
+    status_counts: HashMap<(String, String, String), usize>,
+    /// The spelling of every repository the simulator knows (`owner/name` as first
+    /// written), by its lowercase form: GitHub compares owner and repository names
+    /// case-insensitively and answers with the repository's own spelling.
+    repo_names: HashMap<String, String>,
     installations: BTreeMap<String, u64>,
     /// Installations ever made (ids are never reused, as on GitHub).
     installations_made: u64,
@@ -173,19 +324,48 @@ pub(crate) struct GithubState {
 }
 
 impl GithubState {
+    /// An empty GitHub whose secondary limit on content creation is `limits`.
+    pub(crate) fn new(limits: Option<ContentLimits>) -> Self {
+        let mut gh = GithubState::default();
+        gh.content.limits = limits;
+        gh
+    }
+
     fn id(&mut self) -> u64 {
         self.next_id += 1;
         1_000_000 + self.next_id
     }
 
+    /// The installation of `owner` (compared case-insensitively, as GitHub does).
     fn installation(&mut self, owner: &str) -> u64 {
-        if let Some(id) = self.installations.get(owner) {
+        if let Some((_, id)) = self
+            .installations
+            .iter()
+            .find(|(o, _)| o.eq_ignore_ascii_case(owner))
+        {
             return *id;
         }
         self.installations_made += 1;
         let id = 40_000_000 + self.installations_made;
         self.installations.insert(owner.to_string(), id);
         id
+    }
+
+    /// `repo` as the simulator spells it: the spelling of a known repository that
+    /// matches it case-insensitively, else `repo` itself.
+    fn canonical(&self, repo: &str) -> String {
+        self.repo_names
+            .get(&repo.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_else(|| repo.to_string())
+    }
+
+    /// Makes `repo` known (its first spelling stays); returns its spelling.
+    fn register_repo(&mut self, repo: &str) -> String {
+        self.repo_names
+            .entry(repo.to_ascii_lowercase())
+            .or_insert_with(|| repo.to_string())
+            .clone()
     }
 }
 
@@ -327,12 +507,15 @@ impl World {
         };
         let now = Utc::now();
         let mut gh = lock(&self.gh);
+        // `Acme/Web` is `acme/web` when that is known, as on GitHub.
+        let repo = gh.canonical(&np.repo);
+        let head_repo = np.head_repo.as_deref().map(|r| gh.canonical(r));
         let number = match np.number {
             Some(n) => n,
             None => {
                 gh.prs
                     .keys()
-                    .filter(|(r, _)| *r == np.repo)
+                    .filter(|(r, _)| *r == repo)
                     .map(|(_, n)| *n)
                     .max()
                     .unwrap_or(0)
@@ -342,7 +525,12 @@ impl World {
         if number == 0 {
             return Err(SimError::BadRequest("number must be positive".into()));
         }
-        let key = (np.repo.clone(), number);
+        let key = (repo.clone(), number);
+        if gh.prs.contains_key(&key)
+            && let Some(r) = &head_repo
+        {
+            gh.register_repo(r);
+        }
         if let Some(p) = gh.prs.get_mut(&key) {
             if let Some(sha) = np.head_sha {
                 if p.head_sha != sha {
@@ -353,7 +541,7 @@ impl World {
             if let Some(r) = np.head_ref {
                 p.head_ref = r;
             }
-            if let Some(r) = np.head_repo {
+            if let Some(r) = head_repo {
                 p.head_repo = r;
             }
             if let Some(b) = np.base_ref {
@@ -394,7 +582,7 @@ impl World {
         let id = gh.id();
         let rec = PrRec {
             id,
-            repo: np.repo.clone(),
+            repo: repo.clone(),
             number,
             title: np.title.unwrap_or_else(|| format!("Update {head_ref}")),
             author: np.author.unwrap_or_else(|| "octocat".into()),
@@ -404,13 +592,15 @@ impl World {
             head_ref,
             commits: vec![head_sha.clone()],
             head_sha,
-            head_repo: np.head_repo.unwrap_or_else(|| np.repo.clone()),
+            head_repo: head_repo.unwrap_or_else(|| repo.clone()),
             base_ref: np.base_ref.unwrap_or_else(|| "main".into()),
             created_at: now,
             updated_at: now,
             closed_at: (!state_open).then_some(now),
         };
         let out = sim_pr(&rec);
+        gh.register_repo(&repo);
+        gh.register_repo(&rec.head_repo);
         gh.prs.insert(key, rec);
         Ok(out)
     }
@@ -420,23 +610,24 @@ impl World {
         lock(&self.gh).prs.values().map(sim_pr).collect()
     }
 
-    /// Issue comments, optionally of one repo and issue, oldest first.
+    /// Issue comments, optionally of one repo (any case, as GitHub compares names) and
+    /// issue, oldest first.
     pub fn comments(&self, repo: Option<&str>, issue: Option<u64>) -> Vec<SimComment> {
         lock(&self.gh)
             .comments
             .values()
-            .filter(|c| repo.is_none_or(|r| c.repo == r))
+            .filter(|c| repo.is_none_or(|r| c.repo.eq_ignore_ascii_case(r)))
             .filter(|c| issue.is_none_or(|n| c.issue == n))
             .map(sim_comment)
             .collect()
     }
 
-    /// Commit statuses, optionally of one repo and sha, oldest first.
+    /// Commit statuses, optionally of one repo (any case) and sha, oldest first.
     pub fn statuses(&self, repo: Option<&str>, sha: Option<&str>) -> Vec<SimStatus> {
         lock(&self.gh)
             .statuses
             .iter()
-            .filter(|s| repo.is_none_or(|r| s.repo == r))
+            .filter(|s| repo.is_none_or(|r| s.repo.eq_ignore_ascii_case(r)))
             .filter(|s| sha.is_none_or(|h| s.sha == h))
             .map(|s| SimStatus {
                 id: s.id,
@@ -463,13 +654,47 @@ impl World {
         };
     }
 
+    /// Sets GitHub's secondary limit on content creation (see [`ContentLimits`]); `None`
+    /// stops enforcing it, for a test that must write faster than GitHub allows (a load
+    /// test). On by default, at GitHub's 80 a minute and 500 an hour
+    /// (`SimConfig::github_content_limits`). The requests counted so far are forgotten.
+    pub fn set_github_content_limits(&self, limits: Option<ContentLimits>) {
+        let mut gh = lock(&self.gh);
+        gh.content.limits = limits.map(|l| ContentLimits {
+            per_minute: l.per_minute.max(1),
+            per_hour: l.per_hour.max(1),
+        });
+        gh.content.made.clear();
+    }
+
+    /// The secondary limit on content creation in force (`None`: not enforced).
+    pub fn github_content_limits(&self) -> Option<ContentLimits> {
+        lock(&self.gh).content.limits
+    }
+
+    /// The content-creating requests refused with GitHub's secondary-rate-limit 403,
+    /// oldest first (the latest 10,000).
+    pub fn github_secondary_limit_hits(&self) -> Vec<SecondaryLimitHit> {
+        lock(&self.gh).content.hits.iter().cloned().collect()
+    }
+
+    /// How many requests were refused with the secondary-rate-limit 403.
+    pub fn github_secondary_limited(&self) -> u64 {
+        lock(&self.gh).content.refused
+    }
+
     /// Uninstalls the GitHub App from `owner` and installs it again, as a user can on
     /// GitHub: the installation gets a new id, the old id answers 404 (`POST
     /// /app/installations/{old}/access_tokens` too) and the tokens issued for it answer
     /// 401 "Bad credentials". Returns the new id.
     pub fn reinstall_github_app(&self, owner: &str) -> u64 {
         let mut gh = lock(&self.gh);
-        let old = gh.installations.remove(owner);
+        let key = gh
+            .installations
+            .keys()
+            .find(|o| o.eq_ignore_ascii_case(owner))
+            .cloned();
+        let old = key.and_then(|k| gh.installations.remove(&k));
         for t in gh.tokens.values_mut() {
             if Some(t.installation) == old {
                 t.revoked = true;
@@ -512,6 +737,68 @@ pub(crate) fn gh_error(status: StatusCode, msg: &str) -> Response {
 
 fn not_found_json() -> Response {
     gh_error(StatusCode::NOT_FOUND, "Not Found")
+}
+
+/// GitHub's documentation link of its secondary rate limits.
+const SECONDARY_LIMIT_DOCS: &str = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits";
+
+/// An `x-github-request-id`.
+fn request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..20].to_uppercase()
+}
+
+/// GitHub's answer to a request past a secondary rate limit: 403, its message (with the
+/// request id, as GitHub writes it) and `retry-after`.
+fn secondary_limited(retry_after: u64) -> Response {
+    let id = request_id();
+    let mut r = gh_json(
+        StatusCode::FORBIDDEN,
+        &json!({
+            "message": format!(
+                "You have exceeded a secondary rate limit. Please wait a few minutes before \
+                 you try again. If you reach out to GitHub Support for help, please include \
+                 the request ID {id}."
+            ),
+            "documentation_url": SECONDARY_LIMIT_DOCS,
+            "status": "403",
+        }),
+    );
+    let h = r.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert("x-github-request-id", v);
+    }
+    r
+}
+
+/// The method and path (`/github/...`) of a request, for [`SecondaryLimitHit`].
+fn method_and_path(req: &Request) -> (String, String) {
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|u| u.0.path().to_string())
+        .unwrap_or_else(|| format!("/github{}", req.uri().path()));
+    (req.method().as_str().to_string(), path)
+}
+
+/// Counts a content-creating request of `who` against the secondary limit
+/// ([`ContentLimiter`]), or gives GitHub's refusal, recording it.
+fn admit_content(
+    gh: &mut GithubState,
+    who: &str,
+    (method, path): (String, String),
+) -> Result<(), Response> {
+    let now = Utc::now();
+    gh.content.admit(who, now).map_err(|retry_after| {
+        gh.content.record(SecondaryLimitHit {
+            at: now,
+            login: who.to_string(),
+            method,
+            path,
+            retry_after,
+        });
+        secondary_limited(retry_after)
+    })
 }
 
 fn validation_failed(resource: &str, field: &str, message: &str) -> Response {
@@ -695,8 +982,8 @@ async fn auth(State(w): State<Arc<World>>, mut req: Request, next: Next) -> Resp
         "x-github-api-version-selected",
         HeaderValue::from_static("2022-11-28"),
     );
-    if let Ok(v) =
-        HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string()[..20].to_uppercase())
+    if !h.contains_key("x-github-request-id")
+        && let Ok(v) = HeaderValue::from_str(&request_id())
     {
         h.insert("x-github-request-id", v);
     }
@@ -1043,6 +1330,7 @@ async fn commits_get(
     let Some(repo) = repo_of(&owner, &repo) else {
         return not_found_json();
     };
+    let repo = lock(&w.gh).canonical(&repo);
     let (r, what) = if let Some(r) = rest.strip_suffix("/pulls") {
         (r, "pulls")
     } else if let Some(r) = rest.strip_suffix("/statuses") {
@@ -1144,6 +1432,7 @@ async fn list_pulls(
     let asc = param(&p, "direction") == Some("asc");
     let items: Vec<Value> = {
         let gh = lock(&w.gh);
+        let repo = gh.canonical(&repo);
         let mut prs: Vec<&PrRec> = gh
             .prs
             .values()
@@ -1156,10 +1445,11 @@ async fn list_pulls(
             .filter(|pr| match &head {
                 None => true,
                 Some(h) => {
-                    // GitHub: `user:ref-name`, the user being the head repository's owner.
+                    // GitHub: `user:ref-name`, the user being the head repository's owner
+                    // (any case, as GitHub compares logins; branch names are exact).
                     let owner = pr.head_repo.split('/').next().unwrap_or("");
                     match h.split_once(':') {
-                        Some((o, r)) => o == owner && r == pr.head_ref,
+                        Some((o, r)) => o.eq_ignore_ascii_case(owner) && r == pr.head_ref,
                         None => *h == pr.head_ref,
                     }
                 }
@@ -1188,6 +1478,7 @@ async fn get_pull(
     };
     let base = api_base(&headers);
     let gh = lock(&w.gh);
+    let repo = gh.canonical(&repo);
     match gh.prs.get(&(repo, n)) {
         Some(p) => gh_json(StatusCode::OK, &pr_json(&base, p)),
         None => not_found_json(),
@@ -1208,6 +1499,7 @@ async fn list_comments(
     let since = param(&p, "since").and_then(|s| DateTime::parse_from_rfc3339(s).ok());
     let items: Vec<Value> = {
         let gh = lock(&w.gh);
+        let repo = gh.canonical(&repo);
         if !gh.prs.contains_key(&(repo.clone(), n)) {
             return not_found_json();
         }
@@ -1251,6 +1543,7 @@ async fn create_comment(
     req: Request,
 ) -> Response {
     let who = identity(req.extensions().get::<Identity>(), &w);
+    let call = method_and_path(&req);
     let body = match axum::body::to_bytes(req.into_body(), 30 * 1024 * 1024).await {
         Ok(b) => b,
         Err(_) => return gh_error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"),
@@ -1264,8 +1557,12 @@ async fn create_comment(
     };
     let base = api_base(&headers);
     let mut gh = lock(&w.gh);
+    let repo = gh.canonical(&repo);
     if !gh.prs.contains_key(&(repo.clone(), n)) {
         return not_found_json();
+    }
+    if let Err(r) = admit_content(&mut gh, &who, call) {
+        return r;
     }
     let now = Utc::now();
     let id = gh.id();
@@ -1302,18 +1599,29 @@ async fn get_comment(
     };
     let base = api_base(&headers);
     let gh = lock(&w.gh);
-    match gh.comments.get(&id).filter(|c| c.repo == repo) {
+    match gh
+        .comments
+        .get(&id)
+        .filter(|c| c.repo.eq_ignore_ascii_case(&repo))
+    {
         Some(c) => gh_json(StatusCode::OK, &comment_json(&base, c)),
         None => not_found_json(),
     }
 }
 
+/// `PATCH` (or octocrab's `POST`) of a comment: an edit, counted as content creation
+/// (see [`ContentLimiter`]).
 async fn update_comment(
     State(w): State<Arc<World>>,
     Path((owner, repo, id)): Path<(String, String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    req: Request,
 ) -> Response {
+    let who = identity(req.extensions().get::<Identity>(), &w);
+    let call = method_and_path(&req);
+    let Ok(body) = axum::body::to_bytes(req.into_body(), 30 * 1024 * 1024).await else {
+        return gh_error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large");
+    };
     let Some((repo, id)) = comment_key(&owner, &repo, &id) else {
         return not_found_json();
     };
@@ -1323,7 +1631,17 @@ async fn update_comment(
     };
     let base = api_base(&headers);
     let mut gh = lock(&w.gh);
-    match gh.comments.get_mut(&id).filter(|c| c.repo == repo) {
+    if !gh
+        .comments
+        .get(&id)
+        .is_some_and(|c| c.repo.eq_ignore_ascii_case(&repo))
+    {
+        return not_found_json();
+    }
+    if let Err(r) = admit_content(&mut gh, &who, call) {
+        return r;
+    }
+    match gh.comments.get_mut(&id) {
         Some(c) => {
             c.body = text;
             c.updated_at = Utc::now().max(c.updated_at);
@@ -1342,7 +1660,11 @@ async fn delete_comment(
         return not_found_json();
     };
     let mut gh = lock(&w.gh);
-    if gh.comments.get(&id).is_some_and(|c| c.repo == repo) {
+    if gh
+        .comments
+        .get(&id)
+        .is_some_and(|c| c.repo.eq_ignore_ascii_case(&repo))
+    {
         gh.comments.remove(&id);
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -1357,6 +1679,7 @@ async fn create_status(
     req: Request,
 ) -> Response {
     let who = identity(req.extensions().get::<Identity>(), &w);
+    let call = method_and_path(&req);
     let Ok(body) = axum::body::to_bytes(req.into_body(), 1024 * 1024).await else {
         return gh_error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large");
     };
@@ -1404,6 +1727,29 @@ async fn create_status(
     }
     let base = api_base(&headers);
     let mut gh = lock(&w.gh);
+    let repo = gh.canonical(&repo);
+    let count_key = (repo.clone(), sha.to_ascii_lowercase(), context.clone());
+    if gh.status_counts.get(&count_key).copied().unwrap_or(0) >= MAX_STATUSES_PER_CONTEXT {
+        // GitHub's answer (screwdriver-cd/screwdriver#387): no `field`.
+        return gh_json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({
+                "message": "Validation Failed",
+                "errors": [{
+                    "resource": "Status",
+                    "code": "custom",
+                    "message": "This SHA and context has reached the maximum number of statuses.",
+                }],
+                "documentation_url": DOCS,
+                "status": "422",
+            }),
+        );
+    }
+    if let Err(r) = admit_content(&mut gh, &who, call) {
+        return r;
+    }
+    gh.register_repo(&repo);
+    *gh.status_counts.entry(count_key).or_default() += 1;
     let id = gh.id();
     let s = StatusRec {
         id,
@@ -1497,11 +1843,15 @@ async fn repo_installation(
     Path((owner, repo)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if repo_of(&owner, &repo).is_none() {
+    let Some(repo) = repo_of(&owner, &repo) else {
         return not_found_json();
-    }
+    };
     let base = api_base(&headers);
-    let id = lock(&w.gh).installation(&owner);
+    let mut gh = lock(&w.gh);
+    let repo = gh.canonical(&repo);
+    let owner = repo.split('/').next().unwrap_or(&owner).to_string();
+    let id = gh.installation(&owner);
+    drop(gh);
     let slug = w.config().github_app_slug.clone();
     gh_json(StatusCode::OK, &installation_json(&base, &owner, id, &slug))
 }
@@ -1653,6 +2003,121 @@ async fn rate_limit() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(t0: DateTime<Utc>, ms: i64) -> DateTime<Utc> {
+        t0 + ChronoDuration::milliseconds(ms)
+    }
+
+    /// GitHub's secondary limit on content creation: 80 within any 60 s, per account, the
+    /// window sliding; `retry-after` is the time until it has room again.
+    #[test]
+    fn content_creation_is_limited_to_80_within_any_minute_per_account() {
+        let t0 = Utc::now();
+        let mut l = ContentLimiter::default();
+        for i in 0..80 {
+            assert_eq!(
+                l.admit("runwarden[bot]", at(t0, i * 100)),
+                Ok(()),
+                "request {i}"
+            );
+        }
+        // The 81st, 8 s after the first: the first leaves the window at 60 s.
+        assert_eq!(l.admit("runwarden[bot]", at(t0, 8_000)), Err(52));
+        // A refusal is not counted: still 52 s (rounded up) half a second later.
+        assert_eq!(l.admit("runwarden[bot]", at(t0, 8_500)), Err(52));
+        // Another account has its own window.
+        assert_eq!(l.admit("mallory", at(t0, 8_500)), Ok(()));
+        // Just before the first leaves the window: 1 s at least; then room for one.
+        assert_eq!(l.admit("runwarden[bot]", at(t0, 59_999)), Err(1));
+        assert_eq!(l.admit("runwarden[bot]", at(t0, 60_000)), Ok(()));
+        // The second left at 60.1 s: room for exactly one more then.
+        assert_eq!(l.admit("runwarden[bot]", at(t0, 60_050)), Err(1));
+        assert_eq!(l.admit("runwarden[bot]", at(t0, 60_100)), Ok(()));
+        assert_eq!(l.admit("runwarden[bot]", at(t0, 60_100)), Err(1));
+    }
+
+    /// And 500 within any hour: one a second passes the minute's limit, and the 501st is
+    /// told to wait until the first is an hour old.
+    #[test]
+    fn content_creation_is_limited_to_500_within_any_hour() {
+        let t0 = Utc::now();
+        let mut l = ContentLimiter::default();
+        for i in 0..500 {
+            assert_eq!(l.admit("bot", at(t0, i * 1000)), Ok(()), "request {i}");
+        }
+        assert_eq!(l.admit("bot", at(t0, 500_000)), Err(3100));
+        assert_eq!(l.admit("bot", at(t0, 3_599_500)), Err(1));
+        assert_eq!(l.admit("bot", at(t0, 3_600_000)), Ok(()));
+        assert_eq!(l.admit("bot", at(t0, 3_600_000)), Err(1));
+        // Only the last hour is remembered.
+        assert_eq!(l.made["bot"].len(), 500);
+    }
+
+    #[test]
+    fn content_limits_can_be_changed_or_turned_off() {
+        let t0 = Utc::now();
+        let mut l = ContentLimiter {
+            limits: Some(ContentLimits {
+                per_minute: 2,
+                per_hour: 3,
+            }),
+            ..ContentLimiter::default()
+        };
+        assert_eq!(l.admit("bot", t0), Ok(()));
+        assert_eq!(l.admit("bot", at(t0, 1)), Ok(()));
+        assert_eq!(l.admit("bot", at(t0, 2)), Err(60));
+        assert_eq!(l.admit("bot", at(t0, 60_000)), Ok(()));
+        assert_eq!(l.admit("bot", at(t0, 120_000)), Err(3480));
+        l.limits = None;
+        for i in 0..1000 {
+            assert_eq!(l.admit("bot", at(t0, 120_000 + i)), Ok(()));
+        }
+    }
+
+    /// GitHub compares owner and repository names case-insensitively and answers with the
+    /// repository's own spelling; so does the App installation of an owner.
+    #[tokio::test]
+    async fn repository_names_are_compared_case_insensitively() {
+        let w = World::new(super::super::SimConfig::default());
+        let pr = w
+            .add_pr(NewPr {
+                repo: "acme/web".into(),
+                head_ref: Some("feat".into()),
+                ..NewPr::default()
+            })
+            .unwrap();
+        // The same PR, updated under another spelling; a new one gets the next number.
+        let again = w
+            .add_pr(NewPr {
+                repo: "Acme/Web".into(),
+                number: Some(pr.number),
+                title: Some("renamed".into()),
+                ..NewPr::default()
+            })
+            .unwrap();
+        assert_eq!((again.repo.as_str(), again.id), ("acme/web", pr.id));
+        let next = w
+            .add_pr(NewPr {
+                repo: "ACME/WEB".into(),
+                head_ref: Some("other".into()),
+                ..NewPr::default()
+            })
+            .unwrap();
+        assert_eq!(
+            (next.repo.as_str(), next.number),
+            ("acme/web", pr.number + 1)
+        );
+        assert_eq!(w.prs().len(), 2);
+        let mut gh = lock(&w.gh);
+        assert_eq!(gh.canonical("ACME/web"), "acme/web");
+        assert_eq!(
+            gh.canonical("globex/api"),
+            "globex/api",
+            "unknown: as written"
+        );
+        let id = gh.installation("acme");
+        assert_eq!(gh.installation("ACME"), id);
+    }
 
     #[test]
     fn user_tokens_name_their_user() {

@@ -10,7 +10,11 @@
 //!   `GET /user` and `GET /app`. Who a request acts as follows from its credential: any
 //!   token → `SimConfig::github_bot_login`; an installation token →
 //!   `{github_app_slug}[bot]`; a token `user:NAME` → the user `NAME` (to post comments
-//!   as someone else in tests). See `github_api`'s module docs.
+//!   as someone else in tests). GitHub's limits hold: the hourly quota, the secondary
+//!   limit on content creation (80 a minute, 500 an hour per account;
+//!   `SimConfig::github_content_limits`) and 1,000 statuses per sha and context; owner
+//!   and repository names are compared case-insensitively. See `github_api`'s module
+//!   docs.
 //! - `/_sim/...`: control endpoints (`control`): add runs and PRs, advance runs, inject
 //!   faults, read the request log, webhook deliveries and what was written to GitHub.
 //!
@@ -64,7 +68,8 @@ use crate::commands::outln;
 pub use emitter::{Delivery, HookTarget};
 pub use faults::{ActiveFault, ConnHandle, Fault, FaultKind, LogEntry, SimListener};
 pub use github_api::{
-    MAX_COMMENT_BODY, MAX_STATUS_DESCRIPTION, NewPr, SimComment, SimPr, SimStatus,
+    ContentLimits, MAX_COMMENT_BODY, MAX_STATUS_DESCRIPTION, MAX_STATUSES_PER_CONTEXT, NewPr,
+    SecondaryLimitHit, SimComment, SimPr, SimStatus,
 };
 pub use ids::{Key, decode_cursor, encode_cursor};
 pub use seed::{Sample, seed_sample};
@@ -107,6 +112,13 @@ pub struct SimConfig {
     /// The GitHub App's slug (`GET /app`): installation tokens act as `{slug}[bot]`.
     /// Default `runwarden`.
     pub github_app_slug: String,
+    /// GitHub's secondary rate limit on content creation (new comments, comment edits,
+    /// new commit statuses): past it a request is answered 403 "You have exceeded a
+    /// secondary rate limit" with `retry-after`. Default GitHub's, 80 a minute and 500 an
+    /// hour per account; `None` turns it off, for a load test that must write faster
+    /// than GitHub allows. Also [`World::set_github_content_limits`] and
+    /// `POST /_sim/github/content-limits`.
+    pub github_content_limits: Option<ContentLimits>,
     /// Seed of the random generator (ids, spec plans).
     pub seed: u64,
     /// Run [`World::tick`] on this interval (auto-advancing runs, inactivity timeouts).
@@ -130,6 +142,7 @@ impl Default for SimConfig {
             github_token: None,
             github_bot_login: "runwarden[bot]".into(),
             github_app_slug: "runwarden".into(),
+            github_content_limits: Some(ContentLimits::default()),
             seed: 42,
             tick: None,
             enforce_inactivity_timeout: false,
@@ -165,6 +178,7 @@ impl std::fmt::Debug for SimConfig {
             .field("dashboard_url", &self.dashboard_url)
             .field("github_bot_login", &self.github_bot_login)
             .field("github_app_slug", &self.github_app_slug)
+            .field("github_content_limits", &self.github_content_limits)
             .field("seed", &self.seed)
             .field("tick", &self.tick)
             .finish_non_exhaustive()

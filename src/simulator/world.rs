@@ -47,6 +47,16 @@ pub enum SimError {
 }
 
 impl SimError {
+    /// The error of item `i` of a batch: its message says which.
+    fn in_batch(self, i: usize) -> SimError {
+        match self {
+            SimError::BadRequest(m) => SimError::BadRequest(format!("runs[{i}]: {m}")),
+            SimError::NotFound(m) => SimError::NotFound(format!("runs[{i}]: {m}")),
+            SimError::Conflict(m) => SimError::Conflict(format!("runs[{i}]: {m}")),
+            SimError::Unprocessable(m) => SimError::Unprocessable(format!("runs[{i}]: {m}")),
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             SimError::BadRequest(_) => 400,
@@ -518,10 +528,7 @@ impl RunRec {
                         "passed"
                     };
                     let flaky = state == "passed" && i >= p.tests.saturating_sub(p.flaky);
-                    let title = vec![
-                        format!("{} suite", s.path.rsplit('/').next().unwrap_or("spec")),
-                        format!("case {}", i + 1),
-                    ];
+                    let title = test_title(&s.path, i);
                     let error = (state == "failed").then(|| {
                         json!({"name": "Error", "message": format!("expect(received).toBe(expected) in case {}", i + 1),
                                "stack": "Error: expect(received).toBe(expected)\n    at spec:12:7"})
@@ -626,6 +633,35 @@ impl RunRec {
     }
 }
 
+/// The title path of test `i` (0-based) of spec file `path`.
+fn test_title(path: &str, i: u32) -> Vec<String> {
+    vec![
+        format!("{} suite", path.rsplit('/').next().unwrap_or("spec")),
+        format!("case {}", i + 1),
+    ]
+}
+
+/// A test id in the shape of Playwright's, as `.last-run.json` lists them: 20 hex digits
+/// of a hash of the spec file, a dash, and 20 of a hash of the test (its group, which is
+/// the Playwright project, and its title path); a test has the same id in every run.
+pub(crate) fn pw_test_id(path: &str, group: &str, title: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let hex20 = |parts: &[&str]| {
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update(p.as_bytes());
+            h.update([0x1e]);
+        }
+        hex::encode(h.finalize())[..20].to_string()
+    };
+    let mut test: Vec<&str> = vec![group];
+    test.extend(title.iter().map(String::as_str));
+    format!("{}-{}", hex20(&[path]), hex20(&test))
+}
+
+/// The error of `GET /runs/find` without a selector.
+pub const FIND_SELECTOR_REQUIRED: &str = "\"ciBuildId\" or \"branch\" is required";
+
 /// A time as the Currents API writes it: RFC 3339 in UTC to the millisecond
 /// (`2022-07-06T08:37:58.317Z`), as the models serialise theirs.
 fn ms_time(t: DateTime<Utc>) -> String {
@@ -702,6 +738,12 @@ pub(crate) struct CurrentsState {
     interner: HashSet<Arc<str>>,
 }
 
+/// The counters a rejected request restores ([`CurrentsState::savepoint`]).
+struct Savepoint {
+    seq: u64,
+    rng: StdRng,
+}
+
 /// An event to emit once the state lock is released.
 struct PendingEvent {
     payload: CurrentsWebhookPayload,
@@ -737,6 +779,43 @@ impl CurrentsState {
     fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
+    }
+
+    /// What [`CurrentsState::roll_back`] restores.
+    fn savepoint(&self) -> Savepoint {
+        Savepoint {
+            seq: self.seq,
+            rng: self.rng.clone(),
+        }
+    }
+
+    /// Undoes the runs `added` and every project made since `sp` (a run's project is
+    /// created on first use), and restores the sequence and the random generator, so a
+    /// rejected request leaves the world as it found it (interned strings aside, which
+    /// nothing sees).
+    fn roll_back(&mut self, sp: Savepoint, added: &[String]) {
+        for id in added {
+            if let Some((p, k)) = self.run_loc.remove(id)
+                && let Some(rec) = self.runs.get_mut(&p).and_then(|pr| pr.remove(&k))
+            {
+                self.seq_loc.remove(&rec.seq);
+            }
+        }
+        let new_projects: Vec<Key> = self
+            .projects
+            .keys()
+            .filter(|(_, seq)| *seq > sp.seq)
+            .copied()
+            .collect();
+        for k in new_projects {
+            if let Some(p) = self.projects.remove(&k) {
+                let id = p.project.project_id;
+                self.project_keys.remove(&id);
+                self.runs.remove(id.as_str());
+            }
+        }
+        self.seq = sp.seq;
+        self.rng = sp.rng;
     }
 
     fn project_rec(&self, id: &str) -> Option<&ProjectRec> {
@@ -1423,7 +1502,7 @@ impl World {
         });
         Arc::new(World {
             cur: RwLock::new(CurrentsState::new(cfg.seed)),
-            gh: Mutex::new(GithubState::default()),
+            gh: Mutex::new(GithubState::new(cfg.github_content_limits)),
             faults: Mutex::new(FaultState::default()),
             log: Mutex::new(RequestLog::default()),
             emitter: Emitter::start(cfg.webhook_timeout),
@@ -1439,7 +1518,7 @@ impl World {
     /// Forgets everything: projects, runs, webhooks, GitHub data, faults, logs.
     pub fn reset(&self) {
         *write(&self.cur) = CurrentsState::new(self.cfg.seed);
-        *lock(&self.gh) = GithubState::default();
+        *lock(&self.gh) = GithubState::new(self.cfg.github_content_limits);
         *lock(&self.faults) = FaultState::default();
         *lock(&self.log) = RequestLog::default();
         self.emitter.clear_deliveries();
@@ -1542,7 +1621,11 @@ impl World {
         let now = Utc::now();
         let (run, pending) = {
             let mut st = write(&self.cur);
-            let rec = st.build_run(nr, now)?;
+            let sp = st.savepoint();
+            // A rejected run leaves nothing behind, not even the project it would make.
+            let rec = st
+                .build_run(nr, now)
+                .inspect_err(|_| st.roll_back(sp, &[]))?;
             // Its history as it happened: started, and ended when it is not running.
             let pending = st.change_events(
                 &rec,
@@ -1562,15 +1645,26 @@ impl World {
 
     /// Adds many runs under one lock (bulk loading); returns their ids. Emits nothing
     /// unless a run asks for it with `emit: true`.
+    ///
+    /// All or nothing: when a run is rejected, the error says which (`runs[i]: ...`), and
+    /// the world is left as it was: no run of the batch is added, no project made for
+    /// them, and no webhook is sent.
     pub fn add_runs(&self, runs: Vec<NewRun>) -> Result<Vec<String>, SimError> {
         let now = Utc::now();
         let mut out = Vec::with_capacity(runs.len());
         let mut pending = Vec::new();
         {
             let mut st = write(&self.cur);
-            for mut nr in runs {
+            let sp = st.savepoint();
+            for (i, mut nr) in runs.into_iter().enumerate() {
                 nr.emit = Some(nr.emit.unwrap_or(false));
-                let rec = st.build_run(nr, now)?;
+                let rec = match st.build_run(nr, now) {
+                    Ok(rec) => rec,
+                    Err(e) => {
+                        st.roll_back(sp, &out);
+                        return Err(e.in_batch(i));
+                    }
+                };
                 // `RUN_START` only: what the run did before is not replayed.
                 pending.extend(st.change_events(
                     &rec,
@@ -1674,7 +1768,8 @@ impl World {
     }
 
     /// `GET /runs/find`: the most recent COMPLETE run of the project matching
-    /// `ciBuildId` (exact), or `branch` plus all `tags`.
+    /// `ciBuildId` (exact), or `branch` plus all `tags` (`currents-notes.md` §1.6). One
+    /// of the two selectors is required: without either, 400 [`FIND_SELECTOR_REQUIRED`].
     pub fn find_run(
         &self,
         project: &str,
@@ -1682,6 +1777,9 @@ impl World {
         branch: Option<&str>,
         tags: &[String],
     ) -> Result<Run, SimError> {
+        if ci_build_id.is_none() && branch.is_none() {
+            return Err(SimError::BadRequest(FIND_SELECTOR_REQUIRED.into()));
+        }
         let st = read(&self.cur);
         if st.project_rec(project).is_none() {
             return Err(SimError::NotFound("Project not found".into()));
@@ -1689,26 +1787,53 @@ impl World {
         let not_found = || SimError::NotFound("Run not found".into());
         let pr = st.runs.get(project).ok_or_else(not_found)?;
         let complete = |r: &&RunRec| r.completion == CompletionState::Complete;
-        let found = if let Some(id) = ci_build_id {
-            pr.all
+        let found = match (ci_build_id, branch) {
+            (Some(id), _) => pr
+                .all
                 .values()
                 .rev()
                 .filter(complete)
-                .find(|r| r.ci_build_id == id)
-        } else {
-            let tag_ok = |r: &&RunRec| tags.iter().all(|t| r.tags.iter().any(|x| x.as_ref() == t));
-            match branch {
-                Some(b) => pr.by_branch.get(b).and_then(|ks| {
+                .find(|r| r.ci_build_id == id),
+            (None, Some(b)) => {
+                let tag_ok =
+                    |r: &&RunRec| tags.iter().all(|t| r.tags.iter().any(|x| x.as_ref() == t));
+                pr.by_branch.get(b).and_then(|ks| {
                     ks.iter()
                         .rev()
                         .filter_map(|k| pr.all.get(k))
                         .filter(complete)
                         .find(tag_ok)
-                }),
-                None => pr.all.values().rev().filter(complete).find(tag_ok),
+                })
             }
+            (None, None) => None,
         };
         found.map(|r| r.to_model(true, false)).ok_or_else(not_found)
+    }
+
+    /// `data.pwLastRun` of `GET /runs/find?pwLastRun=true` (`currents-notes.md` §1.6):
+    /// Playwright's `.last-run.json` for the run, `{"status": "failed" | "passed",
+    /// "failedTests": [test ids]}`: the ids (`{file hash}-{test hash}`, [`pw_test_id`])
+    /// of the tests that failed, spec file by spec file. `None` for a Cypress run or an
+    /// unknown one ("Playwright only").
+    pub fn pw_last_run(&self, run_id: &str) -> Option<Value> {
+        let st = read(&self.cur);
+        let rec = st.get_run(run_id)?;
+        if rec.cypress {
+            return None;
+        }
+        let mut failed = Vec::new();
+        for s in rec.specs.iter().filter(|s| s.completed_at.is_some()) {
+            let group = &rec.groups[s.group as usize].id;
+            for i in 0..s.plan.failures {
+                failed.push(pw_test_id(&s.path, group, &test_title(&s.path, i)));
+            }
+        }
+        let status = if rec.failures() > 0 || rec.status == RunStatus::Failed {
+            "failed"
+        } else {
+            "passed"
+        };
+        Some(json!({"status": status, "failedTests": failed}))
     }
 
     /// `GET /instances/{id}`.
@@ -2254,6 +2379,137 @@ mod tests {
         assert!(contains_ci("Fix Login bug", "login"));
         assert!(!contains_ci("Fix Login bug", "logout"));
         assert!(contains_ci("ÄBC", "äb"));
+    }
+
+    fn new_run(project: &str) -> NewRun {
+        NewRun {
+            project: Some(project.into()),
+            ..NewRun::default()
+        }
+    }
+
+    /// A batch with a bad run adds nothing: not the runs before it, not the project they
+    /// made, and the ids and plans of later runs are as if it never came.
+    #[tokio::test]
+    async fn a_rejected_batch_leaves_the_world_as_it_was() {
+        let w = World::new(SimConfig::default());
+        w.add_run(new_run("kept")).unwrap();
+        let before = (w.run_count(), read(&w.cur).seq);
+        let bad = NewRun {
+            state: Some("exploded".into()),
+            ..new_run("kept")
+        };
+        let e = w
+            .add_runs(vec![new_run("fresh"), new_run("kept"), bad])
+            .unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(e.to_string().starts_with("runs[2]: unknown state"), "{e}");
+        assert_eq!((w.run_count(), read(&w.cur).seq), before);
+        assert!(w.project("fresh").is_none(), "the project it made is gone");
+        assert_eq!(w.runs("kept").len(), 1);
+        // Two runs of one id in a batch: a conflict, and nothing added.
+        let twice = || NewRun {
+            run_id: Some("abc123".into()),
+            ..new_run("kept")
+        };
+        let e = w.add_runs(vec![twice(), twice()]).unwrap_err();
+        assert_eq!((e.status(), w.run_count()), (409, 1), "{e}");
+        assert!(w.run("abc123").is_none());
+        // A single run refused after its project was made leaves no project either.
+        let e = w
+            .add_run(NewRun {
+                specs: Some(0),
+                ..new_run("other")
+            })
+            .unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(w.project("other").is_none());
+
+        // The random generator was restored: the next run is the one a world that never
+        // saw the bad batches makes.
+        let fresh = World::new(SimConfig::default());
+        fresh.add_run(new_run("kept")).unwrap();
+        let a = w.add_run(new_run("kept")).unwrap();
+        let b = fresh.add_run(new_run("kept")).unwrap();
+        assert_eq!(a.run_id, b.run_id);
+        assert_eq!(a.meta.commit.sha, b.meta.commit.sha);
+    }
+
+    /// `pwLastRun`: Playwright's `.last-run.json`, the failed tests by their Playwright
+    /// ids, stable across runs; none for a Cypress run.
+    #[tokio::test]
+    async fn pw_last_run_lists_the_failed_tests() {
+        let w = World::new(SimConfig::default());
+        let failed = w
+            .add_run(NewRun {
+                state: Some("failed".into()),
+                failed: Some(2),
+                specs: Some(3),
+                tests_per_spec: Some(5),
+                ..new_run("p")
+            })
+            .unwrap();
+        let last = w.pw_last_run(&failed.run_id).unwrap();
+        assert_eq!(last["status"], "failed");
+        let ids: Vec<&str> = last["failedTests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let failures: u64 = failed.groups.iter().map(|g| g.tests.failures).sum();
+        assert_eq!(ids.len() as u64, failures);
+        for id in &ids {
+            let (file, test) = id.split_once('-').unwrap();
+            assert_eq!((file.len(), test.len()), (20, 20), "{id}");
+            assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+        }
+        assert_eq!(
+            ids.iter().collect::<HashSet<_>>().len(),
+            ids.len(),
+            "distinct"
+        );
+        let title = vec!["a.spec.ts suite".to_string(), "case 1".to_string()];
+        assert_eq!(
+            pw_test_id("tests/a.spec.ts", "chromium", &title),
+            pw_test_id("tests/a.spec.ts", "chromium", &title)
+        );
+        assert_ne!(
+            pw_test_id("tests/a.spec.ts", "chromium", &title),
+            pw_test_id("tests/a.spec.ts", "firefox", &title)
+        );
+        let passed = w
+            .add_run(NewRun {
+                state: Some("passed".into()),
+                ..new_run("p")
+            })
+            .unwrap();
+        assert_eq!(
+            w.pw_last_run(&passed.run_id).unwrap(),
+            json!({"status": "passed", "failedTests": []})
+        );
+        let cypress = w
+            .add_run(NewRun {
+                state: Some("failed".into()),
+                framework: Some("cypress".into()),
+                ..new_run("cy")
+            })
+            .unwrap();
+        assert_eq!(w.pw_last_run(&cypress.run_id), None);
+        assert_eq!(w.pw_last_run("nope"), None);
+    }
+
+    #[tokio::test]
+    async fn find_run_needs_a_selector() {
+        let w = World::new(SimConfig::default());
+        w.add_run(NewRun {
+            state: Some("passed".into()),
+            ..new_run("p")
+        })
+        .unwrap();
+        let e = w.find_run("p", None, None, &["x".into()]).unwrap_err();
+        assert_eq!(e, SimError::BadRequest(FIND_SELECTOR_REQUIRED.into()));
+        assert!(w.find_run("p", None, Some("main"), &[]).is_ok());
     }
 
     #[test]
