@@ -1873,3 +1873,252 @@ fn a_million_runs_go_through_supersede_and_retention_well_under_a_second() {
     assert!(by("supersede") > 0 && by("retention") > 0);
     assert!(took < Duration::from_secs(1), "{took:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Glob lists also match the pattern's exact spelling (GitHub's bots are named
+// `dependabot[bot]`, `renovate[bot]`, `github-actions[bot]`: as a glob `[bot]` is a
+// character class, matching `dependabotb`).
+
+fn by_author(r: Run, name: &str) -> Run {
+    with(r, |r| {
+        r.meta.commit.author_name = Some(name.into());
+        r.meta.commit.author_email =
+            Some("49699333+dependabot[bot]@users.noreply.github.com".into());
+    })
+}
+
+#[test]
+fn authors_match_a_bot_spelt_exactly_as_the_pattern_with_its_brackets() {
+    let c = cfg(&format!(
+        "{SUPERSEDE}[rules.match]\nauthors = [\"dependabot[bot]\"]\n"
+    ));
+    let a = by_author(run("a", at(0), "s1"), "dependabot[bot]");
+    let b = by_author(run("b", at(1), "s2"), "dependabot[bot]");
+    assert!(c.rules[0].filter.matches(&a));
+    assert_eq!(
+        cancelled(&eval(&c, &Trigger::Tick, &[a.clone(), b.clone()], at(2))),
+        vec!["a"]
+    );
+    // The exact spelling is compared with case, as the globs are.
+    let upper = by_author(run("u", at(0), "s1"), "Dependabot[bot]");
+    assert!(!c.rules[0].filter.matches(&upper));
+    // The glob keeps its meaning beside the exact spelling.
+    let b_class = by_author(run("x", at(0), "s1"), "dependabotb");
+    assert!(c.rules[0].filter.matches(&b_class));
+}
+
+#[test]
+fn a_negated_bot_author_excludes_the_bot_spelt_exactly() {
+    let c = cfg(&format!(
+        "{SUPERSEDE}[rules.match]\nauthors = [\"!dependabot[bot]\", \"!renovate[bot]\"]\n"
+    ));
+    let a = by_author(run("a", at(0), "s1"), "dependabot[bot]");
+    let b = by_author(run("b", at(1), "s2"), "dependabot[bot]");
+    assert!(!c.rules[0].filter.matches(&a));
+    assert!(c.rules[0].filter.check(&a).is_err());
+    assert!(cancelled(&eval(&c, &Trigger::Tick, &[a, b], at(2))).is_empty());
+    let human = with(run("h", at(0), "s1"), |r| {
+        r.meta.commit.author_name = Some("Ada".into())
+    });
+    assert!(c.rules[0].filter.matches(&human));
+    // And in `branches`, where a `!` excludes too.
+    let c = cfg(&format!(
+        "{SUPERSEDE}[rules.match]\nbranches = [\"*\", \"!deps[bot]\"]\n"
+    ));
+    assert!(
+        !c.rules[0]
+            .filter
+            .matches(&on_branch(run("a", at(0), "s1"), "deps[bot]"))
+    );
+    assert!(
+        c.rules[0]
+            .filter
+            .matches(&on_branch(run("a", at(0), "s1"), "feat/x"))
+    );
+}
+
+#[test]
+fn tags_match_a_tag_spelt_exactly_as_the_pattern() {
+    for (mode, expect) in [("any", true), ("all", true), ("none", false)] {
+        let c = cfg(&format!(
+            "{SUPERSEDE}[rules.match]\ntags = [\"shard[1]\"]\ntag_mode = \"{mode}\"\n"
+        ));
+        let r = tagged(run("a", at(0), "s1"), &["shard[1]"]);
+        assert_eq!(c.rules[0].filter.matches(&r), expect, "tag_mode {mode}");
+        assert_eq!(
+            c.rules[0].filter.check(&r).is_ok(),
+            expect,
+            "tag_mode {mode}"
+        );
+    }
+}
+
+#[test]
+fn orphan_workflows_match_a_workflow_name_spelt_exactly_as_the_pattern() {
+    let opts = |workflows: &str| {
+        let c = cfg(&format!(
+            "{ORPHAN}match_by = \"commit\"\nworkflows = {workflows}\n"
+        ));
+        match &c.rules[0].kind {
+            runwarden::config::RuleKind::Orphan(o) => o.clone(),
+            k => panic!("not an orphan rule: {}", k.name()),
+        }
+    };
+    let o = opts("[\"E2E [linux]\"]");
+    assert!(o.concerns_workflow(Some("E2E [linux]"), None));
+    assert!(!o.concerns_workflow(Some("E2E [mac]"), None));
+    // Excluded by its exact spelling.
+    let o = opts("[\"E2E*\", \"!E2E [linux]\"]");
+    assert!(!o.concerns_workflow(Some("E2E [linux]"), None));
+    assert!(o.concerns_workflow(Some("E2E [mac]"), None));
+}
+
+// ---------------------------------------------------------------------------------------
+// `idle_for` from the first sight of a run, and `explain` of a retention rule over the
+// sweep's whole listing.
+
+const IDLE: &str = "[[rules]]\nname = \"idle\"\nkind = \"timeout\"\nidle_for = \"30m\"\n";
+
+/// A run created 2h ago that has completed nothing, first seen by the bot now (created
+/// while it was down, or a fresh store): its first snapshot does not restart the idle
+/// clock, so `serve`'s first check cancels it as `plan` does.
+#[test]
+fn a_run_first_seen_long_idle_is_cancelled_by_the_first_check_as_plan_says() {
+    let c = cfg(IDLE);
+    let a = progress(run("a", at(-120), "s1"), 0, 10);
+    let now = at(0);
+    let mut snaps = HashMap::new();
+    snaps.insert(
+        "a".to_string(),
+        runwarden::rules::update_progress(None, &a, now),
+    );
+    let hist = HashMap::new();
+    let runs = [a.clone()];
+    let view = RunsView::new(&runs, &snaps, &hist);
+    let planned = plan(&c, &RunsView::runs_only(&runs), now);
+    assert_eq!(cancelled(&planned), vec!["a"]);
+    for trigger in [Trigger::Tick, seen(&a)] {
+        let e = evaluate(&c, &trigger, &view, now);
+        assert_eq!(cancelled(&e), vec!["a"], "{trigger:?}");
+        assert_eq!(
+            e.decisions[0].reason,
+            "no spec completed for 2h > idle_for 30m"
+        );
+        assert_eq!(e.decisions, planned.decisions);
+    }
+    // Seen again a minute later, still nothing completed: still idle since creation.
+    let again = runwarden::rules::update_progress(snaps.get("a"), &a, at(1));
+    assert_eq!(again.changed_at, at(-120));
+}
+
+/// A run read with its specs, first seen now, whose last spec completed 90 minutes ago:
+/// idle since then, not since now. One whose specs completed at unknown times (a
+/// listing) is measured from now, as before.
+#[test]
+fn a_run_first_seen_with_its_specs_is_idle_since_the_last_one_completed() {
+    let c = cfg(IDLE);
+    let a = with(run("a", at(-120), "s1"), |r| {
+        for m in [-110, -90] {
+            r.specs.push(runwarden::currents::Spec {
+                spec: format!("spec{m}"),
+                completed_at: Some(at(m)),
+                ..Default::default()
+            });
+        }
+    });
+    let now = at(0);
+    let snap = runwarden::rules::update_progress(None, &a, now);
+    assert_eq!((snap.completed_specs, snap.changed_at), (2, at(-90)));
+    let mut snaps = HashMap::new();
+    snaps.insert("a".to_string(), snap);
+    let hist = HashMap::new();
+    let runs = [a.clone()];
+    let e = evaluate(&c, &seen(&a), &RunsView::new(&runs, &snaps, &hist), now);
+    assert_eq!(
+        e.decisions
+            .iter()
+            .map(|d| d.reason.as_str())
+            .collect::<Vec<_>>(),
+        vec!["no spec completed for 1h30m > idle_for 30m"]
+    );
+    // Listed (no spec times): first seen now, not idle yet.
+    let listed = run("a", at(-120), "s1");
+    let snap = runwarden::rules::update_progress(None, &listed, now);
+    assert_eq!(snap.changed_at, now);
+    snaps.insert("a".to_string(), snap);
+    let runs = [listed];
+    let view = RunsView::new(&runs, &snaps, &hist);
+    assert!(
+        evaluate(&c, &Trigger::Tick, &view, now)
+            .decisions
+            .is_empty()
+    );
+}
+
+/// What `runwarden explain` says of a retention rule is what a sweep of it decides:
+/// [`runwarden::rules::retention::Sweep::explain`], fed the sweep's listing page by page,
+/// applies exactly to the runs the sweep deletes, and to none when the breaker trips.
+#[test]
+fn explaining_a_retention_rule_agrees_with_its_sweep_for_every_run() {
+    let old = |id: &str, age_days: i64, branch: Option<&str>, status: RunStatus| {
+        with(done(run(id, days(age_days), "s"), status), |r| {
+            r.meta.commit.branch = branch.map(Into::into)
+        })
+    };
+    let runs = vec![
+        old("a1", 40, Some("b0"), RunStatus::Passed),
+        old("a2", 41, Some("b0"), RunStatus::Failed),
+        old("a3", 42, Some("b0"), RunStatus::Passed),
+        old("b1", 45, Some("b1"), RunStatus::Failed),
+        old("b2", 46, Some("b1"), RunStatus::Failed),
+        old("n1", 50, None, RunStatus::Failed),
+        old("n2", 51, None, RunStatus::Passed),
+        old("n3", 52, None, RunStatus::Failed),
+        old("y1", 2, Some("b2"), RunStatus::Passed),
+        tagged(old("t1", 60, Some("b2"), RunStatus::Passed), &["keep"]),
+        run("ip", days(70), "s"),
+    ];
+    for max in [10, 4, 3] {
+        let c = cfg(&format!(
+            "[[rules]]\nname = \"ret\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nkeep_latest = 1\nkeep_last_passed = true\npin_tags = [\"keep\"]\nmax_deletions = {max}\n"
+        ));
+        let rule = &c.rules[0];
+        let runwarden::config::RuleKind::Retention(opts) = &rule.kind else {
+            unreachable!()
+        };
+        let swept = eval(
+            &c,
+            &Trigger::RetentionSweep { rule: "ret".into() },
+            &runs,
+            t0(),
+        );
+        let deleted = cancelled(&swept);
+        for target in &runs {
+            let mut sweep = runwarden::rules::retention::Sweep::new(rule, opts, t0());
+            for page in runs.chunks(3) {
+                for r in page.iter().filter(|r| r.run_id != target.run_id) {
+                    sweep.feed(r);
+                }
+            }
+            sweep.feed(target);
+            let (applies, detail) = sweep.explain(target);
+            assert_eq!(
+                applies,
+                deleted.contains(&target.run_id.as_str()),
+                "max {max}, {}: {detail}",
+                target.run_id
+            );
+            // The engine's explain over the same runs says the same.
+            let e = explain(&c, target, &RunsView::runs_only(&runs), t0());
+            assert_eq!((e[0].applies, &e[0].detail), (applies, &detail));
+        }
+        // a3 (not the newest passed on b0), a2, b2 (b1 is newer) and n3 (n1 the newest
+        // without a branch, n2 its newest passed): 4 runs, oldest first.
+        if max >= 4 {
+            assert_eq!(deleted, vec!["n3", "b2", "a3", "a2"], "max {max}");
+        } else {
+            assert!(deleted.is_empty());
+            assert_eq!(swept.breaches.len(), 1);
+        }
+    }
+}

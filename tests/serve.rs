@@ -2519,3 +2519,127 @@ async fn the_first_poll_makes_good_what_a_dead_pollers_lease_left_unseen() {
     let audit = app.bot.ctx.store.audit(None, None, 100).await.unwrap();
     assert!(!audit.iter().any(|e| e.run_id == old.run_id), "{audit:#?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// `idle_for` counts from what a run shows, not from when the bot first sees it.
+
+const IDLE_30M: &str = "[[rules]]\nname = \"idle\"\nkind = \"timeout\"\nidle_for = \"30m\"\n";
+
+/// A run created 2 h ago that has completed no spec, first seen by a poll (created while
+/// the bot was down, or met by a fresh store): the first poll cancels it, as `plan` says,
+/// instead of restarting its idle clock. A run created 10 min ago is spared, and its
+/// stored progress time is its `createdAt`, kept by the polls after.
+#[tokio::test]
+async fn a_run_first_seen_by_a_poll_long_idle_is_cancelled_by_that_poll() {
+    let app = spawn_app_with(AppOptions {
+        rules: IDLE_30M.into(),
+        poll_interval: "1s",
+        ..AppOptions::default()
+    })
+    .await;
+    let quiet = app.sim.add_run(run("feat/quiet", "aaa111", 120)).unwrap();
+    let young = app.sim.add_run(run("feat/young", "bbb222", 10)).unwrap();
+    let cancel = format!("PUT /v1/runs/{}/cancel", quiet.run_id);
+    app.wait_for("the idle cancel", 15, |a| a.mutations().contains(&cancel))
+        .await;
+    let audit = app
+        .wait_audit("cancel done", 10, |a| {
+            a.iter().any(|e| e.outcome.as_str() == "done")
+        })
+        .await;
+    assert_eq!(audit.len(), 1, "{audit:#?}");
+    assert_eq!(audit[0].run_id, quiet.run_id);
+    assert_eq!(
+        audit[0].reason, "no spec completed for 2h > idle_for 30m",
+        "{audit:#?}"
+    );
+    // The young run: stored with its creation as its last progress, by this poll and the
+    // next ones (each observes it again).
+    let store = &app.bot.ctx.store;
+    let created = app.sim.run(&young.run_id).unwrap().created_at;
+    app.wait_run_stored(&young.run_id).await;
+    let first = store.get_run(&young.run_id).await.unwrap().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let rec = store.get_run(&young.run_id).await.unwrap().unwrap();
+        assert_eq!(
+            rec.progress_changed_at.timestamp_millis(),
+            created.timestamp_millis(),
+            "{rec:?}"
+        );
+        if rec.updated_at > first.updated_at {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no later poll observed the young run"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        app.sim
+            .run(&young.run_id)
+            .unwrap()
+            .completion_state
+            .as_str(),
+        "IN_PROGRESS"
+    );
+    assert_eq!(app.mutations(), vec![cancel]);
+}
+
+/// A run whose two completed specs finished 90 min ago, first seen by its `RUN_START`
+/// webhook (read with its specs): idle since its last spec completed, so it is cancelled
+/// at once; its stored progress time is that completion.
+#[tokio::test]
+async fn a_run_first_seen_by_its_webhook_is_idle_since_its_last_completed_spec() {
+    let app = spawn_app(IDLE_30M).await;
+    let last = chrono::Utc::now() - chrono::Duration::minutes(90);
+    let stalled = app
+        .sim
+        .add_run(runwarden::simulator::NewRun {
+            completed: Some(2),
+            last_progress_at: Some(last),
+            ..run("feat/stalled", "ccc333", 120)
+        })
+        .unwrap();
+    let done_at = app
+        .sim
+        .run(&stalled.run_id)
+        .unwrap()
+        .specs
+        .iter()
+        .filter_map(|s| s.completed_at)
+        .max()
+        .expect("completed specs");
+    assert_eq!(
+        app.currents_hook("RUN_START", &stalled.run_id)
+            .await
+            .status(),
+        202
+    );
+    let cancel = format!("PUT /v1/runs/{}/cancel", stalled.run_id);
+    app.wait_for("the idle cancel", 10, |a| a.mutations().contains(&cancel))
+        .await;
+    let audit = app
+        .wait_audit("cancel done", 10, |a| {
+            a.iter().any(|e| e.outcome.as_str() == "done")
+        })
+        .await;
+    assert_eq!(
+        audit[0].reason, "no spec completed for 1h30m > idle_for 30m",
+        "{audit:#?}"
+    );
+    let rec = app
+        .bot
+        .ctx
+        .store
+        .get_run(&stalled.run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rec.progress_changed_at.timestamp_millis(),
+        done_at.timestamp_millis(),
+        "{rec:?}"
+    );
+}

@@ -1,5 +1,13 @@
 //! `runwarden explain RUN_ID`: for each rule, does it apply to this run now, and if not,
-//! which condition fails. Reads the run and its branch's runs; mutates nothing.
+//! which condition fails. Mutates nothing.
+//!
+//! It reads the run, and the runs of its branch (newer runs for supersede, history for
+//! `max_duration = "auto"`). A retention rule whose filter selects the run is judged as
+//! a sweep of it would judge it now: over the sweep's own listing, every run of the
+//! projects the rule concerns ([`processor::list_retention_runs`], fed page by page to a
+//! [`retention::Sweep`], no run held), so its keep slots count the whole branch and its
+//! `max_deletions` breaker the whole sweep. That listing is one request per 50 runs of
+//! those projects, for each such rule.
 
 use std::process::ExitCode;
 
@@ -7,9 +15,10 @@ use chrono::Utc;
 use futures::StreamExt;
 
 use super::{errln, outln};
-use crate::config::Secrets;
+use crate::config::{RuleKind, Secrets};
 use crate::currents::RunFilter;
-use crate::rules::{self, RunsView};
+use crate::intake::processor;
+use crate::rules::{self, RunsView, retention};
 
 /// Runs the command.
 pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
@@ -26,10 +35,12 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
         }
     };
     let rt = super::runtime();
-    let projects = &loaded.config.currents.projects;
+    let config = &loaded.config;
+    let projects = &config.currents.projects;
     let result = rt.block_on(async {
         let run = client.get_run(run_id).await?;
-        // The other runs of its branch: for supersede (newer runs) and retention (newest N).
+        let now = Utc::now();
+        // The other runs of its branch: for supersede (newer runs) and timeout (history).
         // None for a run of a project the bot does not watch: no rule looks at it.
         let mut runs = Vec::new();
         let watched = projects.contains(&run.project_id);
@@ -47,9 +58,23 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
             }
         }
         runs.push(run.clone());
-        anyhow::Ok((run, runs))
+        // Each retention rule that selects the run: what its sweep would decide now.
+        let mut swept = Vec::new();
+        for (i, rule) in config.rules.iter().enumerate() {
+            let RuleKind::Retention(opts) = &rule.kind else {
+                continue;
+            };
+            if !watched || rule.filter.check(&run).is_err() {
+                continue;
+            }
+            swept.push((
+                i,
+                explain_retention(&client, projects, rule, opts, &run, now).await?,
+            ));
+        }
+        anyhow::Ok((run, runs, swept, now))
     });
-    let (run, runs) = match result {
+    let (run, runs, swept, now) = match result {
         Ok(x) => x,
         Err(e) => {
             errln!("runwarden explain: {e:#}");
@@ -68,7 +93,7 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
             run.project_id,
             projects.join(", ")
         );
-        for rule in &loaded.config.rules {
+        for rule in &config.rules {
             outln!(
                 "✘ no       {:<22} {:<9} {detail}",
                 rule.name,
@@ -77,8 +102,12 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let mut breaker_note = None;
-    for e in rules::explain(&loaded.config, &run, &view, Utc::now()) {
+    let mut explained = rules::explain(config, &run, &view, now);
+    for (i, (applies, detail)) in swept {
+        explained[i].applies = applies;
+        explained[i].detail = detail;
+    }
+    for e in explained {
         outln!(
             "{} {:<22} {:<9} {}",
             if e.applies {
@@ -90,18 +119,46 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
             e.kind,
             e.detail
         );
-        if e.applies && e.kind == "retention" {
-            breaker_note.get_or_insert(e.rule);
-        }
-    }
-    if let Some(rule) = breaker_note {
-        // Only the run's branch was listed: the circuit breaker counts the whole sweep.
-        outln!(
-            "note: max_deletions counts every run the sweep would delete, in every branch; this looked at branch {} only. `runwarden plan --rule {rule}` shows whether the whole sweep stays under it.",
-            run.branch().unwrap_or("-")
-        );
     }
     ExitCode::SUCCESS
+}
+
+/// Whether a sweep of retention rule `rule` now would delete `run` (which its filter
+/// selects), and why (not): the sweep's listing fed to a [`retention::Sweep`], with `run`
+/// as just read in place of its listed copy. A project the listing leaves out (refused
+/// for good) is left out here too, and named.
+async fn explain_retention(
+    client: &crate::currents::CurrentsClient,
+    projects: &[String],
+    rule: &crate::config::Rule,
+    opts: &crate::config::RetentionOptions,
+    run: &crate::currents::Run,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<(bool, String)> {
+    let mut sweep = retention::Sweep::new(rule, opts, now);
+    let skipped = processor::list_retention_runs(client, projects, rule, |r| {
+        if r.run_id != run.run_id {
+            sweep.feed(r);
+        }
+    })
+    .await?;
+    if let Some((_, e)) = skipped.iter().find(|(p, _)| *p == run.project_id) {
+        return Ok((
+            false,
+            format!(
+                "the sweep cannot list project {} (Currents API: {e}): it leaves its runs alone",
+                run.project_id
+            ),
+        ));
+    }
+    sweep.feed(run);
+    let (applies, mut detail) = sweep.explain(run);
+    for (project, e) in &skipped {
+        detail.push_str(&format!(
+            "; the sweep leaves out project {project} (Currents API: {e})"
+        ));
+    }
+    Ok((applies, detail))
 }
 
 /// The first line: the run, its project, branch, short sha, state and creation time.

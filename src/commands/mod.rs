@@ -110,7 +110,9 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// For each rule: does it apply to this run now, and if not, why not.
+    /// For each rule: does it apply to this run now, and if not, why not. A retention
+    /// rule is judged over its sweep's listing of every run of its projects (one request
+    /// per 50 runs).
     Explain {
         /// The Currents run id (`runId`) to explain.
         #[arg(value_parser = parse_run_id)]

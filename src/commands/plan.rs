@@ -5,8 +5,9 @@
 //! `idle_for` is judged from what the listing shows of each run: a run whose counters
 //! show no completed spec has made no progress since `createdAt`; one with completed
 //! specs has no spec times in a listing, so its idleness is unknown here (`explain RUN`
-//! reads the run with its specs and judges it). `serve` also counts from the moment it
-//! first saw a run, so it may act later than `plan` says, never earlier.
+//! reads the run with its specs and judges it). `serve` dates a run it first sees from
+//! its last spec completion or `createdAt`, and only a run listed with completed specs
+//! from when it first saw it, so it may act later than `plan` says, never earlier.
 
 use crate::commands::errln;
 use std::process::ExitCode;

@@ -30,6 +30,11 @@ pub enum ProcessError {
     /// The event can never be processed (kept, marked processed with the reason).
     #[error("{0}")]
     Permanent(String),
+    /// Try again, not before the wait the API asked for (a 429's `Retry-After` longer
+    /// than the client sleeps through; at most [`crate::actions::MAX_RETRY_AFTER`]) nor
+    /// before the event's own backoff.
+    #[error("{0}")]
+    Wait(String, Duration),
 }
 
 impl From<crate::currents::client::CurrentsError> for ProcessError {
@@ -48,7 +53,12 @@ impl From<crate::currents::client::CurrentsError> for ProcessError {
                 ..
             }
         );
-        if e.is_retryable() || undecodable_success || refused_for_now {
+        if let Some(wait) = e.retry_after().filter(|w| !w.is_zero()) {
+            ProcessError::Wait(
+                format!("Currents API: {e}"),
+                wait.min(crate::actions::MAX_RETRY_AFTER),
+            )
+        } else if e.is_retryable() || undecodable_success || refused_for_now {
             ProcessError::Transient(format!("Currents API: {e}"))
         } else {
             ProcessError::Permanent(format!("Currents API: {e}"))
@@ -416,8 +426,14 @@ async fn decide_one(ctx: &AppContext, d: Delivery) -> Option<ToCommit> {
             );
             return Some(ToCommit::Quiet(d.id, polled_at));
         }
-        Err(ProcessError::Transient(e)) => {
-            let backoff = retry_backoff_secs(d.attempts);
+        Err(error @ (ProcessError::Transient(_) | ProcessError::Wait(..))) => {
+            let mut backoff = retry_backoff_secs(d.attempts);
+            if let ProcessError::Wait(_, wait) = &error {
+                // Not sooner than the API asked: an attempt inside the window would
+                // meet the same 429 (and prolong it).
+                backoff = backoff.max(wait.as_secs_f64().ceil() as i64);
+            }
+            let e = error.to_string();
             let retry_at = now + chrono::Duration::seconds(backoff);
             match give_up_on(&ctx.config, &d, retry_at) {
                 None => {
@@ -1385,15 +1401,10 @@ struct SweepOutcome {
     skipped: Vec<String>,
 }
 
-/// One retention sweep of `rule`: lists every run of the projects the rule concerns (with
-/// server-side filters where they narrow the listing) and feeds each page, as it arrives,
-/// to the rules engine's incremental [`rules::retention::Sweep`]. No run is held after
-/// its page: memory grows with the branches and the deletions, not with the runs.
-///
-/// A project whose listing is refused for good (404, 403) before any of its runs was
-/// fed is left out, logged and named in [`SweepOutcome::skipped`]: the sweep decides for
-/// the others. Any other failure (a transient one, or a refusal once runs of the project
-/// were fed) fails the whole sweep, and so does a refusal of every project concerned.
+/// One retention sweep of `rule`: feeds every run [`list_retention_runs`] lists, page by
+/// page as it arrives, to the rules engine's incremental [`rules::retention::Sweep`]. No
+/// run is held after its page: memory grows with the branches and the deletions, not
+/// with the runs.
 async fn sweep_retention(
     ctx: &AppContext,
     rule: &crate::config::Rule,
@@ -1401,9 +1412,37 @@ async fn sweep_retention(
     now: DateTime<Utc>,
 ) -> Result<SweepOutcome, ProcessError> {
     let mut sweep = rules::retention::Sweep::new(rule, opts, now);
+    let skipped = list_retention_runs(&ctx.currents, &ctx.config.currents.projects, rule, |run| {
+        sweep.feed(run)
+    })
+    .await?;
+    Ok(SweepOutcome {
+        decided: sweep.finish(&ctx.config),
+        skipped: skipped
+            .into_iter()
+            .map(|(project, e)| format!("project {project} (Currents API: {e})"))
+            .collect(),
+    })
+}
+
+/// The listing a retention sweep of `rule` decides over (also what `runwarden explain`
+/// judges a retention rule by): every run of the `projects` the rule concerns (with
+/// server-side filters where they narrow the listing), each given to `feed` as its page
+/// arrives. Returns the projects it left out, each with the refusal.
+///
+/// A project whose listing is refused for good (404, 403) before any of its runs was
+/// fed is left out and logged: the sweep decides for the others. Any other failure (a
+/// transient one, or a refusal once runs of the project were fed) fails the whole
+/// listing, and so does a refusal of every project concerned.
+pub async fn list_retention_runs(
+    currents: &crate::currents::CurrentsClient,
+    projects: &[String],
+    rule: &crate::config::Rule,
+    mut feed: impl FnMut(&Run),
+) -> Result<Vec<(String, crate::currents::client::CurrentsError)>, ProcessError> {
     let mut concerned = 0usize;
     let mut refused = Vec::new();
-    for project in &ctx.config.currents.projects {
+    for project in projects {
         if let Some(ps) = &rule.filter.projects
             && !ps.contains(project)
         {
@@ -1417,18 +1456,18 @@ async fn sweep_retention(
         if let Some(statuses) = &rule.filter.statuses {
             filter.status = statuses.clone();
         }
-        let mut stream = ctx.currents.list_runs(project, &filter);
+        let mut stream = currents.list_runs(project, &filter);
         let mut fed = false;
         while let Some(run) = stream.next().await {
             match run {
                 Ok(run) => {
                     fed = true;
-                    sweep.feed(&run);
+                    feed(&run);
                 }
                 // Nothing of it fed yet: the sweep is whole without it.
                 Err(e) if !fed && project_refused(&e) => {
                     tracing::warn!(rule = %rule.name, project = %project, error = %e, "cannot list the project's runs for the retention sweep; the other projects are swept, this one is skipped");
-                    refused.push((project, e));
+                    refused.push((project.clone(), e));
                     break;
                 }
                 Err(e) => return Err(listing_error(e)),
@@ -1439,13 +1478,7 @@ async fn sweep_retention(
         let (_, e) = refused.swap_remove(0);
         return Err(listing_error(e));
     }
-    Ok(SweepOutcome {
-        decided: sweep.finish(&ctx.config),
-        skipped: refused
-            .into_iter()
-            .map(|(project, e)| format!("project {project} (Currents API: {e})"))
-            .collect(),
-    })
+    Ok(refused)
 }
 
 async fn schedule_event(

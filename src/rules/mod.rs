@@ -164,7 +164,8 @@ pub enum Trigger {
 pub struct ProgressSnapshot {
     /// Completed spec files (instances) across all groups.
     pub completed_specs: u64,
-    /// When the count last changed (or when the run was first seen).
+    /// When the count last changed (for the first snapshot: the run's last progress as
+    /// it shows it, see [`timeout::update_progress`]).
     pub changed_at: DateTime<Utc>,
 }
 

@@ -513,7 +513,9 @@ pub fn decide(
 }
 
 /// Whether a sweep now would delete `run` (with the runs of `view`), and why (not). The
-/// caller has checked the filter.
+/// caller has checked the filter. `view` should hold every run of the projects the
+/// rule concerns, as a sweep lists them: the keep slots and the `max_deletions` breaker
+/// are judged over those runs only ([`Sweep::explain`]).
 pub fn explain(
     rule: &Rule,
     opts: &RetentionOptions,
@@ -526,28 +528,39 @@ pub fn explain(
         sweep.feed(r);
     }
     sweep.feed(run);
-    let doomed = sweep.would_delete();
-    let Some(v) = sweep.verdict(run) else {
-        return (false, "not selected by the filter".into());
-    };
-    let schedule = match &opts.schedule {
-        Some(s) => format!("on schedule {:?}", s.text()),
-        None => "when swept on demand".to_string(),
-    };
-    match v {
-        Verdict::Delete if doomed > opts.max_deletions as usize => (
-            false,
-            format!(
-                "{}, but the sweep would delete {doomed} runs > max_deletions {}, so it deletes none",
-                delete_reason(opts, run, now),
-                opts.max_deletions
+    sweep.explain(run)
+}
+
+impl Sweep<'_> {
+    /// Whether this sweep, fed every run it lists (`run` among them, once), deletes
+    /// `run`, and why (not): the verdict on the run, and when it is to be deleted, whether
+    /// the `max_deletions` breaker lets the sweep delete anything. The caller has checked
+    /// the filter.
+    pub fn explain(&self, run: &Run) -> (bool, String) {
+        let (opts, now) = (self.opts, self.now);
+        let doomed = self.would_delete();
+        let Some(v) = self.verdict(run) else {
+            return (false, "not selected by the filter".into());
+        };
+        let schedule = match &opts.schedule {
+            Some(s) => format!("on schedule {:?}", s.text()),
+            None => "when swept on demand".to_string(),
+        };
+        match v {
+            Verdict::Delete if doomed > opts.max_deletions as usize => (
+                false,
+                format!(
+                    "{}, but the sweep would delete {doomed} runs > max_deletions {}, so it deletes none",
+                    delete_reason(opts, run, now),
+                    opts.max_deletions
+                ),
             ),
-        ),
-        Verdict::Delete => (
-            true,
-            format!("{} ({schedule})", delete_reason(opts, run, now)),
-        ),
-        v => (false, keep_reason(opts, run, &v, now)),
+            Verdict::Delete => (
+                true,
+                format!("{} ({schedule})", delete_reason(opts, run, now)),
+            ),
+            v => (false, keep_reason(opts, run, &v, now)),
+        }
     }
 }
 
@@ -723,6 +736,69 @@ mod tests {
         assert_eq!(
             keep_reason(o, &x, &Verdict::NotFinished, now()),
             "completion state \"COMPLETE\" is not known to be finished"
+        );
+    }
+
+    /// [`Sweep::explain`] judges a run over everything fed: the `max_deletions` breaker
+    /// counts every branch (6 expired runs on 3 branches > 3: none deleted, and it says
+    /// so), and the keep slots of runs without a branch count the others without one.
+    #[test]
+    fn a_sweep_explains_a_run_with_the_whole_listing() {
+        let r = rule("max_deletions = 3\n");
+        let RuleKind::Retention(o) = &r.kind else {
+            unreachable!()
+        };
+        let runs: Vec<Run> = (0..6)
+            .map(|i| {
+                let mut x = run(&format!("r{i}"), 40, "COMPLETE", "PASSED");
+                x.meta.commit.branch = Some(format!("b{}", i % 3));
+                x
+            })
+            .collect();
+        let mut sweep = Sweep::new(&r, o, now());
+        // Fed in pages, as a listing arrives.
+        for page in runs.chunks(4) {
+            for x in page {
+                sweep.feed(x);
+            }
+        }
+        let (applies, detail) = sweep.explain(&runs[0]);
+        assert!(!applies, "{detail}");
+        assert_eq!(
+            detail,
+            "created 40d ago > older_than 30d, but the sweep would delete 6 runs > max_deletions 3, so it deletes none"
+        );
+        assert!(sweep.finish(&load_cfg()).is_err());
+        // Its branch alone is under the breaker: the view matters.
+        let mut branch_only = Sweep::new(&r, o, now());
+        for x in runs.iter().filter(|x| x.branch() == Some("b0")) {
+            branch_only.feed(x);
+        }
+        assert!(branch_only.explain(&runs[0]).0);
+
+        let r = rule("keep_latest = 1\n");
+        let RuleKind::Retention(o) = &r.kind else {
+            unreachable!()
+        };
+        let unnamed = |id: &str, age: i64| {
+            let mut x = run(id, age, "COMPLETE", "PASSED");
+            x.meta.commit.branch = None;
+            x
+        };
+        let (older, newer) = (unnamed("older", 50), unnamed("newer", 40));
+        let mut sweep = Sweep::new(&r, o, now());
+        sweep.feed(&newer);
+        sweep.feed(&older);
+        assert_eq!(
+            sweep.explain(&older),
+            (
+                true,
+                "created 50d ago > older_than 30d; not among the 1 newest on (no branch) (on schedule \"0 3 * * *\")".into()
+            )
+        );
+        assert_eq!(
+            sweep.explain(&newer),
+            (false, "among the 1 newest on (no branch)".into())
         );
     }
 }

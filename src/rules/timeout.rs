@@ -5,10 +5,16 @@
 //! run).
 //!
 //! When was the last progress? The latest of the server's [`ProgressSnapshot`]
-//! (`changed_at`: when the completed-spec count last changed, or first seen) and the
-//! latest `specs[].completedAt` of the run. With neither, a run whose counters show no
-//! completed spec has made none since `createdAt`; otherwise progress is unknown and
-//! `idle_for` does not apply.
+//! (`changed_at`: when the completed-spec count last changed, see [`update_progress`])
+//! and the latest `specs[].completedAt` of the run. With neither, a run whose counters
+//! show no completed spec has made none since `createdAt`; otherwise progress is unknown
+//! and `idle_for` does not apply.
+//!
+//! The first snapshot of a run does not start its idle clock at the moment the server
+//! first sees it (a run created while the bot was down, or met by a fresh store, is as
+//! idle as `plan` says): it dates the progress from what the run shows, the latest
+//! `specs[].completedAt`, else `createdAt` when no spec has completed, else (specs
+//! completed, their times unknown: a listing carries none) the time it is first seen.
 
 use std::time::Duration;
 
@@ -22,8 +28,13 @@ use super::{
 use crate::config::{Config, MaxDuration, Rule, TimeoutOptions};
 use crate::currents::Run;
 
-/// The next progress snapshot of a run: `prev` unchanged while the completed-spec count
-/// is the same, else the new count changed at `now` (also when first seen).
+/// The next progress snapshot of a run observed at `now`: `prev` unchanged while the
+/// completed-spec count is the same, else the new count changed at `now`.
+///
+/// The first snapshot (`prev` is `None`) dates the run's last progress from the run
+/// itself, not from when it is first seen: the latest `specs[].completedAt` when the run
+/// shows one, else its `createdAt` when no spec has completed, else `now` (specs
+/// completed at unknown times, as in a listing). Never later than `now`.
 pub fn update_progress(
     prev: Option<&ProgressSnapshot>,
     run: &Run,
@@ -32,10 +43,22 @@ pub fn update_progress(
     let completed_specs = run.instance_counts().complete;
     match prev {
         Some(p) if p.completed_specs == completed_specs => *p,
-        _ => ProgressSnapshot {
+        Some(_) => ProgressSnapshot {
             completed_specs,
             changed_at: now,
         },
+        None => {
+            let spec_done = run.specs.iter().filter_map(|s| s.completed_at).max();
+            let since = match spec_done {
+                Some(t) => t,
+                None if completed_specs == 0 => run.created_at,
+                None => now,
+            };
+            ProgressSnapshot {
+                completed_specs,
+                changed_at: since.min(now),
+            }
+        }
     }
 }
 
@@ -259,5 +282,82 @@ mod tests {
         assert_eq!(last_progress_at(&run(0, 5), None), Some(t(12, 0)));
         // no counters at all: unknown
         assert_eq!(last_progress_at(&run(0, 0), None), None);
+    }
+
+    /// The first snapshot dates progress from the run, not from when the bot first sees
+    /// it: `createdAt` with no spec completed, the latest `completedAt` the run shows, else
+    /// (completed specs, times unknown) `now`; never later than `now`. Later snapshots
+    /// change only with the count, at `now`.
+    #[test]
+    fn a_first_snapshot_dates_progress_from_the_run_not_from_first_sight() {
+        // Created 12:00, nothing completed, first seen at 14:00: idle since 12:00.
+        let first = update_progress(None, &run(0, 5), t(14, 0));
+        assert_eq!((first.completed_specs, first.changed_at), (0, t(12, 0)));
+        assert_eq!(last_progress_at(&run(0, 5), Some(&first)), Some(t(12, 0)));
+        // Unchanged count: the clock is not reset.
+        assert_eq!(update_progress(Some(&first), &run(0, 5), t(14, 5)), first);
+        // A spec completes: changed now.
+        let moved = update_progress(Some(&first), &run(1, 5), t(14, 6));
+        assert_eq!((moved.completed_specs, moved.changed_at), (1, t(14, 6)));
+        // Completed specs with their times (a run read with its specs): the latest.
+        let mut with_specs = run(2, 5);
+        for m in [10, 25] {
+            with_specs.specs.push(crate::currents::Spec {
+                spec: format!("s{m}"),
+                completed_at: Some(t(12, m)),
+                ..Default::default()
+            });
+        }
+        with_specs.specs.push(crate::currents::Spec {
+            spec: "running".into(),
+            ..Default::default()
+        });
+        let first = update_progress(None, &with_specs, t(14, 0));
+        assert_eq!((first.completed_specs, first.changed_at), (2, t(12, 25)));
+        // Completed specs without their times (a listing): first seen now.
+        assert_eq!(
+            update_progress(None, &run(2, 5), t(14, 0)).changed_at,
+            t(14, 0)
+        );
+        // A createdAt ahead of the clock: not later than now.
+        assert_eq!(
+            update_progress(None, &run(0, 5), t(11, 0)).changed_at,
+            t(11, 0)
+        );
+    }
+
+    /// Through the rule: a run created 2h ago that has completed nothing, first seen now,
+    /// is cancelled by the first check, as `plan` (no snapshot) says.
+    #[test]
+    fn a_run_first_seen_long_idle_is_cancelled_at_once() {
+        let config = crate::config::load_str(
+            "[currents]\nprojects = [\"p\"]\n[[rules]]\nname = \"idle\"\nkind = \"timeout\"\nidle_for = \"30m\"\n",
+            "rules.toml",
+            &[],
+        )
+        .unwrap()
+        .config;
+        let rule = &config.rules[0];
+        let crate::config::RuleKind::Timeout(opts) = &rule.kind else {
+            unreachable!()
+        };
+        let now = t(14, 0);
+        let runs = [run(0, 5)];
+        let mut progress = std::collections::HashMap::new();
+        progress.insert("r".to_string(), update_progress(None, &runs[0], now));
+        let history = std::collections::HashMap::new();
+        let view = RunsView::new(&runs, &progress, &history);
+        let d = decide(&config, rule, opts, &Trigger::Tick, &view, now);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].reason, "no spec completed for 2h > idle_for 30m");
+        let plan = decide(
+            &config,
+            rule,
+            opts,
+            &Trigger::Tick,
+            &RunsView::runs_only(&runs),
+            now,
+        );
+        assert_eq!(plan, d);
     }
 }
