@@ -799,18 +799,14 @@ async fn explain_says_for_each_rule_whether_it_applies_and_why_not() {
         "{t}"
     );
     assert!(!t.contains("max_deletions counts"), "{t}");
-    // A run retention would delete: the breaker is the whole sweep's, which explain
-    // (one branch listed) cannot judge; it says so and where to look.
+    // A run retention would delete: judged over the whole sweep, which stays under its
+    // breaker.
     let (out, env) = env.run_async(&["explain", &expired]).await;
     let t = text(&out);
     assert!(
-        t.lines()
-            .any(|l| l.contains("applies") && l.contains("retention")),
-        "{t}"
-    );
-    assert!(
-        t.contains("max_deletions counts every run the sweep would delete")
-            && t.contains("runwarden plan --rule retention"),
+        t.lines().any(|l| l.contains("applies")
+            && l.contains("retention")
+            && l.contains("(on schedule \"0 3 * * *\")")),
         "{t}"
     );
     let (out, _env) = env.run_async(&["explain", &young]).await;
@@ -1751,6 +1747,352 @@ async fn a_sweep_reports_only_the_decisions_made_since_it_started() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains(&other),
+        "{}",
+        text(&out)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// `explain` judges a retention rule as its sweep would: over the sweep's listing of every
+// run of the rule's projects, not over the run's branch.
+
+const RETENTION_MAX_3: &str = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n\n[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nmax_deletions = 3\n";
+
+/// Six expired runs on three branches, `max_deletions = 3`: the run's branch alone (two
+/// runs) is under the breaker, the sweep is not. `explain` says the sweep deletes none,
+/// and why, as `sweep` then does; it mutates nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_reports_the_circuit_breaker_of_the_whole_retention_sweep() {
+    let env = setup(RETENTION_MAX_3).await;
+    let ids: Vec<String> = (0..6)
+        .map(|i| {
+            env.add(
+                &format!("feat/b{}", i % 3),
+                &format!("s{i}"),
+                Duration::days(40) + Duration::minutes(i),
+                "passed",
+                &[],
+            )
+        })
+        .collect();
+    let (out, env) = env.run_async(&["explain", &ids[0]]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = t
+        .lines()
+        .find(|l| l.contains(" retention "))
+        .unwrap_or_else(|| panic!("{t}"));
+    assert!(line.starts_with("✘ no"), "{t}");
+    assert!(
+        line.contains(
+            "created 40d ago > older_than 30d, but the sweep would delete 6 runs > max_deletions 3, so it deletes none"
+        ),
+        "{t}"
+    );
+    // Supersede is explained as before (a finished run is not in progress).
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("✘ no") && l.contains("cancel-superseded")),
+        "{t}"
+    );
+    assert!(!t.contains("max_deletions counts"), "{t}");
+    assert!(env.sim.mutation_log().is_empty(), "explain mutates nothing");
+    // The sweep agrees: its breaker trips and nothing is deleted.
+    let (out, env) = env.run_async(&["sweep", "--rule", "retention"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("circuit breaker"), "{}", text(&out));
+    assert!(env.sim.mutation_log().is_empty(), "nothing deleted");
+}
+
+/// A Currents API serving `runs` (`GET /runs/{id}`, one page of `GET
+/// /projects/{p}/runs`): for runs the simulator cannot make, such as a run without a
+/// branch. Answers the base URL.
+async fn mock_currents(runs: Vec<serde_json::Value>) -> String {
+    use axum::extract::{Path, State};
+    use axum::routing::get;
+    let runs = std::sync::Arc::new(runs);
+    let app = axum::Router::new()
+        .route(
+            "/v1/runs/{id}",
+            get(
+                |State(runs): State<std::sync::Arc<Vec<serde_json::Value>>>,
+                 Path(id): Path<String>| async move {
+                    match runs.iter().find(|r| r["runId"] == id.as_str()) {
+                        Some(r) => (
+                            axum::http::StatusCode::OK,
+                            axum::Json(serde_json::json!({"status": "OK", "data": r})),
+                        ),
+                        None => (
+                            axum::http::StatusCode::NOT_FOUND,
+                            axum::Json(
+                                serde_json::json!({"status": "FAILED", "error": "not found"}),
+                            ),
+                        ),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/v1/projects/{project}/runs",
+            get(
+                |State(runs): State<std::sync::Arc<Vec<serde_json::Value>>>,
+                 Path(project): Path<String>| async move {
+                    let data: Vec<_> = runs
+                        .iter()
+                        .filter(|r| r["projectId"] == project.as_str())
+                        .cloned()
+                        .collect();
+                    axum::Json(serde_json::json!({"status": "OK", "has_more": false, "data": data}))
+                },
+            ),
+        )
+        .with_state(runs);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/v1")
+}
+
+/// A run without a branch has keep slots too, shared with the project's other runs
+/// without one: the older of two expired such runs is deleted by a `keep_latest = 1`
+/// sweep, the newer kept. `explain` lists the project to judge them, not the run alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_judges_the_keep_slots_of_a_run_without_a_branch_over_the_project() {
+    let run = |id: &str, age_days: i64| {
+        serde_json::json!({
+            "runId": id, "projectId": PROJECT,
+            "createdAt": (Utc::now() - Duration::days(age_days)).to_rfc3339(),
+            "completionState": "COMPLETE", "status": "PASSED",
+            "meta": {"commit": {"sha": format!("sha-{id}")}},
+            "cursor": id,
+        })
+    };
+    let api = mock_currents(vec![run("nobranch-new", 40), run("nobranch-old", 50)]).await;
+    let dir = config_dir(&format!(
+        "[currents]\napi_url = \"{api}\"\nprojects = [\"{PROJECT}\"]\nmax_requests_per_second = 0\n\n[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nkeep_latest = 1\n"
+    ));
+    let explain = |id: &'static str| {
+        let mut c = bin_in(&dir);
+        c.args(["explain", id]).env("CURRENTS_API_KEY", "key");
+        c
+    };
+    let mut old = explain("nobranch-old");
+    let out = tokio::task::spawn_blocking(move || old.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        t.lines().any(|l| l.starts_with("✔ applies")
+            && l.contains("retention")
+            && l.contains(
+                "created 50d ago > older_than 30d; not among the 1 newest on (no branch)"
+            )),
+        "{t}"
+    );
+    let mut new = explain("nobranch-new");
+    let out = tokio::task::spawn_blocking(move || new.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        t.lines().any(|l| l.starts_with("✘ no")
+            && l.contains("retention")
+            && l.contains("among the 1 newest on (no branch)")),
+        "{t}"
+    );
+}
+
+// ---- dry run per rule, the emergency stop lifted, and what a sweep carried out --------
+
+/// `(rule, outcome, error)` of each decision about `run` in the last hour's audit.
+fn audit_of_run(env: &Env, run: &str) -> Vec<(String, String, String)> {
+    let out = env.run(&["audit", "--format", "json", "--since", "1h"]);
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["run_id"] == run)
+        .map(|e| {
+            (
+                e["rule"].as_str().unwrap().to_string(),
+                e["outcome"].as_str().unwrap().to_string(),
+                e["error"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The cancel requests (`PUT .../cancel`) of `run` that reached the simulator.
+fn cancels_of(env: &Env, run: &str) -> usize {
+    env.sim
+        .mutation_log()
+        .iter()
+        .filter(|e| e.method == "PUT" && e.path.contains(run))
+        .count()
+}
+
+/// SPEC §2 (dry run is per rule) and §6 (several rules deciding the same action: carried
+/// out once). `serve` queued a live cancel for `cancel-superseded`; the operator then
+/// puts that rule alone in dry run, while `stuck` (live) decides the same cancel: the
+/// sweep cancels the run once, for `stuck`, which the action records and its summary
+/// credits (`cancel_reason`), and each decision shows it done.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rule_in_dry_run_does_not_stop_another_live_rules_cancel_of_the_same_run() {
+    let rules = format!(
+        "{RULES}\n[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"10m\"\n"
+    );
+    let env = setup(&rules).await;
+    let old = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
+    let _new = env.add("feat/a", "a2", Duration::minutes(2), "running", &[]);
+    queue_cancel(&env, &old).await;
+    let file = env.dir.path().join("rules.toml");
+    let t = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        t.replace(
+            "kind = \"supersede\"\n",
+            "kind = \"supersede\"\ndry_run = true\n",
+        ),
+    )
+    .unwrap();
+    let (out, env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        cancels_of(&env, &old),
+        1,
+        "the live rule `stuck` decided to cancel {old}: {}; audit: {:?}",
+        text(&out),
+        audit_of_run(&env, &old)
+    );
+    assert_eq!(
+        env.sim.run(&old).unwrap().completion_state.as_str(),
+        "CANCELED"
+    );
+    let action = stored_action(&env, &format!("cancel:{old}")).await;
+    assert_eq!(
+        (action.state, action.rule.as_str(), action.kind.as_str()),
+        (runwarden::store::ActionState::Done, "stuck", "timeout"),
+        "{action:#?}"
+    );
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    let credit = store.cancel_reason(&old).await.unwrap().expect("credited");
+    store.close().await;
+    assert_eq!(credit.rule, "stuck", "{credit:?}");
+    // The live decisions of both rules show the cancel done; the rule in dry run's
+    // decision of this sweep is its dry run.
+    let audit = audit_of_run(&env, &old);
+    for rule in ["cancel-superseded", "stuck"] {
+        assert!(
+            audit.iter().any(|(r, o, _)| r == rule && o == "done"),
+            "{rule}: {audit:?}"
+        );
+    }
+    assert!(
+        audit
+            .iter()
+            .any(|(r, o, _)| r == "cancel-superseded" && o == "dry_run"),
+        "{audit:?}"
+    );
+}
+
+/// The emergency stop lifted (SPEC §2, §6): a queued cancel that `dry_run = true` held
+/// back (ended `skipped`, nothing sent) is not held for good. A sweep while the stop is
+/// still on decides the cancel again only as a dry run, which leaves it held; once the
+/// stop is lifted the rule decides it again, live (the same decision, deduplicated), and
+/// that puts it back in the queue: the sweep cancels the run, once, and a later sweep
+/// sends nothing more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_held_back_by_the_emergency_stop_is_carried_out_once_it_is_lifted() {
+    let env = setup(RULES).await;
+    let old = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
+    let _new = env.add("feat/a", "a2", Duration::minutes(2), "running", &[]);
+    queue_cancel(&env, &old).await;
+    let file = env.dir.path().join("rules.toml");
+    let live = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("dry_run = true\n{live}")).unwrap();
+    let (out, env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(cancels_of(&env, &old), 0);
+    let held = |env: &Env| {
+        audit_of_run(env, &old)
+            .into_iter()
+            .any(|(_, o, e)| o == "skipped" && e.contains("dry_run is on"))
+    };
+    assert!(held(&env), "{:?}", audit_of_run(&env, &old));
+    // Still stopped: decided again as a dry run only, it stays held.
+    let (out, env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(cancels_of(&env, &old), 0);
+    assert!(held(&env), "{:?}", audit_of_run(&env, &old));
+
+    // Lifted.
+    std::fs::write(&file, &live).unwrap();
+    let (out, env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        cancels_of(&env, &old),
+        1,
+        "dry run is off, the run is still superseded and in progress: {}; audit: {:?}",
+        text(&out),
+        audit_of_run(&env, &old)
+    );
+    assert!(
+        text(&out).contains("sweep: 1 decision(s): 1 done"),
+        "{}",
+        text(&out)
+    );
+    let action = stored_action(&env, &format!("cancel:{old}")).await;
+    assert_eq!(
+        (action.state, action.attempts),
+        (runwarden::store::ActionState::Done, 1),
+        "the holds counted no attempt: {action:#?}"
+    );
+    // Carried out once.
+    let (out, env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(cancels_of(&env, &old), 1);
+}
+
+/// SPEC §1: exit 1 when an action failed for good. A sweep takes up a cancel queued
+/// before it started (by `serve`) and it fails for good (a 400): that is the sweep's
+/// work as much as what it decides (and as it would be if left unfinished), so its
+/// report lists it, its summary counts it as failed and says it was queued before, and
+/// it exits 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_exits_1_when_a_queued_action_it_carried_out_fails_for_good() {
+    let env = setup(RULES).await;
+    let run = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
+    queue_cancel(&env, &run).await;
+    env.fail_once("PUT", &format!("/v1/runs/{run}/cancel"));
+    let (out, env) = env.run_async(&["sweep"]).await;
+    assert_eq!(
+        audit_of_run(&env, &run)[0].1,
+        "failed",
+        "precondition: the action failed for good: {}",
+        text(&out)
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("sweep: 1 decision(s): 0 done, 0 dry run, 0 skipped, 1 failed, 0 pending (1 of them made before this sweep, for actions queued before it that it took up)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("failed") && l.contains(&run)),
+        "{stdout}"
+    );
+    // The same, done: exit 0, and the report still lists it.
+    let other = env.add("feat/b", "b1", Duration::minutes(20), "running", &[]);
+    queue_cancel(&env, &other).await;
+    let (out, _env) = env.run_async(&["sweep"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("sweep: 1 decision(s): 1 done"),
         "{}",
         text(&out)
     );

@@ -1115,7 +1115,8 @@ async fn cancel_run_outcomes() {
         c.cancel_run("gone").await.unwrap(),
         CancelOutcome::AlreadyDone {
             status: 404,
-            message: "Run not found".into()
+            message: "Run not found".into(),
+            after_unanswered: false,
         }
     );
     assert!(matches!(
@@ -1126,7 +1127,8 @@ async fn cancel_run_outcomes() {
         c.cancel_run("done").await.unwrap(),
         CancelOutcome::AlreadyDone {
             status: 422,
-            message: "Run already cancelled".into()
+            message: "Run already cancelled".into(),
+            after_unanswered: false,
         }
     );
     assert!(

@@ -168,3 +168,42 @@ async fn a_cancel_whose_verification_failed_once_is_still_credited_to_the_rule()
         "{cancel:#?}"
     );
 }
+
+/// Runwarden's cancel takes effect but its answer is lost (the connection drops after
+/// the simulator acted); the client asks again and Currents answers 422 "already
+/// cancelled". The run reads as cancelled, so it was runwarden's request that cancelled
+/// it: the action's note says so and the summary names the rule.
+#[tokio::test]
+async fn a_cancel_whose_answer_was_lost_is_credited_to_the_rule() {
+    let app = spawn_app(RULES).await;
+    let id = stuck_run(&app, "feat/lost", "5eed009", 49);
+    app.sim.inject_fault(
+        Fault::new(FaultKind::Drop)
+            .on("PUT", format!("/v1/runs/{id}/cancel"))
+            .applied(),
+    );
+    assert_eq!(app.currents_hook("RUN_START", &id).await.status(), 202);
+    app.wait_for("runwarden's cancel", 15, |a| {
+        a.sim.run(&id).unwrap().completion_state.as_str() == "CANCELED"
+    })
+    .await;
+    assert_eq!(app.currents_hook("RUN_CANCELED", &id).await.status(), 202);
+    let body = summary_of(&app, &id, 49).await;
+    assert!(
+        body.contains("Cancelled by runwarden, rule `stuck`"),
+        "{body}"
+    );
+    let cancel = cancel_of(&app, &id).await;
+    assert!(
+        cancel.detail.as_deref().is_some_and(|d| d.starts_with(
+            "cancelled (the answer to runwarden's request was lost; asked again, Currents said (422"
+        )),
+        "{cancel:#?}"
+    );
+    let puts = app
+        .mutations()
+        .iter()
+        .filter(|m| m.ends_with(&format!("{id}/cancel")))
+        .count();
+    assert_eq!(puts, 2, "the lost request and the one asked again");
+}

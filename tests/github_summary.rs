@@ -3305,21 +3305,7 @@ async fn a_lease_held_for_work_is_renewed_and_the_work_stopped_once_lost() {
 /// Records `run` in the store's runs table, as the intake does for every event it
 /// processes (webhook or poll) before any summary of it is decided.
 async fn observe(store: &runwarden::store::Store, run: &Run) {
-    let now = chrono::Utc::now();
-    let rec = runwarden::store::RunRecord {
-        run_id: run.run_id.clone(),
-        project_id: run.project_id.clone(),
-        branch: run.branch().map(str::to_string),
-        sha: run.sha().map(str::to_string),
-        created_at: run.created_at,
-        completion_state: run.completion_state.as_str().to_string(),
-        status: run.status.as_str().to_string(),
-        json: serde_json::to_string(run).unwrap(),
-        completed_specs: run.instance_counts().complete as i64,
-        progress_changed_at: now,
-        duration_ms: run.duration_ms.map(|d| d as i64),
-        updated_at: now,
-    };
+    let (_, rec) = runwarden::intake::processor::run_record(None, run, chrono::Utc::now());
     assert!(store.upsert_run(&rec).await.unwrap(), "{}", run.run_id);
 }
 

@@ -2384,3 +2384,345 @@ async fn a_workers_outcome_applies_only_while_the_action_is_still_its_own(db: Db
         Err(StoreError::NotFound { .. })
     ));
 }
+
+// ---- dry run per rule: an action held back, re-opened, or carried out for another rule ----
+
+both!(
+    a_live_decision_reopens_an_action_dry_run_held_back_and_a_dry_run_decision_does_not,
+    an_action_skipped_for_another_reason_than_dry_run_stays_skipped,
+    a_hold_gives_way_to_a_live_decision_recorded_since_the_executor_looked,
+    a_hold_and_another_rules_live_decision_racing_never_leave_the_action_skipped,
+    the_cancel_is_credited_to_the_live_rule_it_was_carried_out_for,
+);
+
+/// The note the executor holds an action back with (`actions::dry_run_hold`).
+fn held_note(rule: &str) -> String {
+    format!(
+        "{} for rule {rule:?} (the action was queued before)",
+        runwarden::store::actions::DRY_RUN_HOLD
+    )
+}
+
+/// Claims the one due action (due by the wall clock: a re-opened action is due from when
+/// it was re-opened) for `worker`.
+async fn claim_one(s: &Store, worker: &str) -> runwarden::store::ActionRow {
+    let mut claimed = s
+        .claim_due_actions(
+            Utc::now() + chrono::Duration::seconds(5),
+            10,
+            Duration::from_secs(60),
+            worker,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "{claimed:#?}");
+    claimed.remove(0)
+}
+
+/// SPEC §2/§6, the emergency stop lifted: a cancel that dry run held back (ended
+/// `skipped`, counting no attempt) is put back in the queue by a live decision of it,
+/// repeated (deduplicated: the same rule deciding the same again) as much as new, in
+/// the decision's own transaction; it is then carried out once, and a later decision
+/// does not re-open it. A decision made while still in dry run (recorded as such, with
+/// no action) leaves it held.
+async fn a_live_decision_reopens_an_action_dry_run_held_back_and_a_dry_run_decision_does_not(
+    db: Db,
+) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    let first = s
+        .record_decisions(&[decision("sup", "supersede", "cancel", "run-1", t(0))])
+        .await
+        .unwrap();
+    let id = first[0].action_id.unwrap();
+    let a = claim_one(s, "w1").await;
+    assert_eq!(a.id, id);
+    assert!(
+        s.hold_action_as(id, "w1", &held_note("sup"), |_| false)
+            .await
+            .unwrap()
+    );
+    let held = s.get_action(id).await.unwrap().unwrap();
+    assert_eq!(
+        (held.state, held.attempts, held.worker_id.as_deref()),
+        (ActionState::Skipped, 0, None),
+        "held back, no attempt counted: {held:#?}"
+    );
+
+    // Still in dry run: the rule's decision is a dry run, which re-opens nothing.
+    let mut dry = decision("sup", "supersede", "cancel", "run-1", t(10));
+    dry.dry_run = true;
+    let rec = s.record_decisions(&[dry]).await.unwrap();
+    assert_eq!(rec[0].action_id, None);
+    assert_eq!(
+        s.get_action(id).await.unwrap().unwrap().state,
+        ActionState::Skipped
+    );
+    assert!(
+        s.claim_due_actions(Utc::now(), 10, Duration::from_secs(60), "w1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Live again: the same rule decides the same cancel again (deduplicated).
+    let again = s
+        .record_decisions(&[decision("sup", "supersede", "cancel", "run-1", t(20))])
+        .await
+        .unwrap();
+    assert!(!again[0].new_decision && !again[0].new_action, "{again:?}");
+    assert_eq!(again[0].action_id, Some(id));
+    let reopened = s.get_action(id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            reopened.state,
+            reopened.attempts,
+            reopened.detail.as_deref(),
+            reopened.finished_at
+        ),
+        (ActionState::Pending, 0, None, None),
+        "{reopened:#?}"
+    );
+    let audit = s.audit(None, None, 10).await.unwrap();
+    let live: Vec<_> = audit
+        .iter()
+        .filter(|e| e.outcome != Outcome::DryRun)
+        .collect();
+    assert_eq!(live.len(), 1, "{audit:#?}");
+    assert_eq!(live[0].outcome, Outcome::Planned);
+
+    // Carried out once.
+    assert_eq!(claim_one(s, "w2").await.id, id);
+    assert!(
+        s.complete_action_as(
+            id,
+            "w2",
+            ActionOutcome::Done,
+            "cancelled; run is CANCELED",
+            None
+        )
+        .await
+        .unwrap()
+    );
+    s.record_decisions(&[decision("sup", "supersede", "cancel", "run-1", t(30))])
+        .await
+        .unwrap();
+    let done = s.get_action(id).await.unwrap().unwrap();
+    assert_eq!((done.state, done.attempts), (ActionState::Done, 1));
+}
+
+/// Only dry run's hold is undone by a decision: an action skipped because the executor
+/// found nothing to do (a summary unchanged, the run gone, a rule removed) is finished,
+/// and a decision of it again (a redelivered event, the next poll) adds nothing, as for
+/// one done; nor is a record that is never carried out (a circuit breaker's) re-opened.
+async fn an_action_skipped_for_another_reason_than_dry_run_stays_skipped(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    let rec = s
+        .record_decisions(&[decision("pr", "summary", "summarize", "run-1", t(0))])
+        .await
+        .unwrap();
+    let id = rec[0].action_id.unwrap();
+    claim_one(s, "w1").await;
+    assert!(
+        s.complete_action_as(
+            id,
+            "w1",
+            ActionOutcome::Skipped,
+            "run no longer exists",
+            None
+        )
+        .await
+        .unwrap()
+    );
+    s.record_decisions(&[decision("pr", "summary", "summarize", "run-1", t(10))])
+        .await
+        .unwrap();
+    let a = s.get_action(id).await.unwrap().unwrap();
+    assert_eq!(
+        (a.state, a.detail.as_deref()),
+        (ActionState::Skipped, Some("run no longer exists"))
+    );
+
+    let mut breaker = decision("ret", "retention", "delete", "breaker-1", t(20));
+    breaker.skip = Some("circuit breaker: 600 runs > max_deletions 500".into());
+    let rec = s.record_decisions(&[breaker.clone()]).await.unwrap();
+    breaker.at = t(30);
+    s.record_decisions(&[breaker]).await.unwrap();
+    let b = s
+        .get_action(rec[0].action_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.state, ActionState::Skipped);
+    assert_eq!(s.queue_depth().await.unwrap(), 0);
+}
+
+/// SPEC §6, several rules deciding one cancel: the executor looked at the cancel's
+/// deciders (all in dry run) and is about to hold it back when another rule, live,
+/// decides the same cancel. The hold, checked again in the store's write transaction,
+/// gives way: the action is handed back (due at once, no attempt counted) rather than
+/// ended `skipped` under a live decision nothing would re-open.
+async fn a_hold_gives_way_to_a_live_decision_recorded_since_the_executor_looked(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    let rec = s
+        .record_decisions(&[decision("sup", "supersede", "cancel", "run-1", t(0))])
+        .await
+        .unwrap();
+    let id = rec[0].action_id.unwrap();
+    claim_one(s, "w1").await;
+    assert_eq!(
+        s.live_deciders(id).await.unwrap(),
+        [("sup".to_string(), "supersede".to_string())]
+    );
+    // `stuck` (live) decides it while the executor is on it.
+    s.record_decisions(&[decision("stuck", "timeout", "cancel", "run-1", t(1))])
+        .await
+        .unwrap();
+    let live = |rule: &str| rule == "stuck";
+    assert!(
+        !s.hold_action_as(id, "w1", &held_note("sup"), live)
+            .await
+            .unwrap()
+    );
+    let a = s.get_action(id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            a.state,
+            a.attempts,
+            a.worker_id.as_deref(),
+            a.detail.as_deref()
+        ),
+        (ActionState::Pending, 0, None, None),
+        "{a:#?}"
+    );
+    assert_eq!(
+        s.live_deciders(id).await.unwrap(),
+        [
+            ("sup".to_string(), "supersede".to_string()),
+            ("stuck".to_string(), "timeout".to_string())
+        ]
+    );
+    // Claimed again, it is not held (another worker's hold applies to nothing).
+    assert_eq!(claim_one(s, "w2").await.id, id);
+    assert!(
+        !s.hold_action_as(id, "w1", &held_note("sup"), |_| false)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.get_action(id).await.unwrap().unwrap().state,
+        ActionState::Running
+    );
+}
+
+/// Replicas (PostgreSQL, or two processes on one SQLite file): one executor holds a
+/// cancel back (its deciders in dry run) while another process records a live rule's
+/// decision of it. Whichever commits first, the action ends up in the queue, never
+/// `skipped` under that live decision: the hold and the decision's record take the same
+/// write lock, and each checks the other's work.
+async fn a_hold_and_another_rules_live_decision_racing_never_leave_the_action_skipped(db: Db) {
+    let ts = TempStore::new(db).await;
+    let executor = ts.reopen().await;
+    let processor = ts.reopen().await;
+    for i in 0..12 {
+        let run = format!("run-{i}");
+        let rec = ts
+            .store
+            .record_decisions(&[decision("sup", "supersede", "cancel", &run, t(0))])
+            .await
+            .unwrap();
+        let id = rec[0].action_id.unwrap();
+        claim_one(&ts.store, "w1").await;
+        let note = held_note("sup");
+        let live = [decision("stuck", "timeout", "cancel", &run, t(1))];
+        let hold = executor.hold_action_as(id, "w1", &note, |r| r == "stuck");
+        let decide = processor.record_decisions(&live);
+        let (held, decided) = tokio::join!(hold, decide);
+        held.unwrap();
+        decided.unwrap();
+        let a = ts.store.get_action(id).await.unwrap().unwrap();
+        assert_eq!(a.state, ActionState::Pending, "round {i}: {a:#?}");
+        // Out of the way of the next round's claim.
+        ts.store
+            .complete_action(id, ActionOutcome::Done, "cancelled")
+            .await
+            .unwrap();
+    }
+    executor.close().await;
+    processor.close().await;
+}
+
+/// SPEC §4 summary ("which rule did it and why"): a cancel carried out for a live rule
+/// because the rule that decided it first is in dry run (`act_for_rule_as`) credits the
+/// live rule, not the first decision's; one carried out for the first rule credits it,
+/// as before. Only the worker holding the action records the rule.
+async fn the_cancel_is_credited_to_the_live_rule_it_was_carried_out_for(db: Db) {
+    let ts = TempStore::new(db).await;
+    let s = &ts.store;
+    let rec = s
+        .record_decisions(&[
+            decision("sup", "supersede", "cancel", "run-1", t(0)),
+            decision("stuck", "timeout", "cancel", "run-1", t(1)),
+        ])
+        .await
+        .unwrap();
+    let id = rec[0].action_id.unwrap();
+    let a = claim_one(s, "w1").await;
+    assert_eq!(a.rule, "sup");
+    assert!(
+        !s.act_for_rule_as(id, "w2", "stuck", "timeout")
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.act_for_rule_as(id, "w1", "stuck", "timeout")
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.complete_action_as(
+            id,
+            "w1",
+            ActionOutcome::Done,
+            "cancelled; run is CANCELED",
+            None
+        )
+        .await
+        .unwrap()
+    );
+    let a = s.get_action(id).await.unwrap().unwrap();
+    assert_eq!((a.rule.as_str(), a.kind.as_str()), ("stuck", "timeout"));
+    let credit = s.cancel_reason("run-1").await.unwrap().unwrap();
+    assert_eq!(
+        (credit.rule.as_str(), credit.reason.as_str()),
+        ("stuck", "stuck says cancel run-1")
+    );
+    // Both decisions show the action done (carried out once, each decision recorded).
+    let audit = s.audit(None, None, 10).await.unwrap();
+    assert_eq!(audit.len(), 2);
+    assert!(
+        audit.iter().all(|e| e.outcome == Outcome::Done),
+        "{audit:#?}"
+    );
+
+    // Carried out for the first rule: it is credited.
+    s.record_decisions(&[
+        decision("sup", "supersede", "cancel", "run-2", t(0)),
+        decision("stuck", "timeout", "cancel", "run-2", t(1)),
+    ])
+    .await
+    .unwrap();
+    let b = claim_one(s, "w1").await;
+    s.complete_action_as(
+        b.id,
+        "w1",
+        ActionOutcome::Done,
+        "cancelled; run is CANCELED",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.cancel_reason("run-2").await.unwrap().unwrap().rule, "sup");
+}

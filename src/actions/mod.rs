@@ -26,7 +26,7 @@ use rand::Rng;
 use crate::config::RuleKind;
 use crate::currents::client::{CancelOutcome, DeleteOutcome};
 use crate::server::AppContext;
-use crate::store::actions::{ClaimFilter, RuleSet};
+use crate::store::actions::{ClaimFilter, DRY_RUN_HOLD, RuleSet};
 use crate::store::{ActionOutcome, ActionRow};
 
 /// Attempts before an action is failed for good. With the production backoff (1 s
@@ -474,20 +474,87 @@ async fn renew_leases(ctx: &AppContext, ids: InFlight) {
 /// How often [`run_due_until`] looks for newly due actions while others are in flight.
 const CLAIM_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Whether the configuration as it is now keeps `a` from mutating anything (a cancel, a
-/// delete, a summary: even its reads could mint a GitHub App token with a POST): the rule
-/// that decided it is in dry-run mode (its own `dry_run`, else the global one), or, for
-/// a rule no longer configured, the global `dry_run` is on. A dry-run decision never
-/// gets an action, so this is an action queued before dry run was switched on (the
-/// emergency stop: `dry_run = true` and a restart): SPEC §6, dry run mutates nothing
-/// anywhere, so it ends `skipped`, with a note saying why, rather than being carried
-/// out now or held for later (when it might no longer be wanted).
-fn held_by_dry_run(config: &crate::config::Config, a: &ActionRow) -> bool {
+/// Whether the rule named `rule` is live as the configuration is now: not in dry-run mode
+/// (its own `dry_run`, else the global one; a rule's own `dry_run = false` is live under
+/// the global `dry_run = true`), or, for a rule no longer configured, the global
+/// `dry_run` is off.
+fn rule_is_live(config: &crate::config::Config, rule: &str) -> bool {
     config
         .rules
         .iter()
-        .find(|r| r.name == a.rule)
-        .map_or(config.dry_run, |r| r.is_dry_run(config.dry_run))
+        .find(|r| r.name == rule)
+        .map_or(!config.dry_run, |r| !r.is_dry_run(config.dry_run))
+}
+
+/// Whether the rule `a` is carried out for ([`ActionRow::rule`]) is in dry-run mode now:
+/// then [`dry_run_hold`] looks for another rule with a live decision on it, or holds it.
+fn held_by_dry_run(config: &crate::config::Config, a: &ActionRow) -> bool {
+    !rule_is_live(config, &a.rule)
+}
+
+/// Dry run as an action falls due (a cancel, a delete, a summary: even a summary's reads
+/// could mint a GitHub App token with a POST). A dry-run decision never gets an action,
+/// so an action whose rule is in dry-run mode now was queued before dry run was switched
+/// on (the emergency stop: `dry_run = true` and a restart; or a rule's own `dry_run`).
+///
+/// Dry run is per rule (SPEC §2), and when several rules decide the same action it is
+/// carried out once (SPEC §6): the action is held back only when no rule with a live
+/// decision on it is live now ([`rule_is_live`]). When the rule it was to be carried out
+/// for is in dry-run mode but another of its deciders is live, it is carried out for that
+/// one (`None`, with `a.rule` and `a.kind` changed, and so recorded:
+/// [`crate::store::Store::act_for_rule_as`], which its summary's credit and its metrics
+/// follow). When none is, it ends `skipped` (`Some`), with a note beginning with
+/// [`DRY_RUN_HOLD`] that names the rules, rather than being carried out now (SPEC §6: dry
+/// run mutates nothing anywhere): written by [`crate::store::Store::hold_action_as`],
+/// which checks the deciders again under the store's write lock and counts no attempt. A
+/// live decision of it afterwards (the stop lifted) puts it back in the queue
+/// ([`crate::store::Store::record_decisions`]). `None` for any other action, or one whose
+/// rule is live; a postponement when the store cannot say which rules decided it.
+async fn dry_run_hold(ctx: &AppContext, a: &mut ActionRow) -> Option<Attempt> {
+    if !matches!(a.action.as_str(), "cancel" | "delete" | "summarize")
+        || !held_by_dry_run(&ctx.config, a)
+    {
+        return None;
+    }
+    let deciders = match ctx.store.live_deciders(a.id).await {
+        Ok(d) => d,
+        Err(e) => {
+            return Some(Attempt::Postpone(format!(
+                "cannot read which rules decided it (to see whether dry run holds it back): {e}"
+            )));
+        }
+    };
+    if let Some((rule, kind)) = deciders.iter().find(|(r, _)| rule_is_live(&ctx.config, r)) {
+        return match ctx
+            .store
+            .act_for_rule_as(a.id, &ctx.worker_id, rule, kind)
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(action = %a.action, run = %a.run_id, rule = %rule, "carried out for rule {rule:?}, which decided it too: rule {:?} is in dry-run mode", a.rule);
+                a.rule = rule.clone();
+                a.kind = kind.clone();
+                None
+            }
+            // No longer this worker's: nothing is sent, and nothing written.
+            Ok(false) => Some(Attempt::Postpone(
+                "the action is no longer this worker's".into(),
+            )),
+            Err(e) => Some(Attempt::Postpone(format!(
+                "cannot record the rule it is carried out for ({rule:?}): {e}"
+            ))),
+        };
+    }
+    let rules: Vec<String> = if deciders.is_empty() {
+        vec![format!("{:?}", a.rule)]
+    } else {
+        deciders.iter().map(|(r, _)| format!("{r:?}")).collect()
+    };
+    Some(Attempt::Skipped(format!(
+        "{DRY_RUN_HOLD} for {} {} (the action was queued before; a live decision of it queues it again)",
+        if rules.len() == 1 { "rule" } else { "rules" },
+        rules.join(", "),
+    )))
 }
 
 /// Carries one claimed action out and records the outcome, while the action is still
@@ -502,22 +569,19 @@ pub async fn execute(ctx: &AppContext, a: ActionRow) {
 /// longer this worker's while the attempt is in flight (see [`renew_leases`]): the
 /// attempt's outcome, and a run-end event it would store, are then left to the action's
 /// new holder (not written, not counted).
-async fn execute_leased(ctx: &AppContext, a: ActionRow, lease: &Lease) {
+async fn execute_leased(ctx: &AppContext, mut a: ActionRow, lease: &Lease) {
     // A run read while acting, remembered with the outcome.
     let mut seen = None;
     // How long the API asked to wait before trying again (a rate limit's Retry-After).
     let mut retry_after = None;
-    let attempt = match a.action.as_str() {
-        "cancel" | "delete" | "summarize" if held_by_dry_run(&ctx.config, &a) => {
-            Attempt::Skipped(format!(
-                "not carried out: dry_run is on for rule {:?} (the action was queued before)",
-                a.rule
-            ))
-        }
-        "cancel" => cancel(ctx, &a, &mut seen, &mut retry_after).await,
-        "delete" => delete(ctx, &a, &mut retry_after).await,
-        "summarize" => summarize(ctx, &a, &mut retry_after).await,
-        other => Attempt::Fail(format!("unknown action {other:?}")),
+    let attempt = match dry_run_hold(ctx, &mut a).await {
+        Some(held) => held,
+        None => match a.action.as_str() {
+            "cancel" => cancel(ctx, &a, &mut seen, &mut retry_after).await,
+            "delete" => delete(ctx, &a, &mut retry_after).await,
+            "summarize" => summarize(ctx, &a, &mut retry_after).await,
+            other => Attempt::Fail(format!("unknown action {other:?}")),
+        },
     };
     let now = Utc::now();
     let kind = a.kind.clone();
@@ -689,6 +753,12 @@ async fn write_outcome(
                 .complete_action_as(a.id, me, ActionOutcome::Done, detail, f.seen)
                 .await?
         }
+        // Held back by dry run (see `dry_run_hold`): unless a live decision came meanwhile.
+        Attempt::Skipped(detail) if detail.starts_with(DRY_RUN_HOLD) => {
+            ctx.store
+                .hold_action_as(a.id, me, detail, |rule| rule_is_live(&ctx.config, rule))
+                .await?
+        }
         Attempt::Skipped(detail) => {
             ctx.store
                 .complete_action_as(a.id, me, ActionOutcome::Skipped, detail, None)
@@ -795,12 +865,26 @@ async fn cancel_once(
     seen: &mut Option<crate::store::RunRecord>,
     retry_after: &mut Option<Duration>,
 ) -> Attempt {
+    let mut answer_lost: Option<String> = None;
     let note = match ctx.currents.cancel_run(&a.run_id).await {
         // The run's summary credits the rule with the cancel only for this note
         // (`Store::cancel_reason`); an "already done" answer means someone else did.
         Ok(CancelOutcome::Cancelled(_)) => crate::store::actions::CANCEL_TOOK_EFFECT.to_string(),
-        Ok(CancelOutcome::AlreadyDone { status, message }) => {
-            format!("already done ({status}: {message})")
+        Ok(CancelOutcome::AlreadyDone {
+            status,
+            message,
+            after_unanswered,
+        }) => {
+            let done = format!("already done ({status}: {message})");
+            if after_unanswered {
+                // An earlier request of this call went unanswered (its connection
+                // dropped, a 5xx): if the run now reads as cancelled, that request is
+                // what cancelled it. Credited below, after the verification read.
+                answer_lost = Some(done);
+                String::new()
+            } else {
+                done
+            }
         }
         // A final refusal other than for the key (401, 403): the API documents only 400
         // for a cancel it will not do, and says nothing of a run that finished between
@@ -830,7 +914,21 @@ async fn cancel_once(
         Err(e) => return classify(e, "cancel", retry_after),
     };
     // Verify: read the run again.
-    match ctx.currents.get_run(&a.run_id).await {
+    let verified = ctx.currents.get_run(&a.run_id).await;
+    let note = match answer_lost {
+        Some(done) => match &verified {
+            Ok(run) if run.completion_state == crate::currents::CompletionState::Canceled => {
+                format!(
+                    "{} (the answer to runwarden's request was lost; asked again, Currents said {})",
+                    crate::store::actions::CANCEL_TOOK_EFFECT,
+                    done.trim_start_matches("already done ")
+                )
+            }
+            _ => format!("{done} after an unanswered request"),
+        },
+        None => note,
+    };
+    match verified {
         Ok(run) if run.is_in_progress() => {
             Attempt::Retry(format!("{note}, but the run is still in progress"))
         }

@@ -2,15 +2,16 @@
 //! (for a cron job or a CI step). It uses the same store, processor and executor as
 //! `serve`: every decision is recorded before it is acted on, and `audit` shows it.
 //!
-//! Exit 0 when everything decided was done, 1 when an action failed for good, a
-//! retention circuit breaker tripped, the store could not be opened, the evaluation
-//! itself failed (no project could be listed, say: the error is printed), the outcome
-//! could not be read back from the store at the end (the report would be empty or
-//! incomplete: the error is printed), or its own work was not finished when it stopped
-//! waiting (its deadline, [`SWEEP_DEADLINE`], reached, or the next retry of an action of
-//! its own not due before it: a long API outage, say; what is left is printed, for
-//! `serve` or the next sweep to carry out), 2 for bad usage or an invalid config, missing
-//! credentials (`CURRENTS_API_KEY`) included.
+//! Exit 0 when everything decided was done, 1 when an action it carried out failed for
+//! good (one it decided, or one already queued when it looked that it took up, see
+//! below), a retention circuit breaker tripped, the store could not be opened, the
+//! evaluation itself failed (no project could be listed, say: the error is printed),
+//! the outcome could not be read back from the store at the end (the report would be
+//! empty or incomplete: the error is printed), or its own work was not finished when it
+//! stopped waiting (its deadline, [`SWEEP_DEADLINE`], reached, or the next retry of an
+//! action of its own not due before it: a long API outage, say; what is left is
+//! printed, for `serve` or the next sweep to carry out), 2 for bad usage or an invalid
+//! config, missing credentials (`CURRENTS_API_KEY`) included.
 //!
 //! A sweep needs only `CURRENTS_API_KEY` (SPEC §1), and may run with a rules file of
 //! its own: it claims only the actions it can carry out ([`crate::actions::
@@ -40,6 +41,12 @@
 //! next attempt not due before the deadline, or the deadline reached) is left the same
 //! way, but its work is unfinished: it says what is left and exits 1.
 //!
+//! The report (stdout) lists the decisions this sweep made, and those behind the
+//! actions it took up that were queued before it started (made by `serve`, say; the
+//! summary line says how many), each with its action's state now; its summary line
+//! counts them all, and the exit code follows them: a failure for good of any of its
+//! actions exits 1, as one of them left unfinished does.
+//!
 //! A rule deciding again what it decided before (the same run to delete as in last
 //! night's sweep) leaves one decision in the store, the first: the report lists it all
 //! the same, with its action's state now. When that action had failed for good, it is
@@ -51,9 +58,11 @@
 //! decisions, nor actions already queued (by `serve`, or by a sweep that crashed), which
 //! stay queued, nor retries of failed ones; it processes its own events only. With
 //! `dry_run = true` in the config (the emergency stop), the executor ends a queued
-//! cancel, delete or summary of a rule in dry-run mode (a rule's own `dry_run = false`
-//! overrides the global one) as `skipped` instead of carrying it out (see
-//! `actions::execute`).
+//! cancel, delete or summary as `skipped` instead of carrying it out when every rule
+//! with a live decision on it is in dry-run mode (a rule's own `dry_run = false`
+//! overrides the global one); when one of them is live, it is carried out for that rule.
+//! A live decision of a held action afterwards (the stop lifted, this sweep's poll
+//! deciding it again) queues it again, and it is carried out (see `actions::execute`).
 
 use crate::commands::errln;
 use std::collections::HashSet;
@@ -267,7 +276,8 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
         };
         // The decisions made since the sweep started: `Store::audit` also gives older
         // ones whose action changed meanwhile (another process's work, which is not this
-        // sweep's to report or to fail for); those this sweep decided again follow.
+        // sweep's to report or to fail for); those this sweep decided again, and those of
+        // the queued actions it carried out, follow.
         entries.retain(|e| e.at >= started);
         drain_events(&mut events, &mut repeated, &mut mine);
         report_left(&ctx, &claims).await;
@@ -292,6 +302,23 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
             more.retain(|e| {
                 e.at < started && rule.is_none_or(|r| e.rule == r) && !entries.contains(e)
             });
+            entries.extend(more);
+            entries.sort_by_key(|e| std::cmp::Reverse(e.at));
+        }
+        // The actions it took up that were queued before it started (by `serve`, or a
+        // sweep that crashed): its work as much as those it decided, as their being
+        // unfinished is (above). Their decisions, made before it, are listed and counted:
+        // one of them that failed for good fails the sweep.
+        let mut taken_up: Vec<i64> = mine.iter().copied().collect();
+        taken_up.sort_unstable();
+        let mut queued_before = 0;
+        if !taken_up.is_empty() {
+            let mut more = match ctx.store.audit_of_actions_by_id(&taken_up).await {
+                Ok(m) => m,
+                Err(e) => return unreadable("the actions this sweep carried out", &e),
+            };
+            more.retain(|e| e.at < started && !entries.contains(e));
+            queued_before = more.len();
             entries.extend(more);
             entries.sort_by_key(|e| std::cmp::Reverse(e.at));
         }
@@ -323,13 +350,20 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
             );
         }
         outln!(
-            "sweep: {} decision(s): {} done, {} dry run, {} skipped, {} failed, {} pending",
+            "sweep: {} decision(s): {} done, {} dry run, {} skipped, {} failed, {} pending{}",
             entries.len(),
             count("done"),
             count("dry_run"),
             count("skipped"),
             count("failed"),
-            count("planned")
+            count("planned"),
+            if queued_before > 0 {
+                format!(
+                    " ({queued_before} of them made before this sweep, for actions queued before it that it took up)"
+                )
+            } else {
+                String::new()
+            }
         );
         // An evaluation that failed (every project's listing refused, say) decided
         // nothing: not a clean sweep.

@@ -143,7 +143,13 @@ pub enum CancelOutcome {
     Cancelled(CancelResult),
     /// HTTP 404, 409 or 422: the run is gone, already cancelled or already finished.
     /// Cancel is idempotent, so this counts as done.
-    AlreadyDone { status: u16, message: String },
+    AlreadyDone {
+        status: u16,
+        message: String,
+        /// An earlier attempt of this call was sent and got no answer (the connection
+        /// dropped, a timeout, a 5xx): it may be what cancelled the run.
+        after_unanswered: bool,
+    },
 }
 
 /// Outcome of [`CurrentsClient::delete_run`].
@@ -236,6 +242,9 @@ impl<'a> Call<'a> {
 struct Reply {
     status: u16,
     body: Bytes,
+    /// An earlier attempt of the call was sent and got no answer it could be sure of
+    /// (no response, or a 5xx): the server may have carried it out.
+    after_unanswered: bool,
 }
 
 /// The outcome of one attempt.
@@ -487,6 +496,7 @@ impl CurrentsClient {
             return Ok(CancelOutcome::AlreadyDone {
                 status: reply.status,
                 message: self.error_message(&reply),
+                after_unanswered: reply.after_unanswered,
             });
         }
         let data = self.envelope::<CancelResult>(&reply, true)?.data;
@@ -610,6 +620,7 @@ impl CurrentsClient {
         let inner = &*self.inner;
         let url = self.endpoint(call.segments, &call.query)?;
         let mut last_retry_after = None;
+        let mut unanswered = false;
         for attempt in 1..=inner.max_attempts {
             inner.limiter.acquire().await;
             let started = tokio::time::Instant::now();
@@ -635,7 +646,11 @@ impl CurrentsClient {
             let last = attempt == inner.max_attempts;
             let retry_after = match outcome {
                 Attempt::Response { status, body, .. } if !is_retryable_status(status) => {
-                    return Ok(Reply { status, body });
+                    return Ok(Reply {
+                        status,
+                        body,
+                        after_unanswered: unanswered,
+                    });
                 }
                 Attempt::Response {
                     status,
@@ -659,8 +674,14 @@ impl CurrentsClient {
                                 retry_after: retry_after.or(last_retry_after),
                             });
                         }
-                        return Ok(Reply { status, body });
+                        return Ok(Reply {
+                            status,
+                            body,
+                            after_unanswered: unanswered,
+                        });
                     }
+                    // A 5xx may come after the server acted (a proxy's 502); a 429 not.
+                    unanswered |= status != 429;
                     retry_after
                 }
                 Attempt::Failed { error, sent } => {
@@ -668,6 +689,7 @@ impl CurrentsClient {
                     if last || !may_retry || !error.is_retryable() {
                         return Err(error);
                     }
+                    unanswered |= sent;
                     None
                 }
             };
@@ -1082,6 +1104,7 @@ mod tests {
         Reply {
             status,
             body: Bytes::from(body.to_string()),
+            after_unanswered: false,
         }
     }
 

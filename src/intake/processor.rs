@@ -940,8 +940,9 @@ pub async fn observation(
     Ok(run_record(prev.as_ref(), run, now).1)
 }
 
-/// The record of `run` observed at `now` after `prev`, and its progress snapshot.
-fn run_record(
+/// The record of `run` observed at `now` after `prev` (its stored record, if any), and
+/// its progress snapshot: what the intake writes to the store's runs table.
+pub fn run_record(
     prev: Option<&RunRecord>,
     run: &Run,
     now: DateTime<Utc>,

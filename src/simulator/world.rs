@@ -1769,7 +1769,7 @@ impl World {
 
     /// `GET /runs/find`: the most recent COMPLETE run of the project matching
     /// `ciBuildId` (exact), or `branch` plus all `tags` (`currents-notes.md` §1.6). One
-    /// of the two selectors is required: without either, 400 [`FIND_SELECTOR_REQUIRED`].
+    /// of the two selectors is required: without either, 400 `FIND_SELECTOR_REQUIRED`.
     pub fn find_run(
         &self,
         project: &str,
@@ -1812,7 +1812,7 @@ impl World {
 
     /// `data.pwLastRun` of `GET /runs/find?pwLastRun=true` (`currents-notes.md` §1.6):
     /// Playwright's `.last-run.json` for the run, `{"status": "failed" | "passed",
-    /// "failedTests": [test ids]}`: the ids (`{file hash}-{test hash}`, [`pw_test_id`])
+    /// "failedTests": [test ids]}`: the ids (`{file hash}-{test hash}`, `pw_test_id`)
     /// of the tests that failed, spec file by spec file. `None` for a Cypress run or an
     /// unknown one ("Playwright only").
     pub fn pw_last_run(&self, run_id: &str) -> Option<Value> {

@@ -5,9 +5,10 @@
 //! and an accepted action is never lost (SPEC §6). Actions are unique by `action_key`
 //! (`cancel:RUN`, `delete:RUN`, `summarize:RUN:EVENT`): when several rules decide the same
 //! action, there is one action and one decision per rule, each linked to it. A rule
-//! deciding the same thing again (a redelivered event, the next poll) adds nothing.
-//! Dry-run decisions are recorded without an action (outcome `dry_run`), so they never
-//! stand in the way of a real one.
+//! deciding the same thing again (a redelivered event, the next poll) adds nothing, but
+//! for one thing: a live decision puts back in the queue an action that dry run held
+//! back ([`DRY_RUN_HOLD`]). Dry-run decisions are recorded without an action (outcome
+//! `dry_run`), so they never stand in the way of a real one, nor re-open one.
 //!
 //! The executor's queue: [`Store::claim_due_actions`] leases due actions to a worker
 //! (state `running`, `lease_until`); a worker that dies leaves its lease to expire and the
@@ -16,16 +17,21 @@
 //! [`Store::fail_action_as`] (final), each applied only while the action is still
 //! leased to the worker writing it: the late outcome of a worker whose lease ran out
 //! never overwrites the action another worker has claimed since. Terminal states are
-//! never left, except by an operator's [`Store::retry_action`].
+//! never left, except by an operator's [`Store::retry_action`] (or a failed action
+//! decided again, [`Store::retry_failed_before`]), and by an action dry run held back
+//! ([`Store::hold_action_as`]), which a live decision of it re-opens.
 //!
 //! ```text
 //!             claim                complete(Done|Skipped)
 //!  pending ─────────────▶ running ───────────────────────▶ done | skipped
-//!     ▲   ◀───────────────   │     fail_action
-//!     │   fail_attempt,      └───────────────────────────▶ failed
-//!     │   release_leases,                                     │
-//!     │   lease expiry (re-claim)                             │
-//!     └──────────────────────── retry_action ─────────────────┘
+//!   ▲ ▲   ◀───────────────   │ │   fail_action
+//!   │ │   fail_attempt,      │ └─────────────────────────▶ failed
+//!   │ │   release_leases,    │                                 │
+//!   │ │   lease expiry       │  hold_action_as (dry run)       │
+//!   │ │   (re-claim)         └────────────────────────▶ skipped (held)
+//!   │ │                                                     │    │
+//!   │ └──────── a live decision of it (record_decisions) ───┘    │
+//!   └──────────────────────── retry_action ──────────────────────┘
 //! ```
 
 use std::collections::BTreeMap;
@@ -307,7 +313,11 @@ pub struct ActionRow {
     pub action_key: String,
     /// `cancel`, `delete` or `summarize`.
     pub action: String,
-    /// The first rule that decided it (a summary action finds its options there).
+    /// The rule it is carried out for: the first that decided it, or, when that rule is
+    /// in dry-run mode as it falls due, the first rule with a live decision on it that is
+    /// not ([`Store::act_for_rule_as`]). Its summary credits this rule with a cancel
+    /// ([`Store::cancel_reason`]). A summary action, decided by its one rule only (its key
+    /// names it), finds its options there.
     pub rule: String,
     /// That rule's kind.
     pub kind: String,
@@ -548,6 +558,14 @@ struct ActionAuditRow {
 /// when the run was still in progress after it (`cancelled, but the run is still in
 /// progress`). [`Store::cancel_reason`] credits runwarden's rule only then.
 pub const CANCEL_TOOK_EFFECT: &str = "cancelled";
+
+/// How the note (`detail`) of an action that dry run held back begins: it ended
+/// `skipped` without being carried out because, when it fell due, every rule with a live
+/// decision on it was in dry-run mode ([`Store::hold_action_as`]; the emergency stop,
+/// `dry_run = true`, or a rule's own `dry_run`). Unlike any other `skipped`, this one is
+/// not the end of the action: a live decision of it afterwards (the stop lifted, the
+/// next poll deciding it again) puts it back in the queue ([`Store::record_decisions`]).
+pub const DRY_RUN_HOLD: &str = "not carried out: dry_run is on";
 
 /// Which due actions a worker claims ([`Store::claim_due_actions_where`]). A process
 /// claims only what it can carry out (a `runwarden sweep` without GitHub credentials
@@ -1019,6 +1037,104 @@ impl Store {
         self.transitioned(id, done.rows_affected()).await
     }
 
+    /// The rules with a live (not dry-run) decision on the action `id`, each once, with
+    /// its kind, in the order they first decided it. The executor carries the action out
+    /// for the first of them that is not in dry-run mode now (see [`ActionRow::rule`]).
+    pub async fn live_deciders(&self, id: i64) -> StoreResult<Vec<(String, String)>> {
+        let mut conn = self.pool.acquire().await?;
+        live_deciders_in(&mut conn, id).await
+    }
+
+    /// Records that worker `worker_id` carries the action `id` out for `rule` (of
+    /// `kind`), a rule with a live decision on it, because the rule it was carried out
+    /// for is in dry-run mode now (SPEC §2: dry run is per rule; §6: several rules'
+    /// decisions, one action): its summary credits `rule` with the cancel
+    /// ([`Store::cancel_reason`]), and its metrics count it under `rule`. Applied only
+    /// while the action is `running` and leased to that worker; `false` otherwise.
+    pub async fn act_for_rule_as(
+        &self,
+        id: i64,
+        worker_id: &str,
+        rule: &str,
+        kind: &str,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE actions SET rule = $2, kind = $3 \
+             WHERE id = $1 AND state = 'running' AND worker_id = $4",
+        )
+        .bind(id)
+        .bind(text(rule))
+        .bind(text(kind))
+        .bind(worker_id)
+        .execute(&self.writer)
+        .await?;
+        self.transitioned(id, done.rows_affected()).await
+    }
+
+    /// Dry run holds the action `id` back (SPEC §6: dry run mutates nothing): worker
+    /// `worker_id` ends it `skipped` with `detail` (which begins with [`DRY_RUN_HOLD`])
+    /// without carrying it out, and without counting an attempt, unless a rule with a
+    /// live decision on it is live now (`live` says which rule names are, from the
+    /// configuration). That is checked again here, in the store's write transaction, the
+    /// one [`Store::record_decisions`] takes: a live decision recorded since the executor
+    /// looked (another rule's, on another replica) is not lost under a `skipped` that
+    /// nothing re-opens; the action is then handed back (`pending`, due at once, no
+    /// attempt counted) to be carried out for that rule, and `false` returned. `false`
+    /// too when the action is no longer `running` under this worker's lease. An action
+    /// with no live decision on record (pruned) is judged by its own rule.
+    pub async fn hold_action_as(
+        &self,
+        id: i64,
+        worker_id: &str,
+        detail: &str,
+        live: impl Fn(&str) -> bool,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let mut rules: Vec<String> = live_deciders_in(&mut tx, id)
+            .await?
+            .into_iter()
+            .map(|(rule, _)| rule)
+            .collect();
+        if rules.is_empty() {
+            rules.extend(
+                sqlx::query_scalar::<_, String>("SELECT rule FROM actions WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?,
+            );
+        }
+        let now = to_ms(Utc::now());
+        let held = !rules.iter().any(|r| live(r));
+        let done = if held {
+            sqlx::query(
+                "UPDATE actions \
+                 SET state = 'skipped', detail = $2, lease_until = NULL, worker_id = NULL, \
+                     finished_at = $3, updated_at = $3 \
+                 WHERE id = $1 AND state = 'running' AND worker_id = $4",
+            )
+            .bind(id)
+            .bind(text(detail))
+            .bind(now)
+            .bind(worker_id)
+            .execute(&mut *tx)
+            .await?
+        } else {
+            sqlx::query(
+                "UPDATE actions \
+                 SET state = 'pending', next_attempt_at = $2, lease_until = NULL, \
+                     worker_id = NULL, updated_at = $2 \
+                 WHERE id = $1 AND state = 'running' AND worker_id = $3",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(worker_id)
+            .execute(&mut *tx)
+            .await?
+        };
+        tx.commit().await?;
+        Ok(self.transitioned(id, done.rows_affected()).await? && held)
+    }
+
     /// Hands back every action leased to `worker_id` (graceful shutdown): `pending`
     /// again, claimable at once. Returns how many.
     pub async fn release_leases(&self, worker_id: &str) -> StoreResult<u64> {
@@ -1247,6 +1363,28 @@ impl Store {
         Ok(out)
     }
 
+    /// The decisions of the actions with these ids (any order in, newest first out):
+    /// every live decision linked to each (a dry-run decision has no action).
+    pub async fn audit_of_actions_by_id(&self, ids: &[i64]) -> StoreResult<Vec<AuditEntry>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "{AUDIT_SELECT} WHERE d.action_id IN ({}) ORDER BY d.at DESC, d.id DESC",
+                list.join(", ")
+            );
+            let mut q = sqlx::query_as::<_, AuditRow>(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                out.push(AuditEntry::try_from(row)?);
+            }
+        }
+        out.sort_by_key(|e| std::cmp::Reverse(e.at));
+        Ok(out)
+    }
+
     /// The actions pending or being carried out (`planned` in [`Store::audit`]), newest
     /// first, at most `max`: however many decisions came after them (the status page,
     /// SPEC §5). One entry per action, see [`Store::failed_actions_audit`].
@@ -1316,8 +1454,11 @@ impl Store {
         rows.into_iter().map(AuditEntry::try_from).collect()
     }
 
-    /// Who cancelled `run_id`: the first decision linked to its cancel action, when that
-    /// action's own request cancelled the run — the API answered it with success, which
+    /// Who cancelled `run_id`, when its cancel action's own request cancelled the run: the
+    /// decision of the rule the action was carried out for ([`ActionRow::rule`]: the first
+    /// to decide it, or the first live one when that rule was in dry-run mode as the
+    /// cancel fell due), else the first decision linked to it. Its own request cancelled
+    /// the run when the API answered it with success, which
     /// the executor notes as [`CANCEL_TOOK_EFFECT`] at the start of the action's `detail`
     /// (done) or `last_error` (an attempt after which the run was still in progress:
     /// being verified or retried). A cancel answered "already cancelled" or "already
@@ -1332,7 +1473,7 @@ impl Store {
              WHERE a.run_id = $1 AND a.action = 'cancel' \
                AND a.state IN ('pending', 'running', 'done') \
                AND (a.detail LIKE $2 OR a.last_error LIKE $2) \
-             ORDER BY d.at, d.id \
+             ORDER BY CASE WHEN d.rule = a.rule THEN 0 ELSE 1 END, d.at, d.id \
              LIMIT 1",
         )
         .bind(text(run_id))
@@ -1515,6 +1656,25 @@ impl Holder<'_> {
     }
 }
 
+/// [`Store::live_deciders`] on `conn`.
+async fn live_deciders_in(conn: &mut AnyConnection, id: i64) -> StoreResult<Vec<(String, String)>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT rule, kind FROM decisions \
+         WHERE action_id = $1 AND dry_run = 0 \
+         ORDER BY at, id",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out: Vec<(String, String)> = Vec::with_capacity(rows.len());
+    for (rule, kind) in rows {
+        if !out.iter().any(|(r, _)| *r == rule) {
+            out.push((rule, kind));
+        }
+    }
+    Ok(out)
+}
+
 /// The body of [`Store::record_decisions`], on an open write transaction.
 async fn record_in(
     conn: &mut AnyConnection,
@@ -1613,9 +1773,10 @@ struct LeaseNew<'a> {
     left: usize,
 }
 
-/// Creates the action of a decision, or finds the one with the same key. Returns its id,
-/// whether it was created, and the action when it was created leased to `lease`'s worker
-/// (it is due, and `lease` has room left).
+/// Creates the action of a decision, or finds the one with the same key (and re-opens it
+/// when dry run held it back, see [`DRY_RUN_HOLD`]). Returns its id, whether it was
+/// created, and the action when it was created leased to `lease`'s worker (it is due, and
+/// `lease` has room left).
 async fn upsert_action(
     conn: &mut AnyConnection,
     d: &NewDecision,
@@ -1672,11 +1833,41 @@ async fn upsert_action(
         });
     }
 
-    let (id, state, not_before): (i64, String, Option<i64>) =
-        sqlx::query_as("SELECT id, state, not_before FROM actions WHERE action_key = $1")
+    let (id, state, not_before, detail): (i64, String, Option<i64>, Option<String>) =
+        sqlx::query_as("SELECT id, state, not_before, detail FROM actions WHERE action_key = $1")
             .bind(text(&d.action_key))
             .fetch_one(&mut *conn)
             .await?;
+    let mut state = state.parse::<ActionState>()?;
+    // A live decision of an action that dry run held back (the emergency stop lifted, the
+    // next poll deciding it again; or another rule, live, deciding what a rule in dry run
+    // decided): back in the queue, due now, to be carried out once. In this transaction,
+    // under the store's write lock (`Store::begin_write`), as is `Store::hold_action_as`:
+    // a hold and a decision never pass each other, and only one of several decisions
+    // re-opens it. A dry-run decision never gets here. Any other `skipped` is final: the
+    // executor looked and found nothing to do (the summary unchanged, the run gone, the
+    // rule removed), or it is a record that is never carried out (a circuit breaker's),
+    // so a decision of it again (a redelivered event, the next poll) adds nothing.
+    if state == ActionState::Skipped
+        && d.skip.is_none()
+        && detail
+            .as_deref()
+            .is_some_and(|x| x.starts_with(DRY_RUN_HOLD))
+    {
+        let reopened = sqlx::query(
+            "UPDATE actions \
+             SET state = 'pending', detail = NULL, finished_at = NULL, next_attempt_at = $2, \
+                 updated_at = $2 \
+             WHERE id = $1 AND state = 'skipped'",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        if reopened.rows_affected() > 0 {
+            state = ActionState::Pending;
+        }
+    }
     // Another rule wants it sooner: the earliest grace wins while the action still waits.
     let wanted = d.not_before.map(to_ms);
     let sooner = match (not_before, wanted) {
@@ -1684,7 +1875,7 @@ async fn upsert_action(
         (Some(_), None) => true,
         (None, _) => false,
     };
-    if sooner && state.parse::<ActionState>()? == ActionState::Pending {
+    if sooner && state == ActionState::Pending {
         sqlx::query("UPDATE actions SET not_before = $2, updated_at = $3 WHERE id = $1")
             .bind(id)
             .bind(wanted)
