@@ -1347,30 +1347,27 @@ impl Store {
 
     /// The decisions with these ids (any order in, newest first out).
     pub async fn audit_of_decisions(&self, ids: &[i64]) -> StoreResult<Vec<AuditEntry>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(500) {
-            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!("{AUDIT_SELECT} WHERE d.id IN ({})", list.join(", "));
-            let mut q = sqlx::query_as::<_, AuditRow>(&sql);
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            for row in q.fetch_all(&self.pool).await? {
-                out.push(AuditEntry::try_from(row)?);
-            }
-        }
-        out.sort_by_key(|e| std::cmp::Reverse(e.at));
-        Ok(out)
+        self.audit_where_in("d.id", ids).await
     }
 
     /// The decisions of the actions with these ids (any order in, newest first out):
     /// every live decision linked to each (a dry-run decision has no action).
     pub async fn audit_of_actions_by_id(&self, ids: &[i64]) -> StoreResult<Vec<AuditEntry>> {
+        self.audit_where_in("d.action_id", ids).await
+    }
+
+    /// The audit entries whose `column` (`d.id` or `d.action_id`) is one of `ids`,
+    /// newest first, read 500 ids at a time.
+    async fn audit_where_in(
+        &self,
+        column: &'static str,
+        ids: &[i64],
+    ) -> StoreResult<Vec<AuditEntry>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "{AUDIT_SELECT} WHERE d.action_id IN ({}) ORDER BY d.at DESC, d.id DESC",
+                "{AUDIT_SELECT} WHERE {column} IN ({}) ORDER BY d.at DESC, d.id DESC",
                 list.join(", ")
             );
             let mut q = sqlx::query_as::<_, AuditRow>(&sql);
@@ -1381,6 +1378,8 @@ impl Store {
                 out.push(AuditEntry::try_from(row)?);
             }
         }
+        // Newest first across the chunks (a stable sort: within a chunk, ties at one
+        // decision time stay newest decision first).
         out.sort_by_key(|e| std::cmp::Reverse(e.at));
         Ok(out)
     }
