@@ -349,3 +349,52 @@ async fn the_bot_client_parks_a_write_refused_by_the_secondary_limit() {
     assert_eq!(s.mutation_log().len(), before);
     assert_eq!(s.github_secondary_limited(), 1);
 }
+
+/// Spacing writes 1 s apart keeps runwarden under GitHub's 80 a minute, not under its 500
+/// an hour: the client itself sends at most `WRITES_PER_HOUR` in any hour. The next write
+/// is not sent; its error carries the wait until the oldest leaves the hour, so the action
+/// is parked (here the simulator's own limit is off, to show that the client keeps to it
+/// by itself).
+#[tokio::test]
+async fn the_bot_client_sends_at_most_500_writes_an_hour_and_hands_back_the_wait() {
+    use runwarden::github::client::{StatusState, WRITES_PER_HOUR};
+    let s = sim().await;
+    s.set_github_content_limits(None);
+    let mut o = GithubClientOptions::new(url::Url::parse(&s.github_url()).unwrap());
+    o.retry = RetryPolicy::fast();
+    let client = GithubClient::new(o, GithubAuth::Token(Secret::new("ghp_bot"))).unwrap();
+    let repo: RepoName = "acme/web".parse().unwrap();
+    let started = Instant::now();
+    for i in 0..WRITES_PER_HOUR {
+        client
+            .create_status(
+                &repo,
+                SHA,
+                StatusState::Success,
+                &format!("ci/{i}"),
+                "ok",
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let before = s.mutation_log().len();
+    let e = client
+        .create_status(&repo, SHA, StatusState::Success, "ci/one-more", "ok", None)
+        .await
+        .unwrap_err();
+    assert!(e.held_back, "{e}");
+    assert!(
+        matches!(&e.kind, GithubErrorKind::RateLimited { status: 403, message, .. }
+            if message.contains("500 writes an hour")),
+        "{e}"
+    );
+    let wait = e.retry_after().expect("the wait is handed back");
+    let left = Duration::from_secs(3600).saturating_sub(started.elapsed());
+    assert!(
+        wait >= left && wait <= Duration::from_secs(3600),
+        "{wait:?} (at least {left:?})"
+    );
+    assert_eq!(s.mutation_log().len(), before, "not sent");
+    assert_eq!(s.github_secondary_limited(), 0);
+}

@@ -29,7 +29,10 @@
 //!   reads the PR's comments for the marker before posting again.
 //! - **Every call has a timeout** ([`GithubClientOptions::request_timeout`], covering the
 //!   whole exchange including the body), and mutating calls are spaced by
-//!   [`RetryPolicy::min_write_interval`] (GitHub asks for ≥ 1 s between writes).
+//!   [`RetryPolicy::min_write_interval`] (GitHub asks for ≥ 1 s between writes). At most
+//!   [`WRITES_PER_HOUR`] are sent in any hour (GitHub's secondary limit on content
+//!   creation is 500 an hour): past that a write is not sent, and the error carries the
+//!   wait until the oldest of them leaves the hour, so the action is parked.
 //! - **Auth**: a token (`GITHUB_TOKEN`), or a GitHub App: the installation of each repo is
 //!   looked up once (`GET /repos/{o}/{r}/installation`), and once more when creating its
 //!   token answers 404 (the App was uninstalled, maybe reinstalled under a new id),
@@ -45,7 +48,7 @@
 //!
 //! Secrets never appear in `Debug` output, logs or errors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -440,6 +443,14 @@ impl RetryPolicy {
     }
 }
 
+/// Most mutating requests one client sends in any hour ([`WRITE_WINDOW`]): GitHub's
+/// secondary limit on content creation (comments, their edits, statuses) is 500 an hour;
+/// spacing writes 1 s apart alone would allow 3,600.
+pub const WRITES_PER_HOUR: usize = 500;
+
+/// The window of [`WRITES_PER_HOUR`].
+pub const WRITE_WINDOW: Duration = Duration::from_secs(3600);
+
 /// Settings of a [`GithubClient`].
 #[derive(Debug, Clone)]
 pub struct GithubClientOptions {
@@ -639,8 +650,8 @@ pub struct GithubClient {
     installations: Mutex<HashMap<String, u64>>,
     /// installation id -> token. A tokio mutex: one token request at a time.
     tokens: tokio::sync::Mutex<HashMap<u64, CachedToken>>,
-    /// When the last mutating request was sent.
-    last_write: tokio::sync::Mutex<Option<Instant>>,
+    /// When the mutating requests of the last hour were sent, oldest first.
+    writes: tokio::sync::Mutex<VecDeque<Instant>>,
     /// Until when GitHub asked this client to send nothing (a rate limit); shared by every
     /// call, see the module docs.
     rate_gate: Mutex<Option<RateGate>>,
@@ -709,7 +720,7 @@ impl GithubClient {
             opts,
             installations: Mutex::new(HashMap::new()),
             tokens: tokio::sync::Mutex::new(HashMap::new()),
-            last_write: tokio::sync::Mutex::new(None),
+            writes: tokio::sync::Mutex::new(VecDeque::new()),
             rate_gate: Mutex::new(None),
             own_login: tokio::sync::OnceCell::new(),
             comment_ids: Mutex::new(HashMap::new()),
@@ -1428,7 +1439,7 @@ impl GithubClient {
             if !kind.mutates() {
                 break;
             }
-            self.pace_writes().await;
+            self.pace_writes(method, path).await?;
             if self.rate_limit_wait().is_none() {
                 break;
             }
@@ -1630,17 +1641,45 @@ impl GithubClient {
         }
     }
 
-    /// Waits until `min_write_interval` has passed since the last mutating request.
-    async fn pace_writes(&self) {
+    /// Waits until `min_write_interval` has passed since the last mutating request, and
+    /// counts this one in the hour's. When [`WRITES_PER_HOUR`] were sent in the last hour,
+    /// nothing waits and nothing is sent: a [`GithubErrorKind::RateLimited`] error (held
+    /// back) carries the wait until the oldest of them leaves the hour.
+    async fn pace_writes(&self, method: &Method, path: &str) -> Result<(), GithubError> {
         let gap = self.opts.retry.min_write_interval;
-        let mut last = self.last_write.lock().await;
-        if let Some(t) = *last {
+        let mut writes = self.writes.lock().await;
+        let now = Instant::now();
+        while writes
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= WRITE_WINDOW)
+        {
+            writes.pop_front();
+        }
+        if writes.len() >= WRITES_PER_HOUR {
+            let wait = WRITE_WINDOW.saturating_sub(now.saturating_duration_since(writes[0]));
+            return Err(GithubError::new(
+                method,
+                path,
+                GithubErrorKind::RateLimited {
+                    status: 403,
+                    message: format!(
+                        "not sent: runwarden keeps to {WRITES_PER_HOUR} writes an hour \
+                         (GitHub's secondary limit on content creation); room again in {}s",
+                        wait.as_secs_f64().ceil() as u64
+                    ),
+                    retry_after: Some(wait),
+                },
+            )
+            .mark_held_back());
+        }
+        if let Some(t) = writes.back() {
             let since = t.elapsed();
             if since < gap {
                 tokio::time::sleep(gap - since).await;
             }
         }
-        *last = Some(Instant::now());
+        writes.push_back(Instant::now());
+        Ok(())
     }
 
     fn app_jwt(&self) -> Result<Secret, GithubErrorKind> {
