@@ -44,6 +44,11 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// `GET url`, its JSON answer.
+async fn get_json(url: String) -> Value {
+    http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// A GitHub request as `token`.
 async fn gh(
     s: &SimHandle,
@@ -202,23 +207,9 @@ async fn content_creation_past_80_a_minute_is_refused_with_a_secondary_limit() {
         ]
     );
     assert_eq!(s.github_secondary_limited(), 3);
-    let stats: Value = http()
-        .get(format!("{}/_sim/stats", s.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = get_json(format!("{}/_sim/stats", s.base_url)).await;
     assert_eq!(stats["githubSecondaryLimited"], 3);
-    let limits: Value = http()
-        .get(format!("{}/_sim/github/content-limits", s.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let limits = get_json(format!("{}/_sim/github/content-limits", s.base_url)).await;
     assert_eq!(limits["limits"], json!({"perMinute": 80, "perHour": 500}));
     assert_eq!(limits["refused"], 3);
     assert_eq!(limits["hits"].as_array().unwrap().len(), 3);
