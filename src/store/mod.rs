@@ -243,7 +243,7 @@ impl Store {
             sqlite_file: backend == Backend::Sqlite && !is_in_memory(url),
         };
         if store.sqlite_file {
-            spawn_checkpointer(&store);
+            spawn_checkpointer(&store, forced_restart_wait(options.acquire_timeout));
         }
         Ok(store)
     }
@@ -525,11 +525,12 @@ pub const WAL_FORCE_RESTART_FRAMES: i64 = 2 * WAL_RESTART_FRAMES;
 /// the WAL would keep growing. Once it holds [`WAL_RESTART_FRAMES`], a `RESTART`
 /// checkpoint on the writer connection starts the log over at the first tick when no
 /// reader is using it (it gives up at once otherwise); past
-/// [`WAL_FORCE_RESTART_FRAMES`] it waits for the readers of the moment (new writes wait
-/// for it). `journal_size_limit` then gives the space back. The task ends once
+/// [`WAL_FORCE_RESTART_FRAMES`] it waits for the readers of the moment, at most
+/// `restart_wait` ([`forced_restart_wait`]; new writes wait for it), and tries again at
+/// the next tick if they are still there. `journal_size_limit` then gives the space back. The task ends once
 /// every handle on the store is gone (or the pool is closed); SQLite checkpoints the rest
 /// when the last connection closes.
-fn spawn_checkpointer(store: &Store) {
+fn spawn_checkpointer(store: &Store, restart_wait: Duration) {
     let alive = std::sync::Arc::downgrade(&store.delivery_writer);
     let pool = store.pool.clone();
     let writer = store.writer.clone();
@@ -553,7 +554,15 @@ fn spawn_checkpointer(store: &Store) {
                 }
             };
             if log >= WAL_RESTART_FRAMES
-                && let Err(e) = restart_wal(&writer, log >= WAL_FORCE_RESTART_FRAMES).await
+                && let Err(e) = restart_wal(
+                    &writer,
+                    if log >= WAL_FORCE_RESTART_FRAMES {
+                        restart_wait
+                    } else {
+                        Duration::ZERO
+                    },
+                )
+                .await
             {
                 tracing::debug!(error = %e, frames = log, "WAL restart postponed");
             }
@@ -561,21 +570,15 @@ fn spawn_checkpointer(store: &Store) {
     });
 }
 
-/// A `RESTART` checkpoint on the writer connection; unless `wait`, without waiting for
-/// readers (busy timeout 0 for the one statement): it then succeeds only when no reader
-/// is using the log.
-async fn restart_wal(writer: &AnyPool, wait: bool) -> Result<(), sqlx::Error> {
+/// A `RESTART` checkpoint on the writer connection that waits at most `wait` for the
+/// readers of the moment (its busy timeout for the one statement; `ZERO`: it succeeds
+/// only when no reader is using the log).
+async fn restart_wal(writer: &AnyPool, wait: Duration) -> Result<(), sqlx::Error> {
     let mut conn = writer.acquire().await?;
-    if wait {
-        sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-            .execute(&mut *conn)
-            .await?;
-        return Ok(());
-    }
     let busy_ms: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
         .fetch_one(&mut *conn)
         .await?;
-    sqlx::query("PRAGMA busy_timeout = 0")
+    sqlx::query(&format!("PRAGMA busy_timeout = {}", wait.as_millis()))
         .execute(&mut *conn)
         .await?;
     let result = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
@@ -585,6 +588,17 @@ async fn restart_wal(writer: &AnyPool, wait: bool) -> Result<(), sqlx::Error> {
         .execute(&mut *conn)
         .await?;
     result.map(drop)
+}
+
+/// How long a forced restart of the WAL ([`WAL_FORCE_RESTART_FRAMES`]) waits for readers:
+/// a quarter of the pools' acquire timeout. The restart holds the one writer connection
+/// while it waits, so a write queued behind it (a webhook's commit) must still get the
+/// connection well within its own acquire timeout; with the connection's busy timeout
+/// (5 s, as long as the acquire timeout) such writes were turned away as "store
+/// unavailable" whenever readers kept the log busy for that long. A restart that gives
+/// up is tried again at the next tick, after the writes that queued meanwhile.
+pub fn forced_restart_wait(acquire_timeout: Duration) -> Duration {
+    acquire_timeout / 4
 }
 
 /// The pools of a SQLite URL, for reads and for writes (see [`Store`]): WAL (checkpointed
@@ -1085,6 +1099,86 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(cache, -i64::from(SQLITE_CACHE_KIB));
+    }
+
+    /// A forced restart of the WAL waits for a reader that does not let go, and holds the
+    /// one writer connection meanwhile: it must give up in time for the writes queued
+    /// behind it, which are otherwise turned away ("store unavailable": a 503 to a
+    /// webhook) once their acquire timeout runs out.
+    #[tokio::test]
+    async fn a_forced_wal_restart_never_makes_a_queued_write_time_out() {
+        use sqlx::Connection as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let url = format!("sqlite://{}", path.display());
+        let options = StoreOptions {
+            acquire_timeout: Duration::from_secs(2),
+            ..StoreOptions::default()
+        };
+        assert!(options.busy_timeout > options.acquire_timeout);
+        let store = Store::connect_with(&url, options).await.unwrap();
+        // A reader that keeps its snapshot (a long export, a stuck second process):
+        // nothing written after it can be checkpointed, and no restart can happen.
+        let mut reader = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let mut snapshot = reader.begin().await.unwrap();
+        let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
+            .fetch_one(&mut *snapshot)
+            .await
+            .unwrap();
+        let wal = dir.path().join("s.db-wal");
+        let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let forced = (WAL_FORCE_RESTART_FRAMES * (4096 + 24)) as u64;
+        let payload = "x".repeat(64 * 1024);
+        let mut stored: i64 = 0;
+        let mut past_force: Option<std::time::Instant> = None;
+        // Past the force threshold, every tick tries a restart that waits for the reader;
+        // the writes go on in between, each of them queued behind one such wait at most.
+        // Writing for several ticks past it:
+        while past_force.is_none_or(|t| t.elapsed() < 15 * CHECKPOINT_INTERVAL) {
+            assert!(
+                past_force.is_some() || stored < 3000,
+                "the WAL never reached {forced} bytes"
+            );
+            store
+                .insert_delivery(crate::store::NewDelivery {
+                    source: "github".into(),
+                    delivery_id: format!("d-{stored}"),
+                    event: "push".into(),
+                    payload: payload.clone(),
+                    received_at: Utc::now(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("write {stored} turned away: {e}"));
+            stored += 1;
+            if past_force.is_none() && wal_len() > forced {
+                past_force = Some(std::time::Instant::now());
+            }
+        }
+        // Once the reader lets go, the log is started over, and trimmed by the first
+        // commit after that (SQLite applies `journal_size_limit` there).
+        snapshot.commit().await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while wal_len() > (WAL_RESTART_FRAMES * 4096) as u64 && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(CHECKPOINT_INTERVAL).await;
+            store
+                .insert_delivery(crate::store::NewDelivery {
+                    source: "github".into(),
+                    delivery_id: format!("d-{stored}"),
+                    event: "push".into(),
+                    payload: String::new(),
+                    received_at: Utc::now(),
+                })
+                .await
+                .unwrap();
+            stored += 1;
+        }
+        assert!(
+            wal_len() <= (WAL_RESTART_FRAMES * 4096) as u64,
+            "the WAL is {} bytes after the reader let go: not restarted",
+            wal_len()
+        );
+        assert_eq!(store.count_unprocessed().await.unwrap(), stored);
     }
 
     #[tokio::test]
