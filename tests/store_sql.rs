@@ -35,6 +35,7 @@ fn t(secs: i64) -> DateTime<Utc> {
 }
 
 both!(
+    a_watermark_only_moves_forward_and_outlives_the_process,
     a_prune_waits_for_a_record_linking_an_old_action_and_keeps_that_action,
     a_prune_forgets_old_finished_actions_in_several_chunks,
     the_passed_history_is_the_same_for_a_branch_and_for_no_branch,
@@ -807,5 +808,43 @@ async fn the_runs_of_a_commit_are_found_alike_on_both_backends(db: Db) {
     assert_eq!(
         ids(s.runs_of_commit("c0ffee", Some("bAYZ4a"), 1).await.unwrap()),
         ["r2"]
+    );
+}
+
+/// A watermark starts unset, moves forward only (an older time, from a replica whose poll
+/// committed late, leaves it), and is there for the next process on the store.
+async fn a_watermark_only_moves_forward_and_outlives_the_process(db: Db) {
+    use runwarden::store::watermarks::LAST_FULL_POLL;
+    let t = TempStore::new(db).await;
+    assert_eq!(t.store.watermark(LAST_FULL_POLL).await.unwrap(), None);
+    let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+    t.store
+        .advance_watermark(LAST_FULL_POLL, at("2026-12-07T10:00:00.123Z"))
+        .await
+        .unwrap();
+    t.store
+        .advance_watermark(LAST_FULL_POLL, at("2026-12-07T09:00:00Z"))
+        .await
+        .unwrap();
+    t.store
+        .advance_watermark("another", at("2026-12-07T08:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(
+        t.store.watermark(LAST_FULL_POLL).await.unwrap(),
+        Some(at("2026-12-07T10:00:00.123Z"))
+    );
+    t.store
+        .advance_watermark(LAST_FULL_POLL, at("2026-12-07T10:05:00Z"))
+        .await
+        .unwrap();
+    let again = Store::connect(&t.url).await.unwrap();
+    assert_eq!(
+        again.watermark(LAST_FULL_POLL).await.unwrap(),
+        Some(at("2026-12-07T10:05:00Z"))
+    );
+    assert_eq!(
+        again.watermark("another").await.unwrap(),
+        Some(at("2026-12-07T08:00:00Z"))
     );
 }

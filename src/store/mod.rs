@@ -44,6 +44,7 @@ mod error;
 pub mod leases;
 pub mod runs;
 pub mod slots;
+pub mod watermarks;
 
 use std::str::FromStr;
 use std::time::Duration;
