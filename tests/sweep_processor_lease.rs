@@ -321,3 +321,64 @@ async fn a_pass_that_loses_the_processor_lease_stops_there() {
         Some("another-replica")
     );
 }
+
+/// A processor pass whose lease renewals keep failing (the store refuses them: here a
+/// trigger on the lease table, as a damaged file would) stops before the lease can have
+/// run out, as `Store::hold_lease_while` stops its work, rather than going on past it
+/// while another process may take the lease over; not at the first failure, while most
+/// of the lease is left. The next pass takes the lease again before it consumes events.
+/// SQLite (the trigger).
+#[tokio::test]
+async fn a_pass_whose_lease_renewals_keep_failing_stops_before_the_lease_runs_out() {
+    let p = prepare_app(AppOptions {
+        rules: SUPERSEDE.into(),
+        store_dir: Some(tempfile::tempdir().unwrap()),
+        ..AppOptions::default()
+    })
+    .await;
+    let ctx = p.ctx.clone();
+    let mut lease = ProcessorLease::default();
+    assert!(lease.hold(&ctx).await);
+    let (holder, expires) = ctx
+        .store
+        .lease_holder(PROCESSOR_LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(holder, ctx.worker_id);
+    use sqlx::Connection as _;
+    let mut other = sqlx::SqliteConnection::connect(&p.store_url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_lease_inserts BEFORE INSERT ON leases \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END; \
+         CREATE TRIGGER refuse_lease_updates BEFORE UPDATE ON leases \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
+    .execute(&mut other)
+    .await
+    .unwrap();
+    let begun = tokio::time::Instant::now();
+    let stopped = tokio::time::timeout(
+        PROCESSOR_LEASE_TTL + Duration::from_secs(5),
+        lease.while_held(&ctx, std::future::pending::<()>()),
+    )
+    .await
+    .expect("the pass went on although its lease could not be renewed");
+    assert_eq!(stopped, None);
+    assert!(
+        chrono::Utc::now() < expires,
+        "stopped only once the lease had run out ({expires})"
+    );
+    assert!(
+        begun.elapsed() > PROCESSOR_LEASE_TTL / 3,
+        "stopped at the first failed renewal, with most of the lease left: {:?}",
+        begun.elapsed()
+    );
+    // The next pass does not count on the old renewal: it takes the lease first.
+    assert!(!lease.hold(&ctx).await);
+    sqlx::raw_sql("DROP TRIGGER refuse_lease_inserts; DROP TRIGGER refuse_lease_updates")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    assert!(lease.hold(&ctx).await);
+}

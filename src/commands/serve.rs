@@ -84,6 +84,12 @@ pub async fn build_context_with(
         lease: config.store.action_lease,
         ..crate::actions::ExecutorOptions::default()
     };
+    // The last full poll of any process on the store (this one before a restart, a
+    // replica that held the poller): the first poll looks back to it.
+    let last_poll = store
+        .watermark(crate::store::watermarks::LAST_FULL_POLL)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the store: {e}"))?;
     Ok(Arc::new(AppContext {
         config: Arc::new(config),
         secrets: Arc::new(secrets),
@@ -98,7 +104,7 @@ pub async fn build_context_with(
         executor,
         events: tokio::sync::broadcast::channel(4096).0,
         history_cache: Default::default(),
-        last_poll: Default::default(),
+        last_poll: std::sync::Mutex::new(last_poll),
         handoff: Default::default(),
     }))
 }
@@ -298,10 +304,13 @@ impl ProcessorLease {
     /// renewing the lease every third of its time to live as the pass goes on (a pass can
     /// outlast the lease: a slow API, a long retention listing), so that no other process
     /// starts consuming the same events meanwhile. Should another process have taken the
-    /// lease over all the same (this one was paused, or could not renew it, past its
-    /// time to live), the pass stops there and `None` is returned: what it had not
-    /// recorded is still in the store, for the new holder (an event is recorded whole or
-    /// not at all), rather than two processors consuming the same events.
+    /// lease over all the same (this one was paused past its time to live), or should
+    /// the renewals keep failing (store errors) until less than a third of the lease's
+    /// time to live is left (as [`crate::store::Store::hold_lease_while`] does), the pass
+    /// stops there and `None` is returned: what it had not recorded is still in the store,
+    /// for whoever holds the lease next (an event is recorded whole or not at all), rather
+    /// than two processors consuming the same events. The next pass takes the lease
+    /// first.
     pub async fn while_held<F: std::future::Future>(
         &mut self,
         ctx: &AppContext,
@@ -316,19 +325,33 @@ impl ProcessorLease {
                 renewal.tick().await;
                 match self.renew(ctx).await {
                     Ok(true) => {}
-                    Ok(false) => return,
-                    Err(e) => tracing::warn!(
-                        error = %e,
-                        "cannot renew the processor lease during a pass; trying again"
-                    ),
+                    Ok(false) => return "taken over by another process",
+                    Err(e) => {
+                        // Until when the lease surely holds: its time to live from before
+                        // the last renewal that went through (or the take).
+                        let held_until = self.renewed.map(|t| t + PROCESSOR_LEASE_TTL);
+                        if held_until
+                            .is_none_or(|until| tokio::time::Instant::now() + beat >= until)
+                        {
+                            tracing::warn!(error = %e, "cannot renew the processor lease during a pass");
+                            return "not renewed before it would run out";
+                        }
+                        tracing::warn!(
+                            error = %e,
+                            "cannot renew the processor lease during a pass; trying again before it runs out"
+                        );
+                    }
                 }
             }
         };
         tokio::select! {
             out = work => Some(out),
-            () = renewing => {
+            why = renewing => {
+                // Not held as far as this process can tell: taken (or renewed) again
+                // before the next pass.
+                self.renewed = None;
                 tracing::warn!(
-                    "the processor lease was taken over by another process during a pass; this pass stops here (the events it had not recorded are left to the lease's holder)"
+                    "the processor lease was {why} during a pass; this pass stops here (the events it had not recorded are left to the lease's next holder)"
                 );
                 None
             }

@@ -253,8 +253,9 @@ enum ToCommit {
     /// Its record.
     Record(Decided),
     /// Nothing but the processed mark of this delivery (it decided nothing, read no run);
-    /// with the time of the poll it was, when it polled every project.
-    Quiet(i64, Option<DateTime<Utc>>),
+    /// with the time of the poll it was, when it polled every project, and how the sweep
+    /// of the schedule slot it was ended.
+    Quiet(i64, Option<DateTime<Utc>>, Option<SlotEnd>),
 }
 
 /// Events that decided nothing, waiting for their processed mark (with the next record,
@@ -265,20 +266,28 @@ struct Quiet {
     /// The latest poll among them that polled every project: once they are marked,
     /// the next poll's look-back starts there ([`advance_last_poll`]).
     polled_at: Option<DateTime<Utc>>,
+    /// How the sweeps of the schedule slots among them ended: written to the slots'
+    /// records once their marks are committed ([`finish_slot`]).
+    slot_ends: Vec<SlotEnd>,
 }
 
 impl Quiet {
-    fn push(&mut self, id: i64, polled_at: Option<DateTime<Utc>>) {
+    fn push(&mut self, id: i64, polled_at: Option<DateTime<Utc>>, slot_end: Option<SlotEnd>) {
         self.ids.push(id);
         self.polled_at = self.polled_at.max(polled_at);
+        self.slot_ends.extend(slot_end);
     }
 
     /// Their marks are committed.
-    fn committed(&mut self, ctx: &AppContext) {
+    async fn committed(&mut self, ctx: &AppContext) {
         if let Some(t) = self.polled_at.take() {
             advance_last_poll(ctx, t);
+            keep_last_poll(ctx, t).await;
         }
         self.ids.clear();
+        for end in std::mem::take(&mut self.slot_ends) {
+            finish_slot(ctx, end).await;
+        }
     }
 }
 
@@ -292,6 +301,22 @@ fn advance_last_poll(ctx: &AppContext, at: DateTime<Utc>) {
     *last = Some(last.map_or(at, |t| t.max(at)));
 }
 
+/// [`advance_last_poll`] in the store too (the watermark
+/// [`crate::store::watermarks::LAST_FULL_POLL`]), for the first poll of the next process:
+/// after a restart, or a replica taking the poller over, it looks back to this poll, so
+/// that the runs that started and finished while no poll ran are made good. A failure
+/// to write it is logged: the next process then looks back only its first poll's
+/// [`FIRST_POLL_INTERVALS`].
+async fn keep_last_poll(ctx: &AppContext, at: DateTime<Utc>) {
+    if let Err(e) = ctx
+        .store
+        .advance_watermark(crate::store::watermarks::LAST_FULL_POLL, at)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record the last full poll in the store");
+    }
+}
+
 /// The committer of [`process_pending`]: records whatever has been decided since its
 /// last commit, in one commit, up to [`RECORD_GROUP_MAX`] events; events that decided
 /// nothing are marked processed with the next record, or together at the end.
@@ -303,7 +328,7 @@ async fn commit_decided(ctx: &AppContext, mut rx: tokio::sync::mpsc::UnboundedRe
         while let Some(msg) = next.take() {
             match msg {
                 ToCommit::Record(x) => group.push(x),
-                ToCommit::Quiet(id, polled_at) => quiet.push(id, polled_at),
+                ToCommit::Quiet(id, polled_at, slot_end) => quiet.push(id, polled_at, slot_end),
             }
             if group.len() < RECORD_GROUP_MAX {
                 next = rx.try_recv().ok();
@@ -320,7 +345,7 @@ async fn commit_decided(ctx: &AppContext, mut rx: tokio::sync::mpsc::UnboundedRe
             .mark_processed_many(&quiet.ids, NOTHING_DONE)
             .await
         {
-            Ok(()) => quiet.committed(ctx),
+            Ok(()) => quiet.committed(ctx).await,
             Err(e) => {
                 tracing::warn!(events = quiet.ids.len(), error = %e, "cannot mark events processed; they will be read again")
             }
@@ -341,6 +366,10 @@ const NOTHING_DONE: &str = "0 decision(s)";
 /// The outcome note of a poll left to a newer one already waiting (see `newer_poll_waiting`).
 pub const SUPERSEDED_POLL: &str = "superseded by a newer poll";
 
+/// The outcome note of a schedule slot's event left to a newer slot of its rule (see
+/// `newer_slot_stored`).
+pub const SUPERSEDED_SLOT: &str = "superseded by a newer slot";
+
 /// An event decided and not yet recorded.
 struct Decided {
     delivery: i64,
@@ -355,6 +384,8 @@ struct Decided {
     runs: Vec<RunRecord>,
     /// A poll that listed every project: its `now` ([`advance_last_poll`]).
     polled_at: Option<DateTime<Utc>>,
+    /// A schedule slot's sweep: how it ended, for the slot's record once committed.
+    slot_end: Option<SlotEnd>,
 }
 
 /// Decides one event. Returns what is to be committed: its record, or only its processed
@@ -383,15 +414,19 @@ async fn decide_one(ctx: &AppContext, d: Delivery) -> Option<ToCommit> {
         );
         return None;
     }
+    if let Some(newer) = newer_slot_stored(ctx, &d).await {
+        supersede_slot(ctx, &d, newer).await;
+        return None;
+    }
     let now = Utc::now();
     let mut seen = Observed::default();
     let result = decide_event(ctx, &d, now, &mut seen).await;
     let outcome = match result {
         Ok(decisions) => {
             let skipped = std::mem::take(&mut seen.skipped);
-            if d.source == "schedule" {
-                finish_slot(ctx, &d, &decisions, &skipped).await;
-            }
+            // Written to the slot's record only once the event's decisions are committed
+            // (`record`, `Quiet::committed`): until then the sweep has not ended.
+            let slot_end = slot_end(&d, &decisions, &skipped);
             let n = decisions.len();
             let polled_at = seen.polled_at;
             let runs = seen.into_records();
@@ -418,13 +453,14 @@ async fn decide_one(ctx: &AppContext, d: Delivery) -> Option<ToCommit> {
                     decisions,
                     runs,
                     polled_at,
+                    slot_end,
                 }));
             }
             ctx.metrics.inc(
                 "runwarden_events_processed_total",
                 &[("source", &d.source), ("result", "ok")],
             );
-            return Some(ToCommit::Quiet(d.id, polled_at));
+            return Some(ToCommit::Quiet(d.id, polled_at, slot_end));
         }
         Err(error @ (ProcessError::Transient(_) | ProcessError::Wait(..))) => {
             let mut backoff = retry_backoff_secs(d.attempts);
@@ -475,20 +511,33 @@ async fn decide_one(ctx: &AppContext, d: Delivery) -> Option<ToCommit> {
     None
 }
 
-/// Records how the sweep of a schedule slot ended (the slot's row, shown on the status
-/// page): how many runs it decided to delete, or why its circuit breaker stopped it, and
-/// which projects it left out (`skipped`, refused for good). A failure to write it is
-/// logged and changes nothing else (it is information; the decisions are recorded with
-/// the event).
-async fn finish_slot(ctx: &AppContext, d: &Delivery, decisions: &[Decision], skipped: &[String]) {
-    #[derive(serde::Deserialize)]
-    struct Slot {
-        rule: String,
-        slot: DateTime<Utc>,
+/// How the sweep of a schedule slot ended, for the slot's row (shown on the status page).
+struct SlotEnd {
+    rule: String,
+    slot: DateTime<Utc>,
+    summary: String,
+}
+
+/// The rule and slot a `schedule` event stands for (its payload; manual sweeps have no
+/// slot).
+#[derive(serde::Deserialize)]
+struct SlotPayload {
+    rule: String,
+    slot: DateTime<Utc>,
+}
+
+fn slot_payload(d: &Delivery) -> Option<SlotPayload> {
+    if d.source != "schedule" {
+        return None;
     }
-    let Ok(slot) = serde_json::from_str::<Slot>(&d.payload) else {
-        return;
-    };
+    serde_json::from_str::<SlotPayload>(&d.payload).ok()
+}
+
+/// How the sweep of the schedule slot `d` is (if it is one) ended: how many runs it
+/// decided to delete, or why its circuit breaker stopped it, and which projects it left
+/// out (`skipped`, refused for good).
+fn slot_end(d: &Delivery, decisions: &[Decision], skipped: &[String]) -> Option<SlotEnd> {
+    let slot = slot_payload(d)?;
     let mut summary = match decisions
         .iter()
         .find(|x| x.run_id.starts_with(BREAKER_PREFIX))
@@ -507,9 +556,96 @@ async fn finish_slot(ctx: &AppContext, d: &Delivery, decisions: &[Decision], ski
     if !skipped.is_empty() {
         summary.push_str(&format!("; skipped {}", skipped.join("; ")));
     }
-    if let Err(e) = ctx.store.finish_slot(&slot.rule, slot.slot, &summary).await {
-        tracing::warn!(rule = %slot.rule, error = %e, "cannot record how a schedule slot's sweep ended");
+    Some(SlotEnd {
+        rule: slot.rule,
+        slot: slot.slot,
+        summary,
+    })
+}
+
+/// Records how the sweep of a schedule slot ended (the slot's row, shown on the status
+/// page), once the event's decisions (or its processed mark) are committed. A failure to
+/// write it is logged and changes nothing else (it is information; the decisions are
+/// recorded with the event).
+async fn finish_slot(ctx: &AppContext, end: SlotEnd) {
+    if let Err(e) = ctx
+        .store
+        .finish_slot(&end.rule, end.slot, &end.summary)
+        .await
+    {
+        tracing::warn!(rule = %end.rule, error = %e, "cannot record how a schedule slot's sweep ended");
     }
+}
+
+/// Whether `d` is the event of a schedule slot (`slot:RULE:TS`) of which a newer slot of
+/// the same rule has fired since (its event stored, the slot recorded): that slot's
+/// sweep, on the listing as it is then, does all this one would (a sweep works on the
+/// current listing, not on the slot's time), so this one is not swept. Without this,
+/// slots whose sweeps fail during an outage (each retried for [`MAX_EVENT_AGE`]) pile up
+/// and then sweep one after another, each listing every run. Returns the newer slot.
+///
+/// Only a newer slot whose time has come on this process's clock counts (not another
+/// replica's clock running ahead); a store that cannot say is taken as "no": the slot
+/// is swept.
+async fn newer_slot_stored(ctx: &AppContext, d: &Delivery) -> Option<DateTime<Utc>> {
+    if d.event != "sweep"
+        || !d
+            .delivery_id
+            .starts_with(crate::intake::schedules::SLOT_PREFIX)
+        || is_preview(d)
+    {
+        return None;
+    }
+    let slot = slot_payload(d)?;
+    let newest = ctx.store.last_slot(&slot.rule).await.ok()??;
+    if newest <= slot.slot || newest > Utc::now() {
+        return None;
+    }
+    let id = crate::intake::schedules::slot_delivery_id(&slot.rule, newest);
+    match ctx.store.find_delivery("schedule", &id).await {
+        Ok(Some(newer)) if newer.event == "sweep" => Some(newest),
+        _ => None,
+    }
+}
+
+/// Marks the slot event `d` superseded by the newer slot `newer` of its rule
+/// ([`newer_slot_stored`]), without a listing; its slot's record says so (and no
+/// deletions).
+async fn supersede_slot(ctx: &AppContext, d: &Delivery, newer: DateTime<Utc>) {
+    tracing::info!(
+        delivery = d.id,
+        newer = %newer,
+        "a newer slot of the rule has fired: this slot's sweep is left to it"
+    );
+    let outcome = match ctx.store.mark_processed(d.id, SUPERSEDED_SLOT).await {
+        Ok(()) => {
+            if let Some(slot) = slot_payload(d) {
+                let summary = format!(
+                    "superseded by the slot of {}, whose sweep covers it; swept nothing",
+                    newer.format("%Y-%m-%d %H:%M UTC")
+                );
+                finish_slot(
+                    ctx,
+                    SlotEnd {
+                        rule: slot.rule,
+                        slot: slot.slot,
+                        summary,
+                    },
+                )
+                .await;
+            }
+            "superseded"
+        }
+        // Read again, and superseded then.
+        Err(e) => {
+            tracing::warn!(delivery = d.id, error = %e, "cannot mark a superseded slot processed; it will be read again");
+            "retry"
+        }
+    };
+    ctx.metrics.inc(
+        "runwarden_events_processed_total",
+        &[("source", &d.source), ("result", outcome)],
+    );
 }
 
 /// Seconds before an event that failed `attempts` times already is processed again:
@@ -591,10 +727,19 @@ async fn record(ctx: &AppContext, group: Vec<Decided>, quiet: &mut Quiet) {
     drop(records);
     match result {
         Ok(recorded) => {
-            quiet.committed(ctx);
+            quiet.committed(ctx).await;
+            if let Some(t) = group.iter().filter_map(|e| e.polled_at).max() {
+                keep_last_poll(ctx, t).await;
+            }
             let mut again = Vec::new();
-            for (e, r) in group.into_iter().zip(recorded) {
+            for (mut e, r) in group.into_iter().zip(recorded) {
+                // Only now that its decisions are committed: a slot's record never says
+                // its sweep ended while what it decided may still be lost.
+                let slot_end = e.slot_end.take();
                 again.extend(recorded_one(ctx, e, r));
+                if let Some(end) = slot_end {
+                    finish_slot(ctx, end).await;
+                }
             }
             retry_failed(ctx, again).await;
         }
@@ -1955,16 +2100,19 @@ fn wants_finish_events(config: &crate::config::Config) -> bool {
 }
 
 /// How far back a poll looks for runs that started and finished since the previous
-/// poll: to the start of this process's last poll that covered every project and whose
-/// decisions were committed (polls that failed meanwhile, an outage of the API, are made
-/// good; so are polls superseded by a newer one, which move nothing), and two poll
+/// poll: to the start of the last poll that covered every project and whose decisions
+/// were committed, this process's, or the one the store had recorded when it started (a
+/// restart, a replica taking the poller over: [`keep_last_poll`]) (polls that failed
+/// meanwhile, an outage of the API, a downtime, are made good; so are polls superseded
+/// by a newer one, which move nothing), and two poll
 /// intervals (one for the interval itself, one for a late or slow poll),
 /// [`MIN_RECENT_LOOKBACK`] at least, in any case; never more than [`FINISHED_LOOKBACK`]
 /// plus one interval
 /// ([`finished_runs_filter`]). A run created earlier was listed in progress by an
 /// earlier poll, or is older than this process's watch (at the first poll, only the runs
 /// of the last few minutes are made good, not the whole history). A process's first poll
-/// looks back [`FIRST_POLL_INTERVALS`] intervals: a replica that takes the poller over
+/// on a store that has no full poll recorded (a new store) looks back
+/// [`FIRST_POLL_INTERVALS`] intervals: a replica that takes the poller over
 /// from one that died (its lease runs out after three intervals) makes good the runs
 /// that came and went in between.
 fn recent_finish_start(ctx: &AppContext, now: DateTime<Utc>) -> DateTime<Utc> {

@@ -2,7 +2,10 @@
 //! slot's `schedule` event first (its delivery id `slot:RULE:TS` is unique) fires it,
 //! then records the `(rule, slot)` row; other replicas and restarts find the event or
 //! the row and do nothing. After downtime the most recent missed slot
-//! fires once (no burst of catch-up sweeps).
+//! fires once (no burst of catch-up sweeps). A slot's event still waiting when a newer
+//! slot of its rule has fired (its sweep failing during an outage, or a busy processor)
+//! is not swept: the processor marks it superseded, and the newer slot's sweep, which
+//! works on the listing as it is then, does its work.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +16,16 @@ use crate::config::RuleKind;
 use crate::config::schedule::CronSchedule;
 use crate::server::AppContext;
 use crate::store::NewDelivery;
+
+/// The delivery id of a slot's `schedule` event is this prefix, the rule's name, `:` and
+/// the slot's Unix time in seconds ([`slot_delivery_id`]).
+pub const SLOT_PREFIX: &str = "slot:";
+
+/// The delivery id of the `schedule` event of `rule`'s slot at `slot`: one event per
+/// slot across replicas and restarts.
+pub fn slot_delivery_id(rule: &str, slot: DateTime<Utc>) -> String {
+    format!("{SLOT_PREFIX}{rule}:{}", slot.timestamp())
+}
 
 /// The latest slot of `schedule` in `(after, now]`, if any.
 pub fn latest_slot(
@@ -59,7 +72,7 @@ pub async fn fire_due(
         // a slot that the next tick finds again, never one recorded without its sweep.
         let d = NewDelivery {
             source: "schedule".into(),
-            delivery_id: format!("slot:{}:{}", rule.name, slot.timestamp()),
+            delivery_id: slot_delivery_id(&rule.name, slot),
             event: "sweep".into(),
             payload: serde_json::json!({ "rule": rule.name, "slot": slot.to_rfc3339() })
                 .to_string(),

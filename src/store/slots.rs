@@ -15,7 +15,9 @@ pub struct SlotRecord {
     /// The scheduled time of the slot (not when it ran).
     pub slot_at: DateTime<Utc>,
     pub claimed_at: DateTime<Utc>,
-    /// `None` while running, or if the process died during the sweep.
+    /// `None` while running (until the sweep's decisions are committed: a commit that
+    /// failed is retried with the event), or if the process died during the sweep. A slot
+    /// superseded by a newer one of its rule is finished with a summary saying so.
     pub finished_at: Option<DateTime<Utc>>,
     /// What the sweep did, e.g. "deleted 12 runs" or a `max_deletions` breach.
     pub summary: Option<String>,
