@@ -516,3 +516,37 @@ async fn a_shutdown_with_the_store_locked_elsewhere_ends_within_the_stop_timeout
         Some(holder.0)
     );
 }
+
+/// Finding: an admin token that is not ASCII (`RUNWARDEN_ADMIN_TOKEN=pässwort`) could
+/// never authenticate: the header was read as visible ASCII only, so every request was
+/// a 401. The header's bytes are compared as sent: the right token is a 200, another
+/// (ASCII look-alike, one byte more or less) still a 401.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_token_that_is_not_ascii_authenticates() {
+    let token = "pässwort";
+    let w = World::new(
+        SUPERSEDE,
+        Env {
+            admin_token: token.into(),
+            ..Env::default()
+        },
+    )
+    .await;
+    let bot = w.serve().await;
+    let rules_with = |value: &str| {
+        let value = reqwest::header::HeaderValue::from_bytes(value.as_bytes()).unwrap();
+        w.http
+            .get(bot.url("/api/rules"))
+            .header(reqwest::header::AUTHORIZATION, value)
+            .send()
+    };
+    let r = rules_with(&format!("Bearer {token}")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let rules: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(rules[0]["name"], "cancel-superseded", "{rules}");
+    for wrong in ["passwort", "päss", "pässwort!", "PÄSSWORT", "pässwörter"] {
+        let r = rules_with(&format!("Bearer {wrong}")).await.unwrap();
+        assert_eq!(r.status(), 401, "{wrong}");
+    }
+    bot.kill().await;
+}

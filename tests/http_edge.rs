@@ -106,6 +106,79 @@ async fn the_health_checks_guard_catches_panics_and_times_out_without_a_slot() {
     assert_eq!(get_status(&app, "/panic").await, Some(500));
 }
 
+/// Finding: a webhook's own 500 (the store failed for good) was counted twice in
+/// `runwarden_webhooks_total`, once by the handler and once by the layer that counts
+/// what the handler cannot (the 408 of the timeout, the 500 of a panic). Through
+/// `server::count_webhooks` around `server::protect`, as the router has it: each answer
+/// is counted once, whoever produced it. (The handler's real 500:
+/// `store_faults::a_webhooks_500_from_the_store_is_counted_once`.)
+#[tokio::test]
+async fn a_webhooks_500_or_408_is_counted_once_whoever_answered_it() {
+    use runwarden::intake::webhooks::Counted;
+    let metrics = Arc::new(runwarden::server::metrics::Metrics::new());
+    let routes = Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                "late"
+            }),
+        )
+        .route(
+            "/panic",
+            get(|| async {
+                if true {
+                    panic!("handler panicked");
+                }
+                "unreachable"
+            }),
+        )
+        .route(
+            "/counted-500",
+            get({
+                let metrics = metrics.clone();
+                move || async move {
+                    // What the webhook handlers do with each of their answers.
+                    metrics.inc(
+                        "runwarden_webhooks_total",
+                        &[("source", "github"), ("status", "500")],
+                    );
+                    let mut r = axum::response::IntoResponse::into_response((
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "event store failed",
+                    ));
+                    r.extensions_mut().insert(Counted);
+                    r
+                }
+            }),
+        );
+    let app = runwarden::server::count_webhooks(
+        runwarden::server::protect(
+            routes,
+            Arc::new(Semaphore::new(4)),
+            Duration::from_millis(300),
+        ),
+        metrics.clone(),
+        "github",
+    );
+    let count = |status: &str| {
+        metrics.get(
+            "runwarden_webhooks_total",
+            &[("source", "github"), ("status", status)],
+        )
+    };
+    assert_eq!(get_status(&app, "/counted-500").await, Some(500));
+    assert_eq!(
+        count("500"),
+        1,
+        "the handler's own 500, counted by it alone"
+    );
+    assert_eq!(get_status(&app, "/panic").await, Some(500));
+    assert_eq!(count("500"), 2, "a panic's 500, counted by the layer");
+    assert_eq!(get_status(&app, "/slow").await, Some(408));
+    assert_eq!(count("408"), 1, "the timeout's 408, counted by the layer");
+}
+
 const RETENTION: &str =
     "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nolder_than = \"30d\"\n";
 

@@ -1805,6 +1805,19 @@ async fn admin_actions_filters_clamp_since_and_answer_json_errors() {
     }
 }
 
+/// `/metrics` is the Prometheus text format 0.0.4, in UTF-8 (label values can be any
+/// text, e.g. a rule's name), and says so.
+#[tokio::test]
+async fn metrics_are_prometheus_text_in_utf8() {
+    let app = spawn_app(SUPERSEDE).await;
+    let r = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+}
+
 /// A fresh server's `/metrics` describes the counters README lists before any sample,
 /// and a counter without labels reads `name value`.
 #[tokio::test]

@@ -308,3 +308,73 @@ async fn failed_actions_are_counted_and_listed_once_per_action() {
     );
     assert!(failed.contains("keep-30d, keep-7d"), "{failed}");
 }
+
+/// When the page's store reads were made: the `datetime` of its "as of" (to the
+/// microsecond, so that two sets of reads never look alike).
+fn read_at(html: &str) -> &str {
+    let mark = "as of <time datetime=\"";
+    let start = html
+        .find(mark)
+        .unwrap_or_else(|| panic!("no \"as of\": {html}"))
+        + mark.len();
+    html[start..].split('"').next().unwrap()
+}
+
+/// Finding: every request of the (unauthenticated) status page ran its seven store
+/// queries, two of them over whole tables; `/metrics` and `/readyz` share theirs. Many
+/// requests at once now share one set of reads, those within
+/// `status_page::STATUS_PAGE_TTL` (2 s) reuse it (a closed store still shows as read),
+/// and the first after it reads the store again (the outage shows).
+#[tokio::test]
+async fn the_page_reads_the_store_once_per_ttl_however_many_ask() {
+    use runwarden::server::status_page::STATUS_PAGE_TTL;
+    // The reuse can only be told within one TTL: an attempt that a loaded machine made
+    // slower than that proves nothing either way and is made again (three at most).
+    for attempt in 1..=3 {
+        let app = spawn_app("[[rules]]\nname = \"nightly\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\n").await;
+        let get = || async {
+            let r = app.http.get(app.url("/")).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        };
+        let started = tokio::time::Instant::now();
+        let pages = futures::future::join_all((0..50).map(|_| get())).await;
+        app.bot.ctx.store.close().await;
+        let (status, html) = get().await;
+        if started.elapsed() >= STATUS_PAGE_TTL {
+            eprintln!(
+                "attempt {attempt}: {:?} for the requests, longer than the TTL; again",
+                started.elapsed()
+            );
+            continue;
+        }
+        let first = read_at(&pages[0].1).to_string();
+        for (status, html) in &pages {
+            assert_eq!(*status, 200, "{html}");
+            assert_eq!(read_at(html), first, "one set of reads for all of them");
+        }
+        assert!(
+            pages[0].1.contains("read from the store at most every 2 s"),
+            "{}",
+            pages[0].1
+        );
+        assert_eq!(status, 200, "within the TTL, nothing is read: {html}");
+        assert_eq!(read_at(&html), first);
+
+        // Past the TTL: read again, and the closed store shows.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let html = loop {
+            let (status, html) = get().await;
+            if status == 503 {
+                break html;
+            }
+            assert_eq!(read_at(&html), first, "read again, yet the store answered");
+            assert!(tokio::time::Instant::now() < deadline, "{html}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(started.elapsed() >= STATUS_PAGE_TTL);
+        assert_ne!(read_at(&html), first);
+        assert!(html.contains("The store could not be read"), "{html}");
+        return;
+    }
+    panic!("three attempts were each slower than the TTL: the reuse could not be checked");
+}

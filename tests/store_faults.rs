@@ -183,6 +183,78 @@ async fn a_store_error_no_retry_mends_is_a_500_not_a_2xx_or_503() {
     bot.kill().await;
 }
 
+/// A value of the child's `/metrics` (`None` when the series is absent).
+async fn metric(w: &World, bot: &ChildBot, series: &str) -> Option<f64> {
+    let text = w
+        .http
+        .get(bot.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Finding: the 500 of a store error no retry mends was counted twice in
+/// `runwarden_webhooks_total`: by the handler, and again by the router's layer that
+/// counts the 500 of a panic. One webhook, one count.
+#[tokio::test]
+async fn a_webhooks_500_from_the_store_is_counted_once() {
+    let w = World::sqlite(SUPERSEDE, Env::default()).await;
+    let p = pair(&w, "feat/c2");
+    let bot = w.serve().await;
+    use sqlx::Connection as _;
+    let mut other = sqlx::SqliteConnection::connect(&w.store_url())
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_events BEFORE INSERT ON deliveries \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
+    .execute(&mut other)
+    .await
+    .unwrap();
+    let series = "runwarden_webhooks_total{source=\"currents\",status=\"500\"}";
+    assert_eq!(metric(&w, &bot, series).await, None);
+    let r = currents_hook(&w, &bot, "RUN_START", &p.new).await;
+    assert_eq!(r.status(), 500, "a store failure no retry mends");
+    assert_eq!(metric(&w, &bot, series).await, Some(1.0));
+    bot.kill().await;
+}
+
+/// Finding: `runwarden_store_up` was 1 as soon as the first of the store gauges' queries
+/// answered, whatever the others did. Here only the last (decisions by outcome) fails:
+/// its table is gone, renamed by another process. The store is not up, and the gauges
+/// that were read are still shown.
+#[tokio::test]
+async fn the_store_is_not_up_when_a_later_gauge_query_fails() {
+    let w = World::sqlite(SUPERSEDE, Env::default()).await;
+    let bot = w.serve().await;
+    use sqlx::Connection as _;
+    let mut other = sqlx::SqliteConnection::connect(&w.store_url())
+        .await
+        .unwrap();
+    sqlx::raw_sql("ALTER TABLE decisions RENAME TO decisions_gone")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    // The store gauges are first read by this scrape (none before it).
+    assert_eq!(
+        metric(&w, &bot, "runwarden_queue_depth").await,
+        Some(0.0),
+        "the first query answered"
+    );
+    assert_eq!(metric(&w, &bot, "runwarden_store_up").await, Some(0.0));
+    assert_eq!(
+        metric(&w, &bot, "runwarden_events_pending").await,
+        Some(0.0)
+    );
+    bot.kill().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Read-only
 

@@ -522,17 +522,33 @@ impl GithubWebhook {
     }
 }
 
+/// Marks a webhook answer its handler counted in `runwarden_webhooks_total`: the
+/// router's layer ([`crate::server::count_webhooks`]) counts the answers without it (the
+/// 408 of the request timeout, the 500 of a panic), so that each is counted once.
+#[derive(Debug, Clone, Copy)]
+pub struct Counted;
+
+/// Counts `response` (a webhook's answer) in `runwarden_webhooks_total` and, when it is
+/// one the layer counts too (a 408 or 500), marks it [`Counted`] (only then: a mark is an
+/// allocation, which an ack need not pay for).
+fn counted(state: &AppState, source: &'static str, mut response: Response) -> Response {
+    state.metrics.inc(
+        "runwarden_webhooks_total",
+        &[("source", source), ("status", response.status().as_str())],
+    );
+    if crate::server::counted_by_the_layer(response.status()) {
+        response.extensions_mut().insert(Counted);
+    }
+    response
+}
+
 fn answer(
     state: &AppState,
     source: &'static str,
     status: StatusCode,
     body: serde_json::Value,
 ) -> Response {
-    state.metrics.inc(
-        "runwarden_webhooks_total",
-        &[("source", source), ("status", status.as_str())],
-    );
-    (status, axum::Json(body)).into_response()
+    counted(state, source, (status, axum::Json(body)).into_response())
 }
 
 async fn store_delivery(state: &AppState, source: &'static str, delivery: NewDelivery) -> Response {
@@ -591,17 +607,13 @@ async fn store_delivery(state: &AppState, source: &'static str, delivery: NewDel
 /// Logged at WARN with the source (`currents` or `github`), the status and the fixed
 /// reason: never a header value or the body.
 fn rejected(state: &AppState, source: &'static str, rejection: Rejection) -> Response {
-    state.metrics.inc(
-        "runwarden_webhooks_total",
-        &[("source", source), ("status", rejection.status.as_str())],
-    );
     tracing::warn!(
         source,
         status = rejection.status.as_u16(),
         reason = rejection.reason,
         "webhook rejected"
     );
-    rejection.answer()
+    counted(state, source, rejection.answer())
 }
 
 /// `POST /webhooks/currents`.

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
@@ -30,13 +31,13 @@ impl FromRequestParts<AppState> for Admin {
         let Some(token) = &state.secrets.admin_token else {
             return Err((StatusCode::NOT_FOUND, "not found").into_response());
         };
+        // The header's bytes as sent: a token need not be ASCII.
         let given = parts
             .headers
             .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
-            .unwrap_or("");
-        if given.is_empty() || !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
+            .and_then(|v| bearer_token(v.as_bytes()))
+            .unwrap_or(b"");
+        if given.is_empty() || !token_matches(given, token.expose().as_bytes()) {
             // The same `{"error"}` shape as the API's other errors.
             let mut answer = error(
                 StatusCode::UNAUTHORIZED,
@@ -52,14 +53,23 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// The token of an `Authorization: Bearer <token>` value, as bytes. The scheme is
 /// case-insensitive (RFC 9110 §11.1: `bearer`, `BEARER`) and followed by one or more
-/// spaces; the token is returned as sent, for an exact comparison.
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.split_once(' ')?;
+/// spaces; the token is returned as sent (UTF-8 or not), for an exact comparison.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, token) = (&value[..space], &value[space..]);
+    let start = token.iter().position(|&b| b != b' ').unwrap_or(token.len());
     scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim_start_matches(' '))
+        .eq_ignore_ascii_case(b"bearer")
+        .then_some(&token[start..])
+}
+
+/// Whether `given` is the admin token `expected`, in constant time: their SHA-256
+/// digests are compared, so that neither the token's content nor its length shows in
+/// how long the comparison takes.
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    bool::from(Sha256::digest(given).ct_eq(&Sha256::digest(expected)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,5 +248,67 @@ pub async fn sweep(
             tracing::error!(error = %e, "cannot queue a sweep");
             store_unavailable()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comparison_needs_the_same_bytes_and_length() {
+        assert!(token_matches(b"admin-token", b"admin-token"));
+        assert!(token_matches("pässwort".as_bytes(), "pässwort".as_bytes()));
+        assert!(
+            !token_matches(b"admin-tokeN", b"admin-token"),
+            "same length"
+        );
+        assert!(!token_matches(b"admin-token-2", b"admin-token"), "longer");
+        assert!(!token_matches(b"admin", b"admin-token"), "a prefix");
+        assert!(!token_matches(b"", b"admin-token"));
+        assert!(!token_matches("passwort".as_bytes(), "pässwort".as_bytes()));
+    }
+
+    /// Finding: the comparison returned at once when the lengths differed, so how long
+    /// it took told the token's length. A token of another length now takes as long to
+    /// refuse as one of the same length (both are hashed): with a 4 MiB token, the early
+    /// return would be thousands of times faster.
+    #[test]
+    fn a_token_of_another_length_takes_as_long_to_refuse() {
+        use std::time::{Duration, Instant};
+        let expected = vec![b'a'; 4 << 20];
+        let mut same_length = expected.clone();
+        same_length[0] = b'b';
+        let longer = vec![b'a'; (4 << 20) + 1];
+        let time = |given: &[u8]| {
+            let t = Instant::now();
+            assert!(!token_matches(given, &expected));
+            t.elapsed()
+        };
+        // The fastest of several, interleaved: the machine's load weighs on both alike.
+        let (mut same, mut other) = (Duration::MAX, Duration::MAX);
+        for _ in 0..7 {
+            same = same.min(time(&same_length));
+            other = other.min(time(&longer));
+        }
+        assert!(
+            other * 4 >= same,
+            "another length refused in {other:?}, the same length in {same:?}"
+        );
+    }
+
+    #[test]
+    fn the_bearer_token_is_taken_as_sent() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"bEaReR   abc"), Some(&b"abc"[..]));
+        assert_eq!(
+            bearer_token("Bearer pässwort".as_bytes()),
+            Some("pässwort".as_bytes())
+        );
+        assert_eq!(bearer_token(b"Bearer \xff\xfe"), Some(&b"\xff\xfe"[..]));
+        assert_eq!(bearer_token(b"Bearer "), Some(&b""[..]));
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bearerabc"), None);
+        assert_eq!(bearer_token(b"bearer"), None);
     }
 }

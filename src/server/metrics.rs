@@ -1,6 +1,8 @@
 //! Prometheus metrics, rendered by hand in the text exposition format: counters keyed by
 //! name and labels, one latency histogram (event to action), and the gauges read from
-//! the store, computed at most once per [`STORE_GAUGES_TTL`] however many scrape.
+//! the store, computed at most once per [`STORE_GAUGES_TTL`] however many scrape (and,
+//! kept here too, the status page's store reads, once per
+//! [`super::status_page::STATUS_PAGE_TTL`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -38,11 +40,49 @@ struct Histogram {
 pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, String), u64>>,
     latency: Mutex<Histogram>,
-    /// The last store gauges and when they were read. Held across their computation:
-    /// concurrent scrapes wait for the one computing them, then reuse its result.
-    store_gauges: tokio::sync::Mutex<Option<(Instant, Arc<[Gauge]>)>>,
-    /// The last `/readyz` store check and when it ran, shared the same way.
-    store_ping: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    /// The last store gauges and when they were read.
+    store_gauges: Shared<Arc<[Gauge]>>,
+    /// The last `/readyz` store check and when it ran.
+    store_ping: Shared<bool>,
+    /// The last store reads of the status page and when they were made.
+    status_page: Shared<Arc<super::status_page::PageData>>,
+}
+
+/// A value read from the store, reused by its callers for a TTL. The lock is held across
+/// its computation: concurrent callers wait for the one computing it, then reuse its
+/// result (single flight).
+pub struct Shared<T> {
+    last: tokio::sync::Mutex<Option<(Instant, T)>>,
+}
+
+impl<T> Default for Shared<T> {
+    fn default() -> Self {
+        Self {
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<T: Clone> Shared<T> {
+    /// The value `compute` gives, computed at most once per `ttl`: a caller within it
+    /// gets the last result; concurrent callers after it wait for the first of them to
+    /// compute the next one. A computation given up half-way (its request cancelled)
+    /// leaves the next caller to compute.
+    pub async fn get<F, Fut>(&self, ttl: Duration, compute: F) -> T
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let mut last = self.last.lock().await;
+        if let Some((at, value)) = &*last
+            && at.elapsed() < ttl
+        {
+            return value.clone();
+        }
+        let value = compute().await;
+        *last = Some((Instant::now(), value.clone()));
+        value
+    }
 }
 
 /// Appends `v` escaped as a label value.
@@ -170,15 +210,9 @@ impl Metrics {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Vec<Gauge>>,
     {
-        let mut cached = self.store_gauges.lock().await;
-        if let Some((at, gauges)) = &*cached
-            && at.elapsed() < STORE_GAUGES_TTL
-        {
-            return gauges.clone();
-        }
-        let gauges: Arc<[Gauge]> = compute().await.into();
-        *cached = Some((Instant::now(), gauges.clone()));
-        gauges
+        self.store_gauges
+            .get(STORE_GAUGES_TTL, || async { compute().await.into() })
+            .await
     }
 
     /// Whether the store answered `ping`, checked at most once per [`STORE_PING_TTL`]
@@ -188,15 +222,23 @@ impl Metrics {
         F: FnOnce() -> Fut,
         Fut: Future<Output = bool>,
     {
-        let mut cached = self.store_ping.lock().await;
-        if let Some((at, ok)) = *cached
-            && at.elapsed() < STORE_PING_TTL
-        {
-            return ok;
-        }
-        let ok = ping().await;
-        *cached = Some((Instant::now(), ok));
-        ok
+        self.store_ping.get(STORE_PING_TTL, ping).await
+    }
+
+    /// The store reads of the status page that `read` makes, made at most once per
+    /// [`super::status_page::STATUS_PAGE_TTL`] by one caller (single flight, as
+    /// [`Metrics::store_gauges`]): a flood of the unauthenticated page cannot tie up the
+    /// store's readers.
+    pub async fn status_page_reads<F, Fut>(&self, read: F) -> Arc<super::status_page::PageData>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = super::status_page::PageData>,
+    {
+        self.status_page
+            .get(super::status_page::STATUS_PAGE_TTL, || async {
+                Arc::new(read().await)
+            })
+            .await
     }
 
     /// The Prometheus text; `gauges` are point-in-time values computed by the caller

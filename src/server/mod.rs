@@ -105,35 +105,25 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// `/healthz` and `/readyz` are outside the [`CONCURRENCY_LIMIT`] (see [`guard`]): a
 /// probe is answered at once even while every slot is held, e.g. by stalled uploads.
 /// The webhooks count the 408 of the timeout (and the 500 of a panic) in
-/// `runwarden_webhooks_total` like their other answers. The GitHub webhook's unverified
+/// `runwarden_webhooks_total` like their other answers, each once (see
+/// [`count_webhooks`]). The GitHub webhook's unverified
 /// bodies share one [`webhooks::BodyBudget`] per router (one router per process).
 pub fn router(state: AppState) -> Router {
     let slots = Arc::new(Semaphore::new(CONCURRENCY_LIMIT));
     let budget = Arc::new(webhooks::BodyBudget::default());
     let limited = |routes: Router<AppState>| protect(routes, slots.clone(), REQUEST_TIMEOUT);
-    let counted = |source: &'static str| {
-        let metrics = state.metrics.clone();
-        tower::util::MapResponseLayer::new(move |r: axum::response::Response| {
-            // Produced outside the handler, which counts every answer of its own.
-            if matches!(
-                r.status(),
-                StatusCode::REQUEST_TIMEOUT | StatusCode::INTERNAL_SERVER_ERROR
-            ) {
-                metrics.inc(
-                    "runwarden_webhooks_total",
-                    &[("source", source), ("status", r.status().as_str())],
-                );
-            }
-            r
-        })
+    let counted = |routes: Router<AppState>, source: &'static str| {
+        count_webhooks(routes, state.metrics.clone(), source)
     };
     // The extractors enforce their own limits (1 MiB / 25 MiB) and answer 413.
-    let currents = limited(
-        Router::new()
-            .route("/webhooks/currents", post(webhooks::currents))
-            .layer(DefaultBodyLimit::disable()),
-    )
-    .layer(counted("currents"));
+    let currents = counted(
+        limited(
+            Router::new()
+                .route("/webhooks/currents", post(webhooks::currents))
+                .layer(DefaultBodyLimit::disable()),
+        ),
+        "currents",
+    );
     let github = limited(
         Router::new()
             .route(
@@ -146,8 +136,8 @@ pub fn router(state: AppState) -> Router {
                 }),
             )
             .layer(DefaultBodyLimit::disable()),
-    )
-    .layer(counted("github"));
+    );
+    let github = counted(github, "github");
     let rest = limited(
         Router::new()
             .route(
@@ -171,6 +161,43 @@ pub fn router(state: AppState) -> Router {
         .merge(rest)
         .merge(health)
         .with_state(state)
+}
+
+/// Whether [`count_webhooks`] counts an answer of this status (one the handler did not
+/// count): a 408 (the request timeout) or a 500 (a panic).
+pub fn counted_by_the_layer(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::INTERNAL_SERVER_ERROR
+    )
+}
+
+/// Counts in `runwarden_webhooks_total` (under `source`) the 408s and 500s of `routes`
+/// (a webhook's, behind [`protect`]) that its handler did not count: those of the
+/// request timeout and of a panic. The handler counts each of its own answers and marks
+/// it [`webhooks::Counted`] (its 500 when the store failed for good included), so every
+/// answer is counted once.
+pub fn count_webhooks<S>(
+    routes: Router<S>,
+    metrics: Arc<Metrics>,
+    source: &'static str,
+) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    routes.layer(tower::util::MapResponseLayer::new(
+        move |r: axum::response::Response| {
+            if counted_by_the_layer(r.status())
+                && r.extensions().get::<webhooks::Counted>().is_none()
+            {
+                metrics.inc(
+                    "runwarden_webhooks_total",
+                    &[("source", source), ("status", r.status().as_str())],
+                );
+            }
+            r
+        },
+    ))
 }
 
 /// The layers around every route of [`router`] but the health checks, from the outside
@@ -269,23 +296,30 @@ async fn metrics_text(state: AppState, budget: Arc<webhooks::BodyBudget>) -> imp
         );
     }
     (
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render_parts(&[&stored, &gauges]),
     )
 }
 
-/// The gauges of `/metrics` read from the store (four queries).
+/// The gauges of `/metrics` read from the store (four queries). `runwarden_store_up` is
+/// 1 only when all four answered; the gauges of a query that failed are left out (an
+/// outage shows as 0 there, not as gauges that vanish unexplained).
 async fn store_gauges(state: &AppState) -> Vec<metrics::Gauge> {
-    let mut gauges: Vec<metrics::Gauge> = Vec::new();
-    let depth = state.store.queue_depth().await;
-    // Whether the store answered: the gauges read from it are missing when it did not
-    // (an outage shows as 0 here, not as gauges that vanish).
-    gauges.push((
+    let store = &state.store;
+    let depth = store.queue_depth().await;
+    let pending = store.count_unprocessed().await;
+    let by_state = store.action_counts().await;
+    let by_outcome = store.decision_counts().await;
+    let up = depth.is_ok() && pending.is_ok() && by_state.is_ok() && by_outcome.is_ok();
+    let mut gauges: Vec<metrics::Gauge> = vec![(
         "runwarden_store_up",
         "1 when the store answered the last reads of the gauges taken from it (at most 5 s old), 0 when it did not.",
         String::new(),
-        if depth.is_ok() { 1.0 } else { 0.0 },
-    ));
+        if up { 1.0 } else { 0.0 },
+    )];
     if let Ok(depth) = depth {
         gauges.push((
             "runwarden_queue_depth",
@@ -294,7 +328,7 @@ async fn store_gauges(state: &AppState) -> Vec<metrics::Gauge> {
             depth as f64,
         ));
     }
-    if let Ok(n) = state.store.count_unprocessed().await {
+    if let Ok(n) = pending {
         gauges.push((
             "runwarden_events_pending",
             "Stored events not yet processed (read from the store at most every 5 s).",
@@ -302,7 +336,7 @@ async fn store_gauges(state: &AppState) -> Vec<metrics::Gauge> {
             n as f64,
         ));
     }
-    if let Ok(counts) = state.store.action_counts().await {
+    if let Ok(counts) = by_state {
         for (s, n) in counts {
             gauges.push((
                 "runwarden_actions_by_state",
@@ -314,7 +348,7 @@ async fn store_gauges(state: &AppState) -> Vec<metrics::Gauge> {
     }
     // SPEC §5's decisions by rule and outcome, read from the store: a decision's outcome
     // follows its action (`planned` until it is `done`, `failed` or `skipped`).
-    if let Ok(counts) = state.store.decision_counts().await {
+    if let Ok(counts) = by_outcome {
         for c in counts {
             gauges.push((
                 "runwarden_decisions_by_outcome",

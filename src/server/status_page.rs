@@ -1,16 +1,19 @@
 //! `GET /`: a read-only, server-rendered status page — rules with hit counts, recent
 //! decisions, pending and failed actions, next schedule slots. No external assets,
-//! readable on a phone, refreshes itself. Everything shown is also in `/api/*`.
+//! readable on a phone, refreshes itself. Everything shown is also in `/api/*`. What it
+//! reads from the store is read at most once per [`STATUS_PAGE_TTL`], however many ask.
 
 use std::fmt::Write;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Html;
-use chrono::Utc;
+use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::AppState;
 use crate::config::RuleKind;
+use crate::store::{AuditEntry, SlotRecord};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -45,10 +48,30 @@ fn read<T>(what: &str, r: crate::store::StoreResult<T>) -> Option<T> {
         .ok()
 }
 
-/// Renders the page: 200, or 503 when some of it could not be read from the store (the
-/// page is still rendered, those sections saying so).
-pub async fn page(State(state): State<AppState>) -> (StatusCode, Html<String>) {
-    let cfg = &state.config;
+/// How long the page's store reads are reused: the requests within it share one set of
+/// reads (single flight, see [`super::metrics::Metrics::status_page_reads`]), so that a
+/// flood of this unauthenticated page cannot tie up the store's readers. The page says
+/// when its data was read ("as of").
+pub const STATUS_PAGE_TTL: Duration = Duration::from_secs(2);
+
+/// What the page reads from the store; each `None` a read that failed.
+pub struct PageData {
+    /// When the reads were made.
+    read_at: DateTime<Utc>,
+    hits: Option<Vec<(String, i64)>>,
+    recent: Option<Vec<AuditEntry>>,
+    queue: Option<i64>,
+    failed: Option<Vec<AuditEntry>>,
+    pending: Option<Vec<AuditEntry>>,
+    /// The last slot of each scheduled retention rule, by rule name.
+    last_slots: Vec<(String, Option<Option<SlotRecord>>)>,
+    /// Actions by state.
+    counts: Option<Vec<(String, i64)>>,
+}
+
+/// The page's store reads (seven queries, and one per scheduled retention rule).
+async fn read_all(state: &AppState) -> PageData {
+    let read_at = Utc::now();
     let hits = read("rule hits", state.store.rule_hit_counts().await);
     let recent = read(
         "recent decisions",
@@ -74,7 +97,7 @@ pub async fn page(State(state): State<AppState>) -> (StatusCode, Html<String>) {
     );
     // The last slot of each scheduled retention rule, and how its sweep ended.
     let mut last_slots = Vec::new();
-    for r in &cfg.rules {
+    for r in &state.config.rules {
         if let RuleKind::Retention(o) = &r.kind
             && o.schedule.is_some()
         {
@@ -82,11 +105,39 @@ pub async fn page(State(state): State<AppState>) -> (StatusCode, Html<String>) {
                 "last schedule slot",
                 state.store.latest_slot_record(&r.name).await,
             );
-            last_slots.push((r.name.as_str(), slot));
+            last_slots.push((r.name.clone(), slot));
         }
     }
     // The headings' counts: every action in the state, not only those listed.
     let counts = read("actions by state", state.store.action_counts().await);
+    PageData {
+        read_at,
+        hits,
+        recent,
+        queue,
+        failed,
+        pending,
+        last_slots,
+        counts,
+    }
+}
+
+/// Renders the page: 200, or 503 when some of it could not be read from the store (the
+/// page is still rendered, those sections saying so). What it shows from the store is
+/// read at most once per [`STATUS_PAGE_TTL`] (2 s), whoever asks.
+pub async fn page(State(state): State<AppState>) -> (StatusCode, Html<String>) {
+    let cfg = &state.config;
+    let data = state.metrics.status_page_reads(|| read_all(&state)).await;
+    let PageData {
+        read_at,
+        hits,
+        recent,
+        queue,
+        failed,
+        pending,
+        last_slots,
+        counts,
+    } = &*data;
     let count = |states: &[&str]| {
         counts.as_ref().map(|c| {
             c.iter()
@@ -108,8 +159,9 @@ pub async fn page(State(state): State<AppState>) -> (StatusCode, Html<String>) {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <meta http-equiv=\"refresh\" content=\"10\"><title>runwarden status</title><style>{STYLE}</style></head><body>\
-<h1>runwarden</h1><p class=\"muted\">{} · {} project(s) · {}{} · <a href=\"/metrics\">metrics</a></p>",
-        Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
+<h1>runwarden</h1><p class=\"muted\">as of <time datetime=\"{}\">{}</time> · {} project(s) · {}{} · <a href=\"/metrics\">metrics</a></p>",
+        read_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        read_at.format("%Y-%m-%d %H:%M:%S UTC"),
         cfg.currents.projects.len(),
         if cfg.dry_run {
             "<b>dry run</b> · "
@@ -251,7 +303,11 @@ pub async fn page(State(state): State<AppState>) -> (StatusCode, Html<String>) {
             let _ = write!(h, "<h2>Recent decisions</h2>{UNREADABLE}");
         }
     }
-    h.push_str("<p class=\"muted\">Read-only. The same data: <code>/api/actions</code>, <code>/api/rules</code>.</p></body></html>");
+    let _ = write!(
+        h,
+        "<p class=\"muted\">Read-only; read from the store at most every {} s. The same data: <code>/api/actions</code>, <code>/api/rules</code>.</p></body></html>",
+        STATUS_PAGE_TTL.as_secs()
+    );
     let status = if complete {
         StatusCode::OK
     } else {
