@@ -177,6 +177,62 @@ async fn plan_prints_what_would_be_done_as_json_and_mutates_nothing() {
     assert!(env.sim.mutation_log().is_empty(), "plan mutates nothing");
 }
 
+/// `plan --rule` of a supersede rule lists what that rule needs (the runs in progress,
+/// and the finished ones newer than them), not every run of the project because another
+/// rule of the config is a retention rule.
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_of_a_supersede_rule_does_not_list_the_whole_history_for_a_retention_rule() {
+    let env = setup(RULES).await;
+    let old = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
+    env.add("feat/a", "a2", Duration::minutes(2), "running", &[]);
+    // History the retention rule would list: three pages of it.
+    for i in 0..120 {
+        env.add(
+            "feat/b",
+            &format!("h{i}"),
+            Duration::days(40) + Duration::minutes(i),
+            "passed",
+            &[],
+        );
+    }
+    let gets = |env: &Env| {
+        env.sim
+            .request_counts()
+            .get("currents GET")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = gets(&env);
+    let (out, env) = env
+        .run_async(&["plan", "--rule", "cancel-superseded"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&old),
+        "{}",
+        text(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let read: u64 = err
+        .split_once(" runs read")
+        .and_then(|(n, _)| n.rsplit(char::is_whitespace).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(read < 120, "the history was not listed: {err}");
+    let requests = gets(&env) - before;
+    assert!(
+        requests <= 2,
+        "{requests} listing requests: the in-progress runs, the finished newer ones"
+    );
+    // The whole plan still lists the history, for the retention rule.
+    let (out, _env) = env.run_async(&["plan"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("122 runs read"),
+        "{}",
+        text(&out)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn plan_and_sweep_agree_that_a_finished_newer_run_supersedes() {
     let rules = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n";
@@ -579,39 +635,39 @@ async fn a_sweep_whose_rules_file_lacks_the_summary_rule_leaves_its_summary_to_s
     );
 }
 
-/// A sweep whose decisions cannot be read back from the store at the end (here a
-/// decision whose time is out of range) does not print an empty report and exit 0 as if
-/// nothing had happened: it says so and exits 1.
+/// A sweep whose decisions cannot be read back from the store at the end (here its own
+/// decision, whose time a trigger puts out of range as it is recorded) does not print an
+/// empty report and exit 0 as if nothing had happened: it says so and exits 1.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sweep_whose_report_cannot_be_read_from_the_store_exits_1() {
     let env = setup(RULES).await;
-    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
-    store
-        .record_decisions(&[runwarden::store::NewDecision {
-            at: Utc::now(),
-            rule: "cancel-superseded".into(),
-            kind: "supersede".into(),
-            action: "cancel".into(),
-            run_id: "unreadable".into(),
-            project_id: PROJECT.into(),
-            branch: None,
-            sha: None,
-            reason: "a row the store cannot read back".into(),
-            dry_run: true,
-            not_before: None,
-            action_key: "cancel:unreadable".into(),
-            payload: None,
-            skip: None,
-        }])
+    // The sweep decides one cancel.
+    env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
+    env.add("feat/a", "a2", Duration::minutes(2), "running", &[]);
+    // The store's tables exist once it has been opened.
+    runwarden::store::Store::connect(&env.store)
         .await
-        .unwrap();
-    store.close().await;
-    run_sql(
-        &env,
-        "UPDATE decisions SET at = 9223372036854775807 WHERE run_id = 'unreadable'",
-    )
-    .await;
-    let (out, _env) = env.run_async(&["sweep"]).await;
+        .unwrap()
+        .close()
+        .await;
+    if env.store.starts_with("sqlite:") {
+        run_sql(
+            &env,
+            "CREATE TRIGGER spoil_decisions AFTER INSERT ON decisions \
+             BEGIN UPDATE decisions SET at = 9223372036854775807 WHERE id = NEW.id; END",
+        )
+        .await;
+    } else {
+        run_sql(
+            &env,
+            "CREATE FUNCTION spoil_decision() RETURNS trigger AS $$ \
+             BEGIN NEW.at := 9223372036854775807; RETURN NEW; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER spoil_decisions BEFORE INSERT ON decisions \
+             FOR EACH ROW EXECUTE FUNCTION spoil_decision();",
+        )
+        .await;
+    }
+    let (out, _env) = env.run_async(&["sweep", "--dry-run"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -719,6 +775,35 @@ async fn a_retention_rule_without_schedule_is_swept_on_demand() {
     assert!(env.sim.run(&recent).is_some(), "the recent run is kept");
 }
 
+/// `sweep --rule` of a rule that acts on events (summary, orphan) has nothing to sweep:
+/// rather than a silent exit 0 that did nothing, a usage error that says what the rule
+/// acts on (as `plan`'s note does), before any request.
+#[tokio::test(flavor = "multi_thread")]
+async fn sweep_of_an_event_driven_rule_is_a_usage_error_that_says_what_it_acts_on() {
+    let rules = "[[rules]]\nname = \"pr\"\nkind = \"summary\"\n\n[[rules]]\nname = \"orphans\"\nkind = \"orphan\"\n";
+    let mut env = setup(rules).await;
+    for (rule, what) in [
+        ("pr", "rule \"pr\" (summary) acts on run events"),
+        (
+            "orphans",
+            "rule \"orphans\" (orphan) acts on GitHub workflow_run completed events",
+        ),
+    ] {
+        let (out, back) = env.run_async(&["sweep", "--rule", rule]).await;
+        env = back;
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("runwarden sweep: ")
+                && err.contains(what)
+                && err.contains("not on a sweep"),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty(), "{}", text(&out));
+    }
+    assert!(env.sim.request_counts().is_empty(), "no request was made");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_next_sweep_retries_a_cancel_that_failed_for_good() {
     let rules = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n";
@@ -780,6 +865,44 @@ async fn sweep_exits_1_when_the_retention_circuit_breaker_trips() {
     let (out, env) = env.run_async(&["sweep"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(env.sim.mutation_log().is_empty(), "nothing deleted");
+}
+
+/// A rule in dry-run mode (its own `dry_run`, or the global one) only records what it
+/// decides: `explain` says "(dry run)" on its line, as `plan` does, and not on the
+/// line of a live rule.
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_says_when_a_rule_that_applies_is_in_dry_run() {
+    let rules = "[[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\ndry_run = true\n\n[[rules]]\nname = \"stuck\"\nkind = \"timeout\"\nmax_duration = \"10m\"\n";
+    let env = setup(rules).await;
+    let old = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
+    env.add("feat/a", "a2", Duration::minutes(2), "running", &[]);
+    let (out, env) = env.run_async(&["explain", &old]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = |rule: &str| {
+        t.lines()
+            .find(|l| l.contains(rule))
+            .unwrap_or_else(|| panic!("{t}"))
+            .to_string()
+    };
+    let dry = line("cancel-superseded");
+    assert!(
+        dry.starts_with("✔ applies") && dry.ends_with(" (dry run)"),
+        "{t}"
+    );
+    let live = line("stuck");
+    assert!(
+        live.starts_with("✔ applies") && !live.contains("dry run"),
+        "{t}"
+    );
+    // `plan` says the same of the same rule.
+    let (out, _env) = env.run_async(&["plan"]).await;
+    let plan = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        plan.lines()
+            .any(|l| l.starts_with("cancel-superseded") && l.ends_with(" (dry run)")),
+        "{plan}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1747,6 +1870,84 @@ async fn a_sweep_reports_only_the_decisions_made_since_it_started() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains(&other),
+        "{}",
+        text(&out)
+    );
+}
+
+/// The report of a sweep lists the decisions it made, not those another process (a
+/// `serve` beside a cron'd sweep) recorded while it ran: a failed action of theirs is not
+/// the sweep's to report, nor to exit 1 for (RELIABILITY: its own actions only).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_does_not_report_a_decision_another_process_made_while_it_ran() {
+    use runwarden::simulator::{Fault, FaultKind};
+    let env = setup(RULES).await;
+    // A lone run: no rule of RULES acts on it in this sweep.
+    let other = env.add("feat/other", "o1", Duration::minutes(20), "running", &[]);
+    // The sweep's listing is held, so that it is still running while another process
+    // decides.
+    let slow = env.sim.inject_fault(
+        Fault::new(FaultKind::Latency { ms: 2000 })
+            .on("GET", format!("/v1/projects/{PROJECT}/runs"))
+            .always(),
+    );
+    let mut child = env
+        .command(&["sweep"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !env.sim.faults().iter().any(|f| f.id == slow && f.seen > 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep never listed the runs"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Another process decides now, and its action fails for good.
+    let store = runwarden::store::Store::connect(&env.store).await.unwrap();
+    let recorded = store
+        .record_decisions(&[runwarden::store::NewDecision {
+            at: Utc::now(),
+            rule: "cancel-superseded".into(),
+            kind: "supersede".into(),
+            action: "cancel".into(),
+            run_id: other.clone(),
+            project_id: PROJECT.into(),
+            branch: Some("feat/other".into()),
+            sha: Some("o1".into()),
+            reason: "decided by serve while the sweep ran".into(),
+            dry_run: false,
+            // Held: never due during the sweep.
+            not_before: Some(Utc::now() + Duration::hours(1)),
+            action_key: format!("cancel:{other}"),
+            payload: None,
+            skip: None,
+        }])
+        .await
+        .unwrap();
+    let action = recorded[0]
+        .action_id
+        .expect("a live decision has an action");
+    assert!(store.fail_action(action, "refused").await.unwrap());
+    store.close().await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "precondition: the sweep is still running"
+    );
+    env.sim.remove_fault(slow);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&other),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("sweep: 0 decision(s)"),
         "{}",
         text(&out)
     );

@@ -229,3 +229,132 @@ fn a_github_app_id_that_is_not_a_number_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// GitHub App credentials `serve` and `sweep` refuse (an App id without its key, a key
+/// path that does not exist) are refused by `check` too, with the same message and
+/// exit 2: `check` passing means they start.
+#[test]
+fn github_app_credentials_serve_refuses_are_refused_by_check_alike() {
+    let d = Dir::new();
+    let missing = d.path().join("no-such-key.pem");
+    let missing = missing.to_str().unwrap();
+    for (vars, why) in [
+        (
+            &[("GITHUB_APP_ID", "123")][..],
+            "GITHUB_APP_ID is set but GITHUB_APP_PRIVATE_KEY is not",
+        ),
+        (
+            &[
+                ("GITHUB_APP_ID", "123"),
+                ("GITHUB_APP_PRIVATE_KEY", missing),
+            ][..],
+            "GITHUB_APP_PRIVATE_KEY is neither an RSA PEM private key nor a readable PEM file",
+        ),
+    ] {
+        let message = |args: &[&str]| {
+            let mut c = d.command(args);
+            c.env("CURRENTS_API_KEY", "k");
+            for (k, v) in vars {
+                c.env(k, v);
+            }
+            let out = c.output().unwrap();
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{args:?} {vars:?}: {err}");
+            assert!(err.contains(why), "{args:?} {vars:?}: {err}");
+            // The message after the command's name (`serve` logs its warnings first).
+            err.lines()
+                .find_map(|l| l.strip_prefix(&format!("runwarden {}: ", args[0])))
+                .unwrap_or_else(|| panic!("{args:?} {vars:?}: {err}"))
+                .to_string()
+        };
+        let check = message(&["check"]);
+        assert!(check.starts_with("GitHub credentials: "), "{check}");
+        assert_eq!(check, message(&["serve"]), "{vars:?}");
+        assert_eq!(check, message(&["sweep", "--dry-run"]), "{vars:?}");
+    }
+}
+
+/// Waits for `child` to exit within 30 s; one still running then (a simulator serving
+/// when it should have refused to start) is killed and the test fails.
+fn exit_within_deadline(mut child: std::process::Child, what: &str) -> Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{what}: still running after 30 s: {}", stderr(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `simulate` read its config with the error dropped: an invalid one was silently
+/// replaced by the defaults (another dashboard URL and webhook header than the bot's,
+/// whose webhooks the bot then refuses). An invalid config is an error, exit 2 with its
+/// `PATH:LINE:COL: message`, as for every command; without a config file the simulator
+/// still starts, on its defaults.
+#[test]
+fn simulate_with_an_invalid_config_is_a_usage_error_and_without_one_starts() {
+    let d = Dir::new();
+    std::fs::write(
+        d.config(),
+        "[currents]\nprojects = [\"bAYZ4a\"]\nwebhook_headr = \"x-my-secret\"\n",
+    )
+    .unwrap();
+    let child = d
+        .command(&["simulate", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = exit_within_deadline(child, "simulate with an invalid config");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with("rules.toml:3") && err.contains("webhook_headr"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "it never served");
+    // No config file at all: the defaults, and it serves; a config named that is not
+    // there is said on stderr.
+    std::fs::remove_file(d.config()).unwrap();
+    for (args, warned) in [
+        (&["simulate", "--listen", "127.0.0.1:0"][..], false),
+        (
+            &[
+                "--config",
+                "nope.toml",
+                "simulate",
+                "--listen",
+                "127.0.0.1:0",
+            ][..],
+            true,
+        ),
+    ] {
+        let mut child = d
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut first,
+        )
+        .unwrap();
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(
+            first.starts_with("runwarden simulator listening on "),
+            "{args:?}: {first:?} {err}"
+        );
+        assert_eq!(
+            err.contains("runwarden simulate: nope.toml: no such file; using the default"),
+            warned,
+            "{args:?}: {err}"
+        );
+    }
+}

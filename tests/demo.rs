@@ -221,3 +221,99 @@ fn an_interrupted_demo_leaves_no_temporary_files() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Ctrl-C (SIGINT) in the middle of `demo --keep-running`: the same as without it (it
+/// was not listened for until the end, so the signal killed the demo and its temporary
+/// store stayed behind): it stops, exits 1, and leaves nothing behind.
+#[test]
+fn an_interrupted_keep_running_demo_leaves_no_temporary_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut child, lines, _cwd) = demo_until(tmp.path(), &["--keep-running"], "the backlog");
+    // SAFETY: kill(2) on the pid of our own child, not reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    std::thread::spawn(move || for _ in lines {});
+    let status = wait_within(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{status}");
+    assert_no_files_left(tmp.path());
+}
+
+/// Kept up at its end, `demo --keep-running` is stopped by Ctrl-C or by SIGTERM (as a
+/// terminal or a container stops it): the bot and the simulator are shut down, its
+/// temporary store removed, and it exits 0 (the demo itself went well).
+#[test]
+fn a_kept_up_demo_stops_cleanly_on_sigint_and_sigterm() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut child, lines, _cwd) = demo_until(
+            tmp.path(),
+            &["--keep-running", "--speed", "8"],
+            "keeping the bot and simulator up",
+        );
+        // SAFETY: kill(2) on the pid of our own child, not reaped yet.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        std::thread::spawn(move || for _ in lines {});
+        let status = wait_within(&mut child, Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "signal {signal}: {status}");
+        assert_no_files_left(tmp.path());
+    }
+}
+
+/// The demo's process, the rest of its stdout, and its (empty) working directory.
+type Started = (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    tempfile::TempDir,
+);
+
+/// `runwarden demo ARGS` in an empty directory with `TMPDIR` = `tmp`, read up to its
+/// first stdout line containing `marker` (within 60 s); the store is in `tmp` by then.
+fn demo_until(tmp: &std::path::Path, args: &[&str], marker: &str) -> Started {
+    use std::io::BufRead as _;
+    let empty = tempfile::tempdir().unwrap();
+    let mut child = demo(empty.path())
+        .args(args)
+        .env("TMPDIR", tmp)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = lines.next().expect("the demo ended early").unwrap();
+        if line.contains(marker) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no {marker:?} line");
+    }
+    assert!(
+        std::fs::read_dir(tmp).unwrap().next().is_some(),
+        "the demo's store is in TMPDIR while it plays"
+    );
+    (child, lines, empty)
+}
+
+/// Waits for `child` to exit within `limit`; kills it and fails otherwise.
+fn wait_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_no_files_left(tmp: &std::path::Path) {
+    let left: Vec<_> = std::fs::read_dir(tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -18,6 +18,15 @@ pub fn run(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     let secrets = Secrets::from_env();
+    // GitHub credentials `serve` and `sweep` would refuse (an App id without its key, a
+    // key that is neither PEM text nor a readable PEM file) are refused here the same
+    // way, by the same check (the GitHub client's own, as in
+    // `serve::credentials_problem`), so that `check` passing means they start.
+    // (`CURRENTS_API_KEY` is not needed to check a config.)
+    if let Err(e) = crate::github::GithubClient::from_config(&loaded.config.github, &secrets) {
+        errln!("runwarden check: GitHub credentials: {e}");
+        return ExitCode::from(super::EXIT_USAGE);
+    }
     let mut warnings = loaded.warnings.clone();
     warnings.extend(secret_warnings(&loaded.config, &secrets));
     for r in &loaded.config.rules {

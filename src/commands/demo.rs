@@ -235,7 +235,14 @@ fn demo_config(
     Ok(config)
 }
 
-async fn play(mut config: Config, speed: f64, keep_running: bool) -> anyhow::Result<bool> {
+/// Plays the demo; with `keep_running` (`Some`), then keeps the bot and the simulator up
+/// until the stop it holds is signalled, having first set its flag (from then on a stop
+/// ends the demo as finished, not as interrupted).
+async fn play(
+    mut config: Config,
+    speed: f64,
+    keep_running: Option<&KeepRunning>,
+) -> anyhow::Result<bool> {
     let dir = tempfile::tempdir()?;
     let bot_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let bot_addr = bot_listener.local_addr()?;
@@ -650,7 +657,9 @@ async fn play(mut config: Config, speed: f64, keep_running: bool) -> anyhow::Res
         plural(d.sim.run_count() as u64, "run", "runs")
     );
     let failed = audit.iter().any(|e| e.outcome.as_str() == "failed");
-    if keep_running {
+    if let Some(keep) = keep_running {
+        keep.kept_up
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         outln!("\nkeeping the bot and simulator up (Ctrl-C to stop):");
         outln!("   status page   {}/", d.bot.url());
         outln!("   metrics       {}/metrics", d.bot.url());
@@ -663,7 +672,8 @@ async fn play(mut config: Config, speed: f64, keep_running: bool) -> anyhow::Res
             d.sim.base_url,
             d.sim.config().api_key
         );
-        let _ = tokio::signal::ctrl_c().await;
+        // A stop signalled meanwhile (even before the flag was set) is seen at once.
+        let _ = keep.stop.clone().wait_for(|stopped| *stopped).await;
     }
     let Demo { sim, bot, .. } = d;
     bot.shutdown().await;
@@ -675,8 +685,13 @@ async fn play(mut config: Config, speed: f64, keep_running: bool) -> anyhow::Res
 /// The repo's example policy file, for a demo run where there is none.
 const EXAMPLE_RULES: &str = include_str!("../../rules.toml");
 
-/// Runs the command.
-///
+/// What `--keep-running` needs: whether the demo has reached its end and is kept up,
+/// and the stop (SIGINT or SIGTERM) once signalled.
+struct KeepRunning {
+    kept_up: std::sync::atomic::AtomicBool,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
 /// The first SIGINT or SIGTERM.
 async fn interrupted() {
     let term = async {
@@ -721,13 +736,32 @@ pub fn run(path: &std::path::Path, speed: f64, keep_running: bool) -> ExitCode {
     };
     let started = std::time::Instant::now();
     // Interrupted (Ctrl-C, SIGTERM) before its end, the demo drops what it was playing,
-    // its temporary store included, rather than leaving it behind. (With
-    // `--keep-running`, Ctrl-C at the end is how it is stopped: `play` handles that.)
+    // its temporary store included, rather than leaving it behind, with or without
+    // `--keep-running`. (Kept up at its end, a stop is how it ends: `play` shuts the bot
+    // and the simulator down and removes its store.)
     let result = super::runtime().block_on(async {
-        tokio::select! {
-            r = play(loaded.config, speed, keep_running) => Some(r),
-            () = interrupted(), if !keep_running => None,
-        }
+        // One listener for the whole demo: a stop stays signalled once it came.
+        let (stopped, mut stop) = tokio::sync::watch::channel(false);
+        let listener = tokio::spawn(async move {
+            interrupted().await;
+            let _ = stopped.send(true);
+        });
+        let keep = KeepRunning {
+            kept_up: false.into(),
+            stop: stop.clone(),
+        };
+        let result = tokio::select! {
+            r = play(loaded.config, speed, keep_running.then_some(&keep)) => Some(r),
+            // Once kept up, the stop is `play`'s to handle.
+            _ = async {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+                if keep.kept_up.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+            } => None,
+        };
+        listener.abort();
+        result
     });
     let Some(result) = result else {
         errln!("runwarden demo: interrupted; its temporary store was removed");

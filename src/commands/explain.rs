@@ -108,8 +108,9 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
         explained[i].detail = detail;
     }
     for e in explained {
+        // A rule in dry-run mode only records its decision: said as `plan` says it.
         outln!(
-            "{} {:<22} {:<9} {}",
+            "{} {:<22} {:<9} {}{}",
             if e.applies {
                 "✔ applies "
             } else {
@@ -117,7 +118,8 @@ pub fn run(path: &std::path::Path, run_id: &str) -> ExitCode {
             },
             e.rule,
             e.kind,
-            e.detail
+            e.detail,
+            if e.dry_run { " (dry run)" } else { "" }
         );
     }
     ExitCode::SUCCESS

@@ -396,8 +396,24 @@ pub fn main() -> ExitCode {
 fn simulate(path: &std::path::Path, listen: &str, webhook_url: Option<String>) -> ExitCode {
     let mut cfg = crate::simulator::SimConfig::interactive();
     // The webhook header's name and the dashboard's URL (the base of each webhook's
-    // `runUrl`, which the bot checks) come from the config when there is one.
-    let currents = config::load_file(path).ok().map(|l| l.config.currents);
+    // `runUrl`, which the bot checks) come from the config when there is one. There need
+    // be none (the defaults then); but one that is there and invalid is an error (exit
+    // 2, as for every command), not silently replaced by the defaults the bot would
+    // then disagree with.
+    let currents = if path.exists() {
+        match load_config(path) {
+            Ok(l) => Some(l.config.currents),
+            Err(code) => return code,
+        }
+    } else {
+        if path != std::path::Path::new("rules.toml") {
+            errln!(
+                "runwarden simulate: {}: no such file; using the default dashboard_url and webhook_header",
+                path.display()
+            );
+        }
+        None
+    };
     if let Some(c) = &currents {
         cfg.dashboard_url = c.dashboard_url.trim_end_matches('/').to_string();
     }

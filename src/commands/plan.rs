@@ -1,7 +1,8 @@
 //! `runwarden plan [--rule NAME] [--format table|json]`: read the runs from the API,
 //! evaluate every rule now, print what would be done and why. Mutates nothing.
 //!
-//! Only in-progress runs are listed unless a retention rule needs the whole history.
+//! Only in-progress runs are listed unless a selected rule needs the whole history (a
+//! retention rule, or a timeout rule with `max_duration = "auto"`).
 //! `idle_for` is judged from what the listing shows of each run: a run whose counters
 //! show no completed spec has made no progress since `createdAt`; one with completed
 //! specs has no spec times in a listing, so its idleness is unknown here (`explain RUN`
@@ -59,8 +60,9 @@ pub struct Fetched<'c> {
     pub read: u64,
 }
 
-/// Lists the runs the rules need: every run when a retention rule is configured, else
-/// only the in-progress ones (plus completed passed runs for `max_duration = "auto"`).
+/// Lists the runs the selected rules need: every run when one of them is a retention rule
+/// or has `max_duration = "auto"`, else only the in-progress ones (plus, for a
+/// supersede rule, the finished runs newer than them).
 ///
 /// Retention rules (those `rule` selects) decide as the pages arrive and hold no run.
 /// Every listed run is kept only when a selected rule evaluates over the whole listing
@@ -72,16 +74,19 @@ pub async fn fetch<'c>(
     rule: Option<&str>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Fetched<'c>> {
-    let need_all = config.rules.iter().any(|r| {
-        matches!(r.kind, RuleKind::Retention(_))
-            || matches!(&r.kind, RuleKind::Timeout(t) if t.max_duration == Some(crate::config::MaxDuration::Auto))
-    });
     let selected = || {
         config
             .rules
             .iter()
             .filter(|r| rule.is_none_or(|n| r.name == n))
     };
+    // The whole history only for a selected rule that needs it: `plan --rule` of a
+    // supersede rule lists the runs in progress (and the finished ones newer than
+    // them), whatever other rules the config has.
+    let need_all = selected().any(|r| {
+        matches!(r.kind, RuleKind::Retention(_))
+            || matches!(&r.kind, RuleKind::Timeout(t) if t.max_duration == Some(crate::config::MaxDuration::Auto))
+    });
     let keep_all = selected().any(|r| {
         matches!(r.kind, RuleKind::Supersede(_))
             || matches!(&r.kind, RuleKind::Timeout(t) if t.max_duration == Some(crate::config::MaxDuration::Auto))
@@ -168,18 +173,24 @@ pub fn event_driven_notes(config: &Config, rule: Option<&str>) -> Vec<String> {
         .rules
         .iter()
         .filter(|r| rule.is_none_or(|n| r.name == n))
-        .filter_map(|r| match r.kind {
-            RuleKind::Summary(_) => Some(format!(
-                "rule {:?} (summary) acts on run events (webhooks, or a poll seeing a run start or finish), not on a plan",
-                r.name
-            )),
-            RuleKind::Orphan(_) => Some(format!(
-                "rule {:?} (orphan) acts on GitHub workflow_run completed events, not on a plan",
-                r.name
-            )),
-            _ => None,
-        })
+        .filter_map(|r| event_driven(r, "a plan"))
         .collect()
+}
+
+/// For a rule that acts on events rather than on the runs as they are now (summary,
+/// orphan): that it does, and not on `what` (`a plan`, `a sweep`); `None` for the
+/// others.
+pub fn event_driven(r: &crate::config::Rule, what: &str) -> Option<String> {
+    let events = match r.kind {
+        RuleKind::Summary(_) => "run events (webhooks, or a poll seeing a run start or finish)",
+        RuleKind::Orphan(_) => "GitHub workflow_run completed events",
+        _ => return None,
+    };
+    Some(format!(
+        "rule {:?} ({}) acts on {events}, not on {what}",
+        r.name,
+        r.kind_name()
+    ))
 }
 
 /// Prints decisions as an aligned table ("nothing to do" when there are none).

@@ -41,9 +41,10 @@
 //! next attempt not due before the deadline, or the deadline reached) is left the same
 //! way, but its work is unfinished: it says what is left and exits 1.
 //!
-//! The report (stdout) lists the decisions this sweep made, and those behind the
-//! actions it took up that were queued before it started (made by `serve`, say; the
-//! summary line says how many), each with its action's state now; its summary line
+//! The report (stdout) lists the decisions this sweep made (not those another process,
+//! a `serve` beside it say, made while it ran), and those behind the actions it took
+//! up that were queued before it started (made by `serve`, say; the summary line says
+//! how many), each with its action's state now; its summary line
 //! counts them all, and the exit code follows them: a failure for good of any of its
 //! actions exits 1, as one of them left unfinished does.
 //!
@@ -91,6 +92,18 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
     if let Err(code) = super::check_rule_exists(path, &loaded.config, rule) {
         return code;
     }
+    // A rule that acts on events (summary, orphan) has nothing to sweep: asking for it
+    // alone is a mistake, not a sweep that did nothing.
+    if let Some(note) = loaded
+        .config
+        .rules
+        .iter()
+        .filter(|r| rule.is_some_and(|n| r.name == n))
+        .find_map(|r| super::plan::event_driven(r, "a sweep"))
+    {
+        errln!("runwarden sweep: {note}; `runwarden serve` carries it out");
+        return ExitCode::from(super::EXIT_USAGE);
+    }
     if dry_run {
         loaded.config.dry_run = true;
         for r in &mut loaded.config.rules {
@@ -135,6 +148,12 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
         // (sent before `process_pending` returns; drained after each round).
         let mut events = ctx.events.subscribe();
         let mut repeated: Vec<(i64, Option<i64>)> = Vec::new();
+        // The decisions this sweep made (new ones; `repeated` has the others): its
+        // report lists these, not whatever another process decided meanwhile.
+        let mut decided: HashSet<i64> = HashSet::new();
+        // Whether a bot event was missed (the channel lagged): then `decided` may be
+        // incomplete, and the report falls back to the decisions made since it started.
+        let mut lagged = false;
         let mut retried = HashSet::new();
         let selected: Vec<_> = ctx
             .config
@@ -216,7 +235,13 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
             if !dry_run {
                 process_others(&ctx).await;
             }
-            drain_events(&mut events, &mut repeated, &mut mine);
+            drain_events(
+                &mut events,
+                &mut repeated,
+                &mut decided,
+                &mut mine,
+                &mut lagged,
+            );
             let again: Vec<i64> = repeated
                 .iter()
                 .filter_map(|(_, a)| *a)
@@ -268,18 +293,42 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
         // Its own events it has not processed go back to the other processors, due at
         // their retry time (rather than when the hold would have run out).
         own.hand_back(&ctx).await;
+        drain_events(
+            &mut events,
+            &mut repeated,
+            &mut decided,
+            &mut mine,
+            &mut lagged,
+        );
         // The report is read from the store: one that cannot be read is not an empty
-        // report of a clean sweep.
-        let mut entries = match ctx.store.audit(Some(started), rule, 100_000).await {
-            Ok(e) => e,
-            Err(e) => return unreadable("the decisions and actions of this sweep", &e),
+        // report of a clean sweep. It lists the decisions this sweep made (told by the
+        // bot's events), not those another process (a `serve` beside it) made meanwhile:
+        // their work is not the sweep's to report or to fail for. Those this sweep
+        // decided again, and those of the queued actions it carried out, follow.
+        let mut entries = if lagged {
+            // Some of its decisions were not told: the decisions made since it started
+            // (`Store::audit` also gives older ones whose action changed meanwhile).
+            errln!(
+                "runwarden sweep: the report lists every decision made since this sweep started, other processes' included"
+            );
+            match ctx.store.audit(Some(started), rule, 100_000).await {
+                Ok(mut e) => {
+                    e.retain(|e| e.at >= started);
+                    e
+                }
+                Err(e) => return unreadable("the decisions and actions of this sweep", &e),
+            }
+        } else {
+            let mut ids: Vec<i64> = decided.iter().copied().collect();
+            ids.sort_unstable();
+            match ctx.store.audit_of_decisions(&ids).await {
+                Ok(mut e) => {
+                    e.retain(|e| rule.is_none_or(|r| e.rule == r));
+                    e
+                }
+                Err(e) => return unreadable("the decisions and actions of this sweep", &e),
+            }
         };
-        // The decisions made since the sweep started: `Store::audit` also gives older
-        // ones whose action changed meanwhile (another process's work, which is not this
-        // sweep's to report or to fail for); those this sweep decided again, and those of
-        // the queued actions it carried out, follow.
-        entries.retain(|e| e.at >= started);
-        drain_events(&mut events, &mut repeated, &mut mine);
         report_left(&ctx, &claims).await;
         // Its own actions still to be done: the work of this sweep is unfinished.
         let unfinished = match ctx.store.pending_actions().await {
@@ -299,16 +348,15 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 Err(e) => return unreadable("the decisions this sweep made again", &e),
             };
             // One recorded earlier in this very sweep is listed already.
-            more.retain(|e| {
-                e.at < started && rule.is_none_or(|r| e.rule == r) && !entries.contains(e)
-            });
+            more.retain(|e| rule.is_none_or(|r| e.rule == r) && !entries.contains(e));
             entries.extend(more);
             entries.sort_by_key(|e| std::cmp::Reverse(e.at));
         }
         // The actions it took up that were queued before it started (by `serve`, or a
-        // sweep that crashed): its work as much as those it decided, as their being
-        // unfinished is (above). Their decisions, made before it, are listed and counted:
-        // one of them that failed for good fails the sweep.
+        // sweep that crashed) or meanwhile: its work as much as those it decided, as
+        // their being unfinished is (above). Their decisions are listed and counted (the
+        // summary line says how many were made before it): one of them that failed for
+        // good fails the sweep.
         let mut taken_up: Vec<i64> = mine.iter().copied().collect();
         taken_up.sort_unstable();
         let mut queued_before = 0;
@@ -317,8 +365,8 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                 Ok(m) => m,
                 Err(e) => return unreadable("the actions this sweep carried out", &e),
             };
-            more.retain(|e| e.at < started && !entries.contains(e));
-            queued_before = more.len();
+            more.retain(|e| !entries.contains(e));
+            queued_before = more.iter().filter(|e| e.at < started).count();
             entries.extend(more);
             entries.sort_by_key(|e| std::cmp::Reverse(e.at));
         }
@@ -673,11 +721,14 @@ async fn report_left(ctx: &crate::server::AppContext, claims: &ClaimFilter) {
 }
 
 /// Takes the bot events waiting in `events`: adds the (decision, action) ids of the
-/// repeated decisions to `repeated`, and the actions of the new ones to `mine`.
+/// repeated decisions to `repeated`, the ids of the new ones to `decided` and their
+/// actions to `mine`; sets `lagged` when events were missed.
 fn drain_events(
     events: &mut tokio::sync::broadcast::Receiver<crate::server::BotEvent>,
     repeated: &mut Vec<(i64, Option<i64>)>,
+    decided: &mut HashSet<i64>,
     mine: &mut HashSet<i64>,
+    lagged: &mut bool,
 ) {
     use tokio::sync::broadcast::error::TryRecvError;
     loop {
@@ -691,13 +742,16 @@ fn drain_events(
                 ..
             }) => repeated.push((decision_id, action_id.filter(|_| kind != "retention"))),
             Ok(crate::server::BotEvent::Decided {
-                action_id: Some(id),
+                decision_id,
+                action_id,
                 ..
             }) => {
-                mine.insert(id);
+                decided.insert(decision_id);
+                mine.extend(action_id);
             }
             Ok(_) => {}
             Err(TryRecvError::Lagged(n)) => {
+                *lagged = true;
                 tracing::warn!(
                     "sweep: {n} bot event(s) missed; the report may leave repeated decisions out"
                 );
