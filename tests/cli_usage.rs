@@ -274,6 +274,23 @@ fn github_app_credentials_serve_refuses_are_refused_by_check_alike() {
     }
 }
 
+/// Credentials `serve` accepts pass `check` too: a token, or none (`check` builds the
+/// GitHub client as `serve` does, which once panicked outside a runtime).
+#[test]
+fn github_credentials_serve_accepts_pass_check() {
+    let d = Dir::new();
+    for vars in [&[("GITHUB_TOKEN", "ghp_example")][..], &[][..]] {
+        let mut c = d.command(&["check"]);
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{vars:?}: {err}");
+        assert!(!err.contains("panic"), "{vars:?}: {err}");
+    }
+}
+
 /// Waits for `child` to exit within 30 s; one still running then (a simulator serving
 /// when it should have refused to start) is killed and the test fails.
 fn exit_within_deadline(mut child: std::process::Child, what: &str) -> Output {

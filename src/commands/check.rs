@@ -23,7 +23,14 @@ pub fn run(path: &Path) -> ExitCode {
     // way, by the same check (the GitHub client's own, as in
     // `serve::credentials_problem`), so that `check` passing means they start.
     // (`CURRENTS_API_KEY` is not needed to check a config.)
-    if let Err(e) = crate::github::GithubClient::from_config(&loaded.config.github, &secrets) {
+    // The client is built (and dropped) as `serve` builds it, inside a runtime: octocrab
+    // starts its HTTP service on the runtime it is built on.
+    let built = {
+        let rt = super::runtime();
+        let _inside = rt.enter();
+        crate::github::GithubClient::from_config(&loaded.config.github, &secrets).map(drop)
+    };
+    if let Err(e) = built {
         errln!("runwarden check: GitHub credentials: {e}");
         return ExitCode::from(super::EXIT_USAGE);
     }
