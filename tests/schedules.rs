@@ -268,3 +268,40 @@ async fn a_slots_record_says_its_sweep_ended_only_once_its_decisions_are_committ
     assert!(record.finished_at.is_some(), "{record:#?}");
     assert_eq!(record.summary.as_deref(), Some("1 run to delete"));
 }
+
+/// A rule's first slot is not skipped when a restart spans it: the rule was seen (by the
+/// first process, which stopped before the slot), the slot passed while nothing ran, and
+/// the next process, started after it, fires it once, though the rule had never fired.
+#[tokio::test]
+async fn a_slot_a_restart_spans_fires_once_though_the_rule_never_fired() {
+    let PreparedApp { ctx, dir: _dir, .. } = prepare_app(AppOptions {
+        rules: EVERY_5_MIN.into(),
+        ..AppOptions::default()
+    })
+    .await;
+    let slot = slot_an_hour_ago();
+    let minutes = chrono::Duration::minutes;
+    // The first process: started two minutes before the slot, stopped one before it.
+    assert_eq!(
+        fire_due(&ctx, slot - minutes(2), slot - minutes(1)).await,
+        vec![]
+    );
+    // The next one, started a minute after the slot.
+    let since = slot + minutes(1);
+    assert_eq!(
+        fire_due(&ctx, since, since + chrono::Duration::seconds(5)).await,
+        vec![("old".to_string(), slot)]
+    );
+    assert_eq!(
+        fire_due(&ctx, since, since + chrono::Duration::seconds(6)).await,
+        vec![]
+    );
+    // Another process starting later finds the rule seen when the first one saw it.
+    let seen = ctx
+        .store
+        .watermark("schedule-seen:old")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, slot - minutes(2));
+}

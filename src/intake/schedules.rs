@@ -36,7 +36,9 @@ pub fn latest_slot(
     schedule.latest_in(after, now)
 }
 
-/// Fires every due slot once (`since`: where rules that never fired start); returns the (rule, slot) pairs this call fired.
+/// Fires every due slot once; returns the (rule, slot) pairs this call fired. A rule
+/// that never fired looks for a missed slot from when a process on the store first saw
+/// it, which is `since` (the process start) the first time.
 pub async fn fire_due(
     ctx: &AppContext,
     since: DateTime<Utc>,
@@ -60,9 +62,24 @@ pub async fn fire_due(
                 continue;
             }
         };
-        // A rule never fired before starts from `since` (the process start); after
-        // downtime, however long, only the latest missed slot fires.
-        let from = last.unwrap_or(since);
+        // A rule never fired before starts from when a process on the store first saw it
+        // (this one's `since`, the process start, the first time), so that a slot that a
+        // restart spans is not skipped; after downtime, however long, only the latest
+        // missed slot fires.
+        let from = match last {
+            Some(last) => last,
+            None => {
+                let seen = format!("{}{}", crate::store::watermarks::SCHEDULE_SEEN, rule.name);
+                match ctx.store.first_time(&seen, since).await {
+                    // Not later than this process's start (another replica's clock ahead).
+                    Ok(first) => first.min(since),
+                    Err(e) => {
+                        tracing::warn!(rule = %rule.name, error = %e, "cannot read when the rule was first seen; trying again at the next tick");
+                        continue;
+                    }
+                }
+            }
+        };
         let Some(slot) = latest_slot(schedule, from, now) else {
             continue;
         };
@@ -103,7 +120,8 @@ pub async fn fire_due(
 }
 
 /// Checks the schedules every second until `shutdown` fires. Slots older than the
-/// process start fire only when no slot of the rule was ever recorded after them.
+/// process start fire only when no slot of the rule was ever recorded after them, and
+/// the rule had been seen before them.
 pub async fn run(ctx: Arc<AppContext>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     if !ctx
         .config
