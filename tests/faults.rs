@@ -567,16 +567,12 @@ async fn a_github_rate_limit_holds_back_other_summaries_until_it_ends() {
         ..RetryPolicy::fast()
     };
     ctx.github = Some(GithubClient::new(o, GithubAuth::Token(Secret::new("gh-token"))).unwrap());
-    let bot = runwarden::commands::serve::start(std::sync::Arc::new(ctx), p.listener)
-        .await
-        .unwrap();
-    let app = TestApp {
-        sim: p.sim,
-        bot,
-        http: reqwest::Client::new(),
-        dir: p.dir,
-        store_url: p.store_url,
-    };
+    let app = PreparedApp {
+        ctx: std::sync::Arc::new(ctx),
+        ..p
+    }
+    .start()
+    .await;
     let mut ids = Vec::new();
     for (pr, branch, sha) in [(1, "feat/a", "aaaa1111aa"), (2, "feat/b", "bbbb2222bb")] {
         ids.push(app.failed_run_with_pr(branch, sha, pr));

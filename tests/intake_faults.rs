@@ -566,15 +566,12 @@ async fn a_huge_poll_interval_overflows_nothing() {
         .add_run(ended("feat/quick", "9u1ck", 5, "failed"))
         .unwrap()
         .run_id;
-    let app = TestApp {
-        bot: runwarden::commands::serve::start(std::sync::Arc::new(ctx), p.listener)
-            .await
-            .unwrap(),
-        sim: p.sim,
-        http: reqwest::Client::new(),
-        dir: p.dir,
-        store_url: p.store_url,
-    };
+    let app = PreparedApp {
+        ctx: std::sync::Arc::new(ctx),
+        ..p
+    }
+    .start()
+    .await;
     app.wait_for("the first poll committed", 15, |a| {
         a.bot.ctx.last_poll.lock().unwrap().is_some()
     })

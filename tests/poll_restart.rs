@@ -25,16 +25,7 @@ async fn bot_after_a_downtime(dir: tempfile::TempDir) -> (TestApp, String) {
         .sim
         .add_run(ended("feat/downtime", "d0a1e2", 10, "failed"))
         .unwrap();
-    let bot = runwarden::commands::serve::start(p.ctx, p.listener)
-        .await
-        .unwrap();
-    let app = TestApp {
-        sim: p.sim,
-        bot,
-        http: reqwest::Client::new(),
-        dir: p.dir,
-        store_url: p.store_url,
-    };
+    let app = p.start().await;
     app.open_pr("feat/downtime", "d0a1e2", 21);
     (app, during.run_id)
 }

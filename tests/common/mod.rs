@@ -92,15 +92,7 @@ pub async fn spawn_app(rules: &str) -> TestApp {
 }
 
 pub async fn spawn_app_with(o: AppOptions) -> TestApp {
-    let p = prepare_app(o).await;
-    let bot = start(p.ctx, p.listener).await.unwrap();
-    TestApp {
-        sim: p.sim,
-        bot,
-        http: reqwest::Client::new(),
-        dir: p.dir,
-        store_url: p.store_url,
-    }
+    prepare_app(o).await.start().await
 }
 
 /// A bot's context, not started: its simulator, its store, and the listener `start`
@@ -111,6 +103,20 @@ pub struct PreparedApp {
     pub listener: tokio::net::TcpListener,
     pub dir: tempfile::TempDir,
     pub store_url: String,
+}
+
+impl PreparedApp {
+    /// Starts the bot (what [`spawn_app_with`] does once the app is prepared).
+    pub async fn start(self) -> TestApp {
+        let bot = start(self.ctx, self.listener).await.unwrap();
+        TestApp {
+            sim: self.sim,
+            bot,
+            http: reqwest::Client::new(),
+            dir: self.dir,
+            store_url: self.store_url,
+        }
+    }
 }
 
 /// What [`spawn_app_with`] builds before it starts the bot.
