@@ -706,6 +706,31 @@ async fn a_processor_pass_longer_than_its_lease_keeps_the_lease() {
     );
 }
 
+/// Finding: `POST /api/sweep/{rule}` of a summary or orphan rule answered 202 and queued a
+/// poll that did nothing for it, while `sweep --rule` of one is a usage error (exit 2).
+/// The API now refuses it too, with the same explanation.
+#[tokio::test]
+async fn the_admin_api_refuses_to_sweep_a_rule_that_acts_on_events() {
+    let rules = "[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\n\
+                 [[rules]]\nname = \"orphans\"\nkind = \"orphan\"\n\
+                 [[rules]]\nname = \"cancel-superseded\"\nkind = \"supersede\"\n";
+    let app = spawn_app(rules).await;
+    for (rule, acts_on) in [("pr-summary", "run events"), ("orphans", "workflow_run")] {
+        let r = app.admin_sweep(rule).await;
+        assert_eq!(r.status(), 400, "{rule}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("{rule:?}"))
+                && message.contains(acts_on)
+                && message.ends_with("not on a sweep"),
+            "{body}"
+        );
+    }
+    // A rule that can be swept still is.
+    assert_eq!(app.admin_sweep("cancel-superseded").await.status(), 202);
+}
+
 #[tokio::test]
 async fn the_admin_api_needs_the_token_and_sweeps_retention() {
     let rules = "[[rules]]\nname = \"retention\"\nkind = \"retention\"\nschedule = \"0 3 * * *\"\nolder_than = \"30d\"\nkeep_latest = 1\n";

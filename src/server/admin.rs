@@ -201,7 +201,9 @@ pub async fn rules(_: Admin, State(state): State<AppState>) -> Response {
 /// 202 `{"status": "queued", "rule", "delivery"}`: every call queues its own sweep (its
 /// delivery id is unique, even for two calls in the same millisecond); 404 for a rule the
 /// config does not have; 400 `{"error": ...}` for a rule name that cannot be read (not
-/// UTF-8 once percent-decoded); 503 `{"error": ...}` when the store cannot take it.
+/// UTF-8 once percent-decoded) and for a summary or orphan rule, which acts on events
+/// and has nothing to sweep (as `sweep --rule` exits 2); 503 `{"error": ...}` when the
+/// store cannot take it.
 pub async fn sweep(
     _: Admin,
     State(state): State<AppState>,
@@ -214,6 +216,11 @@ pub async fn sweep(
     let Some(r) = state.config.rules.iter().find(|r| r.name == rule) else {
         return error(StatusCode::NOT_FOUND, format!("no rule named {rule:?}"));
     };
+    // A summary or orphan rule acts on events, not on a sweep: refused as `sweep --rule`
+    // refuses it (exit 2), rather than queueing a poll that would do nothing for it.
+    if let Some(why) = crate::commands::plan::event_driven(r, "a sweep") {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
     let now = Utc::now();
     let id = format!(
         "manual:{}:{}:{}",
