@@ -76,8 +76,9 @@ pub enum Attempt {
     Skipped(String),
     Retry(String),
     Fail(String),
-    /// Could not start (held back by a rate limit another action met, nothing sent):
-    /// tried again after the wait asked for, without counting an attempt.
+    /// Could not start (held back by a rate limit another action met, or a summary's rule
+    /// not in this replica's configuration yet: nothing sent): tried again after the
+    /// wait asked for, without counting an attempt.
     Postpone(String),
 }
 
@@ -238,8 +239,9 @@ pub async fn run_due_claiming(ctx: &AppContext, filter: &ClaimFilter) -> usize {
 ///
 /// `serve` claims every action: its configuration and credentials are the bot's, so
 /// a summary it cannot post there (no GitHub credentials, which `check` and its startup
-/// warn about; a rule removed from the configuration) ends `skipped` with the reason
-/// rather than waiting for good.
+/// warn about; a rule removed from the configuration, on a shared store once the action
+/// is [`crate::intake::processor::UNKNOWN_RULE_GRACE`] old: another replica's may have
+/// it) ends `skipped` with the reason rather than waiting for good.
 pub fn claim_filter(ctx: &AppContext) -> ClaimFilter {
     claim_filter_of(&ctx.config, ctx.github.is_some())
 }
@@ -993,10 +995,41 @@ async fn who_cancelled(ctx: &AppContext, run_id: &str) -> Option<Option<(String,
     }
 }
 
+/// The attempt at a summary whose rule this process's configuration does not have. On a
+/// shared store, while the action is younger than
+/// [`crate::intake::processor::UNKNOWN_RULE_GRACE`] (from its creation), a replica with a
+/// newer configuration (a rolling deploy) may have decided it: postponed, without
+/// counting an attempt (retries would use up [`MAX_ATTEMPTS`] within half an hour, and
+/// fail it for good, well before the grace ends), by as long as the action is old, between
+/// the executor's first and longest backoff, for whichever replica claims it next. Past
+/// the grace, or on SQLite, the rule is taken as removed: skipped.
+fn unknown_rule(ctx: &AppContext, a: &ActionRow, retry_after: &mut Option<Duration>) -> Attempt {
+    let rule_name = a.rule.as_str();
+    let now = Utc::now();
+    if !crate::intake::processor::unknown_rule_may_be_anothers(&ctx.store, a.created_at, now) {
+        return Attempt::Skipped(format!("rule {rule_name:?} no longer exists"));
+    }
+    let age = (now - a.created_at).to_std().unwrap_or_default();
+    let opts = &ctx.executor;
+    let wait = age.clamp(opts.backoff_base, opts.backoff_max.max(opts.backoff_base));
+    tracing::warn!(
+        rule = %rule_name,
+        action = %a.action,
+        run = %a.run_id,
+        retry_in_ms = wait.as_millis() as u64,
+        "the action's rule is not in this replica's config; another replica's may have it (a rolling deploy): postponed"
+    );
+    *retry_after = Some(wait);
+    Attempt::Postpone(format!(
+        "rule {rule_name:?} is not in this replica's config; another replica's may have it (a rolling deploy): postponed for up to {}h after the action was decided, then skipped",
+        crate::intake::processor::UNKNOWN_RULE_GRACE.as_secs() / 3600
+    ))
+}
+
 async fn summarize(ctx: &AppContext, a: &ActionRow, retry_after: &mut Option<Duration>) -> Attempt {
     let rule_name = a.rule.as_str();
     let Some(rule) = ctx.config.rules.iter().find(|r| r.name == rule_name) else {
-        return Attempt::Skipped(format!("rule {rule_name:?} no longer exists"));
+        return unknown_rule(ctx, a, retry_after);
     };
     let RuleKind::Summary(opts) = &rule.kind else {
         return Attempt::Fail(format!("rule {rule_name:?} is not a summary rule"));

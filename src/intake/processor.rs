@@ -1627,6 +1627,52 @@ pub async fn list_retention_runs(
     Ok(refused)
 }
 
+/// How long a rule this process's configuration does not have is not taken as gone, on a
+/// shared store ([`crate::store::Backend::is_shared`]): during a rolling deploy, replicas
+/// with the old configuration run beside replicas with the new one, and the sweep of a
+/// new rule (its schedule slot, `POST /api/sweep/{rule}`) stored by a new replica may be
+/// processed by an old one holding the processor lease. Until its event is this old
+/// (from its arrival), the event is retried ([`ProcessError::Transient`], with its
+/// backoff) for a replica whose configuration has the rule; the executor postpones a
+/// summary of such a rule for as long from the action's creation
+/// ([`crate::actions`]). Past it, or on SQLite (one `serve`, whose configuration is the
+/// only one), the rule is taken as removed: the event is skipped ("no longer exists").
+pub const UNKNOWN_RULE_GRACE: Duration = Duration::from_secs(3600);
+
+/// Whether a rule this process does not know, named by an event or action from `since`,
+/// may still be another replica's ([`UNKNOWN_RULE_GRACE`]): on a shared store only, and
+/// while `now` is less than the grace after `since` (a `since` ahead of `now`, another
+/// replica's clock, counts as new).
+pub fn unknown_rule_may_be_anothers(
+    store: &crate::store::Store,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> bool {
+    let grace =
+        chrono::Duration::from_std(UNKNOWN_RULE_GRACE).unwrap_or(chrono::Duration::hours(1));
+    store.backend().is_shared() && now - since < grace
+}
+
+/// The error of an event whose rule `name` this process's configuration does not have:
+/// retried while another replica's configuration may have it
+/// ([`unknown_rule_may_be_anothers`]), else final.
+fn unknown_rule_error(
+    ctx: &AppContext,
+    name: &str,
+    received_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> ProcessError {
+    if unknown_rule_may_be_anothers(&ctx.store, received_at, now) {
+        // Logged (WARN, with the rule's name) by `decide_one` with its retry.
+        ProcessError::Transient(format!(
+            "rule {name:?} is not in this replica's config; another replica's may have it (a rolling deploy): retried for up to {}h after the event arrived, then skipped",
+            UNKNOWN_RULE_GRACE.as_secs() / 3600
+        ))
+    } else {
+        ProcessError::Permanent(format!("rule {name:?} no longer exists"))
+    }
+}
+
 async fn schedule_event(
     ctx: &AppContext,
     d: &Delivery,
@@ -1637,9 +1683,7 @@ async fn schedule_event(
         .map_err(|e| ProcessError::Permanent(format!("stored payload unreadable: {e}")))?;
     let name = v.get("rule").and_then(|r| r.as_str()).unwrap_or_default();
     let Some(rule) = ctx.config.rules.iter().find(|r| r.name == name) else {
-        return Err(ProcessError::Permanent(format!(
-            "rule {name:?} no longer exists"
-        )));
+        return Err(unknown_rule_error(ctx, name, d.received_at, now));
     };
     match &rule.kind {
         RuleKind::Retention(opts) => {
