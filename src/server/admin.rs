@@ -5,8 +5,8 @@
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
@@ -16,7 +16,8 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use crate::config::RuleKind;
-use crate::store::{InsertOutcome, NewDelivery};
+use crate::store::actions::AuditCursor;
+use crate::store::{AuditEntry, InsertOutcome, NewDelivery};
 
 /// Proof that the request carried the admin token.
 pub struct Admin;
@@ -83,6 +84,9 @@ pub struct ActionsQuery {
     pub rule: Option<String>,
     /// At most this many entries, 1 to [`MAX_LIMIT`] (500 when absent).
     pub limit: Option<u32>,
+    /// The entries after this cursor (`AT_ID`, see [`AuditCursor`]), as the URL of a
+    /// `Link: <...>; rel="next"` header gives it: the next page.
+    pub before: Option<String>,
 }
 
 /// The largest `limit` of `GET /api/actions`.
@@ -101,14 +105,29 @@ fn store_unavailable() -> Response {
     )
 }
 
-/// `GET /api/actions`: the audit entries, newest first, as `audit --format json`.
+/// `GET /api/actions`: the audit entries, newest first, as `audit --format json`, at most
+/// `limit` of them (500 when absent).
+///
+/// The body is always that JSON array. When more entries match than it holds, the answer
+/// says so with a `Link: </api/actions?...&before=CURSOR>; rel="next"` header (RFC 8288,
+/// as GitHub's API pages): the same path and query (`since`, `rule`, `limit`,
+/// percent-encoded), and `before` the cursor of the page's last entry, for the entries
+/// after it. Following `rel="next"` until an answer has no `Link` reads every entry once:
+/// the cursor is the last entry's decision time and id (`AT_ID`, see [`AuditCursor`]),
+/// an order in which no two entries tie, so none is skipped or repeated, even among
+/// entries of the same millisecond. Each page is read afresh: entries decided while a
+/// client pages are newer than its cursor, on none of its later pages. The URL is
+/// relative to the request's origin (a path and query). A `since` is counted again from
+/// the time of each page's request. No total count is given (it would need a count of
+/// the whole log).
 ///
 /// 400 `{"error": ...}` for a query string that does not parse, a `since` that is not a
-/// duration or a `limit` outside 1..=10000; 404 `{"error": "no rule named \"x\""}` for
-/// a `rule` the config does not have.
+/// duration, a `limit` outside 1..=10000 or a `before` that is not such a cursor; 404
+/// `{"error": "no rule named \"x\""}` for a `rule` the config does not have.
 pub async fn actions(
     _: Admin,
     State(state): State<AppState>,
+    uri: Uri,
     q: Result<Query<ActionsQuery>, QueryRejection>,
 ) -> Response {
     let q = match q {
@@ -141,13 +160,60 @@ pub async fn actions(
             format!("limit: expected 1 to {MAX_LIMIT}, got {limit}"),
         );
     }
-    match state.store.audit(since, q.rule.as_deref(), limit).await {
-        Ok(entries) => Json(entries).into_response(),
+    let before = match q
+        .before
+        .as_deref()
+        .map(str::parse::<AuditCursor>)
+        .transpose()
+    {
+        Ok(before) => before,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("before: {e}")),
+    };
+    // One more than asked: whether there is a next page.
+    let page = state
+        .store
+        .audit_page(since, q.rule.as_deref(), before, i64::from(limit) + 1)
+        .await;
+    let mut page = match page {
+        Ok(page) => page,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the audit log");
-            store_unavailable()
+            return store_unavailable();
+        }
+    };
+    let more = page.len() > limit as usize;
+    page.truncate(limit as usize);
+    let next = page
+        .last()
+        .filter(|_| more)
+        .map(|(cursor, _)| next_link(uri.path(), &q, limit, cursor));
+    let entries: Vec<AuditEntry> = page.into_iter().map(|(_, e)| e).collect();
+    let mut answer = Json(entries).into_response();
+    if let Some(link) = next {
+        match http::HeaderValue::try_from(link) {
+            Ok(v) => {
+                answer.headers_mut().insert(http::header::LINK, v);
+            }
+            // Not expected: every byte of it is percent-encoded ASCII.
+            Err(e) => tracing::error!(error = %e, "cannot write the Link header"),
         }
     }
+    answer
+}
+
+/// The `Link` header's value to the page after `cursor`: `path` with the query `q` asked
+/// for (`limit` as applied) and `before=cursor`, percent-encoded.
+fn next_link(path: &str, q: &ActionsQuery, limit: u32, cursor: &AuditCursor) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(since) = &q.since {
+        query.append_pair("since", since);
+    }
+    if let Some(rule) = &q.rule {
+        query.append_pair("rule", rule);
+    }
+    query.append_pair("limit", &limit.to_string());
+    query.append_pair("before", &cursor.to_string());
+    format!("<{path}?{}>; rel=\"next\"", query.finish())
 }
 
 /// `GET /api/rules`: each rule with its kind, dry-run state and hit count (503
@@ -201,9 +267,10 @@ pub async fn rules(_: Admin, State(state): State<AppState>) -> Response {
 /// 202 `{"status": "queued", "rule", "delivery"}`: every call queues its own sweep (its
 /// delivery id is unique, even for two calls in the same millisecond); 404 for a rule the
 /// config does not have; 400 `{"error": ...}` for a rule name that cannot be read (not
-/// UTF-8 once percent-decoded) and for a summary or orphan rule, which acts on events
+/// UTF-8 once percent-decoded) and for an orphan rule, which acts on GitHub events only
 /// and has nothing to sweep (as `sweep --rule` exits 2); 503 `{"error": ...}` when the
-/// store cannot take it.
+/// store cannot take it. A summary rule's sweep is a poll that keeps its decisions: the
+/// summaries of runs that ended unseen.
 pub async fn sweep(
     _: Admin,
     State(state): State<AppState>,
@@ -216,9 +283,9 @@ pub async fn sweep(
     let Some(r) = state.config.rules.iter().find(|r| r.name == rule) else {
         return error(StatusCode::NOT_FOUND, format!("no rule named {rule:?}"));
     };
-    // A summary or orphan rule acts on events, not on a sweep: refused as `sweep --rule`
+    // An orphan rule acts on GitHub events only, not on a sweep: refused as `sweep --rule`
     // refuses it (exit 2), rather than queueing a poll that would do nothing for it.
-    if let Some(why) = crate::commands::plan::event_driven(r, "a sweep") {
+    if let Some(why) = crate::commands::plan::nothing_to_sweep(r) {
         return error(StatusCode::BAD_REQUEST, why);
     }
     let now = Utc::now();

@@ -493,8 +493,40 @@ const AUDIT_SELECT: &str = concat!(
     " FROM decisions d LEFT JOIN actions a ON a.id = d.action_id"
 );
 
-/// The statement of [`Store::audit`]: `$1` the limit, then `since` (ms) when `since`, then
-/// the rule's name when `rule`.
+/// Where a page of [`Store::audit_page`] ends: the decision time (epoch milliseconds, as
+/// stored) and id of its last entry. The audit is ordered by both, newest first, so the
+/// next page is the entries strictly before it in that order: none is skipped or shown
+/// twice across pages, even among decisions made in the same millisecond. Written
+/// `AT_ID` (e.g. `1767225600000_42`), the `before` of `GET /api/actions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AuditCursor {
+    /// The decision's `at`, in epoch milliseconds.
+    pub at_ms: i64,
+    /// The decision's id.
+    pub id: i64,
+}
+
+impl fmt::Display for AuditCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}_{}", self.at_ms, self.id)
+    }
+}
+
+impl FromStr for AuditCursor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("expected AT_ID (as in a Link header's URL), got {s:?}");
+        let (at, id) = s.split_once('_').ok_or_else(bad)?;
+        Ok(AuditCursor {
+            at_ms: at.parse().map_err(|_| bad())?,
+            id: id.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// The statement of [`Store::audit_page`]: `$1` the limit, then `since` (ms) when `since`,
+/// then the rule's name when `rule`, then the cursor's time (ms) and id when `before`.
+/// Each row has its decision's id (`decision_id`) besides an [`AuditRow`]'s columns.
 ///
 /// Without `since`, the newest decisions by `decisions_at_idx` (of one rule:
 /// `decisions_rule_at_idx`). With it, two disjoint parts, each by an index: the decisions
@@ -505,10 +537,26 @@ const AUDIT_SELECT: &str = concat!(
 ///
 /// In the second part, the actions lead (`CROSS JOIN` keeps SQLite to that order) and each
 /// one's decisions are found by `action_id`: its conditions on the decisions' own columns
-/// are expressions (`d.at + 0`, `d.rule || ''`), so that no index on those is taken for a
-/// range of every older decision instead (SQLite, without statistics, would).
-fn audit_sql(since: bool, rule: bool) -> String {
-    let rule_param = if since { "$3" } else { "$2" };
+/// are expressions (`d.at + 0`, `d.rule || ''`, `d.id + 0`), so that no index on those is
+/// taken for a range of every older decision instead (SQLite, without statistics, would).
+///
+/// `before` keeps the entries after the cursor in the order `d.at DESC, d.id DESC`:
+/// `(d.at, d.id) < (at, id)`, written `d.at <= at AND (d.at < at OR d.id < id)` so that
+/// the time's index bounds the range read.
+fn audit_sql(since: bool, rule: bool, before: bool) -> String {
+    // `$1` is the limit; the others are numbered in the order they are bound.
+    let mut bound = 1;
+    let mut param = || {
+        bound += 1;
+        format!("${bound}")
+    };
+    let since_param = if since { param() } else { String::new() };
+    let rule_param = if rule { param() } else { String::new() };
+    let (before_at, before_id) = if before {
+        (param(), param())
+    } else {
+        (String::new(), String::new())
+    };
     let (of_rule, of_rule_by_action) = if rule {
         (
             format!(" AND d.rule = {rule_param}"),
@@ -517,32 +565,53 @@ fn audit_sql(since: bool, rule: bool) -> String {
     } else {
         (String::new(), String::new())
     };
+    let (after_cursor, after_cursor_by_action) = if before {
+        (
+            format!(" AND d.at <= {before_at} AND (d.at < {before_at} OR d.id < {before_id})"),
+            format!(
+                " AND d.at + 0 <= {before_at} AND (d.at + 0 < {before_at} OR d.id + 0 < {before_id})"
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    let cols = concat!("d.id AS decision_id, ", audit_columns!());
     if !since {
-        let filter = if rule {
-            format!(" WHERE d.rule = {rule_param}")
-        } else {
-            String::new()
+        let filter = format!("{of_rule}{after_cursor}");
+        let filter = match filter.strip_prefix(" AND ") {
+            Some(f) => format!(" WHERE {f}"),
+            None => filter,
         };
-        return format!("{AUDIT_SELECT}{filter} ORDER BY d.at DESC, d.id DESC LIMIT $1");
+        return format!(
+            "SELECT {cols} FROM decisions d LEFT JOIN actions a ON a.id = d.action_id\
+             {filter} ORDER BY d.at DESC, d.id DESC LIMIT $1"
+        );
     }
     format!(
         "SELECT * FROM ( \
-             SELECT d.id AS decision_id, {cols} \
+             SELECT {cols} \
              FROM decisions d LEFT JOIN actions a ON a.id = d.action_id \
-             WHERE d.at >= $2{of_rule} \
+             WHERE d.at >= {since_param}{of_rule}{after_cursor} \
              ORDER BY d.at DESC, d.id DESC LIMIT $1) decided \
          UNION ALL \
          SELECT * FROM ( \
-             SELECT d.id AS decision_id, {cols} \
+             SELECT {cols} \
              FROM actions a CROSS JOIN decisions d \
              WHERE d.action_id = a.id \
-               AND a.updated_at >= $2 AND a.updated_at > a.created_at \
-               AND d.at + 0 < $2{of_rule_by_action} \
+               AND a.updated_at >= {since_param} AND a.updated_at > a.created_at \
+               AND d.at + 0 < {since_param}{of_rule_by_action}{after_cursor_by_action} \
              ORDER BY d.at DESC, d.id DESC LIMIT $1) changed \
          ORDER BY at DESC, decision_id DESC \
-         LIMIT $1",
-        cols = audit_columns!()
+         LIMIT $1"
     )
+}
+
+/// An [`AuditRow`] with the id of its decision ([`Store::audit_page`]).
+#[derive(sqlx::FromRow)]
+struct AuditPageRow {
+    decision_id: i64,
+    #[sqlx(flatten)]
+    row: AuditRow,
 }
 
 /// An [`AuditRow`] with the id of its action ([`Store::pending_actions_audit`]).
@@ -1326,23 +1395,49 @@ impl Store {
     /// ordered by when they were decided.
     ///
     /// Each part is found by an index: never a read of the whole audit log, however long
-    /// it is.
+    /// it is. The first page of [`Store::audit_page`].
     pub async fn audit(
         &self,
         since: Option<DateTime<Utc>>,
         rule: Option<&str>,
         max: impl Into<i64>,
     ) -> StoreResult<Vec<AuditEntry>> {
-        let sql = audit_sql(since.is_some(), rule.is_some());
-        let mut query = sqlx::query_as::<_, AuditRow>(&sql).bind(limit(max));
+        let page = self.audit_page(since, rule, None, max).await?;
+        Ok(page.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// [`Store::audit`] from a cursor on: the entries after `before` (when given) in its
+    /// order, newest first (decision time, then decision id: a total order), at most
+    /// `max`, each with its own cursor. The last one's cursor, as the next call's
+    /// `before`, gives the next page (`GET /api/actions`).
+    pub async fn audit_page(
+        &self,
+        since: Option<DateTime<Utc>>,
+        rule: Option<&str>,
+        before: Option<AuditCursor>,
+        max: impl Into<i64>,
+    ) -> StoreResult<Vec<(AuditCursor, AuditEntry)>> {
+        let sql = audit_sql(since.is_some(), rule.is_some(), before.is_some());
+        let mut query = sqlx::query_as::<_, AuditPageRow>(&sql).bind(limit(max));
         if let Some(since) = since {
             query = query.bind(to_ms(since));
         }
         if let Some(rule) = rule {
             query = query.bind(text(rule));
         }
+        if let Some(before) = before {
+            query = query.bind(before.at_ms).bind(before.id);
+        }
         let rows = query.fetch_all(&self.pool).await?;
-        rows.into_iter().map(AuditEntry::try_from).collect()
+        rows.into_iter()
+            .map(|r| {
+                let cursor = AuditCursor {
+                    at_ms: r.row.at,
+                    id: r.decision_id,
+                };
+                Ok((cursor, AuditEntry::try_from(r.row)?))
+            })
+            .collect()
     }
 
     /// The decisions with these ids (any order in, newest first out).
@@ -1946,9 +2041,9 @@ mod tests {
         ));
     }
 
-    /// SQLite's plan of [`Store::audit`]'s statement, one line per step.
-    async fn audit_plan(store: &Store, since: bool, rule: bool) -> Vec<String> {
-        let explain = format!("EXPLAIN QUERY PLAN {}", audit_sql(since, rule));
+    /// SQLite's plan of [`Store::audit_page`]'s statement, one line per step.
+    async fn audit_plan(store: &Store, since: bool, rule: bool, before: bool) -> Vec<String> {
+        let explain = format!("EXPLAIN QUERY PLAN {}", audit_sql(since, rule, before));
         let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain).bind(500i64);
         if since {
             q = q.bind(1_767_225_600_000i64);
@@ -1956,17 +2051,21 @@ mod tests {
         if rule {
             q = q.bind("cancel-superseded");
         }
+        if before {
+            q = q.bind(1_767_312_000_000i64).bind(42i64);
+        }
         crate::store::query_plan(store, q).await
     }
 
     /// `since` finds the decisions made since then by their time and the actions changed
     /// since then by theirs: neither the decisions nor the actions are read in full
-    /// (`SCAN`, with or without an index), only searched.
+    /// (`SCAN`, with or without an index), only searched. A page's cursor (`before`)
+    /// bounds the same searches.
     #[tokio::test]
     async fn the_audit_since_a_time_searches_indexes_and_scans_no_table() {
         let store = Store::connect("sqlite::memory:").await.unwrap();
-        for rule in [false, true] {
-            let plan = audit_plan(&store, true, rule).await;
+        for (rule, before) in [(false, false), (true, false), (false, true), (true, true)] {
+            let plan = audit_plan(&store, true, rule, before).await;
             let scans: Vec<_> = plan
                 .iter()
                 .filter(|step| step.starts_with("SCAN d") || step.starts_with("SCAN a"))
@@ -1974,11 +2073,14 @@ mod tests {
                     !step.starts_with("SCAN decided") && !step.starts_with("SCAN changed")
                 })
                 .collect();
-            assert!(scans.is_empty(), "rule {rule}: {plan:#?}");
-            let by_time = if rule {
-                "SEARCH d USING INDEX decisions_rule_at_idx (rule=? AND at>?)"
-            } else {
-                "SEARCH d USING INDEX decisions_at_idx (at>?)"
+            assert!(scans.is_empty(), "rule {rule}, before {before}: {plan:#?}");
+            let by_time = match (rule, before) {
+                (true, false) => "SEARCH d USING INDEX decisions_rule_at_idx (rule=? AND at>?)",
+                (false, false) => "SEARCH d USING INDEX decisions_at_idx (at>?)",
+                (true, true) => {
+                    "SEARCH d USING INDEX decisions_rule_at_idx (rule=? AND at>? AND at<?)"
+                }
+                (false, true) => "SEARCH d USING INDEX decisions_at_idx (at>? AND at<?)",
             };
             for step in [
                 by_time,
@@ -1987,19 +2089,31 @@ mod tests {
             ] {
                 assert!(
                     plan.iter().any(|s| s == step),
-                    "rule {rule}: no {step}: {plan:#?}"
+                    "rule {rule}, before {before}: no {step}: {plan:#?}"
                 );
             }
         }
-        // Without `since`: the newest by an index, read until the limit.
-        for rule in [false, true] {
-            let plan = audit_plan(&store, false, rule).await;
+        // Without `since`: the newest by an index (from the cursor on), read until the
+        // limit.
+        for (rule, before) in [(false, false), (true, false), (false, true), (true, true)] {
+            let plan = audit_plan(&store, false, rule, before).await;
             assert!(
                 !plan
                     .iter()
                     .any(|step| step == "SCAN d" || step.starts_with("USE TEMP B-TREE")),
-                "rule {rule}: {plan:#?}"
+                "rule {rule}, before {before}: {plan:#?}"
             );
+            if before {
+                let by_time = if rule {
+                    "SEARCH d USING INDEX decisions_rule_at_idx (rule=? AND at<?)"
+                } else {
+                    "SEARCH d USING INDEX decisions_at_idx (at<?)"
+                };
+                assert!(
+                    plan.iter().any(|s| s == by_time),
+                    "rule {rule}: no {by_time}: {plan:#?}"
+                );
+            }
         }
     }
 
