@@ -775,33 +775,62 @@ async fn a_retention_rule_without_schedule_is_swept_on_demand() {
     assert!(env.sim.run(&recent).is_some(), "the recent run is kept");
 }
 
-/// `sweep --rule` of a rule that acts on events (summary, orphan) has nothing to sweep:
-/// rather than a silent exit 0 that did nothing, a usage error that says what the rule
-/// acts on (as `plan`'s note does), before any request.
+/// `sweep --rule` of an orphan rule (it acts on GitHub `workflow_run` events only) has
+/// nothing to sweep: rather than a silent exit 0 that did nothing, a usage error that
+/// says what the rule acts on (as `plan`'s note does), before any request.
 #[tokio::test(flavor = "multi_thread")]
-async fn sweep_of_an_event_driven_rule_is_a_usage_error_that_says_what_it_acts_on() {
-    let rules = "[[rules]]\nname = \"pr\"\nkind = \"summary\"\n\n[[rules]]\nname = \"orphans\"\nkind = \"orphan\"\n";
-    let mut env = setup(rules).await;
-    for (rule, what) in [
-        ("pr", "rule \"pr\" (summary) acts on run events"),
-        (
-            "orphans",
-            "rule \"orphans\" (orphan) acts on GitHub workflow_run completed events",
-        ),
-    ] {
-        let (out, back) = env.run_async(&["sweep", "--rule", rule]).await;
-        env = back;
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.starts_with("runwarden sweep: ")
-                && err.contains(what)
-                && err.contains("not on a sweep"),
-            "{err}"
-        );
-        assert!(out.stdout.is_empty(), "{}", text(&out));
-    }
+async fn sweep_of_an_orphan_rule_is_a_usage_error_that_says_what_it_acts_on() {
+    let rules = "[[rules]]\nname = \"orphans\"\nkind = \"orphan\"\n";
+    let env = setup(rules).await;
+    let (out, env) = env.run_async(&["sweep", "--rule", "orphans"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("runwarden sweep: ")
+            && err
+                .contains("rule \"orphans\" (orphan) acts on GitHub workflow_run completed events")
+            && err.contains("not on a sweep"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out));
     assert!(env.sim.request_counts().is_empty(), "no request was made");
+}
+
+/// Finding: `sweep --rule` of a summary rule did nothing (later: was refused as bad
+/// usage), while `POST /api/sweep/{rule}` of one polls and keeps that rule's decisions:
+/// the summaries of runs that ended unseen (a `RUN_FINISH` webhook missed). The CLI now
+/// does the same. Without GitHub credentials here, the summary is decided and left for
+/// `serve`, and the sweep says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn sweep_of_a_summary_rule_summarises_a_run_that_ended_unseen() {
+    let rules = "[[rules]]\nname = \"pr\"\nkind = \"summary\"\n";
+    let env = setup(rules).await;
+    let id = env.add("feat/a", "a1", Duration::minutes(20), "running", &[]);
+    // The first sweep sees the run in progress: nothing to summarise yet.
+    let (out, env) = env.run_async(&["sweep", "--rule", "pr"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains("summarize"), "{}", text(&out));
+    env.sim
+        .advance(
+            &id,
+            runwarden::simulator::Advance {
+                finish: Some(runwarden::simulator::Outcome::Failed),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let (out, _env) = env.run_async(&["sweep", "--rule", "pr"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.lines()
+            .any(|l| l.contains("summarize") && l.contains(&id) && l.contains("pr")),
+        "{all}"
+    );
+    assert!(
+        all.contains("left 1 summary for `serve`") && all.contains("no GitHub credentials"),
+        "{all}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -193,6 +193,17 @@ pub fn event_driven(r: &crate::config::Rule, what: &str) -> Option<String> {
     ))
 }
 
+/// For a rule that a sweep (`sweep --rule`, `POST /api/sweep/{rule}`) can do nothing for,
+/// that it acts on events instead, as [`event_driven`] says it; `None` for the others.
+/// An orphan rule acts only on GitHub `workflow_run` events. A summary rule is swept: the
+/// poll of its sweep posts the summaries of runs it finds ended (a missed `RUN_FINISH`).
+pub fn nothing_to_sweep(r: &crate::config::Rule) -> Option<String> {
+    match r.kind {
+        RuleKind::Orphan(_) => event_driven(r, "a sweep"),
+        _ => None,
+    }
+}
+
 /// Prints decisions as an aligned table ("nothing to do" when there are none).
 pub fn print_table(decisions: &[Decision]) {
     if decisions.is_empty() {

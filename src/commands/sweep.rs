@@ -92,14 +92,14 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
     if let Err(code) = super::check_rule_exists(path, &loaded.config, rule) {
         return code;
     }
-    // A rule that acts on events (summary, orphan) has nothing to sweep: asking for it
-    // alone is a mistake, not a sweep that did nothing.
+    // A rule that acts on events only (orphan) has nothing to sweep: asking for it alone
+    // is a mistake, not a sweep that did nothing.
     if let Some(note) = loaded
         .config
         .rules
         .iter()
         .filter(|r| rule.is_some_and(|n| r.name == n))
-        .find_map(|r| super::plan::event_driven(r, "a sweep"))
+        .find_map(super::plan::nothing_to_sweep)
     {
         errln!("runwarden sweep: {note}; `runwarden serve` carries it out");
         return ExitCode::from(super::EXIT_USAGE);
@@ -191,7 +191,11 @@ pub fn run(path: &std::path::Path, rule: Option<&str>, dry_run: bool) -> ExitCod
                         return ExitCode::from(super::EXIT_FAILED);
                     }
                 }
-                RuleKind::Supersede(_) | RuleKind::Timeout(_) => poll_needed = true,
+                // A summary rule's poll finds the runs that ended unseen (a missed
+                // `RUN_FINISH`) and summarises them, as `POST /api/sweep/{rule}` does.
+                RuleKind::Supersede(_) | RuleKind::Timeout(_) | RuleKind::Summary(_) => {
+                    poll_needed = true
+                }
                 _ => {}
             }
         }
