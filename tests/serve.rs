@@ -1832,6 +1832,50 @@ async fn admin_actions_filters_clamp_since_and_answer_json_errors() {
     }
 }
 
+/// Replicas compare times their own clocks gave: on PostgreSQL `/metrics` shows how far
+/// this replica's clock is from the database server's (here the same machine: well
+/// within a second); on SQLite (one machine) there is no such gauge.
+#[tokio::test]
+async fn metrics_show_the_clock_offset_from_a_shared_store_only() {
+    let gauge = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("runwarden_store_clock_offset_seconds "))
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    let pg = spawn_app_with(AppOptions {
+        store_url: Some(postgres::fresh_database().await),
+        ..AppOptions::default()
+    })
+    .await;
+    let text = pg
+        .http
+        .get(pg.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let offset = gauge(&text).unwrap_or_else(|| panic!("no clock offset on PostgreSQL: {text}"));
+    assert!(offset.abs() < 1.0, "{offset}");
+    assert!(text.contains("runwarden_store_up 1"), "{text}");
+    let lite = spawn_app_with(AppOptions {
+        store_dir: Some(tempfile::tempdir().unwrap()),
+        ..AppOptions::default()
+    })
+    .await;
+    let text = lite
+        .http
+        .get(lite.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(gauge(&text), None, "{text}");
+}
+
 /// `/metrics` is the Prometheus text format 0.0.4, in UTF-8 (label values can be any
 /// text, e.g. a rule's name), and says so.
 #[tokio::test]

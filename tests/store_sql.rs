@@ -36,6 +36,7 @@ fn t(secs: i64) -> DateTime<Utc> {
 
 both!(
     a_watermark_only_moves_forward_and_outlives_the_process,
+    the_clock_offset_is_measured_against_a_shared_stores_clock_only,
     a_prune_waits_for_a_record_linking_an_old_action_and_keeps_that_action,
     a_prune_forgets_old_finished_actions_in_several_chunks,
     the_passed_history_is_the_same_for_a_branch_and_for_no_branch,
@@ -808,6 +809,36 @@ async fn the_runs_of_a_commit_are_found_alike_on_both_backends(db: Db) {
     assert_eq!(
         ids(s.runs_of_commit("c0ffee", Some("bAYZ4a"), 1).await.unwrap()),
         ["r2"]
+    );
+}
+
+/// Replicas compare times their own clocks gave: on PostgreSQL the offset of this
+/// process's clock from the database server's is measured (here the same machine: within
+/// a second), and a local clock 10 s behind shows as an offset of +10 s, beyond the
+/// warning's limit; SQLite (one machine) has none.
+async fn the_clock_offset_is_measured_against_a_shared_stores_clock_only(db: Db) {
+    use runwarden::store::clock::CLOCK_OFFSET_WARN;
+    let t = TempStore::new(db).await;
+    let offset = t.store.clock_offset().await.unwrap();
+    let behind = t
+        .store
+        .clock_offset_with(|| Utc::now() - chrono::Duration::seconds(10))
+        .await
+        .unwrap();
+    if !t.store.backend().is_shared() {
+        assert_eq!((offset, behind), (None, None));
+        return;
+    }
+    let offset = offset.expect("measured on PostgreSQL");
+    assert!(
+        offset.seconds.abs() < 1.0 && offset.uncertainty >= 0.0,
+        "{offset:?}"
+    );
+    assert!(!offset.beyond(CLOCK_OFFSET_WARN), "{offset:?}");
+    let behind = behind.expect("measured on PostgreSQL");
+    assert!(
+        (behind.seconds - 10.0).abs() < 1.0 && behind.beyond(CLOCK_OFFSET_WARN),
+        "{behind:?}"
     );
 }
 

@@ -31,6 +31,7 @@ use crate::currents::client::{ClientOptions, CurrentsClient};
 use crate::github::client::GithubClient;
 use crate::server::{AppContext, metrics::Metrics};
 use crate::store::Store;
+use crate::store::clock::{CLOCK_CHECK_INTERVAL, CLOCK_OFFSET_WARN};
 
 /// How often the processor and executor look for due work without being woken
 /// (retries, grace periods).
@@ -558,6 +559,34 @@ async fn prune_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// On a shared store, measures this replica's clock against the database's at start and
+/// every [`CLOCK_CHECK_INTERVAL`], and warns while it is off by more than
+/// [`CLOCK_OFFSET_WARN`]: replicas compare the times their own clocks gave (leases, retry
+/// times, schedule slots). `/metrics` shows the offset too
+/// (`runwarden_store_clock_offset_seconds`).
+async fn clock_loop(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
+    loop {
+        match ctx.store.clock_offset().await {
+            Ok(Some(o)) if o.beyond(CLOCK_OFFSET_WARN) => tracing::warn!(
+                offset_seconds = o.seconds,
+                "this replica's clock is {:.1} s {} the database server's: keep the replicas' clocks in sync (NTP), or leases and retry times go wrong between them",
+                o.seconds.abs(),
+                if o.seconds > 0.0 {
+                    "behind"
+                } else {
+                    "ahead of"
+                }
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read the database server's clock"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(CLOCK_CHECK_INTERVAL) => {}
+            _ = stop.changed() => break,
+        }
+    }
+}
+
 fn metrics_labels(table: &str) -> String {
     crate::server::metrics::labels(&[("table", table)])
 }
@@ -662,6 +691,9 @@ pub async fn start(ctx: Arc<AppContext>, listener: tokio::net::TcpListener) -> a
         crate::intake::schedules::run(ctx.clone(), rx.clone()),
     );
     bot.spawn_loop("prune", prune_loop(ctx.clone(), rx.clone()));
+    if ctx.store.backend().is_shared() {
+        bot.spawn_loop("clock", clock_loop(ctx.clone(), rx.clone()));
+    }
     ctx.ready.store(true, Ordering::SeqCst);
     Ok(bot)
 }

@@ -304,22 +304,33 @@ async fn metrics_text(state: AppState, budget: Arc<webhooks::BodyBudget>) -> imp
     )
 }
 
-/// The gauges of `/metrics` read from the store (four queries). `runwarden_store_up` is
-/// 1 only when all four answered; the gauges of a query that failed are left out (an
-/// outage shows as 0 there, not as gauges that vanish unexplained).
+/// The gauges of `/metrics` read from the store (four queries; on a shared store a fifth,
+/// its clock). `runwarden_store_up` is 1 only when all answered; the gauges of a query
+/// that failed are left out (an outage shows as 0 there, not as gauges that vanish
+/// unexplained).
 async fn store_gauges(state: &AppState) -> Vec<metrics::Gauge> {
     let store = &state.store;
     let depth = store.queue_depth().await;
     let pending = store.count_unprocessed().await;
     let by_state = store.action_counts().await;
     let by_outcome = store.decision_counts().await;
-    let up = depth.is_ok() && pending.is_ok() && by_state.is_ok() && by_outcome.is_ok();
+    let clock = store.clock_offset().await;
+    let up =
+        depth.is_ok() && pending.is_ok() && by_state.is_ok() && by_outcome.is_ok() && clock.is_ok();
     let mut gauges: Vec<metrics::Gauge> = vec![(
         "runwarden_store_up",
         "1 when the store answered the last reads of the gauges taken from it (at most 5 s old), 0 when it did not.",
         String::new(),
         if up { 1.0 } else { 0.0 },
     )];
+    if let Ok(Some(offset)) = clock {
+        gauges.push((
+            "runwarden_store_clock_offset_seconds",
+            "The database server's clock minus this replica's (read at most every 5 s); serve warns past 1 s.",
+            String::new(),
+            offset.seconds,
+        ));
+    }
     if let Ok(depth) = depth {
         gauges.push((
             "runwarden_queue_depth",

@@ -38,6 +38,7 @@
 //! ([`Backend::is_shared`]).
 
 pub mod actions;
+pub mod clock;
 pub mod comments;
 pub mod deliveries;
 mod error;
