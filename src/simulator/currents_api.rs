@@ -53,12 +53,26 @@ fn json_with(status: StatusCode, v: &serde_json::Value) -> Response {
     r
 }
 
-/// A run as the API sends it: `cancellation` is `null` on a run that was not cancelled
-/// (`currents-notes.md` §1.4), where the shared model leaves it out.
+/// A run as the API sends it, with the fields the shared model leaves out when empty
+/// (`currents-notes.md` §1.4, `runs-api.txt`):
+///
+/// - `cancellation` is `null` on a run that was not cancelled;
+/// - `durationMs` is `null` while the run has no duration (feed items carry it always:
+///   "the run without `specs`, plus `cursor` and `durationMs`");
+/// - a reported spec's `results` carry `videoUrl` (`null` without a video) and
+///   `screenshots` (`[]` without any), as both examples of the reference show them.
 fn run_json(run: &Run) -> Value {
     let mut v = serde_json::to_value(run).unwrap_or(Value::Null);
     if let Some(obj) = v.as_object_mut() {
         obj.entry("cancellation").or_insert(Value::Null);
+        obj.entry("durationMs").or_insert(Value::Null);
+        let specs = obj.get_mut("specs").and_then(Value::as_array_mut);
+        for spec in specs.into_iter().flatten() {
+            if let Some(results) = spec.get_mut("results").and_then(Value::as_object_mut) {
+                results.entry("videoUrl").or_insert(Value::Null);
+                results.entry("screenshots").or_insert_with(|| json!([]));
+            }
+        }
     }
     v
 }

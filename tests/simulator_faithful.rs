@@ -1,0 +1,116 @@
+//! The simulator's Currents API against the reference (`shared/reference/runs-api.txt`,
+//! `currents-notes.md`): shapes and semantics a client can tell apart from the real API.
+
+use std::time::Duration;
+
+use runwarden::simulator::{self, NewProject, NewRun, SimConfig, SimHandle};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+const KEY: &str = "sim-key";
+
+async fn sim() -> SimHandle {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    simulator::spawn(listener, SimConfig::default())
+        .await
+        .expect("spawn simulator")
+}
+
+/// GET `{base}{path}` with the API key: status and JSON body.
+async fn get(s: &SimHandle, path: &str) -> (u16, Value) {
+    let r = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+        .get(format!("{}{}", s.base_url, path))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("json body"))
+}
+
+/// A project with two in-progress runs (Playwright and Cypress), 2 of 4 specs reported.
+async fn two_running_runs() -> (SimHandle, Vec<String>) {
+    let s = sim().await;
+    s.add_project(NewProject {
+        project_id: Some("bAYZ4a".into()),
+        repo: Some("acme/web".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut ids = Vec::new();
+    for framework in ["pw", "cypress"] {
+        let run = s
+            .add_run(NewRun {
+                project: Some("bAYZ4a".into()),
+                framework: Some(framework.into()),
+                state: Some("running".into()),
+                specs: Some(4),
+                completed: Some(2),
+                emit: Some(false),
+                ..Default::default()
+            })
+            .unwrap();
+        ids.push(run.run_id);
+    }
+    (s, ids)
+}
+
+/// `currents-notes.md` §1.4 (line 198): a list item is "the run without `specs`, plus
+/// `cursor` and `durationMs`" (nullable in the OpenAPI copy's `RunFeedItem`): the key is
+/// there on a run still in progress too, as `null`; and on the full run.
+#[tokio::test]
+async fn in_progress_runs_carry_a_null_duration() {
+    let (s, ids) = two_running_runs().await;
+    let (st, page) = get(&s, "/v1/projects/bAYZ4a/runs").await;
+    assert_eq!(st, 200);
+    let items = page["data"].as_array().expect("data");
+    assert_eq!(items.len(), 2);
+    for item in items {
+        assert_eq!(item["completionState"], "IN_PROGRESS");
+        let obj = item.as_object().unwrap();
+        assert_eq!(
+            obj.get("durationMs"),
+            Some(&Value::Null),
+            "feed item: {item}"
+        );
+        assert!(obj.contains_key("cursor"), "feed item: {item}");
+        assert!(!obj.contains_key("specs"), "feed item: {item}");
+    }
+    for id in &ids {
+        let (st, body) = get(&s, &format!("/v1/runs/{id}")).await;
+        assert_eq!(st, 200);
+        let run = body["data"].as_object().unwrap();
+        assert_eq!(run.get("durationMs"), Some(&Value::Null), "run: {body}");
+    }
+    s.shutdown().await;
+}
+
+/// `runs-api.txt` (Get Run, `specs[].results`: `videoUrl`, `stats`, `screenshots`,
+/// `flaky`) and `currents-notes.md` §1.4 (line 166, the Playwright run:
+/// `"results": {"flaky":0,"videoUrl":null,"screenshots":[], ...}`): a reported spec's
+/// results carry `videoUrl` and `screenshots` even without any, for both frameworks.
+#[tokio::test]
+async fn spec_results_carry_video_url_and_screenshots() {
+    let (s, ids) = two_running_runs().await;
+    for id in &ids {
+        let (st, body) = get(&s, &format!("/v1/runs/{id}")).await;
+        assert_eq!(st, 200);
+        let run = &body["data"];
+        let specs = run["specs"].as_array().expect("specs");
+        let done: Vec<&Value> = specs.iter().filter(|s| !s["results"].is_null()).collect();
+        assert_eq!(done.len(), 2, "two specs have reported: {run}");
+        for spec in done {
+            let results = spec["results"].as_object().unwrap();
+            assert_eq!(results.get("videoUrl"), Some(&Value::Null), "{spec}");
+            assert_eq!(
+                results.get("screenshots"),
+                Some(&Value::Array(Vec::new())),
+                "{spec}"
+            );
+        }
+    }
+    s.shutdown().await;
+}
