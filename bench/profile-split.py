@@ -31,7 +31,9 @@ BUCKETS = [
     # and then calls `verify_digest` (which the other also calls).
     ("both: HMAC", lambda comm, st: "verify_github_signature" in st or "webhooks::verify_digest" in st),
     ("ceiling: bare handler", lambda comm, st: "bare_handler" in st),
-    ("load generator (both)", lambda comm, st: "Load::blast" in st),
+    # The load generator: its request tasks, and the connection tasks its reqwest client
+    # spawns (hyper's client side: `hyper_util::client`), which run apart from them.
+    ("load generator (both)", lambda comm, st: "Load::blast" in st or "hyper_util::client" in st),
     # The rest of each server's connection tasks: hyper's reading, parsing, encoding and
     # writing, the routing, and for the bot its layers and extractors. The bot's
     # connections are the ones that go through `[server] idle_timeout`'s wrapper
