@@ -376,6 +376,19 @@ impl GithubError {
         }
     }
 
+    /// GitHub does not have the commit the request names: 422 "No commit found for SHA"
+    /// (a commit status, or a commit's pull requests, for a commit never pushed to the
+    /// repository: a run recorded on a developer's machine).
+    pub fn is_unknown_commit(&self) -> bool {
+        match &self.kind {
+            GithubErrorKind::Status { status, message } => {
+                matches!(status, 404 | 422)
+                    && message.to_ascii_lowercase().contains("no commit found")
+            }
+            _ => false,
+        }
+    }
+
     /// How long GitHub asked to wait before trying again (rate limits).
     pub fn retry_after(&self) -> Option<Duration> {
         match &self.kind {
@@ -1892,8 +1905,14 @@ pub fn has_marker(body: &str, marker: &str) -> bool {
     body.trim_start().starts_with(marker)
 }
 
+/// Whether `sha` can name a commit in an API path: 4 to 64 hex digits (an abbreviated or
+/// full SHA-1 or SHA-256).
+pub fn is_commit_sha(sha: &str) -> bool {
+    (4..=64).contains(&sha.len()) && sha.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn check_sha(sha: &str) -> Result<(), GithubError> {
-    if (4..=64).contains(&sha.len()) && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if is_commit_sha(sha) {
         Ok(())
     } else {
         Err(GithubError::bare(GithubErrorKind::Invalid(format!(
@@ -1944,10 +1963,39 @@ fn quota_used_up(headers: &HeaderMap) -> Option<Duration> {
 /// The kind of an error answer, reading the rate-limit signs of `reliability-notes` §2.
 fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> GithubErrorKind {
     let code = status.as_u16();
-    let message = serde_json::from_str::<Value>(body)
-        .ok()
+    let json = serde_json::from_str::<Value>(body).ok();
+    let mut message = json
+        .as_ref()
         .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
         .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+    // A 422's cause is in `errors` ("Validation Failed" alone says nothing): each error's
+    // `message` (or a bare string), else its `code` and `field`.
+    let details: Vec<String> = json
+        .as_ref()
+        .and_then(|v| v.get("errors"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| match e {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(o) => o
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .or_else(|| {
+                    let code = o.get("code").and_then(Value::as_str)?;
+                    Some(match o.get("field").and_then(Value::as_str) {
+                        Some(f) => format!("{f} {code}"),
+                        None => code.to_string(),
+                    })
+                }),
+            _ => None,
+        })
+        .filter(|d| !d.is_empty() && !message.contains(d.as_str()))
+        .collect();
+    if !details.is_empty() {
+        message = format!("{message}: {}", details.join("; "));
+    }
     let message = truncate_chars(&message, MAX_MESSAGE);
     let hdr = |name: &str| {
         headers

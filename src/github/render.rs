@@ -45,10 +45,12 @@
 //!
 //! Every value a template prints is escaped as the default body escapes free text
 //! (`text`): `@` cannot ping, `<`, `>` and `&` become entities, and Markdown characters
-//! are backslash-escaped, since branch names, spec paths, tags and cancel reasons come
-//! from whoever pushes. `{{ s.branch | code }}` prints a code span instead (write that,
-//! not backticks around a value: escapes show inside a code span), `| url` prints a link
-//! target (`[run]({{ s.run_url | url }})`), `| text` escapes explicitly, and `| safe`
+//! (and `$`, which GitHub reads as math) are backslash-escaped, since branch names, spec
+//! paths, tags and cancel reasons come from whoever pushes. `{{ s.branch | code }}`
+//! prints a code span instead (write that, not backticks around a value: escapes show
+//! inside a code span), `| url` prints a link target (`[run]({{ s.run_url | url }})`,
+//! whitespace, parentheses and angle brackets percent-encoded, so a value cannot end the
+//! link or its line), `| text` escapes explicitly, and `| safe`
 //! prints a string as it is, for Markdown the template writes itself. Text written in
 //! the template is never escaped.
 //!
@@ -921,7 +923,17 @@ fn code(s: &str) -> String {
 }
 
 /// A code span inside a table cell (`|` must be escaped even there).
+///
+/// GitHub (cmark-gfm) splits a row into cells before it reads any code span: a backslash
+/// and the punctuation character after it are one escaped pair, and only then is the
+/// backslash of each `\|` dropped. So a name with a backslash right before a pipe (`a\|b`)
+/// cannot be shown exactly in a code span there: escaped as `a\\|b`, its `\\` is a pair
+/// and the `|` after it ends the cell, and the row's counts move one column over. Such a
+/// name is shown as escaped plain text instead, which the table reads back exactly.
 fn table_code(s: &str) -> String {
+    if s.contains("\\|") {
+        return text(s);
+    }
     code(s).replace('|', "\\|")
 }
 
@@ -935,7 +947,8 @@ fn text(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '&' => out.push_str("&amp;"),
             '@' => out.push_str("@\u{200b}"),
-            '\\' | '`' | '*' | '_' | '[' | ']' | '#' | '|' | '~' | '!' => {
+            // `$`: GitHub renders `$...$` as math.
+            '\\' | '`' | '*' | '_' | '[' | ']' | '#' | '|' | '~' | '!' | '$' => {
                 out.push('\\');
                 out.push(c);
             }
@@ -945,13 +958,23 @@ fn text(s: &str) -> String {
     out
 }
 
-/// A URL safe inside Markdown `(...)`.
+/// A URL safe inside Markdown `(...)`: spaces, line breaks and other whitespace or control
+/// characters, parentheses and angle brackets percent-encoded, so that no value can end
+/// the link target, or the line, and go on as Markdown of its own (an `@team` on a line
+/// of its own pings the team).
 fn link_url(u: &str) -> String {
-    u.replace(' ', "%20")
-        .replace('(', "%28")
-        .replace(')', "%29")
-        .replace('<', "%3C")
-        .replace('>', "%3E")
+    let mut out = String::with_capacity(u.len());
+    for c in u.chars() {
+        if c.is_whitespace() || c.is_control() || matches!(c, '(' | ')' | '<' | '>') {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1166,6 +1189,8 @@ mod tests {
         assert_eq!(code("a`b"), "`` a`b ``");
         assert_eq!(code("x\ny"), "`x y`");
         assert_eq!(table_code("a|b"), "`a\\|b`");
+        // A backslash before a pipe cannot stay in a code span in a table cell.
+        assert_eq!(table_code("a\\|b"), "a\\\\\\|b");
     }
 
     #[test]

@@ -55,7 +55,7 @@ use crate::currents::Run;
 
 use super::client::{
     GithubClient, GithubError, IssueComment, MAX_STATUS_DESCRIPTION, PullRef, RepoName,
-    StatusState, is_open_from_branch_of, truncate_chars,
+    StatusState, is_commit_sha, is_open_from_branch_of, truncate_chars,
 };
 use super::render::{
     GITHUB_BODY_LIMIT, MARKER, Outcome, PrInfo, RenderInput, Section, StateError, SummaryDoc,
@@ -989,6 +989,12 @@ async fn post_status(
     let Some(sha) = run.sha().filter(|s| !s.is_empty()) else {
         return Ok(StatusOutcome::Skipped("the run has no commit sha".into()));
     };
+    if !is_commit_sha(sha) {
+        return Ok(StatusOutcome::Skipped(format!(
+            "the run's commit {:?} is not a commit sha; no status",
+            truncate_chars(sha, 80)
+        )));
+    }
     let context = status_context(&ctx.opts.status_context, &run.project_id);
     decide_and_post_status(ctx, repo, sha, context, section, docs, dry_run).await
 }
@@ -1233,9 +1239,26 @@ async fn decide_and_post_status(
             description,
         });
     }
-    ctx.gh
+    match ctx
+        .gh
         .create_status(repo, sha, state, &context, &description, Some(&target_url))
-        .await?;
+        .await
+    {
+        Ok(()) => {}
+        // A commit never pushed to the repository (a run recorded on a developer's
+        // machine): no status can be set on it, now or on a retry.
+        Err(e) if e.is_unknown_commit() => {
+            return Ok(StatusOutcome::Skipped(format!(
+                "GitHub has no commit {sha} in {repo}, so status {context} cannot be set \
+                 on it ({})",
+                match &e.kind {
+                    super::client::GithubErrorKind::Status { message, .. } => message.as_str(),
+                    _ => "",
+                }
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
     remember();
     Ok(StatusOutcome::Posted {
         sha: sha.to_string(),
