@@ -637,7 +637,7 @@ async fn execute_leased(ctx: &AppContext, mut a: ActionRow, lease: &Lease) {
         | Attempt::Fail(d)
         | Attempt::Postpone(d) => d.clone(),
     };
-    let _ = ctx.events.send(crate::server::BotEvent::ActionFinished {
+    ctx.events.send(crate::server::BotEvent::ActionFinished {
         rule: a.rule.clone(),
         action: a.action.clone(),
         run_id: a.run_id.clone(),

@@ -103,7 +103,7 @@ pub async fn build_context_with(
         ready: false.into(),
         worker_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         executor,
-        events: tokio::sync::broadcast::channel(4096).0,
+        events: crate::server::EventBus::default(),
         history_cache: Default::default(),
         last_poll: std::sync::Mutex::new(last_poll),
         handoff: Default::default(),

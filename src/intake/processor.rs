@@ -849,7 +849,7 @@ fn recorded_one(
             );
             tracing::info!(rule = %dec.rule, action = %dec.action, run = %dec.run_id, dry_run = dec.dry_run, "decision: {}", dec.reason);
         }
-        let _ = ctx.events.send(crate::server::BotEvent::Decided {
+        ctx.events.send(crate::server::BotEvent::Decided {
             decision_id: rec.decision_id,
             action_id: rec.action_id,
             repeated: !rec.new_decision,

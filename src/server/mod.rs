@@ -46,9 +46,10 @@ pub struct AppContext {
     pub worker_id: String,
     /// The executor's retry schedule and lease (production defaults; tests shorten them).
     pub executor: crate::actions::ExecutorOptions,
-    /// What the bot decides and does, as it happens (the demo narrates it; tests can
-    /// synchronise on it). Sending never blocks; nobody listening is fine.
-    pub events: tokio::sync::broadcast::Sender<BotEvent>,
+    /// What the bot decides and does, as it happens (the demo narrates it; `sweep`
+    /// reports from it; tests can synchronise on it). Sending never blocks; nobody
+    /// listening is fine.
+    pub events: EventBus,
     /// New actions the processor leased for this process's executor.
     pub handoff: crate::actions::Handoff,
     /// The duration history of each group last read from the API, and when.
@@ -59,6 +60,34 @@ pub struct AppContext {
     /// were committed, began (the look-back of the next poll for runs that started and
     /// finished in between).
     pub last_poll: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+}
+
+/// The channel of [`BotEvent`]s: a broadcast channel of [`EventBus::CAPACITY`] events,
+/// created by the first [`EventBus::subscribe`]. Until someone subscribes, sending drops
+/// the event: a `serve` nobody listens to does not keep a buffer of 4,096 events (800 KiB,
+/// written in full when the channel is made) for nothing.
+#[derive(Debug, Default)]
+pub struct EventBus {
+    tx: std::sync::OnceLock<tokio::sync::broadcast::Sender<BotEvent>>,
+}
+
+impl EventBus {
+    /// Events a subscriber may fall behind by before it misses some (`Lagged`).
+    pub const CAPACITY: usize = 4096;
+
+    /// Sends `event` to every subscriber; without any, it is dropped. Never blocks.
+    pub fn send(&self, event: BotEvent) {
+        if let Some(tx) = self.tx.get() {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// A receiver of the events sent from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<BotEvent> {
+        self.tx
+            .get_or_init(|| tokio::sync::broadcast::channel(Self::CAPACITY).0)
+            .subscribe()
+    }
 }
 
 /// A notification of something the bot did.
@@ -370,4 +399,38 @@ async fn store_gauges(state: &AppState) -> Vec<metrics::Gauge> {
         }
     }
     gauges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(run: &str) -> BotEvent {
+        BotEvent::ActionFinished {
+            rule: "r".into(),
+            action: "cancel".into(),
+            run_id: run.into(),
+            outcome: "done".into(),
+            detail: String::new(),
+        }
+    }
+
+    /// Nobody listening: nothing is buffered (no channel is made); a subscriber gets the
+    /// events sent from then on, in order.
+    #[test]
+    fn the_event_bus_buffers_only_once_someone_listens() {
+        let bus = EventBus::default();
+        bus.send(finished("before"));
+        assert!(bus.tx.get().is_none(), "a channel made for nobody");
+        let mut rx = bus.subscribe();
+        bus.send(finished("a"));
+        bus.send(finished("b"));
+        assert_eq!(rx.try_recv().unwrap(), finished("a"));
+        assert_eq!(rx.try_recv().unwrap(), finished("b"));
+        assert!(rx.try_recv().is_err(), "the event sent before is not there");
+        let mut late = bus.subscribe();
+        bus.send(finished("c"));
+        assert_eq!(late.try_recv().unwrap(), finished("c"));
+        assert_eq!(rx.try_recv().unwrap(), finished("c"));
+    }
 }
