@@ -23,12 +23,15 @@ pub fn run(path: &Path) -> ExitCode {
     // way, by the same check (the GitHub client's own, as in
     // `serve::credentials_problem`), so that `check` passing means they start.
     // (`CURRENTS_API_KEY` is not needed to check a config.)
-    // The client is built (and dropped) as `serve` builds it, inside a runtime: octocrab
-    // starts its HTTP service on the runtime it is built on.
+    // The client is made as `serve` makes it, and its HTTP client built now (`serve`
+    // builds that at its first request: a system without root certificates is told here
+    // rather than at the first summary), inside a runtime: octocrab starts its HTTP
+    // service on the runtime it is built on.
     let built = {
         let rt = super::runtime();
         let _inside = rt.enter();
-        crate::github::GithubClient::from_config(&loaded.config.github, &secrets).map(drop)
+        crate::github::GithubClient::from_config(&loaded.config.github, &secrets)
+            .and_then(|client| client.map(|c| c.connect()).transpose())
     };
     if let Err(e) = built {
         errln!("runwarden check: GitHub credentials: {e}");

@@ -653,7 +653,10 @@ struct RateGate {
 
 /// The GitHub API client. Cheap to share (`Arc`); one per process.
 pub struct GithubClient {
-    crab: Octocrab,
+    /// The HTTP client, built on first use ([`GithubClient::connect`]): building it loads
+    /// the system's root certificates (about half a MiB held for good), which a `serve`
+    /// that posts no summary for hours need not pay for while it idles.
+    crab: std::sync::OnceLock<Octocrab>,
     /// `api_url` without a trailing slash.
     base: String,
     origin: url::Origin,
@@ -716,17 +719,12 @@ impl GithubClient {
         // [`request_url`] builds. With the base's path, octocrab would put it in front of
         // every path not starting with it, GraphQL's `/api/graphql` on GitHub Enterprise
         // Server (REST at `/api/v3`) included.
-        let origin = url.origin().ascii_serialization();
-        let crab = Octocrab::builder()
-            .base_uri(origin.as_str())
-            .map_err(|e| invalid(format!("github.api_url {base}: {}", first_line(&e))))?
-            .set_connect_timeout(Some(opts.connect_timeout))
-            .set_read_timeout(Some(opts.request_timeout))
-            .set_write_timeout(Some(opts.request_timeout))
-            .build()
-            .map_err(|e| invalid(format!("cannot build the HTTP client: {}", first_line(&e))))?;
+        // The origin is checked now, the client built on first use.
+        Octocrab::builder()
+            .base_uri(url.origin().ascii_serialization().as_str())
+            .map_err(|e| invalid(format!("github.api_url {base}: {}", first_line(&e))))?;
         Ok(GithubClient {
-            crab,
+            crab: std::sync::OnceLock::new(),
             origin: url.origin(),
             base,
             auth,
@@ -759,6 +757,34 @@ impl GithubClient {
 
     pub fn options(&self) -> &GithubClientOptions {
         &self.opts
+    }
+
+    /// Builds the HTTP client now if it is not built yet (the first request does
+    /// otherwise): `check` uses it to report a client that cannot be built (no root
+    /// certificates on the system, say) before `serve` meets it at its first summary.
+    /// Needs a Tokio runtime.
+    pub fn connect(&self) -> Result<(), GithubError> {
+        self.crab().map(drop)
+    }
+
+    /// The HTTP client, built on first use (see [`GithubClient::connect`]). Two callers
+    /// racing build it twice; one of the two is kept.
+    fn crab(&self) -> Result<&Octocrab, GithubError> {
+        if let Some(crab) = self.crab.get() {
+            return Ok(crab);
+        }
+        let invalid = |m: String| GithubError::bare(GithubErrorKind::Invalid(m));
+        // The origin only: every request is sent to the absolute URL [`request_url`]
+        // builds (see [`GithubClient::new`]).
+        let crab = Octocrab::builder()
+            .base_uri(self.origin.ascii_serialization().as_str())
+            .map_err(|e| invalid(format!("github.api_url {}: {}", self.base, first_line(&e))))?
+            .set_connect_timeout(Some(self.opts.connect_timeout))
+            .set_read_timeout(Some(self.opts.request_timeout))
+            .set_write_timeout(Some(self.opts.request_timeout))
+            .build()
+            .map_err(|e| invalid(format!("cannot build the HTTP client: {}", first_line(&e))))?;
+        Ok(self.crab.get_or_init(|| crab))
     }
 
     /// `api_url`, without a trailing slash.
@@ -1565,15 +1591,14 @@ impl GithubClient {
                 .body(String::new()),
         }
         .map_err(|e| GithubErrorKind::Invalid(e.to_string()))?;
-        let response = self
-            .crab
+        let crab = self.crab().map_err(|e| e.kind)?;
+        let response = crab
             .execute(request)
             .await
             .map_err(|e| GithubErrorKind::Network(describe(&e)))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let text = self
-            .crab
+        let text = crab
             .body_to_string(response)
             .await
             .map_err(|e| GithubErrorKind::Network(describe(&e)))?;
@@ -2415,6 +2440,22 @@ mod tests {
             .filter(|(k, _)| k.starts_with("github "))
             .map(|(_, n)| *n)
             .sum()
+    }
+
+    /// The HTTP client (and the system's root certificates it loads, about half a MiB
+    /// held for good) is built at the first request, not when `serve` starts: an idle
+    /// `serve` that posts no summary does not hold it. `connect` builds it at once, as
+    /// `check` asks.
+    #[tokio::test]
+    async fn the_http_client_is_built_at_the_first_request() {
+        let (_sim, gh) = sim_and_client(Duration::from_millis(500)).await;
+        assert!(gh.crab.get().is_none(), "built before any request");
+        let repo: RepoName = "acme/web".parse().unwrap();
+        gh.pulls_for_commit(&repo, "abcdef1234").await.unwrap();
+        assert!(gh.crab.get().is_some());
+        let (_sim, other) = sim_and_client(Duration::from_millis(500)).await;
+        other.connect().unwrap();
+        assert!(other.crab.get().is_some());
     }
 
     #[tokio::test]
