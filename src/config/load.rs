@@ -1113,6 +1113,25 @@ fn compile(
         }
         rules.push(rule);
     }
+    // Every summary rule's comment is the one sticky comment of its PR (one marker): with
+    // two that comment, each update renders the whole comment with the template and
+    // options of the rule whose event came last.
+    let commenting: Vec<usize> = rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(&r.kind, RuleKind::Summary(o) if o.comment))
+        .map(|(i, _)| i)
+        .collect();
+    if let [first, second, ..] = commenting[..] {
+        warnings.push(Warning(format!(
+            "{}:{}: rule {:?}: rule {:?} comments too (line {}): a PR has one sticky comment, and each update renders all of it with the template and options of the rule whose event came last; keep comment = true on one summary rule (the others can post commit statuses with comment = false)",
+            loc.path,
+            loc.rule_line(second),
+            rules[second].name,
+            rules[first].name,
+            loc.rule_line(first),
+        )));
+    }
     if rules.is_empty() {
         warnings.push(Warning(format!(
             "{}: no [[rules]]: runwarden records the runs and events it sees but decides and does nothing",
@@ -1931,5 +1950,39 @@ mod tests {
             .collect();
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].starts_with("rules.toml:4: rule \"t\": "), "{w:?}");
+    }
+
+    /// Two summary rules that comment share a PR's one sticky comment (each update
+    /// renders it with the last event's rule): warned once, at the second, naming the
+    /// first; a second summary rule posting only commit statuses is fine.
+    #[test]
+    fn a_second_commenting_summary_rule_is_warned_about() {
+        let warned = |rules: &str| -> Vec<String> {
+            load_str(
+                &format!("[currents]\nprojects = [\"p\"]\n{rules}"),
+                "rules.toml",
+                &[],
+            )
+            .unwrap()
+            .warnings
+            .into_iter()
+            .map(|w| w.0)
+            .filter(|w| w.contains("one sticky comment"))
+            .collect()
+        };
+        let w = warned(
+            "[[rules]]\nname = \"a\"\nkind = \"summary\"\n\
+             [[rules]]\nname = \"b\"\nkind = \"summary\"\ncommit_status = true\n",
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("rules.toml:6: rule \"b\": rule \"a\" comments too (line 3)"),
+            "{w:?}"
+        );
+        let w = warned(
+            "[[rules]]\nname = \"a\"\nkind = \"summary\"\n\
+             [[rules]]\nname = \"b\"\nkind = \"summary\"\ncomment = false\ncommit_status = true\n",
+        );
+        assert!(w.is_empty(), "{w:?}");
     }
 }
