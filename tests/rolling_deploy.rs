@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use runwarden::commands::serve::PROCESSOR_LEASE;
 use runwarden::store::{ActionState, NewDelivery, Store};
@@ -24,22 +22,6 @@ const NEW_RULES: &str = "[[rules]]\nname = \"old-retention\"\nkind = \"retention
 /// What the retry of an event (or postponement of an action) for a rule this replica
 /// does not know says.
 const NOT_IN_CONFIG: &str = "is not in this replica's config";
-
-/// Polls `f` every 20 ms until it holds, or panics after `secs`.
-async fn eventually<F, Fut>(what: &str, secs: u64, f: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Who holds the processor lease on `store`.
 async fn processor_holder(store: &Store) -> Option<String> {

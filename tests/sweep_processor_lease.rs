@@ -63,22 +63,6 @@ fn seen(sim: &SimHandle, id: u64) -> u32 {
         .map_or(0, |f| f.fired)
 }
 
-/// Polls `f` every 20 ms until it holds, or panics after `secs`.
-async fn eventually<F, Fut>(what: &str, secs: u64, f: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Waits until `app`'s `serve` holds the processor lease: on every store, SQLite too
 /// (that is how a sweep tells that a live `serve` consumes the events).
 async fn serve_holds_the_lease(app: &TestApp) {

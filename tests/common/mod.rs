@@ -83,6 +83,22 @@ impl Default for AppOptions {
     }
 }
 
+/// Polls `f` every 20 ms until it holds, or panics after `secs`.
+pub async fn eventually<F, Fut>(what: &str, secs: u64, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn spawn_app(rules: &str) -> TestApp {
     spawn_app_with(AppOptions {
         rules: rules.to_string(),
