@@ -1,5 +1,8 @@
 //! Edges of run summaries on GitHub (SPEC §4 `summary`): what untrusted names can do to
-//! the comment's Markdown, commits GitHub does not know, and a comment a user deleted.
+//! the comment's Markdown, commits GitHub does not know, a comment a user deleted, and a
+//! PR closed or merged while its run goes on.
+
+mod common;
 
 use std::time::Duration;
 
@@ -59,6 +62,15 @@ fn run_value(id: &str, sha: &str) -> Value {
 
 fn failed(id: &str, sha: &str) -> Run {
     serde_json::from_value(run_value(id, sha)).expect("a valid run")
+}
+
+/// Run `id` of `sha`, started and still going.
+fn running(id: &str, sha: &str) -> Run {
+    let mut v = run_value(id, sha);
+    v["completionState"] = json!("IN_PROGRESS");
+    v["status"] = json!("RUNNING");
+    v["durationMs"] = Value::Null;
+    serde_json::from_value(v).expect("a valid run")
 }
 
 /// A failed run of two groups named `groups` (its group table lists them).
@@ -501,4 +513,198 @@ fn a_url_filtered_value_cannot_leave_its_link_or_its_line() {
 fn printed_values_cannot_start_math() {
     let out = render_template("feat/$\\huge{x}$", "a.spec.ts", "{{ current.branch }}");
     assert_eq!(out, "feat/\\$\\\\huge{x}\\$");
+}
+
+// ---------------------------------------------------------------------------------------
+// A PR closed or merged while its run goes on
+// ---------------------------------------------------------------------------------------
+
+const SHA_NEXT: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c";
+
+impl Env {
+    /// Closes PR `number` (`merged`: merges it), its head as it is.
+    fn close(&self, number: u64, merged: bool) {
+        self.sim
+            .add_pr(NewPr {
+                repo: REPO.into(),
+                number: Some(number),
+                state: Some("closed".into()),
+                merged: Some(merged),
+                ..NewPr::default()
+            })
+            .unwrap();
+    }
+
+    /// The comment options with `RUN_START` (a comment that says the run is running).
+    fn opts_with_start(&self) -> SummaryOptions {
+        let mut o = self.opts();
+        o.commit_status = false;
+        o.events.push("RUN_START".into());
+        o
+    }
+}
+
+/// The bug: a PR merged while its run went on kept "⏳ Running" for ever, as the run's
+/// end looked at open PRs only. End to end (webhooks, processor, executor): the merged
+/// PR's comment is edited to the run's end, and no second comment is posted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pr_merged_while_its_run_goes_on_shows_the_runs_end() {
+    let rules = "[[rules]]\nname = \"pr-summary\"\nkind = \"summary\"\ncommit_status = true\nevents = [\"RUN_START\", \"RUN_FINISH\"]\n";
+    let app = common::spawn_app(rules).await;
+    let (branch, sha) = ("feat/merge-early", "c105edc105edc105ed");
+    let mut r = common::run(branch, sha, 5);
+    r.state = Some("running".into());
+    let id = app.sim.add_run(r).unwrap().run_id;
+    app.open_pr(branch, sha, 21);
+    let bodies = |app: &common::TestApp| -> Vec<String> {
+        app.sim
+            .comments(Some(common::REPO), Some(21))
+            .into_iter()
+            .map(|c| c.body)
+            .collect()
+    };
+    let statuses = |app: &common::TestApp| -> Vec<String> {
+        app.sim
+            .statuses(Some(common::REPO), Some(sha))
+            .into_iter()
+            .map(|s| s.state)
+            .collect()
+    };
+    assert_eq!(app.currents_hook("RUN_START", &id).await.status(), 202);
+    app.wait_for("the running comment and pending status", 20, |app| {
+        bodies(app).iter().any(|b| b.contains("⏳ Running"))
+            && statuses(app).iter().any(|s| s == "pending")
+    })
+    .await;
+    // Merged at the run's sha, the run still going.
+    app.sim
+        .add_pr(NewPr {
+            repo: common::REPO.into(),
+            number: Some(21),
+            merged: Some(true),
+            ..NewPr::default()
+        })
+        .unwrap();
+    let pr = app.sim.prs().into_iter().find(|p| p.number == 21).unwrap();
+    assert!(
+        pr.merged && pr.state == "closed" && pr.head_sha == sha,
+        "{pr:?}"
+    );
+    app.sim
+        .advance(
+            &id,
+            simulator::Advance {
+                finish: Some(simulator::Outcome::Failed),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(app.currents_hook("RUN_FINISH", &id).await.status(), 202);
+    // The status follows the comment in the same summary: once it says the run failed,
+    // the comment has been written (or left).
+    app.wait_for("the failure status", 20, |app| {
+        statuses(app).iter().any(|s| s == "failure")
+    })
+    .await;
+    let b = bodies(&app);
+    assert_eq!(b.len(), 1, "edited, not posted again: {b:#?}");
+    assert!(
+        b[0].contains("❌ Failed") && !b[0].contains("⏳ Running"),
+        "{}",
+        b[0]
+    );
+    let posts = app
+        .mutations()
+        .into_iter()
+        .filter(|m| m.starts_with("POST") && m.ends_with("/issues/21/comments"))
+        .count();
+    assert_eq!(posts, 1, "{:?}", app.mutations());
+}
+
+/// Closed PRs at the run's sha: the merged one with runwarden's comment (it was open
+/// when the run started) has it edited; the one without gets none, though its head is
+/// the run's sha too.
+#[tokio::test]
+async fn a_closed_pr_without_runwardens_comment_gets_none() {
+    let env = Env::new().await;
+    let opts = env.opts_with_start();
+    env.pr(7, BRANCH, SHA_HEAD);
+    env.summary(&opts, &running("r1", SHA_HEAD), "RUN_START")
+        .await
+        .unwrap();
+    assert!(env.comments(7)[0].body.contains("⏳ Running"));
+    // PR 8: the same head, closed without a comment (say, reopened as 7).
+    env.pr(8, BRANCH, SHA_HEAD);
+    env.close(8, false);
+    env.close(7, true);
+    let r = env
+        .summary(&opts, &failed("r1", SHA_HEAD), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &r.comments[..],
+            [SummaryOutcome::Posted {
+                pr: 7,
+                created: false,
+                ..
+            }]
+        ),
+        "{r:?}"
+    );
+    let c = env.comments(7);
+    assert_eq!(c.len(), 1, "{c:#?}");
+    assert!(c[0].body.contains("❌ Failed") && !c[0].body.contains("⏳ Running"));
+    assert!(env.comments(8).is_empty(), "{:#?}", env.comments(8));
+    assert_eq!(
+        env.count_writes("POST", "/comments"),
+        1,
+        "the first one only"
+    );
+}
+
+/// A closed PR whose head moved on from the run's sha (a later push; likewise a
+/// rebase-merge, whose commits on the base are other shas) keeps its comment as it is,
+/// though GitHub lists it for the run's commit; a closed PR whose head is the run's sha
+/// has its comment edited.
+#[tokio::test]
+async fn a_closed_pr_whose_head_is_not_the_runs_sha_is_not_touched() {
+    let env = Env::new().await;
+    let opts = env.opts_with_start();
+    env.pr(7, BRANCH, SHA_HEAD);
+    env.pr(9, "feat/other", SHA_HEAD);
+    let r = env
+        .summary(&opts, &running("r1", SHA_HEAD), "RUN_START")
+        .await
+        .unwrap();
+    assert_eq!(r.comments.len(), 2, "{r:?}");
+    let before = env.comments(9);
+    assert!(before[0].body.contains("⏳ Running"));
+    // PR 9 gets another commit, then is merged; PR 7 is merged at the run's sha.
+    env.pr(9, "feat/other", SHA_NEXT);
+    env.close(9, true);
+    env.close(7, true);
+    let r = env
+        .summary(&opts, &failed("r1", SHA_HEAD), "RUN_FINISH")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &r.comments[..],
+            [SummaryOutcome::Posted {
+                pr: 7,
+                created: false,
+                ..
+            }]
+        ),
+        "{r:?}"
+    );
+    assert!(env.comments(7)[0].body.contains("❌ Failed"));
+    assert_eq!(env.comments(9), before, "PR 9's comment is untouched");
+    assert_eq!(
+        env.count_writes("POST", "/comments"),
+        2,
+        "none posted again"
+    );
+    assert_eq!(env.count_writes("PATCH", "/comments"), 1, "PR 7's only");
 }

@@ -19,7 +19,11 @@
 //!    replaces a newer one, an older snapshot of the same run never replaces a finished
 //!    one), render, and create, edit, or leave the comment when the body is unchanged.
 //!    A create whose outcome is unknown is followed by a read for the marker, never by a
-//!    blind second `POST`.
+//!    blind second `POST`. A PR closed or merged while the run went on keeps its comment
+//!    up to date: the closed PRs whose head is the run's sha (among those the same
+//!    `GET .../commits/{sha}/pulls` lists; never by branch) get the run's section merged
+//!    into the comment they already have, which is edited, never created
+//!    ([`discover_run_prs`]); their comments do not count for the commit status.
 //! 4. Commit status (`commit_status = true`) on the run's sha, context `status_context`
 //!    with `{project}` filled, under a per-status lock held across steps 3 and 4 (merge,
 //!    read the latest status, then post). The status is the commit's, not the run's: it
@@ -329,19 +333,25 @@ pub async fn post_summary_with_lock_ttl(
         let mut first_error: Option<SummaryError> = None;
         // The comment of each PR as merged with this run: what the status is derived from.
         let mut docs = Vec::new();
+        // An open PR's comment could not be read, and will be on the retry.
+        let mut comments_unread = false;
         if opts.comment {
             match post_comments(ctx, &repo, run, &section, dry_run, &mut docs).await {
-                Ok((outcomes, err)) => {
-                    report.comments = outcomes;
-                    first_error = err;
+                Ok(posted) => {
+                    report.comments = posted.outcomes;
+                    comments_unread = posted.open_unread;
+                    first_error = posted.error;
                 }
-                Err(e) => first_error = Some(e),
+                Err(e) => {
+                    comments_unread = e.retryable;
+                    first_error = Some(e);
+                }
             }
         }
-        // The status is derived from the merged comments: when reading them failed (and
-        // will be retried), a status from this run alone could hide another group's
-        // failure; the retry posts it.
-        let comments_unread = first_error.as_ref().is_some_and(|e| e.retryable);
+        // The status is derived from the merged comments of the open PRs: when reading
+        // one failed (and will be retried), a status from this run alone could hide
+        // another group's failure; the retry posts it. (A closed PR's comment does not
+        // count for the status: its failure does not hold the status back.)
         if opts.commit_status && !comments_unread {
             match post_status(ctx, &repo, run, &section, &docs, dry_run).await {
                 Ok(s) => report.status = Some(s),
@@ -447,9 +457,20 @@ pub async fn post_summary_with_lock_ttl(
     }
 }
 
-/// Updates the comment of every PR of the run; the first error is returned beside the
-/// outcomes of the others, with the longest wait any of them was asked for.
-/// `docs`: each PR's comment as merged with the run (also when it was not written).
+/// What [`post_comments`] did.
+struct PostedComments {
+    outcomes: Vec<SummaryOutcome>,
+    /// The first error, with the longest wait any PR was asked for.
+    error: Option<SummaryError>,
+    /// The first error is an open PR's, and retryable: that PR's sections, which the
+    /// commit status counts, are not in the merged documents (the retry reads them).
+    open_unread: bool,
+}
+
+/// Updates the comment of every PR of the run (the open PRs, then the closed PRs at the
+/// run's sha that have one); the first error is returned beside the outcomes of the
+/// others, with the longest wait any of them was asked for.
+/// `docs`: each open PR's comment as merged with the run (also when it was not written).
 async fn post_comments(
     ctx: &SummaryCtx<'_>,
     repo: &RepoName,
@@ -457,15 +478,16 @@ async fn post_comments(
     section: &Section,
     dry_run: bool,
     docs: &mut Vec<SummaryDoc>,
-) -> Result<(Vec<SummaryOutcome>, Option<SummaryError>), SummaryError> {
+) -> Result<PostedComments, SummaryError> {
     let (sha, branch) = (run.sha(), run.branch());
     if sha.is_none() && branch.is_none() {
-        return Ok((
-            vec![SummaryOutcome::Skipped(
+        return Ok(PostedComments {
+            outcomes: vec![SummaryOutcome::Skipped(
                 "the run has neither a commit sha nor a branch".into(),
             )],
-            None,
-        ));
+            error: None,
+            open_unread: false,
+        });
     }
     let run_repo = run
         .meta
@@ -473,8 +495,48 @@ async fn post_comments(
         .remote_origin
         .as_deref()
         .and_then(repo_from_remote);
-    let prs = discover_prs(ctx.gh, repo, run_repo.as_ref(), sha, branch).await?;
-    if prs.is_empty() {
+    let RunPrs { open: prs, closed } =
+        discover_run_prs(ctx.gh, repo, run_repo.as_ref(), sha, branch).await?;
+    let mut outcomes = Vec::new();
+    let mut first_error: Option<SummaryError> = None;
+    let mut open_unread = false;
+    // The open PRs, then the closed ones whose head is the run's sha: their comment is
+    // edited when they have one, never created, and is not counted for the status (a
+    // status is the commit's: the store's runs and the open PRs' comments decide it).
+    let targets = prs
+        .iter()
+        .map(|p| (p, true))
+        .chain(closed.iter().map(|p| (p, false)));
+    for (pr, open) in targets {
+        let mut merged = None;
+        let result = update_pr_comment(ctx, repo, pr, section, dry_run, open, &mut merged).await;
+        if open {
+            docs.extend(merged);
+        }
+        match result {
+            Ok(Some(o)) => outcomes.push(o),
+            // A closed PR without runwarden's comment: left alone.
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(repo = %repo, pr = pr.number, error = %e, "summary comment failed");
+                // The open PRs come first: the first error is an open PR's when one
+                // failed, and says whether the retry reads the comments again.
+                if open && first_error.is_none() {
+                    open_unread = e.retryable;
+                }
+                match &mut first_error {
+                    None => first_error = Some(e),
+                    // A later PR met a rate limit (or the client's hold after one): the
+                    // retry waits for it too.
+                    Some(first) => {
+                        first.retry_after = first.retry_after.max(e.retry_after);
+                        first.held_back &= e.held_back;
+                    }
+                }
+            }
+        }
+    }
+    if prs.is_empty() && outcomes.is_empty() && first_error.is_none() {
         let reason = match (&run_repo, branch.filter(|b| !b.is_empty())) {
             (Some(from), Some(b)) if from.key() != repo.key() => format!(
                 "no open pull request in {repo} has head {}; branch {b} was not looked up: \
@@ -488,49 +550,37 @@ async fn post_comments(
                 branch.unwrap_or("(none)")
             ),
         };
-        return Ok((vec![SummaryOutcome::Skipped(reason)], None));
+        return Ok(PostedComments {
+            outcomes: vec![SummaryOutcome::Skipped(reason)],
+            error: None,
+            open_unread: false,
+        });
     }
-    let mut outcomes = Vec::new();
-    let mut first_error = None;
-    for pr in &prs {
-        let mut merged = None;
-        let result = update_pr_comment(ctx, repo, pr, section, dry_run, &mut merged).await;
-        docs.extend(merged);
-        match result {
-            Ok(o) => outcomes.push(o),
-            Err(e) => {
-                tracing::warn!(repo = %repo, pr = pr.number, error = %e, "summary comment failed");
-                match &mut first_error {
-                    None => first_error = Some(e),
-                    // A later PR met a rate limit (or the client's hold after one): the
-                    // retry waits for it too.
-                    Some(first) => {
-                        first.retry_after = first.retry_after.max(e.retry_after);
-                        first.held_back &= e.held_back;
-                    }
-                }
-            }
-        }
-    }
-    Ok((outcomes, first_error))
+    Ok(PostedComments {
+        outcomes,
+        error: first_error,
+        open_unread,
+    })
 }
 
 /// The sticky comment of one PR: read, merge, render, write if changed, under the PR's
 /// lock. `merged`: the comment's sections with the run merged in, once read (also when
-/// the write then fails, or is not needed).
+/// the write then fails, or is not needed). `may_create`: false for a closed PR, whose
+/// comment is only edited; `None` when it has none (nothing was written).
 async fn update_pr_comment(
     ctx: &SummaryCtx<'_>,
     repo: &RepoName,
     pr: &PullRef,
     section: &Section,
     dry_run: bool,
+    may_create: bool,
     merged: &mut Option<SummaryDoc>,
-) -> Result<SummaryOutcome, SummaryError> {
+) -> Result<Option<SummaryOutcome>, SummaryError> {
     ctx.gh
         .with_pr_lock(
             repo,
             pr.number,
-            update_pr_comment_locked(ctx, repo, pr, section, dry_run, merged),
+            update_pr_comment_locked(ctx, repo, pr, section, dry_run, may_create, merged),
         )
         .await
 }
@@ -542,8 +592,9 @@ async fn update_pr_comment_locked(
     pr: &PullRef,
     section: &Section,
     dry_run: bool,
+    may_create: bool,
     merged: &mut Option<SummaryDoc>,
-) -> Result<SummaryOutcome, SummaryError> {
+) -> Result<Option<SummaryOutcome>, SummaryError> {
     let gh = ctx.gh;
     let info = PrInfo {
         number: pr.number,
@@ -556,6 +607,9 @@ async fn update_pr_comment_locked(
     // Rounds: a create that finds another writer's comment, or an edit of a comment
     // deleted meanwhile, starts over from what is on GitHub.
     for _ in 0..3 {
+        if existing.is_none() && !may_create {
+            return Ok(None);
+        }
         let mut doc = match &existing {
             Some(c) => SummaryDoc::parse(&c.body)
                 .map_err(|e: StateError| SummaryError::permanent(e.to_string()))?,
@@ -563,15 +617,15 @@ async fn update_pr_comment_locked(
         };
         if ctx.opts.only_failed && !section.is_failure() && doc.get(&section.key).is_none() {
             *merged = Some(doc);
-            return Ok(SummaryOutcome::Skipped(format!(
+            return Ok(Some(SummaryOutcome::Skipped(format!(
                 "only_failed: run {} did not fail and PR #{} has no section for its group",
                 section.run_id, pr.number
-            )));
+            ))));
         }
         let merge = merge_section(&mut doc, section.clone(), &pr.head_sha);
         *merged = Some(doc.clone());
         if let Merge::Kept(reason) = merge {
-            return Ok(SummaryOutcome::Skipped(reason));
+            return Ok(Some(SummaryOutcome::Skipped(reason)));
         }
         let body = render_body(
             &doc,
@@ -588,7 +642,7 @@ async fn update_pr_comment_locked(
         match &existing {
             Some(c) if same_body(&c.body, &body) => {
                 gh.remember_comment_id(repo, pr.number, Some(c.id));
-                return Ok(if created {
+                return Ok(Some(if created {
                     SummaryOutcome::Posted {
                         pr: pr.number,
                         comment_id: c.id,
@@ -599,17 +653,17 @@ async fn update_pr_comment_locked(
                         pr: pr.number,
                         comment_id: c.id,
                     }
-                });
+                }));
             }
-            _ if dry_run => return Ok(SummaryOutcome::DryRun(body)),
+            _ if dry_run => return Ok(Some(SummaryOutcome::DryRun(body))),
             Some(c) => match gh.update_comment(repo, c.id, &body).await {
                 Ok(updated) => {
                     gh.remember_comment_id(repo, pr.number, Some(updated.id));
-                    return Ok(SummaryOutcome::Posted {
+                    return Ok(Some(SummaryOutcome::Posted {
                         pr: pr.number,
                         comment_id: updated.id,
                         created,
-                    });
+                    }));
                 }
                 Err(e) if e.status() == Some(404) => {
                     tracing::info!(repo = %repo, pr = pr.number, comment_id = c.id,
@@ -629,11 +683,11 @@ async fn update_pr_comment_locked(
                     existing = Some(made.comment);
                     continue;
                 }
-                return Ok(SummaryOutcome::Posted {
+                return Ok(Some(SummaryOutcome::Posted {
                     pr: pr.number,
                     comment_id: made.comment.id,
                     created,
-                });
+                }));
             }
         }
     }
@@ -906,6 +960,18 @@ fn redact_userinfo(origin: &str) -> String {
     origin.to_string()
 }
 
+/// The pull requests a run's summary goes to ([`discover_run_prs`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunPrs {
+    /// The open PRs the run belongs to ([`discover_prs`]).
+    pub open: Vec<PullRef>,
+    /// The closed (or merged) PRs whose head sha is the run's sha, from the same
+    /// `GET .../commits/{sha}/pulls`: a PR closed while its run went on, whose comment
+    /// (if it has one) is still to show the run's end. Never by branch: a PR whose head
+    /// moved on (a later push, a rebase-merge) is not the run's.
+    pub closed: Vec<PullRef>,
+}
+
 /// The open PRs a run belongs to: those whose head is the run's sha, else those whose
 /// head branch is the run's branch (SPEC §4), found with
 /// `GET /repos/{o}/{r}/commits/{sha}/pulls` (whose head branch is the run's branch in
@@ -927,8 +993,23 @@ pub async fn discover_prs(
     sha: Option<&str>,
     branch: Option<&str>,
 ) -> Result<Vec<PullRef>, GithubError> {
+    Ok(discover_run_prs(gh, repo, run_repo, sha, branch)
+        .await?
+        .open)
+}
+
+/// [`discover_prs`], and the closed PRs whose head is the run's sha ([`RunPrs::closed`]),
+/// read from the same answer: no request more.
+pub async fn discover_run_prs(
+    gh: &GithubClient,
+    repo: &RepoName,
+    run_repo: Option<&RepoName>,
+    sha: Option<&str>,
+    branch: Option<&str>,
+) -> Result<RunPrs, GithubError> {
     let branch = branch.filter(|b| !b.is_empty());
     let foreign = run_repo.is_some_and(|r| r.key() != repo.key());
+    let mut closed = Vec::new();
     if let Some(sha) = sha.filter(|s| !s.is_empty()) {
         let of_commit = match gh.pulls_for_commit(repo, sha).await {
             Ok(p) => p,
@@ -937,14 +1018,22 @@ pub async fn discover_prs(
             Err(e) if matches!(e.kind, super::client::GithubErrorKind::Invalid(_)) => Vec::new(),
             Err(e) => return Err(e),
         };
-        let open: Vec<PullRef> = of_commit.into_iter().filter(PullRef::is_open).collect();
+        let (open, closed_prs): (Vec<PullRef>, Vec<PullRef>) =
+            of_commit.into_iter().partition(PullRef::is_open);
+        closed = closed_prs
+            .into_iter()
+            .filter(|p| p.head_sha.eq_ignore_ascii_case(sha))
+            .collect();
         let by_sha: Vec<PullRef> = open
             .iter()
             .filter(|p| p.head_sha.eq_ignore_ascii_case(sha))
             .cloned()
             .collect();
         if !by_sha.is_empty() {
-            return Ok(by_sha);
+            return Ok(RunPrs {
+                open: by_sha,
+                closed,
+            });
         }
         if let Some(b) = branch {
             // The branch of the repository the run comes from: a PR of another
@@ -955,15 +1044,19 @@ pub async fn discover_prs(
                 .filter(|p| is_open_from_branch_of(p, from, b))
                 .collect();
             if !by_branch.is_empty() {
-                return Ok(by_branch);
+                return Ok(RunPrs {
+                    open: by_branch,
+                    closed,
+                });
             }
         }
     }
-    match branch {
-        Some(_) if foreign => Ok(Vec::new()),
-        Some(b) => gh.open_pulls_for_branch(repo, b).await,
-        None => Ok(Vec::new()),
-    }
+    let open = match branch {
+        Some(_) if foreign => Vec::new(),
+        Some(b) => gh.open_pulls_for_branch(repo, b).await?,
+        None => Vec::new(),
+    };
+    Ok(RunPrs { open, closed })
 }
 
 // ---------------------------------------------------------------------------------------
