@@ -1816,7 +1816,8 @@ async fn github_endpoints_over_http() {
         "Requires authentication"
     );
 
-    // PRs of a commit: the PR that had it as head (any state).
+    // PRs of a commit: the open PR that had it as head (a closed one only when merged
+    // into the default branch with a merge commit: `simulator_faithful`).
     let prs: Value = gh_get(&s, &format!("/repos/acme/web/commits/{sha1}/pulls")).await;
     assert_eq!(prs.as_array().unwrap().len(), 1);
     assert_eq!(prs[0]["number"], 12);

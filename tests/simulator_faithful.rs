@@ -114,3 +114,86 @@ async fn spec_results_carry_video_url_and_screenshots() {
     }
     s.shutdown().await;
 }
+
+/// GitHub's `GET /repos/{o}/{r}/commits/{sha}/pulls` "lists the merged pull request that
+/// introduced the commit to the repository. If the commit is not present in the default
+/// branch, will only return open pull requests." The simulator listed every PR that had
+/// the commit, in any state, so a client could count on closed PRs real GitHub does not
+/// give: now an open PR is listed, and a closed one only when merged into the default
+/// branch with a merge commit (not squashed or rebased, not closed unmerged, not merged
+/// into another branch).
+#[tokio::test]
+async fn the_pulls_of_a_commit_are_the_open_ones_and_the_one_merged_with_it() {
+    use runwarden::simulator::NewPr;
+    let s = sim().await;
+    let cases: [(
+        u64,
+        Option<&str>,
+        Option<bool>,
+        Option<&str>,
+        Option<&str>,
+        bool,
+    ); 6] = [
+        // number, state, merged, merge method, base, listed
+        (1, None, None, None, None, true),
+        (2, None, Some(true), None, None, true),
+        (3, None, Some(true), Some("squash"), None, false),
+        (4, None, Some(true), Some("rebase"), None, false),
+        (5, Some("closed"), None, None, None, false),
+        (
+            6,
+            None,
+            Some(true),
+            Some("merge"),
+            Some("release/1.x"),
+            false,
+        ),
+    ];
+    for (i, (number, state, merged, method, base, _)) in cases.iter().enumerate() {
+        let sha = format!("{:x}", 0xabc0 + i).repeat(10);
+        s.add_pr(NewPr {
+            repo: "acme/web".into(),
+            number: Some(*number),
+            head_ref: Some(format!("feat/{number}")),
+            head_sha: Some(sha),
+            state: state.map(str::to_string),
+            merged: *merged,
+            merge_method: method.map(str::to_string),
+            base_ref: base.map(str::to_string),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    for (i, (number, .., listed)) in cases.iter().enumerate() {
+        let sha = format!("{:x}", 0xabc0 + i).repeat(10);
+        let r = reqwest::Client::new()
+            .get(format!(
+                "{}/repos/acme/web/commits/{sha}/pulls",
+                s.github_url()
+            ))
+            .header("authorization", "token ghp_test")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200, "PR {number}");
+        let prs: Value = r.json().await.expect("json body");
+        let numbers: Vec<u64> = prs
+            .as_array()
+            .expect("an array")
+            .iter()
+            .filter_map(|p| p["number"].as_u64())
+            .collect();
+        let expected: Vec<u64> = if *listed { vec![*number] } else { vec![] };
+        assert_eq!(numbers, expected, "PR {number}");
+    }
+    // A merge method the simulator does not know is refused.
+    let bad = s.add_pr(NewPr {
+        repo: "acme/web".into(),
+        number: Some(9),
+        head_ref: Some("feat/9".into()),
+        merged: Some(true),
+        merge_method: Some("octopus".into()),
+        ..Default::default()
+    });
+    assert!(bad.is_err(), "{bad:?}");
+}

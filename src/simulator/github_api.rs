@@ -95,6 +95,8 @@ struct PrRec {
     head_repo: String,
     base_ref: String,
     commits: Vec<String>,
+    /// Merged with a merge commit: its commits are on its base branch.
+    merge_commit: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     closed_at: Option<DateTime<Utc>>,
@@ -389,6 +391,9 @@ pub struct NewPr {
     /// `open` (default) or `closed`.
     pub state: Option<String>,
     pub merged: Option<bool>,
+    /// How a merged PR was merged: `merge` (default: a merge commit, so its commits are on
+    /// the base branch), `squash` or `rebase` (new commits: its own are not).
+    pub merge_method: Option<String>,
     pub draft: Option<bool>,
     pub title: Option<String>,
     pub author: Option<String>,
@@ -505,6 +510,15 @@ impl World {
                 return Err(SimError::BadRequest(format!("state {s:?}: open or closed")));
             }
         };
+        let merge_commit = match np.merge_method.as_deref() {
+            None | Some("merge") => true,
+            Some("squash" | "rebase") => false,
+            Some(m) => {
+                return Err(SimError::BadRequest(format!(
+                    "mergeMethod {m:?}: merge, squash or rebase"
+                )));
+            }
+        };
         let now = Utc::now();
         let mut gh = lock(&self.gh);
         // `Acme/Web` is `acme/web` when that is known, as on GitHub.
@@ -553,6 +567,9 @@ impl World {
             if let Some(d) = np.draft {
                 p.draft = d;
             }
+            if np.merge_method.is_some() {
+                p.merge_commit = merge_commit;
+            }
             if let Some(m) = np.merged {
                 p.merged = m;
                 if m {
@@ -591,6 +608,7 @@ impl World {
             draft: np.draft.unwrap_or(false),
             head_ref,
             commits: vec![head_sha.clone()],
+            merge_commit,
             head_sha,
             head_repo: head_repo.unwrap_or_else(|| repo.clone()),
             base_ref: np.base_ref.unwrap_or_else(|| "main".into()),
@@ -1400,6 +1418,12 @@ fn commit_pulls(w: &World, repo: &str, sha: &str, raw: &Option<String>, base: &s
             .prs
             .values()
             .filter(|p| p.repo == repo && p.commits.iter().any(|c| sha_matches(c, sha)))
+            // GitHub: "Lists the merged pull request that introduced the commit to the
+            // repository. If the commit is not present in the default branch, will only
+            // return open pull requests." A closed PR is listed only when merged into
+            // the default branch with a merge commit (after a squash or rebase merge its
+            // own commits are not there; a PR closed unmerged never is).
+            .filter(|p| p.state_open || (p.merged && p.merge_commit && p.base_ref == "main"))
             .collect();
         prs.sort_by_key(|p| std::cmp::Reverse(p.number));
         prs.into_iter().map(|p| pr_json(base, p)).collect()
