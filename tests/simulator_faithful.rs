@@ -126,15 +126,16 @@ async fn spec_results_carry_video_url_and_screenshots() {
 async fn the_pulls_of_a_commit_are_the_open_ones_and_the_one_merged_with_it() {
     use runwarden::simulator::NewPr;
     let s = sim().await;
-    let cases: [(
+    // number, state, merged, merge method, base, listed
+    type Case = (
         u64,
-        Option<&str>,
+        Option<&'static str>,
         Option<bool>,
-        Option<&str>,
-        Option<&str>,
+        Option<&'static str>,
+        Option<&'static str>,
         bool,
-    ); 6] = [
-        // number, state, merged, merge method, base, listed
+    );
+    let cases: [Case; 6] = [
         (1, None, None, None, None, true),
         (2, None, Some(true), None, None, true),
         (3, None, Some(true), Some("squash"), None, false),
