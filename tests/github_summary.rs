@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runwarden::config::{Config, Rule, RuleKind, SummaryOptions, load_str};
+use runwarden::config::{Config, Rule, SummaryOptions, load_str};
 use runwarden::currents::Run;
 use runwarden::github::client::{
     GithubAuth, GithubClient, GithubClientOptions, RepoName, RetryPolicy, StatusState,
@@ -19,12 +19,14 @@ use runwarden::github::summary::{
     post_summary, resolve_repo,
 };
 use runwarden::secret::Secret;
-use runwarden::simulator::{self, Fault, FaultKind, NewPr, SimConfig, SimHandle};
+use runwarden::simulator::{self, Fault, FaultKind, NewPr};
 use serde_json::{Value, json};
 
+#[path = "support/summary_env.rs"]
+mod summary_env;
+use summary_env::*;
+
 const DASH: &str = "https://app.currents.dev";
-const TOKEN: &str = "gh-test-token";
-const REPO: &str = "acme/web";
 const SHA_OLD: &str = "3f786850e387550fdab836ed7e6dc881de23001b";
 const SHA_HEAD: &str = "89e6c98d92887913cadf06b2adb97f26cde4849b";
 const SHA_OTHER: &str = "2aae6c35c94fcfb415dbe95f408b9ce91ee846ed";
@@ -557,119 +559,17 @@ commit_status = true
     )
 }
 
-struct Env {
-    sim: SimHandle,
-    config: Config,
-    gh: GithubClient,
-}
-
 impl Env {
+    async fn new() -> Env {
+        Env::start(config_text).await
+    }
+
     /// Injects a fault on `method path` (`times`: how often; `None`: until removed).
     fn fault(&self, method: &str, path: &str, kind: FaultKind, times: Option<u32>) {
         self.sim
             .inject_fault(Fault::new(kind).on(method, path).times(times));
     }
 
-    async fn new() -> Env {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let sim = simulator::spawn(
-            listener,
-            SimConfig {
-                github_token: Some(TOKEN.into()),
-                ..SimConfig::default()
-            },
-        )
-        .await
-        .unwrap();
-        let config = load_str(&config_text(&sim.github_url()), "rules.toml", &[])
-            .unwrap()
-            .config;
-        let gh = client(&sim.github_url(), Duration::from_secs(3));
-        Env { sim, config, gh }
-    }
-
-    fn rule(&self) -> &Rule {
-        &self.config.rules[0]
-    }
-
-    fn opts(&self) -> SummaryOptions {
-        match &self.rule().kind {
-            RuleKind::Summary(o) => o.clone(),
-            _ => unreachable!(),
-        }
-    }
-
-    fn pr(&self, number: u64, branch: &str, sha: &str) {
-        self.sim
-            .add_pr(NewPr {
-                repo: REPO.into(),
-                number: Some(number),
-                head_ref: Some(branch.into()),
-                head_sha: Some(sha.into()),
-                ..NewPr::default()
-            })
-            .unwrap();
-    }
-
-    async fn summary(
-        &self,
-        opts: &SummaryOptions,
-        run: &Run,
-        event: &str,
-    ) -> Result<SummaryReport, runwarden::github::SummaryError> {
-        self.summary_with(&self.gh, opts, run, event, None, false)
-            .await
-    }
-
-    async fn summary_with(
-        &self,
-        gh: &GithubClient,
-        opts: &SummaryOptions,
-        run: &Run,
-        event: &str,
-        by: Option<(&str, &str)>,
-        dry_run: bool,
-    ) -> Result<SummaryReport, runwarden::github::SummaryError> {
-        let ctx = SummaryCtx {
-            gh,
-            config: &self.config,
-            rule: self.rule(),
-            opts,
-            shared: None,
-        };
-        post_summary(
-            &ctx,
-            run,
-            event,
-            by.map(|(a, b)| (a.to_string(), b.to_string())),
-            dry_run,
-        )
-        .await
-    }
-
-    fn comments(&self, pr: u64) -> Vec<simulator::SimComment> {
-        self.sim.comments(Some(REPO), Some(pr))
-    }
-
-    /// GitHub mutating requests: (method, path, status).
-    fn writes(&self) -> Vec<(String, String, u16)> {
-        self.sim
-            .mutation_log()
-            .into_iter()
-            .filter(|e| e.api == "github")
-            .map(|e| (e.method, e.path, e.status))
-            .collect()
-    }
-
-    fn count_writes(&self, method: &str, path_part: &str) -> usize {
-        self.writes()
-            .iter()
-            .filter(|(m, p, _)| m == method && p.contains(path_part))
-            .count()
-    }
-}
-
-impl Env {
     /// A client acting as the GitHub user `login` (the simulator's `user:NAME` tokens).
     fn as_user(&self, login: &str) -> GithubClient {
         client_with_auth(
@@ -689,17 +589,6 @@ impl Env {
         assert_eq!(c.author.as_deref(), Some(login));
         c.id
     }
-}
-
-fn client(api: &str, timeout: Duration) -> GithubClient {
-    client_with_auth(api, timeout, GithubAuth::Token(Secret::new(TOKEN)))
-}
-
-fn client_with_auth(api: &str, timeout: Duration, auth: GithubAuth) -> GithubClient {
-    let mut o = GithubClientOptions::new(url::Url::parse(api).unwrap());
-    o.retry = RetryPolicy::fast();
-    o.request_timeout = timeout;
-    GithubClient::new(o, auth).unwrap()
 }
 
 fn comment_only(mut o: SummaryOptions) -> SummaryOptions {

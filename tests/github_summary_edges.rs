@@ -4,24 +4,20 @@
 
 mod common;
 
-use std::time::Duration;
-
-use runwarden::config::{Config, Rule, RuleKind, SummaryOptions, load_str};
+use runwarden::config::SummaryOptions;
 use runwarden::currents::Run;
-use runwarden::github::client::{GithubAuth, GithubClient, GithubClientOptions, RetryPolicy};
 use runwarden::github::render::{
     GITHUB_BODY_LIMIT, MARKER, PrInfo, RenderInput, Section, SummaryDoc, render_body,
 };
-use runwarden::github::summary::{
-    StatusOutcome, SummaryCtx, SummaryOutcome, SummaryReport, merge_section, post_summary,
-};
-use runwarden::secret::Secret;
-use runwarden::simulator::{self, Fault, FaultKind, NewPr, SimConfig, SimHandle};
+use runwarden::github::summary::{StatusOutcome, SummaryOutcome, merge_section};
+use runwarden::simulator::{self, Fault, FaultKind, NewPr};
 use serde_json::{Value, json};
 
+#[path = "support/summary_env.rs"]
+mod summary_env;
+use summary_env::*;
+
 const DASH: &str = "https://app.currents.dev";
-const TOKEN: &str = "gh-test-token";
-const REPO: &str = "acme/web";
 const SHA_HEAD: &str = "89e6c98d92887913cadf06b2adb97f26cde4849b";
 const BRANCH: &str = "feat/login";
 
@@ -220,83 +216,9 @@ commit_status = true
     )
 }
 
-struct Env {
-    sim: SimHandle,
-    config: Config,
-    gh: GithubClient,
-}
-
 impl Env {
     async fn new() -> Env {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let sim = simulator::spawn(
-            listener,
-            SimConfig {
-                github_token: Some(TOKEN.into()),
-                ..SimConfig::default()
-            },
-        )
-        .await
-        .unwrap();
-        let config = load_str(&config_text(&sim.github_url()), "rules.toml", &[])
-            .unwrap()
-            .config;
-        let mut o = GithubClientOptions::new(url::Url::parse(&sim.github_url()).unwrap());
-        o.retry = RetryPolicy::fast();
-        o.request_timeout = Duration::from_secs(3);
-        let gh = GithubClient::new(o, GithubAuth::Token(Secret::new(TOKEN))).unwrap();
-        Env { sim, config, gh }
-    }
-
-    fn rule(&self) -> &Rule {
-        &self.config.rules[0]
-    }
-
-    fn opts(&self) -> SummaryOptions {
-        match &self.rule().kind {
-            RuleKind::Summary(o) => o.clone(),
-            _ => unreachable!(),
-        }
-    }
-
-    fn pr(&self, number: u64, branch: &str, sha: &str) {
-        self.sim
-            .add_pr(NewPr {
-                repo: REPO.into(),
-                number: Some(number),
-                head_ref: Some(branch.into()),
-                head_sha: Some(sha.into()),
-                ..NewPr::default()
-            })
-            .unwrap();
-    }
-
-    async fn summary(
-        &self,
-        opts: &SummaryOptions,
-        run: &Run,
-        event: &str,
-    ) -> Result<SummaryReport, runwarden::github::SummaryError> {
-        let ctx = SummaryCtx {
-            gh: &self.gh,
-            config: &self.config,
-            rule: self.rule(),
-            opts,
-            shared: None,
-        };
-        post_summary(&ctx, run, event, None, false).await
-    }
-
-    fn comments(&self, pr: u64) -> Vec<simulator::SimComment> {
-        self.sim.comments(Some(REPO), Some(pr))
-    }
-
-    fn count_writes(&self, method: &str, path_part: &str) -> usize {
-        self.sim
-            .mutation_log()
-            .into_iter()
-            .filter(|e| e.api == "github" && e.method == method && e.path.contains(path_part))
-            .count()
+        Env::start(config_text).await
     }
 }
 
