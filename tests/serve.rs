@@ -2553,14 +2553,19 @@ async fn the_status_page_tells_how_the_last_slot_ended() {
     let ctx = &app.bot.ctx;
     let slot: DateTime<Utc> = "2026-01-01T03:00:00Z".parse().unwrap();
     let now = slot + chrono::Duration::seconds(30);
-    assert_eq!(
-        fire_due(ctx, slot - chrono::Duration::hours(1), now).await,
-        vec![("yearly".to_string(), slot)]
+    // Fired here, or by the bot's own schedule loop: this call records the rule as first
+    // seen before the slot, which the loop then reads too, and whichever stores the
+    // slot's event first fires it (the other finds it stored).
+    let fired = fire_due(ctx, slot - chrono::Duration::hours(1), now).await;
+    assert!(
+        fired.is_empty() || fired == vec![("yearly".to_string(), slot)],
+        "{fired:?}"
     );
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let record = ctx.store.get_slot("yearly", slot).await.unwrap().unwrap();
-        if let Some(summary) = record.summary {
+        // (Recorded once its event is stored: by this call, or just after by the loop.)
+        let record = ctx.store.get_slot("yearly", slot).await.unwrap();
+        if let Some(summary) = record.and_then(|r| r.summary) {
             assert_eq!(summary, "2 runs to delete");
             break;
         }
